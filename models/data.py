@@ -1,0 +1,351 @@
+"""MAD-Sim-format categories: training views with poses, test views with labels and masks.
+
+Layout read (see ``docs/ARCHITECTURE.md``)::
+
+    <category>/transforms.json  or  <category>/train/transforms.json
+        {"camera_angle_x": rad, "frames": [{"file_path": ..., "transform_matrix": 4x4}]}
+    <category>/train/good/<n>.png
+    <category>/test/<good|defect type>/<n>.png
+    <category>/test/transforms.json                  (optional: true query poses)
+    <category>/ground_truth/<defect type>/<n>_mask.png
+
+``file_path`` is relative to the category root (or to the JSON's folder), with or without
+``.png``; image names may be unpadded (``0.png``) or zero-padded (``000.png``).
+``transform_matrix`` is camera-to-world in OpenGL axes; views carry world-to-camera poses
+in OpenCV axes (``models.camera``). Every error names the file it is about.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from tqdm.auto import tqdm
+
+from models import camera
+from models.images import WHITE, Background, load_mask, load_rgb, resize_mask, resize_rgb
+
+GOOD = "good"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class DataError(ValueError):
+    """A category on disk is missing something or malformed; the message names the file."""
+
+
+class FrameModel(BaseModel):
+    """One entry of ``frames`` in a ``transforms.json``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    file_path: str = Field(min_length=1)
+    transform_matrix: list[list[float]]
+
+    @field_validator("transform_matrix")
+    @classmethod
+    def _check_matrix(cls, value: list[list[float]]) -> list[list[float]]:
+        mat = np.asarray(value, dtype=np.float64)
+        if mat.shape != (4, 4):
+            raise ValueError(f"transform_matrix must be 4x4, got shape {mat.shape}")
+        if not np.isfinite(mat).all():
+            raise ValueError("transform_matrix has non-finite entries")
+        if not np.allclose(mat[3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
+            raise ValueError(f"transform_matrix last row must be [0, 0, 0, 1], got {mat[3].tolist()}")
+        rot = mat[:3, :3]
+        if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-3) or np.linalg.det(rot) < 0:
+            raise ValueError("transform_matrix rotation is not a proper rotation (orthonormal, det +1)")
+        return value
+
+
+class TransformsModel(BaseModel):
+    """A ``transforms.json`` file (NeRF synthetic / MAD-Sim convention)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    camera_angle_x: float = Field(gt=0.0, lt=math.pi)
+    frames: list[FrameModel]
+
+
+@dataclass(frozen=True, eq=False)
+class View:
+    """A posed training view."""
+
+    name: str  # path from the category root without suffix, e.g. "train/good/000"
+    path: Path
+    image: torch.Tensor  # [H, W, 3] float32 in [0, 1], composited onto the background
+    w2c: torch.Tensor  # [4, 4] float64 world-to-camera, OpenCV axes
+    K: torch.Tensor  # [3, 3] float64 intrinsics at this image's size
+
+
+@dataclass(frozen=True, eq=False)
+class QueryView:
+    """A test view: label, mask and (when the category ships it) the true pose."""
+
+    name: str  # e.g. "test/Burrs/003"
+    path: Path
+    image: torch.Tensor  # [H, W, 3] float32 in [0, 1]
+    K: torch.Tensor  # [3, 3] float64
+    label: str  # "good" or the defect type (the folder name)
+    mask: torch.Tensor  # [H, W] bool, True = defective pixel (all False for good views)
+    w2c: torch.Tensor | None  # [4, 4] float64 true pose, for measuring pose error only
+
+    @property
+    def is_anomalous(self) -> bool:
+        return self.label != GOOD
+
+
+@dataclass(eq=False)
+class Category:
+    """A loaded category. All images are RGB float32 in [0, 1] at one size per split."""
+
+    name: str
+    root: Path
+    camera_angle_x: float
+    width: int  # of the training images, after any resize
+    height: int
+    background: Background
+    train: list[View]
+    test: list[QueryView] = field(default_factory=list)
+
+    @property
+    def defect_types(self) -> list[str]:
+        return sorted({q.label for q in self.test if q.label != GOOD})
+
+    @property
+    def K(self) -> torch.Tensor:
+        """Intrinsics of the training views [3, 3]."""
+        return self.train[0].K
+
+    def train_poses(self) -> torch.Tensor:
+        """World-to-camera poses of the training views [N, 4, 4] float64."""
+        return torch.stack([v.w2c for v in self.train])
+
+    def train_images(self) -> torch.Tensor:
+        """Training images [N, H, W, 3] float32."""
+        return torch.stack([v.image for v in self.train])
+
+
+def find_transforms(root: Path) -> Path:
+    """The training ``transforms.json``: at the category root or inside ``train/``."""
+    for candidate in (root / "transforms.json", root / "train" / "transforms.json"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"{root}: no transforms.json (looked for {root / 'transforms.json'} and "
+        f"{root / 'train' / 'transforms.json'})"
+    )
+
+
+def read_transforms(path: Path) -> TransformsModel:
+    """Parse and validate a ``transforms.json``; errors name the file and the bad field."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON: {exc}") from exc
+    try:
+        return TransformsModel.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise DataError(f"{path}: malformed transforms.json: {problems}") from exc
+
+
+def _name_variants(stem: str) -> list[str]:
+    """``7`` and ``007`` name the same view; return both spellings (and the original)."""
+    variants = [stem]
+    if stem.isdigit():
+        for alt in (str(int(stem)), f"{int(stem):03d}"):
+            if alt not in variants:
+                variants.append(alt)
+    return variants
+
+
+def resolve_image_path(file_path: str, bases: Sequence[Path]) -> Path | None:
+    """Find the image a ``file_path`` entry names, trying each base folder, with or
+    without a suffix, padded or unpadded. ``None`` when nothing exists."""
+    rel = Path(re.sub(r"^(\./)+", "", file_path.replace("\\", "/")))
+    if rel.suffix.lower() in IMAGE_SUFFIXES:
+        stem, suffixes = rel.stem, (rel.suffix,)
+    else:
+        stem, suffixes = rel.name, IMAGE_SUFFIXES
+    for base in bases:
+        for name in _name_variants(stem):
+            for suffix in suffixes:
+                candidate = base / rel.parent / f"{name}{suffix}"
+                if candidate.is_file():
+                    return candidate
+    return None
+
+
+def _view_key(label: str, stem: str) -> tuple[str, str]:
+    return label, str(int(stem)) if stem.isdigit() else stem
+
+
+def _natural_key(path: Path) -> tuple[int, str]:
+    return (int(path.stem), "") if path.stem.isdigit() else (10**12, path.stem)
+
+
+class _Loader:
+    """Loads and resizes images consistently; one instance per category."""
+
+    def __init__(self, root: Path, size: int | None, background: Background):
+        self.root = root
+        self.size = size
+        self.background = background
+
+    def rgb(self, path: Path) -> np.ndarray:
+        try:
+            return load_rgb(path, self.background)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise DataError(f"{path}: cannot decode image: {exc}") from exc
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        if self.size is None:
+            return width, height
+        return self.size, max(1, round(height * self.size / width))
+
+    def view(self, path: Path, camera_angle_x: float) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(image [H', W', 3], K at the new size, original (H, W)) for one image file."""
+        image = self.rgb(path)
+        height, width = image.shape[:2]
+        new_w, new_h = self.target_size(width, height)
+        image = resize_rgb(image, new_w, new_h)
+        K = camera.intrinsics_from_fov(camera_angle_x, width, height)
+        K = camera.scale_intrinsics(K, new_w / width, new_h / height)
+        return torch.from_numpy(np.ascontiguousarray(image)), K, np.array([height, width])
+
+    def mask(self, path: Path, image_hw: np.ndarray, image_path: Path) -> torch.Tensor:
+        try:
+            mask = load_mask(path)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise DataError(f"{path}: cannot decode mask: {exc}") from exc
+        if mask.shape != tuple(image_hw):
+            raise DataError(
+                f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+                f"{image_hw[1]}x{image_hw[0]}"
+            )
+        new_w, new_h = self.target_size(int(image_hw[1]), int(image_hw[0]))
+        return torch.from_numpy(resize_mask(mask, new_w, new_h))
+
+
+def load_category(
+    root: str | Path,
+    size: int | None = None,
+    background: Background = WHITE,
+    load_test: bool = True,
+    progress: bool = False,
+) -> Category:
+    """Load a MAD-Sim-format category.
+
+    Args:
+        root: the category folder (its name is the category's name).
+        size: resize every image to this width (height keeps the aspect ratio); the
+            intrinsics are scaled to match. ``None`` keeps the original size.
+        background: colour transparent pixels are composited onto (RGB in [0, 1]).
+        load_test: also load ``test/`` (labels, masks, optional true poses).
+        progress: show a progress bar while decoding.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: category folder does not exist")
+    loader = _Loader(root, size, background)
+    transforms_path = find_transforms(root)
+    transforms = read_transforms(transforms_path)
+    if not transforms.frames:
+        raise DataError(f"{transforms_path}: 'frames' is empty")
+
+    train: list[View] = []
+    bases = [root, transforms_path.parent]
+    for frame in tqdm(transforms.frames, desc=f"{root.name}: train", disable=not progress, leave=False):
+        path = resolve_image_path(frame.file_path, bases)
+        if path is None:
+            raise DataError(
+                f"{transforms_path}: image for file_path {frame.file_path!r} not found under {root}"
+            )
+        image, K, _ = loader.view(path, transforms.camera_angle_x)
+        if train and image.shape != train[0].image.shape:
+            raise DataError(
+                f"{path}: training image is {image.shape[1]}x{image.shape[0]} but "
+                f"{train[0].path} is {train[0].image.shape[1]}x{train[0].image.shape[0]}"
+            )
+        c2w = torch.tensor(frame.transform_matrix, dtype=torch.float64)
+        name = path.relative_to(root).with_suffix("").as_posix()
+        train.append(View(name, path, image, camera.opengl_c2w_to_opencv_w2c(c2w), K))
+
+    height, width = train[0].image.shape[:2]
+    category = Category(
+        name=root.name,
+        root=root,
+        camera_angle_x=transforms.camera_angle_x,
+        width=width,
+        height=height,
+        background=background,
+        train=train,
+    )
+    if load_test:
+        category.test = _load_test(root, loader, transforms.camera_angle_x, progress)
+    return category
+
+
+def _load_test(root: Path, loader: _Loader, camera_angle_x: float, progress: bool) -> list[QueryView]:
+    test_dir = root / "test"
+    if not test_dir.is_dir():
+        return []
+    poses: dict[tuple[str, str], torch.Tensor] = {}
+    test_json = test_dir / "transforms.json"
+    if test_json.is_file():
+        for frame in read_transforms(test_json).frames:
+            rel = Path(re.sub(r"^(\./)+", "", frame.file_path))
+            stem = rel.stem if rel.suffix.lower() in IMAGE_SUFFIXES else rel.name
+            c2w = torch.tensor(frame.transform_matrix, dtype=torch.float64)
+            poses[_view_key(rel.parent.name, stem)] = camera.opengl_c2w_to_opencv_w2c(c2w)
+
+    files = [
+        path
+        for label_dir in sorted(p for p in test_dir.iterdir() if p.is_dir())
+        for path in sorted(
+            (p for p in label_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key
+        )
+    ]
+    queries: list[QueryView] = []
+    for path in tqdm(files, desc=f"{root.name}: test", disable=not progress, leave=False):
+        label = path.parent.name
+        image, K, image_hw = loader.view(path, camera_angle_x)
+        if label == GOOD:
+            mask = torch.zeros(image.shape[:2], dtype=torch.bool)
+        else:
+            mask_path = _find_mask(root, label, path.stem)
+            mask = loader.mask(mask_path, image_hw, path)
+        queries.append(
+            QueryView(
+                name=path.relative_to(root).with_suffix("").as_posix(),
+                path=path,
+                image=image,
+                K=K,
+                label=label,
+                mask=mask,
+                w2c=poses.get(_view_key(label, path.stem)),
+            )
+        )
+    return queries
+
+
+def _find_mask(root: Path, label: str, stem: str) -> Path:
+    folder = root / "ground_truth" / label
+    for name in _name_variants(stem):
+        for suffix in (".png", ".jpg", ".bmp"):
+            candidate = folder / f"{name}_mask{suffix}"
+            if candidate.is_file():
+                return candidate
+    raise DataError(f"{folder / (stem + '_mask.png')}: mask for test/{label}/{stem} not found")

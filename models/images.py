@@ -1,0 +1,98 @@
+"""Image decoding and resizing, shared by the data layer and the service.
+
+Every image that enters the pipeline goes through :func:`to_rgb_float` once: any PIL
+mode (RGBA and LA composited onto the background colour, palette with or without
+transparency, L, 1, 16-bit and 32-bit integer grey, float, CMYK, YCbCr) becomes an RGB
+float32 array in [0, 1], ``[H, W, 3]``. EXIF orientation is applied first.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+Background = tuple[float, float, float]
+WHITE: Background = (1.0, 1.0, 1.0)
+
+
+def to_rgb_float(image: Image.Image, background: Background = WHITE) -> np.ndarray:
+    """Convert a PIL image of any mode to RGB float32 ``[H, W, 3]`` in [0, 1].
+
+    Transparent pixels are composited onto ``background`` (RGB in [0, 1]) with
+    straight (non-premultiplied) alpha, as PNG stores it.
+    """
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = np.asarray(image, dtype=np.float32)
+        # 16-bit PNGs open as I;16 (or I with values up to 65535); 8-bit-range I is rare.
+        scale = 65535.0 if mode != "I" or grey.max(initial=0) > 255 else 255.0
+        grey = np.clip(grey / scale, 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if mode == "F":
+        grey = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3:4]
+        bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 3)
+        return (rgba[..., :3] * alpha + bg * (1.0 - alpha)).astype(np.float32)
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_rgb(path: str | Path, background: Background = WHITE) -> np.ndarray:
+    """Decode an image file to RGB float32 ``[H, W, 3]`` (see :func:`to_rgb_float`).
+
+    Raises ``OSError``/``PIL.UnidentifiedImageError`` for unreadable files; callers that
+    know the context (the data layer, the service) wrap them with a message naming it.
+    """
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb_float(image, background)
+
+
+def decode_rgb(data: bytes, background: Background = WHITE) -> np.ndarray:
+    """Decode encoded image bytes (PNG, JPEG, ...) to RGB float32 ``[H, W, 3]``."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return to_rgb_float(image, background)
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Binary mask ``[H, W]`` (bool) from an image file: any non-zero pixel is defective."""
+    with Image.open(path) as image:
+        image.load()
+        return np.asarray(image.convert("L")) > 0
+
+
+def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize ``[H, W, 3]`` float32 with antialiased bilinear filtering."""
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    out = F.interpolate(tensor, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return out[0].permute(1, 2, 0).clamp_(0.0, 1.0).numpy()
+
+
+def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize a bool mask ``[H, W]`` with nearest-neighbour sampling (the peers' protocol)."""
+    if mask.shape[1] == width and mask.shape[0] == height:
+        return mask
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(image.resize((width, height), Image.Resampling.NEAREST)) > 0
+
+
+def save_rgb(path: str | Path, image: np.ndarray) -> None:
+    """Write RGB float ``[H, W, 3]`` in [0, 1] as an 8-bit PNG."""
+    Image.fromarray(to_uint8(image)).save(path)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float in [0, 1] -> uint8, rounding to nearest."""
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -1,0 +1,71 @@
+"""Pictures for people: contact sheets and mask overlays (PIL only, no plotting backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from models.images import to_uint8
+
+MASK_COLOUR = (1.0, 0.1, 0.1)
+
+
+@dataclass
+class Cell:
+    image: np.ndarray  # [H, W, 3] float in [0, 1] or [H, W] bool/float
+    caption: str = ""
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Tint the masked pixels of ``image`` [H, W, 3] red and outline the mask's border."""
+    out = image.astype(np.float32).copy()
+    mask = mask.astype(bool)
+    colour = np.asarray(MASK_COLOUR, dtype=np.float32)
+    out[mask] = (1 - alpha) * out[mask] + alpha * colour
+    border = mask & ~_erode(mask)
+    out[border] = colour
+    return out
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    padded = np.pad(mask, 1, constant_values=False)
+    out = mask.copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            out &= padded[1 + dy : 1 + dy + mask.shape[0], 1 + dx : 1 + dx + mask.shape[1]]
+    return out
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image.astype(np.float32)[..., None], 3, axis=-1)
+    return image
+
+
+def contact_sheet(rows: Sequence[tuple[str, Sequence[Cell]]], cell: int = 160, title: str = "") -> Image.Image:
+    """A grid of captioned images, one labelled row per entry of ``rows``."""
+    font = ImageFont.load_default()
+    label_w, caption_h, title_h = 110, 16, 22 if title else 0
+    n_cols = max((len(cells) for _, cells in rows), default=1)
+    sheet = Image.new("RGB", (label_w + n_cols * (cell + 4), title_h + len(rows) * (cell + caption_h + 6)), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((6, 4), title, fill=(0, 0, 0), font=font)
+    for r, (label, cells) in enumerate(rows):
+        y = title_h + r * (cell + caption_h + 6)
+        draw.text((6, y + cell // 2), label, fill=(0, 0, 0), font=font)
+        for c, item in enumerate(cells):
+            x = label_w + c * (cell + 4)
+            thumb = Image.fromarray(to_uint8(_as_rgb(item.image)))
+            scale = cell / max(thumb.width, thumb.height)
+            size = (max(1, round(thumb.width * scale)), max(1, round(thumb.height * scale)))
+            thumb = thumb.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.NEAREST)
+            sheet.paste(thumb, (x, y))
+            draw.rectangle([x, y, x + thumb.width - 1, y + thumb.height - 1], outline=(200, 200, 200))
+            if item.caption:
+                draw.text((x + 2, y + cell + 2), item.caption[:26], fill=(40, 40, 40), font=font)
+    return sheet

@@ -1,0 +1,175 @@
+"""Pose conventions: round trips, composition identities, scipy as the reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.transform import Rotation
+
+from models import camera
+
+FLOATS = st.floats(-1.0, 1.0, allow_nan=False)
+VEC3 = st.tuples(FLOATS, FLOATS, FLOATS)
+
+
+def _rot(seed: int) -> np.ndarray:
+    return Rotation.random(random_state=seed).as_matrix()
+
+
+def _pose(seed: int, scale: float = 3.0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    pose = np.eye(4)
+    pose[:3, :3] = _rot(seed)
+    pose[:3, 3] = rng.normal(size=3) * scale
+    return torch.tensor(pose)
+
+
+@given(st.integers(0, 10_000))
+def test_quaternion_matches_scipy_and_is_canonical(seed: int) -> None:
+    R = _rot(seed)
+    q = camera.rotmat_to_quat(torch.tensor(R))
+    x, y, z, w = Rotation.from_matrix(R).as_quat()  # scipy is xyzw
+    ref = np.array([w, x, y, z]) * (1 if w >= 0 else -1)
+    np.testing.assert_allclose(q.numpy(), ref, atol=1e-9)
+    assert q[0] >= 0
+    np.testing.assert_allclose(camera.quat_to_rotmat(q).numpy(), R, atol=1e-12)
+
+
+def test_canonical_sign_at_zero_w() -> None:
+    q = torch.tensor([[0.0, -1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [-0.0, 0.0, -0.6, 0.8]], dtype=torch.float64)
+    out = camera.canonical_quat(q)
+    assert torch.equal(out[0], out[1])
+    np.testing.assert_allclose(out[2].numpy(), [0.0, 0.0, 0.6, -0.8])
+
+
+@given(st.integers(0, 10_000))
+def test_quat_of_negated_quat_is_same(seed: int) -> None:
+    q = torch.tensor(Rotation.random(random_state=seed).as_quat()[[3, 0, 1, 2]])
+    assert torch.allclose(camera.canonical_quat(q), camera.canonical_quat(-q))
+
+
+@given(st.integers(0, 10_000))
+def test_opengl_opencv_round_trip_and_centre(seed: int) -> None:
+    c2w = _pose(seed)
+    w2c = camera.opengl_c2w_to_opencv_w2c(c2w)
+    assert torch.allclose(camera.opencv_w2c_to_opengl_c2w(w2c), c2w, atol=1e-12)
+    # The camera centre is the translation of camera-to-world, whatever the axes.
+    assert torch.allclose(camera.camera_center(w2c), c2w[:3, 3], atol=1e-12)
+    # OpenGL looks down -z: the point one unit along c2w's -z column is in front (+z in OpenCV).
+    ahead = c2w[:3, 3] - c2w[:3, 2]
+    _, depth = camera.project_points(ahead[None], w2c, torch.eye(3, dtype=torch.float64))
+    assert depth.item() == pytest.approx(1.0)
+
+
+@given(st.integers(0, 10_000), st.integers(0, 10_000))
+def test_relative_pose_composition(seed_q: int, seed_g: int) -> None:
+    pq, pg = _pose(seed_q), _pose(seed_g + 20_000)
+    rel = camera.relative_pose(pq, pg)
+    assert torch.allclose(camera.compose_pose(rel, pg), pq, atol=1e-12)
+    assert torch.allclose(camera.relative_pose(pg, pg), torch.eye(4, dtype=torch.float64), atol=1e-12)
+    # inv(P_rel(q, g)) == P_rel(g, q)
+    assert torch.allclose(camera.invert_pose(rel), camera.relative_pose(pg, pq), atol=1e-12)
+    # Chaining through a third camera: P_rel(q, a) @ P_rel(a, g) == P_rel(q, g)
+    pa = _pose(seed_q + seed_g + 40_000)
+    assert torch.allclose(camera.relative_pose(pq, pa) @ camera.relative_pose(pa, pg), rel, atol=1e-10)
+
+
+@given(st.integers(0, 10_000))
+def test_quat_trans_round_trip(seed: int) -> None:
+    pose = _pose(seed)
+    q, t = camera.pose_to_quat_trans(pose)
+    assert torch.allclose(camera.quat_trans_to_pose(q, t), pose, atol=1e-12)
+
+
+@given(VEC3)
+def test_so3_exp_matches_scipy(vec: tuple[float, float, float]) -> None:
+    omega = np.array(vec)
+    ref = Rotation.from_rotvec(omega).as_matrix()
+    np.testing.assert_allclose(camera.so3_exp(torch.tensor(omega)).numpy(), ref, atol=1e-9)
+
+
+@settings(deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 10_000))
+def test_rotation_angle_matches_scipy(seed_a: int, seed_b: int) -> None:
+    a, b = _rot(seed_a), _rot(seed_b + 50_000)
+    ref = (Rotation.from_matrix(a) * Rotation.from_matrix(b).inv()).magnitude()
+    got = camera.rotation_angle(torch.tensor(a), torch.tensor(b)).item()
+    assert got == pytest.approx(ref, abs=1e-9)
+
+
+def test_rotation_angle_is_accurate_for_tiny_angles() -> None:
+    R = torch.tensor(Rotation.from_rotvec([1e-7, 0, 0]).as_matrix())
+    assert camera.rotation_angle(R, torch.eye(3, dtype=torch.float64)).item() == pytest.approx(1e-7, rel=1e-6)
+
+
+def test_pose_errors() -> None:
+    true = camera.look_at(
+        torch.tensor([4.0, 0.0, 0.0], dtype=torch.float64),
+        torch.zeros(3, dtype=torch.float64),
+        torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64),
+    )
+    moved = true.clone()
+    moved[:3, 3] += torch.tensor([0.0, 0.0, 0.2], dtype=torch.float64)  # centre moves 0.2
+    rolled = camera.look_at(
+        torch.tensor([4.0, 0.0, 0.0], dtype=torch.float64),
+        torch.zeros(3, dtype=torch.float64),
+        torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64),
+        roll=math.radians(3.0),
+    )
+    err = camera.pose_errors(torch.stack([moved, rolled]), torch.stack([true, true]))
+    np.testing.assert_allclose(err["rot_deg"].numpy(), [0.0, 3.0], atol=1e-9)
+    np.testing.assert_allclose(err["center_dist"].numpy(), [0.2, 0.0], atol=1e-12)
+    np.testing.assert_allclose(err["center_rel"].numpy(), [0.05, 0.0], atol=1e-12)
+
+
+def test_look_at_sees_target_upright_at_centre() -> None:
+    eye = torch.tensor([3.0, -2.0, 1.5], dtype=torch.float64)
+    up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    w2c = camera.look_at(eye, torch.zeros(3, dtype=torch.float64), up)
+    K = camera.intrinsics_from_fov(0.69, 200, 100)
+    uv, depth = camera.project_points(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.3]], dtype=torch.float64), w2c, K)
+    np.testing.assert_allclose(uv[0].numpy(), [100.0, 50.0], atol=1e-9)
+    assert depth[0].item() == pytest.approx(eye.norm().item())
+    assert uv[1, 1] < uv[0, 1]  # world up is image up (smaller v)
+    # A positive roll turns the image content clockwise: "up" moves towards +u.
+    rolled = camera.look_at(eye, torch.zeros(3, dtype=torch.float64), up, roll=0.3)
+    uv_r, _ = camera.project_points(torch.tensor([[0.0, 0.0, 0.3]], dtype=torch.float64), rolled, K)
+    assert uv_r[0, 0] > 100.0
+
+
+def test_intrinsics_and_scaling() -> None:
+    K = camera.intrinsics_from_fov(0.6911112070083618, 800, 800)
+    assert K[0, 0].item() == pytest.approx(1111.11, abs=0.01)  # MAD-Sim's focal length
+    half = camera.scale_intrinsics(K, 0.5, 0.5)
+    assert torch.allclose(half, camera.intrinsics_from_fov(0.6911112070083618, 400, 400))
+    with pytest.raises(ValueError):
+        camera.intrinsics_from_fov(0.0, 10, 10)
+
+
+def test_perturb_pose_statistics_and_determinism() -> None:
+    base = _pose(7).expand(4000, 4, 4).clone()
+    gen = torch.Generator().manual_seed(0)
+    out = camera.perturb_pose(base, sigma_r=0.02, sigma_t=0.1, generator=gen)
+    again = camera.perturb_pose(base, sigma_r=0.02, sigma_t=0.1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    delta = camera.relative_pose(out, base)  # = D
+    omega = Rotation.from_matrix(delta[:, :3, :3].numpy()).as_rotvec()
+    np.testing.assert_allclose(omega.std(axis=0), 0.02, rtol=0.06)
+    np.testing.assert_allclose(delta[:, :3, 3].std(dim=0).numpy(), 0.1, rtol=0.06)
+    assert abs(omega.mean()) < 0.002
+    # Rigid: rotations stay orthonormal.
+    R = out[:, :3, :3]
+    assert torch.allclose(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(R), atol=1e-12)
+
+
+def test_batched_shapes_and_float32() -> None:
+    poses = torch.stack([_pose(s) for s in range(6)]).reshape(2, 3, 4, 4).float()
+    q, t = camera.pose_to_quat_trans(poses)
+    assert q.shape == (2, 3, 4) and t.shape == (2, 3, 3) and q.dtype == torch.float32
+    assert torch.allclose(camera.quat_trans_to_pose(q, t), poses, atol=1e-5)
+    assert camera.invert_pose(poses).shape == (2, 3, 4, 4)

@@ -1,0 +1,53 @@
+"""The `rpe-pad` command: subcommands, exit codes, and the demo's honest end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rpe_pad.cli import main
+
+
+def test_synth_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cat"
+    assert main(["synth", str(out), "--seed", "5", "--size", "32", "--train-views", "3", "--test-views", "4", "--quiet"]) == 0
+    assert (out / "train" / "transforms.json").is_file() and (out / "synth.json").is_file()
+    capsys.readouterr()
+    sheet = tmp_path / "sheet.png"
+    assert main(["show", str(out), "--sheet", str(sheet)]) == 0
+    summary = json.loads(capsys.readouterr().out.split("contact sheet")[0])
+    assert summary["train_views"] == 3 and summary["image_size"] == [32, 32]
+    assert sum(summary["test_views"].values()) == 4
+    assert sheet.stat().st_size > 1000
+
+
+def test_user_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "occupied").mkdir()
+    (tmp_path / "occupied" / "x").write_text("x")
+    assert main(["synth", str(tmp_path / "occupied"), "--quiet"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["show", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", str(tmp_path / "y"), "--size", "0"])
+    assert exc.value.code == 2
+
+
+def test_console_script_help() -> None:
+    result = subprocess.run([sys.executable, "-m", "rpe_pad.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("synth", "show", "demo"):
+        assert command in result.stdout
+
+
+def test_demo_runs_to_its_honest_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "demo" / "synthetic_lego_sheet.png").is_file()
+    assert "Not built yet" in out
+    # A second run reuses the category instead of regenerating it.
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    assert "reusing" in capsys.readouterr().out

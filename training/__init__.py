@@ -1,0 +1,1 @@
+"""The offline package: synthetic categories, fitting, network training, bundle building."""
