@@ -1,0 +1,1 @@
+"""Gaussian splatting: the render function (gsplat on CUDA, our PyTorch rasterizer on CPU)."""
