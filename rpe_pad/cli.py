@@ -35,6 +35,30 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.pipeline import run_train
+
+    stages = args.stages.split(",") if args.stages else None
+    reports = run_train(args.category_dir, args.out, preset=args.preset, stages=stages, progress=not args.quiet)
+    for stage, report in reports.items():
+        shown = {k: v for k, v in report.items() if k not in ("config", "psnr_test")}
+        print(f"{stage}: {json.dumps(shown)}")
+    return 0
+
+
+def _cmd_bench_render(args: argparse.Namespace) -> int:
+    from training.benchmarks import bench_render, load_or_random
+
+    scene = load_or_random(args.scene, args.gaussians)
+    devices = None if args.device == "all" else [args.device]
+    result = bench_render(scene, size=args.size, repeats=args.repeats, devices=devices)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from training.demo import run_demo
 
@@ -60,6 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive_int, default=None, help="resize images to this width")
     p.add_argument("--sheet", type=Path, default=None, help="write a contact sheet PNG here")
     p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("train", help="build a category's bundle, stage by stage")
+    p.add_argument("category_dir", type=Path, help="a MAD-Sim-format category")
+    p.add_argument("--out", type=Path, required=True, help="bundles folder (BUNDLES_DIR/<category> is written)")
+    p.add_argument("--preset", default="cpu", choices=["demo", "cpu", "paper"], help="default cpu")
+    p.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("bench-render", help="time the Gaussian renderer (median of repeated runs)")
+    p.add_argument("--scene", type=Path, default=None, help="a scene.safetensors (default: random scene)")
+    p.add_argument("--gaussians", type=_positive_int, default=20_000, help="random scene size (default 20000)")
+    p.add_argument("--size", type=_positive_int, default=256, help="image width and height (default 256)")
+    p.add_argument("--repeats", type=_positive_int, default=10)
+    p.add_argument("--device", default="all", choices=["all", "cpu", "cuda"])
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    p.set_defaults(func=_cmd_bench_render)
 
     p = sub.add_parser("demo", help="run the pipeline on an embedded synthetic category")
     p.add_argument("--out", default="demo_out", help="working folder (default demo_out)")

@@ -44,10 +44,19 @@ def test_console_script_help() -> None:
 
 
 def test_demo_runs_to_its_honest_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    """The demo's flow on a smaller category and fit than `make demo` uses (same code)."""
+    from training.demo import run_demo
+    from training.splats import preset
+    from training.synth import SynthConfig
+
+    synth = SynthConfig(seed=0, size=64, train_views=10, test_views=4)
+    splats = preset("demo", iterations=40, init_points=2000, refine_start=10, refine_stop=30, refine_every=10)
+    assert run_demo(tmp_path / "demo", synth, splats) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "demo" / "synthetic_lego_sheet.png").is_file()
-    assert "Not built yet" in out
-    # A second run reuses the category instead of regenerating it.
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
-    assert "reusing" in capsys.readouterr().out
+    assert (tmp_path / "demo" / "bundles" / "synthetic_lego" / "reports" / "splats.json").is_file()
+    assert "PSNR" in out and "Not built yet" in out
+    # A second run reuses the category and the fitted model instead of redoing them.
+    assert run_demo(tmp_path / "demo", synth, splats) == 0
+    out = capsys.readouterr().out
+    assert "reusing" in out and "reused the model" in out

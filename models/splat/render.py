@@ -48,7 +48,7 @@ def rasterization(
     backgrounds: Tensor | None = None,  # [C, D]
     render_mode: RenderMode = "RGB",
     rasterize_mode: RasterizeMode = "classic",
-    chunk_elements: int = tr.DEFAULT_CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
 ) -> tuple[Tensor, Tensor, dict]:
     """Render Gaussians into C cameras (see the module docstring for the backend choice)."""
     if render_mode not in ("RGB", "D", "ED", "RGB+D", "RGB+ED"):
@@ -113,6 +113,7 @@ def _rasterization_torch(
         "height": height,
         "n_cameras": n_cams,
         "tile_size": tr.TILE,
+        "gaussian_ids": None,  # non-packed, as gsplat reports it
     }
     return render_colors, render_alphas, meta
 

@@ -1,0 +1,409 @@
+"""Stage `splats` of `rpe-pad train`: fit the Gaussian model of a category's normal object.
+
+Recipe (gsplat's simple_trainer, adapted): parameters as means / log-scales / quaternions /
+logit-opacities / SH; loss ``(1 - l) L1 + l (1 - SSIM)`` with ``l = 0.2`` against a white
+background; Adam per parameter with an exponentially decayed learning rate on the means;
+densification by gsplat's ``DefaultStrategy`` (with its opacity reset re-enabled, see
+:class:`ResettingStrategy`); SH degree raised every ``sh_degree_interval`` steps.
+
+Initialisation without structure-from-motion: the objects sit on a uniform background, so
+the silhouettes carve a visual hull. Random points in the cameras' common view volume are
+kept when they project inside the silhouette in (almost) every training view, and take the
+mean colour they project to. This starts the Gaussians on and inside the object instead of
+in empty space; with too few survivors (no usable silhouettes) it falls back to uniform
+random points in the volume, gsplat's own default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gsplat.strategy import DefaultStrategy
+from gsplat.strategy.ops import reset_opa
+from kornia.metrics import ssim as kornia_ssim
+from safetensors.torch import load_file, save_file
+from scipy.spatial import cKDTree
+from tqdm.auto import tqdm
+
+from models import camera
+from models.data import Category
+from models.splat.scene import SH_C0, GaussianScene, render
+from models.viz import Cell, contact_sheet
+
+
+@dataclass
+class SplatConfig:
+    """Fitting settings (the resolved config is saved next to the result)."""
+
+    iterations: int = 2000  # optimisation steps (one training view per step)
+    image_size: int | None = 200  # width the views are fitted at; None = full resolution
+    sh_degree: int = 1  # final SH degree (0 = view-independent colour)
+    sh_degree_interval: int = 1000  # raise the SH degree every this many steps
+    init: str = "hull"  # "hull" (visual hull from silhouettes) or "random"
+    init_points: int = 20_000  # initial Gaussians
+    init_candidates: int = 400_000  # random points tested against the silhouettes
+    hull_min_fraction: float = 0.95  # a point must fall inside this fraction of silhouettes
+    ssim_lambda: float = 0.2  # weight of (1 - SSIM) in the loss
+    lr_means: float = 1.6e-4  # times the scene scale; decays to 1% over the run
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacities: float = 5e-2
+    lr_sh0: float = 2.5e-3
+    lr_shN: float = 2.5e-3 / 20
+    refine_start: int = 300  # densification window and cadence (DefaultStrategy)
+    refine_stop: int = 1500
+    refine_every: int = 100
+    reset_every: int = 1000  # opacity reset period
+    grow_grad2d: float = 2e-4
+    prune_opa: float = 0.005
+    max_gaussians: int = 40_000  # stop densifying above this count (CPU time and memory)
+    rasterize_mode: str = "classic"
+    checkpoint_every: int = 500  # steps between checkpoints (resume with the same command)
+    seed: int = 0
+
+
+PRESETS: dict[str, SplatConfig] = {
+    # The paper's setting, for a GPU: 30k steps at full resolution, SH degree 3.
+    "paper": SplatConfig(
+        iterations=30_000, image_size=None, sh_degree=3, init_points=100_000, refine_start=500,
+        refine_stop=15_000, reset_every=3000, max_gaussians=1_000_000, checkpoint_every=5000,
+    ),
+    # A good model within minutes on 2 CPU cores at reduced resolution.
+    "cpu": SplatConfig(),
+    # The README's demo: small and quick.
+    "demo": SplatConfig(
+        iterations=600, image_size=None, sh_degree=0, init_points=8000, refine_start=150,
+        refine_stop=500, reset_every=10_000, max_gaussians=20_000, checkpoint_every=300,
+    ),
+}
+
+
+class ResettingStrategy(DefaultStrategy):
+    """gsplat 1.5.3's DefaultStrategy with the periodic opacity reset working.
+
+    In 1.5.3 the reset condition reads ``step % reset_every == 0 & step > 0``, which Python
+    parses as a chained comparison with ``0 & step``, so it is never true. We apply the
+    reset it intended, during the densification window as in the original 3DGS.
+    """
+
+    def step_post_backward(self, params, optimizers, state, step, info, packed=False):
+        super().step_post_backward(params, optimizers, state, step, info, packed=packed)
+        if 0 < step < self.refine_stop_iter and step % self.reset_every == 0:
+            reset_opa(params=params, optimizers=optimizers, state=state, value=self.prune_opa * 2.0)
+
+
+@dataclass
+class FitResult:
+    scene: GaussianScene
+    report: dict
+
+
+def scene_scale(poses: torch.Tensor) -> float:
+    """gsplat's scene scale: 1.1 x the largest camera distance from the cameras' mean."""
+    centres = camera.camera_center(poses)
+    return float(1.1 * (centres - centres.mean(0)).norm(dim=-1).max())
+
+
+def view_volume_half_size(category: Category) -> float:
+    """Half-size of the cube every camera sees around the origin (the object's bounds)."""
+    dist = camera.camera_center(category.train_poses()).norm(dim=-1).median()
+    return float(dist * math.tan(0.5 * category.camera_angle_x))
+
+
+def silhouettes(images: torch.Tensor, background: tuple[float, float, float], tol: float = 0.03) -> torch.Tensor:
+    """Foreground masks [N, H, W] (pixels that differ from the background), dilated by 1 px."""
+    bg = torch.tensor(background, dtype=images.dtype)
+    fg = (images - bg).abs().amax(-1) > tol
+    return F.max_pool2d(fg[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
+
+
+def init_points(category: Category, images: torch.Tensor, Ks: torch.Tensor, cfg: SplatConfig) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Initial means [M, 3], colours [M, 3] and the method used ("hull" or "random")."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    half = view_volume_half_size(category)
+    poses = category.train_poses()
+    if cfg.init == "hull":
+        cand = (torch.rand(cfg.init_candidates, 3, generator=gen, dtype=torch.float64) * 2 - 1) * half
+        masks = silhouettes(images, category.background)
+        n_views, height, width = masks.shape
+        inside = torch.zeros(len(cand), dtype=torch.int32)
+        seen = torch.zeros(len(cand), dtype=torch.int32)
+        colour_sum = torch.zeros(len(cand), 3, dtype=torch.float64)
+        for v in range(n_views):
+            uv, depth = camera.project_points(cand, poses[v], Ks[v])
+            u, w = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+            ok = (depth > 0) & (u >= 0) & (u < width) & (w >= 0) & (w < height)
+            seen += ok.int()
+            hit = torch.zeros_like(ok)
+            hit[ok] = masks[v, w[ok], u[ok]]
+            inside += hit.int()
+            colour_sum[hit] += images[v, w[hit], u[hit]].double()
+        keep = (seen > 0) & (inside >= torch.ceil(cfg.hull_min_fraction * seen.float()).int())
+        if int(keep.sum()) >= min(1000, cfg.init_points):
+            idx = torch.nonzero(keep)[:, 0]
+            idx = idx[torch.randperm(len(idx), generator=gen)[: cfg.init_points]]
+            colours = (colour_sum[idx] / inside[idx, None].double()).float()
+            return cand[idx].float(), colours, "hull"
+    means = ((torch.rand(cfg.init_points, 3, generator=gen) * 2 - 1) * half).float()
+    return means, torch.rand(cfg.init_points, 3, generator=gen), "random"
+
+
+def init_params(means: torch.Tensor, colours: torch.Tensor, sh_degree: int) -> dict[str, torch.nn.Parameter]:
+    """gsplat's trainer initialisation: scales from the mean distance to 3 neighbours,
+    random rotations, opacity 0.1, DC colour from the point colours."""
+    tree = cKDTree(means.numpy())
+    dist, _ = tree.query(means.numpy(), k=4)
+    avg = torch.from_numpy(np.sqrt((dist[:, 1:] ** 2).mean(-1))).float().clamp_min(1e-7)
+    n = len(means)
+    gen = torch.Generator().manual_seed(1)
+    params = {
+        "means": means.clone(),
+        "scales": torch.log(avg)[:, None].repeat(1, 3),
+        "quats": torch.rand(n, 4, generator=gen),
+        "opacities": torch.logit(torch.full((n,), 0.1)),
+        "sh0": ((colours - 0.5) / SH_C0)[:, None, :],
+        "shN": torch.zeros(n, (sh_degree + 1) ** 2 - 1, 3),
+    }
+    return {k: torch.nn.Parameter(v.contiguous()) for k, v in params.items()}
+
+
+def _optimizers(params: dict, cfg: SplatConfig, scale: float) -> dict[str, torch.optim.Adam]:
+    lrs = {
+        "means": cfg.lr_means * scale, "scales": cfg.lr_scales, "quats": cfg.lr_quats,
+        "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN,
+    }
+    return {k: torch.optim.Adam([{"params": params[k], "lr": lrs[k], "name": k}], eps=1e-15) for k in params}
+
+
+def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of [C, H, W, 3] images (11x11 Gaussian window, as 3DGS)."""
+    return kornia_ssim(a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2), window_size=11).mean()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else -10.0 * math.log10(mse)
+
+
+def _save_checkpoint(path: Path, step: int, params: dict, optimizers: dict, strategy_state: dict, cfg: SplatConfig) -> None:
+    tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in params.items()}
+    for k, opt in optimizers.items():
+        st = opt.state.get(params[k], {})
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            if name in st:
+                tensors[f"adam.{k}.{name}"] = torch.as_tensor(st[name]).detach().cpu().reshape(-1 if name == "step" else st[name].shape).contiguous()
+    for name in ("grad2d", "count"):
+        if strategy_state.get(name) is not None:
+            tensors[f"strategy.{name}"] = strategy_state[name].cpu().contiguous()
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"step": str(step), "config": json.dumps(asdict(cfg))})
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, params: dict, optimizers: dict, strategy_state: dict, cfg: SplatConfig) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    if json.loads(meta.get("config", "{}")) != asdict(cfg):
+        return 0  # a different configuration: start over rather than mix runs
+    device = params["means"].device
+    tensors = {k: v.to(device) for k, v in load_file(str(path)).items()}
+    for k in list(params):
+        params[k] = torch.nn.Parameter(tensors[f"param.{k}"])
+        group = optimizers[k].param_groups[0]
+        group["params"] = [params[k]]
+        optimizers[k].state.clear()
+        if f"adam.{k}.exp_avg" in tensors:
+            optimizers[k].state[params[k]] = {
+                "step": tensors[f"adam.{k}.step"].reshape(()),
+                "exp_avg": tensors[f"adam.{k}.exp_avg"],
+                "exp_avg_sq": tensors[f"adam.{k}.exp_avg_sq"],
+            }
+    for name in ("grad2d", "count"):
+        if f"strategy.{name}" in tensors:
+            strategy_state[name] = tensors[f"strategy.{name}"]
+    return int(meta["step"])
+
+
+def default_device() -> torch.device:
+    """CUDA (gsplat kernels) when present, else CPU (our rasterizer)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fit_splats(
+    category: Category, cfg: SplatConfig, work_dir: Path, progress: bool = True, device: torch.device | None = None
+) -> FitResult:
+    """Fit the Gaussian model to ``category``'s training views (already at ``cfg.image_size``).
+
+    Writes ``work_dir/checkpoint.safetensors`` every ``cfg.checkpoint_every`` steps and
+    resumes from it when it matches ``cfg``.
+    """
+    device = device or default_device()
+    torch.manual_seed(cfg.seed)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    start_time = time.perf_counter()
+    images_cpu = category.train_images()  # [V, H, W, 3]
+    Ks_cpu = torch.stack([v.K for v in category.train])
+    n_views, height, width = images_cpu.shape[:3]
+    scale = scene_scale(category.train_poses())
+
+    means, colours, init_method = init_points(category, images_cpu, Ks_cpu, cfg)
+    params = {k: torch.nn.Parameter(v.detach().to(device)) for k, v in init_params(means, colours, cfg.sh_degree).items()}
+    images = images_cpu.to(device)
+    poses = category.train_poses().float().to(device)
+    Ks = Ks_cpu.float().to(device)
+    optimizers = _optimizers(params, cfg, scale)
+    strategy = ResettingStrategy(
+        prune_opa=cfg.prune_opa, grow_grad2d=cfg.grow_grad2d, refine_start_iter=cfg.refine_start,
+        refine_stop_iter=cfg.refine_stop, refine_every=cfg.refine_every, reset_every=cfg.reset_every,
+    )
+    strategy.check_sanity(params, optimizers)
+    state = strategy.initialize_state(scene_scale=scale)
+
+    ckpt = work_dir / "checkpoint.safetensors"
+    step0 = _load_checkpoint(ckpt, params, optimizers, state, cfg) if ckpt.is_file() else 0
+    gamma = 0.01 ** (1.0 / max(cfg.iterations, 1))
+    for group in optimizers["means"].param_groups:
+        group["lr"] = cfg.lr_means * scale * gamma**step0
+
+    bg = torch.tensor(category.background, dtype=torch.float32, device=device)
+    bar = tqdm(range(step0, cfg.iterations), desc=f"splats {category.name}", disable=not progress,
+               initial=step0, total=cfg.iterations)
+    last = {"loss": float("nan"), "psnr": float("nan")}
+    for step in bar:
+        epoch, pos = divmod(step, n_views)
+        view = int(torch.randperm(n_views, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))[pos])
+        sh_now = min(step // cfg.sh_degree_interval, cfg.sh_degree)
+        out = render(params, poses[view : view + 1], Ks[view : view + 1], width, height,
+                     background=bg, sh_degree=sh_now, rasterize_mode=cfg.rasterize_mode)
+        strategy.step_pre_backward(params, optimizers, state, step, out.meta)
+        target = images[view : view + 1]
+        l1 = (out.colors - target).abs().mean()
+        loss = (1.0 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1.0 - _ssim(out.colors, target))
+        loss.backward()
+        for opt in optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        for group in optimizers["means"].param_groups:
+            group["lr"] *= gamma
+        if len(params["means"]) > cfg.max_gaussians and strategy.refine_stop_iter > step:
+            strategy.refine_stop_iter = step  # enough Gaussians: stop growing from here on
+        strategy.step_post_backward(params, optimizers, state, step, out.meta)
+        if step % 10 == 0:
+            last = {"loss": float(loss.detach()), "psnr": psnr(out.colors.detach().clamp(0, 1), target)}
+            bar.set_postfix(loss=f"{last['loss']:.4f}", psnr=f"{last['psnr']:.2f}", gaussians=str(len(params["means"])))
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.iterations:
+            _save_checkpoint(ckpt, step + 1, params, optimizers, state, cfg)
+    bar.close()
+
+    normalization = {
+        "scene_scale": scale,
+        "camera_distance_median": float(camera.camera_center(category.train_poses()).norm(dim=-1).median()),
+        "view_volume_half_size": view_volume_half_size(category),
+    }
+    scene = GaussianScene.from_params(
+        {k: v.detach().cpu() for k, v in params.items()}, sh_degree=cfg.sh_degree,
+        background=tuple(category.background), normalization=normalization,
+    )
+    scene.validate("fitted scene")
+    report = {
+        "num_gaussians": scene.num_gaussians,
+        "init": init_method,
+        "iterations": cfg.iterations,
+        "train_size": [width, height],
+        "seconds_fit": round(time.perf_counter() - start_time, 1),
+        "train_psnr_last": round(last["psnr"], 3),
+        "resumed_from_step": step0,
+        "device": str(device),
+    }
+    return FitResult(scene, report)
+
+
+@torch.no_grad()
+def evaluate_views(scene: GaussianScene, images: torch.Tensor, poses: torch.Tensor, Ks: torch.Tensor) -> dict:
+    """PSNR / SSIM of renders at the given poses against the images [V, H, W, 3]."""
+    height, width = images.shape[1:3]
+    psnrs, ssims, renders = [], [], []
+    for i in range(len(images)):
+        out = render(scene, poses[i : i + 1].float(), Ks[i : i + 1].float(), width, height).colors.clamp(0, 1)
+        renders.append(out[0])
+        psnrs.append(psnr(out, images[i : i + 1]))
+        ssims.append(float(_ssim(out, images[i : i + 1])))
+    return {"psnr": psnrs, "ssim": ssims, "renders": renders}
+
+
+def comparison_sheet(names: list[str], truths: list[torch.Tensor], renders: list[torch.Tensor], psnrs: list[float]) -> "Image":  # noqa: F821
+    """Contact sheet: truth | render | error (x4, clipped) per row."""
+    rows = []
+    for name, truth, rend, value in zip(names, truths, renders, psnrs):
+        err = ((truth - rend).abs().amax(-1) * 4).clamp(0, 1).numpy()
+        rows.append((name.split("/", 1)[-1], [Cell(truth.numpy(), "truth"), Cell(rend.numpy(), f"render {value:.2f} dB"), Cell(err, "|error| x4")]))
+    return contact_sheet(rows, cell=160, title="Gaussian model: truth | render | error")
+
+
+def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Fit, save ``splats/scene.safetensors`` + ``splats/config.json``, and write
+    ``reports/splats.json`` and ``reports/splats_sheet.png`` measured on ``test/good``
+    views rendered at their true poses (held-out training views when there are none)."""
+    start = time.perf_counter()
+    splat_dir, report_dir = out_dir / "splats", out_dir / "reports"
+    previous = _previous_report(splat_dir, report_dir, cfg)
+    if previous is not None:
+        return {**previous, "skipped": True}
+    report_dir.mkdir(parents=True, exist_ok=True)
+    result = fit_splats(category, cfg, splat_dir, progress=progress)
+    result.scene.save(splat_dir / "scene.safetensors")
+    (splat_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    (splat_dir / "checkpoint.safetensors").unlink(missing_ok=True)
+
+    good = [q for q in category.test if q.label == "good" and q.w2c is not None]
+    if good:
+        names = [q.name for q in good]
+        images = torch.stack([q.image for q in good])
+        poses = torch.stack([q.w2c for q in good])
+        Ks = torch.stack([q.K for q in good])
+        source = "test/good at true poses"
+    else:
+        sel = category.train[:: max(1, len(category.train) // 8)]
+        names, images = [v.name for v in sel], torch.stack([v.image for v in sel])
+        poses, Ks = torch.stack([v.w2c for v in sel]), torch.stack([v.K for v in sel])
+        source = "training views (no test/good poses in this category)"
+    ev = evaluate_views(result.scene, images, poses, Ks)
+    report = {
+        "category": category.name,
+        "psnr_test_mean": round(float(np.mean(ev["psnr"])), 3),
+        "ssim_test_mean": round(float(np.mean(ev["ssim"])), 4),
+        "psnr_test": [round(v, 3) for v in ev["psnr"]],
+        "eval_views": source,
+        **result.report,
+        "seconds": round(time.perf_counter() - start, 1),
+        "config": asdict(cfg),
+    }
+    (report_dir / "splats.json").write_text(json.dumps(report, indent=2) + "\n")
+    comparison_sheet(names, list(images), ev["renders"], ev["psnr"]).save(report_dir / "splats_sheet.png")
+    return report
+
+
+def _previous_report(splat_dir: Path, report_dir: Path, cfg: SplatConfig) -> dict | None:
+    """The stage's report when its valid output exists for the same config, else None."""
+    try:
+        if json.loads((splat_dir / "config.json").read_text()) != asdict(cfg):
+            return None
+        GaussianScene.load(splat_dir / "scene.safetensors")
+        return json.loads((report_dir / "splats.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def preset(name: str, **overrides) -> SplatConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
