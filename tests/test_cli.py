@@ -60,3 +60,19 @@ def test_demo_runs_to_its_honest_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert run_demo(tmp_path / "demo", synth, splats) == 0
     out = capsys.readouterr().out
     assert "reusing" in out and "reused the model" in out
+
+
+def test_bench_render_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench-render", "--gaussians", "500", "--size", "32", "--repeats", "2", "--device", "cpu", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["num_gaussians"] == 500 and result["size"] == 32
+    assert 0 < result["cpu"]["forward_s_median"] < 10 and result["cpu"]["forward_backward_s_median"] > 0
+    assert result["machine"]["cpu_count"] >= 1
+
+
+def test_train_rejects_unknown_stage(tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(tiny_synth), "--out", str(tmp_path), "--stages", "splats,warp", "--quiet"]) == 2
+    assert "unknown stage" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
