@@ -1,0 +1,70 @@
+"""Anomaly maps: zero for identical images, peaked on a defect, tolerant mode vs shifts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.data import load_category
+from models.features import FeatureExtractor
+from models.scoring import AnomalyScorer, squared_difference
+
+
+@pytest.fixture(scope="module")
+def scorer() -> AnomalyScorer:
+    return AnomalyScorer(FeatureExtractor())
+
+
+def test_identical_images_score_zero(scorer: AnomalyScorer, lego_dir: Path) -> None:
+    image = load_category(lego_dir, load_test=False).train[0].image[None]
+    maps, scores = scorer(image, image)
+    assert maps.shape == (1, 100, 100)
+    assert scores.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_defect_peaks_where_it_is(scorer: AnomalyScorer, lego_dir: Path) -> None:
+    cat = load_category(lego_dir, load_test=False)
+    # Paint a blob onto a normal view and score it against the clean view.
+    normal = cat.train[5].image.clone()
+    defect = normal.clone()
+    defect[40:50, 55:65] = torch.tensor([0.1, 0.2, 0.9])
+    maps, scores = scorer(torch.stack([defect, normal]), torch.stack([normal, normal]))
+    peak = divmod(int(maps[0].argmax()), 100)
+    assert 38 <= peak[0] <= 52 and 53 <= peak[1] <= 67
+    assert scores[0] > 10 * max(scores[1].item(), 1e-3)
+
+
+def test_batch_equals_single_and_is_deterministic(scorer: AnomalyScorer) -> None:
+    g = torch.Generator().manual_seed(0)
+    q, r = torch.rand(3, 48, 64, 3, generator=g), torch.rand(3, 48, 64, 3, generator=g)
+    maps, scores = scorer(q, r)
+    single = torch.stack([scorer(q[i : i + 1], r[i : i + 1])[1][0] for i in range(3)])
+    assert torch.allclose(scores, single, rtol=1e-4)
+    assert torch.equal(scorer(q, r)[0], maps)
+    assert maps.shape == (3, 48, 64)
+
+
+def test_renders_are_clamped(scorer: AnomalyScorer) -> None:
+    image = torch.rand(1, 32, 32, 3)
+    over = image.clone()
+    over[image > 0.9] = 1.7  # an unclamped render would differ here
+    assert torch.equal(scorer(image, over)[0], scorer(image, over.clamp(0, 1))[0])
+
+
+def test_tolerant_difference_ignores_small_shifts() -> None:
+    a = torch.zeros(1, 2, 12, 12)
+    a[:, :, 5, 5] = 1.0
+    b = torch.roll(a, shifts=1, dims=-1)
+    assert squared_difference(a, b, 0).sum() == 4.0
+    assert squared_difference(a, b, 1).sum() == 0.0
+    c = torch.roll(a, shifts=3, dims=-1)
+    assert squared_difference(a, c, 1).sum() > 0
+
+
+def test_bad_shapes_rejected(scorer: AnomalyScorer) -> None:
+    with pytest.raises(ValueError):
+        scorer(torch.rand(1, 32, 32, 3), torch.rand(1, 30, 32, 3))
+    with pytest.raises(ValueError):
+        scorer(torch.rand(32, 32, 3), torch.rand(32, 32, 3))
