@@ -46,6 +46,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+
+    out = args.out or (args.bundle_dir / "reports" / f"evaluate_{args.pose}")
+    metrics = evaluate(args.bundle_dir, args.category_dir, pose=args.pose, out_dir=out, tolerance=args.tolerance)
+    print(json.dumps(metrics, indent=2))
+    print(f"report: {out}")
+    return 0
+
+
 def _cmd_bench_render(args: argparse.Namespace) -> int:
     from training.benchmarks import bench_render, load_or_random
 
@@ -92,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="score every test view of a category and report the metrics")
+    p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> written by rpe-pad train")
+    p.add_argument("category_dir", type=Path)
+    p.add_argument("--pose", default="oracle", choices=["oracle"], help="how query poses are obtained")
+    p.add_argument("--tolerance", type=_non_negative_int, default=0, help="shift-tolerant comparison radius (cells)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLE_DIR/reports/evaluate_<pose>)")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("bench-render", help="time the Gaussian renderer (median of repeated runs)")
     p.add_argument("--scene", type=Path, default=None, help="a scene.safetensors (default: random scene)")
