@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from gsplat.strategy import DefaultStrategy
 from gsplat.strategy.ops import reset_opa
 from kornia.metrics import ssim as kornia_ssim
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
@@ -340,7 +341,7 @@ def evaluate_views(scene: GaussianScene, images: torch.Tensor, poses: torch.Tens
     return {"psnr": psnrs, "ssim": ssims, "renders": renders}
 
 
-def comparison_sheet(names: list[str], truths: list[torch.Tensor], renders: list[torch.Tensor], psnrs: list[float]) -> "Image":  # noqa: F821
+def comparison_sheet(names: list[str], truths: list[torch.Tensor], renders: list[torch.Tensor], psnrs: list[float]) -> Image.Image:
     """Contact sheet: truth | render | error (x4, clipped) per row."""
     rows = []
     for name, truth, rend, value in zip(names, truths, renders, psnrs):

@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from models.camera import camera_center
 from models.splat import torch_rasterizer as tr
 
 Tensor = torch.Tensor
@@ -82,7 +83,7 @@ def _rasterization_torch(
     if sh_degree is None:
         cols = colors.expand(n_cams, *colors.shape) if colors.dim() == 2 else colors  # [C, N, D]
     else:
-        campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
+        campos = camera_center(viewmats)  # [C, 3]
         dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
         coeffs = colors.expand(n_cams, *colors.shape)
         cols = eval_sh(sh_degree, dirs, coeffs)
