@@ -53,10 +53,7 @@ def bench_render(
     for device in devices:
         sc = scene.to(device)
         vm, Kd = viewmat.to(device), K.to(device)
-
-        def sync() -> None:
-            if device == "cuda":
-                torch.cuda.synchronize()
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
         with torch.no_grad():
             render(sc, vm, Kd, size, size)  # warm-up (CUDA: kernel build/load)

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from models.images import decode_rgb, resize_mask, resize_rgb, to_rgb_float
 
@@ -73,5 +73,5 @@ def test_resize() -> None:
 
 
 def test_garbage_raises() -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(UnidentifiedImageError):
         decode_rgb(b"not an image")
