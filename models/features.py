@@ -115,6 +115,7 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         spec = SPECS.get(name, BackboneSpec((1, 2, 3), IMAGENET_MEAN, IMAGENET_STD))
         self.name = name
+        self.weights = str(weights)
         self.layers = tuple(layers) if layers is not None else spec.layers
         full = timm.create_model(name, pretrained=False)
         full.load_state_dict(_resolve_weights(name, weights, full))

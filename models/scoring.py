@@ -26,6 +26,9 @@ from models.features import FeatureExtractor
 
 Tensor = torch.Tensor
 
+# Comparison radius of the default scorer, chosen by measurement (docs/SCORING.md).
+DEFAULT_TOLERANCE = 1
+
 
 def _to_bchw(images: Tensor) -> Tensor:
     """[B, H, W, 3] or [B, 3, H, W] -> [B, 3, H, W] float, clamped to [0, 1]."""
@@ -55,7 +58,8 @@ def squared_difference(a: Tensor, b: Tensor, tolerance: int = 0) -> Tensor:
 class AnomalyScorer(nn.Module):
     """Anomaly maps and scores of query images against their rendered references."""
 
-    def __init__(self, extractor: FeatureExtractor | None = None, size: int = 224, sigma: float = 4.0, tolerance: int = 0):
+    def __init__(self, extractor: FeatureExtractor | None = None, size: int = 224, sigma: float = 4.0,
+                 tolerance: int = DEFAULT_TOLERANCE):
         super().__init__()
         self.extractor = extractor if extractor is not None else FeatureExtractor()
         self.size = size
@@ -63,6 +67,17 @@ class AnomalyScorer(nn.Module):
         self.tolerance = tolerance
         # scipy's gaussian_filter (the peers') truncates at 4 sigma.
         self.kernel = 2 * math.ceil(4 * sigma) + 1
+
+    def config(self) -> dict:
+        """Everything that defines the scores (stored with a calibrated threshold)."""
+        fx = self.extractor
+        return {"extractor": fx.name, "weights": fx.weights, "layers": list(fx.layers), "size": self.size,
+                "sigma": self.sigma, "tolerance": self.tolerance}
+
+    @classmethod
+    def from_config(cls, config: dict) -> AnomalyScorer:
+        extractor = FeatureExtractor(config["extractor"], layers=config["layers"], weights=config["weights"])
+        return cls(extractor, size=config["size"], sigma=config["sigma"], tolerance=config["tolerance"])
 
     @torch.no_grad()
     def forward(self, query: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:

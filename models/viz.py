@@ -1,10 +1,14 @@
-"""Pictures for people: contact sheets and mask overlays (PIL only, no plotting backend)."""
+"""Pictures for people: contact sheets, mask and anomaly-map overlays.
+
+PIL, OpenCV for contours and matplotlib's colour maps only (no plotting backend)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
+import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -46,10 +50,11 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def contact_sheet(rows: Sequence[tuple[str, Sequence[Cell]]], cell: int = 160, title: str = "") -> Image.Image:
+def contact_sheet(rows: Sequence[tuple[str, Sequence[Cell]]], cell: int = 160, title: str = "",
+                  label_width: int = 110) -> Image.Image:
     """A grid of captioned images, one labelled row per entry of ``rows``."""
     font = ImageFont.load_default()
-    label_w, caption_h, title_h = 110, 16, 22 if title else 0
+    label_w, caption_h, title_h = label_width, 16, 22 if title else 0
     n_cols = max((len(cells) for _, cells in rows), default=1)
     sheet = Image.new("RGB", (label_w + n_cols * (cell + 4), title_h + len(rows) * (cell + caption_h + 6)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -67,5 +72,36 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[Cell]]], cell: int = 160, t
             sheet.paste(thumb, (x, y))
             draw.rectangle([x, y, x + thumb.width - 1, y + thumb.height - 1], outline=(200, 200, 200))
             if item.caption:
-                draw.text((x + 2, y + cell + 2), item.caption[:26], fill=(40, 40, 40), font=font)
+                draw.text((x + 2, y + cell + 2), item.caption[: max(8, cell // 6)], fill=(40, 40, 40), font=font)
     return sheet
+
+
+def heat(values: np.ndarray, vmax: float = 1.0) -> np.ndarray:
+    """Colour-map a [H, W] map to RGB [H, W, 3] with a fixed scale (0 .. vmax), jet."""
+    return matplotlib.colormaps["jet"](np.clip(np.asarray(values) / max(vmax, 1e-12), 0, 1))[..., :3].astype(np.float32)
+
+
+def decision_contour(image: np.ndarray, mask: np.ndarray, colour=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """Draw the outline of a boolean decision ``mask`` [H, W] on ``image`` [H, W, 3]."""
+    out = np.ascontiguousarray(image, dtype=np.float32).copy()
+    contours, _ = cv2.findContours(np.asarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, tuple(float(c) for c in colour), thickness=max(1, round(max(mask.shape) / 200)))
+    return out
+
+
+def anomaly_overlay(image: np.ndarray, norm_map: np.ndarray, alpha: float = 0.5, level: float = 0.5) -> np.ndarray:
+    """A normalised anomaly map [H, W] in [0, 1] colour-mapped over the query [H, W, 3]
+    (transparent at 0, ``alpha`` from the threshold ``level`` up), with the contour of the decision mask (``norm_map > level``) drawn in white."""
+    norm_map = np.asarray(norm_map, dtype=np.float32)
+    # Opacity grows with the map up to the threshold: quiet regions show the query as is.
+    weight = alpha * np.clip(norm_map / level, 0.0, 1.0)[..., None]
+    blended = (1 - weight) * np.asarray(image, dtype=np.float32) + weight * heat(norm_map)
+    return decision_contour(blended, norm_map > level)
+
+
+def side_by_side(query: np.ndarray, reference: np.ndarray, norm_map: np.ndarray, title: str = "",
+                 captions: tuple[str, str, str] = ("query", "rendered reference", "anomaly map"),
+                 cell: int = 256) -> Image.Image:
+    """query | rendered reference | anomaly overlay with the decision contour, one row."""
+    cells = [Cell(query, captions[0]), Cell(reference, captions[1]), Cell(anomaly_overlay(query, norm_map), captions[2])]
+    return contact_sheet([("", cells)], cell=cell, title=title, label_width=4)

@@ -39,9 +39,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from training.pipeline import run_train
 
     stages = args.stages.split(",") if args.stages else None
-    reports = run_train(args.category_dir, args.out, preset=args.preset, stages=stages, progress=not args.quiet)
+    reports = run_train(args.category_dir, args.out, preset=args.preset, stages=stages, progress=not args.quiet,
+                        validation_dir=args.validation)
     for stage, report in reports.items():
-        shown = {k: v for k, v in report.items() if k not in ("config", "psnr_test")}
+        shown = {k: v for k, v in report.items() if k not in ("config", "psnr_test", "scores", "key")}
         print(f"{stage}: {json.dumps(shown)}")
     return 0
 
@@ -52,6 +53,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.out or (args.bundle_dir / "reports" / f"evaluate_{args.pose}")
     metrics = evaluate(args.bundle_dir, args.category_dir, pose=args.pose, out_dir=out, tolerance=args.tolerance)
     print(json.dumps(metrics, indent=2))
+    print(f"report: {out}")
+    return 0
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from training.sensitivity import markdown, sensitivity, write
+
+    out = args.out or (args.bundle_dir / "reports" / "sensitivity")
+    result = sensitivity(args.bundle_dir, args.category_dir, size=args.size, shifts=args.shifts,
+                         rotations=args.rotations, tolerances=args.tolerances, progress=not args.quiet)
+    write(result, out)
+    print(markdown(result))
     print(f"report: {out}")
     return 0
 
@@ -100,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="bundles folder (BUNDLES_DIR/<category> is written)")
     p.add_argument("--preset", default="cpu", choices=["demo", "cpu", "paper"], help="default cpu")
     p.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
+    p.add_argument("--validation", type=Path, default=None,
+                   help="a labelled category: calibrate the threshold F1-optimally on its test split")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
@@ -107,9 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> written by rpe-pad train")
     p.add_argument("category_dir", type=Path)
     p.add_argument("--pose", default="oracle", choices=["oracle"], help="how query poses are obtained")
-    p.add_argument("--tolerance", type=_non_negative_int, default=0, help="shift-tolerant comparison radius (cells)")
+    p.add_argument("--tolerance", type=_non_negative_int, default=None,
+                   help="comparison radius in cells (default: the calibrated scorer's)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLE_DIR/reports/evaluate_<pose>)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("sensitivity", help="image/pixel AUROC against a shifted or rotated oracle reference")
+    p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> written by rpe-pad train")
+    p.add_argument("category_dir", type=Path)
+    p.add_argument("--size", type=_positive_int, default=None, help="score at this image width (default: the model's)")
+    p.add_argument("--shifts", type=_non_negative_int, nargs="+", default=[0, 1, 2, 4, 8], help="pixels (default 0 1 2 4 8)")
+    p.add_argument("--rotations", type=_non_negative_int, nargs="*", default=[1, 2], help="degrees (default 1 2)")
+    p.add_argument("--tolerances", type=_non_negative_int, nargs="+", default=[0, 1], help="comparison modes (default 0 1)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLE_DIR/reports/sensitivity)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sensitivity)
 
     p = sub.add_parser("bench-render", help="time the Gaussian renderer (median of repeated runs)")
     p.add_argument("--scene", type=Path, default=None, help="a scene.safetensors (default: random scene)")

@@ -55,7 +55,10 @@ def test_demo_runs_to_its_honest_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert (tmp_path / "demo" / "synthetic_lego_sheet.png").is_file()
     assert (tmp_path / "demo" / "bundles" / "synthetic_lego" / "reports" / "splats.json").is_file()
-    assert "PSNR" in out and "Not built yet" in out
+    assert "PSNR" in out and "Not built yet" in out and "image AUROC" in out
+    metrics = json.loads((tmp_path / "demo" / "bundles" / "synthetic_lego" / "reports" / "evaluate_oracle" /
+                          "metrics.json").read_text())
+    assert metrics["n_queries"] == 4 and metrics["decision"] is not None
     # A second run reuses the category and the fitted model instead of redoing them.
     assert run_demo(tmp_path / "demo", synth, splats) == 0
     out = capsys.readouterr().out

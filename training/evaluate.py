@@ -13,27 +13,62 @@ import json
 import time
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.calibration import Calibration
 from models.data import GOOD, load_category
 from models.metrics import aupro, auroc, f1_max, pixel_auroc
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene, render
-from models.viz import Cell, contact_sheet, mask_overlay
+from models.viz import Cell, anomaly_overlay, contact_sheet, heat, mask_overlay
 
 POSE_MODES = ("oracle",)
 
 
-def heat(values: np.ndarray, vmax: float) -> np.ndarray:
-    """Colour-map a [H, W] map to RGB with a fixed scale (0 .. vmax)."""
-    return matplotlib.colormaps["jet"](np.clip(values / max(vmax, 1e-12), 0, 1))[..., :3].astype(np.float32)
+def load_calibration(bundle_dir: Path) -> Calibration | None:
+    path = bundle_dir / "calibration" / "calibration.json"
+    return Calibration.model_validate_json(path.read_text()) if path.is_file() else None
+
+
+def decision_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Confusion counts and rates of ``score > threshold`` against the labels."""
+    flagged = scores > threshold
+    tp, fp = int(np.sum(flagged & labels)), int(np.sum(flagged & ~labels))
+    fn, tn = int(np.sum(~flagged & labels)), int(np.sum(~flagged & ~labels))
+    return {"threshold": round(threshold, 4), "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "accuracy": round((tp + tn) / len(labels), 4),
+            "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+            "recall": round(tp / (tp + fn), 4) if tp + fn else None,
+            "false_positive_rate": round(fp / (fp + tn), 4) if fp + tn else None}
+
+
+@torch.no_grad()
+def render_references(scene: GaussianScene, poses: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
+                      batch: int = 8) -> torch.Tensor:
+    """Renders [V, H, W, 3] in [0, 1] of the normal object at world-to-camera ``poses``."""
+    out = [render(scene, poses[i : i + batch].float(), Ks[i : i + batch].float(), width, height).colors.clamp(0, 1)
+           for i in range(0, len(poses), batch)]
+    return torch.cat(out)
+
+
+def image_labels_and_masks(queries, eval_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image labels (True = defective) and masks nearest-resized to ``eval_size`` (peers' protocol)."""
+    labels = np.array([q.label != GOOD for q in queries])
+    masks = F.interpolate(torch.stack([q.mask for q in queries])[:, None].float(), size=(eval_size, eval_size),
+                          mode="nearest")[:, 0].numpy() > 0.5
+    return labels, masks
+
+
+def resize_maps(maps: torch.Tensor, eval_size: int) -> np.ndarray:
+    return F.interpolate(maps[:, None], size=(eval_size, eval_size), mode="bilinear", align_corners=False)[:, 0].numpy()
 
 
 def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "oracle", out_dir: Path | None = None,
-             eval_size: int = 224, batch: int = 8, tolerance: int = 0) -> dict:
+             eval_size: int = 224, batch: int = 8, tolerance: int | None = None) -> dict:
+    """Score every test view; ``tolerance`` overrides the calibrated scorer's comparison
+    radius (the calibrated threshold then no longer applies and no decision is reported)."""
     if pose not in POSE_MODES:
         raise ValueError(f"pose mode {pose!r} is not available yet; available: {list(POSE_MODES)}")
     scene = GaussianScene.load(bundle_dir / "splats" / "scene.safetensors")
@@ -42,15 +77,19 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "oracle", out_dir
     queries = [q for q in category.test if q.w2c is not None]
     if len(queries) < len(category.test):
         raise ValueError(f"{category_dir}: --pose oracle needs test/transforms.json poses for every test view")
-    scorer = AnomalyScorer(tolerance=tolerance)
+    calib = load_calibration(bundle_dir)
+    if calib is not None and (tolerance is None or tolerance == calib.scorer["tolerance"]):
+        scorer = AnomalyScorer.from_config(calib.scorer)
+    else:
+        scorer = AnomalyScorer(**({} if tolerance is None else {"tolerance": tolerance}))
+        calib = None
     maps, scores, renders = [], [], []
     timing = {"render": [], "score": []}
     for i in range(0, len(queries), batch):
         chunk = queries[i : i + batch]
         t0 = time.perf_counter()
-        with torch.no_grad():
-            ref = render(scene, torch.stack([q.w2c for q in chunk]).float(), torch.stack([q.K for q in chunk]).float(),
-                         category.width, category.height).colors.clamp(0, 1)
+        ref = render_references(scene, torch.stack([q.w2c for q in chunk]), torch.stack([q.K for q in chunk]),
+                                category.width, category.height)
         t1 = time.perf_counter()
         m, s = scorer(torch.stack([q.image for q in chunk]), ref)
         t2 = time.perf_counter()
@@ -60,10 +99,8 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "oracle", out_dir
         scores.append(s)
         renders.extend(ref)
     maps_t, scores_t = torch.cat(maps), torch.cat(scores)
-    maps224 = F.interpolate(maps_t[:, None], size=(eval_size, eval_size), mode="bilinear", align_corners=False)[:, 0].numpy()
-    masks224 = F.interpolate(torch.stack([q.mask for q in queries])[:, None].float(), size=(eval_size, eval_size),
-                             mode="nearest")[:, 0].numpy() > 0.5
-    labels = np.array([q.label != GOOD for q in queries])
+    maps224 = resize_maps(maps_t, eval_size)
+    labels, masks224 = image_labels_and_masks(queries, eval_size)
     score_np = scores_t.numpy()
     per_type = {}
     for defect in category.defect_types:
@@ -79,15 +116,17 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "oracle", out_dir
         "f1_max": round(f1_max(labels, score_np), 4),
         "image_auroc_per_defect": per_type,
         "eval_size": eval_size,
-        "tolerance": tolerance,
+        "tolerance": scorer.tolerance,
+        "decision": decision_metrics(labels, score_np, calib.threshold) if calib is not None else None,
         "timing_ms": {k: round(1000 * float(np.median(v)), 1) for k, v in timing.items()},
     }
     if out_dir is not None:
-        _write_report(out_dir, metrics, queries, renders, maps_t, score_np)
+        _write_report(out_dir, metrics, queries, renders, maps_t, score_np, calib)
     return metrics
 
 
-def _write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Tensor, scores: np.ndarray) -> None:
+def _write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Tensor, scores: np.ndarray,
+                  calib: Calibration | None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     rows = ["| metric | value |", "|---|---|"]
@@ -95,6 +134,10 @@ def _write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Te
         rows.append(f"| {key} | {metrics[key]} |")
     for defect, value in metrics["image_auroc_per_defect"].items():
         rows.append(f"| image_auroc {defect} | {value} |")
+    if metrics["decision"] is not None:
+        d = metrics["decision"]
+        rows.append(f"| threshold (calibrated) | {d['threshold']} |")
+        rows.append(f"| accuracy / precision / recall at threshold | {d['accuracy']} / {d['precision']} / {d['recall']} |")
     (out_dir / "metrics.md").write_text("\n".join(rows) + "\n")
     vmax = float(maps.max())
     picks = []
@@ -104,9 +147,15 @@ def _write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Te
     for i in picks:
         q = queries[i]
         image = q.image.numpy()
+        if calib is not None:
+            norm = calib.normalise_map(maps[i].numpy())
+            verdict = "ANOMALOUS" if calib.decide(scores[i]) else "normal"
+            shown = Cell(anomaly_overlay(image, norm), f"{verdict} {float(calib.normalise(scores[i])):.2f}")
+        else:
+            shown = Cell(heat(maps[i].numpy(), vmax), f"map, score {scores[i]:.1f}")
         sheet_rows.append((q.name.split("/", 1)[-1], [
             Cell(mask_overlay(image, q.mask.numpy()), "query + true mask"),
             Cell(renders[i].numpy(), "rendered reference"),
-            Cell(heat(maps[i].numpy(), vmax), f"map, score {scores[i]:.1f}"),
+            shown,
         ]))
     contact_sheet(sheet_rows, cell=160, title=f"{metrics['category']}: pose {metrics['pose_mode']}").save(out_dir / "overlays.png")

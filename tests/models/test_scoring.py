@@ -68,3 +68,14 @@ def test_bad_shapes_rejected(scorer: AnomalyScorer) -> None:
         scorer(torch.rand(1, 32, 32, 3), torch.rand(1, 30, 32, 3))
     with pytest.raises(ValueError):
         scorer(torch.rand(32, 32, 3), torch.rand(32, 32, 3))
+
+
+def test_config_round_trip_rebuilds_the_same_scorer(scorer: AnomalyScorer) -> None:
+    cfg = scorer.config()
+    assert cfg == {"extractor": "tf_efficientnet_lite0", "weights": "imagenet", "layers": [0, 1, 2, 3],
+                   "size": 224, "sigma": 4.0, "tolerance": 1}
+    rebuilt = AnomalyScorer.from_config(cfg)
+    q, r = torch.rand(2, 40, 40, 3), torch.rand(2, 40, 40, 3)
+    assert torch.equal(rebuilt(q, r)[1], scorer(q, r)[1])
+    exact = AnomalyScorer.from_config({**cfg, "tolerance": 0})
+    assert not torch.equal(exact(q, r)[1], scorer(q, r)[1])

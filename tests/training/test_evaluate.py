@@ -7,20 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.data import load_category
 from rpe_pad.cli import main
-from training.splats import preset, run_splats_stage
-
-TINY = dict(iterations=150, init_points=3000, refine_start=40, refine_stop=120, refine_every=20,
-            reset_every=10_000, checkpoint_every=0, sh_degree=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tiny_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cat = load_category(tiny_synth)
-    out = tmp_path_factory.mktemp("bundles") / cat.name
-    run_splats_stage(cat, preset("demo", **TINY), out, progress=False)
-    return out
 
 
 def test_oracle_report(tiny_bundle: Path, tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

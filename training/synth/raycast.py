@@ -57,7 +57,7 @@ class Primitive:
             return (cx - r, cy - r, self.z0), (cx + r, cy + r, self.z1)
         return (cx - r, cy - r, cz - r), (cx + r, cy + r, cz + r)
 
-    def scaled(self, offset: tuple[float, float, float], scale: float) -> "Primitive":
+    def scaled(self, offset: tuple[float, float, float], scale: float) -> Primitive:
         """The primitive after ``x -> (x + offset) * scale``."""
 
         def tr(p: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -88,7 +88,7 @@ class Scene:
         self.parts.setdefault(part, []).append(pid)
         return pid
 
-    def without(self, prim_ids: set[int]) -> "Scene":
+    def without(self, prim_ids: set[int]) -> Scene:
         """A copy without the given primitives (ids of the others are kept)."""
         out = Scene()
         out.prims = {k: v for k, v in self.prims.items() if k not in prim_ids}
@@ -98,7 +98,7 @@ class Scene:
         out.parts = {name: ids for name, ids in out.parts.items() if ids}
         return out
 
-    def with_prims(self, part: str, prims: list[Primitive]) -> tuple["Scene", list[int]]:
+    def with_prims(self, part: str, prims: list[Primitive]) -> tuple[Scene, list[int]]:
         """A copy with extra primitives in a new part; returns it and their ids."""
         out = Scene(dict(self.prims), {k: list(v) for k, v in self.parts.items()})
         return out, [out.add(part, p) for p in prims]

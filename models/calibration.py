@@ -1,0 +1,141 @@
+"""A category's decision rule: threshold, normalised score and normal statistics.
+
+Rules (``Calibration.rule``):
+
+- ``quantile`` (default, needs normal views only): ``threshold = Q_q(normal scores) *
+  (1 + margin)`` with q = 0.99 and margin = 0.10. The normal scores come from views the
+  model has not been told are normal on purpose: training views scored against renders at
+  slightly jittered poses (see ``training/calibrate.py``), so the threshold covers render
+  error and a small residual pose error.
+- ``f1``: with a labelled validation set, the threshold halfway between the two scores
+  that bracket the F1-optimal cut.
+
+Normalised score (the convention of the best-known anomaly detection library: 0.5 at the
+threshold, clipped to [0, 1]):
+
+    normalised = clip(0.5 + 0.5 * (raw - threshold) / (threshold - floor), 0, 1)
+
+with ``floor`` the lowest normal image score (half the threshold if a validation set put
+the threshold below it) (so the cleanest normal view maps to 0 and
+twice the threshold's distance above it to 1). Anomaly maps use the same formula with the
+median normal pixel value as floor, so a map pixel at 0.5 sits exactly at the decision
+threshold and the decision mask is ``normalised map > 0.5``. A per-request threshold
+override keeps the floors and moves the 0.5 point.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+QUANTILE = 0.99
+MARGIN = 0.10
+PIXEL_QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
+
+
+class ScoreStats(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n: int = Field(ge=1)
+    min: float
+    median: float
+    p95: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, scores: np.ndarray) -> ScoreStats:
+        s = np.asarray(scores, dtype=np.float64).ravel()
+        if s.size == 0 or not np.isfinite(s).all():
+            raise ValueError("normal scores must be a non-empty set of finite numbers")
+        return cls(n=int(s.size), min=float(s.min()), median=float(np.median(s)),
+                   p95=float(np.quantile(s, 0.95)), p99=float(np.quantile(s, 0.99)), max=float(s.max()))
+
+
+class Calibration(BaseModel):
+    """What a bundle stores about its decision rule (``calibration.json``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: Literal[1] = 1
+    rule: Literal["quantile", "f1"]
+    threshold: float = Field(gt=0)
+    quantile: float = Field(QUANTILE, gt=0, le=1)
+    margin: float = Field(MARGIN, ge=0)
+    score_floor: float = Field(ge=0)
+    pixel_floor: float = Field(ge=0)
+    normal_scores: ScoreStats
+    normal_pixel_quantiles: dict[str, float]
+    scorer: dict
+    sources: dict[str, int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _floors_below_threshold(self) -> Calibration:
+        if self.score_floor >= self.threshold:
+            raise ValueError(f"score_floor {self.score_floor} must lie below the threshold {self.threshold}")
+        if self.pixel_floor >= self.threshold:
+            raise ValueError(f"pixel_floor {self.pixel_floor} must lie below the threshold {self.threshold}")
+        return self
+
+    def resolve(self, threshold: float | None) -> float:
+        """The threshold in force: the calibrated one or a caller's override (> floor)."""
+        if threshold is None:
+            return self.threshold
+        if not np.isfinite(threshold) or threshold <= self.score_floor:
+            raise ValueError(f"threshold must be a number above {self.score_floor:.4g} (the lowest normal score), got {threshold}")
+        return float(threshold)
+
+    def normalise(self, raw, threshold: float | None = None):
+        """Normalised image score(s) in [0, 1]; 0.5 at the threshold in force."""
+        return _normalise(raw, self.resolve(threshold), self.score_floor)
+
+    def normalise_map(self, amap, threshold: float | None = None):
+        """Normalised anomaly map in [0, 1]; ``> 0.5`` is the decision mask."""
+        return _normalise(amap, self.resolve(threshold), min(self.pixel_floor, self.score_floor))
+
+    def decide(self, raw, threshold: float | None = None):
+        """True where the raw score exceeds the threshold in force."""
+        return raw > self.resolve(threshold)
+
+
+def _normalise(values, threshold: float, floor: float):
+    scale = 2.0 * (threshold - floor)
+    if isinstance(values, torch.Tensor):
+        return (0.5 + (values - threshold) / scale).clamp(0.0, 1.0)
+    return np.clip(0.5 + (np.asarray(values, dtype=np.float64) - threshold) / scale, 0.0, 1.0)
+
+
+def quantile_threshold(normal_scores: np.ndarray, quantile: float = QUANTILE, margin: float = MARGIN) -> float:
+    """``Q_quantile(normal scores) * (1 + margin)``."""
+    s = np.asarray(normal_scores, dtype=np.float64).ravel()
+    if s.size == 0 or not np.isfinite(s).all():
+        raise ValueError("normal scores must be a non-empty set of finite numbers")
+    if not 0 < quantile <= 1 or margin < 0:
+        raise ValueError(f"need 0 < quantile <= 1 and margin >= 0, got {quantile}, {margin}")
+    return float(np.quantile(s, quantile) * (1.0 + margin))
+
+
+def f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The F1-optimal threshold of a labelled set (decision ``score > threshold``): halfway
+    between the lowest score flagged and the highest score below it."""
+    y = np.asarray(labels, dtype=bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.size != s.size or not y.any() or y.all():
+        raise ValueError("a labelled validation set needs both normal and anomalous views, one score each")
+    cuts = np.unique(s)  # candidate: flag every score >= cut
+    best, best_f1 = cuts[0], -1.0
+    for cut in cuts:
+        flagged = s >= cut
+        tp = np.sum(flagged & y)
+        f1 = 2 * tp / (flagged.sum() + y.sum())
+        if f1 > best_f1:
+            best, best_f1 = cut, f1
+    below = s[s < best]
+    # When flagging everything is optimal, the threshold sits just under the lowest score.
+    return float(0.5 * (best + below.max())) if below.size else float(np.nextafter(best, -np.inf))
+
+
+def pixel_quantiles(maps: np.ndarray) -> dict[str, float]:
+    values = np.asarray(maps, dtype=np.float64).ravel()
+    return {f"q{q:g}": float(np.quantile(values, q)) for q in PIXEL_QUANTILES}

@@ -1,0 +1,100 @@
+"""The decision rule: thresholds, the normalised score and the stored calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from models.calibration import (
+    Calibration,
+    ScoreStats,
+    f1_threshold,
+    pixel_quantiles,
+    quantile_threshold,
+)
+
+
+def _calibration(**overrides) -> Calibration:
+    fields = dict(rule="quantile", threshold=10.0, score_floor=4.0, pixel_floor=1.0,
+                  normal_scores=ScoreStats.of(np.array([4.0, 5.0, 6.0, 9.0])),
+                  normal_pixel_quantiles={"q0.5": 1.0}, scorer={"tolerance": 0})
+    return Calibration(**{**fields, **overrides})
+
+
+def test_quantile_threshold_is_the_quantile_plus_margin() -> None:
+    scores = np.arange(1, 101, dtype=float)  # Q_0.99 = 99.01 with linear interpolation
+    assert quantile_threshold(scores, 0.99, 0.10) == pytest.approx(99.01 * 1.1)
+    assert quantile_threshold(scores, 1.0, 0.0) == 100.0
+    with pytest.raises(ValueError, match="non-empty"):
+        quantile_threshold(np.array([]))
+    with pytest.raises(ValueError, match="finite"):
+        quantile_threshold(np.array([1.0, np.nan]))
+
+
+def test_f1_threshold_separates_a_separable_set_halfway() -> None:
+    labels = np.array([0, 0, 0, 1, 1])
+    scores = np.array([1.0, 2.0, 3.0, 5.0, 9.0])
+    assert f1_threshold(labels, scores) == 4.0
+
+
+def test_f1_threshold_trades_off_an_overlap() -> None:
+    # Flagging >= 3 gives tp 2, fp 1 (F1 0.8); >= 4 gives tp 1 (F1 0.67); >= 2 gives F1 0.67.
+    labels = np.array([0, 0, 1, 0, 1])
+    scores = np.array([1.0, 2.0, 3.0, 3.5, 4.0])
+    t = f1_threshold(labels, scores)
+    assert t == 2.5
+    flagged = scores > t
+    assert flagged.tolist() == [False, False, True, True, True]
+
+
+def test_f1_threshold_needs_both_classes() -> None:
+    with pytest.raises(ValueError, match="both normal and anomalous"):
+        f1_threshold(np.array([0, 0]), np.array([1.0, 2.0]))
+
+
+def test_normalised_score_is_half_at_the_threshold_and_clipped() -> None:
+    c = _calibration()
+    assert c.normalise(10.0) == pytest.approx(0.5)
+    assert c.normalise(4.0) == pytest.approx(0.0)  # the floor
+    assert c.normalise(16.0) == pytest.approx(1.0)
+    assert c.normalise(7.0) == pytest.approx(0.25)
+    assert c.normalise(100.0) == 1.0 and c.normalise(0.0) == 0.0
+    assert torch.allclose(c.normalise(torch.tensor([4.0, 10.0, 16.0])), torch.tensor([0.0, 0.5, 1.0]))
+    assert c.decide(10.5) and not c.decide(10.0)
+
+
+def test_threshold_override_moves_the_half_point() -> None:
+    c = _calibration()
+    assert c.normalise(8.0, threshold=8.0) == pytest.approx(0.5)
+    assert c.decide(9.0, threshold=8.0) and not c.decide(9.0)
+    with pytest.raises(ValueError, match="above"):
+        c.normalise(5.0, threshold=3.0)  # below the lowest normal score
+    with pytest.raises(ValueError, match="above"):
+        c.resolve(float("nan"))
+
+
+def test_map_normalisation_uses_the_pixel_floor() -> None:
+    c = _calibration()
+    amap = np.array([[1.0, 10.0], [19.0, 0.0]])
+    np.testing.assert_allclose(c.normalise_map(amap), [[0.0, 0.5], [1.0, 0.0]])
+    assert (c.normalise_map(amap) > 0.5).sum() == 1
+
+
+def test_calibration_validates_and_round_trips() -> None:
+    c = _calibration()
+    assert Calibration.model_validate_json(c.model_dump_json()) == c
+    with pytest.raises(ValidationError, match="below the threshold"):
+        _calibration(score_floor=12.0)
+    with pytest.raises(ValidationError):
+        _calibration(threshold=-1.0)
+    with pytest.raises(ValidationError):
+        Calibration.model_validate({**c.model_dump(), "version": 2})
+    with pytest.raises(ValidationError):
+        Calibration.model_validate({**c.model_dump(), "surprise": 1})
+
+
+def test_pixel_quantiles() -> None:
+    q = pixel_quantiles(np.arange(11, dtype=float))
+    assert q["q0.5"] == 5.0 and q["q1"] == 10.0

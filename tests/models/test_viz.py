@@ -1,0 +1,37 @@
+"""Overlays: the decision contour sits on the edge of ``map > 0.5`` and nowhere else."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.viz import anomaly_overlay, decision_contour, side_by_side
+
+
+def test_decision_contour_outlines_the_mask() -> None:
+    image = np.zeros((40, 40, 3), np.float32)
+    mask = np.zeros((40, 40), bool)
+    mask[10:20, 15:30] = True
+    out = decision_contour(image, mask)
+    drawn = out.max(-1) > 0.5
+    border = mask & ~np.pad(mask, 1)[2:, 1:-1] | mask & ~np.pad(mask, 1)[:-2, 1:-1] \
+        | mask & ~np.pad(mask, 1)[1:-1, 2:] | mask & ~np.pad(mask, 1)[1:-1, :-2]
+    assert drawn[border].all()
+    assert not drawn[~mask].any()
+    assert not drawn[12:18, 17:28].any()  # the inside stays untouched
+
+
+def test_overlay_without_anomaly_has_no_contour() -> None:
+    image = np.full((32, 32, 3), 0.5, np.float32)
+    quiet = anomaly_overlay(image, np.full((32, 32), 0.3, np.float32))
+    assert not (quiet == 1.0).all(-1).any()
+    np.testing.assert_allclose(anomaly_overlay(image, np.zeros((32, 32), np.float32)), image)  # transparent at 0
+    hot = np.full((32, 32), 0.3, np.float32)
+    hot[8:16, 8:16] = 0.9
+    loud = anomaly_overlay(image, hot)
+    assert (loud == 1.0).all(-1).sum() >= 4 * 7  # a white outline around the hot square
+
+
+def test_side_by_side_has_three_panels() -> None:
+    img = np.random.default_rng(0).random((50, 60, 3)).astype(np.float32)
+    sheet = side_by_side(img, img, np.zeros((50, 60), np.float32), title="t", cell=100)
+    assert sheet.width >= 3 * 100 and sheet.height > 100
