@@ -244,3 +244,22 @@ def project_points(points: Tensor, w2c: Tensor, K: Tensor) -> tuple[Tensor, Tens
     depth = cam[..., 2]
     uvw = cam @ K.transpose(-1, -2)
     return uvw[..., :2] / uvw[..., 2:3], depth
+
+
+def roll_pose(pose: Tensor, image_rotation_deg: Tensor | float) -> Tensor:
+    """The pose whose image is this pose's image rotated by ``image_rotation_deg``
+    counter-clockwise on screen about the principal point (kornia's ``rotate`` sign):
+    a turn of the camera about its optical axis, ``P' = Rz(-a) P``. Exact for a pinhole
+    camera whose principal point is the rotation centre (MAD: the image centre)."""
+    angle = torch.as_tensor(image_rotation_deg, dtype=pose.dtype, device=pose.device)
+    rz = _rot_z(-torch.deg2rad(angle)).expand(*pose.shape[:-2], 3, 3)
+    return make_pose(rz, torch.zeros(*pose.shape[:-2], 3, dtype=pose.dtype, device=pose.device)) @ pose
+
+
+def reprojection_error_px(pose_est: Tensor, pose_true: Tensor, K: Tensor, points: Tensor) -> Tensor:
+    """Median pixel distance ``[...]`` between world ``points [N, 3]`` projected with the
+    estimated and the true pose (same ``K``): how far a render at the estimate sits from
+    the query, in pixels of the image ``K`` describes."""
+    uv_est, _ = project_points(points, pose_est, K)
+    uv_true, _ = project_points(points, pose_true, K)
+    return (uv_est - uv_true).norm(dim=-1).median(dim=-1).values

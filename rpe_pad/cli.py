@@ -39,10 +39,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from training.pipeline import run_train
 
     stages = args.stages.split(",") if args.stages else None
+    ablation = {"rvss_m": args.rvss_m, "n_refine": args.refine_layers, "k": args.pairs_k,
+                "mpts": False if args.no_mpts else None, "epochs": args.irprn_epochs}
     reports = run_train(args.category_dir, args.out, preset=args.preset, stages=stages, progress=not args.quiet,
-                        validation_dir=args.validation)
+                        validation_dir=args.validation, ablation=ablation)
     for stage, report in reports.items():
-        shown = {k: v for k, v in report.items() if k not in ("config", "psnr_test", "scores", "key")}
+        shown = {k: v for k, v in report.items() if k not in ("config", "psnr_test", "scores", "key", "history")}
         print(f"{stage}: {json.dumps(shown)}")
     return 0
 
@@ -51,8 +53,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
     out = args.out or (args.bundle_dir / "reports" / f"evaluate_{args.pose}")
-    metrics = evaluate(args.bundle_dir, args.category_dir, pose=args.pose, out_dir=out, tolerance=args.tolerance)
-    print(json.dumps(metrics, indent=2))
+    metrics = evaluate(args.bundle_dir, args.category_dir, pose=args.pose, out_dir=out, tolerance=args.tolerance,
+                       fusion=args.fusion, backend=args.backend, k=args.k)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "per_query_reproj_px"}, indent=2))
     print(f"report: {out}")
     return 0
 
@@ -115,13 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
     p.add_argument("--validation", type=Path, default=None,
                    help="a labelled category: calibrate the threshold F1-optimally on its test split")
+    p.add_argument("--rvss-m", type=_non_negative_int, default=None, help="novel views per training view (0 = no RVSS; default 3)")
+    p.add_argument("--refine-layers", type=_non_negative_int, default=None, help="IRPRN refinement layers (default 3)")
+    p.add_argument("--pairs-k", type=_positive_int, default=None, help="training pairs per query, K (default 3)")
+    p.add_argument("--no-mpts", action="store_true", help="uniform pair weights instead of MPTS")
+    p.add_argument("--irprn-epochs", type=_positive_int, default=None, help="IRPRN epochs (default: the preset's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="score every test view of a category and report the metrics")
     p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> written by rpe-pad train")
     p.add_argument("category_dir", type=Path)
-    p.add_argument("--pose", default="oracle", choices=["oracle"], help="how query poses are obtained")
+    p.add_argument("--pose", default="oracle", choices=["oracle", "retrieval", "rpe"],
+                   help="how query poses are obtained: the true pose, the best gallery view's, IRPRN's (default oracle)")
+    p.add_argument("--fusion", default="mean", choices=["mean", "top1", "render"],
+                   help="how the K IRPRN poses are fused (rpe; default mean)")
+    p.add_argument("--k", type=_positive_int, default=3, help="gallery matches per query (default 3)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"], help="IRPRN runtime (default: ONNX when exported)")
     p.add_argument("--tolerance", type=_non_negative_int, default=None,
                    help="comparison radius in cells (default: the calibrated scorer's)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLE_DIR/reports/evaluate_<pose>)")

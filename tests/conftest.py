@@ -40,3 +40,28 @@ def tiny_bundle(tiny_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     out = tmp_path_factory.mktemp("bundles") / cat.name
     run_splats_stage(cat, preset("demo", **TINY_SPLATS), out, progress=False)
     return out
+
+
+TINY_IRPRN = dict(epochs=2, augment_copies=1, checkpoint_every=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pose_bundle(tiny_bundle: Path, tiny_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_bundle`` plus every later stage (calibration, rvss, a 2-epoch IRPRN, gallery, onnx)."""
+    import shutil
+
+    from models.data import load_category
+    from training.calibrate import CalibConfig, run_calibration_stage
+    from training.export import run_onnx_stage
+    from training.irprn import preset, run_gallery_stage, run_irprn_stage
+    from training.rvss import RVSSConfig, run_rvss_stage
+
+    out = tmp_path_factory.mktemp("pose_bundles") / tiny_bundle.name
+    shutil.copytree(tiny_bundle, out)
+    cat = load_category(tiny_synth)
+    run_calibration_stage(cat, CalibConfig(), out, progress=False)
+    run_rvss_stage(cat, RVSSConfig(), out, progress=False)
+    run_irprn_stage(cat, preset("demo", **TINY_IRPRN), out, progress=False)
+    run_gallery_stage(cat, out, progress=False)
+    run_onnx_stage(cat, out, progress=False)
+    return out

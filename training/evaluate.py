@@ -18,13 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from models.calibration import Calibration
+from models.camera import pose_errors, reprojection_error_px
 from models.data import GOOD, load_category
 from models.metrics import aupro, auroc, f1_max, pixel_auroc
+from models.pose import PoseEstimator
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene, render
 from models.viz import Cell, anomaly_overlay, contact_sheet, heat, mask_overlay
 
-POSE_MODES = ("oracle",)
+POSE_MODES = ("oracle", "retrieval", "rpe")
 
 
 def load_calibration(bundle_dir: Path) -> Calibration | None:
@@ -65,18 +67,49 @@ def resize_maps(maps: torch.Tensor, eval_size: int) -> np.ndarray:
     return F.interpolate(maps[:, None], size=(eval_size, eval_size), mode="bilinear", align_corners=False)[:, 0].numpy()
 
 
+def pose_report(estimated: torch.Tensor, true: torch.Tensor, K: torch.Tensor, width: int, scene: GaussianScene,
+                eval_size: int) -> dict:
+    """Pose errors of estimated vs true query poses: rotation (deg), camera centre (relative
+    to its distance), and the reprojection error in pixels at ``eval_size`` of the scene's
+    most opaque Gaussians (the object), median per view."""
+    # The object: its 4000 most opaque Gaussians.
+    means = scene.means[scene.opacities.topk(min(4000, scene.num_gaussians)).indices].double()
+    K_eval = K.double().clone()
+    K_eval[..., :2, :] *= eval_size / width
+    reproj = reprojection_error_px(estimated.double(), true.double(), K_eval, means)
+    err = pose_errors(estimated.double(), true.double())
+    rot = err["rot_deg"]
+    return {
+        "pose_reproj_err_px_median": round(float(reproj.median()), 3),
+        "pose_reproj_err_px_mean": round(float(reproj.mean()), 3),
+        "pose_reproj_within_1px": round(float((reproj <= 1).double().mean()), 4),
+        "pose_reproj_within_2px": round(float((reproj <= 2).double().mean()), 4),
+        "pose_rot_deg_median": round(float(rot.median()), 3),
+        "pose_rot_deg_max": round(float(rot.max()), 3),
+        "pose_center_rel_median": round(float(err["center_rel"].median()), 4),
+        "per_query_reproj_px": [round(float(v), 3) for v in reproj],
+    }
+
+
 def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "oracle", out_dir: Path | None = None,
-             eval_size: int = 224, batch: int = 8, tolerance: int | None = None) -> dict:
-    """Score every test view; ``tolerance`` overrides the calibrated scorer's comparison
-    radius (the calibrated threshold then no longer applies and no decision is reported)."""
+             eval_size: int = 224, batch: int = 8, tolerance: int | None = None, fusion: str = "mean",
+             backend: str = "auto", k: int = 3) -> dict:
+    """Score every test view at the pose the ``pose`` mode gives: ``oracle`` (the true pose
+    from ``test/transforms.json``), ``retrieval`` (the best gallery view's pose), ``rpe``
+    (IRPRN from the gallery matches, ``fusion`` of the top ``k``). ``tolerance`` overrides
+    the calibrated scorer's comparison radius (the calibrated threshold then no longer
+    applies and no decision is reported)."""
     if pose not in POSE_MODES:
-        raise ValueError(f"pose mode {pose!r} is not available yet; available: {list(POSE_MODES)}")
+        raise ValueError(f"pose mode {pose!r} is not available; available: {list(POSE_MODES)}")
     scene = GaussianScene.load(bundle_dir / "splats" / "scene.safetensors")
     cfg = json.loads((bundle_dir / "splats" / "config.json").read_text())
     category = load_category(category_dir, size=cfg.get("image_size"))
     queries = [q for q in category.test if q.w2c is not None]
-    if len(queries) < len(category.test):
+    if pose == "oracle" and len(queries) < len(category.test):
         raise ValueError(f"{category_dir}: --pose oracle needs test/transforms.json poses for every test view")
+    if pose != "oracle":
+        queries = list(category.test)
+        estimator = PoseEstimator.from_bundle(bundle_dir, backend=backend, fusion=fusion, k=k, scene=scene)
     calib = load_calibration(bundle_dir)
     if calib is not None and (tolerance is None or tolerance == calib.scorer["tolerance"]):
         scorer = AnomalyScorer.from_config(calib.scorer)
@@ -85,13 +118,22 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "oracle", out_dir
         calib = None
     maps, scores, renders = [], [], []
     timing = {"render": [], "score": []}
+    est_poses = []
     for i in range(0, len(queries), batch):
         chunk = queries[i : i + batch]
+        images = torch.stack([q.image for q in chunk])
+        if pose == "oracle":
+            poses = torch.stack([q.w2c for q in chunk])
+        else:
+            result = estimator.estimate(images, mode=pose, Ks=torch.stack([q.K for q in chunk]))
+            poses = result.poses
+            for key, value in result.timings_ms.items():
+                timing.setdefault(key, []).append(value / 1000 / len(chunk))
+        est_poses.append(poses)
         t0 = time.perf_counter()
-        ref = render_references(scene, torch.stack([q.w2c for q in chunk]), torch.stack([q.K for q in chunk]),
-                                category.width, category.height)
+        ref = render_references(scene, poses, torch.stack([q.K for q in chunk]), category.width, category.height)
         t1 = time.perf_counter()
-        m, s = scorer(torch.stack([q.image for q in chunk]), ref)
+        m, s = scorer(images, ref)
         t2 = time.perf_counter()
         timing["render"].append((t1 - t0) / len(chunk))
         timing["score"].append((t2 - t1) / len(chunk))
@@ -118,8 +160,14 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "oracle", out_dir
         "eval_size": eval_size,
         "tolerance": scorer.tolerance,
         "decision": decision_metrics(labels, score_np, calib.threshold) if calib is not None else None,
-        "timing_ms": {k: round(1000 * float(np.median(v)), 1) for k, v in timing.items()},
+        "timing_ms": {key: round(1000 * float(np.median(v)), 1) for key, v in timing.items()},
     }
+    if pose != "oracle":
+        metrics["pose_backend"] = getattr(estimator, "providers", ["torch"])
+        metrics["fusion"], metrics["k"] = fusion, k
+    if pose != "oracle" and all(q.w2c is not None for q in queries):
+        metrics.update(pose_report(torch.cat(est_poses), torch.stack([q.w2c for q in queries]),
+                                   torch.stack([q.K for q in queries]), category.width, scene, eval_size))
     if out_dir is not None:
         _write_report(out_dir, metrics, queries, renders, maps_t, score_np, calib)
     return metrics
@@ -130,8 +178,12 @@ def _write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Te
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     rows = ["| metric | value |", "|---|---|"]
-    for key in ("n_queries", "pose_mode", "image_auroc", "pixel_auroc", "aupro", "f1_max"):
-        rows.append(f"| {key} | {metrics[key]} |")
+    for key in ("n_queries", "pose_mode", "image_auroc", "pixel_auroc", "aupro", "f1_max", "pose_reproj_err_px_median",
+                "pose_rot_deg_median", "pose_center_rel_median"):
+        if key in metrics:
+            rows.append(f"| {key} | {metrics[key]} |")
+    for key, value in metrics["timing_ms"].items():
+        rows.append(f"| time per query: {key} (ms) | {value} |")
     for defect, value in metrics["image_auroc_per_defect"].items():
         rows.append(f"| image_auroc {defect} | {value} |")
     if metrics["decision"] is not None:

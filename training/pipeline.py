@@ -1,8 +1,10 @@
 """`rpe-pad train`: the offline pipeline, stage by stage.
 
 Stages run in order and write under ``BUNDLES_DIR/<category>/``: ``splats`` (the
-Gaussian model of the normal object), ``calibration`` (normal scores -> threshold). Later
-issues add RVSS, the gallery, IRPRN, the ONNX export and bundle assembly. Each stage is
+Gaussian model of the normal object), ``calibration`` (normal scores -> threshold),
+``rvss`` (novel views at perturbed poses), ``irprn`` (the relative-pose network),
+``gallery`` (descriptors and encoder features of every posed view), ``onnx`` (IRPRN's
+encoder and pair head exported and checked against PyTorch). Later: bundle assembly. Each stage is
 skipped when its valid output for the same configuration exists.
 """
 
@@ -10,20 +12,40 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from models.data import load_category
 from training.calibrate import CalibConfig, run_calibration_stage
+from training.export import run_onnx_stage
+from training.irprn import IRPRNTrainConfig, run_gallery_stage, run_irprn_stage
+from training.irprn import preset as irprn_preset
+from training.rvss import RVSSConfig, run_rvss_stage
 from training.splats import preset as splat_preset
 from training.splats import run_splats_stage
 
-STAGES = ("splats", "calibration")
+STAGES = ("splats", "calibration", "rvss", "irprn", "gallery", "onnx")
 CALIBRATION = {"demo": CalibConfig(max_views=24), "cpu": CalibConfig(), "paper": CalibConfig()}
 PRESETS = ("demo", "cpu", "paper")
 
 
+def irprn_config(preset: str, rvss_m: int | None = None, n_refine: int | None = None, k: int | None = None,
+                 mpts: bool | None = None, epochs: int | None = None) -> tuple[RVSSConfig, IRPRNTrainConfig]:
+    """The preset's RVSS and IRPRN settings with the ablation switches applied (None = keep)."""
+    rvss = RVSSConfig() if rvss_m is None else replace(RVSSConfig(), m=rvss_m)
+    cfg = irprn_preset(preset)
+    if n_refine is not None:
+        cfg = replace(cfg, model=replace(cfg.model, n_refine=n_refine))
+    for name, value in (("k", k), ("mpts", mpts), ("epochs", epochs)):
+        if value is not None:
+            cfg = replace(cfg, **{name: value})
+    if rvss.m == 0:
+        cfg = replace(cfg, use_novel=False)
+    return rvss, cfg
+
+
 def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages: list[str] | None = None,
-              progress: bool = True, validation_dir: Path | None = None) -> dict:
+              progress: bool = True, validation_dir: Path | None = None, ablation: dict | None = None) -> dict:
     """Run the requested stages (all by default) and return their reports by stage.
 
     ``validation_dir``: a labelled category (its test split, with true poses) whose
@@ -39,14 +61,23 @@ def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages
     category = load_category(category_dir, size=splat_cfg.image_size, progress=progress)
     validation = load_category(validation_dir, size=splat_cfg.image_size) if validation_dir else None
     out = bundles_dir / category.name
+    rvss_cfg, irprn_cfg = irprn_config(preset, **(ablation or {}))
     for stage in stages:
         start = time.perf_counter()
         if stage == "splats":
             reports[stage] = run_splats_stage(category, splat_cfg, out, progress=progress)
         elif stage == "calibration":
             reports[stage] = run_calibration_stage(category, CALIBRATION[preset], out, validation, progress=progress)
+        elif stage == "rvss":
+            reports[stage] = run_rvss_stage(category, rvss_cfg, out, progress=progress)
+        elif stage == "irprn":
+            reports[stage] = run_irprn_stage(category, irprn_cfg, out, progress=progress)
+        elif stage == "gallery":
+            reports[stage] = run_gallery_stage(category, out, progress=progress)
+        elif stage == "onnx":
+            reports[stage] = run_onnx_stage(category, out, progress=progress)
         reports[stage]["stage_seconds"] = round(time.perf_counter() - start, 1)
-    summary = {stage: {k: v for k, v in rep.items() if k not in ("config", "scores", "key")} for stage, rep in reports.items()}
+    summary = {stage: {k: v for k, v in rep.items() if k not in ("config", "scores", "key", "history")} for stage, rep in reports.items()}
     (out / "reports").mkdir(parents=True, exist_ok=True)
     (out / "reports" / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return reports

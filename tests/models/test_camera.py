@@ -173,3 +173,41 @@ def test_batched_shapes_and_float32() -> None:
     assert q.shape == (2, 3, 4) and t.shape == (2, 3, 3) and q.dtype == torch.float32
     assert torch.allclose(camera.quat_trans_to_pose(q, t), poses, atol=1e-5)
     assert camera.invert_pose(poses).shape == (2, 3, 4, 4)
+
+
+def test_roll_pose_is_the_in_plane_image_rotation() -> None:
+    """Projecting with roll_pose(P, a) = rotating P's projections by a (counter-clockwise
+    on screen, about the principal point): the exact roll augmentation of IRPRN."""
+    from models.camera import intrinsics_from_fov, look_at, project_points, roll_pose
+
+    pose = look_at(torch.tensor([3.0, -2.0, 1.5], dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
+                   torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    K = intrinsics_from_fov(0.7, 100, 100)
+    pts = torch.randn(20, 3, dtype=torch.float64) * 0.5
+    uv, _ = project_points(pts, pose, K)
+    for angle in (-30.0, 12.0, 90.0):
+        uv_rolled, _ = project_points(pts, roll_pose(pose, angle), K)
+        a = math.radians(angle)
+        d = uv - 50.0
+        # Counter-clockwise on screen with v pointing down: (du, dv) -> (du cos a + dv sin a, -du sin a + dv cos a).
+        expected = torch.stack([d[:, 0] * math.cos(a) + d[:, 1] * math.sin(a),
+                                -d[:, 0] * math.sin(a) + d[:, 1] * math.cos(a)], -1) + 50.0
+        assert torch.allclose(uv_rolled, expected, atol=1e-9)
+
+
+def test_reprojection_error_px() -> None:
+    from models.camera import (
+        intrinsics_from_fov,
+        look_at,
+        reprojection_error_px,
+        roll_pose,
+    )
+
+    pose = look_at(torch.tensor([0.0, -4.0, 0.0], dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
+                   torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    K = intrinsics_from_fov(0.7, 224, 224)
+    pts = torch.zeros(1, 3, dtype=torch.float64)  # projects onto the centre: a roll does not move it
+    assert reprojection_error_px(roll_pose(pose, 5.0), pose, K, pts) == 0
+    moved = pose.clone()
+    moved[0, 3] += 0.01  # camera x shift of 0.01 at depth 4: fx * 0.01 / 4 pixels
+    assert reprojection_error_px(moved, pose, K, pts).item() == pytest.approx(K[0, 0].item() * 0.01 / 4)

@@ -46,7 +46,7 @@ def test_unavailable_weights_are_an_error_not_random(tmp_path, monkeypatch) -> N
     with pytest.raises(WeightsUnavailable, match="does not exist"):
         FeatureExtractor("efficientnet_b4", weights=tmp_path / "nope.safetensors")
     # No hub here: the real download only fails after ~50 s of retries, so stand in for it.
-    import models.features as features
+    from models import features
 
     real = features.timm.create_model
 

@@ -26,8 +26,13 @@ def test_oracle_report(tiny_bundle: Path, tiny_synth: Path, tmp_path: Path, caps
 
 def test_unknown_pose_mode_is_refused(tiny_bundle: Path, tiny_synth: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        main(["evaluate", str(tiny_bundle), str(tiny_synth), "--pose", "rpe"])
+        main(["evaluate", str(tiny_bundle), str(tiny_synth), "--pose", "iterative"])
     from training.evaluate import evaluate
 
-    with pytest.raises(ValueError, match="not available yet"):
-        evaluate(tiny_bundle, tiny_synth, pose="rpe")
+    with pytest.raises(ValueError, match="not available"):
+        evaluate(tiny_bundle, tiny_synth, pose="iterative")
+
+
+def test_pose_modes_need_the_pose_stages(tiny_bundle: Path, tiny_synth: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(tiny_bundle), str(tiny_synth), "--pose", "rpe"]) == 2
+    assert "build the pose stages first" in capsys.readouterr().err

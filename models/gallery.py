@@ -1,0 +1,86 @@
+"""The gallery: posed views with their retrieval descriptors and pose-encoder features.
+
+Views are the category's training views (``source`` 0) and the RVSS novel views rendered
+at perturbed poses (``source`` 1). Per view: world-to-camera pose ``[4, 4]`` (float64,
+``models/camera.py``), descriptor ``[D]`` (L2-normalised, ``models.irprn.descriptor``),
+encoder features ``[C, h, w]`` (the gallery side of IRPRN's pairs, computed once).
+Retrieval is cosine similarity: one matrix product and a top-k.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+Tensor = torch.Tensor
+TRAIN, NOVEL = 0, 1
+
+
+class GalleryError(ValueError):
+    """A gallery file that cannot be used."""
+
+
+@dataclass
+class Gallery:
+    poses: Tensor  # [G, 4, 4] float64 world-to-camera
+    source: Tensor  # [G] int8: TRAIN or NOVEL
+    descriptors: Tensor  # [G, D] float32, unit norm
+    features: Tensor  # [G, C, h, w] float32
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.poses)
+
+    def validate(self, where: str = "gallery") -> None:
+        g = len(self.poses)
+        if g == 0:
+            raise GalleryError(f"{where}: empty gallery")
+        shapes_ok = (self.poses.shape[1:] == (4, 4) and self.source.shape == (g,) and self.descriptors.dim() == 2
+                     and len(self.descriptors) == g and self.features.dim() == 4 and len(self.features) == g
+                     and len(self.names) == g)
+        if not shapes_ok:
+            raise GalleryError(f"{where}: inconsistent shapes (poses {tuple(self.poses.shape)}, descriptors "
+                               f"{tuple(self.descriptors.shape)}, features {tuple(self.features.shape)}, {len(self.names)} names)")
+        for key, value in (("poses", self.poses), ("descriptors", self.descriptors), ("features", self.features)):
+            if not torch.isfinite(value).all():
+                raise GalleryError(f"{where}: non-finite values in {key}")
+        norms = self.descriptors.norm(dim=1)
+        if not torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
+            raise GalleryError(f"{where}: descriptors are not unit vectors")
+
+    def top_k(self, queries: Tensor, k: int, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Cosine similarities and gallery ids ``[B, k]``, best first, of query descriptors
+        ``[B, D]``; ``allowed`` (bool ``[G]``) restricts the candidates."""
+        sims = queries.float() @ self.descriptors.T
+        if allowed is not None:
+            sims = sims.masked_fill(~allowed[None], float("-inf"))
+        k = min(k, len(self) if allowed is None else int(allowed.sum()))
+        values, ids = sims.topk(k, dim=1)
+        return values, ids
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"poses": self.poses.double().contiguous(), "source": self.source.to(torch.int8).contiguous(),
+                   "descriptors": self.descriptors.float().contiguous(), "features": self.features.float().contiguous()},
+                  str(path), metadata={"names": json.dumps(self.names), "format": "rpe-pad-gallery-1"})
+
+    @classmethod
+    def load(cls, path: Path) -> Gallery:
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            names = json.loads(meta["names"])
+        except (OSError, KeyError, ValueError, SafetensorError) as exc:
+            raise GalleryError(f"{path}: not a readable gallery ({exc})") from exc
+        missing = {"poses", "source", "descriptors", "features"} - set(tensors)
+        if missing:
+            raise GalleryError(f"{path}: missing tensors {sorted(missing)}")
+        gallery = cls(tensors["poses"], tensors["source"], tensors["descriptors"], tensors["features"], names)
+        gallery.validate(str(path))
+        return gallery

@@ -1,0 +1,235 @@
+"""IRPRN: the iterative relative pose regression network (paper, Method; NOTES section 1).
+
+Split in two so that the gallery side of a pair is computed once, at bundle build time:
+
+- ``PoseEncoder``: a timm backbone (default the offline-pretrained EfficientNet-Lite0) on
+  an RGB image in [0, 1] at ``input_size`` (normalisation inside) -> one feature map
+  ``[B, C, h, w]`` (default the stride-16 layer: 112 x 14 x 14 at 224 px). The same map,
+  pooled and L2-normalised, is the view's retrieval descriptor (``models/gallery.py``).
+- ``PairHead``: (query features, gallery features) -> the relative pose at every stage:
+  a coarse MLP head, then ``n_refine`` layers of dynamic convolution (``n_kernels``
+  candidate kernels mixed by an input-dependent softmax attention, Chen et al. 2020),
+  each predicting offsets ``dq, dt`` added to the previous stage's ``q, t``.
+
+Pose convention (``models/camera.py``): the relative pose ``P_rel = P_q inv(P_g)`` of
+world-to-camera poses, so ``P_q = P_rel P_g``; ``q`` is its rotation as a unit wxyz
+quaternion and ``t`` its translation divided by the scene unit (``scene_unit``), so the
+network works in scale-free units.
+
+Dynamic convolution is written as one static convolution with ``n_kernels * C_out``
+output channels whose K outputs are mixed by the attention weights. Convolution is linear
+in its kernel, so this equals convolving with the attention-mixed kernel, and it exports
+to ONNX with a dynamic batch (a per-sample kernel would need a batch-sized group count).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.features import DEFAULT_BACKBONE, SPECS, _resolve_weights
+
+Tensor = torch.Tensor
+
+# Translation unit: the median camera distance / 4, i.e. the paper's setting (MAD-Sim and
+# NeRF-synthetic cameras sit about 4 units from the object), where sigma_t = 0.1 was set.
+REFERENCE_CAMERA_DISTANCE = 4.0
+
+
+def scene_unit(camera_distance_median: float) -> float:
+    """World length of one normalised unit for a scene whose cameras sit at that distance."""
+    if not camera_distance_median > 0:
+        raise ValueError(f"camera distance must be positive, got {camera_distance_median}")
+    return float(camera_distance_median) / REFERENCE_CAMERA_DISTANCE
+
+
+@dataclass(frozen=True)
+class IRPRNConfig:
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = "imagenet"
+    layer: int = 3  # timm features_only index: stride 16 for EfficientNets
+    input_size: int = 224
+    width: int = 64
+    hidden: int = 512
+    n_refine: int = 3
+    n_kernels: int = 4
+    descriptor_grid: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PoseEncoder(nn.Module):
+    """Backbone features ``[B, C, h, w]`` of images ``[B, 3, S, S]`` in [0, 1]."""
+
+    def __init__(self, cfg: IRPRNConfig):
+        super().__init__()
+        spec = SPECS.get(cfg.backbone)
+        mean, std = (spec.mean, spec.std) if spec else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        self.body = timm.create_model(cfg.backbone, pretrained=False, features_only=True, out_indices=(cfg.layer,))
+        if cfg.weights != "random":
+            full = timm.create_model(cfg.backbone, pretrained=False)
+            full.load_state_dict(_resolve_weights(cfg.backbone, cfg.weights, full))
+            self.body.load_state_dict(full.state_dict(), strict=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.channels = self.body.feature_info.channels()[-1]
+        self.stride = self.body.feature_info.reduction()[-1]
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.body((images - self.mean) / self.std)[-1]
+
+
+class DynamicConv2d(nn.Module):
+    """3x3 dynamic convolution: K kernels, softmax attention from the pooled input."""
+
+    def __init__(self, channels: int, n_kernels: int, temperature: float = 1.0):
+        super().__init__()
+        self.k = n_kernels
+        self.temperature = temperature
+        self.conv = nn.Conv2d(channels, channels * n_kernels, 3, padding=1)
+        self.attention = nn.Sequential(nn.Linear(channels, max(channels // 4, 8)), nn.ReLU(),
+                                       nn.Linear(max(channels // 4, 8), n_kernels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        weights = torch.softmax(self.attention(x.mean(dim=(2, 3))) / self.temperature, dim=1)  # [B, K]
+        out = self.conv(x).view(b, self.k, -1, h, w)
+        return (out * weights.view(b, self.k, 1, 1, 1)).sum(dim=1)
+
+
+def _normalise_quat(q: Tensor) -> Tensor:
+    return q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
+class PairHead(nn.Module):
+    """(query, gallery) features -> ``q [B, S, 4]`` (unit wxyz) and ``t [B, S, 3]`` for
+    S = 1 + n_refine stages (coarse first, the last refinement last)."""
+
+    def __init__(self, channels: int, cfg: IRPRNConfig):
+        super().__init__()
+        w = cfg.width
+        # 1x1 fusion of the two feature maps, then everything at 7 x 7 (cheap on a CPU, and
+        # exportable: the 14 x 14 map of a 224 px input pools evenly).
+        self.reduce = nn.Sequential(nn.Conv2d(2 * channels, w, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
+                                    nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
+        self.coarse = nn.Sequential(nn.Flatten(), nn.Linear(w * 49, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 7))
+        self.refine_convs = nn.ModuleList([DynamicConv2d(w, cfg.n_kernels) for _ in range(cfg.n_refine)])
+        self.refine_squeeze = nn.ModuleList([nn.Conv2d(w, 32, 1) for _ in range(cfg.n_refine)])
+        self.refine_mlps = nn.ModuleList([
+            nn.Sequential(nn.Linear(32 * 49 + 7, cfg.hidden // 2), nn.ReLU(), nn.Linear(cfg.hidden // 2, 7))
+            for _ in range(cfg.n_refine)
+        ])
+        # Start at the identity rotation and zero translation; offsets start at zero.
+        with torch.no_grad():
+            self.coarse[-1].weight.mul_(0.01)
+            self.coarse[-1].bias.copy_(torch.tensor([1.0, 0, 0, 0, 0, 0, 0]))
+            for mlp in self.refine_mlps:
+                mlp[-1].weight.mul_(0.01)
+                mlp[-1].bias.zero_()
+
+    def forward(self, query: Tensor, gallery: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.reduce(torch.cat([query, gallery], dim=1))
+        out = self.coarse(x)
+        q, t = _normalise_quat(out[:, :4]), out[:, 4:]
+        qs, ts = [q], [t]
+        for conv, squeeze, mlp in zip(self.refine_convs, self.refine_squeeze, self.refine_mlps):
+            x = F.relu(conv(x)) + x
+            delta = mlp(torch.cat([squeeze(x).flatten(1), q, t], dim=1))
+            q, t = _normalise_quat(q + delta[:, :4]), t + delta[:, 4:]
+            qs.append(q)
+            ts.append(t)
+        return torch.stack(qs, dim=1), torch.stack(ts, dim=1)
+
+
+class IRPRN(nn.Module):
+    """Encoder + pair head; ``forward(query_images, gallery_images)`` for training."""
+
+    def __init__(self, cfg: IRPRNConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or IRPRNConfig()
+        self.encoder = PoseEncoder(self.cfg)
+        self.head = PairHead(self.encoder.channels, self.cfg)
+
+    def forward(self, query: Tensor, gallery: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.encoder(query), self.encoder(gallery))
+
+
+def descriptor(features: Tensor, grid: int) -> Tensor:
+    """Retrieval descriptor ``[B, C * grid^2]`` of encoder features: average-pooled to a
+    ``grid x grid`` layout (1 = global pooling), flattened, L2-normalised."""
+    pooled = F.adaptive_avg_pool2d(features, grid).flatten(1)
+    return F.normalize(pooled, dim=1)
+
+
+# ---- losses -------------------------------------------------------------------------
+
+
+def quat_distance(q: Tensor, q_gt: Tensor) -> Tensor:
+    """``min(||q - q_gt||, ||q + q_gt||)``: q and -q are the same rotation."""
+    return torch.minimum((q - q_gt).norm(dim=-1), (q + q_gt).norm(dim=-1))
+
+
+def mpts_weights(k: int) -> Tensor:
+    """MPTS pair weights ``w_i = 2 (K + 1 - i) / (K (K + 1))``, i = 1..K (sum 1)."""
+    i = torch.arange(1, k + 1, dtype=torch.float32)
+    return 2 * (k + 1 - i) / (k * (k + 1))
+
+
+class HomoscedasticLoss(nn.Module):
+    """``L_t exp(-s_t) + s_t + L_q exp(-s_q) + s_q`` per stage, summed over stages, with
+    per-sample weights (MPTS); learnable ``s_t``, ``s_q`` (PoseNet's initial 0 and -3)."""
+
+    def __init__(self, s_t: float = 0.0, s_q: float = -3.0):
+        super().__init__()
+        self.s_t = nn.Parameter(torch.tensor(float(s_t)))
+        self.s_q = nn.Parameter(torch.tensor(float(s_q)))
+
+    def forward(self, q: Tensor, t: Tensor, q_gt: Tensor, t_gt: Tensor, weights: Tensor | None = None) -> tuple[Tensor, dict]:
+        """``q [B, S, 4]``, ``t [B, S, 3]``, ``q_gt [B, 4]``, ``t_gt [B, 3]``, ``weights [B]``
+        (normalised inside to sum 1)."""
+        lq = quat_distance(q, q_gt[:, None])  # [B, S]
+        lt = (t - t_gt[:, None]).norm(dim=-1)
+        w = torch.full((len(q),), 1.0 / len(q)) if weights is None else weights / weights.sum()
+        lq_stage = (lq * w[:, None]).sum(0)  # [S]
+        lt_stage = (lt * w[:, None]).sum(0)
+        per_stage = lt_stage * torch.exp(-self.s_t) + self.s_t + lq_stage * torch.exp(-self.s_q) + self.s_q
+        return per_stage.sum(), {"lq_last": float(lq_stage[-1].detach()), "lt_last": float(lt_stage[-1].detach())}
+
+
+def to_input(images: Tensor, size: int) -> Tensor:
+    """``[B, H, W, 3]`` RGB in [0, 1] -> the encoder's input ``[B, 3, size, size]`` (bilinear,
+    antialiased: the same resize at training and inference)."""
+    x = images.permute(0, 3, 1, 2).float().clamp(0, 1)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.contiguous()
+
+
+@torch.no_grad()
+def encode(encoder: PoseEncoder, images: Tensor, size: int, batch: int = 32) -> Tensor:
+    """Encoder features of ``[N, H, W, 3]`` images, in batches."""
+    out = [encoder(to_input(images[i : i + batch], size)) for i in range(0, len(images), batch)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def save_irprn(net: IRPRN, path_dir: Path, unit: float, train_cfg: dict) -> None:
+    path_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path_dir / "weights.safetensors"))
+    (path_dir / "config.json").write_text(json.dumps({"model": net.cfg.to_dict(), "scene_unit": unit,
+                                                       "train": train_cfg}, indent=2) + "\n")
+
+
+def load_irprn(path_dir: Path) -> tuple[IRPRN, float]:
+    """The trained network (weights from the file, none downloaded) and its scene unit."""
+    cfg = json.loads((path_dir / "config.json").read_text())
+    net = IRPRN(IRPRNConfig(**{**cfg["model"], "weights": "random"}))
+    net.load_state_dict(load_file(str(path_dir / "weights.safetensors")))
+    return net.eval(), float(cfg["scene_unit"])

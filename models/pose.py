@@ -1,0 +1,172 @@
+"""Query pose from one forward pass: gallery match -> IRPRN relative poses -> absolute pose.
+
+``PoseEstimator.estimate(images)``:
+
+1. encode the queries (IRPRN's encoder, one pass) and take their descriptors;
+2. retrieve the top-K gallery views by cosine similarity (``models.gallery``);
+3. run the pair head on the K (query, gallery view) pairs in one batch; the last stage's
+   ``(q, t)`` is ``P_rel``, and ``P_q = P_rel P_g`` (``models.camera.compose_pose``);
+4. fuse the K absolute poses (``fusion``): ``top1`` keeps the best-matching pair's,
+   ``mean`` averages rotations (the principal eigenvector of the weighted quaternion outer
+   products, Markley's average) and camera centres, weighted by the MPTS rank weights;
+   ``render`` renders the K candidates small (``select_size`` px) and keeps the one whose
+   render differs least from the query (mean absolute difference; needs the scene).
+
+Pose mode ``retrieval`` stops after step 2 and returns the best gallery view's pose.
+Backends: ONNX Runtime sessions (the bundle's ``encoder.onnx`` / ``pair_head.onnx``, CUDA
+when present) or the PyTorch modules (training, tests).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from models.camera import (
+    camera_center,
+    compose_pose,
+    make_pose,
+    quat_to_rotmat,
+    quat_trans_to_pose,
+    rotmat_to_quat,
+)
+from models.gallery import Gallery
+from models.irprn import IRPRN, descriptor, load_irprn, mpts_weights, to_input
+from models.splat.scene import render
+
+Tensor = torch.Tensor
+FUSIONS = ("top1", "mean", "render")
+MODES = ("rpe", "retrieval")
+
+
+@dataclass
+class PoseResult:
+    poses: Tensor  # [B, 4, 4] float64 world-to-camera
+    candidates: Tensor  # [B, K, 4, 4] the K absolute poses before fusion (retrieval: gallery poses)
+    gallery_ids: Tensor  # [B, K]
+    similarities: Tensor  # [B, K]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def average_poses(poses: Tensor, weights: Tensor) -> Tensor:
+    """Weighted average of world-to-camera poses ``[B, K, 4, 4]`` (weights ``[K]`` or
+    ``[B, K]``): Markley's quaternion average and the mean camera centre."""
+    w = weights.to(poses.dtype).expand(poses.shape[:2])
+    q = rotmat_to_quat(poses[..., :3, :3])  # [B, K, 4]
+    m = (w[..., None, None] * q[..., :, None] * q[..., None, :]).sum(1)
+    q_mean = torch.linalg.eigh(m).eigenvectors[..., -1]
+    rot = quat_to_rotmat(q_mean)
+    centre = (w[..., None] * camera_center(poses)).sum(1) / w.sum(1, keepdim=True)
+    return make_pose(rot, -(rot @ centre[..., None])[..., 0])
+
+
+class PoseEstimator:
+    def __init__(self, gallery: Gallery, encode: Callable[[Tensor], Tensor], head: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+                 unit: float, input_size: int, grid: int, k: int = 3, fusion: str = "mean", scene=None,
+                 select_size: int = 64):
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if fusion == "render" and scene is None:
+            raise ValueError("fusion 'render' needs the Gaussian scene")
+        self.scene, self.select_size = scene, select_size
+        self.gallery, self._encode, self._head = gallery, encode, head
+        self.unit, self.input_size, self.grid, self.k, self.fusion = unit, input_size, grid, k, fusion
+
+    @classmethod
+    def from_torch(cls, net: IRPRN, gallery: Gallery, unit: float, **kw) -> PoseEstimator:
+        net = net.eval()
+
+        @torch.no_grad()
+        def head(fq: Tensor, fg: Tensor) -> tuple[Tensor, Tensor]:
+            return net.head(fq, fg)
+
+        return cls(gallery, torch.no_grad()(net.encoder), head, unit, net.cfg.input_size, net.cfg.descriptor_grid, **kw)
+
+    @classmethod
+    def from_onnx(cls, encoder_path: Path, head_path: Path, gallery: Gallery, unit: float, input_size: int, grid: int,
+                  device: str = "auto", **kw) -> PoseEstimator:
+        from models import onnx_runtime as rt
+
+        enc, hd = rt.session(encoder_path, device), rt.session(head_path, device)
+
+        def encode(x: Tensor) -> Tensor:
+            return torch.from_numpy(rt.run(enc, images=x.cpu().numpy())[0])
+
+        def head(fq: Tensor, fg: Tensor) -> tuple[Tensor, Tensor]:
+            q, t = rt.run(hd, query=fq.cpu().numpy(), gallery=fg.cpu().numpy())
+            return torch.from_numpy(q), torch.from_numpy(t)
+
+        est = cls(gallery, encode, head, unit, input_size, grid, **kw)
+        est.providers = enc.get_providers()
+        return est
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: Path, backend: str = "auto", device: str = "auto", **kw) -> PoseEstimator:
+        """From ``irprn/`` and ``gallery/`` of a bundle: ONNX Runtime when the exported
+        graphs are there (``backend="auto"`` or ``"onnx"``), else the PyTorch weights."""
+        irprn_dir = bundle_dir / "irprn"
+        for needed in (bundle_dir / "gallery" / "gallery.safetensors", irprn_dir / "config.json"):
+            if not needed.is_file():
+                raise FileNotFoundError(f"{needed} is missing: build the pose stages first "
+                                        "(rpe-pad train ... --stages rvss,irprn,gallery,onnx)")
+        gallery = Gallery.load(bundle_dir / "gallery" / "gallery.safetensors")
+        enc, head = irprn_dir / "encoder.onnx", irprn_dir / "pair_head.onnx"
+        if backend == "onnx" or (backend == "auto" and enc.is_file() and head.is_file()):
+            cfg = json.loads((irprn_dir / "config.json").read_text())
+            return cls.from_onnx(enc, head, gallery, float(cfg["scene_unit"]), cfg["model"]["input_size"],
+                                 cfg["model"]["descriptor_grid"], device=device, **kw)
+        if backend not in ("auto", "torch"):
+            raise ValueError(f"backend must be auto, onnx or torch, got {backend!r}")
+        net, unit = load_irprn(irprn_dir)
+        return cls.from_torch(net, gallery, unit, **kw)
+
+    def estimate(self, images: Tensor, mode: str = "rpe", Ks: Tensor | None = None) -> PoseResult:
+        """Poses of ``[B, H, W, 3]`` query images in [0, 1] (``Ks [B, 3, 3]``, the queries'
+        intrinsics, only for ``fusion="render"``)."""
+        if mode not in MODES:
+            raise ValueError(f"pose mode must be one of {MODES}, got {mode!r}")
+        t0 = time.perf_counter()
+        feats = self._encode(to_input(images, self.input_size))
+        t1 = time.perf_counter()
+        sims, ids = self.gallery.top_k(descriptor(feats, self.grid), self.k)
+        t2 = time.perf_counter()
+        timings = {"encode": 1000 * (t1 - t0), "match": 1000 * (t2 - t1)}
+        b, k = ids.shape
+        g_poses = self.gallery.poses[ids]  # [B, K, 4, 4]
+        if mode == "retrieval":
+            return PoseResult(g_poses[:, 0].clone(), g_poses, ids, sims, timings)
+        fq = feats[:, None].expand(b, k, *feats.shape[1:]).reshape(b * k, *feats.shape[1:])
+        q, t = self._head(fq, self.gallery.features[ids.flatten()])
+        rel = quat_trans_to_pose(q[:, -1].double(), t[:, -1].double() * self.unit).view(b, k, 4, 4)
+        cands = compose_pose(rel, g_poses)
+        if self.fusion == "top1" or k == 1:
+            fused = cands[:, 0].clone()
+        elif self.fusion == "mean":
+            fused = average_poses(cands, mpts_weights(k))
+        else:
+            if Ks is None:
+                raise ValueError("fusion 'render' needs the queries' intrinsics (Ks)")
+            best = self._render_select(images, cands, Ks)
+            fused = cands[torch.arange(b), best]
+        timings["pose"] = 1000 * (time.perf_counter() - t2)
+        return PoseResult(fused, cands, ids, sims, timings)
+
+    @torch.no_grad()
+    def _render_select(self, images: Tensor, cands: Tensor, Ks: Tensor) -> Tensor:
+        """Index [B] of the candidate whose small render is closest to the query (L1)."""
+        b, k = cands.shape[:2]
+        h, w = images.shape[1:3]
+        sw, sh = self.select_size, max(1, round(self.select_size * h / w))
+        K_small = Ks.double().clone()
+        K_small[:, 0] *= sw / w
+        K_small[:, 1] *= sh / h
+        out = render(self.scene, cands.flatten(0, 1).float(), K_small.repeat_interleave(k, 0).float(), sw, sh).colors
+        small = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2).float(), size=(sh, sw), mode="bilinear",
+                                                antialias=True, align_corners=False).permute(0, 2, 3, 1)
+        err = (out.clamp(0, 1).view(b, k, sh, sw, 3) - small[:, None]).abs().mean(dim=(2, 3, 4))
+        return err.argmin(dim=1)

@@ -1,0 +1,61 @@
+"""Gallery retrieval and its file: top-k by cosine, restrictions, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.gallery import NOVEL, TRAIN, Gallery, GalleryError
+
+
+def _gallery(g: int = 12, d: int = 16) -> Gallery:
+    gen = torch.Generator().manual_seed(0)
+    return Gallery(poses=torch.eye(4, dtype=torch.float64).repeat(g, 1, 1),
+                   source=torch.tensor([TRAIN] * (g // 2) + [NOVEL] * (g - g // 2), dtype=torch.int8),
+                   descriptors=F.normalize(torch.randn(g, d, generator=gen), dim=1),
+                   features=torch.randn(g, 4, 2, 2, generator=gen), names=[f"v{i}" for i in range(g)])
+
+
+def test_top_k_matches_brute_force() -> None:
+    g = _gallery()
+    queries = F.normalize(torch.randn(5, 16), dim=1)
+    sims, ids = g.top_k(queries, 3)
+    brute = queries @ g.descriptors.T
+    for b in range(5):
+        order = brute[b].argsort(descending=True)[:3]
+        assert ids[b].tolist() == order.tolist()
+        assert torch.allclose(sims[b], brute[b, order])
+    # A gallery view is its own best match.
+    _, own = g.top_k(g.descriptors, 1)
+    assert own[:, 0].tolist() == list(range(len(g)))
+
+
+def test_top_k_restricted_to_allowed_views() -> None:
+    g = _gallery()
+    _, ids = g.top_k(g.descriptors, 2, allowed=g.source == TRAIN)
+    assert (g.source[ids] == TRAIN).all()
+    _, ids = g.top_k(g.descriptors[:1], 50)
+    assert ids.shape == (1, 12)
+
+
+def test_save_load_round_trip_and_validation(tmp_path: Path) -> None:
+    g = _gallery()
+    g.save(tmp_path / "g.safetensors")
+    back = Gallery.load(tmp_path / "g.safetensors")
+    assert torch.equal(back.descriptors, g.descriptors) and back.names == g.names
+    assert back.poses.dtype == torch.float64
+    bad = _gallery()
+    bad.descriptors = bad.descriptors * 2
+    bad.save(tmp_path / "bad.safetensors")
+    with pytest.raises(GalleryError, match="unit vectors"):
+        Gallery.load(tmp_path / "bad.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(GalleryError, match="not a readable gallery"):
+        Gallery.load(tmp_path / "junk.safetensors")
+    short = _gallery()
+    short.names = short.names[:-1]
+    with pytest.raises(GalleryError, match="inconsistent"):
+        short.validate()

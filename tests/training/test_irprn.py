@@ -1,0 +1,167 @@
+"""RVSS, IRPRN training, the gallery and the ONNX export on the tiny category."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.camera import pose_errors
+from models.data import load_category
+from models.gallery import NOVEL, TRAIN, Gallery
+from models.irprn import load_irprn
+from models.pose import PoseEstimator
+from rpe_pad.cli import main
+from training import irprn as irprn_stage
+from training.export import ExportError, check_parity
+from training.irprn import IRPRNTrainConfig, augment, build_pairs, preset, train_irprn
+from training.rvss import RVSSConfig, load_novel, novel_poses, run_rvss_stage
+
+
+def test_rvss_novel_set(tiny_pose_bundle: Path, tiny_synth: Path) -> None:
+    cat = load_category(tiny_synth)
+    novel = load_novel(tiny_pose_bundle / "rvss" / "novel.safetensors")
+    assert len(novel.poses) == 3 * len(cat.train) and novel.images.shape[1:] == (64, 64, 3)
+    assert novel.parents.tolist() == [i for i in range(len(cat.train)) for _ in range(3)]
+    err = pose_errors(novel.poses, cat.train_poses()[novel.parents].double())
+    # sigma_r = 0.02 rad per axis: a few degrees at most, and never exactly the parent.
+    assert (err["rot_deg"] > 0).all() and err["rot_deg"].max() < 8
+    report = json.loads((tiny_pose_bundle / "reports" / "rvss.json").read_text())
+    assert report["n_novel"] == 24 and (tiny_pose_bundle / "reports" / "rvss_sheet.png").is_file()
+    again = run_rvss_stage(cat, RVSSConfig(), tiny_pose_bundle, progress=False)
+    assert again.get("skipped")
+
+
+def test_rvss_off_and_seeded() -> None:
+    poses = torch.eye(4, dtype=torch.float64).repeat(5, 1, 1)
+    none, parents = novel_poses(poses, RVSSConfig(m=0), 1.0)
+    assert len(none) == 0 and len(parents) == 0
+    a, _ = novel_poses(poses, RVSSConfig(seed=1), 1.0)
+    b, _ = novel_poses(poses, RVSSConfig(seed=1), 1.0)
+    assert torch.equal(a, b)
+
+
+def test_pairs_never_pair_a_view_with_itself() -> None:
+    desc = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    ids, ranks = build_pairs(desc, desc, 3, torch.arange(6))
+    assert ids.shape == (6, 3) and (ids != torch.arange(6)[:, None]).all()
+    assert ranks[0].tolist() == [0, 1, 2]
+    ids, _ = build_pairs(desc, desc, 3, torch.full((6,), -1))
+    assert (ids[:, 0] == torch.arange(6)).all()  # a novel view may match its own parent first
+
+
+def test_augmented_copies_keep_the_original_first() -> None:
+    images = torch.rand(4, 16, 16, 3)
+    poses = torch.eye(4, dtype=torch.float64).repeat(4, 1, 1)
+    out = augment(images, poses, IRPRNTrainConfig(augment_copies=2), torch.Generator().manual_seed(0))
+    assert len(out.images) == 12 and out.origin.tolist() == [0, 1, 2, 3] * 3
+    assert torch.equal(out.images[:4], images) and torch.equal(out.poses[:4], poses)
+    rolled = out.poses[4:]
+    # A roll turns the camera about its optical axis only.
+    assert torch.allclose(rolled[:, 2, 2], torch.ones(8, dtype=torch.float64))
+    assert not torch.allclose(rolled[:, 0, 0], torch.ones(8, dtype=torch.float64))
+
+
+def test_irprn_report_gallery_and_onnx(tiny_pose_bundle: Path) -> None:
+    report = json.loads((tiny_pose_bundle / "reports" / "irprn.json").read_text())
+    assert report["k"] == 3 and report["n_queries"] == 24 + 8 and report["n_query_copies"] == 64
+    assert report["n_pairs"] == 64 * 3 and len(report["history"]) == 2
+    gallery = Gallery.load(tiny_pose_bundle / "gallery" / "gallery.safetensors")
+    assert len(gallery) == 32 and int((gallery.source == TRAIN).sum()) == 8 and int((gallery.source == NOVEL).sum()) == 24
+    onnx_report = json.loads((tiny_pose_bundle / "reports" / "onnx.json").read_text())
+    assert onnx_report["max_abs_diff"] <= 1e-4 and "CPUExecutionProvider" in onnx_report["providers"]
+
+
+def test_onnx_and_torch_estimators_agree(tiny_pose_bundle: Path, tiny_synth: Path) -> None:
+    images = torch.stack([q.image for q in load_category(tiny_synth).test])
+    onnx_est = PoseEstimator.from_bundle(tiny_pose_bundle, backend="onnx")
+    torch_est = PoseEstimator.from_bundle(tiny_pose_bundle, backend="torch")
+    a, b = onnx_est.estimate(images), torch_est.estimate(images)
+    assert torch.equal(a.gallery_ids, b.gallery_ids)
+    assert torch.allclose(a.poses, b.poses, atol=1e-4)
+
+
+def test_parity_check_refuses_a_wrong_graph(tiny_pose_bundle: Path, tmp_path: Path) -> None:
+    net, _ = load_irprn(tiny_pose_bundle / "irprn")
+    with torch.no_grad():
+        net.head.coarse[-1].bias.add_(0.01)  # PyTorch now disagrees with the exported graph
+    with pytest.raises(ExportError, match="differ"):
+        check_parity(net, tiny_pose_bundle / "irprn" / "encoder.onnx", tiny_pose_bundle / "irprn" / "pair_head.onnx")
+
+
+def test_training_resumes_from_its_checkpoint(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    cat = load_category(tiny_synth)
+    novel = load_novel(tiny_pose_bundle / "rvss" / "novel.safetensors")
+    cfg = preset("demo", epochs=3, augment_copies=0, checkpoint_every=1)
+    real_validate, calls = irprn_stage._validate, {"n": 0}
+
+    def crash_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(irprn_stage, "_validate", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_irprn(cat, novel, 1.0, cfg, tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.safetensors").is_file()
+    monkeypatch.setattr(irprn_stage, "_validate", real_validate)
+    _, report = train_irprn(cat, novel, 1.0, cfg, tmp_path, progress=False)
+    assert report["resumed_from_epoch"] == 2 and len(report["history"]) == 3
+    assert not (tmp_path / "checkpoint.safetensors").exists()
+
+
+def test_evaluate_pose_modes(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    for mode in ("retrieval", "rpe"):
+        out = tmp_path / mode
+        assert main(["evaluate", str(tiny_pose_bundle), str(tiny_synth), "--pose", mode, "--out", str(out)]) == 0
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["pose_mode"] == mode and m["n_queries"] == 8
+        assert {"encode", "match", "render", "score"} <= set(m["timing_ms"])
+        assert m["pose_reproj_err_px_median"] >= 0 and len(m["per_query_reproj_px"]) == 8
+        assert np.isfinite(m["pose_rot_deg_median"])
+    assert "pose" in json.loads((tmp_path / "rpe" / "metrics.json").read_text())["timing_ms"]
+
+
+def test_stage_order_is_enforced(tiny_bundle: Path, tiny_synth: Path, tmp_path: Path) -> None:
+    out = tmp_path / tiny_bundle.name
+    shutil.copytree(tiny_bundle, out)
+    cat = load_category(tiny_synth)
+    with pytest.raises(FileNotFoundError, match="rvss stage first"):
+        irprn_stage.run_irprn_stage(cat, preset("demo"), out, progress=False)
+    with pytest.raises(FileNotFoundError, match="irprn stage first"):
+        irprn_stage.run_gallery_stage(cat, out, progress=False)
+
+
+def test_render_fusion_picks_a_candidate(tiny_pose_bundle: Path, tiny_synth: Path) -> None:
+    from models.splat.scene import GaussianScene
+
+    cat = load_category(tiny_synth)
+    scene = GaussianScene.load(tiny_pose_bundle / "splats" / "scene.safetensors")
+    images = torch.stack([q.image for q in cat.test[:3]])
+    Ks = torch.stack([q.K for q in cat.test[:3]])
+    est = PoseEstimator.from_bundle(tiny_pose_bundle, fusion="render", scene=scene)
+    result = est.estimate(images, Ks=Ks)
+    best = est._render_select(images, result.candidates, Ks)
+    for b in range(3):
+        assert torch.equal(result.poses[b], result.candidates[b, best[b]])
+    with pytest.raises(ValueError, match="intrinsics"):
+        est.estimate(images)
+    with pytest.raises(ValueError, match="needs the Gaussian scene"):
+        PoseEstimator.from_bundle(tiny_pose_bundle, fusion="render")
+
+
+def test_ablation_switches() -> None:
+    from training.pipeline import irprn_config
+
+    rvss, cfg = irprn_config("cpu")
+    assert rvss.m == 3 and cfg.use_novel and cfg.model.n_refine == 3 and cfg.k == 3 and cfg.mpts
+    rvss, cfg = irprn_config("cpu", rvss_m=0, n_refine=0, k=1, mpts=False, epochs=2)
+    assert rvss.m == 0 and not cfg.use_novel and cfg.model.n_refine == 0 and cfg.k == 1 and not cfg.mpts
+    assert cfg.epochs == 2

@@ -1,0 +1,99 @@
+"""The `onnx` stage of `rpe-pad train`: IRPRN's two halves as ONNX, checked against PyTorch.
+
+- ``irprn/encoder.onnx``: ``images [B, 3, S, S]`` in [0, 1] -> ``features [B, C, h, w]``;
+- ``irprn/pair_head.onnx``: ``query, gallery [B, C, h, w]`` -> ``q [B, stages, 4]``,
+  ``t [B, stages, 3]``.
+
+Both with a dynamic batch axis. The check runs ONNX Runtime (CPU here, CUDA where present)
+against PyTorch on random inputs and on real views (``images``), batch sizes 1 and 5, and
+refuses the export when any output differs by more than ``TOLERANCE`` (1e-4).
+PyTorch's TorchScript-based exporter is used (the dynamo exporter needs onnxscript); its
+deprecation warning is silenced here on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from models import onnx_runtime as rt
+from models.irprn import IRPRN, load_irprn, to_input
+
+TOLERANCE = 1e-4
+OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """The exported graph disagrees with PyTorch."""
+
+
+def export_irprn(net: IRPRN, out_dir: Path) -> tuple[Path, Path]:
+    net = net.eval()
+    size = net.cfg.input_size
+    out_dir.mkdir(parents=True, exist_ok=True)
+    enc_path, head_path = out_dir / "encoder.onnx", out_dir / "pair_head.onnx"
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        f = net.encoder(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.encoder, (x,), str(enc_path), dynamo=False, opset_version=OPSET,
+                          input_names=["images"], output_names=["features"],
+                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+        torch.onnx.export(net.head, (f, f.flip(0)), str(head_path), dynamo=False, opset_version=OPSET,
+                          input_names=["query", "gallery"], output_names=["q", "t"],
+                          dynamic_axes={"query": {0: "batch"}, "gallery": {0: "batch"}, "q": {0: "batch"}, "t": {0: "batch"}})
+    for path in (enc_path, head_path):
+        onnx.checker.check_model(onnx.load(str(path)))
+    return enc_path, head_path
+
+
+@torch.no_grad()
+def check_parity(net: IRPRN, enc_path: Path, head_path: Path, images: torch.Tensor | None = None,
+                 device: str = "auto") -> dict:
+    """Max |ONNX Runtime - PyTorch| per output on random and real inputs; raises ExportError
+    above ``TOLERANCE``."""
+    net = net.eval()
+    size = net.cfg.input_size
+    enc, head = rt.session(enc_path, device), rt.session(head_path, device)
+    gen = torch.Generator().manual_seed(0)
+    inputs = {"random_b1": torch.rand(1, 3, size, size, generator=gen), "random_b5": torch.rand(5, 3, size, size, generator=gen)}
+    if images is not None and len(images):
+        inputs["real"] = to_input(images[:5], size)
+    diffs: dict[str, float] = {}
+    for name, x in inputs.items():
+        f_torch = net.encoder(x)
+        f_onnx = rt.run(enc, images=x.numpy())[0]
+        diffs[f"{name}/features"] = float(np.abs(f_onnx - f_torch.numpy()).max())
+        g = f_torch.roll(1, dims=0)
+        q_t, t_t = net.head(f_torch, g)
+        q_o, t_o = rt.run(head, query=f_torch.numpy(), gallery=g.numpy())
+        diffs[f"{name}/q"] = float(np.abs(q_o - q_t.numpy()).max())
+        diffs[f"{name}/t"] = float(np.abs(t_o - t_t.numpy()).max())
+    worst = max(diffs.values())
+    result = {"max_abs_diff": worst, "per_output": diffs, "providers": enc.get_providers(), "tolerance": TOLERANCE}
+    if not worst <= TOLERANCE:
+        raise ExportError(f"ONNX Runtime and PyTorch differ by {worst:.3g} > {TOLERANCE}: {json.dumps(diffs)}")
+    return result
+
+
+def run_onnx_stage(category, out_dir: Path, progress: bool = True) -> dict:
+    start = time.perf_counter()
+    irprn_dir = out_dir / "irprn"
+    if not (irprn_dir / "weights.safetensors").is_file():
+        raise FileNotFoundError(f"{irprn_dir / 'weights.safetensors'} is missing: run the irprn stage first")
+    net, _ = load_irprn(irprn_dir)
+    enc_path, head_path = export_irprn(net, irprn_dir)
+    images = torch.stack([v.image for v in category.train[:5]])
+    parity = check_parity(net, enc_path, head_path, images)
+    report = {"category": category.name, "encoder_bytes": enc_path.stat().st_size, "pair_head_bytes": head_path.stat().st_size,
+              **parity, "seconds": round(time.perf_counter() - start, 1)}
+    (out_dir / "reports").mkdir(parents=True, exist_ok=True)
+    (out_dir / "reports" / "onnx.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

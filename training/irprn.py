@@ -1,0 +1,403 @@
+"""The `irprn` and `gallery` stages of `rpe-pad train`: train IRPRN, then encode the gallery.
+
+Training pairs (query, gallery view): every query is paired with its top-K training views
+by descriptor similarity (``models.irprn.descriptor`` of the pretrained encoder; the paper
+uses LoFTR), rank i = 1..K; a query is never paired with itself.
+
+- queries: the RVSS novel views (``use_novel``, the paper's design) and, with
+  ``train_queries``, the training views themselves (real photographs on the query side,
+  as at inference; the only queries when RVSS is off);
+- augmentation, on the query side only: ``augment_copies`` extra copies of each query,
+  turned in-plane by a uniform angle within +-``max_roll_deg`` (exact: rotating a pinhole
+  image about its principal point IS a camera roll, ``models.camera.roll_pose``, so the
+  target moves with it; the synthetic and real query sets hold rolls the training poses
+  lack), with brightness/contrast jitter (+-``color_jitter``: real queries are not lit like
+  renders);
+- loss: ``models.irprn.HomoscedasticLoss`` over the coarse and every refinement stage,
+  each pair weighted by its MPTS weight (``mpts``; uniform otherwise);
+- with a frozen backbone (``freeze_backbone``, the CPU presets) the encoder features of
+  every query copy and training view are computed once and the pair head trains on them;
+  otherwise (the paper preset) the whole network trains on images.
+
+Targets: ``P_rel = P_q inv(P_g)`` as a canonical wxyz quaternion and ``t_rel / unit``.
+Outputs: ``irprn/weights.safetensors``, ``irprn/config.json``, ``reports/irprn.json`` and
+``reports/irprn_curve.png``; the `gallery` stage writes ``gallery/gallery.safetensors``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import kornia.geometry.transform as KT
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from models.camera import pose_to_quat_trans, relative_pose, roll_pose, rotation_angle
+from models.data import Category
+from models.gallery import NOVEL, TRAIN, Gallery
+from models.irprn import (
+    IRPRN,
+    HomoscedasticLoss,
+    IRPRNConfig,
+    descriptor,
+    encode,
+    load_irprn,
+    mpts_weights,
+    save_irprn,
+    scene_unit,
+)
+from models.splat.scene import GaussianScene
+from training.rvss import NovelSet, load_novel
+
+
+@dataclass(frozen=True)
+class IRPRNTrainConfig:
+    model: IRPRNConfig = field(default_factory=IRPRNConfig)
+    k: int = 3
+    mpts: bool = True
+    use_novel: bool = True
+    train_queries: bool = True
+    augment_copies: int = 2
+    max_roll_deg: float = 20.0
+    color_jitter: float = 0.1
+    freeze_backbone: bool = True
+    epochs: int = 40
+    batch: int = 32
+    lr: float = 1e-3
+    lr_drop_epoch: int = 25  # lr x 0.1 from this epoch on (paper: 1e-3 -> 1e-4 after 20 of 35)
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.1
+    checkpoint_every: int = 10
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "demo": IRPRNTrainConfig(epochs=12, augment_copies=1, lr_drop_epoch=8),
+    "cpu": IRPRNTrainConfig(epochs=25, lr_drop_epoch=18),
+    "paper": IRPRNTrainConfig(epochs=35, lr_drop_epoch=20, freeze_backbone=False),
+}
+
+
+def preset(name: str, **overrides) -> IRPRNTrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+@dataclass
+class QuerySet:
+    """Query copies: images [Q, H, W, 3], poses [Q, 4, 4], the source image index [Q]."""
+
+    images: torch.Tensor
+    poses: torch.Tensor
+    origin: torch.Tensor
+
+
+def augment(images: torch.Tensor, poses: torch.Tensor, cfg: IRPRNTrainConfig, gen: torch.Generator) -> QuerySet:
+    """The originals plus ``augment_copies`` rolled, colour-jittered copies of each."""
+    n = len(images)
+    out_img, out_pose, origin = [images], [poses], [torch.arange(n)]
+    for _ in range(cfg.augment_copies):
+        angles = (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * cfg.max_roll_deg
+        x = images.permute(0, 3, 1, 2)
+        x = KT.rotate(x, angles.float(), padding_mode="border")
+        gain = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.color_jitter
+        contrast = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.color_jitter
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * contrast + mean) * gain
+        out_img.append(x.clamp(0, 1).permute(0, 2, 3, 1))
+        out_pose.append(roll_pose(poses, angles))
+        origin.append(torch.arange(n))
+    return QuerySet(torch.cat(out_img), torch.cat(out_pose), torch.cat(origin))
+
+
+def pair_targets(query_poses: torch.Tensor, gallery_poses: torch.Tensor, unit: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative pose targets: canonical wxyz quaternion [P, 4] and translation / unit [P, 3]."""
+    q, t = pose_to_quat_trans(relative_pose(query_poses, gallery_poses))
+    return q.float(), (t / unit).float()
+
+
+def build_pairs(query_desc: torch.Tensor, train_desc: torch.Tensor, k: int, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k training views per query (cosine), never the query itself (``exclude[i]`` is
+    the training index of query i, or -1). Returns gallery ids [Q, k] and ranks 0..k-1."""
+    sims = query_desc @ train_desc.T
+    rows = (exclude >= 0).nonzero().flatten()
+    sims[rows, exclude[rows]] = float("-inf")
+    ids = sims.topk(min(k, train_desc.shape[0] - 1 if (exclude >= 0).any() else train_desc.shape[0]), dim=1).indices
+    return ids, torch.arange(ids.shape[1]).expand_as(ids)
+
+
+def _flat_state(prefix: str, state: dict) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, dict):
+            out.update(_flat_state(name, value))
+        elif isinstance(value, torch.Tensor):
+            out[name] = value.detach().clone().contiguous()
+        elif isinstance(value, int | float):
+            out[name] = torch.tensor(value, dtype=torch.float64)
+    return out
+
+
+def _curve(history: list[dict]) -> Figure:
+    fig = Figure(figsize=(6.4, 3.4), dpi=100)
+    ax = fig.add_subplot()
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["val_rot_deg_coarse"] for h in history], label="coarse stage")
+    ax.plot(epochs, [h["val_rot_deg"] for h in history], label="last stage")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("held-out relative rotation error (deg, median)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrainConfig, work_dir: Path,
+                progress: bool = True) -> tuple[IRPRN, dict]:
+    """Train IRPRN on the category's pairs; resumable from ``work_dir/checkpoint.safetensors``."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model_cfg = cfg.model
+    net = IRPRN(model_cfg)
+    size = model_cfg.input_size
+    train_images = torch.stack([v.image for v in category.train])
+    train_poses = category.train_poses().double()
+    n_train = len(train_images)
+
+    # Query images: novel views (exclude nothing) and/or training views (exclude themselves).
+    q_images, q_poses, q_exclude = [], [], []
+    if cfg.use_novel and len(novel.poses):
+        q_images.append(novel.images)
+        q_poses.append(novel.poses)
+        q_exclude.append(torch.full((len(novel.poses),), -1))
+    if cfg.train_queries or not q_images:
+        q_images.append(train_images)
+        q_poses.append(train_poses)
+        q_exclude.append(torch.arange(n_train))
+    base_images, base_poses, exclude = torch.cat(q_images), torch.cat(q_poses), torch.cat(q_exclude)
+    queries = augment(base_images, base_poses, cfg, gen)
+
+    # Held-out query images (all their copies): the validation pairs.
+    n_base = len(base_images)
+    perm = torch.randperm(n_base, generator=gen)
+    val_base = set(perm[: max(1, round(cfg.val_fraction * n_base))].tolist())
+    is_val = torch.tensor([int(o) in val_base for o in queries.origin])
+
+    bar = tqdm(total=len(queries.images) + n_train, desc="irprn: encode", unit="img", disable=not progress)
+    encoder = net.encoder.eval()
+    train_feats = encode(encoder, train_images, size)
+    bar.update(n_train)
+    query_feats = []
+    for i in range(0, len(queries.images), 64):
+        query_feats.append(encode(encoder, queries.images[i : i + 64], size))
+        bar.update(len(query_feats[-1]))
+    query_feats = torch.cat(query_feats)
+    bar.close()
+    grid = model_cfg.descriptor_grid
+    base_desc = descriptor(query_feats[: n_base], grid)  # the un-augmented originals come first
+    gal_ids, ranks = build_pairs(base_desc, descriptor(train_feats, grid), cfg.k, exclude)
+    k = gal_ids.shape[1]
+    # Pairs for every copy: (query copy j, training view gal_ids[origin j, r], rank r).
+    pair_q = torch.arange(len(queries.images)).repeat_interleave(k)
+    pair_g = gal_ids[queries.origin].flatten()
+    pair_r = ranks[queries.origin].flatten()
+    q_gt, t_gt = pair_targets(queries.poses[pair_q], train_poses[pair_g], unit)
+    weights = mpts_weights(k)[pair_r] if cfg.mpts else torch.ones(len(pair_q))
+    val_pair = is_val[pair_q]
+    train_idx, val_idx = (~val_pair).nonzero().flatten(), val_pair.nonzero().flatten()
+
+    criterion = HomoscedasticLoss()
+    trainable = list(net.head.parameters()) + list(criterion.parameters())
+    if not cfg.freeze_backbone:
+        trainable += list(net.encoder.parameters())
+    else:
+        net.encoder.requires_grad_(False)
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[cfg.lr_drop_epoch], gamma=0.1)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = work_dir / "checkpoint.safetensors"
+    start_epoch, history = 0, []
+    if ckpt.is_file():
+        start_epoch, history = _resume(ckpt, net, criterion, opt, sched, cfg)
+
+    def head_inputs(idx: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if cfg.freeze_backbone or not training:
+            return query_feats[pair_q[idx]], train_feats[pair_g[idx]]
+        from models.irprn import to_input
+
+        return (net.encoder(to_input(queries.images[pair_q[idx]], size)),
+                net.encoder(to_input(train_images[pair_g[idx]], size)))
+
+    bar = tqdm(range(start_epoch, cfg.epochs), desc="irprn: train", unit="epoch", disable=not progress,
+               initial=start_epoch, total=cfg.epochs)
+    for epoch in bar:
+        net.head.train()
+        if not cfg.freeze_backbone:
+            net.encoder.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        losses = []
+        for b in range(0, len(order), cfg.batch):
+            idx = order[b : b + cfg.batch]
+            fq, fg = head_inputs(idx, True)
+            q, t = net.head(fq, fg)
+            loss, _ = criterion(q, t, q_gt[idx], t_gt[idx], weights[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        sched.step()
+        val = _validate(net, query_feats, train_feats, pair_q, pair_g, q_gt, t_gt, val_idx)
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **val})
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_rot=f"{val['val_rot_deg']:.2f}deg")
+        if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
+            _checkpoint(ckpt, epoch + 1, net, criterion, opt, sched, history, cfg)
+    bar.close()
+    ckpt.unlink(missing_ok=True)
+    net.eval()
+    report = {
+        "n_queries": n_base, "n_query_copies": len(queries.images), "n_pairs": len(pair_q), "k": k,
+        "n_train_pairs": len(train_idx), "n_val_pairs": len(val_idx), "resumed_from_epoch": start_epoch,
+        "final": history[-1] if history else {}, "history": history,
+        "s_t": criterion.s_t.item(), "s_q": criterion.s_q.item(),
+        "median_pair_rotation_deg": float(torch.rad2deg(2 * torch.acos(q_gt[:, 0].abs().clamp(max=1))).median()),
+    }
+    return net, report
+
+
+@torch.no_grad()
+def _validate(net: IRPRN, query_feats, train_feats, pair_q, pair_g, q_gt, t_gt, idx) -> dict:
+    net.head.eval()
+    if len(idx) == 0:
+        return {"val_rot_deg": float("nan"), "val_rot_deg_coarse": float("nan"), "val_trans": float("nan")}
+    qs, ts = [], []
+    for b in range(0, len(idx), 256):
+        q, t = net.head(query_feats[pair_q[idx[b : b + 256]]], train_feats[pair_g[idx[b : b + 256]]])
+        qs.append(q)
+        ts.append(t)
+    q, t = torch.cat(qs), torch.cat(ts)
+    dot = (q * q_gt[idx][:, None]).sum(-1).abs().clamp(max=1)
+    rot = torch.rad2deg(2 * torch.acos(dot))  # [P, S]
+    return {"val_rot_deg": float(rot[:, -1].median()), "val_rot_deg_coarse": float(rot[:, 0].median()),
+            "val_trans": float((t[:, -1] - t_gt[idx]).norm(dim=-1).median())}
+
+
+def _checkpoint(path: Path, epoch: int, net, criterion, opt, sched, history, cfg) -> None:
+    tensors = {**_flat_state("net", net.state_dict()), **_flat_state("loss", criterion.state_dict()),
+               **_flat_state("opt", opt.state_dict()["state"])}
+    meta = {"epoch": str(epoch), "history": json.dumps(history), "config": json.dumps(cfg.to_dict()),
+            "sched": json.dumps(sched.state_dict())}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def _resume(path: Path, net, criterion, opt, sched, cfg) -> tuple[int, list]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    if json.loads(meta["config"]) != json.loads(json.dumps(cfg.to_dict())):
+        return 0, []  # a checkpoint of another configuration: start over
+    tensors = load_file(str(path))
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    criterion.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("loss.")})
+    state = opt.state_dict()
+    restored: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            restored.setdefault(int(pid), {})[name] = value.float() if name == "step" else value
+    state["state"] = restored
+    opt.load_state_dict(state)
+    sched.load_state_dict(json.loads(meta["sched"]))
+    return int(meta["epoch"]), json.loads(meta["history"])
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_irprn_stage(category: Category, cfg: IRPRNTrainConfig, out_dir: Path, progress: bool = True) -> dict:
+    start = time.perf_counter()
+    novel_path, scene_path = out_dir / "rvss" / "novel.safetensors", out_dir / "splats" / "scene.safetensors"
+    for needed, stage in ((scene_path, "splats"), (novel_path, "rvss")):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} is missing: run the {stage} stage first")
+    irprn_dir, report_path = out_dir / "irprn", out_dir / "reports" / "irprn.json"
+    key = {"config": json.loads(json.dumps(cfg.to_dict())), "novel_sha256": _sha(novel_path),
+           "image_size": [category.width, category.height]}
+    try:
+        previous = json.loads(report_path.read_text())
+        load_irprn(irprn_dir)
+        if previous.get("key") == key:
+            return {**previous, "skipped": True}
+    except (OSError, ValueError, KeyError, RuntimeError):
+        pass
+    unit = scene_unit(GaussianScene.load(scene_path).normalization.get("camera_distance_median", 4.0))
+    net, report = train_irprn(category, load_novel(novel_path), unit, cfg, irprn_dir, progress)
+    save_irprn(net, irprn_dir, unit, cfg.to_dict())
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    if report["history"]:
+        _curve(report["history"]).savefig(out_dir / "reports" / "irprn_curve.png")
+    report = {"category": category.name, **report, "seconds": round(time.perf_counter() - start, 1), "key": key}
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def build_gallery(category: Category, novel: NovelSet, net: IRPRN) -> Gallery:
+    """Training views then novel views, encoded by the trained encoder."""
+    size, grid = net.cfg.input_size, net.cfg.descriptor_grid
+    images = torch.cat([torch.stack([v.image for v in category.train]), novel.images])
+    feats = encode(net.encoder.eval(), images, size)
+    poses = torch.cat([category.train_poses().double(), novel.poses.double()])
+    source = torch.cat([torch.full((len(category.train),), TRAIN), torch.full((len(novel.poses),), NOVEL)]).to(torch.int8)
+    names = [v.name for v in category.train] + [f"novel/{i:04d}_of_{int(p)}" for i, p in enumerate(novel.parents)]
+    return Gallery(poses, source, descriptor(feats, grid), feats, names)
+
+
+def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True) -> dict:
+    start = time.perf_counter()
+    weights, novel_path = out_dir / "irprn" / "weights.safetensors", out_dir / "rvss" / "novel.safetensors"
+    for needed, stage in ((weights, "irprn"), (novel_path, "rvss")):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} is missing: run the {stage} stage first")
+    path, report_path = out_dir / "gallery" / "gallery.safetensors", out_dir / "reports" / "gallery.json"
+    key = {"weights_sha256": _sha(weights), "novel_sha256": _sha(novel_path), "n_train": len(category.train)}
+    try:
+        previous = json.loads(report_path.read_text())
+        Gallery.load(path)
+        if previous.get("key") == key:
+            return {**previous, "skipped": True}
+    except (OSError, ValueError, KeyError):
+        pass
+    net, _ = load_irprn(out_dir / "irprn")
+    gallery = build_gallery(category, load_novel(novel_path), net)
+    gallery.save(path)
+    # Retrieval sanity: each novel view's best training match vs the view it perturbs.
+    novel = load_novel(novel_path)
+    report = {"category": category.name, "n_views": len(gallery), "n_train": int((gallery.source == TRAIN).sum()),
+              "n_novel": int((gallery.source == NOVEL).sum()), "descriptor_dim": int(gallery.descriptors.shape[1]),
+              "feature_shape": list(gallery.features.shape[1:]), "bytes": path.stat().st_size}
+    if len(novel.poses):
+        _, ids = gallery.top_k(gallery.descriptors[gallery.source == NOVEL], 1, allowed=gallery.source == TRAIN)
+        err = torch.rad2deg(rotation_angle(gallery.poses[ids[:, 0], :3, :3], novel.poses[:, :3, :3]))
+        report["novel_top1_is_parent"] = round(float((ids[:, 0] == novel.parents).float().mean()), 4)
+        report["novel_top1_rot_deg_median"] = round(float(err.median()), 3)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    report["key"] = key
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
