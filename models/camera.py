@@ -257,9 +257,9 @@ def roll_pose(pose: Tensor, image_rotation_deg: Tensor | float) -> Tensor:
 
 
 def reprojection_error_px(pose_est: Tensor, pose_true: Tensor, K: Tensor, points: Tensor) -> Tensor:
-    """Median pixel distance ``[...]`` between world ``points [N, 3]`` projected with the
+    """Mean pixel distance ``[...]`` between world ``points [N, 3]`` projected with the
     estimated and the true pose (same ``K``): how far a render at the estimate sits from
     the query, in pixels of the image ``K`` describes."""
     uv_est, _ = project_points(points, pose_est, K)
     uv_true, _ = project_points(points, pose_true, K)
-    return (uv_est - uv_true).norm(dim=-1).median(dim=-1).values
+    return (uv_est - uv_true).norm(dim=-1).mean(dim=-1)

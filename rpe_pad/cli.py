@@ -54,7 +54,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = args.out or (args.bundle_dir / "reports" / f"evaluate_{args.pose}")
     metrics = evaluate(args.bundle_dir, args.category_dir, pose=args.pose, out_dir=out, tolerance=args.tolerance,
-                       fusion=args.fusion, backend=args.backend, k=args.k)
+                       fusion=args.fusion, backend=args.backend, k=args.k, refine=args.refine)
     print(json.dumps({k: v for k, v in metrics.items() if k != "per_query_reproj_px"}, indent=2))
     print(f"report: {out}")
     return 0
@@ -129,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score every test view of a category and report the metrics")
     p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> written by rpe-pad train")
     p.add_argument("category_dir", type=Path)
-    p.add_argument("--pose", default="oracle", choices=["oracle", "retrieval", "rpe"],
-                   help="how query poses are obtained: the true pose, the best gallery view's, IRPRN's (default oracle)")
+    p.add_argument("--pose", default="rpe", choices=["oracle", "retrieval", "rpe", "rpe+refine"],
+                   help="how query poses are obtained: IRPRN's (default), the best gallery view's, the true pose")
+    p.add_argument("--refine", default="pnp+ecc", choices=["pnp", "ecc", "pnp+ecc", "none"],
+                   help="refinement after IRPRN for --pose rpe+refine (default pnp+ecc)")
     p.add_argument("--fusion", default="mean", choices=["mean", "top1", "render"],
                    help="how the K IRPRN poses are fused (rpe; default mean)")
     p.add_argument("--k", type=_positive_int, default=3, help="gallery matches per query (default 3)")

@@ -1,8 +1,9 @@
-"""`rpe-pad evaluate BUNDLE_DIR CATEGORY_DIR --pose oracle`: score every test view.
+"""`rpe-pad evaluate BUNDLE_DIR CATEGORY_DIR --pose rpe|retrieval|oracle`: score every test view.
 
-Today's pose mode is ``oracle`` (render at the true pose from ``test/transforms.json``):
-the upper bound of the pipeline, and the check that the Gaussian model and the scorer are
-good enough. Metrics follow the peers' protocol: maps and masks at 224 x 224 (masks
+Pose modes: ``rpe`` (default: IRPRN from the gallery matches), ``retrieval`` (the best
+gallery view's pose), ``oracle`` (the true pose from ``test/transforms.json``: the upper
+bound, and the check that the Gaussian model and the scorer are good enough). With true
+poses available, the pose errors are reported too (``pose_report``). Metrics follow the peers' protocol: maps and masks at 224 x 224 (masks
 nearest-resized), image AUROC over (label != good, max of the map), pixel AUROC, AUPRO up
 to FPR 0.3, F1-max, and image AUROC per defect type (that type against the good views).
 """
@@ -22,11 +23,12 @@ from models.camera import pose_errors, reprojection_error_px
 from models.data import GOOD, load_category
 from models.metrics import aupro, auroc, f1_max, pixel_auroc
 from models.pose import PoseEstimator
+from models.refine import RefineConfig, ecc_align, pnp_refine
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene, render
 from models.viz import Cell, anomaly_overlay, contact_sheet, heat, mask_overlay
 
-POSE_MODES = ("oracle", "retrieval", "rpe")
+POSE_MODES = ("oracle", "retrieval", "rpe", "rpe+refine")
 
 
 def load_calibration(bundle_dir: Path) -> Calibration | None:
@@ -67,16 +69,25 @@ def resize_maps(maps: torch.Tensor, eval_size: int) -> np.ndarray:
     return F.interpolate(maps[:, None], size=(eval_size, eval_size), mode="bilinear", align_corners=False)[:, 0].numpy()
 
 
+def object_points(scene: GaussianScene) -> torch.Tensor:
+    """The object's points for alignment errors: Gaussian centres with opacity > 0.5 (the
+    4000 most opaque when a barely fitted model has none)."""
+    confident = torch.sigmoid(scene.opacities) > 0.5
+    if int(confident.sum()) >= 10:
+        return scene.means[confident].double()
+    return scene.means[scene.opacities.topk(min(4000, scene.num_gaussians)).indices].double()
+
+
 def pose_report(estimated: torch.Tensor, true: torch.Tensor, K: torch.Tensor, width: int, scene: GaussianScene,
                 eval_size: int) -> dict:
     """Pose errors of estimated vs true query poses: rotation (deg), camera centre (relative
-    to its distance), and the reprojection error in pixels at ``eval_size`` of the scene's
-    most opaque Gaussians (the object), median per view."""
-    # The object: its 4000 most opaque Gaussians.
-    means = scene.means[scene.opacities.topk(min(4000, scene.num_gaussians)).indices].double()
+    to its distance from the origin), and the alignment error the scorer sees: the mean
+    image-space displacement at ``eval_size`` of the object's points (``object_points``)
+    between the true and the estimated pose, per view; medians over views."""
+    points = object_points(scene)
     K_eval = K.double().clone()
     K_eval[..., :2, :] *= eval_size / width
-    reproj = reprojection_error_px(estimated.double(), true.double(), K_eval, means)
+    reproj = reprojection_error_px(estimated.double(), true.double(), K_eval, points)
     err = pose_errors(estimated.double(), true.double())
     rot = err["rot_deg"]
     return {
@@ -84,19 +95,20 @@ def pose_report(estimated: torch.Tensor, true: torch.Tensor, K: torch.Tensor, wi
         "pose_reproj_err_px_mean": round(float(reproj.mean()), 3),
         "pose_reproj_within_1px": round(float((reproj <= 1).double().mean()), 4),
         "pose_reproj_within_2px": round(float((reproj <= 2).double().mean()), 4),
-        "pose_rot_deg_median": round(float(rot.median()), 3),
-        "pose_rot_deg_max": round(float(rot.max()), 3),
-        "pose_center_rel_median": round(float(err["center_rel"].median()), 4),
+        "pose_rot_err_deg_median": round(float(rot.median()), 3),
+        "pose_rot_err_deg_max": round(float(rot.max()), 3),
+        "pose_center_err_rel_median": round(float(err["center_rel"].median()), 4),
         "per_query_reproj_px": [round(float(v), 3) for v in reproj],
     }
 
 
-def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "oracle", out_dir: Path | None = None,
+def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "rpe", out_dir: Path | None = None,
              eval_size: int = 224, batch: int = 8, tolerance: int | None = None, fusion: str = "mean",
-             backend: str = "auto", k: int = 3) -> dict:
+             backend: str = "auto", k: int = 3, refine: str = "pnp+ecc") -> dict:
     """Score every test view at the pose the ``pose`` mode gives: ``oracle`` (the true pose
     from ``test/transforms.json``), ``retrieval`` (the best gallery view's pose), ``rpe``
-    (IRPRN from the gallery matches, ``fusion`` of the top ``k``). ``tolerance`` overrides
+    (IRPRN from the gallery matches, ``fusion`` of the top ``k``), ``rpe+refine`` (then the
+    ``refine`` variant of ``models/refine.py``). ``tolerance`` overrides
     the calibrated scorer's comparison radius (the calibrated threshold then no longer
     applies and no decision is reported)."""
     if pose not in POSE_MODES:
@@ -110,6 +122,9 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "oracle", out_dir
     if pose != "oracle":
         queries = list(category.test)
         estimator = PoseEstimator.from_bundle(bundle_dir, backend=backend, fusion=fusion, k=k, scene=scene)
+    refine_cfg = RefineConfig(method=refine if pose == "rpe+refine" else "none")
+    refine_log: dict[str, list] = {"pnp_accepted": [], "pnp_inliers": [], "pnp_reasons": [], "ecc_accepted": [],
+                                   "ecc_shift_px": []}
     calib = load_calibration(bundle_dir)
     if calib is not None and (tolerance is None or tolerance == calib.scorer["tolerance"]):
         scorer = AnomalyScorer.from_config(calib.scorer)
@@ -117,26 +132,51 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "oracle", out_dir
         scorer = AnomalyScorer(**({} if tolerance is None else {"tolerance": tolerance}))
         calib = None
     maps, scores, renders = [], [], []
-    timing = {"render": [], "score": []}
+    timing: dict[str, list[float]] = {"render": [], "score": [], "total": []}
     est_poses = []
     for i in range(0, len(queries), batch):
         chunk = queries[i : i + batch]
+        pnp_s = ecc_s = 0.0
         images = torch.stack([q.image for q in chunk])
         if pose == "oracle":
             poses = torch.stack([q.w2c for q in chunk])
         else:
-            result = estimator.estimate(images, mode=pose, Ks=torch.stack([q.K for q in chunk]))
+            Ks = torch.stack([q.K for q in chunk])
+            result = estimator.estimate(images, mode="rpe" if pose == "rpe+refine" else pose, Ks=Ks)
             poses = result.poses
             for key, value in result.timings_ms.items():
                 timing.setdefault(key, []).append(value / 1000 / len(chunk))
+            if refine_cfg.uses_pnp:
+                t_pnp = time.perf_counter()
+                pnp = pnp_refine(scene, images, poses, Ks, refine_cfg)
+                pnp_s = time.perf_counter() - t_pnp
+                poses = pnp.poses
+                refine_log["pnp_accepted"] += pnp.accepted
+                refine_log["pnp_inliers"] += pnp.inliers
+                refine_log["pnp_reasons"] += pnp.reasons
         est_poses.append(poses)
         t0 = time.perf_counter()
         ref = render_references(scene, poses, torch.stack([q.K for q in chunk]), category.width, category.height)
+        t_render = time.perf_counter()
+        if refine_cfg.uses_ecc:
+            warped = []
+            for qi, ri in zip(images.numpy(), ref.numpy()):
+                w, info = ecc_align(qi, ri, refine_cfg)
+                warped.append(torch.from_numpy(np.ascontiguousarray(w)))
+                refine_log["ecc_accepted"].append(info["accepted"])
+                refine_log["ecc_shift_px"].append(info["shift_px"])
+            ref = torch.stack(warped)
+            ecc_s = time.perf_counter() - t_render
         t1 = time.perf_counter()
         m, s = scorer(images, ref)
         t2 = time.perf_counter()
-        timing["render"].append((t1 - t0) / len(chunk))
-        timing["score"].append((t2 - t1) / len(chunk))
+        n = len(chunk)
+        timing["render"].append((t_render - t0) / n)
+        timing["score"].append((t2 - t1) / n)
+        if refine_cfg.method != "none":
+            timing.setdefault("refine", []).append((pnp_s + ecc_s) / n)
+        pose_s = 0.0 if pose == "oracle" else sum(result.timings_ms.values()) / 1000 / n
+        timing["total"].append(pose_s + pnp_s / n + (t2 - t0) / n)
         maps.append(m)
         scores.append(s)
         renders.extend(ref)
@@ -162,6 +202,15 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "oracle", out_dir
         "decision": decision_metrics(labels, score_np, calib.threshold) if calib is not None else None,
         "timing_ms": {key: round(1000 * float(np.median(v)), 1) for key, v in timing.items()},
     }
+    if refine_cfg.method != "none":
+        metrics["refine"] = {
+            "method": refine_cfg.method,
+            "pnp_accepted_fraction": round(float(np.mean(refine_log["pnp_accepted"])), 4) if refine_log["pnp_accepted"] else None,
+            "pnp_inliers_median": float(np.median(refine_log["pnp_inliers"])) if refine_log["pnp_inliers"] else None,
+            "pnp_rejections": sorted({r for r in refine_log["pnp_reasons"] if r != "ok"}),
+            "ecc_accepted_fraction": round(float(np.mean(refine_log["ecc_accepted"])), 4) if refine_log["ecc_accepted"] else None,
+            "ecc_shift_px_median": float(np.median(refine_log["ecc_shift_px"])) if refine_log["ecc_shift_px"] else None,
+        }
     if pose != "oracle":
         metrics["pose_backend"] = getattr(estimator, "providers", ["torch"])
         metrics["fusion"], metrics["k"] = fusion, k
@@ -179,7 +228,7 @@ def _write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Te
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     rows = ["| metric | value |", "|---|---|"]
     for key in ("n_queries", "pose_mode", "image_auroc", "pixel_auroc", "aupro", "f1_max", "pose_reproj_err_px_median",
-                "pose_rot_deg_median", "pose_center_rel_median"):
+                "pose_rot_err_deg_median", "pose_center_err_rel_median"):
         if key in metrics:
             rows.append(f"| {key} | {metrics[key]} |")
     for key, value in metrics["timing_ms"].items():

@@ -12,7 +12,7 @@ from rpe_pad.cli import main
 
 def test_oracle_report(tiny_bundle: Path, tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report = tmp_path / "report"
-    assert main(["evaluate", str(tiny_bundle), str(tiny_synth), "--out", str(report)]) == 0
+    assert main(["evaluate", str(tiny_bundle), str(tiny_synth), "--pose", "oracle", "--out", str(report)]) == 0
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["pose_mode"] == "oracle" and metrics["n_queries"] == 8 and metrics["eval_size"] == 224
     for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):

@@ -123,10 +123,17 @@ def test_evaluate_pose_modes(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path:
         assert main(["evaluate", str(tiny_pose_bundle), str(tiny_synth), "--pose", mode, "--out", str(out)]) == 0
         m = json.loads((out / "metrics.json").read_text())
         assert m["pose_mode"] == mode and m["n_queries"] == 8
-        assert {"encode", "match", "render", "score"} <= set(m["timing_ms"])
+        assert {"match", "render", "score", "total"} <= set(m["timing_ms"])
         assert m["pose_reproj_err_px_median"] >= 0 and len(m["per_query_reproj_px"]) == 8
-        assert np.isfinite(m["pose_rot_deg_median"])
+        assert np.isfinite(m["pose_rot_err_deg_median"]) and np.isfinite(m["pose_center_err_rel_median"])
     assert "pose" in json.loads((tmp_path / "rpe" / "metrics.json").read_text())["timing_ms"]
+    out = tmp_path / "refined"
+    assert main(["evaluate", str(tiny_pose_bundle), str(tiny_synth), "--pose", "rpe+refine", "--refine", "pnp+ecc",
+                 "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["pose_mode"] == "rpe+refine" and m["refine"]["method"] == "pnp+ecc"
+    assert "refine" in m["timing_ms"] and 0 <= m["refine"]["pnp_accepted_fraction"] <= 1
+    assert m["refine"]["ecc_accepted_fraction"] is not None
 
 
 def test_stage_order_is_enforced(tiny_bundle: Path, tiny_synth: Path, tmp_path: Path) -> None:

@@ -1,0 +1,97 @@
+"""Refinement: PnP on rendered depth recovers a perturbed pose or refuses it; the ECC warp
+is small, rigid and guarded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.camera import perturb_pose, pose_errors, reprojection_error_px
+from models.data import load_category
+from models.refine import RefineConfig, ecc_align, pnp_refine
+from models.splat.scene import GaussianScene, render
+
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def posed_renders(tiny_bundle: Path, tiny_synth: Path):
+    """Renders of the tiny scene at six training poses (queries whose true pose is exact)."""
+    scene = GaussianScene.load(tiny_bundle / "splats" / "scene.safetensors")
+    cat = load_category(tiny_synth)
+    poses = torch.stack([v.w2c for v in cat.train[:6]]).double()
+    K = cat.K.double().clone()
+    K[:2] *= SIZE / cat.width
+    Ks = K.expand(6, 3, 3).clone()
+    images = render(scene, poses.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1)
+    return scene, images, poses, Ks
+
+
+def test_pnp_recovers_or_refuses(posed_renders) -> None:
+    scene, images, poses, Ks = posed_renders
+    start = perturb_pose(poses, 0.02, 0.0, torch.Generator().manual_seed(0))
+    points = scene.means[torch.sigmoid(scene.opacities) > 0.5].double()
+    before = reprojection_error_px(start, poses, Ks, points)  # what the scorer sees, in pixels
+    result = pnp_refine(scene, images, start, Ks, RefineConfig(render_size=SIZE))
+    after = reprojection_error_px(result.poses, poses, Ks, points)
+    assert any(result.accepted)
+    for i, ok in enumerate(result.accepted):
+        if ok:
+            assert after[i] < 0.5 * before[i] and result.inliers[i] >= 12 and result.reasons[i] == "ok"
+        else:  # never a worse pose silently: refused means unchanged, with a reason
+            assert torch.equal(result.poses[i], start[i]) and result.reasons[i] != "ok"
+
+
+def test_pnp_refuses_a_far_start(posed_renders) -> None:
+    scene, images, poses, Ks = posed_renders
+    start = perturb_pose(poses, 0.6, 0.0, torch.Generator().manual_seed(1))  # tens of degrees off
+    result = pnp_refine(scene, images, start, Ks, RefineConfig(render_size=SIZE, max_rotation_deg=5.0))
+    for i, ok in enumerate(result.accepted):
+        if not ok:
+            assert torch.equal(result.poses[i], start[i])
+        else:
+            assert pose_errors(result.poses[i], start[i])["rot_deg"] <= 5.0
+
+
+def _texture(seed: int = 0, size: int = 96) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.random((size // 8, size // 8, 3)).astype(np.float32)
+    import cv2
+
+    return cv2.GaussianBlur(cv2.resize(base, (size, size), interpolation=cv2.INTER_CUBIC), (0, 0), 1.5).clip(0, 1)
+
+
+def test_ecc_undoes_a_small_shift_and_keeps_a_defect() -> None:
+    import cv2
+
+    ref = _texture()
+    query = cv2.warpAffine(ref, np.float32([[1, 0, 2.5], [0, 1, -1.5]]), (96, 96), borderMode=cv2.BORDER_REPLICATE)
+    query[40:50, 40:50] = [1.0, 0.0, 0.0]  # a defect the warp must not explain away
+    warped, info = ecc_align(query, ref, RefineConfig(ecc_size=96))
+    assert info["accepted"] and 2.0 < info["shift_px"] < 3.5
+    inside = np.abs(query - warped)[42:48, 42:48].mean()
+    border = np.s_[10:86, 10:86]
+    outside = np.abs(query - warped)[border]
+    outside_before = np.abs(query - ref)[border]
+    assert outside.mean() < 0.5 * outside_before.mean()  # aligned everywhere else
+    assert inside > 0.3  # the defect is still there
+
+
+def test_ecc_refuses_a_large_warp() -> None:
+    import cv2
+
+    ref = _texture(1)
+    query = cv2.warpAffine(ref, np.float32([[1, 0, 9.0], [0, 1, 0]]), (96, 96), borderMode=cv2.BORDER_REPLICATE)
+    warped, info = ecc_align(query, ref, RefineConfig(ecc_size=96, ecc_max_shift_px=4.0))
+    assert not info["accepted"] and warped is ref
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="refinement must be one of"):
+        RefineConfig(method="magic")
+    with pytest.raises(ValueError, match="detector"):
+        RefineConfig(detector="surf")
+    assert RefineConfig(method="pnp").uses_pnp and not RefineConfig(method="pnp").uses_ecc
