@@ -32,6 +32,12 @@ class Gallery:
     descriptors: Tensor  # [G, D] float32, unit norm
     features: Tensor  # [G, C, h, w] float32
     names: list[str]
+    # For refinement by PnP against the gallery (optional): the views as uint8 [G, H, W, 3],
+    # their expected depth [G, H, W] (float16, 0 where the object is not opaque) and the
+    # intrinsics [3, 3] at that size.
+    images: Tensor | None = None
+    depths: Tensor | None = None
+    K: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.poses)
@@ -49,6 +55,9 @@ class Gallery:
         for key, value in (("poses", self.poses), ("descriptors", self.descriptors), ("features", self.features)):
             if not torch.isfinite(value).all():
                 raise GalleryError(f"{where}: non-finite values in {key}")
+        if self.images is not None and (self.depths is None or self.K is None or self.images.shape[0] != g
+                                        or self.depths.shape != self.images.shape[:3]):
+            raise GalleryError(f"{where}: views and depths must come together, one per gallery view")
         norms = self.descriptors.norm(dim=1)
         if not torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
             raise GalleryError(f"{where}: descriptors are not unit vectors")
@@ -65,9 +74,12 @@ class Gallery:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"poses": self.poses.double().contiguous(), "source": self.source.to(torch.int8).contiguous(),
-                   "descriptors": self.descriptors.float().contiguous(), "features": self.features.float().contiguous()},
-                  str(path), metadata={"names": json.dumps(self.names), "format": "rpe-pad-gallery-1"})
+        tensors = {"poses": self.poses.double().contiguous(), "source": self.source.to(torch.int8).contiguous(),
+                   "descriptors": self.descriptors.float().contiguous(), "features": self.features.float().contiguous()}
+        if self.images is not None:
+            tensors.update(images=self.images.to(torch.uint8).contiguous(), depths=self.depths.half().contiguous(),
+                           K=self.K.double().contiguous())
+        save_file(tensors, str(path), metadata={"names": json.dumps(self.names), "format": "rpe-pad-gallery-1"})
 
     @classmethod
     def load(cls, path: Path) -> Gallery:
@@ -81,6 +93,7 @@ class Gallery:
         missing = {"poses", "source", "descriptors", "features"} - set(tensors)
         if missing:
             raise GalleryError(f"{path}: missing tensors {sorted(missing)}")
-        gallery = cls(tensors["poses"], tensors["source"], tensors["descriptors"], tensors["features"], names)
+        gallery = cls(tensors["poses"], tensors["source"], tensors["descriptors"], tensors["features"], names,
+                      tensors.get("images"), tensors.get("depths"), tensors.get("K"))
         gallery.validate(str(path))
         return gallery

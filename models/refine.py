@@ -1,6 +1,6 @@
 """Pixel-accurate alignment after IRPRN: PnP on rendered depth, and a guarded 2D warp.
 
-Two refiners, composable (``REFINERS``):
+Refiners, composable (``REFINERS``):
 
 - ``pnp``: render the scene at the IRPRN pose (``render_size`` px wide, with expected
   depth), match SIFT (or ORB) keypoints between that render and the query (Lowe's ratio
@@ -8,6 +8,11 @@ Two refiners, composable (``REFINERS``):
   and solve PnP with RANSAC from the IRPRN pose (OpenCV), refined by Levenberg-Marquardt on
   the inliers; later ``rounds`` re-render at the corrected pose and polish it. Pixel convention: our intrinsics put pixel centres at +0.5,
   OpenCV's keypoints at +0, so keypoints are shifted by 0.5 before use.
+- ``gpnp``: the same PnP without rendering at the query's pose: the query is matched
+  against its best gallery views (``gallery_views``), whose images and expected depths
+  were stored at bundle build time; the correction is verified by two small renders
+  (``verify_size`` px: at the IRPRN pose and at the corrected one; the corrected one must
+  match the query better). Built to meet the CPU time budget.
 - ``ecc``: a last 2D registration of the rendered reference onto the query (OpenCV's ECC,
   Euclidean motion: rotation + translation, 3 degrees of freedom) at the scoring resolution.
 
@@ -37,7 +42,7 @@ from models.images import to_uint8
 from models.splat.scene import GaussianScene, render
 
 Tensor = torch.Tensor
-REFINERS = ("none", "pnp", "ecc", "pnp+ecc")
+REFINERS = ("none", "pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc")
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class RefineConfig:
     ecc_iterations: int = 60
     ecc_max_shift_px: float = 12.0
     ecc_max_rotation_deg: float = 5.0
+    gallery_views: int = 2
+    verify_size: int = 64
 
     def __post_init__(self) -> None:
         if self.method not in REFINERS:
@@ -64,7 +71,11 @@ class RefineConfig:
 
     @property
     def uses_pnp(self) -> bool:
-        return "pnp" in self.method
+        return self.method.startswith("pnp")
+
+    @property
+    def uses_gallery_pnp(self) -> bool:
+        return self.method.startswith("gpnp")
 
     @property
     def uses_ecc(self) -> bool:
@@ -99,17 +110,24 @@ def _matches(det, norm: int, gray_a: np.ndarray, gray_b: np.ndarray, ratio: floa
     return pa, pb
 
 
+def _resized(images: Tensor, Ks: Tensor, width: int, height: int) -> tuple[np.ndarray, Tensor]:
+    """Images ``[B, H, W, 3]`` resized to ``width x height`` (numpy) and their intrinsics."""
+    h, w = images.shape[1:3]
+    K = Ks.double().clone()
+    K[:, 0] *= width / w
+    K[:, 1] *= height / h
+    small = F.interpolate(images.permute(0, 3, 1, 2).float(), size=(height, width), mode="bilinear", antialias=True,
+                          align_corners=False).permute(0, 2, 3, 1)
+    return small.numpy(), K
+
+
 @torch.no_grad()
 def pnp_refine(scene: GaussianScene, images: Tensor, poses: Tensor, Ks: Tensor, cfg: RefineConfig) -> PnPResult:
     """Refine world-to-camera ``poses [B, 4, 4]`` of ``images [B, H, W, 3]`` (intrinsics
     ``Ks [B, 3, 3]`` at the images' size); see the module docstring."""
     b, h, w = images.shape[:3]
     rw, rh = cfg.render_size, max(1, round(cfg.render_size * h / w))
-    K_r = Ks.double().clone()
-    K_r[:, 0] *= rw / w
-    K_r[:, 1] *= rh / h
-    small = F.interpolate(images.permute(0, 3, 1, 2).float(), size=(rh, rw), mode="bilinear", antialias=True,
-                          align_corners=False).permute(0, 2, 3, 1).numpy()
+    small, K_r = _resized(images, Ks, rw, rh)
     det = _detector(cfg.detector)
     norm = cv2.NORM_L2 if cfg.detector == "sift" else cv2.NORM_HAMMING
     current = poses.double().clone()
@@ -140,38 +158,22 @@ def pnp_refine(scene: GaussianScene, images: Tensor, poses: Tensor, Ks: Tensor, 
             if round_ >= cfg.rounds:
                 continue  # verification only
             pq, pr = _matches(det, norm, _gray(small[i]), _gray(colors_i), cfg.ratio)
-            cols = np.clip(pr[:, 0].astype(int), 0, rw - 1)
-            rows = np.clip(pr[:, 1].astype(int), 0, rh - 1)
-            keep = (alpha_i[rows, cols] > 0.95) & (depth_i[rows, cols] > 0)
-            pq, pr, d = pq[keep], pr[keep], depth_i[rows[keep], cols[keep]]
-            if len(d) < cfg.min_inliers:
+            opaque_depth = np.where(alpha_i > 0.95, depth_i, 0.0)
+            world, keep = _lift(pr, opaque_depth, K_r[i].numpy(), current[i].numpy())  # from the pose rendered
+            if len(world) < cfg.min_inliers:
                 if round_ == 0:
-                    result.reasons[i] = f"too few matches on the object ({len(d)})"
+                    result.reasons[i] = f"too few matches on the object ({len(world)})"
                 continue
-            k = K_r[i].numpy()
-            cam = np.stack([(pr[:, 0] - k[0, 2]) * d / k[0, 0], (pr[:, 1] - k[1, 2]) * d / k[1, 1], d], axis=1)
-            rot, trans = current[i, :3, :3].numpy(), current[i, :3, 3].numpy()  # the pose rendered
-            world = (cam - trans) @ rot  # R^T (x - t), row-wise
-            rvec0, _ = cv2.Rodrigues(rot)
-            ok, rvec, tvec, inl = cv2.solvePnPRansac(world, pq, k, None, rvec0.copy(), trans.reshape(3, 1).copy(),
-                                                     useExtrinsicGuess=True, iterationsCount=200,
-                                                     reprojectionError=cfg.ransac_px, confidence=0.999,
-                                                     flags=cv2.SOLVEPNP_ITERATIVE)
-            n_in = 0 if inl is None else len(inl)
-            if not ok or n_in < cfg.min_inliers:
+            new, n_in = _solve(world, pq[keep], K_r[i].numpy(), current[i].numpy(), cfg)
+            if new is None:
                 if round_ == 0:
                     result.inliers[i] = n_in
                     result.reasons[i] = f"PnP failed or too few inliers ({n_in})"
                 continue
-            idx = inl[:, 0]
-            rvec, tvec = cv2.solvePnPRefineLM(world[idx], pq[idx], k, None, rvec, tvec)
-            new = make_pose(torch.from_numpy(cv2.Rodrigues(rvec)[0]), torch.from_numpy(tvec[:, 0]))
-            turn = math.degrees(float(rotation_angle(new[:3, :3], pose0[:3, :3])))
-            c0 = camera_center(pose0)
-            moved = float((camera_center(new) - c0).norm() / c0.norm().clamp_min(1e-9))
-            if turn > cfg.max_rotation_deg or moved > cfg.max_center_rel:
+            ok, reason = _within_bounds(new, pose0, cfg)
+            if not ok:
                 if round_ == 0:
-                    result.reasons[i] = f"correction too large ({turn:.1f} deg, centre {moved:.2f})"
+                    result.reasons[i] = reason
                 continue
             result.poses[i] = new
             result.inliers[i] = n_in
@@ -180,6 +182,92 @@ def pnp_refine(scene: GaussianScene, images: Tensor, poses: Tensor, Ks: Tensor, 
             accepted_now.append(i)
         current = result.poses.clone()
         todo = accepted_now  # later rounds polish the poses that PnP could correct
+    return result
+
+
+def _lift(pts: np.ndarray, depth: np.ndarray, K: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World points of pixel positions ``pts [N, 2]`` (+0.5 convention) with a depth map
+    (0 = not on the object) seen from world-to-camera ``pose``; and which were kept."""
+    h, w = depth.shape
+    cols = np.clip(pts[:, 0].astype(int), 0, w - 1)
+    rows = np.clip(pts[:, 1].astype(int), 0, h - 1)
+    d = depth[rows, cols].astype(np.float64)
+    keep = d > 0
+    d, p = d[keep], pts[keep]
+    cam = np.stack([(p[:, 0] - K[0, 2]) * d / K[0, 0], (p[:, 1] - K[1, 2]) * d / K[1, 1], d], axis=1)
+    return (cam - pose[:3, 3]) @ pose[:3, :3], keep
+
+
+def _solve(world: np.ndarray, pts: np.ndarray, K: np.ndarray, pose0: np.ndarray, cfg: RefineConfig):
+    """RANSAC PnP from ``pose0`` then LM on the inliers: (pose [4, 4] tensor | None, inliers)."""
+    if len(world) < cfg.min_inliers:
+        return None, len(world)
+    rvec0, _ = cv2.Rodrigues(pose0[:3, :3])
+    ok, rvec, tvec, inl = cv2.solvePnPRansac(world, pts, K, None, rvec0.copy(), pose0[:3, 3].reshape(3, 1).copy(),
+                                             useExtrinsicGuess=True, iterationsCount=200, reprojectionError=cfg.ransac_px,
+                                             confidence=0.999, flags=cv2.SOLVEPNP_ITERATIVE)
+    n_in = 0 if inl is None else len(inl)
+    if not ok or n_in < cfg.min_inliers:
+        return None, n_in
+    rvec, tvec = cv2.solvePnPRefineLM(world[inl[:, 0]], pts[inl[:, 0]], K, None, rvec, tvec)
+    return make_pose(torch.from_numpy(cv2.Rodrigues(rvec)[0]), torch.from_numpy(tvec[:, 0])), n_in
+
+
+def _within_bounds(new: Tensor, pose0: Tensor, cfg: RefineConfig) -> tuple[bool, str]:
+    turn = math.degrees(float(rotation_angle(new[:3, :3], pose0[:3, :3])))
+    c0 = camera_center(pose0)
+    moved = float((camera_center(new) - c0).norm() / c0.norm().clamp_min(1e-9))
+    if turn > cfg.max_rotation_deg or moved > cfg.max_center_rel:
+        return False, f"correction too large ({turn:.1f} deg, centre {moved:.2f})"
+    return True, "ok"
+
+
+@torch.no_grad()
+def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Tensor, Ks: Tensor, gallery_ids: Tensor,
+                       cfg: RefineConfig) -> PnPResult:
+    """``gpnp``: PnP of each query against its best gallery views (stored images + depths),
+    verified by two small renders; see the module docstring."""
+    if gallery.images is None:
+        raise ValueError("this gallery has no stored views and depths: rebuild it (rpe-pad train ... --stages gallery)")
+    b, h, w = images.shape[:3]
+    gh, gw = gallery.images.shape[1:3]
+    small, K_q = _resized(images, Ks, gw, gh)
+    det = _detector(cfg.detector)
+    norm = cv2.NORM_L2 if cfg.detector == "sift" else cv2.NORM_HAMMING
+    K_g = gallery.K.double().numpy()
+    result = PnPResult(poses.double().clone(), [False] * b, [0] * b, ["not run"] * b)
+    candidates: dict[int, Tensor] = {}
+    for i in range(b):
+        pose0 = poses[i].double()
+        gray_q = _gray(small[i])
+        reason = "no gallery view to match"
+        for gid in gallery_ids[i, : cfg.gallery_views].tolist():
+            pq, pg = _matches(det, norm, gray_q, cv2.cvtColor(gallery.images[gid].numpy(), cv2.COLOR_RGB2GRAY), cfg.ratio)
+            world, keep = _lift(pg, gallery.depths[gid].float().numpy(), K_g, gallery.poses[gid].numpy())
+            new, n_in = _solve(world, pq[keep], K_q[i].numpy(), pose0.numpy(), cfg)
+            result.inliers[i] = max(result.inliers[i], n_in)
+            if new is None:
+                reason = f"too few inliers ({n_in})"
+                continue
+            ok, reason = _within_bounds(new, pose0, cfg)
+            if ok:
+                candidates[i] = new
+                break
+        result.reasons[i] = reason
+    if candidates:
+        ids = sorted(candidates)
+        vw, vh = cfg.verify_size, max(1, round(cfg.verify_size * h / w))
+        target_np, K_v = _resized(images[ids], Ks[ids], vw, vh)
+        target = torch.from_numpy(target_np)
+        both = torch.cat([poses[ids].double(), torch.stack([candidates[i] for i in ids])]).float()
+        out = render(scene, both, torch.cat([K_v, K_v]).float(), vw, vh).colors.clamp(0, 1)
+        err = (out - torch.cat([target, target])).abs().mean(dim=(1, 2, 3))
+        n = len(ids)
+        for j, i in enumerate(ids):
+            if err[n + j] < err[j]:
+                result.poses[i], result.accepted[i], result.reasons[i] = candidates[i], True, "ok"
+            else:
+                result.reasons[i] = f"photometric check failed ({float(err[n + j]):.4f} >= {float(err[j]):.4f})"
     return result
 
 

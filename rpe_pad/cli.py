@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("category_dir", type=Path)
     p.add_argument("--pose", default="rpe", choices=["oracle", "retrieval", "rpe", "rpe+refine"],
                    help="how query poses are obtained: IRPRN's (default), the best gallery view's, the true pose")
-    p.add_argument("--refine", default="pnp+ecc", choices=["pnp", "ecc", "pnp+ecc", "none"],
+    p.add_argument("--refine", default="pnp+ecc", choices=["pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc", "none"],
                    help="refinement after IRPRN for --pose rpe+refine (default pnp+ecc)")
     p.add_argument("--fusion", default="mean", choices=["mean", "top1", "render"],
                    help="how the K IRPRN poses are fused (rpe; default mean)")

@@ -23,7 +23,7 @@ from models.camera import pose_errors, reprojection_error_px
 from models.data import GOOD, load_category
 from models.metrics import aupro, auroc, f1_max, pixel_auroc
 from models.pose import PoseEstimator
-from models.refine import RefineConfig, ecc_align, pnp_refine
+from models.refine import RefineConfig, ecc_align, gallery_pnp_refine, pnp_refine
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene, render
 from models.viz import Cell, anomaly_overlay, contact_sheet, heat, mask_overlay
@@ -146,9 +146,12 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "rpe", out_dir: P
             poses = result.poses
             for key, value in result.timings_ms.items():
                 timing.setdefault(key, []).append(value / 1000 / len(chunk))
-            if refine_cfg.uses_pnp:
+            if refine_cfg.uses_pnp or refine_cfg.uses_gallery_pnp:
                 t_pnp = time.perf_counter()
-                pnp = pnp_refine(scene, images, poses, Ks, refine_cfg)
+                if refine_cfg.uses_pnp:
+                    pnp = pnp_refine(scene, images, poses, Ks, refine_cfg)
+                else:
+                    pnp = gallery_pnp_refine(scene, estimator.gallery, images, poses, Ks, result.gallery_ids, refine_cfg)
                 pnp_s = time.perf_counter() - t_pnp
                 poses = pnp.poses
                 refine_log["pnp_accepted"] += pnp.accepted

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from models.camera import pose_to_quat_trans, relative_pose, roll_pose, rotation_angle
 from models.data import Category
 from models.gallery import NOVEL, TRAIN, Gallery
+from models.images import to_uint8
 from models.irprn import (
     IRPRN,
     HomoscedasticLoss,
@@ -53,7 +54,7 @@ from models.irprn import (
     save_irprn,
     scene_unit,
 )
-from models.splat.scene import GaussianScene
+from models.splat.scene import GaussianScene, render
 from training.rvss import NovelSet, load_novel
 
 
@@ -356,15 +357,28 @@ def run_irprn_stage(category: Category, cfg: IRPRNTrainConfig, out_dir: Path, pr
     return report
 
 
-def build_gallery(category: Category, novel: NovelSet, net: IRPRN) -> Gallery:
-    """Training views then novel views, encoded by the trained encoder."""
+def build_gallery(category: Category, novel: NovelSet, net: IRPRN, scene: GaussianScene | None = None,
+                  progress: bool = False) -> Gallery:
+    """Training views then novel views, encoded by the trained encoder; with ``scene``, also
+    each view's expected depth (rendered at its pose) for refinement by PnP."""
     size, grid = net.cfg.input_size, net.cfg.descriptor_grid
     images = torch.cat([torch.stack([v.image for v in category.train]), novel.images])
     feats = encode(net.encoder.eval(), images, size)
     poses = torch.cat([category.train_poses().double(), novel.poses.double()])
     source = torch.cat([torch.full((len(category.train),), TRAIN), torch.full((len(novel.poses),), NOVEL)]).to(torch.int8)
     names = [v.name for v in category.train] + [f"novel/{i:04d}_of_{int(p)}" for i, p in enumerate(novel.parents)]
-    return Gallery(poses, source, descriptor(feats, grid), feats, names)
+    gallery = Gallery(poses, source, descriptor(feats, grid), feats, names)
+    if scene is not None:
+        K = category.K.float()
+        depths = []
+        for i in tqdm(range(0, len(poses), 8), desc="gallery: depth", unit="batch", disable=not progress):
+            p = poses[i : i + 8].float()
+            out = render(scene, p, K.expand(len(p), 3, 3), category.width, category.height, with_depth=True)
+            depths.append(torch.where(out.alphas[..., 0] > 0.95, out.depths[..., 0], torch.zeros(())).half())
+        gallery.images = torch.from_numpy(to_uint8(images.numpy()))
+        gallery.depths = torch.cat(depths)
+        gallery.K = category.K.double()
+    return gallery
 
 
 def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True) -> dict:
@@ -374,7 +388,8 @@ def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True) 
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} is missing: run the {stage} stage first")
     path, report_path = out_dir / "gallery" / "gallery.safetensors", out_dir / "reports" / "gallery.json"
-    key = {"weights_sha256": _sha(weights), "novel_sha256": _sha(novel_path), "n_train": len(category.train)}
+    key = {"weights_sha256": _sha(weights), "novel_sha256": _sha(novel_path), "n_train": len(category.train),
+           "with_depth": True}
     try:
         previous = json.loads(report_path.read_text())
         Gallery.load(path)
@@ -383,7 +398,8 @@ def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True) 
     except (OSError, ValueError, KeyError):
         pass
     net, _ = load_irprn(out_dir / "irprn")
-    gallery = build_gallery(category, load_novel(novel_path), net)
+    scene = GaussianScene.load(out_dir / "splats" / "scene.safetensors")
+    gallery = build_gallery(category, load_novel(novel_path), net, scene, progress)
     gallery.save(path)
     # Retrieval sanity: each novel view's best training match vs the view it perturbs.
     novel = load_novel(novel_path)

@@ -59,3 +59,16 @@ def test_save_load_round_trip_and_validation(tmp_path: Path) -> None:
     short.names = short.names[:-1]
     with pytest.raises(GalleryError, match="inconsistent"):
         short.validate()
+
+
+def test_views_and_depths_round_trip(tmp_path: Path) -> None:
+    g = _gallery(4)
+    g.images = torch.randint(0, 255, (4, 8, 8, 3), dtype=torch.uint8)
+    g.depths = torch.rand(4, 8, 8).half()
+    g.K = torch.eye(3, dtype=torch.float64)
+    g.save(tmp_path / "g.safetensors")
+    back = Gallery.load(tmp_path / "g.safetensors")
+    assert torch.equal(back.images, g.images) and torch.equal(back.depths, g.depths) and torch.equal(back.K, g.K)
+    g.depths = None
+    with pytest.raises(GalleryError, match="views and depths"):
+        g.validate()

@@ -95,3 +95,32 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="detector"):
         RefineConfig(detector="surf")
     assert RefineConfig(method="pnp").uses_pnp and not RefineConfig(method="pnp").uses_ecc
+
+
+def test_gallery_pnp_recovers_or_refuses(posed_renders) -> None:
+    from models.gallery import TRAIN, Gallery
+    from models.images import to_uint8
+    from models.refine import gallery_pnp_refine
+
+    scene, images, poses, Ks = posed_renders
+    out = render(scene, poses.float(), Ks.float(), SIZE, SIZE, with_depth=True)
+    depth = torch.where(out.alphas[..., 0] > 0.95, out.depths[..., 0], torch.zeros(()))
+    n = len(poses)
+    gallery = Gallery(poses, torch.full((n,), TRAIN, dtype=torch.int8), torch.eye(n), torch.zeros(n, 1, 1, 1),
+                      [str(i) for i in range(n)], torch.from_numpy(to_uint8(images.numpy())), depth.half(), Ks[0])
+    # Queries: the scene seen from poses near the gallery's; the start is the gallery pose.
+    true = perturb_pose(poses, 0.03, 0.0, torch.Generator().manual_seed(2))
+    queries = render(scene, true.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1)
+    points = scene.means[torch.sigmoid(scene.opacities) > 0.5].double()
+    result = gallery_pnp_refine(scene, gallery, queries, poses, Ks, torch.arange(n)[:, None], RefineConfig(gallery_views=1))
+    before = reprojection_error_px(poses, true, Ks, points)
+    after = reprojection_error_px(result.poses, true, Ks, points)
+    assert any(result.accepted)
+    for i, ok in enumerate(result.accepted):
+        if ok:
+            assert after[i] < before[i]
+        else:
+            assert torch.equal(result.poses[i], poses[i]) and result.reasons[i] != "ok"
+    with pytest.raises(ValueError, match="no stored views"):
+        gallery_pnp_refine(scene, Gallery(poses, gallery.source, gallery.descriptors, gallery.features, gallery.names),
+                           queries, poses, Ks, torch.arange(n)[:, None], RefineConfig())
