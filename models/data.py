@@ -31,7 +31,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tqdm.auto import tqdm
 
 from models import camera
-from models.images import WHITE, Background, load_mask, load_rgb, resize_mask, resize_rgb
+from models.images import (
+    WHITE,
+    Background,
+    load_mask,
+    load_rgb,
+    resize_mask,
+    resize_rgb,
+)
 
 GOOD = "good"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -19,6 +19,7 @@ when present) or the PyTorch modules (training, tests).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -51,6 +52,15 @@ class PoseResult:
     gallery_ids: Tensor  # [B, K]
     similarities: Tensor  # [B, K]
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _onnx_matches_weights(irprn_dir: Path) -> bool:
+    """True when ``onnx.json`` says the graphs were exported from the current weights."""
+    try:
+        manifest = json.loads((irprn_dir / "onnx.json").read_text())
+        return manifest["weights_sha256"] == hashlib.sha256((irprn_dir / "weights.safetensors").read_bytes()).hexdigest()
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def average_poses(poses: Tensor, weights: Tensor) -> Tensor:
@@ -116,7 +126,11 @@ class PoseEstimator:
                                         "(rpe-pad train ... --stages rvss,irprn,gallery,onnx)")
         gallery = Gallery.load(bundle_dir / "gallery" / "gallery.safetensors")
         enc, head = irprn_dir / "encoder.onnx", irprn_dir / "pair_head.onnx"
-        if backend == "onnx" or (backend == "auto" and enc.is_file() and head.is_file()):
+        onnx_ok = enc.is_file() and head.is_file() and _onnx_matches_weights(irprn_dir)
+        if backend == "onnx" and not onnx_ok:
+            raise FileNotFoundError(f"{irprn_dir}: no ONNX graphs exported from the current weights: run the onnx stage "
+                                    "(rpe-pad train ... --stages onnx)")
+        if backend == "onnx" or (backend == "auto" and onnx_ok):
             cfg = json.loads((irprn_dir / "config.json").read_text())
             return cls.from_onnx(enc, head, gallery, float(cfg["scene_unit"]), cfg["model"]["input_size"],
                                  cfg["model"]["descriptor_grid"], device=device, **kw)

@@ -6,7 +6,8 @@ Refiners, composable (``REFINERS``):
   depth), match SIFT (or ORB) keypoints between that render and the query (Lowe's ratio
   test), lift the render's keypoints to 3D with the rendered depth (opaque pixels only),
   and solve PnP with RANSAC from the IRPRN pose (OpenCV), refined by Levenberg-Marquardt on
-  the inliers; later ``rounds`` re-render at the corrected pose and polish it. Pixel convention: our intrinsics put pixel centres at +0.5,
+  the inliers; ``rounds`` PnP rounds, each later one re-rendering at the corrected pose
+  to verify and polish it, and one last render that verifies the final correction. Pixel convention: our intrinsics put pixel centres at +0.5,
   OpenCV's keypoints at +0, so keypoints are shifted by 0.5 before use.
 - ``gpnp``: the same PnP without rendering at the query's pose: the query is matched
   against its best gallery views (``gallery_views``), whose images and expected depths
@@ -98,8 +99,9 @@ def _detector(name: str):
     return cv2.SIFT_create(nfeatures=1500) if name == "sift" else cv2.ORB_create(nfeatures=1500)
 
 
-def _matches(det, norm: int, gray_a: np.ndarray, gray_b: np.ndarray, ratio: float):
-    kp_a, des_a = det.detectAndCompute(gray_a, None)
+def _matches(det, norm: int, gray_a, gray_b: np.ndarray, ratio: float):
+    """Ratio-test matches; ``gray_a`` is an image or its precomputed (keypoints, descriptors)."""
+    kp_a, des_a = gray_a if isinstance(gray_a, tuple) else det.detectAndCompute(gray_a, None)
     kp_b, des_b = det.detectAndCompute(gray_b, None)
     if des_a is None or des_b is None or len(kp_a) < 2 or len(kp_b) < 2:
         return np.zeros((0, 2), np.float64), np.zeros((0, 2), np.float64)
@@ -136,8 +138,9 @@ def pnp_refine(scene: GaussianScene, images: Tensor, poses: Tensor, Ks: Tensor, 
     photo0 = np.zeros(b)
     # Round r renders the current poses; from round 1 on, that render also verifies the
     # previous correction (it must match the query better than the input pose did) before
-    # polishing it. One extra render-only round verifies when ``rounds == 1``.
-    for round_ in range(max(cfg.rounds, 2)):
+    # polishing it; the last round (``rounds``) only verifies, so every returned correction
+    # has been checked.
+    for round_ in range(cfg.rounds + 1):
         if not todo:
             break
         out = render(scene, current[todo].float(), K_r[todo].float(), rw, rh, with_depth=True)
@@ -239,10 +242,10 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
     candidates: dict[int, Tensor] = {}
     for i in range(b):
         pose0 = poses[i].double()
-        gray_q = _gray(small[i])
+        features_q = det.detectAndCompute(_gray(small[i]), None)  # once per query
         reason = "no gallery view to match"
         for gid in gallery_ids[i, : cfg.gallery_views].tolist():
-            pq, pg = _matches(det, norm, gray_q, cv2.cvtColor(gallery.images[gid].numpy(), cv2.COLOR_RGB2GRAY), cfg.ratio)
+            pq, pg = _matches(det, norm, features_q, cv2.cvtColor(gallery.images[gid].numpy(), cv2.COLOR_RGB2GRAY), cfg.ratio)
             world, keep = _lift(pg, gallery.depths[gid].float().numpy(), K_g, gallery.poses[gid].numpy())
             new, n_in = _solve(world, pq[keep], K_q[i].numpy(), pose0.numpy(), cfg)
             result.inliers[i] = max(result.inliers[i], n_in)

@@ -54,7 +54,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = args.out or (args.bundle_dir / "reports" / f"evaluate_{args.pose}")
     metrics = evaluate(args.bundle_dir, args.category_dir, pose=args.pose, out_dir=out, tolerance=args.tolerance,
-                       fusion=args.fusion, backend=args.backend, k=args.k, refine=args.refine)
+                       fusion=args.fusion, backend=args.backend, k=args.k, refine=args.refine,
+                       refine_rounds=args.refine_rounds)
     print(json.dumps({k: v for k, v in metrics.items() if k != "per_query_reproj_px"}, indent=2))
     print(f"report: {out}")
     return 0
@@ -133,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how query poses are obtained: IRPRN's (default), the best gallery view's, the true pose")
     p.add_argument("--refine", default="pnp+ecc", choices=["pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc", "none"],
                    help="refinement after IRPRN for --pose rpe+refine (default pnp+ecc)")
+    p.add_argument("--refine-rounds", type=_positive_int, default=2,
+                   help="PnP rounds (each later one re-renders, verifies and polishes; default 2)")
     p.add_argument("--fusion", default="mean", choices=["mean", "top1", "render"],
                    help="how the K IRPRN poses are fused (rpe; default mean)")
     p.add_argument("--k", type=_positive_int, default=3, help="gallery matches per query (default 3)")

@@ -104,7 +104,7 @@ def pose_report(estimated: torch.Tensor, true: torch.Tensor, K: torch.Tensor, wi
 
 def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "rpe", out_dir: Path | None = None,
              eval_size: int = 224, batch: int = 8, tolerance: int | None = None, fusion: str = "mean",
-             backend: str = "auto", k: int = 3, refine: str = "pnp+ecc") -> dict:
+             backend: str = "auto", k: int = 3, refine: str = "pnp+ecc", refine_rounds: int = 2) -> dict:
     """Score every test view at the pose the ``pose`` mode gives: ``oracle`` (the true pose
     from ``test/transforms.json``), ``retrieval`` (the best gallery view's pose), ``rpe``
     (IRPRN from the gallery matches, ``fusion`` of the top ``k``), ``rpe+refine`` (then the
@@ -122,7 +122,7 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "rpe", out_dir: P
     if pose != "oracle":
         queries = list(category.test)
         estimator = PoseEstimator.from_bundle(bundle_dir, backend=backend, fusion=fusion, k=k, scene=scene)
-    refine_cfg = RefineConfig(method=refine if pose == "rpe+refine" else "none")
+    refine_cfg = RefineConfig(method=refine if pose == "rpe+refine" else "none", rounds=refine_rounds)
     refine_log: dict[str, list] = {"pnp_accepted": [], "pnp_inliers": [], "pnp_reasons": [], "ecc_accepted": [],
                                    "ecc_shift_px": []}
     calib = load_calibration(bundle_dir)
@@ -208,6 +208,7 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "rpe", out_dir: P
     if refine_cfg.method != "none":
         metrics["refine"] = {
             "method": refine_cfg.method,
+            "rounds": refine_cfg.rounds,
             "pnp_accepted_fraction": round(float(np.mean(refine_log["pnp_accepted"])), 4) if refine_log["pnp_accepted"] else None,
             "pnp_inliers_median": float(np.median(refine_log["pnp_inliers"])) if refine_log["pnp_inliers"] else None,
             "pnp_rejections": sorted({r for r in refine_log["pnp_reasons"] if r != "ok"}),

@@ -13,6 +13,7 @@ deprecation warning is silenced here on purpose.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import warnings
@@ -33,11 +34,16 @@ class ExportError(RuntimeError):
     """The exported graph disagrees with PyTorch."""
 
 
-def export_irprn(net: IRPRN, out_dir: Path) -> tuple[Path, Path]:
+def weights_sha256(irprn_dir: Path) -> str:
+    return hashlib.sha256((irprn_dir / "weights.safetensors").read_bytes()).hexdigest()
+
+
+def export_irprn(net: IRPRN, out_dir: Path, suffix: str = "") -> tuple[Path, Path]:
+    """Write ``encoder{suffix}.onnx`` and ``pair_head{suffix}.onnx`` into ``out_dir``."""
     net = net.eval()
     size = net.cfg.input_size
     out_dir.mkdir(parents=True, exist_ok=True)
-    enc_path, head_path = out_dir / "encoder.onnx", out_dir / "pair_head.onnx"
+    enc_path, head_path = out_dir / f"encoder{suffix}.onnx", out_dir / f"pair_head{suffix}.onnx"
     x = torch.rand(2, 3, size, size)
     with torch.no_grad():
         f = net.encoder(x)
@@ -89,9 +95,18 @@ def run_onnx_stage(category, out_dir: Path, progress: bool = True) -> dict:
     if not (irprn_dir / "weights.safetensors").is_file():
         raise FileNotFoundError(f"{irprn_dir / 'weights.safetensors'} is missing: run the irprn stage first")
     net, _ = load_irprn(irprn_dir)
-    enc_path, head_path = export_irprn(net, irprn_dir)
+    # Export next to the weights under temporary names; only graphs that pass the parity
+    # check replace the served ones, and the manifest ties them to these weights.
+    tmp_enc, tmp_head = export_irprn(net, irprn_dir, suffix=".tmp")
     images = torch.stack([v.image for v in category.train[:5]])
-    parity = check_parity(net, enc_path, head_path, images)
+    try:
+        parity = check_parity(net, tmp_enc, tmp_head, images)
+    except ExportError:
+        tmp_enc.unlink(missing_ok=True)
+        tmp_head.unlink(missing_ok=True)
+        raise
+    enc_path, head_path = tmp_enc.replace(irprn_dir / "encoder.onnx"), tmp_head.replace(irprn_dir / "pair_head.onnx")
+    (irprn_dir / "onnx.json").write_text(json.dumps({"weights_sha256": weights_sha256(irprn_dir)}) + "\n")
     report = {"category": category.name, "encoder_bytes": enc_path.stat().st_size, "pair_head_bytes": head_path.stat().st_size,
               **parity, "seconds": round(time.perf_counter() - start, 1)}
     (out_dir / "reports").mkdir(parents=True, exist_ok=True)

@@ -229,9 +229,12 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[cfg.lr_drop_epoch], gamma=0.1)
     work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = work_dir / "checkpoint.safetensors"
+    # What the pairs were built from: a checkpoint of other data is not resumed.
+    data_key = hashlib.sha256(b"".join(t.contiguous().numpy().tobytes() for t in
+                                       (novel.poses.double(), train_poses, torch.tensor(train_images.shape)))).hexdigest()
     start_epoch, history = 0, []
     if ckpt.is_file():
-        start_epoch, history = _resume(ckpt, net, criterion, opt, sched, cfg)
+        start_epoch, history = _resume(ckpt, net, criterion, opt, sched, cfg, data_key)
 
     def head_inputs(idx: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if cfg.freeze_backbone or not training:
@@ -259,11 +262,18 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
             opt.step()
             losses.append(loss.item())
         sched.step()
-        val = _validate(net, query_feats, train_feats, pair_q, pair_g, q_gt, t_gt, val_idx)
+        vq_feats, vg_feats = query_feats, train_feats
+        if not cfg.freeze_backbone and len(val_idx):  # the cached features are the pretrained encoder's
+            net.encoder.eval()
+            vq_feats, vg_feats = query_feats.clone(), train_feats.clone()
+            uq, ug = pair_q[val_idx].unique(), pair_g[val_idx].unique()
+            vq_feats[uq] = encode(net.encoder, queries.images[uq], size)
+            vg_feats[ug] = encode(net.encoder, train_images[ug], size)
+        val = _validate(net, vq_feats, vg_feats, pair_q, pair_g, q_gt, t_gt, val_idx)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **val})
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_rot=f"{val['val_rot_deg']:.2f}deg")
         if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
-            _checkpoint(ckpt, epoch + 1, net, criterion, opt, sched, history, cfg)
+            _checkpoint(ckpt, epoch + 1, net, criterion, opt, sched, history, cfg, data_key)
     bar.close()
     ckpt.unlink(missing_ok=True)
     net.eval()
@@ -294,23 +304,23 @@ def _validate(net: IRPRN, query_feats, train_feats, pair_q, pair_g, q_gt, t_gt, 
             "val_trans": float((t[:, -1] - t_gt[idx]).norm(dim=-1).median())}
 
 
-def _checkpoint(path: Path, epoch: int, net, criterion, opt, sched, history, cfg) -> None:
+def _checkpoint(path: Path, epoch: int, net, criterion, opt, sched, history, cfg, data_key: str) -> None:
     tensors = {**_flat_state("net", net.state_dict()), **_flat_state("loss", criterion.state_dict()),
                **_flat_state("opt", opt.state_dict()["state"])}
     meta = {"epoch": str(epoch), "history": json.dumps(history), "config": json.dumps(cfg.to_dict()),
-            "sched": json.dumps(sched.state_dict())}
+            "sched": json.dumps(sched.state_dict()), "data": data_key}
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
 
 
-def _resume(path: Path, net, criterion, opt, sched, cfg) -> tuple[int, list]:
+def _resume(path: Path, net, criterion, opt, sched, cfg, data_key: str) -> tuple[int, list]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    if json.loads(meta["config"]) != json.loads(json.dumps(cfg.to_dict())):
-        return 0, []  # a checkpoint of another configuration: start over
+    if json.loads(meta["config"]) != json.loads(json.dumps(cfg.to_dict())) or meta.get("data") != data_key:
+        return 0, []  # a checkpoint of another configuration or other data: start over
     tensors = load_file(str(path))
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
     criterion.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("loss.")})
@@ -389,7 +399,7 @@ def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True) 
             raise FileNotFoundError(f"{needed} is missing: run the {stage} stage first")
     path, report_path = out_dir / "gallery" / "gallery.safetensors", out_dir / "reports" / "gallery.json"
     key = {"weights_sha256": _sha(weights), "novel_sha256": _sha(novel_path), "n_train": len(category.train),
-           "with_depth": True}
+           "scene_sha256": _sha(out_dir / "splats" / "scene.safetensors"), "with_depth": True}
     try:
         previous = json.loads(report_path.read_text())
         Gallery.load(path)

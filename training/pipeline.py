@@ -59,7 +59,9 @@ def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages
     reports: dict[str, dict] = {}
     splat_cfg = splat_preset(preset)
     category = load_category(category_dir, size=splat_cfg.image_size, progress=progress)
-    validation = load_category(validation_dir, size=splat_cfg.image_size) if validation_dir else None
+    validation = None
+    if validation_dir is not None and "calibration" in stages:
+        validation = load_category(validation_dir, size=splat_cfg.image_size)
     out = bundles_dir / category.name
     rvss_cfg, irprn_cfg = irprn_config(preset, **(ablation or {}))
     for stage in stages:

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from models.data import load_category
+from models.features import FeatureExtractor
 from models.metrics import auroc, pixel_auroc
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene
@@ -63,8 +64,9 @@ def sensitivity(bundle_dir: Path, category_dir: Path, size: int | None = None, s
     cases = [("shift_px", s) for s in shifts] + [("rotation_deg", a) for a in rotations]
     rows = []
     bar = tqdm(total=len(cases) * len(tolerances), desc="sensitivity", disable=not progress)
+    extractor = FeatureExtractor()  # one backbone for every comparison mode
     for tol in tolerances:
-        scorer = AnomalyScorer(tolerance=tol)
+        scorer = AnomalyScorer(extractor, tolerance=tol)
         for kind, amount in cases:
             t0 = time.perf_counter()
             moved = misalign(refs, **{kind: amount})

@@ -49,11 +49,27 @@ def test_pnp_refuses_a_far_start(posed_renders) -> None:
     scene, images, poses, Ks = posed_renders
     start = perturb_pose(poses, 0.6, 0.0, torch.Generator().manual_seed(1))  # tens of degrees off
     result = pnp_refine(scene, images, start, Ks, RefineConfig(render_size=SIZE, max_rotation_deg=5.0))
+    assert not all(result.accepted)
     for i, ok in enumerate(result.accepted):
         if not ok:
-            assert torch.equal(result.poses[i], start[i])
+            assert torch.equal(result.poses[i], start[i]) and result.reasons[i] not in ("ok", "not run")
         else:
             assert pose_errors(result.poses[i], start[i])["rot_deg"] <= 5.0
+
+
+def test_every_returned_correction_is_verified(posed_renders, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PnP that returns a plausible but wrong pose (within the bounds) is caught by the
+    photometric check of the final render: the input pose is kept."""
+    from models import refine
+    from models.camera import roll_pose
+
+    scene, images, poses, Ks = posed_renders
+    monkeypatch.setattr(refine, "_solve", lambda world, pts, K, pose0, cfg: (roll_pose(torch.from_numpy(pose0), 8.0), 99))
+    result = refine.pnp_refine(scene, images, poses, Ks, RefineConfig(render_size=SIZE))
+    assert not any(result.accepted)
+    assert all(r.startswith("photometric check failed") or r.startswith("too few") for r in result.reasons)
+    assert any(r.startswith("photometric check failed") for r in result.reasons)
+    assert torch.equal(result.poses, poses)
 
 
 def _texture(seed: int = 0, size: int = 96) -> np.ndarray:

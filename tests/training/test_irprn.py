@@ -146,22 +146,61 @@ def test_stage_order_is_enforced(tiny_bundle: Path, tiny_synth: Path, tmp_path: 
         irprn_stage.run_gallery_stage(cat, out, progress=False)
 
 
-def test_render_fusion_picks_a_candidate(tiny_pose_bundle: Path, tiny_synth: Path) -> None:
-    from models.splat.scene import GaussianScene
+def test_render_fusion_picks_the_true_candidate(tiny_pose_bundle: Path, tiny_synth: Path) -> None:
+    from models.camera import perturb_pose
+    from models.splat.scene import GaussianScene, render
 
     cat = load_category(tiny_synth)
     scene = GaussianScene.load(tiny_pose_bundle / "splats" / "scene.safetensors")
-    images = torch.stack([q.image for q in cat.test[:3]])
-    Ks = torch.stack([q.K for q in cat.test[:3]])
+    true = torch.stack([v.w2c for v in cat.train[:3]]).double()
+    Ks = torch.stack([cat.K] * 3)
+    images = render(scene, true.float(), Ks.float(), cat.width, cat.height).colors.clamp(0, 1)
+    gen = torch.Generator().manual_seed(0)
+    cands = torch.stack([perturb_pose(true, 0.1, 0.0, gen), true, perturb_pose(true, 0.1, 0.0, gen)], dim=1)
     est = PoseEstimator.from_bundle(tiny_pose_bundle, fusion="render", scene=scene)
-    result = est.estimate(images, Ks=Ks)
-    best = est._render_select(images, result.candidates, Ks)
-    for b in range(3):
-        assert torch.equal(result.poses[b], result.candidates[b, best[b]])
+    assert est._render_select(images, cands, Ks).tolist() == [1, 1, 1]
     with pytest.raises(ValueError, match="intrinsics"):
         est.estimate(images)
     with pytest.raises(ValueError, match="needs the Gaussian scene"):
         PoseEstimator.from_bundle(tiny_pose_bundle, fusion="render")
+
+
+def test_onnx_graphs_are_tied_to_the_weights(tiny_pose_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import export
+
+    bundle = tmp_path / tiny_pose_bundle.name
+    shutil.copytree(tiny_pose_bundle, bundle)
+    assert PoseEstimator.from_bundle(bundle).providers == ["CPUExecutionProvider"]  # ONNX in use
+    # New weights (a retrained network) make the exported graphs stale: auto falls back to
+    # PyTorch, and asking for ONNX explicitly is refused with a clear message.
+    net, unit = load_irprn(bundle / "irprn")
+    with torch.no_grad():
+        net.head.coarse[-1].bias.add_(0.01)
+    from models.irprn import save_irprn
+
+    save_irprn(net, bundle / "irprn", unit, {})
+    assert not hasattr(PoseEstimator.from_bundle(bundle), "providers")
+    with pytest.raises(FileNotFoundError, match="run the onnx stage"):
+        PoseEstimator.from_bundle(bundle, backend="onnx")
+    # A failed parity check leaves the served graphs as they were and no temporary files.
+    before = (bundle / "irprn" / "encoder.onnx").read_bytes()
+
+    def refuse(*args, **kwargs):
+        raise ExportError("differ")
+
+    monkeypatch.setattr(export, "check_parity", refuse)
+    with pytest.raises(ExportError):
+        export.run_onnx_stage(_cat(bundle), bundle)
+    assert (bundle / "irprn" / "encoder.onnx").read_bytes() == before
+    assert not list((bundle / "irprn").glob("*.tmp.onnx"))
+
+
+def _cat(bundle: Path):
+    class Views:  # run_onnx_stage only needs a name and a few training images
+        name = bundle.name
+        train = [type("V", (), {"image": torch.rand(64, 64, 3)})() for _ in range(2)]
+
+    return Views()
 
 
 def test_ablation_switches() -> None:
