@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -195,12 +196,9 @@ def test_onnx_graphs_are_tied_to_the_weights(tiny_pose_bundle: Path, tmp_path: P
     assert not list((bundle / "irprn").glob("*.tmp.onnx"))
 
 
-def _cat(bundle: Path):
-    class Views:  # run_onnx_stage only needs a name and a few training images
-        name = bundle.name
-        train = [type("V", (), {"image": torch.rand(64, 64, 3)})() for _ in range(2)]
-
-    return Views()
+def _cat(bundle: Path) -> SimpleNamespace:
+    """What run_onnx_stage reads of a category: its name and a few training images."""
+    return SimpleNamespace(name=bundle.name, train=[SimpleNamespace(image=torch.rand(64, 64, 3)) for _ in range(2)])
 
 
 def test_ablation_switches() -> None:
