@@ -19,7 +19,6 @@ when present) or the PyTorch modules (training, tests).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from models.camera import (
     rotmat_to_quat,
 )
 from models.gallery import Gallery
+from models.hashing import sha256_file
 from models.irprn import IRPRN, descriptor, load_irprn, mpts_weights, to_input
 from models.splat.scene import render
 
@@ -58,7 +58,7 @@ def _onnx_matches_weights(irprn_dir: Path) -> bool:
     """True when ``onnx.json`` says the graphs were exported from the current weights."""
     try:
         manifest = json.loads((irprn_dir / "onnx.json").read_text())
-        return manifest["weights_sha256"] == hashlib.sha256((irprn_dir / "weights.safetensors").read_bytes()).hexdigest()
+        return manifest["weights_sha256"] == sha256_file(irprn_dir / "weights.safetensors")
     except (OSError, ValueError, KeyError):
         return False
 

@@ -36,3 +36,4 @@ def test_import_direction(package: str) -> None:
         for name in _imported_packages(path) & FORBIDDEN[package]
     }
     assert not bad, sorted(bad)
+

@@ -18,7 +18,6 @@ are kept either way. Output: ``calibration/calibration.json`` (a ``Calibration``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -39,6 +38,7 @@ from models.calibration import (
 )
 from models.camera import perturb_pose
 from models.data import GOOD, Category
+from models.hashing import sha256_file
 from models.scoring import DEFAULT_TOLERANCE, AnomalyScorer
 from models.splat.scene import GaussianScene
 from training.evaluate import render_references
@@ -53,10 +53,6 @@ class CalibConfig:
     tolerance: int = DEFAULT_TOLERANCE
     batch: int = 8
     seed: int = 0
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _score(scorer: AnomalyScorer, scene: GaussianScene, images: torch.Tensor, poses: torch.Tensor, Ks: torch.Tensor,
@@ -146,7 +142,7 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
     if not scene_path.is_file():
         raise FileNotFoundError(f"{scene_path} is missing: run the splats stage first")
     calib_path, report_path = out_dir / "calibration" / "calibration.json", out_dir / "reports" / "calibration.json"
-    key = {"config": asdict(cfg), "scene_sha256": _sha256(scene_path),
+    key = {"config": asdict(cfg), "scene_sha256": sha256_file(scene_path),
            "validation": str(validation.root) if validation is not None else None}
     try:
         previous = json.loads(report_path.read_text())

@@ -13,7 +13,6 @@ deprecation warning is silenced here on purpose.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import warnings
@@ -24,6 +23,7 @@ import onnx
 import torch
 
 from models import onnx_runtime as rt
+from models.hashing import sha256_file
 from models.irprn import IRPRN, load_irprn, to_input
 
 TOLERANCE = 1e-4
@@ -35,7 +35,7 @@ class ExportError(RuntimeError):
 
 
 def weights_sha256(irprn_dir: Path) -> str:
-    return hashlib.sha256((irprn_dir / "weights.safetensors").read_bytes()).hexdigest()
+    return sha256_file(irprn_dir / "weights.safetensors")
 
 
 def export_irprn(net: IRPRN, out_dir: Path, suffix: str = "") -> tuple[Path, Path]:

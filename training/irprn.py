@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from models.camera import pose_to_quat_trans, relative_pose, roll_pose, rotation_angle
 from models.data import Category
 from models.gallery import NOVEL, TRAIN, Gallery
+from models.hashing import sha256_file
 from models.images import to_uint8
 from models.irprn import (
     IRPRN,
@@ -336,8 +337,6 @@ def _resume(path: Path, net, criterion, opt, sched, cfg, data_key: str) -> tuple
     return int(meta["epoch"]), json.loads(meta["history"])
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def run_irprn_stage(category: Category, cfg: IRPRNTrainConfig, out_dir: Path, progress: bool = True) -> dict:
@@ -347,7 +346,7 @@ def run_irprn_stage(category: Category, cfg: IRPRNTrainConfig, out_dir: Path, pr
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} is missing: run the {stage} stage first")
     irprn_dir, report_path = out_dir / "irprn", out_dir / "reports" / "irprn.json"
-    key = {"config": json.loads(json.dumps(cfg.to_dict())), "novel_sha256": _sha(novel_path),
+    key = {"config": json.loads(json.dumps(cfg.to_dict())), "novel_sha256": sha256_file(novel_path),
            "image_size": [category.width, category.height]}
     try:
         previous = json.loads(report_path.read_text())
@@ -398,8 +397,8 @@ def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True) 
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} is missing: run the {stage} stage first")
     path, report_path = out_dir / "gallery" / "gallery.safetensors", out_dir / "reports" / "gallery.json"
-    key = {"weights_sha256": _sha(weights), "novel_sha256": _sha(novel_path), "n_train": len(category.train),
-           "scene_sha256": _sha(out_dir / "splats" / "scene.safetensors"), "with_depth": True}
+    key = {"weights_sha256": sha256_file(weights), "novel_sha256": sha256_file(novel_path), "n_train": len(category.train),
+           "scene_sha256": sha256_file(out_dir / "splats" / "scene.safetensors"), "with_depth": True}
     try:
         previous = json.loads(report_path.read_text())
         Gallery.load(path)

@@ -11,7 +11,6 @@ off (an empty novel set), for the paper's ablation.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 
 from models.camera import perturb_pose
 from models.data import Category
+from models.hashing import sha256_file
 from models.images import to_uint8
 from models.irprn import scene_unit
 from models.splat.scene import GaussianScene
@@ -65,7 +65,7 @@ def run_rvss_stage(category: Category, cfg: RVSSConfig, out_dir: Path, progress:
     if not scene_path.is_file():
         raise FileNotFoundError(f"{scene_path} is missing: run the splats stage first")
     rvss_dir, report_path = out_dir / "rvss", out_dir / "reports" / "rvss.json"
-    key = {"config": asdict(cfg), "scene_sha256": hashlib.sha256(scene_path.read_bytes()).hexdigest(),
+    key = {"config": asdict(cfg), "scene_sha256": sha256_file(scene_path),
            "image_size": [category.width, category.height]}
     try:
         previous = json.loads(report_path.read_text())
