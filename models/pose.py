@@ -34,6 +34,7 @@ from models.camera import (
     quat_to_rotmat,
     quat_trans_to_pose,
     rotmat_to_quat,
+    scale_intrinsics,
 )
 from models.gallery import Gallery
 from models.hashing import sha256_file
@@ -176,9 +177,7 @@ class PoseEstimator:
         b, k = cands.shape[:2]
         h, w = images.shape[1:3]
         sw, sh = self.select_size, max(1, round(self.select_size * h / w))
-        K_small = Ks.double().clone()
-        K_small[:, 0] *= sw / w
-        K_small[:, 1] *= sh / h
+        K_small = scale_intrinsics(Ks.double(), sw / w, sh / h)
         out = render(self.scene, cands.flatten(0, 1).float(), K_small.repeat_interleave(k, 0).float(), sw, sh).colors
         small = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2).float(), size=(sh, sw), mode="bilinear",
                                                 antialias=True, align_corners=False).permute(0, 2, 3, 1)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.camera import camera_center, make_pose, rotation_angle
+from models.camera import camera_center, make_pose, rotation_angle, scale_intrinsics
 from models.images import to_uint8
 from models.splat.scene import GaussianScene, render
 
@@ -115,9 +115,7 @@ def _matches(det, norm: int, gray_a, gray_b: np.ndarray, ratio: float):
 def _resized(images: Tensor, Ks: Tensor, width: int, height: int) -> tuple[np.ndarray, Tensor]:
     """Images ``[B, H, W, 3]`` resized to ``width x height`` (numpy) and their intrinsics."""
     h, w = images.shape[1:3]
-    K = Ks.double().clone()
-    K[:, 0] *= width / w
-    K[:, 1] *= height / h
+    K = scale_intrinsics(Ks.double(), width / w, height / h)
     small = F.interpolate(images.permute(0, 3, 1, 2).float(), size=(height, width), mode="bilinear", antialias=True,
                           align_corners=False).permute(0, 2, 3, 1)
     return small.numpy(), K

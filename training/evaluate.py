@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from models.calibration import Calibration
-from models.camera import pose_errors, reprojection_error_px
+from models.camera import pose_errors, reprojection_error_px, scale_intrinsics
 from models.data import GOOD, load_category
 from models.metrics import aupro, auroc, f1_max, pixel_auroc
 from models.pose import PoseEstimator
@@ -78,15 +78,14 @@ def object_points(scene: GaussianScene) -> torch.Tensor:
     return scene.means[scene.opacities.topk(min(4000, scene.num_gaussians)).indices].double()
 
 
-def pose_report(estimated: torch.Tensor, true: torch.Tensor, K: torch.Tensor, width: int, scene: GaussianScene,
-                eval_size: int) -> dict:
+def pose_report(estimated: torch.Tensor, true: torch.Tensor, K: torch.Tensor, width: int, height: int,
+                scene: GaussianScene, eval_size: int) -> dict:
     """Pose errors of estimated vs true query poses: rotation (deg), camera centre (relative
     to its distance from the origin), and the alignment error the scorer sees: the mean
     image-space displacement at ``eval_size`` of the object's points (``object_points``)
     between the true and the estimated pose, per view; medians over views."""
     points = object_points(scene)
-    K_eval = K.double().clone()
-    K_eval[..., :2, :] *= eval_size / width
+    K_eval = scale_intrinsics(K.double(), eval_size / width, eval_size / height)  # the 224 x 224 protocol
     reproj = reprojection_error_px(estimated.double(), true.double(), K_eval, points)
     err = pose_errors(estimated.double(), true.double())
     rot = err["rot_deg"]
@@ -220,7 +219,8 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "rpe", out_dir: P
         metrics["fusion"], metrics["k"] = fusion, k
     if pose != "oracle" and all(q.w2c is not None for q in queries):
         metrics.update(pose_report(torch.cat(est_poses), torch.stack([q.w2c for q in queries]),
-                                   torch.stack([q.K for q in queries]), category.width, scene, eval_size))
+                                   torch.stack([q.K for q in queries]), category.width, category.height, scene,
+                                   eval_size))
     if out_dir is not None:
         _write_report(out_dir, metrics, queries, renders, maps_t, score_np, calib)
     return metrics
