@@ -178,7 +178,7 @@ class PoseEstimator:
         h, w = images.shape[1:3]
         sw, sh = self.select_size, max(1, round(self.select_size * h / w))
         K_small = scale_intrinsics(Ks.double(), sw / w, sh / h)
-        out = render(self.scene, cands.flatten(0, 1).float(), K_small.repeat_interleave(k, 0).float(), sw, sh).colors
+        out = render(self.scene, cands.flatten(0, 1).float(), K_small.repeat_interleave(k, 0).float(), sw, sh).colors.cpu()
         small = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2).float(), size=(sh, sw), mode="bilinear",
                                                 antialias=True, align_corners=False).permute(0, 2, 3, 1)
         err = (out.clamp(0, 1).view(b, k, sh, sw, 3) - small[:, None]).abs().mean(dim=(2, 3, 4))

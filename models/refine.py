@@ -142,9 +142,9 @@ def pnp_refine(scene: GaussianScene, images: Tensor, poses: Tensor, Ks: Tensor, 
         if not todo:
             break
         out = render(scene, current[todo].float(), K_r[todo].float(), rw, rh, with_depth=True)
-        colors = out.colors.clamp(0, 1).numpy()
-        depth = out.depths[..., 0].double().numpy()
-        alpha = out.alphas[..., 0].numpy()
+        colors = out.colors.clamp(0, 1).cpu().numpy()
+        depth = out.depths[..., 0].double().cpu().numpy()
+        alpha = out.alphas[..., 0].cpu().numpy()
         accepted_now = []
         for j, i in enumerate(todo):
             colors_i, depth_i, alpha_i = colors[j], depth[j], alpha[j]
@@ -261,7 +261,7 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
         target_np, K_v = _resized(images[ids], Ks[ids], vw, vh)
         target = torch.from_numpy(target_np)
         both = torch.cat([poses[ids].double(), torch.stack([candidates[i] for i in ids])]).float()
-        out = render(scene, both, torch.cat([K_v, K_v]).float(), vw, vh).colors.clamp(0, 1)
+        out = render(scene, both, torch.cat([K_v, K_v]).float(), vw, vh).colors.clamp(0, 1).cpu()
         err = (out - torch.cat([target, target])).abs().mean(dim=(1, 2, 3))
         n = len(ids)
         for j, i in enumerate(ids):

@@ -65,3 +65,15 @@ def tiny_pose_bundle(tiny_bundle: Path, tiny_synth: Path, tmp_path_factory: pyte
     run_gallery_stage(cat, out, progress=False)
     run_onnx_stage(cat, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The assembled, verified bundle of ``tiny_pose_bundle``: BUNDLES/<tiny>/ with its manifest."""
+    from models.data import load_category
+    from training.bundle import run_bundle_stage
+    from training.calibrate import CalibConfig
+
+    bundles = tmp_path_factory.mktemp("release")
+    report = run_bundle_stage(load_category(tiny_synth), tiny_pose_bundle, bundles, "demo", CalibConfig(), progress=False)
+    return Path(report["bundle"])

@@ -39,9 +39,9 @@ from models.calibration import (
 from models.camera import perturb_pose
 from models.data import GOOD, Category
 from models.hashing import sha256_file
+from models.inspector import Inspector, InspectorConfig
 from models.scoring import DEFAULT_TOLERANCE, AnomalyScorer
 from models.splat.scene import GaussianScene
-from training.evaluate import render_references
 
 
 @dataclass(frozen=True)
@@ -57,15 +57,18 @@ class CalibConfig:
 
 def _score(scorer: AnomalyScorer, scene: GaussianScene, images: torch.Tensor, poses: torch.Tensor, Ks: torch.Tensor,
            batch: int, bar: tqdm) -> tuple[np.ndarray, np.ndarray]:
-    """Scores [V] and maps subsampled to 64 x 64 [V, 64, 64] of ``images`` vs renders at ``poses``."""
+    """Scores [V] and maps subsampled to 64 x 64 [V, 64, 64] of ``images`` vs renders at
+    ``poses``: the inspection pipeline in pose mode ``oracle`` (one camera, ``Ks[0]``)."""
     height, width = images.shape[1:3]
+    inspector = Inspector(scene, scorer, None, None, width, height, Ks[0], InspectorConfig(pose="oracle"),
+                          scene.device, "calibration")
     scores, maps = [], []
     for i in range(0, len(images), batch):
-        ref = render_references(scene, poses[i : i + batch], Ks[i : i + batch], width, height, batch)
-        m, s = scorer(images[i : i + batch], ref)
-        scores.append(s.numpy())
+        results = inspector.inspect(images[i : i + batch], true_poses=poses[i : i + batch])
+        m = torch.stack([torch.from_numpy(r.anomaly_map) for r in results])
+        scores.append(np.array([r.score for r in results]))
         maps.append(torch.nn.functional.interpolate(m[:, None], size=(64, 64), mode="area")[:, 0].numpy())
-        bar.update(len(ref))
+        bar.update(len(results))
     return np.concatenate(scores), np.concatenate(maps)
 
 

@@ -11,29 +11,27 @@ to FPR 0.3, F1-max, and image AUROC per defect type (that type against the good 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.bundle import read_manifest
 from models.calibration import Calibration
 from models.camera import pose_errors, reprojection_error_px, scale_intrinsics
 from models.data import GOOD, load_category
+from models.inspector import (
+    DEFAULT_POSE,
+    POSE_MODES,
+    Inspection,
+    Inspector,
+    InspectorConfig,
+)
 from models.metrics import aupro, auroc, f1_max, pixel_auroc
-from models.pose import PoseEstimator
-from models.refine import RefineConfig, ecc_align, gallery_pnp_refine, pnp_refine
-from models.scoring import AnomalyScorer
+from models.refine import RefineConfig
 from models.splat.scene import GaussianScene, render
 from models.viz import Cell, anomaly_overlay, contact_sheet, heat, mask_overlay
-
-POSE_MODES = ("oracle", "retrieval", "rpe", "rpe+refine")
-
-
-def load_calibration(bundle_dir: Path) -> Calibration | None:
-    path = bundle_dir / "calibration" / "calibration.json"
-    return Calibration.model_validate_json(path.read_text()) if path.is_file() else None
 
 
 def decision_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
@@ -101,95 +99,62 @@ def pose_report(estimated: torch.Tensor, true: torch.Tensor, K: torch.Tensor, wi
     }
 
 
-def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "rpe", out_dir: Path | None = None,
+def image_size(path: Path) -> int | None:
+    """The width a bundle (its manifest) or a training folder (its splats config) works at."""
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        return read_manifest(path).camera.width
+    config = path / "splats" / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{path}: neither a bundle (manifest.json) nor a training folder (splats/config.json)")
+    return json.loads(config.read_text()).get("image_size")
+
+
+def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out_dir: Path | None = None,
              eval_size: int = 224, batch: int = 8, tolerance: int | None = None, fusion: str = "mean",
-             backend: str = "auto", k: int = 3, refine: str = "pnp+ecc", refine_rounds: int = 2) -> dict:
-    """Score every test view at the pose the ``pose`` mode gives: ``oracle`` (the true pose
-    from ``test/transforms.json``), ``retrieval`` (the best gallery view's pose), ``rpe``
-    (IRPRN from the gallery matches, ``fusion`` of the top ``k``), ``rpe+refine`` (then the
-    ``refine`` variant of ``models/refine.py``). ``tolerance`` overrides
-    the calibrated scorer's comparison radius (the calibrated threshold then no longer
-    applies and no decision is reported)."""
+             backend: str = "auto", k: int = 3, refine: str = "pnp+ecc", refine_rounds: int = 2,
+             device: str = "auto") -> dict:
+    """Inspect every test view of ``category_dir`` with the bundle (or training folder) at
+    ``bundle_dir`` through ``models.inspector.Inspector`` and report the metrics.
+
+    ``pose``: ``oracle`` (the true pose from ``test/transforms.json``), ``retrieval``,
+    ``rpe`` (IRPRN, ``fusion`` of the top ``k``), ``rpe+refine`` (the default: then the
+    ``refine`` variant of ``models/refine.py``). ``tolerance`` overrides the calibrated
+    scorer's comparison radius (the calibrated threshold then no longer applies and no
+    decision is reported)."""
     if pose not in POSE_MODES:
         raise ValueError(f"pose mode {pose!r} is not available; available: {list(POSE_MODES)}")
-    scene = GaussianScene.load(bundle_dir / "splats" / "scene.safetensors")
-    cfg = json.loads((bundle_dir / "splats" / "config.json").read_text())
-    category = load_category(category_dir, size=cfg.get("image_size"))
+    category = load_category(category_dir, size=image_size(bundle_dir))
     queries = [q for q in category.test if q.w2c is not None]
     if pose == "oracle" and len(queries) < len(category.test):
         raise ValueError(f"{category_dir}: --pose oracle needs test/transforms.json poses for every test view")
     if pose != "oracle":
         queries = list(category.test)
-        estimator = PoseEstimator.from_bundle(bundle_dir, backend=backend, fusion=fusion, k=k, scene=scene)
-    refine_cfg = RefineConfig(method=refine if pose == "rpe+refine" else "none", rounds=refine_rounds)
-    refine_log: dict[str, list] = {"pnp_accepted": [], "pnp_inliers": [], "pnp_reasons": [], "ecc_accepted": [],
-                                   "ecc_shift_px": []}
-    calib = load_calibration(bundle_dir)
-    if calib is not None and (tolerance is None or tolerance == calib.scorer["tolerance"]):
-        scorer = AnomalyScorer.from_config(calib.scorer)
-    else:
-        scorer = AnomalyScorer(**({} if tolerance is None else {"tolerance": tolerance}))
-        calib = None
-    maps, scores, renders = [], [], []
-    timing: dict[str, list[float]] = {"render": [], "score": [], "total": []}
-    est_poses = []
+    if not queries:
+        raise ValueError(f"{category_dir}: no test views to evaluate")
+    config = InspectorConfig(pose=pose, refine=RefineConfig(method=refine, rounds=refine_rounds), fusion=fusion, k=k,
+                             backend=backend, tolerance=tolerance)
+    inspector = Inspector.open(bundle_dir, config, device=device,
+                               camera=(category.width, category.height, category.K))
+    if (inspector.width, inspector.height) != (category.width, category.height):
+        raise ValueError(f"{category_dir}: test views load at {category.width} x {category.height}, the bundle works "
+                         f"at {inspector.width} x {inspector.height}")
+    scene, calib = inspector.scene, inspector.calibration
+    results: list[Inspection] = []
     for i in range(0, len(queries), batch):
         chunk = queries[i : i + batch]
-        pnp_s = ecc_s = 0.0
         images = torch.stack([q.image for q in chunk])
-        if pose == "oracle":
-            poses = torch.stack([q.w2c for q in chunk])
-        else:
-            Ks = torch.stack([q.K for q in chunk])
-            result = estimator.estimate(images, mode="rpe" if pose == "rpe+refine" else pose, Ks=Ks)
-            poses = result.poses
-            for key, value in result.timings_ms.items():
-                timing.setdefault(key, []).append(value / 1000 / len(chunk))
-            if refine_cfg.uses_pnp or refine_cfg.uses_gallery_pnp:
-                t_pnp = time.perf_counter()
-                if refine_cfg.uses_pnp:
-                    pnp = pnp_refine(scene, images, poses, Ks, refine_cfg)
-                else:
-                    pnp = gallery_pnp_refine(scene, estimator.gallery, images, poses, Ks, result.gallery_ids, refine_cfg)
-                pnp_s = time.perf_counter() - t_pnp
-                poses = pnp.poses
-                refine_log["pnp_accepted"] += pnp.accepted
-                refine_log["pnp_inliers"] += pnp.inliers
-                refine_log["pnp_reasons"] += pnp.reasons
-        est_poses.append(poses)
-        t0 = time.perf_counter()
-        ref = render_references(scene, poses, torch.stack([q.K for q in chunk]), category.width, category.height)
-        t_render = time.perf_counter()
-        if refine_cfg.uses_ecc:
-            warped = []
-            for qi, ri in zip(images.numpy(), ref.numpy()):
-                w, info = ecc_align(qi, ri, refine_cfg)
-                warped.append(torch.from_numpy(np.ascontiguousarray(w)))
-                refine_log["ecc_accepted"].append(info["accepted"])
-                refine_log["ecc_shift_px"].append(info["shift_px"])
-            ref = torch.stack(warped)
-            ecc_s = time.perf_counter() - t_render
-        t1 = time.perf_counter()
-        m, s = scorer(images, ref)
-        t2 = time.perf_counter()
-        n = len(chunk)
-        timing["render"].append((t_render - t0) / n)
-        timing["score"].append((t2 - t1) / n)
-        if refine_cfg.method != "none":
-            timing.setdefault("refine", []).append((pnp_s + ecc_s) / n)
-        pose_s = 0.0 if pose == "oracle" else sum(result.timings_ms.values()) / 1000 / n
-        timing["total"].append(pose_s + pnp_s / n + (t2 - t0) / n)
-        maps.append(m)
-        scores.append(s)
-        renders.extend(ref)
-    maps_t, scores_t = torch.cat(maps), torch.cat(scores)
+        true = torch.stack([q.w2c for q in chunk]) if pose == "oracle" else None
+        results += inspector.inspect(images, true_poses=true)
+    maps_t = torch.stack([torch.from_numpy(r.anomaly_map) for r in results])
+    score_np = np.array([r.score for r in results])
     maps224 = resize_maps(maps_t, eval_size)
     labels, masks224 = image_labels_and_masks(queries, eval_size)
-    score_np = scores_t.numpy()
     per_type = {}
     for defect in category.defect_types:
         sel = np.array([q.label in (GOOD, defect) for q in queries])
         per_type[defect] = round(auroc(labels[sel], score_np[sel]), 4)
+    timing_keys = results[0].timings_ms.keys()
     metrics = {
         "category": category.name,
         "pose_mode": pose,
@@ -200,28 +165,35 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = "rpe", out_dir: P
         "f1_max": round(f1_max(labels, score_np), 4),
         "image_auroc_per_defect": per_type,
         "eval_size": eval_size,
-        "tolerance": scorer.tolerance,
+        "tolerance": inspector.scorer.tolerance,
         "decision": decision_metrics(labels, score_np, calib.threshold) if calib is not None else None,
-        "timing_ms": {key: round(1000 * float(np.median(v)), 1) for key, v in timing.items()},
+        # Per query: each batch's stage time over its size; the median over batches.
+        "timing_ms": {key: round(float(np.median([r.timings_ms[key] for r in results])), 1) for key in timing_keys},
+        "device": str(inspector.device),
+        "bundle": "verified bundle" if inspector.manifest is not None else "training folder (not verified)",
     }
-    if refine_cfg.method != "none":
+    if pose == "rpe+refine" and refine != "none":
+        info = [r.refine for r in results]
+        pnp_acc = [d["pnp_accepted"] for d in info if "pnp_accepted" in d]
+        ecc_acc = [d["ecc_accepted"] for d in info if "ecc_accepted" in d]
         metrics["refine"] = {
-            "method": refine_cfg.method,
-            "rounds": refine_cfg.rounds,
-            "pnp_accepted_fraction": round(float(np.mean(refine_log["pnp_accepted"])), 4) if refine_log["pnp_accepted"] else None,
-            "pnp_inliers_median": float(np.median(refine_log["pnp_inliers"])) if refine_log["pnp_inliers"] else None,
-            "pnp_rejections": sorted({r for r in refine_log["pnp_reasons"] if r != "ok"}),
-            "ecc_accepted_fraction": round(float(np.mean(refine_log["ecc_accepted"])), 4) if refine_log["ecc_accepted"] else None,
-            "ecc_shift_px_median": float(np.median(refine_log["ecc_shift_px"])) if refine_log["ecc_shift_px"] else None,
+            "method": refine,
+            "rounds": refine_rounds,
+            "pnp_accepted_fraction": round(float(np.mean(pnp_acc)), 4) if pnp_acc else None,
+            "pnp_inliers_median": float(np.median([d["pnp_inliers"] for d in info if "pnp_inliers" in d])) if pnp_acc else None,
+            "pnp_rejections": sorted({d["pnp_reason"] for d in info if d.get("pnp_reason", "ok") != "ok"}),
+            "ecc_accepted_fraction": round(float(np.mean(ecc_acc)), 4) if ecc_acc else None,
+            "ecc_shift_px_median": float(np.median([d["ecc_shift_px"] for d in info if "ecc_shift_px" in d])) if ecc_acc else None,
         }
     if pose != "oracle":
-        metrics["pose_backend"] = getattr(estimator, "providers", ["torch"])
+        metrics["pose_backend"] = getattr(inspector.estimator, "providers", ["torch"])
         metrics["fusion"], metrics["k"] = fusion, k
     if pose != "oracle" and all(q.w2c is not None for q in queries):
-        metrics.update(pose_report(torch.cat(est_poses), torch.stack([q.w2c for q in queries]),
-                                   torch.stack([q.K for q in queries]), category.width, category.height, scene,
-                                   eval_size))
+        metrics.update(pose_report(torch.from_numpy(np.stack([r.pose for r in results])),
+                                   torch.stack([q.w2c for q in queries]), torch.stack([q.K for q in queries]),
+                                   category.width, category.height, scene.to("cpu"), eval_size))
     if out_dir is not None:
+        renders = [torch.from_numpy(r.reference) for r in results]
         _write_report(out_dir, metrics, queries, renders, maps_t, score_np, calib)
     return metrics
 

@@ -145,7 +145,8 @@ def render(
     """Render a scene (or a dict of its raw parameters while fitting) into C cameras.
 
     ``background`` defaults to the scene's; ``sh_degree`` defaults to the scene's (pass a
-    lower one during SH warm-up). CUDA tensors render with gsplat, CPU tensors with ours.
+    lower one during SH warm-up). CUDA tensors render with gsplat, CPU tensors with ours;
+    the cameras are moved to the scene's device and the result stays there.
     """
     if isinstance(scene, GaussianScene):
         params = scene.params()
@@ -166,8 +167,8 @@ def render(
         torch.exp(params["scales"]),
         torch.sigmoid(params["opacities"]),
         coeffs,
-        viewmats.to(means.dtype),
-        Ks.to(means.dtype),
+        viewmats.to(means.device, means.dtype),
+        Ks.to(means.device, means.dtype),
         width,
         height,
         sh_degree=sh_degree,

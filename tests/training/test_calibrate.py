@@ -18,7 +18,8 @@ from training.calibrate import CalibConfig, run_calibration_stage
 
 @pytest.fixture()
 def bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
-    out = tmp_path / tiny_bundle.name
+    """A copy of the tiny work folder where `rpe-pad train --out tmp_path` keeps it."""
+    out = tmp_path / ".work" / tiny_bundle.name
     shutil.copytree(tiny_bundle, out)
     return out
 
@@ -64,9 +65,9 @@ def test_train_stage_then_evaluate_reports_the_decision(bundle: Path, tiny_synth
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     # The splats stage is skipped (its output exists for the same config? no: the tiny
     # config differs from the demo preset), so run calibration only, then evaluate.
-    assert main(["train", str(tiny_synth), "--out", str(bundle.parent), "--preset", "demo",
+    assert main(["train", str(tiny_synth), "--out", str(bundle.parent.parent), "--preset", "demo",
                  "--stages", "calibration", "--quiet"]) == 0
-    assert "calibration:" in capsys.readouterr().out
+    assert "| calibration |" in capsys.readouterr().out
     calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
     assert calib.sources["jittered"] == 8  # demo preset: at most 24 views, the category has 8
     report = tmp_path / "report"

@@ -1,0 +1,234 @@
+"""The bundle: one self-describing directory per category, the contract between training and service.
+
+Layout of ``BUNDLES_DIR/<category>/`` (paths in ``FILES``):
+
+- ``manifest.json``: ``Manifest`` below: format version, category, creation time, camera
+  model (image size, intrinsics, background), scene normalisation, every model's
+  arguments and preprocessing constants, the resolved training config, the calibrated
+  threshold, the default inspection settings, and the sha256 and size of every other file;
+- ``splats/scene.safetensors``: the Gaussian model (``models.splat.scene``);
+- ``calibration/calibration.json``: the threshold and normal statistics (``models.calibration``);
+- ``gallery/gallery.safetensors``: poses, descriptors, encoder features, views and depths
+  (``models.gallery``); ``gallery/views/NNNN.png``: the same views for display;
+- ``irprn/encoder.onnx``, ``irprn/pair_head.onnx``, ``irprn/config.json``: IRPRN for
+  ONNX Runtime (``training/export.py``) and its arguments;
+- ``reports/*``: what training measured (JSON, PNG), for people.
+
+``assemble`` writes a bundle into a temporary sibling directory and renames it into place,
+so a crash never leaves a half bundle under the category's name (a reader sees the old
+bundle or the new one). ``open_bundle`` checks the manifest's schema version, that it
+is valid, that every listed file exists with its size and sha256, and refuses the bundle
+with ``BundleError`` naming the problem otherwise. Nothing here uses pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from models.hashing import sha256_file
+
+FORMAT = "rpe-pad-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FILES = {
+    "scene": "splats/scene.safetensors",
+    "calibration": "calibration/calibration.json",
+    "gallery": "gallery/gallery.safetensors",
+    "encoder": "irprn/encoder.onnx",
+    "pair_head": "irprn/pair_head.onnx",
+    "irprn_config": "irprn/config.json",
+}
+
+
+class BundleError(ValueError):
+    """A bundle that must not be loaded: the message names the bundle and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileEntry(_Strict):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class CameraSpec(_Strict):
+    width: int = Field(gt=0)  # pixels, the size every query is resized to
+    height: int = Field(gt=0)
+    K: list[list[float]]  # [3, 3] intrinsics at width x height, pixel centres at +0.5 (models/camera.py)
+    camera_angle_x: float = Field(gt=0)  # horizontal field of view, radians
+    background: tuple[float, float, float]  # RGB in [0, 1] behind the object
+    convention: str = "world-to-camera 4x4, OpenCV axes (x right, y down, z forward)"
+
+    @field_validator("K")
+    @classmethod
+    def _three_by_three(cls, value: list[list[float]]) -> list[list[float]]:
+        if len(value) != 3 or any(len(row) != 3 for row in value) or not np.isfinite(value).all():
+            raise ValueError("K must be a finite 3 x 3 matrix")
+        return value
+
+
+class Manifest(_Strict):
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    category: str = Field(min_length=1)
+    created: datetime
+    software: str  # rpe-pad version that wrote it
+    camera: CameraSpec
+    scene: dict  # normalisation (scene scale, median camera distance, ...), scene_unit, size
+    models: dict  # per model: arguments and preprocessing constants
+    training: dict  # the resolved config of every stage and the preset
+    calibration: dict  # rule, threshold, floors (the full record is calibration/calibration.json)
+    inference: dict  # default inspection settings (pose mode, refinement)
+    gallery: dict  # n_views, n_train, n_novel, view names
+    summary: dict  # what training measured, per stage
+    files: dict[str, FileEntry]  # relative POSIX path -> sha256 and size
+
+    @field_validator("category")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if "/" in value or "\\" in value or value.startswith("."):
+            raise ValueError(f"category name {value!r} must be a plain directory name")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _safe_paths(cls, value: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        for rel in value:
+            p = PurePosixPath(rel)
+            if p.is_absolute() or ".." in p.parts or rel == MANIFEST or not rel:
+                raise ValueError(f"file path {rel!r} must be relative, inside the bundle, and not the manifest")
+        missing = sorted(set(FILES.values()) - set(value))
+        if missing:
+            raise ValueError(f"required files not listed: {missing}")
+        return value
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """The validated manifest of ``bundle_dir`` (no file hashes checked: see ``open_bundle``)."""
+    path = bundle_dir / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir}: no {MANIFEST} (not a bundle, or an unfinished one)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BundleError(f"{bundle_dir}: {MANIFEST} is not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise BundleError(f"{bundle_dir}: {MANIFEST} is not an rpe-pad bundle manifest (format "
+                          f"{raw.get('format') if isinstance(raw, dict) else type(raw).__name__!r})")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{bundle_dir}: bundle format version {version!r}; this software reads version "
+                          f"{FORMAT_VERSION} (rebuild the bundle with this version's rpe-pad train)")
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"{bundle_dir}: invalid {MANIFEST}: {where}: {first['msg']} "
+                          f"({exc.error_count()} problem(s))") from exc
+    if manifest.category != bundle_dir.name:
+        raise BundleError(f"{bundle_dir}: manifest is for category {manifest.category!r}, but the directory is "
+                          f"named {bundle_dir.name!r}")
+    return manifest
+
+
+def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
+    """Every listed file is there with its size and sha256; nothing else is trusted."""
+    for rel, entry in manifest.files.items():
+        path = bundle_dir / rel
+        if not path.is_file():
+            raise BundleError(f"{bundle_dir}: missing file {rel}")
+        size = path.stat().st_size
+        if size != entry.bytes:
+            raise BundleError(f"{bundle_dir}: {rel} has {size} bytes, the manifest says {entry.bytes} (edited or truncated)")
+        if sha256_file(path) != entry.sha256:
+            raise BundleError(f"{bundle_dir}: {rel} does not match its sha256 in the manifest (edited or corrupted)")
+
+
+def open_bundle(bundle_dir: Path) -> Manifest:
+    """Check a bundle completely (schema, version, every file's hash) and return its manifest."""
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise BundleError(f"{bundle_dir}: not a directory")
+    manifest = read_manifest(bundle_dir)
+    verify_files(bundle_dir, manifest)
+    return manifest
+
+
+def find_bundles(bundles_dir: Path) -> list[Path]:
+    """Candidate bundle directories: the visible subdirectories (temporary and training
+    work directories start with a dot and are skipped)."""
+    return sorted(p for p in Path(bundles_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def write_views_png(images: np.ndarray, out_dir: Path) -> list[str]:
+    """The gallery views ``[G, H, W, 3]`` uint8 as ``NNNN.png``; returns their file names."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, image in enumerate(images):
+        name = f"{i:04d}.png"
+        Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(out_dir / name, optimize=False)
+        names.append(name)
+    return names
+
+
+def assemble(bundles_dir: Path, category: str, copy: dict[str, Path], fields: dict, extra_writers=()) -> Path:
+    """Write ``bundles_dir/<category>`` atomically and return it.
+
+    ``copy``: relative path in the bundle -> source file; ``extra_writers``: callables
+    ``f(tmp_dir)`` that write more files (e.g. the PNG views); ``fields``: the manifest's
+    descriptive fields (everything but format, version, category, created, files).
+    The manifest is written last, with the hash of every file, then the temporary
+    directory replaces any previous bundle of the category.
+    """
+    bundles_dir.mkdir(parents=True, exist_ok=True)
+    tmp = bundles_dir / f".tmp-{category}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for rel, src in copy.items():
+            dst = tmp / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        for writer in extra_writers:
+            writer(tmp)
+        files = {}
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            rel = path.relative_to(tmp).as_posix()
+            files[rel] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+        manifest = Manifest(category=category, created=datetime.now(UTC), files=files, **fields)
+        _write_synced(tmp / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+        _swap_into_place(tmp, bundles_dir / category)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return bundles_dir / category
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; an existing ``target`` is moved aside first and removed
+    after (each step a single rename, so ``target`` is always a whole bundle or absent)."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".old-{target.name}-{uuid.uuid4().hex[:8]}")
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,142 @@
+"""The bundle format: assembly, verification, and every way a bundle is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from models.bundle import (
+    FILES,
+    FORMAT_VERSION,
+    MANIFEST,
+    BundleError,
+    assemble,
+    open_bundle,
+    read_manifest,
+)
+from models.data import load_category
+from models.gallery import Gallery
+from models.hashing import sha256_file
+from models.inspector import load_bundles
+from rpe_pad.cli import main
+from training.bundle import run_bundle_stage
+from training.calibrate import CalibConfig
+
+
+@pytest.fixture()
+def copy(tiny_release: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny bundle, under BUNDLES/<category>, to damage."""
+    out = tmp_path / "bundles" / tiny_release.name
+    shutil.copytree(tiny_release, out)
+    return out
+
+
+def test_assembled_bundle_describes_itself(tiny_release: Path, tiny_pose_bundle: Path) -> None:
+    manifest = open_bundle(tiny_release)
+    assert manifest.format_version == FORMAT_VERSION and manifest.category == tiny_release.name
+    # Every file but the manifest is listed with its true hash and size; required ones are there.
+    on_disk = {p.relative_to(tiny_release).as_posix() for p in tiny_release.rglob("*") if p.is_file()} - {MANIFEST}
+    assert on_disk == set(manifest.files) and set(FILES.values()) <= on_disk
+    for rel, entry in manifest.files.items():
+        assert entry.sha256 == sha256_file(tiny_release / rel) and entry.bytes == (tiny_release / rel).stat().st_size
+    # The copied stage outputs are byte-identical to the work folder's; no torch weights or pickles.
+    assert sha256_file(tiny_release / FILES["scene"]) == sha256_file(tiny_pose_bundle / FILES["scene"])
+    assert not [p for p in on_disk if p.endswith((".pt", ".pth", ".pkl", ".ckpt"))]
+    # The gallery views are there as PNG for display, one per view.
+    gallery = Gallery.load(tiny_release / FILES["gallery"])
+    assert len(list((tiny_release / "gallery" / "views").glob("*.png"))) == len(gallery) == manifest.gallery["n_views"]
+    # Enough to rebuild everything: camera, preprocessing, scorer, threshold, training config.
+    assert manifest.camera.width == 64 and len(manifest.camera.K) == 3
+    irprn = manifest.models["irprn"]
+    assert irprn["preprocessing"]["size"] == irprn["arguments"]["input_size"] and len(irprn["preprocessing"]["mean"]) == 3
+    assert manifest.models["scorer"]["tolerance"] == 1
+    assert manifest.calibration["threshold"] > manifest.calibration["score_floor"]
+    assert manifest.training["preset"] == "demo" and manifest.training["irprn"]["epochs"] == 2
+    assert manifest.inference["pose"] == "rpe+refine"
+
+
+def test_bundle_stage_is_skipped_when_unchanged(tiny_release: Path, tiny_pose_bundle: Path, tiny_synth: Path) -> None:
+    before = read_manifest(tiny_release).created
+    report = run_bundle_stage(load_category(tiny_synth), tiny_pose_bundle, tiny_release.parent, "demo", CalibConfig(),
+                              progress=False)
+    assert report["skipped"] and read_manifest(tiny_release).created == before
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: _flip_last_byte(b / FILES["encoder"]), "does not match its sha256"),
+    (lambda b: (b / FILES["calibration"]).write_text("{}"), "bytes, the manifest says"),
+    (lambda b: (b / FILES["scene"]).unlink(), "missing file splats/scene.safetensors"),
+    (lambda b: (b / "gallery" / "views" / "0000.png").unlink(), "missing file gallery/views/0000.png"),
+    (lambda b: (b / MANIFEST).write_text("{not json"), "is not valid JSON"),
+    (lambda b: (b / MANIFEST).unlink(), "no manifest.json"),
+    (lambda b: _edit_manifest(b, format_version=FORMAT_VERSION + 1), f"format version {FORMAT_VERSION + 1}"),
+    (lambda b: _edit_manifest(b, format="something-else"), "not an rpe-pad bundle manifest"),
+    (lambda b: _edit_manifest(b, category="Other"), "manifest is for category 'Other'"),
+    (lambda b: _edit_manifest(b, camera="a camera"), "invalid manifest.json: camera"),
+    (lambda b: _edit_files(b, "../escape.txt"), "inside the bundle"),
+])
+def test_damaged_bundles_are_refused_with_the_reason(copy: Path, damage, message: str) -> None:
+    damage(copy)
+    with pytest.raises(BundleError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        open_bundle(copy)
+
+
+def _edit_manifest(bundle: Path, **changes) -> None:
+    data = json.loads((bundle / MANIFEST).read_text())
+    data.update(changes)
+    (bundle / MANIFEST).write_text(json.dumps(data))
+
+
+def _edit_files(bundle: Path, rel: str) -> None:
+    data = json.loads((bundle / MANIFEST).read_text())
+    data["files"][rel] = {"sha256": "0" * 64, "bytes": 1}
+    (bundle / MANIFEST).write_text(json.dumps(data))
+
+
+def test_a_directory_with_a_bad_and_a_good_bundle_loads_the_good_one(copy: Path, tiny_release: Path) -> None:
+    bad = copy.parent / "Broken"
+    shutil.copytree(tiny_release, bad)  # a second category whose manifest names another one
+    _flip_last_byte(bad / FILES["pair_head"])
+    (copy.parent / ".work").mkdir()  # training folders are not bundles and are not reported
+    errors = []
+    loaded, refused = load_bundles(copy.parent, on_error=lambda path, reason: errors.append(path.name))
+    assert list(loaded) == [copy.name] and list(refused) == ["Broken"] and errors == ["Broken"]
+    assert "Broken" in refused["Broken"]
+
+
+def test_assembly_is_atomic(copy: Path, tmp_path: Path) -> None:
+    """A crash while writing leaves the previous bundle untouched and no half bundle."""
+    before = read_manifest(copy)
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 10)
+
+    def crash(tmp: Path) -> None:
+        (tmp / "partial.bin").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        assemble(copy.parent, copy.name, {"a.bin": src}, {}, extra_writers=[crash])
+    assert read_manifest(copy) == before and open_bundle(copy)
+    assert sorted(p.name for p in copy.parent.iterdir()) == [copy.name]  # no temporary left behind
+    # A category that never had a bundle gets none at all.
+    with pytest.raises(KeyboardInterrupt):
+        assemble(copy.parent, "Fresh", {"a.bin": src}, {}, extra_writers=[crash])
+    assert not (copy.parent / "Fresh").exists()
+
+
+def test_inspect_cli_refuses_a_damaged_bundle(copy: Path, tiny_synth: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    _flip_last_byte(copy / FILES["scene"])
+    image = next((tiny_synth / "test" / "good").glob("*.png"))
+    assert main(["inspect", str(copy), str(image), "--out", str(tmp_path / "o")]) == 3
+    err = capsys.readouterr().err
+    assert "bundle refused" in err and "splats/scene.safetensors does not match its sha256" in err

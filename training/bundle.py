@@ -1,0 +1,126 @@
+"""The ``bundle`` stage of `rpe-pad train`: the work folder's stage outputs -> a bundle.
+
+Reads ``BUNDLES_DIR/.work/<category>/`` (every earlier stage's output), checks that the
+pieces belong together (ONNX graphs exported from the current IRPRN weights, gallery
+features from the same network), and writes ``BUNDLES_DIR/<category>/`` atomically with
+its manifest (``models.bundle``). Skipped when the bundle there is valid and was assembled
+from the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from models.bundle import FILES, BundleError, assemble, open_bundle, write_views_png
+from models.calibration import Calibration
+from models.data import Category
+from models.gallery import NOVEL, TRAIN, Gallery
+from models.hashing import sha256_file
+from models.inspector import InspectorConfig
+from models.irprn import SPECS
+from models.splat.scene import GaussianScene
+from training.export import OPSET
+
+REPORTS = ("splats.json", "calibration.json", "rvss.json", "irprn.json", "gallery.json", "onnx.json",
+           "splats_sheet.png", "calibration_hist.png", "rvss_sheet.png", "irprn_curve.png")
+
+
+def software_version() -> str:
+    try:
+        return f"rpe-pad {version('rpe-pad')}"
+    except PackageNotFoundError:
+        return "rpe-pad (not installed)"
+
+
+def _sources(work: Path) -> dict[str, Path]:
+    """Bundle path -> work-folder file, for every file copied as is."""
+    missing = [rel for rel in FILES.values() if not (work / rel).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{work}: cannot assemble a bundle, missing {missing}: run the earlier stages")
+    onnx_key = work / "irprn" / "onnx.json"
+    weights = work / "irprn" / "weights.safetensors"
+    if not onnx_key.is_file() or json.loads(onnx_key.read_text()).get("weights_sha256") != sha256_file(weights):
+        raise ValueError(f"{work}: the ONNX graphs were not exported from the current IRPRN weights: run the onnx stage")
+    gallery_key = json.loads((work / "reports" / "gallery.json").read_text()).get("key", {})
+    if gallery_key.get("weights_sha256") not in (None, sha256_file(weights)):
+        raise ValueError(f"{work}: the gallery was built with other IRPRN weights: run the gallery stage")
+    copy = {rel: work / rel for rel in FILES.values()}
+    copy.update({f"reports/{name}": work / "reports" / name for name in REPORTS if (work / "reports" / name).is_file()})
+    return copy
+
+
+def _compact(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in ("config", "scores", "key", "history", "psnr_test", "per_output")}
+
+
+def manifest_fields(category: Category, work: Path, preset: str, calib_cfg) -> dict:
+    """The manifest's descriptive fields, read from the work folder's stage outputs."""
+    scene = GaussianScene.load(work / FILES["scene"])
+    irprn = json.loads((work / FILES["irprn_config"]).read_text())
+    calib = Calibration.model_validate_json((work / FILES["calibration"]).read_text())
+    gallery = Gallery.load(work / FILES["gallery"])
+    reports = {p.stem: json.loads(p.read_text()) for p in sorted((work / "reports").glob("*.json"))}
+    spec = SPECS.get(irprn["model"]["backbone"])
+    mean, std = (spec.mean, spec.std) if spec else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    splats_cfg = json.loads((work / "splats" / "config.json").read_text())
+    rvss_cfg = json.loads((work / "rvss" / "config.json").read_text()) if (work / "rvss" / "config.json").is_file() else None
+    return {
+        "software": software_version(),
+        "camera": {"width": category.width, "height": category.height, "K": category.K.tolist(),
+                   "camera_angle_x": category.camera_angle_x, "background": tuple(category.background)},
+        "scene": {"normalization": scene.normalization, "scene_unit": irprn["scene_unit"],
+                  "num_gaussians": scene.num_gaussians, "sh_degree": scene.sh_degree, "semantics": scene.semantics},
+        "models": {
+            "splats": {"sh_degree": scene.sh_degree, "num_gaussians": scene.num_gaussians, "semantics": scene.semantics,
+                       "rasterize_mode": splats_cfg.get("rasterize_mode", "classic")},
+            "irprn": {"arguments": irprn["model"], "scene_unit": irprn["scene_unit"], "onnx_opset": OPSET,
+                      "encoder": {"inputs": {"images": ["batch", 3, irprn["model"]["input_size"], irprn["model"]["input_size"]]},
+                                  "outputs": ["features"]},
+                      "pair_head": {"inputs": ["query", "gallery"], "outputs": ["q", "t"]},
+                      "preprocessing": {"input": "RGB float in [0, 1]", "resize": "bilinear, antialiased",
+                                        "size": irprn["model"]["input_size"], "mean": list(mean), "std": list(std),
+                                        "normalised": "inside the encoder graph"},
+                      "descriptor_grid": irprn["model"]["descriptor_grid"],
+                      "onnx_parity_max_abs_diff": reports.get("onnx", {}).get("max_abs_diff")},
+            "scorer": calib.scorer,
+        },
+        "training": {"preset": preset, "splats": splats_cfg, "calibration": asdict(calib_cfg), "rvss": rvss_cfg,
+                     "irprn": irprn.get("train")},
+        "calibration": {"rule": calib.rule, "threshold": calib.threshold, "score_floor": calib.score_floor,
+                        "pixel_floor": calib.pixel_floor},
+        "inference": InspectorConfig().to_dict(),
+        "gallery": {"n_views": len(gallery), "n_train": int((gallery.source == TRAIN).sum()),
+                    "n_novel": int((gallery.source == NOVEL).sum()), "names": gallery.names,
+                    "views_png": "gallery/views/NNNN.png, in gallery order"},
+        "summary": {stage: _compact(rep) for stage, rep in reports.items() if stage != "train_summary"},
+    }
+
+
+def run_bundle_stage(category: Category, work: Path, bundles_dir: Path, preset: str, calib_cfg,
+                     progress: bool = True) -> dict:
+    start = time.perf_counter()
+    copy = _sources(work)
+    target = bundles_dir / category.name
+    hashes = {rel: sha256_file(src) for rel, src in copy.items()}
+    try:
+        existing = open_bundle(target)
+        if all(rel in existing.files and existing.files[rel].sha256 == sha for rel, sha in hashes.items()):
+            return {"bundle": str(target), "skipped": True, "files": len(existing.files),
+                    "bytes": sum(f.bytes for f in existing.files.values())}
+    except BundleError:
+        pass
+    fields = manifest_fields(category, work, preset, calib_cfg)
+    gallery = Gallery.load(work / FILES["gallery"])
+
+    def views(tmp: Path) -> None:
+        if gallery.images is not None:
+            write_views_png(gallery.images.numpy(), tmp / "gallery" / "views")
+
+    out = assemble(bundles_dir, category.name, copy, fields, extra_writers=[views])
+    manifest = open_bundle(out)  # what a service will do: prove it loads
+    return {"bundle": str(out), "files": len(manifest.files), "bytes": sum(f.bytes for f in manifest.files.values()),
+            "seconds": round(time.perf_counter() - start, 1)}
