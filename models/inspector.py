@@ -37,7 +37,7 @@ from models.calibration import Calibration
 from models.camera import rotmat_to_quat
 from models.gallery import Gallery
 from models.pose import PoseEstimator
-from models.refine import RefineConfig, ecc_align, gallery_pnp_refine, pnp_refine
+from models.refine import RefineConfig, ecc_align, gallery_pnp_refine, photometric_refine, pnp_refine
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene, render
 from models.viz import side_by_side
@@ -270,6 +270,12 @@ class Inspector:
             poses = pnp.poses
             for i in range(b):
                 refine_info[i].update(pnp_accepted=pnp.accepted[i], pnp_inliers=pnp.inliers[i], pnp_reason=pnp.reasons[i])
+            if rcfg.photometric:  # render-and-compare where PnP could not correct the pose
+                failed = [i for i in range(b) if not pnp.accepted[i]]
+                photo = photometric_refine(self.scene, images, poses, Ks, rcfg, todo=failed)
+                poses = photo.poses
+                for i in failed:
+                    refine_info[i].update(photo_accepted=photo.accepted[i], photo_reason=photo.reasons[i])
             refine_ms += 1000 * (time.perf_counter() - t0)
         t0 = time.perf_counter()
         ref = render(self.scene, poses.float(), Ks.float(), self.width, self.height).colors.clamp(0, 1).cpu()

@@ -34,11 +34,12 @@ import math
 from dataclasses import dataclass, field
 
 import cv2
+import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.camera import camera_center, make_pose, rotation_angle, scale_intrinsics
+from models.camera import camera_center, make_pose, rotation_angle, scale_intrinsics, so3_exp
 from models.images import to_uint8
 from models.splat.scene import GaussianScene, render
 
@@ -63,6 +64,11 @@ class RefineConfig:
     ecc_max_rotation_deg: float = 5.0
     gallery_views: int = 2
     verify_size: int = 64
+    photometric: bool = False  # render-and-compare for the queries PnP could not correct (slow on CPU)
+    photo_size: int = 64  # render width for render-and-compare
+    photo_steps: int = 30  # Adam steps on the 6-DoF correction
+    photo_lr: float = 0.004  # radians, and units of the camera's distance from the origin
+    photo_gaussians: int = 6000  # the most opaque Gaussians rendered while optimising
 
     def __post_init__(self) -> None:
         if self.method not in REFINERS:
@@ -269,6 +275,69 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
                 result.poses[i], result.accepted[i], result.reasons[i] = candidates[i], True, "ok"
             else:
                 result.reasons[i] = f"photometric check failed ({float(err[n + j]):.4f} >= {float(err[j]):.4f})"
+    return result
+
+
+def _blur(x: Tensor, sigma: float) -> Tensor:
+    """Gaussian blur of ``[B, H, W, 3]`` (sigma in pixels; 0 = unchanged)."""
+    if sigma <= 0:
+        return x
+    k = 2 * math.ceil(2 * sigma) + 1
+    y = kornia.filters.gaussian_blur2d(x.permute(0, 3, 1, 2), (k, k), (sigma, sigma), border_type="replicate")
+    return y.permute(0, 2, 3, 1)
+
+
+def photometric_refine(scene: GaussianScene, images: Tensor, poses: Tensor, Ks: Tensor, cfg: RefineConfig,
+                       todo: list[int] | None = None) -> PnPResult:
+    """Render-and-compare: optimise a 6-DoF correction ``D`` (``P' = D P``: rotation about
+    the camera centre in axis-angle radians, translation in units of the camera's distance
+    from the origin) of each pose in ``todo`` by Adam on the L1 difference between the
+    query and the render at ``photo_size`` px, coarse to fine (blur 2 -> 0 px), through the
+    differentiable renderer, with the ``photo_gaussians`` most opaque Gaussians. The
+    correction is kept only when the full scene's render at the new pose matches the
+    query better than at the input pose, and within the PnP guards."""
+    b, h, w = images.shape[:3]
+    todo = list(range(b)) if todo is None else todo
+    result = PnPResult(poses.double().clone(), [False] * b, [0] * b, ["not run"] * b)
+    if not todo:
+        return result
+    sw, sh = cfg.photo_size, max(1, round(cfg.photo_size * h / w))
+    target_np, K_s = _resized(images[todo], Ks[todo], sw, sh)
+    target = torch.from_numpy(target_np)
+    keep = scene.opacities.topk(min(cfg.photo_gaussians, scene.num_gaussians)).indices
+    sub = GaussianScene(**{n: t[keep] for n, t in scene.params().items()}, sh_degree=scene.sh_degree,
+                        background=scene.background)
+    p0 = poses[todo].double()
+    dist = camera_center(p0).norm(dim=-1)[:, None]  # [T, 1]
+    omega = torch.zeros(len(todo), 3, dtype=torch.float64, requires_grad=True)
+    tau = torch.zeros(len(todo), 3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([omega, tau], lr=cfg.photo_lr)
+
+    def corrected() -> Tensor:
+        return make_pose(so3_exp(omega), tau * dist) @ p0
+
+    with torch.enable_grad():
+        for step in range(cfg.photo_steps):
+            sigma = 2.0 * (1 - step / max(1, cfg.photo_steps - 1))
+            out = render(sub, corrected().float(), K_s.float(), sw, sh).colors.cpu()
+            loss = (_blur(out, sigma) - _blur(target, sigma)).abs().mean(dim=(1, 2, 3)).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    new = corrected().detach()
+    with torch.no_grad():
+        both = torch.cat([p0, new]).float()
+        out = render(scene, both, torch.cat([K_s, K_s]).float(), sw, sh).colors.clamp(0, 1).cpu()
+        err = (out - torch.cat([target, target])).abs().mean(dim=(1, 2, 3))
+    n = len(todo)
+    for j, i in enumerate(todo):
+        ok, reason = _within_bounds(new[j], p0[j], cfg)
+        if not ok:
+            result.reasons[i] = reason
+        elif err[n + j] < err[j]:
+            result.poses[i], result.accepted[i], result.reasons[i] = new[j], True, "ok"
+        else:
+            result.reasons[i] = f"photometric check failed ({float(err[n + j]):.4f} >= {float(err[j]):.4f})"
     return result
 
 

@@ -113,7 +113,7 @@ def image_size(path: Path) -> int | None:
 def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out_dir: Path | None = None,
              eval_size: int = 224, batch: int = 8, tolerance: int | None = None, fusion: str = "mean",
              backend: str = "auto", k: int = 3, refine: str = "pnp+ecc", refine_rounds: int = 2,
-             device: str = "auto") -> dict:
+             device: str = "auto", photometric: bool = False) -> dict:
     """Inspect every test view of ``category_dir`` with the bundle (or training folder) at
     ``bundle_dir`` through ``models.inspector.Inspector`` and report the metrics.
 
@@ -132,7 +132,8 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out
         queries = list(category.test)
     if not queries:
         raise ValueError(f"{category_dir}: no test views to evaluate")
-    config = InspectorConfig(pose=pose, refine=RefineConfig(method=refine, rounds=refine_rounds), fusion=fusion, k=k,
+    config = InspectorConfig(pose=pose, refine=RefineConfig(method=refine, rounds=refine_rounds, photometric=photometric),
+                             fusion=fusion, k=k,
                              backend=backend, tolerance=tolerance)
     inspector = Inspector.open(bundle_dir, config, device=device,
                                camera=(category.width, category.height, category.K))
@@ -184,6 +185,8 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out
             "pnp_rejections": sorted({d["pnp_reason"] for d in info if d.get("pnp_reason", "ok") != "ok"}),
             "ecc_accepted_fraction": round(float(np.mean(ecc_acc)), 4) if ecc_acc else None,
             "ecc_shift_px_median": float(np.median([d["ecc_shift_px"] for d in info if "ecc_shift_px" in d])) if ecc_acc else None,
+            "photometric": photometric,
+            "photo_accepted": sum(bool(d.get("photo_accepted")) for d in info) if photometric else None,
         }
     if pose != "oracle":
         metrics["pose_backend"] = getattr(inspector.estimator, "providers", ["torch"])

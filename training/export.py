@@ -89,11 +89,30 @@ def check_parity(net: IRPRN, enc_path: Path, head_path: Path, images: torch.Tens
     return result
 
 
+def _graph_key(irprn_dir: Path) -> dict:
+    """What ties the exported graphs to the weights they were checked against."""
+    return {"weights_sha256": weights_sha256(irprn_dir), "encoder_sha256": sha256_file(irprn_dir / "encoder.onnx"),
+            "pair_head_sha256": sha256_file(irprn_dir / "pair_head.onnx")}
+
+
+def _graphs_current(irprn_dir: Path) -> bool:
+    """True when both graphs exist and ``onnx.json`` ties them to the current weights."""
+    try:
+        saved = json.loads((irprn_dir / "onnx.json").read_text())
+        return (irprn_dir / "encoder.onnx").is_file() and (irprn_dir / "pair_head.onnx").is_file() \
+            and saved == _graph_key(irprn_dir)
+    except (OSError, ValueError):
+        return False
+
+
 def run_onnx_stage(category, out_dir: Path, progress: bool = True) -> dict:
     start = time.perf_counter()
     irprn_dir = out_dir / "irprn"
     if not (irprn_dir / "weights.safetensors").is_file():
         raise FileNotFoundError(f"{irprn_dir / 'weights.safetensors'} is missing: run the irprn stage first")
+    previous = out_dir / "reports" / "onnx.json"
+    if previous.is_file() and _graphs_current(irprn_dir):
+        return {**json.loads(previous.read_text()), "skipped": True}
     net, _ = load_irprn(irprn_dir)
     # Export next to the weights under temporary names; only graphs that pass the parity
     # check replace the served ones, and the manifest ties them to these weights.
@@ -106,7 +125,7 @@ def run_onnx_stage(category, out_dir: Path, progress: bool = True) -> dict:
         tmp_head.unlink(missing_ok=True)
         raise
     enc_path, head_path = tmp_enc.replace(irprn_dir / "encoder.onnx"), tmp_head.replace(irprn_dir / "pair_head.onnx")
-    (irprn_dir / "onnx.json").write_text(json.dumps({"weights_sha256": weights_sha256(irprn_dir)}) + "\n")
+    (irprn_dir / "onnx.json").write_text(json.dumps(_graph_key(irprn_dir)) + "\n")
     report = {"category": category.name, "encoder_bytes": enc_path.stat().st_size, "pair_head_bytes": head_path.stat().st_size,
               **parity, "seconds": round(time.perf_counter() - start, 1)}
     (out_dir / "reports").mkdir(parents=True, exist_ok=True)
