@@ -36,28 +36,96 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from training.pipeline import run_train
+    from training.pipeline import run_train, summary_table
 
     stages = args.stages.split(",") if args.stages else None
     ablation = {"rvss_m": args.rvss_m, "n_refine": args.refine_layers, "k": args.pairs_k,
                 "mpts": False if args.no_mpts else None, "epochs": args.irprn_epochs}
     reports = run_train(args.category_dir, args.out, preset=args.preset, stages=stages, progress=not args.quiet,
                         validation_dir=args.validation, ablation=ablation)
-    for stage, report in reports.items():
-        shown = {k: v for k, v in report.items() if k not in ("config", "psnr_test", "scores", "key", "history")}
-        print(f"{stage}: {json.dumps(shown)}")
+    print(summary_table(reports))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
-    out = args.out or (args.bundle_dir / "reports" / f"evaluate_{args.pose}")
+    if args.out is not None:
+        out = args.out
+    elif (args.bundle_dir / "manifest.json").exists():  # bundles stay as assembled (and may be read-only)
+        out = Path("evaluations") / args.bundle_dir.name / args.pose
+    else:
+        out = args.bundle_dir / "reports" / f"evaluate_{args.pose}"
     metrics = evaluate(args.bundle_dir, args.category_dir, pose=args.pose, out_dir=out, tolerance=args.tolerance,
                        fusion=args.fusion, backend=args.backend, k=args.k, refine=args.refine,
-                       refine_rounds=args.refine_rounds)
+                       refine_rounds=args.refine_rounds, photometric=args.photometric)
     print(json.dumps({k: v for k, v in metrics.items() if k != "per_query_reproj_px"}, indent=2))
     print(f"report: {out}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from models.bundle import BundleError
+    from models.images import load_rgb
+    from models.inspector import InspectionError, Inspector, InspectorConfig
+    from models.refine import RefineConfig
+
+    config = InspectorConfig(pose=args.pose, refine=RefineConfig(method=args.refine))
+    try:
+        inspector = Inspector.load(args.bundle_dir, config, device=args.device)
+    except BundleError as exc:
+        print(f"rpe-pad inspect: bundle refused: {exc}", file=sys.stderr)
+        return 3
+    out = args.out or Path("inspections")
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for path in args.images:
+        try:
+            image = load_rgb(path, inspector.scene.background)
+            result = inspector.inspect(inspector.prepare(image)[None], threshold=args.threshold)[0]
+        except (OSError, InspectionError, ValueError) as exc:  # one bad image does not stop the others
+            print(f"{path}: error: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        figure = out / f"{Path(path).stem}_overlay.png"
+        inspector.figure(inspector.prepare(image).numpy(), result, title=f"{inspector.name}: {Path(path).name}").save(figure)
+        verdict = "ANOMALOUS" if result.is_anomalous else "normal"
+        print(f"{path}: {verdict}  score {result.score:.1f} (normalised {result.normalised_score:.3f}, threshold "
+              f"{result.threshold:.1f})  gallery {result.gallery_names[:1]}  {result.timings_ms['total']:.0f} ms  "
+              f"overlay {figure}")
+        if args.json:
+            print(json.dumps({"image": str(path), **result.summary()}))
+    return 1 if failures else 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides = {k: v for k, v in (("bundles", args.bundles), ("device", args.device)) if v is not None}
+    settings = Settings(**overrides)
+    if not settings.bundles.is_dir():
+        raise FileNotFoundError(f"bundles directory {settings.bundles} does not exist")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _cmd_loadtest(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from service.loadtest import run_load
+
+    result = asyncio.run(run_load(args.url, args.category, args.image, clients=args.clients, seconds=args.seconds,
+                                  max_requests=args.max_requests, api_key=args.api_key))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
     return 0
 
 
@@ -128,22 +196,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="score every test view of a category and report the metrics")
-    p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> written by rpe-pad train")
+    p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> (or a training folder BUNDLES_DIR/.work/<category>)")
     p.add_argument("category_dir", type=Path)
-    p.add_argument("--pose", default="rpe", choices=["oracle", "retrieval", "rpe", "rpe+refine"],
-                   help="how query poses are obtained: IRPRN's (default), the best gallery view's, the true pose")
+    p.add_argument("--pose", default="rpe+refine", choices=["oracle", "retrieval", "rpe", "rpe+refine"],
+                   help="how query poses are obtained: IRPRN's then refined (default), IRPRN's, the best gallery "
+                        "view's, the true pose")
     p.add_argument("--refine", default="pnp+ecc", choices=["pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc", "none"],
                    help="refinement after IRPRN for --pose rpe+refine (default pnp+ecc)")
     p.add_argument("--refine-rounds", type=_positive_int, default=2,
                    help="PnP rounds (each later one re-renders, verifies and polishes; default 2)")
+    p.add_argument("--photometric", action="store_true",
+                   help="render-and-compare where PnP fails (rpe+refine; about 15 s per such query on a CPU)")
     p.add_argument("--fusion", default="mean", choices=["mean", "top1", "render"],
                    help="how the K IRPRN poses are fused (rpe; default mean)")
     p.add_argument("--k", type=_positive_int, default=3, help="gallery matches per query (default 3)")
     p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"], help="IRPRN runtime (default: ONNX when exported)")
     p.add_argument("--tolerance", type=_non_negative_int, default=None,
                    help="comparison radius in cells (default: the calibrated scorer's)")
-    p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLE_DIR/reports/evaluate_<pose>)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report folder (default ./evaluations/<category>/<pose> for a bundle, "
+                        "FOLDER/reports/evaluate_<pose> for a training folder)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("inspect", help="inspect images with a bundle: verdicts on stdout, overlay PNGs on disk")
+    p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> (verified before use)")
+    p.add_argument("images", type=Path, nargs="+", help="query images (PNG, JPEG), the category's aspect ratio")
+    p.add_argument("--out", type=Path, default=None, help="overlay folder (default ./inspections)")
+    p.add_argument("--pose", default="rpe+refine", choices=["retrieval", "rpe", "rpe+refine"],
+                   help="how the query pose is found (default rpe+refine, the best measured)")
+    p.add_argument("--refine", default="pnp+ecc", choices=["pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc", "none"],
+                   help="refinement for --pose rpe+refine (default pnp+ecc)")
+    p.add_argument("--threshold", type=float, default=None, help="override the calibrated threshold (raw score units)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--json", action="store_true", help="also print each result as one JSON line")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("serve", help="run the inspection service (FastAPI + uvicorn) on a bundles directory")
+    p.add_argument("--bundles", type=Path, default=None, help="bundles directory (default $RPEPAD_BUNDLES or ./bundles)")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (0.0.0.0 in the container)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default=None, choices=["auto", "cuda", "cpu"], help="default $RPEPAD_DEVICE or auto")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("loadtest", help="N concurrent clients against a running service (loopback only)")
+    p.add_argument("image", type=Path, help="the image every request posts")
+    p.add_argument("--category", required=True)
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--clients", type=_positive_int, default=8)
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--max-requests", type=_positive_int, default=10_000, help="stop after this many in all")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    p.set_defaults(func=_cmd_loadtest)
 
     p = sub.add_parser("sensitivity", help="image/pixel AUROC against a shifted or rotated oracle reference")
     p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> written by rpe-pad train")

@@ -1,4 +1,4 @@
-"""The `rpe-pad` command: subcommands, exit codes, and the demo's honest end."""
+"""The `rpe-pad` command: subcommands, exit codes, and the demo."""
 
 from __future__ import annotations
 
@@ -43,26 +43,33 @@ def test_console_script_help() -> None:
         assert command in result.stdout
 
 
-def test_demo_runs_to_its_honest_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The demo's flow on a smaller category and fit than `make demo` uses (same code)."""
+def test_demo_runs_the_whole_product(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's flow (same code as `make demo`) with the demo preset shrunk to test size."""
+    from tests.conftest import TINY_IRPRN, TINY_SPLATS
+    from training import irprn, pipeline, splats
+    from training.calibrate import CalibConfig
     from training.demo import run_demo
-    from training.splats import preset
     from training.synth import SynthConfig
 
-    synth = SynthConfig(seed=0, size=64, train_views=10, test_views=4)
-    splats = preset("demo", iterations=40, init_points=2000, refine_start=10, refine_stop=30, refine_every=10)
-    assert run_demo(tmp_path / "demo", synth, splats) == 0
+    monkeypatch.setitem(splats.PRESETS, "demo", splats.preset("demo", **{**TINY_SPLATS, "image_size": None}))
+    monkeypatch.setitem(irprn.PRESETS, "demo", irprn.preset("demo", **TINY_IRPRN))
+    monkeypatch.setitem(pipeline.CALIBRATION, "demo", CalibConfig(max_views=8))
+    synth = SynthConfig(seed=0, size=64, train_views=8, test_views=4)
+    assert run_demo(tmp_path / "demo", synth) == 0
     out = capsys.readouterr().out
-    assert (tmp_path / "demo" / "synthetic_lego_sheet.png").is_file()
-    assert (tmp_path / "demo" / "bundles" / "synthetic_lego" / "reports" / "splats.json").is_file()
-    assert "PSNR" in out and "Not built yet" in out and "image AUROC" in out
-    metrics = json.loads((tmp_path / "demo" / "bundles" / "synthetic_lego" / "reports" / "evaluate_oracle" /
-                          "metrics.json").read_text())
-    assert metrics["n_queries"] == 4 and metrics["decision"] is not None
-    # A second run reuses the category and the fitted model instead of redoing them.
-    assert run_demo(tmp_path / "demo", synth, splats) == 0
+    bundle = tmp_path / "demo" / "bundles" / "synthetic_lego"
+    assert (bundle / "manifest.json").is_file() and "| bundle |" in out
+    # Two queries inspected through the loaded bundle, each with a verdict and an overlay.
+    verdicts = [line for line in out.splitlines() if "score" in line and "overlay:" in line]
+    assert len(verdicts) == 2 and all(("ANOMALOUS" in v) != ("normal," in v) for v in verdicts)
+    assert len(list((tmp_path / "demo" / "inspections").glob("*.png"))) == 2
+    metrics = json.loads((tmp_path / "demo" / "evaluation" / "metrics.json").read_text())
+    assert metrics["n_queries"] == 4 and metrics["pose_mode"] == "rpe+refine" and metrics["bundle"] == "verified bundle"
+    # A second run reuses the category and every stage instead of redoing them.
+    assert run_demo(tmp_path / "demo", synth) == 0
     out = capsys.readouterr().out
-    assert "reusing" in out and "reused the model" in out
+    assert "reusing" in out and out.count("skipped (valid output reused)") == 7
 
 
 def test_bench_render_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
