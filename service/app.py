@@ -1,0 +1,277 @@
+"""The FastAPI app: routes only; loading, batching, decoding and errors live beside it.
+
+``create_app(settings)`` builds an app; the lifespan starts loading every bundle under
+``settings.bundles`` in the background (``models.inspector.load_bundles``: a bad bundle is
+logged and skipped) so ``/healthz`` answers at once and ``/readyz`` turns 200 when the
+bundles are in. ``rpe-pad serve`` runs it with uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import re
+import secrets
+import time
+import uuid
+from importlib.metadata import PackageNotFoundError, version
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from PIL import Image
+
+from models.inspector import (
+    Inspection,
+    InspectionError,
+    Inspector,
+    InspectorConfig,
+    load_bundles,
+)
+from models.refine import RefineConfig
+from service import problems
+from service.batching import CategoryBatcher
+from service.problems import ServiceError
+from service.schemas import (
+    BatchOut,
+    Categories,
+    CategoryInfo,
+    GalleryMatch,
+    Health,
+    InspectionOut,
+    Pose,
+)
+from service.settings import Settings, get_settings
+from service.telemetry import Telemetry
+from service.uploads import check_media_type, decode, read_limited
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class State:
+    """What the lifespan loads: inspectors and batchers by category, and why others were refused."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.inspectors: dict[str, Inspector] = {}
+        self.batchers: dict[str, CategoryBatcher] = {}
+        self.refused: dict[str, str] = {}
+        self.ready = False
+        self.load_error: str | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.telemetry = Telemetry()
+
+
+def get_state(request: Request) -> State:
+    return request.app.state.svc
+
+
+def authorised(request: Request, state: Annotated[State, Depends(get_state)]) -> None:
+    """Inspection routes need header X-API-Key when a key is configured."""
+    key = state.settings.api_key
+    if key is None:
+        return
+    given = request.headers.get("x-api-key", "")
+    if not secrets.compare_digest(given.encode(), key.get_secret_value().encode()):
+        raise ServiceError(401, "missing or wrong API key (header X-API-Key)", headers={"WWW-Authenticate": "ApiKey"})
+
+
+def ready_state(state: Annotated[State, Depends(get_state)]) -> State:
+    if not state.ready:
+        raise ServiceError(503, state.load_error or "bundles are still loading",
+                           headers={"Retry-After": str(state.settings.retry_after_s)})
+    return state
+
+
+Ready = Annotated[State, Depends(ready_state)]
+StateDep = Annotated[State, Depends(get_state)]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    log = logging.getLogger("rpe_pad.service")
+
+    async def load(state: State) -> None:
+        config = InspectorConfig(pose=settings.pose, refine=RefineConfig(method=settings.refine))
+        try:
+            loaded, refused = await asyncio.to_thread(
+                load_bundles, settings.bundles, config, settings.device,
+                lambda path, reason: log.error("bundle refused: %s", reason))
+        except Exception as exc:  # noqa: BLE001 (the service stays up and says why it is not ready)
+            state.load_error = str(exc)
+            log.error("loading bundles failed: %s", exc)
+            return
+        for name, inspector in loaded.items():
+            batcher = CategoryBatcher(name, inspector, settings, state.executor, state.telemetry)
+            batcher.start()
+            state.batchers[name] = batcher
+            log.info("serving %s (%s)", name, inspector.describe())
+        state.inspectors, state.refused = loaded, refused
+        state.telemetry.bundles.set(len(loaded))
+        state.telemetry.refused.set(len(refused))
+        state.ready = bool(loaded)
+        if not loaded:
+            state.load_error = f"no valid bundle in {settings.bundles}"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = State(settings)
+        app.state.svc, app.state.log = state, log
+        loader = asyncio.create_task(load(state))
+        yield
+        loader.cancel()
+        for batcher in state.batchers.values():
+            await batcher.stop()
+        state.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="RPE-PAD inspection service", version=_version(), lifespan=lifespan,
+                  description="Pose-agnostic anomaly detection: upload a photo of an object from any viewpoint; "
+                              "the service finds its pose, renders the normal object there and compares.")
+    app.state.log = log
+    problems.install(app)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        given = request.headers.get("x-request-id", "")
+        request.state.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        svc: State | None = getattr(request.app.state, "svc", None)
+        if svc is not None:
+            svc.telemetry.requests.labels(path, str(response.status_code)).inc()
+            svc.telemetry.latency.labels(path).observe(time.perf_counter() - start)
+            if response.status_code >= 400:
+                svc.telemetry.errors.labels(str(response.status_code)).inc()
+        response.headers["X-Request-ID"] = request.state.request_id
+        return response
+
+    @app.get("/healthz", response_model=Health, tags=["operations"])
+    async def healthz() -> Health:
+        """The process is alive (bundles may still be loading)."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, tags=["operations"],
+             responses={503: {"description": "bundles still loading, or none could be loaded"}})
+    async def readyz(state: Ready) -> Health:
+        """Bundles are loaded and inspections are accepted."""
+        return Health(status="ready", bundles_loaded=len(state.inspectors))
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics(state: StateDep) -> Response:
+        """Prometheus text format: requests, latency per route and per stage, errors, bundles."""
+        return Response(state.telemetry.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/categories", response_model=Categories, dependencies=[Depends(authorised)], tags=["inspection"])
+    async def categories(state: Ready) -> Categories:
+        """The loaded categories (and the bundles that were refused, with the reason)."""
+        return Categories(categories=[CategoryInfo(**i.describe()) for i in state.inspectors.values()],
+                          refused=state.refused)
+
+    async def _prepare(state: State, category: str, upload: UploadFile):
+        inspector = state.inspectors.get(category)
+        if inspector is None:
+            raise ServiceError(404, f"unknown category {category!r}; loaded: {sorted(state.inspectors)}")
+        check_media_type(upload)
+        data = await read_limited(upload, state.settings.max_upload_bytes)
+        name = upload.filename or "upload"
+        image = await run_in_threadpool(decode, data, name, state.settings, inspector.scene.background)
+        try:
+            return inspector.prepare(image)
+        except InspectionError as exc:
+            raise ServiceError(422, f"{name}: {exc}") from exc
+
+    def _check_threshold(inspector: Inspector, threshold: float | None) -> None:
+        if threshold is None:
+            return
+        try:
+            inspector.calibration.resolve(threshold)
+        except (ValueError, AttributeError) as exc:
+            raise ServiceError(422, f"threshold: {exc}") from exc
+
+    async def _run(state: State, category: str, images: list) -> list[Inspection]:
+        try:
+            results = await state.batchers[category].submit(images)
+        except InspectionError as exc:
+            raise ServiceError(422, str(exc)) from exc
+        for r in results:
+            for stage, ms in r.timings_ms.items():
+                state.telemetry.stage.labels(stage).observe(ms / 1000)
+            state.telemetry.images.labels(category, "anomalous" if r.is_anomalous else "normal").inc()
+        return results
+
+    def _out(request: Request, category: str, filename: str | None, result: Inspection, image, include_map: bool,
+             include_overlay: bool, inspector: Inspector) -> InspectionOut:
+        s = result.summary()
+        out = InspectionOut(request_id=request.state.request_id, category=category, filename=filename,
+                            score=s["score"], normalised_score=s["normalised_score"], is_anomalous=s["is_anomalous"],
+                            threshold=s["threshold"], pose=Pose(**s["pose"]),
+                            gallery_matches=[GalleryMatch(**m) for m in s["gallery_matches"]],
+                            timings_ms=s["timings_ms"], refine=s["refine"])
+        if include_map:
+            norm = result.normalised_map()
+            out.anomaly_map_png = _png_b64(Image.fromarray(np.round(norm * 255).astype(np.uint8), mode="L"))
+        if include_overlay:
+            out.overlay_png = _png_b64(inspector.figure(image.numpy(), result))
+        return out
+
+    @app.post("/inspect", response_model=InspectionOut, dependencies=[Depends(authorised)], tags=["inspection"],
+              responses={s: {"description": d, "content": {problems.PROBLEM: {}}} for s, d in (
+                  (400, "undecodable or truncated image"), (401, "wrong or missing API key"),
+                  (404, "unknown category"), (413, "too large, in bytes or pixels"), (415, "not an image"),
+                  (422, "missing or invalid fields, wrong aspect ratio, too small"), (503, "not ready or busy"))})
+    async def inspect(request: Request, state: Ready, file: Annotated[UploadFile, File(description="the query image")],
+                      category: Annotated[str, Form(description="a loaded category")],
+                      threshold: Annotated[float | None, Form(description="override the calibrated threshold")] = None,
+                      include_map: Annotated[bool, Form(description="add the anomaly map as base64 PNG")] = False,
+                      include_overlay: Annotated[bool, Form(description="add the overlay figure as base64 PNG")] = False,
+                      ) -> InspectionOut:
+        """Inspect one image: pose from the gallery and IRPRN, render of the normal object
+        there, feature comparison, score, decision and (optionally) the anomaly map."""
+        image = await _prepare(state, category, file)
+        inspector = state.inspectors[category]
+        _check_threshold(inspector, threshold)
+        result = (await _run(state, category, [image]))[0].with_threshold(threshold)
+        return await run_in_threadpool(_out, request, category, file.filename, result, image, include_map,
+                                       include_overlay, inspector)
+
+    @app.post("/inspect/batch", response_model=BatchOut, dependencies=[Depends(authorised)], tags=["inspection"])
+    async def inspect_batch(request: Request, state: Ready,
+                            files: Annotated[list[UploadFile], File(description="query images, one category")],
+                            category: Annotated[str, Form()],
+                            threshold: Annotated[float | None, Form()] = None,
+                            include_map: Annotated[bool, Form()] = False,
+                            include_overlay: Annotated[bool, Form()] = False) -> BatchOut:
+        """Inspect several images of one category; any bad file fails the request with its name."""
+        if len(files) > state.settings.max_files_per_batch:
+            raise ServiceError(413, f"{len(files)} files; at most {state.settings.max_files_per_batch} per request")
+        images = [await _prepare(state, category, f) for f in files]
+        inspector = state.inspectors[category]
+        _check_threshold(inspector, threshold)
+        results = await _run(state, category, images)
+        outs = [await run_in_threadpool(_out, request, category, f.filename, r.with_threshold(threshold), im,
+                                        include_map, include_overlay, inspector)
+                for f, r, im in zip(files, results, images)]
+        return BatchOut(request_id=request.state.request_id, category=category, results=outs)
+
+    return app
+
+
+def _version() -> str:
+    try:
+        return version("rpe-pad")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _png_b64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")

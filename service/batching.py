@@ -1,0 +1,98 @@
+"""Inference off the event loop: a bounded queue and micro-batches per category.
+
+Each category has an ``asyncio.Queue`` of at most ``queue_size`` images and one worker
+task. The worker takes the first waiting image, waits up to ``max_wait_ms`` for more
+(never past ``max_batch``), and runs ``Inspector.inspect`` on the batch in the shared
+single-thread executor (one model call at a time per process: on a CPU, concurrent calls
+only fight over the cores; on a GPU, batching is what raises throughput). A full queue
+refuses new work at once with 503 and ``Retry-After``; images whose client went away are
+dropped before the model call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import torch
+
+from models.inspector import Inspection, Inspector
+from service.problems import ServiceError
+from service.settings import Settings
+from service.telemetry import Telemetry
+
+
+@dataclass
+class _Job:
+    image: torch.Tensor  # [H, W, 3] at the bundle's size
+    future: asyncio.Future
+
+
+class CategoryBatcher:
+    def __init__(self, name: str, inspector: Inspector, settings: Settings, executor: Executor, telemetry: Telemetry):
+        self.name, self.inspector, self.settings = name, inspector, settings
+        self.executor, self.telemetry = executor, telemetry
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.queue_size)
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while not self.queue.empty():
+            job = self.queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(ServiceError(503, "the service is shutting down"))
+
+    async def submit(self, images: list[torch.Tensor]) -> list[Inspection]:
+        """Inspections of ``images`` (all or none are queued)."""
+        if self.queue.maxsize - self.queue.qsize() < len(images):
+            raise ServiceError(503, f"category {self.name!r} is busy ({self.queue.qsize()} images queued); retry later",
+                               headers={"Retry-After": str(self.settings.retry_after_s)})
+        loop = asyncio.get_running_loop()
+        jobs = [_Job(image, loop.create_future()) for image in images]
+        for job in jobs:
+            self.queue.put_nowait(job)
+        self.telemetry.queue.labels(self.name).set(self.queue.qsize())
+        try:
+            return list(await asyncio.gather(*(job.future for job in jobs)))
+        except asyncio.CancelledError:
+            for job in jobs:
+                job.future.cancel()
+            raise
+
+    def _drain(self, batch: list[_Job]) -> None:
+        while len(batch) < self.settings.max_batch and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            self._drain(batch)
+            if len(batch) < self.settings.max_batch and self.settings.max_wait_ms > 0:
+                await asyncio.sleep(self.settings.max_wait_ms / 1000)
+                self._drain(batch)
+            self.telemetry.queue.labels(self.name).set(self.queue.qsize())
+            batch = [job for job in batch if not job.future.done()]  # clients that went away
+            if not batch:
+                continue
+            images = torch.stack([job.image for job in batch])
+            self.telemetry.batch.observe(len(batch))
+            try:
+                results = await loop.run_in_executor(self.executor, self.inspector.inspect, images)
+            except Exception as exc:  # noqa: BLE001 (handed to each waiting request, logged by the app)
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            for job, result in zip(batch, results):
+                if not job.future.done():
+                    job.future.set_result(result)

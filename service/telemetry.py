@@ -1,0 +1,36 @@
+"""Prometheus metrics of one app instance (its own registry: several apps can coexist in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("rpepad_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.latency = Histogram("rpepad_request_seconds", "HTTP request latency by route", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.stage = Histogram("rpepad_stage_seconds", "Per-image time of each pipeline stage", ["stage"],
+                               buckets=LATENCY_BUCKETS, registry=r)
+        self.batch = Histogram("rpepad_batch_size", "Images per model call", buckets=(1, 2, 4, 8, 16, 32), registry=r)
+        self.images = Counter("rpepad_images_inspected", "Images inspected by category and decision",
+                              ["category", "decision"], registry=r)
+        self.errors = Counter("rpepad_errors", "Error responses by status", ["status"], registry=r)
+        self.bundles = Gauge("rpepad_bundles_loaded", "Bundles loaded and served", registry=r)
+        self.refused = Gauge("rpepad_bundles_refused", "Bundles refused at load", registry=r)
+        self.queue = Gauge("rpepad_queue_depth", "Images waiting per category", ["category"], registry=r)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open files
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,232 @@
+"""The inspection service against the real app and the real tiny bundle (no mocks)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.settings import Settings
+
+PROBLEM = "application/problem+json"
+
+
+def _client(bundles: Path, **overrides) -> TestClient:
+    settings = Settings(bundles=bundles, device="cpu", max_wait_ms=20, **overrides)
+    return TestClient(create_app(settings))
+
+
+def _wait_ready(client: TestClient, timeout: float = 120) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
+
+
+@pytest.fixture(scope="module")
+def client(tiny_release: Path):
+    with _client(tiny_release.parent) as c:
+        _wait_ready(c)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def category(tiny_release: Path) -> str:
+    return tiny_release.name
+
+
+def _png(array: np.ndarray, **save) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", **save)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def query_png(tiny_synth: Path) -> bytes:
+    return min((tiny_synth / "test" / "good").glob("*.png")).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def defect_png(tiny_synth: Path) -> bytes:
+    return min(p for p in (tiny_synth / "test").glob("*/*.png") if p.parent.name != "good").read_bytes()
+
+
+def _post(client: TestClient, category: str, data: bytes, media: str = "image/png", name: str = "q.png", **form):
+    return client.post("/inspect", files={"file": (name, data, media)}, data={"category": category, **form})
+
+
+def test_health_ready_categories_openapi(client: TestClient, category: str) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "bundles_loaded": None, "detail": None}
+    assert client.get("/readyz").json()["bundles_loaded"] == 1
+    cats = client.get("/categories").json()
+    (info,) = cats["categories"]
+    assert info["category"] == category and info["image_size"] == [64, 64] and info["gallery_size"] > 8
+    assert info["threshold"] > 0 and info["device"] == "cpu" and info["pose_mode"] == "rpe+refine"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/inspect", "/inspect/batch", "/categories", "/healthz", "/readyz", "/metrics"} <= set(paths)
+
+
+def test_inspect_returns_everything(client: TestClient, category: str, query_png: bytes, defect_png: bytes) -> None:
+    r = client.post(
+        "/inspect", files={"file": ("q.png", query_png, "image/png")},
+        data={"category": category, "include_map": "true", "include_overlay": "true"}, headers={"X-Request-ID": "abc-1"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["request_id"] == "abc-1" == r.headers["x-request-id"]
+    assert body["is_anomalous"] == (body["score"] > body["threshold"])
+    assert (body["normalised_score"] > 0.5) == body["is_anomalous"]
+    assert len(body["pose"]["world_to_camera"]) == 4 and len(body["pose"]["quaternion_wxyz"]) == 4
+    assert len(body["gallery_matches"]) == 3
+    assert {"match", "pose", "refine", "render", "score", "total"} <= set(body["timings_ms"])
+    import base64
+
+    amap = Image.open(io.BytesIO(base64.b64decode(body["anomaly_map_png"])))
+    assert amap.size == (64, 64) and amap.mode == "L"
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png"])))
+    assert overlay.size[0] > 3 * 64
+    # A threshold override changes the decision, not the score.
+    low = _post(client, category, query_png, threshold=str(body["score"] * 0.99)).json()
+    high = _post(client, category, query_png, threshold=str(body["score"] * 1.01)).json()
+    assert low["score"] == pytest.approx(body["score"], rel=1e-5) and low["is_anomalous"] and not high["is_anomalous"]
+    assert low["threshold"] == pytest.approx(body["score"] * 0.99, rel=1e-4)
+
+
+def test_batch(client: TestClient, category: str, query_png: bytes, defect_png: bytes) -> None:
+    files = [("files", ("a.png", query_png, "image/png")), ("files", ("b.png", defect_png, "image/png"))]
+    r = client.post("/inspect/batch", files=files, data={"category": category})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["filename"] for x in body["results"]] == ["a.png", "b.png"]
+    single = _post(client, category, query_png).json()
+    assert body["results"][0]["score"] == pytest.approx(single["score"], rel=1e-4)
+    bad = files + [("files", ("c.txt", b"text", "text/plain"))]
+    r = client.post("/inspect/batch", files=bad, data={"category": category})
+    assert r.status_code == 415 and "c.txt" in r.json()["detail"]
+
+
+def _huge_png() -> bytes:
+    """A valid 1 x 1 PNG whose header claims 100000 x 100000 pixels."""
+    data = bytearray(_png(np.zeros((1, 1, 3), np.uint8)))
+    ihdr = data[8 + 8 : 8 + 8 + 13]
+    ihdr[0:8] = struct.pack(">II", 100_000, 100_000)
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)))
+    return bytes(data)
+
+
+def _jpeg(array: np.ndarray, **save) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", **save)
+    return buf.getvalue()
+
+
+RGB = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+
+BAD_UPLOADS = {
+    "empty": (b"", "image/png", 400),
+    "text as text": (b"hello, world", "text/plain", 415),
+    "text as png": (b"hello, world", "image/png", 400),
+    "truncated png": (_png(RGB)[:300], "image/png", 400),
+    "truncated jpeg": (_jpeg(RGB)[:400], "image/jpeg", 400),
+    "1x1": (_png(np.zeros((1, 1, 3), np.uint8)), "image/png", 422),
+    "huge dimensions in a tiny file": (_huge_png(), "image/png", 413),
+    "wrong aspect ratio": (_png(np.zeros((64, 100, 3), np.uint8)), "image/png", 422),
+    "gif": (b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "image/gif", 415),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_UPLOADS))
+def test_bad_uploads_get_a_problem(client: TestClient, category: str, query_png: bytes, name: str) -> None:
+    data, media, status = BAD_UPLOADS[name]
+    r = _post(client, category, data, media)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == PROBLEM
+    body = r.json()
+    assert body["status"] == status and body["detail"] and body["request_id"] == r.headers["x-request-id"]
+    assert _post(client, category, query_png).status_code == 200  # and the service keeps answering
+
+
+def test_odd_but_valid_images_are_converted(client: TestClient, category: str, query_png: bytes) -> None:
+    rgb = np.asarray(Image.open(io.BytesIO(query_png)).convert("RGB"))
+    base = _post(client, category, query_png).json()["score"]
+    # EXIF orientation 3 (180 degrees) on a rotated copy: the same picture once applied.
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    rotated = _png(np.ascontiguousarray(rgb[::-1, ::-1]), exif=exif.tobytes())
+    assert _post(client, category, rotated).json()["score"] == pytest.approx(base, rel=1e-4)
+    grey16 = (rgb.mean(axis=2) * 257).astype(np.uint16)
+    cmyk = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(cmyk, format="JPEG", quality=95)
+    palette = io.BytesIO()
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(palette, format="PNG")
+    for data, media in ((_png(grey16), "image/png"), (cmyk.getvalue(), "image/jpeg"), (palette.getvalue(), "image/png"),
+                        (_png(np.kron(rgb, np.ones((4, 4, 1), np.uint8))), "application/octet-stream")):
+        r = _post(client, category, data, media)
+        assert r.status_code == 200, r.text
+
+
+def test_field_errors(client: TestClient, category: str, query_png: bytes) -> None:
+    r = client.post("/inspect", data={"category": category})
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM and "file" in r.json()["detail"]
+    r = client.post("/inspect", files={"file": ("q.png", query_png, "image/png")})
+    assert r.status_code == 422 and "category" in r.json()["detail"]
+    r = _post(client, "Nope", query_png)
+    assert r.status_code == 404 and category in r.json()["detail"]
+    for threshold in ("-1", "abc", "nan"):
+        assert _post(client, category, query_png, threshold=threshold).status_code == 422
+
+
+def test_upload_size_limit_and_api_key(tiny_release: Path, category: str, query_png: bytes) -> None:
+    with _client(tiny_release.parent, max_upload_bytes=len(query_png) - 1, api_key="s3cret") as c:
+        _wait_ready(c)
+        assert c.get("/categories").status_code == 401
+        r = _post(c, category, query_png)
+        assert r.status_code == 401 and r.headers["content-type"] == PROBLEM
+        r = c.post("/inspect", files={"file": ("q.png", query_png, "image/png")}, data={"category": category},
+                   headers={"X-API-Key": "wrong"})
+        assert r.status_code == 401
+        r = c.post("/inspect", files={"file": ("q.png", query_png, "image/png")}, data={"category": category},
+                   headers={"X-API-Key": "s3cret"})
+        assert r.status_code == 413 and "bytes" in r.json()["detail"]
+        assert c.get("/healthz").status_code == 200  # operations endpoints stay open
+
+
+def test_not_ready_without_bundles(tmp_path: Path, query_png: bytes) -> None:
+    broken = tmp_path / "bundles" / "Broken"
+    broken.mkdir(parents=True)
+    (broken / "manifest.json").write_text("{")
+    with _client(tmp_path / "bundles") as c:
+        time.sleep(0.5)
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "no valid bundle" in r.json()["detail"] and "retry-after" in r.headers
+        assert _post(c, "Broken", query_png).status_code == 503
+        assert c.get("/healthz").status_code == 200
+
+
+def test_concurrent_requests_are_batched(client: TestClient, category: str, query_png: bytes, defect_png: bytes) -> None:
+    single = {name: _post(client, category, data).json()["score"] for name, data in (("good", query_png), ("bad", defect_png))}
+    jobs = [("good", query_png), ("bad", defect_png)] * 4
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda job: (job[0], _post(client, category, job[1])), jobs))
+    assert all(r.status_code == 200 for _, r in responses)
+    assert len({r.json()["request_id"] for _, r in responses}) == len(jobs)
+    for name, r in responses:  # batching does not change any result
+        assert r.json()["score"] == pytest.approx(single[name], rel=1e-4)
+    metrics = client.get("/metrics").text
+    assert "rpepad_requests_total" in metrics and "rpepad_stage_seconds_bucket" in metrics
+    assert "rpepad_bundles_loaded 1.0" in metrics
+    sizes = [line for line in metrics.splitlines() if line.startswith("rpepad_batch_size_sum")]
+    counts = [line for line in metrics.splitlines() if line.startswith("rpepad_batch_size_count")]
+    # Some model calls carried more than one image.
+    assert float(sizes[0].split()[-1]) > float(counts[0].split()[-1])

@@ -1,0 +1,55 @@
+"""The micro-batcher: a full queue answers 503 at once; gone clients are skipped."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from service.batching import CategoryBatcher
+from service.problems import ServiceError
+from service.settings import Settings
+from service.telemetry import Telemetry
+
+
+class CountingInspector:
+    """Stands in for the model (the real one is exercised in test_app): records batch sizes."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def inspect(self, images: torch.Tensor):
+        self.calls.append(len(images))
+        return [float(im.sum()) for im in images]
+
+
+def test_full_queue_is_refused_with_retry_after() -> None:
+    async def scenario() -> None:
+        settings = Settings(queue_size=2, max_batch=4, retry_after_s=7)
+        batcher = CategoryBatcher("c", CountingInspector(), settings, ThreadPoolExecutor(1), Telemetry())
+        waiting = asyncio.create_task(batcher.submit([torch.zeros(2, 2, 3)] * 2))  # fills the queue (no worker yet)
+        await asyncio.sleep(0)
+        with pytest.raises(ServiceError) as info:
+            await batcher.submit([torch.zeros(2, 2, 3)])
+        assert info.value.status == 503 and info.value.headers["Retry-After"] == "7"
+        batcher.start()
+        assert await waiting == [0.0, 0.0]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_submissions_share_a_model_call() -> None:
+    async def scenario() -> list[int]:
+        model = CountingInspector()
+        batcher = CategoryBatcher("c", model, Settings(max_batch=4, max_wait_ms=30), ThreadPoolExecutor(1), Telemetry())
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit([torch.full((2, 2, 3), float(i))]) for i in range(6)))
+        assert [r[0] for r in results] == [12.0 * i for i in range(6)]  # each caller gets its own result
+        await batcher.stop()
+        return model.calls
+
+    calls = asyncio.run(scenario())
+    assert sum(calls) == 6 and max(calls) == 4 and len(calls) == 2
