@@ -6,7 +6,8 @@
 
 Both with a dynamic batch axis. The check runs ONNX Runtime (CPU here, CUDA where present)
 against PyTorch on random inputs and on real views (``images``), batch sizes 1 and 5, and
-refuses the export when any output differs by more than ``TOLERANCE`` (1e-4).
+refuses the export when any output differs by more than ``TOLERANCE`` (1e-4), relative to
+the output's magnitude where that exceeds 1 (``check_parity``).
 PyTorch's TorchScript-based exporter is used (the dynamo exporter needs onnxscript); its
 deprecation warning is silenced here on purpose.
 """
@@ -64,7 +65,10 @@ def export_irprn(net: IRPRN, out_dir: Path, suffix: str = "") -> tuple[Path, Pat
 def check_parity(net: IRPRN, enc_path: Path, head_path: Path, images: torch.Tensor | None = None,
                  device: str = "auto") -> dict:
     """Max |ONNX Runtime - PyTorch| per output on random and real inputs; raises ExportError
-    above ``TOLERANCE``."""
+    when any difference, scaled by its output's magnitude (``max(1, max |PyTorch|)``: the
+    encoder's activations reach tens, where float32 sums in another order differ by more
+    than 1e-4 absolute), is above ``TOLERANCE``. The pose outputs are below 1 in size, so
+    for them the check is absolute."""
     net = net.eval()
     size = net.cfg.input_size
     enc, head = rt.session(enc_path, device), rt.session(head_path, device)
@@ -73,19 +77,26 @@ def check_parity(net: IRPRN, enc_path: Path, head_path: Path, images: torch.Tens
     if images is not None and len(images):
         inputs["real"] = to_input(images[:5], size)
     diffs: dict[str, float] = {}
+    scaled: dict[str, float] = {}
+
+    def compare(key: str, onnx_out: np.ndarray, torch_out: torch.Tensor) -> None:
+        ref = torch_out.numpy()
+        diffs[key] = float(np.abs(onnx_out - ref).max())
+        scaled[key] = diffs[key] / max(1.0, float(np.abs(ref).max()))
+
     for name, x in inputs.items():
         f_torch = net.encoder(x)
-        f_onnx = rt.run(enc, images=x.numpy())[0]
-        diffs[f"{name}/features"] = float(np.abs(f_onnx - f_torch.numpy()).max())
+        compare(f"{name}/features", rt.run(enc, images=x.numpy())[0], f_torch)
         g = f_torch.roll(1, dims=0)
         q_t, t_t = net.head(f_torch, g)
         q_o, t_o = rt.run(head, query=f_torch.numpy(), gallery=g.numpy())
-        diffs[f"{name}/q"] = float(np.abs(q_o - q_t.numpy()).max())
-        diffs[f"{name}/t"] = float(np.abs(t_o - t_t.numpy()).max())
-    worst = max(diffs.values())
-    result = {"max_abs_diff": worst, "per_output": diffs, "providers": enc.get_providers(), "tolerance": TOLERANCE}
+        compare(f"{name}/q", q_o, q_t)
+        compare(f"{name}/t", t_o, t_t)
+    worst = max(scaled.values())
+    result = {"max_abs_diff": max(diffs.values()), "max_scaled_diff": worst, "per_output": diffs,
+              "providers": enc.get_providers(), "tolerance": TOLERANCE}
     if not worst <= TOLERANCE:
-        raise ExportError(f"ONNX Runtime and PyTorch differ by {worst:.3g} > {TOLERANCE}: {json.dumps(diffs)}")
+        raise ExportError(f"ONNX Runtime and PyTorch differ by {worst:.3g} (scaled) > {TOLERANCE}: {json.dumps(diffs)}")
     return result
 
 
