@@ -15,8 +15,9 @@ Layout of ``BUNDLES_DIR/<category>/`` (paths in ``FILES``):
 - ``reports/*``: what training measured (JSON, PNG), for people.
 
 ``assemble`` writes a bundle into a temporary sibling directory and renames it into place,
-so a crash never leaves a half bundle under the category's name (a reader sees the old
-bundle or the new one). ``open_bundle`` checks the manifest's schema version, that it
+so a crash never leaves a half bundle under the category's name: a reader sees the old
+bundle, the new one, or (for the instant between two renames, or after a crash exactly
+there) none, never a mixture. ``open_bundle`` checks the manifest's schema version, that it
 is valid, that every listed file exists with its size and sha256, and refuses the bundle
 with ``BundleError`` naming the problem otherwise. Nothing here uses pickle.
 """
@@ -229,6 +230,11 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
     if target.exists():
         old = target.with_name(f".old-{target.name}-{uuid.uuid4().hex[:8]}")
         target.rename(old)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)  # put the previous bundle back
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -37,7 +37,13 @@ from models.calibration import Calibration
 from models.camera import rotmat_to_quat
 from models.gallery import Gallery
 from models.pose import PoseEstimator
-from models.refine import RefineConfig, ecc_align, gallery_pnp_refine, photometric_refine, pnp_refine
+from models.refine import (
+    RefineConfig,
+    ecc_align,
+    gallery_pnp_refine,
+    photometric_refine,
+    pnp_refine,
+)
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene, render
 from models.viz import side_by_side
@@ -378,8 +384,8 @@ def load_bundles(bundles_dir: Path, config: InspectorConfig | None = None, devic
     for path in find_bundles(bundles_dir):
         try:
             loaded[path.name] = Inspector.load(path, config, device)
-        except (BundleError, OSError, ValueError, RuntimeError) as exc:
-            refused[path.name] = str(exc)
+        except Exception as exc:  # noqa: BLE001 (any failure refuses this bundle only, with its reason)
+            refused[path.name] = str(exc) if isinstance(exc, BundleError) else f"{path}: {type(exc).__name__}: {exc}"
             if on_error is not None:
                 on_error(path, str(exc))
     return loaded, refused

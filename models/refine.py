@@ -39,7 +39,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.camera import camera_center, make_pose, rotation_angle, scale_intrinsics, so3_exp
+from models.camera import (
+    camera_center,
+    make_pose,
+    rotation_angle,
+    scale_intrinsics,
+    so3_exp,
+)
 from models.images import to_uint8
 from models.splat.scene import GaussianScene, render
 

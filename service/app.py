@@ -16,9 +16,9 @@ import re
 import secrets
 import time
 import uuid
-from importlib.metadata import PackageNotFoundError, version
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
 import numpy as np
@@ -141,7 +141,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         given = request.headers.get("x-request-id", "")
         request.state.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
         start = time.perf_counter()
-        response = await call_next(request)
+        limit = settings.max_files_per_batch * settings.max_upload_bytes + (1 << 20)  # + form fields
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:  # before Starlette parses (and spools) the body
+            response = problems.problem(413, f"request body of {declared} bytes is over {limit}", request)
+        else:
+            try:
+                response = await call_next(request)
+            except Exception:  # our bug: still a problem+json with the request id, and counted
+                log.exception("unexpected error on %s", request.url.path)
+                response = problems.problem(500, "internal error (logged with this request id)", request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         svc: State | None = getattr(request.app.state, "svc", None)
@@ -182,11 +191,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         check_media_type(upload)
         data = await read_limited(upload, state.settings.max_upload_bytes)
         name = upload.filename or "upload"
-        image = await run_in_threadpool(decode, data, name, state.settings, inspector.scene.background)
-        try:
-            return inspector.prepare(image)
-        except InspectionError as exc:
-            raise ServiceError(422, f"{name}: {exc}") from exc
+        def decode_and_prepare():
+            image = decode(data, name, state.settings, inspector.scene.background)
+            try:
+                return inspector.prepare(image)
+            except InspectionError as exc:
+                raise ServiceError(422, f"{name}: {exc}") from exc
+
+        return await run_in_threadpool(decode_and_prepare)  # off the event loop: decoding and resizing
 
     def _check_threshold(inspector: Inspector, threshold: float | None) -> None:
         if threshold is None:

@@ -84,11 +84,13 @@ class CategoryBatcher:
             batch = [job for job in batch if not job.future.done()]  # clients that went away
             if not batch:
                 continue
-            images = torch.stack([job.image for job in batch])
             self.telemetry.batch.observe(len(batch))
             try:
+                images = torch.stack([job.image for job in batch])
                 results = await loop.run_in_executor(self.executor, self.inspector.inspect, images)
-            except Exception as exc:  # noqa: BLE001 (handed to each waiting request, logged by the app)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{len(results)} results for {len(batch)} images")
+            except Exception as exc:  # noqa: BLE001 (handed to each waiting request; the worker lives on)
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(exc)

@@ -22,7 +22,7 @@ from models.images import Background, to_rgb_float
 from service.problems import ServiceError
 from service.settings import Settings
 
-FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "TIFF"}
+FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF"}  # MPO: phone JPEGs (first frame)
 MEDIA_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/bmp", "image/tiff", "image/x-ms-bmp",
                "application/octet-stream", ""}
 CHUNK = 1 << 16

@@ -23,7 +23,7 @@ from models.hashing import sha256_file
 from models.inspector import InspectorConfig
 from models.irprn import SPECS
 from models.splat.scene import GaussianScene
-from training.export import OPSET
+from training.export import OPSET, graphs_current
 
 REPORTS = ("splats.json", "calibration.json", "rvss.json", "irprn.json", "gallery.json", "onnx.json",
            "splats_sheet.png", "calibration_hist.png", "rvss_sheet.png", "irprn_curve.png")
@@ -41,9 +41,8 @@ def _sources(work: Path) -> dict[str, Path]:
     missing = [rel for rel in FILES.values() if not (work / rel).is_file()]
     if missing:
         raise FileNotFoundError(f"{work}: cannot assemble a bundle, missing {missing}: run the earlier stages")
-    onnx_key = work / "irprn" / "onnx.json"
     weights = work / "irprn" / "weights.safetensors"
-    if not onnx_key.is_file() or json.loads(onnx_key.read_text()).get("weights_sha256") != sha256_file(weights):
+    if not graphs_current(work / "irprn"):
         raise ValueError(f"{work}: the ONNX graphs were not exported from the current IRPRN weights: run the onnx stage")
     gallery_key = json.loads((work / "reports" / "gallery.json").read_text()).get("key", {})
     if gallery_key.get("weights_sha256") not in (None, sha256_file(weights)):

@@ -106,7 +106,7 @@ def _graph_key(irprn_dir: Path) -> dict:
             "pair_head_sha256": sha256_file(irprn_dir / "pair_head.onnx")}
 
 
-def _graphs_current(irprn_dir: Path) -> bool:
+def graphs_current(irprn_dir: Path) -> bool:
     """True when both graphs exist and ``onnx.json`` ties them to the current weights."""
     try:
         saved = json.loads((irprn_dir / "onnx.json").read_text())
@@ -122,7 +122,7 @@ def run_onnx_stage(category, out_dir: Path, progress: bool = True) -> dict:
     if not (irprn_dir / "weights.safetensors").is_file():
         raise FileNotFoundError(f"{irprn_dir / 'weights.safetensors'} is missing: run the irprn stage first")
     previous = out_dir / "reports" / "onnx.json"
-    if previous.is_file() and _graphs_current(irprn_dir):
+    if previous.is_file() and graphs_current(irprn_dir):
         return {**json.loads(previous.read_text()), "skipped": True}
     net, _ = load_irprn(irprn_dir)
     # Export next to the weights under temporary names; only graphs that pass the parity

@@ -25,7 +25,12 @@ from models.features import FeatureExtractor
 from models.metrics import auroc, pixel_auroc
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene
-from training.evaluate import image_labels_and_masks, render_references, resize_maps
+from training.evaluate import (
+    image_labels_and_masks,
+    image_size,
+    render_references,
+    resize_maps,
+)
 
 SHIFTS_PX = (0, 1, 2, 4, 8)
 ROTATIONS_DEG = (1, 2)
@@ -50,7 +55,7 @@ def sensitivity(bundle_dir: Path, category_dir: Path, size: int | None = None, s
     """Image/pixel AUROC per (mode, misalignment); see the module docstring."""
     scene = GaussianScene.load(bundle_dir / "splats" / "scene.safetensors")
     if size is None:
-        size = json.loads((bundle_dir / "splats" / "config.json").read_text()).get("image_size")
+        size = image_size(bundle_dir)  # a bundle's manifest or a training folder's splats config
     category = load_category(category_dir, size=size)
     queries = [q for q in category.test if q.w2c is not None]
     if len(queries) < len(category.test) or not queries:

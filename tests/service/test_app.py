@@ -199,6 +199,11 @@ def test_upload_size_limit_and_api_key(tiny_release: Path, category: str, query_
         r = c.post("/inspect", files={"file": ("q.png", query_png, "image/png")}, data={"category": category},
                    headers={"X-API-Key": "s3cret"})
         assert r.status_code == 413 and "bytes" in r.json()["detail"]
+        # A body larger than any batch could be is refused from its Content-Length, unparsed.
+        big = b"\0" * (16 * len(query_png) + (2 << 20))
+        r = c.post("/inspect", files={"file": ("big.png", big, "image/png")}, data={"category": category},
+                   headers={"X-API-Key": "s3cret"})
+        assert r.status_code == 413 and "request body" in r.json()["detail"] and r.headers["x-request-id"]
         assert c.get("/healthz").status_code == 200  # operations endpoints stay open
 
 

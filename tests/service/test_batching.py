@@ -53,3 +53,23 @@ def test_concurrent_submissions_share_a_model_call() -> None:
 
     calls = asyncio.run(scenario())
     assert sum(calls) == 6 and max(calls) == 4 and len(calls) == 2
+
+
+class FlakyInspector(CountingInspector):
+    """Fails its first call (a wrong number of results), then works."""
+
+    def inspect(self, images: torch.Tensor):
+        out = super().inspect(images)
+        return out[:-1] if len(self.calls) == 1 else out
+
+
+def test_a_failed_batch_fails_its_requests_and_the_worker_lives_on() -> None:
+    async def scenario() -> None:
+        batcher = CategoryBatcher("c", FlakyInspector(), Settings(max_wait_ms=0), ThreadPoolExecutor(1), Telemetry())
+        batcher.start()
+        with pytest.raises(RuntimeError, match="results for"):
+            await batcher.submit([torch.ones(2, 2, 3)])
+        assert await asyncio.wait_for(batcher.submit([torch.ones(2, 2, 3)]), timeout=10) == [12.0]
+        await batcher.stop()
+
+    asyncio.run(scenario())

@@ -44,3 +44,11 @@ def test_sensitivity_cli(tiny_bundle: Path, tiny_synth: Path, tmp_path: Path, ca
     # 4 px at 64 px is a large misalignment: normal views must score higher.
     assert shifted["good_score_median"] > 1.2 * aligned["good_score_median"]
     assert "| 4 px shift |" in capsys.readouterr().out
+
+
+def test_sensitivity_reads_a_bundle(tiny_release: Path, tiny_synth: Path) -> None:
+    """A bundle has no splats/config.json: the image size comes from its manifest."""
+    from training.sensitivity import sensitivity
+
+    result = sensitivity(tiny_release, tiny_synth, shifts=[0], rotations=[], tolerances=[1], progress=False)
+    assert result["image_size"] == [64, 64]
