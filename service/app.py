@@ -18,7 +18,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
 import numpy as np
@@ -35,6 +34,7 @@ from models.inspector import (
     load_bundles,
 )
 from models.refine import RefineConfig
+from models.version import package_version
 from service import problems
 from service.batching import CategoryBatcher
 from service.problems import ServiceError
@@ -130,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await batcher.stop()
         state.executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="RPE-PAD inspection service", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="RPE-PAD inspection service", version=package_version(), lifespan=lifespan,
                   description="Pose-agnostic anomaly detection: upload a photo of an object from any viewpoint; "
                               "the service finds its pose, renders the normal object there and compares.")
     app.state.log = log
@@ -274,13 +274,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return BatchOut(request_id=request.state.request_id, category=category, results=outs)
 
     return app
-
-
-def _version() -> str:
-    try:
-        return version("rpe-pad")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _png_b64(image: Image.Image) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from models.bundle import FILES, BundleError, assemble, open_bundle, write_views_png
@@ -23,17 +22,11 @@ from models.hashing import sha256_file
 from models.inspector import InspectorConfig
 from models.irprn import SPECS
 from models.splat.scene import GaussianScene
+from models.version import package_version
 from training.export import OPSET, graphs_current
 
 REPORTS = ("splats.json", "calibration.json", "rvss.json", "irprn.json", "gallery.json", "onnx.json",
            "splats_sheet.png", "calibration_hist.png", "rvss_sheet.png", "irprn_curve.png")
-
-
-def software_version() -> str:
-    try:
-        return f"rpe-pad {version('rpe-pad')}"
-    except PackageNotFoundError:
-        return "rpe-pad (not installed)"
 
 
 def _sources(work: Path) -> dict[str, Path]:
@@ -68,7 +61,7 @@ def manifest_fields(category: Category, work: Path, preset: str, calib_cfg) -> d
     splats_cfg = json.loads((work / "splats" / "config.json").read_text())
     rvss_cfg = json.loads((work / "rvss" / "config.json").read_text()) if (work / "rvss" / "config.json").is_file() else None
     return {
-        "software": software_version(),
+        "software": f"rpe-pad {package_version()}",
         "camera": {"width": category.width, "height": category.height, "K": category.K.tolist(),
                    "camera_angle_x": category.camera_angle_x, "background": tuple(category.background)},
         "scene": {"normalization": scene.normalization, "scene_unit": irprn["scene_unit"],
