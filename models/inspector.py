@@ -108,12 +108,7 @@ class Inspection:
         raises ``InspectionError`` for a threshold the calibration cannot use."""
         if threshold is None:
             return self
-        if self.calibration is None:
-            raise InspectionError("a threshold override needs a calibrated bundle")
-        try:
-            t = self.calibration.resolve(threshold)
-        except ValueError as exc:
-            raise InspectionError(str(exc)) from exc
+        t = resolve_threshold(self.calibration, threshold)
         return replace(self, threshold=t, is_anomalous=bool(self.score > t),
                        normalised_score=float(self.calibration.normalise(self.score, t)))
 
@@ -138,6 +133,16 @@ class Inspection:
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
             "refine": self.refine,
         }
+
+
+def resolve_threshold(calibration: Calibration | None, threshold: float) -> float:
+    """A caller's threshold override, checked against the calibration (InspectionError if unusable)."""
+    if calibration is None:
+        raise InspectionError("a threshold override needs a calibrated bundle")
+    try:
+        return calibration.resolve(threshold)
+    except ValueError as exc:
+        raise InspectionError(str(exc)) from exc
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -242,12 +247,7 @@ class Inspector:
         if images.ndim != 4 or images.shape[1:] != (self.height, self.width, 3):
             raise InspectionError(f"expected images [B, {self.height}, {self.width}, 3], got {tuple(images.shape)}")
         if threshold is not None:
-            if self.calibration is None:
-                raise InspectionError("a threshold override needs a calibrated bundle")
-            try:
-                self.calibration.resolve(threshold)
-            except ValueError as exc:
-                raise InspectionError(str(exc)) from exc
+            resolve_threshold(self.calibration, threshold)  # fail before any work
         cfg = self.config
         b = len(images)
         images = images.float().cpu()

@@ -32,6 +32,7 @@ from models.inspector import (
     Inspector,
     InspectorConfig,
     load_bundles,
+    resolve_threshold,
 )
 from models.refine import RefineConfig
 from models.version import package_version
@@ -204,8 +205,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if threshold is None:
             return
         try:
-            inspector.calibration.resolve(threshold)
-        except (ValueError, AttributeError) as exc:
+            resolve_threshold(inspector.calibration, threshold)
+        except InspectionError as exc:
             raise ServiceError(422, f"threshold: {exc}") from exc
 
     async def _run(state: State, category: str, images: list) -> list[Inspection]:
