@@ -13,6 +13,8 @@ Pose modes (``POSE_MODES``, pluggable through ``InspectorConfig.pose``):
   (``models.refine``);
 - ``rpe``: IRPRN's fused pose, no refinement;
 - ``retrieval``: the best-matching gallery view's pose;
+- ``iterative``: the peers' per-query render-and-compare (SplatPose / iNeRF style) from
+  the retrieval pose (``models.refine.iterative_refine``): the slow baseline;
 - ``oracle``: the true pose, given by the caller (evaluation upper bound).
 
 Conventions: images ``[B, H, W, 3]`` RGB float in [0, 1] at the bundle's size
@@ -38,9 +40,11 @@ from models.camera import rotmat_to_quat
 from models.gallery import Gallery
 from models.pose import PoseEstimator
 from models.refine import (
+    IterativeConfig,
     RefineConfig,
     ecc_align,
     gallery_pnp_refine,
+    iterative_refine,
     photometric_refine,
     pnp_refine,
 )
@@ -49,7 +53,7 @@ from models.splat.scene import GaussianScene, render
 from models.viz import side_by_side
 
 Tensor = torch.Tensor
-POSE_MODES = ("oracle", "retrieval", "rpe", "rpe+refine")
+POSE_MODES = ("oracle", "retrieval", "iterative", "rpe", "rpe+refine")
 DEFAULT_POSE = "rpe+refine"
 ASPECT_TOLERANCE = 0.02  # relative difference of width/height accepted when resizing a query
 
@@ -62,6 +66,7 @@ class InspectionError(ValueError):
 class InspectorConfig:
     pose: str = DEFAULT_POSE  # how query poses are found: one of POSE_MODES
     refine: RefineConfig = field(default_factory=RefineConfig)  # the refiners for rpe+refine
+    iterative: IterativeConfig = field(default_factory=IterativeConfig)  # the peers' optimisation (iterative)
     fusion: str = "mean"  # how IRPRN's K poses are fused (models/pose.py)
     k: int = 3  # gallery matches per query
     backend: str = "auto"  # IRPRN runtime: auto (ONNX when exported) | onnx | torch (work folders only)
@@ -73,6 +78,7 @@ class InspectorConfig:
 
     def to_dict(self) -> dict:
         return {"pose": self.pose, "refine": self.refine.__dict__ if self.pose == "rpe+refine" else None,
+                "iterative": self.iterative.__dict__ if self.pose == "iterative" else None,
                 "fusion": self.fusion, "k": self.k, "backend": self.backend, "tolerance": self.tolerance}
 
 
@@ -261,9 +267,14 @@ class Inspector:
                 raise InspectionError("pose mode 'oracle' needs the true poses [B, 4, 4]")
             poses = true_poses.double().cpu()
         else:
-            result = self.estimator.estimate(images, mode="rpe" if cfg.pose == "rpe+refine" else cfg.pose, Ks=Ks)
+            mode = {"rpe+refine": "rpe", "iterative": "retrieval"}.get(cfg.pose, cfg.pose)
+            result = self.estimator.estimate(images, mode=mode, Ks=Ks)
             poses, ids, sims = result.poses, result.gallery_ids, result.similarities
             timings.update(result.timings_ms)
+        if cfg.pose == "iterative":
+            t0 = time.perf_counter()
+            poses = iterative_refine(self.scene, images, poses, Ks, cfg.iterative)
+            timings["optimise"] = 1000 * (time.perf_counter() - t0)
         refine_ms = 0.0
         rcfg = cfg.refine
         refining = cfg.pose == "rpe+refine" and rcfg.method != "none"

@@ -48,6 +48,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.refine import IterativeConfig
     from training.evaluate import evaluate
 
     if args.out is not None:
@@ -58,7 +59,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         out = args.bundle_dir / "reports" / f"evaluate_{args.pose}"
     metrics = evaluate(args.bundle_dir, args.category_dir, pose=args.pose, out_dir=out, tolerance=args.tolerance,
                        fusion=args.fusion, backend=args.backend, k=args.k, refine=args.refine,
-                       refine_rounds=args.refine_rounds, photometric=args.photometric)
+                       refine_rounds=args.refine_rounds, photometric=args.photometric,
+                       iterative=IterativeConfig(steps=args.iterative_steps), progress=True)
     print(json.dumps({k: v for k, v in metrics.items() if k != "per_query_reproj_px"}, indent=2))
     print(f"report: {out}")
     return 0
@@ -154,6 +156,31 @@ def _cmd_bench_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablation(args: argparse.Namespace) -> int:
+    from training.ablation import ablation_table, run_ablation
+
+    out = args.out or (args.bundles / "reports" / "ablation")
+    result = run_ablation(args.category_dir, args.bundles, out, preset=args.preset, variants=args.variants,
+                          poses=tuple(args.poses), progress=not args.quiet, epochs=args.irprn_epochs)
+    print(ablation_table(result))
+    print(f"report: {out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from training.benchmarks import bench_markdown, bench_pipeline, write_bench
+
+    out = args.out or Path("benchmarks") / args.bundle_dir.name
+    devices = None if args.device == "all" else [args.device]
+    result = bench_pipeline(args.bundle_dir, args.category_dir, modes=tuple(args.modes),
+                            batch_sizes=tuple(args.batch_sizes), iterative_queries=args.iterative_queries,
+                            iterative_steps=args.iterative_steps, devices=devices, progress=not args.quiet)
+    write_bench(result, out)
+    print(bench_markdown(result))
+    print(f"report: {out} (bench.json, bench.md, bench.png)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from training.demo import run_demo
 
@@ -198,9 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score every test view of a category and report the metrics")
     p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> (or a training folder BUNDLES_DIR/.work/<category>)")
     p.add_argument("category_dir", type=Path)
-    p.add_argument("--pose", default="rpe+refine", choices=["oracle", "retrieval", "rpe", "rpe+refine"],
+    p.add_argument("--pose", default="rpe+refine",
+                   choices=["oracle", "retrieval", "iterative", "rpe", "rpe+refine", "patchcore"],
                    help="how query poses are obtained: IRPRN's then refined (default), IRPRN's, the best gallery "
-                        "view's, the true pose")
+                        "view's, the peers' per-query optimisation from it (iterative, slow), the true pose; or "
+                        "patchcore, the 2D baseline that ignores pose")
+    p.add_argument("--iterative-steps", type=_positive_int, default=175,
+                   help="Adam steps of --pose iterative (default 175, the peers')")
     p.add_argument("--refine", default="pnp+ecc", choices=["pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc", "none"],
                    help="refinement after IRPRN for --pose rpe+refine (default pnp+ecc)")
     p.add_argument("--refine-rounds", type=_positive_int, default=2,
@@ -268,6 +299,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="all", choices=["all", "cpu", "cuda"])
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     p.set_defaults(func=_cmd_bench_render)
+
+    p = sub.add_parser("bench", help="per-stage latency and throughput of the inspection pipeline, and the speed-up "
+                                     "over the peers' iterative pose optimisation")
+    p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> (verified before use)")
+    p.add_argument("category_dir", type=Path, help="the category whose test views are the queries")
+    p.add_argument("--modes", nargs="+", default=["rpe", "rpe+refine"], choices=["retrieval", "rpe", "rpe+refine"],
+                   help="pose modes to time at every batch size (default rpe rpe+refine)")
+    p.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--iterative-queries", type=_non_negative_int, default=2,
+                   help="queries timed in the peers' iterative mode (0 = skip; minutes each on a CPU; default 2)")
+    p.add_argument("--iterative-steps", type=_positive_int, default=175, help="default 175, the peers'")
+    p.add_argument("--device", default="all", choices=["all", "cpu", "cuda"], help="default: CPU, and CUDA when present")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default ./benchmarks/<category>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("ablation", help="the paper's ablation (RVSS, IRPRN refinement, MPTS on and off) on a category")
+    p.add_argument("category_dir", type=Path, help="the category rpe-pad train was run on")
+    p.add_argument("bundles", type=Path, help="the bundles folder of that run (its .work/<category> splats and calibration are reused)")
+    p.add_argument("--preset", default="cpu", choices=["demo", "cpu", "paper"], help="training preset (default cpu)")
+    p.add_argument("--variants", nargs="+", default=None,
+                   choices=["none", "rvss", "rvss_irprn", "rvss_mpts", "all"], help="default: all five")
+    p.add_argument("--poses", nargs="+", default=["rpe"], choices=["retrieval", "rpe", "rpe+refine"],
+                   help="pose modes to evaluate each variant in (default rpe)")
+    p.add_argument("--irprn-epochs", type=_positive_int, default=None, help="IRPRN epochs (default: the preset's)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLES/reports/ablation)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_ablation)
 
     p = sub.add_parser("demo", help="run the pipeline on an embedded synthetic category")
     p.add_argument("--out", default="demo_out", help="working folder (default demo_out)")

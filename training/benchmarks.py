@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -14,9 +15,19 @@ from models import camera
 from models.splat.scene import GaussianScene, render
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     info = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -81,3 +92,141 @@ def bench_render(
 
 def load_or_random(scene_path: Path | None, gaussians: int) -> GaussianScene:
     return GaussianScene.load(scene_path) if scene_path else random_scene(gaussians)
+
+
+# ------------------------------------------------------------------ rpe-pad bench
+STAGES = ("match", "pose", "optimise", "refine", "render", "score")  # as Inspector.inspect times them
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def _queries(category_dir: Path, width: int, n: int) -> torch.Tensor:
+    """``n`` query images ``[n, H, W, 3]``: the category's test views, repeated cyclically."""
+    from models.data import load_category
+
+    category = load_category(category_dir, size=width)
+    if not category.test:
+        raise ValueError(f"{category_dir}: no test views to benchmark with")
+    images = torch.stack([q.image for q in category.test])
+    return images[torch.arange(n) % len(images)]
+
+
+def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] = ("rpe", "rpe+refine"),
+                   batch_sizes: tuple[int, ...] = BATCH_SIZES, iterative_queries: int = 2,
+                   iterative_steps: int = 175, devices: list[str] | None = None, progress: bool = True) -> dict:
+    """Per-stage latency and throughput of the one inspection pipeline on a bundle.
+
+    For each device (CPU, and CUDA when present) and each pose mode in ``modes``: one
+    warm-up batch, then one batch of each size in ``batch_sizes`` (test views repeated
+    cyclically); per-query stage times are the batch's stage times over its size
+    (``Inspection.timings_ms``); throughput is queries per second of wall time. Then the
+    peers' ``iterative`` mode on ``iterative_queries`` queries, one at a time (its cost
+    does not change with batching), and the speed ratios ``iterative / mode`` of the
+    per-query time (pose + render + score, at batch size 1)."""
+    from tqdm.auto import tqdm
+
+    from models.inspector import Inspector, InspectorConfig
+    from models.refine import IterativeConfig
+
+    devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    result = {"bundle": str(bundle_dir), "category_dir": str(category_dir), "machine": machine(),
+              "batch_sizes": list(batch_sizes), "devices": {}}
+    for device in devices:
+        per_device: dict = {"modes": {}}
+        images = None
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        for mode in modes:
+            inspector = Inspector.load(bundle_dir, InspectorConfig(pose=mode), device=device)
+            if images is None:
+                images = _queries(category_dir, inspector.width, max(batch_sizes))
+            inspector.inspect(images[:1])  # warm-up (ONNX session, CUDA kernels, caches)
+            rows = []
+            for b in tqdm(batch_sizes, desc=f"bench {device} {mode}", disable=not progress):
+                sync()
+                start = time.perf_counter()
+                out = inspector.inspect(images[:b])
+                sync()
+                wall = time.perf_counter() - start
+                stages = {k: round(v, 2) for k, v in out[0].timings_ms.items()}
+                rows.append({"batch": b, "per_query_ms": stages, "throughput_qps": round(b / wall, 3),
+                             "wall_s": round(wall, 3)})
+            per_device["modes"][mode] = rows
+        if iterative_queries > 0:
+            inspector = Inspector.load(bundle_dir, InspectorConfig(pose="iterative",
+                                                                   iterative=IterativeConfig(steps=iterative_steps)),
+                                       device=device)
+            times = []
+            for i in tqdm(range(iterative_queries), desc=f"bench {device} iterative", disable=not progress):
+                out = inspector.inspect(images[i : i + 1])
+                times.append(out[0].timings_ms)
+            per_device["iterative"] = {"queries": iterative_queries, "steps": iterative_steps,
+                                       "per_query_ms": {k: round(statistics.median(t[k] for t in times), 1)
+                                                        for k in times[0]}}
+            it_total = per_device["iterative"]["per_query_ms"]["total"]
+            per_device["speedup_vs_iterative"] = {
+                mode: round(it_total / rows[0]["per_query_ms"]["total"], 1)
+                for mode, rows in per_device["modes"].items() if rows and rows[0]["batch"] == 1}
+        result["devices"][device] = per_device
+    return result
+
+
+def bench_markdown(result: dict) -> str:
+    """Tables: per-query stage times and throughput by batch size; the iterative ratios."""
+    m = result["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
+             + (f", {m['cuda_device']}" if "cuda_device" in m else "") + "."]
+    for device, d in result["devices"].items():
+        for mode, rows in d["modes"].items():
+            keys = [k for k in STAGES if k in rows[0]["per_query_ms"]]
+            lines += ["", f"**{device}, pose mode `{mode}`** (ms per query; throughput in queries/s)", "",
+                      "| batch | " + " | ".join(keys) + " | total | throughput |",
+                      "|---:|" + "---:|" * (len(keys) + 2)]
+            for r in rows:
+                t = r["per_query_ms"]
+                lines.append(f"| {r['batch']} | " + " | ".join(f"{t[k]:.1f}" for k in keys)
+                             + f" | {t['total']:.1f} | {r['throughput_qps']:.2f} |")
+        if "iterative" in d:
+            it = d["iterative"]
+            lines += ["", f"**{device}, `iterative`** ({it['steps']} steps, median of {it['queries']} queries): "
+                      f"{it['per_query_ms']['total'] / 1000:.1f} s per query; "
+                      + ", ".join(f"`{mode}` is {r}x faster" for mode, r in d["speedup_vs_iterative"].items())
+                      + " (per-query time at batch size 1)."]
+    return "\n".join(lines)
+
+
+def bench_plot(result: dict, path: Path) -> None:
+    """Per-query stage times (stacked bars) and throughput against batch size, per device and mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(dev, mode, rows) for dev, d in result["devices"].items() for mode, rows in d["modes"].items()]
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 7), squeeze=False)
+    for col, (dev, mode, rows) in enumerate(panels):
+        ax = axes[0, col]
+        xs = [str(r["batch"]) for r in rows]
+        bottom = [0.0] * len(rows)
+        for stage in STAGES:
+            vals = [r["per_query_ms"].get(stage, 0.0) for r in rows]
+            if any(vals):
+                ax.bar(xs, vals, bottom=bottom, label=stage)
+                bottom = [b + v for b, v in zip(bottom, vals)]
+        ax.set_title(f"{dev}: {mode}")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("ms per query")
+        ax.legend(fontsize=8)
+        ax = axes[1, col]
+        ax.plot(xs, [r["throughput_qps"] for r in rows], marker="o")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("queries / s")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_bench(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "bench.md").write_text(bench_markdown(result) + "\n")
+    bench_plot(result, out / "bench.png")

@@ -1,9 +1,11 @@
-"""`rpe-pad evaluate BUNDLE_DIR CATEGORY_DIR --pose rpe|retrieval|oracle`: score every test view.
+"""`rpe-pad evaluate BUNDLE_DIR CATEGORY_DIR --pose MODE`: score every test view.
 
-Pose modes: ``rpe`` (default: IRPRN from the gallery matches), ``retrieval`` (the best
-gallery view's pose), ``oracle`` (the true pose from ``test/transforms.json``: the upper
-bound, and the check that the Gaussian model and the scorer are good enough). With true
-poses available, the pose errors are reported too (``pose_report``). Metrics follow the peers' protocol: maps and masks at 224 x 224 (masks
+Modes: the Inspector's pose modes (``models.inspector.POSE_MODES``: ``rpe+refine`` the
+default, ``rpe``, ``retrieval``, ``iterative`` the peers' per-query optimisation,
+``oracle`` the true pose from ``test/transforms.json``: the upper bound, and the check
+that the Gaussian model and the scorer are good enough), all through the one inspection
+pipeline; and ``patchcore``, the 2D baseline that ignores pose (``models.patchcore``).
+With true poses available, the pose errors are reported too (``pose_report``). Metrics follow the peers' protocol: maps and masks at 224 x 224 (masks
 nearest-resized), image AUROC over (label != good, max of the map), pixel AUROC, AUPRO up
 to FPR 0.3, F1-max, and image AUROC per defect type (that type against the good views).
 """
@@ -11,11 +13,13 @@ to FPR 0.3, F1-max, and image AUROC per defect type (that type against the good 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from models.bundle import read_manifest
 from models.calibration import Calibration
@@ -27,11 +31,16 @@ from models.inspector import (
     Inspection,
     Inspector,
     InspectorConfig,
+    resolve_device,
 )
 from models.metrics import aupro, auroc, f1_max, pixel_auroc
-from models.refine import RefineConfig
+from models.patchcore import PatchCore, PatchCoreConfig
+from models.refine import IterativeConfig, RefineConfig
 from models.splat.scene import GaussianScene, render
 from models.viz import Cell, anomaly_overlay, contact_sheet, heat, mask_overlay
+
+BASELINE_2D = "patchcore"  # the 2D baseline that ignores pose
+EVAL_MODES = (*POSE_MODES, BASELINE_2D)
 
 
 def decision_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
@@ -99,6 +108,61 @@ def pose_report(estimated: torch.Tensor, true: torch.Tensor, K: torch.Tensor, wi
     }
 
 
+def _labels(queries) -> np.ndarray:
+    return np.array([q.label != GOOD for q in queries])
+
+
+def detection_metrics(category, queries, maps: torch.Tensor, scores: np.ndarray, eval_size: int) -> dict:
+    """The peers' protocol on maps ``[V, H, W]`` and image scores ``[V]``: image AUROC,
+    pixel AUROC and AUPRO at ``eval_size``, F1-max, image AUROC per defect type."""
+    maps224 = resize_maps(maps, eval_size)
+    labels, masks224 = image_labels_and_masks(queries, eval_size)
+    per_type = {}
+    for defect in category.defect_types:
+        sel = np.array([q.label in (GOOD, defect) for q in queries])
+        per_type[defect] = round(auroc(labels[sel], scores[sel]), 4)
+    return {
+        "category": category.name,
+        "n_queries": len(queries),
+        "image_auroc": round(auroc(labels, scores), 4),
+        "pixel_auroc": round(pixel_auroc(masks224, maps224), 4),
+        "aupro": round(aupro(masks224, maps224), 4),
+        "f1_max": round(f1_max(labels, scores), 4),
+        "image_auroc_per_defect": per_type,
+        "eval_size": eval_size,
+    }
+
+
+def _evaluate_patchcore(category, queries, eval_size: int, batch: int, device: str, out_dir: Path | None,
+                        cfg: PatchCoreConfig | None = None) -> dict:
+    """The 2D baseline (``models.patchcore``): bank from the category's training views, no pose."""
+    cfg = cfg or PatchCoreConfig()
+    dev = resolve_device(device)
+    start = time.perf_counter()
+    model = PatchCore(cfg).to(dev)
+    model.bank = model.bank.to(dev)
+    model.fit(torch.stack([v.image for v in category.train]))
+    fit_s = time.perf_counter() - start
+    maps, scores, per_query = [], [], []
+    for i in range(0, len(queries), batch):
+        images = torch.stack([q.image for q in queries[i : i + batch]])
+        t0 = time.perf_counter()
+        m, s = model(images)
+        per_query.append(1000 * (time.perf_counter() - t0) / len(images))
+        maps.append(m)
+        scores.append(s)
+    maps_t, score_np = torch.cat(maps), torch.cat(scores).numpy()
+    metrics = {**detection_metrics(category, queries, maps_t, score_np, eval_size), "pose_mode": BASELINE_2D,
+               "decision": None, "timing_ms": {"score": round(float(np.median(per_query)), 1),
+                                               "total": round(float(np.median(per_query)), 1)},
+               "device": str(dev), "patchcore": {**cfg.__dict__, "bank_patches": len(model.bank),
+                                                 "fit_seconds": round(fit_s, 1)}}
+    if out_dir is not None:
+        refs = [q.image * 0 + 1 for q in queries]  # no reference view: a 2D method compares with a bank
+        _write_report(out_dir, metrics, queries, refs, maps_t, score_np, None)
+    return metrics
+
+
 def image_size(path: Path) -> int | None:
     """The width a bundle (its manifest) or a training folder (its splats config) works at."""
     manifest = path / "manifest.json"
@@ -113,17 +177,21 @@ def image_size(path: Path) -> int | None:
 def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out_dir: Path | None = None,
              eval_size: int = 224, batch: int = 8, tolerance: int | None = None, fusion: str = "mean",
              backend: str = "auto", k: int = 3, refine: str = "pnp+ecc", refine_rounds: int = 2,
-             device: str = "auto", photometric: bool = False) -> dict:
+             device: str = "auto", photometric: bool = False, iterative: IterativeConfig | None = None,
+             progress: bool = False) -> dict:
     """Inspect every test view of ``category_dir`` with the bundle (or training folder) at
     ``bundle_dir`` through ``models.inspector.Inspector`` and report the metrics.
 
     ``pose``: ``oracle`` (the true pose from ``test/transforms.json``), ``retrieval``,
     ``rpe`` (IRPRN, ``fusion`` of the top ``k``), ``rpe+refine`` (the default: then the
-    ``refine`` variant of ``models/refine.py``). ``tolerance`` overrides the calibrated
+    ``refine`` variant of ``models/refine.py``), ``iterative`` (the peers' per-query
+    render-and-compare from the retrieval pose, ``iterative`` config), or ``patchcore``
+    (the 2D baseline of ``models/patchcore.py``: no pose, no bundle model but its image
+    size). ``tolerance`` overrides the calibrated
     scorer's comparison radius (the calibrated threshold then no longer applies and no
     decision is reported)."""
-    if pose not in POSE_MODES:
-        raise ValueError(f"pose mode {pose!r} is not available; available: {list(POSE_MODES)}")
+    if pose not in EVAL_MODES:
+        raise ValueError(f"pose mode {pose!r} is not available; available: {list(EVAL_MODES)}")
     category = load_category(category_dir, size=image_size(bundle_dir))
     queries = [q for q in category.test if q.w2c is not None]
     if pose == "oracle" and len(queries) < len(category.test):
@@ -132,9 +200,11 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out
         queries = list(category.test)
     if not queries:
         raise ValueError(f"{category_dir}: no test views to evaluate")
+    if pose == BASELINE_2D:
+        return _evaluate_patchcore(category, queries, eval_size, batch, device, out_dir)
     config = InspectorConfig(pose=pose, refine=RefineConfig(method=refine, rounds=refine_rounds, photometric=photometric),
-                             fusion=fusion, k=k,
-                             backend=backend, tolerance=tolerance)
+                             fusion=fusion, k=k, backend=backend, tolerance=tolerance,
+                             iterative=iterative or IterativeConfig())
     inspector = Inspector.open(bundle_dir, config, device=device,
                                camera=(category.width, category.height, category.K))
     if (inspector.width, inspector.height) != (category.width, category.height):
@@ -142,37 +212,26 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out
                          f"at {inspector.width} x {inspector.height}")
     scene, calib = inspector.scene, inspector.calibration
     results: list[Inspection] = []
-    for i in range(0, len(queries), batch):
+    for i in tqdm(range(0, len(queries), batch), desc=f"evaluate {pose}", unit="batch", disable=not progress):
         chunk = queries[i : i + batch]
         images = torch.stack([q.image for q in chunk])
         true = torch.stack([q.w2c for q in chunk]) if pose == "oracle" else None
         results += inspector.inspect(images, true_poses=true)
     maps_t = torch.stack([torch.from_numpy(r.anomaly_map) for r in results])
     score_np = np.array([r.score for r in results])
-    maps224 = resize_maps(maps_t, eval_size)
-    labels, masks224 = image_labels_and_masks(queries, eval_size)
-    per_type = {}
-    for defect in category.defect_types:
-        sel = np.array([q.label in (GOOD, defect) for q in queries])
-        per_type[defect] = round(auroc(labels[sel], score_np[sel]), 4)
     timing_keys = results[0].timings_ms.keys()
     metrics = {
-        "category": category.name,
+        **detection_metrics(category, queries, maps_t, score_np, eval_size),
         "pose_mode": pose,
-        "n_queries": len(queries),
-        "image_auroc": round(auroc(labels, score_np), 4),
-        "pixel_auroc": round(pixel_auroc(masks224, maps224), 4),
-        "aupro": round(aupro(masks224, maps224), 4),
-        "f1_max": round(f1_max(labels, score_np), 4),
-        "image_auroc_per_defect": per_type,
-        "eval_size": eval_size,
         "tolerance": inspector.scorer.tolerance,
-        "decision": decision_metrics(labels, score_np, calib.threshold) if calib is not None else None,
+        "decision": decision_metrics(_labels(queries), score_np, calib.threshold) if calib is not None else None,
         # Per query: each batch's stage time over its size; the median over batches.
         "timing_ms": {key: round(float(np.median([r.timings_ms[key] for r in results])), 1) for key in timing_keys},
         "device": str(inspector.device),
         "bundle": "verified bundle" if inspector.manifest is not None else "training folder (not verified)",
     }
+    if pose == "iterative":
+        metrics["iterative"] = dict(config.iterative.__dict__)
     if pose == "rpe+refine" and refine != "none":
         info = [r.refine for r in results]
         pnp_acc = [d["pnp_accepted"] for d in info if "pnp_accepted" in d]

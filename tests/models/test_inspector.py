@@ -84,7 +84,22 @@ def test_pose_modes_differ_as_documented(tiny_release: Path, queries) -> None:
     assert retrieval.gallery_ids == rpe.gallery_ids and not np.allclose(rpe.pose, retrieval.pose)
     assert "refine" not in rpe.timings_ms and rpe.refine == {}
     with pytest.raises(ValueError, match="not available"):
-        InspectorConfig(pose="iterative")
+        InspectorConfig(pose="levitation")
+
+
+def test_iterative_mode_optimises_from_the_retrieval_pose(tiny_release: Path, queries) -> None:
+    """The peers' baseline starts at the best gallery view's pose and moves it; zero
+    learning rate leaves it there."""
+    from models.refine import IterativeConfig
+
+    good, _ = queries
+    retrieval = Inspector.load(tiny_release, InspectorConfig(pose="retrieval")).inspect(good.image[None])[0]
+    moved = Inspector.load(tiny_release, InspectorConfig(pose="iterative", iterative=IterativeConfig(steps=3)))
+    r = moved.inspect(good.image[None])[0]
+    assert r.gallery_ids == retrieval.gallery_ids and not np.allclose(r.pose, retrieval.pose)
+    assert {"match", "optimise", "render", "score", "total"} <= set(r.timings_ms) and "pose" not in r.timings_ms
+    still = Inspector.load(tiny_release, InspectorConfig(pose="iterative", iterative=IterativeConfig(steps=2, lr=0.0)))
+    assert np.allclose(still.inspect(good.image[None])[0].pose, retrieval.pose, atol=1e-6)
 
 
 def test_bundle_and_work_folder_give_the_same_result(inspector: Inspector, tiny_pose_bundle: Path, queries) -> None:

@@ -11,7 +11,14 @@ import torch
 
 from models.camera import perturb_pose, pose_errors, reprojection_error_px
 from models.data import load_category
-from models.refine import RefineConfig, ecc_align, photometric_refine, pnp_refine
+from models.refine import (
+    IterativeConfig,
+    RefineConfig,
+    ecc_align,
+    iterative_refine,
+    photometric_refine,
+    pnp_refine,
+)
 from models.splat.scene import GaussianScene, render
 
 SIZE = 128
@@ -160,3 +167,20 @@ def test_render_and_compare_reduces_the_error(posed_renders) -> None:
             assert torch.equal(result.poses[i], start[i]) and result.reasons[i] != "ok"
     assert result.accepted[0] or result.accepted[2]
     assert float(after[[0, 2]].mean()) < 0.7 * float(before[[0, 2]].mean())
+
+
+def test_iterative_refine_follows_the_peers_schedule_and_converges(posed_renders) -> None:
+    """The peers' render-and-compare (L1 + SSIM, Adam, step decay) pulls a pose a degree
+    off towards the truth; with zero steps it returns the start unchanged."""
+    scene, images, poses, Ks = posed_renders
+    start = perturb_pose(poses[:2], 0.02, 0.0, torch.Generator().manual_seed(4))
+    points = scene.means[torch.sigmoid(scene.opacities) > 0.5].double()
+    small = IterativeConfig(steps=40, lr=0.004, size=64)
+    out = iterative_refine(scene, images[:2], start, Ks[:2], small)
+    before = reprojection_error_px(start, poses[:2], Ks[:2], points)
+    after = reprojection_error_px(out, poses[:2], Ks[:2], points)
+    assert out.shape == (2, 4, 4) and out.dtype == torch.float64
+    assert float(after.mean()) < 0.6 * float(before.mean())
+    frozen = iterative_refine(scene, images[:2], start, Ks[:2], IterativeConfig(steps=1, lr=0.0))
+    torch.testing.assert_close(frozen, start, atol=1e-6, rtol=0)
+    assert IterativeConfig() == IterativeConfig(steps=175, lr=0.01, decay=0.8, decay_every=100)

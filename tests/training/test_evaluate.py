@@ -26,13 +26,29 @@ def test_oracle_report(tiny_bundle: Path, tiny_synth: Path, tmp_path: Path, caps
 
 def test_unknown_pose_mode_is_refused(tiny_bundle: Path, tiny_synth: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        main(["evaluate", str(tiny_bundle), str(tiny_synth), "--pose", "iterative"])
+        main(["evaluate", str(tiny_bundle), str(tiny_synth), "--pose", "levitation"])
     from training.evaluate import evaluate
 
     with pytest.raises(ValueError, match="not available"):
-        evaluate(tiny_bundle, tiny_synth, pose="iterative")
+        evaluate(tiny_bundle, tiny_synth, pose="levitation")
 
 
 def test_pose_modes_need_the_pose_stages(tiny_bundle: Path, tiny_synth: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", str(tiny_bundle), str(tiny_synth), "--pose", "rpe"]) == 2
     assert "build the pose stages first" in capsys.readouterr().err
+
+
+def test_patchcore_baseline_report(tiny_bundle: Path, tiny_synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The 2D baseline runs through the same metrics and report; no pose, no decision."""
+    import training.evaluate as ev
+    from models.patchcore import PatchCoreConfig
+
+    monkeypatch.setattr(ev, "PatchCoreConfig", lambda: PatchCoreConfig(weights="random", size=64, coreset=0.5))
+    report = tmp_path / "pc"
+    assert main(["evaluate", str(tiny_bundle), str(tiny_synth), "--pose", "patchcore", "--out", str(report)]) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["pose_mode"] == "patchcore" and metrics["n_queries"] == 8 and metrics["decision"] is None
+    assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["pixel_auroc"] > 0.5
+    assert metrics["patchcore"]["size"] == 64 and metrics["patchcore"]["bank_patches"] == round(0.5 * 8 * 8 * 8)
+    assert "pose_reproj_err_px_median" not in metrics and (report / "overlays.png").is_file()

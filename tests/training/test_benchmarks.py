@@ -1,0 +1,33 @@
+"""`rpe-pad bench`: per-stage times, throughput by batch size, the speed-up over iterative."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rpe_pad.cli import main
+
+
+def test_bench_reports_stages_throughput_and_ratios(tiny_release: Path, tiny_synth: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench"
+    assert main(["bench", str(tiny_release), str(tiny_synth), "--batch-sizes", "1", "3", "--iterative-queries", "1",
+                 "--iterative-steps", "2", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    cpu = result["devices"]["cpu"]
+    assert set(cpu["modes"]) == {"rpe", "rpe+refine"} and result["machine"]["cpu_count"] >= 1
+    for mode, rows in cpu["modes"].items():
+        assert [r["batch"] for r in rows] == [1, 3]
+        for r in rows:
+            t = r["per_query_ms"]
+            assert {"match", "pose", "render", "score", "total"} <= set(t)
+            assert ("refine" in t) == (mode == "rpe+refine")
+            assert t["total"] >= t["render"] + t["score"] and r["throughput_qps"] > 0
+    iterative = cpu["iterative"]["per_query_ms"]
+    assert "optimise" in iterative and cpu["iterative"]["steps"] == 2
+    for mode, ratio in cpu["speedup_vs_iterative"].items():
+        assert ratio == pytest.approx(iterative["total"] / cpu["modes"][mode][0]["per_query_ms"]["total"], rel=0.05)
+    assert "faster" in (out / "bench.md").read_text() and (out / "bench.png").stat().st_size > 10_000
+    assert "rpe+refine" in capsys.readouterr().out
