@@ -60,7 +60,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate(args.bundle_dir, args.category_dir, pose=args.pose, out_dir=out, tolerance=args.tolerance,
                        fusion=args.fusion, backend=args.backend, k=args.k, refine=args.refine,
                        refine_rounds=args.refine_rounds, photometric=args.photometric,
-                       iterative=IterativeConfig(steps=args.iterative_steps), progress=True)
+                       iterative=IterativeConfig(steps=args.iterative_steps), progress=True, limit=args.limit)
     print(json.dumps({k: v for k, v in metrics.items() if k != "per_query_reproj_px"}, indent=2))
     print(f"report: {out}")
     return 0
@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "patchcore, the 2D baseline that ignores pose")
     p.add_argument("--iterative-steps", type=_positive_int, default=175,
                    help="Adam steps of --pose iterative (default 175, the peers')")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="evaluate an evenly spaced subset of this many test views (for slow modes; default all)")
     p.add_argument("--refine", default="pnp+ecc", choices=["pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc", "none"],
                    help="refinement after IRPRN for --pose rpe+refine (default pnp+ecc)")
     p.add_argument("--refine-rounds", type=_positive_int, default=2,

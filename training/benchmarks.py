@@ -194,14 +194,19 @@ def bench_markdown(result: dict) -> str:
 
 
 def bench_plot(result: dict, path: Path) -> None:
-    """Per-query stage times (stacked bars) and throughput against batch size, per device and mode."""
+    """Per-query stage times (stacked bars, one colour per stage) and throughput against
+    batch size, per device and mode; and per-query time at batch size 1 against the
+    peers' ``iterative`` (log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colours = dict(zip(STAGES, plt.get_cmap("tab10").colors))
     panels = [(dev, mode, rows) for dev, d in result["devices"].items() for mode, rows in d["modes"].items()]
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 7), squeeze=False)
+    with_iterative = [dev for dev, d in result["devices"].items() if "iterative" in d]
+    cols = len(panels) + len(with_iterative)
+    fig, axes = plt.subplots(2, cols, figsize=(4.5 * cols, 7), squeeze=False)
     for col, (dev, mode, rows) in enumerate(panels):
         ax = axes[0, col]
         xs = [str(r["batch"]) for r in rows]
@@ -209,7 +214,7 @@ def bench_plot(result: dict, path: Path) -> None:
         for stage in STAGES:
             vals = [r["per_query_ms"].get(stage, 0.0) for r in rows]
             if any(vals):
-                ax.bar(xs, vals, bottom=bottom, label=stage)
+                ax.bar(xs, vals, bottom=bottom, label=stage, color=colours[stage])
                 bottom = [b + v for b, v in zip(bottom, vals)]
         ax.set_title(f"{dev}: {mode}")
         ax.set_xlabel("batch size")
@@ -219,7 +224,20 @@ def bench_plot(result: dict, path: Path) -> None:
         ax.plot(xs, [r["throughput_qps"] for r in rows], marker="o")
         ax.set_xlabel("batch size")
         ax.set_ylabel("queries / s")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
+    for j, dev in enumerate(with_iterative):
+        d = result["devices"][dev]
+        ax = axes[0, len(panels) + j]
+        names = ["iterative", *d["modes"]]
+        totals = [d["iterative"]["per_query_ms"]["total"]] + [rows[0]["per_query_ms"]["total"] for rows in d["modes"].values()]
+        ax.bar(names, totals, color=["tab:gray"] + ["tab:blue"] * len(d["modes"]))
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per query (batch 1, log)")
+        ax.set_title(f"{dev}: against the peers' iterative")
+        for x, t in enumerate(totals):
+            ax.annotate(f"{t / 1000:.2f} s", (x, t), ha="center", va="bottom", fontsize=8)
+        axes[1, len(panels) + j].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

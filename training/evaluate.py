@@ -108,6 +108,15 @@ def pose_report(estimated: torch.Tensor, true: torch.Tensor, K: torch.Tensor, wi
     }
 
 
+def subset(queries: list, limit: int | None) -> list:
+    """``limit`` evenly spaced items of ``queries`` (all of them when None or enough)."""
+    if limit is None or limit >= len(queries):
+        return queries
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    return [queries[i] for i in np.unique(np.linspace(0, len(queries) - 1, limit).round().astype(int))]
+
+
 def _labels(queries) -> np.ndarray:
     return np.array([q.label != GOOD for q in queries])
 
@@ -124,6 +133,7 @@ def detection_metrics(category, queries, maps: torch.Tensor, scores: np.ndarray,
     return {
         "category": category.name,
         "n_queries": len(queries),
+        "n_test_views": len(category.test),
         "image_auroc": round(auroc(labels, scores), 4),
         "pixel_auroc": round(pixel_auroc(masks224, maps224), 4),
         "aupro": round(aupro(masks224, maps224), 4),
@@ -178,7 +188,7 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out
              eval_size: int = 224, batch: int = 8, tolerance: int | None = None, fusion: str = "mean",
              backend: str = "auto", k: int = 3, refine: str = "pnp+ecc", refine_rounds: int = 2,
              device: str = "auto", photometric: bool = False, iterative: IterativeConfig | None = None,
-             progress: bool = False) -> dict:
+             progress: bool = False, limit: int | None = None) -> dict:
     """Inspect every test view of ``category_dir`` with the bundle (or training folder) at
     ``bundle_dir`` through ``models.inspector.Inspector`` and report the metrics.
 
@@ -187,7 +197,8 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out
     ``refine`` variant of ``models/refine.py``), ``iterative`` (the peers' per-query
     render-and-compare from the retrieval pose, ``iterative`` config), or ``patchcore``
     (the 2D baseline of ``models/patchcore.py``: no pose, no bundle model but its image
-    size). ``tolerance`` overrides the calibrated
+    size). ``limit``: evaluate an evenly spaced subset of that many test views (every
+    label keeps its share; for the slow modes; the report says so). ``tolerance`` overrides the calibrated
     scorer's comparison radius (the calibrated threshold then no longer applies and no
     decision is reported)."""
     if pose not in EVAL_MODES:
@@ -200,6 +211,7 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out
         queries = list(category.test)
     if not queries:
         raise ValueError(f"{category_dir}: no test views to evaluate")
+    queries = subset(queries, limit)
     if pose == BASELINE_2D:
         return _evaluate_patchcore(category, queries, eval_size, batch, device, out_dir)
     config = InspectorConfig(pose=pose, refine=RefineConfig(method=refine, rounds=refine_rounds, photometric=photometric),

@@ -52,3 +52,14 @@ def test_patchcore_baseline_report(tiny_bundle: Path, tiny_synth: Path, tmp_path
     assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["pixel_auroc"] > 0.5
     assert metrics["patchcore"]["size"] == 64 and metrics["patchcore"]["bank_patches"] == round(0.5 * 8 * 8 * 8)
     assert "pose_reproj_err_px_median" not in metrics and (report / "overlays.png").is_file()
+
+
+def test_limit_takes_an_evenly_spaced_subset(tiny_bundle: Path, tiny_synth: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from training.evaluate import subset
+
+    assert subset(list(range(10)), 4) == [0, 3, 6, 9] and subset([1, 2], 5) == [1, 2] and subset([1, 2], None) == [1, 2]
+    report = tmp_path / "r"
+    assert main(["evaluate", str(tiny_bundle), str(tiny_synth), "--pose", "oracle", "--limit", "4", "--out", str(report)]) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert (metrics["n_queries"], metrics["n_test_views"]) == (4, 8)
