@@ -60,7 +60,7 @@ class RefineConfig:
     detector: str = "sift"
     ratio: float = 0.85
     ransac_px: float = 2.0
-    min_inliers: int = 12
+    min_inliers: int = 8  # RANSAC inliers for a correction (12 refused 2 of 40 correctable synthetic queries; docs/REFINE.md)
     max_rotation_deg: float = 30.0
     max_center_rel: float = 0.5
     rounds: int = 2
