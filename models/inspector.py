@@ -10,7 +10,8 @@ Pose modes (``POSE_MODES``, pluggable through ``InspectorConfig.pose``):
 
 - ``rpe+refine`` (the default, the best measured: docs/REFINE.md): IRPRN's pose from the
   gallery matches (``models.pose``), then PnP on the rendered depth and a guarded ECC warp
-  (``models.refine``);
+  (``models.refine``); PnP's last verification render, at the final pose, is the
+  reference when it is at the bundle's size (one render per query saved);
 - ``rpe``: IRPRN's fused pose, no refinement;
 - ``retrieval``: the best-matching gallery view's pose;
 - ``iterative``: the peers' per-query render-and-compare (SplatPose / iNeRF style) from
@@ -278,6 +279,8 @@ class Inspector:
         refine_ms = 0.0
         rcfg = cfg.refine
         refining = cfg.pose == "rpe+refine" and rcfg.method != "none"
+        rendered: Tensor | None = None  # PnP's verification renders at the final poses, when at our size
+        stale: list[int] = []  # queries whose pose changed after those renders
         if refining and (rcfg.uses_pnp or rcfg.uses_gallery_pnp):
             t0 = time.perf_counter()
             if rcfg.uses_pnp:
@@ -285,17 +288,26 @@ class Inspector:
             else:
                 pnp = gallery_pnp_refine(self.scene, self.estimator.gallery, images, poses, Ks, ids, rcfg)
             poses = pnp.poses
+            if pnp.renders is not None and pnp.renders.shape[1:3] == (self.height, self.width):
+                rendered = torch.from_numpy(pnp.renders)
             for i in range(b):
                 refine_info[i].update(pnp_accepted=pnp.accepted[i], pnp_inliers=pnp.inliers[i], pnp_reason=pnp.reasons[i])
             if rcfg.photometric:  # render-and-compare where PnP could not correct the pose
                 failed = [i for i in range(b) if not pnp.accepted[i]]
                 photo = photometric_refine(self.scene, images, poses, Ks, rcfg, todo=failed)
                 poses = photo.poses
+                stale = [i for i in failed if photo.accepted[i]]
                 for i in failed:
                     refine_info[i].update(photo_accepted=photo.accepted[i], photo_reason=photo.reasons[i])
             refine_ms += 1000 * (time.perf_counter() - t0)
         t0 = time.perf_counter()
-        ref = render(self.scene, poses.float(), Ks.float(), self.width, self.height).colors.clamp(0, 1).cpu()
+        if rendered is None:
+            ref = render(self.scene, poses.float(), Ks.float(), self.width, self.height).colors.clamp(0, 1).cpu()
+        else:  # the reference is PnP's last verification render: no second render of the same pose
+            ref = rendered.clone()
+            if stale:
+                ref[stale] = render(self.scene, poses[stale].float(), Ks[stale].float(), self.width,
+                                    self.height).colors.clamp(0, 1).cpu()
         timings["render"] = 1000 * (time.perf_counter() - t0)
         if refining and rcfg.uses_ecc:
             t0 = time.perf_counter()

@@ -101,6 +101,9 @@ class PnPResult:
     accepted: list[bool] = field(default_factory=list)
     inliers: list[int] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    # [B, h, w, 3] in [0, 1]: each query's render at its returned pose, at ``render_size``
+    # (``pnp_refine`` renders it anyway to verify; the caller can reuse it as the reference)
+    renders: np.ndarray | None = None
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
@@ -146,6 +149,8 @@ def pnp_refine(scene: GaussianScene, images: Tensor, poses: Tensor, Ks: Tensor, 
     result = PnPResult(current.clone(), [False] * b, [0] * b, ["not run"] * b)
     todo = list(range(b))
     photo0 = np.zeros(b)
+    renders = np.zeros((b, rh, rw, 3), dtype=np.float32)  # the render at each returned pose
+    first = np.zeros_like(renders)  # round 0's renders: at the input poses
     # Round r renders the current poses; from round 1 on, that render also verifies the
     # previous correction (it must match the query better than the input pose did) before
     # polishing it; the last round (``rounds``) only verifies, so every returned correction
@@ -164,10 +169,13 @@ def pnp_refine(scene: GaussianScene, images: Tensor, poses: Tensor, Ks: Tensor, 
             pose0 = poses[i].double()  # guards measure the total correction from the input
             if round_ == 0:
                 photo0[i] = photo
+                first[i] = colors_i
             elif photo >= photo0[i]:
                 result.poses[i], result.accepted[i] = pose0.clone(), False
                 result.reasons[i] = f"photometric check failed ({photo:.4f} >= {photo0[i]:.4f})"
+                renders[i] = first[i]
                 continue
+            renders[i] = colors_i  # the pose rendered is (so far) the one returned
             if round_ >= cfg.rounds:
                 continue  # verification only
             pq, pr = _matches(det, norm, _gray(small[i]), _gray(colors_i), cfg.ratio)
@@ -195,6 +203,7 @@ def pnp_refine(scene: GaussianScene, images: Tensor, poses: Tensor, Ks: Tensor, 
             accepted_now.append(i)
         current = result.poses.clone()
         todo = accepted_now  # later rounds polish the poses that PnP could correct
+    result.renders = renders
     return result
 
 

@@ -51,6 +51,9 @@ def test_pnp_recovers_or_refuses(posed_renders) -> None:
             assert after[i] < 0.5 * before[i] and result.inliers[i] >= cfg.min_inliers and result.reasons[i] == "ok"
         else:  # never a worse pose silently: refused means unchanged, with a reason
             assert torch.equal(result.poses[i], start[i]) and result.reasons[i] != "ok"
+    # Its renders are at the returned poses (the Inspector reuses them as references).
+    fresh = render(scene, result.poses.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1).numpy()
+    np.testing.assert_allclose(result.renders, fresh, atol=1e-5)
 
 
 def test_pnp_refuses_a_far_start(posed_renders) -> None:
@@ -78,6 +81,9 @@ def test_every_returned_correction_is_verified(posed_renders, monkeypatch: pytes
     assert all(r.startswith(("photometric check failed", "too few")) for r in result.reasons)
     assert any(r.startswith("photometric check failed") for r in result.reasons)
     assert torch.equal(result.poses, poses)
+    # Refused after a wrong correction: the render handed back is the one at the input pose.
+    fresh = render(scene, poses.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1).numpy()
+    np.testing.assert_allclose(result.renders, fresh, atol=1e-5)
 
 
 def _texture(seed: int = 0, size: int = 96) -> np.ndarray:
