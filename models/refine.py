@@ -17,7 +17,8 @@ Refiners, composable (``REFINERS``):
 - ``ecc``: a last 2D registration of the rendered reference onto the query (OpenCV's ECC,
   Euclidean motion: rotation + translation, 3 degrees of freedom) at the scoring resolution.
 
-Guards (failures keep the input and say why; never a worse pose silently): PnP needs
+Guards (failures keep the input, or the last verified correction, and say why; never a
+worse pose silently): PnP needs
 ``min_inliers`` inliers and a correction within ``max_rotation_deg`` and
 ``max_center_rel`` (camera-centre shift over its distance from the origin), and the render
 at the corrected pose must match the query better (mean absolute difference at
@@ -148,13 +149,15 @@ def pnp_refine(scene: GaussianScene, images: Tensor, poses: Tensor, Ks: Tensor, 
     current = poses.double().clone()
     result = PnPResult(current.clone(), [False] * b, [0] * b, ["not run"] * b)
     todo = list(range(b))
-    photo0 = np.zeros(b)
+    best = np.zeros(b)  # photometric error of the best verified pose (round 0: the input pose)
     renders = np.zeros((b, rh, rw, 3), dtype=np.float32)  # the render at each returned pose
-    first = np.zeros_like(renders)  # round 0's renders: at the input poses
+    verified = current.clone()  # the last pose that passed verification (at first: the input)
+    verified_ok = [False] * b  # whether that pose is a correction
     # Round r renders the current poses; from round 1 on, that render also verifies the
-    # previous correction (it must match the query better than the input pose did) before
-    # polishing it; the last round (``rounds``) only verifies, so every returned correction
-    # has been checked.
+    # previous correction (it must match the query better than the best verified pose so
+    # far, at first the input pose) before polishing it; a correction that fails falls
+    # back to the last verified pose; the last round (``rounds``) only verifies, so every
+    # returned correction has been checked.
     for round_ in range(cfg.rounds + 1):
         if not todo:
             break
@@ -167,14 +170,12 @@ def pnp_refine(scene: GaussianScene, images: Tensor, poses: Tensor, Ks: Tensor, 
             colors_i, depth_i, alpha_i = colors[j], depth[j], alpha[j]
             photo = float(np.abs(colors_i - small[i]).mean())
             pose0 = poses[i].double()  # guards measure the total correction from the input
-            if round_ == 0:
-                photo0[i] = photo
-                first[i] = colors_i
-            elif photo >= photo0[i]:
-                result.poses[i], result.accepted[i] = pose0.clone(), False
-                result.reasons[i] = f"photometric check failed ({photo:.4f} >= {photo0[i]:.4f})"
-                renders[i] = first[i]
-                continue
+            if round_ > 0 and photo >= best[i]:
+                result.poses[i], result.accepted[i] = verified[i].clone(), verified_ok[i]
+                if not verified_ok[i]:
+                    result.reasons[i] = f"photometric check failed ({photo:.4f} >= {best[i]:.4f})"
+                continue  # renders[i] is still the verified pose's
+            best[i], verified[i], verified_ok[i] = photo, current[i], round_ > 0
             renders[i] = colors_i  # the pose rendered is (so far) the one returned
             if round_ >= cfg.rounds:
                 continue  # verification only

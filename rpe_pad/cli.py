@@ -51,12 +51,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from models.refine import IterativeConfig
     from training.evaluate import evaluate
 
+    name = args.pose if args.limit is None else f"{args.pose}_limit{args.limit}"  # a subset never overwrites a full run
     if args.out is not None:
         out = args.out
     elif (args.bundle_dir / "manifest.json").exists():  # bundles stay as assembled (and may be read-only)
-        out = Path("evaluations") / args.bundle_dir.name / args.pose
+        out = Path("evaluations") / args.bundle_dir.name / name
     else:
-        out = args.bundle_dir / "reports" / f"evaluate_{args.pose}"
+        out = args.bundle_dir / "reports" / f"evaluate_{name}"
     metrics = evaluate(args.bundle_dir, args.category_dir, pose=args.pose, out_dir=out, tolerance=args.tolerance,
                        fusion=args.fusion, backend=args.backend, k=args.k, refine=args.refine,
                        refine_rounds=args.refine_rounds, photometric=args.photometric,
@@ -233,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterative-steps", type=_positive_int, default=175,
                    help="Adam steps of --pose iterative (default 175, the peers')")
     p.add_argument("--limit", type=_positive_int, default=None,
-                   help="evaluate an evenly spaced subset of this many test views (for slow modes; default all)")
+                   help="evaluate about this many test views, each label keeping its share (for slow modes; default all)")
     p.add_argument("--refine", default="pnp+ecc", choices=["pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc", "none"],
                    help="refinement after IRPRN for --pose rpe+refine (default pnp+ecc)")
     p.add_argument("--refine-rounds", type=_positive_int, default=2,

@@ -109,12 +109,21 @@ def pose_report(estimated: torch.Tensor, true: torch.Tensor, K: torch.Tensor, wi
 
 
 def subset(queries: list, limit: int | None) -> list:
-    """``limit`` evenly spaced items of ``queries`` (all of them when None or enough)."""
+    """About ``limit`` of ``queries``, stratified: each label keeps its share (at least
+    one view each), evenly spaced within the label, in the original order (all of them
+    when ``limit`` is None or not smaller)."""
     if limit is None or limit >= len(queries):
         return queries
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    return [queries[i] for i in np.unique(np.linspace(0, len(queries) - 1, limit).round().astype(int))]
+    by_label: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        by_label.setdefault(q.label, []).append(i)
+    keep: list[int] = []
+    for idx in by_label.values():
+        n = max(1, round(limit * len(idx) / len(queries)))
+        keep += [idx[j] for j in np.unique(np.linspace(0, len(idx) - 1, n).round().astype(int))]
+    return [queries[i] for i in sorted(keep)]
 
 
 def _labels(queries) -> np.ndarray:
@@ -126,10 +135,13 @@ def detection_metrics(category, queries, maps: torch.Tensor, scores: np.ndarray,
     pixel AUROC and AUPRO at ``eval_size``, F1-max, image AUROC per defect type."""
     maps224 = resize_maps(maps, eval_size)
     labels, masks224 = image_labels_and_masks(queries, eval_size)
+    if labels.all() or not labels.any():
+        raise ValueError("the evaluated views need both normal and defective ones (AUROC is undefined otherwise)")
     per_type = {}
     for defect in category.defect_types:
         sel = np.array([q.label in (GOOD, defect) for q in queries])
-        per_type[defect] = round(auroc(labels[sel], scores[sel]), 4)
+        if labels[sel].any():  # a subset (--limit) may lack a type
+            per_type[defect] = round(auroc(labels[sel], scores[sel]), 4)
     return {
         "category": category.name,
         "n_queries": len(queries),
@@ -168,8 +180,8 @@ def _evaluate_patchcore(category, queries, eval_size: int, batch: int, device: s
                "device": str(dev), "patchcore": {**cfg.__dict__, "bank_patches": len(model.bank),
                                                  "fit_seconds": round(fit_s, 1)}}
     if out_dir is not None:
-        refs = [q.image * 0 + 1 for q in queries]  # no reference view: a 2D method compares with a bank
-        _write_report(out_dir, metrics, queries, refs, maps_t, score_np, None)
+        refs = [torch.ones_like(q.image) for q in queries]  # no reference view: a 2D method compares with a bank
+        _write_report(out_dir, metrics, queries, refs, maps_t, score_np, None, "no reference (2D baseline)")
     return metrics
 
 
@@ -197,8 +209,8 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out
     ``refine`` variant of ``models/refine.py``), ``iterative`` (the peers' per-query
     render-and-compare from the retrieval pose, ``iterative`` config), or ``patchcore``
     (the 2D baseline of ``models/patchcore.py``: no pose, no bundle model but its image
-    size). ``limit``: evaluate an evenly spaced subset of that many test views (every
-    label keeps its share; for the slow modes; the report says so). ``tolerance`` overrides the calibrated
+    size). ``limit``: evaluate about that many test views, each label keeping its share
+    (``subset``; for the slow modes; ``n_queries`` vs ``n_test_views`` in the report). ``tolerance`` overrides the calibrated
     scorer's comparison radius (the calibrated threshold then no longer applies and no
     decision is reported)."""
     if pose not in EVAL_MODES:
@@ -273,11 +285,11 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out
 
 
 def _write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Tensor, scores: np.ndarray,
-                  calib: Calibration | None) -> None:
+                  calib: Calibration | None, reference_caption: str = "rendered reference") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     rows = ["| metric | value |", "|---|---|"]
-    for key in ("n_queries", "pose_mode", "image_auroc", "pixel_auroc", "aupro", "f1_max", "pose_reproj_err_px_median",
+    for key in ("n_queries", "n_test_views", "pose_mode", "image_auroc", "pixel_auroc", "aupro", "f1_max", "pose_reproj_err_px_median",
                 "pose_rot_err_deg_median", "pose_center_err_rel_median"):
         if key in metrics:
             rows.append(f"| {key} | {metrics[key]} |")
@@ -306,7 +318,7 @@ def _write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Te
             shown = Cell(heat(maps[i].numpy(), vmax), f"map, score {scores[i]:.1f}")
         sheet_rows.append((q.name.split("/", 1)[-1], [
             Cell(mask_overlay(image, q.mask.numpy()), "query + true mask"),
-            Cell(renders[i].numpy(), "rendered reference"),
+            Cell(renders[i].numpy(), reference_caption),
             shown,
         ]))
     contact_sheet(sheet_rows, cell=160, title=f"{metrics['category']}: pose {metrics['pose_mode']}").save(out_dir / "overlays.png")

@@ -58,7 +58,13 @@ def test_limit_takes_an_evenly_spaced_subset(tiny_bundle: Path, tiny_synth: Path
                                              capsys: pytest.CaptureFixture[str]) -> None:
     from training.evaluate import subset
 
-    assert subset(list(range(10)), 4) == [0, 3, 6, 9] and subset([1, 2], 5) == [1, 2] and subset([1, 2], None) == [1, 2]
+    from types import SimpleNamespace
+
+    views = [SimpleNamespace(label=label) for label in ["Burrs"] * 5 + ["Missing"] * 3 + ["Stains"] * 4 + ["good"] * 20]
+    picked = subset(views, 8)
+    assert {v.label for v in picked} == {"Burrs", "Missing", "Stains", "good"} and 7 <= len(picked) <= 9
+    assert [v.label for v in picked] == sorted(v.label for v in picked)  # the original order
+    assert subset(views, None) == views and subset(views, 100) == views
     report = tmp_path / "r"
     assert main(["evaluate", str(tiny_bundle), str(tiny_synth), "--pose", "oracle", "--limit", "4", "--out", str(report)]) == 0
     metrics = json.loads((report / "metrics.json").read_text())
