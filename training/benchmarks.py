@@ -169,7 +169,7 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
                                                         for k in times[0]}}
             it_total = per_device["iterative"]["per_query_ms"]["total"]
             per_device["speedup_vs_iterative"] = {
-                mode: round(it_total / one["per_query_ms"]["total"], 1)
+                mode: round(it_total / one["per_query_ms"]["total"], 2)
                 for mode, rows in per_device["modes"].items() if (one := _batch_one(rows)) is not None}
         result["devices"][device] = per_device
     return result
@@ -198,7 +198,7 @@ def bench_markdown(result: dict) -> str:
             it = d["iterative"]
             lines += ["", f"**{device}, `iterative`** ({it['steps']} steps, median of {it['queries']} queries): "
                       f"{it['per_query_ms']['total'] / 1000:.1f} s per query; "
-                      + ", ".join(f"`{mode}` is {r}x faster" for mode, r in d["speedup_vs_iterative"].items())
+                      + ", ".join(f"`{mode}` is {r:.1f}x faster" for mode, r in d["speedup_vs_iterative"].items())
                       + " (per-query time at batch size 1)."]
     return "\n".join(lines)
 
