@@ -162,7 +162,6 @@ def _evaluate_patchcore(category, queries, eval_size: int, batch: int, device: s
     dev = resolve_device(device)
     start = time.perf_counter()
     model = PatchCore(cfg).to(dev)
-    model.bank = model.bank.to(dev)
     model.fit(torch.stack([v.image for v in category.train]))
     fit_s = time.perf_counter() - start
     maps, scores, per_query = [], [], []
