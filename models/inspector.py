@@ -9,9 +9,11 @@ nothing else chains the stages.
 Pose modes (``POSE_MODES``, pluggable through ``InspectorConfig.pose``):
 
 - ``rpe+refine`` (the default, the best measured: docs/REFINE.md): IRPRN's pose from the
-  gallery matches (``models.pose``), then PnP on the rendered depth and a guarded ECC warp
-  (``models.refine``); PnP's last verification render, at the final pose, is the
-  reference when it is at the bundle's size (one render per query saved);
+  gallery matches (``models.pose``), then the refiners of ``models.refine`` (default
+  ``gpnp+ecc``: PnP against the matched gallery views, the one render at that pose,
+  polishing PnPs applied by warping it with its depth, a guarded ECC warp); the refiner's
+  final render (or warp) at the returned pose is the reference when it is at the bundle's
+  size, so no render is repeated;
 - ``rpe``: IRPRN's fused pose, no refinement;
 - ``retrieval``: the best-matching gallery view's pose;
 - ``iterative``: the peers' per-query render-and-compare (SplatPose / iNeRF style) from
@@ -44,6 +46,7 @@ from models.refine import (
     IterativeConfig,
     RefineConfig,
     ecc_align,
+    gallery_features,
     gallery_pnp_refine,
     iterative_refine,
     photometric_refine,
@@ -171,6 +174,10 @@ class Inspector:
         self.scene, self.scorer, self.calibration, self.estimator = scene, scorer, calibration, estimator
         self.width, self.height, self.K = width, height, K.double()
         self.config, self.device, self.name, self.manifest = config, device, name, manifest
+        self._gallery_keypoints: dict = {}  # gpnp: the gallery views' keypoints
+        rcfg = config.refine
+        if config.pose == "rpe+refine" and rcfg.uses_gallery_pnp and estimator.gallery.images is not None:
+            gallery_features(estimator.gallery, rcfg, self._gallery_keypoints)  # once, not per query
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -276,7 +283,7 @@ class Inspector:
             t0 = time.perf_counter()
             poses = iterative_refine(self.scene, images, poses, Ks, cfg.iterative)
             timings["optimise"] = 1000 * (time.perf_counter() - t0)
-        refine_ms = 0.0
+        refine_ms = render_ms = 0.0
         rcfg = cfg.refine
         refining = cfg.pose == "rpe+refine" and rcfg.method != "none"
         rendered: Tensor | None = None  # PnP's verification renders at the final poses, when at our size
@@ -286,12 +293,16 @@ class Inspector:
             if rcfg.uses_pnp:
                 pnp = pnp_refine(self.scene, images, poses, Ks, rcfg)
             else:
-                pnp = gallery_pnp_refine(self.scene, self.estimator.gallery, images, poses, Ks, ids, rcfg)
+                pnp = gallery_pnp_refine(self.scene, self.estimator.gallery, images, poses, Ks, ids, rcfg,
+                                         cache=self._gallery_keypoints)
             poses = pnp.poses
+            render_ms = pnp.render_ms  # the render the unrefined pipeline makes too: counted as "render"
             if pnp.renders is not None and pnp.renders.shape[1:3] == (self.height, self.width):
                 rendered = torch.from_numpy(pnp.renders)
             for i in range(b):
                 refine_info[i].update(pnp_accepted=pnp.accepted[i], pnp_inliers=pnp.inliers[i], pnp_reason=pnp.reasons[i])
+                if pnp.paths:
+                    refine_info[i]["pnp_path"] = pnp.paths[i]
             if rcfg.photometric:  # render-and-compare where PnP could not correct the pose
                 failed = [i for i in range(b) if not pnp.accepted[i]]
                 photo = photometric_refine(self.scene, images, poses, Ks, rcfg, todo=failed)
@@ -299,7 +310,7 @@ class Inspector:
                 stale = [i for i in failed if photo.accepted[i]]
                 for i in failed:
                     refine_info[i].update(photo_accepted=photo.accepted[i], photo_reason=photo.reasons[i])
-            refine_ms += 1000 * (time.perf_counter() - t0)
+            refine_ms += 1000 * (time.perf_counter() - t0) - render_ms
         t0 = time.perf_counter()
         if rendered is None:
             ref = render(self.scene, poses.float(), Ks.float(), self.width, self.height).colors.clamp(0, 1).cpu()
@@ -308,7 +319,7 @@ class Inspector:
             if stale:
                 ref[stale] = render(self.scene, poses[stale].float(), Ks[stale].float(), self.width,
                                     self.height).colors.clamp(0, 1).cpu()
-        timings["render"] = 1000 * (time.perf_counter() - t0)
+        timings["render"] = 1000 * (time.perf_counter() - t0) + render_ms
         if refining and rcfg.uses_ecc:
             t0 = time.perf_counter()
             warped = []

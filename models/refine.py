@@ -9,16 +9,24 @@ Refiners, composable (``REFINERS``):
   the inliers; ``rounds`` PnP rounds, each later one re-rendering at the corrected pose
   to verify and polish it, and one last render that verifies the final correction. Pixel convention: our intrinsics put pixel centres at +0.5,
   OpenCV's keypoints at +0, so keypoints are shifted by 0.5 before use.
-- ``gpnp``: the same PnP without rendering at the query's pose: the query is matched
-  against its best gallery views (``gallery_views``), whose images and expected depths
-  were stored at bundle build time; the correction is verified by two small renders
-  (``verify_size`` px: at the IRPRN pose and at the corrected one; the corrected one must
-  match the query better). Built to meet the CPU time budget.
+- ``gpnp`` (the default; one render per query, as without refinement): PnP of the
+  query against its best ``gallery_views`` gallery views at once (their images and
+  expected depths are stored in the bundle; the matches of all views are pooled into one
+  RANSAC PnP from the IRPRN pose); then the one render, at that pose, with depth, which is
+  the reference; then ``rounds`` polishing PnPs of the query against the current
+  reference. A polish that moves the object by at most ``warp_max_px`` is applied by
+  re-projecting the render with its depth (``warp_to_pose``: no new render), a larger one
+  by rendering again; each must match the query better (mean absolute difference) than the
+  current reference. A gallery correction that no polish could confirm is compared with a
+  render at the IRPRN pose, and dropped if that matches better. The warp is the rendered
+  scene seen from the corrected camera (6 numbers for the whole image, through the
+  render's own depth), not a deformation fitted to the query: it cannot bend the reference
+  onto a defect.
 - ``ecc``: a last 2D registration of the rendered reference onto the query (OpenCV's ECC,
   Euclidean motion: rotation + translation, 3 degrees of freedom) at the scoring resolution.
 
 Guards (failures keep the input, or the last verified correction, and say why; never a
-worse pose silently): PnP needs
+worse pose silently): every PnP needs
 ``min_inliers`` inliers and a correction within ``max_rotation_deg`` and
 ``max_center_rel`` (camera-centre shift over its distance from the origin), and the render
 at the corrected pose must match the query better (mean absolute difference at
@@ -32,6 +40,7 @@ so it can move the reference but cannot reshape it locally: a defect cannot be w
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import cv2
@@ -39,6 +48,7 @@ import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from models.camera import (
     camera_center,
@@ -56,7 +66,7 @@ REFINERS = ("none", "pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc")
 
 @dataclass(frozen=True)
 class RefineConfig:
-    method: str = "pnp+ecc"
+    method: str = "gpnp+ecc"  # the default: one render per query (docs/REFINE.md)
     render_size: int = 200
     detector: str = "sift"
     ratio: float = 0.85
@@ -69,8 +79,9 @@ class RefineConfig:
     ecc_iterations: int = 60
     ecc_max_shift_px: float = 12.0
     ecc_max_rotation_deg: float = 5.0
-    gallery_views: int = 2
-    verify_size: int = 64
+    gallery_views: int = 3  # gpnp: best gallery views whose matches are pooled into one PnP
+    warp_max_px: float = 2.0  # gpnp: largest polish applied by warping the render (larger ones re-render)
+    polish_stop_px: float = 0.2  # gpnp: a polish that moved the reference less than this ends the rounds
     photometric: bool = False  # render-and-compare for the queries PnP could not correct (slow on CPU)
     photo_size: int = 64  # render width for render-and-compare
     photo_steps: int = 30  # Adam steps on the 6-DoF correction
@@ -105,6 +116,8 @@ class PnPResult:
     # [B, h, w, 3] in [0, 1]: each query's render at its returned pose, at ``render_size``
     # (``pnp_refine`` renders it anyway to verify; the caller can reuse it as the reference)
     renders: np.ndarray | None = None
+    render_ms: float = 0.0  # time of the render the unrefined pipeline would have made too (gpnp)
+    paths: list[str] = field(default_factory=list)  # per query, how the pose was reached (gpnp)
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
@@ -113,19 +126,6 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 def _detector(name: str):
     return cv2.SIFT_create(nfeatures=1500) if name == "sift" else cv2.ORB_create(nfeatures=1500)
-
-
-def _matches(det, norm: int, gray_a, gray_b: np.ndarray, ratio: float):
-    """Ratio-test matches; ``gray_a`` is an image or its precomputed (keypoints, descriptors)."""
-    kp_a, des_a = gray_a if isinstance(gray_a, tuple) else det.detectAndCompute(gray_a, None)
-    kp_b, des_b = det.detectAndCompute(gray_b, None)
-    if des_a is None or des_b is None or len(kp_a) < 2 or len(kp_b) < 2:
-        return np.zeros((0, 2), np.float64), np.zeros((0, 2), np.float64)
-    pairs = cv2.BFMatcher(norm).knnMatch(des_a, des_b, k=2)
-    good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < ratio * n.distance]
-    pa = np.array([kp_a[m.queryIdx].pt for m in good], np.float64).reshape(-1, 2) + 0.5
-    pb = np.array([kp_b[m.trainIdx].pt for m in good], np.float64).reshape(-1, 2) + 0.5
-    return pa, pb
 
 
 def _resized(images: Tensor, Ks: Tensor, width: int, height: int) -> tuple[np.ndarray, Tensor]:
@@ -153,6 +153,7 @@ def pnp_refine(scene: GaussianScene, images: Tensor, poses: Tensor, Ks: Tensor, 
     renders = np.zeros((b, rh, rw, 3), dtype=np.float32)  # the render at each returned pose
     verified = current.clone()  # the last pose that passed verification (at first: the input)
     verified_ok = [False] * b  # whether that pose is a correction
+    q_feats: dict[int, tuple] = {}
     # Round r renders the current poses; from round 1 on, that render also verifies the
     # previous correction (it must match the query better than the best verified pose so
     # far, at first the input pose) before polishing it; a correction that fails falls
@@ -179,7 +180,9 @@ def pnp_refine(scene: GaussianScene, images: Tensor, poses: Tensor, Ks: Tensor, 
             renders[i] = colors_i  # the pose rendered is (so far) the one returned
             if round_ >= cfg.rounds:
                 continue  # verification only
-            pq, pr = _matches(det, norm, _gray(small[i]), _gray(colors_i), cfg.ratio)
+            if i not in q_feats:  # the query's keypoints, once
+                q_feats[i] = _features(det, _gray(small[i]))
+            pq, pr = _match(q_feats[i], _features(det, _gray(colors_i)), norm, cfg.ratio)
             opaque_depth = np.where(alpha_i > 0.95, depth_i, 0.0)
             world, keep = _lift(pr, opaque_depth, K_r[i].numpy(), current[i].numpy())  # from the pose rendered
             if len(world) < cfg.min_inliers:
@@ -245,53 +248,233 @@ def _within_bounds(new: Tensor, pose0: Tensor, cfg: RefineConfig) -> tuple[bool,
     return True, "ok"
 
 
+def _features(det, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Keypoint positions ``[N, 2]`` (pixel centres at +0.5, our convention) and descriptors."""
+    kps, des = det.detectAndCompute(gray, None)
+    return np.array([k.pt for k in kps], np.float64).reshape(-1, 2) + 0.5, des
+
+
+def _match(fa: tuple, fb: tuple, norm: int, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ratio-test matches between two ``_features``: matched positions in a and in b."""
+    (pa, da), (pb, db) = fa, fb
+    if da is None or db is None or len(pa) < 2 or len(pb) < 2:
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    pairs = cv2.BFMatcher(norm).knnMatch(da, db, k=2)
+    good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < ratio * n.distance]
+    return pa[[m.queryIdx for m in good]].reshape(-1, 2), pb[[m.trainIdx for m in good]].reshape(-1, 2)
+
+
+def _filled_depth(depth: np.ndarray) -> np.ndarray | None:
+    """A depth map with the pixels off the object (0) given the depth of the nearest object
+    pixel, so that a small camera motion moves the (uniform) background near the silhouette
+    with the object's edge instead of tearing it (None: no object in view)."""
+    off = depth <= 0
+    if off.all():
+        return None
+    if not off.any():
+        return depth
+    idx = ndimage.distance_transform_edt(off, return_distances=False, return_indices=True)
+    return depth[tuple(idx)]
+
+
+def _flow(depth: np.ndarray, K: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Where each pixel of a view at ``src`` (world-to-camera) with ``depth [H, W]`` lands
+    in the view at ``dst``, minus where it is: ``[H, W, 2]`` pixels."""
+    h, w = depth.shape
+    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    cam = np.stack([(u - K[0, 2]) * depth / K[0, 0], (v - K[1, 2]) * depth / K[1, 1], depth], axis=-1)
+    rel = dst @ np.linalg.inv(src)  # src camera -> dst camera
+    moved = cam @ rel[:3, :3].T + rel[:3, 3]
+    z = np.maximum(moved[..., 2], 1e-9)
+    return np.stack([K[0, 0] * moved[..., 0] / z + K[0, 2] - u, K[1, 1] * moved[..., 1] / z + K[1, 2] - v], axis=-1)
+
+
+def mean_flow_px(depth: np.ndarray, K: np.ndarray, src: np.ndarray, dst: np.ndarray) -> float:
+    """Mean image motion, in pixels, of the object's pixels (``depth > 0``) from ``src`` to ``dst``."""
+    on = depth > 0
+    if not on.any():
+        return float("inf")
+    return float(np.linalg.norm(_flow(depth, K, src, dst)[on], axis=-1).mean())
+
+
+def warp_to_pose(colors: np.ndarray, depth: np.ndarray, K: np.ndarray, src: np.ndarray, dst: np.ndarray,
+                 iterations: int = 3) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The render ``colors [H, W, 3]`` at world-to-camera ``src`` (expected ``depth``, 0 off
+    the object) re-projected to the nearby pose ``dst``: each output pixel ``x`` samples the
+    render at ``x - f(x_s)``, ``f`` the forward flow, by fixed-point iteration from
+    ``x_s = x``. Exact for a static scene up to occlusion changes, which a pixel or two of
+    motion barely has; meant for the last, small correction (``warp_max_px``). Returns the
+    warped image and its sampling maps (x, y: where each output pixel was read, 0-based)."""
+    h, w = depth.shape
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    filled = _filled_depth(depth)
+    if filled is None:
+        return colors, (gx, gy)
+    flow = _flow(filled, K, src, dst).astype(np.float32)
+    sx, sy = gx - flow[..., 0], gy - flow[..., 1]
+    for _ in range(iterations - 1):
+        f = cv2.remap(flow, sx, sy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        sx, sy = gx - f[..., 0], gy - f[..., 1]
+    warped = cv2.remap(np.ascontiguousarray(colors, dtype=np.float32), sx, sy, cv2.INTER_CUBIC,
+                       borderMode=cv2.BORDER_REPLICATE)  # cubic: sharper than linear (a third less error)
+    return np.clip(warped, 0.0, 1.0), (sx, sy)
+
+
+def _photo_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+def gallery_features(gallery, cfg: RefineConfig, cache: dict, ids: list[int] | None = None) -> dict:
+    """Fill ``cache[(detector, id)]`` with the keypoints of gallery views ``ids`` (default
+    all) that it lacks; the Inspector does all of them once at load, so that no query pays
+    for them."""
+    det = _detector(cfg.detector)
+    for gid in range(len(gallery)) if ids is None else ids:
+        if (cfg.detector, gid) not in cache:
+            cache[(cfg.detector, gid)] = _features(det, cv2.cvtColor(gallery.images[gid].numpy(), cv2.COLOR_RGB2GRAY))
+    return cache
+
+
 @torch.no_grad()
 def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Tensor, Ks: Tensor, gallery_ids: Tensor,
-                       cfg: RefineConfig) -> PnPResult:
-    """``gpnp``: PnP of each query against its best gallery views (stored images + depths),
-    verified by two small renders; see the module docstring."""
+                       cfg: RefineConfig, cache: dict | None = None) -> PnPResult:
+    """``gpnp``: one render per query, at the corrected pose; see the module docstring.
+
+    ``images [B, H, W, 3]`` at the bundle's size (``Ks`` there), ``poses`` the IRPRN poses,
+    ``gallery_ids [B, k]`` the retrieval's best views. ``cache``: a dict kept by the caller
+    for the gallery views' keypoints (computed on first use). The returned ``renders`` are
+    the references at the returned poses (``H x W``); ``render_ms`` is the time of the one
+    render the unrefined pipeline would have made too."""
     if gallery.images is None:
         raise ValueError("this gallery has no stored views and depths: rebuild it (rpe-pad train ... --stages gallery)")
     b, h, w = images.shape[:3]
     gh, gw = gallery.images.shape[1:3]
-    small, K_q = _resized(images, Ks, gw, gh)
     det = _detector(cfg.detector)
     norm = cv2.NORM_L2 if cfg.detector == "sift" else cv2.NORM_HAMMING
+    cache = {} if cache is None else cache
     K_g = gallery.K.double().numpy()
-    result = PnPResult(poses.double().clone(), [False] * b, [0] * b, ["not run"] * b)
-    candidates: dict[int, Tensor] = {}
+    queries = images.float().cpu().numpy()
+    small, K_q = (queries, Ks.double()) if (gh, gw) == (h, w) else _resized(images, Ks, gw, gh)
+    Ks_np = Ks.double().numpy()
+    p0 = poses.double().cpu()
+    result = PnPResult(p0.clone(), [False] * b, [0] * b, ["not run"] * b, paths=["none"] * b)
+
+    # 1. PnP of the query against its best gallery views at once (their matches pooled).
+    first = p0.clone()
+    from_gallery = [False] * b
+    q_feats = []
     for i in range(b):
-        pose0 = poses[i].double()
-        features_q = det.detectAndCompute(_gray(small[i]), None)  # once per query
-        reason = "no gallery view to match"
-        for gid in gallery_ids[i, : cfg.gallery_views].tolist():
-            pq, pg = _matches(det, norm, features_q, cv2.cvtColor(gallery.images[gid].numpy(), cv2.COLOR_RGB2GRAY), cfg.ratio)
-            world, keep = _lift(pg, gallery.depths[gid].float().numpy(), K_g, gallery.poses[gid].numpy())
-            new, n_in = _solve(world, pq[keep], K_q[i].numpy(), pose0.numpy(), cfg)
-            result.inliers[i] = max(result.inliers[i], n_in)
-            if new is None:
-                reason = f"too few inliers ({n_in})"
+        fq = _features(det, _gray(small[i]))
+        world, pts = [np.zeros((0, 3))], [np.zeros((0, 2))]
+        views = gallery_ids[i, : cfg.gallery_views].tolist()
+        gallery_features(gallery, cfg, cache, views)
+        for gid in views:
+            pq, pg = _match(fq, cache[(cfg.detector, gid)], norm, cfg.ratio)
+            wpts, keep = _lift(pg, gallery.depths[gid].float().numpy(), K_g, gallery.poses[gid].double().numpy())
+            world.append(wpts)
+            pts.append(pq[keep])
+        new, n_in = _solve(np.concatenate(world), np.concatenate(pts), K_q[i].numpy(), p0[i].numpy(), cfg)
+        result.inliers[i] = n_in
+        ok, reason = (False, f"gallery PnP: too few inliers ({n_in})") if new is None else _within_bounds(new, p0[i], cfg)
+        if ok:
+            first[i], from_gallery[i] = new, True
+            result.accepted[i], result.reasons[i] = True, "ok"
+        else:
+            result.reasons[i] = reason if reason.startswith("gallery") else f"gallery PnP: {reason}"
+        q_feats.append(fq if small is queries else _features(det, _gray(queries[i])))
+
+    # 2. The one render, at those poses: the reference (and the depth for the polish).
+    t0 = time.perf_counter()
+    out = render(scene, first.float(), Ks.float(), w, h, with_depth=True)
+    result.render_ms = 1000 * (time.perf_counter() - t0)
+    renders = out.colors.clamp(0, 1).cpu().numpy()
+    depths, warp_depths = _depths(out)
+    result.poses, result.renders = first.clone(), renders.copy()
+
+    # 3. Polish, ``rounds`` times: PnP of the query against the current reference, lifted
+    #    with the depth of the last true render (through the warp's sampling maps). A small
+    #    correction warps that render (no accumulated resampling), a large one re-renders;
+    #    either must match the query better than the current reference.
+    base = [(first[i], renders[i], depths[i], warp_depths[i], None) for i in range(b)]  # pose, image, depths, maps
+    err = [_photo_error(renders[i], queries[i]) for i in range(b)]
+    steps = [["gallery"] if from_gallery[i] else [] for i in range(b)]
+    unconfirmed = [i for i in range(b) if from_gallery[i]]  # gallery corrections no polish has checked yet
+    active = list(range(b))
+    for _ in range(cfg.rounds):
+        to_render: list[tuple[int, Tensor]] = []
+        for i in list(active):
+            pose_b, img_b, depth_b, wdepth_b, maps = base[i]
+            pq, pr = _match(q_feats[i], _features(det, _gray(result.renders[i])), norm, cfg.ratio)
+            if maps is not None:  # keypoints of the warped reference -> pixels of the render it came from
+                pr = np.stack([_sample(maps[0], pr), _sample(maps[1], pr)], axis=1) + 0.5
+            wpts, keep = _lift(pr, depth_b, Ks_np[i], pose_b.numpy())
+            new, n_in = _solve(wpts, pq[keep], Ks_np[i], result.poses[i].numpy(), cfg)
+            ok = new is not None and _within_bounds(new, p0[i], cfg)[0]
+            if not ok:
+                active.remove(i)
+                if not result.accepted[i] and not from_gallery[i]:
+                    result.reasons[i] += f"; polish: {'too few inliers' if new is None else 'correction too large'} ({n_in})"
                 continue
-            ok, reason = _within_bounds(new, pose0, cfg)
-            if ok:
-                candidates[i] = new
-                break
-        result.reasons[i] = reason
-    if candidates:
-        ids = sorted(candidates)
-        vw, vh = cfg.verify_size, max(1, round(cfg.verify_size * h / w))
-        target_np, K_v = _resized(images[ids], Ks[ids], vw, vh)
-        target = torch.from_numpy(target_np)
-        both = torch.cat([poses[ids].double(), torch.stack([candidates[i] for i in ids])]).float()
-        out = render(scene, both, torch.cat([K_v, K_v]).float(), vw, vh).colors.clamp(0, 1).cpu()
-        err = (out - torch.cat([target, target])).abs().mean(dim=(1, 2, 3))
-        n = len(ids)
-        for j, i in enumerate(ids):
-            if err[n + j] < err[j]:
-                result.poses[i], result.accepted[i], result.reasons[i] = candidates[i], True, "ok"
-            else:
-                result.reasons[i] = f"photometric check failed ({float(err[n + j]):.4f} >= {float(err[j]):.4f})"
+            if i in unconfirmed:
+                unconfirmed.remove(i)
+            result.inliers[i] = max(result.inliers[i], n_in)
+            moved = mean_flow_px(depth_b, Ks_np[i], result.poses[i].numpy(), new.numpy())
+            if mean_flow_px(depth_b, Ks_np[i], pose_b.numpy(), new.numpy()) > cfg.warp_max_px:
+                to_render.append((i, new))
+                continue
+            warped, new_maps = warp_to_pose(img_b, wdepth_b, Ks_np[i], pose_b.numpy(), new.numpy())
+            e = _photo_error(warped, queries[i])
+            if e >= err[i]:
+                active.remove(i)  # no better: the current pose stands
+                continue
+            err[i], base[i] = e, (pose_b, img_b, depth_b, wdepth_b, new_maps)
+            result.poses[i], result.renders[i], result.accepted[i], result.reasons[i] = new, warped, True, "ok"
+            steps[i].append("warp")
+            if moved < cfg.polish_stop_px:
+                active.remove(i)
+        if to_render:
+            ids = [i for i, _ in to_render]
+            out = render(scene, torch.stack([p for _, p in to_render]).float(), torch.from_numpy(Ks_np[ids]).float(),
+                         w, h, with_depth=True)
+            imgs, (dps, wdps) = out.colors.clamp(0, 1).cpu().numpy(), _depths(out)
+            for j, (i, new) in enumerate(to_render):
+                e = _photo_error(imgs[j], queries[i])
+                if e >= err[i]:
+                    active.remove(i)
+                    if not result.accepted[i] and not from_gallery[i]:
+                        result.reasons[i] = "photometric check of the polish failed"
+                    continue
+                err[i], base[i] = e, (new, imgs[j], dps[j], wdps[j], None)
+                result.poses[i], result.renders[i], result.accepted[i], result.reasons[i] = new, imgs[j], True, "ok"
+                steps[i].append("render")
+    if unconfirmed:  # a gallery correction no polish could check: keep it only if it beats the input pose
+        out = render(scene, p0[unconfirmed].float(), Ks[unconfirmed].float(), w, h).colors.clamp(0, 1).cpu().numpy()
+        for j, i in enumerate(unconfirmed):
+            if _photo_error(out[j], queries[i]) <= err[i]:
+                result.poses[i], result.renders[i], result.accepted[i] = p0[i], out[j], False
+                result.reasons[i], steps[i] = "unconfirmed gallery correction: the input pose matched better", []
+    result.paths = ["+".join(st) if st else "none" for st in steps]
     return result
+
+
+def _depths(out) -> tuple[np.ndarray, np.ndarray]:
+    """Of a render made ``with_depth``: the expected depth ``[C, H, W]`` where the render is
+    opaque (alpha > 0.95, for lifting keypoints; else 0), and where the object covers the
+    pixel at all (alpha > 0.05, for warping: the silhouette's edge pixels move with it)."""
+    alpha, depth = out.alphas[..., 0], out.depths[..., 0]
+    zero = torch.zeros(())
+    lift = torch.where(alpha > 0.95, depth, zero).double().cpu().numpy()
+    warp = torch.where(alpha > 0.05, depth, zero).double().cpu().numpy()
+    return lift, warp
+
+
+def _sample(field_: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``field_ [H, W]`` at pixel positions ``pts [N, 2]`` (+0.5 convention)."""
+    if len(pts) == 0:
+        return np.zeros(0)
+    xy = (pts - 0.5).astype(np.float32).reshape(-1, 1, 2)
+    return cv2.remap(field_.astype(np.float32), xy[..., 0], xy[..., 1], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE).reshape(-1).astype(np.float64)
 
 
 def _blur(x: Tensor, sigma: float) -> Tensor:

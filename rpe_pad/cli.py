@@ -13,6 +13,11 @@ from pathlib import Path
 
 from rpe_pad import __version__
 
+# models.refine's REFINERS and default method, spelt out so that building the parser does
+# not import torch (tests/test_cli.py checks that they agree).
+REFINERS = ("none", "pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc")
+DEFAULT_REFINE = "gpnp+ecc"
+
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from training.synth import SynthConfig, generate
@@ -175,7 +180,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     devices = None if args.device == "all" else [args.device]
     result = bench_pipeline(args.bundle_dir, args.category_dir, modes=tuple(args.modes),
                             batch_sizes=tuple(args.batch_sizes), iterative_queries=args.iterative_queries,
-                            iterative_steps=args.iterative_steps, devices=devices, progress=not args.quiet)
+                            iterative_steps=args.iterative_steps, devices=devices, progress=not args.quiet,
+                            single_queries=args.single_queries)
     write_bench(result, out)
     print(bench_markdown(result))
     print(f"report: {out} (bench.json, bench.md, bench.png)")
@@ -235,10 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Adam steps of --pose iterative (default 175, the peers')")
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="evaluate about this many test views, each label keeping its share (for slow modes; default all)")
-    p.add_argument("--refine", default="pnp+ecc", choices=["pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc", "none"],
-                   help="refinement after IRPRN for --pose rpe+refine (default pnp+ecc)")
+    p.add_argument("--refine", default=DEFAULT_REFINE, choices=REFINERS,
+                   help=f"refinement after IRPRN for --pose rpe+refine (default {DEFAULT_REFINE})")
     p.add_argument("--refine-rounds", type=_positive_int, default=2,
-                   help="PnP rounds (each later one re-renders, verifies and polishes; default 2)")
+                   help="PnP polishing rounds (pnp: each re-renders and verifies; gpnp: each warps or re-renders "
+                        "and verifies; default 2)")
     p.add_argument("--photometric", action="store_true",
                    help="render-and-compare where PnP fails (rpe+refine; about 15 s per such query on a CPU)")
     p.add_argument("--fusion", default="mean", choices=["mean", "top1", "render"],
@@ -258,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="overlay folder (default ./inspections)")
     p.add_argument("--pose", default="rpe+refine", choices=["retrieval", "rpe", "rpe+refine"],
                    help="how the query pose is found (default rpe+refine, the best measured)")
-    p.add_argument("--refine", default="pnp+ecc", choices=["pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc", "none"],
-                   help="refinement for --pose rpe+refine (default pnp+ecc)")
+    p.add_argument("--refine", default=DEFAULT_REFINE, choices=REFINERS,
+                   help=f"refinement for --pose rpe+refine (default {DEFAULT_REFINE})")
     p.add_argument("--threshold", type=float, default=None, help="override the calibrated threshold (raw score units)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--json", action="store_true", help="also print each result as one JSON line")
@@ -313,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterative-queries", type=_non_negative_int, default=2,
                    help="queries timed in the peers' iterative mode (0 = skip; minutes each on a CPU; default 2)")
     p.add_argument("--iterative-steps", type=_positive_int, default=175, help="default 175, the peers'")
+    p.add_argument("--single-queries", type=_positive_int, default=8,
+                   help="queries run one at a time for batch size 1, the median one reported (default 8)")
     p.add_argument("--device", default="all", choices=["all", "cpu", "cuda"], help="default: CPU, and CUDA when present")
     p.add_argument("--out", type=Path, default=None, help="report folder (default ./benchmarks/<category>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

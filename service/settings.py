@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     bundles: Path = Path("bundles")  # directory of bundles, one subdirectory per category
     device: Literal["auto", "cuda", "cpu"] = "auto"  # where models run; auto = CUDA when present
     pose: Literal["retrieval", "rpe", "rpe+refine"] = "rpe+refine"  # pose mode (models/inspector.py)
-    refine: Literal["pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc", "none"] = "pnp+ecc"  # refiners for rpe+refine
+    refine: Literal["pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc", "none"] = "gpnp+ecc"  # refiners for rpe+refine
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)  # per file
     max_image_pixels: int = Field(default=25_000_000, gt=0)  # width x height, checked before decoding
     min_image_side: int = Field(default=32, gt=0)  # smaller images are refused (422)

@@ -86,3 +86,16 @@ def test_train_rejects_unknown_stage(tiny_synth: Path, tmp_path: Path, capsys: p
     assert "unknown stage" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_parser_constants_agree_with_the_models() -> None:
+    """The CLI and the service spell out the refiners (no torch import to build a parser)."""
+    import typing
+
+    from models.refine import REFINERS, RefineConfig
+    from rpe_pad import cli
+    from service.settings import Settings
+
+    assert set(cli.REFINERS) == set(REFINERS) and cli.DEFAULT_REFINE == RefineConfig().method
+    field = Settings.model_fields["refine"]
+    assert set(typing.get_args(field.annotation)) == set(REFINERS) and field.default == RefineConfig().method

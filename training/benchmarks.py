@@ -114,16 +114,20 @@ def _queries(category_dir: Path, width: int, n: int) -> torch.Tensor:
 
 def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] = ("rpe", "rpe+refine"),
                    batch_sizes: tuple[int, ...] = BATCH_SIZES, iterative_queries: int = 2,
-                   iterative_steps: int = 175, devices: list[str] | None = None, progress: bool = True) -> dict:
+                   iterative_steps: int = 175, devices: list[str] | None = None, progress: bool = True,
+                   single_queries: int = 8) -> dict:
     """Per-stage latency and throughput of the one inspection pipeline on a bundle.
 
     For each device (CPU, and CUDA when present) and each pose mode in ``modes``: one
     warm-up batch, then one batch of each size in ``batch_sizes`` (test views repeated
     cyclically); per-query stage times are the batch's stage times over its size
-    (``Inspection.timings_ms``); throughput is queries per second of wall time. Then the
-    peers' ``iterative`` mode on ``iterative_queries`` queries, one at a time (its cost
-    does not change with batching), and the speed ratios ``iterative / mode`` of the
-    per-query time (pose + render + score, at batch size 1)."""
+    (``Inspection.timings_ms``); throughput is queries per second of wall time. Batch size
+    1 is ``single_queries`` different queries one at a time, reported by the stage times of
+    the median query (by total time), with each stage's own median beside them. Then the peers' ``iterative`` mode on ``iterative_queries`` queries, one at a
+    time (its cost does not change with batching), and the speed ratios ``iterative /
+    mode`` of the per-query time (pose + render + score, at batch size 1). With both
+    ``rpe`` and ``rpe+refine``: ``refine_added_ms``, what refinement adds to a query at
+    batch size 1 (median total of one minus the other's)."""
     from tqdm.auto import tqdm
 
     from models.inspector import Inspector, InspectorConfig
@@ -139,18 +143,27 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
         for mode in modes:
             inspector = Inspector.load(bundle_dir, InspectorConfig(pose=mode), device=device)
             if images is None:
-                images = _queries(category_dir, inspector.width, max(*batch_sizes, iterative_queries))
+                images = _queries(category_dir, inspector.width, max(*batch_sizes, iterative_queries, single_queries))
             inspector.inspect(images[:1])  # warm-up (ONNX session, CUDA kernels, caches)
             rows = []
             for b in tqdm(batch_sizes, desc=f"bench {device} {mode}", disable=not progress):
-                sync()
-                start = time.perf_counter()
-                out = inspector.inspect(images[:b])
-                sync()
-                wall = time.perf_counter() - start
-                stages = {k: round(v, 2) for k, v in out[0].timings_ms.items()}
-                rows.append({"batch": b, "per_query_ms": stages, "throughput_qps": round(b / wall, 3),
-                             "wall_s": round(wall, 3)})
+                runs = [images[i : i + 1] for i in range(single_queries)] if b == 1 else [images[:b]]
+                timings, wall = [], 0.0
+                for batch in runs:
+                    sync()
+                    start = time.perf_counter()
+                    out = inspector.inspect(batch)
+                    sync()
+                    wall += time.perf_counter() - start
+                    timings.append(out[0].timings_ms)
+                median_query = sorted(timings, key=lambda t: t["total"])[(len(timings) - 1) // 2]
+                stages = {k: round(v, 2) for k, v in median_query.items()}
+                row = {"batch": b, "per_query_ms": stages, "throughput_qps": round(b * len(runs) / wall, 3),
+                       "wall_s": round(wall, 3)}
+                if len(runs) > 1:
+                    row["queries"] = len(runs)
+                    row["stage_medians_ms"] = {k: round(statistics.median(t[k] for t in timings), 2) for k in timings[0]}
+                rows.append(row)
             per_device["modes"][mode] = rows
         if iterative_queries > 0:
             inspector = Inspector.load(bundle_dir, InspectorConfig(pose="iterative",
@@ -171,6 +184,10 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
             per_device["speedup_vs_iterative"] = {
                 mode: round(it_total / one["per_query_ms"]["total"], 2)
                 for mode, rows in per_device["modes"].items() if (one := _batch_one(rows)) is not None}
+        ones = {mode: _batch_one(rows) for mode, rows in per_device["modes"].items()}
+        if ones.get("rpe") and ones.get("rpe+refine"):
+            per_device["refine_added_ms"] = round(ones["rpe+refine"]["per_query_ms"]["total"]
+                                                  - ones["rpe"]["per_query_ms"]["total"], 1)
         result["devices"][device] = per_device
     return result
 
@@ -200,6 +217,12 @@ def bench_markdown(result: dict) -> str:
                       f"{it['per_query_ms']['total'] / 1000:.1f} s per query; "
                       + ", ".join(f"`{mode}` is {r:.1f}x faster" for mode, r in d["speedup_vs_iterative"].items())
                       + " (per-query time at batch size 1)."]
+        if "refine_added_ms" in d:
+            one = d["modes"]["rpe+refine"][0]
+            lines += ["", (f"**{device}, refinement** adds {d['refine_added_ms']:.0f} ms to a query at batch size 1 "
+                           f"(`rpe+refine` minus `rpe`, median query of {one.get('queries', 1)}); its `refine` stage "
+                           f"takes {one.get('stage_medians_ms', one['per_query_ms']).get('refine', 0.0):.0f} ms "
+                           "(median over those queries).")]
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +198,7 @@ def image_size(path: Path) -> int | None:
 
 def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out_dir: Path | None = None,
              eval_size: int = 224, batch: int = 8, tolerance: int | None = None, fusion: str = "mean",
-             backend: str = "auto", k: int = 3, refine: str = "pnp+ecc", refine_rounds: int = 2,
+             backend: str = "auto", k: int = 3, refine: str = RefineConfig().method, refine_rounds: int = 2,
              device: str = "auto", photometric: bool = False, iterative: IterativeConfig | None = None,
              progress: bool = False, limit: int | None = None) -> dict:
     """Inspect every test view of ``category_dir`` with the bundle (or training folder) at
@@ -265,6 +266,7 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out
             "pnp_accepted_fraction": round(float(np.mean(pnp_acc)), 4) if pnp_acc else None,
             "pnp_inliers_median": float(np.median([d["pnp_inliers"] for d in info if "pnp_inliers" in d])) if pnp_acc else None,
             "pnp_rejections": sorted({d["pnp_reason"] for d in info if d.get("pnp_reason", "ok") != "ok"}),
+            "pnp_paths": dict(Counter(d["pnp_path"] for d in info if "pnp_path" in d)) or None,  # gpnp: how poses were reached
             "ecc_accepted_fraction": round(float(np.mean(ecc_acc)), 4) if ecc_acc else None,
             "ecc_shift_px_median": float(np.median([d["ecc_shift_px"] for d in info if "ecc_shift_px" in d])) if ecc_acc else None,
             "photometric": photometric,

@@ -102,12 +102,15 @@ def test_iterative_mode_optimises_from_the_retrieval_pose(tiny_release: Path, qu
     assert np.allclose(still.inspect(good.image[None])[0].pose, retrieval.pose, atol=1e-6)
 
 
-def test_bundle_and_work_folder_give_the_same_result(inspector: Inspector, tiny_pose_bundle: Path, queries) -> None:
-    """The bundle reproduces the training folder it was assembled from (ONNX on both)."""
+def test_bundle_and_work_folder_give_the_same_result(tiny_release: Path, tiny_pose_bundle: Path, queries) -> None:
+    """The bundle reproduces the training folder it was assembled from (ONNX on both). In
+    the IRPRN pose mode: the refiners' RANSAC can pick another inlier set from a pose that
+    differs in the last bits, on this tiny model's few matches."""
     good, bad = queries
-    work = Inspector.from_work_dir(tiny_pose_bundle)
+    config = InspectorConfig(pose="rpe")
+    work = Inspector.from_work_dir(tiny_pose_bundle, config)
     images = torch.stack([good.image, bad.image])
-    for a, b in zip(inspector.inspect(images), work.inspect(images)):
+    for a, b in zip(Inspector.load(tiny_release, config).inspect(images), work.inspect(images)):
         assert a.gallery_ids == b.gallery_ids and np.allclose(a.pose, b.pose, atol=1e-9)
         assert a.score == pytest.approx(b.score, rel=1e-6)
 

@@ -127,33 +127,92 @@ def test_config_validation() -> None:
     assert RefineConfig(method="pnp").uses_pnp and not RefineConfig(method="pnp").uses_ecc
 
 
-def test_gallery_pnp_recovers_or_refuses(posed_renders) -> None:
+def _tiny_gallery(scene, images, poses, Ks):
     from models.gallery import TRAIN, Gallery
     from models.images import to_uint8
-    from models.refine import gallery_pnp_refine
 
-    scene, images, poses, Ks = posed_renders
     out = render(scene, poses.float(), Ks.float(), SIZE, SIZE, with_depth=True)
     depth = torch.where(out.alphas[..., 0] > 0.95, out.depths[..., 0], torch.zeros(()))
     n = len(poses)
-    gallery = Gallery(poses, torch.full((n,), TRAIN, dtype=torch.int8), torch.eye(n), torch.zeros(n, 1, 1, 1),
-                      [str(i) for i in range(n)], torch.from_numpy(to_uint8(images.numpy())), depth.half(), Ks[0])
+    return Gallery(poses, torch.full((n,), TRAIN, dtype=torch.int8), torch.eye(n), torch.zeros(n, 1, 1, 1),
+                   [str(i) for i in range(n)], torch.from_numpy(to_uint8(images.numpy())), depth.half(), Ks[0])
+
+
+def test_warp_to_pose_matches_a_fresh_render(posed_renders) -> None:
+    """Re-projecting a render with its depth to a pose a few pixels away (rotation and
+    camera translation: parallax) gives nearly the render at that pose."""
+    from models.refine import _depths, mean_flow_px, warp_to_pose
+
+    scene, _, poses, Ks = posed_renders
+    near = perturb_pose(poses, 0.005, 0.03, torch.Generator().manual_seed(4))
+    src = render(scene, poses.float(), Ks.float(), SIZE, SIZE, with_depth=True)
+    dst = render(scene, near.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1).numpy()
+    lift, warp_depth = _depths(src)
+    colors, K = src.colors.clamp(0, 1).numpy(), Ks[0].numpy()
+    for i in range(len(poses)):
+        flow = mean_flow_px(lift[i], K, poses[i].numpy(), near[i].numpy())
+        assert 0.3 < flow < 4.0  # the motion the polish warps
+        warped, (sx, sy) = warp_to_pose(colors[i], warp_depth[i], K, poses[i].numpy(), near[i].numpy())
+        before, after = np.abs(colors[i] - dst[i]).mean(), np.abs(warped - dst[i]).mean()
+        assert after < 0.35 * before, (i, flow, before, after)
+        assert warped.min() >= 0 and warped.max() <= 1 and sx.shape == sy.shape == (SIZE, SIZE)
+    # The identity motion leaves the render as it is.
+    same, _ = warp_to_pose(colors[0], warp_depth[0], K, poses[0].numpy(), poses[0].numpy())
+    np.testing.assert_allclose(same, colors[0], atol=1e-5)
+
+
+def test_gallery_pnp_recovers_or_refuses(posed_renders) -> None:
+    from models.gallery import Gallery
+    from models.refine import gallery_pnp_refine
+
+    scene, images, poses, Ks = posed_renders
+    gallery = _tiny_gallery(scene, images, poses, Ks)
+    n = len(poses)
     # Queries: the scene seen from poses near the gallery's; the start is the gallery pose.
     true = perturb_pose(poses, 0.03, 0.0, torch.Generator().manual_seed(2))
     queries = render(scene, true.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1)
     points = scene.means[torch.sigmoid(scene.opacities) > 0.5].double()
-    result = gallery_pnp_refine(scene, gallery, queries, poses, Ks, torch.arange(n)[:, None], RefineConfig(gallery_views=1))
+    cache: dict = {}
+    result = gallery_pnp_refine(scene, gallery, queries, poses, Ks, torch.arange(n)[:, None], RefineConfig(gallery_views=1),
+                                cache=cache)
     before = reprojection_error_px(poses, true, Ks, points)
     after = reprojection_error_px(result.poses, true, Ks, points)
-    assert any(result.accepted)
+    assert any(result.accepted) and len(cache) == n  # each gallery view's keypoints computed once
+    assert result.render_ms > 0 and len(result.paths) == n
+    fresh = render(scene, result.poses.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1).numpy()
     for i, ok in enumerate(result.accepted):
         if ok:
-            assert after[i] < before[i]
+            assert after[i] < 0.5 * before[i] and result.reasons[i] == "ok" and result.paths[i] != "none"
         else:
             assert torch.equal(result.poses[i], poses[i]) and result.reasons[i] != "ok"
+        # The reference handed back is the scene at the returned pose (rendered, or warped to it).
+        assert np.abs(result.renders[i] - fresh[i]).mean() < 0.25 * np.abs(fresh[i] - queries[i].numpy()).mean() + 2e-3
     with pytest.raises(ValueError, match="no stored views"):
         gallery_pnp_refine(scene, Gallery(poses, gallery.source, gallery.descriptors, gallery.features, gallery.names),
                            queries, poses, Ks, torch.arange(n)[:, None], RefineConfig())
+
+
+def test_gallery_pnp_never_returns_a_worse_pose(posed_renders, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gallery PnP that returns a plausible but wrong pose, and a polish that finds
+    nothing: the render at the input pose is compared and the input pose kept."""
+    from models import refine
+    from models.camera import roll_pose
+
+    scene, images, poses, Ks = posed_renders
+    gallery = _tiny_gallery(scene, images, poses, Ks)
+    n = len(poses)
+    calls = []
+
+    def wrong_then_nothing(world, pts, K, pose0, cfg):
+        calls.append(1)
+        return (roll_pose(torch.from_numpy(pose0), 6.0), 99) if len(calls) <= n else (None, 0)
+
+    monkeypatch.setattr(refine, "_solve", wrong_then_nothing)
+    result = refine.gallery_pnp_refine(scene, gallery, images, poses, Ks, torch.arange(n)[:, None], RefineConfig())
+    assert not any(result.accepted) and torch.equal(result.poses, poses)
+    assert all(r.startswith("unconfirmed gallery correction") for r in result.reasons)
+    fresh = render(scene, poses.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1).numpy()
+    np.testing.assert_allclose(result.renders, fresh, atol=1e-5)
 
 
 def test_render_and_compare_reduces_the_error(posed_renders) -> None:

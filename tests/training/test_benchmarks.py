@@ -14,7 +14,7 @@ def test_bench_reports_stages_throughput_and_ratios(tiny_release: Path, tiny_syn
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
     assert main(["bench", str(tiny_release), str(tiny_synth), "--batch-sizes", "1", "3", "--iterative-queries", "1",
-                 "--iterative-steps", "2", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+                 "--iterative-steps", "2", "--single-queries", "3", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "bench.json").read_text())
     cpu = result["devices"]["cpu"]
     assert set(cpu["modes"]) == {"rpe", "rpe+refine"} and result["machine"]["cpu_count"] >= 1
@@ -29,5 +29,10 @@ def test_bench_reports_stages_throughput_and_ratios(tiny_release: Path, tiny_syn
     assert "optimise" in iterative and cpu["iterative"]["steps"] == 2
     for mode, ratio in cpu["speedup_vs_iterative"].items():
         assert ratio == pytest.approx(iterative["total"] / cpu["modes"][mode][0]["per_query_ms"]["total"], rel=0.01, abs=0.006)
+    ones = {mode: rows[0] for mode, rows in cpu["modes"].items()}
+    assert all(r["queries"] == 3 and r["wall_s"] > 0 for r in ones.values())
+    assert set(ones["rpe+refine"]["stage_medians_ms"]) == set(ones["rpe+refine"]["per_query_ms"])
+    assert cpu["refine_added_ms"] == pytest.approx(
+        ones["rpe+refine"]["per_query_ms"]["total"] - ones["rpe"]["per_query_ms"]["total"], abs=0.06)
     assert "faster" in (out / "bench.md").read_text() and (out / "bench.png").stat().st_size > 10_000
     assert "rpe+refine" in capsys.readouterr().out
