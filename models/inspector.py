@@ -371,6 +371,22 @@ class Inspector:
         return side_by_side(image, inspection.reference, norm, title=title,
                             captions=("query", "rendered reference", caption))
 
+    def warm_up(self, batch: int = 1) -> float:
+        """Run one batch of ``batch`` of the gallery's own views through the pipeline, so
+        that buffers, ONNX sessions and caches exist before the first real query (the
+        service does this before it reports ready); returns the seconds it took. Nothing to
+        do in pose mode ``oracle`` (evaluation only: no gallery)."""
+        if self.estimator is None:
+            return 0.0
+        gallery = self.estimator.gallery
+        if gallery.images is not None and gallery.images.shape[1:3] == (self.height, self.width):
+            images = gallery.images[torch.arange(batch) % len(gallery)].float() / 255.0
+        else:
+            images = torch.full((batch, self.height, self.width, 3), 0.5)
+        start = time.perf_counter()
+        self.inspect(images)
+        return time.perf_counter() - start
+
     def describe(self) -> dict:
         """What a client needs to know about the loaded category."""
         m = self.manifest

@@ -108,6 +108,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.load_error = str(exc)
             log.error("loading bundles failed: %s", exc)
             return
+        for name, inspector in list(loaded.items()):
+            if not settings.warmup:
+                continue
+            try:  # on the inference thread, where the buffers will be reused
+                seconds = await asyncio.get_running_loop().run_in_executor(state.executor, inspector.warm_up,
+                                                                           settings.max_batch)
+                log.info("warmed %s up in %.1f s (batch %d)", name, seconds, settings.max_batch)
+            except Exception as exc:  # noqa: BLE001 (a bundle that cannot run is refused, the rest served)
+                refused[name] = f"warm-up failed: {type(exc).__name__}: {exc}"
+                del loaded[name]
+                log.error("bundle refused: %s", refused[name])
         for name, inspector in loaded.items():
             batcher = CategoryBatcher(name, inspector, settings, state.executor, state.telemetry)
             batcher.start()

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(default=10.0, ge=0)  # how long a batch waits for company
     queue_size: int = Field(default=32, gt=0)  # queued images per category before 503
     retry_after_s: int = Field(default=2, gt=0)  # Retry-After on 503
+    warmup: bool = True  # one max_batch-sized batch per category before ready (first requests do not pay)
 
     @field_validator("api_key", mode="before")
     @classmethod

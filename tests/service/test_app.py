@@ -219,6 +219,40 @@ def test_not_ready_without_bundles(tmp_path: Path, query_png: bytes) -> None:
         assert c.get("/healthz").status_code == 200
 
 
+def test_bundles_are_warmed_up_before_ready_and_a_failing_one_is_refused(
+        tiny_release: Path, category: str, query_png: bytes, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from models.inspector import Inspector
+
+    calls = []
+    real = Inspector.warm_up
+
+    def warm_up(self, batch=1):
+        calls.append(batch)
+        return real(self, batch)
+
+    monkeypatch.setattr(Inspector, "warm_up", warm_up)
+    with _client(tiny_release.parent, max_batch=3) as c:
+        _wait_ready(c)
+        assert calls == [3]  # once, before ready, at the micro-batch size
+        assert _post(c, category, query_png).status_code == 200
+
+    def broken(self, batch=1):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(Inspector, "warm_up", broken)
+    with caplog.at_level(logging.ERROR, logger="rpe_pad.service"), _client(tiny_release.parent) as c:
+        end = time.time() + 60
+        while "no valid bundle" not in c.get("/readyz").text and time.time() < end:
+            time.sleep(0.2)
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "no valid bundle" in r.json()["detail"]
+        assert c.get("/healthz").status_code == 200
+    assert any("warm-up failed: RuntimeError: out of memory" in rec.getMessage() for rec in caplog.records)
+
+
 def test_concurrent_requests_are_batched(client: TestClient, category: str, query_png: bytes, defect_png: bytes) -> None:
     single = {name: _post(client, category, data).json()["score"] for name, data in (("good", query_png), ("bad", defect_png))}
     jobs = [("good", query_png), ("bad", defect_png)] * 4
