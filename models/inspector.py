@@ -176,7 +176,11 @@ class Inspector:
         self.config, self.device, self.name, self.manifest = config, device, name, manifest
         self._gallery_keypoints: dict = {}  # gpnp: the gallery views' keypoints
         rcfg = config.refine
-        if config.pose == "rpe+refine" and rcfg.uses_gallery_pnp and estimator.gallery.images is not None:
+        if config.pose == "rpe+refine" and rcfg.uses_gallery_pnp:
+            if estimator.gallery.images is None:
+                raise ValueError(f"refinement {rcfg.method!r} needs the gallery's stored views and depths, which this "
+                                 "bundle lacks: rebuild it with rpe-pad train (the gallery stage), or refine with "
+                                 "pnp+ecc (--refine pnp+ecc, RPEPAD_REFINE=pnp+ecc)")
             gallery_features(estimator.gallery, rcfg, self._gallery_keypoints)  # once, not per query
 
     # ----------------------------------------------------------------- loading

@@ -17,8 +17,10 @@ Refiners, composable (``REFINERS``):
   reference. A polish that moves the object by at most ``warp_max_px`` is applied by
   re-projecting the render with its depth (``warp_to_pose``: no new render), a larger one
   by rendering again; each must match the query better (mean absolute difference) than the
-  current reference. A gallery correction that no polish could confirm is compared with a
-  render at the IRPRN pose, and dropped if that matches better. The warp is the rendered
+  current reference. A gallery correction is confirmed when a polishing PnP (the query
+  against the render, independent of the gallery) finds it within ``warp_max_px``; one
+  that no polish confirms is compared with a render at the IRPRN pose at the end, and
+  dropped if that matches better. The warp is the rendered
   scene seen from the corrected camera (6 numbers for the whole image, through the
   render's own depth), not a deformation fitted to the query: it cannot bend the reference
   onto a defect.
@@ -386,9 +388,9 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
     # 2. The one render, at those poses: the reference (and the depth for the polish).
     t0 = time.perf_counter()
     out = render(scene, first.float(), Ks.float(), w, h, with_depth=True)
-    result.render_ms = 1000 * (time.perf_counter() - t0)
-    renders = out.colors.clamp(0, 1).cpu().numpy()
+    renders = out.colors.clamp(0, 1).cpu().numpy()  # on CUDA this waits for the render: timed with it
     depths, warp_depths = _depths(out)
+    result.render_ms = 1000 * (time.perf_counter() - t0)
     result.poses, result.renders = first.clone(), renders.copy()
 
     # 3. Polish, ``rounds`` times: PnP of the query against the current reference, lifted
@@ -412,13 +414,15 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
             ok = new is not None and _within_bounds(new, p0[i], cfg)[0]
             if not ok:
                 active.remove(i)
-                if not result.accepted[i] and not from_gallery[i]:
+                if not result.accepted[i]:
                     result.reasons[i] += f"; polish: {'too few inliers' if new is None else 'correction too large'} ({n_in})"
                 continue
-            if i in unconfirmed:
-                unconfirmed.remove(i)
             result.inliers[i] = max(result.inliers[i], n_in)
             moved = mean_flow_px(depth_b, Ks_np[i], result.poses[i].numpy(), new.numpy())
+            if i in unconfirmed and moved <= cfg.warp_max_px:
+                # An independent PnP (query against the render, not the gallery) puts the
+                # object within a pixel or two of the gallery pose: that confirms it.
+                unconfirmed.remove(i)
             if mean_flow_px(depth_b, Ks_np[i], pose_b.numpy(), new.numpy()) > cfg.warp_max_px:
                 to_render.append((i, new))
                 continue
@@ -426,6 +430,8 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
             e = _photo_error(warped, queries[i])
             if e >= err[i]:
                 active.remove(i)  # no better: the current pose stands
+                if not result.accepted[i]:
+                    result.reasons[i] += "; polish: photometric check failed"
                 continue
             err[i], base[i] = e, (pose_b, img_b, depth_b, wdepth_b, new_maps)
             result.poses[i], result.renders[i], result.accepted[i], result.reasons[i] = new, warped, True, "ok"
@@ -441,13 +447,13 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
                 e = _photo_error(imgs[j], queries[i])
                 if e >= err[i]:
                     active.remove(i)
-                    if not result.accepted[i] and not from_gallery[i]:
-                        result.reasons[i] = "photometric check of the polish failed"
+                    if not result.accepted[i]:
+                        result.reasons[i] += "; polish: photometric check failed"
                     continue
                 err[i], base[i] = e, (new, imgs[j], dps[j], wdps[j], None)
                 result.poses[i], result.renders[i], result.accepted[i], result.reasons[i] = new, imgs[j], True, "ok"
                 steps[i].append("render")
-    if unconfirmed:  # a gallery correction no polish could check: keep it only if it beats the input pose
+    if unconfirmed:  # a gallery correction no polish confirmed: keep the result only if it beats the input pose
         out = render(scene, p0[unconfirmed].float(), Ks[unconfirmed].float(), w, h).colors.clamp(0, 1).cpu().numpy()
         for j, i in enumerate(unconfirmed):
             if _photo_error(out[j], queries[i]) <= err[i]:

@@ -134,6 +134,8 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
     from models.refine import IterativeConfig
 
     devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    if single_queries < 1:
+        raise ValueError(f"single_queries must be at least 1, got {single_queries}")
     result = {"bundle": str(bundle_dir), "category_dir": str(category_dir), "machine": machine(),
               "batch_sizes": list(batch_sizes), "devices": {}}
     for device in devices:
@@ -218,7 +220,7 @@ def bench_markdown(result: dict) -> str:
                       + ", ".join(f"`{mode}` is {r:.1f}x faster" for mode, r in d["speedup_vs_iterative"].items())
                       + " (per-query time at batch size 1)."]
         if "refine_added_ms" in d:
-            one = d["modes"]["rpe+refine"][0]
+            one = _batch_one(d["modes"]["rpe+refine"])
             lines += ["", (f"**{device}, refinement** adds {d['refine_added_ms']:.0f} ms to a query at batch size 1 "
                            f"(`rpe+refine` minus `rpe`, median query of {one.get('queries', 1)}); its `refine` stage "
                            f"takes {one.get('stage_medians_ms', one['per_query_ms']).get('refine', 0.0):.0f} ms "

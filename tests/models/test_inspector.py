@@ -142,3 +142,21 @@ def test_inspect_cli_prints_and_draws(tiny_release: Path, tiny_synth: Path, tmp_
     result = json.loads(line)
     assert result["image"] == str(good) and result["is_anomalous"] in (True, False)
     assert (out / f"{good.stem}_overlay.png").stat().st_size > 1000
+
+
+def test_gallery_refinement_needs_the_stored_views(inspector: Inspector) -> None:
+    """A bundle whose gallery lacks the stored views and depths is refused at load under
+    the default refiner (gpnp), with what to do; pnp+ecc still works with it."""
+    import copy
+    import dataclasses
+
+    from models.refine import RefineConfig
+
+    estimator = copy.copy(inspector.estimator)
+    estimator.gallery = dataclasses.replace(estimator.gallery, images=None, depths=None, K=None)
+    parts = (inspector.scene, inspector.scorer, inspector.calibration, estimator, inspector.width, inspector.height,
+             inspector.K)
+    with pytest.raises(ValueError, match="stored views and depths.*pnp\\+ecc"):
+        Inspector(*parts, InspectorConfig(), inspector.device, "old")
+    older = Inspector(*parts, InspectorConfig(refine=RefineConfig(method="pnp+ecc")), inspector.device, "old")
+    assert older.config.refine.method == "pnp+ecc"

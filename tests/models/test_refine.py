@@ -194,7 +194,8 @@ def test_gallery_pnp_recovers_or_refuses(posed_renders) -> None:
 
 def test_gallery_pnp_never_returns_a_worse_pose(posed_renders, monkeypatch: pytest.MonkeyPatch) -> None:
     """A gallery PnP that returns a plausible but wrong pose, and a polish that finds
-    nothing: the render at the input pose is compared and the input pose kept."""
+    nothing or moves it further: the render at the input pose is compared and the input
+    pose kept."""
     from models import refine
     from models.camera import roll_pose
 
@@ -207,12 +208,18 @@ def test_gallery_pnp_never_returns_a_worse_pose(posed_renders, monkeypatch: pyte
         calls.append(1)
         return (roll_pose(torch.from_numpy(pose0), 6.0), 99) if len(calls) <= n else (None, 0)
 
-    monkeypatch.setattr(refine, "_solve", wrong_then_nothing)
-    result = refine.gallery_pnp_refine(scene, gallery, images, poses, Ks, torch.arange(n)[:, None], RefineConfig())
-    assert not any(result.accepted) and torch.equal(result.poses, poses)
-    assert all(r.startswith("unconfirmed gallery correction") for r in result.reasons)
+    def wrong_then_worse(world, pts, K, pose0, cfg):  # a polish that moves far cannot confirm the gallery pose
+        calls.append(1)
+        return roll_pose(torch.from_numpy(pose0), 6.0 if len(calls) <= n else 20.0), 99
+
     fresh = render(scene, poses.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1).numpy()
-    np.testing.assert_allclose(result.renders, fresh, atol=1e-5)
+    for solver in (wrong_then_nothing, wrong_then_worse):
+        calls.clear()
+        monkeypatch.setattr(refine, "_solve", solver)
+        result = refine.gallery_pnp_refine(scene, gallery, images, poses, Ks, torch.arange(n)[:, None], RefineConfig())
+        assert not any(result.accepted) and torch.equal(result.poses, poses), solver.__name__
+        assert all(r.startswith("unconfirmed gallery correction") for r in result.reasons)
+        np.testing.assert_allclose(result.renders, fresh, atol=1e-5)
 
 
 def test_render_and_compare_reduces_the_error(posed_renders) -> None:
