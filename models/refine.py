@@ -330,9 +330,10 @@ def gallery_features(gallery, cfg: RefineConfig, cache: dict, ids: list[int] | N
     """Fill ``cache[(detector, id)]`` with the keypoints of gallery views ``ids`` (default
     all) that it lacks; the Inspector does all of them once at load, so that no query pays
     for them."""
-    det = _detector(cfg.detector)
-    for gid in range(len(gallery)) if ids is None else ids:
-        if (cfg.detector, gid) not in cache:
+    missing = [gid for gid in (range(len(gallery)) if ids is None else ids) if (cfg.detector, gid) not in cache]
+    if missing:
+        det = _detector(cfg.detector)
+        for gid in missing:
             cache[(cfg.detector, gid)] = _features(det, cv2.cvtColor(gallery.images[gid].numpy(), cv2.COLOR_RGB2GRAY))
     return cache
 

@@ -123,11 +123,12 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
     cyclically); per-query stage times are the batch's stage times over its size
     (``Inspection.timings_ms``); throughput is queries per second of wall time. Batch size
     1 is ``single_queries`` different queries one at a time, reported by the stage times of
-    the median query (by total time), with each stage's own median beside them. Then the peers' ``iterative`` mode on ``iterative_queries`` queries, one at a
-    time (its cost does not change with batching), and the speed ratios ``iterative /
-    mode`` of the per-query time (pose + render + score, at batch size 1). With both
-    ``rpe`` and ``rpe+refine``: ``refine_added_ms``, what refinement adds to a query at
-    batch size 1 (median total of one minus the other's)."""
+    the median query (by total time), with each stage's own median beside them. Then the
+    peers' ``iterative`` mode on ``iterative_queries`` queries, one at a time (its cost
+    does not change with batching), and the speed ratios ``iterative / mode`` of the
+    per-query time (pose + render + score, at batch size 1). With both ``rpe`` and
+    ``rpe+refine``: ``refine_added_ms``, what refinement adds to a query at batch size 1
+    (median total of one minus the other's)."""
     from tqdm.auto import tqdm
 
     from models.inspector import Inspector, InspectorConfig
