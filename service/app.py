@@ -108,9 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.load_error = str(exc)
             log.error("loading bundles failed: %s", exc)
             return
-        for name, inspector in list(loaded.items()):
-            if not settings.warmup:
-                continue
+        for name, inspector in list(loaded.items()) if settings.warmup else []:
             try:  # on the inference thread, where the buffers will be reused
                 seconds = await asyncio.get_running_loop().run_in_executor(state.executor, inspector.warm_up,
                                                                            settings.max_batch)
