@@ -41,6 +41,7 @@ from models.bundle import FILES, BundleError, Manifest, find_bundles, open_bundl
 from models.calibration import Calibration
 from models.camera import rotmat_to_quat
 from models.gallery import Gallery
+from models.irprn import load_irprn_config
 from models.pose import PoseEstimator
 from models.refine import (
     IterativeConfig,
@@ -198,11 +199,11 @@ class Inspector:
         scorer, calib = _scorer(calib, config.tolerance)
         estimator = None
         if config.pose != "oracle":
-            irprn = json.loads((bundle_dir / FILES["irprn_config"]).read_text())
+            irprn, unit = load_irprn_config(bundle_dir / FILES["irprn_config"])
             gallery = Gallery.load(bundle_dir / FILES["gallery"])
             estimator = PoseEstimator.from_onnx(
-                bundle_dir / FILES["encoder"], bundle_dir / FILES["pair_head"], gallery, float(irprn["scene_unit"]),
-                irprn["model"]["input_size"], irprn["model"]["descriptor_grid"], device=device,
+                bundle_dir / FILES["encoder"], bundle_dir / FILES["pair_head"], gallery, unit, irprn.input_size,
+                irprn.descriptor_grid, device=device, translation=irprn.translation,
                 k=config.k, fusion=config.fusion, scene=scene)
         cam = manifest.camera
         return cls(scene, scorer.to(dev), calib, estimator, cam.width, cam.height, torch.tensor(cam.K), config, dev,

@@ -13,8 +13,22 @@ Split in two so that the gallery side of a pair is computed once, at bundle buil
 
 Pose convention (``models/camera.py``): the relative pose ``P_rel = P_q inv(P_g)`` of
 world-to-camera poses, so ``P_q = P_rel P_g``; ``q`` is its rotation as a unit wxyz
-quaternion and ``t`` its translation divided by the scene unit (``scene_unit``), so the
-network works in scale-free units.
+quaternion. ``t`` is, by ``IRPRNConfig.translation``: ``"relative"`` (the default, the
+paper's) the translation of ``P_rel`` divided by the scene unit (``scene_unit``), so the
+camera centre ``C_q = C_g - R_q^T t`` is predicted apart from the viewing direction;
+``"object"`` the object-centric shift of ``models.camera.object_shift`` (image-plane
+motion of the object centre and log depth ratio: unit-free and independent of the
+rotation, but it ties the camera centre to the rotation, so every degree of rotation
+error moves the centre by a degree's arc; measured worse on that account, docs/POSE.md).
+``relative_targets`` and ``compose_query_poses`` are the one place where either is
+encoded and decoded.
+
+Pair-head inputs, by ``IRPRNConfig.head``: ``"concat"`` fuses the two maps by a 1 x 1
+convolution of their concatenation; ``"corr"`` (the default) adds their correlation volume
+(cosine similarity of every query cell with every gallery cell, after a learnt 1 x 1
+projection) and the soft-argmax flow it implies (where each query cell's content sits in
+the gallery view), the classic input of geometric matching networks: the head reads the
+displacement directly instead of having to learn to compare two feature maps.
 
 Dynamic convolution is written as one static convolution with ``n_kernels * C_out``
 output channels whose K outputs are mixed by the attention weights. Convolution is linear
@@ -25,6 +39,7 @@ to ONNX with a dynamic batch (a per-sample kernel would need a batch-sized group
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +49,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.camera import apply_object_shift, make_pose, object_shift, pose_to_quat_trans, quat_to_rotmat, relative_pose
 from models.features import DEFAULT_BACKBONE, SPECS, _resolve_weights
 
 Tensor = torch.Tensor
@@ -61,9 +77,30 @@ class IRPRNConfig:
     n_refine: int = 3
     n_kernels: int = 4
     descriptor_grid: int = 4
+    head: str = "corr"  # pair-head input: "corr" (correlation volume + flow, and the fused maps) | "concat"
+    translation: str = "relative"  # what t means: "relative" (P_rel's, / unit) | "object" (object-centric shift)
+    corr_dim: int = 64  # channels of the learnt projection the correlation is taken in
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.translation not in TRANSLATIONS:
+            raise ValueError(f"translation must be one of {TRANSLATIONS}, got {self.translation!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> IRPRNConfig:
+        """From a saved config; keys it lacks (saved before they existed) take the values
+        such networks were trained with, not today's defaults."""
+        return cls(**{**LEGACY, **values})
+
+
+HEADS = ("corr", "concat")
+TRANSLATIONS = ("relative", "object")
+# What a config saved before ``head`` / ``translation`` existed was trained as.
+LEGACY = {"head": "concat", "translation": "relative"}
 
 
 class PoseEncoder(nn.Module):
@@ -109,17 +146,54 @@ def _normalise_quat(q: Tensor) -> Tensor:
     return q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
+class Correlation(nn.Module):
+    """Correlation volume and soft-argmax flow of two feature maps ``[B, C, h, w]``.
+
+    Both maps go through one learnt 1 x 1 projection and are L2-normalised per cell; the
+    volume ``[B, h*w, h, w]`` holds at query cell (y, x), channel j, the cosine similarity
+    with gallery cell j (row-major). The flow ``[B, 2, h, w]`` is the softmax-weighted
+    gallery position of each query cell minus its own (x then y, in [-2, 2]: image width
+    = 2), with the softmax's peak probability ``[B, 1, h, w]`` as confidence."""
+
+    def __init__(self, channels: int, dim: int, size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(channels, dim, 1)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(10.0)))
+        coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
+        gy, gx = torch.meshgrid(coords, coords, indexing="ij")
+        self.register_buffer("grid", torch.stack([gx.flatten(), gy.flatten()]), persistent=False)  # [2, h*w]
+        self.size = size
+
+    def forward(self, query: Tensor, gallery: Tensor) -> Tensor:
+        fq = F.normalize(self.proj(query), dim=1).flatten(2)  # [B, D, hw]
+        fg = F.normalize(self.proj(gallery), dim=1).flatten(2)
+        corr = torch.bmm(fg.transpose(1, 2), fq)  # [B, hw gallery, hw query]
+        prob = torch.softmax(corr * self.log_temperature.exp(), dim=1)
+        expected = torch.einsum("cj,bjq->bcq", self.grid, prob)  # [B, 2, hw query]
+        flow = expected - self.grid[None]
+        conf = prob.amax(dim=1, keepdim=True)
+        # The side is the constant ``size`` (not read off the input), so that the exported
+        # graph keeps static spatial dimensions for the pooling after it.
+        return torch.cat([corr, flow, conf], dim=1).unflatten(2, (self.size, self.size))
+
+
 class PairHead(nn.Module):
     """(query, gallery) features -> ``q [B, S, 4]`` (unit wxyz) and ``t [B, S, 3]`` for
-    S = 1 + n_refine stages (coarse first, the last refinement last)."""
+    S = 1 + n_refine stages (coarse first, the last refinement last). ``size``: the side
+    of the feature maps (input size / encoder stride)."""
 
-    def __init__(self, channels: int, cfg: IRPRNConfig):
+    def __init__(self, channels: int, cfg: IRPRNConfig, size: int = 14):
         super().__init__()
         w = cfg.width
         # 1x1 fusion of the two feature maps, then everything at 7 x 7 (cheap on a CPU, and
         # exportable: the 14 x 14 map of a 224 px input pools evenly).
         self.reduce = nn.Sequential(nn.Conv2d(2 * channels, w, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
                                     nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
+        self.correlation = None
+        if cfg.head == "corr":
+            self.correlation = Correlation(channels, cfg.corr_dim, size)
+            self.corr_reduce = nn.Sequential(nn.Conv2d(size * size + 3, w, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
+                                             nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
         self.coarse = nn.Sequential(nn.Flatten(), nn.Linear(w * 49, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 7))
         self.refine_convs = nn.ModuleList([DynamicConv2d(w, cfg.n_kernels) for _ in range(cfg.n_refine)])
         self.refine_squeeze = nn.ModuleList([nn.Conv2d(w, 32, 1) for _ in range(cfg.n_refine)])
@@ -137,6 +211,8 @@ class PairHead(nn.Module):
 
     def forward(self, query: Tensor, gallery: Tensor) -> tuple[Tensor, Tensor]:
         x = self.reduce(torch.cat([query, gallery], dim=1))
+        if self.correlation is not None:
+            x = x + self.corr_reduce(self.correlation(query, gallery))
         out = self.coarse(x)
         q, t = _normalise_quat(out[:, :4]), out[:, 4:]
         qs, ts = [q], [t]
@@ -156,10 +232,33 @@ class IRPRN(nn.Module):
         super().__init__()
         self.cfg = cfg or IRPRNConfig()
         self.encoder = PoseEncoder(self.cfg)
-        self.head = PairHead(self.encoder.channels, self.cfg)
+        self.head = PairHead(self.encoder.channels, self.cfg, self.cfg.input_size // self.encoder.stride)
 
     def forward(self, query: Tensor, gallery: Tensor) -> tuple[Tensor, Tensor]:
         return self.head(self.encoder(query), self.encoder(gallery))
+
+
+def relative_targets(query_poses: Tensor, gallery_poses: Tensor, unit: float, translation: str) -> tuple[Tensor, Tensor]:
+    """What IRPRN learns for (query, gallery) poses ``[..., 4, 4]``: the canonical wxyz
+    quaternion of ``P_rel`` ``[..., 4]`` and ``t`` ``[..., 3]`` in the ``translation``
+    parametrisation (module docstring)."""
+    q, t = pose_to_quat_trans(relative_pose(query_poses, gallery_poses))
+    if translation == "object":
+        return q, object_shift(query_poses, gallery_poses)
+    if translation == "relative":
+        return q, t / unit
+    raise ValueError(f"translation must be one of {TRANSLATIONS}, got {translation!r}")
+
+
+def compose_query_poses(q: Tensor, t: Tensor, gallery_poses: Tensor, unit: float, translation: str) -> Tensor:
+    """Inverse of ``relative_targets``: query poses ``[..., 4, 4]`` from IRPRN's ``q``, ``t``
+    and the gallery poses (``P_q = P_rel P_g``)."""
+    rot = quat_to_rotmat(q)
+    if translation == "object":
+        return apply_object_shift(rot, t, gallery_poses)
+    if translation == "relative":
+        return make_pose(rot, t * unit) @ gallery_poses
+    raise ValueError(f"translation must be one of {TRANSLATIONS}, got {translation!r}")
 
 
 def descriptor(features: Tensor, grid: int) -> Tensor:
@@ -227,9 +326,16 @@ def save_irprn(net: IRPRN, path_dir: Path, unit: float, train_cfg: dict) -> None
                                                        "train": train_cfg}, indent=2) + "\n")
 
 
+def load_irprn_config(path: Path) -> tuple[IRPRNConfig, float]:
+    """The model config of a saved ``config.json`` (``weights="random"``: the trained
+    weights come from the file, none are downloaded) and its scene unit."""
+    cfg = json.loads(Path(path).read_text())
+    return IRPRNConfig.from_dict({**cfg["model"], "weights": "random"}), float(cfg["scene_unit"])
+
+
 def load_irprn(path_dir: Path) -> tuple[IRPRN, float]:
     """The trained network (weights from the file, none downloaded) and its scene unit."""
-    cfg = json.loads((path_dir / "config.json").read_text())
-    net = IRPRN(IRPRNConfig(**{**cfg["model"], "weights": "random"}))
+    cfg, unit = load_irprn_config(path_dir / "config.json")
+    net = IRPRN(cfg)
     net.load_state_dict(load_file(str(path_dir / "weights.safetensors")))
-    return net.eval(), float(cfg["scene_unit"])
+    return net.eval(), unit

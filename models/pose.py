@@ -5,7 +5,8 @@
 1. encode the queries (IRPRN's encoder, one pass) and take their descriptors;
 2. retrieve the top-K gallery views by cosine similarity (``models.gallery``);
 3. run the pair head on the K (query, gallery view) pairs in one batch; the last stage's
-   ``(q, t)`` is ``P_rel``, and ``P_q = P_rel P_g`` (``models.camera.compose_pose``);
+   ``(q, t)`` gives the query pose from the gallery pose (``P_q = P_rel P_g``, decoded by
+   ``models.irprn.compose_query_poses`` in the network's translation parametrisation);
 4. fuse the K absolute poses (``fusion``): ``top1`` keeps the best-matching pair's,
    ``mean`` averages rotations (the principal eigenvector of the weighted quaternion outer
    products, Markley's average) and camera centres, weighted by the MPTS rank weights;
@@ -27,18 +28,19 @@ from pathlib import Path
 
 import torch
 
-from models.camera import (
-    camera_center,
-    compose_pose,
-    make_pose,
-    quat_to_rotmat,
-    quat_trans_to_pose,
-    rotmat_to_quat,
-    scale_intrinsics,
-)
+from models.camera import camera_center, make_pose, quat_to_rotmat, rotmat_to_quat, scale_intrinsics
 from models.gallery import Gallery
 from models.hashing import sha256_file
-from models.irprn import IRPRN, descriptor, load_irprn, mpts_weights, to_input
+from models.irprn import (
+    IRPRN,
+    LEGACY,
+    compose_query_poses,
+    descriptor,
+    load_irprn,
+    load_irprn_config,
+    mpts_weights,
+    to_input,
+)
 from models.splat.scene import render
 
 Tensor = torch.Tensor
@@ -79,7 +81,7 @@ def average_poses(poses: Tensor, weights: Tensor) -> Tensor:
 class PoseEstimator:
     def __init__(self, gallery: Gallery, encode: Callable[[Tensor], Tensor], head: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
                  unit: float, input_size: int, grid: int, k: int = 3, fusion: str = "mean", scene=None,
-                 select_size: int = 64):
+                 select_size: int = 64, translation: str = LEGACY["translation"]):
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if fusion == "render" and scene is None:
@@ -87,6 +89,7 @@ class PoseEstimator:
         self.scene, self.select_size = scene, select_size
         self.gallery, self._encode, self._head = gallery, encode, head
         self.unit, self.input_size, self.grid, self.k, self.fusion = unit, input_size, grid, k, fusion
+        self.translation = translation  # IRPRN's t parametrisation (models.irprn.IRPRNConfig)
 
     @classmethod
     def from_torch(cls, net: IRPRN, gallery: Gallery, unit: float, **kw) -> PoseEstimator:
@@ -96,7 +99,8 @@ class PoseEstimator:
         def head(fq: Tensor, fg: Tensor) -> tuple[Tensor, Tensor]:
             return net.head(fq, fg)
 
-        return cls(gallery, torch.no_grad()(net.encoder), head, unit, net.cfg.input_size, net.cfg.descriptor_grid, **kw)
+        return cls(gallery, torch.no_grad()(net.encoder), head, unit, net.cfg.input_size, net.cfg.descriptor_grid,
+                   translation=net.cfg.translation, **kw)
 
     @classmethod
     def from_onnx(cls, encoder_path: Path, head_path: Path, gallery: Gallery, unit: float, input_size: int, grid: int,
@@ -132,9 +136,9 @@ class PoseEstimator:
             raise FileNotFoundError(f"{irprn_dir}: no ONNX graphs exported from the current weights: run the onnx stage "
                                     "(rpe-pad train ... --stages onnx)")
         if backend == "onnx" or (backend == "auto" and onnx_ok):
-            cfg = json.loads((irprn_dir / "config.json").read_text())
-            return cls.from_onnx(enc, head, gallery, float(cfg["scene_unit"]), cfg["model"]["input_size"],
-                                 cfg["model"]["descriptor_grid"], device=device, **kw)
+            cfg, unit = load_irprn_config(irprn_dir / "config.json")
+            return cls.from_onnx(enc, head, gallery, unit, cfg.input_size, cfg.descriptor_grid, device=device,
+                                 translation=cfg.translation, **kw)
         if backend not in ("auto", "torch"):
             raise ValueError(f"backend must be auto, onnx or torch, got {backend!r}")
         net, unit = load_irprn(irprn_dir)
@@ -157,8 +161,8 @@ class PoseEstimator:
             return PoseResult(g_poses[:, 0].clone(), g_poses, ids, sims, timings)
         fq = feats[:, None].expand(b, k, *feats.shape[1:]).reshape(b * k, *feats.shape[1:])
         q, t = self._head(fq, self.gallery.features[ids.flatten()])
-        rel = quat_trans_to_pose(q[:, -1].double(), t[:, -1].double() * self.unit).view(b, k, 4, 4)
-        cands = compose_pose(rel, g_poses)
+        cands = compose_query_poses(q[:, -1].double(), t[:, -1].double(), g_poses.flatten(0, 1), self.unit,
+                                    self.translation).view(b, k, 4, 4)
         if self.fusion == "top1" or k == 1:
             fused = cands[:, 0].clone()
         elif self.fusion == "mean":

@@ -19,7 +19,8 @@ uses LoFTR), rank i = 1..K; a query is never paired with itself.
   every query copy and training view are computed once and the pair head trains on them;
   otherwise (the paper preset) the whole network trains on images.
 
-Targets: ``P_rel = P_q inv(P_g)`` as a canonical wxyz quaternion and ``t_rel / unit``.
+Targets: ``P_rel = P_q inv(P_g)`` as a canonical wxyz quaternion and ``t`` in the model's
+translation parametrisation (``models.irprn.relative_targets``).
 Outputs: ``irprn/weights.safetensors``, ``irprn/config.json``, ``reports/irprn.json`` and
 ``reports/irprn_curve.png``; the `gallery` stage writes ``gallery/gallery.safetensors``.
 """
@@ -39,7 +40,7 @@ from matplotlib.figure import Figure
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from models.camera import pose_to_quat_trans, relative_pose, roll_pose, rotation_angle
+from models.camera import roll_pose, rotation_angle
 from models.data import Category
 from models.gallery import NOVEL, TRAIN, Gallery
 from models.hashing import sha256_file
@@ -52,6 +53,7 @@ from models.irprn import (
     encode,
     load_irprn,
     mpts_weights,
+    relative_targets,
     save_irprn,
     scene_unit,
 )
@@ -123,10 +125,12 @@ def augment(images: torch.Tensor, poses: torch.Tensor, cfg: IRPRNTrainConfig, ge
     return QuerySet(torch.cat(out_img), torch.cat(out_pose), torch.cat(origin))
 
 
-def pair_targets(query_poses: torch.Tensor, gallery_poses: torch.Tensor, unit: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relative pose targets: canonical wxyz quaternion [P, 4] and translation / unit [P, 3]."""
-    q, t = pose_to_quat_trans(relative_pose(query_poses, gallery_poses))
-    return q.float(), (t / unit).float()
+def pair_targets(query_poses: torch.Tensor, gallery_poses: torch.Tensor, unit: float,
+                 translation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative pose targets: canonical wxyz quaternion [P, 4] and t [P, 3] in the network's
+    translation parametrisation (``models.irprn.relative_targets``)."""
+    q, t = relative_targets(query_poses, gallery_poses, unit, translation)
+    return q.float(), t.float()
 
 
 def build_pairs(query_desc: torch.Tensor, train_desc: torch.Tensor, k: int, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,7 +219,7 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     pair_q = torch.arange(len(queries.images)).repeat_interleave(k)
     pair_g = gal_ids[queries.origin].flatten()
     pair_r = ranks[queries.origin].flatten()
-    q_gt, t_gt = pair_targets(queries.poses[pair_q], train_poses[pair_g], unit)
+    q_gt, t_gt = pair_targets(queries.poses[pair_q], train_poses[pair_g], unit, model_cfg.translation)
     weights = mpts_weights(k)[pair_r] if cfg.mpts else torch.ones(len(pair_q))
     val_pair = is_val[pair_q]
     train_idx, val_idx = (~val_pair).nonzero().flatten(), val_pair.nonzero().flatten()
