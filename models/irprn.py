@@ -49,7 +49,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.camera import apply_object_shift, make_pose, object_shift, pose_to_quat_trans, quat_to_rotmat, relative_pose
+from models.camera import (
+    apply_object_shift,
+    compose_pose,
+    object_shift,
+    pose_to_quat_trans,
+    quat_to_rotmat,
+    quat_trans_to_pose,
+    relative_pose,
+)
 from models.features import DEFAULT_BACKBONE, SPECS, _resolve_weights
 
 Tensor = torch.Tensor
@@ -253,11 +261,10 @@ def relative_targets(query_poses: Tensor, gallery_poses: Tensor, unit: float, tr
 def compose_query_poses(q: Tensor, t: Tensor, gallery_poses: Tensor, unit: float, translation: str) -> Tensor:
     """Inverse of ``relative_targets``: query poses ``[..., 4, 4]`` from IRPRN's ``q``, ``t``
     and the gallery poses (``P_q = P_rel P_g``)."""
-    rot = quat_to_rotmat(q)
     if translation == "object":
-        return apply_object_shift(rot, t, gallery_poses)
+        return apply_object_shift(quat_to_rotmat(q), t, gallery_poses)
     if translation == "relative":
-        return make_pose(rot, t * unit) @ gallery_poses
+        return compose_pose(quat_trans_to_pose(q, t * unit), gallery_poses)
     raise ValueError(f"translation must be one of {TRANSLATIONS}, got {translation!r}")
 
 
