@@ -88,6 +88,7 @@ class IRPRNConfig:
     head: str = "corr"  # pair-head input: "corr" (correlation volume + flow, and the fused maps) | "concat"
     translation: str = "relative"  # what t means: "relative" (P_rel's, / unit) | "object" (object-centric shift)
     corr_dim: int = 64  # channels of the learnt projection the correlation is taken in
+    fine_layer: int | None = None  # also this finer layer (stride 8: 2), packed in; the correlation is taken on it
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -108,28 +109,42 @@ class IRPRNConfig:
 HEADS = ("corr", "concat")
 TRANSLATIONS = ("relative", "object")
 # What a config saved before ``head`` / ``translation`` existed was trained as.
-LEGACY = {"head": "concat", "translation": "relative"}
+LEGACY = {"head": "concat", "translation": "relative", "fine_layer": None}
 
 
 class PoseEncoder(nn.Module):
-    """Backbone features ``[B, C, h, w]`` of images ``[B, 3, S, S]`` in [0, 1]."""
+    """Backbone features ``[B, C, h, w]`` of images ``[B, 3, S, S]`` in [0, 1].
+
+    With ``fine_layer`` the finer map (e.g. stride 8, ``[B, c, 2h, 2w]``) is packed in
+    after the coarse one by space-to-depth (``pixel_unshuffle``): one ``[B, C + 4c, h, w]``
+    tensor, so the gallery, the exported graph and the descriptor keep one features
+    tensor; ``PairHead`` unpacks it exactly (``pixel_shuffle``)."""
 
     def __init__(self, cfg: IRPRNConfig):
         super().__init__()
         spec = SPECS.get(cfg.backbone)
         mean, std = (spec.mean, spec.std) if spec else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-        self.body = timm.create_model(cfg.backbone, pretrained=False, features_only=True, out_indices=(cfg.layer,))
+        layers = (cfg.layer,) if cfg.fine_layer is None else (cfg.fine_layer, cfg.layer)
+        if cfg.fine_layer is not None and not cfg.fine_layer < cfg.layer:
+            raise ValueError(f"fine_layer ({cfg.fine_layer}) must come before layer ({cfg.layer})")
+        self.body = timm.create_model(cfg.backbone, pretrained=False, features_only=True, out_indices=layers)
         if cfg.weights != "random":
             full = timm.create_model(cfg.backbone, pretrained=False)
             full.load_state_dict(_resolve_weights(cfg.backbone, cfg.weights, full))
             self.body.load_state_dict(full.state_dict(), strict=False)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.channels = self.body.feature_info.channels()[-1]
-        self.stride = self.body.feature_info.reduction()[-1]
+        channels, strides = self.body.feature_info.channels(), self.body.feature_info.reduction()
+        self.stride = strides[-1]
+        self.fine_factor = strides[-1] // strides[0] if cfg.fine_layer is not None else 1
+        self.fine_channels = channels[0] if cfg.fine_layer is not None else 0
+        self.channels = channels[-1] + self.fine_channels * self.fine_factor**2
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.body((images - self.mean) / self.std)[-1]
+        maps = self.body((images - self.mean) / self.std)
+        if not self.fine_channels:
+            return maps[-1]
+        return torch.cat([maps[-1], F.pixel_unshuffle(maps[0], self.fine_factor)], dim=1)
 
 
 class DynamicConv2d(nn.Module):
@@ -190,7 +205,7 @@ class PairHead(nn.Module):
     S = 1 + n_refine stages (coarse first, the last refinement last). ``size``: the side
     of the feature maps (input size / encoder stride)."""
 
-    def __init__(self, channels: int, cfg: IRPRNConfig, size: int = 14):
+    def __init__(self, channels: int, cfg: IRPRNConfig, size: int = 14, fine_channels: int = 0, fine_factor: int = 1):
         super().__init__()
         w = cfg.width
         # 1x1 fusion of the two feature maps, then everything at 7 x 7 (cheap on a CPU, and
@@ -198,9 +213,12 @@ class PairHead(nn.Module):
         self.reduce = nn.Sequential(nn.Conv2d(2 * channels, w, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
                                     nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
         self.correlation = None
+        # The correlation is taken on the finer map when the encoder packs one in (PoseEncoder).
+        self.fine_channels, self.fine_factor = fine_channels, fine_factor
         if cfg.head == "corr":
-            self.correlation = Correlation(channels, cfg.corr_dim, size)
-            self.corr_reduce = nn.Sequential(nn.Conv2d(size * size + 3, w, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
+            c_corr, s_corr = (fine_channels, size * fine_factor) if fine_channels else (channels, size)
+            self.correlation = Correlation(c_corr, cfg.corr_dim, s_corr)
+            self.corr_reduce = nn.Sequential(nn.Conv2d(s_corr * s_corr + 3, w, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
                                              nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
         self.coarse = nn.Sequential(nn.Flatten(), nn.Linear(w * 49, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 7))
         self.refine_convs = nn.ModuleList([DynamicConv2d(w, cfg.n_kernels) for _ in range(cfg.n_refine)])
@@ -220,6 +238,10 @@ class PairHead(nn.Module):
     def forward(self, query: Tensor, gallery: Tensor) -> tuple[Tensor, Tensor]:
         x = self.reduce(torch.cat([query, gallery], dim=1))
         if self.correlation is not None:
+            if self.fine_channels:
+                n = self.fine_channels * self.fine_factor**2
+                query = F.pixel_shuffle(query[:, -n:], self.fine_factor)
+                gallery = F.pixel_shuffle(gallery[:, -n:], self.fine_factor)
             x = x + self.corr_reduce(self.correlation(query, gallery))
         out = self.coarse(x)
         q, t = _normalise_quat(out[:, :4]), out[:, 4:]
@@ -240,7 +262,8 @@ class IRPRN(nn.Module):
         super().__init__()
         self.cfg = cfg or IRPRNConfig()
         self.encoder = PoseEncoder(self.cfg)
-        self.head = PairHead(self.encoder.channels, self.cfg, self.cfg.input_size // self.encoder.stride)
+        self.head = PairHead(self.encoder.channels, self.cfg, self.cfg.input_size // self.encoder.stride,
+                             self.encoder.fine_channels, self.encoder.fine_factor)
 
     def forward(self, query: Tensor, gallery: Tensor) -> tuple[Tensor, Tensor]:
         return self.head(self.encoder(query), self.encoder(gallery))

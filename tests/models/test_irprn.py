@@ -98,6 +98,25 @@ def test_correlation_flow_follows_a_shift() -> None:
     assert torch.allclose(layer(fq, fq)[0, :196].amax(dim=0), torch.ones(14, 14), atol=1e-5)
 
 
+def test_fine_layer_is_packed_and_unpacked_exactly() -> None:
+    torch.manual_seed(0)
+    net = IRPRN(IRPRNConfig(weights="random", width=16, hidden=32, n_refine=1, fine_layer=2)).eval()
+    enc = net.encoder
+    assert (enc.stride, enc.fine_factor, enc.fine_channels) == (16, 2, 40) and enc.channels == 112 + 4 * 40
+    x = torch.rand(2, 3, 224, 224)
+    packed = enc(x)
+    assert packed.shape == (2, 272, 14, 14)
+    coarse, fine = enc.body((x - enc.mean) / enc.std)[::-1]
+    assert torch.equal(packed[:, :112], coarse)  # the coarse map first: the descriptor's layout holds
+    assert torch.equal(F.pixel_shuffle(packed[:, 112:], 2), fine)  # the stride-8 map, exactly
+    assert net.head.correlation.size == 28  # the correlation is taken at stride 8
+    q, t = net.head(packed, packed.flip(0))
+    (q.sum() + t.sum()).backward()
+    assert net.head.correlation.proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="fine_layer"):
+        IRPRN(IRPRNConfig(weights="random", fine_layer=3))
+
+
 @pytest.mark.parametrize("translation", TRANSLATIONS)
 def test_targets_round_trip(translation: str) -> None:
     gen = torch.Generator().manual_seed(1)
@@ -119,10 +138,10 @@ def test_config_checks_and_legacy_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         IRPRNConfig(translation="pixels")
     # A config saved before head / translation existed loads as what it was trained as.
-    old = {k: v for k, v in SMALL.to_dict().items() if k not in ("head", "translation", "corr_dim")}
+    old = {k: v for k, v in SMALL.to_dict().items() if k not in ("head", "translation", "corr_dim", "fine_layer")}
     (tmp_path / "config.json").write_text(json.dumps({"model": old, "scene_unit": 1.0}))
     cfg, unit = load_irprn_config(tmp_path / "config.json")
-    assert (cfg.head, cfg.translation, cfg.weights, unit) == ("concat", "relative", "random", 1.0)
+    assert (cfg.head, cfg.translation, cfg.fine_layer, cfg.weights, unit) == ("concat", "relative", None, "random", 1.0)
 
 
 def test_no_refinement_layers_is_one_stage() -> None:
