@@ -26,9 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import kornia.geometry.transform as KT
 import torch
 
-from models.camera import camera_center, make_pose, quat_to_rotmat, rotmat_to_quat, scale_intrinsics
+from models.camera import camera_center, make_pose, quat_to_rotmat, roll_pose, rotmat_to_quat, scale_intrinsics
 from models.gallery import Gallery
 from models.hashing import sha256_file
 from models.irprn import (
@@ -66,6 +67,15 @@ def _onnx_matches_weights(irprn_dir: Path) -> bool:
         return False
 
 
+def roll_images(images: Tensor, angle_deg: Tensor | float) -> Tensor:
+    """``[B, H, W, 3]`` images turned ``angle_deg`` (one angle, or one per image ``[B]``)
+    counter-clockwise about the image centre, borders extended: the image of the camera
+    rolled about its optical axis (``models.camera.roll_pose`` gives its pose)."""
+    angles = torch.as_tensor(angle_deg, dtype=torch.float32).expand(len(images)).contiguous()
+    x = KT.rotate(images.permute(0, 3, 1, 2).float(), angles, padding_mode="border")
+    return x.permute(0, 2, 3, 1)
+
+
 def average_poses(poses: Tensor, weights: Tensor) -> Tensor:
     """Weighted average of world-to-camera poses ``[B, K, 4, 4]`` (weights ``[K]`` or
     ``[B, K]``): Markley's quaternion average and the mean camera centre."""
@@ -81,7 +91,7 @@ def average_poses(poses: Tensor, weights: Tensor) -> Tensor:
 class PoseEstimator:
     def __init__(self, gallery: Gallery, encode: Callable[[Tensor], Tensor], head: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
                  unit: float, input_size: int, grid: int, k: int = 3, fusion: str = "mean", scene=None,
-                 select_size: int = 64, translation: str = LEGACY["translation"]):
+                 select_size: int = 64, translation: str = LEGACY["translation"], rolls: tuple[float, ...] = (0.0,)):
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if fusion == "render" and scene is None:
@@ -90,6 +100,10 @@ class PoseEstimator:
         self.gallery, self._encode, self._head = gallery, encode, head
         self.unit, self.input_size, self.grid, self.k, self.fusion = unit, input_size, grid, k, fusion
         self.translation = translation  # IRPRN's t parametrisation (models.irprn.IRPRNConfig)
+        rolls = tuple(float(a) for a in rolls)
+        if not rolls or rolls[0] != 0.0:
+            raise ValueError(f"rolls must start with 0 (the query as taken), got {rolls}")
+        self.rolls = rolls
 
     @classmethod
     def from_torch(cls, net: IRPRN, gallery: Gallery, unit: float, **kw) -> PoseEstimator:
@@ -150,23 +164,30 @@ class PoseEstimator:
         if mode not in MODES:
             raise ValueError(f"pose mode must be one of {MODES}, got {mode!r}")
         t0 = time.perf_counter()
-        feats = self._encode(to_input(images, self.input_size))
+        b, r = len(images), (1 if mode == "retrieval" else len(self.rolls))
+        views = images if r == 1 else torch.cat([images] + [roll_images(images, a) for a in self.rolls[1:]])
+        feats = self._encode(to_input(views, self.input_size))  # [R * B, ...], roll-major
         sims, ids = self.gallery.top_k(descriptor(feats, self.grid), self.k)
         t2 = time.perf_counter()
         # "match": encoder pass + retrieval; "pose": pair heads + composition + fusion.
         timings = {"match": 1000 * (t2 - t0)}
-        b, k = ids.shape
-        g_poses = self.gallery.poses[ids]  # [B, K, 4, 4]
+        k = ids.shape[1]
+        g_poses = self.gallery.poses[ids]  # [R * B, K, 4, 4]
         if mode == "retrieval":
             return PoseResult(g_poses[:, 0].clone(), g_poses, ids, sims, timings)
-        fq = feats[:, None].expand(b, k, *feats.shape[1:]).reshape(b * k, *feats.shape[1:])
+        fq = feats[:, None].expand(r * b, k, *feats.shape[1:]).reshape(r * b * k, *feats.shape[1:])
         q, t = self._head(fq, self.gallery.features[ids.flatten()])
         cands = compose_query_poses(q[:, -1].double(), t[:, -1].double(), g_poses.flatten(0, 1), self.unit,
-                                    self.translation).view(b, k, 4, 4)
-        if self.fusion == "top1" or k == 1:
+                                    self.translation).view(r, b, k, 4, 4)
+        if r > 1:  # the poses of the rolled copies, turned back: candidates of the query itself
+            angles = torch.tensor(self.rolls, dtype=cands.dtype).view(r, 1, 1)
+            cands = roll_pose(cands, -angles.expand(r, b, k))
+        cands = cands.permute(1, 0, 2, 3, 4).reshape(b, r * k, 4, 4)  # [B, R * K], the query as taken first
+        ids, sims = ids[:b], sims[:b]
+        if self.fusion == "top1" or k * r == 1:
             fused = cands[:, 0].clone()
         elif self.fusion == "mean":
-            fused = average_poses(cands, mpts_weights(k))
+            fused = average_poses(cands, mpts_weights(k).repeat(r))
         else:
             if Ks is None:
                 raise ValueError("fusion 'render' needs the queries' intrinsics (Ks)")

@@ -33,7 +33,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import kornia.geometry.transform as KT
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -57,6 +56,7 @@ from models.irprn import (
     save_irprn,
     scene_unit,
 )
+from models.pose import roll_images
 from models.splat.scene import GaussianScene, render
 from training.rvss import NovelSet, load_novel
 
@@ -78,6 +78,8 @@ class IRPRNTrainConfig:
     lr_drop_epoch: int = 25  # lr x 0.1 from this epoch on (paper: 1e-3 -> 1e-4 after 20 of 35)
     weight_decay: float = 1e-4
     val_fraction: float = 0.1
+    pair_pool: str = "train"  # gallery side of the training pairs: "train" views | the whole "gallery" (+ novel views)
+    pair_exclude: str = "self"  # never pair a view with: "self" | its "family" (parent and siblings, pair_families)
     checkpoint_every: int = 10
     seed: int = 0
 
@@ -113,8 +115,7 @@ def augment(images: torch.Tensor, poses: torch.Tensor, cfg: IRPRNTrainConfig, ge
     out_img, out_pose, origin = [images], [poses], [torch.arange(n)]
     for _ in range(cfg.augment_copies):
         angles = (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * cfg.max_roll_deg
-        x = images.permute(0, 3, 1, 2)
-        x = KT.rotate(x, angles.float(), padding_mode="border")
+        x = roll_images(images, angles.float()).permute(0, 3, 1, 2)
         gain = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.color_jitter
         contrast = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.color_jitter
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -133,14 +134,34 @@ def pair_targets(query_poses: torch.Tensor, gallery_poses: torch.Tensor, unit: f
     return q.float(), t.float()
 
 
-def build_pairs(query_desc: torch.Tensor, train_desc: torch.Tensor, k: int, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k training views per query (cosine), never the query itself (``exclude[i]`` is
-    the training index of query i, or -1). Returns gallery ids [Q, k] and ranks 0..k-1."""
-    sims = query_desc @ train_desc.T
-    rows = (exclude >= 0).nonzero().flatten()
-    sims[rows, exclude[rows]] = float("-inf")
-    ids = sims.topk(min(k, train_desc.shape[0] - 1 if (exclude >= 0).any() else train_desc.shape[0]), dim=1).indices
+def build_pairs(query_desc: torch.Tensor, cand_desc: torch.Tensor, k: int, query_family: torch.Tensor,
+                cand_family: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k candidate views per query (cosine), never one of the query's own family
+    (``query_family[i] == cand_family[j]`` excludes candidate j for query i; -1 matches
+    nothing). Returns candidate ids [Q, k] and ranks 0..k-1."""
+    sims = query_desc @ cand_desc.T
+    sims = sims.masked_fill((query_family[:, None] == cand_family[None, :]) & (query_family[:, None] >= 0),
+                            float("-inf"))
+    allowed = torch.isfinite(sims).sum(dim=1).min().item() if len(sims) else 0
+    ids = sims.topk(min(k, int(allowed)), dim=1).indices
     return ids, torch.arange(ids.shape[1]).expand_as(ids)
+
+
+def pair_families(n_train: int, parents: torch.Tensor, exclude: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Family ids of the novel views and of the training views for ``build_pairs``.
+
+    ``exclude="self"``: a view is its own family (a training view is never paired with
+    itself; a novel view may be paired with the training view it perturbs, a near copy).
+    ``"family"``: a novel view belongs to the training view it perturbs, so no pair joins a
+    view to its parent or its siblings: every pair is two views of different training
+    poses, like a query and its gallery matches at inference (a query is never a near copy
+    of a gallery view)."""
+    train_ids = torch.arange(n_train)
+    if exclude == "family":
+        return parents.long().clone(), train_ids
+    if exclude == "self":
+        return n_train + torch.arange(len(parents)), train_ids
+    raise ValueError(f"pair_exclude must be 'self' or 'family', got {exclude!r}")
 
 
 def _flat_state(prefix: str, state: dict) -> dict[str, torch.Tensor]:
@@ -163,7 +184,7 @@ def _curve(history: list[dict]) -> Figure:
     ax.plot(epochs, [h["val_rot_deg_coarse"] for h in history], label="coarse stage")
     ax.plot(epochs, [h["val_rot_deg"] for h in history], label="last stage")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("held-out relative rotation error (deg, median)")
+    ax.set_ylabel("held-out relative rotation\nerror (deg, median)")
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
@@ -182,17 +203,20 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     train_poses = category.train_poses().double()
     n_train = len(train_images)
 
-    # Query images: novel views (exclude nothing) and/or training views (exclude themselves).
-    q_images, q_poses, q_exclude = [], [], []
-    if cfg.use_novel and len(novel.poses):
+    # Query images: novel views and/or training views, each with its family id (pair_families).
+    use_novel = cfg.use_novel and len(novel.poses) > 0
+    n_novel = len(novel.poses) if use_novel else 0
+    novel_family, train_family = pair_families(n_train, novel.parents[:n_novel], cfg.pair_exclude)
+    q_images, q_poses, q_family = [], [], []
+    if use_novel:
         q_images.append(novel.images)
-        q_poses.append(novel.poses)
-        q_exclude.append(torch.full((len(novel.poses),), -1))
-    if cfg.train_queries or not q_images:
+        q_poses.append(novel.poses.double())
+        q_family.append(novel_family)
+    if cfg.train_queries or not use_novel:
         q_images.append(train_images)
         q_poses.append(train_poses)
-        q_exclude.append(torch.arange(n_train))
-    base_images, base_poses, exclude = torch.cat(q_images), torch.cat(q_poses), torch.cat(q_exclude)
+        q_family.append(train_family)
+    base_images, base_poses, base_family = torch.cat(q_images), torch.cat(q_poses), torch.cat(q_family)
     queries = augment(base_images, base_poses, cfg, gen)
 
     # Held-out query images (all their copies): the validation pairs.
@@ -211,15 +235,26 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
         bar.update(len(query_feats[-1]))
     query_feats = torch.cat(query_feats)
     bar.close()
+    # Gallery side of the pairs: the training views, and with pair_pool="gallery" the novel
+    # views too (the gallery holds both at inference), less the held-out ones.
+    if cfg.pair_pool not in ("train", "gallery"):
+        raise ValueError(f"pair_pool must be 'train' or 'gallery', got {cfg.pair_pool!r}")
+    cand_feats, cand_poses, cand_images, cand_family = train_feats, train_poses, train_images, train_family
+    if cfg.pair_pool == "gallery" and use_novel:
+        keep = torch.tensor([i for i in range(n_novel) if i not in val_base], dtype=torch.long)
+        cand_feats = torch.cat([train_feats, query_feats[keep]])  # the novel originals come first
+        cand_poses = torch.cat([train_poses, novel.poses.double()[keep]])
+        cand_images = torch.cat([train_images, novel.images[keep]])
+        cand_family = torch.cat([train_family, novel_family[keep]])
     grid = model_cfg.descriptor_grid
     base_desc = descriptor(query_feats[: n_base], grid)  # the un-augmented originals come first
-    gal_ids, ranks = build_pairs(base_desc, descriptor(train_feats, grid), cfg.k, exclude)
+    gal_ids, ranks = build_pairs(base_desc, descriptor(cand_feats, grid), cfg.k, base_family, cand_family)
     k = gal_ids.shape[1]
-    # Pairs for every copy: (query copy j, training view gal_ids[origin j, r], rank r).
+    # Pairs for every copy: (query copy j, candidate gal_ids[origin j, r], rank r).
     pair_q = torch.arange(len(queries.images)).repeat_interleave(k)
     pair_g = gal_ids[queries.origin].flatten()
     pair_r = ranks[queries.origin].flatten()
-    q_gt, t_gt = pair_targets(queries.poses[pair_q], train_poses[pair_g], unit, model_cfg.translation)
+    q_gt, t_gt = pair_targets(queries.poses[pair_q], cand_poses[pair_g], unit, model_cfg.translation)
     weights = mpts_weights(k)[pair_r] if cfg.mpts else torch.ones(len(pair_q))
     val_pair = is_val[pair_q]
     train_idx, val_idx = (~val_pair).nonzero().flatten(), val_pair.nonzero().flatten()
@@ -243,11 +278,11 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
 
     def head_inputs(idx: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if cfg.freeze_backbone or not training:
-            return query_feats[pair_q[idx]], train_feats[pair_g[idx]]
+            return query_feats[pair_q[idx]], cand_feats[pair_g[idx]]
         from models.irprn import to_input
 
         return (net.encoder(to_input(queries.images[pair_q[idx]], size)),
-                net.encoder(to_input(train_images[pair_g[idx]], size)))
+                net.encoder(to_input(cand_images[pair_g[idx]], size)))
 
     bar = tqdm(range(start_epoch, cfg.epochs), desc="irprn: train", unit="epoch", disable=not progress,
                initial=start_epoch, total=cfg.epochs)
@@ -267,13 +302,13 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
             opt.step()
             losses.append(loss.item())
         sched.step()
-        vq_feats, vg_feats = query_feats, train_feats
+        vq_feats, vg_feats = query_feats, cand_feats
         if not cfg.freeze_backbone and len(val_idx):  # the cached features are the pretrained encoder's
             net.encoder.eval()
-            vq_feats, vg_feats = query_feats.clone(), train_feats.clone()
+            vq_feats, vg_feats = query_feats.clone(), cand_feats.clone()
             uq, ug = pair_q[val_idx].unique(), pair_g[val_idx].unique()
             vq_feats[uq] = encode(net.encoder, queries.images[uq], size)
-            vg_feats[ug] = encode(net.encoder, train_images[ug], size)
+            vg_feats[ug] = encode(net.encoder, cand_images[ug], size)
         val = _validate(net, vq_feats, vg_feats, pair_q, pair_g, q_gt, t_gt, val_idx)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **val})
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_rot=f"{val['val_rot_deg']:.2f}deg")
@@ -282,12 +317,14 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     bar.close()
     ckpt.unlink(missing_ok=True)
     net.eval()
+    pair_rot = torch.rad2deg(2 * torch.acos(q_gt[:, 0].abs().clamp(max=1)))
     report = {
         "n_queries": n_base, "n_query_copies": len(queries.images), "n_pairs": len(pair_q), "k": k,
         "n_train_pairs": len(train_idx), "n_val_pairs": len(val_idx), "resumed_from_epoch": start_epoch,
         "final": history[-1] if history else {}, "history": history,
         "s_t": criterion.s_t.item(), "s_q": criterion.s_q.item(),
-        "median_pair_rotation_deg": float(torch.rad2deg(2 * torch.acos(q_gt[:, 0].abs().clamp(max=1))).median()),
+        "median_pair_rotation_deg": float(pair_rot.median()),
+        "min_pair_rotation_deg": float(pair_rot.min()),
     }
     return net, report
 

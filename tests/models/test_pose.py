@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -72,3 +73,49 @@ def test_retrieval_mode_returns_the_best_gallery_pose() -> None:
     est, gallery = _estimator(_pose(20), "mean")
     result = est.estimate(torch.rand(1, 32, 32, 3), mode="retrieval")
     assert torch.equal(result.poses[0], gallery.poses[1])
+
+
+def _blob_image(angle_deg: float, size: int = 65) -> torch.Tensor:
+    """A dark image with one bright Gaussian blob 20 px from the centre at ``angle_deg``
+    (counter-clockwise on screen, image y down)."""
+    a = math.radians(angle_deg)
+    c = (size - 1) / 2
+    y, x = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    bx, by = c + 20 * math.cos(a), c - 20 * math.sin(a)
+    blob = torch.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * 2.0**2))
+    return blob[..., None].expand(size, size, 3)[None]
+
+
+def test_rolled_copies_are_turned_back_to_the_query() -> None:
+    """A "perfect network" that reads the image's roll off the blob: every copy's pose,
+    turned back by its roll, is the query's own (a sign error would be 2 x the roll off)."""
+    true = _pose(20, 25)
+    g_poses = torch.stack([_pose(a) for a in (0, 15, 30, 45)])
+    gallery = Gallery(g_poses, torch.full((4,), TRAIN, dtype=torch.int8), F.normalize(torch.eye(4) + 0.1, dim=1),
+                      torch.arange(4.0).view(4, 1, 1, 1), [f"g{i}" for i in range(4)])
+    size = 65
+    c = (size - 1) / 2
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+
+    def encode(x: torch.Tensor) -> torch.Tensor:  # features: "looks like view 1" and the blob's angle
+        w = x[:, 0] / x[:, 0].sum(dim=(1, 2), keepdim=True)
+        bx, by = (w * xx).sum(dim=(1, 2)), (w * yy).sum(dim=(1, 2))
+        f = torch.zeros(len(x), 4, 2, 2)
+        f[:, 1], f[:, 2] = 1.0, 0.5
+        f[:, 3] = torch.rad2deg(torch.atan2(c - by, bx - c)).view(-1, 1, 1) * 1e-3  # small: retrieval unchanged
+        return f
+
+    def head(fq: torch.Tensor, fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, roll = fg[:, 0, 0, 0].long(), fq[:, 3, 0, 0].double() * 1e3
+        seen = roll_pose(true.expand(len(ids), 4, 4), roll)  # the pose of the image it is given
+        q, t = pose_to_quat_trans(relative_pose(seen, g_poses[ids]))
+        return q[:, None].float(), (t / 0.8)[:, None].float()
+
+    est = PoseEstimator(gallery, encode, head, 0.8, input_size=size, grid=1, k=2, fusion="mean", rolls=(0, 12, -12))
+    result = est.estimate(_blob_image(0.0, size))
+    assert result.candidates.shape == (1, 6, 4, 4) and result.gallery_ids.shape == (1, 2)
+    err = pose_errors(result.candidates[0], true.expand(6, 4, 4))
+    assert err["rot_deg"].max() < 0.5, err["rot_deg"]
+    assert pose_errors(result.poses, true[None])["rot_deg"].max() < 0.5
+    with pytest.raises(ValueError, match="rolls"):
+        PoseEstimator(gallery, encode, head, 0.8, input_size=size, grid=1, rolls=(12, 0))

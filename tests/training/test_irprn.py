@@ -19,7 +19,7 @@ from models.pose import PoseEstimator
 from rpe_pad.cli import main
 from training import irprn as irprn_stage
 from training.export import ExportError, check_parity
-from training.irprn import IRPRNTrainConfig, augment, build_pairs, preset, train_irprn
+from training.irprn import IRPRNTrainConfig, augment, build_pairs, pair_families, preset, train_irprn
 from training.rvss import RVSSConfig, load_novel, novel_poses, run_rvss_stage
 
 
@@ -48,11 +48,37 @@ def test_rvss_off_and_seeded() -> None:
 
 def test_pairs_never_pair_a_view_with_itself() -> None:
     desc = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
-    ids, ranks = build_pairs(desc, desc, 3, torch.arange(6))
+    ids, ranks = build_pairs(desc, desc, 3, torch.arange(6), torch.arange(6))
     assert ids.shape == (6, 3) and (ids != torch.arange(6)[:, None]).all()
     assert ranks[0].tolist() == [0, 1, 2]
-    ids, _ = build_pairs(desc, desc, 3, torch.full((6,), -1))
-    assert (ids[:, 0] == torch.arange(6)).all()  # a novel view may match its own parent first
+    ids, _ = build_pairs(desc, desc, 3, torch.full((6,), -1), torch.arange(6))
+    assert (ids[:, 0] == torch.arange(6)).all()  # -1 excludes nothing: a view may match its own copy first
+
+
+def test_pair_families_keep_relatives_apart() -> None:
+    # Three training views, two novel views of each (parents 0 0 1 1 2 2); the novel views
+    # are near copies of their parents (same descriptor plus a little noise).
+    gen = torch.Generator().manual_seed(0)
+    train = torch.nn.functional.normalize(torch.randn(3, 16, generator=gen), dim=1)
+    parents = torch.tensor([0, 0, 1, 1, 2, 2])
+    novel = torch.nn.functional.normalize(train[parents] + 0.01 * torch.randn(6, 16, generator=gen), dim=1)
+    cands = torch.cat([train, novel])
+    cand_parent = torch.cat([torch.arange(3), parents])
+    for exclude in ("self", "family"):
+        novel_family, train_family = pair_families(3, parents, exclude)
+        cand_family = torch.cat([train_family, novel_family])
+        ids, _ = build_pairs(novel, cands, 2, novel_family, cand_family)
+        same_parent = cand_parent[ids] == parents[:, None]
+        if exclude == "self":
+            assert same_parent[:, 0].all()  # the nearest is its parent or sibling, never itself
+            assert (ids != 3 + torch.arange(6)[:, None]).all()
+        else:
+            assert not same_parent.any()  # no pair within a family
+        ids, _ = build_pairs(train, cands, 2, train_family, cand_family)
+        assert (cand_parent[ids] != torch.arange(3)[:, None]).all() or exclude == "self"
+        assert (ids != torch.arange(3)[:, None]).all()  # never a training view with itself
+    with pytest.raises(ValueError, match="pair_exclude"):
+        pair_families(3, parents, "nobody")
 
 
 def test_augmented_copies_keep_the_original_first() -> None:
@@ -116,6 +142,20 @@ def test_training_resumes_from_its_checkpoint(tiny_pose_bundle: Path, tiny_synth
     _, report = train_irprn(cat, novel, 1.0, cfg, tmp_path, progress=False)
     assert report["resumed_from_epoch"] == 2 and len(report["history"]) == 3
     assert not (tmp_path / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.parametrize("pool", ["train", "gallery"])
+def test_training_pairs_by_pool_and_family(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path, pool: str) -> None:
+    cat = load_category(tiny_synth)
+    novel = load_novel(tiny_pose_bundle / "rvss" / "novel.safetensors")
+    cfg = preset("demo", epochs=1, augment_copies=0, pair_pool=pool, pair_exclude="family")
+    net, report = train_irprn(cat, novel, 1.0, cfg, tmp_path, progress=False)
+    n_base = len(novel.poses) + len(cat.train)
+    assert report["n_queries"] == n_base and report["n_pairs"] == n_base * report["k"]
+    assert np.isfinite(report["final"]["val_rot_deg"])
+    # Relatives are never paired, so no pair is a near copy: RVSS moves a view by a few
+    # degrees, its neighbours on the rings are tens of degrees away.
+    assert report["min_pair_rotation_deg"] > 8
 
 
 def test_evaluate_pose_modes(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,
