@@ -28,7 +28,11 @@ convolution of their concatenation; ``"corr"`` (the default) adds their correlat
 (cosine similarity of every query cell with every gallery cell, after a learnt 1 x 1
 projection) and the soft-argmax flow it implies (where each query cell's content sits in
 the gallery view), the classic input of geometric matching networks: the head reads the
-displacement directly instead of having to learn to compare two feature maps.
+displacement directly instead of having to learn to compare two feature maps. With
+``IRPRNConfig.fine_layer`` the encoder also packs the stride-8 map into its features
+(space-to-depth, so a gallery view still keeps one features tensor) and the head adds a
+local correlation on it (``LocalCorrelation``: +-``fine_radius`` cells), which measures the
+residual displacement at twice the global volume's resolution.
 
 Dynamic convolution is written as one static convolution with ``n_kernels * C_out``
 output channels whose K outputs are mixed by the attention weights. Convolution is linear
@@ -88,7 +92,9 @@ class IRPRNConfig:
     head: str = "corr"  # pair-head input: "corr" (correlation volume + flow, and the fused maps) | "concat"
     translation: str = "relative"  # what t means: "relative" (P_rel's, / unit) | "object" (object-centric shift)
     corr_dim: int = 64  # channels of the learnt projection the correlation is taken in
-    fine_layer: int | None = None  # also this finer layer (stride 8: 2), packed in; the correlation is taken on it
+    fine_layer: int | None = None  # also this finer layer (stride 8: 2), packed in, for a local correlation on it
+    fine_radius: int = 3  # the local correlation's window: +-this many fine cells
+    fine_dim: int = 16  # channels of its projection (small: the shifted products dominate the head's cost)
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -200,6 +206,39 @@ class Correlation(nn.Module):
         return torch.cat([corr, flow, conf], dim=1).unflatten(2, (self.size, self.size))
 
 
+class LocalCorrelation(nn.Module):
+    """Local correlation of two finer feature maps ``[B, C, h, w]`` (PWC-Net's cost volume):
+    each query cell against the gallery cells within +-``radius`` cells, after a learnt
+    1 x 1 projection and per-cell L2 normalisation -> ``[B, (2r+1)^2, h, w]`` (row-major
+    displacements, dy then dx), plus the soft-argmax displacement (x then y, in cells) and
+    its peak probability. Where the global volume (``Correlation``) finds the gallery
+    view's matching region, this one measures the residual shift at twice the resolution.
+    Written as one shifted product per displacement: no window tensor in memory, and it
+    exports as slices."""
+
+    def __init__(self, channels: int, dim: int, radius: int):
+        super().__init__()
+        if radius < 1:
+            raise ValueError(f"fine_radius must be >= 1, got {radius}")
+        self.proj = nn.Conv2d(channels, dim, 1)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.radius = radius
+        d = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        dy, dx = torch.meshgrid(d, d, indexing="ij")
+        self.register_buffer("disp", torch.stack([dx.flatten(), dy.flatten()]), persistent=False)  # [2, W^2]
+
+    def forward(self, query: Tensor, gallery: Tensor) -> Tensor:
+        r = self.radius
+        fq = F.normalize(self.proj(query), dim=1)
+        fg = F.pad(F.normalize(self.proj(gallery), dim=1), (r, r, r, r))
+        h, w = fq.shape[-2:]
+        corr = torch.stack([(fq * fg[:, :, dy : dy + h, dx : dx + w]).sum(dim=1)
+                            for dy in range(2 * r + 1) for dx in range(2 * r + 1)], dim=1)  # [B, W^2, h, w]
+        prob = torch.softmax(corr * self.log_temperature.exp(), dim=1)
+        flow = torch.einsum("cj,bjyx->bcyx", self.disp, prob)
+        return torch.cat([corr, flow, prob.amax(dim=1, keepdim=True)], dim=1)
+
+
 class PairHead(nn.Module):
     """(query, gallery) features -> ``q [B, S, 4]`` (unit wxyz) and ``t [B, S, 3]`` for
     S = 1 + n_refine stages (coarse first, the last refinement last). ``size``: the side
@@ -212,14 +251,18 @@ class PairHead(nn.Module):
         # exportable: the 14 x 14 map of a 224 px input pools evenly).
         self.reduce = nn.Sequential(nn.Conv2d(2 * channels, w, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
                                     nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
-        self.correlation = None
-        # The correlation is taken on the finer map when the encoder packs one in (PoseEncoder).
+        self.correlation = self.fine_correlation = None
         self.fine_channels, self.fine_factor = fine_channels, fine_factor
+        coarse_channels = channels - fine_channels * fine_factor**2
         if cfg.head == "corr":
-            c_corr, s_corr = (fine_channels, size * fine_factor) if fine_channels else (channels, size)
-            self.correlation = Correlation(c_corr, cfg.corr_dim, s_corr)
-            self.corr_reduce = nn.Sequential(nn.Conv2d(s_corr * s_corr + 3, w, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
+            self.correlation = Correlation(coarse_channels, cfg.corr_dim, size)
+            self.corr_reduce = nn.Sequential(nn.Conv2d(size * size + 3, w, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
                                              nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
+            if fine_channels:  # the encoder packs a finer map in (PoseEncoder): a local correlation on it
+                self.fine_correlation = LocalCorrelation(fine_channels, cfg.fine_dim, cfg.fine_radius)
+                self.fine_reduce = nn.Sequential(nn.Conv2d((2 * cfg.fine_radius + 1) ** 2 + 3, w, 1), nn.ReLU(),
+                                                 nn.AdaptiveAvgPool2d(7), nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
+        self.coarse_channels = coarse_channels
         self.coarse = nn.Sequential(nn.Flatten(), nn.Linear(w * 49, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 7))
         self.refine_convs = nn.ModuleList([DynamicConv2d(w, cfg.n_kernels) for _ in range(cfg.n_refine)])
         self.refine_squeeze = nn.ModuleList([nn.Conv2d(w, 32, 1) for _ in range(cfg.n_refine)])
@@ -238,11 +281,12 @@ class PairHead(nn.Module):
     def forward(self, query: Tensor, gallery: Tensor) -> tuple[Tensor, Tensor]:
         x = self.reduce(torch.cat([query, gallery], dim=1))
         if self.correlation is not None:
-            if self.fine_channels:
-                n = self.fine_channels * self.fine_factor**2
-                query = F.pixel_shuffle(query[:, -n:], self.fine_factor)
-                gallery = F.pixel_shuffle(gallery[:, -n:], self.fine_factor)
-            x = x + self.corr_reduce(self.correlation(query, gallery))
+            c = self.coarse_channels
+            x = x + self.corr_reduce(self.correlation(query[:, :c], gallery[:, :c]))
+        if self.fine_correlation is not None:
+            fine_q = F.pixel_shuffle(query[:, self.coarse_channels :], self.fine_factor)
+            fine_g = F.pixel_shuffle(gallery[:, self.coarse_channels :], self.fine_factor)
+            x = x + self.fine_reduce(self.fine_correlation(fine_q, fine_g))
         out = self.coarse(x)
         q, t = _normalise_quat(out[:, :4]), out[:, 4:]
         qs, ts = [q], [t]

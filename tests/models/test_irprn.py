@@ -18,6 +18,7 @@ from models.irprn import (
     DynamicConv2d,
     HomoscedasticLoss,
     IRPRNConfig,
+    LocalCorrelation,
     PairHead,
     compose_query_poses,
     descriptor,
@@ -109,12 +110,37 @@ def test_fine_layer_is_packed_and_unpacked_exactly() -> None:
     coarse, fine = enc.body((x - enc.mean) / enc.std)[::-1]
     assert torch.equal(packed[:, :112], coarse)  # the coarse map first: the descriptor's layout holds
     assert torch.equal(F.pixel_shuffle(packed[:, 112:], 2), fine)  # the stride-8 map, exactly
-    assert net.head.correlation.size == 28  # the correlation is taken at stride 8
+    assert net.head.correlation.size == 14 and net.head.correlation.proj.in_channels == 112  # global: stride 16
+    assert net.head.fine_correlation.proj.in_channels == 40  # local: the stride-8 map
     q, t = net.head(packed, packed.flip(0))
     (q.sum() + t.sum()).backward()
     assert net.head.correlation.proj.weight.grad.abs().sum() > 0
+    assert net.head.fine_correlation.proj.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="fine_layer"):
         IRPRN(IRPRNConfig(weights="random", fine_layer=3))
+
+
+def test_local_correlation_flow_follows_a_shift() -> None:
+    # The gallery map is the query map moved down by 2 cells and left by 1: away from the
+    # borders every query cell finds its content at displacement (dx, dy) = (-1, 2).
+    torch.manual_seed(0)
+    layer = LocalCorrelation(16, 16, radius=3)
+    with torch.no_grad():
+        layer.proj.weight.copy_(torch.eye(16).view(16, 16, 1, 1))
+        layer.proj.bias.zero_()
+        layer.log_temperature.fill_(4.0)
+    fq = torch.randn(1, 16, 20, 20)
+    fg = torch.roll(fq, shifts=(2, -1), dims=(2, 3))
+    out = layer(fq, fg)
+    assert out.shape == (1, 49 + 3, 20, 20)
+    inner = (slice(None), slice(3, -3), slice(3, -3))
+    flow, conf = out[0, 49:51][inner], out[0, 51][inner[1:]]
+    assert torch.allclose(flow[0], torch.full_like(flow[0], -1.0), atol=0.05)
+    assert torch.allclose(flow[1], torch.full_like(flow[1], 2.0), atol=0.05) and conf.min() > 0.9
+    # Channel (dy + r) * 7 + (dx + r) holds the cosine with the cell at that displacement.
+    assert torch.allclose(out[0, (2 + 3) * 7 + (-1 + 3)][inner[1:]], torch.ones(14, 14), atol=1e-5)
+    with pytest.raises(ValueError, match="fine_radius"):
+        LocalCorrelation(16, 16, radius=0)
 
 
 @pytest.mark.parametrize("translation", TRANSLATIONS)
