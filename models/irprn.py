@@ -114,7 +114,7 @@ class IRPRNConfig:
 
 HEADS = ("corr", "concat")
 TRANSLATIONS = ("relative", "object")
-# What a config saved before ``head`` / ``translation`` existed was trained as.
+# What a config saved before ``head`` / ``translation`` / ``fine_layer`` existed was trained as.
 LEGACY = {"head": "concat", "translation": "relative", "fine_layer": None}
 
 
@@ -214,15 +214,15 @@ class LocalCorrelation(nn.Module):
     its peak probability. Where the global volume (``Correlation``) finds the gallery
     view's matching region, this one measures the residual shift at twice the resolution.
     Written as one shifted product per displacement: no window tensor in memory, and it
-    exports as slices."""
+    exports as slices. ``size``: the maps' side."""
 
-    def __init__(self, channels: int, dim: int, radius: int):
+    def __init__(self, channels: int, dim: int, radius: int, size: int):
         super().__init__()
         if radius < 1:
             raise ValueError(f"fine_radius must be >= 1, got {radius}")
         self.proj = nn.Conv2d(channels, dim, 1)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(10.0)))
-        self.radius = radius
+        self.radius, self.size = radius, size
         d = torch.arange(-radius, radius + 1, dtype=torch.float32)
         dy, dx = torch.meshgrid(d, d, indexing="ij")
         self.register_buffer("disp", torch.stack([dx.flatten(), dy.flatten()]), persistent=False)  # [2, W^2]
@@ -231,7 +231,7 @@ class LocalCorrelation(nn.Module):
         r = self.radius
         fq = F.normalize(self.proj(query), dim=1)
         fg = F.pad(F.normalize(self.proj(gallery), dim=1), (r, r, r, r))
-        h, w = fq.shape[-2:]
+        h = w = self.size
         corr = torch.stack([(fq * fg[:, :, dy : dy + h, dx : dx + w]).sum(dim=1)
                             for dy in range(2 * r + 1) for dx in range(2 * r + 1)], dim=1)  # [B, W^2, h, w]
         prob = torch.softmax(corr * self.log_temperature.exp(), dim=1)
@@ -259,9 +259,14 @@ class PairHead(nn.Module):
             self.corr_reduce = nn.Sequential(nn.Conv2d(size * size + 3, w, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
                                              nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
             if fine_channels:  # the encoder packs a finer map in (PoseEncoder): a local correlation on it
-                self.fine_correlation = LocalCorrelation(fine_channels, cfg.fine_dim, cfg.fine_radius)
+                self.fine_correlation = LocalCorrelation(fine_channels, cfg.fine_dim, cfg.fine_radius,
+                                                         size * fine_factor)
+                fine_size = size * fine_factor
+                if fine_size % 7:
+                    raise ValueError(f"the fine map's side ({fine_size}) must be a multiple of 7")
+                # A fixed pooling kernel: the exporter cannot size an adaptive one after the shifts.
                 self.fine_reduce = nn.Sequential(nn.Conv2d((2 * cfg.fine_radius + 1) ** 2 + 3, w, 1), nn.ReLU(),
-                                                 nn.AdaptiveAvgPool2d(7), nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
+                                                 nn.AvgPool2d(fine_size // 7), nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
         self.coarse_channels = coarse_channels
         self.coarse = nn.Sequential(nn.Flatten(), nn.Linear(w * 49, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 7))
         self.refine_convs = nn.ModuleList([DynamicConv2d(w, cfg.n_kernels) for _ in range(cfg.n_refine)])

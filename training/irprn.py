@@ -6,8 +6,8 @@ uses LoFTR), rank i = 1..K; a query is never paired with itself. ``pair_exclude=
 also keeps it from its relatives (a novel view from the training view it perturbs, a near
 copy): better on the synthetic category, worse on Lego (its worst query 45 degrees off
 instead of 12, and the queries within 3 degrees of a gallery view worse), so the default
-stays the paper's (docs/POSE.md, revision 2). ``pair_pool="gallery"`` draws the gallery side from the novel views too
-(measured worse).
+stays the paper's (docs/POSE.md, revision 2). ``pair_pool="gallery"`` draws the gallery
+side from the novel views too (measured worse).
 
 - queries: the RVSS novel views (``use_novel``, the paper's design) and, with
   ``train_queries``, the training views themselves (real photographs on the query side,
@@ -159,8 +159,8 @@ def pair_families(n_train: int, parents: torch.Tensor, exclude: str) -> tuple[to
     itself; a novel view may be paired with the training view it perturbs, a near copy).
     ``"family"``: a novel view belongs to the training view it perturbs, so no pair joins a
     view to its parent or its siblings: every pair is two views of different training
-    poses, like a query and its gallery matches at inference (a query is never a near copy
-    of a gallery view)."""
+    poses, as most queries are from their gallery matches at inference (though some are
+    near copies of a gallery view, which such a head then misjudges: docs/POSE.md)."""
     train_ids = torch.arange(n_train)
     if exclude == "family":
         return parents.long().clone(), train_ids

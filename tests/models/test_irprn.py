@@ -124,7 +124,7 @@ def test_local_correlation_flow_follows_a_shift() -> None:
     # The gallery map is the query map moved down by 2 cells and left by 1: away from the
     # borders every query cell finds its content at displacement (dx, dy) = (-1, 2).
     torch.manual_seed(0)
-    layer = LocalCorrelation(16, 16, radius=3)
+    layer = LocalCorrelation(16, 16, radius=3, size=20)
     with torch.no_grad():
         layer.proj.weight.copy_(torch.eye(16).view(16, 16, 1, 1))
         layer.proj.bias.zero_()
@@ -140,7 +140,7 @@ def test_local_correlation_flow_follows_a_shift() -> None:
     # Channel (dy + r) * 7 + (dx + r) holds the cosine with the cell at that displacement.
     assert torch.allclose(out[0, (2 + 3) * 7 + (-1 + 3)][inner[1:]], torch.ones(14, 14), atol=1e-5)
     with pytest.raises(ValueError, match="fine_radius"):
-        LocalCorrelation(16, 16, radius=0)
+        LocalCorrelation(16, 16, radius=0, size=20)
 
 
 @pytest.mark.parametrize("translation", TRANSLATIONS)
@@ -231,3 +231,14 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     with torch.no_grad():
         a, b = net(x, y), loaded(x, y)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_fine_layer_network_exports_with_parity(tmp_path: Path) -> None:
+    from training.export import check_parity, export_irprn
+
+    torch.manual_seed(0)
+    cfg = IRPRNConfig(weights="random", width=16, hidden=32, n_refine=1, input_size=112, fine_layer=2)
+    net = IRPRN(cfg).eval()
+    enc, head = export_irprn(net, tmp_path)
+    report = check_parity(net, enc, head)  # raises above the tolerance
+    assert report["max_abs_diff"] <= 1e-4 and set(report["per_output"]) >= {"random_b5/features", "random_b5/q"}
