@@ -214,15 +214,15 @@ class LocalCorrelation(nn.Module):
     its peak probability. Where the global volume (``Correlation``) finds the gallery
     view's matching region, this one measures the residual shift at twice the resolution.
     Written as one shifted product per displacement: no window tensor in memory, and it
-    exports as slices. ``size``: the maps' side."""
+    exports as slices."""
 
-    def __init__(self, channels: int, dim: int, radius: int, size: int):
+    def __init__(self, channels: int, dim: int, radius: int):
         super().__init__()
         if radius < 1:
             raise ValueError(f"fine_radius must be >= 1, got {radius}")
         self.proj = nn.Conv2d(channels, dim, 1)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(10.0)))
-        self.radius, self.size = radius, size
+        self.radius = radius
         d = torch.arange(-radius, radius + 1, dtype=torch.float32)
         dy, dx = torch.meshgrid(d, d, indexing="ij")
         self.register_buffer("disp", torch.stack([dx.flatten(), dy.flatten()]), persistent=False)  # [2, W^2]
@@ -231,7 +231,7 @@ class LocalCorrelation(nn.Module):
         r = self.radius
         fq = F.normalize(self.proj(query), dim=1)
         fg = F.pad(F.normalize(self.proj(gallery), dim=1), (r, r, r, r))
-        h = w = self.size
+        h, w = fq.shape[-2:]
         corr = torch.stack([(fq * fg[:, :, dy : dy + h, dx : dx + w]).sum(dim=1)
                             for dy in range(2 * r + 1) for dx in range(2 * r + 1)], dim=1)  # [B, W^2, h, w]
         prob = torch.softmax(corr * self.log_temperature.exp(), dim=1)
@@ -259,8 +259,7 @@ class PairHead(nn.Module):
             self.corr_reduce = nn.Sequential(nn.Conv2d(size * size + 3, w, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
                                              nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
             if fine_channels:  # the encoder packs a finer map in (PoseEncoder): a local correlation on it
-                self.fine_correlation = LocalCorrelation(fine_channels, cfg.fine_dim, cfg.fine_radius,
-                                                         size * fine_factor)
+                self.fine_correlation = LocalCorrelation(fine_channels, cfg.fine_dim, cfg.fine_radius)
                 fine_size = size * fine_factor
                 if fine_size % 7:
                     raise ValueError(f"the fine map's side ({fine_size}) must be a multiple of 7")

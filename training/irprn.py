@@ -88,10 +88,18 @@ class IRPRNTrainConfig:
     checkpoint_every: int = 10
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.pair_pool not in PAIR_POOLS:
+            raise ValueError(f"pair_pool must be one of {PAIR_POOLS}, got {self.pair_pool!r}")
+        if self.pair_exclude not in PAIR_EXCLUDES:
+            raise ValueError(f"pair_exclude must be one of {PAIR_EXCLUDES}, got {self.pair_exclude!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+PAIR_POOLS = ("train", "gallery")
+PAIR_EXCLUDES = ("self", "family")
 PRESETS = {
     "demo": IRPRNTrainConfig(epochs=12, augment_copies=1, lr_drop_epoch=8),
     "cpu": IRPRNTrainConfig(epochs=25, lr_drop_epoch=18),
@@ -242,8 +250,6 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     bar.close()
     # Gallery side of the pairs: the training views, and with pair_pool="gallery" the novel
     # views too (the gallery holds both at inference), less the held-out ones.
-    if cfg.pair_pool not in ("train", "gallery"):
-        raise ValueError(f"pair_pool must be 'train' or 'gallery', got {cfg.pair_pool!r}")
     cand_feats, cand_poses, cand_images, cand_family = train_feats, train_poses, train_images, train_family
     if cfg.pair_pool == "gallery" and use_novel:
         keep = torch.tensor([i for i in range(n_novel) if i not in val_base], dtype=torch.long)

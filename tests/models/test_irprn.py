@@ -124,7 +124,7 @@ def test_local_correlation_flow_follows_a_shift() -> None:
     # The gallery map is the query map moved down by 2 cells and left by 1: away from the
     # borders every query cell finds its content at displacement (dx, dy) = (-1, 2).
     torch.manual_seed(0)
-    layer = LocalCorrelation(16, 16, radius=3, size=20)
+    layer = LocalCorrelation(16, 16, radius=3)
     with torch.no_grad():
         layer.proj.weight.copy_(torch.eye(16).view(16, 16, 1, 1))
         layer.proj.bias.zero_()
@@ -140,7 +140,7 @@ def test_local_correlation_flow_follows_a_shift() -> None:
     # Channel (dy + r) * 7 + (dx + r) holds the cosine with the cell at that displacement.
     assert torch.allclose(out[0, (2 + 3) * 7 + (-1 + 3)][inner[1:]], torch.ones(14, 14), atol=1e-5)
     with pytest.raises(ValueError, match="fine_radius"):
-        LocalCorrelation(16, 16, radius=0, size=20)
+        LocalCorrelation(16, 16, radius=0)
 
 
 @pytest.mark.parametrize("translation", TRANSLATIONS)

@@ -79,6 +79,10 @@ def test_pair_families_keep_relatives_apart() -> None:
         assert (ids != torch.arange(3)[:, None]).all()  # never a training view with itself
     with pytest.raises(ValueError, match="pair_exclude"):
         pair_families(3, parents, "nobody")
+    with pytest.raises(ValueError, match="pair_exclude"):
+        IRPRNTrainConfig(pair_exclude="nobody")
+    with pytest.raises(ValueError, match="pair_pool"):
+        IRPRNTrainConfig(pair_pool="everything")
 
 
 def test_augmented_copies_keep_the_original_first() -> None:
