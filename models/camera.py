@@ -27,6 +27,10 @@ Conventions (everything else in the code base follows these):
   ``omega ~ N(0, sigma_r^2 I)`` an axis-angle vector in radians and ``dt ~ N(0, sigma_t^2 I)``,
   both in the camera frame: the camera turns about its own centre by ``|omega|`` and
   moves by ``|dt|`` (scene units).
+* **Orbit** (RVSS's optional wider views): ``P' = P @ [[G^T, 0], [0, 1]]`` for a world
+  rotation ``G`` about the origin (the object centre): the camera centre moves to ``G C`` on
+  the sphere of its distance and turns with it, so ``t`` and the object centre's pixel are
+  unchanged (:func:`orbit_pose`).
 
 All functions take torch tensors with arbitrary leading batch dimensions (``[..., 4, 4]``)
 and keep their dtype; use float64 for geometry that must round-trip exactly.
@@ -205,6 +209,25 @@ def perturb_pose(
     dt = torch.randn(*shape, 3, generator=generator, dtype=torch.float64) * sigma_t
     delta = make_pose(so3_exp(omega), dt).to(dtype=pose.dtype, device=pose.device)
     return delta @ pose
+
+
+def orbit_pose(pose: Tensor, axis_angle: Tensor) -> Tensor:
+    """The camera of ``pose`` [..., 4, 4] carried around the world origin by the world
+    rotation ``G = exp(axis_angle)`` [..., 3] (radians): ``C' = G C``, ``R' = R G^T``,
+    ``t' = t`` (module docstring)."""
+    rot = so3_exp(axis_angle.to(pose.dtype))
+    return make_pose(pose[..., :3, :3] @ rot.transpose(-1, -2), pose[..., :3, 3])
+
+
+def random_orbit(n: int, min_deg: float, max_deg: float, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` axis-angle vectors [n, 3] (float64): axes uniform on the sphere, angles uniform
+    in ``[min_deg, max_deg]`` degrees."""
+    if not 0 <= min_deg <= max_deg:
+        raise ValueError(f"orbit angles need 0 <= min_deg <= max_deg, got {min_deg}, {max_deg}")
+    axis = torch.randn(n, 3, generator=generator, dtype=torch.float64)
+    axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    angle = min_deg + (max_deg - min_deg) * torch.rand(n, 1, generator=generator, dtype=torch.float64)
+    return axis * torch.deg2rad(angle)
 
 
 def look_at(eye: Tensor, target: Tensor, up: Tensor, roll: Tensor | float = 0.0) -> Tensor:

@@ -44,7 +44,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from training.pipeline import run_train, summary_table
 
     stages = args.stages.split(",") if args.stages else None
-    ablation = {"rvss_m": args.rvss_m, "n_refine": args.refine_layers, "k": args.pairs_k,
+    ablation = {"rvss_m": args.rvss_m, "rvss_orbit": args.rvss_orbit, "n_refine": args.refine_layers, "k": args.pairs_k,
                 "mpts": False if args.no_mpts else None, "epochs": args.irprn_epochs}
     reports = run_train(args.category_dir, args.out, preset=args.preset, stages=stages, progress=not args.quiet,
                         validation_dir=args.validation, ablation=ablation)
@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", type=Path, default=None,
                    help="a labelled category: calibrate the threshold F1-optimally on its test split")
     p.add_argument("--rvss-m", type=_non_negative_int, default=None, help="novel views per training view (0 = no RVSS; default 3)")
+    p.add_argument("--rvss-orbit", type=_non_negative_int, default=None,
+                   help="wider novel views per training view, carried 2-12 degrees around the object (default 0)")
     p.add_argument("--refine-layers", type=_non_negative_int, default=None, help="IRPRN refinement layers (default 3)")
     p.add_argument("--pairs-k", type=_positive_int, default=None, help="training pairs per query, K (default 3)")
     p.add_argument("--no-mpts", action="store_true", help="uniform pair weights instead of MPTS")

@@ -34,16 +34,19 @@ PRESETS = ("demo", "cpu", "paper")
 
 
 def irprn_config(preset: str, rvss_m: int | None = None, n_refine: int | None = None, k: int | None = None,
-                 mpts: bool | None = None, epochs: int | None = None) -> tuple[RVSSConfig, IRPRNTrainConfig]:
+                 mpts: bool | None = None, epochs: int | None = None,
+                 rvss_orbit: int | None = None) -> tuple[RVSSConfig, IRPRNTrainConfig]:
     """The preset's RVSS and IRPRN settings with the ablation switches applied (None = keep)."""
     rvss = RVSSConfig() if rvss_m is None else replace(RVSSConfig(), m=rvss_m)
+    if rvss_orbit is not None:
+        rvss = replace(rvss, orbit_m=rvss_orbit)
     cfg = irprn_preset(preset)
     if n_refine is not None:
         cfg = replace(cfg, model=replace(cfg.model, n_refine=n_refine))
     for name, value in (("k", k), ("mpts", mpts), ("epochs", epochs)):
         if value is not None:
             cfg = replace(cfg, **{name: value})
-    if rvss.m == 0:
+    if rvss.m == 0 and rvss.orbit_m == 0:
         cfg = replace(cfg, use_novel=False)
     return rvss, cfg
 

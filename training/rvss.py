@@ -7,6 +7,14 @@ Gaussian model at the category's image size. Output ``rvss/novel.safetensors``: 
 uint8 ``[N, H, W, 3]``, poses float64 ``[N, 4, 4]``, the index of the training view each
 one perturbs; ``rvss/config.json``; ``reports/rvss_sheet.png``. ``m = 0`` switches RVSS
 off (an empty novel set), for the paper's ablation.
+
+``orbit_m > 0`` adds, per training view, that many wider views beyond the paper's: the
+camera carried around the object (``models.camera.orbit_pose``) by a random angle in
+``[orbit_min_deg, orbit_max_deg]`` about a random axis, its distance scaled by a factor
+within ``1 +- orbit_radius``, then perturbed as above. The
+paper's perturbations move a view by a degree or two, so its training pairs are either
+near copies or two training poses; the orbit views fill the offsets in between, in every
+direction, and make the gallery denser (docs/POSE.md, revision 3).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from models.camera import perturb_pose
+from models.camera import orbit_pose, perturb_pose, random_orbit
 from models.data import Category
 from models.hashing import sha256_file
 from models.images import to_uint8
@@ -37,6 +45,28 @@ class RVSSConfig:
     sigma_t: float = 0.1
     seed: int = 0
     batch: int = 8
+    orbit_m: int = 0
+    orbit_min_deg: float = 2.0
+    orbit_max_deg: float = 12.0
+    orbit_radius: float = 0.08  # and the camera distance scaled by a factor uniform in 1 +- this
+
+    def __post_init__(self) -> None:
+        if self.m < 0 or self.orbit_m < 0:
+            raise ValueError(f"m and orbit_m must be >= 0, got {self.m}, {self.orbit_m}")
+        if not 0 <= self.orbit_radius < 1:
+            raise ValueError(f"orbit_radius must be in [0, 1), got {self.orbit_radius}")
+        if not 0 <= self.orbit_min_deg <= self.orbit_max_deg:
+            raise ValueError(f"orbit angles need 0 <= orbit_min_deg <= orbit_max_deg, got "
+                             f"{self.orbit_min_deg}, {self.orbit_max_deg}")
+
+    def key(self) -> dict:
+        """What the novel set depends on (without the orbit fields while they are off, so
+        earlier work folders stay valid)."""
+        out = asdict(self)
+        if not self.orbit_m:
+            for name in ("orbit_m", "orbit_min_deg", "orbit_max_deg", "orbit_radius"):
+                out.pop(name)
+        return out
 
 
 @dataclass
@@ -47,10 +77,19 @@ class NovelSet:
 
 
 def novel_poses(train_poses: torch.Tensor, cfg: RVSSConfig, unit: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``m`` perturbed poses per training pose (repeated in order) and their parents."""
+    """``m`` perturbed poses per training pose (repeated in order), then ``orbit_m`` orbit
+    views per training pose (module docstring), and the training view each one comes from."""
     gen = torch.Generator().manual_seed(cfg.seed)
     parents = torch.arange(len(train_poses)).repeat_interleave(cfg.m)
     poses = perturb_pose(train_poses[parents].double(), cfg.sigma_r, cfg.sigma_t * unit, gen)
+    if cfg.orbit_m:
+        orbit_parents = torch.arange(len(train_poses)).repeat_interleave(cfg.orbit_m)
+        moved = orbit_pose(train_poses[orbit_parents].double(),
+                           random_orbit(len(orbit_parents), cfg.orbit_min_deg, cfg.orbit_max_deg, gen))
+        scale = 1 + (2 * torch.rand(len(moved), 1, generator=gen, dtype=torch.float64) - 1) * cfg.orbit_radius
+        moved[:, :3, 3] *= scale  # C' = s C with the same orientation: t' = s t
+        poses = torch.cat([poses, perturb_pose(moved, cfg.sigma_r, cfg.sigma_t * unit, gen)])
+        parents = torch.cat([parents, orbit_parents])
     return poses, parents
 
 
@@ -65,7 +104,7 @@ def run_rvss_stage(category: Category, cfg: RVSSConfig, out_dir: Path, progress:
     if not scene_path.is_file():
         raise FileNotFoundError(f"{scene_path} is missing: run the splats stage first")
     rvss_dir, report_path = out_dir / "rvss", out_dir / "reports" / "rvss.json"
-    key = {"config": asdict(cfg), "scene_sha256": sha256_file(scene_path),
+    key = {"config": cfg.key(), "scene_sha256": sha256_file(scene_path),
            "image_size": [category.width, category.height]}
     try:
         previous = json.loads(report_path.read_text())
@@ -93,7 +132,8 @@ def run_rvss_stage(category: Category, cfg: RVSSConfig, out_dir: Path, progress:
         for j in range(min(4, len(category.train))):
             kids = (parents == j).nonzero().flatten().tolist()
             cells = [Cell(category.train[j].image.numpy(), "training view")]
-            cells += [Cell(rgb[k].numpy(), f"novel {n + 1}") for n, k in enumerate(kids)]
+            cells += [Cell(rgb[k].numpy(), f"novel {n + 1}") for n, k in enumerate(kids[: cfg.m])]
+            cells += [Cell(rgb[k].numpy(), f"orbit {n + 1}") for n, k in enumerate(kids[cfg.m : cfg.m + 3])]
             rows.append((category.train[j].name.split("/")[-1], cells))
         contact_sheet(rows, cell=128, title="RVSS: training view | novel views at perturbed poses").save(
             out_dir / "reports" / "rvss_sheet.png")

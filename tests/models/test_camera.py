@@ -203,6 +203,30 @@ def test_perturb_pose_statistics_and_determinism() -> None:
     assert torch.allclose(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(R), atol=1e-12)
 
 
+def test_orbit_pose_carries_the_camera_around_the_origin() -> None:
+    base = camera.look_at(torch.tensor([[0.3, -4.0, 1.2]], dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64),
+                          torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), roll=0.2)
+    omega = camera.random_orbit(50, 3.0, 9.0, torch.Generator().manual_seed(0))
+    out = camera.orbit_pose(base.expand(50, 4, 4), omega)
+    G = camera.so3_exp(omega)
+    c0, c1 = camera.camera_center(base), camera.camera_center(out)
+    assert torch.allclose(c1, (G @ c0[..., None])[..., 0], atol=1e-12)  # C' = G C
+    assert torch.allclose(c1.norm(dim=-1), c0.norm(dim=-1), atol=1e-12)
+    assert torch.allclose(out[:, :3, 3], base[:, :3, 3].expand(50, 3))  # the origin stays at its pixel
+    # The camera turns by the orbit angle, which random_orbit draws within its bounds.
+    turned = camera.pose_errors(out, base.expand(50, 4, 4))["rot_deg"]
+    assert torch.allclose(turned, torch.rad2deg(omega.norm(dim=-1)), atol=1e-9)
+    assert turned.min() >= 3.0 - 1e-9 and turned.max() <= 9.0 + 1e-9 and turned.std() > 1
+    # A world point moved with the camera keeps its pixel (a rigid motion of the whole scene).
+    x = torch.tensor([0.4, 0.1, -0.3], dtype=torch.float64)
+    K = torch.tensor([[100.0, 0, 50], [0, 100.0, 50], [0, 0, 1]], dtype=torch.float64)
+    uv0, _ = camera.project_points(x[None], base[0], K)
+    uv1, _ = camera.project_points((G[0] @ x)[None], out[0], K)
+    assert torch.allclose(uv0, uv1, atol=1e-9)
+    with pytest.raises(ValueError, match="orbit angles"):
+        camera.random_orbit(3, 5.0, 2.0)
+
+
 def test_batched_shapes_and_float32() -> None:
     poses = torch.stack([_pose(s) for s in range(6)]).reshape(2, 3, 4, 4).float()
     q, t = camera.pose_to_quat_trans(poses)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.camera import pose_errors
+from models.camera import look_at, pose_errors
 from models.data import load_category
 from models.gallery import NOVEL, TRAIN, Gallery
 from models.irprn import load_irprn
@@ -44,6 +44,28 @@ def test_rvss_off_and_seeded() -> None:
     a, _ = novel_poses(poses, RVSSConfig(seed=1), 1.0)
     b, _ = novel_poses(poses, RVSSConfig(seed=1), 1.0)
     assert torch.equal(a, b)
+
+
+def test_rvss_orbit_views() -> None:
+    eye = torch.tensor([[4.0 * np.cos(a), 4.0 * np.sin(a), 1.0] for a in np.linspace(0, 6, 5)], dtype=torch.float64)
+    poses = look_at(eye, torch.zeros(5, 3, dtype=torch.float64), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    paper, paper_parents = novel_poses(poses, RVSSConfig(seed=2), 1.0)
+    cfg = RVSSConfig(seed=2, orbit_m=4, orbit_min_deg=5.0, orbit_max_deg=10.0)
+    both, parents = novel_poses(poses, cfg, 1.0)
+    # The paper's views come first, unchanged; then orbit_m views per training view.
+    assert torch.equal(both[:15], paper) and torch.equal(parents[:15], paper_parents)
+    assert parents[15:].tolist() == [i for i in range(5) for _ in range(4)]
+    moved = pose_errors(both[15:], poses[parents[15:]])["rot_deg"]
+    near = pose_errors(paper, poses[paper_parents])["rot_deg"]
+    assert moved.min() > 2 and moved.median() > 2 * near.median()
+    # Carried around the object: the object centre stays near the image centre.
+    centre = both[15:, :3, 3]
+    assert (centre[:, :2].norm(dim=-1) / centre[:, 2]).max() < 0.2
+    ratio = centre.norm(dim=-1) / poses[parents[15:], :3, 3].norm(dim=-1)  # distance within 1 +- 0.08 (+ the jitter)
+    assert (ratio - 1).abs().max() < 0.08 + 0.1 and (ratio - 1).abs().max() > 0.02
+    assert cfg.key()["orbit_m"] == 4 and "orbit_m" not in RVSSConfig().key()
+    with pytest.raises(ValueError, match="orbit"):
+        RVSSConfig(orbit_min_deg=9.0, orbit_max_deg=3.0)
 
 
 def test_pairs_never_pair_a_view_with_itself() -> None:
@@ -254,3 +276,5 @@ def test_ablation_switches() -> None:
     rvss, cfg = irprn_config("cpu", rvss_m=0, n_refine=0, k=1, mpts=False, epochs=2)
     assert rvss.m == 0 and not cfg.use_novel and cfg.model.n_refine == 0 and cfg.k == 1 and not cfg.mpts
     assert cfg.epochs == 2
+    rvss, cfg = irprn_config("cpu", rvss_m=0, rvss_orbit=2)  # orbit views alone are still novel views
+    assert rvss.m == 0 and rvss.orbit_m == 2 and cfg.use_novel
