@@ -221,9 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
     p.add_argument("--validation", type=Path, default=None,
                    help="a labelled category: calibrate the threshold F1-optimally on its test split")
-    p.add_argument("--rvss-m", type=_non_negative_int, default=None, help="novel views per training view (0 = no RVSS; default 3)")
+    p.add_argument("--rvss-m", type=_non_negative_int, default=None, help="novel views per training view (0 = no RVSS, and no orbit views unless --rvss-orbit; default 3)")
     p.add_argument("--rvss-orbit", type=_non_negative_int, default=None,
-                   help="wider novel views per training view, carried 2-12 degrees around the object (default 0)")
+                   help="wider novel views per training view, carried 2-12 degrees around the object "
+                        "(default: 6 with the cpu and paper presets, 0 with demo or --rvss-m 0)")
     p.add_argument("--refine-layers", type=_non_negative_int, default=None, help="IRPRN refinement layers (default 3)")
     p.add_argument("--pairs-k", type=_positive_int, default=None, help="training pairs per query, K (default 3)")
     p.add_argument("--no-mpts", action="store_true", help="uniform pair weights instead of MPTS")

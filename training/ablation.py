@@ -2,6 +2,8 @@
 
 The paper switches its three training-time components on and off: RVSS (the novel set
 of perturbed views), IRPRN's refinement layers, MPTS (weighted multi-pair training).
+The RVSS switch takes our orbit views with it (``training.rvss``): variants with RVSS
+have the preset's (6 with ``cpu``), those without have none.
 Each variant (``VARIANTS``) shares the category's fitted Gaussian model and calibration
 (``BUNDLES_DIR/.work/<category>/{splats,calibration}``, which must exist: run ``rpe-pad
 train`` first), rebuilds ``rvss``, ``irprn`` and ``gallery`` with its switches in its own

@@ -31,6 +31,9 @@ STAGES = ("splats", "calibration", "rvss", "irprn", "gallery", "onnx", "bundle")
 WORK = ".work"  # BUNDLES_DIR/.work/<category>: the stages' outputs, checkpoints and reports
 CALIBRATION = {"demo": CalibConfig(max_views=24), "cpu": CalibConfig(), "paper": CalibConfig()}
 PRESETS = ("demo", "cpu", "paper")
+# RVSS orbit views per training view (training.rvss; docs/POSE.md, revision 3): on for the
+# presets that build real bundles; the demo keeps the paper's RVSS alone, to stay quick.
+RVSS_ORBIT = {"demo": 0, "cpu": 6, "paper": 6}
 
 
 def irprn_config(preset: str, rvss_m: int | None = None, n_refine: int | None = None, k: int | None = None,
@@ -38,8 +41,9 @@ def irprn_config(preset: str, rvss_m: int | None = None, n_refine: int | None = 
                  rvss_orbit: int | None = None) -> tuple[RVSSConfig, IRPRNTrainConfig]:
     """The preset's RVSS and IRPRN settings with the ablation switches applied (None = keep)."""
     rvss = RVSSConfig() if rvss_m is None else replace(RVSSConfig(), m=rvss_m)
-    if rvss_orbit is not None:
-        rvss = replace(rvss, orbit_m=rvss_orbit)
+    if rvss_orbit is None:  # the preset's orbit views, none when RVSS is switched off
+        rvss_orbit = 0 if rvss_m == 0 else RVSS_ORBIT[preset]
+    rvss = replace(rvss, orbit_m=rvss_orbit)
     cfg = irprn_preset(preset)
     if n_refine is not None:
         cfg = replace(cfg, model=replace(cfg.model, n_refine=n_refine))

@@ -37,6 +37,27 @@ def test_rvss_novel_set(tiny_pose_bundle: Path, tiny_synth: Path) -> None:
     assert again.get("skipped")
 
 
+def test_rvss_stage_with_orbit_views(tiny_bundle: Path, tiny_synth: Path, tmp_path: Path) -> None:
+    out = tmp_path / "work"
+    shutil.copytree(tiny_bundle / "splats", out / "splats")
+    cat = load_category(tiny_synth)
+    cfg = RVSSConfig(orbit_m=1, orbit_min_deg=8.0, orbit_max_deg=12.0)
+    report = run_rvss_stage(cat, cfg, out, progress=False)
+    novel = load_novel(out / "rvss" / "novel.safetensors")
+    n = len(cat.train)
+    assert report["n_novel"] == 4 * n and len(novel.images) == 4 * n and novel.parents[3 * n:].tolist() == list(range(n))
+    # The stage renders the poses novel_poses draws: the orbit views 8-12 degrees from their
+    # parents (plus the jitter), the paper's views a few.
+    expected, _ = novel_poses(cat.train_poses(), cfg, report["scene_unit"])
+    assert torch.allclose(novel.poses, expected)
+    moved = pose_errors(novel.poses, cat.train_poses()[novel.parents].double())["rot_deg"]
+    assert moved[3 * n:].min() > 6 and moved[: 3 * n].max() < moved[3 * n:].min()
+    assert not torch.equal(novel.images[3 * n:], novel.images[:n])  # rendered, not copied
+    assert json.loads((out / "reports" / "rvss.json").read_text())["key"]["config"]["orbit_m"] == 1
+    assert run_rvss_stage(cat, cfg, out, progress=False).get("skipped")
+    assert not run_rvss_stage(cat, RVSSConfig(), out, progress=False).get("skipped")  # other settings: redone
+
+
 def test_rvss_off_and_seeded() -> None:
     poses = torch.eye(4, dtype=torch.float64).repeat(5, 1, 1)
     none, parents = novel_poses(poses, RVSSConfig(m=0), 1.0)
@@ -273,8 +294,10 @@ def test_ablation_switches() -> None:
 
     rvss, cfg = irprn_config("cpu")
     assert rvss.m == 3 and cfg.use_novel and cfg.model.n_refine == 3 and cfg.k == 3 and cfg.mpts
+    assert rvss.orbit_m == 6 and irprn_config("demo")[0].orbit_m == 0
     rvss, cfg = irprn_config("cpu", rvss_m=0, n_refine=0, k=1, mpts=False, epochs=2)
-    assert rvss.m == 0 and not cfg.use_novel and cfg.model.n_refine == 0 and cfg.k == 1 and not cfg.mpts
+    assert rvss.m == 0 and rvss.orbit_m == 0 and not cfg.use_novel and cfg.model.n_refine == 0 and cfg.k == 1
+    assert not cfg.mpts
     assert cfg.epochs == 2
     rvss, cfg = irprn_config("cpu", rvss_m=0, rvss_orbit=2)  # orbit views alone are still novel views
     assert rvss.m == 0 and rvss.orbit_m == 2 and cfg.use_novel
