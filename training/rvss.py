@@ -11,10 +11,11 @@ off (an empty novel set), for the paper's ablation.
 ``orbit_m > 0`` adds, per training view, that many wider views beyond the paper's: the
 camera carried around the object (``models.camera.orbit_pose``) by a random angle in
 ``[orbit_min_deg, orbit_max_deg]`` about a random axis, its distance scaled by a factor
-within ``1 +- orbit_radius``, then perturbed as above. The
-paper's perturbations move a view by a degree or two, so its training pairs are either
-near copies or two training poses; the orbit views fill the offsets in between, in every
-direction, and make the gallery denser (docs/POSE.md, revision 3).
+within ``1 +- orbit_radius``, then perturbed as above. The paper's perturbations move a
+view by a degree or two, so its training pairs are either near copies or two training
+poses; the orbit views fill the offsets in between, in every direction, and make the
+gallery denser (docs/POSE.md, revision 3). ``training.pipeline.RVSS_ORBIT`` sets them per
+preset.
 """
 
 from __future__ import annotations
