@@ -91,7 +91,7 @@ class Manifest(_Strict):
     training: dict  # the resolved config of every stage and the preset
     calibration: dict  # rule, threshold, floors (the full record is calibration/calibration.json)
     inference: dict  # default inspection settings (pose mode, refinement)
-    gallery: dict  # n_views, n_train, n_novel, view names
+    gallery: dict  # n_views, n_train, n_novel, view names, descriptor (grid, rule)
     summary: dict  # what training measured, per stage
     files: dict[str, FileEntry]  # relative POSIX path -> sha256 and size
 

@@ -5,11 +5,19 @@ at perturbed poses (``source`` 1). Per view: world-to-camera pose ``[4, 4]`` (fl
 ``models/camera.py``), descriptor ``[D]`` (L2-normalised, ``models.irprn.descriptor``),
 encoder features ``[C, h, w]`` (the gallery side of IRPRN's pairs, computed once).
 Retrieval is cosine similarity: one matrix product and a top-k.
+
+The descriptor is the features average-pooled to a ``grid x grid`` layout, so
+``D = C * grid^2`` and the grid is read off the shapes (``Gallery.grid``; a query is
+described the same way). Galleries are built at ``RETRIEVAL_GRID`` (7 x 7), finer than
+the 4 x 4 that picks IRPRN's training pairs (``IRPRNConfig.descriptor_grid``): measured on
+held-out renders, the finer layout retrieves views whose pair predictions fuse better
+(docs/POSE.md, revision 4); galleries built before keep their 4 x 4 and still load.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 Tensor = torch.Tensor
 TRAIN, NOVEL = 0, 1
+RETRIEVAL_GRID = 7  # the descriptor layout galleries are built with
 
 
 class GalleryError(ValueError):
@@ -42,6 +51,15 @@ class Gallery:
     def __len__(self) -> int:
         return len(self.poses)
 
+    @property
+    def grid(self) -> int:
+        """The descriptors' pooling grid: ``D = C * grid^2`` for features of ``C`` channels."""
+        c, d = self.features.shape[1], self.descriptors.shape[1]
+        g = math.isqrt(d // c) if c and d % c == 0 else 0
+        if g < 1 or c * g * g != d:
+            raise GalleryError(f"descriptors of {d} numbers are not a square pooling of {c}-channel features")
+        return g
+
     def validate(self, where: str = "gallery") -> None:
         g = len(self.poses)
         if g == 0:
@@ -52,6 +70,10 @@ class Gallery:
         if not shapes_ok:
             raise GalleryError(f"{where}: inconsistent shapes (poses {tuple(self.poses.shape)}, descriptors "
                                f"{tuple(self.descriptors.shape)}, features {tuple(self.features.shape)}, {len(self.names)} names)")
+        try:
+            self.grid  # noqa: B018 (the property validates the shapes)
+        except GalleryError as exc:
+            raise GalleryError(f"{where}: {exc}") from None
         for key, value in (("poses", self.poses), ("descriptors", self.descriptors), ("features", self.features)):
             if not torch.isfinite(value).all():
                 raise GalleryError(f"{where}: non-finite values in {key}")

@@ -203,7 +203,7 @@ class Inspector:
             gallery = Gallery.load(bundle_dir / FILES["gallery"])
             estimator = PoseEstimator.from_onnx(
                 bundle_dir / FILES["encoder"], bundle_dir / FILES["pair_head"], gallery, unit, irprn.input_size,
-                irprn.descriptor_grid, device=device, translation=irprn.translation,
+                device=device, translation=irprn.translation,
                 k=config.k, fusion=config.fusion, scene=scene)
         cam = manifest.camera
         return cls(scene, scorer.to(dev), calib, estimator, cam.width, cam.height, torch.tensor(cam.K), config, dev,

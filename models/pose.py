@@ -2,7 +2,8 @@
 
 ``PoseEstimator.estimate(images)``:
 
-1. encode the queries (IRPRN's encoder, one pass) and take their descriptors;
+1. encode the queries (IRPRN's encoder, one pass) and take their descriptors, pooled on
+   the gallery's grid (``Gallery.grid``);
 2. retrieve the top-K gallery views by cosine similarity (``models.gallery``);
 3. run the pair head on the K (query, gallery view) pairs in one batch; the last stage's
    ``(q, t)`` gives the query pose from the gallery pose (``P_q = P_rel P_g``, decoded by
@@ -113,11 +114,11 @@ class PoseEstimator:
         def head(fq: Tensor, fg: Tensor) -> tuple[Tensor, Tensor]:
             return net.head(fq, fg)
 
-        return cls(gallery, torch.no_grad()(net.encoder), head, unit, net.cfg.input_size, net.cfg.descriptor_grid,
+        return cls(gallery, torch.no_grad()(net.encoder), head, unit, net.cfg.input_size, gallery.grid,
                    translation=net.cfg.translation, **kw)
 
     @classmethod
-    def from_onnx(cls, encoder_path: Path, head_path: Path, gallery: Gallery, unit: float, input_size: int, grid: int,
+    def from_onnx(cls, encoder_path: Path, head_path: Path, gallery: Gallery, unit: float, input_size: int,
                   device: str = "auto", **kw) -> PoseEstimator:
         from models import onnx_runtime as rt
 
@@ -130,7 +131,7 @@ class PoseEstimator:
             q, t = rt.run(hd, query=fq.cpu().numpy(), gallery=fg.cpu().numpy())
             return torch.from_numpy(q), torch.from_numpy(t)
 
-        est = cls(gallery, encode, head, unit, input_size, grid, **kw)
+        est = cls(gallery, encode, head, unit, input_size, gallery.grid, **kw)
         est.providers = enc.get_providers()
         return est
 
@@ -151,7 +152,7 @@ class PoseEstimator:
                                     "(rpe-pad train ... --stages onnx)")
         if backend == "onnx" or (backend == "auto" and onnx_ok):
             cfg, unit = load_irprn_config(irprn_dir / "config.json")
-            return cls.from_onnx(enc, head, gallery, unit, cfg.input_size, cfg.descriptor_grid, device=device,
+            return cls.from_onnx(enc, head, gallery, unit, cfg.input_size, device=device,
                                  translation=cfg.translation, **kw)
         if backend not in ("auto", "torch"):
             raise ValueError(f"backend must be auto, onnx or torch, got {backend!r}")

@@ -76,7 +76,6 @@ def manifest_fields(category: Category, work: Path, preset: str, calib_cfg) -> d
                       "preprocessing": {"input": "RGB float in [0, 1]", "resize": "bilinear, antialiased",
                                         "size": irprn["model"]["input_size"], "mean": list(mean), "std": list(std),
                                         "normalised": "inside the encoder graph"},
-                      "descriptor_grid": irprn["model"]["descriptor_grid"],
                       "onnx_parity_max_abs_diff": reports.get("onnx", {}).get("max_abs_diff")},
             "scorer": calib.scorer,
         },
@@ -87,6 +86,8 @@ def manifest_fields(category: Category, work: Path, preset: str, calib_cfg) -> d
         "inference": InspectorConfig().to_dict(),
         "gallery": {"n_views": len(gallery), "n_train": int((gallery.source == TRAIN).sum()),
                     "n_novel": int((gallery.source == NOVEL).sum()), "names": gallery.names,
+                    "descriptor": {"grid": gallery.grid, "rule": "encoder features average-pooled to grid x grid, "
+                                   "flattened, L2-normalised; retrieval by cosine similarity"},
                     "views_png": "gallery/views/NNNN.png, in gallery order"},
         "summary": {stage: _compact(rep) for stage, rep in reports.items() if stage != "train_summary"},
     }

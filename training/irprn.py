@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from models.camera import roll_pose, rotation_angle
 from models.data import Category
-from models.gallery import NOVEL, TRAIN, Gallery
+from models.gallery import NOVEL, RETRIEVAL_GRID, TRAIN, Gallery
 from models.hashing import sha256_file
 from models.images import to_uint8
 from models.irprn import (
@@ -419,10 +419,11 @@ def run_irprn_stage(category: Category, cfg: IRPRNTrainConfig, out_dir: Path, pr
 
 
 def build_gallery(category: Category, novel: NovelSet, net: IRPRN, scene: GaussianScene | None = None,
-                  progress: bool = False) -> Gallery:
-    """Training views then novel views, encoded by the trained encoder; with ``scene``, also
-    each view's expected depth (rendered at its pose) for refinement by PnP."""
-    size, grid = net.cfg.input_size, net.cfg.descriptor_grid
+                  progress: bool = False, grid: int = RETRIEVAL_GRID) -> Gallery:
+    """Training views then novel views, encoded by the trained encoder and described on a
+    ``grid x grid`` layout (``models.gallery``); with ``scene``, also each view's expected
+    depth (rendered at its pose) for refinement by PnP."""
+    size = net.cfg.input_size
     images = torch.cat([torch.stack([v.image for v in category.train]), novel.images])
     feats = encode(net.encoder.eval(), images, size)
     poses = torch.cat([category.train_poses().double(), novel.poses.double()])
@@ -450,7 +451,8 @@ def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True) 
             raise FileNotFoundError(f"{needed} is missing: run the {stage} stage first")
     path, report_path = out_dir / "gallery" / "gallery.safetensors", out_dir / "reports" / "gallery.json"
     key = {"weights_sha256": sha256_file(weights), "novel_sha256": sha256_file(novel_path), "n_train": len(category.train),
-           "scene_sha256": sha256_file(out_dir / "splats" / "scene.safetensors"), "with_depth": True}
+           "scene_sha256": sha256_file(out_dir / "splats" / "scene.safetensors"), "with_depth": True,
+           "descriptor_grid": RETRIEVAL_GRID}
     try:
         previous = json.loads(report_path.read_text())
         Gallery.load(path)
@@ -465,7 +467,8 @@ def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True) 
     # Retrieval sanity: each novel view's best training match vs the view it perturbs.
     novel = load_novel(novel_path)
     report = {"category": category.name, "n_views": len(gallery), "n_train": int((gallery.source == TRAIN).sum()),
-              "n_novel": int((gallery.source == NOVEL).sum()), "descriptor_dim": int(gallery.descriptors.shape[1]),
+              "n_novel": int((gallery.source == NOVEL).sum()), "descriptor_grid": gallery.grid,
+              "descriptor_dim": int(gallery.descriptors.shape[1]),
               "feature_shape": list(gallery.features.shape[1:]), "bytes": path.stat().st_size}
     if len(novel.poses):
         _, ids = gallery.top_k(gallery.descriptors[gallery.source == NOVEL], 1, allowed=gallery.source == TRAIN)

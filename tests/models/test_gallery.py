@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from models.gallery import NOVEL, TRAIN, Gallery, GalleryError
+from models.irprn import descriptor
 
 
 def _gallery(g: int = 12, d: int = 16) -> Gallery:
@@ -31,6 +32,21 @@ def test_top_k_matches_brute_force() -> None:
     # A gallery view is its own best match.
     _, own = g.top_k(g.descriptors, 1)
     assert own[:, 0].tolist() == list(range(len(g)))
+
+
+def test_grid_is_read_off_the_shapes(tmp_path: Path) -> None:
+    feats = torch.randn(3, 5, 14, 14)
+    for grid in (1, 4, 7):
+        g = Gallery(torch.eye(4, dtype=torch.float64).repeat(3, 1, 1), torch.zeros(3, dtype=torch.int8),
+                    descriptor(feats, grid), feats, ["a", "b", "c"])
+        assert g.grid == grid
+    assert _gallery().grid == 2  # 16 numbers of 4-channel features
+    odd = _gallery(d=12)  # 12 = 4 x 3: no square pooling of 4 channels gives it
+    with pytest.raises(GalleryError, match="square pooling"):
+        _ = odd.grid
+    odd.save(tmp_path / "odd.safetensors")
+    with pytest.raises(GalleryError, match="odd.safetensors.*square pooling"):
+        Gallery.load(tmp_path / "odd.safetensors")
 
 
 def test_top_k_restricted_to_allowed_views() -> None:

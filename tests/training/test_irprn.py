@@ -13,7 +13,7 @@ import torch
 
 from models.camera import look_at, pose_errors
 from models.data import load_category
-from models.gallery import NOVEL, TRAIN, Gallery
+from models.gallery import NOVEL, RETRIEVAL_GRID, TRAIN, Gallery
 from models.irprn import load_irprn
 from models.pose import PoseEstimator
 from rpe_pad.cli import main
@@ -146,6 +146,10 @@ def test_irprn_report_gallery_and_onnx(tiny_pose_bundle: Path) -> None:
     assert report["n_pairs"] == 64 * 3 and len(report["history"]) == 2
     gallery = Gallery.load(tiny_pose_bundle / "gallery" / "gallery.safetensors")
     assert len(gallery) == 32 and int((gallery.source == TRAIN).sum()) == 8 and int((gallery.source == NOVEL).sum()) == 24
+    # Described on the retrieval grid, not the training pairs' 4 x 4, and the report says so.
+    assert gallery.grid == RETRIEVAL_GRID != 4
+    assert gallery.descriptors.shape[1] == gallery.features.shape[1] * RETRIEVAL_GRID**2
+    assert json.loads((tiny_pose_bundle / "reports" / "gallery.json").read_text())["descriptor_grid"] == RETRIEVAL_GRID
     onnx_report = json.loads((tiny_pose_bundle / "reports" / "onnx.json").read_text())
     assert onnx_report["max_scaled_diff"] <= 1e-4 and "CPUExecutionProvider" in onnx_report["providers"]
     assert onnx_report["max_abs_diff"] < 1e-3
@@ -158,6 +162,10 @@ def test_onnx_and_torch_estimators_agree(tiny_pose_bundle: Path, tiny_synth: Pat
     a, b = onnx_est.estimate(images), torch_est.estimate(images)
     assert torch.equal(a.gallery_ids, b.gallery_ids)
     assert torch.allclose(a.poses, b.poses, atol=1e-4)
+    # Queries are described like the gallery: a training view finds itself.
+    train = load_category(tiny_synth).train
+    own = onnx_est.estimate(torch.stack([v.image for v in train[:3]]), mode="retrieval")
+    assert onnx_est.grid == RETRIEVAL_GRID and own.gallery_ids[:, 0].tolist() == [0, 1, 2]
 
 
 def test_parity_check_refuses_a_wrong_graph(tiny_pose_bundle: Path, tmp_path: Path) -> None:
