@@ -149,6 +149,19 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pose_sweep(args: argparse.Namespace) -> int:
+    from training.pose_sweep import markdown, sweep, write
+
+    out = args.json or (args.bundle_dir / "reports" / "pose_sweep.json")
+    result = sweep(args.bundle_dir, args.category_dir, n=args.views, max_roll_deg=args.max_roll, seed=args.seed,
+                   grids=tuple(args.grids), ks=tuple(args.k), fusion=args.fusion, backend=args.backend,
+                   device=args.device, progress=not args.quiet)
+    write(result, out)
+    print(markdown(result))
+    print(f"report: {out}")
+    return 0
+
+
 def _cmd_bench_render(args: argparse.Namespace) -> int:
     from training.benchmarks import bench_render, load_or_random
 
@@ -303,6 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLE_DIR/reports/sensitivity)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sensitivity)
+
+    p = sub.add_parser("pose-sweep", help="query-pose errors on held-out renders for each retrieval grid and k "
+                       "(choose settings without the test views)")
+    p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> or its training work folder")
+    p.add_argument("category_dir", type=Path, help="the category it was trained on (cameras and image size)")
+    p.add_argument("--views", type=_positive_int, default=100, help="held-out renders (default 100)")
+    p.add_argument("--max-roll", type=float, default=0.0, help="their roll about the optical axis, +-degrees (default 0)")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--grids", type=_positive_int, nargs="+", default=[4, 7], help="retrieval grids (default 4 7)")
+    p.add_argument("--k", type=_positive_int, nargs="+", default=[1, 3, 5, 8, 10], help="matches fused (default 1 3 5 8 10)")
+    p.add_argument("--fusion", choices=["top1", "mean"], default="mean")
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--json", type=Path, default=None, help="report file (default BUNDLE_DIR/reports/pose_sweep.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pose_sweep)
 
     p = sub.add_parser("bench-render", help="time the Gaussian renderer (median of repeated runs)")
     p.add_argument("--scene", type=Path, default=None, help="a scene.safetensors (default: random scene)")
