@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from models.camera import camera_center, look_at, pose_errors
 from models.data import load_category
-from models.irprn import descriptor
 from models.inspector import Inspector, InspectorConfig
+from models.irprn import descriptor
 from models.splat.scene import GaussianScene, render
 from training.evaluate import image_size
 
