@@ -25,8 +25,8 @@ from models.camera import camera_center, look_at, pose_errors
 from models.data import load_category
 from models.inspector import Inspector, InspectorConfig
 from models.irprn import descriptor
-from models.splat.scene import GaussianScene, render
-from training.evaluate import image_size
+from models.splat.scene import GaussianScene
+from training.evaluate import image_size, render_references
 
 Tensor = torch.Tensor
 GRIDS = (4, 7)
@@ -58,14 +58,10 @@ def validation_poses(train_poses: Tensor, n: int, max_roll_deg: float = 0.0, see
 
 
 @torch.no_grad()
-def render_views(scene: GaussianScene, poses: Tensor, K: Tensor, width: int, height: int, batch: int = 8) -> Tensor:
+def render_views(scene: GaussianScene, poses: Tensor, K: Tensor, width: int, height: int) -> Tensor:
     """``[n, H, W, 3]`` renders in [0, 1], quantised to 8 bits like a photograph on disk."""
-    out = []
-    for i in range(0, len(poses), batch):
-        p = poses[i : i + batch].float()
-        colors = render(scene, p, K.float().expand(len(p), 3, 3), width, height).colors.clamp(0, 1).cpu()
-        out.append((colors * 255).round() / 255)
-    return torch.cat(out)
+    colors = render_references(scene, poses, K.expand(len(poses), 3, 3), width, height).cpu()
+    return (colors * 255).round() / 255
 
 
 def sweep(bundle_dir: Path, category_dir: Path, n: int = 100, max_roll_deg: float = 0.0, seed: int = 0,
