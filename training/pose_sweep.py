@@ -1,9 +1,9 @@
 """`rpe-pad pose-sweep`: choose the query-pose settings on held-out renders, not the test views.
 
-On a bundle or a training work folder, the category's Gaussian model is rendered at ``n`` fresh random poses (``validation_poses``:
-directions uniform over the band of elevations its training cameras cover, distances
-within theirs, looking at the object, rolled uniformly within +-``max_roll_deg`` about the
-optical axis). Their poses are then estimated for every retrieval grid (the gallery's
+On a bundle or a training work folder, the category's Gaussian model is rendered at ``n``
+fresh random poses (``validation_poses``: directions uniform over the band of elevations its
+training cameras cover, distances within theirs, looking at the object, rolled uniformly
+within +-``max_roll_deg`` about the optical axis). Their poses are then estimated for every retrieval grid (the gallery's
 descriptor layout, ``models.gallery``) and every ``k`` (gallery matches fused per query,
 ``models.pose``), and the median rotation and camera-centre errors are reported, beside
 the gallery as built. The renders are not in the gallery, and the test views are never
@@ -77,12 +77,13 @@ def sweep(bundle_dir: Path, category_dir: Path, n: int = 100, max_roll_deg: floa
     images = render_views(inspector.scene, poses, category.K, category.width, category.height)
     est = inspector.estimator
     built = est.gallery
+    # The same estimator retrieving on each grid (the gallery's features pooled so, once per grid) and fusing k matches.
+    galleries = {g: built if g == built.grid else dataclasses.replace(built, descriptors=descriptor(built.features, g))
+                 for g in grids}
     rows = []
     combos = [(g, k) for g in grids for k in ks]
     for grid, k in tqdm(combos, desc="pose sweep", disable=not progress):
-        # The same estimator retrieving on another grid (the gallery's features pooled so) and fusing k matches.
-        est.gallery = built if grid == built.grid else dataclasses.replace(built, descriptors=descriptor(built.features, grid))
-        est.grid, est.k = grid, k
+        est.gallery, est.grid, est.k = galleries[grid], grid, k
         err = pose_errors(est.estimate(images, "rpe").poses, poses)
         rows.append({"grid": grid, "k": k, "built": grid == built.grid,
                      "rot_deg_median": round(float(err["rot_deg"].median()), 3),
