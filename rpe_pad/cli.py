@@ -45,7 +45,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     stages = args.stages.split(",") if args.stages else None
     ablation = {"rvss_m": args.rvss_m, "rvss_orbit": args.rvss_orbit, "n_refine": args.refine_layers, "k": args.pairs_k,
-                "mpts": False if args.no_mpts else None, "epochs": args.irprn_epochs}
+                "mpts": False if args.no_mpts else None, "epochs": args.irprn_epochs, "holdout": args.holdout}
     reports = run_train(args.category_dir, args.out, preset=args.preset, stages=stages, progress=not args.quiet,
                         validation_dir=args.validation, ablation=ablation)
     print(summary_table(reports))
@@ -150,12 +150,18 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def _cmd_pose_sweep(args: argparse.Namespace) -> int:
-    from training.pose_sweep import markdown, sweep, write
+    from training.pose_sweep import markdown, sweep, sweep_heldout, write
 
-    out = args.json or (args.bundle_dir / "reports" / "pose_sweep.json")
-    result = sweep(args.bundle_dir, args.category_dir, n=args.views, max_roll_deg=args.max_roll, seed=args.seed,
-                   grids=tuple(args.grids), ks=tuple(args.k), fusion=args.fusion, backend=args.backend,
-                   device=args.device, progress=not args.quiet)
+    if args.held_out:
+        out = args.json or (args.bundle_dir / "reports" / "pose_sweep_heldout.json")
+        result = sweep_heldout(args.bundle_dir, args.category_dir, max_roll_deg=args.max_roll, copies=args.copies,
+                               seed=args.seed, grids=tuple(args.grids), ks=tuple(args.k), fusion=args.fusion,
+                               progress=not args.quiet)
+    else:
+        out = args.json or (args.bundle_dir / "reports" / "pose_sweep.json")
+        result = sweep(args.bundle_dir, args.category_dir, n=args.views, max_roll_deg=args.max_roll, seed=args.seed,
+                       grids=tuple(args.grids), ks=tuple(args.k), fusion=args.fusion, backend=args.backend,
+                       device=args.device, progress=not args.quiet)
     write(result, out)
     print(markdown(result))
     print(f"report: {out}")
@@ -242,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs-k", type=_positive_int, default=None, help="training pairs per query, K (default 3)")
     p.add_argument("--no-mpts", action="store_true", help="uniform pair weights instead of MPTS")
     p.add_argument("--irprn-epochs", type=_positive_int, default=None, help="IRPRN epochs (default: the preset's)")
+    p.add_argument("--holdout", type=_non_negative_int, default=None,
+                   help="hold this many training views (and their novel views) out of IRPRN's training: real "
+                        "photographs to choose pose settings on (rpe-pad pose-sweep --held-out; default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
@@ -322,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> or its training work folder")
     p.add_argument("category_dir", type=Path, help="the category it was trained on (cameras and image size)")
     p.add_argument("--views", type=_positive_int, default=100, help="held-out renders (default 100)")
+    p.add_argument("--held-out", action="store_true",
+                   help="query with the training photographs held out of IRPRN's training instead of renders "
+                        "(a work folder trained with rpe-pad train --holdout N; PyTorch weights)")
+    p.add_argument("--copies", type=_positive_int, default=1, help="with --held-out: rolled copies per photograph "
+                   "(needs --max-roll; default 1)")
     p.add_argument("--max-roll", type=float, default=0.0, help="their roll about the optical axis, +-degrees (default 0)")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--grids", type=_positive_int, nargs="+", default=[4, 7], help="retrieval grids (default 4 7)")
@@ -368,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poses", nargs="+", default=["rpe"], choices=["retrieval", "rpe", "rpe+refine"],
                    help="pose modes to evaluate each variant in (default rpe)")
     p.add_argument("--irprn-epochs", type=_positive_int, default=None, help="IRPRN epochs (default: the preset's)")
+    p.add_argument("--holdout", type=_non_negative_int, default=None,
+                   help="hold this many training views (and their novel views) out of IRPRN's training: real "
+                        "photographs to choose pose settings on (rpe-pad pose-sweep --held-out; default 0)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLES/reports/ablation)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_ablation)

@@ -87,15 +87,22 @@ class IRPRNTrainConfig:
     pair_exclude: str = "self"  # never pair a view with: "self" | its "family" (parent, siblings; pair_families)
     checkpoint_every: int = 10
     seed: int = 0
+    holdout: int = 0  # training views held out of training (and their novel views): a validation set (holdout_views)
 
     def __post_init__(self) -> None:
+        if self.holdout < 0:
+            raise ValueError(f"holdout must be >= 0, got {self.holdout}")
         if self.pair_pool not in PAIR_POOLS:
             raise ValueError(f"pair_pool must be one of {PAIR_POOLS}, got {self.pair_pool!r}")
         if self.pair_exclude not in PAIR_EXCLUDES:
             raise ValueError(f"pair_exclude must be one of {PAIR_EXCLUDES}, got {self.pair_exclude!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields (without ``holdout`` while it is off, so earlier work folders stay valid)."""
+        out = asdict(self)
+        if not self.holdout:
+            out.pop("holdout")
+        return out
 
 
 PAIR_POOLS = ("train", "gallery")
@@ -111,6 +118,28 @@ def preset(name: str, **overrides) -> IRPRNTrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides)
+
+
+def holdout_views(n_train: int, n: int) -> torch.Tensor:
+    """Indices of the ``n`` training views held out for validation: spread evenly through the
+    capture order (MAD: rings of azimuths), so they sample every part of the view sphere.
+    Neither they nor the novel views rendered from their poses enter IRPRN's training pairs,
+    and a validation query is matched against a gallery without them
+    (``heldout_gallery_mask``): real photographs the network never saw, posed like queries."""
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if not 0 < n <= n_train - 2:
+        raise ValueError(f"can hold out 1..{n_train - 2} of {n_train} training views, not {n}")
+    return torch.linspace(0, n_train - 1, n, dtype=torch.float64).round().long()
+
+
+def heldout_gallery_mask(n_train: int, parents: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+    """Bool ``[n_train + N]`` over a gallery of training views then novel views (``build_gallery``
+    order): True for the views a held-out query may be matched with, i.e. neither a held-out
+    training view nor a novel view rendered from one."""
+    is_held = torch.zeros(n_train, dtype=torch.bool)
+    is_held[held] = True
+    return ~torch.cat([is_held, is_held[parents.long()]])
 
 
 @dataclass
@@ -214,16 +243,26 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     size = model_cfg.input_size
     train_images = torch.stack([v.image for v in category.train])
     train_poses = category.train_poses().double()
+    n_all = len(train_images)
+    held = holdout_views(n_all, cfg.holdout)
+    keep = heldout_gallery_mask(n_all, novel.parents, held)
+    kept_novel = keep[n_all:].nonzero().flatten()
+    train_images, train_poses = train_images[keep[:n_all]], train_poses[keep[:n_all]]
     n_train = len(train_images)
 
-    # Query images: novel views and/or training views, each with its family id (pair_families).
-    use_novel = cfg.use_novel and len(novel.poses) > 0
-    n_novel = len(novel.poses) if use_novel else 0
-    novel_family, train_family = pair_families(n_train, novel.parents[:n_novel], cfg.pair_exclude)
+    # Query images: novel views and/or training views, each with its family id (pair_families),
+    # less the held-out views and the novel views rendered from them.
+    use_novel = cfg.use_novel and len(kept_novel) > 0
+    n_novel = len(kept_novel) if use_novel else 0
+    novel_images, novel_poses = novel.images[kept_novel], novel.poses.double()[kept_novel]
+    # Parents renumbered among the kept training views (family ids must match theirs).
+    renumber = torch.cumsum(keep[:n_all].long(), 0) - 1
+    novel_family, train_family = pair_families(n_train, renumber[novel.parents[kept_novel].long()][:n_novel],
+                                               cfg.pair_exclude)
     q_images, q_poses, q_family = [], [], []
     if use_novel:
-        q_images.append(novel.images)
-        q_poses.append(novel.poses.double())
+        q_images.append(novel_images)
+        q_poses.append(novel_poses)
         q_family.append(novel_family)
     if cfg.train_queries or not use_novel:
         q_images.append(train_images)
@@ -252,11 +291,11 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     # views too (the gallery holds both at inference), less the held-out ones.
     cand_feats, cand_poses, cand_images, cand_family = train_feats, train_poses, train_images, train_family
     if cfg.pair_pool == "gallery" and use_novel:
-        keep = torch.tensor([i for i in range(n_novel) if i not in val_base], dtype=torch.long)
-        cand_feats = torch.cat([train_feats, query_feats[keep]])  # the novel originals come first
-        cand_poses = torch.cat([train_poses, novel.poses.double()[keep]])
-        cand_images = torch.cat([train_images, novel.images[keep]])
-        cand_family = torch.cat([train_family, novel_family[keep]])
+        pool = torch.tensor([i for i in range(n_novel) if i not in val_base], dtype=torch.long)
+        cand_feats = torch.cat([train_feats, query_feats[pool]])  # the novel originals come first
+        cand_poses = torch.cat([train_poses, novel_poses[pool]])
+        cand_images = torch.cat([train_images, novel_images[pool]])
+        cand_family = torch.cat([train_family, novel_family[pool]])
     grid = model_cfg.descriptor_grid
     base_desc = descriptor(query_feats[: n_base], grid)  # the un-augmented originals come first
     gal_ids, ranks = build_pairs(base_desc, descriptor(cand_feats, grid), cfg.k, base_family, cand_family)
@@ -331,6 +370,7 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     pair_rot = torch.rad2deg(2 * torch.acos(q_gt[:, 0].abs().clamp(max=1)))
     report = {
         "n_queries": n_base, "n_query_copies": len(queries.images), "n_pairs": len(pair_q), "k": k,
+        "holdout": [category.train[i].name for i in held.tolist()],
         "n_train_pairs": len(train_idx), "n_val_pairs": len(val_idx), "resumed_from_epoch": start_epoch,
         "final": history[-1] if history else {}, "history": history,
         "s_t": criterion.s_t.item(), "s_q": criterion.s_q.item(),

@@ -38,7 +38,7 @@ RVSS_ORBIT = {"demo": 0, "cpu": 6, "paper": 6}
 
 def irprn_config(preset: str, rvss_m: int | None = None, n_refine: int | None = None, k: int | None = None,
                  mpts: bool | None = None, epochs: int | None = None,
-                 rvss_orbit: int | None = None) -> tuple[RVSSConfig, IRPRNTrainConfig]:
+                 rvss_orbit: int | None = None, holdout: int | None = None) -> tuple[RVSSConfig, IRPRNTrainConfig]:
     """The preset's RVSS and IRPRN settings with the ablation switches applied (None = keep)."""
     rvss = RVSSConfig() if rvss_m is None else replace(RVSSConfig(), m=rvss_m)
     if rvss_orbit is None:  # the preset's orbit views, none when RVSS is switched off
@@ -47,7 +47,7 @@ def irprn_config(preset: str, rvss_m: int | None = None, n_refine: int | None = 
     cfg = irprn_preset(preset)
     if n_refine is not None:
         cfg = replace(cfg, model=replace(cfg.model, n_refine=n_refine))
-    for name, value in (("k", k), ("mpts", mpts), ("epochs", epochs)):
+    for name, value in (("k", k), ("mpts", mpts), ("epochs", epochs), ("holdout", holdout)):
         if value is not None:
             cfg = replace(cfg, **{name: value})
     if rvss.m == 0 and rvss.orbit_m == 0:

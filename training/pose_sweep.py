@@ -8,6 +8,14 @@ descriptor layout, ``models.gallery``) and every ``k`` (gallery matches fused pe
 ``models.pose``), and the median rotation and camera-centre errors are reported, beside
 the gallery as built. The renders are not in the gallery, and the test views are never
 looked at, so the settings chosen here are not fitted to the figures reported on them.
+
+Renders of our own model are the gallery's kind of image; real photographs may favour other
+settings. ``sweep_heldout`` runs the same sweep on a work folder trained with
+``rpe-pad train --holdout N`` (``training.irprn.holdout_views``): its queries are the N
+training photographs that IRPRN never saw (nor the novel views rendered from them), each
+matched against the gallery without them (``heldout_gallery_mask``), optionally rolled
+within +-``max_roll_deg`` (``copies`` rolls per view; exact for a pinhole camera,
+``models.camera.roll_pose``) for categories whose queries roll.
 """
 
 from __future__ import annotations
@@ -21,12 +29,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from models.camera import camera_center, look_at, pose_errors
+from models.camera import camera_center, look_at, pose_errors, roll_pose
 from models.data import load_category
+from models.gallery import Gallery
 from models.inspector import Inspector, InspectorConfig
-from models.irprn import descriptor
+from models.irprn import descriptor, load_irprn
+from models.pose import PoseEstimator, roll_images
 from models.splat.scene import GaussianScene
 from training.evaluate import image_size, render_references
+from training.irprn import build_gallery, heldout_gallery_mask, holdout_views
+from training.rvss import load_novel
 
 Tensor = torch.Tensor
 GRIDS = (4, 7)
@@ -75,27 +87,85 @@ def sweep(bundle_dir: Path, category_dir: Path, n: int = 100, max_roll_deg: floa
                                camera=(category.width, category.height, category.K))
     poses = validation_poses(category.train_poses(), n, max_roll_deg, seed)
     images = render_views(inspector.scene, poses, category.K, category.width, category.height)
-    est = inspector.estimator
+    rows = _sweep_rows(inspector.estimator, images, poses, grids, ks, progress)
+    return {"category": category.name, "bundle": str(bundle_dir), "queries": "renders", "n_views": n,
+            "max_roll_deg": max_roll_deg, "seed": seed, "fusion": fusion, "gallery_grid": inspector.estimator.gallery.grid,
+            "rows": rows, "best": _best(rows)}
+
+
+def _sweep_rows(est: PoseEstimator, images: Tensor, poses: Tensor, grids: tuple[int, ...], ks: tuple[int, ...],
+                progress: bool) -> list[dict]:
+    """Median errors of ``est`` on the queries for every (grid, k): the same estimator
+    retrieving on each grid (the gallery's features pooled so, once per grid) and fusing k matches."""
     built = est.gallery
-    # The same estimator retrieving on each grid (the gallery's features pooled so, once per grid) and fusing k matches.
     galleries = {g: built if g == built.grid else dataclasses.replace(built, descriptors=descriptor(built.features, g))
                  for g in grids}
     rows = []
-    combos = [(g, k) for g in grids for k in ks]
-    for grid, k in tqdm(combos, desc="pose sweep", disable=not progress):
+    for grid, k in tqdm([(g, k) for g in grids for k in ks], desc="pose sweep", disable=not progress):
         est.gallery, est.grid, est.k = galleries[grid], grid, k
         err = pose_errors(est.estimate(images, "rpe").poses, poses)
         rows.append({"grid": grid, "k": k, "built": grid == built.grid,
                      "rot_deg_median": round(float(err["rot_deg"].median()), 3),
                      "center_rel_median": round(float(err["center_rel"].median()), 4)})
+    est.gallery, est.grid = built, built.grid
+    return rows
+
+
+def _best(rows: list[dict]) -> dict:
     best = min(rows, key=lambda r: (r["center_rel_median"], r["rot_deg_median"]))
-    return {"category": category.name, "bundle": str(bundle_dir), "n_views": n, "max_roll_deg": max_roll_deg,
-            "seed": seed, "fusion": fusion, "gallery_grid": built.grid, "rows": rows,
-            "best": {"grid": best["grid"], "k": best["k"]}}
+    return {"grid": best["grid"], "k": best["k"]}
+
+
+def heldout_queries(images: Tensor, poses: Tensor, copies: int, max_roll_deg: float, seed: int) -> tuple[Tensor, Tensor]:
+    """``copies`` copies of each view ``[N, H, W, 3]``, each turned by its own uniform roll within
+    +-``max_roll_deg`` (image and pose together), view-major; unrolled when ``max_roll_deg`` is 0."""
+    if copies < 1 or max_roll_deg < 0 or (copies > 1 and max_roll_deg == 0):
+        raise ValueError(f"need copies >= 1, max_roll_deg >= 0, and a roll for more than one copy; got {copies}, "
+                         f"{max_roll_deg}")
+    if max_roll_deg == 0:
+        return images, poses.double()
+    gen = torch.Generator().manual_seed(seed)
+    angles = (torch.rand(len(images) * copies, generator=gen, dtype=torch.float64) * 2 - 1) * max_roll_deg
+    src = torch.arange(len(images)).repeat_interleave(copies)
+    return roll_images(images[src], angles.float()).clamp(0, 1), roll_pose(poses[src].double(), angles)
+
+
+def sweep_heldout(work_dir: Path, category_dir: Path, max_roll_deg: float = 0.0, copies: int = 1, seed: int = 0,
+                  grids: tuple[int, ...] = GRIDS, ks: tuple[int, ...] = KS, fusion: str = "mean",
+                  progress: bool = True) -> dict:
+    """Median pose errors of the held-out training photographs for every (grid, k); see the module doc."""
+    if not grids or min(grids) < 1 or not ks or min(ks) < 1:
+        raise ValueError(f"grids and ks must be positive, got {grids}, {ks}")
+    work_dir = Path(work_dir)
+    config_path = work_dir / "irprn" / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} is missing: a training work folder (BUNDLES_DIR/.work/<category>) "
+                                "with its irprn stage run is needed")
+    n_held = int(json.loads(config_path.read_text()).get("train", {}).get("holdout", 0))
+    if n_held < 1:
+        raise ValueError(f"{work_dir}: IRPRN was trained on every training view; retrain with rpe-pad train "
+                         "--holdout N to have held-out photographs")
+    category = load_category(category_dir, size=image_size(work_dir))
+    net, unit = load_irprn(work_dir / "irprn")
+    novel = load_novel(work_dir / "rvss" / "novel.safetensors")
+    held = holdout_views(len(category.train), n_held)
+    full = build_gallery(category, novel, net)
+    allowed = heldout_gallery_mask(len(category.train), novel.parents, held)
+    gallery = Gallery(full.poses[allowed], full.source[allowed], full.descriptors[allowed], full.features[allowed],
+                      [name for name, ok in zip(full.names, allowed.tolist(), strict=True) if ok])
+    est = PoseEstimator.from_torch(net, gallery, unit, fusion=fusion)
+    images = torch.stack([category.train[i].image for i in held.tolist()])
+    images, poses = heldout_queries(images, category.train_poses()[held], copies, max_roll_deg, seed)
+    rows = _sweep_rows(est, images, poses, grids, ks, progress)
+    return {"category": category.name, "bundle": str(work_dir), "queries": "held-out photographs",
+            "held_out": [category.train[i].name for i in held.tolist()], "n_views": len(images), "copies": copies,
+            "max_roll_deg": max_roll_deg, "seed": seed, "fusion": fusion, "gallery_grid": gallery.grid,
+            "gallery_views": len(gallery), "rows": rows, "best": _best(rows)}
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Pose sweep, {result['category']}: {result['n_views']} held-out renders (roll +-{result['max_roll_deg']} deg, "
+    what = "held-out photographs" if result.get("queries") == "held-out photographs" else "held-out renders"
+    lines = [f"Pose sweep, {result['category']}: {result['n_views']} {what} (roll +-{result['max_roll_deg']} deg, "
              f"seed {result['seed']}), fusion {result['fusion']}; gallery built at {result['gallery_grid']} x "
              f"{result['gallery_grid']}", "", "| grid | k | rotation deg (median) | centre rel (median) |",
              "|---:|---:|---:|---:|"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +20,16 @@ from models.pose import PoseEstimator
 from rpe_pad.cli import main
 from training import irprn as irprn_stage
 from training.export import ExportError, check_parity
-from training.irprn import IRPRNTrainConfig, augment, build_pairs, pair_families, preset, train_irprn
+from training.irprn import (
+    IRPRNTrainConfig,
+    augment,
+    build_pairs,
+    heldout_gallery_mask,
+    holdout_views,
+    pair_families,
+    preset,
+    train_irprn,
+)
 from training.rvss import RVSSConfig, load_novel, novel_poses, run_rvss_stage
 
 
@@ -211,6 +221,53 @@ def test_training_pairs_by_pool_and_family(tiny_pose_bundle: Path, tiny_synth: P
     # Relatives are never paired, so no pair is a near copy: RVSS moves a view by a few
     # degrees, its neighbours on the rings are tens of degrees away.
     assert report["min_pair_rotation_deg"] > 8
+
+
+def test_holdout_views_and_their_gallery_mask() -> None:
+    assert holdout_views(60, 0).tolist() == []
+    held = holdout_views(60, 6)
+    assert held.tolist() == [0, 12, 24, 35, 47, 59]  # spread through the capture order, no repeats
+    assert len(holdout_views(10, 8).unique()) == 8
+    for bad in (-1, 9, 10):
+        with pytest.raises(ValueError, match="hold out"):
+            holdout_views(10, bad)
+    with pytest.raises(ValueError, match="holdout"):
+        IRPRNTrainConfig(holdout=-1)
+    # Gallery order: 4 training views, then novel views of parents 0 0 1 2 3 2.
+    mask = heldout_gallery_mask(4, torch.tensor([0, 0, 1, 2, 3, 2]), torch.tensor([0, 2]))
+    assert mask.tolist() == [False, True, False, True, False, False, True, False, True, False]
+    assert "holdout" not in IRPRNTrainConfig().to_dict()  # earlier work folders keep their stage key
+    assert IRPRNTrainConfig(holdout=3).to_dict()["holdout"] == 3
+
+
+def test_held_out_views_never_reach_training(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path) -> None:
+    cat = load_category(tiny_synth)
+    novel = load_novel(tiny_pose_bundle / "rvss" / "novel.safetensors")
+    cfg = preset("demo", epochs=1, augment_copies=1, checkpoint_every=0, holdout=2)
+    net, report = train_irprn(cat, novel, 1.0, cfg, tmp_path / "a", progress=False)
+    held = holdout_views(len(cat.train), 2)
+    assert report["holdout"] == [cat.train[i].name for i in held.tolist()]
+    n_novel_kept = int(heldout_gallery_mask(len(cat.train), novel.parents, held)[len(cat.train):].sum())
+    assert n_novel_kept == len(novel.poses) - 2 * 3  # three RVSS views per training view
+    assert report["n_queries"] == n_novel_kept + len(cat.train) - 2
+    # Scramble the held-out photographs and the novel views rendered from them: training is unchanged.
+    gen = torch.Generator().manual_seed(0)
+    scrambled = [dataclasses.replace(v, image=torch.rand(v.image.shape, generator=gen)) if i in held.tolist() else v
+                 for i, v in enumerate(cat.train)]
+    from_held = torch.isin(novel.parents, held)
+    images = novel.images.clone()
+    images[from_held] = torch.rand(images[from_held].shape, generator=gen)
+    net2, report2 = train_irprn(dataclasses.replace(cat, train=scrambled), dataclasses.replace(novel, images=images),
+                                1.0, cfg, tmp_path / "b", progress=False)
+    assert report2["history"] == report["history"]
+    for (name, a), b in zip(net.state_dict().items(), net2.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # ... and without the holdout it is not (the test can fail).
+    free = preset("demo", epochs=1, augment_copies=1, checkpoint_every=0)
+    _, r1 = train_irprn(cat, novel, 1.0, free, tmp_path / "c", progress=False)
+    _, r2 = train_irprn(dataclasses.replace(cat, train=scrambled), dataclasses.replace(novel, images=images), 1.0, free,
+                        tmp_path / "d", progress=False)
+    assert r1["history"] != r2["history"]
 
 
 def test_evaluate_pose_modes(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ from models.pose import PoseEstimator
 from models.splat.scene import GaussianScene
 from rpe_pad.cli import main
 from training.evaluate import image_size
-from training.pose_sweep import MAX_ELEVATION_DEG, render_views, validation_poses
+from training.irprn import holdout_views
+from training.pose_sweep import MAX_ELEVATION_DEG, heldout_queries, render_views, validation_poses
+from training.rvss import load_novel
 
 D = torch.float64
 
@@ -78,3 +81,49 @@ def test_sweep_reports_every_grid_and_k(tiny_pose_bundle: Path, tiny_synth: Path
     err = pose_errors(PoseEstimator.from_bundle(tiny_pose_bundle, k=3).estimate(images).poses, poses)
     assert report["rows"][3]["rot_deg_median"] == pytest.approx(float(err["rot_deg"].median()), abs=2e-3)
     assert report["category"] == cat.name
+
+
+def test_heldout_queries_roll_image_and_pose_together() -> None:
+    poses = _ring([20.0, 40.0], [4.0, 4.0])
+    images = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(0))
+    same, same_poses = heldout_queries(images, poses, 1, 0.0, seed=0)
+    assert torch.equal(same, images) and torch.equal(same_poses, poses)
+    rolled, rolled_poses = heldout_queries(images, poses, 3, 10.0, seed=1)
+    assert rolled.shape == (6, 16, 16, 3) and rolled_poses.shape == (6, 4, 4)
+    # View-major copies, each turned about its optical axis only: same centre, a roll within the bound.
+    src = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert torch.allclose(camera_center(rolled_poses), camera_center(poses[src]), atol=1e-9)
+    angle = torch.rad2deg(rotation_angle(rolled_poses[:, :3, :3], poses[src, :3, :3]))
+    assert angle.max() <= 10.0 + 1e-6 and angle.min() > 0
+    assert torch.equal(heldout_queries(images, poses, 3, 10.0, seed=1)[0], rolled)  # seeded
+    with pytest.raises(ValueError, match="roll for more than one copy"):
+        heldout_queries(images, poses, 2, 0.0, seed=0)
+
+
+def test_sweep_on_held_out_photographs(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import TINY_IRPRN
+    from training.irprn import preset, run_irprn_stage
+
+    # A bundle trained on every view has no held-out photographs: a clear refusal.
+    assert main(["pose-sweep", str(tiny_pose_bundle), str(tiny_synth), "--held-out", "--quiet"]) != 0
+    assert "--holdout" in capsys.readouterr().err
+    work = tmp_path / "tiny"
+    for part in ("splats", "rvss"):
+        shutil.copytree(tiny_pose_bundle / part, work / part)
+    cat = load_category(tiny_synth)
+    run_irprn_stage(cat, preset("demo", **TINY_IRPRN, holdout=2), work, progress=False)
+    out = tmp_path / "heldout.json"
+    code = main(["pose-sweep", str(work), str(tiny_synth), "--held-out", "--max-roll", "10", "--copies", "2",
+                 "--grids", "4", "7", "--k", "1", "3", "--json", str(out), "--quiet"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    held = holdout_views(len(cat.train), 2).tolist()
+    assert report["queries"] == "held-out photographs" and report["n_views"] == 4
+    assert report["held_out"] == [cat.train[i].name for i in held]
+    n_novel = len(load_novel(work / "rvss" / "novel.safetensors").poses)
+    assert report["gallery_views"] == len(cat.train) - 2 + n_novel - 2 * 3  # without them and their RVSS views
+    assert [(r["grid"], r["k"]) for r in report["rows"]] == [(4, 1), (4, 3), (7, 1), (7, 3)]
+    for r in report["rows"]:
+        assert math.isfinite(r["rot_deg_median"]) and 0 <= r["rot_deg_median"] <= 180 and r["center_rel_median"] >= 0
+    assert "held-out photographs" in capsys.readouterr().out
