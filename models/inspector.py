@@ -42,7 +42,7 @@ from models.calibration import Calibration
 from models.camera import rotmat_to_quat
 from models.gallery import Gallery
 from models.irprn import load_irprn_config
-from models.pose import PoseEstimator
+from models.pose import DEFAULT_K, PoseEstimator
 from models.refine import (
     IterativeConfig,
     RefineConfig,
@@ -73,7 +73,7 @@ class InspectorConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)  # the refiners for rpe+refine
     iterative: IterativeConfig = field(default_factory=IterativeConfig)  # the peers' optimisation (iterative)
     fusion: str = "mean"  # how IRPRN's K poses are fused (models/pose.py)
-    k: int = 3  # gallery matches per query
+    k: int = DEFAULT_K  # gallery matches per query (models.pose)
     backend: str = "auto"  # IRPRN runtime: auto (ONNX when exported) | onnx | torch (work folders only)
     tolerance: int | None = None  # scorer comparison radius override; then no calibrated decision
 

@@ -48,6 +48,7 @@ from models.splat.scene import render
 Tensor = torch.Tensor
 FUSIONS = ("top1", "mean", "render")
 MODES = ("rpe", "retrieval")
+DEFAULT_K = 3  # gallery matches fused per query (docs/POSE.md, revision 5)
 
 
 @dataclass
@@ -91,7 +92,7 @@ def average_poses(poses: Tensor, weights: Tensor) -> Tensor:
 
 class PoseEstimator:
     def __init__(self, gallery: Gallery, encode: Callable[[Tensor], Tensor], head: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
-                 unit: float, input_size: int, grid: int, k: int = 3, fusion: str = "mean", scene=None,
+                 unit: float, input_size: int, grid: int, k: int = DEFAULT_K, fusion: str = "mean", scene=None,
                  select_size: int = 64, translation: str = LEGACY["translation"], rolls: tuple[float, ...] = (0.0,)):
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")

@@ -17,6 +17,7 @@ from rpe_pad import __version__
 # not import torch (tests/test_cli.py checks that they agree).
 REFINERS = ("none", "pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc")
 DEFAULT_REFINE = "gpnp+ecc"
+DEFAULT_K = 3  # models.pose.DEFAULT_K, likewise
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -275,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render-and-compare where PnP fails (rpe+refine; about 15 s per such query on a CPU)")
     p.add_argument("--fusion", default="mean", choices=["mean", "top1", "render"],
                    help="how the K IRPRN poses are fused (rpe; default mean)")
-    p.add_argument("--k", type=_positive_int, default=3, help="gallery matches per query (default 3)")
+    p.add_argument("--k", type=_positive_int, default=DEFAULT_K, help=f"gallery matches per query (default {DEFAULT_K})")
     p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"], help="IRPRN runtime (default: ONNX when exported)")
     p.add_argument("--tolerance", type=_non_negative_int, default=None,
                    help="comparison radius in cells (default: the calibrated scorer's)")

@@ -99,3 +99,7 @@ def test_parser_constants_agree_with_the_models() -> None:
     assert set(cli.REFINERS) == set(REFINERS) and cli.DEFAULT_REFINE == RefineConfig().method
     field = Settings.model_fields["refine"]
     assert set(typing.get_args(field.annotation)) == set(REFINERS) and field.default == RefineConfig().method
+    from models.inspector import InspectorConfig
+    from models.pose import DEFAULT_K
+
+    assert cli.DEFAULT_K == DEFAULT_K == InspectorConfig().k

@@ -36,6 +36,7 @@ from models.inspector import (
 )
 from models.metrics import aupro, auroc, f1_max, pixel_auroc
 from models.patchcore import PatchCore, PatchCoreConfig
+from models.pose import DEFAULT_K
 from models.refine import IterativeConfig, RefineConfig
 from models.splat.scene import GaussianScene, render
 from models.viz import Cell, anomaly_overlay, contact_sheet, heat, mask_overlay
@@ -198,7 +199,7 @@ def image_size(path: Path) -> int | None:
 
 def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out_dir: Path | None = None,
              eval_size: int = 224, batch: int = 8, tolerance: int | None = None, fusion: str = "mean",
-             backend: str = "auto", k: int = 3, refine: str = RefineConfig().method, refine_rounds: int = 2,
+             backend: str = "auto", k: int = DEFAULT_K, refine: str = RefineConfig().method, refine_rounds: int = 2,
              device: str = "auto", photometric: bool = False, iterative: IterativeConfig | None = None,
              progress: bool = False, limit: int | None = None) -> dict:
     """Inspect every test view of ``category_dir`` with the bundle (or training folder) at
