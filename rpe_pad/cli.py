@@ -153,6 +153,8 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 def _cmd_pose_sweep(args: argparse.Namespace) -> int:
     from training.pose_sweep import markdown, sweep, sweep_heldout, write
 
+    if not args.held_out and args.copies != 1:
+        raise ValueError("--copies goes with --held-out (renders are drawn with --views)")
     if args.held_out:
         out = args.json or (args.bundle_dir / "reports" / "pose_sweep_heldout.json")
         result = sweep_heldout(args.bundle_dir, args.category_dir, max_roll_deg=args.max_roll, copies=args.copies,
@@ -251,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--irprn-epochs", type=_positive_int, default=None, help="IRPRN epochs (default: the preset's)")
     p.add_argument("--holdout", type=_non_negative_int, default=None,
                    help="hold this many training views (and their novel views) out of IRPRN's training: real "
-                        "photographs to choose pose settings on (rpe-pad pose-sweep --held-out; default 0)")
+                        "photographs to choose pose settings on (rpe-pad pose-sweep --held-out; default 0). A "
+                        "validation run: use its own --out; it builds no bundle")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
@@ -344,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", choices=["top1", "mean"], default="mean")
     p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--json", type=Path, default=None, help="report file (default BUNDLE_DIR/reports/pose_sweep.json)")
+    p.add_argument("--json", type=Path, default=None, help="report file (default BUNDLE_DIR/reports/pose_sweep.json, "
+                   "with --held-out pose_sweep_heldout.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pose_sweep)
 
@@ -383,9 +387,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poses", nargs="+", default=["rpe"], choices=["retrieval", "rpe", "rpe+refine"],
                    help="pose modes to evaluate each variant in (default rpe)")
     p.add_argument("--irprn-epochs", type=_positive_int, default=None, help="IRPRN epochs (default: the preset's)")
-    p.add_argument("--holdout", type=_non_negative_int, default=None,
-                   help="hold this many training views (and their novel views) out of IRPRN's training: real "
-                        "photographs to choose pose settings on (rpe-pad pose-sweep --held-out; default 0)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLES/reports/ablation)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_ablation)

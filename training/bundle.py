@@ -96,6 +96,11 @@ def manifest_fields(category: Category, work: Path, preset: str, calib_cfg) -> d
 def run_bundle_stage(category: Category, work: Path, bundles_dir: Path, preset: str, calib_cfg,
                      progress: bool = True) -> dict:
     start = time.perf_counter()
+    held = json.loads((work / "irprn" / "config.json").read_text()).get("train", {}).get("holdout", 0) \
+        if (work / "irprn" / "config.json").is_file() else 0
+    if held:
+        raise ValueError(f"{work}: IRPRN was trained with {held} training views held out (a validation run, "
+                         "rpe-pad train --holdout); retrain it on every view before building a bundle")
     copy = _sources(work)
     target = bundles_dir / category.name
     hashes = {rel: sha256_file(src) for rel, src in copy.items()}

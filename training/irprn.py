@@ -254,7 +254,9 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     # less the held-out views and the novel views rendered from them.
     use_novel = cfg.use_novel and len(kept_novel) > 0
     n_novel = len(kept_novel) if use_novel else 0
-    novel_images, novel_poses = novel.images[kept_novel], novel.poses.double()[kept_novel]
+    novel_images, novel_poses = novel.images, novel.poses.double()
+    if len(held):  # (indexing copies the images: only when something is held out)
+        novel_images, novel_poses = novel_images[kept_novel], novel_poses[kept_novel]
     # Parents renumbered among the kept training views (family ids must match theirs).
     renumber = torch.cumsum(keep[:n_all].long(), 0) - 1
     novel_family, train_family = pair_families(n_train, renumber[novel.parents[kept_novel].long()][:n_novel],
@@ -370,13 +372,14 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     pair_rot = torch.rad2deg(2 * torch.acos(q_gt[:, 0].abs().clamp(max=1)))
     report = {
         "n_queries": n_base, "n_query_copies": len(queries.images), "n_pairs": len(pair_q), "k": k,
-        "holdout": [category.train[i].name for i in held.tolist()],
         "n_train_pairs": len(train_idx), "n_val_pairs": len(val_idx), "resumed_from_epoch": start_epoch,
         "final": history[-1] if history else {}, "history": history,
         "s_t": criterion.s_t.item(), "s_q": criterion.s_q.item(),
         "median_pair_rotation_deg": float(pair_rot.median()),
         "min_pair_rotation_deg": float(pair_rot.min()),
     }
+    if len(held):
+        report["holdout"] = [category.train[i].name for i in held.tolist()]
     return net, report
 
 

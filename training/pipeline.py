@@ -71,6 +71,10 @@ def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages
         raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
+    rvss_cfg, irprn_cfg = irprn_config(preset, **(ablation or {}))
+    if irprn_cfg.holdout and "bundle" in stages:
+        raise ValueError(f"--holdout {irprn_cfg.holdout} is a validation run (IRPRN without some training views): "
+                         "it builds no bundle; run its stages (e.g. --stages splats,rvss,irprn) into their own --out")
     reports: dict[str, dict] = {}
     splat_cfg = splat_preset(preset)
     category = load_category(category_dir, size=splat_cfg.image_size, progress=progress)
@@ -78,7 +82,6 @@ def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages
     if validation_dir is not None and "calibration" in stages:
         validation = load_category(validation_dir, size=splat_cfg.image_size)
     out = work_dir(bundles_dir, category.name)
-    rvss_cfg, irprn_cfg = irprn_config(preset, **(ablation or {}))
     for stage in stages:
         start = time.perf_counter()
         if stage == "splats":

@@ -97,17 +97,19 @@ def _sweep_rows(est: PoseEstimator, images: Tensor, poses: Tensor, grids: tuple[
                 progress: bool) -> list[dict]:
     """Median errors of ``est`` on the queries for every (grid, k): the same estimator
     retrieving on each grid (the gallery's features pooled so, once per grid) and fusing k matches."""
-    built = est.gallery
+    built, k_before = est.gallery, est.k
     galleries = {g: built if g == built.grid else dataclasses.replace(built, descriptors=descriptor(built.features, g))
                  for g in grids}
     rows = []
-    for grid, k in tqdm([(g, k) for g in grids for k in ks], desc="pose sweep", disable=not progress):
-        est.gallery, est.grid, est.k = galleries[grid], grid, k
-        err = pose_errors(est.estimate(images, "rpe").poses, poses)
-        rows.append({"grid": grid, "k": k, "built": grid == built.grid,
-                     "rot_deg_median": round(float(err["rot_deg"].median()), 3),
-                     "center_rel_median": round(float(err["center_rel"].median()), 4)})
-    est.gallery, est.grid = built, built.grid
+    try:
+        for grid, k in tqdm([(g, k) for g in grids for k in ks], desc="pose sweep", disable=not progress):
+            est.gallery, est.grid, est.k = galleries[grid], grid, k
+            err = pose_errors(est.estimate(images, "rpe").poses, poses)
+            rows.append({"grid": grid, "k": k, "built": grid == built.grid,
+                         "rot_deg_median": round(float(err["rot_deg"].median()), 3),
+                         "center_rel_median": round(float(err["center_rel"].median()), 4)})
+    finally:
+        est.gallery, est.grid, est.k = built, built.grid, k_before
     return rows
 
 
@@ -130,6 +132,15 @@ def heldout_queries(images: Tensor, poses: Tensor, copies: int, max_roll_deg: fl
     return roll_images(images[src], angles.float()).clamp(0, 1), roll_pose(poses[src].double(), angles)
 
 
+def heldout_gallery(category, novel, net, held: Tensor) -> Gallery:
+    """The gallery (``training.irprn.build_gallery``, no depths) without the held-out training
+    views and the novel views rendered from them: what a held-out photograph is matched against."""
+    full = build_gallery(category, novel, net)
+    allowed = heldout_gallery_mask(len(category.train), novel.parents, held)
+    return Gallery(full.poses[allowed], full.source[allowed], full.descriptors[allowed], full.features[allowed],
+                   [name for name, ok in zip(full.names, allowed.tolist(), strict=True) if ok])
+
+
 def sweep_heldout(work_dir: Path, category_dir: Path, max_roll_deg: float = 0.0, copies: int = 1, seed: int = 0,
                   grids: tuple[int, ...] = GRIDS, ks: tuple[int, ...] = KS, fusion: str = "mean",
                   progress: bool = True) -> dict:
@@ -149,16 +160,21 @@ def sweep_heldout(work_dir: Path, category_dir: Path, max_roll_deg: float = 0.0,
     net, unit = load_irprn(work_dir / "irprn")
     novel = load_novel(work_dir / "rvss" / "novel.safetensors")
     held = holdout_views(len(category.train), n_held)
-    full = build_gallery(category, novel, net)
-    allowed = heldout_gallery_mask(len(category.train), novel.parents, held)
-    gallery = Gallery(full.poses[allowed], full.source[allowed], full.descriptors[allowed], full.features[allowed],
-                      [name for name, ok in zip(full.names, allowed.tolist(), strict=True) if ok])
+    names = [category.train[i].name for i in held.tolist()]
+    try:
+        recorded = json.loads((work_dir / "reports" / "irprn.json").read_text()).get("holdout")
+    except (OSError, ValueError):
+        recorded = None
+    if recorded is not None and recorded != names:
+        raise ValueError(f"{category_dir} is not the category {work_dir} was trained on: its held-out views "
+                         f"{recorded[:3]}... are not {names[:3]}...")
+    gallery = heldout_gallery(category, novel, net, held)
     est = PoseEstimator.from_torch(net, gallery, unit, fusion=fusion)
     images = torch.stack([category.train[i].image for i in held.tolist()])
     images, poses = heldout_queries(images, category.train_poses()[held], copies, max_roll_deg, seed)
     rows = _sweep_rows(est, images, poses, grids, ks, progress)
     return {"category": category.name, "bundle": str(work_dir), "queries": "held-out photographs",
-            "held_out": [category.train[i].name for i in held.tolist()], "n_views": len(images), "copies": copies,
+            "held_out": names, "n_views": len(images), "copies": copies,
             "max_roll_deg": max_roll_deg, "seed": seed, "fusion": fusion, "gallery_grid": gallery.grid,
             "gallery_views": len(gallery), "rows": rows, "best": _best(rows)}
 

@@ -240,16 +240,20 @@ def test_holdout_views_and_their_gallery_mask() -> None:
     assert IRPRNTrainConfig(holdout=3).to_dict()["holdout"] == 3
 
 
-def test_held_out_views_never_reach_training(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("pool", "exclude"), [("train", "self"), ("gallery", "family")])
+def test_held_out_views_never_reach_training(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path, pool: str,
+                                             exclude: str) -> None:
     cat = load_category(tiny_synth)
     novel = load_novel(tiny_pose_bundle / "rvss" / "novel.safetensors")
-    cfg = preset("demo", epochs=1, augment_copies=1, checkpoint_every=0, holdout=2)
+    cfg = preset("demo", epochs=1, augment_copies=1, checkpoint_every=0, holdout=2, pair_pool=pool, pair_exclude=exclude)
     net, report = train_irprn(cat, novel, 1.0, cfg, tmp_path / "a", progress=False)
     held = holdout_views(len(cat.train), 2)
     assert report["holdout"] == [cat.train[i].name for i in held.tolist()]
     n_novel_kept = int(heldout_gallery_mask(len(cat.train), novel.parents, held)[len(cat.train):].sum())
     assert n_novel_kept == len(novel.poses) - 2 * 3  # three RVSS views per training view
     assert report["n_queries"] == n_novel_kept + len(cat.train) - 2
+    if exclude == "family":  # the parents, renumbered among the kept views, still keep relatives apart
+        assert report["min_pair_rotation_deg"] > 8
     # Scramble the held-out photographs and the novel views rendered from them: training is unchanged.
     gen = torch.Generator().manual_seed(0)
     scrambled = [dataclasses.replace(v, image=torch.rand(v.image.shape, generator=gen)) if i in held.tolist() else v
@@ -262,12 +266,29 @@ def test_held_out_views_never_reach_training(tiny_pose_bundle: Path, tiny_synth:
     assert report2["history"] == report["history"]
     for (name, a), b in zip(net.state_dict().items(), net2.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-    # ... and without the holdout it is not (the test can fail).
-    free = preset("demo", epochs=1, augment_copies=1, checkpoint_every=0)
-    _, r1 = train_irprn(cat, novel, 1.0, free, tmp_path / "c", progress=False)
-    _, r2 = train_irprn(dataclasses.replace(cat, train=scrambled), dataclasses.replace(novel, images=images), 1.0, free,
-                        tmp_path / "d", progress=False)
-    assert r1["history"] != r2["history"]
+    if pool == "train":  # ... and without the holdout it is not (the test can fail)
+        free = dataclasses.replace(cfg, holdout=0)
+        _, r1 = train_irprn(cat, novel, 1.0, free, tmp_path / "c", progress=False)
+        _, r2 = train_irprn(dataclasses.replace(cat, train=scrambled), dataclasses.replace(novel, images=images), 1.0,
+                            free, tmp_path / "d", progress=False)
+        assert r1["history"] != r2["history"] and "holdout" not in r1
+
+
+def test_a_holdout_run_builds_no_bundle(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path) -> None:
+    from training.bundle import run_bundle_stage
+    from training.calibrate import CalibConfig
+    from training.pipeline import run_train
+
+    with pytest.raises(ValueError, match="validation run"):
+        run_train(tiny_synth, tmp_path / "b", preset="demo", ablation={"holdout": 2})
+    work = tmp_path / "work"
+    shutil.copytree(tiny_pose_bundle, work)
+    config = json.loads((work / "irprn" / "config.json").read_text())
+    config["train"]["holdout"] = 2
+    (work / "irprn" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="held out"):
+        run_bundle_stage(load_category(tiny_synth), work, tmp_path / "bundles", "demo", CalibConfig(), progress=False)
+    assert not (tmp_path / "bundles" / load_category(tiny_synth).name).exists()
 
 
 def test_evaluate_pose_modes(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,

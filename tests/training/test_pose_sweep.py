@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.camera import camera_center, look_at, pose_errors, rotation_angle
+from models.camera import camera_center, look_at, pose_errors, project_points, rotation_angle
 from models.data import load_category
 from models.pose import PoseEstimator
 from models.splat.scene import GaussianScene
@@ -100,6 +100,42 @@ def test_heldout_queries_roll_image_and_pose_together() -> None:
         heldout_queries(images, poses, 2, 0.0, seed=0)
 
 
+def test_heldout_queries_turn_the_image_the_way_the_pose_turns() -> None:
+    """A bright spot at a world point's projection lands at its projection under the rolled pose."""
+    size, f = 33, 20.0
+    K = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]], dtype=D)
+    pose = torch.eye(4, dtype=D)[None]  # camera at the origin looking down +z
+    point = torch.tensor([[[0.4, -0.2, 1.0]]], dtype=D)  # projects 8 px right, 4 px up of the centre
+    (u, v), = project_points(point, pose, K)[0][0]
+    image = torch.zeros(1, size, size, 3)
+    image[0, int(v) - 1 : int(v) + 2, int(u) - 1 : int(u) + 2] = 1.0  # a 3 x 3 spot on the pixel (pixel centres +0.5)
+    for seed in range(3):
+        rolled, rolled_pose = heldout_queries(image, pose, 1, 60.0, seed=seed)
+        (ru, rv), = project_points(point, rolled_pose, K)[0][0]
+        weight = rolled[0, ..., 0]
+        ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+        cu, cv = float((weight * xs).sum() / weight.sum()), float((weight * ys).sum() / weight.sum())
+        assert abs(cu - float(ru)) < 0.5 and abs(cv - float(rv)) < 0.5, (seed, cu, cv, float(ru), float(rv))
+        assert float(rotation_angle(rolled_pose[0, :3, :3], pose[0, :3, :3])) > math.radians(5)
+
+
+def test_heldout_gallery_leaves_out_the_held_views_and_their_renders(tiny_pose_bundle: Path, tiny_synth: Path) -> None:
+    from models.irprn import load_irprn
+    from training.pose_sweep import heldout_gallery
+
+    cat = load_category(tiny_synth)
+    novel = load_novel(tiny_pose_bundle / "rvss" / "novel.safetensors")
+    net, _ = load_irprn(tiny_pose_bundle / "irprn")
+    held = holdout_views(len(cat.train), 2)
+    gallery = heldout_gallery(cat, novel, net, held)
+    banned = {cat.train[i].name for i in held.tolist()}
+    banned |= {f"novel/{j:04d}_of_{int(p)}" for j, p in enumerate(novel.parents) if int(p) in held.tolist()}
+    assert banned and not banned & set(gallery.names)
+    assert len(gallery) == len(cat.train) + len(novel.poses) - len(banned)
+    kept = [i for i in range(len(cat.train)) if i not in held.tolist()]
+    assert torch.equal(gallery.poses[: len(kept)], cat.train_poses()[kept].double())  # rows stay with their views
+
+
 def test_sweep_on_held_out_photographs(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     from tests.conftest import TINY_IRPRN
@@ -108,6 +144,8 @@ def test_sweep_on_held_out_photographs(tiny_pose_bundle: Path, tiny_synth: Path,
     # A bundle trained on every view has no held-out photographs: a clear refusal.
     assert main(["pose-sweep", str(tiny_pose_bundle), str(tiny_synth), "--held-out", "--quiet"]) != 0
     assert "--holdout" in capsys.readouterr().err
+    assert main(["pose-sweep", str(tiny_pose_bundle), str(tiny_synth), "--copies", "2", "--quiet"]) != 0
+    assert "--copies goes with --held-out" in capsys.readouterr().err
     work = tmp_path / "tiny"
     for part in ("splats", "rvss"):
         shutil.copytree(tiny_pose_bundle / part, work / part)
