@@ -203,7 +203,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = bench_pipeline(args.bundle_dir, args.category_dir, modes=tuple(args.modes),
                             batch_sizes=tuple(args.batch_sizes), iterative_queries=args.iterative_queries,
                             iterative_steps=args.iterative_steps, devices=devices, progress=not args.quiet,
-                            single_queries=args.single_queries)
+                            single_queries=args.single_queries, k=args.k)
     write_bench(result, out)
     print(bench_markdown(result))
     print(f"report: {out} (bench.json, bench.md, bench.png)")
@@ -374,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--single-queries", type=_positive_int, default=8,
                    help="queries run one at a time for batch size 1, the median one reported (default 8)")
     p.add_argument("--device", default="all", choices=["all", "cpu", "cuda"], help="default: CPU, and CUDA when present")
+    p.add_argument("--k", type=_positive_int, default=DEFAULT_K, help=f"gallery matches per query (default {DEFAULT_K})")
     p.add_argument("--out", type=Path, default=None, help="report folder (default ./benchmarks/<category>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)

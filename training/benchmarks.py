@@ -115,8 +115,9 @@ def _queries(category_dir: Path, width: int, n: int) -> torch.Tensor:
 def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] = ("rpe", "rpe+refine"),
                    batch_sizes: tuple[int, ...] = BATCH_SIZES, iterative_queries: int = 2,
                    iterative_steps: int = 175, devices: list[str] | None = None, progress: bool = True,
-                   single_queries: int = 8) -> dict:
-    """Per-stage latency and throughput of the one inspection pipeline on a bundle.
+                   single_queries: int = 8, k: int | None = None) -> dict:
+    """Per-stage latency and throughput of the one inspection pipeline on a bundle (``k``:
+    gallery matches per query, default ``models.pose.DEFAULT_K``).
 
     For each device (CPU, and CUDA when present) and each pose mode in ``modes``: one
     warm-up batch, then one batch of each size in ``batch_sizes`` (test views repeated
@@ -137,14 +138,15 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
     devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     if single_queries < 1:
         raise ValueError(f"single_queries must be at least 1, got {single_queries}")
+    k = InspectorConfig().k if k is None else k
     result = {"bundle": str(bundle_dir), "category_dir": str(category_dir), "machine": machine(),
-              "batch_sizes": list(batch_sizes), "devices": {}}
+              "batch_sizes": list(batch_sizes), "k": k, "devices": {}}
     for device in devices:
         per_device: dict = {"modes": {}}
         images = None
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
         for mode in modes:
-            inspector = Inspector.load(bundle_dir, InspectorConfig(pose=mode), device=device)
+            inspector = Inspector.load(bundle_dir, InspectorConfig(pose=mode, k=k), device=device)
             if images is None:
                 images = _queries(category_dir, inspector.width, max(*batch_sizes, iterative_queries, single_queries))
             inspector.inspect(images[:1])  # warm-up (ONNX session, CUDA kernels, caches)

@@ -14,8 +14,9 @@ def test_bench_reports_stages_throughput_and_ratios(tiny_release: Path, tiny_syn
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
     assert main(["bench", str(tiny_release), str(tiny_synth), "--batch-sizes", "1", "3", "--iterative-queries", "1",
-                 "--iterative-steps", "2", "--single-queries", "3", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+                 "--iterative-steps", "2", "--single-queries", "3", "--device", "cpu", "--k", "2", "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "bench.json").read_text())
+    assert result["k"] == 2
     cpu = result["devices"]["cpu"]
     assert set(cpu["modes"]) == {"rpe", "rpe+refine"} and result["machine"]["cpu_count"] >= 1
     for mode, rows in cpu["modes"].items():
