@@ -23,6 +23,7 @@ from models.inspector import InspectorConfig
 from models.irprn import SPECS
 from models.splat.scene import GaussianScene
 from models.version import package_version
+from training.irprn import trained_holdout
 from training.export import OPSET, graphs_current
 
 REPORTS = ("splats.json", "calibration.json", "rvss.json", "irprn.json", "gallery.json", "onnx.json",
@@ -96,8 +97,7 @@ def manifest_fields(category: Category, work: Path, preset: str, calib_cfg) -> d
 def run_bundle_stage(category: Category, work: Path, bundles_dir: Path, preset: str, calib_cfg,
                      progress: bool = True) -> dict:
     start = time.perf_counter()
-    held = json.loads((work / "irprn" / "config.json").read_text()).get("train", {}).get("holdout", 0) \
-        if (work / "irprn" / "config.json").is_file() else 0
+    held = trained_holdout(work / "irprn")
     if held:
         raise ValueError(f"{work}: IRPRN was trained with {held} training views held out (a validation run, "
                          "rpe-pad train --holdout); retrain it on every view before building a bundle")

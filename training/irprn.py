@@ -133,6 +133,13 @@ def holdout_views(n_train: int, n: int) -> torch.Tensor:
     return torch.linspace(0, n_train - 1, n, dtype=torch.float64).round().long()
 
 
+def trained_holdout(irprn_dir: Path) -> int:
+    """How many training views the network in ``irprn_dir`` was trained without
+    (``IRPRNTrainConfig.holdout`` in its ``config.json``; 0 when none or no network yet)."""
+    path = Path(irprn_dir) / "config.json"
+    return int(json.loads(path.read_text()).get("train", {}).get("holdout", 0)) if path.is_file() else 0
+
+
 def heldout_gallery_mask(n_train: int, parents: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
     """Bool ``[n_train + N]`` over a gallery of training views then novel views (``build_gallery``
     order): True for the views a held-out query may be matched with, i.e. neither a held-out

@@ -37,7 +37,7 @@ from models.irprn import descriptor, load_irprn
 from models.pose import PoseEstimator, roll_images
 from models.splat.scene import GaussianScene
 from training.evaluate import image_size, render_references
-from training.irprn import build_gallery, heldout_gallery_mask, holdout_views
+from training.irprn import build_gallery, heldout_gallery_mask, holdout_views, trained_holdout
 from training.rvss import load_novel
 
 Tensor = torch.Tensor
@@ -152,7 +152,7 @@ def sweep_heldout(work_dir: Path, category_dir: Path, max_roll_deg: float = 0.0,
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: a training work folder (BUNDLES_DIR/.work/<category>) "
                                 "with its irprn stage run is needed")
-    n_held = int(json.loads(config_path.read_text()).get("train", {}).get("holdout", 0))
+    n_held = trained_holdout(work_dir / "irprn")
     if n_held < 1:
         raise ValueError(f"{work_dir}: IRPRN was trained on every training view; retrain with rpe-pad train "
                          "--holdout N to have held-out photographs")
