@@ -1,6 +1,7 @@
 """The bundle: one self-describing directory per category, the contract between training and service.
 
-Layout of ``BUNDLES_DIR/<category>/`` (paths in ``FILES``):
+Layout of ``BUNDLES_DIR/<category>/`` (paths in ``FILES`` and ``REPORTS``; the training work
+folder's other files in ``WORK_FILES``: every stage output's path is spelled here alone):
 
 - ``manifest.json``: ``Manifest`` below: format version, category, creation time, camera
   model (image size, intrinsics, background), scene normalisation, every model's
@@ -48,6 +49,34 @@ FILES = {
     "pair_head": "irprn/pair_head.onnx",
     "irprn_config": "irprn/config.json",
 }
+# The other stage outputs of the training work folder ``BUNDLES_DIR/.work/<category>/``
+# (``training/pipeline.py``), by the same relative paths: a file the bundle carries keeps
+# its ``FILES`` path there. Not copied into the bundle.
+WORK_FILES = {
+    "splats_config": "splats/config.json",  # the resolved SplatConfig: the splats stage's key
+    "splats_checkpoint": "splats/checkpoint.safetensors",  # removed when the fit ends
+    "novel": "rvss/novel.safetensors",  # RVSS novel views: images, poses, parents
+    "rvss_config": "rvss/config.json",  # the resolved RVSSConfig
+    "irprn_weights": "irprn/weights.safetensors",  # IRPRN in PyTorch (models.irprn.save_irprn)
+    "irprn_checkpoint": "irprn/checkpoint.safetensors",  # removed when training ends
+    "onnx_key": "irprn/onnx.json",  # ties the ONNX graphs to the weights they were checked against
+    "train_summary": "reports/train_summary.json",  # rpe-pad train's closing summary
+}
+# What the stages measured, for people: copied into the bundle's ``reports/`` when present.
+# The JSON reports are named after their stage (the manifest's ``summary`` reads them).
+REPORTS = {
+    "splats": "reports/splats.json",
+    "splats_sheet": "reports/splats_sheet.png",
+    "calibration": "reports/calibration.json",
+    "calibration_hist": "reports/calibration_hist.png",
+    "rvss": "reports/rvss.json",
+    "rvss_sheet": "reports/rvss_sheet.png",
+    "irprn": "reports/irprn.json",
+    "irprn_curve": "reports/irprn_curve.png",
+    "gallery": "reports/gallery.json",
+    "onnx": "reports/onnx.json",
+}
+GALLERY_VIEWS = "gallery/views"  # the gallery's views as NNNN.png, for display (write_views_png)
 
 
 class BundleError(ValueError):

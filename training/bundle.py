@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from models.bundle import FILES, BundleError, assemble, open_bundle, write_views_png
+from models.bundle import FILES, GALLERY_VIEWS, REPORTS, WORK_FILES, BundleError, assemble, open_bundle, write_views_png
 from models.calibration import Calibration
 from models.data import Category
 from models.gallery import NOVEL, TRAIN, Gallery
@@ -26,23 +26,20 @@ from models.version import package_version
 from training.irprn import trained_holdout
 from training.export import OPSET, graphs_current
 
-REPORTS = ("splats.json", "calibration.json", "rvss.json", "irprn.json", "gallery.json", "onnx.json",
-           "splats_sheet.png", "calibration_hist.png", "rvss_sheet.png", "irprn_curve.png")
-
 
 def _sources(work: Path) -> dict[str, Path]:
     """Bundle path -> work-folder file, for every file copied as is."""
     missing = [rel for rel in FILES.values() if not (work / rel).is_file()]
     if missing:
         raise FileNotFoundError(f"{work}: cannot assemble a bundle, missing {missing}: run the earlier stages")
-    weights = work / "irprn" / "weights.safetensors"
-    if not graphs_current(work / "irprn"):
+    weights = work / WORK_FILES["irprn_weights"]
+    if not graphs_current(work):
         raise ValueError(f"{work}: the ONNX graphs were not exported from the current IRPRN weights: run the onnx stage")
-    gallery_key = json.loads((work / "reports" / "gallery.json").read_text()).get("key", {})
+    gallery_key = json.loads((work / REPORTS["gallery"]).read_text()).get("key", {})
     if gallery_key.get("weights_sha256") not in (None, sha256_file(weights)):
         raise ValueError(f"{work}: the gallery was built with other IRPRN weights: run the gallery stage")
     copy = {rel: work / rel for rel in FILES.values()}
-    copy.update({f"reports/{name}": work / "reports" / name for name in REPORTS if (work / "reports" / name).is_file()})
+    copy.update({rel: work / rel for rel in REPORTS.values() if (work / rel).is_file()})
     return copy
 
 
@@ -56,11 +53,13 @@ def manifest_fields(category: Category, work: Path, preset: str, calib_cfg) -> d
     irprn = json.loads((work / FILES["irprn_config"]).read_text())
     calib = Calibration.model_validate_json((work / FILES["calibration"]).read_text())
     gallery = Gallery.load(work / FILES["gallery"])
-    reports = {p.stem: json.loads(p.read_text()) for p in sorted((work / "reports").glob("*.json"))}
+    reports = {stage: json.loads((work / rel).read_text()) for stage, rel in sorted(REPORTS.items())
+               if rel.endswith(".json") and (work / rel).is_file()}
     spec = SPECS.get(irprn["model"]["backbone"])
     mean, std = (spec.mean, spec.std) if spec else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    splats_cfg = json.loads((work / "splats" / "config.json").read_text())
-    rvss_cfg = json.loads((work / "rvss" / "config.json").read_text()) if (work / "rvss" / "config.json").is_file() else None
+    splats_cfg = json.loads((work / WORK_FILES["splats_config"]).read_text())
+    rvss_path = work / WORK_FILES["rvss_config"]
+    rvss_cfg = json.loads(rvss_path.read_text()) if rvss_path.is_file() else None
     return {
         "software": f"rpe-pad {package_version()}",
         "camera": {"width": category.width, "height": category.height, "K": category.K.tolist(),
@@ -89,15 +88,15 @@ def manifest_fields(category: Category, work: Path, preset: str, calib_cfg) -> d
                     "n_novel": int((gallery.source == NOVEL).sum()), "names": gallery.names,
                     "descriptor": {"grid": gallery.grid, "rule": "encoder features average-pooled to grid x grid, "
                                    "flattened, L2-normalised; retrieval by cosine similarity"},
-                    "views_png": "gallery/views/NNNN.png, in gallery order"},
-        "summary": {stage: _compact(rep) for stage, rep in reports.items() if stage != "train_summary"},
+                    "views_png": f"{GALLERY_VIEWS}/NNNN.png, in gallery order"},
+        "summary": {stage: _compact(rep) for stage, rep in reports.items()},
     }
 
 
 def run_bundle_stage(category: Category, work: Path, bundles_dir: Path, preset: str, calib_cfg,
                      progress: bool = True) -> dict:
     start = time.perf_counter()
-    held = trained_holdout(work / "irprn")
+    held = trained_holdout((work / FILES["irprn_config"]).parent)
     if held:
         raise ValueError(f"{work}: IRPRN was trained with {held} training views held out (a validation run, "
                          "rpe-pad train --holdout); retrain it on every view before building a bundle")
@@ -116,7 +115,7 @@ def run_bundle_stage(category: Category, work: Path, bundles_dir: Path, preset: 
 
     def views(tmp: Path) -> None:
         if gallery.images is not None:
-            write_views_png(gallery.images.numpy(), tmp / "gallery" / "views")
+            write_views_png(gallery.images.numpy(), tmp / GALLERY_VIEWS)
 
     out = assemble(bundles_dir, category.name, copy, fields, extra_writers=[views])
     manifest = open_bundle(out)  # what a service will do: prove it loads

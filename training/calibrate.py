@@ -37,9 +37,10 @@ from models.calibration import (
     quantile_threshold,
 )
 from models.camera import perturb_pose
+from models.bundle import FILES, REPORTS
 from models.data import GOOD, Category
 from models.hashing import sha256_file
-from models.inspector import Inspector, InspectorConfig
+from models.inspector import compare_at_poses
 from models.scoring import DEFAULT_TOLERANCE, AnomalyScorer
 from models.splat.scene import GaussianScene
 
@@ -58,17 +59,14 @@ class CalibConfig:
 def _score(scorer: AnomalyScorer, scene: GaussianScene, images: torch.Tensor, poses: torch.Tensor, Ks: torch.Tensor,
            batch: int, bar: tqdm) -> tuple[np.ndarray, np.ndarray]:
     """Scores [V] and maps subsampled to 64 x 64 [V, 64, 64] of ``images`` vs renders at
-    ``poses``: the inspection pipeline in pose mode ``oracle`` (one camera, ``Ks[0]``)."""
-    height, width = images.shape[1:3]
-    inspector = Inspector(scene, scorer, None, None, width, height, Ks[0], InspectorConfig(pose="oracle"),
-                          scene.device, "calibration")
+    ``poses``: the inspection pipeline's render and score stages at known poses
+    (``models.inspector.compare_at_poses``)."""
     scores, maps = [], []
     for i in range(0, len(images), batch):
-        results = inspector.inspect(images[i : i + batch], true_poses=poses[i : i + batch])
-        m = torch.stack([torch.from_numpy(r.anomaly_map) for r in results])
-        scores.append(np.array([r.score for r in results]))
+        m, s = compare_at_poses(scene, scorer, images[i : i + batch], poses[i : i + batch], Ks[i : i + batch])
+        scores.append(s.numpy())
         maps.append(torch.nn.functional.interpolate(m[:, None], size=(64, 64), mode="area")[:, 0].numpy())
-        bar.update(len(results))
+        bar.update(len(m))
     return np.concatenate(scores), np.concatenate(maps)
 
 
@@ -138,13 +136,13 @@ def histogram(calib: Calibration, raw: dict, title: str) -> Figure:
 
 def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, validation: Category | None = None,
                           progress: bool = True) -> dict:
-    """Calibrate against ``out_dir/splats/scene.safetensors``; skipped when a calibration for
+    """Calibrate against the work folder's Gaussian model; skipped when a calibration for
     the same config, scene and validation set exists."""
     start = time.perf_counter()
-    scene_path = out_dir / "splats" / "scene.safetensors"
+    scene_path = out_dir / FILES["scene"]
     if not scene_path.is_file():
         raise FileNotFoundError(f"{scene_path} is missing: run the splats stage first")
-    calib_path, report_path = out_dir / "calibration" / "calibration.json", out_dir / "reports" / "calibration.json"
+    calib_path, report_path = out_dir / FILES["calibration"], out_dir / REPORTS["calibration"]
     key = {"config": asdict(cfg), "scene_sha256": sha256_file(scene_path),
            "validation": str(validation.root) if validation is not None else None}
     try:
@@ -159,7 +157,7 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
     report_path.parent.mkdir(parents=True, exist_ok=True)
     calib_path.write_text(calib.model_dump_json(indent=2) + "\n")
     fig = histogram(calib, raw, f"{category.name}: normal image scores")
-    fig.savefig(out_dir / "reports" / "calibration_hist.png")
+    fig.savefig(out_dir / REPORTS["calibration_hist"])
     report = {"category": category.name, "rule": calib.rule, "threshold": round(calib.threshold, 4),
               "normal_scores": calib.normal_scores.model_dump(), "in_sample_max": round(max(raw["in_sample"]), 4),
               "seconds": round(time.perf_counter() - start, 1), "key": key, "scores": raw}

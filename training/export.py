@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import onnx
 import torch
 
 from models import onnx_runtime as rt
+from models.bundle import FILES, REPORTS, WORK_FILES
 from models.hashing import sha256_file
 from models.irprn import IRPRN, load_irprn, to_input
 
@@ -35,16 +36,14 @@ class ExportError(RuntimeError):
     """The exported graph disagrees with PyTorch."""
 
 
-def weights_sha256(irprn_dir: Path) -> str:
-    return sha256_file(irprn_dir / "weights.safetensors")
-
-
 def export_irprn(net: IRPRN, out_dir: Path, suffix: str = "") -> tuple[Path, Path]:
-    """Write ``encoder{suffix}.onnx`` and ``pair_head{suffix}.onnx`` into ``out_dir``."""
+    """Write ``encoder{suffix}.onnx`` and ``pair_head{suffix}.onnx`` (the bundle's names,
+    ``FILES``) into ``out_dir``."""
     net = net.eval()
     size = net.cfg.input_size
     out_dir.mkdir(parents=True, exist_ok=True)
-    enc_path, head_path = out_dir / f"encoder{suffix}.onnx", out_dir / f"pair_head{suffix}.onnx"
+    enc_path, head_path = (out_dir / f"{name.stem}{suffix}{name.suffix}"
+                           for name in (PurePosixPath(FILES["encoder"]), PurePosixPath(FILES["pair_head"])))
     x = torch.rand(2, 3, size, size)
     with torch.no_grad():
         f = net.encoder(x)
@@ -100,30 +99,34 @@ def check_parity(net: IRPRN, enc_path: Path, head_path: Path, images: torch.Tens
     return result
 
 
-def _graph_key(irprn_dir: Path) -> dict:
-    """What ties the exported graphs to the weights they were checked against."""
-    return {"weights_sha256": weights_sha256(irprn_dir), "encoder_sha256": sha256_file(irprn_dir / "encoder.onnx"),
-            "pair_head_sha256": sha256_file(irprn_dir / "pair_head.onnx")}
+def _graph_key(work: Path) -> dict:
+    """What ties the exported graphs in the work folder ``work`` to the weights they were
+    checked against."""
+    return {"weights_sha256": sha256_file(work / WORK_FILES["irprn_weights"]),
+            "encoder_sha256": sha256_file(work / FILES["encoder"]),
+            "pair_head_sha256": sha256_file(work / FILES["pair_head"])}
 
 
-def graphs_current(irprn_dir: Path) -> bool:
-    """True when both graphs exist and ``onnx.json`` ties them to the current weights."""
+def graphs_current(work: Path) -> bool:
+    """True when both graphs of the work folder ``work`` exist and its ONNX key
+    (``WORK_FILES["onnx_key"]``) ties them to the current weights."""
     try:
-        saved = json.loads((irprn_dir / "onnx.json").read_text())
-        return (irprn_dir / "encoder.onnx").is_file() and (irprn_dir / "pair_head.onnx").is_file() \
-            and saved == _graph_key(irprn_dir)
+        saved = json.loads((work / WORK_FILES["onnx_key"]).read_text())
+        return (work / FILES["encoder"]).is_file() and (work / FILES["pair_head"]).is_file() \
+            and saved == _graph_key(work)
     except (OSError, ValueError):
         return False
 
 
 def run_onnx_stage(category, out_dir: Path, progress: bool = True) -> dict:
     start = time.perf_counter()
-    irprn_dir = out_dir / "irprn"
-    if not (irprn_dir / "weights.safetensors").is_file():
-        raise FileNotFoundError(f"{irprn_dir / 'weights.safetensors'} is missing: run the irprn stage first")
-    previous = out_dir / "reports" / "onnx.json"
-    if previous.is_file() and graphs_current(irprn_dir):
+    weights = out_dir / WORK_FILES["irprn_weights"]
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing: run the irprn stage first")
+    previous = out_dir / REPORTS["onnx"]
+    if previous.is_file() and graphs_current(out_dir):
         return {**json.loads(previous.read_text()), "skipped": True}
+    irprn_dir = weights.parent
     net, _ = load_irprn(irprn_dir)
     # Export next to the weights under temporary names; only graphs that pass the parity
     # check replace the served ones, and the manifest ties them to these weights.
@@ -135,10 +138,10 @@ def run_onnx_stage(category, out_dir: Path, progress: bool = True) -> dict:
         tmp_enc.unlink(missing_ok=True)
         tmp_head.unlink(missing_ok=True)
         raise
-    enc_path, head_path = tmp_enc.replace(irprn_dir / "encoder.onnx"), tmp_head.replace(irprn_dir / "pair_head.onnx")
-    (irprn_dir / "onnx.json").write_text(json.dumps(_graph_key(irprn_dir)) + "\n")
+    enc_path, head_path = tmp_enc.replace(out_dir / FILES["encoder"]), tmp_head.replace(out_dir / FILES["pair_head"])
+    (out_dir / WORK_FILES["onnx_key"]).write_text(json.dumps(_graph_key(out_dir)) + "\n")
     report = {"category": category.name, "encoder_bytes": enc_path.stat().st_size, "pair_head_bytes": head_path.stat().st_size,
               **parity, "seconds": round(time.perf_counter() - start, 1)}
-    (out_dir / "reports").mkdir(parents=True, exist_ok=True)
-    (out_dir / "reports" / "onnx.json").write_text(json.dumps(report, indent=2) + "\n")
+    previous.parent.mkdir(parents=True, exist_ok=True)
+    previous.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from models.bundle import FILES, REPORTS, WORK_FILES
 from models.camera import orbit_pose, perturb_pose, random_orbit
 from models.data import Category
 from models.hashing import sha256_file
@@ -101,15 +102,15 @@ def load_novel(path: Path) -> NovelSet:
 
 def run_rvss_stage(category: Category, cfg: RVSSConfig, out_dir: Path, progress: bool = True) -> dict:
     start = time.perf_counter()
-    scene_path = out_dir / "splats" / "scene.safetensors"
+    scene_path = out_dir / FILES["scene"]
     if not scene_path.is_file():
         raise FileNotFoundError(f"{scene_path} is missing: run the splats stage first")
-    rvss_dir, report_path = out_dir / "rvss", out_dir / "reports" / "rvss.json"
+    novel_path, report_path = out_dir / WORK_FILES["novel"], out_dir / REPORTS["rvss"]
     key = {"config": cfg.key(), "scene_sha256": sha256_file(scene_path),
            "image_size": [category.width, category.height]}
     try:
         previous = json.loads(report_path.read_text())
-        load_novel(rvss_dir / "novel.safetensors")
+        load_novel(novel_path)
         if previous.get("key") == key:
             return {**previous, "skipped": True}
     except (OSError, ValueError, KeyError):
@@ -123,10 +124,10 @@ def run_rvss_stage(category: Category, cfg: RVSSConfig, out_dir: Path, progress:
         p = poses[i : i + cfg.batch]
         images.append(render_references(scene, p, K.expand(len(p), 3, 3), category.width, category.height, cfg.batch))
     rgb = torch.cat(images) if images else torch.zeros(0, category.height, category.width, 3)
-    rvss_dir.mkdir(parents=True, exist_ok=True)
+    novel_path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"images": torch.from_numpy(to_uint8(rgb.numpy())).contiguous(), "poses": poses.contiguous(),
-               "parents": parents.contiguous()}, str(rvss_dir / "novel.safetensors"))
-    (rvss_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+               "parents": parents.contiguous()}, str(novel_path))
+    (out_dir / WORK_FILES["rvss_config"]).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     report_path.parent.mkdir(parents=True, exist_ok=True)
     if len(rgb):
         rows = []
@@ -137,7 +138,7 @@ def run_rvss_stage(category: Category, cfg: RVSSConfig, out_dir: Path, progress:
             cells += [Cell(rgb[k].numpy(), f"orbit {n + 1}") for n, k in enumerate(kids[cfg.m : cfg.m + 3])]
             rows.append((category.train[j].name.split("/")[-1], cells))
         contact_sheet(rows, cell=128, title="RVSS: training view | novel views at perturbed poses").save(
-            out_dir / "reports" / "rvss_sheet.png")
+            out_dir / REPORTS["rvss_sheet"])
     report = {"category": category.name, "n_novel": len(poses), "scene_unit": unit,
               "seconds": round(time.perf_counter() - start, 1), "key": key}
     report_path.write_text(json.dumps(report, indent=2) + "\n")

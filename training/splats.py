@@ -20,7 +20,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
 from models import camera
+from models.bundle import FILES, REPORTS, WORK_FILES
 from models.data import Category
 from models.splat.scene import SH_C0, GaussianScene, render
 from models.viz import Cell, contact_sheet
@@ -269,7 +270,7 @@ def fit_splats(
     strategy.check_sanity(params, optimizers)
     state = strategy.initialize_state(scene_scale=scale)
 
-    ckpt = work_dir / "checkpoint.safetensors"
+    ckpt = work_dir / PurePosixPath(WORK_FILES["splats_checkpoint"]).name
     step0 = _load_checkpoint(ckpt, params, optimizers, state, cfg) if ckpt.is_file() else 0
     gamma = 0.01 ** (1.0 / max(cfg.iterations, 1))
     for group in optimizers["means"].param_groups:
@@ -351,19 +352,19 @@ def comparison_sheet(names: list[str], truths: list[torch.Tensor], renders: list
 
 
 def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progress: bool = True) -> dict:
-    """Fit, save ``splats/scene.safetensors`` + ``splats/config.json``, and write
-    ``reports/splats.json`` and ``reports/splats_sheet.png`` measured on ``test/good``
-    views rendered at their true poses (held-out training views when there are none)."""
+    """Fit, save the scene and its resolved config, and write the report and its contact
+    sheet (paths in ``models.bundle``), measured on ``test/good`` views rendered at their
+    true poses (held-out training views when there are none)."""
     start = time.perf_counter()
-    splat_dir, report_dir = out_dir / "splats", out_dir / "reports"
-    previous = _previous_report(splat_dir, report_dir, cfg)
+    previous = _previous_report(out_dir, cfg)
     if previous is not None:
         return {**previous, "skipped": True}
-    report_dir.mkdir(parents=True, exist_ok=True)
-    result = fit_splats(category, cfg, splat_dir, progress=progress)
-    result.scene.save(splat_dir / "scene.safetensors")
-    (splat_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    (splat_dir / "checkpoint.safetensors").unlink(missing_ok=True)
+    (out_dir / REPORTS["splats"]).parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / WORK_FILES["splats_checkpoint"]
+    result = fit_splats(category, cfg, checkpoint.parent, progress=progress)
+    result.scene.save(out_dir / FILES["scene"])
+    (out_dir / WORK_FILES["splats_config"]).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    checkpoint.unlink(missing_ok=True)
 
     good = [q for q in category.test if q.label == "good" and q.w2c is not None]
     if good:
@@ -388,18 +389,18 @@ def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progre
         "seconds": round(time.perf_counter() - start, 1),
         "config": asdict(cfg),
     }
-    (report_dir / "splats.json").write_text(json.dumps(report, indent=2) + "\n")
-    comparison_sheet(names, list(images), ev["renders"], ev["psnr"]).save(report_dir / "splats_sheet.png")
+    (out_dir / REPORTS["splats"]).write_text(json.dumps(report, indent=2) + "\n")
+    comparison_sheet(names, list(images), ev["renders"], ev["psnr"]).save(out_dir / REPORTS["splats_sheet"])
     return report
 
 
-def _previous_report(splat_dir: Path, report_dir: Path, cfg: SplatConfig) -> dict | None:
+def _previous_report(out_dir: Path, cfg: SplatConfig) -> dict | None:
     """The stage's report when its valid output exists for the same config, else None."""
     try:
-        if json.loads((splat_dir / "config.json").read_text()) != asdict(cfg):
+        if json.loads((out_dir / WORK_FILES["splats_config"]).read_text()) != asdict(cfg):
             return None
-        GaussianScene.load(splat_dir / "scene.safetensors")
-        return json.loads((report_dir / "splats.json").read_text())
+        GaussianScene.load(out_dir / FILES["scene"])
+        return json.loads((out_dir / REPORTS["splats"]).read_text())
     except (OSError, ValueError):
         return None
 
