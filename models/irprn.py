@@ -13,26 +13,24 @@ Split in two so that the gallery side of a pair is computed once, at bundle buil
 
 Pose convention (``models/camera.py``): the relative pose ``P_rel = P_q inv(P_g)`` of
 world-to-camera poses, so ``P_q = P_rel P_g``; ``q`` is its rotation as a unit wxyz
-quaternion. ``t`` is, by ``IRPRNConfig.translation``: ``"relative"`` (the default, the
-paper's) the translation of ``P_rel`` divided by the scene unit (``scene_unit``), so the
-camera centre ``C_q = C_g - R_q^T t`` is predicted apart from the viewing direction;
-``"object"`` the object-centric shift of ``models.camera.object_shift`` (image-plane
-motion of the object centre and log depth ratio: unit-free and independent of the
-rotation, but it ties the camera centre to the rotation, so every degree of rotation
-error moves the centre by a degree's arc; measured worse on that account, docs/POSE.md).
-``relative_targets`` and ``compose_query_poses`` are the one place where either is
-encoded and decoded.
+quaternion. ``t`` is the translation of ``P_rel`` divided by the scene unit
+(``scene_unit``: the paper's parametrisation), so the camera centre ``C_q = C_g - R_q^T t``
+is predicted apart from the viewing direction. ``relative_targets`` and
+``compose_query_poses`` are the one place where it is encoded and decoded.
 
-Pair-head inputs, by ``IRPRNConfig.head``: ``"concat"`` fuses the two maps by a 1 x 1
-convolution of their concatenation; ``"corr"`` (the default) adds their correlation volume
-(cosine similarity of every query cell with every gallery cell, after a learnt 1 x 1
-projection) and the soft-argmax flow it implies (where each query cell's content sits in
-the gallery view), the classic input of geometric matching networks: the head reads the
-displacement directly instead of having to learn to compare two feature maps. With
-``IRPRNConfig.fine_layer`` the encoder also packs the stride-8 map into its features
-(space-to-depth, so a gallery view still keeps one features tensor) and the head adds a
-local correlation on it (``LocalCorrelation``: +-``fine_radius`` cells), which measures the
-residual displacement at twice the global volume's resolution.
+Pair-head inputs: the two maps fused by a 1 x 1 convolution of their concatenation, plus
+their correlation volume (cosine similarity of every query cell with every gallery cell,
+after a learnt 1 x 1 projection) and the soft-argmax flow it implies (where each query
+cell's content sits in the gallery view), the classic input of geometric matching
+networks: the head reads the displacement directly instead of having to learn to compare
+two feature maps.
+
+Retired after measurement (docs/POSE.md has the figures, git history the code): the
+fusion-only ``"concat"`` head, the object-centric translation (``translation="object"``)
+and the packed stride-8 map with a local correlation (``fine_layer``). A saved config
+still names them with the values every kept network has (``RETIRED``), so the stage keys
+of existing work folders stay valid; a config with another value, or one saved before
+``head`` existed (a ``"concat"`` network), is refused: retrain it.
 
 Dynamic convolution is written as one static convolution with ``n_kernels * C_out``
 output channels whose K outputs are mixed by the attention weights. Convolution is linear
@@ -53,15 +51,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.camera import (
-    apply_object_shift,
-    compose_pose,
-    object_shift,
-    pose_to_quat_trans,
-    quat_to_rotmat,
-    quat_trans_to_pose,
-    relative_pose,
-)
+from models.camera import compose_pose, pose_to_quat_trans, quat_trans_to_pose, relative_pose
 from models.features import DEFAULT_BACKBONE, SPECS, _resolve_weights
 
 Tensor = torch.Tensor
@@ -88,69 +78,61 @@ class IRPRNConfig:
     hidden: int = 512
     n_refine: int = 3
     n_kernels: int = 4
-    descriptor_grid: int = 4
-    head: str = "corr"  # pair-head input: "corr" (correlation volume + flow, and the fused maps) | "concat"
-    translation: str = "relative"  # what t means: "relative" (P_rel's, / unit) | "object" (object-centric shift)
+    descriptor_grid: int = 4  # retrieval descriptor grid of the training pairs (models.gallery: 4 x 4)
     corr_dim: int = 64  # channels of the learnt projection the correlation is taken in
-    fine_layer: int | None = None  # also this finer layer (stride 8: 2), packed in, for a local correlation on it
-    fine_radius: int = 3  # the local correlation's window: +-this many fine cells
-    fine_dim: int = 16  # channels of its projection (small: the shifted products dominate the head's cost)
 
-    def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.translation not in TRANSLATIONS:
-            raise ValueError(f"translation must be one of {TRANSLATIONS}, got {self.translation!r}")
+    @property
+    def translation(self) -> str:
+        """Transitional, for callers that still pass it (models/pose.py, models/inspector.py):
+        ``t`` has one parametrisation now."""
+        return RETIRED["translation"]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, and the retired options at the one value they kept, in the order the
+        config was always written (a default config's dict, hence its stage key, is unchanged)."""
+        values = {**asdict(self), **RETIRED}
+        return {name: values[name] for name in _SAVED_ORDER}
 
     @classmethod
     def from_dict(cls, values: dict) -> IRPRNConfig:
-        """From a saved config; keys it lacks (saved before they existed) take the values
-        such networks were trained with, not today's defaults."""
-        return cls(**{**LEGACY, **values})
+        """From a saved config: the retired keys must hold the value kept (``RETIRED``);
+        a config without ``head`` was saved by a ``"concat"`` network and is refused."""
+        if "head" not in values:
+            raise ValueError('IRPRN config without "head": a network with the retired "concat" pair head '
+                             "(saved before the correlation head); retrain it (rpe-pad train)")
+        for name, kept in RETIRED.items():  # (the local correlation's window and width meant nothing without it)
+            if name not in ("fine_radius", "fine_dim") and values.get(name, kept) != kept:
+                raise ValueError(f"IRPRN config with {name}={values[name]!r}, an option retired after measurement "
+                                 f"(docs/POSE.md; only {kept!r} is left); retrain the network (rpe-pad train)")
+        return cls(**{k: v for k, v in values.items() if k not in RETIRED})
 
 
-HEADS = ("corr", "concat")
-TRANSLATIONS = ("relative", "object")
-# What a config saved before ``head`` / ``translation`` / ``fine_layer`` existed was trained as.
-LEGACY = {"head": "concat", "translation": "relative", "fine_layer": None}
+# Options retired after measurement (docs/POSE.md), at the one value every kept network has:
+# written into saved configs and stage keys as before, refused on load with another value.
+RETIRED = {"head": "corr", "translation": "relative", "fine_layer": None, "fine_radius": 3, "fine_dim": 16}
+_SAVED_ORDER = ("backbone", "weights", "layer", "input_size", "width", "hidden", "n_refine", "n_kernels",
+                "descriptor_grid", "head", "translation", "corr_dim", "fine_layer", "fine_radius", "fine_dim")
 
 
 class PoseEncoder(nn.Module):
-    """Backbone features ``[B, C, h, w]`` of images ``[B, 3, S, S]`` in [0, 1].
-
-    With ``fine_layer`` the finer map (e.g. stride 8, ``[B, c, 2h, 2w]``) is packed in
-    after the coarse one by space-to-depth (``pixel_unshuffle``): one ``[B, C + 4c, h, w]``
-    tensor, so the gallery, the exported graph and the descriptor keep one features
-    tensor; ``PairHead`` unpacks it exactly (``pixel_shuffle``)."""
+    """Backbone features ``[B, C, h, w]`` of images ``[B, 3, S, S]`` in [0, 1]."""
 
     def __init__(self, cfg: IRPRNConfig):
         super().__init__()
         spec = SPECS.get(cfg.backbone)
         mean, std = (spec.mean, spec.std) if spec else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-        layers = (cfg.layer,) if cfg.fine_layer is None else (cfg.fine_layer, cfg.layer)
-        if cfg.fine_layer is not None and not cfg.fine_layer < cfg.layer:
-            raise ValueError(f"fine_layer ({cfg.fine_layer}) must come before layer ({cfg.layer})")
-        self.body = timm.create_model(cfg.backbone, pretrained=False, features_only=True, out_indices=layers)
+        self.body = timm.create_model(cfg.backbone, pretrained=False, features_only=True, out_indices=(cfg.layer,))
         if cfg.weights != "random":
             full = timm.create_model(cfg.backbone, pretrained=False)
             full.load_state_dict(_resolve_weights(cfg.backbone, cfg.weights, full))
             self.body.load_state_dict(full.state_dict(), strict=False)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        channels, strides = self.body.feature_info.channels(), self.body.feature_info.reduction()
-        self.stride = strides[-1]
-        self.fine_factor = strides[-1] // strides[0] if cfg.fine_layer is not None else 1
-        self.fine_channels = channels[0] if cfg.fine_layer is not None else 0
-        self.channels = channels[-1] + self.fine_channels * self.fine_factor**2
+        self.stride = self.body.feature_info.reduction()[-1]
+        self.channels = self.body.feature_info.channels()[-1]
 
     def forward(self, images: Tensor) -> Tensor:
-        maps = self.body((images - self.mean) / self.std)
-        if not self.fine_channels:
-            return maps[-1]
-        return torch.cat([maps[-1], F.pixel_unshuffle(maps[0], self.fine_factor)], dim=1)
+        return self.body((images - self.mean) / self.std)[-1]
 
 
 class DynamicConv2d(nn.Module):
@@ -206,67 +188,21 @@ class Correlation(nn.Module):
         return torch.cat([corr, flow, conf], dim=1).unflatten(2, (self.size, self.size))
 
 
-class LocalCorrelation(nn.Module):
-    """Local correlation of two finer feature maps ``[B, C, h, w]`` (PWC-Net's cost volume):
-    each query cell against the gallery cells within +-``radius`` cells, after a learnt
-    1 x 1 projection and per-cell L2 normalisation -> ``[B, (2r+1)^2, h, w]`` (row-major
-    displacements, dy then dx), plus the soft-argmax displacement (x then y, in cells) and
-    its peak probability. Where the global volume (``Correlation``) finds the gallery
-    view's matching region, this one measures the residual shift at twice the resolution.
-    Written as one shifted product per displacement: no window tensor in memory, and it
-    exports as slices."""
-
-    def __init__(self, channels: int, dim: int, radius: int):
-        super().__init__()
-        if radius < 1:
-            raise ValueError(f"fine_radius must be >= 1, got {radius}")
-        self.proj = nn.Conv2d(channels, dim, 1)
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(10.0)))
-        self.radius = radius
-        d = torch.arange(-radius, radius + 1, dtype=torch.float32)
-        dy, dx = torch.meshgrid(d, d, indexing="ij")
-        self.register_buffer("disp", torch.stack([dx.flatten(), dy.flatten()]), persistent=False)  # [2, W^2]
-
-    def forward(self, query: Tensor, gallery: Tensor) -> Tensor:
-        r = self.radius
-        fq = F.normalize(self.proj(query), dim=1)
-        fg = F.pad(F.normalize(self.proj(gallery), dim=1), (r, r, r, r))
-        h, w = fq.shape[-2:]
-        corr = torch.stack([(fq * fg[:, :, dy : dy + h, dx : dx + w]).sum(dim=1)
-                            for dy in range(2 * r + 1) for dx in range(2 * r + 1)], dim=1)  # [B, W^2, h, w]
-        prob = torch.softmax(corr * self.log_temperature.exp(), dim=1)
-        flow = torch.einsum("cj,bjyx->bcyx", self.disp, prob)
-        return torch.cat([corr, flow, prob.amax(dim=1, keepdim=True)], dim=1)
-
-
 class PairHead(nn.Module):
     """(query, gallery) features -> ``q [B, S, 4]`` (unit wxyz) and ``t [B, S, 3]`` for
     S = 1 + n_refine stages (coarse first, the last refinement last). ``size``: the side
     of the feature maps (input size / encoder stride)."""
 
-    def __init__(self, channels: int, cfg: IRPRNConfig, size: int = 14, fine_channels: int = 0, fine_factor: int = 1):
+    def __init__(self, channels: int, cfg: IRPRNConfig, size: int = 14):
         super().__init__()
         w = cfg.width
         # 1x1 fusion of the two feature maps, then everything at 7 x 7 (cheap on a CPU, and
         # exportable: the 14 x 14 map of a 224 px input pools evenly).
         self.reduce = nn.Sequential(nn.Conv2d(2 * channels, w, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
                                     nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
-        self.correlation = self.fine_correlation = None
-        self.fine_channels, self.fine_factor = fine_channels, fine_factor
-        coarse_channels = channels - fine_channels * fine_factor**2
-        if cfg.head == "corr":
-            self.correlation = Correlation(coarse_channels, cfg.corr_dim, size)
-            self.corr_reduce = nn.Sequential(nn.Conv2d(size * size + 3, w, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
-                                             nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
-            if fine_channels:  # the encoder packs a finer map in (PoseEncoder): a local correlation on it
-                self.fine_correlation = LocalCorrelation(fine_channels, cfg.fine_dim, cfg.fine_radius)
-                fine_size = size * fine_factor
-                if fine_size % 7:
-                    raise ValueError(f"the fine map's side ({fine_size}) must be a multiple of 7")
-                # A fixed pooling kernel: the exporter cannot size an adaptive one after the shifts.
-                self.fine_reduce = nn.Sequential(nn.Conv2d((2 * cfg.fine_radius + 1) ** 2 + 3, w, 1), nn.ReLU(),
-                                                 nn.AvgPool2d(fine_size // 7), nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
-        self.coarse_channels = coarse_channels
+        self.correlation = Correlation(channels, cfg.corr_dim, size)
+        self.corr_reduce = nn.Sequential(nn.Conv2d(size * size + 3, w, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
+                                         nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
         self.coarse = nn.Sequential(nn.Flatten(), nn.Linear(w * 49, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 7))
         self.refine_convs = nn.ModuleList([DynamicConv2d(w, cfg.n_kernels) for _ in range(cfg.n_refine)])
         self.refine_squeeze = nn.ModuleList([nn.Conv2d(w, 32, 1) for _ in range(cfg.n_refine)])
@@ -283,14 +219,7 @@ class PairHead(nn.Module):
                 mlp[-1].bias.zero_()
 
     def forward(self, query: Tensor, gallery: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.reduce(torch.cat([query, gallery], dim=1))
-        if self.correlation is not None:
-            c = self.coarse_channels
-            x = x + self.corr_reduce(self.correlation(query[:, :c], gallery[:, :c]))
-        if self.fine_correlation is not None:
-            fine_q = F.pixel_shuffle(query[:, self.coarse_channels :], self.fine_factor)
-            fine_g = F.pixel_shuffle(gallery[:, self.coarse_channels :], self.fine_factor)
-            x = x + self.fine_reduce(self.fine_correlation(fine_q, fine_g))
+        x = self.reduce(torch.cat([query, gallery], dim=1)) + self.corr_reduce(self.correlation(query, gallery))
         out = self.coarse(x)
         q, t = _normalise_quat(out[:, :4]), out[:, 4:]
         qs, ts = [q], [t]
@@ -310,33 +239,28 @@ class IRPRN(nn.Module):
         super().__init__()
         self.cfg = cfg or IRPRNConfig()
         self.encoder = PoseEncoder(self.cfg)
-        self.head = PairHead(self.encoder.channels, self.cfg, self.cfg.input_size // self.encoder.stride,
-                             self.encoder.fine_channels, self.encoder.fine_factor)
+        self.head = PairHead(self.encoder.channels, self.cfg, self.cfg.input_size // self.encoder.stride)
 
     def forward(self, query: Tensor, gallery: Tensor) -> tuple[Tensor, Tensor]:
         return self.head(self.encoder(query), self.encoder(gallery))
 
 
-def relative_targets(query_poses: Tensor, gallery_poses: Tensor, unit: float, translation: str) -> tuple[Tensor, Tensor]:
+def relative_targets(query_poses: Tensor, gallery_poses: Tensor, unit: float) -> tuple[Tensor, Tensor]:
     """What IRPRN learns for (query, gallery) poses ``[..., 4, 4]``: the canonical wxyz
-    quaternion of ``P_rel`` ``[..., 4]`` and ``t`` ``[..., 3]`` in the ``translation``
-    parametrisation (module docstring)."""
+    quaternion of ``P_rel = P_q inv(P_g)`` ``[..., 4]`` and its translation over the scene
+    unit ``[..., 3]``."""
     q, t = pose_to_quat_trans(relative_pose(query_poses, gallery_poses))
-    if translation == "object":
-        return q, object_shift(query_poses, gallery_poses)
-    if translation == "relative":
-        return q, t / unit
-    raise ValueError(f"translation must be one of {TRANSLATIONS}, got {translation!r}")
+    return q, t / unit
 
 
-def compose_query_poses(q: Tensor, t: Tensor, gallery_poses: Tensor, unit: float, translation: str) -> Tensor:
+def compose_query_poses(q: Tensor, t: Tensor, gallery_poses: Tensor, unit: float,
+                        translation: str = RETIRED["translation"]) -> Tensor:
     """Inverse of ``relative_targets``: query poses ``[..., 4, 4]`` from IRPRN's ``q``, ``t``
-    and the gallery poses (``P_q = P_rel P_g``)."""
-    if translation == "object":
-        return apply_object_shift(quat_to_rotmat(q), t, gallery_poses)
-    if translation == "relative":
-        return compose_pose(quat_trans_to_pose(q, t * unit), gallery_poses)
-    raise ValueError(f"translation must be one of {TRANSLATIONS}, got {translation!r}")
+    and the gallery poses (``P_q = P_rel P_g``). ``translation``: transitional, for callers
+    that still pass it (models/pose.py); only the one parametrisation is accepted."""
+    if translation != RETIRED["translation"]:
+        raise ValueError(f"translation={translation!r} was retired; only {RETIRED['translation']!r} is left")
+    return compose_pose(quat_trans_to_pose(q, t * unit), gallery_poses)
 
 
 def descriptor(features: Tensor, grid: int) -> Tensor:
