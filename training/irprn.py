@@ -1,13 +1,10 @@
-"""The `irprn` and `gallery` stages of `rpe-pad train`: train IRPRN, then encode the gallery.
+"""The `irprn` stage of `rpe-pad train`: train IRPRN (the gallery stage: ``training/gallery.py``).
 
 Training pairs (query, gallery view): every query is paired with its top-K training views
 by descriptor similarity (``models.irprn.descriptor`` of the pretrained encoder; the paper
-uses LoFTR), rank i = 1..K; a query is never paired with itself. ``pair_exclude="family"``
-also keeps it from its relatives (a novel view from the training view it perturbs, a near
-copy): better on the synthetic category, worse on Lego (its worst query 45 degrees off
-instead of 12, and the queries within 3 degrees of a gallery view worse), so the default
-stays the paper's (docs/POSE.md, revision 2). ``pair_pool="gallery"`` draws the gallery
-side from the novel views too (measured worse).
+uses LoFTR), rank i = 1..K; a query is never paired with itself (the paper's pairing;
+keeping relatives apart, or drawing the gallery side from the novel views too, measured
+worse: docs/POSE.md, revision 2).
 
 - queries: the RVSS novel views (``use_novel``, the paper's design) and, with
   ``train_queries``, the training views themselves (real photographs on the query side,
@@ -24,10 +21,10 @@ side from the novel views too (measured worse).
   every query copy and training view are computed once and the pair head trains on them;
   otherwise (the paper preset) the whole network trains on images.
 
-Targets: ``P_rel = P_q inv(P_g)`` as a canonical wxyz quaternion and ``t`` in the model's
-translation parametrisation (``models.irprn.relative_targets``).
-Outputs: ``irprn/weights.safetensors``, ``irprn/config.json``, ``reports/irprn.json`` and
-``reports/irprn_curve.png``; the `gallery` stage writes ``gallery/gallery.safetensors``.
+Targets: ``P_rel = P_q inv(P_g)`` as a canonical wxyz quaternion and its translation in
+scene units (``models.irprn.relative_targets``).
+Outputs (paths in ``models.bundle``): the weights, the network's config, the report and
+its training curve.
 """
 
 from __future__ import annotations
@@ -36,7 +33,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -44,11 +41,10 @@ from matplotlib.figure import Figure
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from models.camera import roll_pose, rotation_angle
+from models.bundle import FILES, REPORTS, WORK_FILES
+from models.camera import roll_pose
 from models.data import Category
-from models.gallery import NOVEL, RETRIEVAL_GRID, TRAIN, Gallery
 from models.hashing import sha256_file
-from models.images import to_uint8
 from models.irprn import (
     IRPRN,
     HomoscedasticLoss,
@@ -62,7 +58,7 @@ from models.irprn import (
     scene_unit,
 )
 from models.pose import roll_images
-from models.splat.scene import GaussianScene, render
+from models.splat.scene import GaussianScene
 from training.rvss import NovelSet, load_novel
 
 
@@ -83,8 +79,6 @@ class IRPRNTrainConfig:
     lr_drop_epoch: int = 25  # lr x 0.1 from this epoch on (paper: 1e-3 -> 1e-4 after 20 of 35)
     weight_decay: float = 1e-4
     val_fraction: float = 0.1
-    pair_pool: str = "train"  # gallery side of the training pairs: "train" views | the whole "gallery" (+ novel views)
-    pair_exclude: str = "self"  # never pair a view with: "self" | its "family" (parent, siblings; pair_families)
     checkpoint_every: int = 10
     seed: int = 0
     holdout: int = 0  # training views held out of training (and their novel views): a validation set (holdout_views)
@@ -92,21 +86,24 @@ class IRPRNTrainConfig:
     def __post_init__(self) -> None:
         if self.holdout < 0:
             raise ValueError(f"holdout must be >= 0, got {self.holdout}")
-        if self.pair_pool not in PAIR_POOLS:
-            raise ValueError(f"pair_pool must be one of {PAIR_POOLS}, got {self.pair_pool!r}")
-        if self.pair_exclude not in PAIR_EXCLUDES:
-            raise ValueError(f"pair_exclude must be one of {PAIR_EXCLUDES}, got {self.pair_exclude!r}")
 
     def to_dict(self) -> dict:
-        """The fields (without ``holdout`` while it is off, so earlier work folders stay valid)."""
-        out = asdict(self)
-        if not self.holdout:
-            out.pop("holdout")
+        """The fields, the model's as ``IRPRNConfig.to_dict``, and the retired pairing options
+        at the value they kept, in the order they were always written (without ``holdout``
+        while it is off): a default config's dict, hence its stage key, is unchanged, so
+        earlier work folders stay valid."""
+        values = {**asdict(self), "model": self.model.to_dict(), **RETIRED_PAIRING}
+        out = {name: values[name] for name in _SAVED_ORDER}
+        if self.holdout:
+            out["holdout"] = self.holdout
         return out
 
 
-PAIR_POOLS = ("train", "gallery")
-PAIR_EXCLUDES = ("self", "family")
+# The pairing options retired after measurement (docs/POSE.md, revision 2), at the value kept.
+RETIRED_PAIRING = {"pair_pool": "train", "pair_exclude": "self"}
+_SAVED_ORDER = ("model", "k", "mpts", "use_novel", "train_queries", "augment_copies", "max_roll_deg", "color_jitter",
+                "freeze_backbone", "epochs", "batch", "lr", "lr_drop_epoch", "weight_decay", "val_fraction",
+                "pair_pool", "pair_exclude", "checkpoint_every", "seed")
 PRESETS = {
     "demo": IRPRNTrainConfig(epochs=12, augment_copies=1, lr_drop_epoch=8),
     "cpu": IRPRNTrainConfig(epochs=25, lr_drop_epoch=18),
@@ -136,7 +133,7 @@ def holdout_views(n_train: int, n: int) -> torch.Tensor:
 def trained_holdout(irprn_dir: Path) -> int:
     """How many training views the network in ``irprn_dir`` was trained without
     (``IRPRNTrainConfig.holdout`` in its ``config.json``; 0 when none or no network yet)."""
-    path = Path(irprn_dir) / "config.json"
+    path = Path(irprn_dir) / PurePosixPath(FILES["irprn_config"]).name
     return int(json.loads(path.read_text()).get("train", {}).get("holdout", 0)) if path.is_file() else 0
 
 
@@ -175,11 +172,10 @@ def augment(images: torch.Tensor, poses: torch.Tensor, cfg: IRPRNTrainConfig, ge
     return QuerySet(torch.cat(out_img), torch.cat(out_pose), torch.cat(origin))
 
 
-def pair_targets(query_poses: torch.Tensor, gallery_poses: torch.Tensor, unit: float,
-                 translation: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relative pose targets: canonical wxyz quaternion [P, 4] and t [P, 3] in the network's
-    translation parametrisation (``models.irprn.relative_targets``)."""
-    q, t = relative_targets(query_poses, gallery_poses, unit, translation)
+def pair_targets(query_poses: torch.Tensor, gallery_poses: torch.Tensor, unit: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative pose targets: canonical wxyz quaternion [P, 4] and t [P, 3] in scene units
+    (``models.irprn.relative_targets``)."""
+    q, t = relative_targets(query_poses, gallery_poses, unit)
     return q.float(), t.float()
 
 
@@ -196,21 +192,12 @@ def build_pairs(query_desc: torch.Tensor, cand_desc: torch.Tensor, k: int, query
     return ids, torch.arange(ids.shape[1]).expand_as(ids)
 
 
-def pair_families(n_train: int, parents: torch.Tensor, exclude: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Family ids of the novel views and of the training views for ``build_pairs``.
-
-    ``exclude="self"``: a view is its own family (a training view is never paired with
-    itself; a novel view may be paired with the training view it perturbs, a near copy).
-    ``"family"``: a novel view belongs to the training view it perturbs, so no pair joins a
-    view to its parent or its siblings: every pair is two views of different training
-    poses, as most queries are from their gallery matches at inference (though some are
-    near copies of a gallery view, which such a head then misjudges: docs/POSE.md)."""
-    train_ids = torch.arange(n_train)
-    if exclude == "family":
-        return parents.long().clone(), train_ids
-    if exclude == "self":
-        return n_train + torch.arange(len(parents)), train_ids
-    raise ValueError(f"pair_exclude must be 'self' or 'family', got {exclude!r}")
+def pair_families(n_train: int, n_novel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Family ids of the novel views ``[n_novel]`` and of the training views ``[n_train]`` for
+    ``build_pairs``: every view is its own family, so a training view is never paired with
+    itself (a novel view may be paired with the training view it perturbs, a near copy:
+    the paper's pairing, docs/POSE.md revision 2)."""
+    return n_train + torch.arange(n_novel), torch.arange(n_train)
 
 
 def _flat_state(prefix: str, state: dict) -> dict[str, torch.Tensor]:
@@ -258,16 +245,14 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     n_train = len(train_images)
 
     # Query images: novel views and/or training views, each with its family id (pair_families),
-    # less the held-out views and the novel views rendered from them.
+    # less the held-out views and the novel views rendered from them. The gallery side of
+    # the pairs: the kept training views.
     use_novel = cfg.use_novel and len(kept_novel) > 0
     n_novel = len(kept_novel) if use_novel else 0
     novel_images, novel_poses = novel.images, novel.poses.double()
     if len(held):  # (indexing copies the images: only when something is held out)
         novel_images, novel_poses = novel_images[kept_novel], novel_poses[kept_novel]
-    # Parents renumbered among the kept training views (family ids must match theirs).
-    renumber = torch.cumsum(keep[:n_all].long(), 0) - 1
-    novel_family, train_family = pair_families(n_train, renumber[novel.parents[kept_novel].long()][:n_novel],
-                                               cfg.pair_exclude)
+    novel_family, train_family = pair_families(n_train, n_novel)
     q_images, q_poses, q_family = [], [], []
     if use_novel:
         q_images.append(novel_images)
@@ -296,24 +281,15 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
         bar.update(len(query_feats[-1]))
     query_feats = torch.cat(query_feats)
     bar.close()
-    # Gallery side of the pairs: the training views, and with pair_pool="gallery" the novel
-    # views too (the gallery holds both at inference), less the held-out ones.
-    cand_feats, cand_poses, cand_images, cand_family = train_feats, train_poses, train_images, train_family
-    if cfg.pair_pool == "gallery" and use_novel:
-        pool = torch.tensor([i for i in range(n_novel) if i not in val_base], dtype=torch.long)
-        cand_feats = torch.cat([train_feats, query_feats[pool]])  # the novel originals come first
-        cand_poses = torch.cat([train_poses, novel_poses[pool]])
-        cand_images = torch.cat([train_images, novel_images[pool]])
-        cand_family = torch.cat([train_family, novel_family[pool]])
     grid = model_cfg.descriptor_grid
     base_desc = descriptor(query_feats[: n_base], grid)  # the un-augmented originals come first
-    gal_ids, ranks = build_pairs(base_desc, descriptor(cand_feats, grid), cfg.k, base_family, cand_family)
+    gal_ids, ranks = build_pairs(base_desc, descriptor(train_feats, grid), cfg.k, base_family, train_family)
     k = gal_ids.shape[1]
     # Pairs for every copy: (query copy j, candidate gal_ids[origin j, r], rank r).
     pair_q = torch.arange(len(queries.images)).repeat_interleave(k)
     pair_g = gal_ids[queries.origin].flatten()
     pair_r = ranks[queries.origin].flatten()
-    q_gt, t_gt = pair_targets(queries.poses[pair_q], cand_poses[pair_g], unit, model_cfg.translation)
+    q_gt, t_gt = pair_targets(queries.poses[pair_q], train_poses[pair_g], unit)
     weights = mpts_weights(k)[pair_r] if cfg.mpts else torch.ones(len(pair_q))
     val_pair = is_val[pair_q]
     train_idx, val_idx = (~val_pair).nonzero().flatten(), val_pair.nonzero().flatten()
@@ -327,7 +303,7 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[cfg.lr_drop_epoch], gamma=0.1)
     work_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = work_dir / "checkpoint.safetensors"
+    ckpt = work_dir / PurePosixPath(WORK_FILES["irprn_checkpoint"]).name
     # What the pairs were built from: a checkpoint of other data is not resumed.
     data_key = hashlib.sha256(b"".join(t.contiguous().numpy().tobytes() for t in
                                        (novel.poses.double(), train_poses, torch.tensor(train_images.shape)))).hexdigest()
@@ -337,11 +313,11 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
 
     def head_inputs(idx: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if cfg.freeze_backbone or not training:
-            return query_feats[pair_q[idx]], cand_feats[pair_g[idx]]
+            return query_feats[pair_q[idx]], train_feats[pair_g[idx]]
         from models.irprn import to_input
 
         return (net.encoder(to_input(queries.images[pair_q[idx]], size)),
-                net.encoder(to_input(cand_images[pair_g[idx]], size)))
+                net.encoder(to_input(train_images[pair_g[idx]], size)))
 
     bar = tqdm(range(start_epoch, cfg.epochs), desc="irprn: train", unit="epoch", disable=not progress,
                initial=start_epoch, total=cfg.epochs)
@@ -361,13 +337,13 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
             opt.step()
             losses.append(loss.item())
         sched.step()
-        vq_feats, vg_feats = query_feats, cand_feats
+        vq_feats, vg_feats = query_feats, train_feats
         if not cfg.freeze_backbone and len(val_idx):  # the cached features are the pretrained encoder's
             net.encoder.eval()
-            vq_feats, vg_feats = query_feats.clone(), cand_feats.clone()
+            vq_feats, vg_feats = query_feats.clone(), train_feats.clone()
             uq, ug = pair_q[val_idx].unique(), pair_g[val_idx].unique()
             vq_feats[uq] = encode(net.encoder, queries.images[uq], size)
-            vg_feats[ug] = encode(net.encoder, cand_images[ug], size)
+            vg_feats[ug] = encode(net.encoder, train_images[ug], size)
         val = _validate(net, vq_feats, vg_feats, pair_q, pair_g, q_gt, t_gt, val_idx)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **val})
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_rot=f"{val['val_rot_deg']:.2f}deg")
@@ -443,11 +419,11 @@ def _resume(path: Path, net, criterion, opt, sched, cfg, data_key: str) -> tuple
 
 def run_irprn_stage(category: Category, cfg: IRPRNTrainConfig, out_dir: Path, progress: bool = True) -> dict:
     start = time.perf_counter()
-    novel_path, scene_path = out_dir / "rvss" / "novel.safetensors", out_dir / "splats" / "scene.safetensors"
+    novel_path, scene_path = out_dir / WORK_FILES["novel"], out_dir / FILES["scene"]
     for needed, stage in ((scene_path, "splats"), (novel_path, "rvss")):
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} is missing: run the {stage} stage first")
-    irprn_dir, report_path = out_dir / "irprn", out_dir / "reports" / "irprn.json"
+    irprn_dir, report_path = (out_dir / FILES["irprn_config"]).parent, out_dir / REPORTS["irprn"]
     key = {"config": json.loads(json.dumps(cfg.to_dict())), "novel_sha256": sha256_file(novel_path),
            "image_size": [category.width, category.height]}
     try:
@@ -462,72 +438,7 @@ def run_irprn_stage(category: Category, cfg: IRPRNTrainConfig, out_dir: Path, pr
     save_irprn(net, irprn_dir, unit, cfg.to_dict())
     report_path.parent.mkdir(parents=True, exist_ok=True)
     if report["history"]:
-        _curve(report["history"]).savefig(out_dir / "reports" / "irprn_curve.png")
+        _curve(report["history"]).savefig(out_dir / REPORTS["irprn_curve"])
     report = {"category": category.name, **report, "seconds": round(time.perf_counter() - start, 1), "key": key}
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def build_gallery(category: Category, novel: NovelSet, net: IRPRN, scene: GaussianScene | None = None,
-                  progress: bool = False, grid: int = RETRIEVAL_GRID) -> Gallery:
-    """Training views then novel views, encoded by the trained encoder and described on a
-    ``grid x grid`` layout (``models.gallery``); with ``scene``, also each view's expected
-    depth (rendered at its pose) for refinement by PnP."""
-    size = net.cfg.input_size
-    images = torch.cat([torch.stack([v.image for v in category.train]), novel.images])
-    feats = encode(net.encoder.eval(), images, size)
-    poses = torch.cat([category.train_poses().double(), novel.poses.double()])
-    source = torch.cat([torch.full((len(category.train),), TRAIN), torch.full((len(novel.poses),), NOVEL)]).to(torch.int8)
-    names = [v.name for v in category.train] + [f"novel/{i:04d}_of_{int(p)}" for i, p in enumerate(novel.parents)]
-    gallery = Gallery(poses, source, descriptor(feats, grid), feats, names)
-    if scene is not None:
-        K = category.K.float()
-        depths = []
-        for i in tqdm(range(0, len(poses), 8), desc="gallery: depth", unit="batch", disable=not progress):
-            p = poses[i : i + 8].float()
-            out = render(scene, p, K.expand(len(p), 3, 3), category.width, category.height, with_depth=True)
-            depths.append(torch.where(out.alphas[..., 0] > 0.95, out.depths[..., 0], torch.zeros(())).half())
-        gallery.images = torch.from_numpy(to_uint8(images.numpy()))
-        gallery.depths = torch.cat(depths)
-        gallery.K = category.K.double()
-    return gallery
-
-
-def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True) -> dict:
-    start = time.perf_counter()
-    weights, novel_path = out_dir / "irprn" / "weights.safetensors", out_dir / "rvss" / "novel.safetensors"
-    for needed, stage in ((weights, "irprn"), (novel_path, "rvss")):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed} is missing: run the {stage} stage first")
-    path, report_path = out_dir / "gallery" / "gallery.safetensors", out_dir / "reports" / "gallery.json"
-    key = {"weights_sha256": sha256_file(weights), "novel_sha256": sha256_file(novel_path), "n_train": len(category.train),
-           "scene_sha256": sha256_file(out_dir / "splats" / "scene.safetensors"), "with_depth": True,
-           "descriptor_grid": RETRIEVAL_GRID}
-    try:
-        previous = json.loads(report_path.read_text())
-        Gallery.load(path)
-        if previous.get("key") == key:
-            return {**previous, "skipped": True}
-    except (OSError, ValueError, KeyError):
-        pass
-    net, _ = load_irprn(out_dir / "irprn")
-    scene = GaussianScene.load(out_dir / "splats" / "scene.safetensors")
-    gallery = build_gallery(category, load_novel(novel_path), net, scene, progress)
-    gallery.save(path)
-    # Retrieval sanity: each novel view's best training match vs the view it perturbs.
-    novel = load_novel(novel_path)
-    report = {"category": category.name, "n_views": len(gallery), "n_train": int((gallery.source == TRAIN).sum()),
-              "n_novel": int((gallery.source == NOVEL).sum()), "descriptor_grid": gallery.grid,
-              "descriptor_dim": int(gallery.descriptors.shape[1]),
-              "feature_shape": list(gallery.features.shape[1:]), "bytes": path.stat().st_size}
-    if len(novel.poses):
-        _, ids = gallery.top_k(gallery.descriptors[gallery.source == NOVEL], 1, allowed=gallery.source == TRAIN)
-        err = torch.rad2deg(rotation_angle(gallery.poses[ids[:, 0], :3, :3], novel.poses[:, :3, :3]))
-        report["novel_top1_is_parent"] = round(float((ids[:, 0] == novel.parents).float().mean()), 4)
-        report["novel_top1_rot_deg_median"] = round(float(err.median()), 3)
-    report["seconds"] = round(time.perf_counter() - start, 1)
-    report["key"] = key
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
-    return report
-
