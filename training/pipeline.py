@@ -1,39 +1,108 @@
 """`rpe-pad train`: the offline pipeline, stage by stage.
 
-Stages run in order and write under the work folder ``BUNDLES_DIR/.work/<category>/``:
-``splats`` (the Gaussian model of the normal object), ``calibration`` (normal scores ->
-threshold), ``rvss`` (novel views at perturbed poses), ``irprn`` (the relative-pose
-network), ``gallery`` (descriptors and encoder features of every posed view), ``onnx``
-(IRPRN's encoder and pair head exported and checked against PyTorch); then ``bundle``
-assembles ``BUNDLES_DIR/<category>/`` atomically (``training/bundle.py``). Each stage is
-skipped when its valid output for the same configuration and inputs exists, so an
-interrupted run resumes where it stopped.
+Stages run in order (``TABLE``) and write under the work folder ``BUNDLES_DIR/.work/<category>/``
+(file names in ``models.bundle``): ``splats`` (the Gaussian model of the normal object),
+``calibration`` (normal scores -> threshold), ``rvss`` (novel views at perturbed poses),
+``irprn`` (the relative-pose network), ``gallery`` (descriptors and encoder features of
+every posed view), ``onnx`` (IRPRN's encoder and pair head exported and checked against
+PyTorch); then ``bundle`` assembles ``BUNDLES_DIR/<category>/`` atomically
+(``training/bundle.py``). Each stage is skipped when its valid output for the same
+configuration and inputs exists, so an interrupted run resumes where it stopped.
+
+Every stage is one ``Stage`` record whose function takes the run's ``StageContext`` (the
+category, the folders, the preset and every stage's resolved config) and returns its report.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from models.data import load_category
+from models.bundle import WORK_FILES
+from models.data import Category, load_category
 from training.bundle import run_bundle_stage
 from training.calibrate import CalibConfig, run_calibration_stage
 from training.export import run_onnx_stage
-from training.irprn import IRPRNTrainConfig, run_gallery_stage, run_irprn_stage
+from training.gallery import run_gallery_stage
+from training.irprn import IRPRNTrainConfig, run_irprn_stage
 from training.irprn import preset as irprn_preset
 from training.rvss import RVSSConfig, run_rvss_stage
+from training.splats import SplatConfig, run_splats_stage
 from training.splats import preset as splat_preset
-from training.splats import run_splats_stage
 
-STAGES = ("splats", "calibration", "rvss", "irprn", "gallery", "onnx", "bundle")
 WORK = ".work"  # BUNDLES_DIR/.work/<category>: the stages' outputs, checkpoints and reports
 CALIBRATION = {"demo": CalibConfig(max_views=24), "cpu": CalibConfig(), "paper": CalibConfig()}
 PRESETS = ("demo", "cpu", "paper")
 # RVSS orbit views per training view (training.rvss; docs/POSE.md, revision 3): on for the
 # presets that build real bundles; the demo keeps the paper's RVSS alone, to stay quick.
 RVSS_ORBIT = {"demo": 0, "cpu": 6, "paper": 6}
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What every stage of one ``run_train`` call is given."""
+
+    category: Category  # loaded at the splats config's image size
+    work: Path  # BUNDLES_DIR/.work/<category>: the stages' outputs
+    bundles_dir: Path  # where the bundle stage assembles BUNDLES_DIR/<category>
+    preset: str  # one of PRESETS
+    splats: SplatConfig  # the resolved config of each stage
+    calibration: CalibConfig
+    rvss: RVSSConfig
+    irprn: IRPRNTrainConfig
+    validation: Category | None  # labelled category for the F1-optimal threshold (calibration only)
+    progress: bool  # progress bars
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[StageContext], dict]  # the stage's report (``skipped`` when its output was reused)
+    doc: str  # one line: what the stage makes
+
+
+def _splats(ctx: StageContext) -> dict:
+    return run_splats_stage(ctx.category, ctx.splats, ctx.work, progress=ctx.progress)
+
+
+def _calibration(ctx: StageContext) -> dict:
+    return run_calibration_stage(ctx.category, ctx.calibration, ctx.work, ctx.validation, progress=ctx.progress)
+
+
+def _rvss(ctx: StageContext) -> dict:
+    return run_rvss_stage(ctx.category, ctx.rvss, ctx.work, progress=ctx.progress)
+
+
+def _irprn(ctx: StageContext) -> dict:
+    return run_irprn_stage(ctx.category, ctx.irprn, ctx.work, progress=ctx.progress)
+
+
+def _gallery(ctx: StageContext) -> dict:
+    return run_gallery_stage(ctx.category, ctx.work, progress=ctx.progress)
+
+
+def _onnx(ctx: StageContext) -> dict:
+    return run_onnx_stage(ctx.category, ctx.work, progress=ctx.progress)
+
+
+def _bundle(ctx: StageContext) -> dict:
+    return run_bundle_stage(ctx.category, ctx.work, ctx.bundles_dir, ctx.preset, ctx.calibration, progress=ctx.progress)
+
+
+TABLE = (
+    Stage("splats", _splats, "fit the Gaussian model of the normal object"),
+    Stage("calibration", _calibration, "normal scores (own and jittered poses) -> threshold"),
+    Stage("rvss", _rvss, "render novel views at perturbed and orbit poses"),
+    Stage("irprn", _irprn, "train the relative-pose network"),
+    Stage("gallery", _gallery, "encode every posed view: descriptors, features, depths"),
+    Stage("onnx", _onnx, "export IRPRN's encoder and pair head, checked against PyTorch"),
+    Stage("bundle", _bundle, "assemble BUNDLES_DIR/<category> with its manifest"),
+)
+STAGES = tuple(stage.name for stage in TABLE)
+_BY_NAME = {stage.name: stage for stage in TABLE}
 
 
 def irprn_config(preset: str, rvss_m: int | None = None, n_refine: int | None = None, k: int | None = None,
@@ -66,7 +135,7 @@ def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages
     ``validation_dir``: a labelled category (its test split, with true poses) whose
     F1-optimal threshold replaces the normal-quantile rule."""
     stages = list(stages or STAGES)
-    unknown = [s for s in stages if s not in STAGES]
+    unknown = [s for s in stages if s not in _BY_NAME]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
     if preset not in PRESETS:
@@ -75,33 +144,23 @@ def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages
     if irprn_cfg.holdout and "bundle" in stages:
         raise ValueError(f"--holdout {irprn_cfg.holdout} is a validation run (IRPRN without some training views): "
                          "it builds no bundle; run its stages (e.g. --stages splats,rvss,irprn) into their own --out")
-    reports: dict[str, dict] = {}
     splat_cfg = splat_preset(preset)
     category = load_category(category_dir, size=splat_cfg.image_size, progress=progress)
     validation = None
     if validation_dir is not None and "calibration" in stages:
         validation = load_category(validation_dir, size=splat_cfg.image_size)
-    out = work_dir(bundles_dir, category.name)
-    for stage in stages:
+    ctx = StageContext(category=category, work=work_dir(bundles_dir, category.name), bundles_dir=bundles_dir,
+                       preset=preset, splats=splat_cfg, calibration=CALIBRATION[preset], rvss=rvss_cfg,
+                       irprn=irprn_cfg, validation=validation, progress=progress)
+    reports: dict[str, dict] = {}
+    for name in stages:
         start = time.perf_counter()
-        if stage == "splats":
-            reports[stage] = run_splats_stage(category, splat_cfg, out, progress=progress)
-        elif stage == "calibration":
-            reports[stage] = run_calibration_stage(category, CALIBRATION[preset], out, validation, progress=progress)
-        elif stage == "rvss":
-            reports[stage] = run_rvss_stage(category, rvss_cfg, out, progress=progress)
-        elif stage == "irprn":
-            reports[stage] = run_irprn_stage(category, irprn_cfg, out, progress=progress)
-        elif stage == "gallery":
-            reports[stage] = run_gallery_stage(category, out, progress=progress)
-        elif stage == "onnx":
-            reports[stage] = run_onnx_stage(category, out, progress=progress)
-        elif stage == "bundle":
-            reports[stage] = run_bundle_stage(category, out, bundles_dir, preset, CALIBRATION[preset], progress=progress)
-        reports[stage]["stage_seconds"] = round(time.perf_counter() - start, 1)
+        reports[name] = _BY_NAME[name].run(ctx)
+        reports[name]["stage_seconds"] = round(time.perf_counter() - start, 1)
     summary = {stage: {k: v for k, v in rep.items() if k not in ("config", "scores", "key", "history")} for stage, rep in reports.items()}
-    (out / "reports").mkdir(parents=True, exist_ok=True)
-    (out / "reports" / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    path = ctx.work / WORK_FILES["train_summary"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
     return reports
 
 

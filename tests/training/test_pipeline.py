@@ -1,0 +1,70 @@
+"""`rpe-pad train`'s stage table: order, the one signature, dispatch, refusals."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+
+from models.bundle import FILES, REPORTS, WORK_FILES
+from training import pipeline
+from training.pipeline import STAGES, TABLE, StageContext, run_train
+
+
+def test_stages_are_the_table_in_order() -> None:
+    assert STAGES == tuple(stage.name for stage in TABLE)
+    assert STAGES == ("splats", "calibration", "rvss", "irprn", "gallery", "onnx", "bundle")
+    assert len(set(STAGES)) == len(STAGES)
+    assert all(stage.doc and "\n" not in stage.doc for stage in TABLE)
+
+
+@pytest.mark.parametrize("stage", TABLE, ids=lambda s: s.name)
+def test_every_stage_has_the_one_signature(stage: pipeline.Stage) -> None:
+    sig = inspect.signature(stage.run)
+    assert list(sig.parameters) == ["ctx"]
+    assert sig.parameters["ctx"].annotation in (StageContext, "StageContext")
+    assert sig.return_annotation in (dict, "dict")
+
+
+def test_unknown_stages_and_presets_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown stage\(s\) \['fit'\]; available: \['splats',"):
+        run_train(tmp_path / "nowhere", tmp_path, stages=["splats", "fit"])
+    with pytest.raises(ValueError, match="unknown preset 'gpu'"):
+        run_train(tmp_path / "nowhere", tmp_path, preset="gpu")
+    assert not (tmp_path / pipeline.WORK).exists()  # refused before anything is written
+
+
+def test_run_train_dispatches_by_the_table(tiny_synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, StageContext]] = []
+
+    def fake(name: str):
+        def run(ctx: StageContext) -> dict:
+            seen.append((name, ctx))
+            return {"category": ctx.category.name, "config": {"x": 1}, "skipped": name == "rvss"}
+        return run
+
+    for stage in TABLE:
+        monkeypatch.setitem(pipeline._BY_NAME, stage.name, pipeline.Stage(stage.name, fake(stage.name), stage.doc))
+    reports = run_train(tiny_synth, tmp_path, preset="demo", stages=["rvss", "splats"], progress=False)
+    # The requested stages, in the order asked, each given the run's one context.
+    assert [name for name, _ in seen] == ["rvss", "splats"] and list(reports) == ["rvss", "splats"]
+    ctx = seen[0][1]
+    assert seen[1][1] is ctx and ctx.preset == "demo" and ctx.bundles_dir == tmp_path
+    assert ctx.work == pipeline.work_dir(tmp_path, ctx.category.name) == tmp_path / ".work" / ctx.category.name
+    assert ctx.calibration == pipeline.CALIBRATION["demo"] and ctx.validation is None
+    assert (ctx.rvss, ctx.irprn) == pipeline.irprn_config("demo")
+    assert all(isinstance(r["stage_seconds"], float) for r in reports.values())
+    # The closing summary, without the bulky fields, where models.bundle says.
+    summary = json.loads((ctx.work / WORK_FILES["train_summary"]).read_text())
+    assert set(summary) == {"rvss", "splats"} and "config" not in summary["rvss"] and summary["rvss"]["skipped"]
+
+
+def test_stage_paths_are_one_table() -> None:
+    """Every stage output has one relative path; the bundle's files keep theirs in the work folder."""
+    paths = [*FILES.values(), *WORK_FILES.values(), *REPORTS.values()]
+    assert len(paths) == len(set(paths))
+    assert all(not p.startswith("/") and ".." not in p for p in paths)
+    assert all(p.startswith("reports/") for p in REPORTS.values())
+    assert WORK_FILES["train_summary"] not in REPORTS.values()  # the summary is not copied into a bundle
