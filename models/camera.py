@@ -313,3 +313,15 @@ def reprojection_error_px(pose_est: Tensor, pose_true: Tensor, K: Tensor, points
     uv_est, _ = project_points(points, pose_est, K)
     uv_true, _ = project_points(points, pose_true, K)
     return (uv_est - uv_true).norm(dim=-1).mean(dim=-1)
+
+
+def parse_intrinsics(text: str) -> tuple[float, float, float, float]:
+    """``"fx,fy,cx,cy"`` (a camera's intrinsics in its own pixels) -> four floats;
+    ``ValueError`` saying what is expected otherwise."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise ValueError(f"intrinsics must be 'fx,fy,cx,cy' (four numbers), got {text!r}")
+    return values

@@ -1,35 +1,37 @@
-"""The one inspection pipeline: match -> pose -> (refine) -> render -> score -> decide.
+"""The one inspection pipeline: prepare -> match -> pose -> refine -> render -> score -> decide.
 
 ``Inspector.load(bundle_dir)`` rebuilds everything from a verified bundle
-(``models.bundle``) on a device (CUDA when present, else the CPU); ``Inspector.inspect``
-takes a batch of query images and returns one ``Inspection`` per image. ``rpe-pad
-evaluate``, ``rpe-pad inspect``, the benchmarks and the service all call this class;
-nothing else chains the stages.
+(``models.bundle``) on a device (CUDA when present, else the CPU), with the inference
+settings the bundle's manifest carries (``InspectorConfig.from_manifest``; a caller's
+overrides win). ``Inspector.inspect`` takes a batch of prepared query images and returns
+one ``models.results.Inspection`` per image. ``rpe-pad inspect``, the demo, the service
+and the lab's drivers all call this class; nothing else chains the stages.
 
-Pose modes (``POSE_MODES``, pluggable through ``InspectorConfig.pose``):
+Each stage is a small object with one job, run over a ``Batch``:
 
-- ``rpe+refine`` (the default, the best measured: docs/REFINE.md): IRPRN's pose from the
-  gallery matches (``models.pose``), then the refiners of ``models.refine`` (default
-  ``gpnp+ecc``: PnP against the matched gallery views, the one render at that pose,
-  polishing PnPs applied by warping it with its depth, a guarded ECC warp); the refiner's
-  final render (or warp) at the returned pose is the reference when it is at the bundle's
-  size, so no render is repeated;
-- ``rpe``: IRPRN's fused pose, no refinement;
-- ``retrieval``: the best-matching gallery view's pose;
-- ``iterative``: the peers' per-query render-and-compare (SplatPose / iNeRF style) from
-  the retrieval pose (``models.refine.iterative_refine``): the slow baseline;
-- ``oracle``: the true pose, given by the caller (evaluation upper bound).
+- ``prepare`` (per image): the query's camera -> the bundle's camera (``map_to_camera``);
+- the pose mode (``models.registry``; ``InspectorConfig.pose``) locates the camera:
+  ``rpe`` = ``Match`` (IRPRN encoder, retrieval) + ``RelativePose`` (pair head, fusion);
+  ``rpe+refine`` (the default) adds ``Refine`` (gallery PnP, depth-warp polish, guarded ECC:
+  ``models.refine``), whose render at the final pose is the reference;
+  the lab registers its evaluation-only modes (``oracle``, ``retrieval``, ``iterative``);
+- ``Render``: the normal object at the pose, where no stage left a reference;
+- ``Score``: feature comparison -> anomaly maps and image scores (``models.scoring``);
+- decide: ``Inspection.build`` against the calibration (``models.results``).
 
-Conventions: images ``[B, H, W, 3]`` RGB float in [0, 1] at the bundle's size
-(``prepare`` resizes an upload); poses 4 x 4 world-to-camera, OpenCV axes
-(``models/camera.py``); quaternions wxyz.
+The queries stay on the inspector's device from ``start`` to ``Score``; the stages that
+run on the CPU (ONNX Runtime on a CPU host, OpenCV) read a host copy made once per batch.
+
+Conventions: images ``[B, H, W, 3]`` RGB float in [0, 1] at the bundle's size; poses 4 x 4
+world-to-camera, OpenCV axes (``models/camera.py``); quaternions wxyz.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -37,123 +39,73 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from models import registry
 from models.bundle import FILES, BundleError, Manifest, find_bundles, open_bundle
 from models.calibration import Calibration
-from models.camera import rotmat_to_quat
+from models.camera import scale_intrinsics
 from models.gallery import Gallery
 from models.irprn import load_irprn_config
 from models.pose import DEFAULT_K, PoseEstimator
-from models.refine import (
-    IterativeConfig,
-    RefineConfig,
-    ecc_align,
-    gallery_features,
-    gallery_pnp_refine,
-    iterative_refine,
-    photometric_refine,
-    pnp_refine,
-)
+from models.refine import RefineConfig, ecc_align, gallery_features, gallery_pnp_refine
+from models.results import CategoryInfo, GalleryMatch, Inspection, InspectionError, resolve_threshold
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene, render
 from models.viz import side_by_side
 
 Tensor = torch.Tensor
-POSE_MODES = ("oracle", "retrieval", "iterative", "rpe", "rpe+refine")
-DEFAULT_POSE = "rpe+refine"
 ASPECT_TOLERANCE = 0.02  # relative difference of width/height accepted when resizing a query
+CAMERA_TOLERANCE = 0.005  # relative difference of intrinsics treated as the same camera
 
-
-class InspectionError(ValueError):
-    """A query the pipeline cannot inspect (wrong shape, aspect ratio, missing true pose)."""
+__all__ = ["Inspector", "InspectorConfig", "Inspection", "InspectionError", "load_bundles", "resolve_device"]
 
 
 @dataclass(frozen=True)
 class InspectorConfig:
-    pose: str = DEFAULT_POSE  # how query poses are found: one of POSE_MODES
-    refine: RefineConfig = field(default_factory=RefineConfig)  # the refiners for rpe+refine
-    iterative: IterativeConfig = field(default_factory=IterativeConfig)  # the peers' optimisation (iterative)
-    fusion: str = "mean"  # how IRPRN's K poses are fused (models/pose.py)
-    k: int = DEFAULT_K  # gallery matches per query (models.pose)
-    backend: str = "auto"  # IRPRN runtime: auto (ONNX when exported) | onnx | torch (work folders only)
-    tolerance: int | None = None  # scorer comparison radius override; then no calibrated decision
+    pose: str = registry.DEFAULT_POSE  # how query poses are found: a registered pose mode (models.registry)
+    k: int = DEFAULT_K  # gallery matches fused per query (models.pose)
+    refine: RefineConfig = field(default_factory=RefineConfig)  # the refinement of rpe+refine
+    pose_options: dict = field(default_factory=dict)  # a lab pose mode's own settings (e.g. iterative steps)
 
     def __post_init__(self) -> None:
-        if self.pose not in POSE_MODES:
-            raise ValueError(f"pose mode {self.pose!r} is not available; available: {list(POSE_MODES)}")
+        registry.pose_mode(self.pose, lab=True)  # ValueError naming the choices
+        if self.k < 1:
+            raise ValueError(f"k (gallery matches per query) must be >= 1, got {self.k}")
 
     def to_dict(self) -> dict:
-        return {"pose": self.pose, "refine": self.refine.__dict__ if self.pose == "rpe+refine" else None,
-                "iterative": self.iterative.__dict__ if self.pose == "iterative" else None,
-                "fusion": self.fusion, "k": self.k, "backend": self.backend, "tolerance": self.tolerance}
+        """What a bundle's manifest stores under ``inference`` (product settings only)."""
+        return {"pose": self.pose, "k": self.k, "refine": asdict(self.refine)}
+
+    @classmethod
+    def from_manifest(cls, inference: dict, **overrides) -> InspectorConfig:
+        """The settings a bundle was built to run with, then the caller's ``overrides``
+        (``None`` values are ignored). Keys of retired options are accepted only at the value
+        the product ran with; another value refuses the bundle (``ValueError``)."""
+        given = dict(inference)
+        for key, default in _RETIRED.items():
+            value = given.pop(key, default)
+            if value not in (default, None):
+                raise ValueError(f"the bundle asks for {key}={value!r}, an option this version retired "
+                                 f"(docs/RESULTS.md has its figures); rebuild the bundle")
+        refine = dict(given.pop("refine", None) or {})
+        for key, default in _RETIRED_REFINE.items():
+            value = refine.pop(key, default)
+            if value != default:
+                raise ValueError(f"the bundle asks for refine.{key}={value!r}, an option this version retired "
+                                 f"(docs/REFINE.md has its figures); rebuild the bundle")
+        for key in ("render_size", "photo_size", "photo_steps", "photo_lr", "photo_gaussians"):
+            refine.pop(key, None)  # settings of retired refiners
+        known = {f.name for f in fields(RefineConfig)}
+        unknown = sorted(set(refine) - known) + sorted(set(given) - {"pose", "k"})
+        if unknown:
+            raise ValueError(f"unknown inference settings in the bundle: {unknown}")
+        config = cls(pose=given.get("pose", registry.DEFAULT_POSE), k=int(given.get("k", DEFAULT_K)),
+                     refine=RefineConfig(**refine))
+        return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
-@dataclass
-class Inspection:
-    """One query's result."""
-
-    score: float  # raw image score: the maximum of the anomaly map
-    normalised_score: float | None  # in [0, 1], 0.5 at the threshold (None without calibration)
-    is_anomalous: bool | None  # score > threshold (None without calibration)
-    threshold: float | None  # the threshold used
-    anomaly_map: np.ndarray  # [H, W] float32, raw units
-    pose: np.ndarray  # [4, 4] float64 world-to-camera used for the reference
-    gallery_ids: list[int]  # matched gallery views, best first (empty for oracle)
-    gallery_names: list[str]
-    similarities: list[float]
-    reference: np.ndarray  # [H, W, 3] float32: the normal view the query was compared with
-    timings_ms: dict[str, float]  # per stage, this image's share of its batch
-    refine: dict = field(default_factory=dict)  # what the refiners did
-    calibration: Calibration | None = None
-
-    @property
-    def quaternion(self) -> list[float]:
-        """Rotation of ``pose`` as a unit quaternion, wxyz."""
-        return [float(v) for v in rotmat_to_quat(torch.from_numpy(self.pose[:3, :3]))]
-
-    @property
-    def translation(self) -> list[float]:
-        return [float(v) for v in self.pose[:3, 3]]
-
-    def with_threshold(self, threshold: float | None) -> Inspection:
-        """The same inspection decided at another threshold (None: the calibrated one);
-        raises ``InspectionError`` for a threshold the calibration cannot use."""
-        if threshold is None:
-            return self
-        t = resolve_threshold(self.calibration, threshold)
-        return replace(self, threshold=t, is_anomalous=bool(self.score > t),
-                       normalised_score=float(self.calibration.normalise(self.score, t)))
-
-    def normalised_map(self) -> np.ndarray | None:
-        """The map normalised to [0, 1], 0.5 at the threshold: ``> 0.5`` is the decision mask."""
-        if self.calibration is None:
-            return None
-        return self.calibration.normalise_map(self.anomaly_map, self.threshold)
-
-    def summary(self) -> dict:
-        """JSON-ready fields (no arrays but the pose)."""
-        return {
-            "score": round(self.score, 4),
-            "normalised_score": None if self.normalised_score is None else round(self.normalised_score, 4),
-            "is_anomalous": self.is_anomalous,
-            "threshold": None if self.threshold is None else round(self.threshold, 4),
-            "pose": {"world_to_camera": [[round(float(v), 6) for v in row] for row in self.pose],
-                     "quaternion_wxyz": [round(v, 6) for v in self.quaternion],
-                     "translation": [round(v, 6) for v in self.translation]},
-            "gallery_matches": [{"id": i, "name": n, "similarity": round(s, 4)}
-                                for i, n, s in zip(self.gallery_ids, self.gallery_names, self.similarities)],
-            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
-            "refine": self.refine,
-        }
-
-
-def resolve_threshold(calibration: Calibration | None, threshold: float) -> float:
-    """A caller's threshold override, checked against the calibration (InspectionError if unusable)."""
-    if calibration is None:
-        raise InspectionError("a threshold override needs a calibrated bundle")
-    try:
-        return calibration.resolve(threshold)
-    except ValueError as exc:
-        raise InspectionError(str(exc)) from exc
+# Inference keys written by earlier versions, with the only value the product still runs.
+_RETIRED = {"fusion": "mean", "backend": "auto", "tolerance": None, "iterative": None}
+_RETIRED_REFINE = {"method": "gpnp+ecc", "detector": "sift", "photometric": False}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -164,223 +116,290 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
+@dataclass
+class Batch:
+    """One call's queries as they pass through the stages."""
+
+    images: Tensor  # [B, H, W, 3] float in [0, 1], on the inspector's device
+    Ks: Tensor  # [B, 3, 3] float64 intrinsics at the bundle's size (CPU)
+    poses: Tensor | None = None  # [B, 4, 4] float64 world-to-camera (CPU), set by the pose mode
+    references: Tensor | None = None  # [B, H, W, 3] float: the normal views, set by Refine or Render
+    matches: list[list[GalleryMatch]] | None = None
+    gallery_ids: Tensor | None = None  # [B, k] best first
+    given_poses: Tensor | None = None  # [B, 4, 4]: known poses (calibration, the lab's oracle)
+    refine: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    _features: object = None  # the match stage's output, for the pose stage
+
+    @cached_property
+    def images_cpu(self) -> Tensor:
+        """A host copy for the stages that run on the CPU (made once)."""
+        return self.images.cpu()
+
+    def timed(self, stage: str, start: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + 1000 * (time.perf_counter() - start)
+
+
+class Match:
+    """IRPRN's encoder on the queries, retrieval of the best ``k`` gallery views."""
+
+    def __init__(self, estimator: PoseEstimator):
+        self.estimator = estimator
+
+    def __call__(self, batch: Batch) -> None:
+        t0 = time.perf_counter()
+        m = self.estimator.match(batch.images_cpu)
+        names = self.estimator.gallery.names
+        batch._features, batch.gallery_ids = m, m.gallery_ids
+        batch.matches = [[GalleryMatch(id=int(g), name=names[int(g)], similarity=float(s)) for g, s in zip(ids, sims)]
+                         for ids, sims in zip(m.gallery_ids, m.similarities)]
+        batch.timed("match", t0)
+
+
+class RelativePose:
+    """IRPRN's pair head on every match, composed with the gallery poses and fused."""
+
+    def __init__(self, estimator: PoseEstimator):
+        self.estimator = estimator
+
+    def __call__(self, batch: Batch) -> None:
+        t0 = time.perf_counter()
+        batch.poses = self.estimator.relative(batch._features)[0]
+        batch.timed("pose", t0)
+
+
+class Refine:
+    """Gallery PnP from IRPRN's pose, one render at the corrected pose (the reference), a
+    depth-warp polish, then the guarded ECC warp of that reference (``models.refine``)."""
+
+    def __init__(self, scene: GaussianScene, gallery: Gallery, cfg: RefineConfig):
+        if gallery.images is None:
+            raise ValueError("pose mode rpe+refine needs the gallery's stored views and depths, which this bundle "
+                             "lacks: rebuild it with rpe-pad train")
+        self.scene, self.gallery, self.cfg = scene, gallery, cfg
+        self.keypoints = gallery_features(gallery, {})  # every gallery view's SIFT keypoints, once per bundle
+
+    def __call__(self, batch: Batch) -> None:
+        t0 = time.perf_counter()
+        pnp = gallery_pnp_refine(self.scene, self.gallery, batch.images_cpu, batch.poses, batch.Ks, batch.gallery_ids,
+                                 self.cfg, cache=self.keypoints)
+        batch.poses = pnp.poses
+        for i, info in enumerate(batch.refine):
+            info.update(pnp_accepted=pnp.accepted[i], pnp_inliers=pnp.inliers[i], pnp_reason=pnp.reasons[i],
+                        pnp_path=pnp.paths[i])
+        warped = []
+        t1 = time.perf_counter()
+        for i, (query, ref) in enumerate(zip(batch.images_cpu.numpy(), pnp.renders)):
+            w, info = ecc_align(query, ref, self.cfg)
+            warped.append(torch.from_numpy(np.ascontiguousarray(w)))
+            batch.refine[i].update(ecc_accepted=info["accepted"], ecc_shift_px=info["shift_px"],
+                                   ecc_reason=info.get("reason", ""))
+        batch.references = torch.stack(warped).to(batch.images.device)
+        # The one render is the one the unrefined pipeline makes too: counted as "render".
+        batch.timings["render"] = batch.timings.get("render", 0.0) + pnp.render_ms
+        batch.timings["refine"] = 1000 * (t1 - t0) - pnp.render_ms + 1000 * (time.perf_counter() - t1)
+
+
+class Render:
+    """The normal object at each query's pose, where no earlier stage left a reference."""
+
+    def __init__(self, scene: GaussianScene, width: int, height: int):
+        self.scene, self.width, self.height = scene, width, height
+
+    def __call__(self, batch: Batch) -> None:
+        if batch.references is not None:
+            return
+        t0 = time.perf_counter()
+        dev = self.scene.means.device
+        out = render(self.scene, batch.poses.float().to(dev), batch.Ks.float().to(dev), self.width, self.height)
+        batch.references = out.colors.clamp(0, 1).to(batch.images.device)
+        batch.timed("render", t0)
+
+
+class Score:
+    """Query vs reference: anomaly maps ``[B, H, W]`` and image scores ``[B]``."""
+
+    def __init__(self, scorer: AnomalyScorer):
+        self.scorer = scorer
+
+    def __call__(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        t0 = time.perf_counter()
+        maps, scores = self.scorer(batch.images, batch.references.to(batch.images.device))
+        maps, scores = maps.cpu(), scores.cpu()
+        batch.timed("score", t0)
+        return maps, scores
+
+
+class RpePose:
+    """Pose mode ``rpe``: the gallery matches and IRPRN's fused relative poses."""
+
+    def __init__(self, inspector: Inspector):
+        if inspector.estimator is None:
+            raise ValueError(f"pose mode {inspector.config.pose!r} needs IRPRN and the gallery")
+        self.stages = [Match(inspector.estimator), RelativePose(inspector.estimator)]
+
+    def __call__(self, batch: Batch) -> None:
+        for stage in self.stages:
+            stage(batch)
+
+
+class RefinedPose(RpePose):
+    """Pose mode ``rpe+refine`` (the default): ``rpe``, then ``Refine``."""
+
+    def __init__(self, inspector: Inspector):
+        super().__init__(inspector)
+        self.stages.append(Refine(inspector.scene, inspector.estimator.gallery, inspector.config.refine))
+
+
+def map_to_camera(image: Tensor, width: int, height: int, K: Tensor, intrinsics: tuple[float, float, float, float] | None,
+                  ) -> Tensor:
+    """A query ``[h, w, 3]`` as the bundle's camera (``K`` at ``width x height``) would see it.
+
+    Without ``intrinsics`` the query is taken to come from the bundle's camera at another
+    resolution: it must have the same aspect ratio and is resized (antialiased bilinear).
+    With the query's ``(fx, fy, cx, cy)`` in its own pixels: the same camera at another
+    resolution is resized as above; another camera (focal length or principal point) is
+    resampled so each bundle pixel reads the query along the same ray (a zoom and shift,
+    exact for a pinhole camera), and refused when the query's view does not cover the
+    bundle's (``InspectionError``)."""
+    h, w = image.shape[:2]
+    K = K.double()
+    if intrinsics is not None:
+        fx, fy, cx, cy = (float(v) for v in intrinsics)
+        if not all(math.isfinite(v) for v in (fx, fy, cx, cy)) or fx <= 0 or fy <= 0:
+            raise InspectionError(f"intrinsics must be finite with fx, fy > 0, got {intrinsics}")
+        same = scale_intrinsics(K, w / width, h / height)
+        want = torch.tensor([same[0, 0], same[1, 1], same[0, 2], same[1, 2]])
+        got = torch.tensor([fx, fy, cx, cy], dtype=torch.float64)
+        if not torch.allclose(got, want, rtol=CAMERA_TOLERANCE, atol=CAMERA_TOLERANCE * max(w, h)):
+            return _resample_camera(image, width, height, K, (fx, fy, cx, cy))
+    want, got = width / height, w / h
+    if abs(got / want - 1) > ASPECT_TOLERANCE:
+        raise InspectionError(f"image is {w} x {h} (aspect {got:.3f}); the bundle's camera gives aspect {want:.3f} "
+                              f"({width} x {height} or a multiple): pass the query's intrinsics if it comes from "
+                              "another camera")
+    t = image.float()
+    if (h, w) != (height, width):
+        t = F.interpolate(t.permute(2, 0, 1)[None], size=(height, width), mode="bilinear", antialias=True,
+                          align_corners=False)[0].permute(1, 2, 0)
+    return t.clamp(0, 1).contiguous()
+
+
+def _resample_camera(image: Tensor, width: int, height: int, K: Tensor, intrinsics: tuple[float, ...]) -> Tensor:
+    """Bundle pixel ``u_b`` reads the query at ``u_q = (u_b - cx_b) fx_q / fx_b + cx_q`` (and
+    likewise in y); refused unless the bundle's whole frame falls inside the query's."""
+    h, w = image.shape[:2]
+    fx, fy, cx, cy = intrinsics
+    ax, ay = fx / float(K[0, 0]), fy / float(K[1, 1])  # query pixels per bundle pixel
+    x0, x1 = (0 - float(K[0, 2])) * ax + cx, (width - float(K[0, 2])) * ax + cx
+    y0, y1 = (0 - float(K[1, 2])) * ay + cy, (height - float(K[1, 2])) * ay + cy
+    slack = 0.01 * max(w, h)
+    if x0 < -slack or y0 < -slack or x1 > w + slack or y1 > h + slack:
+        raise InspectionError(f"the query's camera (fx {fx:.1f}, fy {fy:.1f}, cx {cx:.1f}, cy {cy:.1f} at {w} x {h}) "
+                              "does not see all of what the bundle's camera sees (it would need pixels "
+                              f"x {x0:.0f}..{x1:.0f}, y {y0:.0f}..{y1:.0f}): take the photo with a wider view, or "
+                              "train a bundle for this camera")
+    # Antialias first at the scale of the zoom, then sample the exact sub-pixel window.
+    sw, sh = max(1, round(w / ax)), max(1, round(h / ay))
+    small = F.interpolate(image.float().permute(2, 0, 1)[None], size=(sh, sw), mode="bilinear", antialias=True,
+                          align_corners=False)
+    sx, sy = sw / w, sh / h  # small pixels per query pixel
+    gx = (torch.arange(width, dtype=torch.float64) + 0.5 - float(K[0, 2])) * ax + cx
+    gy = (torch.arange(height, dtype=torch.float64) + 0.5 - float(K[1, 2])) * ay + cy
+    nx, ny = 2 * gx * sx / sw - 1, 2 * gy * sy / sh - 1  # grid_sample's [-1, 1], align_corners=False
+    grid = torch.stack(torch.meshgrid(ny, nx, indexing="ij")[::-1], dim=-1)[None].float()
+    out = F.grid_sample(small, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0].permute(1, 2, 0).clamp(0, 1).contiguous()
+
+
 class Inspector:
     """A category's loaded models and the pipeline over them."""
 
-    def __init__(self, scene: GaussianScene, scorer: AnomalyScorer, calibration: Calibration | None,
+    def __init__(self, scene: GaussianScene, scorer: AnomalyScorer, calibration: Calibration,
                  estimator: PoseEstimator | None, width: int, height: int, K: Tensor, config: InspectorConfig,
                  device: torch.device, name: str, manifest: Manifest | None = None):
-        if config.pose != "oracle" and estimator is None:
-            raise ValueError(f"pose mode {config.pose!r} needs IRPRN and the gallery")
         self.scene, self.scorer, self.calibration, self.estimator = scene, scorer, calibration, estimator
         self.width, self.height, self.K = width, height, K.double()
         self.config, self.device, self.name, self.manifest = config, device, name, manifest
-        self._gallery_keypoints: dict = {}  # gpnp: the gallery views' keypoints
-        rcfg = config.refine
-        if config.pose == "rpe+refine" and rcfg.uses_gallery_pnp:
-            if estimator.gallery.images is None:
-                raise ValueError(f"refinement {rcfg.method!r} needs the gallery's stored views and depths, which this "
-                                 "bundle lacks: rebuild it with rpe-pad train (the gallery stage), or refine with "
-                                 "pnp+ecc (--refine pnp+ecc, RPEPAD_REFINE=pnp+ecc)")
-            gallery_features(estimator.gallery, rcfg, self._gallery_keypoints)  # once, not per query
+        self.locate = registry.resolve(registry.pose_mode(config.pose, lab=True))(self, **config.pose_options)
+        self.render_stage = Render(scene, width, height)
+        self.score_stage = Score(scorer)
 
     # ----------------------------------------------------------------- loading
     @classmethod
-    def load(cls, bundle_dir: Path, config: InspectorConfig | None = None, device: str = "auto") -> Inspector:
-        """From a bundle, after checking it completely (``models.bundle.open_bundle``)."""
+    def load(cls, bundle_dir: Path, device: str = "auto", **overrides) -> Inspector:
+        """From a bundle, after checking it completely (``models.bundle.open_bundle``), with
+        its manifest's inference settings and the caller's ``overrides`` (InspectorConfig
+        fields; None = the bundle's)."""
         bundle_dir = Path(bundle_dir)
         manifest = open_bundle(bundle_dir)
-        config = config or InspectorConfig()
-        if config.backend == "torch":
-            raise ValueError("bundles carry IRPRN as ONNX only: use backend auto or onnx")
+        try:
+            config = InspectorConfig.from_manifest(manifest.inference, **overrides)
+        except ValueError as exc:
+            raise BundleError(f"{bundle_dir}: {exc}") from exc
         dev = resolve_device(device)
         scene = GaussianScene.load(bundle_dir / FILES["scene"], device=dev)
         calib = Calibration.model_validate_json((bundle_dir / FILES["calibration"]).read_text())
-        scorer, calib = _scorer(calib, config.tolerance)
-        estimator = None
-        if config.pose != "oracle":
-            irprn, unit = load_irprn_config(bundle_dir / FILES["irprn_config"])
-            gallery = Gallery.load(bundle_dir / FILES["gallery"])
-            estimator = PoseEstimator.from_onnx(
-                bundle_dir / FILES["encoder"], bundle_dir / FILES["pair_head"], gallery, unit, irprn.input_size,
-                device=device, translation=irprn.translation,
-                k=config.k, fusion=config.fusion, scene=scene)
+        irprn, unit = load_irprn_config(bundle_dir / FILES["irprn_config"])
+        gallery = Gallery.load(bundle_dir / FILES["gallery"])
+        estimator = PoseEstimator.from_onnx(bundle_dir / FILES["encoder"], bundle_dir / FILES["pair_head"], gallery,
+                                            unit, irprn.input_size, device=device, k=config.k)
         cam = manifest.camera
-        return cls(scene, scorer.to(dev), calib, estimator, cam.width, cam.height, torch.tensor(cam.K), config, dev,
-                   manifest.category, manifest)
-
-    @classmethod
-    def from_work_dir(cls, work_dir: Path, config: InspectorConfig | None = None, device: str = "auto",
-                      camera: tuple[int, int, Tensor] | None = None) -> Inspector:
-        """From a training work folder (stage outputs, no manifest, nothing verified): for
-        evaluating partial or ablation runs. Services load bundles only. ``camera``:
-        (width, height, K) of the queries when the folder has no gallery to read them from."""
-        work_dir = Path(work_dir)
-        config = config or InspectorConfig()
-        dev = resolve_device(device)
-        scene_path = work_dir / FILES["scene"]
-        if not scene_path.is_file():
-            raise FileNotFoundError(f"{work_dir}: neither a bundle (manifest.json) nor a training folder ({FILES['scene']})")
-        scene = GaussianScene.load(scene_path, device=dev)
-        calib_path = work_dir / FILES["calibration"]
-        calib = Calibration.model_validate_json(calib_path.read_text()) if calib_path.is_file() else None
-        scorer, calib = _scorer(calib, config.tolerance)
-        estimator = None
-        if config.pose != "oracle":
-            estimator = PoseEstimator.from_bundle(work_dir, backend=config.backend, device=device, k=config.k,
-                                                  fusion=config.fusion, scene=scene)
-        width, height, K = camera if camera is not None else _camera_of(work_dir)
-        return cls(scene, scorer.to(dev), calib, estimator, width, height, K, config, dev, work_dir.name)
-
-    @classmethod
-    def open(cls, path: Path, config: InspectorConfig | None = None, device: str = "auto",
-             camera: tuple[int, int, Tensor] | None = None) -> Inspector:
-        """A bundle when ``path`` has a manifest, else a training work folder."""
-        if (Path(path) / "manifest.json").exists():
-            return cls.load(path, config, device)
-        return cls.from_work_dir(path, config, device, camera)
+        return cls(scene, AnomalyScorer.from_config(calib.scorer).to(dev), calib, estimator, cam.width, cam.height,
+                   torch.tensor(cam.K), config, dev, manifest.category, manifest)
 
     # ------------------------------------------------------------ the pipeline
-    def prepare(self, image: np.ndarray) -> Tensor:
-        """An RGB float image ``[H, W, 3]`` of any size with the bundle's aspect ratio ->
-        ``[h, w, 3]`` at the bundle's size (antialiased bilinear)."""
+    def prepare(self, image: np.ndarray, intrinsics: tuple[float, float, float, float] | None = None) -> Tensor:
+        """An RGB float image ``[H, W, 3]`` -> ``[h, w, 3]`` as the bundle's camera sees it
+        (``map_to_camera``; ``intrinsics``: the query's fx, fy, cx, cy in its own pixels)."""
         if image.ndim != 3 or image.shape[2] != 3:
             raise InspectionError(f"expected an RGB image [H, W, 3], got shape {tuple(image.shape)}")
-        h, w = image.shape[:2]
-        want, got = self.width / self.height, w / h
-        if abs(got / want - 1) > ASPECT_TOLERANCE:
-            raise InspectionError(f"image is {w} x {h} (aspect {got:.3f}); category {self.name!r} needs aspect "
-                                  f"{want:.3f} ({self.width} x {self.height} or a multiple)")
         t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        if (h, w) != (self.height, self.width):
-            t = F.interpolate(t.permute(2, 0, 1)[None], size=(self.height, self.width), mode="bilinear",
-                              antialias=True, align_corners=False)[0].permute(1, 2, 0)
-        return t.clamp(0, 1).contiguous()
+        return map_to_camera(t, self.width, self.height, self.K, intrinsics)
 
-    @torch.no_grad()
-    def inspect(self, images: Tensor, true_poses: Tensor | None = None, threshold: float | None = None) -> list[Inspection]:
-        """Inspect ``images [B, H, W, 3]`` (at the bundle's size: see ``prepare``).
-
-        ``true_poses [B, 4, 4]``: for pose mode ``oracle`` only. ``threshold``: overrides
-        the calibrated one for the decision and the normalisation."""
+    def start(self, images: Tensor) -> Batch:
+        """A batch of prepared images ``[B, H, W, 3]`` on the inspector's device."""
         if images.ndim != 4 or images.shape[1:] != (self.height, self.width, 3):
             raise InspectionError(f"expected images [B, {self.height}, {self.width}, 3], got {tuple(images.shape)}")
-        if threshold is not None:
-            resolve_threshold(self.calibration, threshold)  # fail before any work
-        cfg = self.config
         b = len(images)
-        images = images.float().cpu()
-        Ks = self.K[None].expand(b, 3, 3).clone()
-        t_start = time.perf_counter()
-        timings: dict[str, float] = {}
-        ids = sims = None
-        refine_info: list[dict] = [{} for _ in range(b)]
-        if cfg.pose == "oracle":
-            if true_poses is None or true_poses.shape != (b, 4, 4):
-                raise InspectionError("pose mode 'oracle' needs the true poses [B, 4, 4]")
-            poses = true_poses.double().cpu()
-        else:
-            mode = {"rpe+refine": "rpe", "iterative": "retrieval"}.get(cfg.pose, cfg.pose)
-            result = self.estimator.estimate(images, mode=mode, Ks=Ks)
-            poses, ids, sims = result.poses, result.gallery_ids, result.similarities
-            timings.update(result.timings_ms)
-        if cfg.pose == "iterative":
-            t0 = time.perf_counter()
-            poses = iterative_refine(self.scene, images, poses, Ks, cfg.iterative)
-            timings["optimise"] = 1000 * (time.perf_counter() - t0)
-        refine_ms = render_ms = 0.0
-        rcfg = cfg.refine
-        refining = cfg.pose == "rpe+refine" and rcfg.method != "none"
-        rendered: Tensor | None = None  # PnP's verification renders at the final poses, when at our size
-        stale: list[int] = []  # queries whose pose changed after those renders
-        if refining and (rcfg.uses_pnp or rcfg.uses_gallery_pnp):
-            t0 = time.perf_counter()
-            if rcfg.uses_pnp:
-                pnp = pnp_refine(self.scene, images, poses, Ks, rcfg)
-            else:
-                pnp = gallery_pnp_refine(self.scene, self.estimator.gallery, images, poses, Ks, ids, rcfg,
-                                         cache=self._gallery_keypoints)
-            poses = pnp.poses
-            render_ms = pnp.render_ms  # the render the unrefined pipeline makes too: counted as "render"
-            if pnp.renders is not None and pnp.renders.shape[1:3] == (self.height, self.width):
-                rendered = torch.from_numpy(pnp.renders)
-            for i in range(b):
-                refine_info[i].update(pnp_accepted=pnp.accepted[i], pnp_inliers=pnp.inliers[i], pnp_reason=pnp.reasons[i])
-                if pnp.paths:
-                    refine_info[i]["pnp_path"] = pnp.paths[i]
-            if rcfg.photometric:  # render-and-compare where PnP could not correct the pose
-                failed = [i for i in range(b) if not pnp.accepted[i]]
-                photo = photometric_refine(self.scene, images, poses, Ks, rcfg, todo=failed)
-                poses = photo.poses
-                stale = [i for i in failed if photo.accepted[i]]
-                for i in failed:
-                    refine_info[i].update(photo_accepted=photo.accepted[i], photo_reason=photo.reasons[i])
-            refine_ms += 1000 * (time.perf_counter() - t0) - render_ms
+        return Batch(images=images.float().to(self.device), Ks=self.K[None].expand(b, 3, 3).clone(),
+                     refine=[{} for _ in range(b)])
+
+    @torch.no_grad()
+    def inspect(self, images: Tensor, threshold: float | None = None) -> list[Inspection]:
+        """Inspect ``images [B, H, W, 3]`` (at the bundle's size: see ``prepare``);
+        ``threshold`` overrides the calibrated one."""
+        resolve_threshold(self.calibration, threshold)  # fail before any work
+        batch = self.start(images)
         t0 = time.perf_counter()
-        if rendered is None:
-            ref = render(self.scene, poses.float(), Ks.float(), self.width, self.height).colors.clamp(0, 1).cpu()
-        else:  # the reference is PnP's last verification render: no second render of the same pose
-            ref = rendered.clone()
-            if stale:
-                ref[stale] = render(self.scene, poses[stale].float(), Ks[stale].float(), self.width,
-                                    self.height).colors.clamp(0, 1).cpu()
-        timings["render"] = 1000 * (time.perf_counter() - t0) + render_ms
-        if refining and rcfg.uses_ecc:
-            t0 = time.perf_counter()
-            warped = []
-            for i, (qi, ri) in enumerate(zip(images.numpy(), ref.numpy())):
-                w, info = ecc_align(qi, ri, rcfg)
-                warped.append(torch.from_numpy(np.ascontiguousarray(w)))
-                refine_info[i].update(ecc_accepted=info["accepted"], ecc_shift_px=info["shift_px"],
-                                      ecc_reason=info.get("reason", ""))
-            ref = torch.stack(warped)
-            refine_ms += 1000 * (time.perf_counter() - t0)
-        if refining:
-            timings["refine"] = refine_ms
-        t0 = time.perf_counter()
-        maps, scores = self.scorer(images.to(self.device), ref.to(self.device))
-        maps, scores = maps.cpu(), scores.cpu()
-        timings["score"] = 1000 * (time.perf_counter() - t0)
-        timings["total"] = 1000 * (time.perf_counter() - t_start)
-        per_image = {k: v / b for k, v in timings.items()}
-        calib = self.calibration
-        names = self.estimator.gallery.names if self.estimator is not None else []
-        out = []
-        for i in range(b):
-            score = float(scores[i])
-            gids = [] if ids is None else [int(g) for g in ids[i]]
-            out.append(Inspection(
-                score=score,
-                normalised_score=None if calib is None else float(calib.normalise(score, threshold)),
-                is_anomalous=None if calib is None else bool(calib.decide(score, threshold)),
-                threshold=None if calib is None else float(calib.resolve(threshold)),
-                anomaly_map=maps[i].numpy().astype(np.float32),
-                pose=poses[i].double().numpy(),
-                gallery_ids=gids,
-                gallery_names=[names[g] for g in gids],
-                similarities=[] if sims is None else [float(s) for s in sims[i]],
-                reference=ref[i].numpy(),
-                timings_ms=dict(per_image),
-                refine=refine_info[i],
-                calibration=calib,
-            ))
-        return out
+        self.locate(batch)
+        return self.finish(batch, t0, threshold)
+
+    @torch.no_grad()
+    def finish(self, batch: Batch, t0: float, threshold: float | None = None) -> list[Inspection]:
+        """Render (where no stage did), score and decide a located batch (``t0``: its start)."""
+        self.render_stage(batch)
+        maps, scores = self.score_stage(batch)
+        batch.timed("total", t0)
+        b = len(batch.images)
+        per_image = {k: v / b for k, v in batch.timings.items()}
+        refs = batch.references.cpu().numpy()
+        return [Inspection.build(self.calibration, float(scores[i]), maps[i].numpy().astype(np.float32), refs[i],
+                                 batch.poses[i].double().cpu().numpy(), batch.matches[i] if batch.matches else [],
+                                 dict(per_image), batch.refine[i], threshold)
+                for i in range(b)]
 
     def figure(self, image: np.ndarray, inspection: Inspection, title: str = "") -> Image.Image:
         """query | rendered reference | anomaly overlay with the decision contour."""
-        norm = inspection.normalised_map()
-        if norm is None:  # uncalibrated: scale by this map's own maximum
-            norm = inspection.anomaly_map / max(float(inspection.anomaly_map.max()), 1e-12)
-        verdict = {True: "ANOMALOUS", False: "normal", None: "no threshold"}[inspection.is_anomalous]
-        caption = f"{verdict}: {inspection.score:.0f}" + ("" if inspection.threshold is None else f" / {inspection.threshold:.0f}")
-        return side_by_side(image, inspection.reference, norm, title=title,
+        verdict = "ANOMALOUS" if inspection.is_anomalous else "normal"
+        caption = f"{verdict}: {inspection.score:.0f} / {inspection.threshold:.0f}"
+        return side_by_side(image, inspection.reference, inspection.normalised_map(), title=title,
                             captions=("query", "rendered reference", caption))
 
     def warm_up(self, batch: int = 1) -> float:
         """Run one batch of ``batch`` of the gallery's own views through the pipeline, so
         that buffers, ONNX sessions and caches exist before the first real query (the
-        service does this before it reports ready); returns the seconds it took. Nothing to
-        do in pose mode ``oracle`` (evaluation only: no gallery)."""
+        service does this before it reports ready); returns the seconds it took."""
         if self.estimator is None:
             return 0.0
         gallery = self.estimator.gallery
@@ -392,45 +411,39 @@ class Inspector:
         self.inspect(images)
         return time.perf_counter() - start
 
-    def describe(self) -> dict:
+    def describe(self) -> CategoryInfo:
         """What a client needs to know about the loaded category."""
-        m = self.manifest
-        return {
-            "category": self.name,
-            "bundle_format_version": m.format_version if m else None,
-            "bundle_created": m.created.isoformat() if m else None,
-            "image_size": [self.width, self.height],
-            "gallery_size": len(self.estimator.gallery) if self.estimator is not None else 0,
-            "threshold": None if self.calibration is None else self.calibration.threshold,
-            "pose_mode": self.config.pose,
-            "device": str(self.device),
-        }
+        m, K = self.manifest, self.K
+        return CategoryInfo(
+            category=self.name,
+            bundle_format_version=m.format_version if m else 0,
+            bundle_created=m.created.isoformat() if m else "",
+            image_size=[self.width, self.height],
+            intrinsics=[float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])],
+            gallery_size=len(self.estimator.gallery) if self.estimator is not None else 0,
+            threshold=self.calibration.threshold,
+            pose_mode=self.config.pose,
+            device=str(self.device),
+        )
 
 
-def _scorer(calib: Calibration | None, tolerance: int | None) -> tuple[AnomalyScorer, Calibration | None]:
-    """The calibrated scorer, or (with another tolerance) a fresh one and no calibration."""
-    if calib is not None and (tolerance is None or tolerance == calib.scorer["tolerance"]):
-        return AnomalyScorer.from_config(calib.scorer), calib
-    return AnomalyScorer(**({} if tolerance is None else {"tolerance": tolerance})), None
+def compare_at_poses(scene: GaussianScene, scorer: AnomalyScorer, images: Tensor, poses: Tensor, Ks: Tensor,
+                     ) -> tuple[Tensor, Tensor]:
+    """The pipeline's tail at known poses (``Render`` + ``Score``): anomaly maps ``[B, H, W]``
+    and scores ``[B]`` of ``images [B, H, W, 3]`` against renders at world-to-camera ``poses``
+    with intrinsics ``Ks``. The calibration stage scores normal views with it."""
+    h, w = images.shape[1:3]
+    device = scene.means.device
+    batch = Batch(images=images.float().to(device), Ks=Ks.double().cpu(), poses=poses.double().cpu())
+    Render(scene, w, h)(batch)
+    return Score(scorer.to(device))(batch)
 
 
-def _camera_of(work_dir: Path) -> tuple[int, int, Tensor]:
-    """Image size and intrinsics of a work folder, from its stored gallery views."""
-    gallery_path = work_dir / FILES["gallery"]
-    if gallery_path.is_file():
-        g = Gallery.load(gallery_path)
-        if g.K is not None and g.images is not None:
-            return int(g.images.shape[2]), int(g.images.shape[1]), g.K.double()
-    raise FileNotFoundError(f"{work_dir}: no gallery views to read the camera from (build the gallery stage, or pass "
-                            "the camera)")
-
-
-
-
-def load_bundles(bundles_dir: Path, config: InspectorConfig | None = None, device: str = "auto",
-                 on_error=None) -> tuple[dict[str, Inspector], dict[str, str]]:
+def load_bundles(bundles_dir: Path, device: str = "auto", on_error=None,
+                 **overrides) -> tuple[dict[str, Inspector], dict[str, str]]:
     """Every valid bundle under ``bundles_dir`` by category, and the refused ones with the
-    reason (``on_error(path, reason)`` is called for each, e.g. to log it)."""
+    reason (``on_error(path, reason)`` is called for each, e.g. to log it); ``overrides``
+    as in ``Inspector.load``."""
     loaded: dict[str, Inspector] = {}
     refused: dict[str, str] = {}
     bundles_dir = Path(bundles_dir)
@@ -438,7 +451,7 @@ def load_bundles(bundles_dir: Path, config: InspectorConfig | None = None, devic
         raise FileNotFoundError(f"{bundles_dir}: bundles directory does not exist")
     for path in find_bundles(bundles_dir):
         try:
-            loaded[path.name] = Inspector.load(path, config, device)
+            loaded[path.name] = Inspector.load(path, device, **overrides)
         except Exception as exc:  # noqa: BLE001 (any failure refuses this bundle only, with its reason)
             refused[path.name] = str(exc) if isinstance(exc, BundleError) else f"{path}: {type(exc).__name__}: {exc}"
             if on_error is not None:

@@ -33,7 +33,7 @@ def session(path: Path, device: str = "auto") -> ort.InferenceSession:
     # No spin-waiting after a run: ONNX Runtime's pool threads otherwise keep the cores
     # busy while the render and the scorer (torch) run next. On this 2-core CPU, batch-4
     # throughput of the default pipeline rose from 2.86-2.93 to 3.20-3.23 queries/s and the
-    # batch-1 pose stage fell from 23-26 to 7-8 ms (rpe-pad bench, docs/SERVICE.md).
+    # batch-1 pose stage fell from 23-26 to 7-8 ms (rpe-pad lab bench, docs/SERVICE.md).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers(device))
 

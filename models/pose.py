@@ -1,27 +1,24 @@
 """Query pose from one forward pass: gallery match -> IRPRN relative poses -> absolute pose.
 
-``PoseEstimator.estimate(images)``:
+``PoseEstimator``, in two steps that the Inspector times as its ``match`` and ``pose`` stages:
 
-1. encode the queries (IRPRN's encoder, one pass) and take their descriptors, pooled on
-   the gallery's grid (``Gallery.grid``);
-2. retrieve the top-K gallery views by cosine similarity (``models.gallery``);
-3. run the pair head on the K (query, gallery view) pairs in one batch; the last stage's
-   ``(q, t)`` gives the query pose from the gallery pose (``P_q = P_rel P_g``, decoded by
-   ``models.irprn.compose_query_poses`` in the network's translation parametrisation);
-4. fuse the K absolute poses (``fusion``): ``top1`` keeps the best-matching pair's,
-   ``mean`` averages rotations (the principal eigenvector of the weighted quaternion outer
-   products, Markley's average) and camera centres, weighted by the MPTS rank weights;
-   ``render`` renders the K candidates small (``select_size`` px) and keeps the one whose
-   render differs least from the query (mean absolute difference; needs the scene).
+1. ``match(images)``: encode the queries (IRPRN's encoder, one pass), pool their
+   descriptors on the gallery's grid (``Gallery.grid``) and retrieve the top-``k`` gallery
+   views by cosine similarity (``models.gallery``);
+2. ``relative(matches)``: run the pair head on the ``k`` (query, gallery view) pairs in one
+   batch; the last stage's ``(q, t)`` gives the query pose from the gallery pose
+   (``P_q = P_rel P_g``, decoded by ``models.irprn.compose_query_poses``); the ``k``
+   absolute poses are averaged (rotations by Markley's quaternion average, camera centres
+   by their mean), weighted by the MPTS rank weights.
 
-Pose mode ``retrieval`` stops after step 2 and returns the best gallery view's pose.
-Backends: ONNX Runtime sessions (the bundle's ``encoder.onnx`` / ``pair_head.onnx``, CUDA
-when present) or the PyTorch modules (training, tests).
+``estimate`` runs both. Backends: ONNX Runtime sessions (a bundle's ``encoder.onnx`` /
+``pair_head.onnx``, CUDA when present) or the PyTorch modules (training, tests).
+Measured and retired (docs/POSE.md): test-time roll copies, and fusing by the best
+candidate (``top1``: the same as ``k = 1``) or by rendering the candidates.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,25 +27,21 @@ from pathlib import Path
 import kornia.geometry.transform as KT
 import torch
 
-from models.camera import camera_center, make_pose, quat_to_rotmat, roll_pose, rotmat_to_quat, scale_intrinsics
+from models.camera import camera_center, make_pose, quat_to_rotmat, rotmat_to_quat
 from models.gallery import Gallery
-from models.hashing import sha256_file
-from models.irprn import (
-    IRPRN,
-    LEGACY,
-    compose_query_poses,
-    descriptor,
-    load_irprn,
-    load_irprn_config,
-    mpts_weights,
-    to_input,
-)
-from models.splat.scene import render
+from models.irprn import IRPRN, compose_query_poses, descriptor, mpts_weights, to_input
 
 Tensor = torch.Tensor
-FUSIONS = ("top1", "mean", "render")
-MODES = ("rpe", "retrieval")
 DEFAULT_K = 3  # gallery matches fused per query (docs/POSE.md, revision 5)
+
+
+@dataclass
+class Matches:
+    """The ``match`` step's output for ``B`` queries."""
+
+    features: Tensor  # [B, ...] the queries' encoder features (the pair head's input)
+    gallery_ids: Tensor  # [B, k] best first
+    similarities: Tensor  # [B, k] cosine similarities, descending
 
 
 @dataclass
@@ -58,15 +51,6 @@ class PoseResult:
     gallery_ids: Tensor  # [B, K]
     similarities: Tensor  # [B, K]
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-
-def _onnx_matches_weights(irprn_dir: Path) -> bool:
-    """True when ``onnx.json`` says the graphs were exported from the current weights."""
-    try:
-        manifest = json.loads((irprn_dir / "onnx.json").read_text())
-        return manifest["weights_sha256"] == sha256_file(irprn_dir / "weights.safetensors")
-    except (OSError, ValueError, KeyError):
-        return False
 
 
 def roll_images(images: Tensor, angle_deg: Tensor | float) -> Tensor:
@@ -91,21 +75,14 @@ def average_poses(poses: Tensor, weights: Tensor) -> Tensor:
 
 
 class PoseEstimator:
-    def __init__(self, gallery: Gallery, encode: Callable[[Tensor], Tensor], head: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
-                 unit: float, input_size: int, grid: int, k: int = DEFAULT_K, fusion: str = "mean", scene=None,
-                 select_size: int = 64, translation: str = LEGACY["translation"], rolls: tuple[float, ...] = (0.0,)):
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-        if fusion == "render" and scene is None:
-            raise ValueError("fusion 'render' needs the Gaussian scene")
-        self.scene, self.select_size = scene, select_size
+    def __init__(self, gallery: Gallery, encode: Callable[[Tensor], Tensor],
+                 head: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], unit: float, input_size: int, grid: int,
+                 k: int = DEFAULT_K):
+        if k < 1:
+            raise ValueError(f"k (gallery matches per query) must be >= 1, got {k}")
         self.gallery, self._encode, self._head = gallery, encode, head
-        self.unit, self.input_size, self.grid, self.k, self.fusion = unit, input_size, grid, k, fusion
-        self.translation = translation  # IRPRN's t parametrisation (models.irprn.IRPRNConfig)
-        rolls = tuple(float(a) for a in rolls)
-        if not rolls or rolls[0] != 0.0:
-            raise ValueError(f"rolls must start with 0 (the query as taken), got {rolls}")
-        self.rolls = rolls
+        self.unit, self.input_size, self.grid, self.k = unit, input_size, grid, k
+        self.providers = ["torch"]  # where the network runs (ONNX Runtime's providers when exported)
 
     @classmethod
     def from_torch(cls, net: IRPRN, gallery: Gallery, unit: float, **kw) -> PoseEstimator:
@@ -115,8 +92,7 @@ class PoseEstimator:
         def head(fq: Tensor, fg: Tensor) -> tuple[Tensor, Tensor]:
             return net.head(fq, fg)
 
-        return cls(gallery, torch.no_grad()(net.encoder), head, unit, net.cfg.input_size, gallery.grid,
-                   translation=net.cfg.translation, **kw)
+        return cls(gallery, torch.no_grad()(net.encoder), head, unit, net.cfg.input_size, gallery.grid, **kw)
 
     @classmethod
     def from_onnx(cls, encoder_path: Path, head_path: Path, gallery: Gallery, unit: float, input_size: int,
@@ -136,77 +112,29 @@ class PoseEstimator:
         est.providers = enc.get_providers()
         return est
 
-    @classmethod
-    def from_bundle(cls, bundle_dir: Path, backend: str = "auto", device: str = "auto", **kw) -> PoseEstimator:
-        """From ``irprn/`` and ``gallery/`` of a bundle: ONNX Runtime when the exported
-        graphs are there (``backend="auto"`` or ``"onnx"``), else the PyTorch weights."""
-        irprn_dir = bundle_dir / "irprn"
-        for needed in (bundle_dir / "gallery" / "gallery.safetensors", irprn_dir / "config.json"):
-            if not needed.is_file():
-                raise FileNotFoundError(f"{needed} is missing: build the pose stages first "
-                                        "(rpe-pad train ... --stages rvss,irprn,gallery,onnx)")
-        gallery = Gallery.load(bundle_dir / "gallery" / "gallery.safetensors")
-        enc, head = irprn_dir / "encoder.onnx", irprn_dir / "pair_head.onnx"
-        onnx_ok = enc.is_file() and head.is_file() and _onnx_matches_weights(irprn_dir)
-        if backend == "onnx" and not onnx_ok:
-            raise FileNotFoundError(f"{irprn_dir}: no ONNX graphs exported from the current weights: run the onnx stage "
-                                    "(rpe-pad train ... --stages onnx)")
-        if backend == "onnx" or (backend == "auto" and onnx_ok):
-            cfg, unit = load_irprn_config(irprn_dir / "config.json")
-            return cls.from_onnx(enc, head, gallery, unit, cfg.input_size, device=device,
-                                 translation=cfg.translation, **kw)
-        if backend not in ("auto", "torch"):
-            raise ValueError(f"backend must be auto, onnx or torch, got {backend!r}")
-        net, unit = load_irprn(irprn_dir)
-        return cls.from_torch(net, gallery, unit, **kw)
-
-    def estimate(self, images: Tensor, mode: str = "rpe", Ks: Tensor | None = None) -> PoseResult:
-        """Poses of ``[B, H, W, 3]`` query images in [0, 1] (``Ks [B, 3, 3]``, the queries'
-        intrinsics, only for ``fusion="render"``)."""
-        if mode not in MODES:
-            raise ValueError(f"pose mode must be one of {MODES}, got {mode!r}")
-        t0 = time.perf_counter()
-        b, r = len(images), (1 if mode == "retrieval" else len(self.rolls))
-        views = images if r == 1 else torch.cat([images] + [roll_images(images, a) for a in self.rolls[1:]])
-        feats = self._encode(to_input(views, self.input_size))  # [R * B, ...], roll-major
+    def match(self, images: Tensor) -> Matches:
+        """The top-``k`` gallery views of ``[B, H, W, 3]`` query images in [0, 1]."""
+        feats = self._encode(to_input(images.cpu(), self.input_size))
         sims, ids = self.gallery.top_k(descriptor(feats, self.grid), self.k)
-        t2 = time.perf_counter()
-        # "match": encoder pass + retrieval; "pose": pair heads + composition + fusion.
-        timings = {"match": 1000 * (t2 - t0)}
-        k = ids.shape[1]
-        g_poses = self.gallery.poses[ids]  # [R * B, K, 4, 4]
-        if mode == "retrieval":
-            return PoseResult(g_poses[:, 0].clone(), g_poses, ids, sims, timings)
-        fq = feats[:, None].expand(r * b, k, *feats.shape[1:]).reshape(r * b * k, *feats.shape[1:])
-        q, t = self._head(fq, self.gallery.features[ids.flatten()])
-        cands = compose_query_poses(q[:, -1].double(), t[:, -1].double(), g_poses.flatten(0, 1), self.unit,
-                                    self.translation).view(r, b, k, 4, 4)
-        if r > 1:  # the poses of the rolled copies, turned back: candidates of the query itself
-            angles = torch.tensor(self.rolls, dtype=cands.dtype).view(r, 1, 1)
-            cands = roll_pose(cands, -angles.expand(r, b, k))
-        cands = cands.permute(1, 0, 2, 3, 4).reshape(b, r * k, 4, 4)  # [B, R * K], the query as taken first
-        ids, sims = ids[:b], sims[:b]
-        if self.fusion == "top1" or k * r == 1:
-            fused = cands[:, 0].clone()
-        elif self.fusion == "mean":
-            fused = average_poses(cands, mpts_weights(k).repeat(r))
-        else:
-            if Ks is None:
-                raise ValueError("fusion 'render' needs the queries' intrinsics (Ks)")
-            best = self._render_select(images, cands, Ks)
-            fused = cands[torch.arange(b), best]
-        timings["pose"] = 1000 * (time.perf_counter() - t2)
-        return PoseResult(fused, cands, ids, sims, timings)
+        return Matches(feats, ids, sims)
 
-    @torch.no_grad()
-    def _render_select(self, images: Tensor, cands: Tensor, Ks: Tensor) -> Tensor:
-        """Index [B] of the candidate whose small render is closest to the query (L1)."""
-        b, k = cands.shape[:2]
-        h, w = images.shape[1:3]
-        sw, sh = self.select_size, max(1, round(self.select_size * h / w))
-        K_small = scale_intrinsics(Ks.double(), sw / w, sh / h)
-        out = render(self.scene, cands.flatten(0, 1).float(), K_small.repeat_interleave(k, 0).float(), sw, sh).colors.cpu()
-        small = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2).float(), size=(sh, sw), mode="bilinear",
-                                                antialias=True, align_corners=False).permute(0, 2, 3, 1)
-        err = (out.clamp(0, 1).view(b, k, sh, sw, 3) - small[:, None]).abs().mean(dim=(2, 3, 4))
-        return err.argmin(dim=1)
+    def relative(self, matches: Matches) -> tuple[Tensor, Tensor]:
+        """Query poses ``[B, 4, 4]`` float64 from the pair head on every match, fused, and the
+        candidates before fusion ``[B, k, 4, 4]``."""
+        feats, ids = matches.features, matches.gallery_ids
+        b, k = ids.shape
+        fq = feats[:, None].expand(b, k, *feats.shape[1:]).reshape(b * k, *feats.shape[1:])
+        q, t = self._head(fq, self.gallery.features[ids.flatten()])
+        cands = compose_query_poses(q[:, -1].double(), t[:, -1].double(), self.gallery.poses[ids].flatten(0, 1),
+                                    self.unit).view(b, k, 4, 4)
+        fused = cands[:, 0].clone() if k == 1 else average_poses(cands, mpts_weights(k))
+        return fused, cands
+
+    def estimate(self, images: Tensor) -> PoseResult:
+        """``match`` then ``relative``, timed as the Inspector's ``match`` and ``pose`` stages."""
+        t0 = time.perf_counter()
+        m = self.match(images)
+        t1 = time.perf_counter()
+        fused, cands = self.relative(m)
+        timings = {"match": 1000 * (t1 - t0), "pose": 1000 * (time.perf_counter() - t1)}
+        return PoseResult(fused, cands, m.gallery_ids, m.similarities, timings)

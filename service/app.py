@@ -26,33 +26,21 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from PIL import Image
 
-from models.inspector import (
-    Inspection,
-    InspectionError,
-    Inspector,
-    InspectorConfig,
-    load_bundles,
-    resolve_threshold,
-)
-from models.refine import RefineConfig
+from models.camera import parse_intrinsics
+from models.inspector import Inspection, InspectionError, Inspector, load_bundles
+from models.results import resolve_threshold
 from models.version import package_version
 from service import problems
 from service.batching import CategoryBatcher
 from service.problems import ServiceError
-from service.schemas import (
-    BatchOut,
-    Categories,
-    CategoryInfo,
-    GalleryMatch,
-    Health,
-    InspectionOut,
-    Pose,
-)
+from service.schemas import BatchOut, Categories, Health, InspectionOut
 from service.settings import Settings, get_settings
 from service.telemetry import Telemetry
 from service.uploads import check_media_type, decode, read_limited
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+INTRINSICS_HELP = ("the photo's camera as 'fx,fy,cx,cy' in its own pixels, when it is not the bundle's camera at "
+                   "another resolution (GET /categories gives the bundle's)")
 
 
 class State:
@@ -99,11 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     log = logging.getLogger("rpe_pad.service")
 
     async def load(state: State) -> None:
-        config = InspectorConfig(pose=settings.pose, refine=RefineConfig(method=settings.refine))
         try:
             loaded, refused = await asyncio.to_thread(
-                load_bundles, settings.bundles, config, settings.device,
-                lambda path, reason: log.error("bundle refused: %s", reason))
+                load_bundles, settings.bundles, settings.device,
+                lambda path, reason: log.error("bundle refused: %s", reason), pose=settings.pose)
         except Exception as exc:  # noqa: BLE001 (the service stays up and says why it is not ready)
             state.load_error = str(exc)
             log.error("loading bundles failed: %s", exc)
@@ -191,20 +178,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/categories", response_model=Categories, dependencies=[Depends(authorised)], tags=["inspection"])
     async def categories(state: Ready) -> Categories:
         """The loaded categories (and the bundles that were refused, with the reason)."""
-        return Categories(categories=[CategoryInfo(**i.describe()) for i in state.inspectors.values()],
+        return Categories(categories=[i.describe() for i in state.inspectors.values()],
                           refused=state.refused)
 
-    async def _prepare(state: State, category: str, upload: UploadFile):
+    async def _prepare(state: State, category: str, upload: UploadFile, intrinsics: str | None = None):
         inspector = state.inspectors.get(category)
         if inspector is None:
             raise ServiceError(404, f"unknown category {category!r}; loaded: {sorted(state.inspectors)}")
         check_media_type(upload)
         data = await read_limited(upload, state.settings.max_upload_bytes)
         name = upload.filename or "upload"
+        camera = _parse_intrinsics(intrinsics)
+
         def decode_and_prepare():
             image = decode(data, name, state.settings, inspector.scene.background)
             try:
-                return inspector.prepare(image)
+                return inspector.prepare(image, camera)
             except InspectionError as exc:
                 raise ServiceError(422, f"{name}: {exc}") from exc
 
@@ -214,7 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if threshold is None:
             return
         try:
-            resolve_threshold(inspector.calibration, threshold)
+            resolve_threshold(inspector.calibration, threshold)  # the one check, before any work
         except InspectionError as exc:
             raise ServiceError(422, f"threshold: {exc}") from exc
 
@@ -231,18 +220,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def _out(request: Request, category: str, filename: str | None, result: Inspection, image, include_map: bool,
              include_overlay: bool, inspector: Inspector) -> InspectionOut:
-        s = result.summary()
-        out = InspectionOut(request_id=request.state.request_id, category=category, filename=filename,
-                            score=s["score"], normalised_score=s["normalised_score"], is_anomalous=s["is_anomalous"],
-                            threshold=s["threshold"], pose=Pose(**s["pose"]),
-                            gallery_matches=[GalleryMatch(**m) for m in s["gallery_matches"]],
-                            timings_ms=s["timings_ms"], refine=s["refine"])
-        if include_map:
-            norm = result.normalised_map()
-            out.anomaly_map_png = _png_b64(Image.fromarray(np.round(norm * 255).astype(np.uint8), mode="L"))
-        if include_overlay:
-            out.overlay_png = _png_b64(inspector.figure(image.numpy(), result))
-        return out
+        norm = result.normalised_map() if include_map else None
+        return InspectionOut(
+            **result.model_dump(), request_id=request.state.request_id, category=category, filename=filename,
+            anomaly_map_png=None if norm is None else _png_b64(Image.fromarray(np.round(norm * 255).astype(np.uint8),
+                                                                               mode="L")),
+            overlay_png=_png_b64(inspector.figure(image.numpy(), result)) if include_overlay else None)
 
     @app.post("/inspect", response_model=InspectionOut, dependencies=[Depends(authorised)], tags=["inspection"],
               responses={s: {"description": d, "content": {problems.PROBLEM: {}}} for s, d in (
@@ -252,15 +235,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def inspect(request: Request, state: Ready, file: Annotated[UploadFile, File(description="the query image")],
                       category: Annotated[str, Form(description="a loaded category")],
                       threshold: Annotated[float | None, Form(description="override the calibrated threshold")] = None,
+                      intrinsics: Annotated[str | None, Form(description=INTRINSICS_HELP)] = None,
                       include_map: Annotated[bool, Form(description="add the anomaly map as base64 PNG")] = False,
                       include_overlay: Annotated[bool, Form(description="add the overlay figure as base64 PNG")] = False,
                       ) -> InspectionOut:
         """Inspect one image: pose from the gallery and IRPRN, render of the normal object
         there, feature comparison, score, decision and (optionally) the anomaly map."""
-        image = await _prepare(state, category, file)
+        image = await _prepare(state, category, file, intrinsics)
         inspector = state.inspectors[category]
         _check_threshold(inspector, threshold)
-        result = (await _run(state, category, [image]))[0].with_threshold(threshold)
+        result = (await _run(state, category, [image]))[0].decided(threshold)
         return await run_in_threadpool(_out, request, category, file.filename, result, image, include_map,
                                        include_overlay, inspector)
 
@@ -269,21 +253,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             files: Annotated[list[UploadFile], File(description="query images, one category")],
                             category: Annotated[str, Form()],
                             threshold: Annotated[float | None, Form()] = None,
+                            intrinsics: Annotated[str | None, Form(description=INTRINSICS_HELP)] = None,
                             include_map: Annotated[bool, Form()] = False,
                             include_overlay: Annotated[bool, Form()] = False) -> BatchOut:
         """Inspect several images of one category; any bad file fails the request with its name."""
         if len(files) > state.settings.max_files_per_batch:
             raise ServiceError(413, f"{len(files)} files; at most {state.settings.max_files_per_batch} per request")
-        images = [await _prepare(state, category, f) for f in files]
+        images = [await _prepare(state, category, f, intrinsics) for f in files]
         inspector = state.inspectors[category]
         _check_threshold(inspector, threshold)
         results = await _run(state, category, images)
-        outs = [await run_in_threadpool(_out, request, category, f.filename, r.with_threshold(threshold), im,
+        outs = [await run_in_threadpool(_out, request, category, f.filename, r.decided(threshold), im,
                                         include_map, include_overlay, inspector)
                 for f, r, im in zip(files, results, images)]
         return BatchOut(request_id=request.state.request_id, category=category, results=outs)
 
     return app
+
+
+def _parse_intrinsics(text: str | None) -> tuple[float, float, float, float] | None:
+    """The form field ``intrinsics`` ('fx,fy,cx,cy'); 422 when it is not four numbers."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return parse_intrinsics(text)
+    except ValueError as exc:
+        raise ServiceError(422, str(exc)) from exc
 
 
 def _png_b64(image: Image.Image) -> str:

@@ -1,19 +1,14 @@
-"""The API's response models (separate from the pipeline's ``Inspection``)."""
+"""The API's response models.
+
+An inspection's answer is the pipeline's own result type (``models.results.Inspection``)
+plus the request's fields; a category's description is ``models.results.CategoryInfo``.
+"""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-
-class CategoryInfo(BaseModel):
-    category: str
-    bundle_format_version: int
-    bundle_created: str
-    image_size: list[int] = Field(description="width, height: queries are resized to this (same aspect ratio)")
-    gallery_size: int
-    threshold: float = Field(description="calibrated decision threshold, raw score units")
-    pose_mode: str
-    device: str
+from models.results import CategoryInfo, Inspection
 
 
 class Categories(BaseModel):
@@ -21,30 +16,10 @@ class Categories(BaseModel):
     refused: dict[str, str] = Field(description="bundles found but not loaded, with the reason")
 
 
-class Pose(BaseModel):
-    world_to_camera: list[list[float]] = Field(description="4 x 4, OpenCV axes (x right, y down, z forward)")
-    quaternion_wxyz: list[float]
-    translation: list[float]
-
-
-class GalleryMatch(BaseModel):
-    id: int
-    name: str
-    similarity: float
-
-
-class InspectionOut(BaseModel):
-    request_id: str
+class InspectionOut(Inspection):
+    request_id: str = Field(description="X-Request-ID of the request (given, or made by the service)")
     category: str
-    filename: str | None
-    score: float = Field(description="raw anomaly score (maximum of the anomaly map)")
-    normalised_score: float = Field(description="in [0, 1]; 0.5 at the threshold used")
-    is_anomalous: bool
-    threshold: float = Field(description="the threshold used (calibrated, or the request's override)")
-    pose: Pose
-    gallery_matches: list[GalleryMatch]
-    timings_ms: dict[str, float] = Field(description="per stage: match, pose, refine, render, score, total")
-    refine: dict = Field(default_factory=dict, description="what the pose refiners did")
+    filename: str | None = Field(description="the upload's file name, when the client sent one")
     anomaly_map_png: str | None = Field(None, description="base64 8-bit PNG of the normalised map (128 = threshold)")
     overlay_png: str | None = Field(None, description="base64 PNG: query | rendered reference | anomaly overlay")
 

@@ -9,14 +9,15 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models import registry
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RPEPAD_", env_file=".env", extra="ignore")
 
     bundles: Path = Path("bundles")  # directory of bundles, one subdirectory per category
     device: Literal["auto", "cuda", "cpu"] = "auto"  # where models run; auto = CUDA when present
-    pose: Literal["retrieval", "rpe", "rpe+refine"] = "rpe+refine"  # pose mode (models/inspector.py)
-    refine: Literal["pnp", "ecc", "pnp+ecc", "gpnp", "gpnp+ecc", "none"] = "gpnp+ecc"  # refiners for rpe+refine
+    pose: str | None = None  # pose mode (models.registry, product modes); None = each bundle's own setting
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)  # per file
     max_image_pixels: int = Field(default=25_000_000, gt=0)  # width x height, checked before decoding
     min_image_side: int = Field(default=32, gt=0)  # smaller images are refused (422)
@@ -27,6 +28,13 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=32, gt=0)  # queued images per category before 503
     retry_after_s: int = Field(default=2, gt=0)  # Retry-After on 503
     warmup: bool = True  # one max_batch-sized batch per category before ready (first requests do not pay)
+
+    @field_validator("pose")
+    @classmethod
+    def _product_pose_mode(cls, value: str | None) -> str | None:
+        if value is not None:
+            registry.pose_mode(value)  # ValueError naming the product's modes
+        return value
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -53,7 +53,8 @@ def tiny_pose_bundle(tiny_bundle: Path, tiny_synth: Path, tmp_path_factory: pyte
     from models.data import load_category
     from training.calibrate import CalibConfig, run_calibration_stage
     from training.export import run_onnx_stage
-    from training.irprn import preset, run_gallery_stage, run_irprn_stage
+    from training.gallery import run_gallery_stage
+    from training.irprn import preset, run_irprn_stage
     from training.rvss import RVSSConfig, run_rvss_stage
 
     out = tmp_path_factory.mktemp("pose_bundles") / tiny_bundle.name
@@ -77,3 +78,24 @@ def tiny_release(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path_factory: pyt
     bundles = tmp_path_factory.mktemp("release")
     report = run_bundle_stage(load_category(tiny_synth), tiny_pose_bundle, bundles, "demo", CalibConfig(), progress=False)
     return Path(report["bundle"])
+
+
+POSED_SIZE = 128
+
+
+@pytest.fixture(scope="session")
+def posed_renders(tiny_bundle: Path, tiny_synth: Path):
+    """Renders of the tiny scene at six training poses (queries whose true pose is exact)."""
+    import torch
+
+    from models.data import load_category
+    from models.splat.scene import GaussianScene, render
+
+    scene = GaussianScene.load(tiny_bundle / "splats" / "scene.safetensors")
+    cat = load_category(tiny_synth)
+    poses = torch.stack([v.w2c for v in cat.train[:6]]).double()
+    K = cat.K.double().clone()
+    K[:2] *= POSED_SIZE / cat.width
+    Ks = K.expand(6, 3, 3).clone()
+    images = render(scene, poses.float(), Ks.float(), POSED_SIZE, POSED_SIZE).colors.clamp(0, 1)
+    return scene, images, poses, Ks

@@ -14,7 +14,7 @@ from rpe_pad.cli import main
 
 def test_synth_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cat"
-    assert main(["synth", str(out), "--seed", "5", "--size", "32", "--train-views", "3", "--test-views", "4", "--quiet"]) == 0
+    assert main(["synth", str(out), "--seed", "5", "--size", "32", "--train-views", "3", "--test-views", "4"]) == 0
     assert (out / "train" / "transforms.json").is_file() and (out / "synth.json").is_file()
     capsys.readouterr()
     sheet = tmp_path / "sheet.png"
@@ -28,7 +28,7 @@ def test_synth_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_user_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "x").write_text("x")
-    assert main(["synth", str(tmp_path / "occupied"), "--quiet"]) == 2
+    assert main(["synth", str(tmp_path / "occupied")]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main(["show", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -74,7 +74,7 @@ def test_demo_runs_the_whole_product(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_bench_render_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
-    assert main(["bench-render", "--gaussians", "500", "--size", "32", "--repeats", "2", "--device", "cpu", "--json", str(out)]) == 0
+    assert main(["lab", "bench-render", "--gaussians", "500", "--size", "32", "--repeats", "2", "--device", "cpu", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["num_gaussians"] == 500 and result["size"] == 32
     assert 0 < result["cpu"]["forward_s_median"] < 10 and result["cpu"]["forward_backward_s_median"] > 0
@@ -88,18 +88,47 @@ def test_train_rejects_unknown_stage(tiny_synth: Path, tmp_path: Path, capsys: p
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_parser_constants_agree_with_the_models() -> None:
-    """The CLI and the service spell out the refiners (no torch import to build a parser)."""
-    import typing
+def _commands(parser) -> dict:
+    import argparse
 
-    from models.refine import REFINERS, RefineConfig
-    from rpe_pad import cli
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_the_product_commands_come_first_and_stay_small() -> None:
+    """At most 8 product commands plus the lab group, and at most 22 options among the six
+    the redesign named (docs/ARCHITECTURE.md)."""
+    from rpe_pad.cli import build_parser
+
+    commands = _commands(build_parser())
+    product = [name for name in commands if name != "lab"]
+    assert product == ["synth", "show", "train", "inspect", "serve", "demo"] and len(product) <= 8
+    options = {name: [a.option_strings[-1] for a in commands[name]._actions
+                      if a.option_strings and a.option_strings[-1] != "--help"] for name in product}
+    assert sum(len(v) for v in options.values()) <= 22, options
+    lab = _commands(commands["lab"])
+    assert {"evaluate", "bench", "bench-render", "ablation", "pose-sweep", "sensitivity", "loadtest", "train"} == set(lab)
+    assert "--rvss-m" not in options["train"] and "--rvss-m" in [a.option_strings[-1] for a in lab["train"]._actions
+                                                                 if a.option_strings]
+
+
+def test_choices_come_from_the_registry() -> None:
+    """Pose modes and presets are named once (models.registry): the CLI, the service
+    settings and the training presets read them."""
+    from models import registry
+    from rpe_pad.cli import build_parser
     from service.settings import Settings
+    from training import irprn, pipeline, splats
 
-    assert set(cli.REFINERS) == set(REFINERS) and cli.DEFAULT_REFINE == RefineConfig().method
-    field = Settings.model_fields["refine"]
-    assert set(typing.get_args(field.annotation)) == set(REFINERS) and field.default == RefineConfig().method
-    from models.inspector import InspectorConfig
-    from models.pose import DEFAULT_K
-
-    assert cli.DEFAULT_K == DEFAULT_K == InspectorConfig().k
+    commands = _commands(build_parser())
+    choices = {a.dest: a.choices for a in commands["inspect"]._actions if a.choices}
+    assert tuple(choices["pose"]) == registry.pose_modes()
+    assert tuple(next(a.choices for a in commands["train"]._actions if a.dest == "preset")) == tuple(registry.PRESETS)
+    assert tuple(pipeline.PRESETS) == tuple(registry.PRESETS)
+    assert set(splats.PRESETS) == set(irprn.PRESETS) == set(registry.PRESETS)  # each stage has every preset
+    lab_eval = _commands(commands["lab"])["evaluate"]
+    assert set(next(a.choices for a in lab_eval._actions if a.dest == "pose")) == {*registry.pose_modes(lab=True),
+                                                                                   "patchcore"}
+    assert Settings(pose="rpe").pose == "rpe" and Settings().pose is None  # None: each bundle's own setting
+    with pytest.raises(ValueError, match="not available"):
+        Settings(pose="oracle")  # a lab mode is not the service's

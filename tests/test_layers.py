@@ -1,4 +1,5 @@
-"""Imports go one way: models <- training, models <- service; never training <-> service."""
+"""Imports go one way: models <- training, models <- service, and the lab over all three;
+never training <-> service, and the product (models, training, service) never imports the lab."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "models": {"training", "service", "rpe_pad"},
-    "training": {"service", "rpe_pad"},
-    "service": {"training", "rpe_pad"},
+    "models": {"training", "service", "rpe_pad", "lab"},
+    "training": {"service", "rpe_pad", "lab"},
+    "service": {"training", "rpe_pad", "lab"},
+    "lab": set(),  # the lab may use every layer; only its command-line wrappers import rpe_pad (argument types)
 }
 
 
@@ -37,3 +39,20 @@ def test_import_direction(package: str) -> None:
     }
     assert not bad, sorted(bad)
 
+
+
+def test_the_check_sees_an_import_of_the_lab(tmp_path: Path) -> None:
+    """The parser behind the check catches the imports it must refuse."""
+    module = tmp_path / "m.py"
+    module.write_text("import lab.modes\nfrom lab.evaluate import evaluate\nfrom . import sibling\n")
+    assert _imported_packages(module) == {"lab"}
+
+
+def test_lab_modes_are_registered_by_name_only() -> None:
+    """Importing the lab (as the CLI does to build its parser) imports no torch-heavy module."""
+    import subprocess
+    import sys
+
+    code = "import sys, lab, lab.cli; print('models.inspector' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.split() == ["False", "False"]

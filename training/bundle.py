@@ -99,7 +99,7 @@ def run_bundle_stage(category: Category, work: Path, bundles_dir: Path, preset: 
     held = trained_holdout((work / FILES["irprn_config"]).parent)
     if held:
         raise ValueError(f"{work}: IRPRN was trained with {held} training views held out (a validation run, "
-                         "rpe-pad train --holdout); retrain it on every view before building a bundle")
+                         "rpe-pad lab train --holdout); retrain it on every view before building a bundle")
     copy = _sources(work)
     target = bundles_dir / category.name
     hashes = {rel: sha256_file(src) for rel, src in copy.items()}

@@ -69,8 +69,9 @@ def run_demo(out: Path, synth: SynthConfig = DEMO_SYNTH, preset: str = "demo") -
     metrics = evaluate(bundle, category_dir, out_dir=report_dir)
     d = metrics["decision"]
     print(f"      image AUROC {metrics['image_auroc']:.3f}, pixel AUROC {metrics['pixel_auroc']:.4f}, AUPRO "
-          f"{metrics['aupro']:.3f}; alignment error median {metrics['pose_reproj_err_px_median']:.2f} px; at the "
-          f"threshold: {d['tp']} defects found, {d['fn']} missed, {d['fp']} false alarms")
+          f"{metrics['aupro']:.3f}; alignment error median {metrics['pose_reproj_err_px_median']:.2f} px")
+    print(f"      at the calibrated threshold: {d['tp']} of {d['tp'] + d['fn']} defects found (recall {d['recall']}), "
+          f"{d['fp']} of {d['fp'] + d['tn']} good parts rejected (false-alarm rate {d['false_positive_rate']})")
     print(f"      query | reference | anomaly overlay: {report_dir / 'overlays.png'}")
     print(f"done in {time.perf_counter() - start:.0f} s. Serve the bundle: rpe-pad serve --bundles {bundles}")
     return 0

@@ -1,13 +1,13 @@
-"""`rpe-pad evaluate BUNDLE_DIR CATEGORY_DIR --pose MODE`: score every test view.
+"""Evaluation of a bundle on a labelled category: every test view through the Inspector.
 
-Modes: the Inspector's pose modes (``models.inspector.POSE_MODES``: ``rpe+refine`` the
-default, ``rpe``, ``retrieval``, ``iterative`` the peers' per-query optimisation,
-``oracle`` the true pose from ``test/transforms.json``: the upper bound, and the check
-that the Gaussian model and the scorer are good enough), all through the one inspection
-pipeline; and ``patchcore``, the 2D baseline that ignores pose (``models.patchcore``).
-With true poses available, the pose errors are reported too (``pose_report``). Metrics follow the peers' protocol: maps and masks at 224 x 224 (masks
-nearest-resized), image AUROC over (label != good, max of the map), pixel AUROC, AUPRO up
-to FPR 0.3, F1-max, and image AUROC per defect type (that type against the good views).
+``evaluate`` runs a bundle in its own pose mode (the demo calls it; the lab's
+``rpe-pad lab evaluate`` adds the evaluation-only modes and the 2D baseline on top of
+``evaluate_inspector``). Metrics follow the peers' protocol: maps and masks at 224 x 224
+(masks nearest-resized), image AUROC over (label != good, max of the map), pixel AUROC,
+AUPRO up to FPR 0.3, F1-max, image AUROC per defect type (that type against the good
+views), and the operating point: defects found and good parts rejected at the calibrated
+threshold (``decision_metrics``). With true poses available, the pose errors are reported
+too (``pose_report``).
 """
 
 from __future__ import annotations
@@ -26,24 +26,10 @@ from models.bundle import read_manifest
 from models.calibration import Calibration
 from models.camera import pose_errors, reprojection_error_px, scale_intrinsics
 from models.data import GOOD, load_category
-from models.inspector import (
-    DEFAULT_POSE,
-    POSE_MODES,
-    Inspection,
-    Inspector,
-    InspectorConfig,
-    resolve_device,
-)
+from models.inspector import Inspection, Inspector
 from models.metrics import aupro, auroc, f1_max, pixel_auroc
-from models.patchcore import PatchCore, PatchCoreConfig
-from models.pose import DEFAULT_K
-from models.refine import IterativeConfig, RefineConfig
 from models.splat.scene import GaussianScene, render
 from models.viz import Cell, anomaly_overlay, contact_sheet, heat, mask_overlay
-
-BASELINE_2D = "patchcore"  # the 2D baseline that ignores pose
-EVAL_MODES = (*POSE_MODES, BASELINE_2D)
-
 
 def decision_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """Confusion counts and rates of ``score > threshold`` against the labels."""
@@ -157,35 +143,6 @@ def detection_metrics(category, queries, maps: torch.Tensor, scores: np.ndarray,
     }
 
 
-def _evaluate_patchcore(category, queries, eval_size: int, batch: int, device: str, out_dir: Path | None,
-                        cfg: PatchCoreConfig | None = None) -> dict:
-    """The 2D baseline (``models.patchcore``): bank from the category's training views, no pose."""
-    cfg = cfg or PatchCoreConfig()
-    dev = resolve_device(device)
-    start = time.perf_counter()
-    model = PatchCore(cfg).to(dev)
-    model.fit(torch.stack([v.image for v in category.train]))
-    fit_s = time.perf_counter() - start
-    maps, scores, per_query = [], [], []
-    for i in range(0, len(queries), batch):
-        images = torch.stack([q.image for q in queries[i : i + batch]])
-        t0 = time.perf_counter()
-        m, s = model(images)
-        per_query.append(1000 * (time.perf_counter() - t0) / len(images))
-        maps.append(m)
-        scores.append(s)
-    maps_t, score_np = torch.cat(maps), torch.cat(scores).numpy()
-    metrics = {**detection_metrics(category, queries, maps_t, score_np, eval_size), "pose_mode": BASELINE_2D,
-               "decision": None, "timing_ms": {"score": round(float(np.median(per_query)), 1),
-                                               "total": round(float(np.median(per_query)), 1)},
-               "device": str(dev), "patchcore": {**cfg.__dict__, "bank_patches": len(model.bank),
-                                                 "fit_seconds": round(fit_s, 1)}}
-    if out_dir is not None:
-        refs = [torch.ones_like(q.image) for q in queries]  # no reference view: a 2D method compares with a bank
-        _write_report(out_dir, metrics, queries, refs, maps_t, score_np, None, "no reference (2D baseline)")
-    return metrics
-
-
 def image_size(path: Path) -> int | None:
     """The width a bundle (its manifest) or a training folder (its splats config) works at."""
     manifest = path / "manifest.json"
@@ -197,97 +154,74 @@ def image_size(path: Path) -> int | None:
     return json.loads(config.read_text()).get("image_size")
 
 
-def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out_dir: Path | None = None,
-             eval_size: int = 224, batch: int = 8, tolerance: int | None = None, fusion: str = "mean",
-             backend: str = "auto", k: int = DEFAULT_K, refine: str = RefineConfig().method, refine_rounds: int = 2,
-             device: str = "auto", photometric: bool = False, iterative: IterativeConfig | None = None,
-             progress: bool = False, limit: int | None = None) -> dict:
-    """Inspect every test view of ``category_dir`` with the bundle (or training folder) at
-    ``bundle_dir`` through ``models.inspector.Inspector`` and report the metrics.
-
-    ``pose``: ``oracle`` (the true pose from ``test/transforms.json``), ``retrieval``,
-    ``rpe`` (IRPRN, ``fusion`` of the top ``k``), ``rpe+refine`` (the default: then the
-    ``refine`` variant of ``models/refine.py``), ``iterative`` (the peers' per-query
-    render-and-compare from the retrieval pose, ``iterative`` config), or ``patchcore``
-    (the 2D baseline of ``models/patchcore.py``: no pose, no bundle model but its image
-    size). ``limit``: evaluate about that many test views, each label keeping its share
-    (``subset``; for the slow modes; ``n_queries`` vs ``n_test_views`` in the report). ``tolerance`` overrides the calibrated
-    scorer's comparison radius (the calibrated threshold then no longer applies and no
-    decision is reported)."""
-    if pose not in EVAL_MODES:
-        raise ValueError(f"pose mode {pose!r} is not available; available: {list(EVAL_MODES)}")
+def evaluate(bundle_dir: Path, category_dir: Path, out_dir: Path | None = None, eval_size: int = 224, batch: int = 8,
+             device: str = "auto", progress: bool = False) -> dict:
+    """Inspect every test view of ``category_dir`` with the bundle at ``bundle_dir`` in its
+    own pose mode (``models.inspector.Inspector``) and report the metrics (``inspect_all``)."""
     category = load_category(category_dir, size=image_size(bundle_dir))
-    queries = [q for q in category.test if q.w2c is not None]
-    if pose == "oracle" and len(queries) < len(category.test):
-        raise ValueError(f"{category_dir}: --pose oracle needs test/transforms.json poses for every test view")
-    if pose != "oracle":
-        queries = list(category.test)
-    if not queries:
+    if not category.test:
         raise ValueError(f"{category_dir}: no test views to evaluate")
-    queries = subset(queries, limit)
-    if pose == BASELINE_2D:
-        return _evaluate_patchcore(category, queries, eval_size, batch, device, out_dir)
-    config = InspectorConfig(pose=pose, refine=RefineConfig(method=refine, rounds=refine_rounds, photometric=photometric),
-                             fusion=fusion, k=k, backend=backend, tolerance=tolerance,
-                             iterative=iterative or IterativeConfig())
-    inspector = Inspector.open(bundle_dir, config, device=device,
-                               camera=(category.width, category.height, category.K))
+    inspector = Inspector.load(bundle_dir, device)
+    return evaluate_inspector(inspector, category, list(category.test), out_dir, eval_size, batch, progress)
+
+
+def evaluate_inspector(inspector: Inspector, category, queries: list, out_dir: Path | None = None, eval_size: int = 224,
+                       batch: int = 8, progress: bool = False, given_poses: bool = False) -> dict:
+    """Every query through ``inspector`` in batches, then the metrics: detection
+    (``detection_metrics``), the decision at the calibrated threshold (``decision_metrics``),
+    time per stage, and the pose errors where the true poses are known (``pose_report``).
+    ``given_poses``: the queries' true poses are handed to the pose mode (the lab's oracle)."""
     if (inspector.width, inspector.height) != (category.width, category.height):
-        raise ValueError(f"{category_dir}: test views load at {category.width} x {category.height}, the bundle works "
+        raise ValueError(f"{category.root}: test views load at {category.width} x {category.height}, the bundle works "
                          f"at {inspector.width} x {inspector.height}")
-    scene, calib = inspector.scene, inspector.calibration
+    mode = inspector.config.pose
     results: list[Inspection] = []
-    for i in tqdm(range(0, len(queries), batch), desc=f"evaluate {pose}", unit="batch", disable=not progress):
+    for i in tqdm(range(0, len(queries), batch), desc=f"evaluate {mode}", unit="batch", disable=not progress):
         chunk = queries[i : i + batch]
-        images = torch.stack([q.image for q in chunk])
-        true = torch.stack([q.w2c for q in chunk]) if pose == "oracle" else None
-        results += inspector.inspect(images, true_poses=true)
+        run = inspector.start(torch.stack([q.image for q in chunk]))
+        if given_poses:
+            run.given_poses = torch.stack([q.w2c for q in chunk])
+        t0 = time.perf_counter()
+        inspector.locate(run)
+        results += inspector.finish(run, t0)
     maps_t = torch.stack([torch.from_numpy(r.anomaly_map) for r in results])
     score_np = np.array([r.score for r in results])
-    timing_keys = results[0].timings_ms.keys()
     metrics = {
         **detection_metrics(category, queries, maps_t, score_np, eval_size),
-        "pose_mode": pose,
-        "tolerance": inspector.scorer.tolerance,
-        "decision": decision_metrics(_labels(queries), score_np, calib.threshold) if calib is not None else None,
+        "pose_mode": mode,
+        "decision": decision_metrics(_labels(queries), score_np, inspector.calibration.threshold),
         # Per query: each batch's stage time over its size; the median over batches.
-        "timing_ms": {key: round(float(np.median([r.timings_ms[key] for r in results])), 1) for key in timing_keys},
+        "timing_ms": {key: round(float(np.median([r.timings_ms[key] for r in results])), 1)
+                      for key in results[0].timings_ms},
         "device": str(inspector.device),
         "bundle": "verified bundle" if inspector.manifest is not None else "training folder (not verified)",
     }
-    if pose == "iterative":
-        metrics["iterative"] = dict(config.iterative.__dict__)
-    if pose == "rpe+refine" and refine != "none":
+    if mode == "rpe+refine":
         info = [r.refine for r in results]
-        pnp_acc = [d["pnp_accepted"] for d in info if "pnp_accepted" in d]
-        ecc_acc = [d["ecc_accepted"] for d in info if "ecc_accepted" in d]
         metrics["refine"] = {
-            "method": refine,
-            "rounds": refine_rounds,
-            "pnp_accepted_fraction": round(float(np.mean(pnp_acc)), 4) if pnp_acc else None,
-            "pnp_inliers_median": float(np.median([d["pnp_inliers"] for d in info if "pnp_inliers" in d])) if pnp_acc else None,
-            "pnp_rejections": sorted({d["pnp_reason"] for d in info if d.get("pnp_reason", "ok") != "ok"}),
-            "pnp_paths": dict(Counter(d["pnp_path"] for d in info if "pnp_path" in d)) or None,  # gpnp: how poses were reached
-            "ecc_accepted_fraction": round(float(np.mean(ecc_acc)), 4) if ecc_acc else None,
-            "ecc_shift_px_median": float(np.median([d["ecc_shift_px"] for d in info if "ecc_shift_px" in d])) if ecc_acc else None,
-            "photometric": photometric,
-            "photo_accepted": sum(bool(d.get("photo_accepted")) for d in info) if photometric else None,
+            "pnp_accepted_fraction": round(float(np.mean([d["pnp_accepted"] for d in info])), 4),
+            "pnp_inliers_median": float(np.median([d["pnp_inliers"] for d in info])),
+            "pnp_rejections": sorted({d["pnp_reason"] for d in info if d["pnp_reason"] != "ok"}),
+            "pnp_paths": dict(Counter(d["pnp_path"] for d in info)),
+            "ecc_accepted_fraction": round(float(np.mean([d["ecc_accepted"] for d in info])), 4),
+            "ecc_shift_px_median": float(np.median([d["ecc_shift_px"] for d in info])),
         }
-    if pose != "oracle":
-        metrics["pose_backend"] = getattr(inspector.estimator, "providers", ["torch"])
-        metrics["fusion"], metrics["k"] = fusion, k
-    if pose != "oracle" and all(q.w2c is not None for q in queries):
-        metrics.update(pose_report(torch.from_numpy(np.stack([r.pose for r in results])),
+    if inspector.estimator is not None:
+        metrics["pose_backend"], metrics["k"] = inspector.estimator.providers, inspector.config.k
+    if not given_poses and all(q.w2c is not None for q in queries):
+        metrics.update(pose_report(torch.from_numpy(np.stack([r.pose_matrix for r in results])),
                                    torch.stack([q.w2c for q in queries]), torch.stack([q.K for q in queries]),
-                                   category.width, category.height, scene.to("cpu"), eval_size))
+                                   category.width, category.height, inspector.scene.to("cpu"), eval_size))
     if out_dir is not None:
         renders = [torch.from_numpy(r.reference) for r in results]
-        _write_report(out_dir, metrics, queries, renders, maps_t, score_np, calib)
+        write_report(out_dir, metrics, queries, renders, maps_t, score_np, inspector.calibration)
     return metrics
 
 
-def _write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Tensor, scores: np.ndarray,
-                  calib: Calibration | None, reference_caption: str = "rendered reference") -> None:
+def write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Tensor, scores: np.ndarray,
+                 calib: Calibration | None, reference_caption: str = "rendered reference") -> None:
+    """``metrics.json``, ``metrics.md`` and ``overlays.png`` (two views of each label: the
+    query with its true mask, the reference, the decision overlay) in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     rows = ["| metric | value |", "|---|---|"]
@@ -303,6 +237,8 @@ def _write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Te
         d = metrics["decision"]
         rows.append(f"| threshold (calibrated) | {d['threshold']} |")
         rows.append(f"| accuracy / precision / recall at threshold | {d['accuracy']} / {d['precision']} / {d['recall']} |")
+        rows.append(f"| defects found / good parts rejected | {d['tp']} of {d['tp'] + d['fn']} / {d['fp']} of "
+                    f"{d['fp'] + d['tn']} (false-alarm rate {d['false_positive_rate']}) |")
     (out_dir / "metrics.md").write_text("\n".join(rows) + "\n")
     vmax = float(maps.max())
     picks = []

@@ -12,7 +12,8 @@ import torch
 from models.camera import quat_to_rotmat
 from models.data import load_category
 from models.images import load_rgb
-from models.inspector import InspectionError, Inspector, InspectorConfig
+from models import registry
+from models.inspector import InspectionError, Inspector, InspectorConfig, RpePose
 from rpe_pad.cli import main
 
 
@@ -34,6 +35,7 @@ def test_result_fields(inspector: Inspector, queries) -> None:
     results = inspector.inspect(torch.stack([good.image, bad.image]))
     assert len(results) == 2
     calib = inspector.calibration
+    names = inspector.estimator.gallery.names
     for r in results:
         assert r.anomaly_map.shape == (64, 64) and r.reference.shape == (64, 64, 3)
         # The score is the maximum of the map at the scorer's 224 px; the map is returned at
@@ -43,16 +45,23 @@ def test_result_fields(inspector: Inspector, queries) -> None:
         assert r.normalised_score == pytest.approx(float(calib.normalise(r.score)))
         assert (r.normalised_score > 0.5) == r.is_anomalous
         # The pose is a rigid world-to-camera transform; the quaternion + translation say the same.
-        assert np.allclose(r.pose[:3, :3] @ r.pose[:3, :3].T, np.eye(3), atol=1e-6) and r.pose[3, 3] == 1
-        assert np.allclose(quat_to_rotmat(torch.tensor(r.quaternion, dtype=torch.float64)).numpy(), r.pose[:3, :3], atol=1e-6)
-        assert r.translation == pytest.approx(list(r.pose[:3, 3]))
-        assert len(r.gallery_ids) == 3 and r.gallery_names[0] == inspector.estimator.gallery.names[r.gallery_ids[0]]
-        assert r.similarities == sorted(r.similarities, reverse=True)
+        pose = r.pose_matrix
+        assert np.allclose(pose[:3, :3] @ pose[:3, :3].T, np.eye(3), atol=1e-6) and pose[3, 3] == 1
+        q = torch.tensor(r.pose.quaternion_wxyz, dtype=torch.float64)
+        assert np.allclose(quat_to_rotmat(q).numpy(), pose[:3, :3], atol=1e-6)
+        assert r.pose.translation == pytest.approx(list(pose[:3, 3]))
+        ids = [m.id for m in r.gallery_matches]
+        assert len(ids) == 3 and r.gallery_names == [names[i] for i in ids]
+        sims = [m.similarity for m in r.gallery_matches]
+        assert sims == sorted(sims, reverse=True)
         assert set(r.timings_ms) == {"match", "pose", "refine", "render", "score", "total"}
         assert r.timings_ms["total"] >= r.timings_ms["render"] + r.timings_ms["score"]
-        assert {"pnp_accepted", "ecc_accepted"} <= set(r.refine)
-        summary = json.loads(json.dumps(r.summary()))
-        assert summary["pose"]["world_to_camera"][3] == [0, 0, 0, 1]
+        assert {"pnp_accepted", "pnp_path", "ecc_accepted"} <= set(r.refine)
+        # The JSON is the model's own fields; the arrays and the calibration never go out.
+        dumped = json.loads(r.model_dump_json())
+        assert dumped["pose"]["world_to_camera"][3] == [0, 0, 0, 1]
+        assert set(dumped) == {"score", "threshold", "normalised_score", "is_anomalous", "pose", "gallery_matches",
+                               "timings_ms", "refine"}
 
 
 def test_threshold_override_moves_the_decision(inspector: Inspector, queries) -> None:
@@ -62,57 +71,56 @@ def test_threshold_override_moves_the_decision(inspector: Inspector, queries) ->
     high = inspector.inspect(good.image[None], threshold=base.score * 10)[0]
     assert low.is_anomalous is (base.score > low.threshold) and high.is_anomalous is False
     assert low.score == pytest.approx(base.score) and high.normalised_score < 0.5
-    with pytest.raises(InspectionError, match="above"):
-        inspector.inspect(good.image[None], threshold=-1.0)
+    # Deciding a result again is the same as inspecting at that threshold.
+    again = base.decided(base.score * 10)
+    assert (again.threshold, again.is_anomalous, again.normalised_score) == (high.threshold, False,
+                                                                             pytest.approx(high.normalised_score))
+    assert base.decided(None).threshold == inspector.calibration.threshold
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(InspectionError, match="above"):
+            inspector.inspect(good.image[None], threshold=bad)
+        with pytest.raises(InspectionError, match="above"):
+            base.decided(bad)
 
 
-def test_oracle_mode_uses_the_given_pose(tiny_release: Path, queries) -> None:
+def test_settings_come_from_the_manifest_and_overrides_win(tiny_release: Path, queries) -> None:
+    """The bundle says how it is run; a caller's override replaces it; a bundle asking for a
+    retired option is refused with the reason."""
+    from models.bundle import BundleError, MANIFEST
+
+    manifest = json.loads((tiny_release / MANIFEST).read_text())
+    assert manifest["inference"] == InspectorConfig().to_dict()
+    assert Inspector.load(tiny_release).config == InspectorConfig.from_manifest(manifest["inference"])
+    rpe = Inspector.load(tiny_release, pose="rpe", k=2)
+    assert rpe.config.pose == "rpe" and rpe.estimator.k == 2 and isinstance(rpe.locate, RpePose)
     good, _ = queries
-    oracle = Inspector.load(tiny_release, InspectorConfig(pose="oracle"))
-    r = oracle.inspect(good.image[None], true_poses=good.w2c[None])[0]
-    assert np.allclose(r.pose, good.w2c.numpy()) and r.gallery_ids == [] and "match" not in r.timings_ms
-    with pytest.raises(InspectionError, match="needs the true poses"):
-        oracle.inspect(good.image[None])
-
-
-def test_pose_modes_differ_as_documented(tiny_release: Path, queries) -> None:
-    good, _ = queries
-    retrieval = Inspector.load(tiny_release, InspectorConfig(pose="retrieval")).inspect(good.image[None])[0]
-    rpe = Inspector.load(tiny_release, InspectorConfig(pose="rpe")).inspect(good.image[None])[0]
-    gallery = Inspector.load(tiny_release).estimator.gallery
-    assert np.allclose(retrieval.pose, gallery.poses[retrieval.gallery_ids[0]].numpy())  # the best view's pose
-    assert retrieval.gallery_ids == rpe.gallery_ids and not np.allclose(rpe.pose, retrieval.pose)
-    assert "refine" not in rpe.timings_ms and rpe.refine == {}
+    r = rpe.inspect(good.image[None])[0]
+    assert "refine" not in r.timings_ms and r.refine == {} and len(r.gallery_matches) == 2
+    # Manifests written before the redesign: retired keys at the product's values load.
+    old = {"pose": "rpe+refine", "fusion": "mean", "backend": "auto", "tolerance": None, "iterative": None, "k": 3,
+           "refine": {"method": "gpnp+ecc", "detector": "sift", "photometric": False, "render_size": 200, "rounds": 2}}
+    assert InspectorConfig.from_manifest(old) == InspectorConfig()
+    with pytest.raises(ValueError, match="fusion='render'.*retired"):
+        InspectorConfig.from_manifest({**old, "fusion": "render"})
+    with pytest.raises(ValueError, match="refine.method='pnp\\+ecc'.*retired"):
+        InspectorConfig.from_manifest({**old, "refine": {"method": "pnp+ecc"}})
+    with pytest.raises(ValueError, match="unknown inference settings"):
+        InspectorConfig.from_manifest({"pose": "rpe", "warp_speed": 9})
     with pytest.raises(ValueError, match="not available"):
         InspectorConfig(pose="levitation")
+    with pytest.raises(BundleError, match="not available"):
+        Inspector.load(tiny_release, pose="levitation")
 
 
-def test_iterative_mode_optimises_from_the_retrieval_pose(tiny_release: Path, queries) -> None:
-    """The peers' baseline starts at the best gallery view's pose and moves it; zero
-    learning rate leaves it there."""
-    from models.refine import IterativeConfig
+def test_lab_modes_are_not_the_products() -> None:
+    """The product knows its two pose modes; the lab's appear only when the lab is imported."""
+    assert registry.pose_modes() == ("rpe+refine", "rpe") and registry.DEFAULT_POSE == "rpe+refine"
+    import lab  # noqa: F401
 
-    good, _ = queries
-    retrieval = Inspector.load(tiny_release, InspectorConfig(pose="retrieval")).inspect(good.image[None])[0]
-    moved = Inspector.load(tiny_release, InspectorConfig(pose="iterative", iterative=IterativeConfig(steps=3)))
-    r = moved.inspect(good.image[None])[0]
-    assert r.gallery_ids == retrieval.gallery_ids and not np.allclose(r.pose, retrieval.pose)
-    assert {"match", "optimise", "render", "score", "total"} <= set(r.timings_ms) and "pose" not in r.timings_ms
-    still = Inspector.load(tiny_release, InspectorConfig(pose="iterative", iterative=IterativeConfig(steps=2, lr=0.0)))
-    assert np.allclose(still.inspect(good.image[None])[0].pose, retrieval.pose, atol=1e-6)
-
-
-def test_bundle_and_work_folder_give_the_same_result(tiny_release: Path, tiny_pose_bundle: Path, queries) -> None:
-    """The bundle reproduces the training folder it was assembled from (ONNX on both). In
-    the IRPRN pose mode: the refiners' RANSAC can pick another inlier set from a pose that
-    differs in the last bits, on this tiny model's few matches."""
-    good, bad = queries
-    config = InspectorConfig(pose="rpe")
-    work = Inspector.from_work_dir(tiny_pose_bundle, config)
-    images = torch.stack([good.image, bad.image])
-    for a, b in zip(Inspector.load(tiny_release, config).inspect(images), work.inspect(images)):
-        assert a.gallery_ids == b.gallery_ids and np.allclose(a.pose, b.pose, atol=1e-9)
-        assert a.score == pytest.approx(b.score, rel=1e-6)
+    assert set(registry.pose_modes(lab=True)) == {"rpe+refine", "rpe", "oracle", "retrieval", "iterative"}
+    assert registry.pose_modes() == ("rpe+refine", "rpe")
+    with pytest.raises(ValueError, match="not available"):
+        registry.pose_mode("oracle")  # the product refuses a lab mode by name
 
 
 def test_prepare_resizes_and_refuses(inspector: Inspector, tiny_synth: Path) -> None:
@@ -126,6 +134,39 @@ def test_prepare_resizes_and_refuses(inspector: Inspector, tiny_synth: Path) -> 
         inspector.prepare(np.zeros((64, 64), np.float32))
     with pytest.raises(InspectionError, match="expected images"):
         inspector.inspect(torch.zeros(1, 32, 32, 3))
+
+
+def test_a_query_from_another_camera_is_mapped_or_refused(inspector: Inspector, tiny_synth: Path) -> None:
+    """The same camera at another resolution is resized; a longer lens or a shifted principal
+    point is resampled along the same rays; a narrower view than the bundle's is refused."""
+    image = torch.from_numpy(load_rgb(next((tiny_synth / "test" / "good").glob("*.png"))))  # the bundle's camera
+    fx, fy, cx, cy = (float(inspector.K[0, 0]), float(inspector.K[1, 1]), float(inspector.K[0, 2]),
+                      float(inspector.K[1, 2]))
+    # Declared as the bundle's own camera: nothing changes.
+    same = inspector.prepare(image.numpy(), (fx, fy, cx, cy))
+    assert torch.allclose(same, image.clamp(0, 1))
+    # The bundle's view inside a wider photo: pad the 64 px view to 96 px on a 1.5x larger
+    # canvas (same focal length, principal point moved with the padding, off-centre).
+    canvas = torch.ones(96, 96, 3)
+    canvas[10:74, 20:84] = image
+    mapped = inspector.prepare(canvas.numpy(), (fx, fy, cx + 20, cy + 10))
+    assert float((mapped - image).abs().mean()) < 1e-4  # an integer shift: exact
+    # Twice the resolution and twice the focal length with the same framing: a plain resize.
+    big = torch.from_numpy(np.kron(image.numpy(), np.ones((2, 2, 1), np.float32)))
+    assert float((inspector.prepare(big.numpy(), (2 * fx, 2 * fy, 2 * cx, 2 * cy)) - image).abs().mean()) < 0.01
+    # A photo that sees less than the bundle's camera (a crop) cannot be mapped: refused.
+    with pytest.raises(InspectionError, match="does not see all"):
+        inspector.prepare(image[8:56, 8:56].numpy(), (fx, fy, cx - 8, cy - 8))
+    with pytest.raises(InspectionError, match="finite"):
+        inspector.prepare(image.numpy(), (0.0, fy, cx, cy))
+
+
+def test_queries_stay_on_the_inspector_device(inspector: Inspector, queries) -> None:
+    good, _ = queries
+    batch = inspector.start(good.image[None])
+    assert batch.images.device == inspector.device and batch.images_cpu.device.type == "cpu"
+    inspector.locate(batch)
+    assert batch.references.device == inspector.device and batch.poses.shape == (1, 4, 4)
 
 
 def test_inspect_cli_prints_and_draws(tiny_release: Path, tiny_synth: Path, tmp_path: Path,
@@ -142,21 +183,21 @@ def test_inspect_cli_prints_and_draws(tiny_release: Path, tiny_synth: Path, tmp_
     result = json.loads(line)
     assert result["image"] == str(good) and result["is_anomalous"] in (True, False)
     assert (out / f"{good.stem}_overlay.png").stat().st_size > 1000
+    with pytest.raises(SystemExit) as exc:  # argparse: three numbers are not intrinsics
+        main(["inspect", str(tiny_release), str(good), "--intrinsics", "1,2,3"])
+    assert exc.value.code == 2 and "fx,fy,cx,cy" in capsys.readouterr().err
 
 
-def test_gallery_refinement_needs_the_stored_views(inspector: Inspector) -> None:
-    """A bundle whose gallery lacks the stored views and depths is refused at load under
-    the default refiner (gpnp), with what to do; pnp+ecc still works with it."""
+def test_refinement_needs_the_stored_views(inspector: Inspector) -> None:
+    """A bundle whose gallery lacks the stored views and depths is refused at load in the
+    default mode, with what to do; pose mode rpe still runs on it."""
     import copy
     import dataclasses
-
-    from models.refine import RefineConfig
 
     estimator = copy.copy(inspector.estimator)
     estimator.gallery = dataclasses.replace(estimator.gallery, images=None, depths=None, K=None)
     parts = (inspector.scene, inspector.scorer, inspector.calibration, estimator, inspector.width, inspector.height,
              inspector.K)
-    with pytest.raises(ValueError, match="stored views and depths.*pnp\\+ecc"):
+    with pytest.raises(ValueError, match="stored views and depths.*rebuild"):
         Inspector(*parts, InspectorConfig(), inspector.device, "old")
-    older = Inspector(*parts, InspectorConfig(refine=RefineConfig(method="pnp+ecc")), inspector.device, "old")
-    assert older.config.refine.method == "pnp+ecc"
+    assert Inspector(*parts, InspectorConfig(pose="rpe"), inspector.device, "old").config.pose == "rpe"

@@ -1,4 +1,4 @@
-"""`rpe-pad pose-sweep`: choose the query-pose settings on held-out renders, not the test views.
+"""`rpe-pad lab pose-sweep`: choose the query-pose settings on held-out renders, not the test views.
 
 On a bundle or a training work folder, the category's Gaussian model is rendered at ``n``
 fresh random poses (``validation_poses``: directions uniform over the band of elevations its
@@ -11,7 +11,7 @@ looked at, so the settings chosen here are not fitted to the figures reported on
 
 Renders of our own model are the gallery's kind of image; real photographs may favour other
 settings. ``sweep_heldout`` runs the same sweep on a work folder trained with
-``rpe-pad train --holdout N`` (``training.irprn.holdout_views``): its queries are the N
+``rpe-pad lab train --holdout N`` (``training.irprn.holdout_views``): its queries are the N
 training photographs that IRPRN never saw (nor the novel views rendered from them), each
 matched against the gallery without them (``heldout_gallery_mask``), optionally rolled
 within +-``max_roll_deg`` (``copies`` rolls per view; exact for a pinhole camera,
@@ -32,12 +32,14 @@ from tqdm.auto import tqdm
 from models.camera import camera_center, look_at, pose_errors, roll_pose
 from models.data import load_category
 from models.gallery import Gallery
-from models.inspector import Inspector, InspectorConfig
+from lab.workdir import open_inspector
+from models.inspector import InspectorConfig
 from models.irprn import descriptor, load_irprn
 from models.pose import PoseEstimator, roll_images
 from models.splat.scene import GaussianScene
 from training.evaluate import image_size, render_references
-from training.irprn import build_gallery, heldout_gallery_mask, holdout_views, trained_holdout
+from training.gallery import build_gallery
+from training.irprn import heldout_gallery_mask, holdout_views, trained_holdout
 from training.rvss import load_novel
 
 Tensor = torch.Tensor
@@ -77,19 +79,18 @@ def render_views(scene: GaussianScene, poses: Tensor, K: Tensor, width: int, hei
 
 
 def sweep(bundle_dir: Path, category_dir: Path, n: int = 100, max_roll_deg: float = 0.0, seed: int = 0,
-          grids: tuple[int, ...] = GRIDS, ks: tuple[int, ...] = KS, fusion: str = "mean", backend: str = "auto",
+          grids: tuple[int, ...] = GRIDS, ks: tuple[int, ...] = KS,
           device: str = "auto", progress: bool = True) -> dict:
     """Median pose errors of ``n`` held-out renders for every (grid, k); see the module doc."""
     if not grids or min(grids) < 1 or not ks or min(ks) < 1:
         raise ValueError(f"grids and ks must be positive, got {grids}, {ks}")
     category = load_category(category_dir, size=image_size(bundle_dir))
-    inspector = Inspector.open(bundle_dir, InspectorConfig(pose="rpe", fusion=fusion, backend=backend), device=device,
-                               camera=(category.width, category.height, category.K))
+    inspector = open_inspector(bundle_dir, InspectorConfig(pose="rpe"), device=device, camera=(category.width, category.height, category.K))
     poses = validation_poses(category.train_poses(), n, max_roll_deg, seed)
     images = render_views(inspector.scene, poses, category.K, category.width, category.height)
     rows = _sweep_rows(inspector.estimator, images, poses, grids, ks, progress)
     return {"category": category.name, "bundle": str(bundle_dir), "queries": "renders", "n_views": n,
-            "max_roll_deg": max_roll_deg, "seed": seed, "fusion": fusion, "gallery_grid": inspector.estimator.gallery.grid,
+            "max_roll_deg": max_roll_deg, "seed": seed, "gallery_grid": inspector.estimator.gallery.grid,
             "rows": rows, "best": _best(rows)}
 
 
@@ -104,7 +105,7 @@ def _sweep_rows(est: PoseEstimator, images: Tensor, poses: Tensor, grids: tuple[
     try:
         for grid, k in tqdm([(g, k) for g in grids for k in ks], desc="pose sweep", disable=not progress):
             est.gallery, est.grid, est.k = galleries[grid], grid, k
-            err = pose_errors(est.estimate(images, "rpe").poses, poses)
+            err = pose_errors(est.estimate(images).poses, poses)
             rows.append({"grid": grid, "k": k, "built": grid == built.grid,
                          "rot_deg_median": round(float(err["rot_deg"].median()), 3),
                          "center_rel_median": round(float(err["center_rel"].median()), 4)})
@@ -142,7 +143,7 @@ def heldout_gallery(category, novel, net, held: Tensor) -> Gallery:
 
 
 def sweep_heldout(work_dir: Path, category_dir: Path, max_roll_deg: float = 0.0, copies: int = 1, seed: int = 0,
-                  grids: tuple[int, ...] = GRIDS, ks: tuple[int, ...] = KS, fusion: str = "mean",
+                  grids: tuple[int, ...] = GRIDS, ks: tuple[int, ...] = KS,
                   progress: bool = True) -> dict:
     """Median pose errors of the held-out training photographs for every (grid, k); see the module doc."""
     if not grids or min(grids) < 1 or not ks or min(ks) < 1:
@@ -169,20 +170,20 @@ def sweep_heldout(work_dir: Path, category_dir: Path, max_roll_deg: float = 0.0,
         raise ValueError(f"{category_dir} is not the category {work_dir} was trained on: its held-out views "
                          f"{recorded[:3]}... are not {names[:3]}...")
     gallery = heldout_gallery(category, novel, net, held)
-    est = PoseEstimator.from_torch(net, gallery, unit, fusion=fusion)
+    est = PoseEstimator.from_torch(net, gallery, unit)
     images = torch.stack([category.train[i].image for i in held.tolist()])
     images, poses = heldout_queries(images, category.train_poses()[held], copies, max_roll_deg, seed)
     rows = _sweep_rows(est, images, poses, grids, ks, progress)
     return {"category": category.name, "bundle": str(work_dir), "queries": "held-out photographs",
             "held_out": names, "n_views": len(images), "copies": copies,
-            "max_roll_deg": max_roll_deg, "seed": seed, "fusion": fusion, "gallery_grid": gallery.grid,
+            "max_roll_deg": max_roll_deg, "seed": seed, "gallery_grid": gallery.grid,
             "gallery_views": len(gallery), "rows": rows, "best": _best(rows)}
 
 
 def markdown(result: dict) -> str:
     what = "held-out photographs" if result.get("queries") == "held-out photographs" else "held-out renders"
     lines = [f"Pose sweep, {result['category']}: {result['n_views']} {what} (roll +-{result['max_roll_deg']} deg, "
-             f"seed {result['seed']}), fusion {result['fusion']}; gallery built at {result['gallery_grid']} x "
+             f"seed {result['seed']}); gallery built at {result['gallery_grid']} x "
              f"{result['gallery_grid']}", "", "| grid | k | rotation deg (median) | centre rel (median) |",
              "|---:|---:|---:|---:|"]
     for r in result["rows"]:

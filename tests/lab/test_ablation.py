@@ -1,4 +1,4 @@
-"""`rpe-pad ablation`: each variant trains with its switches in its own folder, shares the
+"""`rpe-pad lab ablation`: each variant trains with its switches in its own folder, shares the
 fitted model, leaves the source untouched, and is evaluated by the one pipeline."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from models.hashing import sha256_file
 from rpe_pad.cli import main
-from training.ablation import VARIANTS
+from lab.ablation import VARIANTS
 
 
 def test_variants_are_the_papers_rows() -> None:
@@ -27,7 +27,7 @@ def test_ablation_runs_two_variants(tiny_pose_bundle: Path, tiny_synth: Path, tm
     shutil.copytree(tiny_pose_bundle, source)
     weights_before = sha256_file(source / "irprn" / "weights.safetensors")
     out = tmp_path / "ablation"
-    assert main(["ablation", str(tiny_synth), str(bundles), "--preset", "demo", "--variants", "none", "rvss_mpts",
+    assert main(["lab", "ablation", str(tiny_synth), str(bundles), "--preset", "demo", "--variants", "none", "rvss_mpts",
                  "--irprn-epochs", "1", "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "ablation.json").read_text())
     assert [(r["variant"], r["pose_mode"]) for r in result["rows"]] == [("none", "rpe"), ("rvss_mpts", "rpe")]
@@ -47,5 +47,5 @@ def test_ablation_runs_two_variants(tiny_pose_bundle: Path, tiny_synth: Path, tm
 
 
 def test_ablation_needs_a_trained_category(tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["ablation", str(tiny_synth), str(tmp_path), "--variants", "none", "--quiet"]) == 2
+    assert main(["lab", "ablation", str(tiny_synth), str(tmp_path), "--variants", "none", "--quiet"]) == 2
     assert "run `rpe-pad train`" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from models.data import load_category
-from models.patchcore import PatchCore, PatchCoreConfig, greedy_coreset
+from lab.patchcore import PatchCore, PatchCoreConfig, greedy_coreset
 
 
 def test_greedy_coreset_covers_every_cluster() -> None:

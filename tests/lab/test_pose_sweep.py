@@ -1,4 +1,4 @@
-"""`rpe-pad pose-sweep`: held-out poses and the sweep over retrieval grids and k."""
+"""`rpe-pad lab pose-sweep`: held-out poses and the sweep over retrieval grids and k."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import torch
 
 from models.camera import camera_center, look_at, pose_errors, project_points, rotation_angle
 from models.data import load_category
-from models.pose import PoseEstimator
+from lab.workdir import pose_estimator
 from models.splat.scene import GaussianScene
 from rpe_pad.cli import main
 from training.evaluate import image_size
 from training.irprn import holdout_views
-from training.pose_sweep import MAX_ELEVATION_DEG, heldout_queries, render_views, validation_poses
+from lab.pose_sweep import MAX_ELEVATION_DEG, heldout_queries, render_views, validation_poses
 from training.rvss import load_novel
 
 D = torch.float64
@@ -61,7 +61,7 @@ def test_validation_poses_stay_within_the_training_cameras_band() -> None:
 def test_sweep_reports_every_grid_and_k(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sweep.json"
-    code = main(["pose-sweep", str(tiny_pose_bundle), str(tiny_synth), "--views", "4", "--grids", "4", "7",
+    code = main(["lab", "pose-sweep", str(tiny_pose_bundle), str(tiny_synth), "--views", "4", "--grids", "4", "7",
                  "--k", "1", "3", "--max-roll", "10", "--json", str(out), "--quiet"])
     assert code == 0
     report = json.loads(out.read_text())
@@ -78,7 +78,7 @@ def test_sweep_reports_every_grid_and_k(tiny_pose_bundle: Path, tiny_synth: Path
     poses = validation_poses(cat.train_poses(), 4, 10.0, seed=0)
     images = render_views(GaussianScene.load(tiny_pose_bundle / "splats" / "scene.safetensors"), poses, cat.K,
                           cat.width, cat.height)
-    err = pose_errors(PoseEstimator.from_bundle(tiny_pose_bundle, k=3).estimate(images).poses, poses)
+    err = pose_errors(pose_estimator(tiny_pose_bundle, k=3).estimate(images).poses, poses)
     assert report["rows"][3]["rot_deg_median"] == pytest.approx(float(err["rot_deg"].median()), abs=2e-3)
     assert report["category"] == cat.name
 
@@ -121,7 +121,7 @@ def test_heldout_queries_turn_the_image_the_way_the_pose_turns() -> None:
 
 def test_heldout_gallery_leaves_out_the_held_views_and_their_renders(tiny_pose_bundle: Path, tiny_synth: Path) -> None:
     from models.irprn import load_irprn
-    from training.pose_sweep import heldout_gallery
+    from lab.pose_sweep import heldout_gallery
 
     cat = load_category(tiny_synth)
     novel = load_novel(tiny_pose_bundle / "rvss" / "novel.safetensors")
@@ -142,9 +142,9 @@ def test_sweep_on_held_out_photographs(tiny_pose_bundle: Path, tiny_synth: Path,
     from training.irprn import preset, run_irprn_stage
 
     # A bundle trained on every view has no held-out photographs: a clear refusal.
-    assert main(["pose-sweep", str(tiny_pose_bundle), str(tiny_synth), "--held-out", "--quiet"]) != 0
+    assert main(["lab", "pose-sweep", str(tiny_pose_bundle), str(tiny_synth), "--held-out", "--quiet"]) != 0
     assert "--holdout" in capsys.readouterr().err
-    assert main(["pose-sweep", str(tiny_pose_bundle), str(tiny_synth), "--copies", "2", "--quiet"]) != 0
+    assert main(["lab", "pose-sweep", str(tiny_pose_bundle), str(tiny_synth), "--copies", "2", "--quiet"]) != 0
     assert "--copies goes with --held-out" in capsys.readouterr().err
     work = tmp_path / "tiny"
     for part in ("splats", "rvss"):
@@ -152,7 +152,7 @@ def test_sweep_on_held_out_photographs(tiny_pose_bundle: Path, tiny_synth: Path,
     cat = load_category(tiny_synth)
     run_irprn_stage(cat, preset("demo", **TINY_IRPRN, holdout=2), work, progress=False)
     out = tmp_path / "heldout.json"
-    code = main(["pose-sweep", str(work), str(tiny_synth), "--held-out", "--max-roll", "10", "--copies", "2",
+    code = main(["lab", "pose-sweep", str(work), str(tiny_synth), "--held-out", "--max-roll", "10", "--copies", "2",
                  "--grids", "4", "7", "--k", "1", "3", "--json", str(out), "--quiet"])
     assert code == 0
     report = json.loads(out.read_text())

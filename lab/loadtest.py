@@ -1,4 +1,4 @@
-"""`rpe-pad loadtest`: N concurrent clients against a running service, on loopback only.
+"""`rpe-pad lab loadtest`: N concurrent clients against a running service, on loopback only.
 
 Each client posts the same image to ``/inspect`` back to back for ``seconds`` (or until
 ``max_requests`` in all). Reports throughput, latency percentiles, answers by status, and

@@ -1,4 +1,4 @@
-"""`rpe-pad sensitivity`: how the scorer degrades when the reference is misaligned.
+"""`rpe-pad lab sensitivity`: how the scorer degrades when the reference is misaligned.
 
 Every test view is scored against the bundle's render at its true pose (the oracle
 reference), then against the same reference shifted horizontally by s pixels or rotated
@@ -6,7 +6,7 @@ in-plane by a degrees about the image centre (borders replicated), for each comp
 mode (``tolerance`` 0 = the peers' exact comparison, r > 0 = best match within r cells).
 Shifts are in pixels of the image size the views are scored at (``size``), so a row
 reads "the render sits s px off the query". Image and pixel AUROC per row, metrics at
-224 x 224 like ``rpe-pad evaluate``.
+224 x 224 like ``rpe-pad lab evaluate``.
 """
 
 from __future__ import annotations

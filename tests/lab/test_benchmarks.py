@@ -1,4 +1,4 @@
-"""`rpe-pad bench`: per-stage times, throughput by batch size, the speed-up over iterative."""
+"""`rpe-pad lab bench`: per-stage times, throughput by batch size, the speed-up over iterative."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rpe_pad.cli import main
 def test_bench_reports_stages_throughput_and_ratios(tiny_release: Path, tiny_synth: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
-    assert main(["bench", str(tiny_release), str(tiny_synth), "--batch-sizes", "1", "3", "--iterative-queries", "1",
+    assert main(["lab", "bench", str(tiny_release), str(tiny_synth), "--batch-sizes", "1", "3", "--iterative-queries", "1",
                  "--iterative-steps", "2", "--single-queries", "3", "--device", "cpu", "--k", "2", "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "bench.json").read_text())
     assert result["k"] == 2

@@ -1,4 +1,4 @@
-"""`rpe-pad ablation CATEGORY_DIR BUNDLES_DIR`: the paper's Table 6 rerun on our data.
+"""`rpe-pad lab ablation CATEGORY_DIR BUNDLES_DIR`: the paper's Table 6 rerun on our data.
 
 The paper switches its three training-time components on and off: RVSS (the novel set
 of perturbed views), IRPRN's refinement layers, MPTS (weighted multi-pair training).
@@ -10,7 +10,7 @@ train`` first), rebuilds ``rvss``, ``irprn`` and ``gallery`` with its switches i
 work folder ``BUNDLES_DIR/.ablation/<variant>/.work/<category>`` (hard links to the shared
 stages; a stage whose inputs and switches match a valid output is skipped, so ``all``
 reuses the trained category and a rerun only redoes what changed), and is evaluated with the one inspection
-pipeline (``training.evaluate``) in the pose modes asked for (default ``rpe``: what the
+pipeline (``lab.evaluate``) in the pose modes asked for (default ``rpe``: what the
 network alone is worth). Output: ``ablation.json`` and ``ablation.md`` in ``--out``.
 """
 
@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.evaluate import evaluate
+from lab.evaluate import evaluate
 from training.pipeline import run_train, work_dir
 
 

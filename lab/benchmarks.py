@@ -1,5 +1,5 @@
-"""Timing benchmarks, with the machine: `rpe-pad bench-render` (the renderer alone,
-medians of repeated runs) and `rpe-pad bench` (the inspection pipeline per stage and by
+"""Timing benchmarks, with the machine: `rpe-pad lab bench-render` (the renderer alone,
+medians of repeated runs) and `rpe-pad lab bench` (the inspection pipeline per stage and by
 batch size, against the peers' iterative pose optimisation)."""
 
 from __future__ import annotations
@@ -132,8 +132,8 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
     (median total of one minus the other's)."""
     from tqdm.auto import tqdm
 
+    import lab  # noqa: F401 (registers the evaluation-only pose modes)
     from models.inspector import Inspector, InspectorConfig
-    from models.refine import IterativeConfig
 
     devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     if single_queries < 1:
@@ -146,7 +146,7 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
         images = None
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
         for mode in modes:
-            inspector = Inspector.load(bundle_dir, InspectorConfig(pose=mode, k=k), device=device)
+            inspector = Inspector.load(bundle_dir, device, pose=mode, k=k)
             if images is None:
                 images = _queries(category_dir, inspector.width, max(*batch_sizes, iterative_queries, single_queries))
             inspector.inspect(images[:1])  # warm-up (ONNX session, CUDA kernels, caches)
@@ -171,13 +171,12 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
                 rows.append(row)
             per_device["modes"][mode] = rows
         if iterative_queries > 0:
-            inspector = Inspector.load(bundle_dir, InspectorConfig(pose="iterative",
-                                                                   iterative=IterativeConfig(steps=iterative_steps)),
-                                       device=device)
+            inspector = Inspector.load(bundle_dir, device, pose="iterative", k=k,
+                                       pose_options={"steps": iterative_steps})
             if images is None:
                 images = _queries(category_dir, inspector.width, iterative_queries)
-            Inspector.load(bundle_dir, InspectorConfig(pose="iterative", iterative=IterativeConfig(steps=1)),
-                           device=device).inspect(images[:1])  # warm-up
+            Inspector.load(bundle_dir, device, pose="iterative", k=k,
+                           pose_options={"steps": 1}).inspect(images[:1])  # warm-up
             times = []
             for i in tqdm(range(iterative_queries), desc=f"bench {device} iterative", disable=not progress):
                 out = inspector.inspect(images[i : i + 1])

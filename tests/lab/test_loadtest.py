@@ -1,4 +1,4 @@
-"""`rpe-pad loadtest` against a real uvicorn server on loopback, serving the tiny bundle."""
+"""`rpe-pad lab loadtest` against a real uvicorn server on loopback, serving the tiny bundle."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import uvicorn
 
 from rpe_pad.cli import main
 from service.app import create_app
-from service.loadtest import run_load
+from lab.loadtest import run_load
 from service.settings import Settings
 
 
@@ -44,7 +44,7 @@ def server(tiny_release: Path):
 def test_load_report(server: str, tiny_release: Path, tiny_synth: Path, tmp_path: Path) -> None:
     image = min((tiny_synth / "test" / "good").glob("*.png"))
     out = tmp_path / "load.json"
-    assert main(["loadtest", str(image), "--category", tiny_release.name, "--url", server, "--clients", "3",
+    assert main(["lab", "loadtest", str(image), "--category", tiny_release.name, "--url", server, "--clients", "3",
                  "--seconds", "30", "--max-requests", "6", "--json", str(out)]) == 0
     import json
 

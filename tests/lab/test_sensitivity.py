@@ -1,4 +1,4 @@
-"""`rpe-pad sensitivity`: the imposed misalignment is exact and the table is complete."""
+"""`rpe-pad lab sensitivity`: the imposed misalignment is exact and the table is complete."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rpe_pad.cli import main
-from training.sensitivity import misalign
+from lab.sensitivity import misalign
 
 
 def test_shift_moves_content_right_by_whole_pixels() -> None:
@@ -31,7 +31,7 @@ def test_rotation_about_the_centre() -> None:
 
 def test_sensitivity_cli(tiny_bundle: Path, tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sens"
-    assert main(["sensitivity", str(tiny_bundle), str(tiny_synth), "--shifts", "0", "4", "--rotations", "2",
+    assert main(["lab", "sensitivity", str(tiny_bundle), str(tiny_synth), "--shifts", "0", "4", "--rotations", "2",
                  "--tolerances", "0", "1", "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "sensitivity.json").read_text())
     assert len(result["rows"]) == 2 * 3
@@ -48,7 +48,7 @@ def test_sensitivity_cli(tiny_bundle: Path, tiny_synth: Path, tmp_path: Path, ca
 
 def test_sensitivity_reads_a_bundle(tiny_release: Path, tiny_synth: Path) -> None:
     """A bundle has no splats/config.json: the image size comes from its manifest."""
-    from training.sensitivity import sensitivity
+    from lab.sensitivity import sensitivity
 
     result = sensitivity(tiny_release, tiny_synth, shifts=[0], rotations=[], tolerances=[1], progress=False)
     assert result["image_size"] == [64, 64]

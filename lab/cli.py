@@ -1,0 +1,254 @@
+"""`rpe-pad lab ...`: the research drivers (evaluation in every pose mode, baselines,
+benchmarks, the paper's ablation, sweeps, the service load test, training variants).
+
+Thin wrappers over the ``lab`` package; the product's CLI (``rpe_pad/cli.py``) mounts them
+under its ``lab`` group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import lab  # noqa: F401 (registers the evaluation-only pose modes, by name: nothing heavy is imported)
+from models import registry
+from rpe_pad.argtypes import non_negative_int, positive_int
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from lab.evaluate import evaluate
+
+    name = args.pose if args.limit is None else f"{args.pose}_limit{args.limit}"  # a subset never overwrites a full run
+    if args.out is not None:
+        out = args.out
+    elif (args.bundle_dir / "manifest.json").exists():  # bundles stay as assembled (and may be read-only)
+        out = Path("evaluations") / args.bundle_dir.name / name
+    else:
+        out = args.bundle_dir / "reports" / f"evaluate_{name}"
+    metrics = evaluate(args.bundle_dir, args.category_dir, pose=args.pose, out_dir=out, k=args.k,
+                       iterative_steps=args.iterative_steps, progress=True, limit=args.limit)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "per_query_reproj_px"}, indent=2))
+    print(f"report: {out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.pipeline import run_train, summary_table
+
+    stages = args.stages.split(",") if args.stages else None
+    switches = {"rvss_m": args.rvss_m, "rvss_orbit": args.rvss_orbit, "n_refine": args.refine_layers,
+                "k": args.pairs_k, "mpts": False if args.no_mpts else None, "epochs": args.irprn_epochs,
+                "holdout": args.holdout}
+    reports = run_train(args.category_dir, args.out, preset=args.preset, stages=stages, progress=True,
+                        ablation=switches)
+    print(summary_table(reports))
+    return 0
+
+
+def _cmd_loadtest(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from lab.loadtest import run_load
+
+    result = asyncio.run(run_load(args.url, args.category, args.image, clients=args.clients, seconds=args.seconds,
+                                  max_requests=args.max_requests, api_key=args.api_key))
+    return _print_json(result, args.json)
+
+
+def _print_json(result: dict, path: Path | None) -> int:
+    """Print ``result`` as JSON, and write it to ``path`` when one is given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path:
+        path.write_text(text + "\n")
+    return 0
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from lab.sensitivity import markdown, sensitivity, write
+
+    out = args.out or (args.bundle_dir / "reports" / "sensitivity")
+    result = sensitivity(args.bundle_dir, args.category_dir, size=args.size, shifts=args.shifts,
+                         rotations=args.rotations, tolerances=args.tolerances, progress=not args.quiet)
+    write(result, out)
+    print(markdown(result))
+    print(f"report: {out}")
+    return 0
+
+
+def _cmd_pose_sweep(args: argparse.Namespace) -> int:
+    from lab.pose_sweep import markdown, sweep, sweep_heldout, write
+
+    if not args.held_out and args.copies != 1:
+        raise ValueError("--copies goes with --held-out (renders are drawn with --views)")
+    if args.held_out:
+        out = args.json or (args.bundle_dir / "reports" / "pose_sweep_heldout.json")
+        result = sweep_heldout(args.bundle_dir, args.category_dir, max_roll_deg=args.max_roll, copies=args.copies,
+                               seed=args.seed, grids=tuple(args.grids), ks=tuple(args.k), progress=not args.quiet)
+    else:
+        out = args.json or (args.bundle_dir / "reports" / "pose_sweep.json")
+        result = sweep(args.bundle_dir, args.category_dir, n=args.views, max_roll_deg=args.max_roll, seed=args.seed,
+                       grids=tuple(args.grids), ks=tuple(args.k), device=args.device,
+                       progress=not args.quiet)
+    write(result, out)
+    print(markdown(result))
+    print(f"report: {out}")
+    return 0
+
+
+def _cmd_bench_render(args: argparse.Namespace) -> int:
+    from lab.benchmarks import bench_render, load_or_random
+
+    scene = load_or_random(args.scene, args.gaussians)
+    devices = None if args.device == "all" else [args.device]
+    result = bench_render(scene, size=args.size, repeats=args.repeats, devices=devices)
+    return _print_json(result, args.json)
+
+
+def _cmd_ablation(args: argparse.Namespace) -> int:
+    from lab.ablation import ablation_table, run_ablation
+
+    out = args.out or (args.bundles / "reports" / "ablation")
+    result = run_ablation(args.category_dir, args.bundles, out, preset=args.preset, variants=args.variants,
+                          poses=tuple(args.poses), progress=not args.quiet, epochs=args.irprn_epochs)
+    print(ablation_table(result))
+    print(f"report: {out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from lab.benchmarks import bench_markdown, bench_pipeline, write_bench
+
+    out = args.out or Path("benchmarks") / args.bundle_dir.name
+    devices = None if args.device == "all" else [args.device]
+    result = bench_pipeline(args.bundle_dir, args.category_dir, modes=tuple(args.modes),
+                            batch_sizes=tuple(args.batch_sizes), iterative_queries=args.iterative_queries,
+                            iterative_steps=args.iterative_steps, devices=devices, progress=not args.quiet,
+                            single_queries=args.single_queries, k=args.k)
+    write_bench(result, out)
+    print(bench_markdown(result))
+    print(f"report: {out} (bench.json, bench.md, bench.png)")
+    return 0
+
+
+def add_lab_commands(sub) -> None:
+    """The lab's subcommands on ``sub`` (an argparse subparsers object)."""
+    p = sub.add_parser("evaluate", help="score every test view of a category in any pose mode and report the metrics")
+    p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> (or a training folder BUNDLES_DIR/.work/<category>)")
+    p.add_argument("category_dir", type=Path)
+    p.add_argument("--pose", default=registry.DEFAULT_POSE, choices=[*registry.pose_modes(lab=True), "patchcore"],
+                   help="; ".join(f"{n}: {e.help}" for n, e in registry.POSE_MODES.items())
+                   + "; patchcore: the 2D baseline that ignores pose (default rpe+refine)")
+    p.add_argument("--iterative-steps", type=positive_int, default=175,
+                   help="Adam steps of --pose iterative (default 175, the peers')")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="evaluate about this many test views, each label keeping its share (for slow modes; default all)")
+    p.add_argument("--k", type=positive_int, default=None, help="gallery matches per query (default: the bundle's)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report folder (default ./evaluations/<category>/<pose> for a bundle, "
+                        "FOLDER/reports/evaluate_<pose> for a training folder)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("train", help="rpe-pad train with the ablation switches (variants for the paper's tables)")
+    p.add_argument("category_dir", type=Path, help="a MAD-Sim-format category")
+    p.add_argument("--out", type=Path, required=True, help="bundles folder (BUNDLES_DIR/<category> is written)")
+    p.add_argument("--preset", default="cpu", choices=list(registry.PRESETS), help="default cpu")
+    p.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
+    p.add_argument("--rvss-m", type=non_negative_int, default=None,
+                   help="novel views per training view (0 = no RVSS, and no orbit views unless --rvss-orbit; default 3)")
+    p.add_argument("--rvss-orbit", type=non_negative_int, default=None,
+                   help="wider novel views per training view, carried 2-12 degrees around the object "
+                        "(default: 6 with the cpu and paper presets, 0 with demo or --rvss-m 0)")
+    p.add_argument("--refine-layers", type=non_negative_int, default=None, help="IRPRN refinement layers (default 3)")
+    p.add_argument("--pairs-k", type=positive_int, default=None, help="training pairs per query, K (default 3)")
+    p.add_argument("--no-mpts", action="store_true", help="uniform pair weights instead of MPTS")
+    p.add_argument("--irprn-epochs", type=positive_int, default=None, help="IRPRN epochs (default: the preset's)")
+    p.add_argument("--holdout", type=non_negative_int, default=None,
+                   help="hold this many training views (and their novel views) out of IRPRN's training: real "
+                        "photographs to choose pose settings on (rpe-pad lab pose-sweep --held-out; default 0). A "
+                        "validation run: use its own --out; it builds no bundle")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("loadtest", help="N concurrent clients against a running service (loopback only)")
+    p.add_argument("image", type=Path, help="the image every request posts")
+    p.add_argument("--category", required=True)
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--clients", type=positive_int, default=8)
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--max-requests", type=positive_int, default=10_000, help="stop after this many in all")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    p.set_defaults(func=_cmd_loadtest)
+
+    p = sub.add_parser("sensitivity", help="image/pixel AUROC against a shifted or rotated oracle reference")
+    p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> written by rpe-pad train")
+    p.add_argument("category_dir", type=Path)
+    p.add_argument("--size", type=positive_int, default=None, help="score at this image width (default: the model's)")
+    p.add_argument("--shifts", type=non_negative_int, nargs="+", default=[0, 1, 2, 4, 8], help="pixels (default 0 1 2 4 8)")
+    p.add_argument("--rotations", type=non_negative_int, nargs="*", default=[1, 2], help="degrees (default 1 2)")
+    p.add_argument("--tolerances", type=non_negative_int, nargs="+", default=[0, 1], help="comparison modes (default 0 1)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLE_DIR/reports/sensitivity)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sensitivity)
+
+    p = sub.add_parser("pose-sweep", help="query-pose errors on held-out renders for each retrieval grid and k "
+                       "(choose settings without the test views)")
+    p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> or its training work folder")
+    p.add_argument("category_dir", type=Path, help="the category it was trained on (cameras and image size)")
+    p.add_argument("--views", type=positive_int, default=100, help="held-out renders (default 100)")
+    p.add_argument("--held-out", action="store_true",
+                   help="query with the training photographs held out of IRPRN's training instead of renders "
+                        "(a work folder trained with rpe-pad lab train --holdout N; PyTorch weights)")
+    p.add_argument("--copies", type=positive_int, default=1, help="with --held-out: rolled copies per photograph "
+                   "(needs --max-roll; default 1)")
+    p.add_argument("--max-roll", type=float, default=0.0, help="their roll about the optical axis, +-degrees (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--grids", type=positive_int, nargs="+", default=[4, 7], help="retrieval grids (default 4 7)")
+    p.add_argument("--k", type=positive_int, nargs="+", default=[1, 3, 5, 8, 10], help="matches fused (default 1 3 5 8 10)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--json", type=Path, default=None, help="report file (default BUNDLE_DIR/reports/pose_sweep.json, "
+                   "with --held-out pose_sweep_heldout.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pose_sweep)
+
+    p = sub.add_parser("bench-render", help="time the Gaussian renderer (median of repeated runs)")
+    p.add_argument("--scene", type=Path, default=None, help="a scene.safetensors (default: random scene)")
+    p.add_argument("--gaussians", type=positive_int, default=20_000, help="random scene size (default 20000)")
+    p.add_argument("--size", type=positive_int, default=256, help="image width and height (default 256)")
+    p.add_argument("--repeats", type=positive_int, default=10)
+    p.add_argument("--device", default="all", choices=["all", "cpu", "cuda"])
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    p.set_defaults(func=_cmd_bench_render)
+
+    p = sub.add_parser("bench", help="per-stage latency and throughput of the inspection pipeline, and the speed-up "
+                                     "over the peers' iterative pose optimisation")
+    p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> (verified before use)")
+    p.add_argument("category_dir", type=Path, help="the category whose test views are the queries")
+    p.add_argument("--modes", nargs="+", default=["rpe", "rpe+refine"], choices=registry.pose_modes(lab=True),
+                   help="pose modes to time at every batch size (default rpe rpe+refine)")
+    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--iterative-queries", type=non_negative_int, default=2,
+                   help="queries timed in the peers' iterative mode (0 = skip; minutes each on a CPU; default 2)")
+    p.add_argument("--iterative-steps", type=positive_int, default=175, help="default 175, the peers'")
+    p.add_argument("--single-queries", type=positive_int, default=8,
+                   help="queries run one at a time for batch size 1, the median one reported (default 8)")
+    p.add_argument("--device", default="all", choices=["all", "cpu", "cuda"], help="default: CPU, and CUDA when present")
+    p.add_argument("--k", type=positive_int, default=None, help="gallery matches per query (default: the bundle's)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default ./benchmarks/<category>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("ablation", help="the paper's ablation (RVSS, IRPRN refinement, MPTS on and off) on a category")
+    p.add_argument("category_dir", type=Path, help="the category rpe-pad train was run on")
+    p.add_argument("bundles", type=Path, help="the bundles folder of that run (its .work/<category> splats and calibration are reused)")
+    p.add_argument("--preset", default="cpu", choices=list(registry.PRESETS), help="training preset (default cpu)")
+    p.add_argument("--variants", nargs="+", default=None,
+                   choices=["none", "rvss", "rvss_irprn", "rvss_mpts", "all"], help="default: all five")
+    p.add_argument("--poses", nargs="+", default=["rpe"], choices=registry.pose_modes(lab=True),
+                   help="pose modes to evaluate each variant in (default rpe)")
+    p.add_argument("--irprn-epochs", type=positive_int, default=None, help="IRPRN epochs (default: the preset's)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLES/reports/ablation)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_ablation)
+

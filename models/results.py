@@ -1,0 +1,128 @@
+"""The one result type: what the Inspector returns, the API answers and the CLI prints.
+
+``Inspection`` is a pydantic model: its fields are the JSON the service sends (the service's
+response adds only the request's own fields: ``service/schemas.py``) and the line
+``rpe-pad inspect --json`` prints. The arrays (anomaly map, rendered reference) and the
+calibration travel with it as private attributes, never serialised. A threshold override is
+applied in one place, ``Inspection.decided``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from models.calibration import Calibration
+from models.camera import rotmat_to_quat
+
+
+class InspectionError(ValueError):
+    """A query the pipeline cannot inspect (wrong shape or camera, unusable threshold): the
+    caller's mistake, with a message that says what to change."""
+
+
+class Pose(BaseModel):
+    world_to_camera: list[list[float]] = Field(description="4 x 4, OpenCV axes (x right, y down, z forward)")
+    quaternion_wxyz: list[float] = Field(description="rotation of world_to_camera, unit, w >= 0")
+    translation: list[float] = Field(description="translation of world_to_camera")
+
+    @classmethod
+    def of(cls, matrix: np.ndarray) -> Pose:
+        q = rotmat_to_quat(torch.from_numpy(np.asarray(matrix[:3, :3], dtype=np.float64)))
+        return cls(world_to_camera=[[float(v) for v in row] for row in matrix],
+                   quaternion_wxyz=[float(v) for v in q], translation=[float(v) for v in matrix[:3, 3]])
+
+
+class GalleryMatch(BaseModel):
+    id: int = Field(description="index in the bundle's gallery")
+    name: str = Field(description="the gallery view's name (training photo, or novel view)")
+    similarity: float = Field(description="cosine similarity of the retrieval descriptors")
+
+
+class Inspection(BaseModel):
+    """One query's result."""
+
+    model_config = ConfigDict(frozen=True)
+
+    score: float = Field(description="raw anomaly score: the maximum of the anomaly map")
+    threshold: float = Field(description="the threshold used (calibrated, or the request's override), raw units")
+    normalised_score: float = Field(ge=0, le=1, description="in [0, 1]; 0.5 at the threshold used")
+    is_anomalous: bool = Field(description="score > threshold")
+    pose: Pose = Field(description="the camera pose the reference was rendered at")
+    gallery_matches: list[GalleryMatch] = Field(description="best first (empty when the pose was given)")
+    timings_ms: dict[str, float] = Field(description="per stage (match, pose, refine, render, score) and total; "
+                                                     "this image's share of its batch")
+    refine: dict[str, Any] = Field(default_factory=dict, description="what the refinement did (rpe+refine)")
+
+    _anomaly_map: np.ndarray = PrivateAttr()  # [H, W] float32, raw units
+    _reference: np.ndarray = PrivateAttr()  # [H, W, 3] float32: the normal view the query was compared with
+    _calibration: Calibration = PrivateAttr()
+
+    @classmethod
+    def build(cls, calibration: Calibration, score: float, anomaly_map: np.ndarray, reference: np.ndarray,
+              pose: np.ndarray, matches: list[GalleryMatch], timings_ms: dict[str, float], refine: dict,
+              threshold: float | None = None) -> Inspection:
+        t = resolve_threshold(calibration, threshold)
+        out = cls(score=score, threshold=t, normalised_score=float(calibration.normalise(score, t)),
+                  is_anomalous=bool(score > t), pose=Pose.of(pose), gallery_matches=matches,
+                  timings_ms=timings_ms, refine=refine)
+        out._anomaly_map, out._reference, out._calibration = anomaly_map, reference, calibration
+        return out
+
+    def decided(self, threshold: float | None) -> Inspection:
+        """The same inspection decided at another threshold (None: the calibrated one);
+        ``InspectionError`` for a threshold the calibration cannot use."""
+        t = resolve_threshold(self._calibration, threshold)
+        return self.model_copy(update={"threshold": t, "is_anomalous": bool(self.score > t),
+                                       "normalised_score": float(self._calibration.normalise(self.score, t))})
+
+    @property
+    def anomaly_map(self) -> np.ndarray:
+        return self._anomaly_map
+
+    @property
+    def reference(self) -> np.ndarray:
+        return self._reference
+
+    @property
+    def calibration(self) -> Calibration:
+        return self._calibration
+
+    @property
+    def pose_matrix(self) -> np.ndarray:
+        """``[4, 4]`` float64 world-to-camera."""
+        return np.array(self.pose.world_to_camera, dtype=np.float64)
+
+    @property
+    def gallery_names(self) -> list[str]:
+        return [m.name for m in self.gallery_matches]
+
+    def normalised_map(self) -> np.ndarray:
+        """The map normalised to [0, 1], 0.5 at the threshold: ``> 0.5`` is the decision mask."""
+        return self._calibration.normalise_map(self._anomaly_map, self.threshold)
+
+
+def resolve_threshold(calibration: Calibration, threshold: float | None) -> float:
+    """The threshold in force: the calibrated one (None) or a caller's override, checked
+    (``InspectionError`` for one the calibration cannot use). The one place overrides go."""
+    try:
+        return float(calibration.resolve(threshold))
+    except ValueError as exc:
+        raise InspectionError(str(exc)) from exc
+
+
+class CategoryInfo(BaseModel):
+    """What a client needs to know about a loaded category (``GET /categories``)."""
+
+    category: str
+    bundle_format_version: int
+    bundle_created: str
+    image_size: list[int] = Field(description="width, height: queries are resized to this (same aspect ratio)")
+    intrinsics: list[float] = Field(description="fx, fy, cx, cy of the bundle's camera at image_size, pixels")
+    gallery_size: int
+    threshold: float = Field(description="calibrated decision threshold, raw score units")
+    pose_mode: str
+    device: str
