@@ -41,7 +41,7 @@ class RetrievalPose:
 
     def __call__(self, batch: Batch) -> None:
         self.match(batch)
-        batch.poses = self.gallery.poses[batch.gallery_ids[:, 0]].double().clone()
+        batch.poses = self.gallery.poses[batch.matched.gallery_ids[:, 0]].double().clone()
 
 
 class IterativePose(RetrievalPose):

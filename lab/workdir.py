@@ -4,46 +4,35 @@ the product loads bundles only (``models.inspector.Inspector.load``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from models.bundle import FILES
+from models.bundle import FILES, WORK_FILES
 from models.calibration import Calibration
 from models.gallery import Gallery
-from models.hashing import sha256_file
 from models.inspector import Inspector, InspectorConfig, resolve_device
 from models.irprn import load_irprn, load_irprn_config
 from models.pose import PoseEstimator
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene
-
-
-def _onnx_current(irprn_dir: Path) -> bool:
-    """True when ``onnx.json`` says the graphs were exported from the current weights."""
-    try:
-        manifest = json.loads((irprn_dir / "onnx.json").read_text())
-        return manifest["weights_sha256"] == sha256_file(irprn_dir / "weights.safetensors")
-    except (OSError, ValueError, KeyError):
-        return False
+from training.export import graphs_current
 
 
 def pose_estimator(work_dir: Path, device: str = "auto", k: int | None = None) -> PoseEstimator:
     """IRPRN and the gallery of a work folder: ONNX Runtime when the exported graphs are
     current, else the PyTorch weights."""
-    irprn_dir = work_dir / "irprn"
     for needed in (work_dir / FILES["gallery"], work_dir / FILES["irprn_config"]):
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} is missing: build the pose stages first "
                                     "(rpe-pad train ... --stages rvss,irprn,gallery,onnx)")
     gallery = Gallery.load(work_dir / FILES["gallery"])
     kw = {} if k is None else {"k": k}
-    if (work_dir / FILES["encoder"]).is_file() and _onnx_current(irprn_dir):
+    if (work_dir / FILES["encoder"]).is_file() and graphs_current(work_dir):
         cfg, unit = load_irprn_config(work_dir / FILES["irprn_config"])
         return PoseEstimator.from_onnx(work_dir / FILES["encoder"], work_dir / FILES["pair_head"], gallery, unit,
                                        cfg.input_size, device=device, **kw)
-    net, unit = load_irprn(irprn_dir)
+    net, unit = load_irprn((work_dir / WORK_FILES["irprn_weights"]).parent)
     return PoseEstimator.from_torch(net, gallery, unit, **kw)
 
 

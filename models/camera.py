@@ -16,13 +16,6 @@ Conventions (everything else in the code base follows these):
 * **Relative pose** of a query camera with respect to a gallery camera:
   ``P_rel = P_q @ inv(P_g)`` (maps gallery-camera coordinates to query-camera
   coordinates), hence ``P_q = P_rel @ P_g``.
-* **Object-centric relative translation** (IRPRN's ``translation="object"``, DeepIM's
-  disentangled form): with ``o = R c + t`` the object centre ``c`` (the world origin, where
-  MAD-Sim and our synthetic categories put the object) in a camera's coordinates, the
-  query's translation relative to a gallery camera is ``v = (o_x/o_z - o'_x/o'_z,
-  o_y/o_z - o'_y/o'_z, log(o_z / o'_z))`` (query ``o``, gallery ``o'``): where the object
-  moved in the normalised image plane and how its depth changed. Unlike the translation
-  of ``P_rel`` it does not depend on the rotation, and it needs no scene unit.
 * **Pose perturbation** (RVSS): ``P' = D @ P`` with ``D = [[exp(omega), dt], [0, 1]]``,
   ``omega ~ N(0, sigma_r^2 I)`` an axis-angle vector in radians and ``dt ~ N(0, sigma_t^2 I)``,
   both in the camera frame: the camera turns about its own centre by ``|omega|`` and
@@ -173,26 +166,6 @@ def relative_pose(pose_query: Tensor, pose_gallery: Tensor) -> Tensor:
 def compose_pose(pose_rel: Tensor, pose_gallery: Tensor) -> Tensor:
     """Absolute query pose from a relative pose and its gallery pose: ``P_q = P_rel @ P_g``."""
     return pose_rel @ pose_gallery
-
-
-def object_shift(pose_query: Tensor, pose_gallery: Tensor) -> Tensor:
-    """Object-centric relative translation ``v [..., 3]`` of a query camera with respect to
-    a gallery camera (module docstring): image-plane shift of the object centre (the world
-    origin, ``o = t``) in normalised coordinates, then the log of its depth ratio."""
-    o_q, o_g = pose_query[..., :3, 3], pose_gallery[..., :3, 3]
-    z_q, z_g = o_q[..., 2:].clamp_min(1e-9), o_g[..., 2:].clamp_min(1e-9)
-    return torch.cat([o_q[..., :2] / z_q - o_g[..., :2] / z_g, torch.log(z_q / z_g)], dim=-1)
-
-
-def apply_object_shift(rot_rel: Tensor, shift: Tensor, pose_gallery: Tensor) -> Tensor:
-    """Inverse of :func:`object_shift`: the query pose ``[..., 4, 4]`` from the relative
-    rotation ``R_rel = R_q R_g^T`` ``[..., 3, 3]``, the shift ``v [..., 3]`` and the gallery
-    pose: ``R_q = R_rel R_g``, ``t_q = o_q`` (the object centre in the query camera)."""
-    o_g = pose_gallery[..., :3, 3]
-    z_g = o_g[..., 2:].clamp_min(1e-9)
-    z_q = z_g * torch.exp(shift[..., 2:])
-    o_q = torch.cat([(o_g[..., :2] / z_g + shift[..., :2]) * z_q, z_q], dim=-1)
-    return make_pose(rot_rel @ pose_gallery[..., :3, :3], o_q)
 
 
 def perturb_pose(

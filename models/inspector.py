@@ -45,7 +45,7 @@ from models.calibration import Calibration
 from models.camera import scale_intrinsics
 from models.gallery import Gallery
 from models.irprn import load_irprn_config
-from models.pose import DEFAULT_K, PoseEstimator
+from models.pose import DEFAULT_K, Matches, PoseEstimator
 from models.refine import RefineConfig, ecc_align, gallery_features, gallery_pnp_refine
 from models.results import CategoryInfo, GalleryMatch, Inspection, InspectionError, resolve_threshold
 from models.scoring import AnomalyScorer
@@ -124,12 +124,11 @@ class Batch:
     Ks: Tensor  # [B, 3, 3] float64 intrinsics at the bundle's size (CPU)
     poses: Tensor | None = None  # [B, 4, 4] float64 world-to-camera (CPU), set by the pose mode
     references: Tensor | None = None  # [B, H, W, 3] float: the normal views, set by Refine or Render
-    matches: list[list[GalleryMatch]] | None = None
-    gallery_ids: Tensor | None = None  # [B, k] best first
-    given_poses: Tensor | None = None  # [B, 4, 4]: known poses (calibration, the lab's oracle)
-    refine: list[dict] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    _features: object = None  # the match stage's output, for the pose stage
+    matched: Matches | None = None  # the match stage's output: features, gallery ids [B, k], similarities
+    gallery_matches: list[list[GalleryMatch]] | None = None  # the same matches, named, for the result
+    given_poses: Tensor | None = None  # [B, 4, 4]: known poses (the lab's oracle)
+    refine: list[dict] = field(default_factory=list)  # per query, what the refinement did
+    timings: dict[str, float] = field(default_factory=dict)  # per stage, ms for the whole batch
 
     @cached_property
     def images_cpu(self) -> Tensor:
@@ -150,8 +149,8 @@ class Match:
         t0 = time.perf_counter()
         m = self.estimator.match(batch.images_cpu)
         names = self.estimator.gallery.names
-        batch._features, batch.gallery_ids = m, m.gallery_ids
-        batch.matches = [[GalleryMatch(id=int(g), name=names[int(g)], similarity=float(s)) for g, s in zip(ids, sims)]
+        batch.matched = m
+        batch.gallery_matches = [[GalleryMatch(id=int(g), name=names[int(g)], similarity=float(s)) for g, s in zip(ids, sims)]
                          for ids, sims in zip(m.gallery_ids, m.similarities)]
         batch.timed("match", t0)
 
@@ -164,7 +163,7 @@ class RelativePose:
 
     def __call__(self, batch: Batch) -> None:
         t0 = time.perf_counter()
-        batch.poses = self.estimator.relative(batch._features)[0]
+        batch.poses = self.estimator.relative(batch.matched)[0]
         batch.timed("pose", t0)
 
 
@@ -181,7 +180,7 @@ class Refine:
 
     def __call__(self, batch: Batch) -> None:
         t0 = time.perf_counter()
-        pnp = gallery_pnp_refine(self.scene, self.gallery, batch.images_cpu, batch.poses, batch.Ks, batch.gallery_ids,
+        pnp = gallery_pnp_refine(self.scene, self.gallery, batch.images_cpu, batch.poses, batch.Ks, batch.matched.gallery_ids,
                                  self.cfg, cache=self.keypoints)
         batch.poses = pnp.poses
         for i, info in enumerate(batch.refine):
@@ -385,7 +384,7 @@ class Inspector:
         per_image = {k: v / b for k, v in batch.timings.items()}
         refs = batch.references.cpu().numpy()
         return [Inspection.build(self.calibration, float(scores[i]), maps[i].numpy().astype(np.float32), refs[i],
-                                 batch.poses[i].double().cpu().numpy(), batch.matches[i] if batch.matches else [],
+                                 batch.poses[i].double().cpu().numpy(), batch.gallery_matches[i] if batch.gallery_matches else [],
                                  dict(per_image), batch.refine[i], threshold)
                 for i in range(b)]
 

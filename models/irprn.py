@@ -81,12 +81,6 @@ class IRPRNConfig:
     descriptor_grid: int = 4  # retrieval descriptor grid of the training pairs (models.gallery: 4 x 4)
     corr_dim: int = 64  # channels of the learnt projection the correlation is taken in
 
-    @property
-    def translation(self) -> str:
-        """Transitional, for callers that still pass it (models/pose.py, models/inspector.py):
-        ``t`` has one parametrisation now."""
-        return RETIRED["translation"]
-
     def to_dict(self) -> dict:
         """The fields, and the retired options at the one value they kept, in the order the
         config was always written (a default config's dict, hence its stage key, is unchanged)."""
@@ -253,13 +247,9 @@ def relative_targets(query_poses: Tensor, gallery_poses: Tensor, unit: float) ->
     return q, t / unit
 
 
-def compose_query_poses(q: Tensor, t: Tensor, gallery_poses: Tensor, unit: float,
-                        translation: str = RETIRED["translation"]) -> Tensor:
+def compose_query_poses(q: Tensor, t: Tensor, gallery_poses: Tensor, unit: float) -> Tensor:
     """Inverse of ``relative_targets``: query poses ``[..., 4, 4]`` from IRPRN's ``q``, ``t``
-    and the gallery poses (``P_q = P_rel P_g``). ``translation``: transitional, for callers
-    that still pass it (models/pose.py); only the one parametrisation is accepted."""
-    if translation != RETIRED["translation"]:
-        raise ValueError(f"translation={translation!r} was retired; only {RETIRED['translation']!r} is left")
+    and the gallery poses (``P_q = P_rel P_g``)."""
     return compose_pose(quat_trans_to_pose(q, t * unit), gallery_poses)
 
 

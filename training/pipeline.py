@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from models import registry
 from models.bundle import WORK_FILES
 from models.data import Category, load_category
 from training.bundle import run_bundle_stage
@@ -35,7 +36,7 @@ from training.splats import preset as splat_preset
 
 WORK = ".work"  # BUNDLES_DIR/.work/<category>: the stages' outputs, checkpoints and reports
 CALIBRATION = {"demo": CalibConfig(max_views=24), "cpu": CalibConfig(), "paper": CalibConfig()}
-PRESETS = ("demo", "cpu", "paper")
+PRESETS = tuple(registry.PRESETS)  # the names, from the one registry (each stage module has a config per name)
 # RVSS orbit views per training view (training.rvss; docs/POSE.md, revision 3): on for the
 # presets that build real bundles; the demo keeps the paper's RVSS alone, to stay quick.
 RVSS_ORBIT = {"demo": 0, "cpu": 6, "paper": 6}

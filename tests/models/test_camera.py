@@ -79,42 +79,6 @@ def test_relative_pose_composition(seed_q: int, seed_g: int) -> None:
     assert torch.allclose(camera.relative_pose(pq, pa) @ camera.relative_pose(pa, pg), rel, atol=1e-10)
 
 
-def _orbit_pose(seed: int) -> torch.Tensor:
-    """A camera 2-5 units from the origin looking near it (the object-centric setting)."""
-    rng = np.random.default_rng(seed)
-    eye = rng.normal(size=3)
-    eye = torch.tensor(eye / np.linalg.norm(eye) * rng.uniform(2, 5))
-    target = torch.tensor(rng.normal(size=3) * 0.2)
-    return camera.look_at(eye, target, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), float(rng.uniform(-1, 1)))
-
-
-@given(st.integers(0, 10_000), st.integers(0, 10_000))
-def test_object_shift_round_trip(seed_q: int, seed_g: int) -> None:
-    pq, pg = _orbit_pose(seed_q), _orbit_pose(seed_g + 20_000)
-    shift = camera.object_shift(pq, pg)
-    rot_rel = camera.relative_pose(pq, pg)[:3, :3]
-    assert torch.allclose(camera.apply_object_shift(rot_rel, shift, pg), pq, atol=1e-10)
-    assert torch.allclose(camera.object_shift(pg, pg), torch.zeros(3, dtype=torch.float64), atol=1e-12)
-
-
-def test_object_shift_does_not_see_orbits() -> None:
-    # Cameras looking straight at the object from the same distance: no shift, however far
-    # apart they are (unlike P_rel's translation); twice the distance: log 2 in depth.
-    up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
-    origin = torch.zeros(3, dtype=torch.float64)
-    a = camera.look_at(torch.tensor([3.0, 0.0, 1.0], dtype=torch.float64), origin, up, 0.3)
-    b = camera.look_at(torch.tensor([0.0, -3.0, -1.0], dtype=torch.float64), origin, up, -0.2)
-    assert torch.allclose(camera.object_shift(a, b), torch.zeros(3, dtype=torch.float64), atol=1e-9)
-    assert camera.relative_pose(a, b)[:3, 3].norm() > 1.0
-    far = camera.look_at(torch.tensor([6.0, 0.0, 2.0], dtype=torch.float64), origin, up, 0.3)
-    assert torch.allclose(camera.object_shift(far, a), torch.tensor([0.0, 0.0, math.log(2)], dtype=torch.float64), atol=1e-9)
-    # Looking beside the object: it moves in the image by the tangent of the angle.
-    aside = camera.look_at(torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 0.3, 0.0], dtype=torch.float64), up)
-    ahead = camera.look_at(torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64), origin, up)
-    shift = camera.object_shift(aside, ahead)
-    assert shift[0].item() == pytest.approx(-0.1, abs=1e-9) and abs(shift[1].item()) < 1e-9
-
-
 @given(st.integers(0, 10_000))
 def test_quat_trans_round_trip(seed: int) -> None:
     pose = _pose(seed)

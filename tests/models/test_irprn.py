@@ -105,8 +105,6 @@ def test_targets_round_trip() -> None:
     assert torch.allclose(compose_query_poses(q, t, poses[1:], 0.9), poses[:5], atol=1e-10)
     # t is P_rel's translation in scene units: twice the unit, half the numbers.
     assert torch.allclose(relative_targets(poses[:5], poses[1:], 1.8)[1], t / 2)
-    with pytest.raises(ValueError, match="retired"):
-        compose_query_poses(q, t, poses[1:], 0.9, "object")
 
 
 # A default config as the code before the retirements wrote it (config.json, stage keys).

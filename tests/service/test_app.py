@@ -187,6 +187,21 @@ def test_field_errors(client: TestClient, category: str, query_png: bytes) -> No
         assert _post(client, category, query_png, threshold=threshold).status_code == 422
 
 
+def test_query_camera(client: TestClient, category: str, query_png: bytes) -> None:
+    """The photo's intrinsics: the bundle's own give the plain answer; a camera that sees less
+    than the bundle's, or a malformed field, is the client's mistake (422 with the reason)."""
+    fx, fy, cx, cy = client.get("/categories").json()["categories"][0]["intrinsics"]
+    plain = _post(client, category, query_png).json()
+    same = _post(client, category, query_png, intrinsics=f"{fx},{fy},{cx},{cy}")
+    assert same.status_code == 200 and same.json()["score"] == pytest.approx(plain["score"], rel=1e-6)
+    narrow = _post(client, category, query_png, intrinsics=f"{2 * fx},{2 * fy},{cx},{cy}")  # a longer lens
+    assert narrow.status_code == 422 and narrow.headers["content-type"] == PROBLEM
+    assert "does not see all" in narrow.json()["detail"]
+    for bad in ("1,2,3", "a,b,c,d", "0,1,1,1"):
+        r = _post(client, category, query_png, intrinsics=bad)
+        assert r.status_code == 422 and ("intrinsics" in r.json()["detail"] or "fx" in r.json()["detail"]), bad
+
+
 def test_upload_size_limit_and_api_key(tiny_release: Path, category: str, query_png: bytes) -> None:
     with _client(tiny_release.parent, max_upload_bytes=len(query_png) - 1, api_key="s3cret") as c:
         _wait_ready(c)
