@@ -160,8 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="working folder (default demo_out)")
     p.set_defaults(func=_cmd_demo)
 
-    from lab.cli import add_lab_commands
-
+    try:
+        from lab.cli import add_lab_commands
+    except ModuleNotFoundError as exc:  # a product-only install (the service images ship no lab)
+        if exc.name not in ("lab", "lab.cli"):
+            raise
+        return parser
     lab = sub.add_parser("lab", help="research drivers: evaluation in every pose mode, baselines, benchmarks, "
                                      "the paper's ablation, sweeps, the load test (rpe-pad lab --help)")
     add_lab_commands(lab.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND"))

@@ -132,3 +132,15 @@ def test_choices_come_from_the_registry() -> None:
     assert Settings(pose="rpe").pose == "rpe" and Settings().pose is None  # None: each bundle's own setting
     with pytest.raises(ValueError, match="not available"):
         Settings(pose="oracle")  # a lab mode is not the service's
+
+
+def test_a_product_only_install_has_no_lab_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service images ship models, training, service and rpe_pad only: the command still
+    builds its parser, without the lab group."""
+    from rpe_pad.cli import build_parser
+
+    for name in [m for m in sys.modules if m == "lab" or m.startswith("lab.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "lab", None)  # import lab -> ModuleNotFoundError
+    commands = _commands(build_parser())
+    assert "lab" not in commands and {"train", "inspect", "serve"} <= set(commands)

@@ -50,7 +50,7 @@ def run_demo(out: Path, synth: SynthConfig = DEMO_SYNTH, preset: str = "demo") -
     bundle = Path(reports["bundle"]["bundle"])
     print(f"[3/5] loading {bundle} as the service does (manifest, hashes, ONNX Runtime)")
     inspector = Inspector.load(bundle)
-    print(f"      {json.dumps(inspector.describe())}")
+    print(f"      {inspector.describe().model_dump_json()}")
     print("[4/5] inspecting a normal and a defective query (poses unknown to the pipeline)")
     figures = out / "inspections"
     figures.mkdir(exist_ok=True)

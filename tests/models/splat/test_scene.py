@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from models import camera
 from models.splat.scene import GaussianScene, SceneError, render
-from training.benchmarks import random_scene
+from lab.benchmarks import random_scene
 
 
 def _cam(size: int = 32):
