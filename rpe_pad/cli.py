@@ -165,11 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     except ModuleNotFoundError as exc:  # a product-only install (the service images ship no lab)
         if exc.name not in ("lab", "lab.cli"):
             raise
+        p = sub.add_parser("lab", help="research drivers (not installed here: the product-only install)")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_no_lab)
         return parser
     lab = sub.add_parser("lab", help="research drivers: evaluation in every pose mode, baselines, benchmarks, "
                                      "the paper's ablation, sweeps, the load test (rpe-pad lab --help)")
     add_lab_commands(lab.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND"))
     return parser
+
+
+def _no_lab(args: argparse.Namespace) -> int:
+    raise ValueError("the lab (rpe-pad lab ...) is not installed in this environment, which has the product only; "
+                     "install the source tree to use it (pip install -e . in a checkout)")
 
 
 def main(argv: list[str] | None = None) -> int:

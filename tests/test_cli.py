@@ -134,13 +134,17 @@ def test_choices_come_from_the_registry() -> None:
         Settings(pose="oracle")  # a lab mode is not the service's
 
 
-def test_a_product_only_install_has_no_lab_group(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_product_only_install_has_no_lab_group(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The service images ship models, training, service and rpe_pad only: the command still
-    builds its parser, without the lab group."""
+    builds its parser, and `rpe-pad lab` says the lab is not installed."""
     from rpe_pad.cli import build_parser
 
     for name in [m for m in sys.modules if m == "lab" or m.startswith("lab.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "lab", None)  # import lab -> ModuleNotFoundError
     commands = _commands(build_parser())
-    assert "lab" not in commands and {"train", "inspect", "serve"} <= set(commands)
+    assert {"train", "inspect", "serve", "lab"} <= set(commands)
+    from rpe_pad.cli import main
+
+    assert main(["lab", "evaluate", "x", "y"]) == 2  # one clear line, not a parser error
+    assert "not installed" in capsys.readouterr().err
