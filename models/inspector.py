@@ -369,14 +369,14 @@ class Inspector:
         """Inspect ``images [B, H, W, 3]`` (at the bundle's size: see ``prepare``);
         ``threshold`` overrides the calibrated one."""
         resolve_threshold(self.calibration, threshold)  # fail before any work
-        batch = self.start(images)
-        t0 = time.perf_counter()
-        self.locate(batch)
-        return self.finish(batch, t0, threshold)
+        return self.run(self.start(images), threshold)
 
     @torch.no_grad()
-    def finish(self, batch: Batch, t0: float, threshold: float | None = None) -> list[Inspection]:
-        """Render (where no stage did), score and decide a located batch (``t0``: its start)."""
+    def run(self, batch: Batch, threshold: float | None = None) -> list[Inspection]:
+        """The stages over a started batch: locate (the pose mode), render where no stage did,
+        score, decide. The lab's oracle sets ``batch.given_poses`` before calling it."""
+        t0 = time.perf_counter()
+        self.locate(batch)
         self.render_stage(batch)
         maps, scores = self.score_stage(batch)
         batch.timed("total", t0)

@@ -13,7 +13,6 @@ too (``pose_report``).
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -181,9 +180,7 @@ def evaluate_inspector(inspector: Inspector, category, queries: list, out_dir: P
         run = inspector.start(torch.stack([q.image for q in chunk]))
         if given_poses:
             run.given_poses = torch.stack([q.w2c for q in chunk])
-        t0 = time.perf_counter()
-        inspector.locate(run)
-        results += inspector.finish(run, t0)
+        results += inspector.run(run)
     maps_t = torch.stack([torch.from_numpy(r.anomaly_map) for r in results])
     score_np = np.array([r.score for r in results])
     metrics = {

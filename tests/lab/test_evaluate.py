@@ -56,10 +56,9 @@ def test_oracle_uses_the_given_pose(tiny_release: Path, queries) -> None:
     oracle = open_inspector(tiny_release, InspectorConfig(pose="oracle"))
     batch = oracle.start(good.image[None])
     with pytest.raises(ValueError, match="needs the true poses"):
-        oracle.locate(batch)
+        oracle.run(batch)
     batch.given_poses = good.w2c[None]
-    oracle.locate(batch)
-    r = oracle.finish(batch, 0.0)[0]
+    r = oracle.run(batch)[0]
     assert np.allclose(r.pose_matrix, good.w2c.numpy()) and r.gallery_matches == [] and "match" not in r.timings_ms
 
 
