@@ -97,6 +97,17 @@ def _cmd_pose_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify_sweep(args: argparse.Namespace) -> int:
+    from lab.verify_sweep import sweep
+
+    out = args.out or (args.bundle_dir / "reports" / "verify_sweep")
+    result = sweep(args.bundle_dir, args.category_dir, out, n=args.views, seed=args.seed, device=args.device,
+                   progress=not args.quiet)
+    print(json.dumps({"curve": result["curve"], "pipeline": result["pipeline"]}, indent=2))
+    print(f"report: {out} (verify_sweep.json, verify_sweep.png)")
+    return 0
+
+
 def _cmd_bench_render(args: argparse.Namespace) -> int:
     from lab.benchmarks import bench_render, load_or_random
 
@@ -211,6 +222,18 @@ def add_lab_commands(sub) -> None:
                    "with --held-out pose_sweep_heldout.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pose_sweep)
+
+    p = sub.add_parser("verify-sweep", help="the pose check on data held out from the test split: training photos "
+                       "against renders moved by known amounts, and held-out renders through the pipeline")
+    p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> or its training work folder")
+    p.add_argument("category_dir", type=Path, help="the category it was trained on (its training photographs)")
+    p.add_argument("--views", type=non_negative_int, default=100, help="held-out renders through the pipeline "
+                   "(0 = only the photographs' curve; default 100)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLE_DIR/reports/verify_sweep)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_verify_sweep)
 
     p = sub.add_parser("bench-render", help="time the Gaussian renderer (median of repeated runs)")
     p.add_argument("--scene", type=Path, default=None, help="a scene.safetensors (default: random scene)")

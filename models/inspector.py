@@ -16,6 +16,8 @@ Each stage is a small object with one job, run over a ``Batch``:
   ``models.refine``), whose render at the final pose is the reference;
   the lab registers its evaluation-only modes (``oracle``, ``retrieval``, ``iterative``);
 - ``Render``: the normal object at the pose, where no stage left a reference;
+- ``Verify``: does the reference fit the query? (``models.verify``: residual optical flow and
+  silhouette overlap); a query that fails gets the verdict ``review``, whatever its score;
 - ``Score``: feature comparison -> anomaly maps and image scores (``models.scoring``);
 - decide: ``Inspection.build`` against the calibration (``models.results``).
 
@@ -50,6 +52,7 @@ from models.refine import RefineConfig, ecc_align, gallery_features, gallery_pnp
 from models.results import CategoryInfo, GalleryMatch, Inspection, InspectionError, resolve_threshold
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene, render
+from models.verify import Verification, VerifyConfig, verify
 from models.viz import side_by_side
 
 Tensor = torch.Tensor
@@ -64,6 +67,7 @@ class InspectorConfig:
     pose: str = registry.DEFAULT_POSE  # how query poses are found: a registered pose mode (models.registry)
     k: int = DEFAULT_K  # gallery matches fused per query (models.pose)
     refine: RefineConfig = field(default_factory=RefineConfig)  # the refinement of rpe+refine
+    verify: VerifyConfig = field(default_factory=VerifyConfig)  # when a reference fits its query (models.verify)
     pose_options: dict = field(default_factory=dict)  # a lab pose mode's own settings (e.g. iterative steps)
 
     def __post_init__(self) -> None:
@@ -73,7 +77,7 @@ class InspectorConfig:
 
     def to_dict(self) -> dict:
         """What a bundle's manifest stores under ``inference`` (product settings only)."""
-        return {"pose": self.pose, "k": self.k, "refine": asdict(self.refine)}
+        return {"pose": self.pose, "k": self.k, "refine": asdict(self.refine), "verify": asdict(self.verify)}
 
     @classmethod
     def from_manifest(cls, inference: dict, **overrides) -> InspectorConfig:
@@ -94,12 +98,14 @@ class InspectorConfig:
                                  f"(docs/REFINE.md has its figures); rebuild the bundle")
         for key in ("render_size", "photo_size", "photo_steps", "photo_lr", "photo_gaussians"):
             refine.pop(key, None)  # settings of retired refiners
+        checks = dict(given.pop("verify", None) or {})  # bundles before 2026-12-02 have none: the defaults
         known = {f.name for f in fields(RefineConfig)}
-        unknown = sorted(set(refine) - known) + sorted(set(given) - {"pose", "k"})
+        unknown = (sorted(set(refine) - known) + sorted(set(given) - {"pose", "k"})
+                   + [f"verify.{k}" for k in sorted(set(checks) - {f.name for f in fields(VerifyConfig)})])
         if unknown:
             raise ValueError(f"unknown inference settings in the bundle: {unknown}")
         config = cls(pose=given.get("pose", registry.DEFAULT_POSE), k=int(given.get("k", DEFAULT_K)),
-                     refine=RefineConfig(**refine))
+                     refine=RefineConfig(**refine), verify=VerifyConfig(**checks))
         return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -127,6 +133,7 @@ class Batch:
     matched: Matches | None = None  # the match stage's output: features, gallery ids [B, k], similarities
     gallery_matches: list[list[GalleryMatch]] | None = None  # the same matches, named, for the result
     given_poses: Tensor | None = None  # [B, 4, 4]: known poses (the lab's oracle)
+    verification: list[Verification] | None = None  # per query, set by Verify
     refine: list[dict] = field(default_factory=list)  # per query, what the refinement did
     timings: dict[str, float] = field(default_factory=dict)  # per stage, ms for the whole batch
 
@@ -213,6 +220,18 @@ class Render:
         out = render(self.scene, batch.poses.float().to(dev), batch.Ks.float().to(dev), self.width, self.height)
         batch.references = out.colors.clamp(0, 1).to(batch.images.device)
         batch.timed("render", t0)
+
+
+class Verify:
+    """Does each reference fit its query? (``models.verify``)."""
+
+    def __init__(self, background: tuple[float, float, float], cfg: VerifyConfig):
+        self.background, self.cfg = background, cfg
+
+    def __call__(self, batch: Batch) -> None:
+        t0 = time.perf_counter()
+        batch.verification = verify(batch.images_cpu, batch.references.cpu(), self.background, self.cfg)
+        batch.timed("verify", t0)
 
 
 class Score:
@@ -322,6 +341,7 @@ class Inspector:
         self.config, self.device, self.name, self.manifest = config, device, name, manifest
         self.locate = registry.resolve(registry.pose_mode(config.pose, lab=True))(self, **config.pose_options)
         self.render_stage = Render(scene, width, height)
+        self.verify_stage = Verify(scene.background, config.verify)
         self.score_stage = Score(scorer)
 
     # ----------------------------------------------------------------- loading
@@ -374,10 +394,11 @@ class Inspector:
     @torch.no_grad()
     def run(self, batch: Batch, threshold: float | None = None) -> list[Inspection]:
         """The stages over a started batch: locate (the pose mode), render where no stage did,
-        score, decide. The lab's oracle sets ``batch.given_poses`` before calling it."""
+        verify, score, decide. The lab's oracle sets ``batch.given_poses`` before calling it."""
         t0 = time.perf_counter()
         self.locate(batch)
         self.render_stage(batch)
+        self.verify_stage(batch)
         maps, scores = self.score_stage(batch)
         batch.timed("total", t0)
         b = len(batch.images)
@@ -385,13 +406,12 @@ class Inspector:
         refs = batch.references.cpu().numpy()
         return [Inspection.build(self.calibration, float(scores[i]), maps[i].numpy().astype(np.float32), refs[i],
                                  batch.poses[i].double().cpu().numpy(), batch.gallery_matches[i] if batch.gallery_matches else [],
-                                 dict(per_image), batch.refine[i], threshold)
+                                 dict(per_image), batch.refine[i], batch.verification[i], threshold)
                 for i in range(b)]
 
     def figure(self, image: np.ndarray, inspection: Inspection, title: str = "") -> Image.Image:
         """query | rendered reference | anomaly overlay with the decision contour."""
-        verdict = "ANOMALOUS" if inspection.is_anomalous else "normal"
-        caption = f"{verdict}: {inspection.score:.0f} / {inspection.threshold:.0f}"
+        caption = f"{inspection.verdict.upper()}: {inspection.score:.0f} / {inspection.threshold:.0f}"
         return side_by_side(image, inspection.reference, inspection.normalised_map(), title=title,
                             captions=("query", "rendered reference", caption))
 

@@ -5,11 +5,16 @@ response adds only the request's own fields: ``service/schemas.py``) and the lin
 ``rpe-pad inspect --json`` prints. The arrays (anomaly map, rendered reference) and the
 calibration travel with it as private attributes, never serialised. A threshold override is
 applied in one place, ``Inspection.decided``.
+
+The verdict an operator acts on is ``verdict``: ``anomalous`` or ``normal`` from the score
+against the threshold when the pose verified (``models.verify``), and ``review`` when it did
+not: the reference does not fit the photograph, so the score means nothing and a person must
+look. ``is_anomalous`` stays the score's own comparison with the threshold.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -17,6 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from models.calibration import Calibration
 from models.camera import rotmat_to_quat
+from models.verify import Verification
+
+Verdict = Literal["normal", "anomalous", "review"]
+VERDICTS: tuple[str, ...] = ("normal", "anomalous", "review")
 
 
 class InspectionError(ValueError):
@@ -50,7 +59,10 @@ class Inspection(BaseModel):
     score: float = Field(description="raw anomaly score: the maximum of the anomaly map")
     threshold: float = Field(description="the threshold used (calibrated, or the request's override), raw units")
     normalised_score: float = Field(ge=0, le=1, description="in [0, 1]; 0.5 at the threshold used")
-    is_anomalous: bool = Field(description="score > threshold")
+    is_anomalous: bool = Field(description="score > threshold (the score's comparison; act on verdict)")
+    verdict: Verdict = Field(description="what to do with the part: anomalous or normal by the score when the pose "
+                                         "verified, review (a person must look) when it did not")
+    verification: Verification = Field(description="how well the rendered reference fits the query")
     pose: Pose = Field(description="the camera pose the reference was rendered at")
     gallery_matches: list[GalleryMatch] = Field(description="best first (empty when the pose was given)")
     timings_ms: dict[str, float] = Field(description="per stage (match, pose, refine, render, score) and total; "
@@ -64,10 +76,11 @@ class Inspection(BaseModel):
     @classmethod
     def build(cls, calibration: Calibration, score: float, anomaly_map: np.ndarray, reference: np.ndarray,
               pose: np.ndarray, matches: list[GalleryMatch], timings_ms: dict[str, float], refine: dict,
-              threshold: float | None = None) -> Inspection:
+              verification: Verification, threshold: float | None = None) -> Inspection:
         t = resolve_threshold(calibration, threshold)
         out = cls(score=score, threshold=t, normalised_score=float(calibration.normalise(score, t)),
-                  is_anomalous=bool(score > t), pose=Pose.of(pose), gallery_matches=matches,
+                  is_anomalous=bool(score > t), verdict=verdict_of(score, t, verification),
+                  verification=verification, pose=Pose.of(pose), gallery_matches=matches,
                   timings_ms=timings_ms, refine=refine)
         out._anomaly_map, out._reference, out._calibration = anomaly_map, reference, calibration
         return out
@@ -77,6 +90,7 @@ class Inspection(BaseModel):
         ``InspectionError`` for a threshold the calibration cannot use."""
         t = resolve_threshold(self._calibration, threshold)
         return self.model_copy(update={"threshold": t, "is_anomalous": bool(self.score > t),
+                                       "verdict": verdict_of(self.score, t, self.verification),
                                        "normalised_score": float(self._calibration.normalise(self.score, t))})
 
     @property
@@ -103,6 +117,13 @@ class Inspection(BaseModel):
     def normalised_map(self) -> np.ndarray:
         """The map normalised to [0, 1], 0.5 at the threshold: ``> 0.5`` is the decision mask."""
         return self._calibration.normalise_map(self._anomaly_map, self.threshold)
+
+
+def verdict_of(score: float, threshold: float, verification: Verification) -> Verdict:
+    """``review`` when the reference did not verify, else the score against the threshold."""
+    if not verification.verified:
+        return "review"
+    return "anomalous" if score > threshold else "normal"
 
 
 def resolve_threshold(calibration: Calibration, threshold: float | None) -> float:

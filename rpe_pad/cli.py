@@ -73,7 +73,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             continue
         figure = out / f"{Path(path).stem}_overlay.png"
         inspector.figure(image.numpy(), result, title=f"{inspector.name}: {Path(path).name}").save(figure)
-        verdict = "ANOMALOUS" if result.is_anomalous else "normal"
+        verdict = result.verdict.upper() + ("" if result.verification.verified else f" ({result.verification.reason})")
         print(f"{path}: {verdict}  score {result.score:.1f} (normalised {result.normalised_score:.3f}, threshold "
               f"{result.threshold:.1f})  gallery {result.gallery_names[:1]}  {result.timings_ms['total']:.0f} ms  "
               f"overlay {figure}")

@@ -215,7 +215,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for r in results:
             for stage, ms in r.timings_ms.items():
                 state.telemetry.stage.labels(stage).observe(ms / 1000)
-            state.telemetry.images.labels(category, "anomalous" if r.is_anomalous else "normal").inc()
+            state.telemetry.images.labels(category, r.verdict).inc()
+            if r.verification.misalignment_px is not None:
+                state.telemetry.misalignment.labels(category).observe(r.verification.misalignment_px)
         return results
 
     def _out(request: Request, category: str, filename: str | None, result: Inspection, image, include_map: bool,

@@ -24,8 +24,11 @@ class Telemetry:
         self.stage = Histogram("rpepad_stage_seconds", "Per-image time of each pipeline stage", ["stage"],
                                buckets=LATENCY_BUCKETS, registry=r)
         self.batch = Histogram("rpepad_batch_size", "Images per model call", buckets=(1, 2, 4, 8, 16, 32), registry=r)
-        self.images = Counter("rpepad_images_inspected", "Images inspected by category and decision",
-                              ["category", "decision"], registry=r)
+        self.images = Counter("rpepad_images_inspected", "Images inspected by category and verdict "
+                              "(normal, anomalous, review: the pose did not verify)", ["category", "decision"], registry=r)
+        self.misalignment = Histogram("rpepad_misalignment_pixels", "Residual reference-to-query displacement "
+                                      "(models.verify), pixels at 224", ["category"],
+                                      buckets=(0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0), registry=r)
         self.errors = Counter("rpepad_errors", "Error responses by status", ["status"], registry=r)
         self.bundles = Gauge("rpepad_bundles_loaded", "Bundles loaded and served", registry=r)
         self.refused = Gauge("rpepad_bundles_refused", "Bundles refused at load", registry=r)

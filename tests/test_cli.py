@@ -62,7 +62,9 @@ def test_demo_runs_the_whole_product(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert (bundle / "manifest.json").is_file() and "| bundle |" in out
     # Two queries inspected through the loaded bundle, each with a verdict and an overlay.
     verdicts = [line for line in out.splitlines() if "score" in line and "overlay:" in line]
-    assert len(verdicts) == 2 and all(("ANOMALOUS" in v) != ("normal," in v) for v in verdicts)
+    assert len(verdicts) == 2 and all(sum(f": {w}" in v for w in ("ANOMALOUS", "NORMAL", "REVIEW")) == 1 for v in verdicts)
+    # A query the pose check refuses says why.
+    assert all("px from the query" in v or "silhouettes" in v or "no object" in v for v in verdicts if ": REVIEW" in v)
     assert len(list((tmp_path / "demo" / "inspections").glob("*.png"))) == 2
     metrics = json.loads((tmp_path / "demo" / "evaluation" / "metrics.json").read_text())
     assert metrics["n_queries"] == 4 and metrics["pose_mode"] == "rpe+refine" and metrics["bundle"] == "verified bundle"
@@ -107,7 +109,8 @@ def test_the_product_commands_come_first_and_stay_small() -> None:
                       if a.option_strings and a.option_strings[-1] != "--help"] for name in product}
     assert sum(len(v) for v in options.values()) <= 22, options
     lab = _commands(commands["lab"])
-    assert {"evaluate", "bench", "bench-render", "ablation", "pose-sweep", "sensitivity", "loadtest", "train"} == set(lab)
+    assert {"evaluate", "bench", "bench-render", "ablation", "pose-sweep", "sensitivity", "loadtest", "train",
+            "verify-sweep"} == set(lab)
     assert "--rvss-m" not in options["train"] and "--rvss-m" in [a.option_strings[-1] for a in lab["train"]._actions
                                                                  if a.option_strings]
 

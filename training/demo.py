@@ -60,7 +60,7 @@ def run_demo(out: Path, synth: SynthConfig = DEMO_SYNTH, preset: str = "demo") -
         result = inspector.inspect(image[None])[0]
         figure = figures / f"{label}_{path.stem}.png"
         inspector.figure(image.numpy(), result, title=f"{category.name}: test/{label}/{path.name}").save(figure)
-        verdict = "ANOMALOUS" if result.is_anomalous else "normal"
+        verdict = result.verdict.upper() + ("" if result.verification.verified else f" ({result.verification.reason})")
         print(f"      test/{label}/{path.name}: {verdict}, score {result.score:.0f} (threshold {result.threshold:.0f}, "
               f"normalised {result.normalised_score:.2f}), matched {result.gallery_names[0]}, "
               f"{result.timings_ms['total']:.0f} ms; overlay: {figure}")

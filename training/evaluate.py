@@ -30,6 +30,28 @@ from models.metrics import aupro, auroc, f1_max, pixel_auroc
 from models.splat.scene import GaussianScene, render
 from models.viz import Cell, anomaly_overlay, contact_sheet, heat, mask_overlay
 
+MISALIGNED_PX = 5.0  # a pose this far off (alignment error at 224) is a failure the check must flag
+ALIGNED_PX = 1.0  # a pose this close is right, and the check should let it through
+
+
+def verification_report(results: list[Inspection], labels: np.ndarray, reproj_px: list[float] | None = None) -> dict:
+    """How many queries the pose check flagged (verdict ``review``), the verdicts by label,
+    and, where the true alignment errors ``reproj_px`` are known, how many truly misaligned
+    queries (> 5 px) were flagged and how many aligned ones (<= 1 px) were flagged anyway."""
+    flagged = np.array([not r.verification.verified for r in results])
+    verdicts = {name: dict(Counter(r.verdict for r, y in zip(results, labels) if y == want))
+                for name, want in (("good", False), ("defective", True))}
+    out = {"flagged": int(flagged.sum()), "n_queries": len(results), "verdicts": verdicts,
+           "misalignment_px_median": round(float(np.median([r.verification.misalignment_px or np.inf for r in results])), 3),
+           "reasons": sorted({r.verification.reason for r in results if r.verification.reason})}
+    if reproj_px is not None:
+        err = np.asarray(reproj_px, dtype=np.float64)
+        bad, good = err > MISALIGNED_PX, err <= ALIGNED_PX
+        out.update(misaligned=int(bad.sum()), misaligned_flagged=int((bad & flagged).sum()),
+                   aligned=int(good.sum()), aligned_flagged=int((good & flagged).sum()))
+    return out
+
+
 def decision_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """Confusion counts and rates of ``score > threshold`` against the labels."""
     flagged = scores > threshold
@@ -209,14 +231,17 @@ def evaluate_inspector(inspector: Inspector, category, queries: list, out_dir: P
         metrics.update(pose_report(torch.from_numpy(np.stack([r.pose_matrix for r in results])),
                                    torch.stack([q.w2c for q in queries]), torch.stack([q.K for q in queries]),
                                    category.width, category.height, inspector.scene.to("cpu"), eval_size))
+    metrics["verification"] = verification_report(results, _labels(queries), metrics.get("per_query_reproj_px"))
     if out_dir is not None:
         renders = [torch.from_numpy(r.reference) for r in results]
-        write_report(out_dir, metrics, queries, renders, maps_t, score_np, inspector.calibration)
+        write_report(out_dir, metrics, queries, renders, maps_t, score_np, inspector.calibration,
+                     verdicts=[r.verdict for r in results])
     return metrics
 
 
 def write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Tensor, scores: np.ndarray,
-                 calib: Calibration | None, reference_caption: str = "rendered reference") -> None:
+                 calib: Calibration | None, reference_caption: str = "rendered reference",
+                 verdicts: list[str] | None = None) -> None:
     """``metrics.json``, ``metrics.md`` and ``overlays.png`` (two views of each label: the
     query with its true mask, the reference, the decision overlay) in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -236,6 +261,13 @@ def write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Ten
         rows.append(f"| accuracy / precision / recall at threshold | {d['accuracy']} / {d['precision']} / {d['recall']} |")
         rows.append(f"| defects found / good parts rejected | {d['tp']} of {d['tp'] + d['fn']} / {d['fp']} of "
                     f"{d['fp'] + d['tn']} (false-alarm rate {d['false_positive_rate']}) |")
+    if "verification" in metrics:
+        v = metrics["verification"]
+        line = f"{v['flagged']} of {v['n_queries']}"
+        if "misaligned" in v:
+            line += (f"; truly misaligned (> {MISALIGNED_PX:g} px): {v['misaligned_flagged']} of {v['misaligned']} flagged; "
+                     f"aligned (<= {ALIGNED_PX:g} px): {v['aligned_flagged']} of {v['aligned']} flagged")
+        rows.append(f"| pose check: flagged for review | {line} |")
     (out_dir / "metrics.md").write_text("\n".join(rows) + "\n")
     vmax = float(maps.max())
     picks = []
@@ -247,7 +279,7 @@ def write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Ten
         image = q.image.numpy()
         if calib is not None:
             norm = calib.normalise_map(maps[i].numpy())
-            verdict = "ANOMALOUS" if calib.decide(scores[i]) else "normal"
+            verdict = verdicts[i].upper() if verdicts else "ANOMALOUS" if calib.decide(scores[i]) else "normal"
             shown = Cell(anomaly_overlay(image, norm), f"{verdict} {float(calib.normalise(scores[i])):.2f}")
         else:
             shown = Cell(heat(maps[i].numpy(), vmax), f"map, score {scores[i]:.1f}")

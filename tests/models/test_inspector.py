@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.camera import quat_to_rotmat
+from models.camera import quat_to_rotmat, roll_pose
 from models.data import load_category
 from models.images import load_rgb
 from models import registry
 from models.inspector import InspectionError, Inspector, InspectorConfig, RpePose
+from models.verify import VerifyConfig
 from rpe_pad.cli import main
 
 
@@ -54,14 +55,17 @@ def test_result_fields(inspector: Inspector, queries) -> None:
         assert len(ids) == 3 and r.gallery_names == [names[i] for i in ids]
         sims = [m.similarity for m in r.gallery_matches]
         assert sims == sorted(sims, reverse=True)
-        assert set(r.timings_ms) == {"match", "pose", "refine", "render", "score", "total"}
+        assert set(r.timings_ms) == {"match", "pose", "refine", "render", "verify", "score", "total"}
+        # The verdict is the score's decision when the pose verified, else review.
+        expected = ("anomalous" if r.is_anomalous else "normal") if r.verification.verified else "review"
+        assert r.verdict == expected and r.verification.verified == (r.verification.reason == "")
         assert r.timings_ms["total"] >= r.timings_ms["render"] + r.timings_ms["score"]
         assert {"pnp_accepted", "pnp_path", "ecc_accepted"} <= set(r.refine)
         # The JSON is the model's own fields; the arrays and the calibration never go out.
         dumped = json.loads(r.model_dump_json())
         assert dumped["pose"]["world_to_camera"][3] == [0, 0, 0, 1]
-        assert set(dumped) == {"score", "threshold", "normalised_score", "is_anomalous", "pose", "gallery_matches",
-                               "timings_ms", "refine"}
+        assert set(dumped) == {"score", "threshold", "normalised_score", "is_anomalous", "verdict", "verification",
+                               "pose", "gallery_matches", "timings_ms", "refine"}
 
 
 def test_threshold_override_moves_the_decision(inspector: Inspector, queries) -> None:
@@ -201,3 +205,27 @@ def test_refinement_needs_the_stored_views(inspector: Inspector) -> None:
     with pytest.raises(ValueError, match="stored views and depths.*rebuild"):
         Inspector(*parts, InspectorConfig(), inspector.device, "old")
     assert Inspector(*parts, InspectorConfig(pose="rpe"), inspector.device, "old").config.pose == "rpe"
+
+
+def test_a_wrong_pose_is_sent_to_review(inspector: Inspector, queries, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever its score, a query whose reference is rendered at a wrong pose gets the
+    verdict review, with the reason; the same query at its own pose verifies."""
+    good, _ = queries
+    assert good.w2c is not None
+    # The tiny fixture's model renders at 64 px, where a quarter pixel of render error is
+    # about a pixel at the check's 224: a bound of 6 px (under 2 px at 64) for it.
+    monkeypatch.setattr(inspector.verify_stage, "cfg", VerifyConfig(max_misalignment_px=6.0))
+
+    def locate_at(poses):
+        def locate(batch):
+            batch.poses = poses
+        return locate
+
+    monkeypatch.setattr(inspector, "locate", locate_at(good.w2c[None].double()))
+    right = inspector.inspect(good.image[None])[0]
+    monkeypatch.setattr(inspector, "locate", locate_at(roll_pose(good.w2c[None].double(), 40.0)))
+    wrong = inspector.inspect(good.image[None])[0]
+    assert right.verification.verified and right.verdict in ("normal", "anomalous")
+    assert not wrong.verification.verified and wrong.verdict == "review" and "pose" in wrong.verification.reason
+    # A threshold override keeps a review a review.
+    assert wrong.decided(wrong.score * 10).verdict == "review" and right.decided(right.score * 10).verdict == "normal"

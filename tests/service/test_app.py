@@ -88,7 +88,10 @@ def test_inspect_returns_everything(client: TestClient, category: str, query_png
     assert (body["normalised_score"] > 0.5) == body["is_anomalous"]
     assert len(body["pose"]["world_to_camera"]) == 4 and len(body["pose"]["quaternion_wxyz"]) == 4
     assert len(body["gallery_matches"]) == 3
-    assert {"match", "pose", "refine", "render", "score", "total"} <= set(body["timings_ms"])
+    assert {"match", "pose", "refine", "render", "verify", "score", "total"} <= set(body["timings_ms"])
+    v = body["verification"]
+    assert body["verdict"] == (("anomalous" if body["is_anomalous"] else "normal") if v["verified"] else "review")
+    assert set(v) == {"verified", "misalignment_px", "silhouette_iou", "reason"}
     import base64
 
     amap = Image.open(io.BytesIO(base64.b64decode(body["anomaly_map_png"])))
@@ -280,6 +283,11 @@ def test_concurrent_requests_are_batched(client: TestClient, category: str, quer
     metrics = client.get("/metrics").text
     assert "rpepad_requests_total" in metrics and "rpepad_stage_seconds_bucket" in metrics
     assert "rpepad_bundles_loaded 1.0" in metrics
+    # Every image is counted once under its verdict, and its residual misalignment observed.
+    verdicts = [line for line in metrics.splitlines() if line.startswith("rpepad_images_inspected_total")]
+    assert sum(float(line.split()[-1]) for line in verdicts) >= len(jobs) + 2
+    assert all(any(f'decision="{r.json()["verdict"]}"' in line for line in verdicts) for _, r in responses)
+    assert "rpepad_misalignment_pixels_count" in metrics
     sizes = [line for line in metrics.splitlines() if line.startswith("rpepad_batch_size_sum")]
     counts = [line for line in metrics.splitlines() if line.startswith("rpepad_batch_size_count")]
     # Some model calls carried more than one image.
