@@ -2,7 +2,12 @@
 
 Rules (``Calibration.rule``):
 
-- ``quantile`` (default, needs normal views only): ``threshold = Q_q(normal scores) *
+- ``false_alarm`` (the ``cpu`` and ``paper`` presets): ``threshold = Q_(1 - r)(held-out
+  scores)``, with r the stated false-alarm rate (``false_alarm_rate``, 0.02 by default) and
+  the scores those of training photographs held out of a calibration model's fit, against
+  its renders at jittered poses (``training/calibrate.py``): views no model saw, like a
+  customer's queries;
+- ``quantile`` (the quick rule of the ``demo`` preset, needs normal views only): ``threshold = Q_q(normal scores) *
   (1 + margin)`` with q = 0.99 and margin = 0.10. The normal scores come from views the
   model has not been told are normal on purpose: training views scored against renders at
   slightly jittered poses (see ``training/calibrate.py``), so the threshold covers render
@@ -59,10 +64,11 @@ class Calibration(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     version: Literal[1] = 1
-    rule: Literal["quantile", "f1"]
+    rule: Literal["false_alarm", "quantile", "f1"]
     threshold: float = Field(gt=0)
     quantile: float = Field(QUANTILE, gt=0, le=1)
     margin: float = Field(MARGIN, ge=0)
+    false_alarm_rate: float | None = Field(None, gt=0, lt=0.5)  # rule false_alarm: the share of good parts rejected
     score_floor: float = Field(ge=0)
     pixel_floor: float = Field(ge=0)
     normal_scores: ScoreStats

@@ -1,6 +1,18 @@
 """The `calibration` stage of `rpe-pad train`: normal scores -> threshold and floors.
 
-Normal evidence, all from the category's training views and its fitted Gaussian model:
+Rule ``false_alarm`` (the ``cpu`` and ``paper`` presets; ``holdout_every = n > 0``): a
+second Gaussian model, the *calibration model*, is fitted with the splats stage's settings
+to the training views less every n-th one. Those held-out photographs are views a model
+never saw, as a customer's queries are: each is scored against the calibration model's
+renders at ``jitters`` poses jittered by ``jitter_px`` (the residual pose error), and the
+threshold is the ``1 - false_alarm_rate`` quantile of these scores: on views like them,
+that share of good parts is rejected. The shipped model is still the splats stage's, fitted
+to every view. (The model fitted to the photographs it is then compared with renders them
+better than any new view, so a threshold from those scores sits too low for new views'
+render error and too high for what defects add; docs/SCORING.md has the figures.)
+
+Rule ``quantile`` (the quick one: the ``demo`` preset, ``holdout_every = 0``), from the
+category's training views and the fitted model itself:
 
 - ``in_sample``: each training view against its render at its own pose (the model's
   render error on views it was fitted to: optimistic);
@@ -21,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,23 +49,33 @@ from models.calibration import (
     quantile_threshold,
 )
 from models.camera import perturb_pose
-from models.bundle import FILES, REPORTS
+from models.bundle import FILES, REPORTS, WORK_FILES
 from models.data import GOOD, Category
 from models.hashing import sha256_file
 from models.inspector import compare_at_poses
 from models.scoring import DEFAULT_TOLERANCE, AnomalyScorer
 from models.splat.scene import GaussianScene
+from training.splats import SplatConfig, fit_splats
 
 
 @dataclass(frozen=True)
 class CalibConfig:
-    quantile: float = 0.99
+    holdout_every: int = 0  # > 0: rule false_alarm, every n-th training view held out of a calibration model
+    false_alarm_rate: float = 0.02  # rule false_alarm: the share of good parts the threshold may reject
+    jitters: int = 4  # rule false_alarm: jittered poses per held-out view
+    quantile: float = 0.99  # rule quantile: Q_quantile(in-sample jittered scores) x (1 + margin)
     margin: float = 0.10
-    jitter_px: float = 1.0
-    max_views: int = 0  # 0 = every training view
+    jitter_px: float = 1.0  # rms image displacement of the pose jitter, pixels at the model's size
+    max_views: int = 0  # rule quantile: 0 = every training view
     tolerance: int = DEFAULT_TOLERANCE
     batch: int = 8
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.holdout_every < 0 or self.holdout_every == 1 or self.jitters < 1:
+            raise ValueError(f"need holdout_every 0 or >= 2 and jitters >= 1, got {self}")
+        if not 0 < self.false_alarm_rate < 0.5:
+            raise ValueError(f"false_alarm_rate must lie in (0, 0.5), got {self.false_alarm_rate}")
 
 
 def _score(scorer: AnomalyScorer, scene: GaussianScene, images: torch.Tensor, poses: torch.Tensor, Ks: torch.Tensor,
@@ -70,9 +92,60 @@ def _score(scorer: AnomalyScorer, scene: GaussianScene, images: torch.Tensor, po
     return np.concatenate(scores), np.concatenate(maps)
 
 
+def split_holdout(category: Category, every: int) -> tuple[Category, list]:
+    """``category`` less every ``every``-th training view (from the ``every // 2``-th: spread
+    over the views' order, which follows the cameras' rings), and the held-out views."""
+    held = set(range(every // 2, len(category.train), every))
+    keep = [v for i, v in enumerate(category.train) if i not in held]
+    if len(held) < 2 or len(keep) < 2:
+        raise ValueError(f"{category.root}: {len(category.train)} training views are too few to hold out every "
+                         f"{every}-th one for calibration")
+    return replace(category, train=keep, test=[]), [v for i, v in enumerate(category.train) if i in held]
+
+
+def calibration_model(category: Category, splats: SplatConfig, cfg: CalibConfig, work: Path,
+                      progress: bool = True) -> tuple[GaussianScene, list, dict]:
+    """The calibration model (fitted without the held-out views, saved in ``work`` and
+    reused when its key matches) and the held-out views."""
+    fitted, held = split_holdout(category, cfg.holdout_every)
+    path, key_path = work / WORK_FILES["calibration_scene"], work / WORK_FILES["calibration_scene_key"]
+    key = {"splats": asdict(splats), "holdout_every": cfg.holdout_every, "views": [v.name for v in fitted.train]}
+    try:
+        if json.loads(key_path.read_text()) == key:
+            return GaussianScene.load(path), held, {"reused": True}
+    except (OSError, ValueError):
+        pass
+    result = fit_splats(fitted, splats, path.parent, progress=progress)  # checkpoints: WORK_FILES["calibration_checkpoint"]
+    result.scene.save(path)
+    (work / WORK_FILES["calibration_checkpoint"]).unlink(missing_ok=True)
+    key_path.write_text(json.dumps(key, indent=2) + "\n")
+    return result.scene, held, result.report
+
+
+def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores of the held-out views against ``scene`` at their own poses ``[V]`` and at
+    ``cfg.jitters`` jittered poses each ``[V * jitters]``, and the latter's maps at 64 x 64."""
+    scorer = AnomalyScorer(tolerance=cfg.tolerance)
+    images = torch.stack([v.image for v in held])
+    poses = torch.stack([v.w2c for v in held])
+    Ks = torch.stack([v.K for v in held])
+    sigma = cfg.jitter_px / (math.sqrt(2) * float(Ks[0, 0, 0]))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bar = tqdm(total=len(held) * (1 + cfg.jitters), desc="calibration (held-out views)", unit="view",
+               disable=not progress)
+    own, _ = _score(scorer, scene, images, poses, Ks, cfg.batch, bar)
+    rep = lambda t: t.repeat_interleave(cfg.jitters, dim=0)  # noqa: E731
+    jittered, maps = _score(scorer, scene, rep(images), perturb_pose(rep(poses), sigma, 0.0, gen), rep(Ks), cfg.batch, bar)
+    bar.close()
+    return own, jittered, maps
+
+
 def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, validation: Category | None = None,
-              progress: bool = True) -> tuple[Calibration, dict]:
-    """The category's Calibration and the raw score lists behind it."""
+              progress: bool = True, heldout: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+              ) -> tuple[Calibration, dict]:
+    """The category's Calibration and the raw score lists behind it; ``heldout``: the
+    held-out views' scores (``heldout_scores``) for rule ``false_alarm``."""
     views = category.train
     if cfg.max_views and len(views) > cfg.max_views:
         views = views[:: math.ceil(len(views) / cfg.max_views)]
@@ -90,6 +163,13 @@ def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, valida
     raw = {"in_sample": in_sample.tolist(), "jittered": normal.tolist()}
     sources = {"in_sample": len(views), "jittered": len(views)}
     rule, threshold = "quantile", quantile_threshold(normal, cfg.quantile, cfg.margin)
+    if heldout is not None:
+        own, held_scores, held_maps = heldout
+        raw.update(heldout_own=own.tolist(), heldout=held_scores.tolist(),
+                   quantile_rule_threshold=threshold)  # what the quick rule would have said, for comparison
+        sources.update(heldout_views=len(own), heldout=len(held_scores))
+        rule, threshold = "false_alarm", float(np.quantile(held_scores, 1.0 - cfg.false_alarm_rate))
+        normal, normal_maps = held_scores, held_maps
     if validation is not None:
         queries = [q for q in validation.test if q.w2c is not None]
         if len(queries) < len(validation.test):
@@ -108,6 +188,7 @@ def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, valida
     floor = floor if floor < threshold else threshold / 2
     quantiles = pixel_quantiles(normal_maps)
     calib = Calibration(rule=rule, threshold=threshold, quantile=cfg.quantile, margin=cfg.margin, score_floor=floor,
+                        false_alarm_rate=cfg.false_alarm_rate if rule == "false_alarm" else None,
                         pixel_floor=min(quantiles["q0.5"], floor * 0.5), normal_scores=ScoreStats.of(normal),
                         normal_pixel_quantiles=quantiles, scorer=scorer.config(), sources=sources)
     return calib, raw
@@ -117,10 +198,13 @@ def histogram(calib: Calibration, raw: dict, title: str) -> Figure:
     """Normal (and validation) image scores with the threshold; no pyplot state involved."""
     fig = Figure(figsize=(6.4, 3.6), dpi=100)
     ax = fig.add_subplot()
-    everything = np.concatenate([np.asarray(v, dtype=float) for k, v in raw.items() if k != "validation_labels"])
+    everything = np.concatenate([np.asarray(v, dtype=float).ravel() for k, v in raw.items()
+                                 if k not in ("validation_labels", "quantile_rule_threshold")])
     bins = np.linspace(0, max(everything.max(), calib.threshold) * 1.05, 40)
     ax.hist(raw["in_sample"], bins=bins, alpha=0.5, label="normal, own pose")
     ax.hist(raw["jittered"], bins=bins, alpha=0.5, label="normal, jittered pose")
+    if "heldout" in raw:
+        ax.hist(raw["heldout"], bins=bins, alpha=0.5, label="held-out views (unseen by their model), jittered")
     if "validation" in raw:
         v, y = np.asarray(raw["validation"]), np.asarray(raw["validation_labels"], dtype=bool)
         ax.hist(v[~y], bins=bins, histtype="step", lw=2, label="validation good")
@@ -135,16 +219,20 @@ def histogram(calib: Calibration, raw: dict, title: str) -> Figure:
 
 
 def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, validation: Category | None = None,
-                          progress: bool = True) -> dict:
+                          progress: bool = True, splats: SplatConfig | None = None) -> dict:
     """Calibrate against the work folder's Gaussian model; skipped when a calibration for
-    the same config, scene and validation set exists."""
+    the same config, scene and validation set exists. Rule ``false_alarm`` fits the
+    calibration model with ``splats`` (the splats stage's settings) first."""
     start = time.perf_counter()
     scene_path = out_dir / FILES["scene"]
     if not scene_path.is_file():
         raise FileNotFoundError(f"{scene_path} is missing: run the splats stage first")
     calib_path, report_path = out_dir / FILES["calibration"], out_dir / REPORTS["calibration"]
+    if cfg.holdout_every and splats is None:
+        raise ValueError("a held-out calibration (holdout_every > 0) needs the splats stage's settings to fit its model")
     key = {"config": asdict(cfg), "scene_sha256": sha256_file(scene_path),
-           "validation": str(validation.root) if validation is not None else None}
+           "validation": str(validation.root) if validation is not None else None,
+           "splats": asdict(splats) if cfg.holdout_every else None}
     try:
         previous = json.loads(report_path.read_text())
         Calibration.model_validate_json(calib_path.read_text())
@@ -152,7 +240,11 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
             return {**previous, "skipped": True}
     except (OSError, ValueError):
         pass
-    calib, raw = calibrate(category, GaussianScene.load(scene_path), cfg, validation, progress)
+    heldout, fit = None, None
+    if cfg.holdout_every:
+        model, held, fit = calibration_model(category, splats, cfg, out_dir, progress)
+        heldout = heldout_scores(model, held, cfg, progress)
+    calib, raw = calibrate(category, GaussianScene.load(scene_path), cfg, validation, progress, heldout)
     calib_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     calib_path.write_text(calib.model_dump_json(indent=2) + "\n")
@@ -161,5 +253,9 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
     report = {"category": category.name, "rule": calib.rule, "threshold": round(calib.threshold, 4),
               "normal_scores": calib.normal_scores.model_dump(), "in_sample_max": round(max(raw["in_sample"]), 4),
               "seconds": round(time.perf_counter() - start, 1), "key": key, "scores": raw}
+    if heldout is not None:
+        report.update(heldout_views=calib.sources["heldout_views"], false_alarm_rate=cfg.false_alarm_rate,
+                      quantile_rule_threshold=round(raw["quantile_rule_threshold"], 4),
+                      calibration_model={k: v for k, v in fit.items() if k in ("reused", "num_gaussians", "seconds_fit")})
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -42,6 +42,41 @@ def test_quantile_calibration_and_skip(bundle: Path, tiny_synth: Path) -> None:
     assert "skipped" not in changed and changed["threshold"] > report["threshold"]
 
 
+def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny_synth: Path) -> None:
+    """Rule false_alarm: a model fitted without every 4th view; those views, jittered, are the
+    normal scores, and the threshold rejects the stated share of them."""
+    from tests.conftest import TINY_SPLATS
+    from training.calibrate import split_holdout
+    from training.splats import preset
+
+    cat = load_category(tiny_synth)
+    fitted, held = split_holdout(cat, 4)
+    assert [v.name for v in held] == [cat.train[i].name for i in (2, 6)] and len(fitted.train) == 6
+    assert not {v.name for v in held} & {v.name for v in fitted.train} and not fitted.test
+    splats = preset("demo", **{**TINY_SPLATS, "iterations": 60})
+    cfg = CalibConfig(holdout_every=4, jitters=3, false_alarm_rate=0.2)
+    report = run_calibration_stage(cat, cfg, bundle, progress=False, splats=splats)
+    calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
+    held_scores = np.array(report["scores"]["heldout"])
+    assert calib.rule == "false_alarm" and calib.false_alarm_rate == 0.2
+    assert len(held_scores) == 2 * 3 == calib.sources["heldout"] and report["heldout_views"] == 2
+    assert calib.threshold == pytest.approx(np.quantile(held_scores, 0.8))
+    assert np.mean(held_scores > calib.threshold) == pytest.approx(0.2, abs=1 / 6)
+    # The quick rule's threshold is kept beside it for comparison; the calibration model is
+    # saved and reused when nothing changed, refitted when its views or settings do.
+    assert report["quantile_rule_threshold"] > 0 and (bundle / "calibration" / "holdout_scene.safetensors").is_file()
+    assert not (bundle / "calibration" / "checkpoint.safetensors").exists()
+    again = run_calibration_stage(cat, cfg, bundle, progress=False, splats=splats)
+    assert again["skipped"]
+    stricter = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=3, false_alarm_rate=0.05), bundle,
+                                     progress=False, splats=splats)
+    assert stricter["calibration_model"] == {"reused": True} and stricter["threshold"] >= report["threshold"]
+    with pytest.raises(ValueError, match="splats stage's settings"):
+        run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=2), bundle, progress=False)
+    with pytest.raises(ValueError, match="false_alarm_rate"):
+        CalibConfig(holdout_every=4, false_alarm_rate=0.0)
+
+
 def test_pose_jitter_raises_normal_scores(bundle: Path, tiny_synth: Path) -> None:
     cat = load_category(tiny_synth)
     big = run_calibration_stage(cat, CalibConfig(jitter_px=6.0), bundle, progress=False)
