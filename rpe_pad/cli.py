@@ -1,7 +1,7 @@
 """`rpe-pad`: one console command with a subcommand per job.
 
-The product's commands first (``synth``, ``show``, ``train``, ``inspect``, ``serve``,
-``demo``); the research drivers behind one group, ``rpe-pad lab ...`` (``lab/cli.py``).
+The product's commands first (``synth``, ``show``, ``train``, ``selfcheck``, ``inspect``,
+``serve``, ``demo``); the research drivers behind one group, ``rpe-pad lab ...`` (``lab/cli.py``).
 Each subcommand parses its arguments and calls one package function; heavy imports happen
 inside the handlers so that `rpe-pad --help` stays fast. Choices of names (pose modes,
 presets) come from ``models.registry``.
@@ -47,6 +47,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     reports = run_train(args.category_dir, args.out, preset=args.preset, stages=stages, progress=not args.quiet,
                         validation_dir=args.validation)
     print(summary_table(reports))
+    return 0
+
+
+def _cmd_selfcheck(args: argparse.Namespace) -> int:
+    from training.selfcheck import markdown, selfcheck
+
+    out = args.out or Path("selfcheck") / args.category_dir.name
+    report = selfcheck(args.bundles, args.category_dir, out, progress=True)
+    print(markdown(report))
+    print(f"report: {out} (selfcheck.json, selfcheck.md, selfcheck.png: the weakest defects and strongest clean views)")
     return 0
 
 
@@ -134,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a labelled category: calibrate the threshold F1-optimally on its test split")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("selfcheck", help="how well a bundle finds defects on its object: synthetic defects painted "
+                       "on photographs no model saw, scored at the bundle's threshold")
+    p.add_argument("category_dir", type=Path, help="the category the bundle was trained on (its normal photographs)")
+    p.add_argument("--bundles", type=Path, required=True, help="the bundles folder rpe-pad train wrote (with .work/)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default ./selfcheck/<category>)")
+    p.set_defaults(func=_cmd_selfcheck)
 
     p = sub.add_parser("inspect", help="inspect images with a bundle: verdicts on stdout, overlay PNGs on disk")
     p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> (verified before use)")

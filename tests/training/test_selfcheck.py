@@ -1,0 +1,77 @@
+"""Synthetic defects (training.defects) and `rpe-pad selfcheck` on a held-out calibration."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.data import load_category
+from models.images import load_rgb
+from rpe_pad.cli import main
+from training.defects import KINDS, foreground, paint
+
+WHITE = (1.0, 1.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def photo(lego_dir: Path) -> np.ndarray:
+    return load_rgb(min((lego_dir / "train" / "good").glob("*.png")))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_changes_exactly_its_mask(photo: np.ndarray, kind: str) -> None:
+    rng = np.random.default_rng(0)
+    out, mask = paint(photo, kind, WHITE, rng)
+    changed = np.abs(out - photo).max(-1) > 2 / 255
+    assert out.shape == photo.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    # Small and local: under 2 % of the image, every masked pixel changed, and (but for the
+    # antialiased rims of a burr's strokes) nothing changed outside the mask.
+    assert 4 <= mask.sum() < 0.02 * mask.size and changed[mask].all()
+    assert (changed & ~mask).sum() <= 0.5 * mask.sum()
+    fg = foreground(photo, WHITE)
+    if kind == "stain":
+        assert fg[mask].all()  # on the object, shape intact
+    elif kind == "missing":
+        assert fg[mask].all() and np.allclose(out[mask], 1.0)  # object pixels gone to the background
+    else:
+        assert (~fg[mask]).mean() > 0.5  # burrs grow out into the background
+
+
+def test_paint_refuses_what_it_cannot_do() -> None:
+    with pytest.raises(ValueError, match="unknown defect kind"):
+        paint(np.ones((32, 32, 3), np.float32), "dent", WHITE, np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        paint(np.ones((32, 32, 3), np.float32), "stain", WHITE, np.random.default_rng(0))  # no object
+
+
+def test_selfcheck_reports_the_operating_point(tiny_bundle: Path, tiny_release: Path, tiny_synth: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A bundle and its work folder with a held-out calibration: the self-check scores painted
+    and clean copies of the held-out views against the calibration model, at the bundle's threshold."""
+    from tests.conftest import TINY_SPLATS
+    from training.calibrate import CalibConfig, run_calibration_stage
+    from training.splats import preset
+
+    bundles = tmp_path / "bundles"
+    shutil.copytree(tiny_release, bundles / tiny_release.name)
+    work = bundles / ".work" / tiny_release.name
+    shutil.copytree(tiny_bundle, work)
+    assert main(["selfcheck", str(tiny_synth), "--bundles", str(bundles)]) == 2  # quick calibration: no held-out views
+    assert "held-out calibration" in capsys.readouterr().err
+    cat = load_category(tiny_synth)
+    run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.1), work, progress=False,
+                          splats=preset("demo", **{**TINY_SPLATS, "iterations": 60}))
+    out = tmp_path / "sc"
+    code = main(["selfcheck", str(tiny_synth), "--bundles", str(bundles), "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    report = json.loads((out / "selfcheck.json").read_text())
+    assert report["heldout_views"] == 2 and report["clean"] == 2 * 4 and report["defective"] == 2 * 3 * 2
+    d = report["decision"]
+    assert d["tp"] + d["fn"] == report["defective"] and d["fp"] + d["tn"] == report["clean"]
+    assert 0 <= report["image_auroc"] <= 1 and 0 <= report["aupro"] <= 1 and set(report["per_kind"]) == set(KINDS)
+    assert (out / "selfcheck.png").stat().st_size > 1000 and "image AUROC" in printed.out

@@ -1,0 +1,116 @@
+"""Synthetic defects of the three MAD kinds, painted on a normal photograph with an exact mask.
+
+The self-check (``training/selfcheck.py``) paints them on training photographs held out of
+the calibration model's fit, so it can tell how well a bundle finds defects on the
+customer's own object from normal photographs alone. Each painter takes an RGB float image
+``[H, W, 3]`` in [0, 1] of the object on its uniform ``background`` and returns the defective
+image and the mask of the pixels it changed (``True`` = defect).
+
+Sizes are stated as fractions of the image width, so they mean the same at any resolution.
+They were fixed from the MAD papers' description of the defect kinds (small, local, on the
+object) before any self-check figure was seen, not fitted to a test set:
+
+- ``stain``: an ellipse on the object (diameter 4-8 % of the width) whose colour is blended
+  towards a random colour (strength 0.45-0.85): a colour change with the shape intact;
+- ``burr``: 2-4 thin strokes (1-2 px at 200 px, 5-15 % of the width long) growing out of
+  the silhouette's border into the background, in a colour taken from the object: a thin
+  protrusion that changes the outline;
+- ``missing``: a disc at the silhouette's border (diameter 5-9 % of the width) replaced by
+  the background: a chunk of the object gone (what would show behind it is taken to be the
+  background, the one simplification).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+KINDS = ("stain", "burr", "missing")
+MIN_PIXELS = 4  # a painted defect must change at least this many pixels
+
+
+def foreground(image: np.ndarray, background: tuple[float, float, float], tol: float = 0.05) -> np.ndarray:
+    """The object's pixels [H, W] bool: those differing from the background by more than ``tol``."""
+    return np.abs(image - np.asarray(background, dtype=np.float32)).max(-1) > tol
+
+
+def _border(fg: np.ndarray) -> np.ndarray:
+    """Object pixels on the silhouette's border, [N, 2] as (y, x)."""
+    eroded = cv2.erode(fg.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    return np.argwhere(fg & ~eroded)
+
+
+def stain(image: np.ndarray, background, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    h, w = image.shape[:2]
+    fg = foreground(image, background)
+    inner = np.argwhere(cv2.erode(fg.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool))
+    if len(inner) == 0:
+        raise ValueError("no object to stain")
+    cy, cx = inner[rng.integers(len(inner))]
+    axes = (max(1, int(rng.uniform(0.02, 0.04) * w)), max(1, int(rng.uniform(0.02, 0.04) * w)))
+    blob = np.zeros((h, w), np.uint8)
+    cv2.ellipse(blob, (int(cx), int(cy)), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    mask = blob.astype(bool) & fg
+    colour = rng.uniform(0, 1, 3).astype(np.float32)
+    strength = rng.uniform(0.45, 0.85)
+    out = image.copy()
+    out[mask] = (1 - strength) * image[mask] + strength * colour
+    return out, mask & (np.abs(out - image).max(-1) > 1e-3)
+
+
+def burr(image: np.ndarray, background, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    h, w = image.shape[:2]
+    fg = foreground(image, background)
+    border = _border(fg)
+    if len(border) == 0:
+        raise ValueError("no silhouette to grow burrs from")
+    centre = np.argwhere(fg).mean(0)
+    canvas = (image * 255).round().astype(np.uint8)
+    drawn = np.zeros((h, w), np.uint8)
+    thickness = max(1, round(w / 200 * rng.choice([1, 2])))
+    obj = image[fg]
+    for _ in range(int(rng.integers(2, 5))):
+        y, x = border[rng.integers(len(border))]
+        outward = np.array([y, x], float) - centre
+        angle = np.arctan2(outward[0], outward[1]) + rng.uniform(-0.6, 0.6)
+        length = rng.uniform(0.05, 0.15) * w
+        end = (int(round(x + length * np.cos(angle))), int(round(y + length * np.sin(angle))))
+        colour = tuple(int(c) for c in (obj[rng.integers(len(obj))] * 255).round())
+        cv2.line(canvas, (int(x), int(y)), end, colour, thickness, cv2.LINE_AA)
+        cv2.line(drawn, (int(x), int(y)), end, 1, thickness + 1, cv2.LINE_8)
+    out = canvas.astype(np.float32) / 255.0
+    return out, drawn.astype(bool) & (np.abs(out - image).max(-1) > 2 / 255)
+
+
+def missing(image: np.ndarray, background, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    h, w = image.shape[:2]
+    fg = foreground(image, background)
+    border = _border(fg)
+    if len(border) == 0:
+        raise ValueError("no silhouette to cut from")
+    y, x = border[rng.integers(len(border))]
+    disc = np.zeros((h, w), np.uint8)
+    cv2.circle(disc, (int(x), int(y)), max(1, int(rng.uniform(0.025, 0.045) * w)), 1, -1)
+    mask = disc.astype(bool) & fg
+    out = image.copy()
+    out[mask] = np.asarray(background, dtype=np.float32)
+    return out, mask
+
+
+PAINTERS: dict[str, Callable] = {"stain": stain, "burr": burr, "missing": missing}
+
+
+def paint(image: np.ndarray, kind: str, background, rng: np.random.Generator,
+          tries: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` with one defect of ``kind`` and its mask; retried (new draws) until the
+    defect changes at least ``MIN_PIXELS`` pixels (``ValueError`` if it never does)."""
+    if kind not in PAINTERS:
+        raise ValueError(f"unknown defect kind {kind!r}; choose from {list(KINDS)}")
+    image = np.asarray(image, dtype=np.float32)
+    for _ in range(tries):
+        out, mask = PAINTERS[kind](image, background, rng)
+        if mask.sum() >= MIN_PIXELS:
+            return out, mask
+    raise ValueError(f"could not paint a {kind} that changes {MIN_PIXELS} pixels on this image")
