@@ -36,10 +36,14 @@ def foreground(image: np.ndarray, background: tuple[float, float, float], tol: f
     return np.abs(image - np.asarray(background, dtype=np.float32)).max(-1) > tol
 
 
-def _border(fg: np.ndarray) -> np.ndarray:
-    """Object pixels on the silhouette's border, [N, 2] as (y, x)."""
+def _border(image: np.ndarray, background, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The object's mask [H, W] and the pixels on its silhouette's border [N, 2] as (y, x)."""
+    fg = foreground(image, background)
     eroded = cv2.erode(fg.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    return np.argwhere(fg & ~eroded)
+    border = np.argwhere(fg & ~eroded)
+    if len(border) == 0:
+        raise ValueError(f"no silhouette to {what}")
+    return fg, border
 
 
 def stain(image: np.ndarray, background, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -62,10 +66,7 @@ def stain(image: np.ndarray, background, rng: np.random.Generator) -> tuple[np.n
 
 def burr(image: np.ndarray, background, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     h, w = image.shape[:2]
-    fg = foreground(image, background)
-    border = _border(fg)
-    if len(border) == 0:
-        raise ValueError("no silhouette to grow burrs from")
+    fg, border = _border(image, background, "grow burrs from")
     centre = np.argwhere(fg).mean(0)
     canvas = (image * 255).round().astype(np.uint8)
     drawn = np.zeros((h, w), np.uint8)
@@ -86,10 +87,7 @@ def burr(image: np.ndarray, background, rng: np.random.Generator) -> tuple[np.nd
 
 def missing(image: np.ndarray, background, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     h, w = image.shape[:2]
-    fg = foreground(image, background)
-    border = _border(fg)
-    if len(border) == 0:
-        raise ValueError("no silhouette to cut from")
+    fg, border = _border(image, background, "cut from")
     y, x = border[rng.integers(len(border))]
     disc = np.zeros((h, w), np.uint8)
     cv2.circle(disc, (int(x), int(y)), max(1, int(rng.uniform(0.025, 0.045) * w)), 1, -1)
