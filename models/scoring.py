@@ -80,26 +80,36 @@ class AnomalyScorer(nn.Module):
         return cls(extractor, size=config["size"], sigma=config["sigma"], tolerance=config["tolerance"])
 
     @torch.no_grad()
+    def terms(self, query: Tensor, reference: Tensor) -> Tensor:
+        """The map's unblurred terms ``[B, 1 + L, size, size]``: the colour term, then each
+        feature layer's (upsampled to ``size``). ``forward`` blurs their plain sum."""
+        q, r = _to_bchw(query), _to_bchw(reference)
+        if q.shape != r.shape:
+            raise ValueError(f"query {tuple(q.shape)} and reference {tuple(r.shape)} differ")
+        q224 = F.interpolate(q, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        r224 = F.interpolate(r, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        fx = self.extractor
+        out = [squared_difference(fx.normalize(q224), fx.normalize(r224), self.tolerance)]
+        for fq, fr in zip(fx(q224), fx(r224)):
+            d = squared_difference(fq, fr, self.tolerance)[:, None]
+            out.append(F.interpolate(d, size=(self.size, self.size), mode="bilinear", align_corners=False)[:, 0])
+        return torch.stack(out, dim=1)
+
+    def blur(self, maps: Tensor) -> Tensor:
+        """``[B, S, S]`` smoothed with the scorer's Gaussian (none when ``sigma`` is 0)."""
+        if self.sigma <= 0:
+            return maps
+        return kornia.filters.gaussian_blur2d(maps[:, None], (self.kernel, self.kernel), (self.sigma, self.sigma),
+                                              border_type="reflect")[:, 0]
+
+    @torch.no_grad()
     def forward(self, query: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
         """``query``, ``reference``: [B, H, W, 3] (or [B, 3, H, W]) in [0, 1], same size.
 
         Returns maps [B, H, W] at the query's size and image scores [B].
         """
-        q, r = _to_bchw(query), _to_bchw(reference)
-        if q.shape != r.shape:
-            raise ValueError(f"query {tuple(q.shape)} and reference {tuple(r.shape)} differ")
-        height, width = q.shape[-2:]
-        q224 = F.interpolate(q, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        r224 = F.interpolate(r, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        fx = self.extractor
-        amap = squared_difference(fx.normalize(q224), fx.normalize(r224), self.tolerance)
-        for fq, fr in zip(fx(q224), fx(r224)):
-            d = squared_difference(fq, fr, self.tolerance)[:, None]
-            amap = amap + F.interpolate(d, size=(self.size, self.size), mode="bilinear", align_corners=False)[:, 0]
-        if self.sigma > 0:
-            amap = kornia.filters.gaussian_blur2d(
-                amap[:, None], (self.kernel, self.kernel), (self.sigma, self.sigma), border_type="reflect"
-            )[:, 0]
+        height, width = _to_bchw(query).shape[-2:]
+        amap = self.blur(self.terms(query, reference).sum(dim=1))
         scores = amap.flatten(1).amax(dim=1)
         full = F.interpolate(amap[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
         return full, scores

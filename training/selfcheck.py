@@ -74,34 +74,54 @@ def heldout_views(bundles_dir: Path, category_dir: Path):
     return bundle, category, scene, held
 
 
+@dataclass
+class Queries:
+    """The self-check's queries: clean and painted copies of the held-out photographs."""
+
+    images: list[np.ndarray]  # [H, W, 3] float32 in [0, 1]
+    masks: list[np.ndarray]  # [H, W] bool, the painted pixels
+    kinds: list[str]  # "good" or a defect kind
+    names: list[str]  # the photograph's name
+    poses: torch.Tensor  # [N, 4, 4] float64: the photograph's pose, jittered
+    K: torch.Tensor  # [3, 3]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([k != "good" for k in self.kinds])
+
+
+def painted_queries(held: list, background, cfg: SelfCheckConfig) -> Queries:
+    """``cfg.clean_copies`` clean and ``cfg.per_kind`` painted copies per kind of each held-out
+    view, each at its pose jittered by ``cfg.jitter_px`` (rms, pixels at the views' size)."""
+    rng = np.random.default_rng(cfg.seed)
+    images, masks, kinds, poses, names = [], [], [], [], []
+    for v in held:
+        clean = v.image.numpy()
+        copies = [(clean, np.zeros(clean.shape[:2], bool), "good")] * cfg.clean_copies
+        copies += [(*paint(clean, kind, background, rng), kind) for kind in KINDS for _ in range(cfg.per_kind)]
+        for image, mask, kind in copies:
+            images.append(image), masks.append(mask), kinds.append(kind), poses.append(v.w2c), names.append(v.name)
+    K = held[0].K
+    sigma = cfg.jitter_px / (math.sqrt(2) * float(K[0, 0]))
+    jittered = perturb_pose(torch.stack(poses).double(), sigma, 0.0, torch.Generator().manual_seed(cfg.seed))
+    return Queries(images, masks, kinds, names, jittered, K)
+
+
 @torch.no_grad()
 def selfcheck(bundles_dir: Path, category_dir: Path, out_dir: Path, cfg: SelfCheckConfig = SelfCheckConfig(),
               progress: bool = True) -> dict:
     bundle, category, scene, held = heldout_views(Path(bundles_dir), Path(category_dir))
     calib = Calibration.model_validate_json((bundle / FILES["calibration"]).read_text())
     scorer = AnomalyScorer.from_config(calib.scorer)
-    rng = np.random.default_rng(cfg.seed)
-    images, masks, kinds, poses, names = [], [], [], [], []
-    for v in held:
-        clean = v.image.numpy()
-        for _ in range(cfg.clean_copies):
-            images.append(clean), masks.append(np.zeros(clean.shape[:2], bool)), kinds.append("good")
-            poses.append(v.w2c), names.append(v.name)
-        for kind in KINDS:
-            for _ in range(cfg.per_kind):
-                painted, mask = paint(clean, kind, category.background, rng)
-                images.append(painted), masks.append(mask), kinds.append(kind)
-                poses.append(v.w2c), names.append(v.name)
-    K = held[0].K
-    sigma = cfg.jitter_px / (math.sqrt(2) * float(K[0, 0]))
-    jittered = perturb_pose(torch.stack(poses).double(), sigma, 0.0, torch.Generator().manual_seed(cfg.seed))
+    q = painted_queries(held, category.background, cfg)
+    images, masks, kinds, names = q.images, q.masks, q.kinds, q.names
     maps, scores = [], []
     for i in tqdm(range(0, len(images), cfg.batch), desc="selfcheck", unit="batch", disable=not progress):
         chunk = torch.from_numpy(np.stack(images[i : i + cfg.batch]))
-        m, s = compare_at_poses(scene, scorer, chunk, jittered[i : i + cfg.batch], K[None].expand(len(chunk), 3, 3))
+        m, s = compare_at_poses(scene, scorer, chunk, q.poses[i : i + cfg.batch], q.K[None].expand(len(chunk), 3, 3))
         maps.append(m.cpu()), scores.append(s.cpu())
     maps_t, score_np = torch.cat(maps), torch.cat(scores).numpy()
-    labels = np.array([k != "good" for k in kinds])
+    labels = q.labels
     masks224 = torch.nn.functional.interpolate(torch.from_numpy(np.stack(masks))[:, None].float(),
                                                size=(EVAL_SIZE, EVAL_SIZE), mode="nearest")[:, 0].numpy() > 0.5
     maps224 = resize_maps(maps_t, EVAL_SIZE)
