@@ -108,6 +108,17 @@ def _cmd_verify_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scorer_study(args: argparse.Namespace) -> int:
+    from lab.scorer_study import markdown, study, write
+
+    out = args.out or Path("scorer_study") / args.category_dir.name
+    report = study(args.bundles, args.category_dir, test=args.test, progress=not args.quiet)
+    write(report, out)
+    print(markdown(report))
+    print(f"report: {out}")
+    return 0
+
+
 def _cmd_bench_render(args: argparse.Namespace) -> int:
     from lab.benchmarks import bench_render, load_or_random
 
@@ -234,6 +245,15 @@ def add_lab_commands(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLE_DIR/reports/verify_sweep)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_verify_sweep)
+
+    p = sub.add_parser("scorer-study", help="anomaly-map variants chosen on the self-check's held-out painted "
+                       "defects (and, with --test, reported on the test split at true poses)")
+    p.add_argument("category_dir", type=Path, help="the category the bundle was trained on")
+    p.add_argument("--bundles", type=Path, required=True, help="bundles folder with the held-out calibration (.work/)")
+    p.add_argument("--test", action="store_true", help="also report every variant on the test split (true poses)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default ./scorer_study/<category>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_scorer_study)
 
     p = sub.add_parser("bench-render", help="time the Gaussian renderer (median of repeated runs)")
     p.add_argument("--scene", type=Path, default=None, help="a scene.safetensors (default: random scene)")

@@ -23,12 +23,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import kornia
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models.features import DEFAULT_BACKBONE, FeatureExtractor
+from models.scoring import blur_maps
 
 Tensor = torch.Tensor
 
@@ -78,7 +78,6 @@ class PatchCore(torch.nn.Module):
         strides = self.extractor.strides
         self.levels = [strides.index(8), strides.index(16)]  # the mid-level layers PatchCore uses
         self.register_buffer("bank", torch.zeros(0))
-        self.kernel = 2 * math.ceil(4 * cfg.sigma) + 1
 
     def patches(self, images: Tensor) -> Tensor:
         """``images [B, H, W, 3]`` in [0, 1] -> patch features ``[B, h, w, D]`` (stride 8)."""
@@ -113,8 +112,6 @@ class PatchCore(torch.nn.Module):
                           for i in range(0, len(flat), 4096)])
         amap = dist.view(b, 1, ph, pw)
         amap = F.interpolate(amap, size=(self.cfg.size, self.cfg.size), mode="bilinear", align_corners=False)
-        if self.cfg.sigma > 0:
-            amap = kornia.filters.gaussian_blur2d(amap, (self.kernel, self.kernel), (self.cfg.sigma, self.cfg.sigma),
-                                                  border_type="reflect")
+        amap = blur_maps(amap[:, 0], self.cfg.sigma)[:, None]
         amap = F.interpolate(amap, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
         return amap.cpu(), amap.flatten(1).max(dim=1).values.cpu()

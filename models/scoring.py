@@ -55,6 +55,15 @@ def squared_difference(a: Tensor, b: Tensor, tolerance: int = 0) -> Tensor:
     return best
 
 
+def blur_maps(maps: Tensor, sigma: float) -> Tensor:
+    """``[B, S, S]`` smoothed with a Gaussian of ``sigma`` pixels (none when 0), truncated at
+    4 sigma like scipy's gaussian_filter (the peers'), reflected at the borders."""
+    if sigma <= 0:
+        return maps
+    k = 2 * math.ceil(4 * sigma) + 1
+    return kornia.filters.gaussian_blur2d(maps[:, None], (k, k), (sigma, sigma), border_type="reflect")[:, 0]
+
+
 class AnomalyScorer(nn.Module):
     """Anomaly maps and scores of query images against their rendered references."""
 
@@ -65,8 +74,6 @@ class AnomalyScorer(nn.Module):
         self.size = size
         self.sigma = sigma
         self.tolerance = tolerance
-        # scipy's gaussian_filter (the peers') truncates at 4 sigma.
-        self.kernel = 2 * math.ceil(4 * sigma) + 1
 
     def config(self) -> dict:
         """Everything that defines the scores (stored with a calibrated threshold)."""
@@ -96,11 +103,8 @@ class AnomalyScorer(nn.Module):
         return torch.stack(out, dim=1)
 
     def blur(self, maps: Tensor) -> Tensor:
-        """``[B, S, S]`` smoothed with the scorer's Gaussian (none when ``sigma`` is 0)."""
-        if self.sigma <= 0:
-            return maps
-        return kornia.filters.gaussian_blur2d(maps[:, None], (self.kernel, self.kernel), (self.sigma, self.sigma),
-                                              border_type="reflect")[:, 0]
+        """``[B, S, S]`` smoothed with the scorer's Gaussian (``blur_maps``)."""
+        return blur_maps(maps, self.sigma)
 
     @torch.no_grad()
     def forward(self, query: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,196 @@
+"""`rpe-pad lab scorer-study`: which way of turning a query and its reference into a map
+catches small, thin and colour defects, chosen on views held out of the test split.
+
+Selection data (never the test split): the self-check's queries (``training.selfcheck``),
+clean and painted copies of the training photographs held out of the calibration model,
+against that model's renders at jittered poses. The rule, fixed before any figure was seen:
+**the variant with the highest recall at the threshold that rejects 2 % of the clean
+held-out views** (the product's false-alarm rule, ``training/calibrate.py``), ties broken by
+image AUROC. Normal statistics a variant needs (per-term scales, per-structure expectations)
+come from the clean held-out views too.
+
+Report data: with ``--test``, the category's test split at its true poses against the
+bundle's own model, each variant thresholded by the same rule on the held-out clean scores
+(as the product calibrates); reported for every variant, chosen by none.
+
+Variants (``VARIANTS``), all built on the scorer's unblurred terms (``AnomalyScorer.terms``:
+the colour term and EfficientNet-Lite0's four layers, tolerance 1):
+
+- ``peers``: their plain sum, blurred with sigma 4: the product's scorer today;
+- ``sigma2``: the same, sigma 2 (thin defects keep more of their peak);
+- ``balanced``: each term divided by its 99th-percentile pixel value on the clean held-out
+  views before the sum (the colour term weighs as much as a feature layer);
+- ``balanced+silhouette``: ``balanced`` plus the silhouette evidence: query pixels that show
+  the object more than 1 px outside the reference's silhouette, or background more than
+  1 px inside it (burrs and missing chunks change the outline), scaled the same way;
+- ``structure``: ``balanced+silhouette`` divided by its clean 99th percentile among pixels
+  of the same reference-structure decile (edge strength of the render): a residual counts
+  for less where renders are always off.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from models.bundle import FILES
+from models.calibration import Calibration
+from models.data import GOOD, load_category
+from models.metrics import aupro, auroc, pixel_auroc
+from models.scoring import AnomalyScorer, blur_maps
+from models.splat.scene import GaussianScene
+from models.verify import foreground
+from training.evaluate import decision_metrics, render_references
+from training.selfcheck import SelfCheckConfig, heldout_views, painted_queries
+
+Tensor = torch.Tensor
+SIZE = 224
+FALSE_ALARM = 0.02
+VARIANTS = ("peers", "sigma2", "balanced", "balanced+silhouette", "structure")
+STRUCTURE_BINS = 10
+
+
+def _square(images: Tensor) -> Tensor:
+    x = images.float().permute(0, 3, 1, 2)
+    return F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def silhouette_evidence(query: Tensor, reference: Tensor, background) -> Tensor:
+    """``[B, S, S]`` 1 where the query shows object more than 1 px outside the reference's
+    silhouette or background more than 1 px inside it (both ``[B, 3, S, S]``)."""
+    fq = foreground(query.permute(0, 2, 3, 1), background, 0.05).float()[:, None]
+    fr = foreground(reference.permute(0, 2, 3, 1), background, 0.05).float()[:, None]
+    grown = F.max_pool2d(fr, 3, 1, 1)
+    shrunk = 1 - F.max_pool2d(1 - fr, 3, 1, 1)
+    return ((fq * (1 - grown)) + ((1 - fq) * shrunk))[:, 0]
+
+
+def structure(reference: Tensor) -> Tensor:
+    """``[B, S, S]`` edge strength of the reference: Sobel magnitude of its grey image, blurred."""
+    grey = reference.mean(1, keepdim=True)
+    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])[None, None]
+    g = torch.sqrt(F.conv2d(grey, kx, padding=1) ** 2 + F.conv2d(grey, kx.transpose(-1, -2), padding=1) ** 2)
+    return F.avg_pool2d(g, 5, 1, 2)[:, 0]
+
+
+class Features:
+    """Everything the variants are built from, for one set of queries."""
+
+    def __init__(self, scorer: AnomalyScorer, queries: Tensor, references: Tensor, background, batch: int = 8):
+        terms, sil, struct = [], [], []
+        for i in range(0, len(queries), batch):
+            q, r = queries[i : i + batch], references[i : i + batch]
+            terms.append(scorer.terms(q, r))
+            qs, rs = _square(q), _square(r)
+            sil.append(silhouette_evidence(qs, rs, background))
+            struct.append(structure(rs))
+        self.terms, self.silhouette, self.structure = torch.cat(terms), torch.cat(sil), torch.cat(struct)
+
+
+class Variant:
+    """One way to a map, with the normal statistics it fitted on the clean held-out views."""
+
+    def __init__(self, name: str, clean: Features):
+        self.name = name
+        self.scales = torch.quantile(clean.terms.transpose(0, 1).flatten(1)[:, ::7], 0.99, dim=1).clamp_min(1e-6)
+        self.sil_scale = 1.0
+        self.edges = None
+        if name == "structure":
+            pre = self._pre(clean)
+            self.edges = torch.quantile(clean.structure.flatten()[::7], torch.linspace(0, 1, STRUCTURE_BINS + 1)[1:-1])
+            bins = torch.bucketize(clean.structure, self.edges)
+            self.expect = torch.stack([torch.quantile(pre[bins == b][::3], 0.99) if (bins == b).any() else torch.tensor(1.0)
+                                       for b in range(STRUCTURE_BINS)]).clamp_min(1e-6)
+
+    def _pre(self, f: Features) -> Tensor:
+        if self.name in ("peers", "sigma2"):
+            return f.terms.sum(1)
+        balanced = (f.terms / self.scales[None, :, None, None]).sum(1)
+        if self.name == "balanced":
+            return balanced
+        return balanced + f.silhouette * self.scales.numel()
+
+    def __call__(self, f: Features) -> Tensor:
+        pre = self._pre(f)
+        if self.edges is not None:
+            pre = pre / self.expect[torch.bucketize(f.structure, self.edges)]
+        return blur_maps(pre, 2.0 if self.name == "sigma2" else 4.0)
+
+
+def _figures(maps: Tensor, labels: np.ndarray, masks: np.ndarray, threshold: float) -> dict:
+    scores = maps.flatten(1).amax(1).numpy()
+    d = decision_metrics(labels, scores, threshold)
+    return {"image_auroc": round(auroc(labels, scores), 4), "pixel_auroc": round(pixel_auroc(masks, maps.numpy()), 4),
+            "aupro": round(aupro(masks, maps.numpy()), 4), "recall": d["recall"],
+            "false_alarm_rate": d["false_positive_rate"], "found": d["tp"], "of": d["tp"] + d["fn"],
+            "rejected": d["fp"], "good": d["fp"] + d["tn"]}
+
+
+def _masks224(masks: list[np.ndarray]) -> np.ndarray:
+    m = torch.from_numpy(np.stack(masks))[:, None].float()
+    return F.interpolate(m, size=(SIZE, SIZE), mode="nearest")[:, 0].numpy() > 0.5
+
+
+@torch.no_grad()
+def study(bundles_dir: Path, category_dir: Path, test: bool = False, progress: bool = True) -> dict:
+    bundle, category, cal_scene, held = heldout_views(Path(bundles_dir), Path(category_dir))
+    calib = Calibration.model_validate_json((bundle / FILES["calibration"]).read_text())
+    scorer = AnomalyScorer.from_config(calib.scorer)
+    q = painted_queries(held, category.background, SelfCheckConfig())
+    images = torch.from_numpy(np.stack(q.images))
+    refs = render_references(cal_scene, q.poses, q.K[None].expand(len(images), 3, 3), category.width, category.height)
+    sel = Features(scorer, images, refs.cpu(), category.background)
+    labels, masks = q.labels, _masks224(q.masks)
+    clean = Features.__new__(Features)
+    clean.terms, clean.silhouette, clean.structure = sel.terms[~labels], sel.silhouette[~labels], sel.structure[~labels]
+    variants = {name: Variant(name, clean) for name in VARIANTS}
+    report = {"category": category.name, "selection": {}, "rule": "highest recall at the threshold rejecting "
+              f"{FALSE_ALARM:.0%} of the clean held-out views; ties: image AUROC",
+              "selection_queries": {"defective": int(labels.sum()), "clean": int((~labels).sum())}}
+    thresholds = {}
+    for name, variant in tqdm(variants.items(), desc="variants (held-out)", disable=not progress):
+        maps = variant(sel)
+        thresholds[name] = float(np.quantile(maps[~labels].flatten(1).amax(1).numpy(), 1 - FALSE_ALARM))
+        report["selection"][name] = _figures(maps, labels, masks, thresholds[name])
+    ranked = sorted(VARIANTS, key=lambda n: (report["selection"][n]["recall"], report["selection"][n]["image_auroc"]),
+                    reverse=True)
+    report["chosen"] = ranked[0]
+    if test:
+        full = load_category(category_dir, size=category.width)
+        views = [v for v in full.test if v.w2c is not None]
+        timages = torch.stack([v.image for v in views])
+        scene = GaussianScene.load(bundle / FILES["scene"])
+        trefs = render_references(scene, torch.stack([v.w2c for v in views]), torch.stack([v.K for v in views]),
+                                  full.width, full.height)
+        tf = Features(scorer, timages, trefs.cpu(), full.background)
+        tlabels, tmasks = np.array([v.label != GOOD for v in views]), _masks224([v.mask.numpy() for v in views])
+        report["test"] = {name: _figures(variant(tf), tlabels, tmasks, thresholds[name])
+                          for name, variant in variants.items()}
+        report["test_queries"] = {"defective": int(tlabels.sum()), "good": int((~tlabels).sum()), "poses": "true"}
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Scorer study on {report['category']} (rule: {report['rule']}; chosen: `{report['chosen']}`)", "",
+             "| variant | held-out image AUROC | recall @2 % FAR | pixel AUROC | AUPRO |"
+             + (" test image AUROC | test pixel AUROC | test AUPRO | test found | test good rejected |" if "test" in report else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|---:|---:|---:|---:|" if "test" in report else "")]
+    for name, s in report["selection"].items():
+        row = f"| `{name}` | {s['image_auroc']} | {s['recall']} | {s['pixel_auroc']} | {s['aupro']} |"
+        if "test" in report:
+            t = report["test"][name]
+            row += (f" {t['image_auroc']} | {t['pixel_auroc']} | {t['aupro']} | {t['found']} of {t['of']} |"
+                    f" {t['rejected']} of {t['good']} |")
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def write(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scorer_study.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "scorer_study.md").write_text(markdown(report) + "\n")
