@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from models.data import DataError, load_category
+from models.data import GOOD, DataError, load_category
 from models.images import load_rgb
 from models.inspector import Inspector
 from training.category_report import category_sheet, describe
@@ -54,8 +54,12 @@ def run_demo(out: Path, synth: SynthConfig = DEMO_SYNTH, preset: str = "demo") -
     print("[4/5] inspecting a normal and a defective query (poses unknown to the pipeline)")
     figures = out / "inspections"
     figures.mkdir(exist_ok=True)
-    for label in ("good", next(d for d in category.defect_types)):
-        path = min((category_dir / "test" / label).glob("*.png"))
+    # The first normal query, and the defect a person sees best: the largest defect of the
+    # split (chosen by its mask, never by what the pipeline makes of it).
+    good = next(q for q in category.test if q.label == GOOD)
+    defective = max((q for q in category.test if q.label != GOOD), key=lambda q: int(q.mask.sum()))
+    for query in (good, defective):
+        path, label = query.path, query.label
         image = inspector.prepare(load_rgb(path, inspector.scene.background))
         result = inspector.inspect(image[None])[0]
         figure = figures / f"{label}_{path.stem}.png"
@@ -72,6 +76,9 @@ def run_demo(out: Path, synth: SynthConfig = DEMO_SYNTH, preset: str = "demo") -
           f"{metrics['aupro']:.3f}; alignment error median {metrics['pose_reproj_err_px_median']:.2f} px")
     print(f"      at the calibrated threshold: {d['tp']} of {d['tp'] + d['fn']} defects found (recall {d['recall']}), "
           f"{d['fp']} of {d['fp'] + d['tn']} good parts rejected (false-alarm rate {d['false_positive_rate']})")
+    v = metrics["verification"]
+    print(f"      pose check: {v['flagged']} of {v['n_queries']} queries sent to review (their reference did not fit), "
+          f"{v.get('misaligned_flagged', 0)} of {v.get('misaligned', 0)} truly misaligned (> 5 px) among them")
     print(f"      query | reference | anomaly overlay: {report_dir / 'overlays.png'}")
     print(f"done in {time.perf_counter() - start:.0f} s. Serve the bundle: rpe-pad serve --bundles {bundles}")
     return 0
