@@ -119,6 +119,8 @@ def run_ablation(category_dir: Path, bundles_dir: Path, out: Path, preset: str =
             rows.append({"variant": name, "label": variant.label, "pose_mode": pose,
                          "rvss": variant.rvss, "irprn_refine": variant.irprn_refine, "mpts": variant.mpts,
                          **{k: metrics.get(k) for k in ROW_KEYS},
+                         "recall": (metrics.get("decision") or {}).get("recall"),
+                         "false_alarm_rate": (metrics.get("decision") or {}).get("false_positive_rate"),
                          "irprn_val_rot_deg": irprn.get("val_rot_deg"), "irprn_val_trans": irprn.get("val_trans"),
                          "train_seconds": round(train_s, 1), "timing_ms": metrics["timing_ms"]})
     result = {"category": category, "preset": preset, "rows": rows}
@@ -131,15 +133,16 @@ def run_ablation(category_dir: Path, bundles_dir: Path, out: Path, preset: str =
 def ablation_table(result: dict) -> str:
     """Markdown: our rows with the paper's Table 6 figures beside them."""
     lines = [f"Ablation on {result['category']} (preset {result['preset']})", "",
-             ("| variant | RVSS | IRPRN refine | MPTS | pose | image AUROC | pixel AUROC | AUPRO | reproj px (median) "
-              "| rot deg (median) | IRPRN held-out rot deg | paper pixel / image AUROC |"),
-             "|---|:-:|:-:|:-:|---|---:|---:|---:|---:|---:|---:|---|"]
+             ("| variant | RVSS | IRPRN refine | MPTS | pose | image AUROC | pixel AUROC | AUPRO | recall / false alarms "
+              "at the threshold | reproj px (median) | rot deg (median) | IRPRN held-out rot deg | paper pixel / image AUROC |"),
+             "|---|:-:|:-:|:-:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     mark = {True: "x", False: ""}
     for r in result["rows"]:
         paper = PAPER_TABLE6.get(r["variant"])
         val = r.get("irprn_val_rot_deg")
         lines.append(f"| {r['label']} | {mark[r['rvss']]} | {mark[r['irprn_refine']]} | {mark[r['mpts']]} | "
                      f"{r['pose_mode']} | {r['image_auroc']} | {r['pixel_auroc']} | {r['aupro']} | "
+                     f"{r.get('recall')} / {r.get('false_alarm_rate')} | "
                      f"{r['pose_reproj_err_px_median']} | {r['pose_rot_err_deg_median']} | "
                      f"{'' if val is None else round(val, 2)} | {'' if paper is None else f'{paper[0]} / {paper[1]}'} |")
     return "\n".join(lines)

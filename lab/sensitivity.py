@@ -20,12 +20,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from models.calibration import Calibration
 from models.data import load_category
 from models.features import FeatureExtractor
 from models.metrics import auroc, pixel_auroc
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene
 from training.evaluate import (
+    decision_metrics,
     image_labels_and_masks,
     image_size,
     render_references,
@@ -54,8 +56,10 @@ def sensitivity(bundle_dir: Path, category_dir: Path, size: int | None = None, s
                 progress: bool = True) -> dict:
     """Image/pixel AUROC per (mode, misalignment); see the module docstring."""
     scene = GaussianScene.load(bundle_dir / "splats" / "scene.safetensors")
-    if size is None:
-        size = image_size(bundle_dir)  # a bundle's manifest or a training folder's splats config
+    own_size = image_size(bundle_dir)  # a bundle's manifest or a training folder's splats config
+    size = own_size if size is None else size
+    calib_path = bundle_dir / "calibration" / "calibration.json"
+    calib = Calibration.model_validate_json(calib_path.read_text()) if calib_path.is_file() else None
     category = load_category(category_dir, size=size)
     queries = [q for q in category.test if q.w2c is not None]
     if len(queries) < len(category.test) or not queries:
@@ -86,12 +90,21 @@ def sensitivity(bundle_dir: Path, category_dir: Path, size: int | None = None, s
                 "image_auroc": round(auroc(labels, scores_np), 4),
                 "pixel_auroc": round(pixel_auroc(masks, resize_maps(maps_t, eval_size)), 4),
                 "good_score_median": round(float(np.median(scores_np[~labels])), 2),
+                # The calibrated threshold applies where the comparison is the one it was set for.
+                **({"recall": d["recall"], "false_alarm_rate": d["false_positive_rate"]}
+                   if (d := _decision(calib, tol, size == own_size, labels, scores_np)) else {}),
                 "score_ms": round(1000 * (time.perf_counter() - t0) / len(images), 1),
             })
             bar.update()
     bar.close()
     return {"category": category.name, "image_size": [category.width, category.height], "n_queries": len(queries),
             "n_defective": int(labels.sum()), "eval_size": eval_size, "rows": rows}
+
+
+def _decision(calib: Calibration | None, tolerance: int, same_size: bool, labels, scores) -> dict | None:
+    if calib is None or not same_size or calib.scorer.get("tolerance") != tolerance:
+        return None
+    return decision_metrics(labels, scores, calib.threshold)
 
 
 def markdown(result: dict) -> str:
@@ -108,7 +121,10 @@ def markdown(result: dict) -> str:
         cells = []
         for t in tols:
             r = next(r for r in result["rows"] if r["tolerance"] == t and r["kind"] == kind and r["amount"] == amount)
-            cells.append(f"{r['image_auroc']:.3f} / {r['pixel_auroc']:.4f}")
+            cell = f"{r['image_auroc']:.3f} / {r['pixel_auroc']:.4f}"
+            if "recall" in r:
+                cell += f" (recall {r['recall']}, false alarms {r['false_alarm_rate']})"
+            cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

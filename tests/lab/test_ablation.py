@@ -33,6 +33,7 @@ def test_ablation_runs_two_variants(tiny_pose_bundle: Path, tiny_synth: Path, tm
     assert [(r["variant"], r["pose_mode"]) for r in result["rows"]] == [("none", "rpe"), ("rvss_mpts", "rpe")]
     for row in result["rows"]:
         assert 0 <= row["image_auroc"] <= 1 and row["pose_rot_err_deg_median"] >= 0
+        assert 0 <= row["recall"] <= 1 and 0 <= row["false_alarm_rate"] <= 1  # the operating point beside AUROC
     reports = {name: bundles / ".ablation" / name / ".work" / tiny_synth.name / "reports" for name in ("none", "rvss_mpts")}
     none_gallery = json.loads((reports["none"] / "gallery.json").read_text())
     mpts_gallery = json.loads((reports["rvss_mpts"] / "gallery.json").read_text())
