@@ -20,12 +20,15 @@ the colour term and EfficientNet-Lite0's four layers, tolerance 1):
 - ``sigma2``: the same, sigma 2 (thin defects keep more of their peak);
 - ``balanced``: each term divided by its 99th-percentile pixel value on the clean held-out
   views before the sum (the colour term weighs as much as a feature layer);
-- ``balanced+silhouette``: ``balanced`` plus the silhouette evidence: query pixels that show
+- ``silhouette``: ``balanced`` plus the silhouette evidence: query pixels that show
   the object more than 1 px outside the reference's silhouette, or background more than
   1 px inside it (burrs and missing chunks change the outline), scaled the same way;
-- ``structure``: ``balanced+silhouette`` divided by its clean 99th percentile among pixels
+- ``structure``: ``silhouette`` divided by its clean 99th percentile among pixels
   of the same reference-structure decile (edge strength of the render): a residual counts
   for less where renders are always off.
+
+The combinations are the product's own (``models.scoring.combine``, ``fit_normal_stats``):
+the chosen one is what the calibration stage fits and the bundle's scorer runs.
 """
 
 from __future__ import annotations
@@ -42,54 +45,31 @@ from models.bundle import FILES
 from models.calibration import Calibration
 from models.data import GOOD, load_category
 from models.metrics import aupro, auroc, pixel_auroc
-from models.scoring import AnomalyScorer, blur_maps
+from models.scoring import AnomalyScorer, blur_maps, combine, fit_normal_stats
 from models.splat.scene import GaussianScene
-from models.verify import foreground
 from training.evaluate import decision_metrics, render_references
 from training.selfcheck import SelfCheckConfig, heldout_views, painted_queries
 
 Tensor = torch.Tensor
 SIZE = 224
 FALSE_ALARM = 0.02
-VARIANTS = ("peers", "sigma2", "balanced", "balanced+silhouette", "structure")
-STRUCTURE_BINS = 10
-
-
-def _square(images: Tensor) -> Tensor:
-    x = images.float().permute(0, 3, 1, 2)
-    return F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-
-
-def silhouette_evidence(query: Tensor, reference: Tensor, background) -> Tensor:
-    """``[B, S, S]`` 1 where the query shows object more than 1 px outside the reference's
-    silhouette or background more than 1 px inside it (both ``[B, 3, S, S]``)."""
-    fq = foreground(query.permute(0, 2, 3, 1), background, 0.05).float()[:, None]
-    fr = foreground(reference.permute(0, 2, 3, 1), background, 0.05).float()[:, None]
-    grown = F.max_pool2d(fr, 3, 1, 1)
-    shrunk = 1 - F.max_pool2d(1 - fr, 3, 1, 1)
-    return ((fq * (1 - grown)) + ((1 - fq) * shrunk))[:, 0]
-
-
-def structure(reference: Tensor) -> Tensor:
-    """``[B, S, S]`` edge strength of the reference: Sobel magnitude of its grey image, blurred."""
-    grey = reference.mean(1, keepdim=True)
-    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])[None, None]
-    g = torch.sqrt(F.conv2d(grey, kx, padding=1) ** 2 + F.conv2d(grey, kx.transpose(-1, -2), padding=1) ** 2)
-    return F.avg_pool2d(g, 5, 1, 2)[:, 0]
+# name -> (combination, sigma): the product's combinations (models.scoring) and the peers' sum at sigma 2.
+VARIANTS = {"peers": ("peers", 4.0), "sigma2": ("peers", 2.0), "balanced": ("balanced", 4.0),
+            "silhouette": ("silhouette", 4.0), "structure": ("structure", 4.0)}
 
 
 class Features:
-    """Everything the variants are built from, for one set of queries."""
+    """The scorer's inputs for one set of queries: terms, silhouette evidence, edge strength."""
 
-    def __init__(self, scorer: AnomalyScorer, queries: Tensor, references: Tensor, background, batch: int = 8):
-        terms, sil, struct = [], [], []
-        for i in range(0, len(queries), batch):
-            q, r = queries[i : i + batch], references[i : i + batch]
-            terms.append(scorer.terms(q, r))
-            qs, rs = _square(q), _square(r)
-            sil.append(silhouette_evidence(qs, rs, background))
-            struct.append(structure(rs))
-        self.terms, self.silhouette, self.structure = torch.cat(terms), torch.cat(sil), torch.cat(struct)
+    def __init__(self, scorer: AnomalyScorer, queries: Tensor, references: Tensor, batch: int = 8):
+        full = scorer.with_stats(None, "structure")  # computes every input
+        parts = [full.inputs(queries[i : i + batch], references[i : i + batch]) for i in range(0, len(queries), batch)]
+        self.terms, self.silhouette, self.edges = (torch.cat([p[k] for p in parts]) for k in range(3))
+
+    def subset(self, keep: np.ndarray) -> Features:
+        out = Features.__new__(Features)
+        out.terms, out.silhouette, out.edges = self.terms[keep], self.silhouette[keep], self.edges[keep]
+        return out
 
 
 class Variant:
@@ -97,29 +77,11 @@ class Variant:
 
     def __init__(self, name: str, clean: Features):
         self.name = name
-        self.scales = torch.quantile(clean.terms.transpose(0, 1).flatten(1)[:, ::7], 0.99, dim=1).clamp_min(1e-6)
-        self.sil_scale = 1.0
-        self.edges = None
-        if name == "structure":
-            pre = self._pre(clean)
-            self.edges = torch.quantile(clean.structure.flatten()[::7], torch.linspace(0, 1, STRUCTURE_BINS + 1)[1:-1])
-            bins = torch.bucketize(clean.structure, self.edges)
-            self.expect = torch.stack([torch.quantile(pre[bins == b][::3], 0.99) if (bins == b).any() else torch.tensor(1.0)
-                                       for b in range(STRUCTURE_BINS)]).clamp_min(1e-6)
-
-    def _pre(self, f: Features) -> Tensor:
-        if self.name in ("peers", "sigma2"):
-            return f.terms.sum(1)
-        balanced = (f.terms / self.scales[None, :, None, None]).sum(1)
-        if self.name == "balanced":
-            return balanced
-        return balanced + f.silhouette * self.scales.numel()
+        self.combination, self.sigma = VARIANTS[name]
+        self.stats = fit_normal_stats(self.combination, clean.terms, clean.silhouette, clean.edges)
 
     def __call__(self, f: Features) -> Tensor:
-        pre = self._pre(f)
-        if self.edges is not None:
-            pre = pre / self.expect[torch.bucketize(f.structure, self.edges)]
-        return blur_maps(pre, 2.0 if self.name == "sigma2" else 4.0)
+        return blur_maps(combine(f.terms, self.combination, self.stats, f.silhouette, f.edges), self.sigma)
 
 
 def _figures(maps: Tensor, labels: np.ndarray, masks: np.ndarray, threshold: float) -> dict:
@@ -144,10 +106,10 @@ def study(bundles_dir: Path, category_dir: Path, test: bool = False, progress: b
     q = painted_queries(held, category.background, SelfCheckConfig())
     images = torch.from_numpy(np.stack(q.images))
     refs = render_references(cal_scene, q.poses, q.K[None].expand(len(images), 3, 3), category.width, category.height)
-    sel = Features(scorer, images, refs.cpu(), category.background)
+    scorer.background = tuple(category.background)
+    sel = Features(scorer, images, refs.cpu())
     labels, masks = q.labels, _masks224(q.masks)
-    clean = Features.__new__(Features)
-    clean.terms, clean.silhouette, clean.structure = sel.terms[~labels], sel.silhouette[~labels], sel.structure[~labels]
+    clean = sel.subset(~labels)
     variants = {name: Variant(name, clean) for name in VARIANTS}
     report = {"category": category.name, "selection": {}, "rule": "highest recall at the threshold rejecting "
               f"{FALSE_ALARM:.0%} of the clean held-out views; ties: image AUROC",
@@ -167,7 +129,7 @@ def study(bundles_dir: Path, category_dir: Path, test: bool = False, progress: b
         scene = GaussianScene.load(bundle / FILES["scene"])
         trefs = render_references(scene, torch.stack([v.w2c for v in views]), torch.stack([v.K for v in views]),
                                   full.width, full.height)
-        tf = Features(scorer, timages, trefs.cpu(), full.background)
+        tf = Features(scorer, timages, trefs.cpu())
         tlabels, tmasks = np.array([v.label != GOOD for v in views]), _masks224([v.mask.numpy() for v in views])
         report["test"] = {name: _figures(variant(tf), tlabels, tmasks, thresholds[name])
                           for name, variant in variants.items()}

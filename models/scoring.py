@@ -11,11 +11,28 @@ score is the map's maximum (at the scoring resolution).
 with the best-matching reference value within ``r`` cells of the same map (per layer, and
 per pixel for the colour term), so a reference that sits a little off the query does not
 light up edges.
+
+Combinations of the terms (``COMBINATIONS``; ``combine``), before the blur:
+
+- ``peers``: the plain sum above (the peers' scorer; the default of an ``AnomalyScorer``);
+- ``balanced``: each term divided by its 99th-percentile pixel value on normal views held
+  out of the model's fit (``NormalStats.term_scales``), so the colour term weighs as much
+  as a feature layer;
+- ``silhouette``: ``balanced`` plus the silhouette evidence (``silhouette_evidence``: the
+  query shows the object more than 1 px outside the reference's silhouette, or background
+  more than 1 px inside it), weighted as all the terms together;
+- ``structure``: ``silhouette`` divided by the normal 99th percentile of its pixels among
+  those of the same reference structure (decile of the render's edge strength,
+  ``structure``): a residual counts for less where renders are always off.
+
+The normal statistics are fitted by ``fit_normal_stats`` (the calibration stage) and travel
+in the scorer's config, stored with the calibrated threshold.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
 
 import kornia
 import torch
@@ -28,6 +45,9 @@ Tensor = torch.Tensor
 
 # Comparison radius of the default scorer, chosen by measurement (docs/SCORING.md).
 DEFAULT_TOLERANCE = 1
+COMBINATIONS = ("peers", "balanced", "silhouette", "structure")
+STRUCTURE_BINS = 10
+FOREGROUND_TOL = 0.05  # a pixel shows the object when a channel differs from the background by more
 
 
 def _to_bchw(images: Tensor) -> Tensor:
@@ -64,27 +84,130 @@ def blur_maps(maps: Tensor, sigma: float) -> Tensor:
     return kornia.filters.gaussian_blur2d(maps[:, None], (k, k), (sigma, sigma), border_type="reflect")[:, 0]
 
 
+def silhouette_evidence(query: Tensor, reference: Tensor, background: tuple[float, float, float]) -> Tensor:
+    """``[B, S, S]``: 1 where ``query`` shows the object more than 1 px outside
+    ``reference``'s silhouette, or background more than 1 px inside it (both ``[B, 3, S, S]``
+    in [0, 1]); 0 elsewhere. A pose off by a pixel leaves none."""
+    bg = torch.tensor(background, dtype=query.dtype, device=query.device).view(1, 3, 1, 1)
+    fq = ((query - bg).abs().amax(1, keepdim=True) > FOREGROUND_TOL).float()
+    fr = ((reference - bg).abs().amax(1, keepdim=True) > FOREGROUND_TOL).float()
+    grown = F.max_pool2d(fr, 3, 1, 1)
+    shrunk = 1 - F.max_pool2d(1 - fr, 3, 1, 1)
+    return (fq * (1 - grown) + (1 - fq) * shrunk)[:, 0]
+
+
+def structure(reference: Tensor) -> Tensor:
+    """``[B, S, S]`` edge strength of ``reference [B, 3, S, S]``: the Sobel magnitude of its
+    grey image, averaged over 5 x 5 pixels."""
+    g = kornia.filters.sobel(reference.mean(1, keepdim=True))
+    return F.avg_pool2d(g, 5, 1, 2)[:, 0]
+
+
+@dataclass
+class NormalStats:
+    """What a scorer learned from normal views held out of the model's fit."""
+
+    term_scales: list[float] = field(default_factory=list)  # 99th-percentile pixel value of each term
+    structure_edges: list[float] = field(default_factory=list)  # inner decile edges of the reference's edge strength
+    structure_expect: list[float] = field(default_factory=list)  # 99th percentile of the pre-blur map per decile
+
+
+def combine(terms: Tensor, combination: str, stats: NormalStats | None = None, silhouette: Tensor | None = None,
+            edges: Tensor | None = None) -> Tensor:
+    """The pre-blur map ``[B, S, S]`` from ``terms [B, T, S, S]`` (and, as the combination
+    needs, the silhouette evidence and the reference's edge strength ``[B, S, S]``)."""
+    if combination == "peers":
+        return terms.sum(1)
+    if combination not in COMBINATIONS:
+        raise ValueError(f"unknown combination {combination!r}; choose from {list(COMBINATIONS)}")
+    if stats is None or len(stats.term_scales) != terms.shape[1]:
+        raise ValueError(f"combination {combination!r} needs the normal statistics of its {terms.shape[1]} terms")
+    scales = torch.tensor(stats.term_scales, dtype=terms.dtype, device=terms.device).view(1, -1, 1, 1)
+    pre = (terms / scales).sum(1)
+    if combination == "balanced":
+        return pre
+    pre = pre + silhouette * terms.shape[1]
+    if combination == "silhouette":
+        return pre
+    bins = torch.bucketize(edges, torch.tensor(stats.structure_edges, dtype=edges.dtype, device=edges.device))
+    return pre / torch.tensor(stats.structure_expect, dtype=pre.dtype, device=pre.device)[bins]
+
+
+def _quantile(values: Tensor, q: float, most: int = 2_000_000) -> float:
+    """``torch.quantile`` of up to ``most`` evenly spaced values (its input limit is 2^24)."""
+    flat = values.flatten().float()
+    return float(torch.quantile(flat[:: max(1, flat.numel() // most)], q))
+
+
+def fit_normal_stats(combination: str, terms: Tensor, silhouette: Tensor, edges: Tensor) -> NormalStats:
+    """The statistics ``combine`` needs, from normal views' ``terms [B, T, S, S]``,
+    silhouette evidence and reference edge strength ``[B, S, S]``."""
+    if combination == "peers":
+        return NormalStats()
+    stats = NormalStats(term_scales=[max(_quantile(terms[:, t], 0.99), 1e-6) for t in range(terms.shape[1])])
+    if combination == "structure":
+        pre = combine(terms, "silhouette", stats, silhouette)
+        inner = torch.linspace(0, 1, STRUCTURE_BINS + 1)[1:-1]
+        stats.structure_edges = [_quantile(edges, float(q)) for q in inner]
+        bins = torch.bucketize(edges, torch.tensor(stats.structure_edges, dtype=edges.dtype))
+        stats.structure_expect = [max(_quantile(pre[bins == b], 0.99), 1e-6) if (bins == b).any() else 1.0
+                                  for b in range(STRUCTURE_BINS)]
+    return stats
+
+
 class AnomalyScorer(nn.Module):
     """Anomaly maps and scores of query images against their rendered references."""
 
     def __init__(self, extractor: FeatureExtractor | None = None, size: int = 224, sigma: float = 4.0,
-                 tolerance: int = DEFAULT_TOLERANCE):
+                 tolerance: int = DEFAULT_TOLERANCE, combination: str = "peers", stats: NormalStats | None = None,
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0)):
         super().__init__()
+        if combination not in COMBINATIONS:
+            raise ValueError(f"unknown combination {combination!r}; choose from {list(COMBINATIONS)}")
         self.extractor = extractor if extractor is not None else FeatureExtractor()
         self.size = size
         self.sigma = sigma
         self.tolerance = tolerance
+        self.combination = combination
+        self.stats = stats
+        self.background = tuple(float(v) for v in background)
 
     def config(self) -> dict:
         """Everything that defines the scores (stored with a calibrated threshold)."""
         fx = self.extractor
-        return {"extractor": fx.name, "weights": fx.weights, "layers": list(fx.layers), "size": self.size,
-                "sigma": self.sigma, "tolerance": self.tolerance}
+        out = {"extractor": fx.name, "weights": fx.weights, "layers": list(fx.layers), "size": self.size,
+               "sigma": self.sigma, "tolerance": self.tolerance}
+        if self.combination != "peers":  # a peers' config reads as it did before combinations existed
+            out.update(combination=self.combination, stats=asdict(self.stats) if self.stats else None,
+                       background=list(self.background))
+        return out
 
     @classmethod
     def from_config(cls, config: dict) -> AnomalyScorer:
         extractor = FeatureExtractor(config["extractor"], layers=config["layers"], weights=config["weights"])
-        return cls(extractor, size=config["size"], sigma=config["sigma"], tolerance=config["tolerance"])
+        stats = NormalStats(**config["stats"]) if config.get("stats") else None
+        return cls(extractor, size=config["size"], sigma=config["sigma"], tolerance=config["tolerance"],
+                   combination=config.get("combination", "peers"), stats=stats,
+                   background=tuple(config.get("background", (1.0, 1.0, 1.0))))
+
+    def with_stats(self, stats: NormalStats, combination: str | None = None) -> AnomalyScorer:
+        """The same scorer (shared extractor) combining its terms with ``stats``."""
+        return AnomalyScorer(self.extractor, self.size, self.sigma, self.tolerance, combination or self.combination,
+                             stats, self.background)
+
+    def squares(self, images: Tensor) -> Tensor:
+        """``[B, 3, size, size]`` in [0, 1]: what the scorer compares (antialiased bilinear)."""
+        return F.interpolate(_to_bchw(images), size=(self.size, self.size), mode="bilinear", antialias=True,
+                             align_corners=False)
+
+    @torch.no_grad()
+    def inputs(self, query: Tensor, reference: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The terms, and the silhouette evidence and edge strength when the combination uses them."""
+        terms = self.terms(query, reference)
+        if self.combination in ("peers", "balanced"):
+            return terms, None, None
+        qs, rs = self.squares(query), self.squares(reference)
+        return terms, silhouette_evidence(qs, rs, self.background), structure(rs)
 
     @torch.no_grad()
     def terms(self, query: Tensor, reference: Tensor) -> Tensor:
@@ -93,8 +216,7 @@ class AnomalyScorer(nn.Module):
         q, r = _to_bchw(query), _to_bchw(reference)
         if q.shape != r.shape:
             raise ValueError(f"query {tuple(q.shape)} and reference {tuple(r.shape)} differ")
-        q224 = F.interpolate(q, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        r224 = F.interpolate(r, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        q224, r224 = self.squares(q), self.squares(r)
         fx = self.extractor
         out = [squared_difference(fx.normalize(q224), fx.normalize(r224), self.tolerance)]
         for fq, fr in zip(fx(q224), fx(r224)):
@@ -113,7 +235,8 @@ class AnomalyScorer(nn.Module):
         Returns maps [B, H, W] at the query's size and image scores [B].
         """
         height, width = _to_bchw(query).shape[-2:]
-        amap = self.blur(self.terms(query, reference).sum(dim=1))
+        terms, silhouette, edges = self.inputs(query, reference)
+        amap = self.blur(combine(terms, self.combination, self.stats, silhouette, edges))
         scores = amap.flatten(1).amax(dim=1)
         full = F.interpolate(amap[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
         return full, scores

@@ -53,14 +53,16 @@ from models.bundle import FILES, REPORTS, WORK_FILES
 from models.data import GOOD, Category
 from models.hashing import sha256_file
 from models.inspector import compare_at_poses
-from models.scoring import DEFAULT_TOLERANCE, AnomalyScorer
+from models.scoring import COMBINATIONS, DEFAULT_TOLERANCE, AnomalyScorer, fit_normal_stats
 from models.splat.scene import GaussianScene
+from training.evaluate import render_references
 from training.splats import SplatConfig, fit_splats
 
 
 @dataclass(frozen=True)
 class CalibConfig:
     holdout_every: int = 0  # > 0: rule false_alarm, every n-th training view held out of a calibration model
+    combination: str = "peers"  # rule false_alarm: how the scorer combines its terms (models.scoring)
     false_alarm_rate: float = 0.02  # rule false_alarm: the share of good parts the threshold may reject
     jitters: int = 4  # rule false_alarm: jittered poses per held-out view
     quantile: float = 0.99  # rule quantile: Q_quantile(in-sample jittered scores) x (1 + margin)
@@ -74,6 +76,9 @@ class CalibConfig:
     def __post_init__(self) -> None:
         if self.holdout_every < 0 or self.holdout_every == 1 or self.jitters < 1:
             raise ValueError(f"need holdout_every 0 or >= 2 and jitters >= 1, got {self}")
+        if self.combination not in COMBINATIONS or (self.combination != "peers" and not self.holdout_every):
+            raise ValueError(f"combination must be one of {list(COMBINATIONS)}, and other than peers only with "
+                             f"held-out views to fit it on, got {self.combination!r}")
         if not 0 < self.false_alarm_rate < 0.5:
             raise ValueError(f"false_alarm_rate must lie in (0, 0.5), got {self.false_alarm_rate}")
 
@@ -122,30 +127,51 @@ def calibration_model(category: Category, splats: SplatConfig, cfg: CalibConfig,
     return result.scene, held, result.report
 
 
-def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress: bool = True
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scores of the held-out views against ``scene`` at their own poses ``[V]`` and at
-    ``cfg.jitters`` jittered poses each ``[V * jitters]``, and the latter's maps at 64 x 64."""
-    scorer = AnomalyScorer(tolerance=cfg.tolerance)
+@dataclass
+class HeldOut:
+    """The held-out views' evidence: scores at their own poses ``[V]``, at jittered poses
+    ``[V * jitters]`` and the latter's maps at 64 x 64, under the scorer fitted on them."""
+
+    own: np.ndarray
+    jittered: np.ndarray
+    maps: np.ndarray
+    scorer: AnomalyScorer
+
+
+def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress: bool = True) -> HeldOut:
+    """Score the held-out views against ``scene``; with a combination other than the peers'
+    sum, its normal statistics are fitted first on the jittered views (``models.scoring``)."""
+    scorer = AnomalyScorer(tolerance=cfg.tolerance, background=scene.background)
     images = torch.stack([v.image for v in held])
     poses = torch.stack([v.w2c for v in held])
     Ks = torch.stack([v.K for v in held])
     sigma = cfg.jitter_px / (math.sqrt(2) * float(Ks[0, 0, 0]))
     gen = torch.Generator().manual_seed(cfg.seed)
-    bar = tqdm(total=len(held) * (1 + cfg.jitters), desc="calibration (held-out views)", unit="view",
-               disable=not progress)
-    own, _ = _score(scorer, scene, images, poses, Ks, cfg.batch, bar)
     rep = lambda t: t.repeat_interleave(cfg.jitters, dim=0)  # noqa: E731
-    jittered, maps = _score(scorer, scene, rep(images), perturb_pose(rep(poses), sigma, 0.0, gen), rep(Ks), cfg.batch, bar)
+    jittered_poses = perturb_pose(rep(poses), sigma, 0.0, gen)
+    fitting = cfg.combination != "peers"
+    bar = tqdm(total=len(held) * (1 + cfg.jitters * (2 if fitting else 1)), desc="calibration (held-out views)",
+               unit="view", disable=not progress)
+    if fitting:
+        every = scorer.with_stats(None, "structure")  # computes every input a combination may use
+        parts = []
+        for i in range(0, len(jittered_poses), cfg.batch):
+            sl = slice(i, i + cfg.batch)
+            refs = render_references(scene, jittered_poses[sl], rep(Ks)[sl], images.shape[2], images.shape[1])
+            parts.append(every.inputs(rep(images)[sl], refs.cpu()))
+            bar.update(len(refs))
+        terms, sil, edges = (torch.cat([p[k] for p in parts]) for k in range(3))
+        scorer = scorer.with_stats(fit_normal_stats(cfg.combination, terms, sil, edges), cfg.combination)
+    own, _ = _score(scorer, scene, images, poses, Ks, cfg.batch, bar)
+    jittered, maps = _score(scorer, scene, rep(images), jittered_poses, rep(Ks), cfg.batch, bar)
     bar.close()
-    return own, jittered, maps
+    return HeldOut(own, jittered, maps, scorer)
 
 
 def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, validation: Category | None = None,
-              progress: bool = True, heldout: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-              ) -> tuple[Calibration, dict]:
+              progress: bool = True, heldout: HeldOut | None = None) -> tuple[Calibration, dict]:
     """The category's Calibration and the raw score lists behind it; ``heldout``: the
-    held-out views' scores (``heldout_scores``) for rule ``false_alarm``."""
+    held-out views' scores and fitted scorer (``heldout_scores``) for rule ``false_alarm``."""
     views = category.train
     if cfg.max_views and len(views) > cfg.max_views:
         views = views[:: math.ceil(len(views) / cfg.max_views)]
@@ -155,7 +181,7 @@ def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, valida
     focal = float(Ks[0, 0, 0])
     gen = torch.Generator().manual_seed(cfg.seed)
     jittered = perturb_pose(poses, cfg.jitter_px / (math.sqrt(2) * focal), 0.0, gen)
-    scorer = AnomalyScorer(tolerance=cfg.tolerance)
+    scorer = heldout.scorer if heldout is not None else AnomalyScorer(tolerance=cfg.tolerance)
     n_val = len(validation.test) if validation is not None else 0
     bar = tqdm(total=2 * len(views) + n_val, desc="calibration", unit="view", disable=not progress)
     in_sample, _ = _score(scorer, scene, images, poses, Ks, cfg.batch, bar)
@@ -164,7 +190,7 @@ def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, valida
     sources = {"in_sample": len(views), "jittered": len(views)}
     rule, threshold = "quantile", quantile_threshold(normal, cfg.quantile, cfg.margin)
     if heldout is not None:
-        own, held_scores, held_maps = heldout
+        own, held_scores, held_maps = heldout.own, heldout.jittered, heldout.maps
         raw.update(heldout_own=own.tolist(), heldout=held_scores.tolist(),
                    quantile_rule_threshold=threshold)  # what the quick rule would have said, for comparison
         sources.update(heldout_views=len(own), heldout=len(held_scores))

@@ -7,23 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
-from lab.scorer_study import VARIANTS, silhouette_evidence
+from lab.scorer_study import VARIANTS
 from rpe_pad.cli import main
-
-
-def test_silhouette_evidence_marks_outline_changes_beyond_a_pixel() -> None:
-    ref = torch.ones(1, 3, 32, 32)
-    ref[:, :, 8:24, 8:24] = 0.2  # a square object on white
-    query = ref.clone()
-    query[:, :, 15:17, 24:30] = 0.2  # a burr growing out of the right side
-    query[:, :, 8:12, 8:12] = 1.0  # a missing corner
-    shifted = torch.roll(ref, 1, dims=-1)  # the whole object one pixel off: tolerated
-    ev = silhouette_evidence(torch.cat([query, shifted]), torch.cat([ref, ref]), (1.0, 1.0, 1.0))
-    assert ev[1].sum() == 0
-    assert ev[0, 15:17, 26:30].all() and ev[0, 15:17, 24].sum() == 0  # beyond the 1 px band only
-    assert ev[0, 9:11, 9:11].all() and ev[0, 20:30, 0:8].sum() == 0
 
 
 def test_scorer_study_cli(tiny_bundle: Path, tiny_release: Path, tiny_synth: Path, tmp_path: Path,

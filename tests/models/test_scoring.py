@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from models.data import load_category
 from models.features import FeatureExtractor
-from models.scoring import AnomalyScorer, squared_difference
+from models.scoring import AnomalyScorer, combine, fit_normal_stats, silhouette_evidence, squared_difference
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +80,41 @@ def test_config_round_trip_rebuilds_the_same_scorer(scorer: AnomalyScorer) -> No
     assert torch.equal(rebuilt(q, r)[1], scorer(q, r)[1])
     exact = AnomalyScorer.from_config({**cfg, "tolerance": 0})
     assert not torch.equal(exact(q, r)[1], scorer(q, r)[1])
+
+
+def test_silhouette_evidence_marks_outline_changes_beyond_a_pixel() -> None:
+    ref = torch.ones(1, 3, 32, 32)
+    ref[:, :, 8:24, 8:24] = 0.2  # a square object on white
+    query = ref.clone()
+    query[:, :, 15:17, 24:30] = 0.2  # a burr growing out of the right side
+    query[:, :, 8:12, 8:12] = 1.0  # a missing corner
+    shifted = torch.roll(ref, 1, dims=-1)  # the whole object one pixel off: tolerated
+    ev = silhouette_evidence(torch.cat([query, shifted]), torch.cat([ref, ref]), (1.0, 1.0, 1.0))
+    assert ev[1].sum() == 0
+    assert ev[0, 15:17, 26:30].all() and ev[0, 15:17, 24].sum() == 0  # beyond the 1 px band only
+    assert ev[0, 9:11, 9:11].all() and ev[0, 20:30, 0:8].sum() == 0
+
+
+def test_combinations_fit_their_normal_statistics_and_travel_in_the_config() -> None:
+    torch.manual_seed(0)
+    terms = torch.rand(6, 5, 16, 16) * torch.tensor([1.0, 10, 100, 1000, 10000]).view(1, 5, 1, 1)
+    sil = (torch.rand(6, 16, 16) > 0.95).float()
+    edges = torch.rand(6, 16, 16)
+    assert torch.equal(combine(terms, "peers"), terms.sum(1))
+    with pytest.raises(ValueError, match="normal statistics"):
+        combine(terms, "balanced")
+    stats = fit_normal_stats("structure", terms, sil, edges)
+    # Balanced: every term brought to the same scale, whatever its own.
+    assert len(stats.term_scales) == 5 and stats.term_scales[4] > 1000 * stats.term_scales[0]
+    balanced = terms / torch.tensor(stats.term_scales).view(1, 5, 1, 1)
+    assert torch.allclose(combine(terms, "balanced", stats), balanced.sum(1))
+    assert torch.allclose(combine(terms, "silhouette", stats, sil), balanced.sum(1) + 5 * sil)
+    # Structure: per edge-strength decile, the normal 99th percentile maps to 1.
+    pre = combine(terms, "structure", stats, sil, edges)
+    assert len(stats.structure_edges) == 9 and len(stats.structure_expect) == 10
+    assert float(torch.quantile(pre.flatten(), 0.99)) == pytest.approx(1.0, abs=0.15)
+    scorer = AnomalyScorer(FeatureExtractor(weights="random"), combination="structure", stats=stats,
+                           background=(1.0, 1.0, 1.0))
+    again = AnomalyScorer.from_config(json.loads(json.dumps(scorer.config())))
+    assert again.combination == "structure" and again.stats == stats and again.background == (1.0, 1.0, 1.0)
+    assert "combination" not in AnomalyScorer(FeatureExtractor(weights="random")).config()  # the peers' reads as before
