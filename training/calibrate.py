@@ -120,7 +120,8 @@ def calibration_model(category: Category, splats: SplatConfig, cfg: CalibConfig,
             return GaussianScene.load(path), held, {"reused": True}
     except (OSError, ValueError):
         pass
-    result = fit_splats(fitted, splats, path.parent, progress=progress)  # checkpoints: WORK_FILES["calibration_checkpoint"]
+    result = fit_splats(fitted, splats, path.parent, progress=progress,
+                        desc=f"calibration model {category.name} ({len(fitted.train)} of {len(category.train)} views)")  # checkpoints: WORK_FILES["calibration_checkpoint"]
     result.scene.save(path)
     (work / WORK_FILES["calibration_checkpoint"]).unlink(missing_ok=True)
     key_path.write_text(json.dumps(key, indent=2) + "\n")

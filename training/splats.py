@@ -241,7 +241,8 @@ def default_device() -> torch.device:
 
 
 def fit_splats(
-    category: Category, cfg: SplatConfig, work_dir: Path, progress: bool = True, device: torch.device | None = None
+    category: Category, cfg: SplatConfig, work_dir: Path, progress: bool = True, device: torch.device | None = None,
+    desc: str | None = None,
 ) -> FitResult:
     """Fit the Gaussian model to ``category``'s training views (already at ``cfg.image_size``).
 
@@ -277,7 +278,7 @@ def fit_splats(
         group["lr"] = cfg.lr_means * scale * gamma**step0
 
     bg = torch.tensor(category.background, dtype=torch.float32, device=device)
-    bar = tqdm(range(step0, cfg.iterations), desc=f"splats {category.name}", disable=not progress,
+    bar = tqdm(range(step0, cfg.iterations), desc=desc or f"splats {category.name}", disable=not progress,
                initial=step0, total=cfg.iterations)
     last = {"loss": float("nan"), "psnr": float("nan")}
     for step in bar:
