@@ -207,7 +207,7 @@ class AnomalyScorer(nn.Module):
         if self.combination in ("peers", "balanced"):
             return terms, None, None
         qs, rs = self.squares(query), self.squares(reference)
-        return terms, silhouette_evidence(qs, rs, self.background), structure(rs)
+        return terms, silhouette_evidence(qs, rs, self.background), structure(rs) if self.combination == "structure" else None
 
     @torch.no_grad()
     def terms(self, query: Tensor, reference: Tensor) -> Tensor:
