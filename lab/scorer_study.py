@@ -27,8 +27,9 @@ the colour term and EfficientNet-Lite0's four layers, tolerance 1):
   of the same reference-structure decile (edge strength of the render): a residual counts
   for less where renders are always off.
 
-The combinations are the product's own (``models.scoring.combine``, ``fit_normal_stats``):
-the chosen one is what the calibration stage fits and the bundle's scorer runs.
+``peers`` and ``silhouette`` are the product's combinations (``models.scoring``): the chosen
+one is what the calibration stage fits and the bundle's scorer runs. ``sigma2``,
+``balanced`` and ``structure`` were measured and not adopted, and live here only.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -45,7 +47,7 @@ from models.bundle import FILES
 from models.calibration import Calibration
 from models.data import GOOD, load_category
 from models.metrics import aupro, auroc, pixel_auroc
-from models.scoring import AnomalyScorer, blur_maps, combine, fit_normal_stats
+from models.scoring import AnomalyScorer, balanced, blur_maps, combine, fit_normal_stats, quantile
 from models.splat.scene import GaussianScene
 from training.evaluate import decision_metrics, render_references
 from training.selfcheck import SelfCheckConfig, heldout_views, painted_queries
@@ -53,17 +55,24 @@ from training.selfcheck import SelfCheckConfig, heldout_views, painted_queries
 Tensor = torch.Tensor
 SIZE = 224
 FALSE_ALARM = 0.02
-# name -> (combination, sigma): the product's combinations (models.scoring) and the peers' sum at sigma 2.
-VARIANTS = {"peers": ("peers", 4.0), "sigma2": ("peers", 2.0), "balanced": ("balanced", 4.0),
-            "silhouette": ("silhouette", 4.0), "structure": ("structure", 4.0)}
+VARIANTS = ("peers", "sigma2", "balanced", "silhouette", "structure")
+STRUCTURE_BINS = 10  # the structure variant's edge-strength deciles
+
+
+def structure(reference: Tensor) -> Tensor:
+    """``[B, S, S]`` edge strength of ``reference [B, 3, S, S]``: the Sobel magnitude of its
+    grey image, averaged over 5 x 5 pixels (the structure variant's only input of its own)."""
+    g = kornia.filters.sobel(reference.mean(1, keepdim=True))
+    return F.avg_pool2d(g, 5, 1, 2)[:, 0]
 
 
 class Features:
-    """The scorer's inputs for one set of queries: terms, silhouette evidence, edge strength."""
+    """What the variants are built from, for one set of queries: the product scorer's terms
+    and silhouette evidence (``AnomalyScorer.inputs``), and the references' edge strength."""
 
     def __init__(self, scorer: AnomalyScorer, queries: Tensor, references: Tensor, batch: int = 8):
-        full = scorer.with_stats(None, "structure")  # computes every input
-        parts = [full.inputs(queries[i : i + batch], references[i : i + batch]) for i in range(0, len(queries), batch)]
+        parts = [(*scorer.inputs(queries[i : i + batch], references[i : i + batch]),
+                  structure(scorer.squares(references[i : i + batch]))) for i in range(0, len(queries), batch)]
         self.terms, self.silhouette, self.edges = (torch.cat([p[k] for p in parts]) for k in range(3))
 
     def subset(self, keep: np.ndarray) -> Features:
@@ -73,15 +82,34 @@ class Features:
 
 
 class Variant:
-    """One way to a map, with the normal statistics it fitted on the clean held-out views."""
+    """One way to a map, with the normal statistics it fitted on the clean held-out views:
+    ``peers`` and ``silhouette`` are the product's combinations (``models.scoring``); the
+    others were measured here and not adopted."""
 
     def __init__(self, name: str, clean: Features):
+        if name not in VARIANTS:
+            raise ValueError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
         self.name = name
-        self.combination, self.sigma = VARIANTS[name]
-        self.stats = fit_normal_stats(self.combination, clean.terms, clean.silhouette, clean.edges)
+        self.sigma = 2.0 if name == "sigma2" else 4.0
+        self.stats = fit_normal_stats(clean.terms)
+        if name == "structure":
+            pre = combine(clean.terms, "silhouette", self.stats, clean.silhouette)
+            self.edges = torch.tensor([quantile(clean.edges, float(q))
+                                       for q in torch.linspace(0, 1, STRUCTURE_BINS + 1)[1:-1]])
+            bins = torch.bucketize(clean.edges, self.edges)
+            self.expect = torch.tensor([max(quantile(pre[bins == b], 0.99), 1e-6) if (bins == b).any() else 1.0
+                                        for b in range(STRUCTURE_BINS)])
+
+    def pre(self, f: Features) -> Tensor:
+        if self.name in ("peers", "sigma2"):
+            return combine(f.terms, "peers")
+        if self.name == "balanced":
+            return balanced(f.terms, self.stats)
+        pre = combine(f.terms, "silhouette", self.stats, f.silhouette)
+        return pre if self.name == "silhouette" else pre / self.expect[torch.bucketize(f.edges, self.edges)]
 
     def __call__(self, f: Features) -> Tensor:
-        return blur_maps(combine(f.terms, self.combination, self.stats, f.silhouette, f.edges), self.sigma)
+        return blur_maps(self.pre(f), self.sigma)
 
 
 def _figures(maps: Tensor, labels: np.ndarray, masks: np.ndarray, threshold: float) -> dict:
@@ -106,7 +134,8 @@ def study(bundles_dir: Path, category_dir: Path, test: bool = False, progress: b
     q = painted_queries(held, category.background, SelfCheckConfig())
     images = torch.from_numpy(np.stack(q.images))
     refs = render_references(cal_scene, q.poses, q.K[None].expand(len(images), 3, 3), category.width, category.height)
-    scorer.background = tuple(category.background)
+    scorer = AnomalyScorer(scorer.extractor, scorer.size, scorer.sigma, scorer.tolerance,
+                           background=tuple(category.background))
     sel = Features(scorer, images, refs.cpu())
     labels, masks = q.labels, _masks224(q.masks)
     clean = sel.subset(~labels)

@@ -14,16 +14,15 @@ light up edges.
 
 Combinations of the terms (``COMBINATIONS``; ``combine``), before the blur:
 
-- ``peers``: the plain sum above (the peers' scorer; the default of an ``AnomalyScorer``);
-- ``balanced``: each term divided by its 99th-percentile pixel value on normal views held
-  out of the model's fit (``NormalStats.term_scales``), so the colour term weighs as much
-  as a feature layer;
-- ``silhouette``: ``balanced`` plus the silhouette evidence (``silhouette_evidence``: the
-  query shows the object more than 1 px outside the reference's silhouette, or background
-  more than 1 px inside it), weighted as all the terms together;
-- ``structure``: ``silhouette`` divided by the normal 99th percentile of its pixels among
-  those of the same reference structure (decile of the render's edge strength,
-  ``structure``): a residual counts for less where renders are always off.
+- ``peers``: the plain sum above (the peers' scorer: the ``demo`` preset's, the benchmark
+  tables', and the default of an ``AnomalyScorer``);
+- ``silhouette`` (the ``cpu`` and ``paper`` presets): each term divided by its
+  99th-percentile pixel value on normal views held out of the model's fit
+  (``NormalStats.term_scales``), so the colour term weighs as much as a feature layer, plus
+  the silhouette evidence (``silhouette_evidence``: the query shows the object more than
+  1 px outside the reference's silhouette, or background more than 1 px inside it),
+  weighted as all the terms together. Chosen by ``rpe-pad lab scorer-study`` over the
+  balanced sum alone and a structure-normalised variant (docs/SCORING.md).
 
 The normal statistics are fitted by ``fit_normal_stats`` (the calibration stage) and travel
 in the scorer's config, stored with the calibrated threshold.
@@ -45,8 +44,7 @@ Tensor = torch.Tensor
 
 # Comparison radius of the default scorer, chosen by measurement (docs/SCORING.md).
 DEFAULT_TOLERANCE = 1
-COMBINATIONS = ("peers", "balanced", "silhouette", "structure")
-STRUCTURE_BINS = 10
+COMBINATIONS = ("peers", "silhouette")
 FOREGROUND_TOL = 0.05  # a pixel shows the object when a channel differs from the background by more
 
 
@@ -96,63 +94,43 @@ def silhouette_evidence(query: Tensor, reference: Tensor, background: tuple[floa
     return (fq * (1 - grown) + (1 - fq) * shrunk)[:, 0]
 
 
-def structure(reference: Tensor) -> Tensor:
-    """``[B, S, S]`` edge strength of ``reference [B, 3, S, S]``: the Sobel magnitude of its
-    grey image, averaged over 5 x 5 pixels."""
-    g = kornia.filters.sobel(reference.mean(1, keepdim=True))
-    return F.avg_pool2d(g, 5, 1, 2)[:, 0]
-
-
 @dataclass
 class NormalStats:
     """What a scorer learned from normal views held out of the model's fit."""
 
     term_scales: list[float] = field(default_factory=list)  # 99th-percentile pixel value of each term
-    structure_edges: list[float] = field(default_factory=list)  # inner decile edges of the reference's edge strength
-    structure_expect: list[float] = field(default_factory=list)  # 99th percentile of the pre-blur map per decile
+
+
+def balanced(terms: Tensor, stats: NormalStats) -> Tensor:
+    """``[B, S, S]``: the sum of ``terms [B, T, S, S]``, each over its normal scale."""
+    if len(stats.term_scales) != terms.shape[1]:
+        raise ValueError(f"the normal statistics have {len(stats.term_scales)} term scales, the scorer {terms.shape[1]} terms")
+    scales = torch.tensor(stats.term_scales, dtype=terms.dtype, device=terms.device).view(1, -1, 1, 1)
+    return (terms / scales).sum(1)
 
 
 def combine(terms: Tensor, combination: str, stats: NormalStats | None = None, silhouette: Tensor | None = None,
-            edges: Tensor | None = None) -> Tensor:
-    """The pre-blur map ``[B, S, S]`` from ``terms [B, T, S, S]`` (and, as the combination
-    needs, the silhouette evidence and the reference's edge strength ``[B, S, S]``)."""
+            ) -> Tensor:
+    """The pre-blur map ``[B, S, S]`` from ``terms [B, T, S, S]`` (and, for ``silhouette``,
+    the silhouette evidence ``[B, S, S]`` and the normal statistics)."""
     if combination == "peers":
         return terms.sum(1)
-    if combination not in COMBINATIONS:
+    if combination != "silhouette":
         raise ValueError(f"unknown combination {combination!r}; choose from {list(COMBINATIONS)}")
-    if stats is None or len(stats.term_scales) != terms.shape[1]:
-        raise ValueError(f"combination {combination!r} needs the normal statistics of its {terms.shape[1]} terms")
-    scales = torch.tensor(stats.term_scales, dtype=terms.dtype, device=terms.device).view(1, -1, 1, 1)
-    pre = (terms / scales).sum(1)
-    if combination == "balanced":
-        return pre
-    pre = pre + silhouette * terms.shape[1]
-    if combination == "silhouette":
-        return pre
-    bins = torch.bucketize(edges, torch.tensor(stats.structure_edges, dtype=edges.dtype, device=edges.device))
-    return pre / torch.tensor(stats.structure_expect, dtype=pre.dtype, device=pre.device)[bins]
+    if stats is None or silhouette is None:
+        raise ValueError("combination 'silhouette' needs the normal statistics of its terms and the silhouette evidence")
+    return balanced(terms, stats) + silhouette * terms.shape[1]
 
 
-def _quantile(values: Tensor, q: float, most: int = 2_000_000) -> float:
+def quantile(values: Tensor, q: float, most: int = 2_000_000) -> float:
     """``torch.quantile`` of up to ``most`` evenly spaced values (its input limit is 2^24)."""
     flat = values.flatten().float()
     return float(torch.quantile(flat[:: max(1, flat.numel() // most)], q))
 
 
-def fit_normal_stats(combination: str, terms: Tensor, silhouette: Tensor, edges: Tensor) -> NormalStats:
-    """The statistics ``combine`` needs, from normal views' ``terms [B, T, S, S]``,
-    silhouette evidence and reference edge strength ``[B, S, S]``."""
-    if combination == "peers":
-        return NormalStats()
-    stats = NormalStats(term_scales=[max(_quantile(terms[:, t], 0.99), 1e-6) for t in range(terms.shape[1])])
-    if combination == "structure":
-        pre = combine(terms, "silhouette", stats, silhouette)
-        inner = torch.linspace(0, 1, STRUCTURE_BINS + 1)[1:-1]
-        stats.structure_edges = [_quantile(edges, float(q)) for q in inner]
-        bins = torch.bucketize(edges, torch.tensor(stats.structure_edges, dtype=edges.dtype))
-        stats.structure_expect = [max(_quantile(pre[bins == b], 0.99), 1e-6) if (bins == b).any() else 1.0
-                                  for b in range(STRUCTURE_BINS)]
-    return stats
+def fit_normal_stats(terms: Tensor) -> NormalStats:
+    """Each term's 99th-percentile pixel value over normal views' ``terms [B, T, S, S]``."""
+    return NormalStats(term_scales=[max(quantile(terms[:, t], 0.99), 1e-6) for t in range(terms.shape[1])])
 
 
 class AnomalyScorer(nn.Module):
@@ -201,13 +179,10 @@ class AnomalyScorer(nn.Module):
                              align_corners=False)
 
     @torch.no_grad()
-    def inputs(self, query: Tensor, reference: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """The terms, and the silhouette evidence and edge strength when the combination uses them."""
-        terms = self.terms(query, reference)
-        if self.combination in ("peers", "balanced"):
-            return terms, None, None
-        qs, rs = self.squares(query), self.squares(reference)
-        return terms, silhouette_evidence(qs, rs, self.background), structure(rs) if self.combination == "structure" else None
+    def inputs(self, query: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
+        """The terms ``[B, T, S, S]`` and the silhouette evidence ``[B, S, S]``."""
+        return self.terms(query, reference), silhouette_evidence(self.squares(query), self.squares(reference),
+                                                                 self.background)
 
     @torch.no_grad()
     def terms(self, query: Tensor, reference: Tensor) -> Tensor:
@@ -235,8 +210,12 @@ class AnomalyScorer(nn.Module):
         Returns maps [B, H, W] at the query's size and image scores [B].
         """
         height, width = _to_bchw(query).shape[-2:]
-        terms, silhouette, edges = self.inputs(query, reference)
-        amap = self.blur(combine(terms, self.combination, self.stats, silhouette, edges))
+        if self.combination == "peers":
+            pre = self.terms(query, reference).sum(dim=1)
+        else:
+            terms, silhouette = self.inputs(query, reference)
+            pre = combine(terms, self.combination, self.stats, silhouette)
+        amap = self.blur(pre)
         scores = amap.flatten(1).amax(dim=1)
         full = F.interpolate(amap[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
         return full, scores

@@ -154,15 +154,13 @@ def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress:
     bar = tqdm(total=len(held) * (1 + cfg.jitters * (2 if fitting else 1)), desc="calibration (held-out views)",
                unit="view", disable=not progress)
     if fitting:
-        every = scorer.with_stats(None, "structure")  # computes every input a combination may use
-        parts = []
+        terms = []
         for i in range(0, len(jittered_poses), cfg.batch):
             sl = slice(i, i + cfg.batch)
             refs = render_references(scene, jittered_poses[sl], rep(Ks)[sl], images.shape[2], images.shape[1])
-            parts.append(every.inputs(rep(images)[sl], refs.cpu()))
+            terms.append(scorer.terms(rep(images)[sl], refs.cpu()))
             bar.update(len(refs))
-        terms, sil, edges = (torch.cat([p[k] for p in parts]) for k in range(3))
-        scorer = scorer.with_stats(fit_normal_stats(cfg.combination, terms, sil, edges), cfg.combination)
+        scorer = scorer.with_stats(fit_normal_stats(torch.cat(terms)), cfg.combination)
     own, _ = _score(scorer, scene, images, poses, Ks, cfg.batch, bar)
     jittered, maps = _score(scorer, scene, rep(images), jittered_poses, rep(Ks), cfg.batch, bar)
     bar.close()

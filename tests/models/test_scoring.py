@@ -99,22 +99,21 @@ def test_combinations_fit_their_normal_statistics_and_travel_in_the_config() -> 
     torch.manual_seed(0)
     terms = torch.rand(6, 5, 16, 16) * torch.tensor([1.0, 10, 100, 1000, 10000]).view(1, 5, 1, 1)
     sil = (torch.rand(6, 16, 16) > 0.95).float()
-    edges = torch.rand(6, 16, 16)
     assert torch.equal(combine(terms, "peers"), terms.sum(1))
     with pytest.raises(ValueError, match="normal statistics"):
-        combine(terms, "balanced")
-    stats = fit_normal_stats("structure", terms, sil, edges)
-    # Balanced: every term brought to the same scale, whatever its own.
+        combine(terms, "silhouette")
+    with pytest.raises(ValueError, match="unknown combination"):
+        combine(terms, "structure")
+    stats = fit_normal_stats(terms)
+    # Every term brought to the same scale, whatever its own; the silhouette weighs as all of them.
     assert len(stats.term_scales) == 5 and stats.term_scales[4] > 1000 * stats.term_scales[0]
-    balanced = terms / torch.tensor(stats.term_scales).view(1, 5, 1, 1)
-    assert torch.allclose(combine(terms, "balanced", stats), balanced.sum(1))
-    assert torch.allclose(combine(terms, "silhouette", stats, sil), balanced.sum(1) + 5 * sil)
-    # Structure: per edge-strength decile, the normal 99th percentile maps to 1.
-    pre = combine(terms, "structure", stats, sil, edges)
-    assert len(stats.structure_edges) == 9 and len(stats.structure_expect) == 10
-    assert float(torch.quantile(pre.flatten(), 0.99)) == pytest.approx(1.0, abs=0.15)
-    scorer = AnomalyScorer(FeatureExtractor(weights="random"), combination="structure", stats=stats,
+    scaled = terms / torch.tensor(stats.term_scales).view(1, 5, 1, 1)
+    assert float(torch.quantile(scaled[:, 0].flatten(), 0.99)) == pytest.approx(1.0, rel=1e-3)
+    assert torch.allclose(combine(terms, "silhouette", stats, sil), scaled.sum(1) + 5 * sil)
+    scorer = AnomalyScorer(FeatureExtractor(weights="random"), combination="silhouette", stats=stats,
                            background=(1.0, 1.0, 1.0))
     again = AnomalyScorer.from_config(json.loads(json.dumps(scorer.config())))
-    assert again.combination == "structure" and again.stats == stats and again.background == (1.0, 1.0, 1.0)
+    assert again.combination == "silhouette" and again.stats == stats and again.background == (1.0, 1.0, 1.0)
     assert "combination" not in AnomalyScorer(FeatureExtractor(weights="random")).config()  # the peers' reads as before
+    with pytest.raises(ValueError, match="unknown combination"):
+        AnomalyScorer(FeatureExtractor(weights="random"), combination="balanced")

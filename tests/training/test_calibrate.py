@@ -74,12 +74,12 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     # Another combination of the scorer's terms: its normal statistics are fitted on the same
     # held-out views and travel in the calibration's scorer config.
     fitted = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=3, false_alarm_rate=0.2,
-                                                    combination="structure"), bundle, progress=False, splats=splats)
+                                                    combination="silhouette"), bundle, progress=False, splats=splats)
     calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
-    assert calib.scorer["combination"] == "structure" and len(calib.scorer["stats"]["term_scales"]) == 5
+    assert calib.scorer["combination"] == "silhouette" and len(calib.scorer["stats"]["term_scales"]) == 5
     assert calib.threshold == pytest.approx(np.quantile(fitted["scores"]["heldout"], 0.8))
     with pytest.raises(ValueError, match="combination"):
-        CalibConfig(combination="structure")  # nothing to fit it on
+        CalibConfig(combination="silhouette")  # nothing to fit it on
     with pytest.raises(ValueError, match="splats stage's settings"):
         run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=2), bundle, progress=False)
     with pytest.raises(ValueError, match="false_alarm_rate"):
