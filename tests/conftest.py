@@ -80,6 +80,27 @@ def tiny_release(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path_factory: pyt
     return Path(report["bundle"])
 
 
+@pytest.fixture(scope="session")
+def tiny_heldout_bundles(tiny_bundle: Path, tiny_release: Path, tiny_synth: Path,
+                         tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundles folder with the tiny release and its work folder calibrated on held-out
+    views (every 4th, a 60-step calibration model): what `rpe-pad selfcheck` and the
+    scorer study read. Read-only for the tests."""
+    import shutil
+
+    from models.data import load_category
+    from training.calibrate import CalibConfig, run_calibration_stage
+    from training.splats import preset
+
+    bundles = tmp_path_factory.mktemp("heldout") / "bundles"
+    shutil.copytree(tiny_release, bundles / tiny_release.name)
+    work = bundles / ".work" / tiny_release.name
+    shutil.copytree(tiny_bundle, work)
+    run_calibration_stage(load_category(tiny_synth), CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.1), work,
+                          progress=False, splats=preset("demo", **{**TINY_SPLATS, "iterations": 60}))
+    return bundles
+
+
 POSED_SIZE = 128
 
 
