@@ -31,7 +31,7 @@ in the scorer's config, stored with the calibrated threshold.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import kornia
 import torch
@@ -163,7 +163,13 @@ class AnomalyScorer(nn.Module):
     @classmethod
     def from_config(cls, config: dict) -> AnomalyScorer:
         extractor = FeatureExtractor(config["extractor"], layers=config["layers"], weights=config["weights"])
-        stats = NormalStats(**config["stats"]) if config.get("stats") else None
+        stats = None
+        if config.get("stats"):
+            unknown = sorted(set(config["stats"]) - {f.name for f in fields(NormalStats)})
+            if unknown:
+                raise ValueError(f"the scorer's normal statistics carry fields this version does not know ({unknown}): "
+                                 "rerun the calibration stage")
+            stats = NormalStats(**config["stats"])
         return cls(extractor, size=config["size"], sigma=config["sigma"], tolerance=config["tolerance"],
                    combination=config.get("combination", "peers"), stats=stats,
                    background=tuple(config.get("background", (1.0, 1.0, 1.0))))

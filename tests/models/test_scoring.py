@@ -115,5 +115,8 @@ def test_combinations_fit_their_normal_statistics_and_travel_in_the_config() -> 
     again = AnomalyScorer.from_config(json.loads(json.dumps(scorer.config())))
     assert again.combination == "silhouette" and again.stats == stats and again.background == (1.0, 1.0, 1.0)
     assert "combination" not in AnomalyScorer(FeatureExtractor(weights="random")).config()  # the peers' reads as before
+    stale = {**scorer.config(), "stats": {"term_scales": [1.0] * 5, "structure_edges": []}}
+    with pytest.raises(ValueError, match="rerun the calibration"):
+        AnomalyScorer.from_config(stale)
     with pytest.raises(ValueError, match="unknown combination"):
         AnomalyScorer(FeatureExtractor(weights="random"), combination="balanced")
