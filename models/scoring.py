@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.features import FeatureExtractor
+from models.verify import foreground
 
 Tensor = torch.Tensor
 
@@ -86,9 +87,8 @@ def silhouette_evidence(query: Tensor, reference: Tensor, background: tuple[floa
     """``[B, S, S]``: 1 where ``query`` shows the object more than 1 px outside
     ``reference``'s silhouette, or background more than 1 px inside it (both ``[B, 3, S, S]``
     in [0, 1]); 0 elsewhere. A pose off by a pixel leaves none."""
-    bg = torch.tensor(background, dtype=query.dtype, device=query.device).view(1, 3, 1, 1)
-    fq = ((query - bg).abs().amax(1, keepdim=True) > FOREGROUND_TOL).float()
-    fr = ((reference - bg).abs().amax(1, keepdim=True) > FOREGROUND_TOL).float()
+    fq = foreground(query.permute(0, 2, 3, 1), background, FOREGROUND_TOL).float()[:, None]
+    fr = foreground(reference.permute(0, 2, 3, 1), background, FOREGROUND_TOL).float()[:, None]
     grown = F.max_pool2d(fr, 3, 1, 1)
     shrunk = 1 - F.max_pool2d(1 - fr, 3, 1, 1)
     return (fq * (1 - grown) + (1 - fq) * shrunk)[:, 0]
