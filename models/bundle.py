@@ -55,9 +55,8 @@ FILES = {
 WORK_FILES = {
     "splats_config": "splats/config.json",  # the resolved SplatConfig: the splats stage's key
     "splats_checkpoint": "splats/checkpoint.safetensors",  # removed when the fit ends
-    "calibration_scene": "calibration/holdout_scene.safetensors",  # the calibration model (held-out views unseen)
-    "calibration_scene_key": "calibration/holdout_scene.json",  # its settings and fitted views: reused when equal
-    "calibration_checkpoint": "calibration/checkpoint.safetensors",  # removed when its fit ends
+    "calibration_scene": "calibration/holdout_scene.safetensors",  # the calibration model (the splats fit before the held-out views joined)
+    "calibration_scene_key": "calibration/holdout_scene.json",  # its settings and fitted views (training.splats.calibration_key)
     "novel": "rvss/novel.safetensors",  # RVSS novel views: images, poses, parents
     "rvss_config": "rvss/config.json",  # the resolved RVSSConfig
     "irprn_weights": "irprn/weights.safetensors",  # IRPRN in PyTorch (models.irprn.save_irprn)

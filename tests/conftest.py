@@ -84,20 +84,22 @@ def tiny_release(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path_factory: pyt
 def tiny_heldout_bundles(tiny_bundle: Path, tiny_release: Path, tiny_synth: Path,
                          tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundles folder with the tiny release and its work folder calibrated on held-out
-    views (every 4th, a 60-step calibration model): what `rpe-pad selfcheck` and the
-    scorer study read. Read-only for the tests."""
+    views (every 4th withheld until step 48 of a 60-step fit): what `rpe-pad selfcheck` and
+    the scorer study read. Read-only for the tests."""
     import shutil
 
     from models.data import load_category
     from training.calibrate import CalibConfig, run_calibration_stage
-    from training.splats import preset
+    from training.splats import preset, run_splats_stage
 
     bundles = tmp_path_factory.mktemp("heldout") / "bundles"
     shutil.copytree(tiny_release, bundles / tiny_release.name)
     work = bundles / ".work" / tiny_release.name
     shutil.copytree(tiny_bundle, work)
-    run_calibration_stage(load_category(tiny_synth), CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.1), work,
-                          progress=False, splats=preset("demo", **{**TINY_SPLATS, "iterations": 60}))
+    category, splats = load_category(tiny_synth), preset("demo", **{**TINY_SPLATS, "iterations": 60})
+    run_splats_stage(category, splats, work, progress=False, holdout_every=4)
+    run_calibration_stage(category, CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.1), work,
+                          progress=False, splats=splats)
     return bundles
 
 

@@ -1,13 +1,13 @@
 """The `calibration` stage of `rpe-pad train`: normal scores -> threshold and floors.
 
-Rule ``false_alarm`` (the ``cpu`` and ``paper`` presets; ``holdout_every = n > 0``): a
-second Gaussian model, the *calibration model*, is fitted with the splats stage's settings
-to the training views less every n-th one. Those held-out photographs are views a model
-never saw, as a customer's queries are: each is scored against the calibration model's
-renders at ``jitters`` poses jittered by ``jitter_px`` (the residual pose error), and the
-threshold is the ``1 - false_alarm_rate`` quantile of these scores: on views like them,
-that share of good parts is rejected. The shipped model is still the splats stage's, fitted
-to every view. (The model fitted to the photographs it is then compared with renders them
+Rule ``false_alarm`` (the ``cpu`` and ``paper`` presets; ``holdout_every = n > 0``): the
+splats stage withholds every n-th training view for the first ``fold_in`` share of its
+steps and saves the model at that step, the *calibration model* (``training/splats.py``);
+the held-out views then join the fit, so the shipped model still sees every view. Those
+held-out photographs are views the calibration model never saw, as a customer's queries
+are: each is scored against its renders at ``jitters`` poses jittered by ``jitter_px``
+(the residual pose error), and the threshold is the ``1 - false_alarm_rate`` quantile of
+these scores: on views like them, that share of good parts is rejected. (The model fitted to the photographs it is then compared with renders them
 better than any new view, so a threshold from those scores sits too low for new views'
 render error and too high for what defects add; docs/SCORING.md has the figures.)
 
@@ -56,7 +56,7 @@ from models.inspector import compare_at_poses
 from models.scoring import COMBINATIONS, DEFAULT_TOLERANCE, AnomalyScorer, fit_normal_stats
 from models.splat.scene import GaussianScene
 from training.evaluate import render_references
-from training.splats import SplatConfig, fit_splats
+from training.splats import SplatConfig, calibration_key, holdout_indices
 
 
 @dataclass(frozen=True)
@@ -98,34 +98,31 @@ def _score(scorer: AnomalyScorer, scene: GaussianScene, images: torch.Tensor, po
 
 
 def split_holdout(category: Category, every: int) -> tuple[Category, list]:
-    """``category`` less every ``every``-th training view (from the ``every // 2``-th: spread
-    over the views' order, which follows the cameras' rings), and the held-out views."""
-    held = set(range(every // 2, len(category.train), every))
+    """``category`` less every ``every``-th training view (``training.splats.holdout_indices``),
+    and the held-out views."""
+    try:
+        held = set(holdout_indices(len(category.train), every))
+    except ValueError as exc:
+        raise ValueError(f"{category.root}: {exc}") from None
     keep = [v for i, v in enumerate(category.train) if i not in held]
-    if len(held) < 2 or len(keep) < 2:
-        raise ValueError(f"{category.root}: {len(category.train)} training views are too few to hold out every "
-                         f"{every}-th one for calibration")
     return replace(category, train=keep, test=[]), [v for i, v in enumerate(category.train) if i in held]
 
 
-def calibration_model(category: Category, splats: SplatConfig, cfg: CalibConfig, work: Path,
-                      progress: bool = True) -> tuple[GaussianScene, list, dict]:
-    """The calibration model (fitted without the held-out views, saved in ``work`` and
-    reused when its key matches) and the held-out views."""
-    fitted, held = split_holdout(category, cfg.holdout_every)
+def calibration_model(category: Category, splats: SplatConfig, cfg: CalibConfig, work: Path) -> tuple[GaussianScene, list, dict]:
+    """The calibration model the splats stage left (its fit before the held-out views were
+    folded in) and the held-out views; ``ValueError`` with the remedy when it is missing or
+    was fitted with other settings or views."""
+    _, held = split_holdout(category, cfg.holdout_every)
     path, key_path = work / WORK_FILES["calibration_scene"], work / WORK_FILES["calibration_scene_key"]
-    key = {"splats": asdict(splats), "holdout_every": cfg.holdout_every, "views": [v.name for v in fitted.train]}
     try:
-        if json.loads(key_path.read_text()) == key:
-            return GaussianScene.load(path), held, {"reused": True}
+        key = json.loads(key_path.read_text())
     except (OSError, ValueError):
-        pass
-    result = fit_splats(fitted, splats, path.parent, progress=progress,
-                        desc=f"calibration model {category.name} ({len(fitted.train)} of {len(category.train)} views)")  # checkpoints: WORK_FILES["calibration_checkpoint"]
-    result.scene.save(path)
-    (work / WORK_FILES["calibration_checkpoint"]).unlink(missing_ok=True)
-    key_path.write_text(json.dumps(key, indent=2) + "\n")
-    return result.scene, held, result.report
+        key = None
+    if key != calibration_key(category, splats, cfg.holdout_every):
+        raise ValueError(f"{work}: no calibration model for these settings (holding out every {cfg.holdout_every}-th "
+                         "view): rerun the splats stage with this calibration (rpe-pad train --stages splats,calibration)")
+    scene = GaussianScene.load(path)
+    return scene, held, {"fold_in_step": key["fold_in_step"], "num_gaussians": scene.num_gaussians}
 
 
 @dataclass
@@ -246,16 +243,18 @@ def histogram(calib: Calibration, raw: dict, title: str) -> Figure:
 def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, validation: Category | None = None,
                           progress: bool = True, splats: SplatConfig | None = None) -> dict:
     """Calibrate against the work folder's Gaussian model; skipped when a calibration for
-    the same config, scene and validation set exists. Rule ``false_alarm`` fits the
-    calibration model with ``splats`` (the splats stage's settings) first."""
+    the same config, scenes and validation set exists. Rule ``false_alarm`` reads the
+    calibration model the splats stage left with ``splats`` (its settings)."""
     start = time.perf_counter()
     scene_path = out_dir / FILES["scene"]
     if not scene_path.is_file():
         raise FileNotFoundError(f"{scene_path} is missing: run the splats stage first")
     calib_path, report_path = out_dir / FILES["calibration"], out_dir / REPORTS["calibration"]
     if cfg.holdout_every and splats is None:
-        raise ValueError("a held-out calibration (holdout_every > 0) needs the splats stage's settings to fit its model")
+        raise ValueError("a held-out calibration (holdout_every > 0) needs the splats stage's settings (its model's key)")
     key = {"config": asdict(cfg), "scene_sha256": sha256_file(scene_path),
+           "calibration_scene_sha256": (sha256_file(out_dir / WORK_FILES["calibration_scene"])
+                                        if cfg.holdout_every and (out_dir / WORK_FILES["calibration_scene"]).is_file() else None),
            "validation": str(validation.root) if validation is not None else None,
            "splats": asdict(splats) if cfg.holdout_every else None}
     try:
@@ -267,7 +266,7 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
         pass
     heldout, fit = None, None
     if cfg.holdout_every:
-        model, held, fit = calibration_model(category, splats, cfg, out_dir, progress)
+        model, held, fit = calibration_model(category, splats, cfg, out_dir)
         heldout = heldout_scores(model, held, cfg, progress)
     calib, raw = calibrate(category, GaussianScene.load(scene_path), cfg, validation, progress, heldout)
     calib_path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,6 +280,6 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
     if heldout is not None:
         report.update(heldout_views=calib.sources["heldout_views"], false_alarm_rate=cfg.false_alarm_rate,
                       quantile_rule_threshold=round(raw["quantile_rule_threshold"], 4),
-                      calibration_model={k: v for k, v in fit.items() if k in ("reused", "num_gaussians", "seconds_fit")})
+                      calibration_model=fit)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return report

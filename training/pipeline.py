@@ -71,7 +71,8 @@ class Stage:
 
 
 def _splats(ctx: StageContext) -> dict:
-    return run_splats_stage(ctx.category, ctx.splats, ctx.work, progress=ctx.progress)
+    return run_splats_stage(ctx.category, ctx.splats, ctx.work, progress=ctx.progress,
+                            holdout_every=ctx.calibration.holdout_every)
 
 
 def _calibration(ctx: StageContext) -> dict:
@@ -100,8 +101,8 @@ def _bundle(ctx: StageContext) -> dict:
 
 
 TABLE = (
-    Stage("splats", _splats, "fit the Gaussian model of the normal object"),
-    Stage("calibration", _calibration, "normal scores of views held out of a second fit -> threshold"),
+    Stage("splats", _splats, "fit the Gaussian model of the normal object (and the calibration model on the way)"),
+    Stage("calibration", _calibration, "normal scores of views the calibration model never saw -> threshold"),
     Stage("rvss", _rvss, "render novel views at perturbed and orbit poses"),
     Stage("irprn", _irprn, "train the relative-pose network"),
     Stage("gallery", _gallery, "encode every posed view: descriptors, features, depths"),

@@ -12,6 +12,13 @@ kept when they project inside the silhouette in (almost) every training view, an
 mean colour they project to. This starts the Gaussians on and inside the object instead of
 in empty space; with too few survivors (no usable silhouettes) it falls back to uniform
 random points in the volume, gsplat's own default.
+
+Held-out calibration (``holdout_every = n > 0``, the ``cpu`` and ``paper`` presets): every
+n-th training view (``holdout_indices``) is withheld for the first ``fold_in`` share of the
+steps. The model at that step is saved as the *calibration model*, whose renders of the
+withheld views are what ``training/calibrate.py`` calibrates on (views a model never saw, as
+a customer's queries are); the withheld views then join for the remaining steps, so the
+shipped model is fitted to every view. One fit gives both models (docs/SCORING.md).
 """
 
 from __future__ import annotations
@@ -68,7 +75,12 @@ class SplatConfig:
     max_gaussians: int = 40_000  # stop densifying above this count (CPU time and memory)
     rasterize_mode: str = "classic"
     checkpoint_every: int = 500  # steps between checkpoints (resume with the same command)
+    fold_in: float = 0.8  # held-out calibration: share of the steps fitted without the held-out views
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fold_in < 1.0:
+            raise ValueError(f"fold_in must lie in (0, 1), got {self.fold_in}")
 
 
 PRESETS: dict[str, SplatConfig] = {
@@ -105,6 +117,36 @@ class ResettingStrategy(DefaultStrategy):
 class FitResult:
     scene: GaussianScene
     report: dict
+
+
+def holdout_indices(n_views: int, every: int) -> list[int]:
+    """The training views a held-out calibration withholds: every ``every``-th from the
+    ``every // 2``-th, spread over the views' order (which follows the cameras' rings)."""
+    held = list(range(every // 2, n_views, every)) if every else []
+    if every and (len(held) < 2 or n_views - len(held) < 2):
+        raise ValueError(f"{n_views} training views are too few to hold out every {every}-th one for calibration")
+    return held
+
+
+def fold_in_step(cfg: SplatConfig) -> int:
+    """The step at which withheld views join the fit (the calibration model's step)."""
+    return max(1, min(cfg.iterations - 1, round(cfg.fold_in * cfg.iterations)))
+
+
+def view_at(step: int, n_views: int, withheld: list[int], fold_step: int, seed: int) -> int:
+    """The training view fitted at ``step``: a fresh permutation of the view pool per pass
+    over it; before ``fold_step`` the pool lacks the ``withheld`` views."""
+    if withheld and step < fold_step:
+        held = set(withheld)
+        pool = [i for i in range(n_views) if i not in held]
+        epoch, pos = divmod(step, len(pool))
+        return pool[int(torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))[pos])]
+    if withheld:  # the folded-in phase: its own permutations over every view
+        epoch, pos = divmod(step - fold_step, n_views)
+        epoch += 50_000
+    else:
+        epoch, pos = divmod(step, n_views)
+    return int(torch.randperm(n_views, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))[pos])
 
 
 def scene_scale(poses: torch.Tensor) -> float:
@@ -240,15 +282,34 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _scene(params: dict, cfg: SplatConfig, category: Category, scale: float) -> GaussianScene:
+    normalization = {
+        "scene_scale": scale,
+        "camera_distance_median": float(camera.camera_center(category.train_poses()).norm(dim=-1).median()),
+        "view_volume_half_size": view_volume_half_size(category),
+    }
+    scene = GaussianScene.from_params(
+        {k: v.detach().cpu() for k, v in params.items()}, sh_degree=cfg.sh_degree,
+        background=tuple(category.background), normalization=normalization,
+    )
+    scene.validate("fitted scene")
+    return scene
+
+
 def fit_splats(
     category: Category, cfg: SplatConfig, work_dir: Path, progress: bool = True, device: torch.device | None = None,
-    desc: str | None = None,
+    desc: str | None = None, withheld: list[int] | None = None, snapshot: Path | None = None,
 ) -> FitResult:
     """Fit the Gaussian model to ``category``'s training views (already at ``cfg.image_size``).
 
+    With ``withheld`` view indices, those views are left out until ``fold_in_step(cfg)``,
+    where the model is saved to ``snapshot`` (the calibration model) before they join.
     Writes ``work_dir/checkpoint.safetensors`` every ``cfg.checkpoint_every`` steps and
-    resumes from it when it matches ``cfg``.
+    resumes from it when it matches ``cfg`` (and, past the fold-in, the snapshot exists).
     """
+    withheld = sorted(withheld or [])
+    if withheld and snapshot is None:
+        raise ValueError("withholding views needs a snapshot path for the calibration model")
     device = device or default_device()
     torch.manual_seed(cfg.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -273,6 +334,11 @@ def fit_splats(
 
     ckpt = work_dir / PurePosixPath(WORK_FILES["splats_checkpoint"]).name
     step0 = _load_checkpoint(ckpt, params, optimizers, state, cfg) if ckpt.is_file() else 0
+    fold_step = fold_in_step(cfg)
+    if withheld and step0 > fold_step and not snapshot.is_file():  # the calibration model is lost: fit again
+        params = {k: torch.nn.Parameter(v.detach().to(device)) for k, v in init_params(means, colours, cfg.sh_degree).items()}
+        optimizers = _optimizers(params, cfg, scale)
+        state, step0 = strategy.initialize_state(scene_scale=scale), 0
     gamma = 0.01 ** (1.0 / max(cfg.iterations, 1))
     for group in optimizers["means"].param_groups:
         group["lr"] = cfg.lr_means * scale * gamma**step0
@@ -281,9 +347,13 @@ def fit_splats(
     bar = tqdm(range(step0, cfg.iterations), desc=desc or f"splats {category.name}", disable=not progress,
                initial=step0, total=cfg.iterations)
     last = {"loss": float("nan"), "psnr": float("nan")}
+    snapshot_gaussians = None
     for step in bar:
-        epoch, pos = divmod(step, n_views)
-        view = int(torch.randperm(n_views, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))[pos])
+        if withheld and step == fold_step:
+            snapshot.parent.mkdir(parents=True, exist_ok=True)
+            _scene(params, cfg, category, scale).save(snapshot)
+            snapshot_gaussians = len(params["means"])
+        view = view_at(step, n_views, withheld, fold_step, cfg.seed)
         sh_now = min(step // cfg.sh_degree_interval, cfg.sh_degree)
         out = render(params, poses[view : view + 1], Ks[view : view + 1], width, height,
                      background=bg, sh_degree=sh_now, rasterize_mode=cfg.rasterize_mode)
@@ -307,16 +377,7 @@ def fit_splats(
             _save_checkpoint(ckpt, step + 1, params, optimizers, state, cfg)
     bar.close()
 
-    normalization = {
-        "scene_scale": scale,
-        "camera_distance_median": float(camera.camera_center(category.train_poses()).norm(dim=-1).median()),
-        "view_volume_half_size": view_volume_half_size(category),
-    }
-    scene = GaussianScene.from_params(
-        {k: v.detach().cpu() for k, v in params.items()}, sh_degree=cfg.sh_degree,
-        background=tuple(category.background), normalization=normalization,
-    )
-    scene.validate("fitted scene")
+    scene = _scene(params, cfg, category, scale)
     report = {
         "num_gaussians": scene.num_gaussians,
         "init": init_method,
@@ -327,6 +388,9 @@ def fit_splats(
         "resumed_from_step": step0,
         "device": str(device),
     }
+    if withheld:
+        report["calibration_model"] = {"fold_in_step": fold_step, "withheld_views": len(withheld),
+                                       "num_gaussians": snapshot_gaussians}
     return FitResult(scene, report)
 
 
@@ -352,19 +416,38 @@ def comparison_sheet(names: list[str], truths: list[torch.Tensor], renders: list
     return contact_sheet(rows, cell=160, title="Gaussian model: truth | render | error")
 
 
-def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progress: bool = True) -> dict:
+def calibration_key(category: Category, cfg: SplatConfig, holdout_every: int) -> dict:
+    """What the calibration model was fitted with: the settings and the views it saw
+    (``WORK_FILES["calibration_scene_key"]``; the calibration stage and the self-check read it)."""
+    held = set(holdout_indices(len(category.train), holdout_every))
+    return {"splats": asdict(cfg), "holdout_every": holdout_every, "fold_in_step": fold_in_step(cfg),
+            "views": [v.name for i, v in enumerate(category.train) if i not in held]}
+
+
+def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progress: bool = True,
+                     holdout_every: int = 0) -> dict:
     """Fit, save the scene and its resolved config, and write the report and its contact
     sheet (paths in ``models.bundle``), measured on ``test/good`` views rendered at their
-    true poses (held-out training views when there are none)."""
+    true poses (held-out training views when there are none). With ``holdout_every`` (the
+    calibration stage's), the fit also leaves the calibration model and its key."""
     start = time.perf_counter()
-    previous = _previous_report(out_dir, cfg)
+    previous = _previous_report(out_dir, cfg, category, holdout_every)
     if previous is not None:
         return {**previous, "skipped": True}
     (out_dir / REPORTS["splats"]).parent.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / WORK_FILES["splats_checkpoint"]
-    result = fit_splats(category, cfg, checkpoint.parent, progress=progress)
+    snapshot, key_path = out_dir / WORK_FILES["calibration_scene"], out_dir / WORK_FILES["calibration_scene_key"]
+    key_path.unlink(missing_ok=True)  # valid again only once this fit has written its snapshot
+    result = fit_splats(category, cfg, checkpoint.parent, progress=progress,
+                        withheld=holdout_indices(len(category.train), holdout_every), snapshot=snapshot)
     result.scene.save(out_dir / FILES["scene"])
     (out_dir / WORK_FILES["splats_config"]).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    if holdout_every:
+        key_path.write_text(json.dumps(calibration_key(category, cfg, holdout_every), indent=2) + "\n")
+        if result.report["calibration_model"]["num_gaussians"] is None:  # resumed past the fold-in
+            result.report["calibration_model"]["num_gaussians"] = GaussianScene.load(snapshot).num_gaussians
+    else:
+        snapshot.unlink(missing_ok=True)
     checkpoint.unlink(missing_ok=True)
 
     good = [q for q in category.test if q.label == "good" and q.w2c is not None]
@@ -395,12 +478,19 @@ def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progre
     return report
 
 
-def _previous_report(out_dir: Path, cfg: SplatConfig) -> dict | None:
-    """The stage's report when its valid output exists for the same config, else None."""
+def _previous_report(out_dir: Path, cfg: SplatConfig, category: Category, holdout_every: int) -> dict | None:
+    """The stage's report when its valid output exists for the same config (and, with a
+    held-out calibration, its calibration model for the same views), else None."""
     try:
         if json.loads((out_dir / WORK_FILES["splats_config"]).read_text()) != asdict(cfg):
             return None
         GaussianScene.load(out_dir / FILES["scene"])
+        key_path = out_dir / WORK_FILES["calibration_scene_key"]
+        if not holdout_every:  # a fit that withheld views is another fit
+            return None if key_path.exists() else json.loads((out_dir / REPORTS["splats"]).read_text())
+        if json.loads(key_path.read_text()) != calibration_key(category, cfg, holdout_every):
+            return None
+        GaussianScene.load(out_dir / WORK_FILES["calibration_scene"])
         return json.loads((out_dir / REPORTS["splats"]).read_text())
     except (OSError, ValueError):
         return None

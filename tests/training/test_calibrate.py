@@ -43,11 +43,11 @@ def test_quantile_calibration_and_skip(bundle: Path, tiny_synth: Path) -> None:
 
 
 def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny_synth: Path) -> None:
-    """Rule false_alarm: a model fitted without every 4th view; those views, jittered, are the
-    normal scores, and the threshold rejects the stated share of them."""
+    """Rule false_alarm: the splats stage's model before every 4th view was folded in; those
+    views, jittered, are the normal scores, and the threshold rejects the stated share of them."""
     from tests.conftest import TINY_SPLATS
     from training.calibrate import split_holdout
-    from training.splats import preset
+    from training.splats import preset, run_splats_stage
 
     cat = load_category(tiny_synth)
     fitted, held = split_holdout(cat, 4)
@@ -55,6 +55,9 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     assert not {v.name for v in held} & {v.name for v in fitted.train} and not fitted.test
     splats = preset("demo", **{**TINY_SPLATS, "iterations": 60})
     cfg = CalibConfig(holdout_every=4, jitters=3, false_alarm_rate=0.2)
+    with pytest.raises(ValueError, match="rerun the splats stage"):  # the work folder's fit held nothing out
+        run_calibration_stage(cat, cfg, bundle, progress=False, splats=splats)
+    run_splats_stage(cat, splats, bundle, progress=False, holdout_every=4)
     report = run_calibration_stage(cat, cfg, bundle, progress=False, splats=splats)
     calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
     held_scores = np.array(report["scores"]["heldout"])
@@ -63,14 +66,13 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     assert calib.threshold == pytest.approx(np.quantile(held_scores, 0.8))
     assert np.mean(held_scores > calib.threshold) == pytest.approx(0.2, abs=1 / 6)
     # The quick rule's threshold is kept beside it for comparison; the calibration model is
-    # saved and reused when nothing changed, refitted when its views or settings do.
-    assert report["quantile_rule_threshold"] > 0 and (bundle / "calibration" / "holdout_scene.safetensors").is_file()
-    assert not (bundle / "calibration" / "checkpoint.safetensors").exists()
+    # the splats fit's snapshot at its fold-in step.
+    assert report["quantile_rule_threshold"] > 0 and report["calibration_model"]["fold_in_step"] == 48
     again = run_calibration_stage(cat, cfg, bundle, progress=False, splats=splats)
     assert again["skipped"]
     stricter = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=3, false_alarm_rate=0.05), bundle,
                                      progress=False, splats=splats)
-    assert stricter["calibration_model"] == {"reused": True} and stricter["threshold"] >= report["threshold"]
+    assert "skipped" not in stricter and stricter["threshold"] >= report["threshold"]
     # Another combination of the scorer's terms: its normal statistics are fitted on the same
     # held-out views and travel in the calibration's scorer config.
     fitted = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=3, false_alarm_rate=0.2,
@@ -78,6 +80,9 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
     assert calib.scorer["combination"] == "silhouette" and len(calib.scorer["stats"]["term_scales"]) == 5
     assert calib.threshold == pytest.approx(np.quantile(fitted["scores"]["heldout"], 0.8))
+    # A calibration that holds out another share than the fit did is refused with the remedy.
+    with pytest.raises(ValueError, match="rerun the splats stage"):
+        run_calibration_stage(cat, CalibConfig(holdout_every=3, jitters=2), bundle, progress=False, splats=splats)
     with pytest.raises(ValueError, match="combination"):
         CalibConfig(combination="silhouette")  # nothing to fit it on
     with pytest.raises(ValueError, match="splats stage's settings"):

@@ -14,13 +14,17 @@ from models.data import load_category
 from models.splat.scene import GaussianScene, render
 from training.splats import (
     ResettingStrategy,
+    SplatConfig,
     evaluate_views,
     fit_splats,
+    fold_in_step,
+    holdout_indices,
     init_params,
     init_points,
     preset,
     run_splats_stage,
     silhouettes,
+    view_at,
 )
 
 TINY = dict(iterations=120, init_points=3000, refine_start=40, refine_stop=100, refine_every=20,
@@ -86,6 +90,46 @@ def test_fit_improves_and_resumes(tiny_synth: Path, tmp_path: Path) -> None:
     assert resumed.report["resumed_from_step"] == 60
     other = fit_splats(cat, replace(ck_cfg, seed=1), tmp_path / "b", progress=False)
     assert other.report["resumed_from_step"] == 0
+
+
+def test_withheld_views_wait_for_the_fold_in() -> None:
+    """Before the fold-in step the withheld views are never fitted; after it, every view is,
+    once per pass; without withheld views the schedule is one permutation per pass."""
+    withheld, fold = [1, 5], 40
+    before = [view_at(s, 8, withheld, fold, seed=0) for s in range(fold)]
+    assert not set(before) & set(withheld) and set(before) == {0, 2, 3, 4, 6, 7}
+    after = [view_at(s, 8, withheld, fold, seed=0) for s in range(fold, fold + 16)]
+    assert sorted(after[:8]) == sorted(after[8:]) == list(range(8))
+    plain = [view_at(s, 8, [], fold, seed=0) for s in range(16)]
+    assert sorted(plain[:8]) == list(range(8)) and plain != [view_at(s, 8, [], fold, seed=1) for s in range(16)]
+    assert holdout_indices(10, 5) == [2, 7] and holdout_indices(10, 0) == []
+    with pytest.raises(ValueError, match="too few"):
+        holdout_indices(3, 2)
+    with pytest.raises(ValueError, match="fold_in"):
+        SplatConfig(fold_in=1.0)
+
+
+def test_stage_with_heldout_calibration_leaves_the_calibration_model(tiny_synth: Path, tmp_path: Path) -> None:
+    """One fit gives both models: the snapshot at the fold-in (without every 4th view), saved
+    with the views it saw, and the shipped model that then saw every view."""
+    cat = load_category(tiny_synth)
+    cfg = preset("demo", **{**TINY, "iterations": 60, "fold_in": 0.5})
+    work = tmp_path / cat.name
+    report = run_splats_stage(cat, cfg, work, progress=False, holdout_every=4)
+    assert report["calibration_model"]["fold_in_step"] == 30 == fold_in_step(cfg)
+    assert report["calibration_model"]["withheld_views"] == 2 and report["calibration_model"]["num_gaussians"] > 0
+    key = json.loads((work / "calibration" / "holdout_scene.json").read_text())
+    assert key["views"] == [v.name for i, v in enumerate(cat.train) if i not in (2, 6)]
+    snapshot = GaussianScene.load(work / "calibration" / "holdout_scene.safetensors")
+    shipped = GaussianScene.load(work / "splats" / "scene.safetensors")
+    assert snapshot.num_gaussians != shipped.num_gaussians or not torch.equal(snapshot.means, shipped.means)
+    assert run_splats_stage(cat, cfg, work, progress=False, holdout_every=4)["skipped"]
+    # Another share held out refits; no held-out calibration removes the stale calibration model.
+    assert "skipped" not in run_splats_stage(cat, cfg, work, progress=False, holdout_every=3)
+    assert json.loads((work / "calibration" / "holdout_scene.json").read_text())["holdout_every"] == 3
+    run_splats_stage(cat, cfg, work, progress=False)
+    assert not (work / "calibration" / "holdout_scene.safetensors").exists()
+    assert not (work / "calibration" / "holdout_scene.json").exists()
 
 
 def test_stage_report_and_sheet(tiny_synth: Path, tmp_path: Path) -> None:
