@@ -2,8 +2,8 @@
 from its normal photographs alone.
 
 A bundle built with a held-out calibration (rule ``false_alarm``: the ``cpu`` and ``paper``
-presets) has a *calibration model* fitted without every n-th training photograph
-(``training/calibrate.py``). Those held-out photographs are views no model saw. The
+presets) has a *calibration model*: its splats fit before every n-th training photograph
+was folded in (``training/splats.py``). Those held-out photographs are views no model saw. The
 self-check paints synthetic defects of the three MAD kinds on them (``training.defects``,
 exact masks) and scores every photograph, clean and painted, the way the product does:
 against a render of the calibration model at its pose, jittered by the residual pose error
