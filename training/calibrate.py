@@ -7,8 +7,8 @@ the held-out views then join the fit, so the shipped model still sees every view
 held-out photographs are views the calibration model never saw, as a customer's queries
 are: each is scored against its renders at ``jitters`` poses jittered by ``jitter_px``
 (the residual pose error), and the threshold is the ``1 - false_alarm_rate`` quantile of
-these scores: on views like them, that share of good parts is rejected. (The model fitted to the photographs it is then compared with renders them
-better than any new view, so a threshold from those scores sits too low for new views'
+these scores: on views like them, that share of good parts is rejected. (The model fitted
+to the photographs it is then compared with renders them better than any new view, so a threshold from those scores sits too low for new views'
 render error and too high for what defects add; docs/SCORING.md has the figures.)
 
 Rule ``quantile`` (the quick one: the ``demo`` preset, ``holdout_every = 0``), from the

@@ -236,7 +236,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else -10.0 * math.log10(mse)
 
 
-def _save_checkpoint(path: Path, step: int, params: dict, optimizers: dict, strategy_state: dict, cfg: SplatConfig) -> None:
+def _save_checkpoint(path: Path, step: int, params: dict, optimizers: dict, strategy_state: dict, cfg: SplatConfig,
+                     withheld: list[int]) -> None:
     tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in params.items()}
     for k, opt in optimizers.items():
         st = opt.state.get(params[k], {})
@@ -247,17 +248,22 @@ def _save_checkpoint(path: Path, step: int, params: dict, optimizers: dict, stra
         if strategy_state.get(name) is not None:
             tensors[f"strategy.{name}"] = strategy_state[name].cpu().contiguous()
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step), "config": json.dumps(asdict(cfg))})
+    save_file(tensors, str(tmp), metadata={"step": str(step), "config": json.dumps(asdict(cfg)),
+                                                     "withheld": json.dumps(withheld)})
     tmp.replace(path)
 
 
-def _load_checkpoint(path: Path, params: dict, optimizers: dict, strategy_state: dict, cfg: SplatConfig) -> int:
+def _load_checkpoint(path: Path, params: dict, optimizers: dict, strategy_state: dict, cfg: SplatConfig,
+                     withheld: list[int], max_step: int) -> int:
+    """Resume from ``path``: its step, or 0 (start over) when it was written for another
+    config or view schedule, or lies beyond ``max_step``."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
-    if json.loads(meta.get("config", "{}")) != asdict(cfg):
-        return 0  # a different configuration: start over rather than mix runs
+    if (json.loads(meta.get("config", "{}")) != asdict(cfg) or json.loads(meta.get("withheld", "[]")) != withheld
+            or int(meta.get("step", 0)) > max_step):
+        return 0  # a different run (or one past a calibration model that is lost): start over rather than mix runs
     device = params["means"].device
     tensors = {k: v.to(device) for k, v in load_file(str(path)).items()}
     for k in list(params):
@@ -333,12 +339,9 @@ def fit_splats(
     state = strategy.initialize_state(scene_scale=scale)
 
     ckpt = work_dir / PurePosixPath(WORK_FILES["splats_checkpoint"]).name
-    step0 = _load_checkpoint(ckpt, params, optimizers, state, cfg) if ckpt.is_file() else 0
     fold_step = fold_in_step(cfg)
-    if withheld and step0 > fold_step and not snapshot.is_file():  # the calibration model is lost: fit again
-        params = {k: torch.nn.Parameter(v.detach().to(device)) for k, v in init_params(means, colours, cfg.sh_degree).items()}
-        optimizers = _optimizers(params, cfg, scale)
-        state, step0 = strategy.initialize_state(scene_scale=scale), 0
+    max_step = fold_step if withheld and not snapshot.is_file() else cfg.iterations  # past the fold-in needs its snapshot
+    step0 = _load_checkpoint(ckpt, params, optimizers, state, cfg, withheld, max_step) if ckpt.is_file() else 0
     gamma = 0.01 ** (1.0 / max(cfg.iterations, 1))
     for group in optimizers["means"].param_groups:
         group["lr"] = cfg.lr_means * scale * gamma**step0
@@ -374,7 +377,7 @@ def fit_splats(
             last = {"loss": float(loss.detach()), "psnr": psnr(out.colors.detach().clamp(0, 1), target)}
             bar.set_postfix(loss=f"{last['loss']:.4f}", psnr=f"{last['psnr']:.2f}", gaussians=str(len(params["means"])))
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.iterations:
-            _save_checkpoint(ckpt, step + 1, params, optimizers, state, cfg)
+            _save_checkpoint(ckpt, step + 1, params, optimizers, state, cfg, withheld)
     bar.close()
 
     scene = _scene(params, cfg, category, scale)

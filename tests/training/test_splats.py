@@ -88,6 +88,13 @@ def test_fit_improves_and_resumes(tiny_synth: Path, tmp_path: Path) -> None:
     assert (tmp_path / "b" / "checkpoint.safetensors").is_file()
     resumed = fit_splats(cat, ck_cfg, tmp_path / "b", progress=False)
     assert resumed.report["resumed_from_step"] == 60
+    # A fit that withholds views follows another schedule: it does not resume the plain one's
+    # checkpoint, and the plain one then does not resume its checkpoint either.
+    snap = tmp_path / "snap.safetensors"
+    withheld = fit_splats(cat, ck_cfg, tmp_path / "b", progress=False, withheld=[1, 5], snapshot=snap)
+    assert withheld.report["resumed_from_step"] == 0 and snap.is_file()
+    assert fit_splats(cat, ck_cfg, tmp_path / "b", progress=False, withheld=[1, 5], snapshot=snap).report["resumed_from_step"] == 60
+    assert fit_splats(cat, ck_cfg, tmp_path / "b", progress=False).report["resumed_from_step"] == 0
     other = fit_splats(cat, replace(ck_cfg, seed=1), tmp_path / "b", progress=False)
     assert other.report["resumed_from_step"] == 0
 
