@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -119,11 +120,40 @@ def project(
     return {"means2d": means2d, "conics": conics, "depths": tz, "opacities": opac, "radii": radius.to(torch.int32)}
 
 
-def _tile_lists(means2d: Tensor, radii: Tensor, depths: Tensor, n_tx: int, n_ty: int) -> tuple[Tensor, Tensor, Tensor]:
+def _reaches_tile(means2d: Tensor, conics: Tensor, opacities: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
+    """Whether a Gaussian's alpha reaches ``ALPHA_MIN`` at some pixel centre of tile ``(tx, ty)``.
+
+    The exponent ``sigma(u) = 0.5 A ux^2 + B ux uy + 0.5 C uy^2`` (``u`` = pixel centre -
+    mean) is a convex quadratic, so its minimum over the box of the tile's pixel centres is
+    0 when the mean lies inside, else on one of the box's four edges, where it is a 1-D
+    quadratic minimised in closed form. The Gaussian reaches the tile iff that minimum is at
+    most ``log(255 o)``. Entries it drops would composite with alpha 0 (no colour, no
+    gradient), so the image is unchanged; it only skips work the bounding box overestimates.
+    """
+    A, B, C = conics.unbind(-1)
+    x0 = tx.to(means2d.dtype) * TILE + 0.5 - means2d[:, 0]
+    y0 = ty.to(means2d.dtype) * TILE + 0.5 - means2d[:, 1]
+    x1, y1 = x0 + (TILE - 1), y0 + (TILE - 1)
+    inside = (x0 <= 0) & (x1 >= 0) & (y0 <= 0) & (y1 >= 0)
+
+    def edge(fixed, lo, hi, a_fixed, a_free):  # min over the free coordinate in [lo, hi]
+        free = torch.minimum(torch.maximum(-B * fixed / a_free, lo), hi)
+        return 0.5 * a_fixed * fixed * fixed + B * fixed * free + 0.5 * a_free * free * free
+
+    low = torch.minimum(torch.minimum(edge(x0, y0, y1, A, C), edge(x1, y0, y1, A, C)),
+                        torch.minimum(edge(y0, x0, x1, C, A), edge(y1, x0, x1, C, A)))
+    limit = torch.log((255.0 * opacities).clamp_min(1e-30)) + 1e-3  # slack for rounding: keep, never drop, on ties
+    return inside | (low <= limit)
+
+
+def _tile_lists(means2d: Tensor, radii: Tensor, depths: Tensor, n_tx: int, n_ty: int,
+                conics: Tensor | None = None, opacities: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Depth-sorted Gaussian ids per tile for one camera.
 
-    Returns ``gauss_ids`` (concatenated per tile, front to back), ``tile_of`` (the tile of
-    each entry) and ``counts`` [n_tiles].
+    A Gaussian is listed in the tiles its bounding box (``radii``) overlaps; with its
+    ``conics`` and ``opacities`` given, only in those where its alpha can reach 1/255
+    (``_reaches_tile``: the same image, less work). Returns ``gauss_ids`` (concatenated
+    per tile, front to back), ``tile_of`` (the tile of each entry) and ``counts`` [n_tiles].
     """
     with torch.no_grad():
         vis = torch.nonzero((radii > 0).all(-1))[:, 0]
@@ -143,6 +173,10 @@ def _tile_lists(means2d: Tensor, radii: Tensor, depths: Tensor, n_tx: int, n_ty:
         local = torch.arange(int(per.sum()), device=order.device) - torch.repeat_interleave(start, per)
         ex = tx0[entry_rank] + local % nx[entry_rank]
         ey = ty0[entry_rank] + local // nx[entry_rank]
+        if conics is not None and opacities is not None:
+            gid = order[entry_rank]
+            hit = _reaches_tile(m[entry_rank], conics[gid].detach(), opacities[gid].detach(), ex, ey)
+            entry_rank, ex, ey = entry_rank[hit], ex[hit], ey[hit]
         tile = ey * n_tx + ex
         # Sort by tile, keeping depth order (entries were generated front to back).
         key = tile * (len(order) + 1) + entry_rank
@@ -183,6 +217,9 @@ def _composite_tiles(
     log_o = torch.where(valid_lane, torch.log(opacities[gid].clamp_min(1e-30)), torch.full_like(gid, -1e4, dtype=means2d.dtype))
     col_term = 0.5 * A * dx * dx - log_o[:, None, :]  # [B, TILE, L]
     row_term = 0.5 * Cc * dy * dy  # [B, TILE, L]
+    if not (torch.is_grad_enabled() and (means2d.requires_grad or conics.requires_grad or opacities.requires_grad
+                                         or colors.requires_grad)):
+        return _composite_in_place(row_term, col_term, Bc * dy, dx, colors[gid], len(tile_ids))
     neg_log_alpha = (row_term[:, :, None, :] + col_term[:, None, :, :]) + (Bc * dy)[:, :, None, :] * dx[:, None, :, :]
     neg_log_alpha = neg_log_alpha.reshape(len(tile_ids), TILE * TILE, -1)  # [B, P, L], P row-major
     alpha = torch.exp(-neg_log_alpha.clamp_max(60.0)).clamp_max(ALPHA_MAX)
@@ -197,6 +234,32 @@ def _composite_tiles(
     out = torch.einsum("bpl,bld->bpd", weights, colors[gid])
     final_t = torch.exp((log_keep * composited).sum(dim=-1))
     return out, final_t
+
+
+def _composite_in_place(row_term: Tensor, col_term: Tensor, b_dy: Tensor, dx: Tensor, colors: Tensor,
+                        n_tiles: int) -> tuple[Tensor, Tensor]:
+    """``_composite_tiles`` without autograd, in fewer passes over the ``[B, P, L]`` block
+    (the inference path; same result to rounding, tested): one buffer is updated in place
+    from exponent to alpha to weight, the 1/255 cut is one ``threshold_``, and the final
+    transmittance is ``1 - sum(weights)`` (the compositing sum telescopes)."""
+    x = row_term[:, :, None, :] + col_term[:, None, :, :]
+    x.addcmul_(b_dy[:, :, None, :], dx[:, None, :, :])
+    x = x.reshape(n_tiles, TILE * TILE, -1)  # -log(alpha) before the caps, [B, P, L]
+    alpha = x.clamp_(min=-math.log(ALPHA_MAX), max=60.0).neg_().exp_()  # alpha <= ALPHA_MAX
+    F.threshold_(alpha, _below_alpha_min(alpha.dtype), 0.0)  # alpha < ALPHA_MIN -> 0
+    log_keep = torch.log1p(-alpha)
+    log_t_incl = torch.cumsum(log_keep, dim=-1)
+    weights = log_t_incl.sub(log_keep).exp_()  # exclusive transmittance T_i
+    weights.masked_fill_(log_t_incl <= math.log(T_MIN), 0.0)  # the stop: not composited
+    weights.mul_(alpha)  # alpha_i * T_i
+    out = torch.bmm(weights, colors)
+    return out, 1.0 - weights.sum(dim=-1)
+
+
+def _below_alpha_min(dtype: torch.dtype) -> float:
+    """The largest value below ``ALPHA_MIN`` in ``dtype`` (``threshold_`` keeps x > it, i.e. x >= ALPHA_MIN)."""
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    return float(np.nextafter(np_dtype(ALPHA_MIN), np_dtype(0)))
 
 
 def rasterize(
@@ -217,7 +280,7 @@ def rasterize(
     for c in range(n_cams):
         means2d, conics = proj["means2d"][c], proj["conics"][c]
         opac, depths, radii = proj["opacities"][c], proj["depths"][c], proj["radii"][c]
-        gauss_ids, _, counts = _tile_lists(means2d, radii, depths, n_tx, n_ty)
+        gauss_ids, _, counts = _tile_lists(means2d, radii, depths, n_tx, n_ty, conics, opac)
         offsets = torch.cumsum(counts, 0) - counts
         image = colors.new_zeros(n_tx * n_ty, TILE * TILE, dim)
         trans = colors.new_ones(n_tx * n_ty, TILE * TILE)

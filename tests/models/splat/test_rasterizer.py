@@ -126,6 +126,63 @@ def test_chunking_does_not_change_the_result() -> None:
     assert torch.allclose(full, tiny, atol=1e-12)
 
 
+def test_inference_path_matches_the_autograd_path() -> None:
+    """Without autograd the compositing runs in place in fewer passes: the same image."""
+    scene = _scene(60, seed=6, opaque=True)
+    viewmats, Ks = _cameras()
+    fast, fast_alpha, _ = rasterization(*scene, viewmats, Ks, W, H, backgrounds=torch.ones(2, 3, dtype=torch.float64))
+    colours = scene[4].clone().requires_grad_(True)
+    slow, slow_alpha, _ = rasterization(*scene[:4], colours, viewmats, Ks, W, H,
+                                        backgrounds=torch.ones(2, 3, dtype=torch.float64))
+    assert slow.requires_grad and not fast.requires_grad
+    assert torch.allclose(fast, slow.detach(), atol=1e-12) and torch.allclose(fast_alpha, slow_alpha.detach(), atol=1e-12)
+
+
+def test_tile_test_is_exact_against_brute_force() -> None:
+    """``_reaches_tile`` never drops a Gaussian whose alpha reaches 1/255 at a pixel centre
+    of the tile, and drops the ones whose bounding box alone would list them."""
+    from models.splat import torch_rasterizer as tr
+
+    g = torch.Generator().manual_seed(3)
+    n = 4000
+    means2d = torch.rand(n, 2, generator=g, dtype=torch.float64) * 40 - 4
+    a = torch.rand(n, generator=g, dtype=torch.float64) * 2 + 0.05  # elongated and rotated ellipses
+    c = torch.rand(n, generator=g, dtype=torch.float64) * 0.05 + 0.002
+    th = torch.rand(n, generator=g, dtype=torch.float64) * math.pi
+    cos, sin = torch.cos(th), torch.sin(th)
+    conics = torch.stack([a * cos**2 + c * sin**2, (a - c) * cos * sin, a * sin**2 + c * cos**2], -1)
+    opac = torch.rand(n, generator=g, dtype=torch.float64) * 0.95 + 0.04
+    tx = torch.randint(0, 4, (n,), generator=g)
+    ty = torch.randint(0, 4, (n,), generator=g)
+    fast = tr._reaches_tile(means2d, conics, opac, tx, ty)
+    px = torch.arange(tr.TILE, dtype=torch.float64) + 0.5
+    dx = means2d[:, None, None, 0] - (tx[:, None, None] * tr.TILE + px[None, None, :])
+    dy = means2d[:, None, None, 1] - (ty[:, None, None] * tr.TILE + px[None, :, None])
+    sigma = 0.5 * conics[:, 0, None, None] * dx**2 + 0.5 * conics[:, 2, None, None] * dy**2 + conics[:, 1, None, None] * dx * dy
+    brute = (opac[:, None, None] * torch.exp(-sigma)).amax((1, 2)) >= tr.ALPHA_MIN
+    assert brute.any() and (~brute).any()
+    assert not (brute & ~fast).any()  # never drops a contributing Gaussian
+    assert (fast & ~brute).sum() <= 0.01 * n  # and keeps almost no useless one (the tie slack)
+
+
+def test_tile_lists_shrink_but_the_image_does_not_change() -> None:
+    from models.splat import torch_rasterizer as tr
+
+    means, quats, scales, opac, colors = _scene(40, seed=8)
+    scales = scales * torch.tensor([3.0, 0.2, 0.2], dtype=torch.float64)  # thin, so boxes overestimate
+    viewmats, Ks = _cameras()
+    covars = tr.quat_scale_to_covar(quats, scales)
+    proj = tr.project(means, covars, opac, viewmats, Ks, W, H)
+    n_tx, n_ty = math.ceil(W / tr.TILE), math.ceil(H / tr.TILE)
+    args = (proj["means2d"][0], proj["radii"][0], proj["depths"][0], n_tx, n_ty)
+    boxes, _, box_counts = tr._tile_lists(*args)
+    tight, _, tight_counts = tr._tile_lists(*args, proj["conics"][0], proj["opacities"][0])
+    assert len(tight) < len(boxes) and (tight_counts <= box_counts).all()
+    image, _, _ = rasterization(means, quats, scales, opac, colors, viewmats, Ks, W, H)
+    ref, _ = _reference(means, quats, scales, opac, colors, viewmats, Ks, np.zeros(3), False)
+    np.testing.assert_allclose(image.numpy(), ref, atol=1e-9, rtol=0)
+
+
 def test_depth_modes() -> None:
     """A single flat opaque Gaussian facing the camera: expected depth is its depth."""
     viewmats, Ks = _cameras()
