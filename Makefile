@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo_out
 EXTRAS ?= cpu,dev
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean gpu-check
 
 install: $(STAMP)
 
@@ -26,5 +26,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# On a GPU host: its own environment with the gpu extra (onnxruntime-gpu), then the check
+# (docs/SERVICE.md, "make gpu-check"). Refuses at once where nvidia-smi finds no GPU.
+GPU_VENV ?= .venv-gpu
+GPU_OUT  ?= gpu_check
+gpu-check:
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "make gpu-check: no NVIDIA GPU here (nvidia-smi finds none); run it on a CUDA host"; exit 2; }
+	$(MAKE) install VENV=$(GPU_VENV) EXTRAS=gpu,dev
+	$(GPU_VENV)/bin/rpe-pad lab gpu-check --out $(GPU_OUT)
+
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) $(GPU_VENV) $(DEMO) .pytest_cache

@@ -154,6 +154,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gpu_check(args: argparse.Namespace) -> int:
+    from lab.gpu_check import main
+
+    return main(args.out, Path(__file__).resolve().parent.parent)
+
+
 def add_lab_commands(sub) -> None:
     """The lab's subcommands on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser("evaluate", help="score every test view of a category in any pose mode and report the metrics")
@@ -281,6 +287,12 @@ def add_lab_commands(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="report folder (default ./benchmarks/<category>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("gpu-check", help="prove the CUDA path on a GPU machine: CUDA tests, a bundle built on the "
+                       "GPU, bench at batch 1-64, the service on CUDA under load; one JSON and one Markdown report "
+                       "(make gpu-check; refuses without CUDA)")
+    p.add_argument("--out", type=Path, default=Path("gpu_check"), help="report folder (default ./gpu_check)")
+    p.set_defaults(func=_cmd_gpu_check)
 
     p = sub.add_parser("ablation", help="the paper's ablation (RVSS, IRPRN refinement, MPTS on and off) on a category")
     p.add_argument("category_dir", type=Path, help="the category rpe-pad train was run on")
