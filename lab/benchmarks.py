@@ -11,6 +11,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models import camera
@@ -101,15 +102,28 @@ STAGES = ("match", "pose", "optimise", "refine", "render", "score")  # as Inspec
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
-def _queries(category_dir: Path, width: int, n: int) -> torch.Tensor:
-    """``n`` query images ``[n, H, W, 3]``: the category's test views, repeated cyclically."""
+def _queries(category_dir: Path, width: int, n: int) -> tuple[torch.Tensor, list[bool], int]:
+    """``n`` query images ``[n, H, W, 3]``, whether each is defective, and how many distinct
+    test views there are: the category's test views, repeated cyclically."""
     from models.data import load_category
 
     category = load_category(category_dir, size=width)
     if not category.test:
         raise ValueError(f"{category_dir}: no test views to benchmark with")
     images = torch.stack([q.image for q in category.test])
-    return images[torch.arange(n) % len(images)]
+    order = torch.arange(n) % len(images)
+    return images[order], [category.test[int(i)].is_anomalous for i in order], len(images)
+
+
+def _image_auroc(scores: list[float], defective: list[bool], distinct: int) -> float | None:
+    """Image AUROC of the queries timed one at a time (each test view counted once), when
+    they hold both good and defective views; else None."""
+    from models.metrics import auroc
+
+    n = min(len(scores), distinct)
+    if len(set(defective[:n])) < 2:
+        return None
+    return round(float(auroc(np.array(defective[:n], dtype=float), np.array(scores[:n], dtype=float))), 4)
 
 
 def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] = ("rpe", "rpe+refine"),
@@ -129,7 +143,10 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
     does not change with batching), and the speed ratios ``iterative / mode`` of the
     per-query time (pose + render + score, at batch size 1). With both ``rpe`` and
     ``rpe+refine``: ``refine_added_ms``, what refinement adds to a query at batch size 1
-    (median total of one minus the other's)."""
+    (median total of one minus the other's). Where the queries run one at a time (batch
+    size 1, and ``iterative``) hold good and defective views, each run reports their image
+    AUROC (each test view once), so a speed-up is read at known accuracy on the same
+    queries: give ``single_queries`` and ``iterative_queries`` the test split's size."""
     from tqdm.auto import tqdm
 
     import lab  # noqa: F401 (registers the evaluation-only pose modes)
@@ -148,12 +165,13 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
         for mode in modes:
             inspector = Inspector.load(bundle_dir, device, pose=mode, k=k)
             if images is None:
-                images = _queries(category_dir, inspector.width, max(*batch_sizes, iterative_queries, single_queries))
+                images, defective, distinct = _queries(category_dir, inspector.width,
+                                                       max(*batch_sizes, iterative_queries, single_queries))
             inspector.inspect(images[:1])  # warm-up (ONNX session, CUDA kernels, caches)
             rows = []
             for b in tqdm(batch_sizes, desc=f"bench {device} {mode}", disable=not progress):
                 runs = [images[i : i + 1] for i in range(single_queries)] if b == 1 else [images[:b]]
-                timings, wall = [], 0.0
+                timings, scores, wall = [], [], 0.0
                 for batch in runs:
                     sync()
                     start = time.perf_counter()
@@ -161,6 +179,7 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
                     sync()
                     wall += time.perf_counter() - start
                     timings.append(out[0].timings_ms)
+                    scores.append(out[0].score)
                 median_query = sorted(timings, key=lambda t: t["total"])[(len(timings) - 1) // 2]
                 stages = {k: round(v, 2) for k, v in median_query.items()}
                 row = {"batch": b, "per_query_ms": stages, "throughput_qps": round(b * len(runs) / wall, 3),
@@ -168,22 +187,26 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
                 if len(runs) > 1:
                     row["queries"] = len(runs)
                     row["stage_medians_ms"] = {k: round(statistics.median(t[k] for t in timings), 2) for k in timings[0]}
+                    row["image_auroc"] = _image_auroc(scores, defective, distinct)
+                    row["scores"], row["defective"] = [round(x, 4) for x in scores], defective[:len(scores)]
                 rows.append(row)
             per_device["modes"][mode] = rows
         if iterative_queries > 0:
             inspector = Inspector.load(bundle_dir, device, pose="iterative", k=k,
                                        pose_options={"steps": iterative_steps})
             if images is None:
-                images = _queries(category_dir, inspector.width, iterative_queries)
+                images, defective, distinct = _queries(category_dir, inspector.width, iterative_queries)
             Inspector.load(bundle_dir, device, pose="iterative", k=k,
                            pose_options={"steps": 1}).inspect(images[:1])  # warm-up
-            times = []
+            times, scores = [], []
             for i in tqdm(range(iterative_queries), desc=f"bench {device} iterative", disable=not progress):
                 out = inspector.inspect(images[i : i + 1])
                 times.append(out[0].timings_ms)
+                scores.append(out[0].score)
             per_device["iterative"] = {"queries": iterative_queries, "steps": iterative_steps,
                                        "per_query_ms": {k: round(statistics.median(t[k] for t in times), 1)
-                                                        for k in times[0]}}
+                                                        for k in times[0]},
+                                       "image_auroc": _image_auroc(scores, defective, distinct)}
             it_total = per_device["iterative"]["per_query_ms"]["total"]
             per_device["speedup_vs_iterative"] = {
                 mode: round(it_total / one["per_query_ms"]["total"], 2)
@@ -215,9 +238,13 @@ def bench_markdown(result: dict) -> str:
                 t = r["per_query_ms"]
                 lines.append(f"| {r['batch']} | " + " | ".join(f"{t[k]:.1f}" for k in keys)
                              + f" | {t['total']:.1f} | {r['throughput_qps']:.2f} |")
+            one = _batch_one(rows)
+            if one and one.get("image_auroc") is not None:
+                lines += ["", f"Image AUROC of the {one['queries']} queries run one at a time: {one['image_auroc']:.3f}."]
         if "iterative" in d:
             it = d["iterative"]
-            lines += ["", f"**{device}, `iterative`** ({it['steps']} steps, median of {it['queries']} queries): "
+            auroc = "" if it.get("image_auroc") is None else f", image AUROC {it['image_auroc']:.3f}"
+            lines += ["", f"**{device}, `iterative`** ({it['steps']} steps, median of {it['queries']} queries{auroc}): "
                       f"{it['per_query_ms']['total'] / 1000:.1f} s per query; "
                       + ", ".join(f"`{mode}` is {r:.1f}x faster" for mode, r in d["speedup_vs_iterative"].items())
                       + " (per-query time at batch size 1)."]

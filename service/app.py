@@ -137,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def observe(request: Request, call_next):
         given = request.headers.get("x-request-id", "")
         request.state.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
-        start = time.perf_counter()
+        start = request.state.started = time.perf_counter()
         limit = settings.max_files_per_batch * settings.max_upload_bytes + (1 << 20)  # + form fields
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:  # before Starlette parses (and spools) the body
@@ -151,6 +151,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         svc: State | None = getattr(request.app.state, "svc", None)
+        answered = getattr(request.state, "answered", None)  # set by POST /inspect when its result is ready
+        if svc is not None and answered is not None:
+            svc.telemetry.phase.labels("serialise").observe(time.perf_counter() - answered)
         if svc is not None:
             svc.telemetry.requests.labels(path, str(response.status_code)).inc()
             svc.telemetry.latency.labels(path).observe(time.perf_counter() - start)
@@ -181,12 +184,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Categories(categories=[i.describe() for i in state.inspectors.values()],
                           refused=state.refused)
 
-    async def _prepare(state: State, category: str, upload: UploadFile, intrinsics: str | None = None):
+    async def _prepare(state: State, category: str, upload: UploadFile, intrinsics: str | None = None,
+                       phases: dict[str, float] | None = None):
+        """The upload as the bundle's camera sees it; ``phases`` gets the seconds of read and decode."""
         inspector = state.inspectors.get(category)
         if inspector is None:
             raise ServiceError(404, f"unknown category {category!r}; loaded: {sorted(state.inspectors)}")
         check_media_type(upload)
+        t0 = time.perf_counter()
         data = await read_limited(upload, state.settings.max_upload_bytes)
+        t1 = time.perf_counter()
         name = upload.filename or "upload"
         camera = _parse_intrinsics(intrinsics)
 
@@ -197,7 +204,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except InspectionError as exc:
                 raise ServiceError(422, f"{name}: {exc}") from exc
 
-        return await run_in_threadpool(decode_and_prepare)  # off the event loop: decoding and resizing
+        prepared = await run_in_threadpool(decode_and_prepare)  # off the event loop: decoding and resizing
+        if phases is not None:
+            phases.update(read=t1 - t0, decode=time.perf_counter() - t1)
+        return prepared
 
     def _check_threshold(inspector: Inspector, threshold: float | None) -> None:
         if threshold is None:
@@ -243,12 +253,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                       ) -> InspectionOut:
         """Inspect one image: pose from the gallery and IRPRN, render of the normal object
         there, feature comparison, score, decision and (optionally) the anomaly map."""
-        image = await _prepare(state, category, file, intrinsics)
+        phases = {"receive": time.perf_counter() - request.state.started}
+        image = await _prepare(state, category, file, intrinsics, phases)
         inspector = state.inspectors[category]
         _check_threshold(inspector, threshold)
         result = (await _run(state, category, [image]))[0].decided(threshold)
-        return await run_in_threadpool(_out, request, category, file.filename, result, image, include_map,
-                                       include_overlay, inspector)
+        t0 = time.perf_counter()
+        out = await run_in_threadpool(_out, request, category, file.filename, result, image, include_map,
+                                      include_overlay, inspector)
+        request.state.answered = time.perf_counter()
+        phases["respond"] = request.state.answered - t0
+        for phase, seconds in phases.items():
+            state.telemetry.phase.labels(phase).observe(seconds)
+        return out
 
     @app.post("/inspect/batch", response_model=BatchOut, dependencies=[Depends(authorised)], tags=["inspection"])
     async def inspect_batch(request: Request, state: Ready,

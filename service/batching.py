@@ -12,6 +12,7 @@ dropped before the model call.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from service.telemetry import Telemetry
 class _Job:
     image: torch.Tensor  # [H, W, 3] at the bundle's size
     future: asyncio.Future
+    queued_at: float  # time.perf_counter() when submitted
 
 
 class CategoryBatcher:
@@ -57,7 +59,8 @@ class CategoryBatcher:
             raise ServiceError(503, f"category {self.name!r} is busy ({self.queue.qsize()} images queued); retry later",
                                headers={"Retry-After": str(self.settings.retry_after_s)})
         loop = asyncio.get_running_loop()
-        jobs = [_Job(image, loop.create_future()) for image in images]
+        now = time.perf_counter()
+        jobs = [_Job(image, loop.create_future(), now) for image in images]
         for job in jobs:
             self.queue.put_nowait(job)
         self.telemetry.queue.labels(self.name).set(self.queue.qsize())
@@ -85,9 +88,15 @@ class CategoryBatcher:
             if not batch:
                 continue
             self.telemetry.batch.observe(len(batch))
+            start = time.perf_counter()
+            for job in batch:
+                self.telemetry.phase.labels("queue").observe(start - job.queued_at)
             try:
                 images = torch.stack([job.image for job in batch])
                 results = await loop.run_in_executor(self.executor, self.inspector.inspect, images)
+                took = time.perf_counter() - start
+                for _ in batch:
+                    self.telemetry.phase.labels("inference").observe(took)
                 if len(results) != len(batch):
                     raise RuntimeError(f"{len(results)} results for {len(batch)} images")
             except Exception as exc:  # noqa: BLE001 (handed to each waiting request; the worker lives on)

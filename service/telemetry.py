@@ -23,6 +23,11 @@ class Telemetry:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.stage = Histogram("rpepad_stage_seconds", "Per-image time of each pipeline stage", ["stage"],
                                buckets=LATENCY_BUCKETS, registry=r)
+        self.phase = Histogram("rpepad_phase_seconds", "Per-request time of each phase of POST /inspect: receive "
+                               "(body and form parsing), read (the upload's bytes), decode (decode and resize, in the "
+                               "thread pool), queue (waiting for the model), inference (the model call, the image's "
+                               "whole micro-batch), respond (result and figures), serialise (JSON)", ["phase"],
+                               buckets=LATENCY_BUCKETS, registry=r)
         self.batch = Histogram("rpepad_batch_size", "Images per model call", buckets=(1, 2, 4, 8, 16, 32), registry=r)
         self.images = Counter("rpepad_images_inspected", "Images inspected by category and verdict "
                               "(normal, anomalous, review: the pose did not verify)", ["category", "decision"], registry=r)

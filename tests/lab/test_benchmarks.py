@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rpe_pad.cli import main
@@ -14,7 +15,7 @@ def test_bench_reports_stages_throughput_and_ratios(tiny_release: Path, tiny_syn
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
     assert main(["lab", "bench", str(tiny_release), str(tiny_synth), "--batch-sizes", "1", "3", "--iterative-queries", "1",
-                 "--iterative-steps", "2", "--single-queries", "3", "--device", "cpu", "--k", "2", "--out", str(out), "--quiet"]) == 0
+                 "--iterative-steps", "2", "--single-queries", "8", "--device", "cpu", "--k", "2", "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "bench.json").read_text())
     assert result["k"] == 2
     cpu = result["devices"]["cpu"]
@@ -31,9 +32,19 @@ def test_bench_reports_stages_throughput_and_ratios(tiny_release: Path, tiny_syn
     for mode, ratio in cpu["speedup_vs_iterative"].items():
         assert ratio == pytest.approx(iterative["total"] / cpu["modes"][mode][0]["per_query_ms"]["total"], rel=0.01, abs=0.006)
     ones = {mode: rows[0] for mode, rows in cpu["modes"].items()}
-    assert all(r["queries"] == 3 and r["wall_s"] > 0 for r in ones.values())
+    assert all(r["queries"] == 8 and r["wall_s"] > 0 for r in ones.values())
     assert set(ones["rpe+refine"]["stage_medians_ms"]) == set(ones["rpe+refine"]["per_query_ms"])
     assert cpu["refine_added_ms"] == pytest.approx(
         ones["rpe+refine"]["per_query_ms"]["total"] - ones["rpe"]["per_query_ms"]["total"], abs=0.06)
+    # The queries timed one at a time carry their scores and labels, and their image AUROC.
+    from models.data import load_category
+    from models.metrics import auroc
+
+    labels = [q.is_anomalous for q in load_category(tiny_synth).test]
+    assert len(labels) == 8 and len(set(labels)) == 2
+    for one in ones.values():
+        assert one["defective"] == labels and len(one["scores"]) == 8
+        assert one["image_auroc"] == pytest.approx(auroc(np.array(labels, dtype=float), np.array(one["scores"])), abs=1e-4)
+    assert cpu["iterative"]["image_auroc"] is None  # one query: no AUROC
     assert "faster" in (out / "bench.md").read_text() and (out / "bench.png").stat().st_size > 10_000
     assert "rpe+refine" in capsys.readouterr().out

@@ -53,6 +53,13 @@ def test_load_report(server: str, tiny_release: Path, tiny_synth: Path, tmp_path
     lat = result["latency_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
     assert result["rss_mb_before"] > 50 and result["rss_mb_after"] > 50 and result["throughput_rps"] > 0
+    # Where the server spent the time: every phase of POST /inspect and every pipeline stage,
+    # each a mean over the run's 6 requests that cannot exceed the client's mean latency.
+    phases, stages = result["server_ms"]["phases"], result["server_ms"]["stages"]
+    assert set(phases) == {"receive", "read", "decode", "queue", "inference", "respond", "serialise"}
+    assert {"match", "pose", "render", "score", "total"} <= set(stages)
+    assert all(v >= 0 for v in phases.values()) and stages["total"] <= phases["inference"] + 1.0
+    assert sum(phases.values()) <= lat["p99"] * 1.05
     # Unknown category: every answer counted by status, nothing crashes.
     bad = asyncio.run(run_load(server, "Nope", image, clients=2, seconds=10, max_requests=4))
     assert bad["status"] == {"404": 4} and bad["throughput_rps"] == 0
