@@ -187,20 +187,27 @@ class AnomalyScorer(nn.Module):
     @torch.no_grad()
     def inputs(self, query: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
         """The terms ``[B, T, S, S]`` and the silhouette evidence ``[B, S, S]``."""
-        return self.terms(query, reference), silhouette_evidence(self.squares(query), self.squares(reference),
-                                                                 self.background)
+        q224, r224 = self._pair(query, reference)
+        return self._terms(q224, r224), silhouette_evidence(q224, r224, self.background)
+
+    def _pair(self, query: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
+        q, r = _to_bchw(query), _to_bchw(reference)
+        if q.shape != r.shape:
+            raise ValueError(f"query {tuple(q.shape)} and reference {tuple(r.shape)} differ")
+        return self.squares(q), self.squares(r)
 
     @torch.no_grad()
     def terms(self, query: Tensor, reference: Tensor) -> Tensor:
         """The map's unblurred terms ``[B, 1 + L, size, size]``: the colour term, then each
         feature layer's (upsampled to ``size``). ``forward`` blurs their plain sum."""
-        q, r = _to_bchw(query), _to_bchw(reference)
-        if q.shape != r.shape:
-            raise ValueError(f"query {tuple(q.shape)} and reference {tuple(r.shape)} differ")
-        q224, r224 = self.squares(q), self.squares(r)
+        return self._terms(*self._pair(query, reference))
+
+    def _terms(self, q224: Tensor, r224: Tensor) -> Tensor:
         fx = self.extractor
         out = [squared_difference(fx.normalize(q224), fx.normalize(r224), self.tolerance)]
-        for fq, fr in zip(fx(q224), fx(r224)):
+        b = len(q224)
+        for both in fx(torch.cat([q224, r224])):  # one backbone call for queries and references
+            fq, fr = both[:b], both[b:]
             d = squared_difference(fq, fr, self.tolerance)[:, None]
             out.append(F.interpolate(d, size=(self.size, self.size), mode="bilinear", align_corners=False)[:, 0])
         return torch.stack(out, dim=1)
