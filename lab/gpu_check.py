@@ -138,7 +138,7 @@ def serve_and_load(bundles: Path, category: Path, out: Path, seconds: float = 30
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "RPEPAD_DEVICE": "cuda", "RPEPAD_BUNDLES": str(bundles)}
+    env = {**os.environ, "RPEPAD_DEVICE": "cuda", "RPEPAD_BUNDLES": str(bundles), "RPEPAD_DATA_DIR": str(out / "records")}
     log = (out / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "rpe_pad.cli", "serve", "--bundles", str(bundles), "--host",
                              "127.0.0.1", "--port", str(port), "--device", "cuda"], stdout=log, stderr=subprocess.STDOUT,

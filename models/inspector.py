@@ -46,6 +46,7 @@ from models.bundle import FILES, BundleError, Manifest, find_bundles, open_bundl
 from models.calibration import Calibration
 from models.camera import scale_intrinsics
 from models.gallery import Gallery
+from models.hashing import sha256_file
 from models.irprn import load_irprn_config
 from models.pose import DEFAULT_K, Matches, PoseEstimator
 from models.refine import RefineConfig, ecc_align, gallery_features, gallery_pnp_refine
@@ -339,6 +340,7 @@ class Inspector:
         self.scene, self.scorer, self.calibration, self.estimator = scene, scorer, calibration, estimator
         self.width, self.height, self.K = width, height, K.double()
         self.config, self.device, self.name, self.manifest = config, device, name, manifest
+        self.bundle_sha256 = ""  # sha256 of the bundle's manifest.json (which pins every file), set by load
         self.locate = registry.resolve(registry.pose_mode(config.pose, lab=True))(self, **config.pose_options)
         self.render_stage = Render(scene, width, height)
         self.verify_stage = Verify(scene.background, config.verify)
@@ -364,8 +366,10 @@ class Inspector:
         estimator = PoseEstimator.from_onnx(bundle_dir / FILES["encoder"], bundle_dir / FILES["pair_head"], gallery,
                                             unit, irprn.input_size, device=device, k=config.k)
         cam = manifest.camera
-        return cls(scene, AnomalyScorer.from_config(calib.scorer).to(dev), calib, estimator, cam.width, cam.height,
-                   torch.tensor(cam.K), config, dev, manifest.category, manifest)
+        inspector = cls(scene, AnomalyScorer.from_config(calib.scorer).to(dev), calib, estimator, cam.width,
+                        cam.height, torch.tensor(cam.K), config, dev, manifest.category, manifest)
+        inspector.bundle_sha256 = sha256_file(bundle_dir / "manifest.json")
+        return inspector
 
     # ------------------------------------------------------------ the pipeline
     def prepare(self, image: np.ndarray, intrinsics: tuple[float, float, float, float] | None = None) -> Tensor:
@@ -443,7 +447,14 @@ class Inspector:
             threshold=self.calibration.threshold,
             pose_mode=self.config.pose,
             device=str(self.device),
+            bundle_id=self.bundle_id,
+            bundle_sha256=self.bundle_sha256,
         )
+
+    @property
+    def bundle_id(self) -> str:
+        """``category@created`` of the loaded bundle (what an inspection record names)."""
+        return f"{self.name}@{self.manifest.created.isoformat()}" if self.manifest else self.name
 
 
 def compare_at_poses(scene: GaussianScene, scorer: AnomalyScorer, images: Tensor, poses: Tensor, Ks: Tensor,

@@ -147,3 +147,5 @@ class CategoryInfo(BaseModel):
     threshold: float = Field(description="calibrated decision threshold, raw score units")
     pose_mode: str
     device: str
+    bundle_id: str = Field("", description="category@created of the loaded bundle")
+    bundle_sha256: str = Field("", description="sha256 of the bundle's manifest.json, which holds every file's sha256")

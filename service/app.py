@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import logging
 import re
 import secrets
@@ -18,13 +19,15 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from PIL import Image
+from sqlalchemy.exc import SQLAlchemyError
 
 from models.camera import parse_intrinsics
 from models.inspector import Inspection, InspectionError, Inspector, load_bundles
@@ -33,12 +36,16 @@ from models.version import package_version
 from service import problems
 from service.batching import CategoryBatcher
 from service.problems import ServiceError
-from service.schemas import BatchOut, Categories, Health, InspectionOut
+from service.records import Filters, Pending, Record, RecordStore, new_id, png_bytes, utc_now
+from service.schemas import (BatchOut, Categories, FeedbackIn, Health, InspectionOut, RecordDetail, RecordPage,
+                             RecordSummary)
 from service.settings import Settings, get_settings
 from service.telemetry import Telemetry
 from service.uploads import check_media_type, decode, read_limited
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+RECORD_ID = re.compile(r"^[0-9a-f]{32}$")
+IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff"}
 INTRINSICS_HELP = ("the photo's camera as 'fx,fy,cx,cy' in its own pixels, when it is not the bundle's camera at "
                    "another resolution (GET /categories gives the bundle's)")
 
@@ -55,6 +62,25 @@ class State:
         self.load_error: str | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.telemetry = Telemetry()
+        self.records: RecordStore | None = None
+        self.records_error: str | None = None  # why records are unavailable, when they are on but failed to open
+
+
+def open_records(settings: Settings, telemetry: Telemetry, log: logging.Logger) -> tuple[RecordStore | None, str | None]:
+    """The records store, started; or None and the reason (the service runs on without records)."""
+    if not settings.records:
+        return None, None
+    try:
+        if settings.database_url is None:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = RecordStore(settings.records_url(), settings.records_max_count, settings.records_max_age_days,
+                            settings.records_queue,
+                            on_failure=lambda reason: telemetry.records_failed.labels(reason).inc())
+        store.start()
+        return store, None
+    except Exception as exc:  # noqa: BLE001 (inspections go on; the records endpoints say why they cannot)
+        log.error("inspection records unavailable: %s", exc)
+        return None, f"inspection records unavailable: {type(exc).__name__}: {exc}"
 
 
 def get_state(request: Request) -> State:
@@ -78,8 +104,16 @@ def ready_state(state: Annotated[State, Depends(get_state)]) -> State:
     return state
 
 
+def records_of(state: Annotated[State, Depends(get_state)]) -> RecordStore:
+    """The records store, or 503 with the reason it is unavailable."""
+    if state.records is None:
+        raise ServiceError(503, state.records_error or "inspection records are off (RPEPAD_RECORDS=false)")
+    return state.records
+
+
 Ready = Annotated[State, Depends(ready_state)]
 StateDep = Annotated[State, Depends(get_state)]
+Records = Annotated[RecordStore, Depends(records_of)]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -120,12 +154,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         state = State(settings)
         app.state.svc, app.state.log = state, log
+        state.records, state.records_error = await asyncio.to_thread(open_records, settings, state.telemetry, log)
         loader = asyncio.create_task(load(state))
         yield
         loader.cancel()
         for batcher in state.batchers.values():
             await batcher.stop()
         state.executor.shutdown(wait=False, cancel_futures=True)
+        if state.records is not None:
+            await asyncio.to_thread(state.records.stop)
 
     app = FastAPI(title="RPE-PAD inspection service", version=package_version(), lifespan=lifespan,
                   description="Pose-agnostic anomaly detection: upload a photo of an object from any viewpoint; "
@@ -207,7 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         prepared = await run_in_threadpool(decode_and_prepare)  # off the event loop: decoding and resizing
         if phases is not None:
             phases.update(read=t1 - t0, decode=time.perf_counter() - t1)
-        return prepared
+        return prepared, data
 
     def _check_threshold(inspector: Inspector, threshold: float | None) -> None:
         if threshold is None:
@@ -231,10 +268,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return results
 
     def _out(request: Request, category: str, filename: str | None, result: Inspection, image, include_map: bool,
-             include_overlay: bool, inspector: Inspector) -> InspectionOut:
+             include_overlay: bool, inspector: Inspector, record_id: str | None = None) -> InspectionOut:
         norm = result.normalised_map() if include_map else None
         return InspectionOut(
             **result.model_dump(), request_id=request.state.request_id, category=category, filename=filename,
+            record_id=record_id,
             anomaly_map_png=None if norm is None else _png_b64(Image.fromarray(np.round(norm * 255).astype(np.uint8),
                                                                                mode="L")),
             overlay_png=_png_b64(inspector.figure(image.numpy(), result)) if include_overlay else None)
@@ -254,13 +292,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Inspect one image: pose from the gallery and IRPRN, render of the normal object
         there, feature comparison, score, decision and (optionally) the anomaly map."""
         phases = {"receive": time.perf_counter() - request.state.started}
-        image = await _prepare(state, category, file, intrinsics, phases)
+        image, data = await _prepare(state, category, file, intrinsics, phases)
         inspector = state.inspectors[category]
         _check_threshold(inspector, threshold)
         result = (await _run(state, category, [image]))[0].decided(threshold)
         t0 = time.perf_counter()
+        record_id = new_id() if state.records is not None else None
         out = await run_in_threadpool(_out, request, category, file.filename, result, image, include_map,
-                                      include_overlay, inspector)
+                                      include_overlay, inspector, record_id)
+        _record(state, record_id, out, result, image, data, file, inspector)
         request.state.answered = time.perf_counter()
         phases["respond"] = request.state.answered - t0
         for phase, seconds in phases.items():
@@ -278,16 +318,142 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Inspect several images of one category; any bad file fails the request with its name."""
         if len(files) > state.settings.max_files_per_batch:
             raise ServiceError(413, f"{len(files)} files; at most {state.settings.max_files_per_batch} per request")
-        images = [await _prepare(state, category, f, intrinsics) for f in files]
+        prepared = [await _prepare(state, category, f, intrinsics) for f in files]
+        images = [image for image, _ in prepared]
         inspector = state.inspectors[category]
         _check_threshold(inspector, threshold)
         results = await _run(state, category, images)
-        outs = [await run_in_threadpool(_out, request, category, f.filename, r.decided(threshold), im,
-                                        include_map, include_overlay, inspector)
-                for f, r, im in zip(files, results, images)]
+        outs = []
+        for f, r, (im, data) in zip(files, results, prepared):
+            result = r.decided(threshold)
+            record_id = new_id() if state.records is not None else None
+            out = await run_in_threadpool(_out, request, category, f.filename, result, im, include_map,
+                                          include_overlay, inspector, record_id)
+            _record(state, record_id, out, result, im, data, f, inspector)
+            outs.append(out)
         return BatchOut(request_id=request.state.request_id, category=category, results=outs)
 
+    # ------------------------------------------------------------ records
+    def _record(state: State, record_id: str | None, out: InspectionOut, result: Inspection, image, data: bytes,
+                upload: UploadFile, inspector: Inspector) -> None:
+        """Hand the inspection to the records writer (never blocks, never raises)."""
+        if state.records is None or record_id is None:
+            return
+        keep = state.settings.store_queries and len(data) <= state.settings.max_stored_query_bytes
+        state.records.submit(Pending(
+            id=record_id, created=utc_now(), request_id=out.request_id, category=out.category, filename=out.filename,
+            bundle_id=inspector.bundle_id, bundle_sha256=inspector.bundle_sha256,
+            result=out.model_dump(mode="json", exclude={"anomaly_map_png", "overlay_png"}),
+            figure=lambda: png_bytes(inspector.figure(image.numpy(), result)),
+            query_bytes=data if keep else None,
+            query_media_type=(upload.content_type or "application/octet-stream") if keep else None))
+
+    def _summary(r: Record) -> dict:
+        return dict(id=r.id, created=r.created, request_id=r.request_id, category=r.category, verdict=r.verdict,
+                    score=r.score, threshold=r.threshold, normalised_score=r.normalised_score, filename=r.filename,
+                    bundle_id=r.bundle_id, bundle_sha256=r.bundle_sha256, feedback=r.feedback,
+                    feedback_note=r.feedback_note, feedback_at=r.feedback_at, has_overlay=r.overlay_png is not None,
+                    has_query=r.query_bytes is not None)
+
+    def _filters(category: str | None, verdict: str | None, since: datetime | None, until: datetime | None,
+                 feedback: str | None) -> Filters:
+        if since is not None and until is not None and since >= until:
+            raise ServiceError(422, "since must be before until")
+        return Filters(category=category, verdict=verdict, since=since, until=until, feedback=feedback)
+
+    def filter_query() -> dict:  # fresh Query objects for each route that filters
+        return dict(
+            category=Query(None, max_length=128, description="only this category"),
+            verdict=Query(None, pattern="^(normal|anomalous|review)$", description="normal, anomalous or review"),
+            since=Query(None, description="from this time (ISO 8601; UTC when no zone is given)"),
+            until=Query(None, description="before this time (ISO 8601)"),
+            feedback=Query(None, pattern="^(confirmed_defect|false_alarm|none|any)$",
+                           description="confirmed_defect, false_alarm, none (no feedback yet) or any"))
+
+    FilterQuery = filter_query()
+
+    @app.get("/inspections", response_model=RecordPage, dependencies=[Depends(authorised)], tags=["records"])
+    async def list_inspections(store: Records, category: str | None = FilterQuery["category"],
+                               verdict: str | None = FilterQuery["verdict"],
+                               since: datetime | None = FilterQuery["since"],
+                               until: datetime | None = FilterQuery["until"],
+                               feedback: str | None = FilterQuery["feedback"],
+                               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> RecordPage:
+        """Stored inspections, newest first, filtered and paginated."""
+        filters = _filters(category, verdict, since, until, feedback)
+        rows, total = await _database(lambda: (store.list(filters, limit, offset), store.count(filters)))
+        return RecordPage(items=[RecordSummary(**_summary(r)) for r in rows], total=total, limit=limit, offset=offset)
+
+    FilterQuery = filter_query()
+
+    @app.get("/inspections.csv", dependencies=[Depends(authorised)], tags=["records"], response_class=Response)
+    async def export_inspections(store: Records, category: str | None = FilterQuery["category"],
+                                 verdict: str | None = FilterQuery["verdict"],
+                                 since: datetime | None = FilterQuery["since"],
+                                 until: datetime | None = FilterQuery["until"],
+                                 feedback: str | None = FilterQuery["feedback"]) -> Response:
+        """The filtered records as CSV (newest first; no images)."""
+        filters = _filters(category, verdict, since, until, feedback)
+        text = await _database(lambda: "".join(store.csv_rows(filters)))
+        return Response(text, media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="inspections.csv"'})
+
+    async def _get_record(store: RecordStore, record_id: str) -> Record:
+        if not RECORD_ID.match(record_id):
+            raise ServiceError(404, f"no inspection record {record_id!r}")
+        record = await _database(store.get, record_id)
+        if record is None:
+            raise ServiceError(404, f"no inspection record {record_id!r} (never stored, or past the retention limit)")
+        return record
+
+    @app.get("/inspections/{record_id}", response_model=RecordDetail, dependencies=[Depends(authorised)],
+             tags=["records"])
+    async def get_inspection(record_id: str, store: Records) -> RecordDetail:
+        """One stored inspection: its result, feedback, and where its images are."""
+        r = await _get_record(store, record_id)
+        return RecordDetail(**_summary(r), result=json.loads(r.result_json),
+                            overlay_url=f"/inspections/{r.id}/overlay.png" if r.overlay_png is not None else None,
+                            query_url=f"/inspections/{r.id}/query" if r.query_bytes is not None else None)
+
+    @app.get("/inspections/{record_id}/overlay.png", dependencies=[Depends(authorised)], tags=["records"],
+             response_class=Response)
+    async def get_overlay(record_id: str, store: Records) -> Response:
+        """The stored overlay: query | rendered reference | overlay with the decision contour."""
+        r = await _get_record(store, record_id)
+        if r.overlay_png is None:
+            raise ServiceError(404, f"inspection {record_id} has no overlay (its drawing failed)")
+        return Response(r.overlay_png, media_type="image/png")
+
+    @app.get("/inspections/{record_id}/query", dependencies=[Depends(authorised)], tags=["records"],
+             response_class=Response)
+    async def get_query(record_id: str, store: Records) -> Response:
+        """The uploaded query image as it arrived."""
+        r = await _get_record(store, record_id)
+        if r.query_bytes is None:
+            raise ServiceError(404, f"inspection {record_id} was stored without its query image "
+                                    "(RPEPAD_STORE_QUERIES off, or larger than RPEPAD_MAX_STORED_QUERY_BYTES)")
+        media = r.query_media_type if r.query_media_type in IMAGE_TYPES else "application/octet-stream"
+        return Response(r.query_bytes, media_type=media, headers={"X-Content-Type-Options": "nosniff"})
+
+    @app.post("/inspections/{record_id}/feedback", response_model=RecordDetail, dependencies=[Depends(authorised)],
+              tags=["records"])
+    async def give_feedback(record_id: str, feedback: FeedbackIn, store: Records) -> RecordDetail:
+        """The operator's word on an inspection: a confirmed defect, or a false alarm, with a note."""
+        await _get_record(store, record_id)
+        await _database(store.set_feedback, record_id, feedback.label, feedback.note)
+        return await get_inspection(record_id, store)
+
     return app
+
+
+async def _database(fn, *args):
+    """``fn(*args)`` on a worker thread; a failing records database is a 503 that says so, not a 500."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except SQLAlchemyError as exc:
+        logging.getLogger("rpe_pad.records").error("records database error: %s", exc)
+        raise ServiceError(503, f"the inspection records database failed ({type(exc).__name__}); inspections "
+                                "still run, see the service log") from exc
 
 
 def _parse_intrinsics(text: str | None) -> tuple[float, float, float, float] | None:

@@ -6,6 +6,9 @@ plus the request's fields; a category's description is ``models.results.Category
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from models.results import CategoryInfo, Inspection
@@ -22,6 +25,8 @@ class InspectionOut(Inspection):
     filename: str | None = Field(description="the upload's file name, when the client sent one")
     anomaly_map_png: str | None = Field(None, description="base64 8-bit PNG of the normalised map (128 = threshold)")
     overlay_png: str | None = Field(None, description="base64 PNG: query | rendered reference | anomaly overlay")
+    record_id: str | None = Field(None, description="id of the stored inspection record (GET /inspections/{id}); "
+                                                    "null when records are off")
 
 
 class BatchOut(BaseModel):
@@ -34,3 +39,44 @@ class Health(BaseModel):
     status: str
     bundles_loaded: int | None = None
     detail: str | None = None
+
+
+class RecordSummary(BaseModel):
+    """One stored inspection, as listed (``GET /inspections``)."""
+
+    id: str
+    created: datetime = Field(description="UTC")
+    request_id: str
+    category: str
+    verdict: str
+    score: float
+    threshold: float
+    normalised_score: float
+    filename: str | None
+    bundle_id: str
+    bundle_sha256: str
+    feedback: str | None = Field(description="confirmed_defect, false_alarm, or null")
+    feedback_note: str | None
+    feedback_at: datetime | None
+    has_overlay: bool
+    has_query: bool
+
+
+class RecordDetail(RecordSummary):
+    """One stored inspection with its result and the addresses of its images."""
+
+    result: dict = Field(description="the result as POST /inspect returned it (without images)")
+    overlay_url: str | None
+    query_url: str | None
+
+
+class RecordPage(BaseModel):
+    items: list[RecordSummary]
+    total: int = Field(description="records matching the filters")
+    limit: int
+    offset: int
+
+
+class FeedbackIn(BaseModel):
+    label: Literal["confirmed_defect", "false_alarm"] = Field(description="what the part really was")
+    note: str | None = Field(None, max_length=2000)

@@ -28,6 +28,19 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=32, gt=0)  # queued images per category before 503
     retry_after_s: int = Field(default=2, gt=0)  # Retry-After on 503
     warmup: bool = True  # one max_batch-sized batch per category before ready (first requests do not pay)
+    # Inspection records (service/records.py)
+    records: bool = True  # store every inspection (result, overlay, query) with operator feedback
+    data_dir: Path = Path("data")  # where the default SQLite records file lives
+    database_url: str | None = None  # any SQLAlchemy URL (postgresql+psycopg://...); None = SQLite in data_dir
+    store_queries: bool = True  # keep each uploaded query image with its record
+    max_stored_query_bytes: int = Field(default=5 * 1024 * 1024, gt=0)  # larger uploads are recorded without it
+    records_max_count: int | None = Field(default=100_000, gt=0)  # newest records kept (None = no limit)
+    records_max_age_days: float | None = Field(default=365.0, gt=0)  # older records are deleted (None = no limit)
+    records_queue: int = Field(default=256, gt=0)  # records waiting for the writer before new ones are dropped
+
+    def records_url(self) -> str:
+        """The records database: ``database_url``, else SQLite at ``data_dir/records.sqlite3``."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'records.sqlite3').resolve()}"
 
     @field_validator("pose")
     @classmethod
@@ -35,6 +48,11 @@ class Settings(BaseSettings):
         if value is not None:
             registry.pose_mode(value)  # ValueError naming the product's modes
         return value
+
+    @field_validator("database_url", "records_max_count", "records_max_age_days", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -19,11 +19,11 @@ from service.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def server(tiny_release: Path):
+def server(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(Settings(bundles=tiny_release.parent, device="cpu"))
+    app = create_app(Settings(bundles=tiny_release.parent, device="cpu", data_dir=tmp_path_factory.mktemp("records")))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

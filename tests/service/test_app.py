@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import tempfile
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ PROBLEM = "application/problem+json"
 
 
 def _client(bundles: Path, **overrides) -> TestClient:
+    overrides.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="rpepad-records-")))  # never the working folder
     settings = Settings(bundles=bundles, device="cpu", max_wait_ms=20, **overrides)
     return TestClient(create_app(settings))
 

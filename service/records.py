@@ -1,0 +1,307 @@
+"""Inspection records: every inspection the service answers is stored, with operator feedback.
+
+One table, ``inspections`` (SQLAlchemy 2; an embedded SQLite file under the data directory by
+default, any SQLAlchemy URL such as PostgreSQL's for fleets). A row holds the result as the
+API returned it, the overlay PNG (query | rendered reference | overlay with the decision
+contour), the uploaded query as it arrived (optional, on by default, up to a size cap), the
+bundle's id and the sha256 of its manifest (which pins every file of the bundle), the
+request id, and the operator's feedback (``confirmed_defect`` or ``false_alarm``, a note).
+
+Writes never touch the request path: ``RecordStore.submit`` puts the result on a bounded
+queue and returns; one writer thread draws the overlay, inserts everything waiting in one
+transaction, and enforces the retention limits (count and age). A full queue or a failed
+write is logged and counted (``rpepad_records_failed_total{reason}``), never raised to
+the inspection. One writer means concurrent requests and micro-batches lose nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import DateTime, Float, LargeBinary, String, Text, create_engine, delete, event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+log = logging.getLogger("rpe_pad.records")
+
+Feedback = Literal["confirmed_defect", "false_alarm"]
+FEEDBACK: tuple[str, ...] = ("confirmed_defect", "false_alarm")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Record(Base):
+    __tablename__ = "inspections"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
+    created: Mapped[datetime] = mapped_column(DateTime(), index=True)  # UTC (naive: the same on every backend)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    category: Mapped[str] = mapped_column(String(128), index=True)
+    verdict: Mapped[str] = mapped_column(String(16), index=True)
+    score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    normalised_score: Mapped[float] = mapped_column(Float)
+    filename: Mapped[str | None] = mapped_column(String(255))
+    bundle_id: Mapped[str] = mapped_column(String(200))  # category@created of the bundle
+    bundle_sha256: Mapped[str] = mapped_column(String(64))  # of its manifest.json
+    result_json: Mapped[str] = mapped_column(Text)  # the API's result, without images
+    overlay_png: Mapped[bytes | None] = mapped_column(LargeBinary)
+    query_bytes: Mapped[bytes | None] = mapped_column(LargeBinary)  # the upload as it arrived
+    query_media_type: Mapped[str | None] = mapped_column(String(64))
+    feedback: Mapped[str | None] = mapped_column(String(32), index=True)
+    feedback_note: Mapped[str | None] = mapped_column(Text)
+    feedback_at: Mapped[datetime | None] = mapped_column(DateTime())
+
+
+@dataclass
+class Pending:
+    """What the request path hands over: everything needed to write one row later."""
+
+    id: str
+    created: datetime
+    request_id: str
+    category: str
+    filename: str | None
+    bundle_id: str
+    bundle_sha256: str
+    result: dict  # the API's result fields (JSON-able), without images
+    figure: Callable[[], bytes] | None  # draws the overlay PNG (in the writer thread)
+    query_bytes: bytes | None
+    query_media_type: str | None
+
+
+@dataclass(frozen=True)
+class Filters:
+    category: str | None = None
+    verdict: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    feedback: Literal["confirmed_defect", "false_alarm", "none", "any"] | None = None  # any = has feedback
+
+    def apply(self, stmt):
+        if self.category:
+            stmt = stmt.where(Record.category == self.category)
+        if self.verdict:
+            stmt = stmt.where(Record.verdict == self.verdict)
+        if self.since:
+            stmt = stmt.where(Record.created >= utc_naive(self.since))
+        if self.until:
+            stmt = stmt.where(Record.created < utc_naive(self.until))
+        if self.feedback == "none":
+            stmt = stmt.where(Record.feedback.is_(None))
+        elif self.feedback == "any":
+            stmt = stmt.where(Record.feedback.is_not(None))
+        elif self.feedback:
+            stmt = stmt.where(Record.feedback == self.feedback)
+        return stmt
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL (readers never wait for the writer) and a
+    busy timeout."""
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn, _record):  # noqa: ANN001
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=5000")
+            cur.close()
+    return engine
+
+
+class RecordStore:
+    """The records database and its one writer thread (``start`` / ``stop``)."""
+
+    def __init__(self, url: str, max_count: int | None = None, max_age_days: float | None = None,
+                 queue_size: int = 256, on_failure: Callable[[str], None] | None = None):
+        self.url = url
+        self.engine = make_engine(url)
+        self.max_count, self.max_age_days = max_count, max_age_days
+        self.pending: queue.Queue[Pending | None] = queue.Queue(maxsize=queue_size)
+        self.on_failure = on_failure or (lambda reason: None)
+        self.written = 0
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        Base.metadata.create_all(self.engine)
+        self._thread = threading.Thread(target=self._run, name="records-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the writer."""
+        if self._thread is not None:
+            self.pending.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+        self.engine.dispose()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted so far is written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pending.empty() and self._idle.is_set():
+                return True
+            time.sleep(0.01)
+        return False
+
+    # ------------------------------------------------------------ writing
+    def submit(self, item: Pending) -> bool:
+        """Queue ``item`` for writing; never blocks. False (logged, counted) when the queue is full."""
+        try:
+            self.pending.put_nowait(item)
+            return True
+        except queue.Full:
+            log.error("inspection record %s dropped: the records queue is full (%d waiting)", item.id,
+                      self.pending.qsize())
+            self.on_failure("queue_full")
+            return False
+
+    def _run(self) -> None:
+        while True:
+            first = self.pending.get()
+            self._idle.clear()
+            batch = [first]
+            while len(batch) < 64:
+                try:
+                    batch.append(self.pending.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batch
+            items = [b for b in batch if b is not None]
+            if items:
+                self._write(items)
+            self._idle.set()
+            if stop:
+                return
+
+    def _write(self, items: list[Pending]) -> None:
+        rows = []
+        for item in items:
+            overlay = None
+            if item.figure is not None:
+                try:
+                    overlay = item.figure()
+                except Exception as exc:  # noqa: BLE001 (the record is kept without its picture)
+                    log.error("overlay of inspection %s failed: %s", item.id, exc)
+                    self.on_failure("overlay")
+            r = item.result
+            rows.append(Record(
+                id=item.id, created=utc_naive(item.created), request_id=item.request_id, category=item.category,
+                verdict=r["verdict"], score=float(r["score"]), threshold=float(r["threshold"]),
+                normalised_score=float(r["normalised_score"]), filename=item.filename, bundle_id=item.bundle_id,
+                bundle_sha256=item.bundle_sha256, result_json=json.dumps(r), overlay_png=overlay,
+                query_bytes=item.query_bytes, query_media_type=item.query_media_type))
+        try:
+            with Session(self.engine) as session, session.begin():
+                session.add_all(rows)
+            self.written += len(rows)
+        except Exception as exc:  # noqa: BLE001 (logged and counted; inspections are never failed by it)
+            log.error("writing %d inspection record(s) failed: %s", len(rows), exc)
+            for _ in rows:
+                self.on_failure("write")
+            return
+        try:
+            self.enforce_retention()
+        except Exception as exc:  # noqa: BLE001
+            log.error("enforcing the records' retention failed: %s", exc)
+            self.on_failure("retention")
+
+    def enforce_retention(self, now: datetime | None = None) -> int:
+        """Delete rows older than ``max_age_days`` and beyond the newest ``max_count``; returns how many."""
+        removed = 0
+        with Session(self.engine) as session, session.begin():
+            if self.max_age_days is not None:
+                cutoff = utc_naive(now or datetime.now(UTC)) - timedelta(days=self.max_age_days)
+                removed += session.execute(delete(Record).where(Record.created < cutoff)).rowcount or 0
+            if self.max_count is not None:
+                keep = select(Record.id).order_by(Record.created.desc(), Record.id.desc()).limit(self.max_count)
+                removed += session.execute(delete(Record).where(Record.id.not_in(keep))).rowcount or 0
+        return removed
+
+    # ------------------------------------------------------------ reading
+    def count(self, filters: Filters = Filters()) -> int:
+        with Session(self.engine) as session:
+            return session.scalar(filters.apply(select(func.count()).select_from(Record))) or 0
+
+    def list(self, filters: Filters = Filters(), limit: int = 50, offset: int = 0) -> list[Record]:
+        stmt = filters.apply(select(Record)).order_by(Record.created.desc(), Record.id.desc()).limit(limit).offset(offset)
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(stmt))
+
+    def get(self, record_id: str) -> Record | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(Record, record_id)
+
+    def set_feedback(self, record_id: str, label: str, note: str | None) -> Record | None:
+        if label not in FEEDBACK:
+            raise ValueError(f"feedback must be one of {FEEDBACK}, got {label!r}")
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            record = session.get(Record, record_id)
+            if record is None:
+                return None
+            record.feedback, record.feedback_note, record.feedback_at = label, note, utc_now()
+            return record
+
+    def csv_rows(self, filters: Filters = Filters(), chunk: int = 500) -> Iterator[str]:
+        """The filtered records as CSV text, header first, newest first, in chunks."""
+        columns = ["id", "created", "request_id", "category", "verdict", "score", "threshold", "normalised_score",
+                   "filename", "bundle_id", "bundle_sha256", "feedback", "feedback_note", "feedback_at"]
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(columns)
+        offset = 0
+        while True:
+            rows = self.list(filters, limit=chunk, offset=offset)
+            for r in rows:
+                writer.writerow([_csv_value(getattr(r, c)) for c in columns])
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+            if len(rows) < chunk:
+                return
+            offset += chunk
+
+
+def _csv_value(value) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat() + "Z"
+    if isinstance(value, float):
+        return repr(value)
+    return "" if value is None else str(value)
+
+
+def png_bytes(image) -> bytes:
+    """PNG bytes of a PIL image."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def utc_naive(moment: datetime) -> datetime:
+    """``moment`` in UTC without tzinfo: how the table stores times (every backend alike)."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)

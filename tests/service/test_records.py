@@ -1,0 +1,190 @@
+"""Inspection records through the real app and the tiny bundle: stored, read back, filtered,
+exported, given feedback, limited, kept across restarts, and never in the inspection's way."""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.settings import Settings
+
+PROBLEM = "application/problem+json"
+
+
+@contextmanager
+def _served(bundles: Path, data_dir: Path, **overrides) -> Iterator[TestClient]:
+    """The app started (lifespan) and ready."""
+    settings = Settings(bundles=bundles, device="cpu", max_wait_ms=20, data_dir=data_dir, **overrides)
+    with TestClient(create_app(settings)) as client:
+        end = time.time() + 120
+        while client.get("/readyz").status_code != 200:
+            assert time.time() < end, client.get("/readyz").json()
+            time.sleep(0.2)
+        yield client
+
+
+def _flush(client: TestClient) -> None:
+    assert client.app.state.svc.records.flush(timeout=60)
+
+
+def _inspect(client: TestClient, category: str, data: bytes, name: str = "q.png", **form):
+    r = client.post("/inspect", files={"file": (name, data, "image/png")}, data={"category": category, **form})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.fixture(scope="module")
+def images(tiny_synth: Path) -> dict[str, bytes]:
+    good = min((tiny_synth / "test" / "good").glob("*.png"))
+    bad = min(p for p in (tiny_synth / "test").glob("*/*.png") if p.parent.name != "good")
+    return {"good": good.read_bytes(), "bad": bad.read_bytes()}
+
+
+def test_every_inspection_is_stored_and_read_back(tiny_release: Path, tmp_path: Path, images) -> None:
+    category = tiny_release.name
+    with _served(tiny_release.parent, tmp_path) as c:
+        out = _inspect(c, category, images["good"], name="part-17.png", include_overlay="true")
+        batch = c.post("/inspect/batch", data={"category": category},
+                       files=[("files", ("a.png", images["good"], "image/png")), ("files", ("b.png", images["bad"], "image/png"))])
+        assert batch.status_code == 200
+        _flush(c)
+        page = c.get("/inspections").json()
+        assert page["total"] == 3 and len(page["items"]) == 3
+        assert page["items"][-1]["id"] == out["record_id"]  # newest first
+        detail = c.get(f"/inspections/{out['record_id']}").json()
+        info = c.get("/categories").json()["categories"][0]
+        assert detail["request_id"] == out["request_id"] and detail["filename"] == "part-17.png"
+        assert detail["verdict"] == out["verdict"] and detail["score"] == pytest.approx(out["score"])
+        assert detail["bundle_id"] == info["bundle_id"] and len(detail["bundle_sha256"]) == 64
+        assert detail["bundle_sha256"] == info["bundle_sha256"]
+        assert detail["result"]["pose"] == out["pose"] and "overlay_png" not in detail["result"]
+        overlay = c.get(detail["overlay_url"])
+        assert overlay.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(overlay.content)).size[0] > 2 * Image.open(io.BytesIO(images["good"])).size[0]
+        query = c.get(detail["query_url"])
+        assert query.content == images["good"] and query.headers["content-type"] == "image/png"
+        batch_ids = [r["record_id"] for r in batch.json()["results"]]
+        assert {i["id"] for i in page["items"]} == {out["record_id"], *batch_ids}
+
+
+def test_feedback_filters_pagination_and_csv(tiny_release: Path, tmp_path: Path, images) -> None:
+    category = tiny_release.name
+    with _served(tiny_release.parent, tmp_path) as c:
+        ids = [_inspect(c, category, images[k])["record_id"] for k in ("good", "bad", "good", "bad")]
+        _flush(c)
+        r = c.post(f"/inspections/{ids[1]}/feedback", json={"label": "false_alarm", "note": "dust on the lens"})
+        assert r.status_code == 200 and r.json()["feedback"] == "false_alarm"
+        assert r.json()["feedback_note"] == "dust on the lens" and r.json()["feedback_at"]
+        c.post(f"/inspections/{ids[2]}/feedback", json={"label": "confirmed_defect"})
+        assert [i["id"] for i in c.get("/inspections?feedback=false_alarm").json()["items"]] == [ids[1]]
+        assert c.get("/inspections?feedback=any").json()["total"] == 2
+        assert c.get("/inspections?feedback=none").json()["total"] == 2
+        assert c.get("/inspections", params={"category": "other"}).json()["total"] == 0
+        verdicts = [i["verdict"] for i in c.get("/inspections").json()["items"]]
+        for v in set(verdicts):
+            assert c.get("/inspections", params={"verdict": v}).json()["total"] == verdicts.count(v)
+        later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+        earlier = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+        assert c.get("/inspections", params={"since": later}).json()["total"] == 0
+        assert c.get("/inspections", params={"since": earlier, "until": later}).json()["total"] == 4
+        first, second = (c.get("/inspections", params={"limit": 3, "offset": o}).json() for o in (0, 3))
+        assert len(first["items"]) == 3 and len(second["items"]) == 1 and first["total"] == 4
+        assert [i["id"] for i in first["items"] + second["items"]] == ids[::-1]
+        rows = list(csv.DictReader(io.StringIO(c.get("/inspections.csv").text)))
+        assert [row["id"] for row in rows] == ids[::-1] and rows[2]["feedback"] == "false_alarm"
+        assert rows[2]["feedback_note"] == "dust on the lens"
+        # The operator's mistakes get problems, not 500s.
+        for bad in ({"label": "maybe"}, {"note": "no label"}, {"label": "false_alarm", "note": "x" * 3000}):
+            r = c.post(f"/inspections/{ids[0]}/feedback", json=bad)
+            assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
+        assert c.post(f"/inspections/{'0' * 32}/feedback", json={"label": "false_alarm"}).status_code == 404
+        assert c.get("/inspections/not-an-id").status_code == 404
+        assert c.get("/inspections", params={"verdict": "broken"}).status_code == 422
+        assert c.get("/inspections", params={"since": later, "until": earlier}).status_code == 422
+        assert c.get("/inspections", params={"limit": 0}).status_code == 422
+
+
+def test_retention_and_restart(tiny_release: Path, tmp_path: Path, images) -> None:
+    category = tiny_release.name
+    with _served(tiny_release.parent, tmp_path, records_max_count=3) as c:
+        ids = [_inspect(c, category, images["good"])["record_id"] for _ in range(5)]
+        _flush(c)
+        assert [i["id"] for i in c.get("/inspections").json()["items"]] == ids[:1:-1]  # the newest 3
+        assert c.get(f"/inspections/{ids[0]}").status_code == 404
+        c.post(f"/inspections/{ids[4]}/feedback", json={"label": "confirmed_defect"})
+    with _served(tiny_release.parent, tmp_path, records_max_count=3) as c:  # a restart
+        page = c.get("/inspections").json()
+        assert [i["id"] for i in page["items"]] == ids[:1:-1] and page["items"][0]["feedback"] == "confirmed_defect"
+        store = c.app.state.svc.records
+        store.max_age_days = 1.0
+        assert store.enforce_retention(now=datetime.now(UTC) + timedelta(days=2)) == 3  # age limit
+        assert c.get("/inspections").json()["total"] == 0
+
+
+def test_concurrent_requests_lose_nothing(tiny_release: Path, tmp_path: Path, images) -> None:
+    category = tiny_release.name
+    with _served(tiny_release.parent, tmp_path) as c:
+        with ThreadPoolExecutor(8) as pool:
+            outs = list(pool.map(lambda i: _inspect(c, category, images["good" if i % 2 else "bad"]), range(12)))
+        _flush(c)
+        stored = {i["id"] for i in c.get("/inspections", params={"limit": 100}).json()["items"]}
+        assert stored == {o["record_id"] for o in outs} and len(stored) == 12
+
+
+def test_failed_and_blocked_writes_never_fail_an_inspection(tiny_release: Path, tmp_path: Path, images) -> None:
+    category = tiny_release.name
+    with _served(tiny_release.parent, tmp_path, records_queue=1) as c:
+        store = c.app.state.svc.records
+        gate = threading.Event()
+        real_write = store._write
+        store._write = lambda items: (gate.wait(30), real_write(items))  # a writer stuck on a slow database
+        outs = [_inspect(c, category, images["good"]) for _ in range(4)]  # answered while the writer is stuck
+        assert all(o["verdict"] in ("normal", "anomalous", "review") for o in outs)
+        metrics = c.get("/metrics").text
+        assert 'rpepad_records_failed_total{reason="queue_full"}' in metrics
+        gate.set()
+        _flush(c)
+        store._write = real_write
+        with store.engine.begin() as conn:  # the database breaks under the service
+            conn.exec_driver_sql("DROP TABLE inspections")
+        assert _inspect(c, category, images["good"])["record_id"]
+        _flush(c)
+        assert 'rpepad_records_failed_total{reason="write"} 1.0' in c.get("/metrics").text
+        r = c.get("/inspections")  # the records say why they cannot answer; inspections go on
+        assert r.status_code == 503 and r.headers["content-type"] == PROBLEM and "database failed" in r.json()["detail"]
+        assert c.get("/readyz").status_code == 200
+
+
+def test_records_need_the_key_and_can_be_off(tiny_release: Path, tmp_path: Path, images) -> None:
+    category = tiny_release.name
+    with _served(tiny_release.parent, tmp_path, api_key="s3cret") as c:
+        r = c.post("/inspect", files={"file": ("q.png", images["good"], "image/png")}, data={"category": category},
+                   headers={"X-API-Key": "s3cret"})
+        record = r.json()["record_id"]
+        _flush(c)
+        for path in ("/inspections", f"/inspections/{record}", f"/inspections/{record}/overlay.png",
+                     f"/inspections/{record}/query", "/inspections.csv"):
+            assert c.get(path).status_code == 401, path
+            assert c.get(path, headers={"X-API-Key": "s3cret"}).status_code == 200, path
+        assert c.post(f"/inspections/{record}/feedback", json={"label": "false_alarm"}).status_code == 401
+    with _served(tiny_release.parent, tmp_path / "off", records=False) as c:
+        assert _inspect(c, category, images["good"])["record_id"] is None
+        r = c.get("/inspections")
+        assert r.status_code == 503 and r.headers["content-type"] == PROBLEM and "off" in r.json()["detail"]
+    with _served(tiny_release.parent, tmp_path, store_queries=False) as c:
+        record = _inspect(c, category, images["good"])["record_id"]
+        _flush(c)
+        assert c.get(f"/inspections/{record}").json()["query_url"] is None
+        assert c.get(f"/inspections/{record}/query").status_code == 404
