@@ -27,9 +27,10 @@ RUN pip install --no-cache-dir ".[gpu]"
 
 FROM nvidia/cuda:${CUDA_TAG}-runtime-ubuntu22.04
 RUN apt-get update && apt-get install -y --no-install-recommends python3.11 curl libgl1 libglib2.0-0 \
-    && rm -rf /var/lib/apt/lists/* && useradd --create-home --uid 10001 rpepad
+    && rm -rf /var/lib/apt/lists/* && useradd --create-home --uid 10001 rpepad \
+    && mkdir -p /data && chown rpepad /data
 COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 RPEPAD_BUNDLES=/bundles RPEPAD_DEVICE=auto
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 RPEPAD_BUNDLES=/bundles RPEPAD_DEVICE=auto RPEPAD_DATA_DIR=/data
 USER rpepad
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 CMD curl -fsS http://127.0.0.1:8000/readyz || exit 1

@@ -17,9 +17,13 @@ COMPOSE = {"gpu": ROOT / "docker" / "docker-compose.yml", "cpu": ROOT / "docker"
 @pytest.mark.parametrize("kind", sorted(COMPOSE))
 def test_compose_file(kind: str) -> None:
     service = yaml.safe_load(COMPOSE[kind].read_text())["services"]["rpe-pad"]
-    (mount,) = service["volumes"]
+    mount, records = service["volumes"]
     assert mount["target"] == "/bundles" and mount["read_only"] is True
     assert service["environment"]["RPEPAD_BUNDLES"] == "/bundles"
+    # The inspection records live on a named volume, so they survive restarts and upgrades.
+    assert records == {"type": "volume", "source": "records", "target": "/data"}
+    assert service["environment"]["RPEPAD_DATA_DIR"] == "/data"
+    assert "records" in yaml.safe_load(COMPOSE[kind].read_text())["volumes"]
     check = service["healthcheck"]
     assert "/readyz" in " ".join(check["test"]) and check["start_period"].endswith("s")
     assert int(check["start_period"][:-1]) >= 120  # covers loading and verifying the bundles
