@@ -60,6 +60,12 @@ class State:
         self.refused: dict[str, str] = {}
         self.ready = False
         self.load_error: str | None = None
+        # Every torch op of the service runs on this one thread: loading, warm-up, the resize of
+        # a query, inference. libgomp (torch's OpenMP on Linux) keeps a team of threads for each
+        # thread that ever ran a parallel op, and once those outnumber the cores its teams stop
+        # spinning between ops: a medium-size op then waits on a futex wake-up, and the Lego
+        # render took 1.9x as long off the main thread as on it (docs/SERVICE.md, "Where a request's
+        # time goes"). One such thread keeps one team.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.telemetry = Telemetry()
         self.records: RecordStore | None = None
@@ -122,9 +128,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def load(state: State) -> None:
         try:
-            loaded, refused = await asyncio.to_thread(
-                load_bundles, settings.bundles, settings.device,
-                lambda path, reason: log.error("bundle refused: %s", reason), pose=settings.pose)
+            loaded, refused = await asyncio.get_running_loop().run_in_executor(  # on the inference thread
+                state.executor, lambda: load_bundles(settings.bundles, settings.device,
+                                                     lambda path, reason: log.error("bundle refused: %s", reason),
+                                                     pose=settings.pose))
         except Exception as exc:  # noqa: BLE001 (the service stays up and says why it is not ready)
             state.load_error = str(exc)
             log.error("loading bundles failed: %s", exc)
@@ -234,14 +241,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         name = upload.filename or "upload"
         camera = _parse_intrinsics(intrinsics)
 
-        def decode_and_prepare():
-            image = decode(data, name, state.settings, inspector.scene.background)
+        def to_camera(image):
             try:
                 return inspector.prepare(image, camera)
             except InspectionError as exc:
                 raise ServiceError(422, f"{name}: {exc}") from exc
 
-        prepared = await run_in_threadpool(decode_and_prepare)  # off the event loop: decoding and resizing
+        # Decoding (Pillow, numpy) runs in the thread pool, off the event loop; every torch op runs
+        # on the one inference thread (see State.executor).
+        image = await run_in_threadpool(decode, data, name, state.settings, inspector.scene.background)
+        prepared = await asyncio.get_running_loop().run_in_executor(state.executor, to_camera, image)
         if phases is not None:
             phases.update(read=t1 - t0, decode=time.perf_counter() - t1)
         return prepared, data

@@ -294,3 +294,30 @@ def test_concurrent_requests_are_batched(client: TestClient, category: str, quer
     counts = [line for line in metrics.splitlines() if line.startswith("rpepad_batch_size_count")]
     # Some model calls carried more than one image.
     assert float(sizes[0].split()[-1]) > float(counts[0].split()[-1])
+
+
+def test_every_torch_op_runs_on_the_inference_thread(tiny_release: Path, query_png: bytes, monkeypatch) -> None:
+    """Loading, warm-up, a query's resize and inference share one thread (State.executor):
+    torch's OpenMP keeps a thread team per calling thread, and more teams than cores slow
+    every parallel op (docs/SERVICE.md)."""
+    import threading
+
+    import service.app as app_module
+    from models.inspector import Inspector
+
+    seen: dict[str, set[str]] = {}
+
+    def spy(name, fn):
+        def wrapper(*args, **kwargs):
+            seen.setdefault(name, set()).add(threading.current_thread().name)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(app_module, "load_bundles", spy("load_bundles", app_module.load_bundles))
+    for name in ("warm_up", "prepare", "inspect"):
+        monkeypatch.setattr(Inspector, name, spy(name, getattr(Inspector, name)))
+    with _client(tiny_release.parent, warmup=True) as c:
+        _wait_ready(c)
+        assert _post(c, tiny_release.name, query_png).status_code == 200
+    assert set(seen) == {"load_bundles", "warm_up", "prepare", "inspect"}, seen
+    assert all(n.startswith("inference") for names in seen.values() for n in names), seen
