@@ -71,6 +71,10 @@ class CategoryBatcher:
                 job.future.cancel()
             raise
 
+    def _inspect(self, images: list[torch.Tensor]) -> list[Inspection]:
+        """On the inference thread, like every torch op of the service (``service.app.State``)."""
+        return self.inspector.inspect(torch.stack(images))
+
     def _drain(self, batch: list[_Job]) -> None:
         while len(batch) < self.settings.max_batch and not self.queue.empty():
             batch.append(self.queue.get_nowait())
@@ -92,8 +96,7 @@ class CategoryBatcher:
             for job in batch:
                 self.telemetry.phase.labels("queue").observe(start - job.queued_at)
             try:
-                images = torch.stack([job.image for job in batch])
-                results = await loop.run_in_executor(self.executor, self.inspector.inspect, images)
+                results = await loop.run_in_executor(self.executor, self._inspect, [job.image for job in batch])
                 took = time.perf_counter() - start
                 for _ in batch:
                     self.telemetry.phase.labels("inference").observe(took)

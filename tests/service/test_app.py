@@ -302,6 +302,8 @@ def test_every_torch_op_runs_on_the_inference_thread(tiny_release: Path, query_p
     every parallel op (docs/SERVICE.md)."""
     import threading
 
+    import torch
+
     import service.app as app_module
     from models.inspector import Inspector
 
@@ -316,8 +318,9 @@ def test_every_torch_op_runs_on_the_inference_thread(tiny_release: Path, query_p
     monkeypatch.setattr(app_module, "load_bundles", spy("load_bundles", app_module.load_bundles))
     for name in ("warm_up", "prepare", "inspect"):
         monkeypatch.setattr(Inspector, name, spy(name, getattr(Inspector, name)))
+    monkeypatch.setattr(torch, "stack", spy("torch.stack", torch.stack))  # the batcher's, and the pipeline's
     with _client(tiny_release.parent, warmup=True) as c:
         _wait_ready(c)
         assert _post(c, tiny_release.name, query_png).status_code == 200
-    assert set(seen) == {"load_bundles", "warm_up", "prepare", "inspect"}, seen
+    assert set(seen) == {"load_bundles", "warm_up", "prepare", "inspect", "torch.stack"}, seen
     assert all(n.startswith("inference") for names in seen.values() for n in names), seen
