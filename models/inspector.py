@@ -30,6 +30,7 @@ world-to-camera, OpenCV axes (``models/camera.py``); quaternions wxyz.
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -42,11 +43,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from models import registry
-from models.bundle import FILES, BundleError, Manifest, find_bundles, open_bundle
+from models.bundle import FILES, GALLERY_VIEWS, BundleError, Manifest, find_bundles, open_bundle
 from models.calibration import Calibration
 from models.camera import scale_intrinsics
 from models.gallery import Gallery
 from models.hashing import sha256_file
+from models.images import resize_rgb
 from models.irprn import load_irprn_config
 from models.pose import DEFAULT_K, Matches, PoseEstimator
 from models.refine import RefineConfig, ecc_align, gallery_features, gallery_pnp_refine
@@ -270,8 +272,8 @@ class RefinedPose(RpePose):
         self.stages.append(Refine(inspector.scene, inspector.estimator.gallery, inspector.config.refine))
 
 
-def map_to_camera(image: Tensor, width: int, height: int, K: Tensor, intrinsics: tuple[float, float, float, float] | None,
-                  ) -> Tensor:
+def map_to_camera(image: np.ndarray, width: int, height: int, K: Tensor,
+                  intrinsics: tuple[float, float, float, float] | None) -> Tensor:
     """A query ``[h, w, 3]`` as the bundle's camera (``K`` at ``width x height``) would see it.
 
     Without ``intrinsics`` the query is taken to come from the bundle's camera at another
@@ -282,8 +284,8 @@ def map_to_camera(image: Tensor, width: int, height: int, K: Tensor, intrinsics:
     exact for a pinhole camera), and refused when the query's view does not cover the
     bundle's (``InspectionError``)."""
     h, w = image.shape[:2]
-    K = K.double()
     if intrinsics is not None:
+        K = K.double()
         fx, fy, cx, cy = (float(v) for v in intrinsics)
         if not all(math.isfinite(v) for v in (fx, fy, cx, cy)) or fx <= 0 or fy <= 0:
             raise InspectionError(f"intrinsics must be finite with fx, fy > 0, got {intrinsics}")
@@ -291,17 +293,15 @@ def map_to_camera(image: Tensor, width: int, height: int, K: Tensor, intrinsics:
         want = torch.tensor([same[0, 0], same[1, 1], same[0, 2], same[1, 2]])
         got = torch.tensor([fx, fy, cx, cy], dtype=torch.float64)
         if not torch.allclose(got, want, rtol=CAMERA_TOLERANCE, atol=CAMERA_TOLERANCE * max(w, h)):
-            return _resample_camera(image, width, height, K, (fx, fy, cx, cy))
+            return _resample_camera(torch.from_numpy(image), width, height, K, (fx, fy, cx, cy))
     want, got = width / height, w / h
     if abs(got / want - 1) > ASPECT_TOLERANCE:
         raise InspectionError(f"image is {w} x {h} (aspect {got:.3f}); the bundle's camera gives aspect {want:.3f} "
                               f"({width} x {height} or a multiple): pass the query's intrinsics if it comes from "
                               "another camera")
-    t = image.float()
-    if (h, w) != (height, width):
-        t = F.interpolate(t.permute(2, 0, 1)[None], size=(height, width), mode="bilinear", antialias=True,
-                          align_corners=False)[0].permute(1, 2, 0)
-    return t.clamp(0, 1).contiguous()
+    # Pillow, not torch: a query of the bundle's camera is prepared with no torch op at all
+    # (the service does it off its inference thread; service.app.State explains why).
+    return torch.from_numpy(np.clip(resize_rgb(image, width, height), 0.0, 1.0))
 
 
 def _resample_camera(image: Tensor, width: int, height: int, K: Tensor, intrinsics: tuple[float, ...]) -> Tensor:
@@ -341,6 +341,7 @@ class Inspector:
         self.width, self.height, self.K = width, height, K.double()
         self.config, self.device, self.name, self.manifest = config, device, name, manifest
         self.bundle_sha256 = ""  # sha256 of the bundle's manifest.json (which pins every file), set by load
+        self.bundle_dir: Path | None = None  # set by load
         self.locate = registry.resolve(registry.pose_mode(config.pose, lab=True))(self, **config.pose_options)
         self.render_stage = Render(scene, width, height)
         self.verify_stage = Verify(scene.background, config.verify)
@@ -369,6 +370,7 @@ class Inspector:
         inspector = cls(scene, AnomalyScorer.from_config(calib.scorer).to(dev), calib, estimator, cam.width,
                         cam.height, torch.tensor(cam.K), config, dev, manifest.category, manifest)
         inspector.bundle_sha256 = sha256_file(bundle_dir / "manifest.json")
+        inspector.bundle_dir = bundle_dir
         return inspector
 
     # ------------------------------------------------------------ the pipeline
@@ -377,8 +379,7 @@ class Inspector:
         (``map_to_camera``; ``intrinsics``: the query's fx, fy, cx, cy in its own pixels)."""
         if image.ndim != 3 or image.shape[2] != 3:
             raise InspectionError(f"expected an RGB image [H, W, 3], got shape {tuple(image.shape)}")
-        t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        return map_to_camera(t, self.width, self.height, self.K, intrinsics)
+        return map_to_camera(np.ascontiguousarray(image, dtype=np.float32), self.width, self.height, self.K, intrinsics)
 
     def start(self, images: Tensor) -> Batch:
         """A batch of prepared images ``[B, H, W, 3]`` on the inspector's device."""
@@ -413,6 +414,21 @@ class Inspector:
                                  dict(per_image), batch.refine[i], batch.verification[i], threshold)
                 for i in range(b)]
 
+    def gallery_view_png(self, view_id: int) -> bytes | None:
+        """Gallery view ``view_id`` as PNG bytes (the bundle's ``gallery/views`` file, else
+        encoded from the gallery's images), or None when there is no such view."""
+        gallery = self.estimator.gallery if self.estimator is not None else None
+        if gallery is None or not 0 <= view_id < len(gallery):
+            return None
+        path = self.bundle_dir / GALLERY_VIEWS / f"{view_id:04d}.png" if self.bundle_dir is not None else None
+        if path is not None and path.is_file():
+            return path.read_bytes()
+        if gallery.images is None:
+            return None
+        buf = io.BytesIO()
+        Image.fromarray(gallery.images[view_id].numpy().astype(np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
     def figure(self, image: np.ndarray, inspection: Inspection, title: str = "") -> Image.Image:
         """query | rendered reference | anomaly overlay with the decision contour."""
         caption = f"{inspection.verdict.upper()}: {inspection.score:.0f} / {inspection.threshold:.0f}"
@@ -445,6 +461,8 @@ class Inspector:
             intrinsics=[float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])],
             gallery_size=len(self.estimator.gallery) if self.estimator is not None else 0,
             threshold=self.calibration.threshold,
+            score_floor=self.calibration.score_floor,
+            map_floor=self.calibration.map_floor,
             pose_mode=self.config.pose,
             device=str(self.device),
             bundle_id=self.bundle_id,

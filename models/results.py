@@ -145,6 +145,11 @@ class CategoryInfo(BaseModel):
     intrinsics: list[float] = Field(description="fx, fy, cx, cy of the bundle's camera at image_size, pixels")
     gallery_size: int
     threshold: float = Field(description="calibrated decision threshold, raw score units")
+    score_floor: float = Field(0.0, description="the raw score a normalised score shows as 0 (0.5 is the threshold): "
+                                              "normalised = clip(0.5 + (score - threshold) / (2 (threshold - "
+                                              "score_floor)), 0, 1)")
+    map_floor: float = Field(0.0, description="the same for the anomaly map: a pixel p of anomaly_map_png is the raw "
+                                            "value threshold + (p / 255 - 0.5) * 2 * (threshold - map_floor)")
     pose_mode: str
     device: str
     bundle_id: str = Field("", description="category@created of the loaded bundle")

@@ -140,6 +140,30 @@ def test_prepare_resizes_and_refuses(inspector: Inspector, tiny_synth: Path) -> 
         inspector.inspect(torch.zeros(1, 32, 32, 3))
 
 
+def test_prepare_of_the_bundles_camera_runs_no_torch_op(inspector: Inspector, tiny_synth: Path) -> None:
+    """The service prepares such queries off its inference thread: no torch op may run there
+    (service.app.State), and the Pillow resize gives torch's antialiased bilinear result."""
+    from torch.overrides import TorchFunctionMode
+
+    class Calls(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    image = load_rgb(next((tiny_synth / "test" / "good").glob("*.png")))
+    big = np.ascontiguousarray(np.kron(image, np.ones((3, 3, 1), np.float32)))  # 192 x 192
+    with Calls() as calls:
+        out = inspector.prepare(big)
+    assert calls.names == [] and out.shape == (64, 64, 3)
+    torch_way = torch.nn.functional.interpolate(torch.from_numpy(big).permute(2, 0, 1)[None], size=(64, 64),
+                                                mode="bilinear", antialias=True, align_corners=False)
+    assert torch.allclose(out, torch_way[0].permute(1, 2, 0).clamp(0, 1), atol=1e-5)
+
+
 def test_a_query_from_another_camera_is_mapped_or_refused(inspector: Inspector, tiny_synth: Path) -> None:
     """The same camera at another resolution is resized; a longer lens or a shifted principal
     point is resampled along the same rays; a narrower view than the bundle's is refused."""
