@@ -160,6 +160,14 @@ def _cmd_gpu_check(args: argparse.Namespace) -> int:
     return main(args.out, Path(__file__).resolve().parent.parent)
 
 
+def _cmd_screenshots(args: argparse.Namespace) -> int:
+    from lab.browser import screenshots
+
+    for path in screenshots(args.bundles, args.queries, args.out):
+        print(path)
+    return 0
+
+
 def add_lab_commands(sub) -> None:
     """The lab's subcommands on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser("evaluate", help="score every test view of a category in any pose mode and report the metrics")
@@ -293,6 +301,13 @@ def add_lab_commands(sub) -> None:
                        "(make gpu-check; refuses without CUDA)")
     p.add_argument("--out", type=Path, default=Path("gpu_check"), help="report folder (default ./gpu_check)")
     p.set_defaults(func=_cmd_gpu_check)
+
+    p = sub.add_parser("screenshots", help="pictures of the operator's page in headless Chromium (inspect at 1280 x "
+                       "800 and tablet width, history, a record with feedback) for the docs")
+    p.add_argument("bundles", type=Path, help="bundles folder to serve")
+    p.add_argument("queries", type=Path, nargs="+", help="images to inspect on the page")
+    p.add_argument("--out", type=Path, default=Path("docs/images"), help="folder (default docs/images)")
+    p.set_defaults(func=_cmd_screenshots)
 
     p = sub.add_parser("ablation", help="the paper's ablation (RVSS, IRPRN refinement, MPTS on and off) on a category")
     p.add_argument("category_dir", type=Path, help="the category rpe-pad train was run on")

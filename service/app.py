@@ -19,11 +19,13 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Path as FastPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from PIL import Image
@@ -33,7 +35,7 @@ from models.camera import parse_intrinsics
 from models.inspector import Inspection, InspectionError, Inspector, load_bundles
 from models.results import resolve_threshold
 from models.version import package_version
-from service import problems
+from service import problems, web
 from service.batching import CategoryBatcher
 from service.problems import ServiceError
 from service.records import Filters, Pending, Record, RecordStore, new_id, png_bytes, utc_now
@@ -46,8 +48,24 @@ from service.uploads import check_media_type, decode, read_limited
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 RECORD_ID = re.compile(r"^[0-9a-f]{32}$")
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff"}
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The form fields /inspect and /inspect/batch share, with the limits the OpenAPI schema states.
+CategoryForm = Annotated[str, Form(min_length=1, max_length=128, description="a loaded category (GET /categories)")]
+ThresholdForm = Annotated[float, Form(gt=0, allow_inf_nan=False, description="override the calibrated threshold "
+                                      "(raw score units; above the category's lowest normal score, else 422)")]
+CSV_TYPE = "text/csv; charset=utf-8"
 INTRINSICS_HELP = ("the photo's camera as 'fx,fy,cx,cy' in its own pixels, when it is not the bundle's camera at "
                    "another resolution (GET /categories gives the bundle's)")
+IntrinsicsForm = Annotated[str, Form(max_length=200, description=INTRINSICS_HELP)]
+
+
+@dataclass(frozen=True)
+class Include:
+    """The images a request asked to have in its answer."""
+
+    map: bool = False
+    overlay: bool = False
+    reference: bool = False
 
 
 class State:
@@ -60,8 +78,8 @@ class State:
         self.refused: dict[str, str] = {}
         self.ready = False
         self.load_error: str | None = None
-        # Every torch op of the service runs on this one thread: loading, warm-up, the resize of
-        # a query, inference. libgomp (torch's OpenMP on Linux) keeps a team of threads for each
+        # Every torch op of the service runs on this one thread: loading, warm-up, stacking a
+        # batch, inference, resampling a photo from another camera. libgomp (torch's OpenMP on Linux) keeps a team of threads for each
         # thread that ever ran a parallel op, and once those outnumber the cores its teams stop
         # spinning between ops: a medium-size op then waits on a futex wake-up, and the Lego
         # render took 1.9x as long off the main thread as on it (docs/SERVICE.md, "Where a request's
@@ -176,6 +194,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "the service finds its pose, renders the normal object there and compares.")
     app.state.log = log
     problems.install(app)
+    problems.document(app, limits={("/inspect/batch", "post", "files"): {"maxItems": settings.max_files_per_batch}})
+    web.install(app)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
@@ -211,18 +231,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The process is alive (bundles may still be loading)."""
         return Health(status="ok")
 
-    @app.get("/readyz", response_model=Health, tags=["operations"],
-             responses={503: {"description": "bundles still loading, or none could be loaded"}})
+    @app.get("/readyz", response_model=Health, tags=["operations"], responses=problems.errors(503))
     async def readyz(state: Ready) -> Health:
         """Bundles are loaded and inspections are accepted."""
         return Health(status="ready", bundles_loaded=len(state.inspectors))
 
-    @app.get("/metrics", tags=["operations"], response_class=Response)
+    @app.get("/metrics", tags=["operations"], response_class=Response,
+             responses={200: {"description": "Prometheus text format", "content": {METRICS_TYPE: {}}}})
     async def metrics(state: StateDep) -> Response:
         """Prometheus text format: requests, latency per route and per stage, errors, bundles."""
-        return Response(state.telemetry.render(), media_type="text/plain; version=0.0.4")
+        return Response(state.telemetry.render(), media_type=METRICS_TYPE)
 
-    @app.get("/categories", response_model=Categories, dependencies=[Depends(authorised)], tags=["inspection"])
+    @app.get("/categories", response_model=Categories, dependencies=[Depends(authorised)], tags=["inspection"],
+             responses=problems.errors(401, 503))
     async def categories(state: Ready) -> Categories:
         """The loaded categories (and the bundles that were refused, with the reason)."""
         return Categories(categories=[i.describe() for i in state.inspectors.values()],
@@ -235,22 +256,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if inspector is None:
             raise ServiceError(404, f"unknown category {category!r}; loaded: {sorted(state.inspectors)}")
         check_media_type(upload)
-        t0 = time.perf_counter()
-        data = await read_limited(upload, state.settings.max_upload_bytes)
-        t1 = time.perf_counter()
-        name = upload.filename or "upload"
-        camera = _parse_intrinsics(intrinsics)
+        batcher = state.batchers[category]
+        with batcher.arriving():  # a batch being formed waits for this one
+            t0 = time.perf_counter()
+            data = await read_limited(upload, state.settings.max_upload_bytes)
+            t1 = time.perf_counter()
+            name = upload.filename or "upload"
+            camera = _parse_intrinsics(intrinsics)
 
-        def to_camera(image):
-            try:
-                return inspector.prepare(image, camera)
-            except InspectionError as exc:
-                raise ServiceError(422, f"{name}: {exc}") from exc
+            def to_camera(image):
+                try:
+                    return inspector.prepare(image, camera)
+                except InspectionError as exc:
+                    raise ServiceError(422, f"{name}: {exc}") from exc
 
-        # Decoding (Pillow, numpy) runs in the thread pool, off the event loop; every torch op runs
-        # on the one inference thread (see State.executor).
-        image = await run_in_threadpool(decode, data, name, state.settings, inspector.scene.background)
-        prepared = await asyncio.get_running_loop().run_in_executor(state.executor, to_camera, image)
+            # Off the event loop. A query of the bundle's camera is decoded and resized by Pillow and
+            # numpy in the thread pool; resampling another camera's photo takes torch ops, which run
+            # on the one inference thread (State.executor says why).
+            if camera is None:
+                prepared = await run_in_threadpool(lambda: to_camera(decode(data, name, state.settings,
+                                                                            inspector.scene.background)))
+            else:
+                image = await run_in_threadpool(decode, data, name, state.settings, inspector.scene.background)
+                prepared = await asyncio.get_running_loop().run_in_executor(state.executor, to_camera, image)
         if phases is not None:
             phases.update(read=t1 - t0, decode=time.perf_counter() - t1)
         return prepared, data
@@ -276,27 +304,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 state.telemetry.misalignment.labels(category).observe(r.verification.misalignment_px)
         return results
 
-    def _out(request: Request, category: str, filename: str | None, result: Inspection, image, include_map: bool,
-             include_overlay: bool, inspector: Inspector, record_id: str | None = None) -> InspectionOut:
-        norm = result.normalised_map() if include_map else None
+    def _out(request: Request, category: str, filename: str | None, result: Inspection, image, include: Include,
+             inspector: Inspector, record_id: str | None = None) -> InspectionOut:
+        norm = result.normalised_map() if include.map else None
+        reference = np.round(np.clip(result.reference, 0, 1) * 255).astype(np.uint8) if include.reference else None
         return InspectionOut(
             **result.model_dump(), request_id=request.state.request_id, category=category, filename=filename,
             record_id=record_id,
+            reference_png=None if reference is None else _png_b64(Image.fromarray(reference)),
             anomaly_map_png=None if norm is None else _png_b64(Image.fromarray(np.round(norm * 255).astype(np.uint8),
                                                                                mode="L")),
-            overlay_png=_png_b64(inspector.figure(image.numpy(), result)) if include_overlay else None)
+            overlay_png=_png_b64(inspector.figure(image.numpy(), result)) if include.overlay else None)
 
     @app.post("/inspect", response_model=InspectionOut, dependencies=[Depends(authorised)], tags=["inspection"],
-              responses={s: {"description": d, "content": {problems.PROBLEM: {}}} for s, d in (
-                  (400, "undecodable or truncated image"), (401, "wrong or missing API key"),
-                  (404, "unknown category"), (413, "too large, in bytes or pixels"), (415, "not an image"),
-                  (422, "missing or invalid fields, wrong aspect ratio, too small"), (503, "not ready or busy"))})
-    async def inspect(request: Request, state: Ready, file: Annotated[UploadFile, File(description="the query image")],
-                      category: Annotated[str, Form(description="a loaded category")],
-                      threshold: Annotated[float | None, Form(description="override the calibrated threshold")] = None,
-                      intrinsics: Annotated[str | None, Form(description=INTRINSICS_HELP)] = None,
+              responses=problems.errors(400, 401, 404, 413, 415, 422, 503))
+    async def inspect(request: Request, state: Ready,
+                      file: Annotated[UploadFile, File(description="the query image (PNG, JPEG, WebP, BMP or TIFF)",
+                                                       json_schema_extra={"minLength": 1})],
+                      category: CategoryForm, threshold: ThresholdForm = None, intrinsics: IntrinsicsForm = None,
                       include_map: Annotated[bool, Form(description="add the anomaly map as base64 PNG")] = False,
                       include_overlay: Annotated[bool, Form(description="add the overlay figure as base64 PNG")] = False,
+                      include_reference: Annotated[bool, Form(description="add the rendered reference as base64 "
+                                                                          "PNG")] = False,
                       ) -> InspectionOut:
         """Inspect one image: pose from the gallery and IRPRN, render of the normal object
         there, feature comparison, score, decision and (optionally) the anomaly map."""
@@ -307,8 +336,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         result = (await _run(state, category, [image]))[0].decided(threshold)
         t0 = time.perf_counter()
         record_id = new_id() if state.records is not None else None
-        out = await run_in_threadpool(_out, request, category, file.filename, result, image, include_map,
-                                      include_overlay, inspector, record_id)
+        include = Include(include_map, include_overlay, include_reference)
+        out = await run_in_threadpool(_out, request, category, file.filename, result, image, include, inspector,
+                                      record_id)
         _record(state, record_id, out, result, image, data, file, inspector)
         request.state.answered = time.perf_counter()
         phases["respond"] = request.state.answered - t0
@@ -316,14 +346,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.telemetry.phase.labels(phase).observe(seconds)
         return out
 
-    @app.post("/inspect/batch", response_model=BatchOut, dependencies=[Depends(authorised)], tags=["inspection"])
+    @app.post("/inspect/batch", response_model=BatchOut, dependencies=[Depends(authorised)], tags=["inspection"],
+              responses=problems.errors(400, 401, 404, 413, 415, 422, 503))
     async def inspect_batch(request: Request, state: Ready,
-                            files: Annotated[list[UploadFile], File(description="query images, one category")],
-                            category: Annotated[str, Form()],
-                            threshold: Annotated[float | None, Form()] = None,
-                            intrinsics: Annotated[str | None, Form(description=INTRINSICS_HELP)] = None,
+                            files: Annotated[list[UploadFile], File(
+                                description="query images, one category (at most RPEPAD_MAX_FILES_PER_BATCH)",
+                                min_length=1)],
+                            category: CategoryForm, threshold: ThresholdForm = None, intrinsics: IntrinsicsForm = None,
                             include_map: Annotated[bool, Form()] = False,
-                            include_overlay: Annotated[bool, Form()] = False) -> BatchOut:
+                            include_overlay: Annotated[bool, Form()] = False,
+                            include_reference: Annotated[bool, Form()] = False) -> BatchOut:
         """Inspect several images of one category; any bad file fails the request with its name."""
         if len(files) > state.settings.max_files_per_batch:
             raise ServiceError(413, f"{len(files)} files; at most {state.settings.max_files_per_batch} per request")
@@ -336,11 +368,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for f, r, (im, data) in zip(files, results, prepared):
             result = r.decided(threshold)
             record_id = new_id() if state.records is not None else None
-            out = await run_in_threadpool(_out, request, category, f.filename, result, im, include_map,
-                                          include_overlay, inspector, record_id)
+            out = await run_in_threadpool(_out, request, category, f.filename, result, im,
+                                          Include(include_map, include_overlay, include_reference), inspector,
+                                          record_id)
             _record(state, record_id, out, result, im, data, f, inspector)
             outs.append(out)
         return BatchOut(request_id=request.state.request_id, category=category, results=outs)
+
+    @app.get("/categories/{category}/gallery/{view_id}.png", dependencies=[Depends(authorised)],
+             tags=["inspection"], response_class=Response,
+             responses={200: {"content": {"image/png": {}}, "description": "the gallery view"},
+                        **problems.errors(401, 404, 422, 503)})
+    async def gallery_view(category: str, view_id: Annotated[int, FastPath(ge=0, le=1_000_000)],
+                           state: Ready) -> Response:
+        """A gallery view of a loaded category, as a result's ``matches[].id`` names it."""
+        inspector = state.inspectors.get(category)
+        if inspector is None:
+            raise ServiceError(404, f"unknown category {category!r}; loaded: {sorted(state.inspectors)}")
+        png = await asyncio.to_thread(inspector.gallery_view_png, view_id)
+        if png is None:
+            raise ServiceError(404, f"category {category!r} has no gallery view {view_id}")
+        return Response(png, media_type="image/png",
+                        headers={"Cache-Control": "private, max-age=86400"})
 
     # ------------------------------------------------------------ records
     def _record(state: State, record_id: str | None, out: InspectionOut, result: Inspection, image, data: bytes,
@@ -366,8 +415,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def _filters(category: str | None, verdict: str | None, since: datetime | None, until: datetime | None,
                  feedback: str | None) -> Filters:
-        if since is not None and until is not None and since >= until:
-            raise ServiceError(422, "since must be before until")
+        # since at or after until is an empty range: no records, not an error
         return Filters(category=category, verdict=verdict, since=since, until=until, feedback=feedback)
 
     def filter_query() -> dict:  # fresh Query objects for each route that filters
@@ -381,13 +429,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     FilterQuery = filter_query()
 
-    @app.get("/inspections", response_model=RecordPage, dependencies=[Depends(authorised)], tags=["records"])
+    @app.get("/inspections", response_model=RecordPage, dependencies=[Depends(authorised)], tags=["records"],
+             responses=problems.errors(401, 422, 503))
     async def list_inspections(store: Records, category: str | None = FilterQuery["category"],
                                verdict: str | None = FilterQuery["verdict"],
                                since: datetime | None = FilterQuery["since"],
                                until: datetime | None = FilterQuery["until"],
                                feedback: str | None = FilterQuery["feedback"],
-                               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> RecordPage:
+                               limit: int = Query(50, ge=1, le=500),
+                               offset: int = Query(0, ge=0, le=1_000_000_000)) -> RecordPage:
         """Stored inspections, newest first, filtered and paginated."""
         filters = _filters(category, verdict, since, until, feedback)
         rows, total = await _database(lambda: (store.list(filters, limit, offset), store.count(filters)))
@@ -395,7 +445,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     FilterQuery = filter_query()
 
-    @app.get("/inspections.csv", dependencies=[Depends(authorised)], tags=["records"], response_class=Response)
+    @app.get("/inspections.csv", dependencies=[Depends(authorised)], tags=["records"], response_class=Response,
+             responses={200: {"description": "CSV, one row a record", "content": {CSV_TYPE: {}}},
+                        **problems.errors(401, 422, 503)})
     async def export_inspections(store: Records, category: str | None = FilterQuery["category"],
                                  verdict: str | None = FilterQuery["verdict"],
                                  since: datetime | None = FilterQuery["since"],
@@ -404,7 +456,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The filtered records as CSV (newest first; no images)."""
         filters = _filters(category, verdict, since, until, feedback)
         text = await _database(lambda: "".join(store.csv_rows(filters)))
-        return Response(text, media_type="text/csv; charset=utf-8",
+        return Response(text, media_type=CSV_TYPE,
                         headers={"Content-Disposition": 'attachment; filename="inspections.csv"'})
 
     async def _get_record(store: RecordStore, record_id: str) -> Record:
@@ -416,7 +468,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return record
 
     @app.get("/inspections/{record_id}", response_model=RecordDetail, dependencies=[Depends(authorised)],
-             tags=["records"])
+             tags=["records"], responses=problems.errors(401, 404, 503))
     async def get_inspection(record_id: str, store: Records) -> RecordDetail:
         """One stored inspection: its result, feedback, and where its images are."""
         r = await _get_record(store, record_id)
@@ -425,7 +477,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             query_url=f"/inspections/{r.id}/query" if r.query_bytes is not None else None)
 
     @app.get("/inspections/{record_id}/overlay.png", dependencies=[Depends(authorised)], tags=["records"],
-             response_class=Response)
+             response_class=Response, responses={200: {"description": "PNG", "content": {"image/png": {}}},
+                                                 **problems.errors(401, 404, 503)})
     async def get_overlay(record_id: str, store: Records) -> Response:
         """The stored overlay: query | rendered reference | overlay with the decision contour."""
         r = await _get_record(store, record_id)
@@ -434,7 +487,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(r.overlay_png, media_type="image/png")
 
     @app.get("/inspections/{record_id}/query", dependencies=[Depends(authorised)], tags=["records"],
-             response_class=Response)
+             response_class=Response,
+             responses={200: {"description": "the image's own type", "content": {t: {} for t in sorted(IMAGE_TYPES | {"application/octet-stream"})}},
+                        **problems.errors(401, 404, 503)})
     async def get_query(record_id: str, store: Records) -> Response:
         """The uploaded query image as it arrived."""
         r = await _get_record(store, record_id)
@@ -445,7 +500,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(r.query_bytes, media_type=media, headers={"X-Content-Type-Options": "nosniff"})
 
     @app.post("/inspections/{record_id}/feedback", response_model=RecordDetail, dependencies=[Depends(authorised)],
-              tags=["records"])
+              tags=["records"], responses=problems.errors(401, 404, 422, 503))
     async def give_feedback(record_id: str, feedback: FeedbackIn, store: Records) -> RecordDetail:
         """The operator's word on an inspection: a confirmed defect, or a false alarm, with a note."""
         await _get_record(store, record_id)

@@ -2,7 +2,8 @@
 
 Each category has an ``asyncio.Queue`` of at most ``queue_size`` images and one worker
 task. The worker takes the first waiting image, waits up to ``max_wait_ms`` for more
-(never past ``max_batch``), and runs ``Inspector.inspect`` on the batch in the shared
+while other requests for the category are still arriving (never past ``max_batch``; a
+lone client never waits), and runs ``Inspector.inspect`` on the batch in the shared
 single-thread executor (one model call at a time per process: on a CPU, concurrent calls
 only fight over the cores; on a GPU, batching is what raises throughput). A full queue
 refuses new work at once with 503 and ``Retry-After``; images whose client went away are
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +39,17 @@ class CategoryBatcher:
         self.executor, self.telemetry = executor, telemetry
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.queue_size)
         self._task: asyncio.Task | None = None
+        self._arriving = 0  # requests for this category still being received or decoded
+
+    @contextmanager
+    def arriving(self):
+        """Around a request's upload and decoding: a batch waits up to ``max_wait_ms`` for
+        company only while some request is on its way (a lone client never waits)."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
@@ -84,7 +97,7 @@ class CategoryBatcher:
         while True:
             batch = [await self.queue.get()]
             self._drain(batch)
-            if len(batch) < self.settings.max_batch and self.settings.max_wait_ms > 0:
+            if len(batch) < self.settings.max_batch and self.settings.max_wait_ms > 0 and self._arriving > 0:
                 await asyncio.sleep(self.settings.max_wait_ms / 1000)
                 self._drain(batch)
             self.telemetry.queue.labels(self.name).set(self.queue.qsize())

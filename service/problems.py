@@ -6,10 +6,38 @@ from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM = "application/problem+json"
+WHEN = {  # what each status means on this service (the OpenAPI descriptions)
+    400: "empty, undecodable, truncated or corrupt image",
+    401: "missing or wrong API key (header X-API-Key)",
+    404: "no such category, gallery view or record",
+    413: "too large: the body, a file, its pixels, or the number of files",
+    415: "not an image, or a format the service does not read",
+    422: "missing or invalid fields (the detail and errors say which)",
+    503: "not ready (loading, or no valid bundle), busy (Retry-After), or the records database is unavailable",
+}
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457)."""
+
+    type: str = Field(description="always about:blank: the status says what kind of error")
+    title: str = Field(description="the status's phrase")
+    status: int
+    detail: str = Field(description="what went wrong, for a person")
+    instance: str = Field(description="the request's path")
+    request_id: str | None = Field(description="X-Request-ID of the request")
+    errors: list[dict] | None = Field(None, description="on 422: one entry per invalid field (loc, msg)")
+
+
+def errors(*statuses: int) -> dict:
+    """``responses=`` for a route that can answer these error statuses."""
+    return {status: {"description": WHEN[status]} for status in statuses}
 
 
 class ServiceError(Exception):
@@ -27,6 +55,38 @@ def problem(status: int, detail: str, request: Request, headers: dict[str, str] 
     if errors is not None:
         body["errors"] = errors
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def document(app: FastAPI, limits: dict[tuple[str, str, str], dict] | None = None) -> None:
+    """The OpenAPI schema says what the service really answers: every error (4xx, 5xx) is
+    ``application/problem+json`` with the ``Problem`` schema, on every route, and any route
+    with a body may answer 413 (the size check runs before routing). ``limits``: JSON-schema
+    keywords for a body field that come from the settings, by (path, method, field)."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            schemas["Problem"] = Problem.model_json_schema()
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            problem_content = {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+            for operation in (op for path in spec["paths"].values() for op in path.values()):
+                responses = operation.setdefault("responses", {})
+                if "requestBody" in operation:
+                    responses.setdefault("413", {"description": WHEN[413]})
+                for status, response in responses.items():
+                    if status[0] in "45":
+                        response["content"] = problem_content
+                        if status == "422":
+                            response["description"] = WHEN[422]
+            for (path, method, field), keywords in (limits or {}).items():
+                ref = spec["paths"][path][method]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+                schemas[ref.rsplit("/", 1)[-1]]["properties"][field].update(keywords)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def install(app: FastAPI) -> None:

@@ -23,8 +23,10 @@ class InspectionOut(Inspection):
     request_id: str = Field(description="X-Request-ID of the request (given, or made by the service)")
     category: str
     filename: str | None = Field(description="the upload's file name, when the client sent one")
-    anomaly_map_png: str | None = Field(None, description="base64 8-bit PNG of the normalised map (128 = threshold)")
+    anomaly_map_png: str | None = Field(None, description="base64 8-bit PNG of the normalised map (128 = threshold; "
+                                                          "GET /categories map_floor gives the raw values back)")
     overlay_png: str | None = Field(None, description="base64 PNG: query | rendered reference | anomaly overlay")
+    reference_png: str | None = Field(None, description="base64 PNG of the rendered normal reference at the pose")
     record_id: str | None = Field(None, description="id of the stored inspection record (GET /inspections/{id}); "
                                                     "null when records are off")
 

@@ -297,7 +297,8 @@ def test_concurrent_requests_are_batched(client: TestClient, category: str, quer
 
 
 def test_every_torch_op_runs_on_the_inference_thread(tiny_release: Path, query_png: bytes, monkeypatch) -> None:
-    """Loading, warm-up, a query's resize and inference share one thread (State.executor):
+    """Loading, warm-up, batching and inference share one thread (State.executor; a query's
+    resize runs no torch op: tests/models/test_inspector.py):
     torch's OpenMP keeps a thread team per calling thread, and more teams than cores slow
     every parallel op (docs/SERVICE.md)."""
     import threading
@@ -316,11 +317,11 @@ def test_every_torch_op_runs_on_the_inference_thread(tiny_release: Path, query_p
         return wrapper
 
     monkeypatch.setattr(app_module, "load_bundles", spy("load_bundles", app_module.load_bundles))
-    for name in ("warm_up", "prepare", "inspect"):
+    for name in ("warm_up", "inspect"):
         monkeypatch.setattr(Inspector, name, spy(name, getattr(Inspector, name)))
     monkeypatch.setattr(torch, "stack", spy("torch.stack", torch.stack))  # the batcher's, and the pipeline's
     with _client(tiny_release.parent, warmup=True) as c:
         _wait_ready(c)
         assert _post(c, tiny_release.name, query_png).status_code == 200
-    assert set(seen) == {"load_bundles", "warm_up", "prepare", "inspect", "torch.stack"}, seen
+    assert set(seen) == {"load_bundles", "warm_up", "inspect", "torch.stack"}, seen
     assert all(n.startswith("inference") for names in seen.values() for n in names), seen

@@ -73,3 +73,31 @@ def test_a_failed_batch_fails_its_requests_and_the_worker_lives_on() -> None:
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_batch_waits_for_company_only_while_a_request_is_arriving() -> None:
+    async def scenario() -> tuple[float, list[int], list]:
+        model = CountingInspector()
+        batcher = CategoryBatcher("c", model, Settings(max_batch=4, max_wait_ms=300), ThreadPoolExecutor(1),
+                                  Telemetry())
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await batcher.submit([torch.zeros(2, 2, 3)])  # alone: no wait
+        alone = loop.time() - t0
+
+        async def late() -> list:
+            with batcher.arriving():
+                await asyncio.sleep(0.05)  # still uploading when the first one is queued
+            return await batcher.submit([torch.ones(2, 2, 3)])
+
+        arriving = asyncio.create_task(late())
+        await asyncio.sleep(0)
+        first = await batcher.submit([torch.zeros(2, 2, 3)])
+        await arriving
+        await batcher.stop()
+        return alone, model.calls, first
+
+    alone, calls, first = asyncio.run(scenario())
+    assert alone < 0.2 and first == [0.0]
+    assert calls == [1, 2]  # the second batch waited for the arriving request

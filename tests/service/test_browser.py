@@ -1,0 +1,133 @@
+"""The operator's page in headless Chromium, against the real service on the tiny bundle.
+
+The flow of a shift: open the page (it asks for the API key once), inspect a normal and a
+defective part, move the threshold slider, see a bad file refused in place, open the
+history, give feedback, restart the service, and find the record and the feedback again.
+Skipped, with the reason, where Chromium, chromedriver or Selenium are missing; ``.ci/run``
+installs them so CI always runs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab.browser import Page, Service, chromium, find_chromium
+
+FOUND = find_chromium()
+pytestmark = pytest.mark.skipif(isinstance(FOUND, str), reason=str(FOUND))
+KEY = "line-7-key"
+
+
+@pytest.fixture(scope="module")
+def queries(tiny_synth: Path, tmp_path_factory) -> dict[str, Path]:
+    """Training views, which the tiny bundle places well enough to pass the pose check (its
+    test views mostly go to review): one as it is, one with a red square painted on."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("queries")
+    views = sorted((tiny_synth / "train" / "good").glob("*.png"))
+    good = views[1]
+    painted = np.asarray(Image.open(views[2]).convert("RGB")).copy()
+    painted[24:34, 24:34] = (230, 25, 25)
+    defect = folder / "painted.png"
+    Image.fromarray(painted).save(defect)
+    bad = folder / "notes.png"
+    bad.write_bytes(b"this is not a PNG")
+    return {"good": good, "defect": defect, "bad": bad}
+
+
+@pytest.fixture()
+def driver():
+    d = chromium(*FOUND, width=1280, height=800)
+    yield d
+    d.quit()
+
+
+def _verdict(card) -> str:
+    return card.find_element("css selector", ".verdict").text.lower()
+
+
+def test_a_shift_at_the_station(tiny_release: Path, queries: dict[str, Path], driver, tmp_path: Path) -> None:
+    service = Service(tiny_release.parent, tmp_path / "data", api_key=KEY, log=tmp_path / "serve.log").start()
+    try:
+        page = Page(driver, service.url)
+        page.open("/", api_key=KEY)
+        assert driver.execute_script("return sessionStorage.getItem('rpepad.apiKey')") == KEY
+
+        defect_card, good_card = page.upload(queries["good"], queries["defect"])  # newest first
+        scores = {}
+        for name, card in (("good", good_card), ("defect", defect_card)):
+            assert _verdict(card) in ("normal", "anomalous", "review"), card.text
+            assert "threshold" in card.find_element("css selector", ".score").text
+            assert page.canvas_is_drawn(card, "canvas.query") and page.canvas_is_drawn(card, "canvas.overlay")
+            assert page.image_loaded(card, "img.reference")
+            page.wait.until(lambda d, c=card: page.image_loaded(c, "img.gallery"))
+            assert "matched gallery view" in card.text and " ms" in card.text
+            scores[name] = float(card.get_attribute("data-score"))
+        verdicts = {name: _verdict(card) for name, card in (("good", good_card), ("defect", defect_card))}
+        assert set(verdicts.values()) != {"review"}, verdicts  # the slider below has a score to re-decide
+
+        # The slider re-decides in the page, without a new request.
+        slider = page.find("#threshold")
+        low, high = float(slider.get_attribute("min")), float(slider.get_attribute("max"))
+        before = len(driver.execute_script("return performance.getEntriesByType('resource')"))
+        for value in (low, high, (scores["good"] + scores["defect"]) / 2):
+            page.set_threshold(value)
+            for name, card in (("good", good_card), ("defect", defect_card)):
+                if _verdict(card) != "review":
+                    assert _verdict(card) == ("anomalous" if scores[name] > value else "normal"), (name, value)
+        assert len(driver.execute_script("return performance.getEntriesByType('resource')")) == before
+        assert page.find("#threshold-default").text.startswith("default ")
+
+        # A bad file gets the service's own message, in place; the page goes on.
+        (bad_card,) = page.upload(queries["bad"])
+        error = bad_card.find_element("css selector", ".error")
+        assert error.is_displayed() and "not a decodable image" in error.text
+
+        # History: both inspections, newest first; feedback on the defective one.
+        page.find("#nav-history").click()
+        page.wait.until(lambda d: len(page.find_all("#history-table tbody tr")) == 2)
+        page.find_all("#history-table tbody a")[0].click()
+        page.wait.until(lambda d: page.find("#feedback-form").is_displayed())
+        record_url = driver.current_url
+        assert queries["defect"].name in page.find("#detail-title").text
+        page.wait.until(lambda d: all(i.get_attribute("naturalWidth") not in (None, "0")
+                                      for i in page.find_all("#detail-body img")))
+        page.find("input[name=label][value=false_alarm]").click()
+        page.find("#feedback-note").send_keys("glare on the stud")
+        page.find("#feedback-form button[type=submit]").click()
+        page.wait.until(lambda d: "false alarm" in page.find("#feedback-status").text)
+
+        # Restart: the record and its feedback are still there.
+        service.stop()
+        service.start()
+        driver.get(record_url)
+        driver.refresh()
+        page.wait.until(lambda d: "false alarm" in page.find("#feedback-status").text)
+        assert page.find("input[name=label][value=false_alarm]").is_selected()
+        assert page.find("#feedback-note").get_attribute("value") == "glare on the stud"
+        page.find("#nav-history").click()
+        page.wait.until(lambda d: len(page.find_all("#history-table tbody tr")) == 2)
+    finally:
+        service.stop()
+
+
+def test_tablet_width_keeps_every_control_reachable(tiny_release: Path, tmp_path: Path) -> None:
+    d = chromium(*FOUND, width=768, height=1024)
+    try:
+        with Service(tiny_release.parent, tmp_path / "data") as service:
+            page = Page(d, service.url)
+            page.open("/")
+            width = d.execute_script("return document.documentElement.clientWidth")
+            for css in ("#category", "#threshold", "label[for=files]", "label[for=camera]", "#nav-history"):
+                rect = page.find(css).rect
+                assert rect["width"] > 0 and rect["x"] >= 0 and rect["x"] + rect["width"] <= width, css
+            assert d.execute_script("return document.documentElement.scrollWidth") <= width
+            for css in ("#category", "#threshold", "#files", "#camera"):  # each control has a label
+                element_id = css[1:]
+                assert page.find_all(f"label[for={element_id}]"), css
+    finally:
+        d.quit()
