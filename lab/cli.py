@@ -168,6 +168,18 @@ def _cmd_screenshots(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_records_bench(args: argparse.Namespace) -> int:
+    from lab.records_bench import history, kill
+
+    report = {"history": history(args.bundles, args.records, args.category),
+              "kill": kill(args.bundles, args.query, args.category, seconds=args.seconds, kill_after=args.kill_after)}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    return 0 if not report["kill"]["missing"] else 1
+
+
 def add_lab_commands(sub) -> None:
     """The lab's subcommands on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser("evaluate", help="score every test view of a category in any pose mode and report the metrics")
@@ -308,6 +320,18 @@ def add_lab_commands(sub) -> None:
     p.add_argument("queries", type=Path, nargs="+", help="images to inspect on the page")
     p.add_argument("--out", type=Path, default=Path("docs/images"), help="folder (default docs/images)")
     p.set_defaults(func=_cmd_screenshots)
+
+    p = sub.add_parser("records-bench", help="the inspection records through the real service: the first history "
+                       "page with N records, and a SIGKILL during an 8-client load (every answered inspection "
+                       "must have its record after the restart)")
+    p.add_argument("bundles", type=Path, help="bundles folder to serve")
+    p.add_argument("query", type=Path, help="image the clients inspect")
+    p.add_argument("--category", required=True)
+    p.add_argument("--records", type=positive_int, default=10_000, help="records in the database (default 10000)")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of the load (default 30)")
+    p.add_argument("--kill-after", type=float, default=15.0, help="SIGKILL after this many seconds (default 15)")
+    p.add_argument("--json", type=Path, default=None, help="also write the report here")
+    p.set_defaults(func=_cmd_records_bench)
 
     p = sub.add_parser("ablation", help="the paper's ablation (RVSS, IRPRN refinement, MPTS on and off) on a category")
     p.add_argument("category_dir", type=Path, help="the category rpe-pad train was run on")

@@ -95,11 +95,11 @@ def open_records(settings: Settings, telemetry: Telemetry, log: logging.Logger) 
     if not settings.records:
         return None, None
     try:
-        if settings.database_url is None:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # the SQLite file (by default) and the journal
         store = RecordStore(settings.records_url(), settings.records_max_count, settings.records_max_age_days,
                             settings.records_queue,
-                            on_failure=lambda reason: telemetry.records_failed.labels(reason).inc())
+                            on_failure=lambda reason: telemetry.records_failed.labels(reason).inc(),
+                            journal=settings.data_dir / "records.journal")
         store.start()
         return store, None
     except Exception as exc:  # noqa: BLE001 (inspections go on; the records endpoints say why they cannot)
@@ -410,8 +410,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return dict(id=r.id, created=r.created, request_id=r.request_id, category=r.category, verdict=r.verdict,
                     score=r.score, threshold=r.threshold, normalised_score=r.normalised_score, filename=r.filename,
                     bundle_id=r.bundle_id, bundle_sha256=r.bundle_sha256, feedback=r.feedback,
-                    feedback_note=r.feedback_note, feedback_at=r.feedback_at, has_overlay=r.overlay_png is not None,
-                    has_query=r.query_bytes is not None)
+                    feedback_note=r.feedback_note, feedback_at=r.feedback_at, has_overlay=r.has_overlay,
+                    has_query=r.has_query)
 
     def _filters(category: str | None, verdict: str | None, since: datetime | None, until: datetime | None,
                  feedback: str | None) -> Filters:

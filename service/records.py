@@ -7,11 +7,17 @@ contour), the uploaded query as it arrived (optional, on by default, up to a siz
 bundle's id and the sha256 of its manifest (which pins every file of the bundle), the
 request id, and the operator's feedback (``confirmed_defect`` or ``false_alarm``, a note).
 
-Writes never touch the request path: ``RecordStore.submit`` puts the result on a bounded
-queue and returns; one writer thread draws the overlay, inserts everything waiting in one
-transaction, and enforces the retention limits (count and age). A full queue or a failed
-write is logged and counted (``rpepad_records_failed_total{reason}``), never raised to
-the inspection. One writer means concurrent requests and micro-batches lose nothing.
+Writes never wait on the database: ``RecordStore.submit`` appends the result (no images)
+as one line to a journal file and puts the record on a bounded queue, and returns; one
+writer thread draws the overlay, inserts everything waiting in one transaction, enforces
+the retention limits (count and age), and empties the journal once everything in it is
+in the database. The journal line is in the operating system's hands before the answer
+leaves, so a service killed at any moment (SIGKILL, OOM) keeps the record of every
+answered inspection: ``start`` inserts what the journal holds and the database lacks
+(without its images, which were still in memory). A full queue, a failed journal append
+or a failed write is logged and counted (``rpepad_records_failed_total{reason}``), never
+raised to the inspection. One writer means concurrent requests and micro-batches lose
+nothing.
 """
 
 from __future__ import annotations
@@ -20,18 +26,20 @@ import csv
 import io
 import json
 import logging
+import os
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import DateTime, Float, LargeBinary, String, Text, create_engine, delete, event, func, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 
 log = logging.getLogger("rpe_pad.records")
 
@@ -131,8 +139,13 @@ class RecordStore:
     """The records database and its one writer thread (``start`` / ``stop``)."""
 
     def __init__(self, url: str, max_count: int | None = None, max_age_days: float | None = None,
-                 queue_size: int = 256, on_failure: Callable[[str], None] | None = None):
+                 queue_size: int = 256, on_failure: Callable[[str], None] | None = None,
+                 journal: Path | None = None):
         self.url = url
+        self.journal_path = journal
+        self._journal: int | None = None  # file descriptor, O_APPEND
+        self._journal_lock = threading.Lock()  # an append and its submit, or the emptying, at a time
+        self._journal_clean = True  # False after a failed write: keep the journal for the next start
         self.engine = make_engine(url)
         self.max_count, self.max_age_days = max_count, max_age_days
         self.pending: queue.Queue[Pending | None] = queue.Queue(maxsize=queue_size)
@@ -145,6 +158,9 @@ class RecordStore:
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         Base.metadata.create_all(self.engine)
+        if self.journal_path is not None:
+            self.recover()
+            self._journal = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._thread = threading.Thread(target=self._run, name="records-writer", daemon=True)
         self._thread.start()
 
@@ -154,7 +170,36 @@ class RecordStore:
             self.pending.put(None)
             self._thread.join(timeout)
             self._thread = None
+        if self._journal is not None:
+            os.close(self._journal)
+            self._journal = None
         self.engine.dispose()
+
+    def recover(self) -> int:
+        """Insert the journal's records that the database lacks (a service that was killed);
+        returns how many. Their images were never written: the rows have none."""
+        if self.journal_path is None or not self.journal_path.exists():
+            return 0
+        items = []
+        for line in self.journal_path.read_bytes().splitlines():
+            try:
+                entry = json.loads(line)
+                items.append(Pending(id=entry["id"], created=datetime.fromisoformat(entry["created"]),
+                                     request_id=entry["request_id"], category=entry["category"],
+                                     filename=entry["filename"], bundle_id=entry["bundle_id"],
+                                     bundle_sha256=entry["bundle_sha256"], result=entry["result"], figure=None,
+                                     query_bytes=None, query_media_type=None))
+            except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+                continue
+        with Session(self.engine) as session:
+            have = set(session.scalars(select(Record.id).where(Record.id.in_([i.id for i in items])))) if items else set()
+        missing = [i for i in items if i.id not in have]
+        if missing and not self._write(missing):
+            raise RuntimeError(f"could not recover {len(missing)} journaled record(s) into {self.url}")
+        if missing:
+            log.warning("recovered %d inspection record(s) from the journal (their images were lost)", len(missing))
+        self.journal_path.write_bytes(b"")
+        return len(missing)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is written (tests, shutdown)."""
@@ -168,14 +213,21 @@ class RecordStore:
     # ------------------------------------------------------------ writing
     def submit(self, item: Pending) -> bool:
         """Queue ``item`` for writing; never blocks. False (logged, counted) when the queue is full."""
-        try:
-            self.pending.put_nowait(item)
-            return True
-        except queue.Full:
-            log.error("inspection record %s dropped: the records queue is full (%d waiting)", item.id,
-                      self.pending.qsize())
-            self.on_failure("queue_full")
-            return False
+        with self._journal_lock:
+            if self._journal is not None:
+                try:
+                    os.write(self._journal, _journal_line(item))
+                except OSError as exc:
+                    log.error("journaling inspection record %s failed: %s", item.id, exc)
+                    self.on_failure("journal")
+            try:
+                self.pending.put_nowait(item)
+                return True
+            except queue.Full:
+                pass
+        log.error("inspection record %s dropped: the records queue is full (%d waiting)", item.id, self.pending.qsize())
+        self.on_failure("queue_full")
+        return False
 
     def _run(self) -> None:
         while True:
@@ -189,13 +241,22 @@ class RecordStore:
                     break
             stop = None in batch
             items = [b for b in batch if b is not None]
-            if items:
-                self._write(items)
+            if items and not self._write(items):
+                self._journal_clean = False  # the journal keeps them for the next start
+            self._empty_journal()
             self._idle.set()
             if stop:
                 return
 
-    def _write(self, items: list[Pending]) -> None:
+    def _empty_journal(self) -> None:
+        """Everything journaled is in the database once nothing waits: empty the journal."""
+        if self._journal is None or not self._journal_clean:
+            return
+        with self._journal_lock:
+            if self.pending.empty():
+                os.ftruncate(self._journal, 0)
+
+    def _write(self, items: list[Pending]) -> bool:
         rows = []
         for item in items:
             overlay = None
@@ -220,12 +281,13 @@ class RecordStore:
             log.error("writing %d inspection record(s) failed: %s", len(rows), exc)
             for _ in rows:
                 self.on_failure("write")
-            return
+            return False
         try:
             self.enforce_retention()
         except Exception as exc:  # noqa: BLE001
             log.error("enforcing the records' retention failed: %s", exc)
             self.on_failure("retention")
+        return True
 
     def enforce_retention(self, now: datetime | None = None) -> int:
         """Delete rows older than ``max_age_days`` and beyond the newest ``max_count``; returns how many."""
@@ -245,13 +307,24 @@ class RecordStore:
             return session.scalar(filters.apply(select(func.count()).select_from(Record))) or 0
 
     def list(self, filters: Filters = Filters(), limit: int = 50, offset: int = 0) -> list[Record]:
-        stmt = filters.apply(select(Record)).order_by(Record.created.desc(), Record.id.desc()).limit(limit).offset(offset)
+        """Records without their images and result (``has_overlay``, ``has_query`` say whether
+        they have images): what a history page and the CSV need."""
+        stmt = filters.apply(select(Record, Record.overlay_png.is_not(None), Record.query_bytes.is_not(None))
+                             .options(defer(Record.overlay_png), defer(Record.query_bytes), defer(Record.result_json)))
+        stmt = stmt.order_by(Record.created.desc(), Record.id.desc()).limit(limit).offset(offset)
         with Session(self.engine, expire_on_commit=False) as session:
-            return list(session.scalars(stmt))
+            rows = []
+            for record, has_overlay, has_query in session.execute(stmt):
+                record.has_overlay, record.has_query = bool(has_overlay), bool(has_query)
+                rows.append(record)
+            return rows
 
     def get(self, record_id: str) -> Record | None:
         with Session(self.engine, expire_on_commit=False) as session:
-            return session.get(Record, record_id)
+            record = session.get(Record, record_id)
+        if record is not None:
+            record.has_overlay, record.has_query = record.overlay_png is not None, record.query_bytes is not None
+        return record
 
     def set_feedback(self, record_id: str, label: str, note: str | None) -> Record | None:
         if label not in FEEDBACK:
@@ -289,6 +362,12 @@ def _csv_value(value) -> str:
     if isinstance(value, float):
         return repr(value)
     return "" if value is None else str(value)
+
+
+def _journal_line(item: Pending) -> bytes:
+    return (json.dumps({"id": item.id, "created": item.created.isoformat(), "request_id": item.request_id,
+                        "category": item.category, "filename": item.filename, "bundle_id": item.bundle_id,
+                        "bundle_sha256": item.bundle_sha256, "result": item.result}) + "\n").encode()
 
 
 def png_bytes(image) -> bytes:

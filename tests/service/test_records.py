@@ -189,3 +189,40 @@ def test_records_need_the_key_and_can_be_off(tiny_release: Path, tmp_path: Path,
         _flush(c)
         assert c.get(f"/inspections/{record}").json()["query_url"] is None
         assert c.get(f"/inspections/{record}/query").status_code == 404
+
+
+def test_a_killed_service_keeps_every_answered_record(tmp_path: Path) -> None:
+    """The journal line is written before the answer: records the writer never reached
+    (a SIGKILL) are in the database after the next start, without their images."""
+    import os
+
+    from service.records import Pending, RecordStore, new_id, utc_now
+
+    url, journal = f"sqlite:///{tmp_path / 'records.sqlite3'}", tmp_path / "records.journal"
+    killed = RecordStore(url, journal=journal)
+    killed.engine.dispose()
+    killed._journal = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # as start() does, but no writer runs
+    result = {"verdict": "anomalous", "score": 12.0, "threshold": 8.0, "normalised_score": 0.9}
+    ids = [new_id() for _ in range(3)]
+    for i in ids:
+        assert killed.submit(Pending(id=i, created=utc_now(), request_id="r", category="Lego", filename="p.png",
+                                     bundle_id="Lego@x", bundle_sha256="0" * 64, result=result,
+                                     figure=lambda: b"png", query_bytes=b"q", query_media_type="image/png"))
+    os.write(killed._journal, b'{"id": "cut sho')  # the kill came mid-line
+    os.close(killed._journal)
+
+    store = RecordStore(url, journal=journal)
+    store.start()
+    try:
+        for i in ids:
+            record = store.get(i)
+            assert record is not None and record.verdict == "anomalous" and record.score == 12.0
+            assert not record.has_overlay and not record.has_query
+        assert store.count() == 3 and journal.read_bytes() == b""
+        # Written normally, the journal empties once the writer has caught up.
+        store.submit(Pending(id=new_id(), created=utc_now(), request_id="r", category="Lego", filename=None,
+                             bundle_id="Lego@x", bundle_sha256="0" * 64, result=result, figure=None,
+                             query_bytes=None, query_media_type=None))
+        assert store.flush(timeout=30) and store.count() == 4 and journal.read_bytes() == b""
+    finally:
+        store.stop()

@@ -1,0 +1,114 @@
+"""`rpe-pad lab records-bench`: the inspection records under load, through the real service.
+
+1. history: fill a fresh records database with ``n`` records (two categories, overlays and
+   queries of realistic size), serve it, and time the first history page (50 rows,
+   filtered by category) from a client on loopback;
+2. kill: 8 clients inspect a query for a while, the service is killed with SIGKILL in the
+   middle, restarted on the same data, and every inspection that got its answer before the
+   kill is looked up by its ``record_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+from sqlalchemy.orm import Session
+
+from lab.browser import Service
+from service.records import Base, Record, make_engine, new_id, utc_now
+
+
+def fill(data_dir: Path, n: int, categories: tuple[str, ...], overlay_bytes: int = 60_000,
+         query_bytes: int = 120_000) -> None:
+    """``n`` records spread over ``categories`` and the last 30 days, in the service's SQLite file."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(f"sqlite:///{(data_dir / 'records.sqlite3').resolve()}")
+    Base.metadata.create_all(engine)
+    overlay, query = os.urandom(overlay_bytes), os.urandom(query_bytes)
+    now = utc_now()
+    for start in range(0, n, 1000):
+        with Session(engine) as session, session.begin():
+            for i in range(start, min(n, start + 1000)):
+                verdict = "anomalous" if i % 7 == 0 else "normal"
+                session.add(Record(
+                    id=new_id(), created=now - timedelta(seconds=30 * 86400 * i / n), request_id=f"fill-{i}",
+                    category=categories[i % len(categories)], verdict=verdict, score=10.0 + i % 5, threshold=12.0,
+                    normalised_score=0.4, filename=f"part-{i}.png", bundle_id="fill@0", bundle_sha256="0" * 64,
+                    result_json="{}", overlay_png=overlay, query_bytes=query, query_media_type="image/png"))
+    engine.dispose()
+
+
+def history(bundles: Path, n: int, category: str, repeats: int = 30) -> dict:
+    with tempfile.TemporaryDirectory(prefix="rpepad-records-") as tmp:
+        fill(Path(tmp), n, (category, "other"))
+        with Service(bundles, Path(tmp), log=Path(tmp) / "serve.log") as service, httpx.Client(timeout=30) as client:
+            url = f"{service.url}/inspections"
+            times = []
+            for i in range(repeats + 2):
+                t0 = time.perf_counter()
+                r = client.get(url, params={"category": category, "limit": 50})
+                took = (time.perf_counter() - t0) * 1000
+                r.raise_for_status()
+                assert len(r.json()["items"]) == 50
+                if i >= 2:  # the first two warm the connection and SQLite's cache
+                    times.append(took)
+            total = r.json()["total"]
+    times.sort()
+    return {"records": n, "matching": total, "page_rows": 50, "repeats": repeats,
+            "ms": {"median": round(statistics.median(times), 1), "p95": round(times[int(0.95 * (len(times) - 1))], 1),
+                   "max": round(times[-1], 1)}}
+
+
+async def _clients(url: str, category: str, data: bytes, clients: int, until: float) -> tuple[list[str], int]:
+    answered, failed = [], 0
+
+    async def one(client: httpx.AsyncClient) -> None:
+        nonlocal failed
+        while time.monotonic() < until:
+            try:
+                r = await client.post("/inspect", data={"category": category},
+                                      files={"file": ("q.png", data, "image/png")})
+                if r.status_code == 200:
+                    answered.append(r.json()["record_id"])
+                else:
+                    failed += 1
+            except httpx.HTTPError:
+                failed += 1
+                await asyncio.sleep(0.2)
+
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        await asyncio.gather(*(one(client) for _ in range(clients)))
+    return answered, failed
+
+
+def kill(bundles: Path, query: Path, category: str, clients: int = 8, seconds: float = 30,
+         kill_after: float = 15) -> dict:
+    data = query.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="rpepad-kill-") as tmp:
+        service = Service(bundles, Path(tmp), log=Path(tmp) / "serve.log").start()
+
+        async def scenario():
+            task = asyncio.create_task(_clients(service.url, category, data, clients, time.monotonic() + seconds))
+            await asyncio.sleep(kill_after)
+            service.stop(kill=True)  # SIGKILL, mid-load
+            return await task
+
+        answered, failed = asyncio.run(scenario())
+        service.start()
+        try:
+            with httpx.Client(base_url=service.url, timeout=30) as client:
+                missing = [i for i in answered if client.get(f"/inspections/{i}").status_code != 200]
+                with_overlay = sum(client.get(f"/inspections/{i}").json()["has_overlay"] for i in answered
+                                   if i not in missing)
+        finally:
+            service.stop()
+    return {"clients": clients, "killed_after_s": kill_after, "answered_before_kill": len(answered),
+            "failed_or_cut": failed, "records_found_after_restart": len(answered) - len(missing),
+            "missing": missing, "with_overlay": with_overlay}
