@@ -177,6 +177,7 @@ def screenshots(bundles: Path, queries: list[Path], out: Path, api_key: str | No
                 page = Page(driver, service.url)
                 page.open("/", api_key)
                 page.upload(*queries)
+                driver.execute_script("window.scrollTo(0, 0)")
                 driver.save_screenshot(str(out / name))
                 written.append(out / name)
                 if width == 1280:
@@ -189,8 +190,13 @@ def screenshots(bundles: Path, queries: list[Path], out: Path, api_key: str | No
                     page.find("#feedback-note").send_keys("checked at the bench")
                     page.find("#feedback-form button[type=submit]").click()
                     page.wait.until(lambda d: "saved" in page.find("#feedback-status").text)
+                    driver.set_window_size(width, 1500)  # the whole record, top to feedback
+                    driver.execute_script("window.scrollTo(0, 0)")
                     driver.save_screenshot(str(out / "page_detail.png"))
-                    written += [out / "page_history.png", out / "page_detail.png"]
+                    page.find("#nav-inspect").click()
+                    driver.set_window_size(width, 1600)  # both cards
+                    driver.save_screenshot(str(out / "page_inspect_full.png"))
+                    written += [out / "page_history.png", out / "page_detail.png", out / "page_inspect_full.png"]
             finally:
                 driver.quit()
     return written

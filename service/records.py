@@ -151,6 +151,11 @@ class RecordStore:
         self.pending: queue.Queue[Pending | None] = queue.Queue(maxsize=queue_size)
         self.on_failure = on_failure or (lambda reason: None)
         self.written = 0
+        # Retention costs a scan of the newest max_count ids: run it every 1 % of max_count
+        # writes (at most 100; every write for small limits), so the table may exceed
+        # max_count by under 1 % between runs.
+        self._retention_every = max(1, min(100, (max_count or 0) // 100))
+        self._since_retention = 0
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
@@ -282,6 +287,10 @@ class RecordStore:
             for _ in rows:
                 self.on_failure("write")
             return False
+        self._since_retention += len(rows)
+        if self._since_retention < self._retention_every:
+            return True
+        self._since_retention = 0
         try:
             self.enforce_retention()
         except Exception as exc:  # noqa: BLE001
@@ -371,9 +380,10 @@ def _journal_line(item: Pending) -> bytes:
 
 
 def png_bytes(image) -> bytes:
-    """PNG bytes of a PIL image."""
+    """PNG bytes of a PIL image, fast zlib level 1 (Lego's overlay: 9 ms against 20 at the
+    default level 6, 7 % larger)."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

@@ -138,9 +138,11 @@ function setupSlider() {
   if (!info) { slider.disabled = true; return; }
   const t = info.threshold, floor = info.map_floor;
   slider.disabled = false;
-  slider.min = String(floor + 0.05 * (t - floor));
-  slider.max = String(2 * t - floor);  // the highest raw value the map PNG can show
-  slider.step = String((slider.max - slider.min) / 500);
+  const max = 2 * t - floor;  // the highest raw value the map PNG can show
+  const step = (max - floor) / 500;
+  slider.min = String(t - Math.floor(0.95 * (t - floor) / step) * step);  // the default lies on the grid
+  slider.max = String(max);
+  slider.step = String(step);
   slider.value = String(t);
   $("#threshold-default").textContent = `default ${t.toFixed(2)} (calibrated)`;
   showThreshold();
