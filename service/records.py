@@ -141,8 +141,9 @@ class RecordStore:
 
     def __init__(self, url: str, max_count: int | None = None, max_age_days: float | None = None,
                  queue_size: int = 256, on_failure: Callable[[str], None] | None = None,
-                 journal: Path | None = None):
+                 journal: Path | None = None, gate: Callable[[], object] | None = None):
         self.url = url
+        self.gate = gate or (lambda: None)  # called before each record's drawing: waits for the inference to pause
         self.journal_path = journal
         self._journal: int | None = None  # file descriptor, O_APPEND
         self._journal_lock = threading.Lock()  # an append and its submit, or the emptying, at a time
@@ -268,6 +269,7 @@ class RecordStore:
         for item in items:
             overlay = None
             if item.figure is not None:
+                self.gate()
                 try:
                     overlay = item.figure()
                 except Exception as exc:  # noqa: BLE001 (the record is kept without its picture)
