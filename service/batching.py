@@ -46,7 +46,7 @@ class Activity:
             with self._lock:
                 self._busy -= 1
 
-    def wait_idle(self, timeout_s: float = 0.5, poll_s: float = 0.002) -> bool:
+    def wait_idle(self, timeout_s: float = 0.25, poll_s: float = 0.002) -> bool:
         """Until no inference runs (True), or ``timeout_s`` passed (False: under continuous
         load the background work goes on anyway)."""
         end = time.monotonic() + timeout_s
