@@ -49,11 +49,11 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 RECORD_ID = re.compile(r"^[0-9a-f]{32}$")
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff"}
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CSV_TYPE = "text/csv; charset=utf-8"
 # The form fields /inspect and /inspect/batch share, with the limits the OpenAPI schema states.
 CategoryForm = Annotated[str, Form(min_length=1, max_length=128, description="a loaded category (GET /categories)")]
 ThresholdForm = Annotated[float, Form(gt=0, allow_inf_nan=False, description="override the calibrated threshold "
                                       "(raw score units; above the category's lowest normal score, else 422)")]
-CSV_TYPE = "text/csv; charset=utf-8"
 INTRINSICS_HELP = ("the photo's camera as 'fx,fy,cx,cy' in its own pixels, when it is not the bundle's camera at "
                    "another resolution (GET /categories gives the bundle's)")
 IntrinsicsForm = Annotated[str, Form(max_length=200, description=INTRINSICS_HELP)]
@@ -79,11 +79,11 @@ class State:
         self.ready = False
         self.load_error: str | None = None
         # Every torch op of the service runs on this one thread: loading, warm-up, stacking a
-        # batch, inference, resampling a photo from another camera. libgomp (torch's OpenMP on Linux) keeps a team of threads for each
-        # thread that ever ran a parallel op, and once those outnumber the cores its teams stop
-        # spinning between ops: a medium-size op then waits on a futex wake-up, and the Lego
-        # render took 1.9x as long off the main thread as on it (docs/SERVICE.md, "Where a request's
-        # time goes"). One such thread keeps one team.
+        # batch, inference, resampling a photo from another camera. libgomp (torch's OpenMP on
+        # Linux) keeps a team of threads for each thread that ever ran a parallel op; once
+        # those outnumber the cores, the teams stop spinning between ops, a medium-size op waits
+        # on a futex wake-up, and the Lego render took 1.9x as long (docs/SERVICE.md, "Where a
+        # request's time goes"). One such thread keeps one team.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.activity = Activity()  # whether that thread is inspecting (the records writer waits for gaps)
         self.telemetry = Telemetry()
@@ -492,7 +492,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/inspections/{record_id}/query", dependencies=[Depends(authorised)], tags=["records"],
              response_class=Response,
-             responses={200: {"description": "the image's own type", "content": {t: {} for t in sorted(IMAGE_TYPES | {"application/octet-stream"})}},
+             responses={200: {"description": "the image's own type",
+                              "content": {t: {} for t in sorted(IMAGE_TYPES | {"application/octet-stream"})}},
                         **problems.errors(401, 404, 503)})
     async def get_query(record_id: str, store: Records) -> Response:
         """The uploaded query image as it arrived."""

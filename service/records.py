@@ -198,8 +198,9 @@ class RecordStore:
                                      query_bytes=None, query_media_type=None))
             except (ValueError, KeyError, TypeError):  # a line cut short by the kill
                 continue
+        ids = [i.id for i in items]
         with Session(self.engine) as session:
-            have = set(session.scalars(select(Record.id).where(Record.id.in_([i.id for i in items])))) if items else set()
+            have = set(session.scalars(select(Record.id).where(Record.id.in_(ids)))) if ids else set()
         missing = [i for i in items if i.id not in have]
         if missing and not self._write(missing):
             raise RuntimeError(f"could not recover {len(missing)} journaled record(s) into {self.url}")
@@ -408,8 +409,15 @@ def png_bytes(image) -> bytes:
 
 
 def utc_naive(moment: datetime) -> datetime:
-    """``moment`` in UTC without tzinfo: how the table stores times (every backend alike)."""
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    """``moment`` in UTC without tzinfo: how the table stores times (every backend alike).
+    A moment whose UTC time falls outside datetime's range (year 1 at +01:00, year 9999 at
+    -01:00) is clamped to that range's end."""
+    if moment.tzinfo is None:
+        return moment
+    try:
+        return moment.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        return datetime.min if moment.year == datetime.min.year else datetime.max
 
 
 def utc_now() -> datetime:

@@ -6,6 +6,7 @@ no request the schema allows that the service refuses (100 cases per operation).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ SPEC = create_app(Settings(bundles=Path("unused"), records=False)).openapi()
 SCHEMA = schemathesis.openapi.from_dict(SPEC)
 OPERATIONS = {op.label: op for op in (result.ok() for result in SCHEMA.get_all_operations())}
 CASES = 100
+RANDOM = os.environ.get("RPEPAD_FUZZ_RANDOM") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,8 @@ def test_the_service_keeps_its_contract(label: str, served: Service) -> None:
     seen = []
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=CASES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=CASES, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+              derandomize=not RANDOM)
     def fuzz(case) -> None:
         seen.append(case)
         case.call_and_validate(base_url=served.url)
