@@ -8,15 +8,10 @@ installs them); Selenium never downloads a browser here: the driver's path is gi
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
+from lab.served import Service
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 DRIVERS = ("chromedriver",)
@@ -34,63 +29,6 @@ def find_chromium() -> tuple[str, str] | str:
     except ImportError:
         return "selenium is not installed (pip install -e '.[dev]')"
     return browser, driver
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service:
-    """``rpe-pad serve`` in a child process on a loopback port (start, stop, restart, kill)."""
-
-    def __init__(self, bundles: Path, data_dir: Path, api_key: str | None = None, log: Path | None = None,
-                 **env: str):
-        self.bundles, self.data_dir, self.api_key, self.log = bundles, data_dir, api_key, log
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "RPEPAD_DEVICE": "cpu", "RPEPAD_DATA_DIR": str(data_dir),
-                    "RPEPAD_API_KEY": api_key or "", **env}
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 300) -> Service:
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "rpe_pad.cli", "serve", "--bundles", str(self.bundles), "--host", "127.0.0.1",
-             "--port", str(self.port)], env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.process.returncode} (log: {self.log})")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise TimeoutError(f"the service was not ready in {timeout:.0f} s (log: {self.log})")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def __enter__(self) -> Service:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def chromium(browser: str, driver: str, width: int = 1280, height: int = 800):

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -125,51 +123,20 @@ def bench_cuda(bundle: Path, category: Path, out: Path) -> dict:
             "gpu": result["machine"].get("cuda_device")}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_and_load(bundles: Path, category: Path, out: Path, seconds: float = 30.0) -> dict:
     import httpx
 
     from lab.loadtest import run_load
+    from lab.served import Service
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "RPEPAD_DEVICE": "cuda", "RPEPAD_BUNDLES": str(bundles), "RPEPAD_DATA_DIR": str(out / "records")}
-    log = (out / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "rpe_pad.cli", "serve", "--bundles", str(bundles), "--host",
-                             "127.0.0.1", "--port", str(port), "--device", "cuda"], stdout=log, stderr=subprocess.STDOUT,
-                            env=env)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the service exited with {proc.returncode} before it was ready (see {out / 'serve.log'})")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the service was not ready within 180 s")
-            time.sleep(1)
-        info = httpx.get(f"{url}/categories", timeout=10).json()["categories"][0]
-        if info["device"] != "cuda:0" and not info["device"].startswith("cuda"):
+    with Service(bundles, out / "records", log=out / "serve.log", device="cuda") as service:
+        info = httpx.get(f"{service.url}/categories", timeout=10).json()["categories"][0]
+        if not info["device"].startswith("cuda"):
             raise RuntimeError(f"the service runs the bundle on {info['device']}, not CUDA")
         image = sorted((category / "test" / "good").glob("*.png"))[0]
-        one = asyncio.run(run_load(url, "gpucheck", image, clients=1, seconds=seconds / 2))
-        eight = asyncio.run(run_load(url, "gpucheck", image, clients=8, seconds=seconds))
+        one = asyncio.run(run_load(service.url, "gpucheck", image, clients=1, seconds=seconds / 2))
+        eight = asyncio.run(run_load(service.url, "gpucheck", image, clients=8, seconds=seconds))
         return {"device": info["device"], "one_client": one, "eight_clients": eight}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def run_check(out: Path, root: Path) -> Check:

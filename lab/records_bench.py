@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.orm import Session
 
-from lab.browser import Service
+from lab.served import Service
 from service.records import Base, Record, make_engine, new_id, utc_now
 
 

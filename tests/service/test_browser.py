@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.browser import Page, Service, chromium, find_chromium
+from lab.browser import Page, chromium, find_chromium
+from lab.served import Service
 
 FOUND = find_chromium()
 pytestmark = pytest.mark.skipif(isinstance(FOUND, str), reason=str(FOUND))

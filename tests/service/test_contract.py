@@ -14,7 +14,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed (pip install -e '.[dev]')")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-from lab.browser import Service  # noqa: E402
+from lab.served import Service  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
