@@ -36,7 +36,7 @@ from models.inspector import Inspection, InspectionError, Inspector, load_bundle
 from models.results import resolve_threshold
 from models.version import package_version
 from service import problems, web
-from service.batching import Activity, CategoryBatcher
+from service.batching import CategoryBatcher
 from service.problems import ServiceError
 from service.records import Filters, Pending, Record, RecordStore, new_id, png_bytes, utc_now
 from service.schemas import (BatchOut, Categories, FeedbackIn, Health, InspectionOut, RecordDetail, RecordPage,
@@ -85,14 +85,12 @@ class State:
         # on a futex wake-up, and the Lego render took 1.9x as long (docs/SERVICE.md, "Where a
         # request's time goes"). One such thread keeps one team.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self.activity = Activity()  # whether that thread is inspecting (the records writer waits for gaps)
         self.telemetry = Telemetry()
         self.records: RecordStore | None = None
         self.records_error: str | None = None  # why records are unavailable, when they are on but failed to open
 
 
-def open_records(settings: Settings, telemetry: Telemetry, log: logging.Logger,
-                 activity: Activity | None = None) -> tuple[RecordStore | None, str | None]:
+def open_records(settings: Settings, telemetry: Telemetry, log: logging.Logger) -> tuple[RecordStore | None, str | None]:
     """The records store, started; or None and the reason (the service runs on without records)."""
     if not settings.records:
         return None, None
@@ -101,8 +99,7 @@ def open_records(settings: Settings, telemetry: Telemetry, log: logging.Logger,
         store = RecordStore(settings.records_url(), settings.records_max_count, settings.records_max_age_days,
                             settings.records_queue,
                             on_failure=lambda reason: telemetry.records_failed.labels(reason).inc(),
-                            journal=settings.data_dir / "records.journal",
-                            gate=activity.wait_idle if activity is not None else None)
+                            journal=settings.data_dir / "records.journal")
         store.start()
         return store, None
     except Exception as exc:  # noqa: BLE001 (inspections go on; the records endpoints say why they cannot)
@@ -167,7 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 del loaded[name]
                 log.error("bundle refused: %s", refused[name])
         for name, inspector in loaded.items():
-            batcher = CategoryBatcher(name, inspector, settings, state.executor, state.telemetry, state.activity)
+            batcher = CategoryBatcher(name, inspector, settings, state.executor, state.telemetry)
             batcher.start()
             state.batchers[name] = batcher
             log.info("serving %s (%s)", name, inspector.describe())
@@ -182,8 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         state = State(settings)
         app.state.svc, app.state.log = state, log
-        state.records, state.records_error = await asyncio.to_thread(open_records, settings, state.telemetry, log,
-                                                                          state.activity)
+        state.records, state.records_error = await asyncio.to_thread(open_records, settings, state.telemetry, log)
         loader = asyncio.create_task(load(state))
         yield
         loader.cancel()

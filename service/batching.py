@@ -13,7 +13,6 @@ dropped before the model call.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -27,36 +26,6 @@ from service.settings import Settings
 from service.telemetry import Telemetry
 
 
-class Activity:
-    """Whether the inference thread is working, for background work that should wait for a
-    gap (the records writer: torch's OpenMP threads wait for their slowest member, so any
-    thread that takes a core from them mid-op slows the whole op)."""
-
-    def __init__(self) -> None:
-        self._busy = 0
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def busy(self):
-        with self._lock:
-            self._busy += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._busy -= 1
-
-    def wait_idle(self, timeout_s: float = 0.25, poll_s: float = 0.002) -> bool:
-        """Until no inference runs (True), or ``timeout_s`` passed (False: under continuous
-        load the background work goes on anyway)."""
-        end = time.monotonic() + timeout_s
-        while self._busy:
-            if time.monotonic() >= end:
-                return False
-            time.sleep(poll_s)
-        return True
-
-
 @dataclass
 class _Job:
     image: torch.Tensor  # [H, W, 3] at the bundle's size
@@ -65,11 +34,9 @@ class _Job:
 
 
 class CategoryBatcher:
-    def __init__(self, name: str, inspector: Inspector, settings: Settings, executor: Executor, telemetry: Telemetry,
-                 activity: Activity | None = None):
+    def __init__(self, name: str, inspector: Inspector, settings: Settings, executor: Executor, telemetry: Telemetry):
         self.name, self.inspector, self.settings = name, inspector, settings
         self.executor, self.telemetry = executor, telemetry
-        self.activity = activity or Activity()
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.queue_size)
         self._task: asyncio.Task | None = None
         self._arriving = 0  # requests for this category still being received or decoded
@@ -119,8 +86,7 @@ class CategoryBatcher:
 
     def _inspect(self, images: list[torch.Tensor]) -> list[Inspection]:
         """On the inference thread, like every torch op of the service (``service.app.State``)."""
-        with self.activity.busy():
-            return self.inspector.inspect(torch.stack(images))
+        return self.inspector.inspect(torch.stack(images))
 
     def _drain(self, batch: list[_Job]) -> None:
         while len(batch) < self.settings.max_batch and not self.queue.empty():

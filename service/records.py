@@ -141,9 +141,8 @@ class RecordStore:
 
     def __init__(self, url: str, max_count: int | None = None, max_age_days: float | None = None,
                  queue_size: int = 256, on_failure: Callable[[str], None] | None = None,
-                 journal: Path | None = None, gate: Callable[[], object] | None = None):
+                 journal: Path | None = None):
         self.url = url
-        self.gate = gate or (lambda: None)  # before each drawing while the queue is short: waits for a pause
         self.journal_path = journal
         self._journal: int | None = None  # file descriptor, O_APPEND
         self._journal_lock = threading.Lock()  # an append and its submit, or the emptying, at a time
@@ -270,8 +269,6 @@ class RecordStore:
         for item in items:
             overlay = None
             if item.figure is not None:
-                if self.pending.qsize() < GATE_BELOW:  # keeping up: draw in a pause of the inference
-                    self.gate()
                 try:
                     overlay = item.figure()
                 except Exception as exc:  # noqa: BLE001 (the record is kept without its picture)
@@ -379,7 +376,6 @@ def _csv_value(value) -> str:
     return "" if value is None else str(value)
 
 
-GATE_BELOW = 4  # records waiting: with more, the writer stops waiting for pauses and catches up
 WRITER_NICE = 10  # the writer's niceness: CPU share about 5 % against an inspection's threads
 
 

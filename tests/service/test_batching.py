@@ -102,27 +102,3 @@ def test_a_batch_waits_for_company_only_while_a_request_is_arriving() -> None:
     assert alone < 0.2 and first == [0.0]
     assert calls == [1, 2]  # the second batch waited for the arriving request
 
-
-def test_activity_tells_background_work_when_the_inference_pauses() -> None:
-    import threading
-    import time
-
-    from service.batching import Activity
-
-    activity = Activity()
-    assert activity.wait_idle(timeout_s=0.01)
-    release = threading.Event()
-
-    def infer() -> None:
-        with activity.busy():
-            release.wait(5)
-
-    worker = threading.Thread(target=infer)
-    worker.start()
-    time.sleep(0.05)
-    assert not activity.wait_idle(timeout_s=0.05)  # busy: gives up after the timeout
-    threading.Timer(0.05, release.set).start()
-    t0 = time.monotonic()
-    assert activity.wait_idle(timeout_s=2)  # returns when the inference ends
-    assert time.monotonic() - t0 < 1
-    worker.join()
