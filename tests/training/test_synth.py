@@ -137,3 +137,16 @@ def test_bad_arguments_refused_before_writing(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         generate(tmp_path / "x", SynthConfig(size=8), progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_printed_texture_changes_the_surfaces_not_the_cameras(tmp_path: Path) -> None:
+    plain, printed = tmp_path / "plain", tmp_path / "printed"
+    generate(plain, SynthConfig(seed=4, size=40, train_views=3, test_views=0), progress=False)
+    generate(printed, SynthConfig(seed=4, size=40, train_views=3, test_views=0, texture=0.5), progress=False)
+    assert (plain / "train" / "transforms.json").read_bytes() == (printed / "train" / "transforms.json").read_bytes()
+    a = np.asarray(Image.open(plain / "train" / "good" / "000.png"), np.float32)
+    b = np.asarray(Image.open(printed / "train" / "good" / "000.png"), np.float32)
+    background = (a == 255).all(-1)
+    assert np.array_equal(a[background], b[background]) and np.abs(a - b)[~background].mean() > 5
+    with pytest.raises(ValueError, match="texture"):
+        generate(tmp_path / "x", SynthConfig(size=40, texture=1.5), progress=False)

@@ -74,6 +74,8 @@ class SynthConfig:
     min_defect_frac: float = 0.001  # defect mask area bounds, as fractions of the image
     max_defect_frac: float = 0.06
     min_visible_change: float = 0.5  # at least this fraction of a mask must visibly change
+    texture: float = 0.0  # amplitude of a pattern printed on every surface (0: plain colours); photos
+    # of a textured object are what structure-from-motion matches (`rpe-pad prepare`'s tests)
 
 
 @dataclass
@@ -155,6 +157,19 @@ def build_object(rng: np.random.Generator) -> SynthObject:
     offset = tuple(float(v) for v in -centre)
     scene = Scene({pid: p.scaled(offset, scale) for pid, p in raw.prims.items()}, raw.parts)
     return SynthObject(scene, elements)
+
+
+def solid_texture(rng: np.random.Generator, amplitude: float, waves: int = 24) -> rc.SolidTexture:
+    """Random plane waves with wavelengths of 0.08-0.3 scene units (a few pixels to a few
+    tens of pixels at the cameras' distance): blobs that SIFT detects and matches."""
+    directions = rng.normal(size=(waves, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    wavelengths = rng.uniform(0.08, 0.3, size=waves)
+    return rc.SolidTexture(
+        waves=torch.from_numpy(directions * (2 * np.pi / wavelengths)[:, None]),
+        phases=torch.from_numpy(rng.uniform(0, 2 * np.pi, size=waves)),
+        amplitude=amplitude,
+    )
 
 
 def _stud(colour: tuple[float, float, float], x: float, y: float, z: float) -> Primitive:
@@ -331,8 +346,12 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = True) -> Pa
         raise FileExistsError(f"{out}: output folder exists and is not empty")
     if cfg.size < 16 or cfg.train_views < 1 or cfg.test_views < 0 or cfg.supersample < 1:
         raise ValueError("synth: size >= 16, train_views >= 1, test_views >= 0, supersample >= 1")
+    if not 0.0 <= cfg.texture < 1.0:
+        raise ValueError(f"synth: texture must be in [0, 1), got {cfg.texture}")
     rng = np.random.default_rng(cfg.seed)
     obj = build_object(rng)
+    if cfg.texture > 0:  # its own stream: the untextured object and cameras stay as they were
+        obj.scene.texture = solid_texture(np.random.default_rng([cfg.seed, 1]), cfg.texture)
     K = camera.intrinsics_from_fov(CAMERA_ANGLE_X, cfg.size, cfg.size)
     train_poses = ring_cameras(cfg.train_views, cfg, rng)
     labels = _test_labels(cfg.test_views)

@@ -75,12 +75,29 @@ class Primitive:
         )
 
 
+@dataclass(frozen=True)
+class SolidTexture:
+    """A print on every surface, defined in 3D so every view sees the same pattern (what
+    structure-from-motion needs to match photos): the base colour is scaled by
+    ``1 + amplitude * tanh(2 * sum_k sin(w_k . x + phase_k) / sqrt(n))`` at world point ``x``."""
+
+    waves: Tensor  # [n, 3] wave vectors (radians per scene unit)
+    phases: Tensor  # [n]
+    amplitude: float  # in (0, 1)
+
+    def modulate(self, base: Tensor, point: Tensor) -> Tensor:
+        signal = torch.sin(point.float() @ self.waves.T.float() + self.phases.float()).sum(-1)
+        pattern = torch.tanh(2.0 * signal / len(self.phases) ** 0.5)
+        return base * (1.0 + self.amplitude * pattern[..., None])
+
+
 @dataclass
 class Scene:
-    """Primitives with stable integer ids, grouped into parts."""
+    """Primitives with stable integer ids, grouped into parts; optionally a solid texture."""
 
     prims: dict[int, Primitive] = field(default_factory=dict)
     parts: dict[str, list[int]] = field(default_factory=dict)
+    texture: SolidTexture | None = None
 
     def add(self, part: str, prim: Primitive) -> int:
         pid = max(self.prims, default=-1) + 1
@@ -90,7 +107,7 @@ class Scene:
 
     def without(self, prim_ids: set[int]) -> Scene:
         """A copy without the given primitives (ids of the others are kept)."""
-        out = Scene()
+        out = Scene(texture=self.texture)
         out.prims = {k: v for k, v in self.prims.items() if k not in prim_ids}
         out.parts = {
             name: [i for i in ids if i not in prim_ids] for name, ids in self.parts.items()
@@ -100,7 +117,7 @@ class Scene:
 
     def with_prims(self, part: str, prims: list[Primitive]) -> tuple[Scene, list[int]]:
         """A copy with extra primitives in a new part; returns it and their ids."""
-        out = Scene(dict(self.prims), {k: list(v) for k, v in self.parts.items()})
+        out = Scene(dict(self.prims), {k: list(v) for k, v in self.parts.items()}, self.texture)
         return out, [out.add(part, p) for p in prims]
 
 
@@ -254,7 +271,10 @@ def albedo(scene: Scene, hits: Hits, background: tuple[float, float, float]) -> 
     table = torch.tensor([background] + [scene.prims[i].color for i in ids], dtype=torch.float32)
     lookup = torch.zeros(max(ids, default=0) + 2, dtype=torch.int64)
     lookup[torch.tensor(ids, dtype=torch.int64) + 1] = torch.arange(1, len(ids) + 1)
-    return table[lookup[hits.prim + 1]]
+    base = table[lookup[hits.prim + 1]]
+    if scene.texture is not None:
+        base = torch.where((hits.prim == NO_HIT)[..., None], base, scene.texture.modulate(base, hits.point))
+    return base
 
 
 def shade(base: Tensor, hits: Hits, background: tuple[float, float, float]) -> Tensor:
