@@ -180,6 +180,20 @@ def _cmd_records_bench(args: argparse.Namespace) -> int:
     return 0 if not report["kill"]["missing"] else 1
 
 
+def _cmd_onboard_check(args: argparse.Namespace) -> int:
+    from lab.onboarding import mapped_category, pose_errors, summary
+
+    if args.out is None:
+        errors = pose_errors(args.prepared_dir, args.truth)
+    else:
+        errors = mapped_category(args.prepared_dir, args.truth, args.out)
+        print(f"evaluation category: {args.out} (test split of {args.truth}, query poses in the prepared frame)")
+    print(summary(errors))
+    if args.json:
+        args.json.write_text(json.dumps(errors, indent=1) + "\n")
+    return 0
+
+
 def add_lab_commands(sub) -> None:
     """The lab's subcommands on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser("evaluate", help="score every test view of a category in any pose mode and report the metrics")
@@ -197,6 +211,15 @@ def add_lab_commands(sub) -> None:
                    help="report folder (default ./evaluations/<category>/<pose> for a bundle, "
                         "FOLDER/reports/evaluate_<pose> for a training folder)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("onboard-check", help="rpe-pad prepare's poses against the true ones (similarity-aligned), "
+                       "and an evaluation category in the prepared frame")
+    p.add_argument("prepared_dir", type=Path, help="a category written by rpe-pad prepare")
+    p.add_argument("--truth", type=Path, required=True, help="the same photos' category with its true poses")
+    p.add_argument("--out", type=Path, default=None, help="write an evaluation category here: the prepared training "
+                   "split and the true test split, its query poses mapped into the prepared frame")
+    p.add_argument("--json", type=Path, default=None, help="write the errors (with every view's) as JSON here")
+    p.set_defaults(func=_cmd_onboard_check)
 
     p = sub.add_parser("train", help="rpe-pad train with the ablation switches (variants for the paper's tables)")
     p.add_argument("category_dir", type=Path, help="a MAD-Sim-format category")

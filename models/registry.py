@@ -1,4 +1,4 @@
-"""The one registry of names: pose modes and training presets.
+"""The one registry of names: pose modes, training presets and the cameras of `prepare`.
 
 Every name a user can type (a CLI choice, an ``RPEPAD_*`` setting, a bundle's
 ``inference.pose``) and every docs table comes from here; tests check the CLI and the
@@ -32,6 +32,12 @@ PRESETS: dict[str, str] = {  # training presets (training/splats.py, training/ir
     "demo": "minutes on a CPU: a coarse model for `make demo` and tests",
     "cpu": "the CPU build of a real bundle (about 35 min for Lego on 2 cores)",
     "paper": "the paper's settings (GPU)",
+}
+
+CAMERA_MODELS: dict[str, str] = {  # `rpe-pad prepare --camera-model` (COLMAP's names; training/prepare/sfm.py)
+    "SIMPLE_RADIAL": "one focal length and one radial term: a real lens (default)",
+    "SIMPLE_PINHOLE": "one focal length, no distortion: renders, or photos already undistorted",
+    "RADIAL": "one focal length and two radial terms: a wide-angle lens",
 }
 
 

@@ -1,6 +1,6 @@
 """`rpe-pad`: one console command with a subcommand per job.
 
-The product's commands first (``synth``, ``show``, ``train``, ``selfcheck``, ``inspect``,
+The product's commands first (``synth``, ``show``, ``prepare``, ``train``, ``selfcheck``, ``inspect``,
 ``serve``, ``demo``); the research drivers behind one group, ``rpe-pad lab ...`` (``lab/cli.py``).
 Each subcommand parses its arguments and calls one package function; heavy imports happen
 inside the handlers so that `rpe-pad --help` stays fast. Choices of names (pose modes,
@@ -40,6 +40,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from training.prepare import PrepareConfig, prepare, summary
+
+    report = prepare(args.photos_dir, args.out, PrepareConfig(camera_model=args.camera_model, focal=args.focal))
+    print(summary(report))
+    print(f"category: {args.out} (train/good, train/transforms.json); report: {args.out / 'prepare'} "
+          "(readiness.json, coverage.png, masks.png, masks/, sfm/)")
+    return 0 if report["ready"] else 1
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from training.pipeline import run_train, summary_table
 
@@ -62,7 +72,7 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from models.bundle import BundleError
-    from models.images import load_rgb
+    from models.images import exif_camera_of, load_rgb
     from models.inspector import InspectionError, Inspector
 
     try:
@@ -75,7 +85,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     failures = 0
     for path in args.images:
         try:
-            image = inspector.prepare(load_rgb(path, inspector.scene.background), args.intrinsics)
+            image = inspector.prepare(load_rgb(path, inspector.scene.background), args.intrinsics,
+                                      exif_camera_of(Path(path).read_bytes()))
             result = inspector.inspect(image[None], threshold=args.threshold)[0]
         except (OSError, InspectionError, ValueError) as exc:  # one bad image does not stop the others
             print(f"{path}: error: {exc}", file=sys.stderr)
@@ -133,6 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=positive_int, default=None, help="resize images to this width")
     p.add_argument("--sheet", type=Path, default=None, help="write a contact sheet PNG here")
     p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("prepare", help="a category from photographs of a normal object: camera poses by "
+                       "structure-from-motion, object masks, a readiness report (exit 1: prepared but not ready)")
+    p.add_argument("photos_dir", type=Path, help="photos of the object from many viewpoints (any file names)")
+    p.add_argument("--out", type=Path, required=True, help="category folder to write (must be empty or absent)")
+    p.add_argument("--camera-model", default="SIMPLE_RADIAL", choices=list(registry.CAMERA_MODELS),
+                   help="the camera shared by all photos (COLMAP's models): " + "; ".join(
+                       f"{k}: {v}" for k, v in registry.CAMERA_MODELS.items()))
+    p.add_argument("--focal", type=float, default=None, help="known focal length in pixels of the photos as stored "
+                   "(default: estimated)")
+    p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("train", help="build a category's bundle, stage by stage")
     p.add_argument("category_dir", type=Path, help="a MAD-Sim-format category")

@@ -98,19 +98,20 @@ def _commands(parser) -> dict:
 
 
 def test_the_product_commands_come_first_and_stay_small() -> None:
-    """At most 8 product commands plus the lab group, and at most 24 options among them (22
-    after the redesign, docs/ARCHITECTURE.md, plus the self-check's two)."""
+    """At most 8 product commands plus the lab group, and at most 27 options among them (22
+    after the redesign, docs/ARCHITECTURE.md, plus the self-check's two and prepare's three)."""
     from rpe_pad.cli import build_parser
 
     commands = _commands(build_parser())
     product = [name for name in commands if name != "lab"]
-    assert product == ["synth", "show", "train", "selfcheck", "inspect", "serve", "demo"] and len(product) <= 8
+    assert product == ["synth", "show", "prepare", "train", "selfcheck", "inspect", "serve", "demo"]
+    assert len(product) <= 8
     options = {name: [a.option_strings[-1] for a in commands[name]._actions
                       if a.option_strings and a.option_strings[-1] != "--help"] for name in product}
-    assert sum(len(v) for v in options.values()) <= 24, options
+    assert sum(len(v) for v in options.values()) <= 27, options
     lab = _commands(commands["lab"])
     assert {"evaluate", "bench", "bench-render", "ablation", "pose-sweep", "sensitivity", "loadtest", "train",
-            "verify-sweep", "scorer-study", "gpu-check", "screenshots", "records-bench"} == set(lab)
+            "verify-sweep", "scorer-study", "gpu-check", "screenshots", "records-bench", "onboard-check"} == set(lab)
     assert "--rvss-m" not in options["train"] and "--rvss-m" in [a.option_strings[-1] for a in lab["train"]._actions
                                                                  if a.option_strings]
 
@@ -128,6 +129,10 @@ def test_choices_come_from_the_registry() -> None:
     assert tuple(choices["pose"]) == registry.pose_modes()
     assert tuple(next(a.choices for a in commands["train"]._actions if a.dest == "preset")) == tuple(registry.PRESETS)
     assert tuple(pipeline.PRESETS) == tuple(registry.PRESETS)
+    from training.prepare import sfm
+
+    prepare_choices = next(a.choices for a in commands["prepare"]._actions if a.dest == "camera_model")
+    assert tuple(prepare_choices) == tuple(registry.CAMERA_MODELS) == sfm.CAMERA_MODELS
     assert set(splats.PRESETS) == set(irprn.PRESETS) == set(registry.PRESETS)  # each stage has every preset
     lab_eval = _commands(commands["lab"])["evaluate"]
     assert set(next(a.choices for a in lab_eval._actions if a.dest == "pose")) == {*registry.pose_modes(lab=True),

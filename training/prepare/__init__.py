@@ -1,0 +1,215 @@
+"""`rpe-pad prepare`: a category from photographs of a normal object, without a pose file.
+
+photos (EXIF orientation, checks) -> structure-from-motion (``sfm``: one shared camera) ->
+the category's world frame (``frame``) -> undistortion to a pinhole camera -> object masks
+and composites on white (``masks``) -> ``train/good/NNN.png`` + ``train/transforms.json``
+in the MAD-Sim layout, which ``rpe-pad train`` reads as it is -> the readiness report
+(``report``): ``prepare/readiness.json``, ``prepare/coverage.png``, ``prepare/masks.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from models import camera as cam
+from training.prepare import masks as mk
+from training.prepare import report as rp
+from training.prepare.frame import centres_and_axes, normalise
+from training.prepare.photos import PrepareError, read_photos
+from training.prepare.sfm import CAMERA_MODELS, Camera, reconstruct
+
+__all__ = ["CAMERA_MODELS", "PrepareConfig", "PrepareError", "prepare"]
+
+UNDISTORT_PX = 0.1  # photos are undistorted when the lens moves the image corner by more than this
+
+
+@dataclass
+class PrepareConfig:
+    """Arguments of `rpe-pad prepare` (saved in ``prepare/readiness.json``)."""
+
+    camera_model: str = "SIMPLE_RADIAL"  # one camera for all photos: SIMPLE_RADIAL (a lens), SIMPLE_PINHOLE, RADIAL
+    focal: float | None = None  # known focal length in pixels of the photos as stored (None: estimated)
+    max_size: int = 1600  # photos larger than this on their long side are downscaled first
+    threads: int = -1  # COLMAP's threads (-1: every core)
+
+
+def prepare(photos_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | None = None,
+            progress: bool = True) -> dict:
+    """Write a category to ``out_dir`` (created; must be empty or absent) from the photos in
+    ``photos_dir``; return the readiness report (also written as JSON)."""
+    cfg = cfg or PrepareConfig()
+    photos_dir, out = Path(photos_dir), Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: output folder exists and is not empty")
+    if cfg.focal is not None and not (math.isfinite(cfg.focal) and cfg.focal > 0):
+        raise PrepareError(f"--focal must be a positive number of pixels, got {cfg.focal}")
+    start = time.perf_counter()
+    say = _stepper(progress, start)
+
+    say("reading photos")
+    photos, skipped = read_photos(photos_dir, cfg.max_size)
+    for s in skipped:
+        say(f"  set aside {s.name}: {s.reason}")
+    report_dir = out / "prepare"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    focal = cfg.focal * photos[0].scale if cfg.focal is not None else None
+    say("object masks")
+    masks = {p.name: mk.object_mask(p.rgb) for p in tqdm(photos, desc="masks", disable=not progress)}
+    rec = reconstruct(photos, report_dir / "sfm", {n: m.binary for n, m in masks.items()}, cfg.camera_model, focal,
+                      cfg.threads, step=lambda name: say(f"structure-from-motion: {name}"))
+    shutil.rmtree(report_dir / "sfm" / "images", ignore_errors=True)  # copies of the photos; the masks stay
+    registered = [p for p in photos if p.name in rec.w2c]
+    say(f"{len(registered)} of {len(photos)} photos registered, mean reprojection error "
+        f"{np.nanmean(list(rec.reprojection_px.values())):.2f} px")
+    for name, reason in rec.unregistered.items():
+        say(f"  not registered {name}: {reason}")
+    for name in rec.replaced:
+        say(f"  placed again {name}: the silhouette refuted structure-from-motion's pose; another pose fits it")
+
+    sim = normalise(np.stack([rec.w2c[p.name] for p in registered]))
+    w2c = np.stack([sim.pose(rec.w2c[p.name]) for p in registered])
+    centres, _, _ = centres_and_axes(w2c)
+    undistort = rec.camera.distortion_px() > UNDISTORT_PX
+    remap = _undistortion(rec.camera) if undistort else None
+
+    train = out / "train" / "good"
+    mask_dir = report_dir / "masks"
+    train.mkdir(parents=True)
+    mask_dir.mkdir()
+    stats: list[rp.PhotoStats] = []
+    sheet_cells = []
+    frames = []
+    for i, photo in enumerate(tqdm(registered, desc="writing", disable=not progress)):
+        rgb = photo.rgb if remap is None else cv2.remap(photo.rgb, *remap, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        mask = masks[photo.name] if remap is None else mk.object_mask(rgb)
+        file = f"{i:03d}"
+        Image.fromarray(mk.composite(rgb, mask.alpha)).save(train / f"{file}.png")
+        Image.fromarray((mask.alpha * 255 + 0.5).astype(np.uint8)).save(mask_dir / f"{file}.png")
+        c2w = cam.opencv_w2c_to_opengl_c2w(torch.from_numpy(w2c[i]))
+        frames.append({"file_path": f"train/good/{file}", "transform_matrix": c2w.tolist(), "source": photo.name})
+        distance = float(np.linalg.norm(centres[i]))
+        stats.append(rp.PhotoStats(
+            name=photo.name, file=f"train/good/{file}.png", registered=True, reason=None,
+            reprojection_px=rec.reprojection_px[photo.name], silhouette=rec.silhouette.get(photo.name),
+            placed_again=photo.name in rec.replaced, sharpness=rp.sharpness(rgb, mask.binary),
+            overexposed=rp.overexposed(rgb, mask.binary), mask_area=mask.area, background_spread=mask.border_spread,
+            border_object=mask.border_object,
+            apparent_size=math.sqrt(mask.binary.sum()) * distance / rec.camera.focal,
+            azimuth_deg=math.degrees(math.atan2(centres[i, 1], centres[i, 0])),
+            elevation_deg=math.degrees(math.asin(np.clip(centres[i, 2] / distance, -1, 1))),
+        ))
+        sheet_cells.append((file, rgb, mask.binary))
+    stats += [rp.PhotoStats(name=n, file=None, registered=False, reason=r) for n, r in rec.unregistered.items()]
+
+    width, height = rec.camera.width, rec.camera.height
+    angle_x = 2 * math.atan(width / (2 * rec.camera.focal))
+    cameras = sorted({p.camera for p in photos if p.camera})
+    exif_focal = next((p.focal_35mm / 36.0 * max(width, height) for p in photos if p.focal_35mm), None)
+    transforms = {
+        "camera_angle_x": angle_x,
+        "frames": frames,
+        "camera": {  # models.data.CameraModel: the bundle records it; queries are undistorted and checked with it
+            "exif": cameras[0] if len(cameras) == 1 else None, "width": width, "height": height,
+            "lens": {"model": rec.camera.model, "radial": list(rec.camera.distortion)} if undistort else None,
+        },
+        "prepared_by": "rpe-pad prepare",
+    }
+    (out / "train" / "transforms.json").write_text(json.dumps(transforms, indent=1) + "\n")
+
+    groups = 1 + len({r for r in rec.unregistered.values() if "separate group" in r})
+    flags = rp.warnings_for(stats, [(s.name, s.reason) for s in skipped], rec.camera.focal, exif_focal, groups)
+    flagged = {n for f in flags for n in f.photos}
+    report = rp.to_json({
+        "category": out.name,
+        "photos_dir": str(photos_dir),
+        "config": asdict(cfg),
+        "ready": not any(f.error for f in flags),
+        "photos": len(photos) + len(skipped),
+        "registered": len(registered),
+        "mean_reprojection_px": float(np.mean([s.reprojection_px for s in stats if s.registered])),
+        "camera": {
+            "model": rec.camera.model, "width": width, "height": height, "focal_px": rec.camera.focal,
+            "camera_angle_x_deg": math.degrees(angle_x), "distortion": list(rec.camera.distortion),
+            "distortion_at_corner_px": rec.camera.distortion_px(), "undistorted": undistort,
+            "exif_camera": cameras, "exif_focal_px": exif_focal,
+            "photo_scale": photos[0].scale,
+        },
+        "frame": {"convention": "object at the origin (nearest point to the optical axes), +z up (mean camera up), "
+                                "median camera distance 4.0", "from_sfm": sim.to_dict()},
+        "coverage": {
+            "azimuth_gap_deg": rp.azimuth_gap(np.array([s.azimuth_deg for s in stats if s.registered])),
+            "elevation_deg": [min(s.elevation_deg for s in stats if s.registered),
+                              max(s.elevation_deg for s in stats if s.registered)],
+            "camera_distance": [float(np.linalg.norm(centres, axis=1).min()),
+                                float(np.linalg.norm(centres, axis=1).max())],
+        },
+        "seconds": {**rec.seconds, "total": time.perf_counter() - start},
+        "warnings": flags,
+        "photos_detail": stats,
+        "skipped": [asdict(s) for s in skipped],
+    })
+    (report_dir / "readiness.json").write_text(json.dumps(report, indent=1) + "\n")
+    rp.coverage_figure(centres, stats, f"{out.name}: {len(registered)} views, mean reprojection "
+                       f"{report['mean_reprojection_px']:.2f} px").save(report_dir / "coverage.png")
+    rp.mask_sheet([(f, rgb, m, f"train/good/{f}.png" in {s.file for s in stats if s.name in flagged})
+                   for f, rgb, m in sheet_cells],
+                  f"{out.name}: object masks (red: background removed; ! flagged)").save(report_dir / "masks.png")
+    return report
+
+
+def _undistortion(camera: Camera) -> tuple[np.ndarray, np.ndarray]:
+    """Maps from the pinhole camera (same focal length and size, centred principal point) to
+    the photo, for ``cv2.remap``; COLMAP's radial terms are OpenCV's k1, k2."""
+    K = np.array([[camera.focal, 0, camera.width / 2], [0, camera.focal, camera.height / 2], [0, 0, 1]])
+    k = (*camera.distortion, 0.0, 0.0)[:2]
+    dist = np.array([k[0], k[1], 0.0, 0.0])
+    # OpenCV's pixel centres are at integers, COLMAP's (and ours) at +0.5: shift by half a pixel.
+    K_cv = K.copy()
+    K_cv[:2, 2] -= 0.5
+    return cv2.initUndistortRectifyMap(K_cv, dist, None, K_cv, (camera.width, camera.height), cv2.CV_32FC1)
+
+
+def _stepper(progress: bool, start: float):
+    def say(message: str) -> None:
+        if progress:
+            print(f"prepare [{time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
+    return say
+
+
+def summary(report: dict) -> str:
+    """What the CLI prints: the verdict, the figures and every warning."""
+    cam_ = report["camera"]
+    cov = report["coverage"]
+    lines = [
+        f"{report['category']}: {'READY' if report['ready'] else 'NOT READY'} "
+        f"({report['registered']} of {report['photos']} photos registered, mean reprojection error "
+        f"{report['mean_reprojection_px']:.2f} px, {report['seconds']['total']:.0f} s)",
+        f"camera: {cam_['model']} {cam_['width']}x{cam_['height']}, focal {cam_['focal_px']:.1f} px "
+        f"({cam_['camera_angle_x_deg']:.1f} degrees across), distortion at the corner "
+        f"{cam_['distortion_at_corner_px']:.2f} px ({'undistorted' if cam_['undistorted'] else 'kept as is'})",
+        f"coverage: elevation {cov['elevation_deg'][0]:.0f} to {cov['elevation_deg'][1]:.0f} degrees, largest "
+        f"azimuth gap {cov['azimuth_gap_deg']:.0f} degrees, camera distance {cov['camera_distance'][0]:.2f}-"
+        f"{cov['camera_distance'][1]:.2f}",
+    ]
+    for flag in report["warnings"]:
+        names = flag["photos"]
+        lines.append(f"{'ERROR' if flag['error'] else 'warning'} {flag['code']}: {flag['message']}"
+                     + (f" [{', '.join(names[:8])}{' ...' if len(names) > 8 else ''}]" if names else ""))
+    for photo in report["photos_detail"]:
+        if not photo["registered"]:
+            lines.append(f"not registered {photo['name']}: {photo['reason']}")
+    for s in report["skipped"]:
+        lines.append(f"set aside {s['name']}: {s['reason']}")
+    return "\n".join(lines)

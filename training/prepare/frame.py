@@ -1,0 +1,81 @@
+"""The world frame of a prepared category, from structure-from-motion's arbitrary one.
+
+Structure-from-motion fixes poses only up to a similarity (rotation, translation, scale).
+The category's frame is chosen so that it looks like MAD-Sim's:
+
+* **origin**: the object's centre, taken as the point nearest to every camera's optical
+  axis in the least-squares sense (photos of an object are aimed at it);
+* **up axis**: world **+z** is the mean of the cameras' up directions (image -y), since a
+  photographer holds the camera about upright; the yaw puts the first photo's camera in
+  the x-z half-plane with x > 0;
+* **scale**: the median camera distance from the origin is ``CAMERA_DISTANCE`` (4.0 scene
+  units, MAD-Sim's 4.03), so the training presets' scene-unit settings mean the same thing.
+
+Poses stay world-to-camera in OpenCV axes (``models/camera.py``). A point ``x`` of the
+structure-from-motion frame maps to ``s R x + t`` (:class:`Similarity`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CAMERA_DISTANCE = 4.0
+
+
+@dataclass(frozen=True)
+class Similarity:
+    scale: float
+    rotation: np.ndarray  # [3, 3]
+    translation: np.ndarray  # [3]
+
+    def points(self, x: np.ndarray) -> np.ndarray:
+        return self.scale * x @ self.rotation.T + self.translation
+
+    def pose(self, w2c: np.ndarray) -> np.ndarray:
+        """A world-to-camera pose in the new frame: ``x_cam`` is scaled with the world, so
+        ``[R_c, t_c] -> [R_c R^T, s t_c - R_c R^T t]``."""
+        out = np.eye(4)
+        rot = w2c[:3, :3] @ self.rotation.T
+        out[:3, :3] = rot
+        out[:3, 3] = self.scale * w2c[:3, 3] - rot @ self.translation
+        return out
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "rotation": self.rotation.tolist(), "translation": self.translation.tolist()}
+
+
+def centres_and_axes(w2c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Camera centres [N, 3], viewing directions (+z of the camera) and up directions (-y)."""
+    rot = w2c[:, :3, :3]
+    centres = -np.einsum("nji,nj->ni", rot, w2c[:, :3, 3])
+    return centres, rot[:, 2, :], -rot[:, 1, :]
+
+
+def focus_point(centres: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """The point nearest to every optical axis (least squares over the lines)."""
+    projectors = np.eye(3)[None] - directions[:, :, None] * directions[:, None, :]
+    lhs = projectors.sum(0)
+    rhs = np.einsum("nij,nj->i", projectors, centres)
+    if np.linalg.cond(lhs) > 1e8:  # all axes parallel: no point is aimed at; use the cameras' centroid
+        return centres.mean(0)
+    return np.linalg.solve(lhs, rhs)
+
+
+def normalise(w2c: np.ndarray) -> Similarity:
+    """The similarity from structure-from-motion's frame to the category's (module docstring)."""
+    centres, forward, up = centres_and_axes(w2c)
+    origin = focus_point(centres, forward)
+    z = up.mean(0)
+    if np.linalg.norm(z) < 1e-6:  # cameras held every which way: fall back to the first one's up
+        z = up[0]
+    z = z / np.linalg.norm(z)
+    first = centres[0] - origin
+    x = first - (first @ z) * z  # the first camera sits in the x-z half-plane, x > 0
+    if np.linalg.norm(x) < 1e-9 * max(np.linalg.norm(first), 1.0):  # first camera straight above: any x
+        x = np.cross(z, [1.0, 0.0, 0.0] if abs(z[0]) < 0.9 else [0.0, 1.0, 0.0])
+    x = x / np.linalg.norm(x)
+    rotation = np.stack([x, np.cross(z, x), z])  # rows: the new axes in the old frame
+    scale = CAMERA_DISTANCE / float(np.median(np.linalg.norm(centres - origin, axis=1)))
+    return Similarity(scale, rotation, -scale * rotation @ origin)

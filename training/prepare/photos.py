@@ -1,0 +1,97 @@
+"""The photos of a folder, read once: EXIF orientation applied, sizes checked, duplicates
+and unreadable files set aside with their reason (never dropped silently)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from models.images import exif_camera
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+MIN_PHOTOS = 8  # fewer cannot make a model worth training (structure-from-motion needs far more)
+
+
+class PrepareError(ValueError):
+    """The photo folder cannot be prepared; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Photo:
+    name: str  # file name in the photo folder
+    rgb: np.ndarray  # [H, W, 3] uint8, EXIF orientation applied, at most max_size on its long side
+    scale: float  # this array's pixels per pixel of the file as stored (1 unless downscaled)
+    camera: str | None  # EXIF "Make Model", when the file has it
+    focal_35mm: float | None  # EXIF FocalLengthIn35mmFilm (mm), when the file has it
+
+
+@dataclass(frozen=True)
+class Skipped:
+    name: str
+    reason: str
+
+
+def find_photos(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, any names, sorted by name."""
+    if not folder.is_dir():
+        raise PrepareError(f"{folder}: not a folder of photos")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+
+
+def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]]:
+    """Decode every photo in ``folder``. Unreadable files and exact duplicates are skipped with
+    a reason; no photos, too few, or photos of different sizes raise ``PrepareError``."""
+    paths = find_photos(folder)
+    if not paths:
+        others = sorted(p.name for p in folder.iterdir())[:5]
+        raise PrepareError(f"{folder}: no photos (looked for {', '.join(SUFFIXES)}"
+                           + (f"; found {', '.join(others)}" if others else "; the folder is empty") + ")")
+    photos: list[Photo] = []
+    skipped: list[Skipped] = []
+    seen: dict[str, str] = {}
+    for path in paths:
+        try:
+            photo, digest = _read(path, max_size)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            skipped.append(Skipped(path.name, f"cannot be decoded ({type(exc).__name__}: {exc})"))
+            continue
+        if digest in seen:
+            skipped.append(Skipped(path.name, f"identical to {seen[digest]}"))
+            continue
+        seen[digest] = path.name
+        photos.append(photo)
+    sizes = Counter((p.rgb.shape[1], p.rgb.shape[0]) for p in photos)
+    if len(sizes) > 1:
+        (main_size, _), *_ = sizes.most_common()
+        odd = [p.name for p in photos if (p.rgb.shape[1], p.rgb.shape[0]) != main_size]
+        listing = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common())
+        raise PrepareError(f"{folder}: the photos have {len(sizes)} sizes ({listing}); one camera at one resolution "
+                           f"is needed. Different from the rest: {', '.join(odd[:10])}"
+                           + (" ..." if len(odd) > 10 else ""))
+    if len(photos) < MIN_PHOTOS:
+        why = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5])
+        raise PrepareError(f"{folder}: {len(photos)} usable photo(s), at least {MIN_PHOTOS} are needed (60 or more "
+                           "around the object is best)" + (f"; set aside: {why}" if why else ""))
+    return photos, skipped
+
+
+def _read(path: Path, max_size: int) -> tuple[Photo, str]:
+    with Image.open(path) as image:
+        image.load()
+        exif = image.getexif()
+        camera = exif_camera(image)
+        image = ImageOps.exif_transpose(image)
+        rgb = image.convert("RGB")
+    digest = hashlib.sha256(np.asarray(rgb).tobytes()).hexdigest()
+    long_side = max(rgb.size)
+    scale = 1.0
+    if long_side > max_size:
+        scale = max_size / long_side
+        rgb = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS)
+    focal = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.FocalLengthIn35mmFilm)
+    return Photo(path.name, np.asarray(rgb), scale, camera, float(focal) if focal else None), digest
