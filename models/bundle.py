@@ -101,6 +101,8 @@ class CameraSpec(_Strict):
     camera_angle_x: float = Field(gt=0)  # horizontal field of view, radians
     background: tuple[float, float, float]  # RGB in [0, 1] behind the object
     convention: str = "world-to-camera 4x4, OpenCV axes (x right, y down, z forward)"
+    lens_radial: list[float] | None = None  # k1[, k2] of the photos' lens: queries are undistorted with them
+    exif_camera: str | None = None  # EXIF "Make Model" of the training photos: a query from another is refused
 
     @field_validator("K")
     @classmethod

@@ -38,6 +38,7 @@ from models.images import (
     load_rgb,
     resize_mask,
     resize_rgb,
+    undistort,
 )
 
 GOOD = "good"
@@ -72,6 +73,29 @@ class FrameModel(BaseModel):
         return value
 
 
+class LensModel(BaseModel):
+    """Radial distortion of the camera the photos came from (``rpe-pad prepare`` writes it)."""
+
+    model: str = Field(min_length=1)  # COLMAP's camera model it was estimated with
+    radial: list[float] = Field(min_length=1, max_length=2)  # k1[, k2], normalised coordinates
+
+    @field_validator("radial")
+    @classmethod
+    def _small(cls, value: list[float]) -> list[float]:
+        if not all(math.isfinite(k) and abs(k) < 1.0 for k in value):
+            raise ValueError(f"radial terms must be finite and under 1 in magnitude, got {value}")
+        return value
+
+
+class CameraModel(BaseModel):
+    """The camera of a category's photos (optional; ``rpe-pad prepare`` writes it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    exif: str | None = None  # EXIF "Make Model" of the photos, when they carried one
+    lens: LensModel | None = None  # training images are undistorted already; raw photos of this camera are not
+
+
 class TransformsModel(BaseModel):
     """A ``transforms.json`` file (NeRF synthetic / MAD-Sim convention)."""
 
@@ -79,6 +103,7 @@ class TransformsModel(BaseModel):
 
     camera_angle_x: float = Field(gt=0.0, lt=math.pi)
     frames: list[FrameModel]
+    camera: CameraModel | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,6 +146,8 @@ class Category:
     background: Background
     train: list[View]
     test: list[QueryView] = field(default_factory=list)
+    lens: tuple[float, ...] | None = None  # radial terms of the photos' lens (training images are undistorted)
+    exif_camera: str | None = None  # EXIF "Make Model" of the photos
 
     @property
     def defect_types(self) -> list[str]:
@@ -299,13 +326,18 @@ def load_category(
         height=height,
         background=background,
         train=train,
+        lens=tuple(transforms.camera.lens.radial) if transforms.camera and transforms.camera.lens else None,
+        exif_camera=transforms.camera.exif if transforms.camera else None,
     )
     if load_test:
-        category.test = _load_test(root, loader, transforms.camera_angle_x, progress)
+        category.test = _load_test(root, loader, transforms.camera_angle_x, progress, category.lens)
     return category
 
 
-def _load_test(root: Path, loader: _Loader, camera_angle_x: float, progress: bool) -> list[QueryView]:
+def _load_test(root: Path, loader: _Loader, camera_angle_x: float, progress: bool,
+               lens: tuple[float, ...] | None = None) -> list[QueryView]:
+    """The test split; its photos come straight from the camera, so with a ``lens`` they (and
+    their masks) are undistorted as the training images were."""
     test_dir = root / "test"
     if not test_dir.is_dir():
         return []
@@ -334,6 +366,9 @@ def _load_test(root: Path, loader: _Loader, camera_angle_x: float, progress: boo
         else:
             mask_path = _find_mask(root, label, path.stem)
             mask = loader.mask(mask_path, image_hw, path)
+        if lens is not None:
+            image = torch.from_numpy(undistort(image.numpy(), K.numpy(), lens))
+            mask = torch.from_numpy(undistort(mask.numpy(), K.numpy(), lens, nearest=True))
         queries.append(
             QueryView(
                 name=path.relative_to(root).with_suffix("").as_posix(),

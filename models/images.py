@@ -11,8 +11,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from collections.abc import Sequence
+
+import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 Background = tuple[float, float, float]
 WHITE: Background = (1.0, 1.0, 1.0)
@@ -97,3 +100,48 @@ def save_rgb(path: str | Path, image: np.ndarray) -> None:
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Float in [0, 1] -> uint8, rounding to nearest."""
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def exif_camera(image: Image.Image) -> str | None:
+    """The EXIF camera, ``"Make Model"`` (``None`` when the file does not say)."""
+    exif = image.getexif()
+    parts = [str(exif.get(tag, "")).strip("\x00 ") for tag in (ExifTags.Base.Make, ExifTags.Base.Model)]
+    return " ".join(p for p in parts if p) or None
+
+
+def exif_camera_of(data: bytes) -> str | None:
+    """:func:`exif_camera` of encoded image bytes (``None`` when they cannot be read)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return exif_camera(image)
+    except (OSError, ValueError):
+        return None
+
+
+class Undistortion:
+    """Photos ``[H, W, ...]`` of a lens with radial distortion ``radial`` (COLMAP's k1[, k2] in
+    normalised coordinates, which are OpenCV's) as the pinhole camera ``K`` (pixel centres at
+    +0.5, ``models/camera.py``) sees them. The maps are made once; bilinear, or nearest for
+    masks; the border is replicated."""
+
+    def __init__(self, K: np.ndarray, radial: Sequence[float], width: int, height: int):
+        k = (*radial, 0.0, 0.0)[:2]
+        K_cv = np.array(K, dtype=np.float64).copy()
+        K_cv[:2, 2] -= 0.5  # OpenCV's pixel centres are at integers
+        self.size = (width, height)
+        self.maps = cv2.initUndistortRectifyMap(K_cv, np.array([k[0], k[1], 0.0, 0.0]), None, K_cv, self.size,
+                                                cv2.CV_32FC1)
+
+    def __call__(self, image: np.ndarray, nearest: bool = False) -> np.ndarray:
+        if (image.shape[1], image.shape[0]) != self.size:
+            raise ValueError(f"image is {image.shape[1]} x {image.shape[0]}, the lens maps are {self.size[0]} x "
+                             f"{self.size[1]}")
+        flag = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+        source = image.astype(np.uint8) if image.dtype == bool else image
+        out = cv2.remap(source, *self.maps, flag, borderMode=cv2.BORDER_REPLICATE)
+        return out.astype(bool) if image.dtype == bool else out
+
+
+def undistort(image: np.ndarray, K: np.ndarray, radial: Sequence[float], nearest: bool = False) -> np.ndarray:
+    """One photo through :class:`Undistortion`."""
+    return Undistortion(K, radial, image.shape[1], image.shape[0])(image, nearest)

@@ -48,7 +48,7 @@ from models.calibration import Calibration
 from models.camera import scale_intrinsics
 from models.gallery import Gallery
 from models.hashing import sha256_file
-from models.images import resize_rgb
+from models.images import Undistortion, resize_rgb
 from models.irprn import load_irprn_config
 from models.pose import DEFAULT_K, Matches, PoseEstimator
 from models.refine import RefineConfig, ecc_align, gallery_features, gallery_pnp_refine
@@ -273,7 +273,8 @@ class RefinedPose(RpePose):
 
 
 def map_to_camera(image: np.ndarray, width: int, height: int, K: Tensor,
-                  intrinsics: tuple[float, float, float, float] | None) -> Tensor:
+                  intrinsics: tuple[float, float, float, float] | None,
+                  lens: Undistortion | None = None) -> Tensor:
     """A query ``[h, w, 3]`` as the bundle's camera (``K`` at ``width x height``) would see it.
 
     Without ``intrinsics`` the query is taken to come from the bundle's camera at another
@@ -282,7 +283,9 @@ def map_to_camera(image: np.ndarray, width: int, height: int, K: Tensor,
     resolution is resized as above; another camera (focal length or principal point) is
     resampled so each bundle pixel reads the query along the same ray (a zoom and shift,
     exact for a pinhole camera), and refused when the query's view does not cover the
-    bundle's (``InspectionError``)."""
+    bundle's (``InspectionError``). ``lens``: the bundle's camera's undistortion (at the
+    bundle's size); a query of that camera is undistorted after resizing, as its training
+    photos were (a query of another camera is taken to be undistorted already)."""
     h, w = image.shape[:2]
     if intrinsics is not None:
         K = K.double()
@@ -299,9 +302,12 @@ def map_to_camera(image: np.ndarray, width: int, height: int, K: Tensor,
         raise InspectionError(f"image is {w} x {h} (aspect {got:.3f}); the bundle's camera gives aspect {want:.3f} "
                               f"({width} x {height} or a multiple): pass the query's intrinsics if it comes from "
                               "another camera")
-    # Pillow, not torch: a query of the bundle's camera is prepared with no torch op at all
-    # (the service does it off its inference thread; service.app.State explains why).
-    return torch.from_numpy(np.clip(resize_rgb(image, width, height), 0.0, 1.0))
+    # Pillow and OpenCV, not torch: a query of the bundle's camera is prepared with no torch op
+    # at all (the service does it off its inference thread; service.app.State explains why).
+    resized = np.clip(resize_rgb(image, width, height), 0.0, 1.0)
+    if lens is not None:
+        resized = lens(resized)
+    return torch.from_numpy(np.ascontiguousarray(resized, dtype=np.float32))
 
 
 def _resample_camera(image: Tensor, width: int, height: int, K: Tensor, intrinsics: tuple[float, ...]) -> Tensor:
@@ -340,6 +346,9 @@ class Inspector:
         self.scene, self.scorer, self.calibration, self.estimator = scene, scorer, calibration, estimator
         self.width, self.height, self.K = width, height, K.double()
         self.config, self.device, self.name, self.manifest = config, device, name, manifest
+        radial = manifest.camera.lens_radial if manifest is not None else None
+        # The bundle's lens (prepared photos): its queries are undistorted as the training photos were.
+        self.lens = Undistortion(self.K.numpy(), radial, width, height) if radial else None
         self.bundle_sha256 = ""  # sha256 of the bundle's manifest.json (which pins every file), set by load
         self.bundle_dir: Path | None = None  # set by load
         self.locate = registry.resolve(registry.pose_mode(config.pose, lab=True))(self, **config.pose_options)
@@ -374,12 +383,21 @@ class Inspector:
         return inspector
 
     # ------------------------------------------------------------ the pipeline
-    def prepare(self, image: np.ndarray, intrinsics: tuple[float, float, float, float] | None = None) -> Tensor:
+    def prepare(self, image: np.ndarray, intrinsics: tuple[float, float, float, float] | None = None,
+                exif_camera: str | None = None) -> Tensor:
         """An RGB float image ``[H, W, 3]`` -> ``[h, w, 3]`` as the bundle's camera sees it
-        (``map_to_camera``; ``intrinsics``: the query's fx, fy, cx, cy in its own pixels)."""
+        (``map_to_camera``; ``intrinsics``: the query's fx, fy, cx, cy in its own pixels).
+        ``exif_camera``: the query's EXIF "Make Model"; refused when the bundle was trained on
+        photos whose EXIF names another camera (and no ``intrinsics`` say how to map it)."""
         if image.ndim != 3 or image.shape[2] != 3:
             raise InspectionError(f"expected an RGB image [H, W, 3], got shape {tuple(image.shape)}")
-        return map_to_camera(np.ascontiguousarray(image, dtype=np.float32), self.width, self.height, self.K, intrinsics)
+        cam = self.manifest.camera if self.manifest is not None else None
+        trained_on = cam.exif_camera if cam is not None else None
+        if intrinsics is None and trained_on and exif_camera and exif_camera != trained_on:
+            raise InspectionError(f"the photo was taken with a {exif_camera}, but this bundle was trained on photos "
+                                  f"from a {trained_on}: use that camera, or pass the photo's intrinsics")
+        return map_to_camera(np.ascontiguousarray(image, dtype=np.float32), self.width, self.height, self.K, intrinsics,
+                             self.lens)
 
     def start(self, images: Tensor) -> Batch:
         """A batch of prepared images ``[B, H, W, 3]`` on the inspector's device."""

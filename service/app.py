@@ -32,6 +32,7 @@ from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
 from models.camera import parse_intrinsics
+from models.images import exif_camera_of
 from models.inspector import Inspection, InspectionError, Inspector, load_bundles
 from models.results import resolve_threshold
 from models.version import package_version
@@ -266,7 +267,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             def to_camera(image):
                 try:
-                    return inspector.prepare(image, camera)
+                    return inspector.prepare(image, camera, exif_camera_of(data))
                 except InspectionError as exc:
                     raise ServiceError(422, f"{name}: {exc}") from exc
 

@@ -75,3 +75,38 @@ def test_resize() -> None:
 def test_garbage_raises() -> None:
     with pytest.raises(UnidentifiedImageError):
         decode_rgb(b"not an image")
+
+
+def test_undistort_moves_a_point_where_the_radial_model_says() -> None:
+    """COLMAP's radial model (OpenCV's k1): a point seen at ``x_u (1 + k r_u^2)`` in normalised
+    coordinates comes back to ``x_u``; pixel centres at +0.5 (models/camera.py)."""
+    from models.images import undistort
+
+    K = np.array([[100.0, 0, 50.0], [0, 100.0, 50.0], [0, 0, 1]])
+    k = -0.2
+    x_u = (80.5 - 50.0) / 100.0  # the undistorted point: pixel column 80, row 50
+    u_d = 50.0 + 100.0 * x_u * (1 + k * x_u**2)  # where the lens puts it
+    cols = np.arange(100) + 0.5
+    blob = np.exp(-((cols[None, :] - u_d) ** 2 + (cols[:, None] - 50.5) ** 2) / (2 * 0.8**2)).astype(np.float32)
+    out = undistort(np.repeat(blob[..., None], 3, axis=-1), K, [k])
+    row, col = np.unravel_index(np.argmax(out[..., 0]), out.shape[:2])
+    assert (row, col) == (50, 80) and int(np.argmax(blob[50])) == 79
+    mask = blob > 0.5
+    assert undistort(mask, K, [k], nearest=True).dtype == bool
+
+
+def test_exif_camera_names_make_and_model(tmp_path) -> None:
+    import io
+
+    from PIL import Image
+
+    from models.images import exif_camera_of
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Acme", "C1"  # Make, Model
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="JPEG", exif=exif)
+    assert exif_camera_of(buf.getvalue()) == "Acme C1"
+    plain = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(plain, format="PNG")
+    assert exif_camera_of(plain.getvalue()) is None and exif_camera_of(b"not an image") is None

@@ -253,3 +253,45 @@ def test_a_wrong_pose_is_sent_to_review(inspector: Inspector, queries, monkeypat
     assert not wrong.verification.verified and wrong.verdict == "review" and "pose" in wrong.verification.reason
     # A threshold override keeps a review a review.
     assert wrong.decided(wrong.score * 10).verdict == "review" and right.decided(right.score * 10).verdict == "normal"
+
+
+def test_the_bundles_camera_undistorts_its_photos_and_refuses_another(inspector: Inspector, tiny_synth: Path,
+                                                                      tiny_release: Path, tmp_path: Path) -> None:
+    """A bundle trained on prepared photos (``rpe-pad prepare``) records their lens and EXIF
+    camera: a query of that camera is resized and undistorted as its training photos were (no
+    torch op), one whose EXIF names another camera is refused, one without EXIF is trusted."""
+    import shutil
+
+    from torch.overrides import TorchFunctionMode
+
+    from models.bundle import MANIFEST
+    from models.images import resize_rgb, undistort
+
+    bundle = tmp_path / tiny_release.name
+    shutil.copytree(tiny_release, bundle)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["camera"].update(lens_radial=[-0.2], exif_camera="Acme C1")  # as training writes a prepared category's
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    lensed = Inspector.load(bundle)
+    image = load_rgb(next((tiny_synth / "test" / "good").glob("*.png")))
+    big = np.ascontiguousarray(np.kron(image, np.ones((2, 2, 1), np.float32)))  # the same camera at 128 px
+
+    class Calls(TorchFunctionMode):
+        names: list = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Calls() as calls:
+        out = lensed.prepare(big, exif_camera="Acme C1")
+    assert calls.names == []
+    want = undistort(resize_rgb(big, 64, 64), inspector.K.numpy(), [-0.2])
+    assert np.allclose(out.numpy(), want, atol=1e-6)
+    assert float((out - inspector.prepare(big)).abs().max()) > 0.05  # the lens moved the corners
+    assert torch.equal(lensed.prepare(big), out)  # no EXIF: taken to be the bundle's camera
+    with pytest.raises(InspectionError, match="taken with a Other Cam, but this bundle was trained on photos from a "
+                                              "Acme C1"):
+        lensed.prepare(big, exif_camera="Other Cam")
+    fx, fy, cx, cy = (float(v) for v in (inspector.K[0, 0], inspector.K[1, 1], inspector.K[0, 2], inspector.K[1, 2]))
+    assert lensed.prepare(image, (fx, fy, cx, cy), exif_camera="Other Cam").shape == (64, 64, 3)  # said how to map it

@@ -325,3 +325,34 @@ def test_every_torch_op_runs_on_the_inference_thread(tiny_release: Path, query_p
         assert _post(c, tiny_release.name, query_png).status_code == 200
     assert set(seen) == {"load_bundles", "warm_up", "inspect", "torch.stack"}, seen
     assert all(n.startswith("inference") for names in seen.values() for n in names), seen
+
+
+def test_a_photo_from_another_camera_is_refused_with_a_clear_message(tiny_release: Path, tmp_path: Path,
+                                                                      query_png: bytes) -> None:
+    """A bundle of prepared photos knows their camera (EXIF); a photo whose EXIF names another
+    camera is a 422 that says which, the same camera (or a photo without EXIF) is inspected."""
+    import json
+    import shutil
+
+    from models.bundle import MANIFEST
+
+    bundle = tmp_path / "bundles" / tiny_release.name
+    shutil.copytree(tiny_release, bundle)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["camera"]["exif_camera"] = "Acme C1"
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    image = np.asarray(Image.open(io.BytesIO(query_png)).convert("RGB"))
+
+    def photo(make: str, model: str) -> bytes:
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110] = make, model
+        return _png(image, exif=exif)
+
+    with _client(bundle.parent) as c:
+        _wait_ready(c)
+        refused = _post(c, bundle.name, photo("Other", "Cam"), name="side.png")
+        assert refused.status_code == 422 and refused.headers["content-type"].startswith(PROBLEM)
+        assert "side.png: the photo was taken with a Other Cam, but this bundle was trained on photos from a " \
+               "Acme C1" in refused.json()["detail"]
+        assert _post(c, bundle.name, photo("Acme", "C1")).status_code == 200
+        assert _post(c, bundle.name, query_png).status_code == 200
