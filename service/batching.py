@@ -77,12 +77,16 @@ class CategoryBatcher:
         for job in jobs:
             self.queue.put_nowait(job)
         self.telemetry.queue.labels(self.name).set(self.queue.qsize())
+        inflight = self.telemetry.inflight.labels(self.name)
+        inflight.inc(len(jobs))
         try:
             return list(await asyncio.gather(*(job.future for job in jobs)))
         except asyncio.CancelledError:
             for job in jobs:
                 job.future.cancel()
             raise
+        finally:
+            inflight.dec(len(jobs))
 
     def _inspect(self, images: list[torch.Tensor]) -> list[Inspection]:
         """On the inference thread, like every torch op of the service (``service.app.State``)."""
