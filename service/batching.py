@@ -40,6 +40,7 @@ class CategoryBatcher:
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.queue_size)
         self._task: asyncio.Task | None = None
         self._arriving = 0  # requests for this category still being received or decoded
+        telemetry.inflight.labels(name)  # exported as 0 from the start, not missing until the first request
 
     @contextmanager
     def arriving(self):

@@ -129,6 +129,7 @@ def test_inflight_gauge_counts_images_until_answered() -> None:
         model, telemetry = GatedInspector(), Telemetry()
         batcher = CategoryBatcher("c", model, Settings(queue_size=3, max_batch=2, max_wait_ms=0), ThreadPoolExecutor(1),
                                   telemetry)
+        assert inflight(telemetry) == 0  # exported before the first request (the autoscaler sees the pod)
         batcher.start()
         first = asyncio.create_task(batcher.submit([torch.zeros(2, 2, 3)] * 2))  # one model call, held at the gate
         second = asyncio.create_task(batcher.submit([torch.ones(2, 2, 3)]))  # queued behind it
