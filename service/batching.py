@@ -40,6 +40,7 @@ class CategoryBatcher:
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.queue_size)
         self._task: asyncio.Task | None = None
         self._arriving = 0  # requests for this category still being received or decoded
+        telemetry.inflight.labels(name)  # exported as 0 from the start, not missing until the first request
 
     @contextmanager
     def arriving(self):
@@ -77,12 +78,16 @@ class CategoryBatcher:
         for job in jobs:
             self.queue.put_nowait(job)
         self.telemetry.queue.labels(self.name).set(self.queue.qsize())
+        inflight = self.telemetry.inflight.labels(self.name)
+        inflight.inc(len(jobs))
         try:
             return list(await asyncio.gather(*(job.future for job in jobs)))
         except asyncio.CancelledError:
             for job in jobs:
                 job.future.cancel()
             raise
+        finally:
+            inflight.dec(len(jobs))
 
     def _inspect(self, images: list[torch.Tensor]) -> list[Inspection]:
         """On the inference thread, like every torch op of the service (``service.app.State``)."""

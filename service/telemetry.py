@@ -41,6 +41,9 @@ class Telemetry:
         self.bundles = Gauge("rpepad_bundles_loaded", "Bundles loaded and served", registry=r)
         self.refused = Gauge("rpepad_bundles_refused", "Bundles refused at load", registry=r)
         self.queue = Gauge("rpepad_queue_depth", "Images waiting per category", ["category"], registry=r)
+        self.inflight = Gauge("rpepad_inflight_inspections", "Images submitted for inspection and not yet answered "
+                              "(queued or in the model call), per category; the autoscaler's metric "
+                              "(deploy/k8s/hpa.yaml)", ["category"], registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open files
 
     def render(self) -> bytes:

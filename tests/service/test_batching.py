@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -102,3 +103,44 @@ def test_a_batch_waits_for_company_only_while_a_request_is_arriving() -> None:
     assert alone < 0.2 and first == [0.0]
     assert calls == [1, 2]  # the second batch waited for the arriving request
 
+
+
+class GatedInspector(CountingInspector):
+    """Holds each model call until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def inspect(self, images: torch.Tensor):
+        self.entered.set()
+        assert self.gate.wait(timeout=10), "the test never opened the gate"
+        return super().inspect(images)
+
+
+def test_inflight_gauge_counts_images_until_answered() -> None:
+    """``rpepad_inflight_inspections`` (the autoscaler's metric) rises while images are queued
+    or in the model call, falls when they are answered, and ignores refused submissions."""
+
+    def inflight(telemetry: Telemetry) -> float | None:
+        return telemetry.registry.get_sample_value("rpepad_inflight_inspections", {"category": "c"})
+
+    async def scenario() -> None:
+        model, telemetry = GatedInspector(), Telemetry()
+        batcher = CategoryBatcher("c", model, Settings(queue_size=3, max_batch=2, max_wait_ms=0), ThreadPoolExecutor(1),
+                                  telemetry)
+        assert inflight(telemetry) == 0  # exported before the first request (the autoscaler sees the pod)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([torch.zeros(2, 2, 3)] * 2))  # one model call, held at the gate
+        second = asyncio.create_task(batcher.submit([torch.ones(2, 2, 3)]))  # queued behind it
+        await asyncio.to_thread(model.entered.wait, 10)
+        assert inflight(telemetry) == 3
+        with pytest.raises(ServiceError):  # 3 more do not fit the 2 free places: refused, not counted
+            await batcher.submit([torch.zeros(2, 2, 3)] * 3)
+        assert inflight(telemetry) == 3
+        model.gate.set()
+        assert await first == [0.0, 0.0] and await second == [12.0]
+        assert inflight(telemetry) == 0
+        await batcher.stop()
+
+    asyncio.run(scenario())
