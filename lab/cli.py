@@ -194,6 +194,15 @@ def _cmd_onboard_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fanout_bench(args: argparse.Namespace) -> int:
+    from lab.fanout_bench import fanout_bench, summary
+
+    result = fanout_bench(args.out, n=args.categories, preset=args.preset, echo=lambda line: print(line, flush=True))
+    _print_json(result, args.json)
+    print(summary(result))
+    return 0 if all(v == "verified" for run in result["bundles"].values() for v in run.values()) else 1
+
+
 def add_lab_commands(sub) -> None:
     """The lab's subcommands on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser("evaluate", help="score every test view of a category in any pose mode and report the metrics")
@@ -355,6 +364,15 @@ def add_lab_commands(sub) -> None:
     p.add_argument("--kill-after", type=float, default=15.0, help="SIGKILL after this many seconds (default 15)")
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
     p.set_defaults(func=_cmd_records_bench)
+
+    p = sub.add_parser("fanout-bench", help="rpe-pad train on N demo categories one after another, then fanned "
+                       "out on a local Ray: both wall times and their ratio (issue 25's bar: <= 1.2); run it alone")
+    p.add_argument("--out", type=Path, default=Path("fanout_bench"), help="folder for the categories (reused) and "
+                   "both runs' bundles (replaced; default ./fanout_bench)")
+    p.add_argument("--categories", type=positive_int, default=3, help="synthetic categories, seeds 0.. (default 3)")
+    p.add_argument("--preset", default="demo", choices=list(registry.PRESETS), help="default demo")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    p.set_defaults(func=_cmd_fanout_bench)
 
     p = sub.add_parser("ablation", help="the paper's ablation (RVSS, IRPRN refinement, MPTS on and off) on a category")
     p.add_argument("category_dir", type=Path, help="the category rpe-pad train was run on")

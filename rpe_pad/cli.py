@@ -51,13 +51,35 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from training.pipeline import run_train, summary_table
-
     stages = args.stages.split(",") if args.stages else None
-    reports = run_train(args.category_dir, args.out, preset=args.preset, stages=stages, progress=not args.quiet,
-                        validation_dir=args.validation)
-    print(summary_table(reports))
-    return 0
+    if len(args.category_dir) == 1 and args.ray is None:  # one category, here: no Ray
+        from training.pipeline import run_train, summary_table
+
+        reports = run_train(args.category_dir[0], args.out, preset=args.preset, stages=stages,
+                            progress=not args.quiet, validation_dir=args.validation)
+        print(summary_table(reports))
+        return 0
+    if args.validation is not None:
+        raise ValueError("--validation calibrates one category on its labelled twin: train that category alone")
+    from training.fanout import outcome_table, train_many
+    from training.pipeline import summary_table
+
+    outcomes = train_many(args.category_dir, args.out, preset=args.preset, stages=stages, address=args.ray,
+                          echo=lambda line: print(line, flush=True))
+    for outcome in outcomes:
+        if outcome.ok:
+            print(f"\n{outcome.category}:\n{summary_table(outcome.reports)}")
+    print(f"\n{outcome_table(outcomes)}")
+    failed = [o for o in outcomes if not o.ok]
+    for outcome in failed:
+        print(f"rpe-pad train: {outcome.category} ({outcome.folder}) failed: {outcome.reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _list_file_line(line: str) -> list[str]:
+    """One argument per line of an ``@FILE`` (blank lines and ``#`` comments skipped)."""
+    line = line.strip()
+    return [] if not line or line.startswith("#") else [line]
 
 
 def _cmd_selfcheck(args: argparse.Namespace) -> int:
@@ -156,15 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: estimated)")
     p.set_defaults(func=_cmd_prepare)
 
-    p = sub.add_parser("train", help="build a category's bundle, stage by stage")
-    p.add_argument("category_dir", type=Path, help="a MAD-Sim-format category")
+    p = sub.add_parser("train", help="build a category's bundle, stage by stage (several categories: one Ray "
+                       "task each)", fromfile_prefix_chars="@")
+    p.convert_arg_line_to_args = _list_file_line
+    p.add_argument("category_dir", type=Path, nargs="+", help="MAD-Sim-format categories, or @FILE: one folder per "
+                   "line. Several are trained at once on Ray (pip install \"rpe-pad[cluster]\"), each failure "
+                   "reported without stopping the others (exit 1)")
     p.add_argument("--out", type=Path, required=True, help="bundles folder (BUNDLES_DIR/<category> is written)")
     p.add_argument("--preset", default="cpu", choices=list(registry.PRESETS),
                    help="; ".join(f"{k}: {v}" for k, v in registry.PRESETS.items()) + " (default cpu)")
     p.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
     p.add_argument("--validation", type=Path, default=None,
                    help="a labelled category: calibrate the threshold F1-optimally on its test split")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help="train on this Ray cluster (auto, HOST:PORT, "
+                   "ray://HOST:PORT; the folders must be at the same paths on its nodes); default: one category here, "
+                   "several on a local Ray instance with this machine's CPUs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (tasks on Ray never draw them)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("selfcheck", help="how well a bundle finds defects on its object: synthetic defects painted "

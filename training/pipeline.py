@@ -165,11 +165,18 @@ def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages
         start = time.perf_counter()
         reports[name] = _BY_NAME[name].run(ctx)
         reports[name]["stage_seconds"] = round(time.perf_counter() - start, 1)
-    summary = {stage: {k: v for k, v in rep.items() if k not in ("config", "scores", "key", "history")} for stage, rep in reports.items()}
+    summary = compact(reports)
     path = ctx.work / WORK_FILES["train_summary"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2) + "\n")
     return reports
+
+
+def compact(reports: dict[str, dict]) -> dict[str, dict]:
+    """The reports by stage without their bulky fields (configs, scores, keys, histories):
+    the closing summary's content, and what a fan-out task sends back (``training/fanout.py``)."""
+    return {stage: {k: v for k, v in rep.items() if k not in ("config", "scores", "key", "history")}
+            for stage, rep in reports.items()}
 
 
 def summary_table(reports: dict[str, dict]) -> str:
