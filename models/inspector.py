@@ -510,16 +510,23 @@ def load_bundles(bundles_dir: Path, device: str = "auto", on_error=None,
     """Every valid bundle under ``bundles_dir`` by category, and the refused ones with the
     reason (``on_error(path, reason)`` is called for each, e.g. to log it); ``overrides``
     as in ``Inspector.load``."""
-    loaded: dict[str, Inspector] = {}
-    refused: dict[str, str] = {}
     bundles_dir = Path(bundles_dir)
     if not bundles_dir.is_dir():
         raise FileNotFoundError(f"{bundles_dir}: bundles directory does not exist")
-    for path in find_bundles(bundles_dir):
+    return load_each({path.name: path for path in find_bundles(bundles_dir)}, device, on_error, **overrides)
+
+
+def load_each(paths: dict[str, Path], device: str = "auto", on_error=None,
+              **overrides) -> tuple[dict[str, Inspector], dict[str, str]]:
+    """``load_bundles`` over given bundle directories (category -> directory), e.g. the
+    versions the service fetched from object storage."""
+    loaded: dict[str, Inspector] = {}
+    refused: dict[str, str] = {}
+    for name, path in paths.items():
         try:
-            loaded[path.name] = Inspector.load(path, device, **overrides)
+            loaded[name] = Inspector.load(path, device, **overrides)
         except Exception as exc:  # noqa: BLE001 (any failure refuses this bundle only, with its reason)
-            refused[path.name] = str(exc) if isinstance(exc, BundleError) else f"{path}: {type(exc).__name__}: {exc}"
+            refused[name] = str(exc) if isinstance(exc, BundleError) else f"{path}: {type(exc).__name__}: {exc}"
             if on_error is not None:
                 on_error(path, str(exc))
     return loaded, refused

@@ -134,8 +134,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from service.settings import Settings
 
     overrides = {k: v for k, v in (("bundles", args.bundles), ("device", args.device)) if v is not None}
-    settings = Settings(**overrides)
-    if not settings.bundles.is_dir():
+    settings = Settings(**overrides)  # a malformed s3:// URL is refused here, with the reason
+    source = settings.bundle_source()
+    if isinstance(source, Path) and not source.is_dir():  # an object store may be down at start: not checked
         raise FileNotFoundError(f"bundles directory {settings.bundles} does not exist")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
@@ -218,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("serve", help="run the inspection service (FastAPI + uvicorn) on a bundles directory")
-    p.add_argument("--bundles", type=Path, default=None, help="bundles directory (default $RPEPAD_BUNDLES or ./bundles)")
+    p.add_argument("--bundles", default=None,
+                   help="bundles directory or s3://bucket/prefix (default $RPEPAD_BUNDLES or ./bundles)")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (0.0.0.0 in the container)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default=None, choices=["auto", "cuda", "cpu"], help="default $RPEPAD_DEVICE or auto")

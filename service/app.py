@@ -4,6 +4,13 @@
 ``settings.bundles`` in the background (``models.inspector.load_bundles``: a bad bundle is
 logged and skipped) so ``/healthz`` answers at once and ``/readyz`` turns 200 when the
 bundles are in. ``rpe-pad serve`` runs it with uvicorn.
+
+When ``settings.bundles`` is an ``s3://`` URL (``service/bundle_source.py``) the lifespan
+looks at the store at start and then every ``bundles_poll_s``: a new version of a category
+is fetched and verified into the cache, loaded and warmed up on the inference thread while
+the old version keeps answering, then swapped in (``serve``); the old batcher drains. A
+store that cannot be read, or a new version that is refused, leaves what is served as it
+is; ``/categories`` (``refused``) and ``/readyz`` (``detail``) say why.
 """
 
 from __future__ import annotations
@@ -33,11 +40,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models.camera import parse_intrinsics
 from models.images import exif_camera_of
-from models.inspector import Inspection, InspectionError, Inspector, load_bundles
+from models.inspector import Inspection, InspectionError, Inspector, load_bundles, load_each
 from models.results import resolve_threshold
 from models.version import package_version
 from service import problems, web
 from service.batching import CategoryBatcher
+from service.bundle_source import S3Location, S3Source, Snapshot, Version
 from service.problems import ServiceError
 from service.records import Filters, Pending, Record, RecordStore, new_id, png_bytes, utc_now
 from service.schemas import (BatchOut, Categories, FeedbackIn, Health, InspectionOut, RecordDetail, RecordPage,
@@ -70,15 +78,24 @@ class Include:
 
 
 class State:
-    """What the lifespan loads: inspectors and batchers by category, and why others were refused."""
+    """What the lifespan loads: inspectors and batchers by category, and why others were refused.
+
+    ``inspectors[name]`` and ``batchers[name]`` are replaced together, in one step on the
+    event loop, when a new bundle version is swapped in (``serve`` in ``create_app``); a
+    request takes the pair once and keeps it to its answer (``CategoryBatcher.in_use``).
+    """
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.inspectors: dict[str, Inspector] = {}
         self.batchers: dict[str, CategoryBatcher] = {}
         self.refused: dict[str, str] = {}
-        self.ready = False
+        self.ready = False  # at least one bundle is served (once true, it stays true)
         self.load_error: str | None = None
+        self.source: S3Source | None = None  # the object store, when settings.bundles is an s3:// URL
+        self.source_error: str | None = None  # why the store could not be read at the last look
+        self.load_failures: dict[str, str] = {}  # bundle version (manifest sha256) -> why it did not load
+        self.retiring: dict[CategoryBatcher, asyncio.Task] = {}  # replaced batchers, draining
         # Every torch op of the service runs on this one thread: loading, warm-up, stacking a
         # batch, inference, resampling a photo from another camera. libgomp (torch's OpenMP on
         # Linux) keeps a team of threads for each thread that ever ran a parallel op; once
@@ -89,6 +106,20 @@ class State:
         self.telemetry = Telemetry()
         self.records: RecordStore | None = None
         self.records_error: str | None = None  # why records are unavailable, when they are on but failed to open
+
+    def problems(self) -> dict[str, str]:
+        """What is not served and why: refused bundles by category, the store under its URL."""
+        found = dict(self.refused)
+        if self.source is not None and self.source_error is not None:
+            found[str(self.source)] = self.source_error
+        return found
+
+    def serving(self, category: str) -> tuple[Inspector, CategoryBatcher]:
+        """The category's inspector and batcher, taken together (404 when not loaded)."""
+        inspector = self.inspectors.get(category)
+        if inspector is None:
+            raise ServiceError(404, f"unknown category {category!r}; loaded: {sorted(self.inspectors)}")
+        return inspector, self.batchers[category]
 
 
 def open_records(settings: Settings, telemetry: Telemetry, log: logging.Logger) -> tuple[RecordStore | None, str | None]:
@@ -145,7 +176,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     log = logging.getLogger("rpe_pad.service")
 
+    async def warm_up(state: State, name: str, inspector: Inspector) -> str | None:
+        """Warm ``inspector`` up on the inference thread (where its buffers will be reused);
+        the reason when it fails (the bundle is refused, the rest served)."""
+        if not settings.warmup:
+            return None
+        try:
+            seconds = await asyncio.get_running_loop().run_in_executor(state.executor, inspector.warm_up,
+                                                                       settings.max_batch)
+        except Exception as exc:  # noqa: BLE001 (a bundle that cannot run is refused)
+            return f"warm-up failed: {type(exc).__name__}: {exc}"
+        log.info("warmed %s up in %.1f s (batch %d)", name, seconds, settings.max_batch)
+        return None
+
+    def serve(state: State, name: str, inspector: Inspector) -> None:
+        """Serve ``name`` with ``inspector`` from now on; a batcher it replaces drains.
+
+        The swap is two dictionary assignments with no ``await`` between them, on the event
+        loop: a request sees the old inspector and batcher or the new ones, never a mix. A
+        request that took the old pair keeps it to its answer; the old batcher stops when
+        the last of them is answered (``CategoryBatcher.drain``), so no request is dropped.
+        """
+        batcher = CategoryBatcher(name, inspector, settings, state.executor, state.telemetry)
+        batcher.start()
+        old = state.batchers.get(name)
+        state.inspectors[name], state.batchers[name] = inspector, batcher
+        if old is not None:
+            task = asyncio.create_task(old.drain(), name=f"drain-{name}")
+            state.retiring[old] = task
+            task.add_done_callback(lambda _: state.retiring.pop(old, None))
+        log.info("serving %s (%s)", name, inspector.describe())
+
     async def load(state: State) -> None:
+        """A local bundles directory, once at start."""
         try:
             loaded, refused = await asyncio.get_running_loop().run_in_executor(  # on the inference thread
                 state.executor, lambda: load_bundles(settings.bundles, settings.device,
@@ -155,36 +218,105 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.load_error = str(exc)
             log.error("loading bundles failed: %s", exc)
             return
-        for name, inspector in list(loaded.items()) if settings.warmup else []:
-            try:  # on the inference thread, where the buffers will be reused
-                seconds = await asyncio.get_running_loop().run_in_executor(state.executor, inspector.warm_up,
-                                                                           settings.max_batch)
-                log.info("warmed %s up in %.1f s (batch %d)", name, seconds, settings.max_batch)
-            except Exception as exc:  # noqa: BLE001 (a bundle that cannot run is refused, the rest served)
-                refused[name] = f"warm-up failed: {type(exc).__name__}: {exc}"
+        for name, inspector in list(loaded.items()):
+            reason = await warm_up(state, name, inspector)
+            if reason is not None:
+                refused[name] = reason
                 del loaded[name]
-                log.error("bundle refused: %s", refused[name])
+                log.error("bundle refused: %s", reason)
         for name, inspector in loaded.items():
-            batcher = CategoryBatcher(name, inspector, settings, state.executor, state.telemetry)
-            batcher.start()
-            state.batchers[name] = batcher
-            log.info("serving %s (%s)", name, inspector.describe())
-        state.inspectors, state.refused = loaded, refused
+            serve(state, name, inspector)
+        state.refused = refused
         state.telemetry.bundles.set(len(loaded))
         state.telemetry.refused.set(len(refused))
         state.ready = bool(loaded)
         if not loaded:
             state.load_error = f"no valid bundle in {settings.bundles}"
 
+    async def bring_up(state: State, version: Version) -> str | None:
+        """Load a fetched version and warm it up on the inference thread, then swap it in;
+        the reason when it is refused. The version in service answers meanwhile."""
+        name = version.category
+        loaded, refused = await asyncio.get_running_loop().run_in_executor(
+            state.executor, lambda: load_each({name: version.path}, settings.device, pose=settings.pose))
+        if name in refused:
+            return refused[name]
+        reason = await warm_up(state, name, loaded[name])
+        if reason is None:
+            serve(state, name, loaded[name])
+        return reason
+
+    async def sync(state: State) -> None:
+        """One look at the object store: every category whose newest version is not the one
+        served is fetched, verified, loaded and swapped in; nothing served is ever dropped."""
+        source = state.source
+        serving = {name: inspector.bundle_sha256 for name, inspector in state.inspectors.items()}
+        in_use = [b.inspector.bundle_dir for b in (*state.batchers.values(), *state.retiring)]
+        try:  # network and hashing on a worker thread: no torch op there
+            snapshot = await asyncio.to_thread(source.sync, serving, in_use)
+        except Exception as exc:  # noqa: BLE001 (e.g. the cache directory cannot be written)
+            snapshot = Snapshot(error=f"{type(exc).__name__}: {exc}")
+        if snapshot.error is not None:
+            if snapshot.error != state.source_error:
+                log.error("bundle store %s: %s", source, snapshot.error)
+            state.source_error = snapshot.error
+        else:
+            state.source_error = None
+            refused = dict(snapshot.refused)
+            for name, version in snapshot.versions.items():
+                if serving.get(name) == version.sha256:
+                    continue
+                reason = state.load_failures.get(version.sha256)
+                if reason is None:
+                    reason = await bring_up(state, version)
+                    if reason is not None:
+                        state.load_failures[version.sha256] = reason  # not loaded again by this process
+                if reason is not None:
+                    refused[name] = reason
+            for name, reason in refused.items():
+                if name in state.inspectors:
+                    refused[name] = f"{reason} (still serving version {state.inspectors[name].bundle_sha256[:12]})"
+                if state.refused.get(name) != refused[name]:
+                    log.error("bundle refused: %s: %s", name, refused[name])
+            state.refused = refused
+        state.telemetry.bundles.set(len(state.inspectors))
+        state.telemetry.refused.set(len(state.refused))
+        state.ready = bool(state.inspectors)
+        if not state.ready:
+            retry = (f"; looking again every {settings.bundles_poll_s:g} s" if settings.bundles_poll_s > 0
+                     else "; not looking again (RPEPAD_BUNDLES_POLL_S=0)")
+            problems = "; ".join(f"{name}: {reason}" for name, reason in state.problems().items())
+            state.load_error = f"no valid bundle in {source}" + (f" ({problems})" if problems else "") + retry
+
+    async def watch(state: State) -> None:
+        """An object store: a look at start, then one every ``bundles_poll_s`` (0: at start only)."""
+        while True:
+            try:
+                await sync(state)
+            except Exception as exc:  # noqa: BLE001 (our bug: logged, and the next look happens anyway)
+                log.exception("looking at the bundle store failed")
+                if not state.ready:
+                    state.load_error = f"looking at the bundle store failed: {type(exc).__name__}: {exc}"
+            if settings.bundles_poll_s <= 0:
+                return
+            await asyncio.sleep(settings.bundles_poll_s)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = State(settings)
         app.state.svc, app.state.log = state, log
         state.records, state.records_error = await asyncio.to_thread(open_records, settings, state.telemetry, log)
-        loader = asyncio.create_task(load(state))
+        source = settings.bundle_source()
+        if isinstance(source, S3Location):
+            state.source = S3Source(source, settings.bundles_cache_dir())
+            loader = asyncio.create_task(watch(state))
+        else:
+            loader = asyncio.create_task(load(state))
         yield
         loader.cancel()
-        for batcher in state.batchers.values():
+        for task in list(state.retiring.values()):
+            task.cancel()
+        for batcher in [*state.batchers.values(), *state.retiring]:
             await batcher.stop()
         state.executor.shutdown(wait=False, cancel_futures=True)
         if state.records is not None:
@@ -234,8 +366,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", response_model=Health, tags=["operations"], responses=problems.errors(503))
     async def readyz(state: Ready) -> Health:
-        """Bundles are loaded and inspections are accepted."""
-        return Health(status="ready", bundles_loaded=len(state.inspectors))
+        """Bundles are loaded and inspections are accepted; ``detail`` names what is not served
+        and why (refused bundles, a bundle store that cannot be read)."""
+        problems = "; ".join(f"{name}: {reason}" for name, reason in state.problems().items())
+        return Health(status="ready", bundles_loaded=len(state.inspectors), detail=problems or None)
 
     @app.get("/metrics", tags=["operations"], response_class=Response,
              responses={200: {"description": "Prometheus text format", "content": {METRICS_TYPE: {}}}})
@@ -248,16 +382,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def categories(state: Ready) -> Categories:
         """The loaded categories (and the bundles that were refused, with the reason)."""
         return Categories(categories=[i.describe() for i in state.inspectors.values()],
-                          refused=state.refused)
+                          refused=state.problems())
 
-    async def _prepare(state: State, category: str, upload: UploadFile, intrinsics: str | None = None,
-                       phases: dict[str, float] | None = None):
+    async def _prepare(state: State, inspector: Inspector, batcher: CategoryBatcher, upload: UploadFile,
+                       intrinsics: str | None = None, phases: dict[str, float] | None = None):
         """The upload as the bundle's camera sees it; ``phases`` gets the seconds of read and decode."""
-        inspector = state.inspectors.get(category)
-        if inspector is None:
-            raise ServiceError(404, f"unknown category {category!r}; loaded: {sorted(state.inspectors)}")
         check_media_type(upload)
-        batcher = state.batchers[category]
         with batcher.arriving():  # a batch being formed waits for this one
             t0 = time.perf_counter()
             data = await read_limited(upload, state.settings.max_upload_bytes)
@@ -292,9 +422,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except InspectionError as exc:
             raise ServiceError(422, f"threshold: {exc}") from exc
 
-    async def _run(state: State, category: str, images: list) -> list[Inspection]:
+    async def _run(state: State, batcher: CategoryBatcher, images: list) -> list[Inspection]:
+        category = batcher.name
         try:
-            results = await state.batchers[category].submit(images)
+            results = await batcher.submit(images)
         except InspectionError as exc:
             raise ServiceError(422, str(exc)) from exc
         for r in results:
@@ -331,16 +462,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Inspect one image: pose from the gallery and IRPRN, render of the normal object
         there, feature comparison, score, decision and (optionally) the anomaly map."""
         phases = {"receive": time.perf_counter() - request.state.started}
-        image, data = await _prepare(state, category, file, intrinsics, phases)
-        inspector = state.inspectors[category]
-        _check_threshold(inspector, threshold)
-        result = (await _run(state, category, [image]))[0].decided(threshold)
-        t0 = time.perf_counter()
-        record_id = new_id() if state.records is not None else None
-        include = Include(include_map, include_overlay, include_reference)
-        out = await run_in_threadpool(_out, request, category, file.filename, result, image, include, inspector,
-                                      record_id)
-        _record(state, record_id, out, result, image, data, file, inspector)
+        inspector, batcher = state.serving(category)
+        with batcher.in_use():  # this bundle version to the answer, even if a new one is swapped in
+            image, data = await _prepare(state, inspector, batcher, file, intrinsics, phases)
+            _check_threshold(inspector, threshold)
+            result = (await _run(state, batcher, [image]))[0].decided(threshold)
+            t0 = time.perf_counter()
+            record_id = new_id() if state.records is not None else None
+            include = Include(include_map, include_overlay, include_reference)
+            out = await run_in_threadpool(_out, request, category, file.filename, result, image, include, inspector,
+                                          record_id)
+            _record(state, record_id, out, result, image, data, file, inspector)
         request.state.answered = time.perf_counter()
         phases["respond"] = request.state.answered - t0
         for phase, seconds in phases.items():
@@ -360,20 +492,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Inspect several images of one category; any bad file fails the request with its name."""
         if len(files) > state.settings.max_files_per_batch:
             raise ServiceError(413, f"{len(files)} files; at most {state.settings.max_files_per_batch} per request")
-        prepared = [await _prepare(state, category, f, intrinsics) for f in files]
-        images = [image for image, _ in prepared]
-        inspector = state.inspectors[category]
-        _check_threshold(inspector, threshold)
-        results = await _run(state, category, images)
-        outs = []
-        for f, r, (im, data) in zip(files, results, prepared):
-            result = r.decided(threshold)
-            record_id = new_id() if state.records is not None else None
-            out = await run_in_threadpool(_out, request, category, f.filename, result, im,
-                                          Include(include_map, include_overlay, include_reference), inspector,
-                                          record_id)
-            _record(state, record_id, out, result, im, data, f, inspector)
-            outs.append(out)
+        inspector, batcher = state.serving(category)
+        with batcher.in_use():  # this bundle version to the answer, even if a new one is swapped in
+            prepared = [await _prepare(state, inspector, batcher, f, intrinsics) for f in files]
+            images = [image for image, _ in prepared]
+            _check_threshold(inspector, threshold)
+            results = await _run(state, batcher, images)
+            outs = []
+            for f, r, (im, data) in zip(files, results, prepared):
+                result = r.decided(threshold)
+                record_id = new_id() if state.records is not None else None
+                out = await run_in_threadpool(_out, request, category, f.filename, result, im,
+                                              Include(include_map, include_overlay, include_reference), inspector,
+                                              record_id)
+                _record(state, record_id, out, result, im, data, f, inspector)
+                outs.append(out)
         return BatchOut(request_id=request.state.request_id, category=category, results=outs)
 
     @app.get("/categories/{category}/gallery/{view_id}.png", dependencies=[Depends(authorised)],
@@ -383,9 +516,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def gallery_view(category: str, view_id: Annotated[int, FastPath(ge=0, le=1_000_000)],
                            state: Ready) -> Response:
         """A gallery view of a loaded category, as a result's ``matches[].id`` names it."""
-        inspector = state.inspectors.get(category)
-        if inspector is None:
-            raise ServiceError(404, f"unknown category {category!r}; loaded: {sorted(state.inspectors)}")
+        inspector, _ = state.serving(category)
         png = await asyncio.to_thread(inspector.gallery_view_png, view_id)
         if png is None:
             raise ServiceError(404, f"category {category!r} has no gallery view {view_id}")

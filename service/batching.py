@@ -8,6 +8,10 @@ single-thread executor (one model call at a time per process: on a CPU, concurre
 only fight over the cores; on a GPU, batching is what raises throughput). A full queue
 refuses new work at once with 503 and ``Retry-After``; images whose client went away are
 dropped before the model call.
+
+When a new version of a category's bundle is swapped in (``service/app.py``), its old
+batcher is drained, not stopped: every request holds the batcher it started with for its
+whole life (``in_use``), and ``drain`` stops the old one once none does.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class CategoryBatcher:
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.queue_size)
         self._task: asyncio.Task | None = None
         self._arriving = 0  # requests for this category still being received or decoded
+        self._users = 0  # requests that hold this batcher (and its inspector), from start to answer
+        self._idle = asyncio.Event()
+        self._idle.set()
         telemetry.inflight.labels(name)  # exported as 0 from the start, not missing until the first request
 
     @contextmanager
@@ -51,6 +58,24 @@ class CategoryBatcher:
             yield
         finally:
             self._arriving -= 1
+
+    @contextmanager
+    def in_use(self):
+        """Around a whole request that inspects with this batcher's inspector: a batcher that
+        was replaced keeps working until the last such request is answered (``drain``)."""
+        self._users += 1
+        self._idle.clear()
+        try:
+            yield self
+        finally:
+            self._users -= 1
+            if self._users == 0:
+                self._idle.set()
+
+    async def drain(self) -> None:
+        """Stop once no request holds this batcher (after a new bundle version replaced it)."""
+        await self._idle.wait()
+        await self.stop()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -10,12 +11,17 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models import registry
+from service.bundle_source import S3Location, parse_source
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RPEPAD_", env_file=".env", extra="ignore")
 
-    bundles: Path = Path("bundles")  # directory of bundles, one subdirectory per category
+    # Bundles: a directory (one subdirectory per category), or s3://bucket/prefix on an
+    # S3-compatible store (service/bundle_source.py; endpoint and credentials: boto3's AWS_* variables)
+    bundles: str = "bundles"
+    bundles_cache: Path | None = None  # where s3:// bundles are fetched to; None = data_dir/bundles-cache
+    bundles_poll_s: float = Field(default=60.0, ge=0)  # how often an s3:// source is looked at again; 0 = at start only
     device: Literal["auto", "cuda", "cpu"] = "auto"  # where models run; auto = CUDA when present
     pose: str | None = None  # pose mode (models.registry, product modes); None = each bundle's own setting
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)  # per file
@@ -38,9 +44,27 @@ class Settings(BaseSettings):
     records_max_age_days: float | None = Field(default=365.0, gt=0)  # older records are deleted (None = no limit)
     records_queue: int = Field(default=256, gt=0)  # records waiting for the writer before new ones are dropped
 
+    def bundle_source(self) -> Path | S3Location:
+        """``bundles`` as a local directory or an ``s3://`` location."""
+        return parse_source(self.bundles)
+
+    def bundles_cache_dir(self) -> Path:
+        return self.bundles_cache if self.bundles_cache is not None else self.data_dir / "bundles-cache"
+
     def records_url(self) -> str:
         """The records database: ``database_url``, else SQLite at ``data_dir/records.sqlite3``."""
         return self.database_url or f"sqlite:///{(self.data_dir / 'records.sqlite3').resolve()}"
+
+    @field_validator("bundles", mode="before")
+    @classmethod
+    def _path_or_url(cls, value):
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("bundles")
+    @classmethod
+    def _valid_source(cls, value: str) -> str:
+        parse_source(value)  # ValueError naming the problem of a malformed s3:// URL
+        return value
 
     @field_validator("pose")
     @classmethod
