@@ -131,7 +131,12 @@ def test_fan_out_on_a_local_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
     def init(**kwargs):  # the CLI's own local instance, on 2 CPUs whatever this machine has, with the tiny presets
         seen.update(kwargs)
-        return real_init(**{**kwargs, "num_cpus": 2}, runtime_env={"worker_process_setup_hook": _tiny_worker})
+        # The hook lives in this test module: the workers import it from the checkout's root
+        # (an installed package needs no path; the tests are not one).
+        root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        return real_init(**{**kwargs, "num_cpus": 2}, runtime_env={"worker_process_setup_hook": _tiny_worker,
+                                                                     "env_vars": {"PYTHONPATH": path}})
 
     monkeypatch.setattr(ray, "init", init)
     bundles = tmp_path / "bundles"
