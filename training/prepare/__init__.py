@@ -17,18 +17,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from models import camera as cam
+from models.images import Undistortion
 from training.prepare import masks as mk
 from training.prepare import report as rp
 from training.prepare.frame import centres_and_axes, normalise
 from training.prepare.photos import PrepareError, read_photos
-from training.prepare.sfm import CAMERA_MODELS, Camera, reconstruct
+from training.prepare.sfm import CAMERA_MODELS, reconstruct
 
 __all__ = ["CAMERA_MODELS", "PrepareConfig", "PrepareError", "prepare"]
 
@@ -82,7 +82,9 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | No
     w2c = np.stack([sim.pose(rec.w2c[p.name]) for p in registered])
     centres, _, _ = centres_and_axes(w2c)
     undistort = rec.camera.distortion_px() > UNDISTORT_PX
-    remap = _undistortion(rec.camera) if undistort else None
+    lens = Undistortion(np.array([[rec.camera.focal, 0, rec.camera.width / 2], [0, rec.camera.focal,
+                                                                                 rec.camera.height / 2], [0, 0, 1]]),
+                        rec.camera.distortion, rec.camera.width, rec.camera.height) if undistort else None
 
     train = out / "train" / "good"
     mask_dir = report_dir / "masks"
@@ -92,8 +94,8 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | No
     sheet_cells = []
     frames = []
     for i, photo in enumerate(tqdm(registered, desc="writing", disable=not progress)):
-        rgb = photo.rgb if remap is None else cv2.remap(photo.rgb, *remap, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        mask = masks[photo.name] if remap is None else mk.object_mask(rgb)
+        rgb = photo.rgb if lens is None else lens(photo.rgb)  # the same undistortion as the bundle's queries get
+        mask = masks[photo.name] if lens is None else mk.object_mask(rgb)
         file = f"{i:03d}"
         Image.fromarray(mk.composite(rgb, mask.alpha)).save(train / f"{file}.png")
         Image.fromarray((mask.alpha * 255 + 0.5).astype(np.uint8)).save(mask_dir / f"{file}.png")
@@ -167,18 +169,6 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | No
                    for f, rgb, m in sheet_cells],
                   f"{out.name}: object masks (red: background removed; ! flagged)").save(report_dir / "masks.png")
     return report
-
-
-def _undistortion(camera: Camera) -> tuple[np.ndarray, np.ndarray]:
-    """Maps from the pinhole camera (same focal length and size, centred principal point) to
-    the photo, for ``cv2.remap``; COLMAP's radial terms are OpenCV's k1, k2."""
-    K = np.array([[camera.focal, 0, camera.width / 2], [0, camera.focal, camera.height / 2], [0, 0, 1]])
-    k = (*camera.distortion, 0.0, 0.0)[:2]
-    dist = np.array([k[0], k[1], 0.0, 0.0])
-    # OpenCV's pixel centres are at integers, COLMAP's (and ours) at +0.5: shift by half a pixel.
-    K_cv = K.copy()
-    K_cv[:2, 2] -= 0.5
-    return cv2.initUndistortRectifyMap(K_cv, dist, None, K_cv, (camera.width, camera.height), cv2.CV_32FC1)
 
 
 def _stepper(progress: bool, start: float):
