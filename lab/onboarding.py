@@ -41,7 +41,7 @@ def _w2c_by_source(transforms_path: Path, key: str) -> dict[str, np.ndarray]:
     read_transforms(transforms_path)  # validates
     out = {}
     for frame in raw["frames"]:
-        name = Path(frame[key]).stem if key == "file_path" else Path(frame[key]).stem
+        name = Path(frame[key]).stem
         c2w = torch.tensor(frame["transform_matrix"], dtype=torch.float64)
         out[name] = camera.opengl_c2w_to_opencv_w2c(c2w).numpy()
     return out

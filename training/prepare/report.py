@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from models.viz import Cell, contact_sheet, mask_overlay
+from training.prepare.masks import MAX_BORDER_OBJECT, PLAIN_DELTA_E
 
 MIN_VIEWS = 30  # registered views below which the model will have holes (MAD trains on 60+)
 MAX_AZIMUTH_GAP_DEG = 45.0  # largest gap between neighbouring cameras' azimuths
@@ -110,12 +111,12 @@ def warnings_for(stats: list[PhotoStats], skipped: list[tuple[str, str]], focal:
         if bright:
             out.append(Flag("overexposed", f"{len(bright)} photo(s) with more than {OVEREXPOSED:.0%} of the object "
                                "clipped white: lower the exposure or soften the light", bright))
-        plain = [s.name for s in reg if s.background_spread is not None and s.background_spread > 6.0]
+        plain = [s.name for s in reg if s.background_spread is not None and s.background_spread > PLAIN_DELTA_E]
         if plain:
             out.append(Flag("background_not_plain", f"{len(plain)} photo(s) whose background is not plain (its "
                                "colour varies along the border): the object mask may be wrong; use a plain, evenly "
                                "lit backdrop", plain))
-        cut = [s.name for s in reg if s.border_object is not None and s.border_object > 0.02]
+        cut = [s.name for s in reg if s.border_object is not None and s.border_object > MAX_BORDER_OBJECT]
         if cut:
             out.append(Flag("touches_frame", f"{len(cut)} photo(s) where the object touches the frame: step back "
                                "so the whole object is in view", cut))

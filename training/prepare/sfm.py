@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,8 +65,6 @@ def reconstruct(photos: list[Photo], work: Path, masks: dict[str, np.ndarray], c
     """Run structure-from-motion on ``photos`` (one size) in ``work``; the largest model wins,
     its poses are checked against the object ``masks`` (by photo name; ``verify``), and every
     photo outside it is listed in ``unregistered`` with the reason."""
-    import time
-
     if camera_model not in CAMERA_MODELS:
         raise PrepareError(f"camera model {camera_model!r} is not supported; choose one of {', '.join(CAMERA_MODELS)}")
     pycolmap.logging.minloglevel = 1  # COLMAP's warnings and errors only; the steps are reported by the caller
