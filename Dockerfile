@@ -1,35 +1,92 @@
-# The inspection service on a CUDA GPU host (docker/docker-compose.yml runs it).
+# The inspection service's images, CPU and GPU, from one file (docs/DEPLOY.md, "Images"):
 #
-# Stage 1 (devel image, has nvcc): install torch 2.14.1 (CUDA 13 wheel), build gsplat
-# 1.5.3 from its source distribution so its CUDA kernels are compiled now, for the
-# architectures in TORCH_CUDA_ARCH_LIST (the PyPI wheel is pure Python and would JIT-build
-# them on the first request), then the package with onnxruntime-gpu (the `gpu` extra).
-# Stage 2 (runtime image): the virtual environment only. Bundles are mounted at /bundles.
+#   docker build --target cpu -t rpe-pad:cpu .      # CPU torch, our rasterizer, onnxruntime
+#   docker build -t rpe-pad:gpu .                   # the default (last) target: CUDA 13
+#
+# Stages, and which image uses them:
+#   wheel      the project's wheel (pure Python)            shared by cpu and gpu
+#   cpu-venv   torch for CPU + the wheel with the `cpu` extra   cpu
+#   cpu        the CPU service (BASE_IMAGE + the venv)          cpu
+#   gpu-venv   torch CUDA 13, gsplat's CUDA kernels compiled, the wheel with `gpu`   gpu
+#   gpu        the GPU service (CUDA runtime + the venv)       gpu
+#
+# Build arguments:
+#   BASE_IMAGE       the Debian image with Python 3.11 that the wheel and the CPU image
+#                    build on; real users keep the default. Without Docker Hub,
+#                    `make docker-smoke` makes one from Debian's packages (mmdebstrap).
+#   TORCH_INDEX_URL  where the CPU image's torch comes from (the CPU-only wheels by default;
+#                    empty = the package index pip is configured with)
+#   CUDA_TAG, TORCH_CUDA_ARCH_LIST   the GPU image's CUDA base and kernel architectures
+# Package-index settings (a private mirror, credentials, a proxy's CA) are build secrets,
+# mounted only while pip runs and never written to a layer:
+#   docker build --secret id=pip,src=pip.conf [--secret id=pip-cert,src=ca.pem] ...
+# pip reads the first as /etc/pip.conf; the second lies at /run/secrets/pip-cert, for a
+# pip.conf that says `cert = /run/secrets/pip-cert`.
+# Needs BuildKit (Docker >= 23, or DOCKER_BUILDKIT=1 on Docker 20.10).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_TAG=13.0.0-cudnn
-FROM nvidia/cuda:${CUDA_TAG}-devel-ubuntu22.04 AS build
-ARG TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;10.0;12.0+PTX"
-ENV DEBIAN_FRONTEND=noninteractive TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST} MAX_JOBS=8
-RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev \
-        build-essential git && rm -rf /var/lib/apt/lists/*
-RUN python3.11 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-RUN pip install --no-cache-dir --upgrade pip setuptools wheel ninja \
-    && pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1
-RUN pip install --no-cache-dir --no-build-isolation --no-binary gsplat gsplat==1.5.3 \
-    && python -c "import gsplat, importlib.util as u; assert u.find_spec('gsplat.csrc') is not None, 'gsplat CUDA kernels not built'"
+
+# ---- shared: the project as a wheel. Only the product's packages (no lab/, no tests/).
+FROM ${BASE_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY training ./training
 COPY service ./service
 COPY rpe_pad ./rpe_pad
-RUN pip install --no-cache-dir ".[gpu]"
+RUN --mount=type=secret,id=pip,target=/etc/pip.conf --mount=type=secret,id=pip-cert \
+    python3 -m venv /tmp/build && /tmp/build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && rm -rf /tmp/build
 
-FROM nvidia/cuda:${CUDA_TAG}-runtime-ubuntu22.04
-RUN apt-get update && apt-get install -y --no-install-recommends python3.11 curl libgl1 libglib2.0-0 \
+# ---- CPU
+FROM ${BASE_IMAGE} AS cpu-venv
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN --mount=type=secret,id=pip,target=/etc/pip.conf --mount=type=secret,id=pip-cert \
+    python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
+        torch==2.14.1 torchvision==0.29.1
+COPY --from=wheel /wheels /wheels
+RUN --mount=type=secret,id=pip,target=/etc/pip.conf --mount=type=secret,id=pip-cert \
+    /opt/venv/bin/pip install --no-cache-dir "$(ls /wheels/rpe_pad-*.whl)[cpu]"
+
+FROM ${BASE_IMAGE} AS cpu
+RUN apt-get update && apt-get install -y --no-install-recommends curl \
     && rm -rf /var/lib/apt/lists/* && useradd --create-home --uid 10001 rpepad \
     && mkdir -p /data && chown rpepad /data
-COPY --from=build /opt/venv /opt/venv
+COPY --from=cpu-venv /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 RPEPAD_BUNDLES=/bundles RPEPAD_DEVICE=cpu RPEPAD_DATA_DIR=/data
+USER rpepad
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 CMD curl -fsS http://127.0.0.1:8000/readyz || exit 1
+ENTRYPOINT ["rpe-pad"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
+
+# ---- GPU. Stage 1 (devel image, has nvcc): torch 2.14.1 (CUDA 13 wheel), gsplat 1.5.3 built
+# from its source distribution so its CUDA kernels are compiled now, for the architectures
+# in TORCH_CUDA_ARCH_LIST (the PyPI wheel is pure Python and would JIT-build them on the
+# first request), then the shared wheel with onnxruntime-gpu (the `gpu` extra).
+FROM nvidia/cuda:${CUDA_TAG}-devel-ubuntu22.04 AS gpu-venv
+ARG TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+ENV DEBIAN_FRONTEND=noninteractive TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST} MAX_JOBS=8
+RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev \
+        build-essential git && rm -rf /var/lib/apt/lists/*
+RUN --mount=type=secret,id=pip,target=/etc/pip.conf --mount=type=secret,id=pip-cert \
+    python3.11 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir --upgrade pip setuptools wheel ninja \
+    && /opt/venv/bin/pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1
+ENV PATH=/opt/venv/bin:$PATH
+RUN --mount=type=secret,id=pip,target=/etc/pip.conf --mount=type=secret,id=pip-cert \
+    pip install --no-cache-dir --no-build-isolation --no-binary gsplat gsplat==1.5.3 \
+    && python -c "import gsplat, importlib.util as u; assert u.find_spec('gsplat.csrc') is not None, 'gsplat CUDA kernels not built'"
+COPY --from=wheel /wheels /wheels
+RUN --mount=type=secret,id=pip,target=/etc/pip.conf --mount=type=secret,id=pip-cert \
+    pip install --no-cache-dir "$(ls /wheels/rpe_pad-*.whl)[gpu]"
+
+# Stage 2 (runtime image): the virtual environment only. Bundles are mounted at /bundles.
+FROM nvidia/cuda:${CUDA_TAG}-runtime-ubuntu22.04 AS gpu
+RUN apt-get update && apt-get install -y --no-install-recommends python3.11 curl \
+    && rm -rf /var/lib/apt/lists/* && useradd --create-home --uid 10001 rpepad \
+    && mkdir -p /data && chown rpepad /data
+COPY --from=gpu-venv /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 RPEPAD_BUNDLES=/bundles RPEPAD_DEVICE=auto RPEPAD_DATA_DIR=/data
 USER rpepad
 EXPOSE 8000

@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo_out
 EXTRAS ?= cpu,dev
 
-.PHONY: demo test install clean gpu-check
+.PHONY: demo test install clean gpu-check docker-smoke
 
 install: $(STAMP)
 
@@ -35,5 +35,12 @@ gpu-check:
 	$(MAKE) install VENV=$(GPU_VENV) EXTRAS=gpu,dev
 	$(GPU_VENV)/bin/rpe-pad lab gpu-check --out $(GPU_OUT)
 
+# On a machine with a Docker engine (Debian's docker.io) and mmdebstrap, no Docker Hub needed:
+# the CPU image built, a demo bundle trained in it, the compose stack proven, then taken down
+# (docs/DEPLOY.md, "make docker-smoke"). Opt-in: not part of `make test`.
+SMOKE_OUT ?= docker_smoke
+docker-smoke: $(STAMP)
+	$(VENV)/bin/rpe-pad lab docker-smoke --out $(SMOKE_OUT)
+
 clean:
-	rm -rf $(VENV) $(GPU_VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) $(GPU_VENV) $(DEMO) $(SMOKE_OUT) .pytest_cache

@@ -160,6 +160,12 @@ def _cmd_gpu_check(args: argparse.Namespace) -> int:
     return main(args.out, Path(__file__).resolve().parent.parent)
 
 
+def _cmd_docker_smoke(args: argparse.Namespace) -> int:
+    from lab.docker_smoke import main
+
+    return main(args.out, Path(__file__).resolve().parent.parent, args.json)
+
+
 def _cmd_screenshots(args: argparse.Namespace) -> int:
     from lab.browser import screenshots
 
@@ -345,6 +351,13 @@ def add_lab_commands(sub) -> None:
                        "(make gpu-check; refuses without CUDA)")
     p.add_argument("--out", type=Path, default=Path("gpu_check"), help="report folder (default ./gpu_check)")
     p.set_defaults(func=_cmd_gpu_check)
+
+    p = sub.add_parser("docker-smoke", help="the CPU image built on this machine's Docker engine without Docker "
+                       "Hub (base from Debian's packages), a demo bundle trained in it, the compose stack up, "
+                       "inspections through it, the stack down; timed report (make docker-smoke)")
+    p.add_argument("--out", type=Path, default=Path("docker_smoke"), help="report folder (default ./docker_smoke)")
+    p.add_argument("--json", type=Path, default=None, help="also copy the JSON report here (docs/results/...)")
+    p.set_defaults(func=_cmd_docker_smoke)
 
     p = sub.add_parser("screenshots", help="pictures of the operator's page in headless Chromium (inspect at 1280 x "
                        "800 and tablet width, history, a record with feedback) for the docs")

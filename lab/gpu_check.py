@@ -24,59 +24,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from lab.steps import Check, run_logged
 
 NO_CUDA = "gpu-check needs a CUDA GPU, and torch sees none here (torch.cuda.is_available() is False); run it on a GPU host"
 SYNTH = dict(size=128, train_views=60, test_views=16)  # small: the build fits the ten minutes
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
-class Check:
-    """The steps run so far and the report they make."""
-
-    def __init__(self, out: Path):
-        self.out = out
-        self.steps: list[dict] = []
-
-    def step(self, name: str, fn: Callable[[], dict]) -> dict | None:
-        """Run ``fn``; record its result or its error with the seconds it took."""
-        print(f"[gpu-check] {name} ...", flush=True)
-        start = time.perf_counter()
-        try:
-            result, ok, error = fn(), True, None
-        except Exception as exc:  # noqa: BLE001 (recorded in the report; the next steps still run)
-            result, ok, error = None, False, f"{type(exc).__name__}: {exc}"
-        seconds = round(time.perf_counter() - start, 1)
-        self.steps.append({"step": name, "ok": ok, "seconds": seconds, "error": error, "result": result})
-        print(f"[gpu-check] {name}: {'ok' if ok else 'FAILED: ' + str(error)} ({seconds} s)", flush=True)
-        return result
-
-    def skip(self, name: str, reason: str) -> None:
-        self.steps.append({"step": name, "ok": False, "seconds": 0.0, "error": f"skipped: {reason}", "result": None})
-
-    @property
-    def ok(self) -> bool:
-        return all(s["ok"] for s in self.steps)
-
-
-def _run(cmd: list[str], log: Path, timeout: float) -> str:
-    """Run ``cmd`` with its output in ``log``; the last lines of the log on failure."""
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, check=False)
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... exited with {proc.returncode}; log {log}:\n{tail}")
-    return log.read_text(errors="replace")
-
-
 def cuda_tests(out: Path, root: Path) -> dict:
-    text = _run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", str(root / "tests")],
+    text = run_logged([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", str(root / "tests")],
                 out / "cuda_tests.log", timeout=300)
     summary = [line for line in text.splitlines() if " passed" in line or " failed" in line or " skipped" in line]
     last = summary[-1] if summary else ""
@@ -92,7 +54,7 @@ def build_bundle(out: Path) -> dict:
     if not category.exists():
         generate(category, SynthConfig(seed=0, **SYNTH), progress=False)
     start = time.perf_counter()
-    _run([sys.executable, "-m", "rpe_pad.cli", "train", str(category), "--out", str(out / "bundles"),
+    run_logged([sys.executable, "-m", "rpe_pad.cli", "train", str(category), "--out", str(out / "bundles"),
           "--preset", "demo"], out / "train.log", timeout=600)
     summary = json.loads((out / "bundles" / ".work" / "gpucheck" / "train_summary.json").read_text())
     return {"category": str(category), "bundle": str(out / "bundles" / "gpucheck"),
@@ -142,7 +104,7 @@ def serve_and_load(bundles: Path, category: Path, out: Path, seconds: float = 30
 def run_check(out: Path, root: Path) -> Check:
     """All steps into ``out``; the caller has checked for CUDA."""
     out.mkdir(parents=True, exist_ok=True)
-    check = Check(out)
+    check = Check(out, "gpu-check")
     check.step("cuda-tests", lambda: cuda_tests(out, root))
     built = check.step("bundle", lambda: build_bundle(out))
     if built is None:

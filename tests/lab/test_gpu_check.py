@@ -37,7 +37,7 @@ def test_make_target_refuses_without_a_gpu(tmp_path: Path) -> None:
 
 
 def test_failed_steps_are_recorded_and_the_report_has_the_figures(tmp_path: Path) -> None:
-    check = gpu_check.Check(tmp_path)
+    check = gpu_check.Check(tmp_path, "gpu-check")
     check.step("cuda-tests", lambda: {"summary": "3 passed in 20.1s"})
     check.step("bundle", lambda: {"bundle": "b", "category": "c", "train_seconds": 212.0,
                                    "stage_seconds": {"splats": 61.2, "irprn": 90.0}, "num_gaussians": 12345})
