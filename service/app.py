@@ -1,9 +1,10 @@
 """The FastAPI app: routes only; loading, batching, decoding and errors live beside it.
 
 ``create_app(settings)`` builds an app; the lifespan starts loading every bundle under
-``settings.bundles`` in the background (``models.inspector.load_bundles``: a bad bundle is
-logged and skipped) so ``/healthz`` answers at once and ``/readyz`` turns 200 when the
-bundles are in. ``rpe-pad serve`` runs it with uvicorn.
+``settings.bundles`` (only ``settings.categories`` of them when set: a replica's shard) in
+the background (``models.inspector.load_each``: a bad or missing bundle is logged and
+refused) so ``/healthz`` answers at once and ``/readyz`` turns 200 when the bundles are in.
+``rpe-pad serve`` runs it with uvicorn (``service/server.py``).
 
 When ``settings.bundles`` is an ``s3://`` URL (``service/bundle_source.py``) the lifespan
 looks at the store at start and then every ``bundles_poll_s``: a new version of a category
@@ -40,12 +41,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models.camera import parse_intrinsics
 from models.images import exif_camera_of
-from models.inspector import Inspection, InspectionError, Inspector, load_bundles, load_each
+from models.inspector import Inspection, InspectionError, Inspector, load_each
 from models.results import resolve_threshold
 from models.version import package_version
 from service import problems, web
 from service.batching import CategoryBatcher
-from service.bundle_source import S3Location, S3Source, Snapshot, Version
+from service.bundle_source import S3Location, S3Source, Snapshot, Version, local_bundles
 from service.problems import ServiceError
 from service.records import Filters, Pending, Record, RecordStore, new_id, png_bytes, utc_now
 from service.schemas import (BatchOut, Categories, FeedbackIn, Health, InspectionOut, RecordDetail, RecordPage,
@@ -208,12 +209,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("serving %s (%s)", name, inspector.describe())
 
     async def load(state: State) -> None:
-        """A local bundles directory, once at start."""
-        try:
-            loaded, refused = await asyncio.get_running_loop().run_in_executor(  # on the inference thread
-                state.executor, lambda: load_bundles(settings.bundles, settings.device,
-                                                     lambda path, reason: log.error("bundle refused: %s", reason),
-                                                     pose=settings.pose))
+        """A local bundles directory (this replica's categories of it), once at start."""
+        def load_local():
+            paths, missing = local_bundles(settings.bundles, settings.categories)
+            for reason in missing.values():
+                log.error("bundle refused: %s", reason)
+            loaded, refused = load_each(paths, settings.device, lambda path, reason: log.error("bundle refused: %s",
+                                        reason), pose=settings.pose)
+            return loaded, {**missing, **refused}
+
+        try:  # on the inference thread
+            loaded, refused = await asyncio.get_running_loop().run_in_executor(state.executor, load_local)
         except Exception as exc:  # noqa: BLE001 (the service stays up and says why it is not ready)
             state.load_error = str(exc)
             log.error("loading bundles failed: %s", exc)
@@ -231,7 +237,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.telemetry.refused.set(len(refused))
         state.ready = bool(loaded)
         if not loaded:
-            state.load_error = f"no valid bundle in {settings.bundles}"
+            why = "; ".join(f"{name}: {reason}" for name, reason in refused.items())
+            state.load_error = f"no valid bundle in {settings.bundles}" + (f" ({why})" if why else "")
 
     async def bring_up(state: State, version: Version) -> str | None:
         """Load a fetched version and warm it up on the inference thread, then swap it in;
@@ -308,7 +315,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.records, state.records_error = await asyncio.to_thread(open_records, settings, state.telemetry, log)
         source = settings.bundle_source()
         if isinstance(source, S3Location):
-            state.source = S3Source(source, settings.bundles_cache_dir())
+            state.source = S3Source(source, settings.bundles_cache_dir(), categories=settings.categories)
             loader = asyncio.create_task(watch(state))
         else:
             loader = asyncio.create_task(load(state))
