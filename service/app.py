@@ -60,8 +60,16 @@ RECORD_ID = re.compile(r"^[0-9a-f]{32}$")
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff"}
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CSV_TYPE = "text/csv; charset=utf-8"
-# The form fields /inspect and /inspect/batch share, with the limits the OpenAPI schema states.
-CategoryForm = Annotated[str, Form(min_length=1, max_length=128, description="a loaded category (GET /categories)")]
+# The fields /inspect and /inspect/batch share, with the limits the OpenAPI schema states.
+CategoryQuery = Annotated[str | None, Query(
+    alias="category", min_length=1, max_length=128,
+    description="a loaded category (GET /categories). Give it here or as the form field `category`; a load balancer "
+                "routes by this one, as it does not read the body (docs/DEPLOY.md). Both given: they must be equal "
+                "(else 422); neither: 422")]
+CategoryForm = Annotated[str | None, Form(
+    alias="category", min_length=1, max_length=128,
+    description="a loaded category (GET /categories), when it is not in the query string (?category=NAME, which a "
+                "load balancer routes by); both given: they must be equal")]
 ThresholdForm = Annotated[float, Form(gt=0, allow_inf_nan=False, description="override the calibrated threshold "
                                       "(raw score units; above the category's lowest normal score, else 422)")]
 INTRINSICS_HELP = ("the photo's camera as 'fx,fy,cx,cy' in its own pixels, when it is not the bundle's camera at "
@@ -154,6 +162,18 @@ def authorised(request: Request, state: Annotated[State, Depends(get_state)]) ->
         raise ServiceError(401, "missing or wrong API key (header X-API-Key)", headers={"WWW-Authenticate": "ApiKey"})
 
 
+def requested_category(query: CategoryQuery = None, form: CategoryForm = None) -> str:
+    """The category of an inspection request: ``?category=`` or the form field, the one
+    place they are reconciled (different values, or neither: 422)."""
+    if query is not None and form is not None and query != form:
+        raise ServiceError(422, f"two categories: {query!r} in the query string and {form!r} in the form; give one, "
+                                "or the same in both")
+    if query is None and form is None:
+        raise ServiceError(422, "no category: give ?category=NAME in the query string (what a load balancer routes "
+                                "by) or the form field category (GET /categories lists them)")
+    return query if query is not None else form
+
+
 def ready_state(state: Annotated[State, Depends(get_state)]) -> State:
     if not state.ready:
         raise ServiceError(503, state.load_error or "bundles are still loading",
@@ -169,6 +189,7 @@ def records_of(state: Annotated[State, Depends(get_state)]) -> RecordStore:
 
 
 Ready = Annotated[State, Depends(ready_state)]
+RequestedCategory = Annotated[str, Depends(requested_category)]
 StateDep = Annotated[State, Depends(get_state)]
 Records = Annotated[RecordStore, Depends(records_of)]
 
@@ -460,14 +481,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def inspect(request: Request, state: Ready,
                       file: Annotated[UploadFile, File(description="the query image (PNG, JPEG, WebP, BMP or TIFF)",
                                                        json_schema_extra={"minLength": 1})],
-                      category: CategoryForm, threshold: ThresholdForm = None, intrinsics: IntrinsicsForm = None,
+                      category: RequestedCategory, threshold: ThresholdForm = None, intrinsics: IntrinsicsForm = None,
                       include_map: Annotated[bool, Form(description="add the anomaly map as base64 PNG")] = False,
                       include_overlay: Annotated[bool, Form(description="add the overlay figure as base64 PNG")] = False,
                       include_reference: Annotated[bool, Form(description="add the rendered reference as base64 "
                                                                           "PNG")] = False,
                       ) -> InspectionOut:
         """Inspect one image: pose from the gallery and IRPRN, render of the normal object
-        there, feature comparison, score, decision and (optionally) the anomaly map."""
+        there, feature comparison, score, decision and (optionally) the anomaly map.
+
+        The category goes in the query string (`?category=NAME`, what a load balancer routes
+        by) or in the form field `category`."""
         phases = {"receive": time.perf_counter() - request.state.started}
         inspector, batcher = state.serving(category)
         with batcher.in_use():  # this bundle version to the answer, even if a new one is swapped in
@@ -492,11 +516,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             files: Annotated[list[UploadFile], File(
                                 description="query images, one category (at most RPEPAD_MAX_FILES_PER_BATCH)",
                                 min_length=1)],
-                            category: CategoryForm, threshold: ThresholdForm = None, intrinsics: IntrinsicsForm = None,
+                            category: RequestedCategory, threshold: ThresholdForm = None,
+                            intrinsics: IntrinsicsForm = None,
                             include_map: Annotated[bool, Form()] = False,
                             include_overlay: Annotated[bool, Form()] = False,
                             include_reference: Annotated[bool, Form()] = False) -> BatchOut:
-        """Inspect several images of one category; any bad file fails the request with its name."""
+        """Inspect several images of one category (`?category=NAME` or the form field
+        `category`); any bad file fails the request with its name."""
         if len(files) > state.settings.max_files_per_batch:
             raise ServiceError(413, f"{len(files)} files; at most {state.settings.max_files_per_batch} per request")
         inspector, batcher = state.serving(category)
