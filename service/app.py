@@ -354,6 +354,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Pose-agnostic anomaly detection: upload a photo of an object from any viewpoint; "
                               "the service finds its pose, renders the normal object there and compares.")
     app.state.log = log
+    app.state.draining = False  # set by service/server.py on SIGTERM: /readyz says 503, everything else is served
     problems.install(app)
     problems.document(app, limits={("/inspect/batch", "post", "files"): {"maxItems": settings.max_files_per_batch}})
     web.install(app)
@@ -393,9 +394,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Health(status="ok")
 
     @app.get("/readyz", response_model=Health, tags=["operations"], responses=problems.errors(503))
-    async def readyz(state: Ready) -> Health:
+    async def readyz(state: StateDep) -> Health:
         """Bundles are loaded and inspections are accepted; ``detail`` names what is not served
-        and why (refused bundles, a bundle store that cannot be read)."""
+        and why (refused bundles, a bundle store that cannot be read). 503 while loading, and
+        while draining before a shutdown (``RPEPAD_DRAIN_S``: requests are still served then)."""
+        if app.state.draining:
+            raise ServiceError(503, f"shutting down: draining for {settings.drain_s:g} s (RPEPAD_DRAIN_S); "
+                                    "requests in flight and arriving are still served")
+        ready_state(state)
         problems = "; ".join(f"{name}: {reason}" for name, reason in state.problems().items())
         return Health(status="ready", bundles_loaded=len(state.inspectors), detail=problems or None)
 

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     # Category sharding: the categories this replica loads, as "a,b" or a JSON list '["a", "b"]';
     # None (or empty) = every category in the source. One the source lacks is refused with the reason.
     categories: Annotated[list[str] | None, NoDecode] = None
+    drain_s: float = Field(default=0.0, ge=0)  # on SIGTERM: /readyz 503 for this long while serving on, then stop
     device: Literal["auto", "cuda", "cpu"] = "auto"  # where models run; auto = CUDA when present
     pose: str | None = None  # pose mode (models.registry, product modes); None = each bundle's own setting
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)  # per file
