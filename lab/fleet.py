@@ -48,6 +48,7 @@ from lab.served import Service, free_port
 from models.bundle import MANIFEST, find_bundles, read_manifest
 
 CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy" / "haproxy.cfg"
+HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")  # Debian: /usr/sbin
 BUCKET, PREFIX = "rpepad-fleet", "bundles"
 POLL_S = 2  # how often the replicas look at the store
 DRAIN_S = 3  # the replicas' drain on SIGTERM: more than haproxy's fall x inter (2 x 1 s)
@@ -115,7 +116,7 @@ class Balancer:
     ``categories``: category -> group letter (the map, written to ``work``)."""
 
     def __init__(self, shards: dict[str, list[str]], categories: dict[str, str], work: Path, config: Path = CONFIG):
-        if shutil.which("haproxy") is None:
+        if HAPROXY is None:
             raise FileNotFoundError("haproxy is not installed (Debian: apt-get install haproxy)")
         self.config, self.work = config, work
         self.port = free_port()
@@ -130,14 +131,14 @@ class Balancer:
 
     def check(self) -> str:
         """``haproxy -c`` on the configuration with this environment; its output (RuntimeError when invalid)."""
-        done = subprocess.run(["haproxy", "-c", "-f", str(self.config)], env=self.env, capture_output=True, text=True)
+        done = subprocess.run([HAPROXY, "-c", "-f", str(self.config)], env=self.env, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"haproxy -c failed:\n{done.stdout}{done.stderr}")
         return done.stdout + done.stderr
 
     def start(self, timeout: float = 15) -> Balancer:
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(["haproxy", "-db", "-f", str(self.config)], env=self.env, stdout=out,
+            self.process = subprocess.Popen([HAPROXY, "-db", "-f", str(self.config)], env=self.env, stdout=out,
                                             stderr=subprocess.STDOUT)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
