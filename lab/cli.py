@@ -56,6 +56,16 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
     return _print_json(result, args.json)
 
 
+def _cmd_fleet_loadtest(args: argparse.Namespace) -> int:
+    from lab.fleet import fleet_loadtest
+
+    result = fleet_loadtest(args.bundles, args.image, category=args.category, clients=args.clients,
+                            seconds=args.seconds, restart_at=args.restart_at, swap_at=args.swap_at, work=args.work,
+                            echo=lambda line: print(line, flush=True))
+    _print_json(result, args.json)
+    return 0 if result["met"] else 1
+
+
 def _print_json(result: dict, path: Path | None) -> int:
     """Print ``result`` as JSON, and write it to ``path`` when one is given."""
     text = json.dumps(result, indent=2)
@@ -266,6 +276,22 @@ def add_lab_commands(sub) -> None:
     p.add_argument("--api-key", default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     p.set_defaults(func=_cmd_loadtest)
+
+    p = sub.add_parser("fleet-loadtest", help="2 replicas from a loopback S3 store behind haproxy "
+                       "(deploy/haproxy): N clients through the balancer while one replica restarts and a new bundle "
+                       "version is published (exit 1 on any failed request)")
+    p.add_argument("bundles", type=Path, help="bundles folder: every bundle in it is published to the store")
+    p.add_argument("image", type=Path, help="the image every request posts")
+    p.add_argument("--category", default=None, help="the category inspected and swapped (default: the first)")
+    p.add_argument("--clients", type=positive_int, default=8, help="default 8")
+    p.add_argument("--seconds", type=float, default=60.0, help="default 60")
+    p.add_argument("--restart-at", type=float, default=1 / 3, help="replica a1's restart, as a fraction of the run "
+                   "(default 1/3)")
+    p.add_argument("--swap-at", type=float, default=1 / 2, help="the new version's publication (default 1/2)")
+    p.add_argument("--work", type=Path, default=None, help="folder for the replicas' data and the logs (default: "
+                   "a new temporary folder, kept)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    p.set_defaults(func=_cmd_fleet_loadtest)
 
     p = sub.add_parser("sensitivity", help="image/pixel AUROC against a shifted or rotated oracle reference")
     p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> written by rpe-pad train")

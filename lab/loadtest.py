@@ -5,7 +5,8 @@ Each client posts the same image to ``/inspect`` back to back for ``seconds`` (o
 the service's resident memory (``process_resident_memory_bytes`` from ``/metrics``)
 before and after, and where the server spent each request's time (``server_ms``: mean
 ms per request of each phase of ``POST /inspect`` and of each pipeline stage, from the
-service's own histograms over the run).
+service's own histograms over the run). ``Clients`` (the clients and their tally) also
+drives ``rpe-pad lab fleet-loadtest`` (``lab/fleet.py``), through a load balancer.
 """
 
 from __future__ import annotations
@@ -75,47 +76,81 @@ def breakdown(before: str, after: str) -> dict[str, dict[str, float]]:
     return out
 
 
+class Clients:
+    """Concurrent clients posting one image to ``/inspect`` back to back, and what they saw.
+
+    ``in_query``: the category goes in the query string (what a load balancer routes by),
+    else in the form. Every answer is counted by status (an exception by its class name), the
+    balancer's ``X-Served-By`` by value, and the first ``KEPT`` failures are kept with the
+    second they ended at and the problem's detail."""
+
+    KEPT = 20
+
+    def __init__(self, image: Path, category: str, in_query: bool = False):
+        self.image, self.data, self.category, self.in_query = image, image.read_bytes(), category, in_query
+        self.latencies: list[float] = []
+        self.statuses: Counter[str] = Counter()
+        self.served_by: Counter[str] = Counter()
+        self.failures: list[dict] = []
+        self.sent = 0
+
+    async def run(self, client: httpx.AsyncClient, clients: int, seconds: float, max_requests: int = 10**9) -> float:
+        """Run ``clients`` clients for ``seconds`` (or ``max_requests`` in all); the seconds it took."""
+        start = time.perf_counter()
+        deadline = start + seconds
+        where = {"params": {"category": self.category}} if self.in_query else {"data": {"category": self.category}}
+
+        async def one() -> None:
+            while time.perf_counter() < deadline and self.sent < max_requests:
+                self.sent += 1
+                t0 = time.perf_counter()
+                detail = None
+                try:
+                    r = await client.post("/inspect", files={"file": (self.image.name, self.data, "image/png")},
+                                          **where)
+                    status = str(r.status_code)
+                    self.served_by[r.headers.get("x-served-by", "-")] += 1
+                    if r.status_code != 200:
+                        detail = r.text[:300]
+                except httpx.HTTPError as exc:
+                    status, detail = type(exc).__name__, str(exc)[:300]
+                t1 = time.perf_counter()
+                self.statuses[status] += 1
+                self.latencies.append(t1 - t0)
+                if status != "200" and len(self.failures) < self.KEPT:
+                    self.failures.append({"at_s": round(t1 - start, 2), "status": status, "detail": detail})
+
+        await asyncio.gather(*(one() for _ in range(clients)))
+        return time.perf_counter() - start
+
+    def report(self, elapsed: float) -> dict:
+        """Requests, throughput (answers 200 a second), latency percentiles (ms) and answers by status."""
+        lat = np.array(self.latencies) * 1000
+        return {
+            "requests": len(self.latencies),
+            "throughput_rps": round(self.statuses.get("200", 0) / elapsed, 2),
+            "latency_ms": {p: round(float(np.percentile(lat, q)), 1)
+                           for p, q in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))} if len(lat) else {},
+            "status": dict(sorted(self.statuses.items())),
+        }
+
+
 async def run_load(url: str, category: str, image: Path, clients: int = 8, seconds: float = 60.0,
                    max_requests: int = 10_000, api_key: str | None = None) -> dict:
     _loopback(url)
     if clients < 1 or seconds <= 0 or max_requests < 1:
         raise ValueError("clients, seconds and max_requests must be positive")
-    data = image.read_bytes()
     headers = {"X-API-Key": api_key} if api_key else {}
-    latencies: list[float] = []
-    statuses: Counter[str] = Counter()
-    sent = 0
+    load = Clients(image, category)
     async with httpx.AsyncClient(base_url=url, timeout=120, headers=headers) as client:
         metrics_before = await _metrics(client)
-        start = time.perf_counter()
-        deadline = start + seconds
-
-        async def worker() -> None:
-            nonlocal sent
-            while time.perf_counter() < deadline and sent < max_requests:
-                sent += 1
-                t0 = time.perf_counter()
-                try:
-                    r = await client.post("/inspect", files={"file": (image.name, data, "image/png")},
-                                          data={"category": category})
-                    statuses[str(r.status_code)] += 1
-                except httpx.HTTPError as exc:
-                    statuses[type(exc).__name__] += 1
-                latencies.append(time.perf_counter() - t0)
-
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        elapsed = time.perf_counter() - start
+        elapsed = await load.run(client, clients, seconds, max_requests)
         metrics_after = await _metrics(client)
     rss_before, rss_after = _rss(metrics_before), _rss(metrics_after)
-    lat = np.array(latencies) * 1000
-    ok = statuses.get("200", 0)
+    report = load.report(elapsed)
     return {
-        "url": url, "category": category, "clients": clients, "seconds": round(elapsed, 1), "requests": len(latencies),
-        "throughput_rps": round(ok / elapsed, 2),
-        "latency_ms": {p: round(float(np.percentile(lat, q)), 1) for p, q in (("p50", 50), ("p95", 95), ("p99", 99))}
-        if len(lat) else {},
-        "status": dict(sorted(statuses.items())),
-        "errors_5xx": sum(n for s, n in statuses.items() if s.startswith("5")),
+        "url": url, "category": category, "clients": clients, "seconds": round(elapsed, 1), **report,
+        "errors_5xx": sum(n for s, n in load.statuses.items() if s.startswith("5")),
         "rss_mb_before": None if rss_before is None else round(rss_before / 2**20, 1),
         "rss_mb_after": None if rss_after is None else round(rss_after / 2**20, 1),
         "rss_growth_pct": None if not (rss_before and rss_after) else round(100 * (rss_after / rss_before - 1), 2),

@@ -131,9 +131,7 @@ class Manifest(_Strict):
     @field_validator("category")
     @classmethod
     def _plain_name(cls, value: str) -> str:
-        if "/" in value or "\\" in value or value.startswith("."):
-            raise ValueError(f"category name {value!r} must be a plain directory name")
-        return value
+        return check_category_name(value)
 
     @field_validator("files")
     @classmethod
@@ -146,6 +144,16 @@ class Manifest(_Strict):
         if missing:
             raise ValueError(f"required files not listed: {missing}")
         return value
+
+
+def check_category_name(name: str) -> str:
+    """``name`` when it can name a category (a plain directory name: the bundle's folder and
+    its manifest's ``category``), else ``ValueError`` saying why."""
+    if not name:
+        raise ValueError("a category name must not be empty")
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"category name {name!r} must be a plain directory name")
+    return name
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:

@@ -128,9 +128,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
-
     from service.app import create_app
+    from service.server import run
     from service.settings import Settings
 
     overrides = {k: v for k, v in (("bundles", args.bundles), ("device", args.device)) if v is not None}
@@ -139,7 +138,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if isinstance(source, Path) and not source.is_dir():  # an object store may be down at start: not checked
         raise FileNotFoundError(f"bundles directory {settings.bundles} does not exist")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    run(create_app(settings), args.host, args.port, settings.drain_s)
     return 0
 
 

@@ -1,9 +1,10 @@
 """The FastAPI app: routes only; loading, batching, decoding and errors live beside it.
 
 ``create_app(settings)`` builds an app; the lifespan starts loading every bundle under
-``settings.bundles`` in the background (``models.inspector.load_bundles``: a bad bundle is
-logged and skipped) so ``/healthz`` answers at once and ``/readyz`` turns 200 when the
-bundles are in. ``rpe-pad serve`` runs it with uvicorn.
+``settings.bundles`` (only ``settings.categories`` of them when set: a replica's shard) in
+the background (``models.inspector.load_each``: a bad or missing bundle is logged and
+refused) so ``/healthz`` answers at once and ``/readyz`` turns 200 when the bundles are in.
+``rpe-pad serve`` runs it with uvicorn (``service/server.py``).
 
 When ``settings.bundles`` is an ``s3://`` URL (``service/bundle_source.py``) the lifespan
 looks at the store at start and then every ``bundles_poll_s``: a new version of a category
@@ -40,12 +41,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models.camera import parse_intrinsics
 from models.images import exif_camera_of
-from models.inspector import Inspection, InspectionError, Inspector, load_bundles, load_each
+from models.inspector import Inspection, InspectionError, Inspector, load_each
 from models.results import resolve_threshold
 from models.version import package_version
 from service import problems, web
 from service.batching import CategoryBatcher
-from service.bundle_source import S3Location, S3Source, Snapshot, Version
+from service.bundle_source import S3Location, S3Source, Snapshot, Version, local_bundles
 from service.problems import ServiceError
 from service.records import Filters, Pending, Record, RecordStore, new_id, png_bytes, utc_now
 from service.schemas import (BatchOut, Categories, FeedbackIn, Health, InspectionOut, RecordDetail, RecordPage,
@@ -59,8 +60,16 @@ RECORD_ID = re.compile(r"^[0-9a-f]{32}$")
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff"}
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CSV_TYPE = "text/csv; charset=utf-8"
-# The form fields /inspect and /inspect/batch share, with the limits the OpenAPI schema states.
-CategoryForm = Annotated[str, Form(min_length=1, max_length=128, description="a loaded category (GET /categories)")]
+# The fields /inspect and /inspect/batch share, with the limits the OpenAPI schema states.
+CategoryQuery = Annotated[str | None, Query(
+    alias="category", min_length=1, max_length=128,
+    description="a loaded category (GET /categories). Give it here or as the form field `category`; a load balancer "
+                "routes by this one, as it does not read the body (docs/DEPLOY.md). Both given: they must be equal "
+                "(else 422); neither: 422")]
+CategoryForm = Annotated[str | None, Form(
+    alias="category", min_length=1, max_length=128,
+    description="a loaded category (GET /categories), when it is not in the query string (?category=NAME, which a "
+                "load balancer routes by); both given: they must be equal")]
 ThresholdForm = Annotated[float, Form(gt=0, allow_inf_nan=False, description="override the calibrated threshold "
                                       "(raw score units; above the category's lowest normal score, else 422)")]
 INTRINSICS_HELP = ("the photo's camera as 'fx,fy,cx,cy' in its own pixels, when it is not the bundle's camera at "
@@ -153,6 +162,18 @@ def authorised(request: Request, state: Annotated[State, Depends(get_state)]) ->
         raise ServiceError(401, "missing or wrong API key (header X-API-Key)", headers={"WWW-Authenticate": "ApiKey"})
 
 
+def requested_category(query: CategoryQuery = None, form: CategoryForm = None) -> str:
+    """The category of an inspection request: ``?category=`` or the form field, the one
+    place they are reconciled (different values, or neither: 422)."""
+    if query is not None and form is not None and query != form:
+        raise ServiceError(422, f"two categories: {query!r} in the query string and {form!r} in the form; give one, "
+                                "or the same in both")
+    if query is None and form is None:
+        raise ServiceError(422, "no category: give ?category=NAME in the query string (what a load balancer routes "
+                                "by) or the form field category (GET /categories lists them)")
+    return query if query is not None else form
+
+
 def ready_state(state: Annotated[State, Depends(get_state)]) -> State:
     if not state.ready:
         raise ServiceError(503, state.load_error or "bundles are still loading",
@@ -168,6 +189,7 @@ def records_of(state: Annotated[State, Depends(get_state)]) -> RecordStore:
 
 
 Ready = Annotated[State, Depends(ready_state)]
+RequestedCategory = Annotated[str, Depends(requested_category)]
 StateDep = Annotated[State, Depends(get_state)]
 Records = Annotated[RecordStore, Depends(records_of)]
 
@@ -208,12 +230,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("serving %s (%s)", name, inspector.describe())
 
     async def load(state: State) -> None:
-        """A local bundles directory, once at start."""
-        try:
-            loaded, refused = await asyncio.get_running_loop().run_in_executor(  # on the inference thread
-                state.executor, lambda: load_bundles(settings.bundles, settings.device,
-                                                     lambda path, reason: log.error("bundle refused: %s", reason),
-                                                     pose=settings.pose))
+        """A local bundles directory (this replica's categories of it), once at start."""
+        def load_local():
+            paths, missing = local_bundles(settings.bundles, settings.categories)
+            for reason in missing.values():
+                log.error("bundle refused: %s", reason)
+            loaded, refused = load_each(paths, settings.device, lambda path, reason: log.error("bundle refused: %s",
+                                        reason), pose=settings.pose)
+            return loaded, {**missing, **refused}
+
+        try:  # on the inference thread
+            loaded, refused = await asyncio.get_running_loop().run_in_executor(state.executor, load_local)
         except Exception as exc:  # noqa: BLE001 (the service stays up and says why it is not ready)
             state.load_error = str(exc)
             log.error("loading bundles failed: %s", exc)
@@ -231,7 +258,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.telemetry.refused.set(len(refused))
         state.ready = bool(loaded)
         if not loaded:
-            state.load_error = f"no valid bundle in {settings.bundles}"
+            why = "; ".join(f"{name}: {reason}" for name, reason in refused.items())
+            state.load_error = f"no valid bundle in {settings.bundles}" + (f" ({why})" if why else "")
 
     async def bring_up(state: State, version: Version) -> str | None:
         """Load a fetched version and warm it up on the inference thread, then swap it in;
@@ -308,7 +336,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.records, state.records_error = await asyncio.to_thread(open_records, settings, state.telemetry, log)
         source = settings.bundle_source()
         if isinstance(source, S3Location):
-            state.source = S3Source(source, settings.bundles_cache_dir())
+            state.source = S3Source(source, settings.bundles_cache_dir(), categories=settings.categories)
             loader = asyncio.create_task(watch(state))
         else:
             loader = asyncio.create_task(load(state))
@@ -326,6 +354,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Pose-agnostic anomaly detection: upload a photo of an object from any viewpoint; "
                               "the service finds its pose, renders the normal object there and compares.")
     app.state.log = log
+    app.state.draining = False  # set by service/server.py on SIGTERM: /readyz says 503, everything else is served
     problems.install(app)
     problems.document(app, limits={("/inspect/batch", "post", "files"): {"maxItems": settings.max_files_per_batch}})
     web.install(app)
@@ -365,9 +394,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Health(status="ok")
 
     @app.get("/readyz", response_model=Health, tags=["operations"], responses=problems.errors(503))
-    async def readyz(state: Ready) -> Health:
+    async def readyz(state: StateDep) -> Health:
         """Bundles are loaded and inspections are accepted; ``detail`` names what is not served
-        and why (refused bundles, a bundle store that cannot be read)."""
+        and why (refused bundles, a bundle store that cannot be read). 503 while loading, and
+        while draining before a shutdown (``RPEPAD_DRAIN_S``: requests are still served then)."""
+        if app.state.draining:
+            raise ServiceError(503, f"shutting down: draining for {settings.drain_s:g} s (RPEPAD_DRAIN_S); "
+                                    "requests in flight and arriving are still served")
+        ready_state(state)
         problems = "; ".join(f"{name}: {reason}" for name, reason in state.problems().items())
         return Health(status="ready", bundles_loaded=len(state.inspectors), detail=problems or None)
 
@@ -453,14 +487,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def inspect(request: Request, state: Ready,
                       file: Annotated[UploadFile, File(description="the query image (PNG, JPEG, WebP, BMP or TIFF)",
                                                        json_schema_extra={"minLength": 1})],
-                      category: CategoryForm, threshold: ThresholdForm = None, intrinsics: IntrinsicsForm = None,
+                      category: RequestedCategory, threshold: ThresholdForm = None, intrinsics: IntrinsicsForm = None,
                       include_map: Annotated[bool, Form(description="add the anomaly map as base64 PNG")] = False,
                       include_overlay: Annotated[bool, Form(description="add the overlay figure as base64 PNG")] = False,
                       include_reference: Annotated[bool, Form(description="add the rendered reference as base64 "
                                                                           "PNG")] = False,
                       ) -> InspectionOut:
         """Inspect one image: pose from the gallery and IRPRN, render of the normal object
-        there, feature comparison, score, decision and (optionally) the anomaly map."""
+        there, feature comparison, score, decision and (optionally) the anomaly map.
+
+        The category goes in the query string (`?category=NAME`, what a load balancer routes
+        by) or in the form field `category`."""
         phases = {"receive": time.perf_counter() - request.state.started}
         inspector, batcher = state.serving(category)
         with batcher.in_use():  # this bundle version to the answer, even if a new one is swapped in
@@ -485,11 +522,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             files: Annotated[list[UploadFile], File(
                                 description="query images, one category (at most RPEPAD_MAX_FILES_PER_BATCH)",
                                 min_length=1)],
-                            category: CategoryForm, threshold: ThresholdForm = None, intrinsics: IntrinsicsForm = None,
+                            category: RequestedCategory, threshold: ThresholdForm = None,
+                            intrinsics: IntrinsicsForm = None,
                             include_map: Annotated[bool, Form()] = False,
                             include_overlay: Annotated[bool, Form()] = False,
                             include_reference: Annotated[bool, Form()] = False) -> BatchOut:
-        """Inspect several images of one category; any bad file fails the request with its name."""
+        """Inspect several images of one category (`?category=NAME` or the form field
+        `category`); any bad file fails the request with its name."""
         if len(files) > state.settings.max_files_per_batch:
             raise ServiceError(413, f"{len(files)} files; at most {state.settings.max_files_per_batch} per request")
         inspector, batcher = state.serving(category)

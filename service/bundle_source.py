@@ -27,6 +27,11 @@ What can go wrong, and where it is reported:
   again while the category's objects stay the same (keys, sizes and ETags); a failed
   download is tried again on the next sync.
 
+Category sharding (``RPEPAD_CATEGORIES``): given a list of categories, a source offers
+those only (``select``). An ``S3Source`` then lists only ``prefix/<category>/`` of each, so a
+replica never reads, let alone downloads, another shard's objects; a listed category that
+the source does not have is refused with the reason, like a bad bundle.
+
 No torch here: ``sync`` runs on a worker thread, never on the service's inference thread.
 """
 
@@ -37,13 +42,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from models.bundle import MANIFEST, BundleError, open_bundle, read_manifest, verify_files
+from models.bundle import MANIFEST, BundleError, find_bundles, open_bundle, read_manifest, verify_files
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _BUCKET_CHARS = re.compile(r"^[a-z0-9.-]+$")
@@ -113,6 +118,25 @@ def _bucket_problem(bucket: str) -> str | None:
     return None
 
 
+def select(found: Mapping[str, object], categories: Sequence[str] | None, where: str
+           ) -> tuple[dict[str, object], dict[str, str]]:
+    """The entries of ``found`` (category -> anything) that ``categories`` lists, in its order
+    (all of them when it is None), and the reason for each listed category ``found`` lacks."""
+    if categories is None:
+        return dict(found), {}
+    missing = {name: f"{where}: no bundle {name!r} here (RPEPAD_CATEGORIES lists it)" for name in categories
+               if name not in found}
+    return {name: found[name] for name in categories if name in found}, missing
+
+
+def local_bundles(directory: Path, categories: Sequence[str] | None = None) -> tuple[dict[str, Path], dict[str, str]]:
+    """A bundles directory's candidate bundles by category (``select``), and why listed ones are missing."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: bundles directory does not exist")
+    return select({path.name: path for path in find_bundles(directory)}, categories, str(directory))
+
+
 @dataclass(frozen=True)
 class Version:
     """One bundle version, fetched and verified."""
@@ -143,8 +167,9 @@ def s3_client():
 class S3Source:
     """The bundles under an ``s3://`` location, synced into ``cache_dir`` (module docstring)."""
 
-    def __init__(self, location: S3Location, cache_dir: Path, client=None):
+    def __init__(self, location: S3Location, cache_dir: Path, client=None, categories: Sequence[str] | None = None):
         self.location, self.cache_dir = location, Path(cache_dir)
+        self.categories = categories  # the only categories looked at (None: every one under the prefix)
         self._client = client
         self._refusals: dict[str, tuple[tuple, str]] = {}  # category -> (its objects when refused, reason)
 
@@ -164,11 +189,16 @@ class S3Source:
         try:
             if self._client is None:
                 self._client = s3_client()
-            objects = self._list()
+            if self.categories is None:
+                groups = _by_category(self._list(self.location.prefix))
+            else:  # a shard: its own categories' keys only
+                groups = {name: files for name in self.categories
+                          if (files := self._list(self.location.key(name, "")))}
         except (BotoCoreError, ClientError, ValueError) as exc:  # ValueError: e.g. a malformed AWS_ENDPOINT_URL
             return Snapshot(error=f"the bundle store could not be read: {_describe(exc)}")
-        snapshot = Snapshot()
-        for category, files in sorted(_by_category(objects).items()):
+        groups, missing = select(groups, self.categories, str(self.location))
+        snapshot = Snapshot(refused=missing)
+        for category, files in sorted(groups.items()):
             try:
                 snapshot.versions[category] = self._version(category, files, serving.get(category))
             except BundleError as exc:
@@ -237,14 +267,13 @@ class S3Source:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already after the rename
 
     # ------------------------------------------------------------ the store
-    def _list(self) -> dict[str, tuple[int, str]]:
-        """Every object under the prefix: key relative to the prefix -> (size, ETag)."""
+    def _list(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """Every object under ``prefix``: key relative to it -> (size, ETag)."""
         objects = {}
-        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.location.bucket,
-                                                                       Prefix=self.location.prefix)
+        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.location.bucket, Prefix=prefix)
         for page in pages:
             for obj in page.get("Contents", []):
-                objects[obj["Key"][len(self.location.prefix):]] = (obj["Size"], obj.get("ETag", ""))
+                objects[obj["Key"][len(prefix):]] = (obj["Size"], obj.get("ETag", ""))
         return objects
 
     def _get(self, key: str) -> bytes:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models import registry
+from models.bundle import check_category_name
 from service.bundle_source import S3Location, parse_source
 
 
@@ -22,6 +24,10 @@ class Settings(BaseSettings):
     bundles: str = "bundles"
     bundles_cache: Path | None = None  # where s3:// bundles are fetched to; None = data_dir/bundles-cache
     bundles_poll_s: float = Field(default=60.0, ge=0)  # how often an s3:// source is looked at again; 0 = at start only
+    # Category sharding: the categories this replica loads, as "a,b" or a JSON list '["a", "b"]';
+    # None (or empty) = every category in the source. One the source lacks is refused with the reason.
+    categories: Annotated[list[str] | None, NoDecode] = None
+    drain_s: float = Field(default=0.0, ge=0)  # on SIGTERM: /readyz 503 for this long while serving on, then stop
     device: Literal["auto", "cuda", "cpu"] = "auto"  # where models run; auto = CUDA when present
     pose: str | None = None  # pose mode (models.registry, product modes); None = each bundle's own setting
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)  # per file
@@ -65,6 +71,33 @@ class Settings(BaseSettings):
     def _valid_source(cls, value: str) -> str:
         parse_source(value)  # ValueError naming the problem of a malformed s3:// URL
         return value
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _category_list(cls, value):
+        """A comma-separated list or a JSON list (the environment gives text; Python may give a list)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text.startswith("["):
+            return text.split(",") if text else None
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"categories {text!r} starts with '[' but is not a JSON list ({exc})") from exc
+
+    @field_validator("categories")
+    @classmethod
+    def _category_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = [name.strip() for name in value]
+        for name in names:
+            try:
+                check_category_name(name)
+            except ValueError as exc:
+                raise ValueError(f"categories {value!r}: {exc}") from exc
+        return list(dict.fromkeys(names)) or None  # in order, each once; an empty list is every category
 
     @field_validator("pose")
     @classmethod

@@ -122,3 +122,19 @@ def posed_renders(tiny_bundle: Path, tiny_synth: Path):
     Ks = K.expand(6, 3, 3).clone()
     images = render(scene, poses.float(), Ks.float(), POSED_SIZE, POSED_SIZE).colors.clamp(0, 1)
     return scene, images, poses, Ks
+
+
+@pytest.fixture(scope="session")
+def two_categories(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundles folder with two categories, ``alpha`` and ``beta``: the tiny release under two
+    names (the same files, each with its own manifest, so each verifies). Read-only for the tests."""
+    import shutil
+
+    from models.bundle import MANIFEST, read_manifest
+
+    bundles = tmp_path_factory.mktemp("two_categories")
+    for name in ("alpha", "beta"):
+        shutil.copytree(tiny_release, bundles / name)
+        manifest = read_manifest(tiny_release).model_copy(update={"category": name})
+        (bundles / name / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    return bundles

@@ -316,14 +316,14 @@ def test_every_torch_op_runs_on_the_inference_thread(tiny_release: Path, query_p
             return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(app_module, "load_bundles", spy("load_bundles", app_module.load_bundles))
+    monkeypatch.setattr(app_module, "load_each", spy("load_each", app_module.load_each))
     for name in ("warm_up", "inspect"):
         monkeypatch.setattr(Inspector, name, spy(name, getattr(Inspector, name)))
     monkeypatch.setattr(torch, "stack", spy("torch.stack", torch.stack))  # the batcher's, and the pipeline's
     with _client(tiny_release.parent, warmup=True) as c:
         _wait_ready(c)
         assert _post(c, tiny_release.name, query_png).status_code == 200
-    assert set(seen) == {"load_bundles", "warm_up", "inspect", "torch.stack"}, seen
+    assert set(seen) == {"load_each", "warm_up", "inspect", "torch.stack"}, seen
     assert all(n.startswith("inference") for names in seen.values() for n in names), seen
 
 

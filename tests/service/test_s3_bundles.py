@@ -5,19 +5,17 @@ AWS variables exactly as a real store would be. The bundle is the session's ``ti
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from lab.fleet import next_version, object_store
 from models.bundle import MANIFEST, open_bundle, read_manifest
 from service.app import create_app
 from service.bundle_source import S3Location, S3Source, parse_source
@@ -31,21 +29,6 @@ TAMPERED = "irprn/config.json"  # small, read at load
 POLL_S = 0.2
 
 
-@contextmanager
-def _moto(port: int = 0):
-    """moto's S3 server on 127.0.0.1 (``port`` 0: any free one); yields its URL."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    host, bound = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{bound}"
-    finally:
-        server.stop()
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,7 +37,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def store():
-    with _moto() as url:
+    with object_store() as url:
         yield url
 
 
@@ -87,13 +70,6 @@ def _upload(bucket: str, bundle: Path, manifest: bytes | None = None, changed: d
             s3.put_object(Bucket=bucket, Key=f"{PREFIX}/{bundle.name}/{rel}", Body=changed.get(rel, path.read_bytes()))
     s3.put_object(Bucket=bucket, Key=f"{PREFIX}/{bundle.name}/{MANIFEST}",
                   Body=manifest if manifest is not None else (bundle / MANIFEST).read_bytes())
-
-
-def _new_version(bundle: Path) -> bytes:
-    """The manifest of another version of the same files (a later creation time)."""
-    manifest = read_manifest(bundle)
-    return (manifest.model_copy(update={"created": manifest.created + timedelta(hours=1)})
-            .model_dump_json(indent=2) + "\n").encode()
 
 
 def _tampered(bundle: Path, rel: str = TAMPERED) -> bytes:
@@ -183,7 +159,7 @@ def test_a_version_is_fetched_verified_cached_and_never_half_placed(store: str, 
     assert client.gets == [f"{PREFIX}/{name}/{MANIFEST}"] * 2
 
     # A tampered object (same size, another hash): refused, nothing placed, not downloaded again.
-    v2 = _new_version(tiny_release)
+    v2 = next_version(tiny_release)
     _upload(bucket, tiny_release, v2, changed={TAMPERED: _tampered(tiny_release)})
     snap = source.sync({name: v1.sha256}, keep=[v1.path])
     reason = snap.refused[name]
@@ -252,8 +228,8 @@ def query_png(tiny_synth: Path) -> bytes:
 def test_service_swaps_versions_under_load_and_keeps_serving_through_failures(
         tiny_release: Path, query_png: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     name, v1 = tiny_release.name, _sha((tiny_release / MANIFEST).read_bytes())
-    v2 = _new_version(tiny_release)
-    own_store = _moto()  # this test stops its store at the end
+    v2 = next_version(tiny_release)
+    own_store = object_store()  # this test stops its store at the end
     endpoint = own_store.__enter__()
     try:
         _aws(monkeypatch, tmp_path, endpoint)
@@ -344,7 +320,7 @@ def test_an_unreachable_store_at_start_is_reported_and_tried_again(
         categories = c.get("/categories")
         assert categories.status_code == 503 and "could not be read" in categories.json()["detail"]
         assert c.get("/healthz").status_code == 200
-        with _moto(port):  # the store comes up: the next look finds the bundle
+        with object_store(port):  # the store comes up: the next look finds the bundle
             boto3.client("s3").create_bucket(Bucket="late-bundles")
             _upload("late-bundles", tiny_release)
             _until(lambda: c.get("/readyz").status_code == 200, what="ready once the store answers")

@@ -182,7 +182,9 @@ async function inspect(card) {
     form.append("category", card.category);
     form.append("include_map", "true");
     form.append("include_reference", "true");
-    const result = await (await api("/inspect", { method: "POST", body: form })).json();
+    // The category in the query string too: a load balancer routes by it (it does not read the body).
+    const path = `/inspect?category=${encodeURIComponent(card.category)}`;
+    const result = await (await api(path, { method: "POST", body: form })).json();
     card.roundTripMs = performance.now() - started;
     card.map = await mapValues(result);
     card.query = await queryPixels(card.file, card.map.width, card.map.height);
