@@ -5,8 +5,8 @@ replica restarts and a new bundle version is published (issue 25's bar for the b
    ``s3://rpepad-fleet/bundles/``, files first and the manifest last.
 2. Two replicas (``lab.served.Service``: ``rpe-pad serve`` in child processes) load them from
    there: ``RPEPAD_BUNDLES=s3://...``, a poll every 2 s, ``RPEPAD_CATEGORIES`` the bundles'
-   categories, a 3 s drain on SIGTERM (``RPEPAD_DRAIN_S``, longer than the balancer needs to
-   see a failing ``/readyz``). Both are shard group A, the map sends every category there.
+   categories, its share of the cores (``RPEPAD_THREADS``), a 3 s drain on SIGTERM
+   (``RPEPAD_DRAIN_S``, longer than the balancer needs to see a failing ``/readyz``). Both are shard group A, the map sends every category there.
 3. haproxy runs ``deploy/haproxy/haproxy.cfg`` with the replicas' addresses in its
    environment and a generated map; the load starts once it reports both replicas UP.
 4. ``clients`` clients post ``image`` to the balancer's ``/inspect?category=...`` back to
@@ -51,6 +51,7 @@ CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy" / "haprox
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")  # Debian: /usr/sbin
 BUCKET, PREFIX = "rpepad-fleet", "bundles"
 POLL_S = 2  # how often the replicas look at the store
+REPLICAS = 2  # on one host: each gets its share of the cores (RPEPAD_THREADS), else their teams spin
 DRAIN_S = 3  # the replicas' drain on SIGTERM: more than haproxy's fall x inter (2 x 1 s)
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "lab", "AWS_SECRET_ACCESS_KEY": "lab", "AWS_REGION": "us-east-1"}
 
@@ -260,9 +261,10 @@ def fleet_loadtest(bundles: Path, image: Path, category: str | None = None, clie
             publish(client, BUCKET, PREFIX, path)
         echo(f"published {sorted(found)} to s3://{BUCKET}/{PREFIX}/ at {endpoint}")
         env = {**store_env(endpoint, work), "RPEPAD_BUNDLES_POLL_S": str(POLL_S), "RPEPAD_DRAIN_S": str(DRAIN_S),
-               "RPEPAD_CATEGORIES": ",".join(sorted(found)), "RPEPAD_MAX_WAIT_MS": "0"}
+               "RPEPAD_CATEGORIES": ",".join(sorted(found)), "RPEPAD_MAX_WAIT_MS": "0",
+               "RPEPAD_THREADS": str(max(1, len(os.sched_getaffinity(0)) // REPLICAS))}
         replicas = {name: Service(f"s3://{BUCKET}/{PREFIX}", work / name, log=work / f"{name}.log", **env)
-                    for name in ("a1", "a2")}
+                    for name in [f"a{i + 1}" for i in range(REPLICAS)]}
         for replica in replicas.values():
             stack.callback(replica.stop)
         start_all(list(replicas.values()))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu shares with torch's wheel)
+import torch  # also loads the CUDA libraries onnxruntime-gpu shares with torch's wheel
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -35,6 +35,9 @@ def session(path: Path, device: str = "auto") -> ort.InferenceSession:
     # throughput of the default pipeline rose from 2.86-2.93 to 3.20-3.23 queries/s and the
     # batch-1 pose stage fell from 23-26 to 7-8 ms (rpe-pad lab bench, docs/SERVICE.md).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # One CPU budget for the calling thread: as many pool threads as torch's team has (both
+    # default to the cores; the service's RPEPAD_THREADS sets torch's on its inference thread).
+    opts.intra_op_num_threads = torch.get_num_threads()
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers(device))
 
 

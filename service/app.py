@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Annotated
 
 import numpy as np
+import torch
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as FastPath
 from fastapi.concurrency import run_in_threadpool
@@ -86,6 +87,13 @@ class Include:
     reference: bool = False
 
 
+def _cpu_threads(threads: int | None) -> None:
+    """The inference thread's CPU budget: torch's team, and so ONNX Runtime's pool
+    (models.onnx_runtime.session sizes it from torch's)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 class State:
     """What the lifespan loads: inspectors and batchers by category, and why others were refused.
 
@@ -111,7 +119,9 @@ class State:
         # those outnumber the cores, the teams stop spinning between ops, a medium-size op waits
         # on a futex wake-up, and the Lego render took 1.9x as long (docs/SERVICE.md, "Where a
         # request's time goes"). One such thread keeps one team.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        # Its team has settings.threads threads when set (replicas sharing a host's cores).
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference",
+                                           initializer=_cpu_threads, initargs=(settings.threads,))
         self.telemetry = Telemetry()
         self.records: RecordStore | None = None
         self.records_error: str | None = None  # why records are unavailable, when they are on but failed to open

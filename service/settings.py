@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     categories: Annotated[list[str] | None, NoDecode] = None
     drain_s: float = Field(default=0.0, ge=0)  # on SIGTERM: /readyz 503 for this long while serving on, then stop
     device: Literal["auto", "cuda", "cpu"] = "auto"  # where models run; auto = CUDA when present
+    # CPU threads of the one inference thread (torch's team, and ONNX Runtime's pool sized from
+    # it); None = torch's default, every core it sees. Replicas sharing a host: its cores / replicas
+    threads: int | None = Field(default=None, gt=0)
     pose: str | None = None  # pose mode (models.registry, product modes); None = each bundle's own setting
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)  # per file
     max_image_pixels: int = Field(default=25_000_000, gt=0)  # width x height, checked before decoding

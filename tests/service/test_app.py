@@ -356,3 +356,19 @@ def test_a_photo_from_another_camera_is_refused_with_a_clear_message(tiny_releas
                "Acme C1" in refused.json()["detail"]
         assert _post(c, bundle.name, photo("Acme", "C1")).status_code == 200
         assert _post(c, bundle.name, query_png).status_code == 200
+
+
+def test_threads_set_the_inference_threads_cpu_budget(tmp_path: Path) -> None:
+    """RPEPAD_THREADS sizes torch's team on the one inference thread, and ONNX Runtime's pool
+    follows torch's count there (replicas sharing a host's cores)."""
+    import torch
+
+    from service.app import State
+
+    state = State(Settings(bundles=tmp_path, device="cpu", threads=1, records=False))
+    try:
+        assert state.executor.submit(torch.get_num_threads).result() == 1
+    finally:
+        state.executor.shutdown()
+    with pytest.raises(ValueError):
+        Settings(bundles=tmp_path, threads=0)
