@@ -81,6 +81,19 @@ def tiny_release(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path_factory: pyt
 
 
 @pytest.fixture(scope="session")
+def served_release(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``rpe-pad serve`` on the tiny release in a child process, without an API key, answering
+    each request at once (no micro-batch wait): one start shared by the tests that only read from
+    it (the API contract, the browser's tablet layout)."""
+    from lab.served import Service
+
+    data = tmp_path_factory.mktemp("served")
+    service = Service(tiny_release.parent, data, log=data / "serve.log", RPEPAD_MAX_WAIT_MS="0").start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
 def tiny_heldout_bundles(tiny_bundle: Path, tiny_release: Path, tiny_synth: Path,
                          tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundles folder with the tiny release and its work folder calibrated on held-out
