@@ -47,10 +47,13 @@ TINY_IRPRN = dict(epochs=2, augment_copies=1, checkpoint_every=0)
 
 @pytest.fixture(scope="session")
 def tiny_pose_bundle(tiny_bundle: Path, tiny_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``tiny_bundle`` plus every later stage (calibration, rvss, a 2-epoch IRPRN, gallery, onnx)."""
+    """``tiny_bundle`` plus every later stage (calibration, rvss, a 2-epoch IRPRN on 112 px
+    inputs, gallery, onnx). The network's input is half the default side: its pose estimates
+    reach every later stage and the service, and a quarter of the pixels keeps each cheap."""
     import shutil
 
     from models.data import load_category
+    from models.irprn import IRPRNConfig
     from training.calibrate import CalibConfig, run_calibration_stage
     from training.export import run_onnx_stage
     from training.gallery import run_gallery_stage
@@ -62,7 +65,7 @@ def tiny_pose_bundle(tiny_bundle: Path, tiny_synth: Path, tmp_path_factory: pyte
     cat = load_category(tiny_synth)
     run_calibration_stage(cat, CalibConfig(), out, progress=False)
     run_rvss_stage(cat, RVSSConfig(), out, progress=False)
-    run_irprn_stage(cat, preset("demo", **TINY_IRPRN), out, progress=False)
+    run_irprn_stage(cat, preset("demo", **TINY_IRPRN, model=IRPRNConfig(input_size=112)), out, progress=False)
     run_gallery_stage(cat, out, progress=False)
     run_onnx_stage(cat, out, progress=False)
     return out
@@ -81,10 +84,23 @@ def tiny_release(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path_factory: pyt
 
 
 @pytest.fixture(scope="session")
+def served_release(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``rpe-pad serve`` on the tiny release in a child process, without an API key, answering
+    each request at once (no micro-batch wait): one start shared by the tests that only read from
+    it (the API contract, the browser's tablet layout)."""
+    from lab.served import Service
+
+    data = tmp_path_factory.mktemp("served")
+    service = Service(tiny_release.parent, data, log=data / "serve.log", RPEPAD_MAX_WAIT_MS="0").start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
 def tiny_heldout_bundles(tiny_bundle: Path, tiny_release: Path, tiny_synth: Path,
                          tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundles folder with the tiny release and its work folder calibrated on held-out
-    views (every 4th withheld until step 48 of a 60-step fit): what `rpe-pad selfcheck` and
+    views (every 4th withheld until step 16 of a 20-step fit): what `rpe-pad selfcheck` and
     the scorer study read. Read-only for the tests."""
     import shutil
 
@@ -96,7 +112,7 @@ def tiny_heldout_bundles(tiny_bundle: Path, tiny_release: Path, tiny_synth: Path
     shutil.copytree(tiny_release, bundles / tiny_release.name)
     work = bundles / ".work" / tiny_release.name
     shutil.copytree(tiny_bundle, work)
-    category, splats = load_category(tiny_synth), preset("demo", **{**TINY_SPLATS, "iterations": 60})
+    category, splats = load_category(tiny_synth), preset("demo", **{**TINY_SPLATS, "iterations": 20})
     run_splats_stage(category, splats, work, progress=False, holdout_every=4)
     run_calibration_stage(category, CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.1), work,
                           progress=False, splats=splats)

@@ -45,17 +45,23 @@ def test_console_script_help() -> None:
 
 def test_demo_runs_the_whole_product(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The demo's flow (same code as `make demo`) with the demo preset shrunk to test size."""
+    """The demo's flow (same code as `make demo`) with the demo preset shrunk to test size
+    (the fan-out test's sizes: 32 px views, a 60-step fit, a 1-epoch IRPRN at 112 px)."""
+    from dataclasses import replace
+
+    from models.irprn import IRPRNConfig
     from tests.conftest import TINY_IRPRN, TINY_SPLATS
     from training import irprn, pipeline, splats
     from training.calibrate import CalibConfig
     from training.demo import run_demo
     from training.synth import SynthConfig
 
-    monkeypatch.setitem(splats.PRESETS, "demo", splats.preset("demo", **{**TINY_SPLATS, "image_size": None}))
-    monkeypatch.setitem(irprn.PRESETS, "demo", irprn.preset("demo", **TINY_IRPRN))
+    monkeypatch.setitem(splats.PRESETS, "demo", splats.preset("demo", **{**TINY_SPLATS, "image_size": None,
+                                                                        "iterations": 60, "refine_stop": 50}))
+    monkeypatch.setitem(irprn.PRESETS, "demo", irprn.preset("demo", **{**TINY_IRPRN, "epochs": 1,
+                                                                      "model": replace(IRPRNConfig(), input_size=112)}))
     monkeypatch.setitem(pipeline.CALIBRATION, "demo", CalibConfig(max_views=8))
-    synth = SynthConfig(seed=0, size=64, train_views=8, test_views=4)
+    synth = SynthConfig(seed=0, size=32, train_views=6, test_views=4)
     assert run_demo(tmp_path / "demo", synth) == 0
     out = capsys.readouterr().out
     bundle = tmp_path / "demo" / "bundles" / "synthetic_lego"

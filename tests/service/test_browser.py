@@ -116,19 +116,18 @@ def test_a_shift_at_the_station(tiny_release: Path, queries: dict[str, Path], dr
         service.stop()
 
 
-def test_tablet_width_keeps_every_control_reachable(tiny_release: Path, tmp_path: Path) -> None:
+def test_tablet_width_keeps_every_control_reachable(served_release: Service) -> None:
     d = chromium(*FOUND, width=768, height=1024)
     try:
-        with Service(tiny_release.parent, tmp_path / "data") as service:
-            page = Page(d, service.url)
-            page.open("/")
-            width = d.execute_script("return document.documentElement.clientWidth")
-            for css in ("#category", "#threshold", "label[for=files]", "label[for=camera]", "#nav-history"):
-                rect = page.find(css).rect
-                assert rect["width"] > 0 and rect["x"] >= 0 and rect["x"] + rect["width"] <= width, css
-            assert d.execute_script("return document.documentElement.scrollWidth") <= width
-            for css in ("#category", "#threshold", "#files", "#camera"):  # each control has a label
-                element_id = css[1:]
-                assert page.find_all(f"label[for={element_id}]"), css
+        page = Page(d, served_release.url)
+        page.open("/")
+        width = d.execute_script("return document.documentElement.clientWidth")
+        for css in ("#category", "#threshold", "label[for=files]", "label[for=camera]", "#nav-history"):
+            rect = page.find(css).rect
+            assert rect["width"] > 0 and rect["x"] >= 0 and rect["x"] + rect["width"] <= width, css
+        assert d.execute_script("return document.documentElement.scrollWidth") <= width
+        for css in ("#category", "#threshold", "#files", "#camera"):  # each control has a label
+            element_id = css[1:]
+            assert page.find_all(f"label[for={element_id}]"), css
     finally:
         d.quit()

@@ -50,11 +50,8 @@ def map_case(context, case):
 
 
 @pytest.fixture(scope="module")
-def served(tiny_release: Path, tmp_path_factory):
-    data = tmp_path_factory.mktemp("contract")
-    service = Service(tiny_release.parent, data, log=data / "serve.log", RPEPAD_MAX_WAIT_MS="0").start()
-    yield service
-    service.stop()
+def served(served_release: Service) -> Service:
+    return served_release
 
 
 def test_every_operation_is_fuzzed() -> None:

@@ -53,7 +53,7 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     fitted, held = split_holdout(cat, 4)
     assert [v.name for v in held] == [cat.train[i].name for i in (2, 6)] and len(fitted.train) == 6
     assert not {v.name for v in held} & {v.name for v in fitted.train} and not fitted.test
-    splats = preset("demo", **{**TINY_SPLATS, "iterations": 60})
+    splats = preset("demo", **{**TINY_SPLATS, "iterations": 20})
     cfg = CalibConfig(holdout_every=4, jitters=3, false_alarm_rate=0.2)
     with pytest.raises(ValueError, match="rerun the splats stage"):  # the work folder's fit held nothing out
         run_calibration_stage(cat, cfg, bundle, progress=False, splats=splats)
@@ -67,7 +67,7 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     assert np.mean(held_scores > calib.threshold) == pytest.approx(0.2, abs=1 / 6)
     # The quick rule's threshold is kept beside it for comparison; the calibration model is
     # the splats fit's snapshot at its fold-in step.
-    assert report["quantile_rule_threshold"] > 0 and report["calibration_model"]["fold_in_step"] == 48
+    assert report["quantile_rule_threshold"] > 0 and report["calibration_model"]["fold_in_step"] == 16
     again = run_calibration_stage(cat, cfg, bundle, progress=False, splats=splats)
     assert again["skipped"]
     stricter = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=3, false_alarm_rate=0.05), bundle,

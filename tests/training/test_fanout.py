@@ -14,7 +14,7 @@ from rpe_pad.cli import main
 from tests.conftest import TINY_IRPRN, TINY_SPLATS
 from training.fanout import Share, available_cpus, share
 
-TINY_SYNTH = dict(size=32, train_views=6, test_views=0)  # with _tiny_worker's presets: a bundle in 16 s on one thread
+TINY_SYNTH = dict(size=32, train_views=6, test_views=0)  # with _tiny_worker's presets: a 30-step fit, a 1-epoch IRPRN
 
 
 def _tiny_worker() -> None:
@@ -40,8 +40,8 @@ def _tiny_presets() -> None:
     from training import irprn, pipeline, splats
     from training.calibrate import CalibConfig
 
-    splats.PRESETS["demo"] = splats.preset("demo", **{**TINY_SPLATS, "image_size": None, "iterations": 60,
-                                                      "refine_stop": 50})
+    splats.PRESETS["demo"] = splats.preset("demo", **{**TINY_SPLATS, "image_size": None, "iterations": 30,
+                                                      "refine_start": 10, "refine_stop": 25})
     irprn.PRESETS["demo"] = irprn.preset("demo", **{**TINY_IRPRN, "epochs": 1,
                                                     "model": replace(IRPRNConfig(), input_size=112)})
     pipeline.CALIBRATION["demo"] = CalibConfig(max_views=8)

@@ -15,7 +15,7 @@ import torch
 from models.camera import look_at, pose_errors
 from models.data import load_category
 from models.gallery import NOVEL, RETRIEVAL_GRID, TRAIN, Gallery
-from models.irprn import load_irprn
+from models.irprn import IRPRNConfig, load_irprn
 from models.pose import PoseEstimator
 from rpe_pad.cli import main
 from training import irprn as irprn_stage
@@ -200,11 +200,16 @@ def test_parity_check_refuses_a_wrong_graph(tiny_pose_bundle: Path, tmp_path: Pa
         check_parity(net, tiny_pose_bundle / "irprn" / "encoder.onnx", tiny_pose_bundle / "irprn" / "pair_head.onnx")
 
 
+# A quarter of the default input's pixels, for the tests that check what reaches training and
+# how it resumes, not how well the network does (the fan-out test trains its bundles at this size).
+SMALL = IRPRNConfig(input_size=112)
+
+
 def test_training_resumes_from_its_checkpoint(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     cat = load_category(tiny_synth)
     novel = load_novel(tiny_pose_bundle / "rvss" / "novel.safetensors")
-    cfg = preset("demo", epochs=3, augment_copies=0, checkpoint_every=1)
+    cfg = preset("demo", epochs=3, augment_copies=0, checkpoint_every=1, model=SMALL)
     real_validate, calls = irprn_stage._validate, {"n": 0}
 
     def crash_in_epoch_3(*args, **kwargs):
@@ -243,7 +248,7 @@ def test_holdout_views_and_their_gallery_mask() -> None:
 def test_held_out_views_never_reach_training(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path) -> None:
     cat = load_category(tiny_synth)
     novel = load_novel(tiny_pose_bundle / "rvss" / "novel.safetensors")
-    cfg = preset("demo", epochs=1, augment_copies=1, checkpoint_every=0, holdout=2)
+    cfg = preset("demo", epochs=1, augment_copies=1, checkpoint_every=0, holdout=2, model=SMALL)
     net, report = train_irprn(cat, novel, 1.0, cfg, tmp_path / "a", progress=False)
     held = holdout_views(len(cat.train), 2)
     assert report["holdout"] == [cat.train[i].name for i in held.tolist()]

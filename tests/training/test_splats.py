@@ -82,18 +82,19 @@ def test_fit_improves_and_resumes(tiny_synth: Path, tmp_path: Path) -> None:
     assert after > before + 3.0, (before, after)
     assert result.report["init"] == "hull" and result.report["resumed_from_step"] == 0
 
-    # Checkpoint at step 60 of 80, then a second call resumes from it; another config restarts.
-    ck_cfg = replace(cfg, iterations=80, checkpoint_every=60)
+    # Checkpoint at step 18 of 24 (after two densification steps), then a second call resumes
+    # from it; another config restarts.
+    ck_cfg = replace(cfg, iterations=24, checkpoint_every=18, refine_start=6, refine_every=6)
     fit_splats(cat, ck_cfg, tmp_path / "b", progress=False)
     assert (tmp_path / "b" / "checkpoint.safetensors").is_file()
     resumed = fit_splats(cat, ck_cfg, tmp_path / "b", progress=False)
-    assert resumed.report["resumed_from_step"] == 60
+    assert resumed.report["resumed_from_step"] == 18
     # A fit that withholds views follows another schedule: it does not resume the plain one's
     # checkpoint, and the plain one then does not resume its checkpoint either.
     snap = tmp_path / "snap.safetensors"
     withheld = fit_splats(cat, ck_cfg, tmp_path / "b", progress=False, withheld=[1, 5], snapshot=snap)
     assert withheld.report["resumed_from_step"] == 0 and snap.is_file()
-    assert fit_splats(cat, ck_cfg, tmp_path / "b", progress=False, withheld=[1, 5], snapshot=snap).report["resumed_from_step"] == 60
+    assert fit_splats(cat, ck_cfg, tmp_path / "b", progress=False, withheld=[1, 5], snapshot=snap).report["resumed_from_step"] == 18
     assert fit_splats(cat, ck_cfg, tmp_path / "b", progress=False).report["resumed_from_step"] == 0
     other = fit_splats(cat, replace(ck_cfg, seed=1), tmp_path / "b", progress=False)
     assert other.report["resumed_from_step"] == 0
@@ -120,10 +121,10 @@ def test_stage_with_heldout_calibration_leaves_the_calibration_model(tiny_synth:
     """One fit gives both models: the snapshot at the fold-in (without every 4th view), saved
     with the views it saw, and the shipped model that then saw every view."""
     cat = load_category(tiny_synth)
-    cfg = preset("demo", **{**TINY, "iterations": 60, "fold_in": 0.5})
+    cfg = preset("demo", **{**TINY, "iterations": 20, "fold_in": 0.5})
     work = tmp_path / cat.name
     report = run_splats_stage(cat, cfg, work, progress=False, holdout_every=4)
-    assert report["calibration_model"]["fold_in_step"] == 30 == fold_in_step(cfg)
+    assert report["calibration_model"]["fold_in_step"] == 10 == fold_in_step(cfg)
     assert report["calibration_model"]["withheld_views"] == 2 and report["calibration_model"]["num_gaussians"] > 0
     key = json.loads((work / "calibration" / "holdout_scene.json").read_text())
     assert key["views"] == [v.name for i, v in enumerate(cat.train) if i not in (2, 6)]
