@@ -111,6 +111,7 @@ class State:
         self.load_error: str | None = None
         self.source: S3Source | None = None  # the object store, when settings.bundles is an s3:// URL
         self.source_error: str | None = None  # why the store could not be read at the last look
+        self.tried_cache = False  # the cache was tried once, the store being unreadable with nothing served
         self.load_failures: dict[str, str] = {}  # bundle version (manifest sha256) -> why it did not load
         self.retiring: dict[CategoryBatcher, asyncio.Task] = {}  # replaced batchers, draining
         # Every torch op of the service runs on this one thread: loading, warm-up, stacking a
@@ -130,7 +131,10 @@ class State:
         """What is not served and why: refused bundles by category, the store under its URL."""
         found = dict(self.refused)
         if self.source is not None and self.source_error is not None:
-            found[str(self.source)] = self.source_error
+            served = ", ".join(f"{name}@{inspector.bundle_sha256[:12]}"
+                               for name, inspector in sorted(self.inspectors.items()))
+            found[str(self.source)] = self.source_error + (f" (serving the versions fetched before: {served})"
+                                                           if served else "")
         return found
 
     def serving(self, category: str) -> tuple[Inspector, CategoryBatcher]:
@@ -298,6 +302,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if snapshot.error != state.source_error:
                 log.error("bundle store %s: %s", source, snapshot.error)
             state.source_error = snapshot.error
+            if not state.inspectors and not state.tried_cache:  # a restart during an outage: the cache, once
+                state.tried_cache = True
+                cached = await asyncio.to_thread(source.cached)
+                state.refused = dict(cached.refused)
+                for name, version in cached.versions.items():
+                    reason = await bring_up(state, version)
+                    if reason is not None:
+                        state.refused[name] = f"cached version {version.sha256[:12]}: {reason}"
+                if state.inspectors:
+                    log.warning("bundle store %s unreadable at start: serving the cached versions of %s",
+                                source, ", ".join(sorted(state.inspectors)))
         else:
             state.source_error = None
             refused = dict(snapshot.refused)

@@ -18,6 +18,11 @@ So a version directory is whole and verified, or absent; nothing half-fetched is
 loaded. A version found in the cache (from an earlier run) is verified again before it is
 handed out, and fetched afresh when that fails.
 
+A restart while the store cannot be read (``cached``): the service then starts on the newest
+version of each category already in the cache from an earlier run, verified again, and keeps
+saying that the store could not be read until a look succeeds. A cache that does not verify is
+not served.
+
 What can go wrong, and where it is reported:
 - the store as a whole (unreachable, no such bucket, no credentials): ``Snapshot.error``;
   nothing else is known from that look;
@@ -206,6 +211,29 @@ class S3Source:
             except (BotoCoreError, ClientError, OSError) as exc:  # tried again on the next sync
                 snapshot.refused[category] = f"{self.location.url(category)}/: fetch failed: {_describe(exc)}"
         self._prune({v.path.parent for v in snapshot.versions.values()} | {Path(p).parent for p in keep})
+        return snapshot
+
+    def cached(self) -> Snapshot:
+        """The newest version of each category already in the cache (by when it was fetched),
+        verified again: what a service starts on while the store cannot be read. A category
+        whose cached version does not verify is refused with the reason; nothing is removed."""
+        newest: dict[str, Path] = {}
+        if self.cache_dir.is_dir():
+            for path in self.cache_dir.iterdir():
+                match = _VERSION_DIR.match(path.name)
+                if match and (path / match["category"]).is_dir():
+                    name = match["category"]
+                    if name not in newest or path.stat().st_mtime > newest[name].stat().st_mtime:
+                        newest[name] = path
+        chosen, _ = select(newest, self.categories, str(self.cache_dir))  # a missing one: the store's error says why
+        snapshot = Snapshot()
+        for name, path in chosen.items():
+            try:
+                open_bundle(path / name)
+            except BundleError as exc:
+                snapshot.refused[name] = f"cached version in {path}: {exc}"
+                continue
+            snapshot.versions[name] = Version(name, _VERSION_DIR.match(path.name)["sha256"], path / name)
         return snapshot
 
     # ------------------------------------------------------------ one category

@@ -326,3 +326,35 @@ def test_an_unreachable_store_at_start_is_reported_and_tried_again(
             _until(lambda: c.get("/readyz").status_code == 200, what="ready once the store answers")
             assert _post(c, tiny_release.name, query_png).status_code == 200
             assert c.get("/readyz").json()["detail"] is None
+
+
+def test_a_restart_while_the_store_is_down_serves_the_verified_cache(
+        tiny_release: Path, query_png: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name, sha = tiny_release.name, _sha((tiny_release / MANIFEST).read_bytes())
+    port = _free_port()
+    _aws(monkeypatch, tmp_path, f"http://127.0.0.1:{port}")
+    with object_store(port):  # the first run fetches the version into the cache
+        bucket = _bucket()
+        _upload(bucket, tiny_release)
+        url = f"s3://{bucket}/{PREFIX}"
+        with _client(url, tmp_path) as c:
+            _until(lambda: c.get("/readyz").status_code == 200, what="ready")
+    cached = tmp_path / "data" / "bundles-cache" / f"{name}@{sha}" / name
+    assert (cached / MANIFEST).is_file()
+
+    # The store is down when the service restarts: it serves the cached version and says why.
+    with _client(url, tmp_path) as c:
+        _until(lambda: c.get("/readyz").status_code == 200, what="ready from the cache")
+        detail = c.get("/readyz").json()["detail"]
+        assert "could not be read" in detail and f"serving the versions fetched before: {name}@{sha[:12]}" in detail
+        assert c.get("/categories").json()["categories"][0]["bundle_sha256"] == sha
+        assert _post(c, name, query_png).status_code == 200
+
+    # A cached copy that no longer verifies is not served: the reason is given instead.
+    (cached / TAMPERED).write_bytes(_tampered(cached))
+    with _client(url, tmp_path) as c:
+        _until(lambda: "cached version" in (c.get("/readyz").json().get("detail") or ""), what="the cache refused")
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "could not be read" in ready.json()["detail"]
+        assert f"{name}: cached version" in ready.json()["detail"] and "sha256" in ready.json()["detail"]
+        assert _post(c, name, query_png).status_code == 503
