@@ -2,9 +2,11 @@
 
 ``train_many`` connects to the Ray cluster at ``address``, or starts a local Ray instance with
 this machine's CPUs (no dashboard, quiet logs), and gives every category one task with its
-share of the cluster (``share``): whole CPUs and as many torch threads, so tasks never run
-more threads than there are cores (three categories on two cores run two at a time, then
-the third), and a GPU or an equal fraction of one where the cluster has GPUs. Each task runs
+share of the cluster (``share``): whole CPUs and as many torch threads while there are at
+least as many CPUs as categories; with more categories than CPUs, a fraction of a CPU and one
+torch thread each, at most two tasks per CPU (three categories on two cores all run at once,
+so no core idles while the last one trains alone); and a GPU or an equal fraction of one
+where the cluster has GPUs. Each task runs
 ``training.pipeline.run_train`` exactly as `rpe-pad train` does for one category: the work
 folder ``BUNDLES_DIR/.work/<category>/``, then the bundle stage assembles
 ``BUNDLES_DIR/<category>/`` atomically (``models.bundle.assemble``) and proves it loads. The
@@ -32,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+MAX_TASKS_PER_CPU = 2  # more categories than CPUs: at most this many one-thread tasks share a CPU
 RETRIES = 2  # further attempts of a category after an exception that is not the user's, or a lost worker or node
 USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError)  # the CLI's users' mistakes: reported, not retried
 EXTRA = ('training several categories at once, or on a Ray cluster (--ray), needs Ray, which is not installed: '
@@ -43,7 +46,8 @@ POLL_S = 0.5  # how often the driver looks for progress events while no task end
 class Share:
     """What one category's task reserves on the cluster."""
 
-    cpus: int  # whole CPUs, and the task's torch threads
+    cpus: float  # CPUs Ray reserves for the task: whole ones, or a fraction when tasks outnumber CPUs
+    threads: int  # the task's torch threads
     gpus: float  # GPUs (a fraction: tasks share a GPU; 0: CPU only)
 
 
@@ -70,13 +74,24 @@ def share(n_tasks: int, cpus: float, node_cpus: float, gpus: float = 0.0) -> Sha
     """Each of ``n_tasks`` tasks' share of a cluster with ``cpus`` CPUs (``node_cpus`` on its
     largest node) and ``gpus`` GPUs.
 
-    CPUs: an equal split rounded down, at least one and at most one node's. Ray starts only as
-    many tasks as fit, so a share never oversubscribes the cores (3 tasks on 2 CPUs: 1 each,
-    two at a time). GPUs: one each when there are enough, else an equal fraction that packs
+    CPUs: with at least as many CPUs as tasks, an equal split rounded down to whole CPUs (at
+    most one node's), and as many torch threads; the tasks never run more threads than there
+    are cores. With more tasks than CPUs, an equal fraction of a CPU and one torch thread, but
+    at least ``1 / MAX_TASKS_PER_CPU`` of a CPU: whole CPUs would run the tasks in waves whose
+    last one leaves cores idle (3 tasks on 2 CPUs: two at a time, then the third alone on one
+    core, 1.22x the serial time in `rpe-pad lab fanout-bench`), while two thirds of a CPU each
+    runs all three at once, the kernel sharing the cores among three one-thread processes.
+    Ray starts only as many tasks as fit (5 tasks on 2 CPUs: half a CPU each, four at a time).
+    GPUs: one each when there are enough, else an equal fraction that packs
     onto whole GPUs (3 tasks on 2 GPUs: half a GPU each); none on a cluster without GPUs."""
     if n_tasks < 1:
         raise ValueError("no categories to train")
-    per_cpu = max(1, min(int(cpus // n_tasks), int(node_cpus)))
+    if n_tasks <= cpus:
+        per_cpu = max(1, min(int(cpus // n_tasks), int(node_cpus)))
+        cpu_share = float(per_cpu)
+    else:
+        per_cpu = 1
+        cpu_share = max(math.floor(1e4 * cpus / n_tasks) / 1e4, 1 / MAX_TASKS_PER_CPU)  # Ray keeps 4 decimals
     whole_gpus = int(gpus)
     if whole_gpus >= n_tasks:
         per_gpu = 1.0
@@ -84,7 +99,7 @@ def share(n_tasks: int, cpus: float, node_cpus: float, gpus: float = 0.0) -> Sha
         per_gpu = math.floor(1e4 / math.ceil(n_tasks / whole_gpus)) / 1e4  # Ray keeps 4 decimals
     else:
         per_gpu = 0.0
-    return Share(per_cpu, per_gpu)
+    return Share(cpu_share, per_cpu, per_gpu)
 
 
 def import_ray():
@@ -164,9 +179,9 @@ def _fan_out(ray, where: str, folders: list[Path], bundles_dir: Path, preset: st
     cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
     node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=cpus)
     each = share(len(folders), cpus, node_cpus, gpus)
-    at_once = min(len(folders), max(1, int(cpus // each.cpus)))
+    at_once = min(len(folders), max(1, int(cpus / each.cpus + 1e-6)))
     gpu_text = (f", {gpus:g} GPUs" if gpus else "", f", {each.gpus:g} GPU" if each.gpus else "")
-    echo(f"{len(folders)} categories on {where} ({cpus:g} CPUs{gpu_text[0]}): {each.cpus} CPU(s) and {each.cpus} "
+    echo(f"{len(folders)} categories on {where} ({cpus:g} CPUs{gpu_text[0]}): {each.cpus:g} CPU(s) and {each.threads} "
          f"torch thread(s) per category{gpu_text[1]}; {at_once} at a time; up to {RETRIES} retries each")
     events = Queue(actor_options={"num_cpus": 0})  # the tasks' "started" and "attempt failed" lines
     task = ray.remote(_train_task)
@@ -180,7 +195,7 @@ def _fan_out(ray, where: str, folders: list[Path], bundles_dir: Path, preset: st
     for folder in folders:
         ref = task.options(name=f"rpe-pad train {folder.name}", num_cpus=each.cpus, num_gpus=each.gpus,
                            max_retries=RETRIES, retry_exceptions=True).remote(
-            str(folder), str(bundles_dir), preset, stages, each.cpus, events)
+            str(folder), str(bundles_dir), preset, stages, each.threads, events)
         pending[ref] = folder.name
     try:
         while pending:
