@@ -63,10 +63,15 @@ def _tiny_presets() -> None:
     pipeline._BY_NAME["rvss"] = pipeline.Stage("rvss", flaky_rvss, rvss.doc)
 
 
-def test_share_never_oversubscribes_and_packs_gpus() -> None:
-    assert share(3, cpus=2, node_cpus=2) == Share(cpus=1, gpus=0.0)  # two at a time, then one: never 3 on 2 cores
-    assert share(1, cpus=2, node_cpus=2) == Share(cpus=2, gpus=0.0)
-    assert share(3, cpus=16, node_cpus=16) == Share(cpus=5, gpus=0.0)
+def test_share_fills_the_cores_without_idle_waves_and_packs_gpus() -> None:
+    assert share(1, cpus=2, node_cpus=2) == Share(cpus=2.0, threads=2, gpus=0.0)
+    assert share(2, cpus=2, node_cpus=2) == Share(cpus=1.0, threads=1, gpus=0.0)
+    assert share(3, cpus=16, node_cpus=16) == Share(cpus=5.0, threads=5, gpus=0.0)
+    # More tasks than CPUs: all three at once on one thread each, not two and then one alone.
+    three = share(3, cpus=2, node_cpus=2)
+    assert three == Share(cpus=0.6666, threads=1, gpus=0.0) and 3 * three.cpus <= 2
+    assert share(5, cpus=2, node_cpus=2).cpus == 0.5  # at most two one-thread tasks per CPU: four at a time
+    assert share(40, cpus=16, node_cpus=16) == Share(cpus=0.5, threads=1, gpus=0.0)
     assert share(2, cpus=64, node_cpus=8).cpus == 8  # a task runs on one node
     assert share(3, cpus=16, node_cpus=16, gpus=4).gpus == 1.0
     assert share(3, cpus=16, node_cpus=16, gpus=2).gpus == 0.5  # 4 half-GPU slots for 3 tasks
@@ -146,13 +151,13 @@ def test_fan_out_on_a_local_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                     "log_to_driver": False}
     assert not ray.is_initialized()  # the CLI shut down the instance it started
 
-    assert "3 categories on a local Ray instance (2 CPUs): 1 CPU(s) and 1 torch thread(s) per category; " \
-           "2 at a time; up to 2 retries each" in out
+    assert "3 categories on a local Ray instance (2 CPUs): 0.6666 CPU(s) and 1 torch thread(s) per category; " \
+           "3 at a time; up to 2 retries each" in out
     lines = [line.split("] ", 1)[1] for line in out.splitlines() if re.match(r"\[ *\d+\.\d s\] ", line)]
     alpha = [line for line in lines if line.startswith("alpha: ")]
     assert len(alpha) == 2 and alpha[0].startswith("alpha: started (on ")
     assert re.fullmatch(rf"alpha: done in \d+\.\d s on 1 torch thread\(s\) -> {re.escape(str(bundles / 'alpha'))}",
-                        alpha[1]), alpha  # the task's share: 1 of the 2 CPUs
+                        alpha[1]), alpha  # the task's share: 2/3 of the 2 CPUs, one thread
     # flaky: its worker died, the retry raised, the third attempt resumed and finished.
     flaky = [line for line in lines if line.startswith("flaky: ")]
     assert len(flaky) == 5, flaky
