@@ -185,15 +185,21 @@ def _cmd_screenshots(args: argparse.Namespace) -> int:
 
 
 def _cmd_records_bench(args: argparse.Namespace) -> int:
-    from lab.records_bench import history, kill
+    from lab.records_bench import history, kill, overhead
 
-    report = {"history": history(args.bundles, args.records, args.category),
-              "kill": kill(args.bundles, args.query, args.category, seconds=args.seconds, kill_after=args.kill_after)}
+    report = {}
+    if "history" in args.parts:
+        report["history"] = history(args.bundles, args.records, args.category)
+    if "kill" in args.parts:
+        report["kill"] = kill(args.bundles, args.query, args.category, seconds=args.seconds, kill_after=args.kill_after)
+    if "overhead" in args.parts:
+        report["overhead"] = overhead(args.bundles, args.query, args.category, pairs=args.pairs,
+                                      seconds=args.overhead_seconds)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json is not None:
         args.json.write_text(text + "\n")
-    return 0 if not report["kill"]["missing"] else 1
+    return 0 if not report.get("kill", {}).get("missing") and report.get("overhead", {}).get("met", True) else 1
 
 
 def _cmd_onboard_check(args: argparse.Namespace) -> int:
@@ -393,14 +399,20 @@ def add_lab_commands(sub) -> None:
     p.set_defaults(func=_cmd_screenshots)
 
     p = sub.add_parser("records-bench", help="the inspection records through the real service: the first history "
-                       "page with N records, and a SIGKILL during an 8-client load (every answered inspection "
-                       "must have its record after the restart)")
+                       "page with N records, a SIGKILL during an 8-client load (every answered inspection "
+                       "must have its record after the restart), and the one-client p50 with records on against "
+                       "off, back to back")
     p.add_argument("bundles", type=Path, help="bundles folder to serve")
     p.add_argument("query", type=Path, help="image the clients inspect")
     p.add_argument("--category", required=True)
     p.add_argument("--records", type=positive_int, default=10_000, help="records in the database (default 10000)")
     p.add_argument("--seconds", type=float, default=30.0, help="length of the load (default 30)")
     p.add_argument("--kill-after", type=float, default=15.0, help="SIGKILL after this many seconds (default 15)")
+    p.add_argument("--parts", nargs="+", choices=("history", "kill", "overhead"),
+                   default=["history", "kill", "overhead"], help="which measurements (default all three)")
+    p.add_argument("--pairs", type=positive_int, default=3, help="records on/off pairs, order alternating (default 3)")
+    p.add_argument("--overhead-seconds", type=float, default=30.0,
+                   help="length of each one-client run of a pair (default 30)")
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
     p.set_defaults(func=_cmd_records_bench)
 

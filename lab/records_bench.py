@@ -5,7 +5,12 @@
    filtered by category) from a client on loopback;
 2. kill: 8 clients inspect a query for a while, the service is killed with SIGKILL in the
    middle, restarted on the same data, and every inspection that got its answer before the
-   kill is looked up by its ``record_id``.
+   kill is looked up by its ``record_id``;
+3. overhead: recording on against off (issue 23: the one-client ``/inspect`` p50 with records
+   on within 10 % of the same run with records off). Each pair is one load-test run each
+   way, back to back, every run on a fresh service and data folder after a short warm-up
+   load; the order alternates between pairs (on/off, off/on, ...) so that a drift of the
+   machine during a pair does not always favour the same side.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.orm import Session
 
+from lab.loadtest import run_load
 from lab.served import Service
 from service.records import Base, Record, make_engine, new_id, utc_now
 
@@ -112,3 +118,34 @@ def kill(bundles: Path, query: Path, category: str, clients: int = 8, seconds: f
     return {"clients": clients, "killed_after_s": kill_after, "answered_before_kill": len(answered),
             "failed_or_cut": failed, "records_found_after_restart": len(answered) - len(missing),
             "missing": missing, "with_overlay": with_overlay}
+
+
+OVERHEAD_BAR = 0.10  # issue 23: records on within 10 % of records off, one-client p50
+
+
+def _p50(bundles: Path, query: Path, category: str, records: bool, seconds: float, warmup: float) -> dict:
+    """One run: a fresh service with records on or off, a warm-up load, then one client for ``seconds``."""
+    with tempfile.TemporaryDirectory(prefix="rpepad-overhead-") as tmp:
+        with Service(bundles, Path(tmp), log=Path(tmp) / "serve.log",
+                     RPEPAD_RECORDS="true" if records else "false") as service:
+            if warmup > 0:
+                asyncio.run(run_load(service.url, category, query, clients=1, seconds=warmup))
+            run = asyncio.run(run_load(service.url, category, query, clients=1, seconds=seconds))
+    if run["errors_5xx"] or run["status"].get("200", 0) != run["requests"]:
+        raise RuntimeError(f"records {'on' if records else 'off'}: not every request answered 200: {run['status']}")
+    return {"p50_ms": run["latency_ms"]["p50"], "requests": run["requests"]}
+
+
+def overhead(bundles: Path, query: Path, category: str, pairs: int = 3, seconds: float = 30,
+             warmup: float = 5) -> dict:
+    """``pairs`` back-to-back pairs of one-client runs with records on and off (module docstring)."""
+    rows = []
+    for i in range(pairs):
+        order = (True, False) if i % 2 == 0 else (False, True)
+        runs = {on: _p50(bundles, query, category, on, seconds, warmup) for on in order}
+        change = runs[True]["p50_ms"] / runs[False]["p50_ms"] - 1
+        rows.append({"order": ["on" if on else "off" for on in order], "on_p50_ms": runs[True]["p50_ms"],
+                     "off_p50_ms": runs[False]["p50_ms"], "on_vs_off_pct": round(100 * change, 1),
+                     "requests": {"on": runs[True]["requests"], "off": runs[False]["requests"]}})
+    return {"pairs": rows, "seconds": seconds, "warmup_s": warmup, "bar_pct": 100 * OVERHEAD_BAR,
+            "met": all(abs(r["on_vs_off_pct"]) <= 100 * OVERHEAD_BAR for r in rows)}
