@@ -217,23 +217,23 @@ class S3Source:
         """The newest version of each category already in the cache (by when it was fetched),
         verified again: what a service starts on while the store cannot be read. A category
         whose cached version does not verify is refused with the reason; nothing is removed."""
-        newest: dict[str, Path] = {}
+        newest: dict[str, tuple[float, Version]] = {}  # category -> (when fetched, its version)
         if self.cache_dir.is_dir():
             for path in self.cache_dir.iterdir():
                 match = _VERSION_DIR.match(path.name)
                 if match and (path / match["category"]).is_dir():
-                    name = match["category"]
-                    if name not in newest or path.stat().st_mtime > newest[name].stat().st_mtime:
-                        newest[name] = path
+                    name, fetched = match["category"], path.stat().st_mtime
+                    if name not in newest or fetched > newest[name][0]:
+                        newest[name] = (fetched, Version(name, match["sha256"], path / name))
         chosen, _ = select(newest, self.categories, str(self.cache_dir))  # a missing one: the store's error says why
         snapshot = Snapshot()
-        for name, path in chosen.items():
+        for name, (_, version) in chosen.items():
             try:
-                open_bundle(path / name)
+                open_bundle(version.path)
             except BundleError as exc:
-                snapshot.refused[name] = f"cached version in {path}: {exc}"
+                snapshot.refused[name] = f"cached version in {version.path.parent}: {exc}"
                 continue
-            snapshot.versions[name] = Version(name, _VERSION_DIR.match(path.name)["sha256"], path / name)
+            snapshot.versions[name] = version
         return snapshot
 
     # ------------------------------------------------------------ one category
