@@ -56,7 +56,7 @@ from models.results import CategoryInfo, GalleryMatch, Inspection, InspectionErr
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene, render
 from models.verify import Verification, VerifyConfig, verify
-from models.viz import side_by_side
+from models.viz import inspection_figure
 
 Tensor = torch.Tensor
 ASPECT_TOLERANCE = 0.02  # relative difference of width/height accepted when resizing a query
@@ -449,9 +449,8 @@ class Inspector:
 
     def figure(self, image: np.ndarray, inspection: Inspection, title: str = "") -> Image.Image:
         """query | rendered reference | anomaly overlay with the decision contour."""
-        caption = f"{inspection.verdict.upper()}: {inspection.score:.0f} / {inspection.threshold:.0f}"
-        return side_by_side(image, inspection.reference, inspection.normalised_map(), title=title,
-                            captions=("query", "rendered reference", caption))
+        return inspection_figure(image, inspection.reference, inspection.normalised_map(), inspection.verdict,
+                                 inspection.score, inspection.threshold, title=title)
 
     def warm_up(self, batch: int = 1) -> float:
         """Run one batch of ``batch`` of the gallery's own views through the pipeline, so

@@ -99,6 +99,16 @@ def anomaly_overlay(image: np.ndarray, norm_map: np.ndarray, alpha: float = 0.5,
     return decision_contour(blended, norm_map > level)
 
 
+def inspection_figure(query: np.ndarray, reference: np.ndarray, norm_map: np.ndarray, verdict: str, score: float,
+                      threshold: float, title: str = "") -> Image.Image:
+    """One inspection's figure: query | rendered reference | anomaly overlay with the decision
+    contour, captioned with the verdict and the score against the threshold (raw units). The
+    live answer (``Inspector.figure``) and a stored record's overlay (``service.records``) are
+    both drawn by this function."""
+    caption = f"{verdict.upper()}: {score:.0f} / {threshold:.0f}"
+    return side_by_side(query, reference, norm_map, title=title, captions=("query", "rendered reference", caption))
+
+
 def side_by_side(query: np.ndarray, reference: np.ndarray, norm_map: np.ndarray, title: str = "",
                  captions: tuple[str, str, str] = ("query", "rendered reference", "anomaly map"),
                  cell: int = 256) -> Image.Image:

@@ -49,7 +49,7 @@ from service import problems, web
 from service.batching import CategoryBatcher
 from service.bundle_source import S3Location, S3Source, Snapshot, Version, local_bundles
 from service.problems import ServiceError
-from service.records import Filters, Pending, Record, RecordStore, new_id, png_bytes, utc_now
+from service.records import Evidence, Filters, Pending, Record, RecordStore, new_id, utc_now
 from service.schemas import (BatchOut, Categories, FeedbackIn, Health, InspectionOut, RecordDetail, RecordPage,
                              RecordSummary)
 from service.settings import Settings, get_settings
@@ -598,7 +598,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             id=record_id, created=utc_now(), request_id=out.request_id, category=out.category, filename=out.filename,
             bundle_id=inspector.bundle_id, bundle_sha256=inspector.bundle_sha256,
             result=out.model_dump(mode="json", exclude={"anomaly_map_png", "overlay_png"}),
-            figure=lambda: png_bytes(inspector.figure(image.numpy(), result)),
+            evidence=lambda: Evidence.encode(image.numpy(), result.reference, result.normalised_map()),
             query_bytes=data if keep else None,
             query_media_type=(upload.content_type or "application/octet-stream") if keep else None))
 
@@ -669,18 +669,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """One stored inspection: its result, feedback, and where its images are."""
         r = await _get_record(store, record_id)
         return RecordDetail(**_summary(r), result=json.loads(r.result_json),
-                            overlay_url=f"/inspections/{r.id}/overlay.png" if r.overlay_png is not None else None,
+                            overlay_url=f"/inspections/{r.id}/overlay.png" if r.has_overlay else None,
                             query_url=f"/inspections/{r.id}/query" if r.query_bytes is not None else None)
 
     @app.get("/inspections/{record_id}/overlay.png", dependencies=[Depends(authorised)], tags=["records"],
              response_class=Response, responses={200: {"description": "PNG", "content": {"image/png": {}}},
                                                  **problems.errors(401, 404, 503)})
     async def get_overlay(record_id: str, store: Records) -> Response:
-        """The stored overlay: query | rendered reference | overlay with the decision contour."""
+        """The inspection's overlay: query | rendered reference | overlay with the decision contour
+        (drawn from the record's evidence; a record never changes, so browsers may keep it)."""
         r = await _get_record(store, record_id)
-        if r.overlay_png is None:
-            raise ServiceError(404, f"inspection {record_id} has no overlay (its drawing failed)")
-        return Response(r.overlay_png, media_type="image/png")
+        png = await asyncio.to_thread(r.overlay)
+        if png is None:
+            raise ServiceError(404, f"inspection {record_id} has no overlay (its images were not stored: "
+                                    "the service stopped before writing them, or encoding them failed)")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
     @app.get("/inspections/{record_id}/query", dependencies=[Depends(authorised)], tags=["records"],
              response_class=Response,

@@ -2,14 +2,15 @@
 
 One table, ``inspections`` (SQLAlchemy 2; an embedded SQLite file under the data directory by
 default, any SQLAlchemy URL such as PostgreSQL's for fleets). A row holds the result as the
-API returned it, the overlay PNG (query | rendered reference | overlay with the decision
-contour), the uploaded query as it arrived (optional, on by default, up to a size cap), the
+API returned it, the overlay's evidence (the query as inspected, the rendered reference and
+the normalised anomaly map, as PNGs: ``Evidence``), the uploaded query as it arrived
+(optional, on by default, up to a size cap), the
 bundle's id and the sha256 of its manifest (which pins every file of the bundle), the
 request id, and the operator's feedback (``confirmed_defect`` or ``false_alarm``, a note).
 
 Writes never wait on the database: ``RecordStore.submit`` appends the result (no images)
 as one line to a journal file and puts the record on a bounded queue, and returns; one
-writer thread draws the overlay, inserts everything waiting in one transaction, enforces
+writer thread encodes the evidence, inserts everything waiting in one transaction, enforces
 the retention limits (count and age), and empties the journal once everything in it is
 in the database. The journal line is in the operating system's hands before the answer
 leaves, so a service killed at any moment (SIGKILL, OOM) keeps the record of every
@@ -18,6 +19,16 @@ answered inspection: ``start`` inserts what the journal holds and the database l
 or a failed write is logged and counted (``rpepad_records_failed_total{reason}``), never
 raised to the inspection. One writer means concurrent requests and micro-batches lose
 nothing.
+
+The overlay figure (query | rendered reference | overlay with the decision contour,
+``models.viz.inspection_figure``) is drawn from the evidence when someone opens it
+(``Record.overlay``), not for every record: encoding the three small PNGs costs the writer
+about 7 ms of CPU a record against 18 ms for drawing and encoding the figure, and on a
+2-core host every millisecond the writer takes is taken from an inspection
+(docs/SERVICE.md, "Recording on vs off"). The map is kept as a 16-bit PNG, so the redrawn
+decision contour is the one the answer had. Rows written before the evidence existed keep
+their drawn overlay in ``overlay_png``; ``upgrade`` adds the evidence columns to such a
+table at start.
 """
 
 from __future__ import annotations
@@ -37,9 +48,16 @@ from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import DateTime, Float, LargeBinary, String, Text, create_engine, delete, event, func, select
+import numpy as np
+from PIL import Image
+from sqlalchemy import (DateTime, Float, LargeBinary, String, Text, create_engine, delete, event, func, inspect,
+                        or_, select, text)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
+from sqlalchemy.schema import CreateColumn
+
+from models.images import to_uint8
+from models.viz import inspection_figure
 
 log = logging.getLogger("rpe_pad.records")
 
@@ -66,12 +84,56 @@ class Record(Base):
     bundle_id: Mapped[str] = mapped_column(String(200))  # category@created of the bundle
     bundle_sha256: Mapped[str] = mapped_column(String(64))  # of its manifest.json
     result_json: Mapped[str] = mapped_column(Text)  # the API's result, without images
-    overlay_png: Mapped[bytes | None] = mapped_column(LargeBinary)
+    overlay_png: Mapped[bytes | None] = mapped_column(LargeBinary)  # a drawn figure (rows before the evidence)
+    query_png: Mapped[bytes | None] = mapped_column(LargeBinary)  # evidence: the query as inspected, 8-bit RGB
+    reference_png: Mapped[bytes | None] = mapped_column(LargeBinary)  # evidence: the rendered reference, 8-bit RGB
+    map_png: Mapped[bytes | None] = mapped_column(LargeBinary)  # evidence: the normalised map, 16-bit grey
     query_bytes: Mapped[bytes | None] = mapped_column(LargeBinary)  # the upload as it arrived
     query_media_type: Mapped[str | None] = mapped_column(String(64))
     feedback: Mapped[str | None] = mapped_column(String(32), index=True)
     feedback_note: Mapped[str | None] = mapped_column(Text)
     feedback_at: Mapped[datetime | None] = mapped_column(DateTime())
+
+
+    def overlay(self) -> bytes | None:
+        """The overlay figure as PNG: the stored one, or drawn from the evidence; None when
+        the row has neither (its evidence failed, or it was recovered from the journal)."""
+        if self.overlay_png is not None:
+            return self.overlay_png
+        if self.query_png is None or self.reference_png is None or self.map_png is None:
+            return None
+        return png_bytes(inspection_figure(_rgb(self.query_png), _rgb(self.reference_png), _unit_map(self.map_png),
+                                           self.verdict, self.score, self.threshold))
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a record keeps to draw its overlay later, encoded as PNGs (module docstring)."""
+
+    query_png: bytes
+    reference_png: bytes
+    map_png: bytes
+
+    @classmethod
+    def encode(cls, query: np.ndarray, reference: np.ndarray, norm_map: np.ndarray) -> Evidence:
+        """``query`` and ``reference`` RGB float ``[H, W, 3]`` in [0, 1], ``norm_map`` ``[H, W]``
+        in [0, 1] (0.5 at the threshold)."""
+        unit = np.round(np.clip(np.asarray(norm_map, dtype=np.float32), 0, 1) * MAP_SCALE).astype(np.uint16)
+        return cls(png_bytes(Image.fromarray(to_uint8(query))), png_bytes(Image.fromarray(to_uint8(reference))),
+                   png_bytes(Image.fromarray(unit)))
+
+
+MAP_SCALE = 65535  # the evidence map's 16-bit steps over [0, 1]
+
+
+def _rgb(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _unit_map(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image, dtype=np.float32) / MAP_SCALE
 
 
 @dataclass
@@ -86,7 +148,7 @@ class Pending:
     bundle_id: str
     bundle_sha256: str
     result: dict  # the API's result fields (JSON-able), without images
-    figure: Callable[[], bytes] | None  # draws the overlay PNG (in the writer thread)
+    evidence: Callable[[], Evidence] | None  # encodes the evidence (in the writer thread)
     query_bytes: bytes | None
     query_media_type: str | None
 
@@ -164,6 +226,7 @@ class RecordStore:
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         Base.metadata.create_all(self.engine)
+        upgrade(self.engine)
         if self.journal_path is not None:
             self.recover()
             self._journal = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -193,7 +256,7 @@ class RecordStore:
                 items.append(Pending(id=entry["id"], created=datetime.fromisoformat(entry["created"]),
                                      request_id=entry["request_id"], category=entry["category"],
                                      filename=entry["filename"], bundle_id=entry["bundle_id"],
-                                     bundle_sha256=entry["bundle_sha256"], result=entry["result"], figure=None,
+                                     bundle_sha256=entry["bundle_sha256"], result=entry["result"], evidence=None,
                                      query_bytes=None, query_media_type=None))
             except (ValueError, KeyError, TypeError):  # a line cut short by the kill
                 continue
@@ -267,20 +330,21 @@ class RecordStore:
     def _write(self, items: list[Pending]) -> bool:
         rows = []
         for item in items:
-            overlay = None
-            if item.figure is not None:
+            evidence = None
+            if item.evidence is not None:
                 try:
-                    overlay = item.figure()
-                except Exception as exc:  # noqa: BLE001 (the record is kept without its picture)
-                    log.error("overlay of inspection %s failed: %s", item.id, exc)
+                    evidence = item.evidence()
+                except Exception as exc:  # noqa: BLE001 (the record is kept without its pictures)
+                    log.error("the overlay's evidence of inspection %s failed: %s", item.id, exc)
                     self.on_failure("overlay")
             r = item.result
             rows.append(Record(
                 id=item.id, created=utc_naive(item.created), request_id=item.request_id, category=item.category,
                 verdict=r["verdict"], score=float(r["score"]), threshold=float(r["threshold"]),
                 normalised_score=float(r["normalised_score"]), filename=item.filename, bundle_id=item.bundle_id,
-                bundle_sha256=item.bundle_sha256, result_json=json.dumps(r), overlay_png=overlay,
-                query_bytes=item.query_bytes, query_media_type=item.query_media_type))
+                bundle_sha256=item.bundle_sha256, result_json=json.dumps(r),
+                query_png=evidence and evidence.query_png, reference_png=evidence and evidence.reference_png,
+                map_png=evidence and evidence.map_png, query_bytes=item.query_bytes, query_media_type=item.query_media_type))
         try:
             with Session(self.engine) as session, session.begin():
                 session.add_all(rows)
@@ -321,8 +385,8 @@ class RecordStore:
     def list(self, filters: Filters = Filters(), limit: int = 50, offset: int = 0) -> list[Record]:
         """Records without their images and result (``has_overlay``, ``has_query`` say whether
         they have images): what a history page and the CSV need."""
-        stmt = filters.apply(select(Record, Record.overlay_png.is_not(None), Record.query_bytes.is_not(None))
-                             .options(defer(Record.overlay_png), defer(Record.query_bytes), defer(Record.result_json)))
+        stmt = filters.apply(select(Record, HAS_OVERLAY, Record.query_bytes.is_not(None))
+                             .options(*(defer(c) for c in IMAGES), defer(Record.result_json)))
         stmt = stmt.order_by(Record.created.desc(), Record.id.desc()).limit(limit).offset(offset)
         with Session(self.engine, expire_on_commit=False) as session:
             rows = []
@@ -335,7 +399,8 @@ class RecordStore:
         with Session(self.engine, expire_on_commit=False) as session:
             record = session.get(Record, record_id)
         if record is not None:
-            record.has_overlay, record.has_query = record.overlay_png is not None, record.query_bytes is not None
+            record.has_overlay = record.overlay_png is not None or record.map_png is not None
+            record.has_query = record.query_bytes is not None
         return record
 
     def set_feedback(self, record_id: str, label: str, note: str | None) -> Record | None:
@@ -366,6 +431,30 @@ class RecordStore:
             if len(rows) < chunk:
                 return
             offset += chunk
+
+
+IMAGES = (Record.overlay_png, Record.query_png, Record.reference_png, Record.map_png, Record.query_bytes)
+# A row has an overlay when it has a drawn one or its evidence (written together, in one row).
+HAS_OVERLAY = or_(Record.overlay_png.is_not(None), Record.map_png.is_not(None))
+
+
+def upgrade(engine: Engine) -> list[str]:
+    """Add the columns a table made by an earlier version lacks; returns their names. Only
+    nullable columns are ever added (older rows get NULL), so this is safe on a live table
+    and on every backend (``ALTER TABLE ... ADD COLUMN``); anything else would be a
+    migration, and none is needed yet."""
+    have = {c["name"] for c in inspect(engine).get_columns(Record.__tablename__)}
+    missing = [c for c in Record.__table__.columns if c.name not in have]
+    with engine.begin() as conn:
+        for column in missing:
+            if not column.nullable:
+                raise RuntimeError(f"the records table lacks column {column.name!r}, which cannot be added "
+                                   f"to existing rows: migrate or move {engine.url!r} aside")
+            ddl = CreateColumn(column).compile(dialect=engine.dialect)
+            conn.execute(text(f"ALTER TABLE {Record.__tablename__} ADD COLUMN {ddl}"))
+    if missing:
+        log.warning("records table upgraded: added column(s) %s", ", ".join(c.name for c in missing))
+    return [c.name for c in missing]
 
 
 def _csv_value(value) -> str:

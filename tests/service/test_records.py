@@ -3,6 +3,7 @@ exported, given feedback, limited, kept across restarts, and never in the inspec
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import threading
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -72,7 +74,12 @@ def test_every_inspection_is_stored_and_read_back(tiny_release: Path, tmp_path: 
         assert detail["result"]["pose"] == out["pose"] and "overlay_png" not in detail["result"]
         overlay = c.get(detail["overlay_url"])
         assert overlay.headers["content-type"] == "image/png"
-        assert Image.open(io.BytesIO(overlay.content)).size[0] > 2 * Image.open(io.BytesIO(images["good"])).size[0]
+        # Drawn from the record's evidence, it is the figure the answer had (8-bit images
+        # and a 16-bit map: at most a level's rounding here and there).
+        stored = np.asarray(Image.open(io.BytesIO(overlay.content)).convert("RGB"), dtype=np.int16)
+        live = np.asarray(Image.open(io.BytesIO(base64.b64decode(out["overlay_png"]))).convert("RGB"), dtype=np.int16)
+        assert stored.shape == live.shape and stored.shape[1] > 2 * Image.open(io.BytesIO(images["good"])).size[0]
+        assert np.abs(stored - live).mean() < 0.1 and np.quantile(np.abs(stored - live), 0.999) <= 2
         query = c.get(detail["query_url"])
         assert query.content == images["good"] and query.headers["content-type"] == "image/png"
         batch_ids = [r["record_id"] for r in batch.json()["results"]]
@@ -210,7 +217,7 @@ def test_a_killed_service_keeps_every_answered_record(tmp_path: Path) -> None:
     for i in ids:
         assert killed.submit(Pending(id=i, created=utc_now(), request_id="r", category="Lego", filename="p.png",
                                      bundle_id="Lego@x", bundle_sha256="0" * 64, result=result,
-                                     figure=lambda: b"png", query_bytes=b"q", query_media_type="image/png"))
+                                     evidence=None, query_bytes=b"q", query_media_type="image/png"))
     os.write(killed._journal, b'{"id": "cut sho')  # the kill came mid-line
     os.close(killed._journal)
 
@@ -224,8 +231,64 @@ def test_a_killed_service_keeps_every_answered_record(tmp_path: Path) -> None:
         assert store.count() == 3 and journal.read_bytes() == b""
         # Written normally, the journal empties once the writer has caught up.
         store.submit(Pending(id=new_id(), created=utc_now(), request_id="r", category="Lego", filename=None,
-                             bundle_id="Lego@x", bundle_sha256="0" * 64, result=result, figure=None,
+                             bundle_id="Lego@x", bundle_sha256="0" * 64, result=result, evidence=None,
                              query_bytes=None, query_media_type=None))
         assert store.flush(timeout=30) and store.count() == 4 and journal.read_bytes() == b""
     finally:
         store.stop()
+
+
+def test_a_table_of_an_earlier_version_is_upgraded_and_keeps_its_overlays(tmp_path: Path) -> None:
+    """A table made before the overlay's evidence existed gets its columns at start; its
+    rows keep the overlay drawn then, and new rows store evidence drawn on read."""
+    from sqlalchemy import text
+
+    from service.records import Evidence, Pending, RecordStore, new_id, upgrade, utc_now
+
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    old = RecordStore(url)
+    old.start()
+    result = {"verdict": "normal", "score": 3.0, "threshold": 8.0, "normalised_score": 0.2}
+    first = new_id()
+    old.submit(Pending(id=first, created=utc_now(), request_id="r", category="Lego", filename=None, bundle_id="Lego@x",
+                       bundle_sha256="0" * 64, result=result, evidence=None, query_bytes=None, query_media_type=None))
+    assert old.flush(timeout=30)
+    old.stop()
+    with old.engine.begin() as conn:  # back to the earlier version's table, a drawn overlay in the row
+        for column in ("query_png", "reference_png", "map_png"):
+            conn.execute(text(f"ALTER TABLE inspections DROP COLUMN {column}"))
+        conn.execute(text("UPDATE inspections SET overlay_png = :png"), {"png": b"drawn then"})
+    old.engine.dispose()
+
+    store = RecordStore(url)
+    store.start()
+    try:
+        assert upgrade(store.engine) == []  # start() added them: nothing left to add
+        assert store.get(first).has_overlay and store.get(first).overlay() == b"drawn then"
+        rng = np.random.default_rng(0)
+        second = new_id()
+        store.submit(Pending(id=second, created=utc_now(), request_id="r", category="Lego", filename=None,
+                             bundle_id="Lego@x", bundle_sha256="0" * 64, result=result,
+                             evidence=lambda: Evidence.encode(rng.random((32, 40, 3)), rng.random((32, 40, 3)),
+                                                              rng.random((32, 40))),
+                             query_bytes=None, query_media_type=None))
+        assert store.flush(timeout=30)
+        record = store.get(second)
+        assert record.overlay_png is None and record.has_overlay
+        assert Image.open(io.BytesIO(record.overlay())).size[0] > 3 * 40
+        assert [r.has_overlay for r in store.list()] == [True, True]
+    finally:
+        store.stop()
+
+
+def test_the_evidence_map_keeps_the_decision_contour(tmp_path: Path) -> None:
+    """The map is stored in 16 bits: every pixel keeps its side of the threshold (0.5) unless
+    it lies within a step of it."""
+    from service.records import MAP_SCALE, Evidence, _unit_map
+
+    rng = np.random.default_rng(1)
+    norm = rng.random((64, 64)).astype(np.float32)
+    back = _unit_map(Evidence.encode(np.zeros((64, 64, 3)), np.zeros((64, 64, 3)), norm).map_png)
+    assert np.abs(back - norm).max() <= 0.5 / MAP_SCALE + 1e-7
+    far = np.abs(norm - 0.5) > 1 / MAP_SCALE
+    assert ((back > 0.5) == (norm > 0.5))[far].all()
