@@ -185,7 +185,7 @@ def _cmd_screenshots(args: argparse.Namespace) -> int:
 
 
 def _cmd_records_bench(args: argparse.Namespace) -> int:
-    from lab.records_bench import history, kill, overhead
+    from lab.records_bench import history, interleaved, kill, overhead
 
     report = {}
     if "history" in args.parts:
@@ -195,11 +195,15 @@ def _cmd_records_bench(args: argparse.Namespace) -> int:
     if "overhead" in args.parts:
         report["overhead"] = overhead(args.bundles, args.query, args.category, pairs=args.pairs,
                                       seconds=args.overhead_seconds)
+    if "interleaved" in args.parts:
+        report["interleaved"] = interleaved(args.bundles, args.query, args.category, seconds=args.interleaved_seconds,
+                                            segment=args.segment_seconds)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json is not None:
         args.json.write_text(text + "\n")
-    return 0 if not report.get("kill", {}).get("missing") and report.get("overhead", {}).get("met", True) else 1
+    met = all(report.get(part, {}).get("met", True) for part in ("overhead", "interleaved"))
+    return 0 if not report.get("kill", {}).get("missing") and met else 1
 
 
 def _cmd_onboard_check(args: argparse.Namespace) -> int:
@@ -408,11 +412,15 @@ def add_lab_commands(sub) -> None:
     p.add_argument("--records", type=positive_int, default=10_000, help="records in the database (default 10000)")
     p.add_argument("--seconds", type=float, default=30.0, help="length of the load (default 30)")
     p.add_argument("--kill-after", type=float, default=15.0, help="SIGKILL after this many seconds (default 15)")
-    p.add_argument("--parts", nargs="+", choices=("history", "kill", "overhead"),
-                   default=["history", "kill", "overhead"], help="which measurements (default all three)")
+    p.add_argument("--parts", nargs="+", choices=("history", "kill", "overhead", "interleaved"),
+                   default=["history", "kill", "overhead", "interleaved"], help="which measurements (default all four)")
     p.add_argument("--pairs", type=positive_int, default=3, help="records on/off pairs, order alternating (default 3)")
     p.add_argument("--overhead-seconds", type=float, default=30.0,
                    help="length of each one-client run of a pair (default 30)")
+    p.add_argument("--interleaved-seconds", type=float, default=60.0,
+                   help="interleaved: one-client load per side, in segments (default 60)")
+    p.add_argument("--segment-seconds", type=float, default=5.0,
+                   help="interleaved: length of a segment; the sides alternate ABBA (default 5)")
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
     p.set_defaults(func=_cmd_records_bench)
 

@@ -1,11 +1,13 @@
-"""`rpe-pad lab records-bench`'s on/off pairs: one pair against the real service (the tiny
-bundle), the order and the checks with the runs replaced."""
+"""`rpe-pad lab records-bench`: the interleaved on/off comparison against the real service
+(the tiny bundle), the pairs' order and checks with the runs replaced, the history's fill."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from lab import records_bench
 
@@ -15,8 +17,8 @@ def query(tiny_synth: Path) -> Path:
     return min((tiny_synth / "test" / "good").glob("*.png"))
 
 
-def test_a_pair_runs_each_side_on_its_own_service(tiny_release: Path, query: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interleaved_runs_both_services_at_once_in_abba_segments(tiny_release: Path, query: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     started = []
     real = records_bench.Service
 
@@ -25,12 +27,15 @@ def test_a_pair_runs_each_side_on_its_own_service(tiny_release: Path, query: Pat
         return real(*args, **env)
 
     monkeypatch.setattr(records_bench, "Service", service)
-    report = records_bench.overhead(tiny_release.parent, query, tiny_release.name, pairs=1, seconds=1, warmup=0.3)
+    report = records_bench.interleaved(tiny_release.parent, query, tiny_release.name, seconds=1, segment=0.25,
+                                       warmup=0.2)
     assert started == ["true", "false"]
-    (row,) = report["pairs"]
-    assert row["order"] == ["on", "off"] and row["requests"]["on"] >= 1 and row["requests"]["off"] >= 1
-    assert row["on_p50_ms"] > 0 and row["off_p50_ms"] > 0
-    assert row["on_vs_off_pct"] == pytest.approx(100 * (row["on_p50_ms"] / row["off_p50_ms"] - 1), abs=0.06)
+    assert report["order"] == ["on", "off", "off", "on"] * 2 and report["segments"] == 8
+    assert report["requests"]["on"] >= 4 and report["requests"]["off"] >= 4  # at least one a segment
+    assert report["on_vs_off_pct"] == pytest.approx(100 * (report["on_p50_ms"] / report["off_p50_ms"] - 1), abs=0.06)
+    assert report["met"] == (abs(report["on_vs_off_pct"]) <= 10.0)
+    with pytest.raises(ValueError, match="segment"):
+        records_bench.interleaved(tiny_release.parent, query, tiny_release.name, seconds=1, segment=2)
 
 
 def test_pairs_alternate_and_the_bar_is_every_pair(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,3 +73,17 @@ def test_a_run_with_failed_requests_is_not_a_figure(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(records_bench, "run_load", load)
     with pytest.raises(RuntimeError, match="not every request answered 200"):
         records_bench.overhead(Path("b"), Path("q.png"), "c", pairs=1, seconds=1, warmup=0)
+
+
+def test_the_history_fill_writes_records_whose_overlay_draws(tmp_path: Path) -> None:
+    from service.records import Filters, RecordStore
+
+    records_bench.fill(tmp_path, 30, ("Lego", "other"), side=48, query_bytes=1000)
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}")
+    try:
+        assert store.count() == 30 and store.count(Filters(category="Lego")) == 15
+        newest = store.list(Filters(category="Lego"), limit=1)[0]
+        assert newest.has_overlay and newest.has_query
+        assert Image.open(io.BytesIO(store.get(newest.id).overlay())).size[0] > 3 * 48
+    finally:
+        store.engine.dispose()
