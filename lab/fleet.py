@@ -36,7 +36,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -44,7 +43,7 @@ from pathlib import Path
 import httpx
 
 from lab.loadtest import Clients
-from lab.served import Service, free_port
+from lab.served import Service, free_port, start_all
 from models.bundle import MANIFEST, find_bundles, read_manifest
 
 CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy" / "haproxy.cfg"
@@ -281,13 +280,6 @@ def fleet_loadtest(bundles: Path, image: Path, category: str | None = None, clie
         result["states_at_end"] = balancer.states()
     result["work"] = str(work)
     return result
-
-
-def start_all(replicas: list[Service]) -> None:
-    """Start the replicas together (each loads while the others do); wait until all are ready."""
-    with ThreadPoolExecutor(len(replicas)) as pool:
-        for future in [pool.submit(r.start) for r in replicas]:
-            future.result()
 
 
 async def _run(balancer: Balancer, replicas: dict[str, Service], client, bundle: Path, image: Path, clients: int,

@@ -38,7 +38,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from lab.loadtest import Clients, run_load
-from lab.served import Service
+from lab.served import Service, start_all
 from service.records import Base, Evidence, Record, make_engine, new_id, utc_now
 
 
@@ -186,10 +186,15 @@ def interleaved(bundles: Path, query: Path, category: str, seconds: float = 60, 
         dirs = {on: Path(tmp) / ("on" if on else "off") for on in (True, False)}
         for d in dirs.values():
             d.mkdir()
-        with Service(bundles, dirs[True], log=dirs[True] / "serve.log", RPEPAD_RECORDS="true") as on, \
-                Service(bundles, dirs[False], log=dirs[False] / "serve.log", RPEPAD_RECORDS="false") as off:
-            loads, order = asyncio.run(_alternate({True: on.url, False: off.url}, query, category, seconds, segment,
-                                                  warmup))
+        services = {on: Service(bundles, d, log=d / "serve.log", RPEPAD_RECORDS="true" if on else "false")
+                    for on, d in dirs.items()}
+        try:
+            start_all(list(services.values()))
+            loads, order = asyncio.run(_alternate({on: s.url for on, s in services.items()}, query, category,
+                                                  seconds, segment, warmup))
+        finally:
+            for service in services.values():
+                service.stop()
     bad = {("on" if side else "off"): load.statuses for side, load in loads.items()
            if set(load.statuses) != {"200"}}
     if bad:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -73,3 +74,11 @@ class Service:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def start_all(services: list[Service]) -> None:
+    """Start the services together (each loads while the others do); wait until all are
+    ready. The caller stops them (each one that started, also when another failed)."""
+    with ThreadPoolExecutor(len(services)) as pool:
+        for future in [pool.submit(s.start) for s in services]:
+            future.result()

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lab.fleet import CONFIG, HAPROXY, Balancer, object_store, publish, s3_client, start_all, store_env
-from lab.served import Service
+from lab.fleet import CONFIG, HAPROXY, Balancer, object_store, publish, s3_client, store_env
+from lab.served import Service, start_all
 
 pytestmark = pytest.mark.skipif(HAPROXY is None,
                                 reason="haproxy is not installed (Debian: apt-get install haproxy; .ci/run does)")
