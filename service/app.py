@@ -149,6 +149,7 @@ def open_records(settings: Settings, telemetry: Telemetry, log: logging.Logger) 
     """The records store, started; or None and the reason (the service runs on without records)."""
     if not settings.records:
         return None, None
+    store = None
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)  # the SQLite file (by default) and the journal
         store = RecordStore(settings.records_url(), settings.records_max_count, settings.records_max_age_days,
@@ -159,6 +160,8 @@ def open_records(settings: Settings, telemetry: Telemetry, log: logging.Logger) 
         return store, None
     except Exception as exc:  # noqa: BLE001 (inspections go on; the records endpoints say why they cannot)
         log.error("inspection records unavailable: %s", exc)
+        if store is not None:
+            store.engine.dispose()
         return None, f"inspection records unavailable: {type(exc).__name__}: {exc}"
 
 
@@ -674,12 +677,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/inspections/{record_id}/overlay.png", dependencies=[Depends(authorised)], tags=["records"],
              response_class=Response, responses={200: {"description": "PNG", "content": {"image/png": {}}},
-                                                 **problems.errors(401, 404, 503)})
+                                                 **problems.errors(401, 404, 500, 503)})
     async def get_overlay(record_id: str, store: Records) -> Response:
         """The inspection's overlay: query | rendered reference | overlay with the decision contour
         (drawn from the record's evidence; a record never changes, so browsers may keep it)."""
         r = await _get_record(store, record_id)
-        png = await asyncio.to_thread(r.overlay)
+        try:
+            png = await asyncio.to_thread(r.overlay)
+        except Exception as exc:  # noqa: BLE001 (a stored image that no longer decodes: say which, count it)
+            log.error("the overlay of inspection %s cannot be drawn: %s", record_id, exc)
+            store.on_failure("overlay")
+            raise ServiceError(500, f"inspection {record_id}: its stored images cannot be drawn "
+                                    f"({type(exc).__name__}); the record's result is intact") from exc
         if png is None:
             raise ServiceError(404, f"inspection {record_id} has no overlay (its images were not stored: "
                                     "the service stopped before writing them, or encoding them failed)")

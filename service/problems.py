@@ -19,6 +19,7 @@ WHEN = {  # what each status means on this service (the OpenAPI descriptions)
     413: "too large: the body, a file, its pixels, or the number of files",
     415: "not an image, or a format the service does not read",
     422: "missing or invalid fields (the detail and errors say which)",
+    500: "the service's own failure, logged (a stored record's images that no longer decode)",
     503: "not ready (loading, or no valid bundle), busy (Retry-After), or the records database is unavailable",
 }
 

@@ -25,8 +25,8 @@ The overlay figure (query | rendered reference | overlay with the decision conto
 (``Record.overlay``), not for every record: encoding the three small PNGs costs the writer
 about 7 ms of CPU a record against 18 ms for drawing and encoding the figure, and on a
 2-core host every millisecond the writer takes is taken from an inspection
-(docs/SERVICE.md, "Recording on vs off"). The map is kept as a 16-bit PNG, so the redrawn
-decision contour is the one the answer had. Rows written before the evidence existed keep
+(docs/SERVICE.md, "Recording on vs off"). The map is kept as a 16-bit PNG with every pixel
+on its side of the threshold, so the redrawn decision contour is the one the answer had. Rows written before the evidence existed keep
 their drawn overlay in ``overlay_png``; ``upgrade`` adds the evidence columns to such a
 table at start.
 """
@@ -118,12 +118,16 @@ class Evidence:
     def encode(cls, query: np.ndarray, reference: np.ndarray, norm_map: np.ndarray) -> Evidence:
         """``query`` and ``reference`` RGB float ``[H, W, 3]`` in [0, 1], ``norm_map`` ``[H, W]``
         in [0, 1] (0.5 at the threshold)."""
-        unit = np.round(np.clip(np.asarray(norm_map, dtype=np.float32), 0, 1) * MAP_SCALE).astype(np.uint16)
+        norm_map = np.asarray(norm_map, dtype=np.float32)
+        unit = np.round(np.clip(norm_map, 0, 1) * MAP_SCALE).astype(np.uint16)
+        # 0.5 falls between two steps: keep every pixel on its side of the decision (> 0.5).
+        unit = np.where(norm_map > 0.5, np.maximum(unit, HALF_UP), np.minimum(unit, HALF_UP - 1)).astype(np.uint16)
         return cls(png_bytes(Image.fromarray(to_uint8(query))), png_bytes(Image.fromarray(to_uint8(reference))),
                    png_bytes(Image.fromarray(unit)))
 
 
 MAP_SCALE = 65535  # the evidence map's 16-bit steps over [0, 1]
+HALF_UP = MAP_SCALE // 2 + 1  # the first step above 0.5 (32768 / 65535)
 
 
 def _rgb(data: bytes) -> np.ndarray:
@@ -442,19 +446,30 @@ def upgrade(engine: Engine) -> list[str]:
     """Add the columns a table made by an earlier version lacks; returns their names. Only
     nullable columns are ever added (older rows get NULL), so this is safe on a live table
     and on every backend (``ALTER TABLE ... ADD COLUMN``); anything else would be a
-    migration, and none is needed yet."""
-    have = {c["name"] for c in inspect(engine).get_columns(Record.__tablename__)}
-    missing = [c for c in Record.__table__.columns if c.name not in have]
-    with engine.begin() as conn:
-        for column in missing:
-            if not column.nullable:
-                raise RuntimeError(f"the records table lacks column {column.name!r}, which cannot be added "
-                                   f"to existing rows: migrate or move {engine.url!r} aside")
-            ddl = CreateColumn(column).compile(dialect=engine.dialect)
-            conn.execute(text(f"ALTER TABLE {Record.__tablename__} ADD COLUMN {ddl}"))
-    if missing:
-        log.warning("records table upgraded: added column(s) %s", ", ".join(c.name for c in missing))
-    return [c.name for c in missing]
+    migration, and none is needed yet. Replicas that start together on one database may race
+    here: a column another one added in the meantime counts as added, and each column is its
+    own transaction."""
+    added, have = [], _columns(engine)
+    for column in [c for c in Record.__table__.columns if c.name not in have]:
+        if not column.nullable or column.index:
+            raise RuntimeError(f"the records table lacks column {column.name!r}, which an upgrade cannot add "
+                               f"(not nullable, or indexed): migrate or move {engine.url!r} aside")
+        ddl = CreateColumn(column).compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {Record.__tablename__} ADD COLUMN {ddl}"))
+        except Exception:
+            if column.name not in _columns(engine):  # not another replica's doing
+                raise
+            continue
+        added.append(column.name)
+    if added:
+        log.warning("records table upgraded: added column(s) %s", ", ".join(added))
+    return added
+
+
+def _columns(engine: Engine) -> set[str]:
+    return {c["name"] for c in inspect(engine).get_columns(Record.__tablename__)}
 
 
 def _csv_value(value) -> str:

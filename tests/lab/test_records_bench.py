@@ -84,6 +84,8 @@ def test_the_history_fill_writes_records_whose_overlay_draws(tmp_path: Path) -> 
         assert store.count() == 30 and store.count(Filters(category="Lego")) == 15
         newest = store.list(Filters(category="Lego"), limit=1)[0]
         assert newest.has_overlay and newest.has_query
-        assert Image.open(io.BytesIO(store.get(newest.id).overlay())).size[0] > 3 * 48
+        record = store.get(newest.id)
+        assert Image.open(io.BytesIO(record.reference_png)).size == (48, 48)
+        assert Image.open(io.BytesIO(record.overlay())).format == "PNG"
     finally:
         store.engine.dispose()
