@@ -56,7 +56,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 from sqlalchemy.schema import CreateColumn
 
-from models.images import to_uint8
+from models.images import decode_rgb, to_uint8
 from models.viz import inspection_figure
 
 log = logging.getLogger("rpe_pad.records")
@@ -102,7 +102,8 @@ class Record(Base):
             return self.overlay_png
         if self.query_png is None or self.reference_png is None or self.map_png is None:
             return None
-        return png_bytes(inspection_figure(_rgb(self.query_png), _rgb(self.reference_png), _unit_map(self.map_png),
+        return png_bytes(inspection_figure(decode_rgb(self.query_png), decode_rgb(self.reference_png),
+                                           _unit_map(self.map_png),
                                            self.verdict, self.score, self.threshold))
 
 
@@ -128,11 +129,6 @@ class Evidence:
 
 MAP_SCALE = 65535  # the evidence map's 16-bit steps over [0, 1]
 HALF_UP = MAP_SCALE // 2 + 1  # the first step above 0.5 (32768 / 65535)
-
-
-def _rgb(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
 def _unit_map(data: bytes) -> np.ndarray:
