@@ -103,8 +103,7 @@ class Record(Base):
         if self.query_png is None or self.reference_png is None or self.map_png is None:
             return None
         return png_bytes(inspection_figure(decode_rgb(self.query_png), decode_rgb(self.reference_png),
-                                           _unit_map(self.map_png),
-                                           self.verdict, self.score, self.threshold))
+                                           _unit_map(self.map_png), self.verdict, self.score, self.threshold))
 
 
 @dataclass(frozen=True)
