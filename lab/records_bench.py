@@ -19,9 +19,9 @@
    at once and one client alternates between them in short segments (``segment`` seconds,
    in the order on, off, off, on, on, off, off, on, ...: whole ABBA blocks, so a steady drift
    falls equally on both), about ``seconds`` per side (an even number of segments), after a
-   warm-up of each. The idle service holds its
-   memory and no CPU. The figure is the p50 of every request of a side; the bar is the same
-   (within 10 %). This rule was written before its first run.
+   warm-up of each. The idle service holds its memory and no CPU. The figure is the p50 of
+   every request of a side; the bar is the same (within 10 %). This rule was written before
+   its first run.
 """
 
 from __future__ import annotations

@@ -23,12 +23,12 @@ nothing.
 The overlay figure (query | rendered reference | overlay with the decision contour,
 ``models.viz.inspection_figure``) is drawn from the evidence when someone opens it
 (``Record.overlay``), not for every record: encoding the three small PNGs costs the writer
-about 7 ms of CPU a record against 18 ms for drawing and encoding the figure, and on a
+7.5-9 ms of CPU a Lego record against 16 ms for drawing and encoding the figure, and on a
 2-core host every millisecond the writer takes is taken from an inspection
 (docs/SERVICE.md, "Recording on vs off"). The map is kept as a 16-bit PNG with every pixel
-on its side of the threshold, so the redrawn decision contour is the one the answer had. Rows written before the evidence existed keep
-their drawn overlay in ``overlay_png``; ``upgrade`` adds the evidence columns to such a
-table at start.
+on its side of the threshold, so the redrawn decision contour is the one the answer had.
+Rows written before the evidence existed keep their drawn overlay in ``overlay_png``;
+``upgrade`` adds the evidence columns to such a table at start.
 """
 
 from __future__ import annotations
@@ -93,7 +93,6 @@ class Record(Base):
     feedback: Mapped[str | None] = mapped_column(String(32), index=True)
     feedback_note: Mapped[str | None] = mapped_column(Text)
     feedback_at: Mapped[datetime | None] = mapped_column(DateTime())
-
 
     def overlay(self) -> bytes | None:
         """The overlay figure as PNG: the stored one, or drawn from the evidence; None when
@@ -343,7 +342,8 @@ class RecordStore:
                 normalised_score=float(r["normalised_score"]), filename=item.filename, bundle_id=item.bundle_id,
                 bundle_sha256=item.bundle_sha256, result_json=json.dumps(r),
                 query_png=evidence and evidence.query_png, reference_png=evidence and evidence.reference_png,
-                map_png=evidence and evidence.map_png, query_bytes=item.query_bytes, query_media_type=item.query_media_type))
+                map_png=evidence and evidence.map_png,
+                query_bytes=item.query_bytes, query_media_type=item.query_media_type))
         try:
             with Session(self.engine) as session, session.begin():
                 session.add_all(rows)

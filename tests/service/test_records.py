@@ -87,7 +87,8 @@ def test_every_inspection_is_stored_and_read_back(tiny_release: Path, tmp_path: 
         # A stored image that no longer decodes: a problem naming the record, counted; the rest reads on.
         from sqlalchemy import text
         with c.app.state.svc.records.engine.begin() as conn:
-            conn.execute(text("UPDATE inspections SET map_png = :b WHERE id = :i"), {"b": b"\x89PNG cut", "i": batch_ids[0]})
+            conn.execute(text("UPDATE inspections SET map_png = :b WHERE id = :i"),
+                         {"b": b"\x89PNG cut", "i": batch_ids[0]})
         broken = c.get(f"/inspections/{batch_ids[0]}/overlay.png")
         assert broken.status_code == 500 and broken.headers["content-type"] == PROBLEM
         assert f"inspection {batch_ids[0]}: its stored images cannot be drawn" in broken.json()["detail"]
