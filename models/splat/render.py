@@ -2,8 +2,10 @@
 
 :func:`rasterization` takes gsplat 1.5.3's arguments and returns what it returns
 (``colors [C, H, W, X]``, ``alphas [C, H, W, 1]``, ``meta``); the backend follows the
-tensors' device: ``gsplat.rasterization`` for CUDA tensors, the PyTorch rasterizer of
-``models.splat.torch_rasterizer`` for CPU tensors. Cameras: world-to-camera ``viewmats``
+tensors' device: ``gsplat.rasterization`` for CUDA tensors; for CPU tensors, the
+differentiable PyTorch rasterizer of ``models.splat.torch_rasterizer`` when a gradient is
+wanted (fitting, the lab's per-query optimisation), else the compiled kernels of
+``models.splat.cpu_kernels`` (every render of the inspection pipeline). Cameras: world-to-camera ``viewmats``
 in OpenCV axes (``models.camera``).
 """
 
@@ -14,6 +16,7 @@ from typing import Literal
 import torch
 
 from models.camera import camera_center
+from models.splat import cpu_kernels as kernels
 from models.splat import torch_rasterizer as tr
 
 Tensor = torch.Tensor
@@ -75,11 +78,16 @@ def _rasterization_torch(
     eps2d, sh_degree, backgrounds, render_mode, rasterize_mode, chunk_elements,
 ) -> tuple[Tensor, Tensor, dict]:
     n_cams = viewmats.shape[0]
-    covars = tr.quat_scale_to_covar(quats, scales)
-    proj = tr.project(
-        means, covars, opacities, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
-        far_plane=far_plane, antialiased=rasterize_mode == "antialiased",
-    )
+    antialiased = rasterize_mode == "antialiased"
+    differentiable = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (means, quats, scales, opacities, colors, viewmats, Ks))
+    if differentiable:
+        covars = tr.quat_scale_to_covar(quats, scales)
+        proj = tr.project(means, covars, opacities, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
+                          far_plane=far_plane, antialiased=antialiased)
+    else:
+        proj = kernels.project_cameras(means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near_plane,
+                                       far_plane, antialiased)
     if sh_degree is None:
         cols = colors.expand(n_cams, *colors.shape) if colors.dim() == 2 else colors  # [C, N, D]
     else:
@@ -99,7 +107,10 @@ def _rasterization_torch(
     # The rasterizer reads means2d through this tensor, so its .grad is the screen-space
     # gradient DefaultStrategy accumulates (after info["means2d"].retain_grad()).
     means2d = proj["means2d"]
-    render_colors, render_alphas = tr.rasterize(proj, cols, width, height, backgrounds, chunk_elements)
+    if differentiable:
+        render_colors, render_alphas = tr.rasterize(proj, cols, width, height, backgrounds, chunk_elements)
+    else:
+        render_colors, render_alphas = kernels.rasterize(proj, cols, width, height, backgrounds)
     if render_mode in ("ED", "RGB+ED"):
         render_colors = torch.cat(
             [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1

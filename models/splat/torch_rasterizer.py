@@ -14,31 +14,29 @@ non-packed) with plain tensor operations:
   stopping before the Gaussian that would bring the transmittance to ``<= 1e-4``;
   ``colour += T * background``.
 
-Compositing is vectorised per 8x8 tile: the Gaussians overlapping a tile are gathered in
-depth order, transmittance is an exclusive cumulative sum of ``log1p(-alpha)``, and tiles
-are processed in chunks whose size bounds memory. Everything is differentiable, and the
-returned ``means2d`` can retain its gradient for gsplat's ``DefaultStrategy``.
+Compositing is vectorised per 8x8 tile: the Gaussians a tile must composite
+(``models.splat.cpu_kernels.tile_lists``) are gathered in depth order, transmittance is an
+exclusive cumulative sum of ``log1p(-alpha)``, and tiles are processed in chunks whose size
+bounds memory. Everything is differentiable, and the returned ``means2d`` can retain its
+gradient for gsplat's ``DefaultStrategy``. This is the path that fits models; renders
+without autograd take the compiled kernels of ``models.splat.cpu_kernels``
+(``models.splat.render`` chooses).
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.splat.cpu_kernels import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, tile_lists
+
 Tensor = torch.Tensor
 
-TILE = 8
-ALPHA_MIN = 1.0 / 255.0
-ALPHA_MAX = 0.999
-T_MIN = 1e-4
-# Upper bound on (pixels x Gaussians) evaluated at once while compositing. Measured on
-# 2 cores (20k Gaussians, 256x256): small chunks stay in cache and win for inference;
-# with autograd, larger chunks amortise the per-chunk graph overhead.
-CHUNK_ELEMENTS_INFERENCE = 1 << 17
-CHUNK_ELEMENTS_TRAINING = 1 << 19
+# Upper bound on (pixels x Gaussians) evaluated at once while compositing: with autograd,
+# large chunks amortise the per-chunk graph overhead (measured on 2 cores, 20k Gaussians).
+CHUNK_ELEMENTS = 1 << 19
 
 
 def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
@@ -120,73 +118,6 @@ def project(
     return {"means2d": means2d, "conics": conics, "depths": tz, "opacities": opac, "radii": radius.to(torch.int32)}
 
 
-def _reaches_tile(means2d: Tensor, conics: Tensor, opacities: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
-    """Whether a Gaussian's alpha reaches ``ALPHA_MIN`` at some pixel centre of tile ``(tx, ty)``.
-
-    The exponent ``sigma(u) = 0.5 A ux^2 + B ux uy + 0.5 C uy^2`` (``u`` = pixel centre -
-    mean) is a convex quadratic, so its minimum over the box of the tile's pixel centres is
-    0 when the mean lies inside, else on one of the box's four edges, where it is a 1-D
-    quadratic minimised in closed form. The Gaussian reaches the tile iff that minimum is at
-    most ``log(255 o)``. Entries it drops would composite with alpha 0 (no colour, no
-    gradient), so the image is unchanged; it only skips work the bounding box overestimates.
-    """
-    A, B, C = conics.unbind(-1)
-    x0 = tx.to(means2d.dtype) * TILE + 0.5 - means2d[:, 0]
-    y0 = ty.to(means2d.dtype) * TILE + 0.5 - means2d[:, 1]
-    x1, y1 = x0 + (TILE - 1), y0 + (TILE - 1)
-    inside = (x0 <= 0) & (x1 >= 0) & (y0 <= 0) & (y1 >= 0)
-
-    def edge(fixed, lo, hi, a_fixed, a_free):  # min over the free coordinate in [lo, hi]
-        free = torch.minimum(torch.maximum(-B * fixed / a_free, lo), hi)
-        return 0.5 * a_fixed * fixed * fixed + B * fixed * free + 0.5 * a_free * free * free
-
-    low = torch.minimum(torch.minimum(edge(x0, y0, y1, A, C), edge(x1, y0, y1, A, C)),
-                        torch.minimum(edge(y0, x0, x1, C, A), edge(y1, x0, x1, C, A)))
-    limit = torch.log((255.0 * opacities).clamp_min(1e-30)) + 1e-3  # slack for rounding: keep, never drop, on ties
-    return inside | (low <= limit)
-
-
-def _tile_lists(means2d: Tensor, radii: Tensor, depths: Tensor, n_tx: int, n_ty: int,
-                conics: Tensor | None = None, opacities: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Depth-sorted Gaussian ids per tile for one camera.
-
-    A Gaussian is listed in the tiles its bounding box (``radii``) overlaps; with its
-    ``conics`` and ``opacities`` given, only in those where its alpha can reach 1/255
-    (``_reaches_tile``: the same image, less work). Returns ``gauss_ids`` (concatenated
-    per tile, front to back), ``tile_of`` (the tile of each entry) and ``counts`` [n_tiles].
-    """
-    with torch.no_grad():
-        vis = torch.nonzero((radii > 0).all(-1))[:, 0]
-        order = vis[torch.argsort(depths[vis], stable=True)]
-        m, r = means2d[order].detach(), radii[order].to(means2d.dtype)
-        tx0 = ((m[:, 0] - r[:, 0]) / TILE).floor().clamp(0, n_tx).long()
-        tx1 = ((m[:, 0] + r[:, 0]) / TILE).ceil().clamp(0, n_tx).long()
-        ty0 = ((m[:, 1] - r[:, 1]) / TILE).floor().clamp(0, n_ty).long()
-        ty1 = ((m[:, 1] + r[:, 1]) / TILE).ceil().clamp(0, n_ty).long()
-        nx, ny = tx1 - tx0, ty1 - ty0
-        per = nx * ny
-        keep = per > 0
-        order, tx0, ty0, nx, per = order[keep], tx0[keep], ty0[keep], nx[keep], per[keep]
-        rank = torch.arange(len(order), device=order.device)
-        entry_rank = torch.repeat_interleave(rank, per)
-        start = torch.cumsum(per, 0) - per
-        local = torch.arange(int(per.sum()), device=order.device) - torch.repeat_interleave(start, per)
-        ex = tx0[entry_rank] + local % nx[entry_rank]
-        ey = ty0[entry_rank] + local // nx[entry_rank]
-        if conics is not None and opacities is not None:
-            gid = order[entry_rank]
-            hit = _reaches_tile(m[entry_rank], conics[gid].detach(), opacities[gid].detach(), ex, ey)
-            entry_rank, ex, ey = entry_rank[hit], ex[hit], ey[hit]
-        tile = ey * n_tx + ex
-        # Sort by tile, keeping depth order (entries were generated front to back).
-        key = tile * (len(order) + 1) + entry_rank
-        sort = torch.argsort(key)
-        tile_of = tile[sort]
-        gauss_ids = order[entry_rank[sort]]
-        counts = torch.bincount(tile_of, minlength=n_tx * n_ty)
-    return gauss_ids, tile_of, counts
-
-
 def _composite_tiles(
     tile_ids: Tensor,  # [B] tiles of this chunk
     lanes: Tensor,  # [B, L] indices into the per-tile entry list (-1 = padding)
@@ -217,9 +148,6 @@ def _composite_tiles(
     log_o = torch.where(valid_lane, torch.log(opacities[gid].clamp_min(1e-30)), torch.full_like(gid, -1e4, dtype=means2d.dtype))
     col_term = 0.5 * A * dx * dx - log_o[:, None, :]  # [B, TILE, L]
     row_term = 0.5 * Cc * dy * dy  # [B, TILE, L]
-    if not (torch.is_grad_enabled() and (means2d.requires_grad or conics.requires_grad or opacities.requires_grad
-                                         or colors.requires_grad)):
-        return _composite_in_place(row_term, col_term, Bc * dy, dx, colors[gid], len(tile_ids))
     neg_log_alpha = (row_term[:, :, None, :] + col_term[:, None, :, :]) + (Bc * dy)[:, :, None, :] * dx[:, None, :, :]
     neg_log_alpha = neg_log_alpha.reshape(len(tile_ids), TILE * TILE, -1)  # [B, P, L], P row-major
     alpha = torch.exp(-neg_log_alpha.clamp_max(60.0)).clamp_max(ALPHA_MAX)
@@ -236,32 +164,6 @@ def _composite_tiles(
     return out, final_t
 
 
-def _composite_in_place(row_term: Tensor, col_term: Tensor, b_dy: Tensor, dx: Tensor, colors: Tensor,
-                        n_tiles: int) -> tuple[Tensor, Tensor]:
-    """``_composite_tiles`` without autograd, in fewer passes over the ``[B, P, L]`` block
-    (the inference path; same result to rounding, tested): one buffer is updated in place
-    from exponent to alpha to weight, the 1/255 cut is one ``threshold_``, and the final
-    transmittance is ``1 - sum(weights)`` (the compositing sum telescopes)."""
-    x = row_term[:, :, None, :] + col_term[:, None, :, :]
-    x.addcmul_(b_dy[:, :, None, :], dx[:, None, :, :])
-    x = x.reshape(n_tiles, TILE * TILE, -1)  # -log(alpha) before the caps, [B, P, L]
-    alpha = x.clamp_(min=-math.log(ALPHA_MAX), max=60.0).neg_().exp_()  # alpha <= ALPHA_MAX
-    F.threshold_(alpha, _below_alpha_min(alpha.dtype), 0.0)  # alpha < ALPHA_MIN -> 0
-    log_keep = torch.log1p(-alpha)
-    log_t_incl = torch.cumsum(log_keep, dim=-1)
-    weights = log_t_incl.sub(log_keep).exp_()  # exclusive transmittance T_i
-    weights.masked_fill_(log_t_incl <= math.log(T_MIN), 0.0)  # the stop: not composited
-    weights.mul_(alpha)  # alpha_i * T_i
-    out = torch.bmm(weights, colors)
-    return out, 1.0 - weights.sum(dim=-1)
-
-
-def _below_alpha_min(dtype: torch.dtype) -> float:
-    """The largest value below ``ALPHA_MIN`` in ``dtype`` (``threshold_`` keeps x > it, i.e. x >= ALPHA_MIN)."""
-    np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    return float(np.nextafter(np_dtype(ALPHA_MIN), np_dtype(0)))
-
-
 def rasterize(
     proj: dict[str, Tensor],
     colors: Tensor,  # [C, N, D]
@@ -271,17 +173,15 @@ def rasterize(
     chunk_elements: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Composite projected Gaussians: colours [C, H, W, D] and alphas [C, H, W, 1]."""
-    if chunk_elements is None:
-        training = torch.is_grad_enabled() and (colors.requires_grad or proj["means2d"].requires_grad)
-        chunk_elements = CHUNK_ELEMENTS_TRAINING if training else CHUNK_ELEMENTS_INFERENCE
+    chunk_elements = chunk_elements or CHUNK_ELEMENTS
     n_cams, _, dim = colors.shape
     n_tx, n_ty = math.ceil(width / TILE), math.ceil(height / TILE)
     out_colors, out_alphas = [], []
     for c in range(n_cams):
         means2d, conics = proj["means2d"][c], proj["conics"][c]
         opac, depths, radii = proj["opacities"][c], proj["depths"][c], proj["radii"][c]
-        gauss_ids, _, counts = _tile_lists(means2d, radii, depths, n_tx, n_ty, conics, opac)
-        offsets = torch.cumsum(counts, 0) - counts
+        gauss_ids, bounds = tile_lists(means2d, radii, depths, conics, opac, n_tx, n_ty)
+        offsets, counts = bounds[:-1], bounds[1:] - bounds[:-1]
         image = colors.new_zeros(n_tx * n_ty, TILE * TILE, dim)
         trans = colors.new_ones(n_tx * n_ty, TILE * TILE)
         busy = torch.nonzero(counts > 0)[:, 0]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models import camera
+from models.splat import cpu_kernels as kernels
 from models.splat.render import rasterization
 
 W, H = 37, 29  # not multiples of the tile size on purpose
@@ -97,9 +98,11 @@ def _reference(means, quats, scales, opac, colors, viewmats, Ks, bg, antialiased
     return out, out_alpha
 
 
+@pytest.mark.parametrize("path", ["compiled", "autograd"])
 @pytest.mark.parametrize("mode", ["classic", "antialiased"])
 @pytest.mark.parametrize("opaque", [False, True], ids=["translucent", "hits-transmittance-stop"])
-def test_matches_literal_reference(mode: str, opaque: bool) -> None:
+def test_matches_literal_reference(mode: str, opaque: bool, path: str) -> None:
+    """Both CPU paths: the compiled kernels (no gradient wanted) and the differentiable one."""
     scene = _scene(40, seed=1 if opaque else 2, opaque=opaque)
     viewmats, Ks = _cameras()
     bg = np.array([1.0, 1.0, 1.0])
@@ -108,26 +111,46 @@ def test_matches_literal_reference(mode: str, opaque: bool) -> None:
         assert (ref_alpha > 1 - 2e-4).mean() > 0.05
     for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-5)):
         args = [t.to(dtype) for t in scene]
+        args[4].requires_grad_(path == "autograd")
         colors, alphas, meta = rasterization(
             *args, viewmats.to(dtype), Ks.to(dtype), W, H,
             backgrounds=torch.ones(2, 3, dtype=dtype), rasterize_mode=mode,
         )
         assert colors.shape == (2, H, W, 3) and alphas.shape == (2, H, W, 1)
-        np.testing.assert_allclose(colors.double().numpy(), ref, atol=tol, rtol=0)
-        np.testing.assert_allclose(alphas[..., 0].double().numpy(), ref_alpha, atol=tol, rtol=0)
+        assert colors.dtype == dtype and colors.requires_grad == (path == "autograd")
+        np.testing.assert_allclose(colors.detach().double().numpy(), ref, atol=tol, rtol=0)
+        np.testing.assert_allclose(alphas[..., 0].detach().double().numpy(), ref_alpha, atol=tol, rtol=0)
     assert meta["radii"].shape == (2, 40, 2) and meta["n_cameras"] == 2
 
 
 def test_chunking_does_not_change_the_result() -> None:
-    scene = _scene(60, seed=5)
+    """The differentiable path composites tiles in chunks of bounded size."""
+    *scene, colours = _scene(60, seed=5)
+    colours.requires_grad_(True)
     viewmats, Ks = _cameras()
-    full, _, _ = rasterization(*scene, viewmats, Ks, W, H)
-    tiny, _, _ = rasterization(*scene, viewmats, Ks, W, H, chunk_elements=256)
+    full, _, _ = rasterization(*scene, colours, viewmats, Ks, W, H)
+    tiny, _, _ = rasterization(*scene, colours, viewmats, Ks, W, H, chunk_elements=256)
     assert torch.allclose(full, tiny, atol=1e-12)
 
 
+def test_threads_do_not_change_the_compiled_image() -> None:
+    """The compiled path deals a camera's tiles to torch's thread count: any count, one image."""
+    scene = _scene(300, seed=9)
+    viewmats, Ks = _cameras()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, one_alpha, _ = rasterization(*scene, viewmats, Ks, 64, 48)
+        torch.set_num_threads(3)
+        three, three_alpha, _ = rasterization(*scene, viewmats, Ks, 64, 48)
+    finally:
+        torch.set_num_threads(threads)
+    assert (one_alpha > 0.5).float().mean() > 0.2  # the scene covers many tiles
+    assert torch.equal(one, three) and torch.equal(one_alpha, three_alpha)
+
+
 def test_inference_path_matches_the_autograd_path() -> None:
-    """Without autograd the compositing runs in place in fewer passes: the same image."""
+    """Without autograd the compiled kernels render, pixel by pixel: the same image."""
     scene = _scene(60, seed=6, opaque=True)
     viewmats, Ks = _cameras()
     fast, fast_alpha, _ = rasterization(*scene, viewmats, Ks, W, H, backgrounds=torch.ones(2, 3, dtype=torch.float64))
@@ -139,7 +162,7 @@ def test_inference_path_matches_the_autograd_path() -> None:
 
 
 def test_tile_test_is_exact_against_brute_force() -> None:
-    """``_reaches_tile`` never drops a Gaussian whose alpha reaches 1/255 at a pixel centre
+    """``min_exponent`` never drops a Gaussian whose alpha reaches 1/255 at a pixel centre
     of the tile, and drops the ones whose bounding box alone would list them."""
     from models.splat import torch_rasterizer as tr
 
@@ -154,7 +177,9 @@ def test_tile_test_is_exact_against_brute_force() -> None:
     opac = torch.rand(n, generator=g, dtype=torch.float64) * 0.95 + 0.04
     tx = torch.randint(0, 4, (n,), generator=g)
     ty = torch.randint(0, 4, (n,), generator=g)
-    fast = tr._reaches_tile(means2d, conics, opac, tx, ty)
+    limit = torch.log(255 * opac) + 1e-3  # bin_tiles' rule, its slack included
+    fast = torch.tensor([kernels.min_exponent(*(float(v) for v in (means2d[i, 0], means2d[i, 1], *conics[i])),
+                                              int(tx[i]), int(ty[i])) <= float(limit[i]) for i in range(n)])
     px = torch.arange(tr.TILE, dtype=torch.float64) + 0.5
     dx = means2d[:, None, None, 0] - (tx[:, None, None] * tr.TILE + px[None, None, :])
     dy = means2d[:, None, None, 1] - (ty[:, None, None] * tr.TILE + px[None, :, None])
@@ -174,10 +199,10 @@ def test_tile_lists_shrink_but_the_image_does_not_change() -> None:
     covars = tr.quat_scale_to_covar(quats, scales)
     proj = tr.project(means, covars, opac, viewmats, Ks, W, H)
     n_tx, n_ty = math.ceil(W / tr.TILE), math.ceil(H / tr.TILE)
-    args = (proj["means2d"][0], proj["radii"][0], proj["depths"][0], n_tx, n_ty)
-    boxes, _, box_counts = tr._tile_lists(*args)
-    tight, _, tight_counts = tr._tile_lists(*args, proj["conics"][0], proj["opacities"][0])
-    assert len(tight) < len(boxes) and (tight_counts <= box_counts).all()
+    args = [proj[k][0] for k in ("means2d", "radii", "depths", "conics", "opacities")]
+    boxes, box_offsets = kernels.tile_lists(*args, n_tx, n_ty, exact=False)
+    tight, tight_offsets = kernels.tile_lists(*args, n_tx, n_ty)
+    assert len(tight) < len(boxes) and (tight_offsets.diff() <= box_offsets.diff()).all()
     image, _, _ = rasterization(means, quats, scales, opac, colors, viewmats, Ks, W, H)
     ref, _ = _reference(means, quats, scales, opac, colors, viewmats, Ks, np.zeros(3), False)
     np.testing.assert_allclose(image.numpy(), ref, atol=1e-9, rtol=0)
