@@ -33,16 +33,26 @@ TILE = 8
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
-_JIT = dict(cache=True, nogil=True)
 
 
-@numba.njit(**_JIT)
+def _jit(fn):
+    """``numba.njit`` releasing the GIL, with the machine code cached on disk (beside this
+    module, in the user's cache when that is read-only, or in ``NUMBA_CACHE_DIR``). Where no
+    such place is writable (a read-only install run by a user without a home), numba refuses
+    to cache: then each process compiles on its first render instead of failing at import."""
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(fn)
+
+
+@_jit
 def _normalise_quat(q):
     n = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
     return q[0] / n, q[1] / n, q[2] / n, q[3] / n
 
 
-@numba.njit(**_JIT)
+@_jit
 def project(means, quats, scales, opacities, viewmat, K, width, height, eps2d, near_plane, far_plane, antialiased,
             means2d, conics, depths, opac_out, radii):
     """EWA projection into one camera, as ``torch_rasterizer.project``: ``means [N, 3]``,
@@ -102,7 +112,7 @@ def project(means, quats, scales, opacities, viewmat, K, width, height, eps2d, n
         radii[n, 0], radii[n, 1] = (rx, ry) if keep else (0, 0)
 
 
-@numba.njit(**_JIT)
+@_jit
 def min_exponent(mx, my, A, B, C, tx, ty):
     """The least exponent ``sigma(u) = 0.5 A ux^2 + B ux uy + 0.5 C uy^2`` (``u`` = pixel
     centre - mean) over the pixel centres of tile ``(tx, ty)``. It is a convex quadratic,
@@ -124,14 +134,14 @@ def min_exponent(mx, my, A, B, C, tx, ty):
     return best
 
 
-@numba.njit(**_JIT)
+@_jit
 def _tile_box(mx, my, rx, ry, n_tx, n_ty):
     """The tiles ``[tx0, tx1) x [ty0, ty1)`` a bounding box of half-sizes ``(rx, ry)`` overlaps."""
     return (min(max(int(math.floor((mx - rx) / TILE)), 0), n_tx), min(max(int(math.ceil((mx + rx) / TILE)), 0), n_tx),
             min(max(int(math.floor((my - ry) / TILE)), 0), n_ty), min(max(int(math.ceil((my + ry) / TILE)), 0), n_ty))
 
 
-@numba.njit(**_JIT)
+@_jit
 def bin_tiles(order, means2d, radii, conics, opacities, n_tx, n_ty, exact):
     """Gaussian ids per tile, front to back: ``order`` holds the visible ids sorted by depth;
     a Gaussian goes to the tiles its bounding box (``radii``) overlaps, and with ``exact`` only
@@ -172,7 +182,7 @@ def bin_tiles(order, means2d, radii, conics, opacities, n_tx, n_ty, exact):
     return ids, offsets
 
 
-@numba.njit(**_JIT)
+@_jit
 def composite(tiles, ids, offsets, means2d, conics, opacities, colors, background, n_tx, out, out_alpha):
     """Composite ``tiles`` front to back into ``out [H, W, D]`` and ``out_alpha [H, W]``
     (pixels of other tiles are left as they are). Per pixel centre: ``sigma = 0.5 (A dx^2 +

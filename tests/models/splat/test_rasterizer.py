@@ -291,3 +291,16 @@ def test_cpu_matches_gsplat_cuda(mode: str) -> None:
     )
     assert (cpu - gpu.cpu()).abs().max() < 1e-4
     assert (cpu_a - gpu_a.cpu()).abs().max() < 1e-4
+
+
+def test_kernels_compile_where_no_cache_can_be_written() -> None:
+    """numba refuses ``cache=True`` where it finds no writable cache location (here: source
+    without a file); the kernels' decorator then compiles without a cache instead of failing
+    at import."""
+    import numba
+
+    namespace: dict = {}
+    exec("def add_one(x):\n    return x + 1\n", namespace)  # noqa: S102 (a function with no source file)
+    with pytest.raises(RuntimeError, match="no locator"):
+        numba.njit(cache=True)(namespace["add_one"])
+    assert kernels._jit(namespace["add_one"])(41) == 42
