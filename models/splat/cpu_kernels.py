@@ -307,3 +307,16 @@ def rasterize(proj: dict[str, Tensor], colors: Tensor, width: int, height: int,
             for done in [_pool(workers).submit(composite, busy[k::workers], *args) for k in range(workers)]:
                 done.result()
     return torch.from_numpy(images).to(colors.dtype), torch.from_numpy(alphas[..., None]).to(colors.dtype)
+
+
+def warm(dtype: torch.dtype = torch.float32) -> None:
+    """Compile (or load from the cache) every kernel for ``dtype`` inputs by rendering two
+    Gaussians: the images run this at build time, so a service's warm-up finds them cached."""
+    means = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.0, 0.2]], dtype=dtype)
+    quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=dtype).expand(2, 4)
+    scales, opacities = torch.full((2, 3), 0.2, dtype=dtype), torch.full((2,), 0.9, dtype=dtype)
+    viewmat = torch.eye(4, dtype=dtype)
+    viewmat[2, 3] = 3.0
+    K = torch.tensor([[20.0, 0.0, 8.0], [0.0, 20.0, 8.0], [0.0, 0.0, 1.0]], dtype=dtype)
+    proj = project_cameras(means, quats, scales, opacities, viewmat[None], K[None], 16, 16, 0.3, 0.01, 1e10, False)
+    rasterize(proj, torch.ones(1, 2, 3, dtype=dtype), 16, 16, torch.ones(1, 3, dtype=dtype))

@@ -4,6 +4,7 @@ CPU-versus-gsplat parity where CUDA exists."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,3 +305,16 @@ def test_kernels_compile_where_no_cache_can_be_written() -> None:
     with pytest.raises(RuntimeError, match="no locator"):
         numba.njit(cache=True)(namespace["add_one"])
     assert kernels._jit(namespace["add_one"])(41) == 42
+
+
+def test_warm_renders_what_the_pipeline_renders() -> None:
+    """``warm`` (run at image build time) goes through the same kernels as a render: in a
+    fresh interpreter, after it and nothing else, each has a compiled float32 signature."""
+    import subprocess
+    import sys
+
+    code = ("from models.splat import cpu_kernels as k; k.warm(); "
+            "print(all(any('float32' in str(s) for s in f.signatures) for f in (k.project, k.bin_tiles, k.composite)))")
+    root = Path(__file__).resolve().parents[3]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
