@@ -237,7 +237,8 @@ def composite(tiles, ids, offsets, means2d, conics, opacities, colors, backgroun
             for q in range(min(TILE, width - tx * TILE)):
                 i = r * TILE + q
                 for d in range(D):
-                    out[ty * TILE + r, tx * TILE + q, d] = acc[i, d] + (T[i] * background[d] if len(background) else 0.0)
+                    bg = T[i] * background[d] if len(background) else 0.0
+                    out[ty * TILE + r, tx * TILE + q, d] = acc[i, d] + bg
                 out_alpha[ty * TILE + r, tx * TILE + q] = 1.0 - T[i]
 
 
@@ -300,7 +301,8 @@ def rasterize(proj: dict[str, Tensor], colors: Tensor, width: int, height: int,
         counts = np.diff(offsets)
         busy = np.nonzero(counts)[0]
         busy = busy[np.argsort(-counts[busy], kind="stable")]
-        args = (ids, offsets, means2d, conics, opac, colors[c].detach().contiguous().numpy(), bg, n_tx, images[c], alphas[c])
+        cols = colors[c].detach().contiguous().numpy()
+        args = (ids, offsets, means2d, conics, opac, cols, bg, n_tx, images[c], alphas[c])
         if workers == 1 or len(busy) < 2 * workers:
             composite(busy, *args)
         else:

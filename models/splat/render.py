@@ -5,8 +5,8 @@
 tensors' device: ``gsplat.rasterization`` for CUDA tensors; for CPU tensors, the
 differentiable PyTorch rasterizer of ``models.splat.torch_rasterizer`` when a gradient is
 wanted (fitting, the lab's per-query optimisation), else the compiled kernels of
-``models.splat.cpu_kernels`` (every render of the inspection pipeline). Cameras: world-to-camera ``viewmats``
-in OpenCV axes (``models.camera``).
+``models.splat.cpu_kernels`` (every render of the inspection pipeline). Cameras:
+world-to-camera ``viewmats`` in OpenCV axes (``models.camera``).
 """
 
 from __future__ import annotations

@@ -159,7 +159,8 @@ def test_inference_path_matches_the_autograd_path() -> None:
     slow, slow_alpha, _ = rasterization(*scene[:4], colours, viewmats, Ks, W, H,
                                         backgrounds=torch.ones(2, 3, dtype=torch.float64))
     assert slow.requires_grad and not fast.requires_grad
-    assert torch.allclose(fast, slow.detach(), atol=1e-12) and torch.allclose(fast_alpha, slow_alpha.detach(), atol=1e-12)
+    assert torch.allclose(fast, slow.detach(), atol=1e-12)
+    assert torch.allclose(fast_alpha, slow_alpha.detach(), atol=1e-12)
 
 
 def test_tile_test_is_exact_against_brute_force() -> None:
