@@ -244,14 +244,14 @@ def composite(tiles, ids, offsets, means2d, conics, opacities, colors, backgroun
 
 # --- drivers: torch tensors in and out ------------------------------------------------------------------------------
 
-_POOL: dict[int, ThreadPoolExecutor] = {}  # by process id: a pool does not survive a fork
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # by (process id, workers): a pool does not survive a fork
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    pool = _POOL.get(os.getpid())
-    if pool is None or pool._max_workers < workers:  # noqa: SLF001 (grow when torch's thread count grows)
-        pool = _POOL[os.getpid()] = ThreadPoolExecutor(workers, thread_name_prefix="rasterize")
-    return pool
+    key = (os.getpid(), workers)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="rasterize")
+    return _POOLS[key]
 
 
 def project_cameras(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor,
