@@ -67,13 +67,13 @@ def rasterization(
             near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree,
             backgrounds=backgrounds, render_mode=render_mode, rasterize_mode=rasterize_mode,
         )
-    return _rasterization_torch(
+    return _rasterization_cpu(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
         eps2d, sh_degree, backgrounds, render_mode, rasterize_mode, chunk_elements,
     )
 
 
-def _rasterization_torch(
+def _rasterization_cpu(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
     eps2d, sh_degree, backgrounds, render_mode, rasterize_mode, chunk_elements,
 ) -> tuple[Tensor, Tensor, dict]:
