@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/rpe-pad demo --out $(DEMO)
 
+# Two pytest-xdist workers, a test module to each at a time (tests/conftest.py says why).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # On a GPU host: its own environment with the gpu extra (onnxruntime-gpu), then the check
 # (docs/SERVICE.md, "make gpu-check"). Refuses at once where nvidia-smi finds no GPU.

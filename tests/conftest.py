@@ -1,13 +1,58 @@
-"""Shared fixtures. Tests never read ../shared: real data comes from tests/data."""
+"""Shared fixtures. Tests never read ../shared: real data comes from tests/data.
+
+`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile`: a module's tests
+stay on one worker, so its module fixtures are built once). The session's tiny category and
+bundles are built once per run, not once per worker: ``_built_once`` builds each under a file
+lock in the folder the workers share. They are read-only for the tests."""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
 LEGO = DATA / "Lego"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """On an xdist worker, one torch thread: the two workers share the machine's cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules with the longest tests first, longest first (``slow(seconds=...)``, about
+    how long the test takes alone on an idle 2-core machine): on two workers they start at
+    once and the short modules fill in around them. The order within a module is kept."""
+    weight: dict[str, float] = {}
+    for item in items:
+        mark = item.get_closest_marker("slow")
+        module = item.nodeid.split("::")[0]
+        weight[module] = weight.get(module, 0.0) + (mark.kwargs.get("seconds", 0.0) if mark else 0.0)
+    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])  # stable: ties keep their order
+
+
+def _built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]) -> Path:
+    """``build(folder)`` run once per test run, across xdist workers; it fills the empty
+    ``folder`` and returns the path the fixture gives (the folder or a path inside it)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = factory.getbasetemp().parent  # the run's folder, above each worker's own
+    done = shared / f"{name}.built.json"
+    with FileLock(shared / f"{name}.lock"):
+        if not done.exists():
+            folder = shared / name
+            folder.mkdir()
+            done.write_text(json.dumps({"path": str(build(folder))}))
+    return Path(json.loads(done.read_text())["path"])
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +65,11 @@ def tiny_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic category, generated once per test session."""
     from training.synth import SynthConfig, generate
 
-    out = tmp_path_factory.mktemp("synth") / "tiny"
-    generate(out, SynthConfig(seed=3, size=64, train_views=8, test_views=8), progress=False)
-    return out
+    def build(folder: Path) -> Path:
+        generate(folder / "tiny", SynthConfig(seed=3, size=64, train_views=8, test_views=8), progress=False)
+        return folder / "tiny"
+
+    return _built_once(tmp_path_factory, "synth", build)
 
 
 # A 150-step Gaussian model of ``tiny_synth``: enough for renders that resemble the views.
@@ -36,10 +83,12 @@ def tiny_bundle(tiny_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     from models.data import load_category
     from training.splats import preset, run_splats_stage
 
-    cat = load_category(tiny_synth)
-    out = tmp_path_factory.mktemp("bundles") / cat.name
-    run_splats_stage(cat, preset("demo", **TINY_SPLATS), out, progress=False)
-    return out
+    def build(folder: Path) -> Path:
+        cat = load_category(tiny_synth)
+        run_splats_stage(cat, preset("demo", **TINY_SPLATS), folder / cat.name, progress=False)
+        return folder / cat.name
+
+    return _built_once(tmp_path_factory, "bundles", build)
 
 
 TINY_IRPRN = dict(epochs=2, augment_copies=1, checkpoint_every=0)
@@ -60,15 +109,18 @@ def tiny_pose_bundle(tiny_bundle: Path, tiny_synth: Path, tmp_path_factory: pyte
     from training.irprn import preset, run_irprn_stage
     from training.rvss import RVSSConfig, run_rvss_stage
 
-    out = tmp_path_factory.mktemp("pose_bundles") / tiny_bundle.name
-    shutil.copytree(tiny_bundle, out)
-    cat = load_category(tiny_synth)
-    run_calibration_stage(cat, CalibConfig(), out, progress=False)
-    run_rvss_stage(cat, RVSSConfig(), out, progress=False)
-    run_irprn_stage(cat, preset("demo", **TINY_IRPRN, model=IRPRNConfig(input_size=112)), out, progress=False)
-    run_gallery_stage(cat, out, progress=False)
-    run_onnx_stage(cat, out, progress=False)
-    return out
+    def build(folder: Path) -> Path:
+        out = folder / tiny_bundle.name
+        shutil.copytree(tiny_bundle, out)
+        cat = load_category(tiny_synth)
+        run_calibration_stage(cat, CalibConfig(), out, progress=False)
+        run_rvss_stage(cat, RVSSConfig(), out, progress=False)
+        run_irprn_stage(cat, preset("demo", **TINY_IRPRN, model=IRPRNConfig(input_size=112)), out, progress=False)
+        run_gallery_stage(cat, out, progress=False)
+        run_onnx_stage(cat, out, progress=False)
+        return out
+
+    return _built_once(tmp_path_factory, "pose_bundles", build)
 
 
 @pytest.fixture(scope="session")
@@ -78,9 +130,12 @@ def tiny_release(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path_factory: pyt
     from training.bundle import run_bundle_stage
     from training.calibrate import CalibConfig
 
-    bundles = tmp_path_factory.mktemp("release")
-    report = run_bundle_stage(load_category(tiny_synth), tiny_pose_bundle, bundles, "demo", CalibConfig(), progress=False)
-    return Path(report["bundle"])
+    def build(bundles: Path) -> Path:
+        report = run_bundle_stage(load_category(tiny_synth), tiny_pose_bundle, bundles, "demo", CalibConfig(),
+                                  progress=False)
+        return Path(report["bundle"])
+
+    return _built_once(tmp_path_factory, "release", build)
 
 
 @pytest.fixture(scope="session")
@@ -108,15 +163,18 @@ def tiny_heldout_bundles(tiny_bundle: Path, tiny_release: Path, tiny_synth: Path
     from training.calibrate import CalibConfig, run_calibration_stage
     from training.splats import preset, run_splats_stage
 
-    bundles = tmp_path_factory.mktemp("heldout") / "bundles"
-    shutil.copytree(tiny_release, bundles / tiny_release.name)
-    work = bundles / ".work" / tiny_release.name
-    shutil.copytree(tiny_bundle, work)
-    category, splats = load_category(tiny_synth), preset("demo", **{**TINY_SPLATS, "iterations": 20})
-    run_splats_stage(category, splats, work, progress=False, holdout_every=4)
-    run_calibration_stage(category, CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.1), work,
-                          progress=False, splats=splats)
-    return bundles
+    def build(folder: Path) -> Path:
+        bundles = folder / "bundles"
+        shutil.copytree(tiny_release, bundles / tiny_release.name)
+        work = bundles / ".work" / tiny_release.name
+        shutil.copytree(tiny_bundle, work)
+        category, splats = load_category(tiny_synth), preset("demo", **{**TINY_SPLATS, "iterations": 20})
+        run_splats_stage(category, splats, work, progress=False, holdout_every=4)
+        run_calibration_stage(category, CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.1), work,
+                              progress=False, splats=splats)
+        return bundles
+
+    return _built_once(tmp_path_factory, "heldout", build)
 
 
 POSED_SIZE = 128

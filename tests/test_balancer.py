@@ -67,6 +67,7 @@ def fleet(two_categories: Path, tmp_path_factory: pytest.TempPathFactory):
         yield balancer, replicas
 
 
+@pytest.mark.slow(seconds=45)
 def test_each_category_reaches_the_replica_that_holds_it(fleet, query_png: bytes) -> None:
     balancer, replicas = fleet
     # Each replica loaded its own category from the store, and only that one.

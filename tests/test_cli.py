@@ -43,6 +43,7 @@ def test_console_script_help() -> None:
         assert command in result.stdout
 
 
+@pytest.mark.slow(seconds=17)
 def test_demo_runs_the_whole_product(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo's flow (same code as `make demo`) with the demo preset shrunk to test size

@@ -20,6 +20,7 @@ def test_variants_are_the_papers_rows() -> None:
     assert VARIANTS["all"].switches() == {"rvss_m": None, "n_refine": None, "mpts": None}
 
 
+@pytest.mark.slow(seconds=55)
 def test_ablation_runs_two_variants(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     bundles = tmp_path / "bundles"

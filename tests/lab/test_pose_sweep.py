@@ -136,6 +136,7 @@ def test_heldout_gallery_leaves_out_the_held_views_and_their_renders(tiny_pose_b
     assert torch.equal(gallery.poses[: len(kept)], cat.train_poses()[kept].double())  # rows stay with their views
 
 
+@pytest.mark.slow(seconds=16)
 def test_sweep_on_held_out_photographs(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     from tests.conftest import TINY_IRPRN

@@ -17,6 +17,7 @@ def query(tiny_synth: Path) -> Path:
     return min((tiny_synth / "test" / "good").glob("*.png"))
 
 
+@pytest.mark.slow(seconds=35)
 def test_interleaved_runs_both_services_at_once_in_abba_segments(tiny_release: Path, query: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     started = []

@@ -51,6 +51,7 @@ def _verdict(card) -> str:
     return card.find_element("css selector", ".verdict").text.lower()
 
 
+@pytest.mark.slow(seconds=55)
 def test_a_shift_at_the_station(tiny_release: Path, queries: dict[str, Path], driver, tmp_path: Path) -> None:
     service = Service(tiny_release.parent, tmp_path / "data", api_key=KEY, log=tmp_path / "serve.log").start()
     try:

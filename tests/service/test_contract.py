@@ -58,6 +58,7 @@ def test_every_operation_is_fuzzed() -> None:
     assert {"POST /inspect", "POST /inspect/batch", "GET /inspections", "GET /categories"} <= set(OPERATIONS)
 
 
+@pytest.mark.slow(seconds=15)
 @pytest.mark.parametrize("label", sorted(OPERATIONS))
 def test_the_service_keeps_its_contract(label: str, served: Service) -> None:
     operation = OPERATIONS[label]

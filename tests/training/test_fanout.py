@@ -115,6 +115,7 @@ def test_several_categories_are_refused_before_ray_when_the_arguments_are_wrong(
     assert not (tmp_path / "B").exists()
 
 
+@pytest.mark.slow(seconds=95)
 def test_fan_out_on_a_local_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     """Three tiny categories from a list file on a local Ray with 2 CPUs: two verified bundles

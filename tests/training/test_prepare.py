@@ -60,6 +60,7 @@ def _truth_by_photo_name(textured: Path, photos: Path, tmp: Path) -> Path:
     return tmp
 
 
+@pytest.mark.slow(seconds=20)
 def test_every_photo_registers_close_to_its_true_pose(prepared, textured: Path, photos: Path, tmp_path: Path) -> None:
     out, report = prepared
     assert report["registered"] == VIEWS and report["ready"], report["warnings"]

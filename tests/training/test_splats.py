@@ -70,6 +70,7 @@ def test_opacity_reset_fires(tiny_synth: Path) -> None:
         assert params["opacities"].max().item() <= expected_max
 
 
+@pytest.mark.slow(seconds=25)
 def test_fit_improves_and_resumes(tiny_synth: Path, tmp_path: Path) -> None:
     cat = load_category(tiny_synth)
     cfg = preset("demo", **TINY)
