@@ -31,10 +31,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     how long the test takes alone on an idle 2-core machine): on two workers they start at
     once and the short modules fill in around them. The order within a module is kept."""
     weight: dict[str, float] = {}
+    marked: dict[tuple[str, str], float] = {}  # a parametrized test counts once
     for item in items:
-        mark = item.get_closest_marker("slow")
         module = item.nodeid.split("::")[0]
-        weight[module] = weight.get(module, 0.0) + (mark.kwargs.get("seconds", 0.0) if mark else 0.0)
+        weight.setdefault(module, 0.0)
+        if (mark := item.get_closest_marker("slow")) is not None:
+            marked[module, getattr(item, "originalname", item.name)] = mark.kwargs.get("seconds", 0.0)
+    for (module, _), seconds in marked.items():
+        weight[module] += seconds
     items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])  # stable: ties keep their order
 
 

@@ -11,6 +11,7 @@ import pytest
 from rpe_pad.cli import main
 
 
+@pytest.mark.slow(seconds=6)
 def test_bench_reports_stages_throughput_and_ratios(tiny_release: Path, tiny_synth: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"

@@ -137,6 +137,7 @@ def test_feedback_filters_pagination_and_csv(tiny_release: Path, tmp_path: Path,
         assert c.get("/inspections", params={"limit": 0}).status_code == 422
 
 
+@pytest.mark.slow(seconds=6)
 def test_retention_and_restart(tiny_release: Path, tmp_path: Path, images) -> None:
     category = tiny_release.name
     with _served(tiny_release.parent, tmp_path, records_max_count=3) as c:

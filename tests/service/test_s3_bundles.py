@@ -225,6 +225,7 @@ def query_png(tiny_synth: Path) -> bytes:
     return min((tiny_synth / "test" / "good").glob("*.png")).read_bytes()
 
 
+@pytest.mark.slow(seconds=9)
 def test_service_swaps_versions_under_load_and_keeps_serving_through_failures(
         tiny_release: Path, query_png: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     name, v1 = tiny_release.name, _sha((tiny_release / MANIFEST).read_bytes())

@@ -24,6 +24,7 @@ def bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.slow(seconds=6)
 def test_quantile_calibration_and_skip(bundle: Path, tiny_synth: Path) -> None:
     cat = load_category(tiny_synth)
     report = run_calibration_stage(cat, CalibConfig(), bundle, progress=False)
@@ -42,6 +43,7 @@ def test_quantile_calibration_and_skip(bundle: Path, tiny_synth: Path) -> None:
     assert "skipped" not in changed and changed["threshold"] > report["threshold"]
 
 
+@pytest.mark.slow(seconds=9)
 def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny_synth: Path) -> None:
     """Rule false_alarm: the splats stage's model before every 4th view was folded in; those
     views, jittered, are the normal scores, and the threshold rejects the stated share of them."""

@@ -245,6 +245,7 @@ def test_holdout_views_and_their_gallery_mask() -> None:
     assert IRPRNTrainConfig(holdout=3).to_dict()["holdout"] == 3
 
 
+@pytest.mark.slow(seconds=8)
 def test_held_out_views_never_reach_training(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path) -> None:
     cat = load_category(tiny_synth)
     novel = load_novel(tiny_pose_bundle / "rvss" / "novel.safetensors")
@@ -292,6 +293,7 @@ def test_a_holdout_run_builds_no_bundle(tiny_pose_bundle: Path, tiny_synth: Path
     assert not (tmp_path / "bundles" / load_category(tiny_synth).name).exists()
 
 
+@pytest.mark.slow(seconds=5)
 def test_evaluate_pose_modes(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,
                              capsys: pytest.CaptureFixture[str]) -> None:
     for mode in ("retrieval", "rpe", "rpe+refine"):

@@ -141,6 +141,7 @@ def test_stage_with_heldout_calibration_leaves_the_calibration_model(tiny_synth:
     assert not (work / "calibration" / "holdout_scene.json").exists()
 
 
+@pytest.mark.slow(seconds=8)
 def test_stage_report_and_sheet(tiny_synth: Path, tmp_path: Path) -> None:
     cat = load_category(tiny_synth)
     report = run_splats_stage(cat, preset("demo", **TINY), tmp_path / cat.name, progress=False)
