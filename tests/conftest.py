@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,11 +20,18 @@ LEGO = DATA / "Lego"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """On an xdist worker, one torch thread: the two workers share the machine's cores."""
+    """On an xdist worker, one torch thread: the two workers share the machine's cores. On
+    the xdist controller, before the workers start: the render kernels compiled into numba's
+    disk cache once, so that the workers, the services and the Ray workers the tests start
+    load them instead of each compiling them at once (a clean clone starts with no cache)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
         torch.set_num_threads(1)
+    elif config.getoption("numprocesses", default=None):
+        from models.splat import cpu_kernels
+
+        cpu_kernels.warm()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -54,6 +62,7 @@ def _built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Pat
     with FileLock(shared / f"{name}.lock"):
         if not done.exists():
             folder = shared / name
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker's failed build left
             folder.mkdir()
             done.write_text(json.dumps({"path": str(build(folder))}))
     return Path(json.loads(done.read_text())["path"])
@@ -103,8 +112,6 @@ def tiny_pose_bundle(tiny_bundle: Path, tiny_synth: Path, tmp_path_factory: pyte
     """``tiny_bundle`` plus every later stage (calibration, rvss, a 2-epoch IRPRN on 112 px
     inputs, gallery, onnx). The network's input is half the default side: its pose estimates
     reach every later stage and the service, and a quarter of the pixels keeps each cheap."""
-    import shutil
-
     from models.data import load_category
     from models.irprn import IRPRNConfig
     from training.calibrate import CalibConfig, run_calibration_stage
@@ -161,8 +168,6 @@ def tiny_heldout_bundles(tiny_bundle: Path, tiny_release: Path, tiny_synth: Path
     """A bundles folder with the tiny release and its work folder calibrated on held-out
     views (every 4th withheld until step 16 of a 20-step fit): what `rpe-pad selfcheck` and
     the scorer study read. Read-only for the tests."""
-    import shutil
-
     from models.data import load_category
     from training.calibrate import CalibConfig, run_calibration_stage
     from training.splats import preset, run_splats_stage
@@ -206,8 +211,6 @@ def posed_renders(tiny_bundle: Path, tiny_synth: Path):
 def two_categories(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundles folder with two categories, ``alpha`` and ``beta``: the tiny release under two
     names (the same files, each with its own manifest, so each verifies). Read-only for the tests."""
-    import shutil
-
     from models.bundle import MANIFEST, read_manifest
 
     bundles = tmp_path_factory.mktemp("two_categories")
