@@ -20,18 +20,11 @@ LEGO = DATA / "Lego"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """On an xdist worker, one torch thread: the two workers share the machine's cores. On
-    the xdist controller, before the workers start: the render kernels compiled into numba's
-    disk cache once, so that the workers, the services and the Ray workers the tests start
-    load them instead of each compiling them at once (a clean clone starts with no cache)."""
+    """On an xdist worker, one torch thread: the two workers share the machine's cores."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
         torch.set_num_threads(1)
-    elif config.getoption("numprocesses", default=None):
-        from models.splat import cpu_kernels
-
-        cpu_kernels.warm()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
