@@ -40,6 +40,16 @@ def queries(tiny_synth: Path, tmp_path_factory) -> dict[str, Path]:
     return {"good": good, "defect": defect, "bad": bad}
 
 
+@pytest.fixture(scope="module")
+def station(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The service at a station: the tiny release, an API key, its own records. One start for
+    this module; the shift restarts it."""
+    data = tmp_path_factory.mktemp("station")
+    service = Service(tiny_release.parent, data / "data", api_key=KEY, log=data / "serve.log").start()
+    yield service
+    service.stop()
+
+
 @pytest.fixture()
 def driver():
     d = chromium(*FOUND, width=1280, height=800)
@@ -52,76 +62,73 @@ def _verdict(card) -> str:
 
 
 @pytest.mark.slow(seconds=55)
-def test_a_shift_at_the_station(tiny_release: Path, queries: dict[str, Path], driver, tmp_path: Path) -> None:
-    service = Service(tiny_release.parent, tmp_path / "data", api_key=KEY, log=tmp_path / "serve.log").start()
-    try:
-        page = Page(driver, service.url)
-        page.open("/", api_key=KEY)
-        assert driver.execute_script("return sessionStorage.getItem('rpepad.apiKey')") == KEY
+def test_a_shift_at_the_station(station: Service, queries: dict[str, Path], driver) -> None:
+    service = station
+    page = Page(driver, service.url)
+    page.open("/", api_key=KEY)
+    assert driver.execute_script("return sessionStorage.getItem('rpepad.apiKey')") == KEY
 
-        defect_card, good_card = page.upload(queries["good"], queries["defect"])  # newest first
-        scores = {}
+    defect_card, good_card = page.upload(queries["good"], queries["defect"])  # newest first
+    scores = {}
+    for name, card in (("good", good_card), ("defect", defect_card)):
+        assert _verdict(card) in ("normal", "anomalous", "review"), card.text
+        assert "threshold" in card.find_element("css selector", ".score").text
+        assert page.canvas_is_drawn(card, "canvas.query") and page.canvas_is_drawn(card, "canvas.overlay")
+        assert page.image_loaded(card, "img.reference")
+        page.wait.until(lambda d, c=card: page.image_loaded(c, "img.gallery"))
+        assert "matched gallery view" in card.text and " ms" in card.text
+        scores[name] = float(card.get_attribute("data-score"))
+    verdicts = {name: _verdict(card) for name, card in (("good", good_card), ("defect", defect_card))}
+    assert set(verdicts.values()) != {"review"}, verdicts  # the slider below has a score to re-decide
+
+    # The slider re-decides in the page, without a new request.
+    slider = page.find("#threshold")
+    low, high = float(slider.get_attribute("min")), float(slider.get_attribute("max"))
+    before = len(driver.execute_script("return performance.getEntriesByType('resource')"))
+    for value in (low, high, (scores["good"] + scores["defect"]) / 2):
+        page.set_threshold(value)
         for name, card in (("good", good_card), ("defect", defect_card)):
-            assert _verdict(card) in ("normal", "anomalous", "review"), card.text
-            assert "threshold" in card.find_element("css selector", ".score").text
-            assert page.canvas_is_drawn(card, "canvas.query") and page.canvas_is_drawn(card, "canvas.overlay")
-            assert page.image_loaded(card, "img.reference")
-            page.wait.until(lambda d, c=card: page.image_loaded(c, "img.gallery"))
-            assert "matched gallery view" in card.text and " ms" in card.text
-            scores[name] = float(card.get_attribute("data-score"))
-        verdicts = {name: _verdict(card) for name, card in (("good", good_card), ("defect", defect_card))}
-        assert set(verdicts.values()) != {"review"}, verdicts  # the slider below has a score to re-decide
+            if _verdict(card) != "review":
+                assert _verdict(card) == ("anomalous" if scores[name] > value else "normal"), (name, value)
+    assert len(driver.execute_script("return performance.getEntriesByType('resource')")) == before
+    assert page.find("#threshold-default").text.startswith("default ")
 
-        # The slider re-decides in the page, without a new request.
-        slider = page.find("#threshold")
-        low, high = float(slider.get_attribute("min")), float(slider.get_attribute("max"))
-        before = len(driver.execute_script("return performance.getEntriesByType('resource')"))
-        for value in (low, high, (scores["good"] + scores["defect"]) / 2):
-            page.set_threshold(value)
-            for name, card in (("good", good_card), ("defect", defect_card)):
-                if _verdict(card) != "review":
-                    assert _verdict(card) == ("anomalous" if scores[name] > value else "normal"), (name, value)
-        assert len(driver.execute_script("return performance.getEntriesByType('resource')")) == before
-        assert page.find("#threshold-default").text.startswith("default ")
+    # A bad file gets the service's own message, in place; the page goes on.
+    (bad_card,) = page.upload(queries["bad"])
+    error = bad_card.find_element("css selector", ".error")
+    assert error.is_displayed() and "not a decodable image" in error.text
 
-        # A bad file gets the service's own message, in place; the page goes on.
-        (bad_card,) = page.upload(queries["bad"])
-        error = bad_card.find_element("css selector", ".error")
-        assert error.is_displayed() and "not a decodable image" in error.text
+    # History: both inspections, newest first; feedback on the defective one.
+    page.find("#nav-history").click()
+    page.wait.until(lambda d: len(page.find_all("#history-table tbody tr")) == 2)
+    page.find_all("#history-table tbody a")[0].click()
+    page.wait.until(lambda d: page.find("#feedback-form").is_displayed())
+    record_url = driver.current_url
+    assert queries["defect"].name in page.find("#detail-title").text
+    page.wait.until(lambda d: all(i.get_attribute("naturalWidth") not in (None, "0")
+                                  for i in page.find_all("#detail-body img")))
+    page.find("input[name=label][value=false_alarm]").click()
+    page.find("#feedback-note").send_keys("glare on the stud")
+    page.find("#feedback-form button[type=submit]").click()
+    page.wait.until(lambda d: "false alarm" in page.find("#feedback-status").text)
 
-        # History: both inspections, newest first; feedback on the defective one.
-        page.find("#nav-history").click()
-        page.wait.until(lambda d: len(page.find_all("#history-table tbody tr")) == 2)
-        page.find_all("#history-table tbody a")[0].click()
-        page.wait.until(lambda d: page.find("#feedback-form").is_displayed())
-        record_url = driver.current_url
-        assert queries["defect"].name in page.find("#detail-title").text
-        page.wait.until(lambda d: all(i.get_attribute("naturalWidth") not in (None, "0")
-                                      for i in page.find_all("#detail-body img")))
-        page.find("input[name=label][value=false_alarm]").click()
-        page.find("#feedback-note").send_keys("glare on the stud")
-        page.find("#feedback-form button[type=submit]").click()
-        page.wait.until(lambda d: "false alarm" in page.find("#feedback-status").text)
-
-        # Restart: the record and its feedback are still there.
-        service.stop()
-        service.start()
-        driver.get(record_url)
-        driver.refresh()
-        page.wait.until(lambda d: "false alarm" in page.find("#feedback-status").text)
-        assert page.find("input[name=label][value=false_alarm]").is_selected()
-        assert page.find("#feedback-note").get_attribute("value") == "glare on the stud"
-        page.find("#nav-history").click()
-        page.wait.until(lambda d: len(page.find_all("#history-table tbody tr")) == 2)
-    finally:
-        service.stop()
+    # Restart: the record and its feedback are still there.
+    service.stop()
+    service.start()
+    driver.get(record_url)
+    driver.refresh()
+    page.wait.until(lambda d: "false alarm" in page.find("#feedback-status").text)
+    assert page.find("input[name=label][value=false_alarm]").is_selected()
+    assert page.find("#feedback-note").get_attribute("value") == "glare on the stud"
+    page.find("#nav-history").click()
+    page.wait.until(lambda d: len(page.find_all("#history-table tbody tr")) == 2)
 
 
-def test_tablet_width_keeps_every_control_reachable(served_release: Service) -> None:
+def test_tablet_width_keeps_every_control_reachable(station: Service) -> None:
     d = chromium(*FOUND, width=768, height=1024)
     try:
-        page = Page(d, served_release.url)
-        page.open("/")
+        page = Page(d, station.url)
+        page.open("/", api_key=KEY)
         width = d.execute_script("return document.documentElement.clientWidth")
         for css in ("#category", "#threshold", "label[for=files]", "label[for=camera]", "#nav-history"):
             rect = page.find(css).rect

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -115,23 +116,23 @@ def test_several_categories_are_refused_before_ray_when_the_arguments_are_wrong(
     assert not (tmp_path / "B").exists()
 
 
-@pytest.mark.slow(seconds=95)
+@pytest.mark.slow(seconds=70)
 def test_fan_out_on_a_local_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """Three tiny categories from a list file on a local Ray with 2 CPUs: two verified bundles
-    (one after a lost worker and an exception, resumed), one malformed category reported and not
-    retried, progress as it happens, exit 1."""
+    """Two tiny categories from a list file, at once on a local Ray with 2 CPUs: one verified
+    bundle after a lost worker and an exception (resumed), one malformed category reported and
+    not retried, progress as it happens, exit 1. (A plain first-attempt success is the
+    one-category path's; ``share`` for three and more tasks is tested above.)"""
     ray = pytest.importorskip("ray")
     from models.bundle import open_bundle
     from training.synth import SynthConfig, generate
 
     cats = tmp_path / "categories"
-    generate(cats / "alpha", SynthConfig(seed=3, **TINY_SYNTH), progress=False)
     generate(cats / "flaky", SynthConfig(seed=4, **TINY_SYNTH), progress=False)
-    generate(cats / "broken", SynthConfig(seed=5, **TINY_SYNTH), progress=False)
+    shutil.copytree(cats / "flaky", cats / "broken")
     (cats / "broken" / "train" / "transforms.json").write_text('{"camera_angle_x": 0.69, "frames": [')
     listed = tmp_path / "categories.txt"
-    listed.write_text(f"# this week's parts\n{cats / 'alpha'}\n\n{cats / 'flaky'}\n  {cats / 'broken'}  \n")
+    listed.write_text(f"# this week's parts\n{cats / 'flaky'}\n\n  {cats / 'broken'}  \n")
 
     real_init, seen = ray.init, {}
 
@@ -152,13 +153,9 @@ def test_fan_out_on_a_local_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                     "log_to_driver": False}
     assert not ray.is_initialized()  # the CLI shut down the instance it started
 
-    assert "3 categories on a local Ray instance (2 CPUs): 0.6666 CPU(s) and 1 torch thread(s) per category; " \
-           "3 at a time; up to 2 retries each" in out
+    assert "2 categories on a local Ray instance (2 CPUs): 1 CPU(s) and 1 torch thread(s) per category; " \
+           "2 at a time; up to 2 retries each" in out
     lines = [line.split("] ", 1)[1] for line in out.splitlines() if re.match(r"\[ *\d+\.\d s\] ", line)]
-    alpha = [line for line in lines if line.startswith("alpha: ")]
-    assert len(alpha) == 2 and alpha[0].startswith("alpha: started (on ")
-    assert re.fullmatch(rf"alpha: done in \d+\.\d s on 1 torch thread\(s\) -> {re.escape(str(bundles / 'alpha'))}",
-                        alpha[1]), alpha  # the task's share: 2/3 of the 2 CPUs, one thread
     # flaky: its worker died, the retry raised, the third attempt resumed and finished.
     flaky = [line for line in lines if line.startswith("flaky: ")]
     assert len(flaky) == 5, flaky
@@ -166,8 +163,8 @@ def test_fan_out_on_a_local_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert flaky[1].startswith("flaky: started (attempt 2 of 3, on ")
     assert flaky[2] == "flaky: attempt 2 failed: RuntimeError: lost the device (simulated); retrying"
     assert flaky[3].startswith("flaky: started (attempt 3 of 3, on ")
-    assert re.fullmatch(r"flaky: done in \d+\.\d s \(3 attempts, the last \d+\.\d s\) on 1 torch thread\(s\) -> .*",
-                        flaky[4]), flaky[4]
+    assert re.fullmatch(rf"flaky: done in \d+\.\d s \(3 attempts, the last \d+\.\d s\) on 1 torch thread\(s\) "
+                        rf"-> {re.escape(str(bundles / 'flaky'))}", flaky[4]), flaky[4]  # its share: 1 of 2 CPUs
     # broken: the user's mistake, one attempt, the reason named.
     broken = [line for line in lines if line.startswith("broken: ")]
     assert len(broken) == 2 and broken[0].startswith("broken: started (")
@@ -178,16 +175,14 @@ def test_fan_out_on_a_local_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
     # The summaries: each category's stages (flaky resumed: its first stages reused), then one row per category.
     sections = dict(re.findall(r"\n(\w+):\n(\| stage \|.*?\| total \|[^\n]*)", out, flags=re.S))
-    assert set(sections) == {"alpha", "flaky"}
+    assert set(sections) == {"flaky"}
     assert "| splats | skipped (valid output reused) |" in sections["flaky"]
-    assert "| splats | skipped" not in sections["alpha"]
-    assert re.search(r"\| alpha \| done \| \d+\.\d \| 1 \| ", out)
+    assert "| rvss | skipped" not in sections["flaky"]  # the stage that failed runs again
     assert re.search(r"\| flaky \| done \| \d+\.\d \| 3 \| ", out)
     assert "| broken | failed | | 1 | DataError: " in out
 
-    # Two verified bundles, assembled in place, nothing half-written.
-    for name in ("alpha", "flaky"):
-        manifest = open_bundle(bundles / name)  # hashes and sizes of every file
-        assert manifest.category == name and manifest.training["preset"] == "demo"
-    assert sorted(p.name for p in bundles.iterdir()) == [".work", "alpha", "flaky"]
+    # A verified bundle, assembled in place, nothing half-written.
+    manifest = open_bundle(bundles / "flaky")  # hashes and sizes of every file
+    assert manifest.category == "flaky" and manifest.training["preset"] == "demo"
+    assert sorted(p.name for p in bundles.iterdir()) == [".work", "flaky"]
     assert not (bundles / ".work" / "broken").exists()
