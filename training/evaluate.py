@@ -232,6 +232,9 @@ def evaluate_inspector(inspector: Inspector, category, queries: list, out_dir: P
                                    torch.stack([q.w2c for q in queries]), torch.stack([q.K for q in queries]),
                                    category.width, category.height, inspector.scene.to("cpu"), eval_size))
     metrics["verification"] = verification_report(results, _labels(queries), metrics.get("per_query_reproj_px"))
+    # Each query's score and verdict, so that any other threshold's operating point can be read off.
+    metrics["per_query"] = [{"query": q.name, "label": q.label, "score": round(float(r.score), 4), "verdict": r.verdict}
+                            for q, r in zip(queries, results)]
     if out_dir is not None:
         renders = [torch.from_numpy(r.reference) for r in results]
         write_report(out_dir, metrics, queries, renders, maps_t, score_np, inspector.calibration,

@@ -308,6 +308,12 @@ def test_evaluate_pose_modes(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path:
     m = json.loads((tmp_path / "rpe+refine" / "metrics.json").read_text())
     assert "refine" in m["timing_ms"] and 0 <= m["refine"]["pnp_accepted_fraction"] <= 1
     assert 0 <= m["refine"]["ecc_accepted_fraction"] <= 1
+    # Each query's score and verdict: the decision at the threshold is read back from them.
+    rows, threshold = m["per_query"], m["decision"]["threshold"]
+    assert [r["query"] for r in rows] == [v.name for v in load_category(tiny_synth).test]
+    caught = [r["label"] != "good" and r["score"] > threshold for r in rows]
+    assert sum(caught) == m["decision"]["tp"]
+    assert all((r["score"] > threshold) == (r["verdict"] == "anomalous") for r in rows if r["verdict"] != "review")
 
 
 def test_stage_order_is_enforced(tiny_bundle: Path, tiny_synth: Path, tmp_path: Path) -> None:
