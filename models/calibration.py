@@ -69,6 +69,10 @@ class Calibration(BaseModel):
     quantile: float = Field(QUANTILE, gt=0, le=1)
     margin: float = Field(MARGIN, ge=0)
     false_alarm_rate: float | None = Field(None, gt=0, lt=0.5)  # rule false_alarm: the share of good parts rejected
+    # Rule false_alarm: the held-out scores were multiplied by this before the threshold was read
+    # off: the shipped model's score over the calibration model's on the views both fitted (the
+    # median ratio), because the calibration model is the less converged one (training/calibrate.py).
+    heldout_scale: float | None = Field(None, gt=0)
     score_floor: float = Field(ge=0)
     pixel_floor: float = Field(ge=0)
     normal_scores: ScoreStats

@@ -8,7 +8,8 @@ self-check paints synthetic defects of the three MAD kinds on them (``training.d
 exact masks) and scores every photograph, clean and painted, the way the product does:
 against a render of the calibration model at its pose, jittered by the residual pose error
 the pose stages leave (``jitter_px``), with the bundle's scorer and threshold
-(``models.inspector.compare_at_poses``). It reports image and pixel AUROC, AUPRO, and the
+(``models.inspector.compare_at_poses``), its scores scaled by the calibration's
+``heldout_scale`` to stand for the shipped model's. It reports image and pixel AUROC, AUPRO, and the
 recall and false-alarm rate at the bundle's threshold, overall and per kind, and draws the
 worst misses and false alarms on a contact sheet.
 
@@ -120,7 +121,10 @@ def selfcheck(bundles_dir: Path, category_dir: Path, out_dir: Path, cfg: SelfChe
         chunk = torch.from_numpy(np.stack(images[i : i + cfg.batch]))
         m, s = compare_at_poses(scene, scorer, chunk, q.poses[i : i + cfg.batch], q.K[None].expand(len(chunk), 3, 3))
         maps.append(m.cpu()), scores.append(s.cpu())
-    maps_t, score_np = torch.cat(maps), torch.cat(scores).numpy()
+    # The photographs are scored with the calibration model; the calibration's scale stands its
+    # scores for the shipped model's, as it did for the threshold (training/calibrate.py).
+    scale = calib.heldout_scale or 1.0
+    maps_t, score_np = torch.cat(maps) * scale, torch.cat(scores).numpy() * scale
     labels = q.labels
     masks224 = torch.nn.functional.interpolate(torch.from_numpy(np.stack(masks))[:, None].float(),
                                                size=(EVAL_SIZE, EVAL_SIZE), mode="nearest")[:, 0].numpy() > 0.5

@@ -65,8 +65,11 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     held_scores = np.array(report["scores"]["heldout"])
     assert calib.rule == "false_alarm" and calib.false_alarm_rate == 0.2
     assert len(held_scores) == 2 * 3 == calib.sources["heldout"] and report["heldout_views"] == 2
-    assert calib.threshold == pytest.approx(np.quantile(held_scores, 0.8))
-    assert np.mean(held_scores > calib.threshold) == pytest.approx(0.2, abs=1 / 6)
+    # The held-out scores stand for the shipped model's once scaled by the convergence ratio.
+    scale = report["heldout_scale"]
+    assert calib.heldout_scale == pytest.approx(scale, abs=1e-4) and 0 < scale < 10
+    assert calib.threshold == pytest.approx(np.quantile(held_scores * calib.heldout_scale, 0.8))
+    assert np.mean(held_scores * calib.heldout_scale > calib.threshold) == pytest.approx(0.2, abs=1 / 6)
     # The quick rule's threshold is kept beside it for comparison; the calibration model is
     # the splats fit's snapshot at its fold-in step.
     assert report["quantile_rule_threshold"] > 0 and report["calibration_model"]["fold_in_step"] == 16
@@ -81,7 +84,7 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
                                                     combination="silhouette"), bundle, progress=False, splats=splats)
     calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
     assert calib.scorer["combination"] == "silhouette" and len(calib.scorer["stats"]["term_scales"]) == 5
-    assert calib.threshold == pytest.approx(np.quantile(fitted["scores"]["heldout"], 0.8))
+    assert calib.threshold == pytest.approx(np.quantile(np.array(fitted["scores"]["heldout"]) * calib.heldout_scale, 0.8))
     # A calibration that holds out another share than the fit did is refused with the remedy.
     with pytest.raises(ValueError, match="rerun the splats stage"):
         run_calibration_stage(cat, CalibConfig(holdout_every=3, jitters=2), bundle, progress=False, splats=splats)
@@ -133,3 +136,21 @@ def test_train_stage_then_evaluate_reports_the_decision(bundle: Path, tiny_synth
 def test_calibration_needs_the_splats(tmp_path: Path, tiny_synth: Path) -> None:
     with pytest.raises(FileNotFoundError, match="splats stage first"):
         run_calibration_stage(load_category(tiny_synth), CalibConfig(), tmp_path / "none", progress=False)
+
+
+def test_the_convergence_ratio_compares_two_models_on_the_same_views(tiny_bundle: Path, tiny_synth: Path) -> None:
+    """Against itself a model's ratio is 1; a model whose render is degraded scores higher, and
+    the shipped model's ratio over it falls below 1 (the scale that lowers its scores)."""
+    from dataclasses import replace as dc_replace
+
+    from models.scoring import AnomalyScorer
+    from models.splat.scene import GaussianScene
+    from training.calibrate import convergence_ratio
+
+    views = load_category(tiny_synth).train[:4]
+    scene = GaussianScene.load(tiny_bundle / "splats" / "scene.safetensors")
+    scorer = AnomalyScorer(background=scene.background)
+    assert convergence_ratio(scene, scene, views, scorer, batch=4, progress=False) == pytest.approx(1.0)
+    blurred = dc_replace(scene, scales=scene.scales + 0.7)  # log-scales: every Gaussian twice as wide
+    ratio = convergence_ratio(scene, blurred, views, scorer, batch=4, progress=False)
+    assert 0 < ratio < 0.9
