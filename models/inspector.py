@@ -493,15 +493,26 @@ class Inspector:
 
 
 def compare_at_poses(scene: GaussianScene, scorer: AnomalyScorer, images: Tensor, poses: Tensor, Ks: Tensor,
-                     ) -> tuple[Tensor, Tensor]:
+                     align: RefineConfig | None = None) -> tuple[Tensor, Tensor]:
     """The pipeline's tail at known poses (``Render`` + ``Score``): anomaly maps ``[B, H, W]``
     and scores ``[B]`` of ``images [B, H, W, 3]`` against renders at world-to-camera ``poses``
-    with intrinsics ``Ks``. The calibration stage scores normal views with it."""
+    with intrinsics ``Ks``; with ``align``, each render first gets the refinement's last
+    step, the 2D alignment onto its photograph (``align_references``). The calibration stage
+    scores normal views with it."""
     h, w = images.shape[1:3]
     device = scene.means.device
     batch = Batch(images=images.float().to(device), Ks=Ks.double().cpu(), poses=poses.double().cpu())
     Render(scene, w, h)(batch)
+    if align is not None:
+        batch.references = align_references(batch.images_cpu, batch.references.cpu(), align).to(device)
     return Score(scorer.to(device))(batch)
+
+
+def align_references(images: Tensor, references: Tensor, cfg: RefineConfig) -> Tensor:
+    """Each reference ``[B, H, W, 3]`` warped onto its image by the refinement's guarded ECC
+    (``models.refine.ecc_align``), as ``Refine`` does after its PnP."""
+    return torch.stack([torch.from_numpy(np.ascontiguousarray(ecc_align(q, r, cfg)[0]))
+                        for q, r in zip(images.numpy(), references.numpy())])
 
 
 def load_bundles(bundles_dir: Path, device: str = "auto", on_error=None,

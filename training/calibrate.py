@@ -6,7 +6,11 @@ steps and saves the model at that step, the *calibration model* (``training/spla
 the held-out views then join the fit, so the shipped model still sees every view. Those
 held-out photographs are views the calibration model never saw, as a customer's queries
 are: each is scored against its renders at ``jitters`` poses jittered by ``jitter_px``
-(the residual pose error). The calibration model is less converged than the shipped one, so
+(the residual pose error the pose stages leave), each render then warped onto its photograph
+by the refinement's last step (``models.refine.ecc_align``, as ``Refine`` does for every
+query), for the scorer's normal statistics and the scores alike: a random jitter is not
+what the pipeline leaves, a photometrically aligned reference is (docs/RESULTS.md, issue 22,
+session 12). The calibration model is less converged than the shipped one, so
 these scores are first multiplied by ``heldout_scale``: the median, over the views both
 models fitted, of the shipped model's score over the calibration model's, each at the view's
 own pose (``convergence_ratio``; Lego 0.91, synthetic seed 1 0.94: docs/RESULTS.md). The
@@ -56,7 +60,8 @@ from models.camera import perturb_pose
 from models.bundle import FILES, REPORTS, WORK_FILES
 from models.data import GOOD, Category
 from models.hashing import sha256_file
-from models.inspector import compare_at_poses
+from models.inspector import align_references, compare_at_poses
+from models.refine import RefineConfig
 from models.scoring import COMBINATIONS, DEFAULT_TOLERANCE, AnomalyScorer, fit_normal_stats
 from models.splat.scene import GaussianScene
 from training.evaluate import render_references
@@ -64,8 +69,9 @@ from training.splats import SplatConfig, calibration_key, holdout_indices
 
 
 # The calibration's method; a change that moves thresholds bumps it, so that no work folder's
-# earlier calibration is reused. 2: held-out scores scaled by the convergence ratio.
-METHOD = 2
+# earlier calibration is reused. 2: held-out scores scaled by the convergence ratio; 3: the
+# jittered renders aligned onto their photographs by the refinement's 2D step before scoring.
+METHOD = 3
 
 
 @dataclass(frozen=True)
@@ -93,13 +99,13 @@ class CalibConfig:
 
 
 def _score(scorer: AnomalyScorer, scene: GaussianScene, images: torch.Tensor, poses: torch.Tensor, Ks: torch.Tensor,
-           batch: int, bar: tqdm) -> tuple[np.ndarray, np.ndarray]:
+           batch: int, bar: tqdm, align: RefineConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scores [V] and maps subsampled to 64 x 64 [V, 64, 64] of ``images`` vs renders at
     ``poses``: the inspection pipeline's render and score stages at known poses
     (``models.inspector.compare_at_poses``)."""
     scores, maps = [], []
     for i in range(0, len(images), batch):
-        m, s = compare_at_poses(scene, scorer, images[i : i + batch], poses[i : i + batch], Ks[i : i + batch])
+        m, s = compare_at_poses(scene, scorer, images[i : i + batch], poses[i : i + batch], Ks[i : i + batch], align)
         scores.append(s.numpy())
         maps.append(torch.nn.functional.interpolate(m[:, None], size=(64, 64), mode="area")[:, 0].numpy())
         bar.update(len(m))
@@ -174,18 +180,20 @@ def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress:
     rep = lambda t: t.repeat_interleave(cfg.jitters, dim=0)  # noqa: E731
     jittered_poses = perturb_pose(rep(poses), sigma, 0.0, gen)
     fitting = cfg.combination != "peers"
+    align = RefineConfig()  # the refinement's last step: each render warped onto its photograph
     bar = tqdm(total=len(held) * (1 + cfg.jitters * (2 if fitting else 1)), desc="calibration (held-out views)",
                unit="view", disable=not progress)
     if fitting:
         terms = []
         for i in range(0, len(jittered_poses), cfg.batch):
             sl = slice(i, i + cfg.batch)
-            refs = render_references(scene, jittered_poses[sl], rep(Ks)[sl], images.shape[2], images.shape[1])
-            terms.append(scorer.terms(rep(images)[sl], refs.cpu()))
+            refs = render_references(scene, jittered_poses[sl], rep(Ks)[sl], images.shape[2], images.shape[1]).cpu()
+            refs = align_references(rep(images)[sl], refs, align)
+            terms.append(scorer.terms(rep(images)[sl], refs))
             bar.update(len(refs))
         scorer = scorer.with_stats(fit_normal_stats(torch.cat(terms)), cfg.combination)
     own, _ = _score(scorer, scene, images, poses, Ks, cfg.batch, bar)
-    jittered, maps = _score(scorer, scene, rep(images), jittered_poses, rep(Ks), cfg.batch, bar)
+    jittered, maps = _score(scorer, scene, rep(images), jittered_poses, rep(Ks), cfg.batch, bar, align)
     bar.close()
     return HeldOut(own, jittered, maps, scorer)
 

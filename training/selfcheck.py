@@ -8,7 +8,8 @@ self-check paints synthetic defects of the three MAD kinds on them (``training.d
 exact masks) and scores every photograph, clean and painted, the way the product does:
 against a render of the calibration model at its pose, jittered by the residual pose error
 the pose stages leave (``jitter_px``), with the bundle's scorer and threshold
-(``models.inspector.compare_at_poses``), its scores scaled by the calibration's
+(``models.inspector.compare_at_poses``), each render warped onto its photograph by the
+refinement's 2D step as in the calibration, its scores scaled by the calibration's
 ``heldout_scale`` to stand for the shipped model's. It reports image and pixel AUROC, AUPRO, and the
 recall and false-alarm rate at the bundle's threshold, overall and per kind, and draws the
 worst misses and false alarms on a contact sheet.
@@ -37,6 +38,7 @@ from models.camera import perturb_pose
 from models.data import load_category
 from models.inspector import compare_at_poses
 from models.metrics import aupro, auroc, pixel_auroc
+from models.refine import RefineConfig
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene
 from models.viz import Cell, anomaly_overlay, contact_sheet, mask_overlay
@@ -119,7 +121,8 @@ def selfcheck(bundles_dir: Path, category_dir: Path, out_dir: Path, cfg: SelfChe
     maps, scores = [], []
     for i in tqdm(range(0, len(images), cfg.batch), desc="selfcheck", unit="batch", disable=not progress):
         chunk = torch.from_numpy(np.stack(images[i : i + cfg.batch]))
-        m, s = compare_at_poses(scene, scorer, chunk, q.poses[i : i + cfg.batch], q.K[None].expand(len(chunk), 3, 3))
+        m, s = compare_at_poses(scene, scorer, chunk, q.poses[i : i + cfg.batch], q.K[None].expand(len(chunk), 3, 3),
+                                align=RefineConfig())
         maps.append(m.cpu()), scores.append(s.cpu())
     # The photographs are scored with the calibration model; the calibration's scale stands its
     # scores for the shipped model's, as it did for the threshold (training/calibrate.py).

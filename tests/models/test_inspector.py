@@ -295,3 +295,23 @@ def test_the_bundles_camera_undistorts_its_photos_and_refuses_another(inspector:
         lensed.prepare(big, exif_camera="Other Cam")
     fx, fy, cx, cy = (float(v) for v in (inspector.K[0, 0], inspector.K[1, 1], inspector.K[0, 2], inspector.K[1, 2]))
     assert lensed.prepare(image, (fx, fy, cx, cy), exif_camera="Other Cam").shape == (64, 64, 3)  # said how to map it
+
+
+def test_compare_at_poses_can_align_the_render_as_the_refinement_does(inspector: Inspector, tiny_synth: Path) -> None:
+    """The calibration's tail with ``align``: a render at a pose a few pixels off is warped
+    onto its photograph before scoring, so it scores lower than unaligned and closer to the
+    render at the true pose."""
+    from models.camera import perturb_pose
+    from models.inspector import compare_at_poses
+    from models.refine import RefineConfig
+
+    views = load_category(tiny_synth).train[:4]
+    images = torch.stack([v.image for v in views])
+    poses, Ks = torch.stack([v.w2c for v in views]), torch.stack([v.K for v in views])
+    off = perturb_pose(poses, 2.0 / float(Ks[0, 0, 0]), 0.0, torch.Generator().manual_seed(0))  # about 2-3 px
+    scene, scorer = inspector.scene, inspector.scorer
+    _, own = compare_at_poses(scene, scorer, images, poses, Ks)
+    _, plain = compare_at_poses(scene, scorer, images, off, Ks)
+    _, aligned = compare_at_poses(scene, scorer, images, off, Ks, align=RefineConfig())
+    assert aligned.mean() < plain.mean()
+    assert (aligned - own).abs().mean() < (plain - own).abs().mean()
