@@ -302,12 +302,13 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
     except (OSError, ValueError):
         pass
     heldout, fit = None, None
+    shipped = GaussianScene.load(scene_path)
     if cfg.holdout_every:
         model, held, fit = calibration_model(category, splats, cfg, out_dir)
         heldout = heldout_scores(model, held, cfg, progress)
         seen = split_holdout(category, cfg.holdout_every)[0].train
-        heldout.scale = convergence_ratio(GaussianScene.load(scene_path), model, seen, heldout.scorer, cfg.batch, progress)
-    calib, raw = calibrate(category, GaussianScene.load(scene_path), cfg, validation, progress, heldout)
+        heldout.scale = convergence_ratio(shipped, model, seen, heldout.scorer, cfg.batch, progress)
+    calib, raw = calibrate(category, shipped, cfg, validation, progress, heldout)
     calib_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     calib_path.write_text(calib.model_dump_json(indent=2) + "\n")
