@@ -22,7 +22,12 @@ def test_variants_are_the_papers_rows() -> None:
 
 @pytest.mark.slow(seconds=55)
 def test_ablation_runs_two_variants(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+                                    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.irprn import IRPRNConfig
+    from training import irprn
+
+    # The network at the tiny bundle's input size (112 px): the switches, not the size, are tested.
+    monkeypatch.setitem(irprn.PRESETS, "demo", irprn.preset("demo", model=IRPRNConfig(input_size=112)))
     bundles = tmp_path / "bundles"
     source = bundles / ".work" / tiny_synth.name
     shutil.copytree(tiny_pose_bundle, source)
