@@ -70,32 +70,35 @@ def test_opacity_reset_fires(tiny_synth: Path) -> None:
         assert params["opacities"].max().item() <= expected_max
 
 
-@pytest.mark.slow(seconds=25)
-def test_fit_improves_and_resumes(tiny_synth: Path, tmp_path: Path) -> None:
+@pytest.mark.slow(seconds=10)
+def test_fit_improves_and_resumes(tiny_bundle: Path, tiny_synth: Path, tmp_path: Path) -> None:
+    """The session's splats stage (``tiny_bundle``, 150 steps from the visual hull) is the fit
+    measured; the resumes are checked on short fits of their own."""
     cat = load_category(tiny_synth)
     cfg = preset("demo", **TINY)
     images, poses = cat.train_images(), cat.train_poses()
     Ks = torch.stack([v.K for v in cat.train])
     init_scene = GaussianScene.from_params(init_params(*init_points(cat, images, Ks, cfg)[:2], 0))
     before = sum(evaluate_views(init_scene, images, poses, Ks)["psnr"]) / len(images)
-    result = fit_splats(cat, cfg, tmp_path / "a", progress=False, device=torch.device("cpu"))
-    after = sum(evaluate_views(result.scene, images, poses, Ks)["psnr"]) / len(images)
+    fitted = GaussianScene.load(tiny_bundle / "splats" / "scene.safetensors")
+    after = sum(evaluate_views(fitted, images, poses, Ks)["psnr"]) / len(images)
     assert after > before + 3.0, (before, after)
-    assert result.report["init"] == "hull" and result.report["resumed_from_step"] == 0
+    saved = json.loads((tiny_bundle / "reports" / "splats.json").read_text())
+    assert saved["init"] == "hull" and saved["resumed_from_step"] == 0 and saved["iterations"] == 150
 
-    # Checkpoint at step 18 of 24 (after two densification steps), then a second call resumes
+    # Checkpoint at step 9 of 12 (after two densification steps), then a second call resumes
     # from it; another config restarts.
-    ck_cfg = replace(cfg, iterations=24, checkpoint_every=18, refine_start=6, refine_every=6)
+    ck_cfg = replace(cfg, iterations=12, checkpoint_every=9, refine_start=3, refine_every=3)
     fit_splats(cat, ck_cfg, tmp_path / "b", progress=False)
     assert (tmp_path / "b" / "checkpoint.safetensors").is_file()
     resumed = fit_splats(cat, ck_cfg, tmp_path / "b", progress=False)
-    assert resumed.report["resumed_from_step"] == 18
+    assert resumed.report["resumed_from_step"] == 9
     # A fit that withholds views follows another schedule: it does not resume the plain one's
     # checkpoint, and the plain one then does not resume its checkpoint either.
     snap = tmp_path / "snap.safetensors"
     withheld = fit_splats(cat, ck_cfg, tmp_path / "b", progress=False, withheld=[1, 5], snapshot=snap)
     assert withheld.report["resumed_from_step"] == 0 and snap.is_file()
-    assert fit_splats(cat, ck_cfg, tmp_path / "b", progress=False, withheld=[1, 5], snapshot=snap).report["resumed_from_step"] == 18
+    assert fit_splats(cat, ck_cfg, tmp_path / "b", progress=False, withheld=[1, 5], snapshot=snap).report["resumed_from_step"] == 9
     assert fit_splats(cat, ck_cfg, tmp_path / "b", progress=False).report["resumed_from_step"] == 0
     other = fit_splats(cat, replace(ck_cfg, seed=1), tmp_path / "b", progress=False)
     assert other.report["resumed_from_step"] == 0
@@ -142,19 +145,18 @@ def test_stage_with_heldout_calibration_leaves_the_calibration_model(tiny_synth:
 
 
 @pytest.mark.slow(seconds=8)
-def test_stage_report_and_sheet(tiny_synth: Path, tmp_path: Path) -> None:
-    cat = load_category(tiny_synth)
-    report = run_splats_stage(cat, preset("demo", **TINY), tmp_path / cat.name, progress=False)
+def test_stage_report_and_sheet(tiny_bundle: Path, tiny_synth: Path) -> None:
+    """What the session's splats stage (``tiny_bundle``) wrote: the report, the sheet, the scene."""
+    saved = json.loads((tiny_bundle / "reports" / "splats.json").read_text())
     for key in ("psnr_test_mean", "ssim_test_mean", "num_gaussians", "seconds"):
-        assert key in report
-    assert report["eval_views"] == "test/good at true poses" and len(report["psnr_test"]) == 2
-    saved = json.loads((tmp_path / cat.name / "reports" / "splats.json").read_text())
-    assert saved["psnr_test_mean"] == report["psnr_test_mean"] > 15.0
-    assert (tmp_path / cat.name / "reports" / "splats_sheet.png").stat().st_size > 1000
-    scene = GaussianScene.load(tmp_path / cat.name / "splats" / "scene.safetensors")
-    assert scene.num_gaussians == report["num_gaussians"]
-    assert json.loads((tmp_path / cat.name / "splats" / "config.json").read_text())["iterations"] == 120
-    assert not (tmp_path / cat.name / "splats" / "checkpoint.safetensors").exists()
+        assert key in saved
+    assert saved["eval_views"] == "test/good at true poses" and len(saved["psnr_test"]) == 2
+    assert saved["psnr_test_mean"] == pytest.approx(sum(saved["psnr_test"]) / 2, abs=1e-3) and saved["psnr_test_mean"] > 15.0
+    assert (tiny_bundle / "reports" / "splats_sheet.png").stat().st_size > 1000
+    scene = GaussianScene.load(tiny_bundle / "splats" / "scene.safetensors")
+    assert scene.num_gaussians == saved["num_gaussians"]
+    assert json.loads((tiny_bundle / "splats" / "config.json").read_text())["iterations"] == 150
+    assert not (tiny_bundle / "splats" / "checkpoint.safetensors").exists()
 
 
 def test_unknown_preset_and_stage(tmp_path: Path, tiny_synth: Path) -> None:
