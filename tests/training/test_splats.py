@@ -144,7 +144,6 @@ def test_stage_with_heldout_calibration_leaves_the_calibration_model(tiny_synth:
     assert not (work / "calibration" / "holdout_scene.json").exists()
 
 
-@pytest.mark.slow(seconds=8)
 def test_stage_report_and_sheet(tiny_bundle: Path, tiny_synth: Path) -> None:
     """What the session's splats stage (``tiny_bundle``) wrote: the report, the sheet, the scene."""
     saved = json.loads((tiny_bundle / "reports" / "splats.json").read_text())
