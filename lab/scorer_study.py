@@ -3,7 +3,8 @@ catches small, thin and colour defects, chosen on views held out of the test spl
 
 Selection data (never the test split): the self-check's queries (``training.selfcheck``),
 clean and painted copies of the training photographs held out of the calibration model,
-against that model's renders at jittered poses. The rule, fixed before any figure was seen:
+against that model's renders at jittered poses, each warped onto its photograph by the
+refinement's 2D step as the product and the calibration (method 3) do. The rule, fixed before any figure was seen:
 **the variant with the highest recall at the threshold that rejects 2 % of the clean
 held-out views** (the product's false-alarm rule, ``training/calibrate.py``), ties broken by
 image AUROC. Normal statistics a variant needs (per-term scales, per-structure expectations)
@@ -23,6 +24,8 @@ the colour term and EfficientNet-Lite0's four layers, tolerance 1):
 - ``silhouette``: ``balanced`` plus the silhouette evidence: query pixels that show
   the object more than 1 px outside the reference's silhouette, or background more than
   1 px inside it (burrs and missing chunks change the outline), scaled the same way;
+- ``silhouette_s2``, ``silhouette_s1``: ``silhouette`` blurred with sigma 2 and 1 (session 14:
+  on Lego a real, low-contrast stain keeps its peak only under a smaller blur);
 - ``structure``: ``silhouette`` divided by its clean 99th percentile among pixels
   of the same reference-structure decile (edge strength of the render): a residual counts
   for less where renders are always off.
@@ -46,7 +49,9 @@ from tqdm.auto import tqdm
 from models.bundle import FILES
 from models.calibration import Calibration
 from models.data import GOOD, load_category
+from models.inspector import align_references
 from models.metrics import aupro, auroc, pixel_auroc
+from models.refine import RefineConfig
 from models.scoring import AnomalyScorer, balanced, blur_maps, combine, fit_normal_stats, quantile
 from models.splat.scene import GaussianScene
 from training.evaluate import decision_metrics, render_references
@@ -55,7 +60,8 @@ from training.selfcheck import SelfCheckConfig, heldout_views, painted_queries
 Tensor = torch.Tensor
 SIZE = 224
 FALSE_ALARM = 0.02
-VARIANTS = ("peers", "sigma2", "balanced", "silhouette", "structure")
+VARIANTS = ("peers", "sigma2", "balanced", "silhouette", "silhouette_s2", "silhouette_s1", "structure")
+SIGMAS = {"sigma2": 2.0, "silhouette_s2": 2.0, "silhouette_s1": 1.0}  # the blur of a variant; 4 otherwise
 STRUCTURE_BINS = 10  # the structure variant's edge-strength deciles
 
 
@@ -90,7 +96,7 @@ class Variant:
         if name not in VARIANTS:
             raise ValueError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
         self.name = name
-        self.sigma = 2.0 if name == "sigma2" else 4.0
+        self.sigma = SIGMAS.get(name, 4.0)
         self.stats = fit_normal_stats(clean.terms)
         if name == "structure":
             pre = combine(clean.terms, "silhouette", self.stats, clean.silhouette)
@@ -106,7 +112,7 @@ class Variant:
         if self.name == "balanced":
             return balanced(f.terms, self.stats)
         pre = combine(f.terms, "silhouette", self.stats, f.silhouette)
-        return pre if self.name == "silhouette" else pre / self.expect[torch.bucketize(f.edges, self.edges)]
+        return pre if self.name.startswith("silhouette") else pre / self.expect[torch.bucketize(f.edges, self.edges)]
 
     def __call__(self, f: Features) -> Tensor:
         return blur_maps(self.pre(f), self.sigma)
@@ -134,6 +140,7 @@ def study(bundles_dir: Path, category_dir: Path, test: bool = False, progress: b
     q = painted_queries(held, category.background, SelfCheckConfig())
     images = torch.from_numpy(np.stack(q.images))
     refs = render_references(cal_scene, q.poses, q.K[None].expand(len(images), 3, 3), category.width, category.height)
+    refs = align_references(images, refs.cpu(), RefineConfig())  # as the product and the calibration (method 3)
     scorer = AnomalyScorer(scorer.extractor, scorer.size, scorer.sigma, scorer.tolerance,
                            background=tuple(category.background))
     sel = Features(scorer, images, refs.cpu())
@@ -158,7 +165,7 @@ def study(bundles_dir: Path, category_dir: Path, test: bool = False, progress: b
         scene = GaussianScene.load(bundle / FILES["scene"])
         trefs = render_references(scene, torch.stack([v.w2c for v in views]), torch.stack([v.K for v in views]),
                                   full.width, full.height)
-        tf = Features(scorer, timages, trefs.cpu())
+        tf = Features(scorer, timages, align_references(timages, trefs.cpu(), RefineConfig()))
         tlabels, tmasks = np.array([v.label != GOOD for v in views]), _masks224([v.mask.numpy() for v in views])
         report["test"] = {name: _figures(variant(tf), tlabels, tmasks, thresholds[name])
                           for name, variant in variants.items()}
