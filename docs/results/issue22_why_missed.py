@@ -8,7 +8,7 @@ Usage: python docs/results/issue22_why_missed.py BUNDLE CATEGORY_DIR OUT.json"""
 import json, sys
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
-from models.bundle import FILES
+from models.bundle import FILES, read_manifest
 from models.calibration import Calibration
 from models.data import GOOD, load_category
 from models.inspector import align_references
@@ -22,7 +22,7 @@ torch.set_num_threads(2)
 calib = Calibration.model_validate_json((bundle / FILES["calibration"]).read_text())
 scorer = AnomalyScorer.from_config(calib.scorer)
 scene = GaussianScene.load(bundle / FILES["scene"])
-full = load_category(cat, size=int(json.loads((bundle / "manifest.json").read_text())["camera"]["width"]))
+full = load_category(cat, size=read_manifest(bundle).camera.width)
 views = [v for v in full.test if v.w2c is not None]
 imgs = torch.stack([v.image for v in views])
 refs = render_references(scene, torch.stack([v.w2c for v in views]), torch.stack([v.K for v in views]), full.width, full.height)
