@@ -66,6 +66,9 @@ def rasterization(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height,
             near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree,
             backgrounds=backgrounds, render_mode=render_mode, rasterize_mode=rasterize_mode,
+            # Non-packed, as the CPU path reports its meta. gsplat's default (packed) also
+            # rejects a per-camera background [C, D]: the first GPU run's fit stopped on it.
+            packed=False,
         )
     return _rasterization_cpu(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
