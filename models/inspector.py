@@ -31,6 +31,7 @@ world-to-camera, OpenCV axes (``models/camera.py``); quaternions wxyz.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -115,6 +116,17 @@ class InspectorConfig:
 # Inference keys written by earlier versions, with the only value the product still runs.
 _RETIRED = {"fusion": "mean", "backend": "auto", "tolerance": None, "iterative": None}
 _RETIRED_REFINE = {"method": "gpnp+ecc", "detector": "sift", "photometric": False}
+
+
+log = logging.getLogger(__name__)
+
+
+def pose_runtime_device(device: torch.device) -> str:
+    """ONNX Runtime's device for the pose network of an inspector on ``device``: CUDA where
+    onnxruntime-gpu is installed (the ``gpu`` extra), else the CPU. An inspector on CUDA with
+    the CPU package still runs (renders and scorer on the GPU), with a warning at load,
+    rather than refusing to start."""
+    return "cpu" if device.type == "cpu" else "auto"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -374,7 +386,10 @@ class Inspector:
         irprn, unit = load_irprn_config(bundle_dir / FILES["irprn_config"])
         gallery = Gallery.load(bundle_dir / FILES["gallery"])
         estimator = PoseEstimator.from_onnx(bundle_dir / FILES["encoder"], bundle_dir / FILES["pair_head"], gallery,
-                                            unit, irprn.input_size, device=device, k=config.k)
+                                            unit, irprn.input_size, device=pose_runtime_device(dev), k=config.k)
+        if dev.type == "cuda" and "CUDAExecutionProvider" not in estimator.providers:
+            log.warning("%s: the renders run on CUDA, but this onnxruntime has no CUDA provider, so the pose network "
+                        "runs on the CPU (install the gpu extra: onnxruntime-gpu)", manifest.category)
         cam = manifest.camera
         inspector = cls(scene, AnomalyScorer.from_config(calib.scorer).to(dev), calib, estimator, cam.width,
                         cam.height, torch.tensor(cam.K), config, dev, manifest.category, manifest)

@@ -40,3 +40,14 @@ def test_provider_choice() -> None:
         assert rt.providers("auto") == [rt.CPU]
         with pytest.raises(RuntimeError):
             rt.providers("cuda")
+
+
+def test_an_inspector_on_cuda_asks_for_the_best_runtime_not_a_strict_one() -> None:
+    """An inspector's pose network runs where ONNX Runtime can: on CUDA with onnxruntime-gpu,
+    on the CPU otherwise (the first GPU run had torch on CUDA and the CPU package, and the
+    strict 'cuda' refused to load the bundle); a CPU inspector keeps it on the CPU."""
+    from models.inspector import pose_runtime_device
+
+    assert pose_runtime_device(torch.device("cpu")) == "cpu"
+    assert pose_runtime_device(torch.device("cuda", 0)) == "auto"
+    assert rt.providers(pose_runtime_device(torch.device("cuda")))[-1] == rt.CPU  # never refuses
