@@ -48,6 +48,8 @@ def cuda_tests(out: Path, root: Path) -> dict:
 
 
 def build_bundle(out: Path) -> dict:
+    from models.bundle import WORK_FILES
+    from training.pipeline import work_dir
     from training.synth import SynthConfig, generate
 
     category = out / "data" / "gpucheck"
@@ -56,7 +58,7 @@ def build_bundle(out: Path) -> dict:
     start = time.perf_counter()
     run_logged([sys.executable, "-m", "rpe_pad.cli", "train", str(category), "--out", str(out / "bundles"),
           "--preset", "demo"], out / "train.log", timeout=600)
-    summary = json.loads((out / "bundles" / ".work" / "gpucheck" / "train_summary.json").read_text())
+    summary = json.loads((work_dir(out / "bundles", "gpucheck") / WORK_FILES["train_summary"]).read_text())
     return {"category": str(category), "bundle": str(out / "bundles" / "gpucheck"),
             "train_seconds": round(time.perf_counter() - start, 1),
             "stage_seconds": {k: v.get("stage_seconds") for k, v in summary.items()},
@@ -104,18 +106,24 @@ def serve_and_load(bundles: Path, category: Path, out: Path, seconds: float = 30
 def run_check(out: Path, root: Path) -> Check:
     """All steps into ``out``; the caller has checked for CUDA."""
     out.mkdir(parents=True, exist_ok=True)
-    check = Check(out, "gpu-check")
-    check.step("cuda-tests", lambda: cuda_tests(out, root))
-    built = check.step("bundle", lambda: build_bundle(out))
+    check, environment = Check(out, "gpu-check"), _environment()
+
+    def step(name: str, fn) -> dict | None:  # the report is rewritten after each step, so a run cut short keeps its figures
+        result = check.step(name, fn)
+        write_report(check, environment)
+        return result
+
+    step("cuda-tests", lambda: cuda_tests(out, root))
+    built = step("bundle", lambda: build_bundle(out))
     if built is None:
         for name in ("evaluate", "bench", "serve"):
             check.skip(name, "no bundle")
     else:
         bundle, category = Path(built["bundle"]), Path(built["category"])
-        check.step("evaluate", lambda: evaluate_cuda(bundle, category, out))
-        check.step("bench", lambda: bench_cuda(bundle, category, out))
-        check.step("serve", lambda: serve_and_load(bundle.parent, category, out))
-    write_report(check, _environment())
+        step("evaluate", lambda: evaluate_cuda(bundle, category, out))
+        step("bench", lambda: bench_cuda(bundle, category, out))
+        step("serve", lambda: serve_and_load(bundle.parent, category, out))
+    write_report(check, environment)
     return check
 
 

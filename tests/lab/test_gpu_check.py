@@ -61,3 +61,26 @@ def test_failed_steps_are_recorded_and_the_report_has_the_figures(tmp_path: Path
     for figure in ("FAILED", "3 passed", "12345 Gaussians", "failed: ZeroDivisionError", "| 64 | 2.5 | 400.0 |",
                    "375x faster", "| 8 clients, 30 s | 18.0 | 22.0 | 25.0 | 210.5 | 0 |"):
         assert figure in md, figure
+
+
+def test_bundle_step_reads_the_summary_where_train_writes_it(tmp_path: Path, tiny_synth: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundle step runs ``rpe-pad train`` in a child, then reads the closing summary where
+    ``training.pipeline`` writes it (the first GPU run found it reading a stale path)."""
+    from training import pipeline
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "gpucheck").symlink_to(tiny_synth)
+    for stage in pipeline.TABLE:
+        report = {"num_gaussians": 321} if stage.name == "splats" else {}
+        monkeypatch.setitem(pipeline._BY_NAME, stage.name, pipeline.Stage(stage.name, lambda ctx, r=report: dict(r), ""))
+
+    def run_logged(cmd: list[str], log: Path, timeout: float) -> str:
+        assert cmd[2:4] == ["rpe_pad.cli", "train"] and cmd[cmd.index("--preset") + 1] == "demo"
+        pipeline.run_train(Path(cmd[4]), Path(cmd[cmd.index("--out") + 1]), preset="demo", progress=False)
+        return ""
+
+    monkeypatch.setattr(gpu_check, "run_logged", run_logged)
+    result = gpu_check.build_bundle(tmp_path)
+    assert result["num_gaussians"] == 321
+    assert set(result["stage_seconds"]) == {stage.name for stage in pipeline.TABLE}
