@@ -10,8 +10,12 @@ Sizes are stated as fractions of the image width, so they mean the same at any r
 They were fixed from the MAD papers' description of the defect kinds (small, local, on the
 object) before any self-check figure was seen, not fitted to a test set:
 
-- ``stain``: an ellipse on the object (diameter 4-8 % of the width) whose colour is blended
-  towards a random colour (strength 0.45-0.85): a colour change with the shape intact;
+- ``stain``: an ellipse on the object (diameter 4-8 % of the width), a colour change with
+  the shape intact, of one of two kinds, with equal odds: *paint*, blended towards a random
+  colour (strength 0.45-0.85), or a *translucent film* (session 15, after Lego's real stain
+  measured as one: docs/RESULTS.md), feathered over the ellipse's outer third, which
+  multiplies the photograph by a transmittance ``1 - a (1 - tint)`` (``tint`` a random colour,
+  ``a`` in [0.2, 0.6]), so the structure under it shows through;
 - ``burr``: 2-4 thin strokes (1-2 px at 200 px, 5-15 % of the width long) growing out of
   the silhouette's border into the background, in a colour taken from the object: a thin
   protrusion that changes the outline;
@@ -58,10 +62,17 @@ def stain(image: np.ndarray, background, rng: np.random.Generator) -> tuple[np.n
     cv2.ellipse(blob, (int(cx), int(cy)), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
     mask = blob.astype(bool) & fg
     colour = rng.uniform(0, 1, 3).astype(np.float32)
-    strength = rng.uniform(0.45, 0.85)
     out = image.copy()
-    out[mask] = (1 - strength) * image[mask] + strength * colour
-    return out, mask & (np.abs(out - image).max(-1) > 1e-3)
+    if rng.random() < 0.5:  # paint
+        strength = rng.uniform(0.45, 0.85)
+        out[mask] = (1 - strength) * image[mask] + strength * colour
+        return out, mask & (np.abs(out - image).max(-1) > 1e-3)
+    # A translucent film: full strength inside, falling to 0 over the ellipse's outer third.
+    inside = cv2.distanceTransform(blob, cv2.DIST_L2, 3)
+    weight = np.clip(inside / max(1.0, min(axes) / 3), 0.0, 1.0)[mask, None]
+    a = rng.uniform(0.2, 0.6)
+    out[mask] = image[mask] * (1 - a * weight * (1 - colour))
+    return out, mask & (np.abs(out - image).max(-1) > 2 / 255)
 
 
 def burr(image: np.ndarray, background, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

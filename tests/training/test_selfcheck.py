@@ -40,6 +40,28 @@ def test_each_kind_changes_exactly_its_mask(photo: np.ndarray, kind: str) -> Non
         assert (~fg[mask]).mean() > 0.5  # burrs grow out into the background
 
 
+def test_stains_are_paint_or_a_translucent_film(photo: np.ndarray) -> None:
+    """Half the stains blend the pixels towards one colour (an affine map per channel with
+    slope 1 - strength in [0.15, 0.55]); the others are a film that only absorbs light, at
+    most 60 % of it, and lets the structure under it show through."""
+    paint_count = film_count = 0
+    for seed in range(40):
+        out, mask = paint(photo, "stain", WHITE, np.random.default_rng(seed))
+        before, after = photo[mask].astype(np.float64), out[mask].astype(np.float64)
+        slopes, residual = [], 0.0
+        for c in range(3):
+            design = np.stack([before[:, c], np.ones(len(before))], 1)
+            coef, *_ = np.linalg.lstsq(design, after[:, c], rcond=None)
+            slopes.append(coef[0])
+            residual = max(residual, float(np.abs(design @ coef - after[:, c]).max()))
+        if residual < 1e-4 and all(0.15 - 1e-4 <= a <= 0.55 + 1e-4 for a in slopes):
+            paint_count += 1
+        else:
+            assert (after <= before + 1e-6).all() and (after >= 0.4 * before - 1e-6).all(), seed
+            film_count += 1
+    assert paint_count >= 10 and film_count >= 10, (paint_count, film_count)
+
+
 def test_paint_refuses_what_it_cannot_do() -> None:
     with pytest.raises(ValueError, match="unknown defect kind"):
         paint(np.ones((32, 32, 3), np.float32), "dent", WHITE, np.random.default_rng(0))
