@@ -30,9 +30,10 @@ the colour term and EfficientNet-Lite0's four layers, tolerance 1):
   of the same reference-structure decile (edge strength of the render): a residual counts
   for less where renders are always off.
 
-``peers`` and ``silhouette`` are the product's combinations (``models.scoring``): the chosen
-one is what the calibration stage fits and the bundle's scorer runs. ``sigma2``,
-``balanced`` and ``structure`` were measured and not adopted, and live here only.
+``peers``, ``silhouette`` and ``structure`` are the product's combinations (``models.scoring``;
+``structure`` is the ``cpu`` and ``paper`` presets' since session 15): the chosen one is what
+the calibration stage fits and the bundle's scorer runs. ``sigma2``, ``balanced`` and the
+smaller blurs were measured and not adopted, and live here only.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ from models.data import GOOD, load_category
 from models.inspector import align_references
 from models.metrics import aupro, auroc, pixel_auroc
 from models.refine import RefineConfig
-from models.scoring import AnomalyScorer, balanced, blur_maps, combine, fit_normal_stats, quantile
+from models.scoring import AnomalyScorer, balanced, blur_maps, combine, fit_normal_stats
 from models.splat.scene import GaussianScene
 from training.evaluate import decision_metrics, render_references
 from training.selfcheck import SelfCheckConfig, heldout_views, painted_queries
@@ -62,14 +62,6 @@ SIZE = 224
 FALSE_ALARM = 0.02
 VARIANTS = ("peers", "sigma2", "balanced", "silhouette", "silhouette_s2", "silhouette_s1", "structure")
 SIGMAS = {"sigma2": 2.0, "silhouette_s2": 2.0, "silhouette_s1": 1.0}  # the blur of a variant; 4 otherwise
-STRUCTURE_BINS = 10  # the structure variant's edge-strength deciles
-
-
-def structure(reference: Tensor) -> Tensor:
-    """``[B, S, S]`` edge strength of ``reference [B, 3, S, S]``: the Sobel magnitude of its
-    grey image, averaged over 5 x 5 pixels (the structure variant's only input of its own)."""
-    g = kornia.filters.sobel(reference.mean(1, keepdim=True))
-    return F.avg_pool2d(g, 5, 1, 2)[:, 0]
 
 
 class Features:
@@ -78,7 +70,7 @@ class Features:
 
     def __init__(self, scorer: AnomalyScorer, queries: Tensor, references: Tensor, batch: int = 8):
         parts = [(*scorer.inputs(queries[i : i + batch], references[i : i + batch]),
-                  structure(scorer.squares(references[i : i + batch]))) for i in range(0, len(queries), batch)]
+                  scorer.edges(references[i : i + batch])) for i in range(0, len(queries), batch)]
         self.terms, self.silhouette, self.edges = (torch.cat([p[k] for p in parts]) for k in range(3))
 
     def subset(self, keep: np.ndarray) -> Features:
@@ -89,30 +81,24 @@ class Features:
 
 class Variant:
     """One way to a map, with the normal statistics it fitted on the clean held-out views:
-    ``peers`` and ``silhouette`` are the product's combinations (``models.scoring``); the
-    others were measured here and not adopted."""
+    ``peers``, ``silhouette`` and ``structure`` are the product's combinations
+    (``models.scoring``); the others were measured here and not adopted."""
 
     def __init__(self, name: str, clean: Features):
         if name not in VARIANTS:
             raise ValueError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
         self.name = name
         self.sigma = SIGMAS.get(name, 4.0)
-        self.stats = fit_normal_stats(clean.terms)
-        if name == "structure":
-            pre = combine(clean.terms, "silhouette", self.stats, clean.silhouette)
-            self.edges = torch.tensor([quantile(clean.edges, float(q))
-                                       for q in torch.linspace(0, 1, STRUCTURE_BINS + 1)[1:-1]])
-            bins = torch.bucketize(clean.edges, self.edges)
-            self.expect = torch.tensor([max(quantile(pre[bins == b], 0.99), 1e-6) if (bins == b).any() else 1.0
-                                        for b in range(STRUCTURE_BINS)])
+        self.stats = fit_normal_stats(clean.terms, clean.silhouette, clean.edges if name == "structure" else None)
 
     def pre(self, f: Features) -> Tensor:
         if self.name in ("peers", "sigma2"):
             return combine(f.terms, "peers")
         if self.name == "balanced":
             return balanced(f.terms, self.stats)
-        pre = combine(f.terms, "silhouette", self.stats, f.silhouette)
-        return pre if self.name.startswith("silhouette") else pre / self.expect[torch.bucketize(f.edges, self.edges)]
+        if self.name == "structure":
+            return combine(f.terms, "structure", self.stats, f.silhouette, f.edges)
+        return combine(f.terms, "silhouette", self.stats, f.silhouette)
 
     def __call__(self, f: Features) -> Tensor:
         return blur_maps(self.pre(f), self.sigma)

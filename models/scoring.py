@@ -21,8 +21,14 @@ Combinations of the terms (``COMBINATIONS``; ``combine``), before the blur:
   (``NormalStats.term_scales``), so the colour term weighs as much as a feature layer, plus
   the silhouette evidence (``silhouette_evidence``: the query shows the object more than
   1 px outside the reference's silhouette, or background more than 1 px inside it),
-  weighted as all the terms together. Chosen by ``rpe-pad lab scorer-study`` over the
-  balanced sum alone and a structure-normalised variant (docs/SCORING.md).
+  weighted as all the terms together;
+- ``structure`` (the ``cpu`` and ``paper`` presets since session 15): the ``silhouette`` map
+  divided, pixel by pixel, by its normal 99th percentile among pixels of the same
+  reference-structure decile (``edge_strength``: the render's edge strength;
+  ``NormalStats.edge_bins`` and ``edge_scales``), so a residual counts for less where renders
+  of normal views are always off (studs, joints, the outline). Chosen twice by
+  ``rpe-pad lab scorer-study``'s held-out rule over ``silhouette``, smaller blurs and the
+  balanced sum (docs/SCORING.md, docs/RESULTS.md).
 
 The normal statistics are fitted by ``fit_normal_stats`` (the calibration stage) and travel
 in the scorer's config, stored with the calibrated threshold.
@@ -45,7 +51,8 @@ Tensor = torch.Tensor
 
 # Comparison radius of the default scorer, chosen by measurement (docs/SCORING.md).
 DEFAULT_TOLERANCE = 1
-COMBINATIONS = ("peers", "silhouette")
+COMBINATIONS = ("peers", "silhouette", "structure")
+STRUCTURE_BINS = 10  # ``structure``: the deciles of the reference's edge strength
 FOREGROUND_TOL = 0.05  # a pixel shows the object when a channel differs from the background by more
 
 
@@ -94,11 +101,20 @@ def silhouette_evidence(query: Tensor, reference: Tensor, background: tuple[floa
     return (fq * (1 - grown) + (1 - fq) * shrunk)[:, 0]
 
 
+def edge_strength(reference: Tensor) -> Tensor:
+    """``[B, S, S]``: the edge strength of ``reference [B, 3, S, S]`` (the scorer's squares):
+    the Sobel magnitude of its grey image, averaged over 5 x 5 pixels."""
+    g = kornia.filters.sobel(reference.mean(1, keepdim=True))
+    return F.avg_pool2d(g, 5, 1, 2)[:, 0]
+
+
 @dataclass
 class NormalStats:
     """What a scorer learned from normal views held out of the model's fit."""
 
     term_scales: list[float] = field(default_factory=list)  # 99th-percentile pixel value of each term
+    edge_bins: list[float] = field(default_factory=list)  # structure: inner boundaries of the edge-strength deciles
+    edge_scales: list[float] = field(default_factory=list)  # structure: the silhouette map's 99th percentile per decile
 
 
 def balanced(terms: Tensor, stats: NormalStats) -> Tensor:
@@ -110,16 +126,25 @@ def balanced(terms: Tensor, stats: NormalStats) -> Tensor:
 
 
 def combine(terms: Tensor, combination: str, stats: NormalStats | None = None, silhouette: Tensor | None = None,
-            ) -> Tensor:
+            edges: Tensor | None = None) -> Tensor:
     """The pre-blur map ``[B, S, S]`` from ``terms [B, T, S, S]`` (and, for ``silhouette``,
-    the silhouette evidence ``[B, S, S]`` and the normal statistics)."""
+    the silhouette evidence ``[B, S, S]`` and the normal statistics; for ``structure``, also
+    the references' ``edge_strength`` ``[B, S, S]``)."""
     if combination == "peers":
         return terms.sum(1)
-    if combination != "silhouette":
+    if combination not in COMBINATIONS:
         raise ValueError(f"unknown combination {combination!r}; choose from {list(COMBINATIONS)}")
     if stats is None or silhouette is None:
-        raise ValueError("combination 'silhouette' needs the normal statistics of its terms and the silhouette evidence")
-    return balanced(terms, stats) + silhouette * terms.shape[1]
+        raise ValueError(f"combination {combination!r} needs the normal statistics of its terms and the silhouette evidence")
+    pre = balanced(terms, stats) + silhouette * terms.shape[1]
+    if combination == "silhouette":
+        return pre
+    if edges is None or len(stats.edge_scales) != STRUCTURE_BINS or len(stats.edge_bins) != STRUCTURE_BINS - 1:
+        raise ValueError("combination 'structure' needs the references' edge strength and the normal statistics' "
+                         f"{STRUCTURE_BINS} edge scales")
+    bins = torch.tensor(stats.edge_bins, dtype=edges.dtype, device=edges.device)
+    scales = torch.tensor(stats.edge_scales, dtype=pre.dtype, device=pre.device)
+    return pre / scales[torch.bucketize(edges.contiguous(), bins)]
 
 
 def quantile(values: Tensor, q: float, most: int = 2_000_000) -> float:
@@ -128,9 +153,22 @@ def quantile(values: Tensor, q: float, most: int = 2_000_000) -> float:
     return float(torch.quantile(flat[:: max(1, flat.numel() // most)], q))
 
 
-def fit_normal_stats(terms: Tensor) -> NormalStats:
-    """Each term's 99th-percentile pixel value over normal views' ``terms [B, T, S, S]``."""
-    return NormalStats(term_scales=[max(quantile(terms[:, t], 0.99), 1e-6) for t in range(terms.shape[1])])
+def fit_normal_stats(terms: Tensor, silhouette: Tensor | None = None, edges: Tensor | None = None) -> NormalStats:
+    """Each term's 99th-percentile pixel value over normal views' ``terms [B, T, S, S]``; with
+    their silhouette evidence and references' ``edges`` ``[B, S, S]``, also ``structure``'s
+    statistics: the deciles of the edge strength, and the ``silhouette`` map's 99th
+    percentile among the pixels of each."""
+    stats = NormalStats(term_scales=[max(quantile(terms[:, t], 0.99), 1e-6) for t in range(terms.shape[1])])
+    if edges is None:
+        return stats
+    if silhouette is None:
+        raise ValueError("structure's statistics need the silhouette evidence too")
+    pre = combine(terms, "silhouette", stats, silhouette)
+    stats.edge_bins = [quantile(edges, float(q)) for q in torch.linspace(0, 1, STRUCTURE_BINS + 1)[1:-1]]
+    which = torch.bucketize(edges.contiguous(), torch.tensor(stats.edge_bins, dtype=edges.dtype, device=edges.device))
+    stats.edge_scales = [max(quantile(pre[which == b], 0.99), 1e-6) if bool((which == b).any()) else 1.0
+                         for b in range(STRUCTURE_BINS)]
+    return stats
 
 
 class AnomalyScorer(nn.Module):
@@ -190,6 +228,11 @@ class AnomalyScorer(nn.Module):
         q224, r224 = self._pair(query, reference)
         return self._terms(q224, r224), silhouette_evidence(q224, r224, self.background)
 
+    @torch.no_grad()
+    def edges(self, reference: Tensor) -> Tensor:
+        """``[B, S, S]``: the references' ``edge_strength`` at the scoring resolution."""
+        return edge_strength(self.squares(reference))
+
     def _pair(self, query: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
         q, r = _to_bchw(query), _to_bchw(reference)
         if q.shape != r.shape:
@@ -226,8 +269,10 @@ class AnomalyScorer(nn.Module):
         if self.combination == "peers":
             pre = self.terms(query, reference).sum(dim=1)
         else:
-            terms, silhouette = self.inputs(query, reference)
-            pre = combine(terms, self.combination, self.stats, silhouette)
+            q224, r224 = self._pair(query, reference)
+            edges = edge_strength(r224) if self.combination == "structure" else None
+            pre = combine(self._terms(q224, r224), self.combination, self.stats,
+                          silhouette_evidence(q224, r224, self.background), edges)
         amap = self.blur(pre)
         scores = amap.flatten(1).amax(dim=1)
         full = F.interpolate(amap[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]

@@ -184,14 +184,18 @@ def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress:
     bar = tqdm(total=len(held) * (1 + cfg.jitters * (2 if fitting else 1)), desc="calibration (held-out views)",
                unit="view", disable=not progress)
     if fitting:
-        terms = []
+        terms, silhouettes, edges = [], [], []
         for i in range(0, len(jittered_poses), cfg.batch):
             sl = slice(i, i + cfg.batch)
             refs = render_references(scene, jittered_poses[sl], rep(Ks)[sl], images.shape[2], images.shape[1]).cpu()
             refs = align_references(rep(images)[sl], refs, align)
-            terms.append(scorer.terms(rep(images)[sl], refs))
+            t, sil = scorer.inputs(rep(images)[sl], refs)
+            terms.append(t), silhouettes.append(sil)
+            if cfg.combination == "structure":
+                edges.append(scorer.edges(refs))
             bar.update(len(refs))
-        scorer = scorer.with_stats(fit_normal_stats(torch.cat(terms)), cfg.combination)
+        stats = fit_normal_stats(torch.cat(terms), torch.cat(silhouettes), torch.cat(edges) if edges else None)
+        scorer = scorer.with_stats(stats, cfg.combination)
     own, _ = _score(scorer, scene, images, poses, Ks, cfg.batch, bar)
     jittered, maps = _score(scorer, scene, rep(images), jittered_poses, rep(Ks), cfg.batch, bar, align)
     bar.close()

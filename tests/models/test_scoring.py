@@ -10,7 +10,16 @@ import torch
 
 from models.data import load_category
 from models.features import FeatureExtractor
-from models.scoring import AnomalyScorer, combine, fit_normal_stats, silhouette_evidence, squared_difference
+from models.scoring import (
+    STRUCTURE_BINS,
+    AnomalyScorer,
+    combine,
+    edge_strength,
+    fit_normal_stats,
+    quantile,
+    silhouette_evidence,
+    squared_difference,
+)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +112,7 @@ def test_combinations_fit_their_normal_statistics_and_travel_in_the_config() -> 
     with pytest.raises(ValueError, match="normal statistics"):
         combine(terms, "silhouette")
     with pytest.raises(ValueError, match="unknown combination"):
-        combine(terms, "structure")
+        combine(terms, "balanced")
     stats = fit_normal_stats(terms)
     # Every term brought to the same scale, whatever its own; the silhouette weighs as all of them.
     assert len(stats.term_scales) == 5 and stats.term_scales[4] > 1000 * stats.term_scales[0]
@@ -120,3 +129,39 @@ def test_combinations_fit_their_normal_statistics_and_travel_in_the_config() -> 
         AnomalyScorer.from_config(stale)
     with pytest.raises(ValueError, match="unknown combination"):
         AnomalyScorer(FeatureExtractor(weights="random"), combination="balanced")
+
+
+def test_structure_divides_by_the_normal_residual_of_each_edge_decile() -> None:
+    """``structure``: where the renders of normal views are always off (strong edges), a
+    residual counts for less; each decile's normal 99th percentile becomes 1."""
+    torch.manual_seed(0)
+    edges = torch.rand(8, 16, 16)
+    terms = torch.rand(8, 5, 16, 16) * (1 + 9 * edges)[:, None]  # normal residual grows with the structure
+    sil = torch.zeros(8, 16, 16)
+    stats = fit_normal_stats(terms, sil, edges)
+    assert len(stats.edge_bins) == STRUCTURE_BINS - 1 and len(stats.edge_scales) == STRUCTURE_BINS
+    assert stats.edge_scales == sorted(stats.edge_scales) and stats.edge_scales[-1] > 3 * stats.edge_scales[0]
+    normalised = combine(terms, "structure", stats, sil, edges)
+    which = torch.bucketize(edges, torch.tensor(stats.edge_bins))
+    for b in range(STRUCTURE_BINS):
+        assert quantile(normalised[which == b], 0.99) == pytest.approx(1.0, rel=1e-4)
+    with pytest.raises(ValueError, match="edge"):
+        combine(terms, "structure", stats, sil)  # no edge strength
+    with pytest.raises(ValueError, match="edge scales"):
+        combine(terms, "structure", fit_normal_stats(terms), sil, edges)  # statistics without structure's
+    with pytest.raises(ValueError, match="silhouette"):
+        fit_normal_stats(terms, None, edges)
+    # A flat reference has no edges; a step has them along the step only.
+    step = torch.zeros(1, 3, 32, 32)
+    step[..., 16:] = 1.0
+    e = edge_strength(step)
+    assert float(e[0, :, :8].max()) < 0.01 and float(e[0, :, 14:18].min()) > 0.1  # (kornia adds eps 1e-6 under the root)
+    # The statistics travel in the config, and the scorer runs the combination end to end.
+    scorer = AnomalyScorer(FeatureExtractor(weights="random"), size=64, combination="structure", stats=stats)
+    again = AnomalyScorer.from_config(json.loads(json.dumps(scorer.config())))
+    assert again.combination == "structure" and again.stats == stats
+    query = torch.full((2, 48, 48, 3), 0.5)
+    reference = query.clone()
+    query[0, 20:28, 20:28] = 0.0  # a dark patch on the first query only
+    maps, scores = again(query, reference)
+    assert maps.shape == (2, 48, 48) and float(scores[0]) > float(scores[1])
