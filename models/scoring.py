@@ -180,6 +180,9 @@ class AnomalyScorer(nn.Module):
         super().__init__()
         if combination not in COMBINATIONS:
             raise ValueError(f"unknown combination {combination!r}; choose from {list(COMBINATIONS)}")
+        if combination == "structure" and (stats is None or len(stats.edge_scales) != STRUCTURE_BINS):
+            raise ValueError(f"combination 'structure' needs normal statistics with {STRUCTURE_BINS} edge scales: "
+                             "rerun the calibration stage")
         self.extractor = extractor if extractor is not None else FeatureExtractor()
         self.size = size
         self.sigma = sigma

@@ -160,6 +160,8 @@ def test_structure_divides_by_the_normal_residual_of_each_edge_decile() -> None:
     scorer = AnomalyScorer(FeatureExtractor(weights="random"), size=64, combination="structure", stats=stats)
     again = AnomalyScorer.from_config(json.loads(json.dumps(scorer.config())))
     assert again.combination == "structure" and again.stats == stats
+    with pytest.raises(ValueError, match="rerun the calibration"):  # a structure config without its statistics
+        AnomalyScorer.from_config({**scorer.config(), "stats": {"term_scales": stats.term_scales}})
     query = torch.full((2, 48, 48, 3), 0.5)
     reference = query.clone()
     query[0, 20:28, 20:28] = 0.0  # a dark patch on the first query only

@@ -81,9 +81,12 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     # Another combination of the scorer's terms: its normal statistics are fitted on the same
     # held-out views and travel in the calibration's scorer config.
     fitted = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=3, false_alarm_rate=0.2,
-                                                    combination="silhouette"), bundle, progress=False, splats=splats)
+                                                    combination="structure"), bundle, progress=False, splats=splats)
     calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
-    assert calib.scorer["combination"] == "silhouette" and len(calib.scorer["stats"]["term_scales"]) == 5
+    stats = calib.scorer["stats"]
+    assert calib.scorer["combination"] == "structure" and len(stats["term_scales"]) == 5
+    assert len(stats["edge_bins"]) == 9 and stats["edge_bins"] == sorted(stats["edge_bins"])
+    assert len(stats["edge_scales"]) == 10 and all(v > 0 for v in stats["edge_scales"])
     assert calib.threshold == pytest.approx(np.quantile(np.array(fitted["scores"]["heldout"]) * calib.heldout_scale, 0.8))
     # A calibration that holds out another share than the fit did is refused with the remedy.
     with pytest.raises(ValueError, match="rerun the splats stage"):
