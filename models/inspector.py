@@ -380,6 +380,8 @@ class Inspector:
             config = InspectorConfig.from_manifest(manifest.inference, **overrides)
         except ValueError as exc:
             raise BundleError(f"{bundle_dir}: {exc}") from exc
+        from models import onnx_runtime as rt
+
         dev = resolve_device(device)
         scene = GaussianScene.load(bundle_dir / FILES["scene"], device=dev)
         calib = Calibration.model_validate_json((bundle_dir / FILES["calibration"]).read_text())
@@ -387,7 +389,7 @@ class Inspector:
         gallery = Gallery.load(bundle_dir / FILES["gallery"])
         estimator = PoseEstimator.from_onnx(bundle_dir / FILES["encoder"], bundle_dir / FILES["pair_head"], gallery,
                                             unit, irprn.input_size, device=pose_runtime_device(dev), k=config.k)
-        if dev.type == "cuda" and "CUDAExecutionProvider" not in estimator.providers:
+        if dev.type == "cuda" and rt.CUDA not in estimator.providers:
             log.warning("%s: the renders run on CUDA, but this onnxruntime has no CUDA provider, so the pose network "
                         "runs on the CPU (install the gpu extra: onnxruntime-gpu)", manifest.category)
         cam = manifest.camera
