@@ -63,18 +63,23 @@ def heldout_views(bundles_dir: Path, category_dir: Path):
     views held out of that model (``ValueError`` when the bundle has none)."""
     bundle = bundles_dir / category_dir.name
     manifest = read_manifest(bundle)
-    work = work_dir(bundles_dir, manifest.category)
+    category = load_category(category_dir, size=manifest.camera.width, load_test=False)
+    scene, held = heldout_in(work_dir(bundles_dir, manifest.category), category)
+    return bundle, category, scene, held
+
+
+def heldout_in(work: Path, category) -> tuple[GaussianScene, list]:
+    """The calibration model a splats stage left in ``work`` and the views of ``category``
+    held out of it (``ValueError`` when there is none)."""
     key_path = work / WORK_FILES["calibration_scene_key"]
     if not key_path.is_file():
         raise ValueError(f"{work}: no calibration model: the self-check needs a bundle built with a held-out "
                          "calibration (rpe-pad train --preset cpu or paper) and its work folder")
     fitted = set(json.loads(key_path.read_text())["views"])
-    category = load_category(category_dir, size=manifest.camera.width, load_test=False)
     held = [v for v in category.train if v.name not in fitted]
     if len(held) < 2:
-        raise ValueError(f"{category_dir}: only {len(held)} training views are held out of the calibration model")
-    scene = GaussianScene.load(work / WORK_FILES["calibration_scene"])
-    return bundle, category, scene, held
+        raise ValueError(f"{category.root}: only {len(held)} training views are held out of the calibration model")
+    return GaussianScene.load(work / WORK_FILES["calibration_scene"]), held
 
 
 @dataclass
@@ -110,14 +115,23 @@ def painted_queries(held: list, background, cfg: SelfCheckConfig) -> Queries:
     return Queries(images, masks, kinds, names, jittered, K)
 
 
+@dataclass
+class Measured:
+    """One self-check's figures, and what its contact sheet is drawn from."""
+
+    report: dict
+    queries: Queries
+    maps: torch.Tensor  # [N, H, W], in the shipped model's units
+    scores: np.ndarray  # [N], the same units
+
+
 @torch.no_grad()
-def selfcheck(bundles_dir: Path, category_dir: Path, out_dir: Path, cfg: SelfCheckConfig = SelfCheckConfig(),
-              progress: bool = True) -> dict:
-    bundle, category, scene, held = heldout_views(Path(bundles_dir), Path(category_dir))
-    calib = Calibration.model_validate_json((bundle / FILES["calibration"]).read_text())
+def measure(category, scene: GaussianScene, held: list, calib: Calibration, cfg: SelfCheckConfig = SelfCheckConfig(),
+            progress: bool = True) -> Measured:
+    """Paint, score against the calibration model ``scene`` and measure at ``calib``'s threshold."""
     scorer = AnomalyScorer.from_config(calib.scorer)
     q = painted_queries(held, category.background, cfg)
-    images, masks, kinds, names = q.images, q.masks, q.kinds, q.names
+    images, masks, kinds = q.images, q.masks, q.kinds
     maps, scores = [], []
     for i in tqdm(range(0, len(images), cfg.batch), desc="selfcheck", unit="batch", disable=not progress):
         chunk = torch.from_numpy(np.stack(images[i : i + cfg.batch]))
@@ -139,7 +153,7 @@ def selfcheck(bundles_dir: Path, category_dir: Path, out_dir: Path, cfg: SelfChe
         per_kind[kind] = {"image_auroc": round(auroc(labels[sel], score_np[sel]), 4), "recall": d["recall"],
                           "found": d["tp"], "of": d["tp"] + d["fn"]}
     report = {
-        "category": category.name, "bundle": str(bundle), "heldout_views": len(held),
+        "category": category.name, "heldout_views": len(held),
         "queries": len(kinds), "defective": int(labels.sum()), "clean": int((~labels).sum()),
         "image_auroc": round(auroc(labels, score_np), 4),
         "pixel_auroc": round(pixel_auroc(masks224, maps224), 4),
@@ -147,11 +161,21 @@ def selfcheck(bundles_dir: Path, category_dir: Path, out_dir: Path, cfg: SelfChe
         "decision": decision_metrics(labels, score_np, calib.threshold),
         "per_kind": per_kind, "config": cfg.__dict__, "eval_size": EVAL_SIZE,
     }
+    return Measured(report, q, maps_t, score_np)
+
+
+def selfcheck(bundles_dir: Path, category_dir: Path, out_dir: Path, cfg: SelfCheckConfig = SelfCheckConfig(),
+              progress: bool = True) -> dict:
+    bundle, category, scene, held = heldout_views(Path(bundles_dir), Path(category_dir))
+    calib = Calibration.model_validate_json((bundle / FILES["calibration"]).read_text())
+    m = measure(category, scene, held, calib, cfg, progress)
+    report = {**m.report, "bundle": str(bundle)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "selfcheck.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "selfcheck.md").write_text(markdown(report) + "\n")
-    worst_sheet(images, masks, kinds, names, maps_t, score_np, calib, category.name).save(out_dir / "selfcheck.png")
+    q = m.queries
+    worst_sheet(q.images, q.masks, q.kinds, q.names, m.maps, m.scores, calib, category.name).save(out_dir / "selfcheck.png")
     return report
 
 
