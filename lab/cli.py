@@ -129,6 +129,22 @@ def _cmd_scorer_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fidelity_study(args: argparse.Namespace) -> int:
+    from lab.fidelity_study import VARIANTS, markdown, other_stages_seconds, study, write
+
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    report = study(args.category_dir, args.root, names, other_stages_seconds(args.build_summary),
+                   progress=not args.quiet)
+    out = args.out or args.root / "report"
+    write(report, out)
+    print(markdown(report))
+    print(f"report: {out}")
+    return 0
+
+
 def _cmd_bench_render(args: argparse.Namespace) -> int:
     from lab.benchmarks import bench_render, load_or_random
 
@@ -354,6 +370,18 @@ def add_lab_commands(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="report folder (default ./scorer_study/<category>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_scorer_study)
+
+    p = sub.add_parser("fidelity-study", help="Gaussian models of other resolution and size, fitted and "
+                       "calibrated by the product's stages, chosen on the self-check within the CPU budget")
+    p.add_argument("category_dir", type=Path, help="the category (posed training photographs and a test split)")
+    p.add_argument("--root", type=Path, required=True, help="folder of the variants' work folders (ROOT/<variant>/work; "
+                   "a variant already fitted there is reused)")
+    p.add_argument("--build-summary", type=Path, required=True, help="a full cpu build's reports/train_summary.json: "
+                   "its stages other than splats and calibration are the rest of the build budget")
+    p.add_argument("--variants", default="cpu,dense,px400", help="comma-separated (default cpu,dense,px400)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default ROOT/report)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_fidelity_study)
 
     p = sub.add_parser("bench-render", help="time the Gaussian renderer (median of repeated runs)")
     p.add_argument("--scene", type=Path, default=None, help="a scene.safetensors (default: random scene)")

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +82,96 @@ def fit(category_dir: Path, work: Path, name: str, progress: bool = True) -> dic
     return {"variant": name, "config": asdict(cfg), "splats_seconds": splats.get("seconds", round(mid - start, 1)),
             "calibration_seconds": calib.get("seconds"), "num_gaussians": splats.get("num_gaussians"),
             "psnr_test_mean": splats.get("psnr_test_mean"), "threshold": calib.get("threshold")}
+
+
+@torch.no_grad()
+def oracle(category, work: Path, calib: Calibration, progress: bool = True) -> dict:
+    """The test split at its true poses against the shipped model in ``work``, one query at a
+    time (the median is the oracle's time per query), thresholded at ``calib``."""
+    scene = GaussianScene.load(work / FILES["scene"])
+    scorer = AnomalyScorer.from_config(calib.scorer)
+    queries = [v for v in category.test if v.w2c is not None]
+    maps, scores, seconds = [], [], []
+    for v in tqdm(queries, desc="oracle", disable=not progress):
+        start = time.perf_counter()
+        m, s = compare_at_poses(scene, scorer, v.image[None], v.w2c[None], v.K[None], align=RefineConfig())
+        seconds.append(time.perf_counter() - start)
+        maps.append(m.cpu()), scores.append(s.cpu())
+    maps_t, score_np = torch.cat(maps), torch.cat(scores).numpy()
+    labels = np.array([v.label != GOOD for v in queries])
+    return {**detection_metrics(category, queries, maps_t, score_np, 224),
+            "decision": decision_metrics(labels, score_np, calib.threshold),
+            "scores": {v.name: round(float(s), 4) for v, s in zip(queries, score_np)},
+            "seconds_per_query_median": round(float(np.median(seconds)), 4), "poses": "true"}
+
+
+def measure_variant(category_dir: Path, work: Path, name: str, progress: bool = True) -> dict:
+    """The self-check (selection) and the oracle test split (report) of one fitted variant."""
+    cfg = variant_config(name)
+    category = load_category(category_dir, size=cfg.image_size)
+    calib = Calibration.model_validate_json((work / FILES["calibration"]).read_text())
+    scene, held = heldout_in(work, category)
+    return {"selfcheck": measure(category, scene, held, calib, SelfCheckConfig(), progress).report,
+            "test": oracle(category, work, calib, progress), "threshold": calib.threshold}
+
+
+def other_stages_seconds(summary: Path) -> float:
+    """A full build's seconds outside the splats and calibration stages (its train summary)."""
+    stages = json.loads(Path(summary).read_text())
+    missing = [s for s in ("rvss", "irprn", "gallery", "bundle") if s not in stages]
+    if missing:
+        raise ValueError(f"{summary}: not a full build's summary (no {missing} stage)")
+    return round(sum(r.get("stage_seconds", 0.0) for s, r in stages.items() if s not in ("splats", "calibration")), 1)
+
+
+def choose(variants: dict[str, dict], other_stages_s: float) -> dict:
+    """The rule (module docstring) applied to the measured variants."""
+    base_cost = variants[BASE]["test"]["seconds_per_query_median"]
+    verdicts = {}
+    for name, v in variants.items():
+        build = v["fit"]["splats_seconds"] + (v["fit"]["calibration_seconds"] or 0) + other_stages_s
+        cost = v["test"]["seconds_per_query_median"] / base_cost
+        far = v["selfcheck"]["decision"]["false_positive_rate"]
+        verdicts[name] = {"build_seconds_estimate": round(build, 1), "cost_vs_cpu": round(cost, 3),
+                          "eligible": build <= BUILD_BUDGET_S and cost <= COST_BUDGET and far <= 0.05}
+    eligible = [n for n in variants if verdicts[n]["eligible"]]
+    ranked = sorted(eligible, key=lambda n: (-variants[n]["selfcheck"]["decision"]["recall"],
+                                             -variants[n]["selfcheck"]["image_auroc"], verdicts[n]["cost_vs_cpu"]))
+    return {"verdicts": verdicts, "chosen": ranked[0] if ranked else None}
+
+
+def study(category_dir: Path, root: Path, names: list[str], other_stages_s: float, progress: bool = True) -> dict:
+    """Fit (or reuse) and measure each variant under ``root/<variant>/work``, then apply the rule."""
+    if BASE not in names:
+        raise ValueError(f"the study needs the {BASE!r} variant: the budget is relative to it")
+    variants = {}
+    for name in names:
+        work = root / name / "work"
+        variants[name] = {"fit": fit(category_dir, work, name, progress)}
+        variants[name].update(measure_variant(category_dir, work, name, progress))
+    return {"category": Path(category_dir).name, "variants": variants, **choose(variants, other_stages_s),
+            "other_stages_seconds": other_stages_s,
+            "rule": "eligible: oracle time per query <= 1.2 x cpu's, estimated build <= 40 min, self-check "
+                    "false-alarm rate <= 0.05; then highest self-check recall at the calibrated threshold; "
+                    "ties: self-check image AUROC, then cost"}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Fidelity study on {report['category']} (chosen: `{report['chosen']}`; rule: {report['rule']})", "",
+             "| variant | Gaussians | fit + calibration s | cost vs cpu | self-check AUROC | recall | FAR |"
+             " test image / pixel AUROC / AUPRO | test found | test good rejected | eligible |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
+    for name, v in report["variants"].items():
+        f, s, t, verdict = v["fit"], v["selfcheck"], v["test"], report["verdicts"][name]
+        sd, td = s["decision"], t["decision"]
+        lines.append(f"| `{name}` | {f['num_gaussians']} | {f['splats_seconds'] + (f['calibration_seconds'] or 0):.0f} |"
+                     f" {verdict['cost_vs_cpu']} | {s['image_auroc']} | {sd['recall']} | {sd['false_positive_rate']} |"
+                     f" {t['image_auroc']} / {t['pixel_auroc']} / {t['aupro']} | {td['tp']} of {td['tp'] + td['fn']} |"
+                     f" {td['fp']} of {td['fp'] + td['tn']} | {verdict['eligible']} |")
+    return "\n".join(lines)
+
+
+def write(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fidelity_study.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "fidelity_study.md").write_text(markdown(report) + "\n")
