@@ -378,7 +378,7 @@ def add_lab_commands(sub) -> None:
                    "a variant already fitted there is reused)")
     p.add_argument("--build-summary", type=Path, required=True, help="a full cpu build's reports/train_summary.json: "
                    "its stages other than splats and calibration are the rest of the build budget")
-    p.add_argument("--variants", default="cpu,dense,px400", help="comma-separated (default cpu,dense,px400)")
+    p.add_argument("--variants", default="cpu,px400", help="comma-separated (default cpu,px400)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default ROOT/report)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_fidelity_study)

@@ -51,7 +51,7 @@ from models.viz import Cell, contact_sheet
 class SplatConfig:
     """Fitting settings (the resolved config is saved next to the result)."""
 
-    iterations: int = 2000  # optimisation steps (one training view per step)
+    iterations: int = 3000  # optimisation steps (one training view per step)
     image_size: int | None = 200  # width the views are fitted at; None = full resolution
     sh_degree: int = 1  # final SH degree (0 = view-independent colour)
     sh_degree_interval: int = 1000  # raise the SH degree every this many steps
@@ -67,12 +67,12 @@ class SplatConfig:
     lr_sh0: float = 2.5e-3
     lr_shN: float = 2.5e-3 / 20
     refine_start: int = 300  # densification window and cadence (DefaultStrategy)
-    refine_stop: int = 1500
+    refine_stop: int = 2250
     refine_every: int = 100
     reset_every: int = 1000  # opacity reset period
     grow_grad2d: float = 2e-4
     prune_opa: float = 0.005
-    max_gaussians: int = 40_000  # stop densifying above this count (CPU time and memory)
+    max_gaussians: int = 80_000  # stop densifying above this count (CPU time and memory)
     rasterize_mode: str = "classic"
     checkpoint_every: int = 500  # steps between checkpoints (resume with the same command)
     fold_in: float = 0.8  # held-out calibration: share of the steps fitted without the held-out views
@@ -89,7 +89,9 @@ PRESETS: dict[str, SplatConfig] = {
         iterations=30_000, image_size=None, sh_degree=3, init_points=100_000, refine_start=500,
         refine_stop=15_000, reset_every=3000, max_gaussians=1_000_000, checkpoint_every=5000,
     ),
-    # A good model within minutes on 2 CPU cores at reduced resolution.
+    # A good model within minutes on 2 CPU cores at reduced resolution: 3000 steps and up to
+    # 80 000 Gaussians, chosen over 2000 steps and 40 000 by `rpe-pad lab fidelity-study`
+    # (docs/RESULTS.md, session 16; Lego reaches 52 000).
     "cpu": SplatConfig(),
     # The README's demo: small and quick.
     "demo": SplatConfig(
