@@ -28,7 +28,11 @@ the colour term and EfficientNet-Lite0's four layers, tolerance 1):
   on Lego a real, low-contrast stain keeps its peak only under a smaller blur);
 - ``structure``: ``silhouette`` divided by its clean 99th percentile among pixels
   of the same reference-structure decile (edge strength of the render): a residual counts
-  for less where renders are always off.
+  for less where renders are always off;
+- ``tint`` (session 16): ``structure`` with one more term, the squared difference (tolerance
+  1) of the two images' log-chromaticity ``log(x + 0.05) - mean_c log(x + 0.05)``
+  (``chroma_term``): a translucent film changes the channels' ratios, shading only their
+  common brightness.
 
 ``peers``, ``silhouette`` and ``structure`` are the product's combinations (``models.scoring``;
 ``structure`` is the ``cpu`` and ``paper`` presets' since session 15): the chosen one is what
@@ -52,7 +56,7 @@ from models.data import GOOD, load_category
 from models.inspector import align_references
 from models.metrics import aupro, auroc, pixel_auroc
 from models.refine import RefineConfig
-from models.scoring import AnomalyScorer, balanced, blur_maps, combine, fit_normal_stats
+from models.scoring import AnomalyScorer, balanced, blur_maps, combine, fit_normal_stats, squared_difference
 from models.splat.scene import GaussianScene
 from training.evaluate import decision_metrics, render_references
 from training.selfcheck import SelfCheckConfig, heldout_views, painted_queries
@@ -60,23 +64,43 @@ from training.selfcheck import SelfCheckConfig, heldout_views, painted_queries
 Tensor = torch.Tensor
 SIZE = 224
 FALSE_ALARM = 0.02
-VARIANTS = ("peers", "sigma2", "balanced", "silhouette", "silhouette_s2", "silhouette_s1", "structure")
+VARIANTS = ("peers", "sigma2", "balanced", "silhouette", "silhouette_s2", "silhouette_s1", "structure", "tint")
+CHROMA_EPS = 0.05  # ``tint``: added before the logarithm, so dark pixels' noise stays bounded
 SIGMAS = {"sigma2": 2.0, "silhouette_s2": 2.0, "silhouette_s1": 1.0}  # the blur of a variant; 4 otherwise
+
+
+def chroma_term(queries: Tensor, references: Tensor, tolerance: int) -> Tensor:
+    """``[B, S, S]``: the squared difference of the log-chromaticity of ``queries`` and
+    ``references`` (``[B, 3, S, S]`` in [0, 1]); a grey change of brightness leaves it at 0."""
+    def chroma(x: Tensor) -> Tensor:
+        logs = torch.log(x + CHROMA_EPS)
+        return logs - logs.mean(1, keepdim=True)
+
+    return squared_difference(chroma(queries), chroma(references), tolerance)
 
 
 class Features:
     """What the variants are built from, for one set of queries: the product scorer's terms
-    and silhouette evidence (``AnomalyScorer.inputs``), and the references' edge strength."""
+    and silhouette evidence (``AnomalyScorer.inputs``), the references' edge strength, and
+    ``tint``'s colour-ratio term."""
 
     def __init__(self, scorer: AnomalyScorer, queries: Tensor, references: Tensor, batch: int = 8):
-        parts = [(*scorer.inputs(queries[i : i + batch], references[i : i + batch]),
-                  scorer.edges(references[i : i + batch])) for i in range(0, len(queries), batch)]
-        self.terms, self.silhouette, self.edges = (torch.cat([p[k] for p in parts]) for k in range(3))
+        parts = []
+        for i in range(0, len(queries), batch):
+            q, r = queries[i : i + batch], references[i : i + batch]
+            parts.append((*scorer.inputs(q, r), scorer.edges(r),
+                          chroma_term(scorer.squares(q), scorer.squares(r), scorer.tolerance)))
+        self.terms, self.silhouette, self.edges, self.chroma = (torch.cat([p[k] for p in parts]) for k in range(4))
 
     def subset(self, keep: np.ndarray) -> Features:
         out = Features.__new__(Features)
         out.terms, out.silhouette, out.edges = self.terms[keep], self.silhouette[keep], self.edges[keep]
+        out.chroma = self.chroma[keep]
         return out
+
+    def with_chroma(self) -> Tensor:
+        """The terms with the colour-ratio term last ``[B, T + 1, S, S]``."""
+        return torch.cat([self.terms, self.chroma[:, None]], dim=1)
 
 
 class Variant:
@@ -89,7 +113,8 @@ class Variant:
             raise ValueError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
         self.name = name
         self.sigma = SIGMAS.get(name, 4.0)
-        self.stats = fit_normal_stats(clean.terms, clean.silhouette, clean.edges if name == "structure" else None)
+        terms = clean.with_chroma() if name == "tint" else clean.terms
+        self.stats = fit_normal_stats(terms, clean.silhouette, clean.edges if name in ("structure", "tint") else None)
 
     def pre(self, f: Features) -> Tensor:
         if self.name in ("peers", "sigma2"):
@@ -98,6 +123,8 @@ class Variant:
             return balanced(f.terms, self.stats)
         if self.name == "structure":
             return combine(f.terms, "structure", self.stats, f.silhouette, f.edges)
+        if self.name == "tint":
+            return combine(f.with_chroma(), "structure", self.stats, f.silhouette, f.edges)
         return combine(f.terms, "silhouette", self.stats, f.silhouette)
 
     def __call__(self, f: Features) -> Tensor:
