@@ -71,12 +71,12 @@ def variant_config(name: str) -> SplatConfig:
     return splat_preset(BASE, **VARIANTS[name])
 
 
-def fit(category_dir: Path, work: Path, name: str, progress: bool = True) -> dict:
+def fit(category, work: Path, name: str, progress: bool = True) -> dict:
     """Fit and calibrate one variant into ``work`` (the product's splats and calibration
-    stages; each is skipped when its output for the same settings exists)."""
+    stages; each is skipped when its output for the same settings exists); ``category``
+    loaded at the variant's image size."""
     cfg = variant_config(name)
     calib_cfg = CALIBRATION[BASE]
-    category = load_category(category_dir, size=cfg.image_size, progress=progress)
     start = time.perf_counter()
     splats = run_splats_stage(category, cfg, work, progress=progress, holdout_every=calib_cfg.holdout_every)
     mid = time.perf_counter()
@@ -107,10 +107,8 @@ def oracle(category, work: Path, calib: Calibration, progress: bool = True) -> d
             "seconds_per_query_median": round(float(np.median(seconds)), 4), "poses": "true"}
 
 
-def measure_variant(category_dir: Path, work: Path, name: str, progress: bool = True) -> dict:
+def measure_variant(category, work: Path, progress: bool = True) -> dict:
     """The self-check (selection) and the oracle test split (report) of one fitted variant."""
-    cfg = variant_config(name)
-    category = load_category(category_dir, size=cfg.image_size)
     calib = Calibration.model_validate_json((work / FILES["calibration"]).read_text())
     scene, held = heldout_in(work, category)
     return {"selfcheck": measure(category, scene, held, calib, SelfCheckConfig(), progress).report,
@@ -149,8 +147,9 @@ def study(category_dir: Path, root: Path, names: list[str], other_stages_s: floa
     variants = {}
     for name in names:
         work = root / name / "work"
-        variants[name] = {"fit": fit(category_dir, work, name, progress)}
-        variants[name].update(measure_variant(category_dir, work, name, progress))
+        category = load_category(category_dir, size=variant_config(name).image_size, progress=progress)
+        variants[name] = {"fit": fit(category, work, name, progress)}
+        variants[name].update(measure_variant(category, work, progress))
     return {"category": Path(category_dir).name, "variants": variants, **choose(variants, other_stages_s),
             "other_stages_seconds": other_stages_s,
             "rule": "eligible: oracle time per query <= 1.2 x cpu's, estimated build <= 40 min, self-check "
