@@ -15,7 +15,11 @@ object) before any self-check figure was seen, not fitted to a test set:
   colour (strength 0.45-0.85), or a *translucent film* (session 15, after Lego's real stain
   measured as one: docs/RESULTS.md), feathered over the ellipse's outer third, which
   multiplies the photograph by a transmittance ``1 - a (1 - tint)`` (``tint`` a random colour,
-  ``a`` in [0.2, 0.6]), so the structure under it shows through;
+  ``a`` in [0.2, 0.6]), so the structure under it shows through. A stain is redrawn until
+  it can be seen: the mean per-pixel colour difference inside its mask, painted against
+  clean, is at least ``STAIN_MIN_DELTA_E`` = 10 CIE76 Delta E*ab (session 17; a dark film
+  over black tracks, or paint of about the colour beneath, is no defect an inspector
+  would label: docs/RESULTS.md);
 - ``burr``: 2-4 thin strokes (1-2 px at 200 px, 5-15 % of the width long) growing out of
   the silhouette's border into the background, in a colour taken from the object: a thin
   protrusion that changes the outline;
@@ -33,6 +37,16 @@ import numpy as np
 
 KINDS = ("stain", "burr", "missing")
 MIN_PIXELS = 4  # a painted defect must change at least this many pixels
+STAIN_MIN_DELTA_E = 10.0  # a stain's mean CIE76 colour difference inside its mask (visible at a glance)
+TRIES = {"stain": 50, "burr": 10, "missing": 10}  # draws before ``paint`` gives up
+
+
+def delta_e(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel CIE76 colour difference (Delta E*ab, D65) of two RGB images ``[..., 3]`` in [0, 1]."""
+    def lab(x: np.ndarray) -> np.ndarray:
+        return cv2.cvtColor(np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 1, 3), cv2.COLOR_RGB2Lab)
+
+    return np.linalg.norm(lab(a) - lab(b), axis=-1).reshape(a.shape[:-1])
 
 
 def foreground(image: np.ndarray, background: tuple[float, float, float], tol: float = 0.05) -> np.ndarray:
@@ -111,15 +125,25 @@ def missing(image: np.ndarray, background, rng: np.random.Generator) -> tuple[np
 PAINTERS: dict[str, Callable] = {"stain": stain, "burr": burr, "missing": missing}
 
 
+def visible(kind: str, image: np.ndarray, out: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether a painted defect counts: it changes at least ``MIN_PIXELS`` pixels and, for a
+    stain, differs from the clean photograph by ``STAIN_MIN_DELTA_E`` on average inside its mask."""
+    if mask.sum() < MIN_PIXELS:
+        return False
+    return kind != "stain" or float(delta_e(out[mask], image[mask]).mean()) >= STAIN_MIN_DELTA_E
+
+
 def paint(image: np.ndarray, kind: str, background, rng: np.random.Generator,
-          tries: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """``image`` with one defect of ``kind`` and its mask; retried (new draws) until the
-    defect changes at least ``MIN_PIXELS`` pixels (``ValueError`` if it never does)."""
+          tries: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` with one defect of ``kind`` and its mask; retried (new draws, at most
+    ``tries``, by default ``TRIES[kind]``) until the defect is ``visible`` (``ValueError`` if
+    it never is)."""
     if kind not in PAINTERS:
         raise ValueError(f"unknown defect kind {kind!r}; choose from {list(KINDS)}")
     image = np.asarray(image, dtype=np.float32)
-    for _ in range(tries):
+    for _ in range(TRIES[kind] if tries is None else tries):
         out, mask = PAINTERS[kind](image, background, rng)
-        if mask.sum() >= MIN_PIXELS:
+        if visible(kind, image, out, mask):
             return out, mask
-    raise ValueError(f"could not paint a {kind} that changes {MIN_PIXELS} pixels on this image")
+    detail = f" and differs by {STAIN_MIN_DELTA_E:g} Delta E on average" if kind == "stain" else ""
+    raise ValueError(f"could not paint a {kind} that changes {MIN_PIXELS} pixels{detail} on this image")

@@ -11,7 +11,7 @@ import pytest
 
 from models.images import load_rgb
 from rpe_pad.cli import main
-from training.defects import KINDS, foreground, paint
+from training.defects import KINDS, STAIN_MIN_DELTA_E, delta_e, foreground, paint, visible
 
 WHITE = (1.0, 1.0, 1.0)
 
@@ -62,11 +62,30 @@ def test_stains_are_paint_or_a_translucent_film(photo: np.ndarray) -> None:
     assert paint_count >= 10 and film_count >= 10, (paint_count, film_count)
 
 
-def test_paint_refuses_what_it_cannot_do() -> None:
+def test_every_stain_is_visible(photo: np.ndarray) -> None:
+    """The painter redraws a stain until its mean colour difference inside the mask reaches
+    the floor; a change below the floor does not count, one above it does."""
+    for seed in range(20):
+        out, mask = paint(photo, "stain", WHITE, np.random.default_rng(seed))
+        assert delta_e(out[mask], photo[mask]).mean() >= STAIN_MIN_DELTA_E, seed
+    mask = foreground(photo, WHITE) & (np.arange(photo.shape[1])[None, :] < photo.shape[1] // 2)
+    faint, strong = photo.copy(), photo.copy()
+    faint[mask] *= 0.99  # 1 % darker: no inspector would see it
+    strong[mask] = strong[mask] * 0.3 + np.float32([0.0, 0.7, 0.0])  # a green paint
+    assert not visible("stain", photo, faint, mask) and visible("stain", photo, strong, mask)
+    assert visible("burr", photo, faint, mask)  # the floor is the stains' alone
+    # Paint on a white object blends towards its colour: the delta is the CIE76 distance.
+    assert delta_e(np.float32([[1, 1, 1]]), np.float32([[0, 0, 0]]))[0] == pytest.approx(100, abs=0.5)
+
+
+def test_paint_refuses_what_it_cannot_do(photo: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="unknown defect kind"):
         paint(np.ones((32, 32, 3), np.float32), "dent", WHITE, np.random.default_rng(0))
     with pytest.raises(ValueError):
         paint(np.ones((32, 32, 3), np.float32), "stain", WHITE, np.random.default_rng(0))  # no object
+    monkeypatch.setattr("training.defects.STAIN_MIN_DELTA_E", 500.0)  # more than any two colours differ
+    with pytest.raises(ValueError, match="Delta E"):
+        paint(photo, "stain", WHITE, np.random.default_rng(0))
 
 
 def test_selfcheck_reports_the_operating_point(tiny_bundle: Path, tiny_release: Path, tiny_heldout_bundles: Path,
