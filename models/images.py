@@ -92,6 +92,13 @@ def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(image.resize((width, height), Image.Resampling.NEAREST)) > 0
 
 
+def to_lab(image: np.ndarray) -> np.ndarray:
+    """CIELAB (D65; L in [0, 100]) of an RGB float image ``[..., 3]`` in [0, 1]: Euclidean
+    distances in it are CIE76 colour differences (Delta E*ab)."""
+    flat = np.ascontiguousarray(image, dtype=np.float32).reshape(-1, 1, 3)
+    return cv2.cvtColor(flat, cv2.COLOR_RGB2Lab).reshape(np.shape(image))
+
+
 def save_rgb(path: str | Path, image: np.ndarray) -> None:
     """Write RGB float ``[H, W, 3]`` in [0, 1] as an 8-bit PNG."""
     Image.fromarray(to_uint8(image)).save(path)

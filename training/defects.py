@@ -35,6 +35,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from models.images import to_lab
+
 KINDS = ("stain", "burr", "missing")
 MIN_PIXELS = 4  # a painted defect must change at least this many pixels
 STAIN_MIN_DELTA_E = 10.0  # a stain's mean CIE76 colour difference inside its mask (visible at a glance)
@@ -43,10 +45,7 @@ TRIES = {"stain": 50, "burr": 10, "missing": 10}  # draws before ``paint`` gives
 
 def delta_e(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-pixel CIE76 colour difference (Delta E*ab, D65) of two RGB images ``[..., 3]`` in [0, 1]."""
-    def lab(x: np.ndarray) -> np.ndarray:
-        return cv2.cvtColor(np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 1, 3), cv2.COLOR_RGB2Lab)
-
-    return np.linalg.norm(lab(a) - lab(b), axis=-1).reshape(a.shape[:-1])
+    return np.linalg.norm(to_lab(a) - to_lab(b), axis=-1)
 
 
 def foreground(image: np.ndarray, background: tuple[float, float, float], tol: float = 0.05) -> np.ndarray:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from scipy import ndimage
+
+from models.images import to_lab
 
 MIN_DELTA_E = 4.0  # a pixel this close to the background colour is background (8-bit noise is ~1)
 PLAIN_DELTA_E = 6.0  # the border's 95th-percentile spread above which a background is not plain
@@ -61,7 +62,7 @@ def border_strip(height: int, width: int) -> np.ndarray:
 
 def object_mask(rgb: np.ndarray) -> Mask:
     """The mask of the object in ``rgb`` ([H, W, 3] uint8) on a plain background."""
-    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    lab = to_lab(rgb.astype(np.float32) / 255.0)
     strip = border_strip(*rgb.shape[:2])
     background_lab = np.median(lab[strip], axis=0)
     distance = np.linalg.norm(lab - background_lab, axis=-1)
