@@ -155,7 +155,7 @@ def study(bundles_dir: Path, category_dir: Path, test: bool = False, progress: b
     refs = render_references(cal_scene, q.poses, q.K[None].expand(len(images), 3, 3), category.width, category.height)
     refs = align_references(images, refs.cpu(), RefineConfig())  # as the product and the calibration (method 3)
     scorer = AnomalyScorer(scorer.extractor, scorer.size, scorer.sigma, scorer.tolerance,
-                           background=tuple(category.background))
+                           background=tuple(category.background), colour=scorer.colour)
     sel = Features(scorer, images, refs.cpu())
     labels, masks = q.labels, _masks224(q.masks)
     clean = sel.subset(~labels)

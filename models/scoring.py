@@ -30,6 +30,14 @@ Combinations of the terms (``COMBINATIONS``; ``combine``), before the blur:
   ``rpe-pad lab scorer-study``'s held-out rule over ``silhouette``, smaller blurs and the
   balanced sum (docs/SCORING.md, docs/RESULTS.md).
 
+The colour term (``COLOURS``): ``rgb``, the squared difference of the extractor-normalised
+RGB images (the peers'), or ``lab`` (the ``cpu`` and ``paper`` presets since session 17):
+two terms instead, the squared CIELAB L* difference and the squared a*b* difference
+(``lab_terms``), each scaled by its own normal statistics. A stain changes chroma, and render
+residue on fine structure is mostly lightness, so the a*b* term sees a stain above the
+residue that the RGB term mixes in. Chosen by the held-out rule on the self-checks of Lego
+and three synthetic seeds (docs/RESULTS.md, session 17).
+
 The normal statistics are fitted by ``fit_normal_stats`` (the calibration stage) and travel
 in the scorer's config, stored with the calibrated threshold.
 """
@@ -52,6 +60,7 @@ Tensor = torch.Tensor
 # Comparison radius of the default scorer, chosen by measurement (docs/SCORING.md).
 DEFAULT_TOLERANCE = 1
 COMBINATIONS = ("peers", "silhouette", "structure")
+COLOURS = ("rgb", "lab")  # the colour term: normalised RGB (one term), or CIELAB L* and a*b* (two)
 STRUCTURE_BINS = 10  # ``structure``: the deciles of the reference's edge strength
 FOREGROUND_TOL = 0.05  # a pixel shows the object when a channel differs from the background by more
 
@@ -79,6 +88,14 @@ def squared_difference(a: Tensor, b: Tensor, tolerance: int = 0) -> Tensor:
             d = ((a - padded[..., dy : dy + h, dx : dx + w]) ** 2).sum(dim=1)
             best = d if best is None else torch.minimum(best, d)
     return best
+
+
+def lab_terms(query: Tensor, reference: Tensor, tolerance: int = 0) -> Tensor:
+    """``[B, 2, S, S]``: the squared CIELAB L* difference and the squared a*b* difference of
+    two ``[B, 3, S, S]`` images in [0, 1] (``squared_difference``, with ``tolerance``)."""
+    q, r = kornia.color.rgb_to_lab(query), kornia.color.rgb_to_lab(reference)
+    return torch.stack([squared_difference(q[:, :1], r[:, :1], tolerance),
+                        squared_difference(q[:, 1:], r[:, 1:], tolerance)], dim=1)
 
 
 def blur_maps(maps: Tensor, sigma: float) -> Tensor:
@@ -176,10 +193,12 @@ class AnomalyScorer(nn.Module):
 
     def __init__(self, extractor: FeatureExtractor | None = None, size: int = 224, sigma: float = 4.0,
                  tolerance: int = DEFAULT_TOLERANCE, combination: str = "peers", stats: NormalStats | None = None,
-                 background: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), colour: str = "rgb"):
         super().__init__()
         if combination not in COMBINATIONS:
             raise ValueError(f"unknown combination {combination!r}; choose from {list(COMBINATIONS)}")
+        if colour not in COLOURS:
+            raise ValueError(f"unknown colour term {colour!r}; choose from {list(COLOURS)}")
         if combination == "structure" and (stats is None or len(stats.edge_scales) != STRUCTURE_BINS):
             raise ValueError(f"combination 'structure' needs normal statistics with {STRUCTURE_BINS} edge scales: "
                              "rerun the calibration stage")
@@ -190,6 +209,7 @@ class AnomalyScorer(nn.Module):
         self.combination = combination
         self.stats = stats
         self.background = tuple(float(v) for v in background)
+        self.colour = colour
 
     def config(self) -> dict:
         """Everything that defines the scores (stored with a calibrated threshold)."""
@@ -199,6 +219,8 @@ class AnomalyScorer(nn.Module):
         if self.combination != "peers":  # a peers' config reads as it did before combinations existed
             out.update(combination=self.combination, stats=asdict(self.stats) if self.stats else None,
                        background=list(self.background))
+        if self.colour != "rgb":  # and an RGB one as it did before the colour term had a choice
+            out["colour"] = self.colour
         return out
 
     @classmethod
@@ -213,12 +235,12 @@ class AnomalyScorer(nn.Module):
             stats = NormalStats(**config["stats"])
         return cls(extractor, size=config["size"], sigma=config["sigma"], tolerance=config["tolerance"],
                    combination=config.get("combination", "peers"), stats=stats,
-                   background=tuple(config.get("background", (1.0, 1.0, 1.0))))
+                   background=tuple(config.get("background", (1.0, 1.0, 1.0))), colour=config.get("colour", "rgb"))
 
     def with_stats(self, stats: NormalStats, combination: str | None = None) -> AnomalyScorer:
         """The same scorer (shared extractor) combining its terms with ``stats``."""
         return AnomalyScorer(self.extractor, self.size, self.sigma, self.tolerance, combination or self.combination,
-                             stats, self.background)
+                             stats, self.background, self.colour)
 
     def squares(self, images: Tensor) -> Tensor:
         """``[B, 3, size, size]`` in [0, 1]: what the scorer compares (antialiased bilinear)."""
@@ -244,13 +266,16 @@ class AnomalyScorer(nn.Module):
 
     @torch.no_grad()
     def terms(self, query: Tensor, reference: Tensor) -> Tensor:
-        """The map's unblurred terms ``[B, 1 + L, size, size]``: the colour term, then each
-        feature layer's (upsampled to ``size``). ``forward`` blurs their plain sum."""
+        """The map's unblurred terms ``[B, C + L, size, size]``: the colour term (C = 1) or
+        terms (``lab``: C = 2), then each feature layer's (upsampled to ``size``)."""
         return self._terms(*self._pair(query, reference))
 
     def _terms(self, q224: Tensor, r224: Tensor) -> Tensor:
         fx = self.extractor
-        out = [squared_difference(fx.normalize(q224), fx.normalize(r224), self.tolerance)]
+        if self.colour == "lab":
+            out = list(lab_terms(q224, r224, self.tolerance).unbind(1))
+        else:
+            out = [squared_difference(fx.normalize(q224), fx.normalize(r224), self.tolerance)]
         b = len(q224)
         for both in fx(torch.cat([q224, r224])):  # one backbone call for queries and references
             fq, fr = both[:b], both[b:]

@@ -62,7 +62,7 @@ from models.data import GOOD, Category
 from models.hashing import sha256_file
 from models.inspector import align_references, compare_at_poses
 from models.refine import RefineConfig
-from models.scoring import COMBINATIONS, DEFAULT_TOLERANCE, AnomalyScorer, fit_normal_stats
+from models.scoring import COLOURS, COMBINATIONS, DEFAULT_TOLERANCE, AnomalyScorer, fit_normal_stats
 from models.splat.scene import GaussianScene
 from training.evaluate import render_references
 from training.splats import SplatConfig, calibration_key, holdout_indices
@@ -78,6 +78,7 @@ METHOD = 3
 class CalibConfig:
     holdout_every: int = 0  # > 0: rule false_alarm, every n-th training view held out of a calibration model
     combination: str = "peers"  # rule false_alarm: how the scorer combines its terms (models.scoring)
+    colour: str = "rgb"  # the scorer's colour term (models.scoring.COLOURS); lab only with a fitted combination
     false_alarm_rate: float = 0.02  # rule false_alarm: the share of good parts the threshold may reject
     jitters: int = 4  # rule false_alarm: jittered poses per held-out view
     quantile: float = 0.99  # rule quantile: Q_quantile(in-sample jittered scores) x (1 + margin)
@@ -94,6 +95,9 @@ class CalibConfig:
         if self.combination not in COMBINATIONS or (self.combination != "peers" and not self.holdout_every):
             raise ValueError(f"combination must be one of {list(COMBINATIONS)}, and other than peers only with "
                              f"held-out views to fit it on, got {self.combination!r}")
+        if self.colour not in COLOURS or (self.colour != "rgb" and self.combination == "peers"):
+            raise ValueError(f"colour must be one of {list(COLOURS)}, and other than rgb only with a combination that "
+                             f"scales each term by its normal statistics, got {self.colour!r} with {self.combination!r}")
         if not 0 < self.false_alarm_rate < 0.5:
             raise ValueError(f"false_alarm_rate must lie in (0, 0.5), got {self.false_alarm_rate}")
 
@@ -171,7 +175,7 @@ def convergence_ratio(shipped: GaussianScene, model: GaussianScene, seen: list, 
 def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress: bool = True) -> HeldOut:
     """Score the held-out views against ``scene``; with a combination other than the peers'
     sum, its normal statistics are fitted first on the jittered views (``models.scoring``)."""
-    scorer = AnomalyScorer(tolerance=cfg.tolerance, background=scene.background)
+    scorer = AnomalyScorer(tolerance=cfg.tolerance, background=scene.background, colour=cfg.colour)
     images = torch.stack([v.image for v in held])
     poses = torch.stack([v.w2c for v in held])
     Ks = torch.stack([v.K for v in held])

@@ -40,8 +40,9 @@ WORK = ".work"  # BUNDLES_DIR/.work/<category>: the stages' outputs, checkpoints
 # the reference's structure (chosen by `rpe-pad lab scorer-study` on Lego's held-out painted
 # defects: docs/SCORING.md); the demo keeps the quick in-sample rule and the peers' sum, to
 # stay within its minutes.
-CALIBRATION = {"demo": CalibConfig(max_views=24), "cpu": CalibConfig(holdout_every=5, combination="structure"),
-               "paper": CalibConfig(holdout_every=5, combination="structure")}
+CALIBRATION = {"demo": CalibConfig(max_views=24),
+               "cpu": CalibConfig(holdout_every=5, combination="structure", colour="lab"),
+               "paper": CalibConfig(holdout_every=5, combination="structure", colour="lab")}
 PRESETS = tuple(registry.PRESETS)  # the names, from the one registry (each stage module has a config per name)
 # RVSS orbit views per training view (training.rvss; docs/POSE.md, revision 3): on for the
 # presets that build real bundles; the demo keeps the paper's RVSS alone, to stay quick.

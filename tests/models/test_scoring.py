@@ -16,6 +16,7 @@ from models.scoring import (
     combine,
     edge_strength,
     fit_normal_stats,
+    lab_terms,
     quantile,
     silhouette_evidence,
     squared_difference,
@@ -167,3 +168,29 @@ def test_structure_divides_by_the_normal_residual_of_each_edge_decile() -> None:
     query[0, 20:28, 20:28] = 0.0  # a dark patch on the first query only
     maps, scores = again(query, reference)
     assert maps.shape == (2, 48, 48) and float(scores[0]) > float(scores[1])
+
+
+def test_lab_colour_terms_split_lightness_from_chroma() -> None:
+    """``colour="lab"``: the colour term becomes two, the squared CIELAB L* difference and the
+    squared a*b* difference. A grey change of brightness moves L* alone; a change of hue at
+    the same lightness moves mostly a*b*. The choice travels in the config, and an RGB
+    scorer's config reads as it did before."""
+    grey = torch.full((1, 3, 8, 8), 0.5)
+    brighter = torch.full((1, 3, 8, 8), 0.6)
+    t = lab_terms(brighter, grey)
+    assert t.shape == (1, 2, 8, 8) and float(t[0, 0].mean()) > 10 and float(t[0, 1].max()) < 1e-3
+    yellow, ochre = torch.tensor([0.9, 0.8, 0.1]), torch.tensor([0.9, 0.6, 0.4])  # paint on a yellow brick
+    t = lab_terms(ochre.view(1, 3, 1, 1).expand(1, 3, 4, 4), yellow.view(1, 3, 1, 1).expand(1, 3, 4, 4))
+    assert float(t[0, 1].mean()) > 10 * float(t[0, 0].mean())
+    fx = FeatureExtractor(weights="random")
+    query, reference = torch.rand(2, 40, 40, 3), torch.rand(2, 40, 40, 3)
+    rgb, lab = AnomalyScorer(fx, size=32), AnomalyScorer(fx, size=32, colour="lab")
+    assert rgb.terms(query, reference).shape[1] + 1 == lab.terms(query, reference).shape[1]
+    assert torch.equal(lab.terms(query, reference)[:, 2:], rgb.terms(query, reference)[:, 1:])  # the same features
+    stats = fit_normal_stats(lab.terms(query, reference))
+    scorer = lab.with_stats(stats, "silhouette")
+    again = AnomalyScorer.from_config(json.loads(json.dumps(scorer.config())))
+    assert again.colour == "lab" and len(again.stats.term_scales) == 6
+    assert "colour" not in rgb.config()
+    with pytest.raises(ValueError, match="colour term"):
+        AnomalyScorer(fx, colour="hsv")

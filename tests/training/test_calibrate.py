@@ -12,6 +12,7 @@ import pytest
 from models.calibration import Calibration
 from models.data import load_category
 from models.metrics import f1_max
+from models.scoring import AnomalyScorer
 from rpe_pad.cli import main
 from training.calibrate import CalibConfig, run_calibration_stage
 
@@ -88,6 +89,14 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     assert len(stats["edge_bins"]) == 9 and stats["edge_bins"] == sorted(stats["edge_bins"])
     assert len(stats["edge_scales"]) == 10 and all(v > 0 for v in stats["edge_scales"])
     assert calib.threshold == pytest.approx(np.quantile(np.array(fitted["scores"]["heldout"]) * calib.heldout_scale, 0.8))
+    # The CIELAB colour terms (the cpu preset's): six terms, fitted and stored the same way.
+    run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=3, false_alarm_rate=0.2, combination="structure",
+                                           colour="lab"), bundle, progress=False, splats=splats)
+    calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
+    assert calib.scorer["colour"] == "lab" and len(calib.scorer["stats"]["term_scales"]) == 6
+    assert AnomalyScorer.from_config(calib.scorer).colour == "lab"
+    with pytest.raises(ValueError, match="colour"):
+        CalibConfig(holdout_every=4, colour="lab")  # the peers' plain sum has no scales for it
     # A calibration that holds out another share than the fit did is refused with the remedy.
     with pytest.raises(ValueError, match="rerun the splats stage"):
         run_calibration_stage(cat, CalibConfig(holdout_every=3, jitters=2), bundle, progress=False, splats=splats)
