@@ -12,39 +12,19 @@ import json
 import sys
 from pathlib import Path
 
-import kornia
 import numpy as np
 import torch
 
-from lab.scorer_study import FALSE_ALARM, Features, _figures, _masks224
-from models.bundle import FILES
-from models.calibration import Calibration
-from models.inspector import align_references
-from models.refine import RefineConfig
-from models.scoring import AnomalyScorer, blur_maps, combine, fit_normal_stats, squared_difference
-from training.evaluate import render_references
-from training.selfcheck import SelfCheckConfig, heldout_views, painted_queries
-
-
-def lab_terms(scorer: AnomalyScorer, queries: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-    """[B, 2, S, S]: the squared L* and a*b* differences (tolerance as the scorer's)."""
-    q, r = (kornia.color.rgb_to_lab(scorer.squares(x)) for x in (queries, references))
-    return torch.stack([squared_difference(q[:, :1], r[:, :1], scorer.tolerance),
-                        squared_difference(q[:, 1:], r[:, 1:], scorer.tolerance)], dim=1)
+from issue22_selection_terms import selection
+from lab.scorer_study import FALSE_ALARM, _figures
+from models.scoring import blur_maps, combine, fit_normal_stats, lab_terms
 
 
 def measure(bundles: Path, category_dir: Path) -> dict:
-    bundle, category, cal_scene, held = heldout_views(bundles, category_dir)
-    calib = Calibration.model_validate_json((bundle / FILES["calibration"]).read_text())
-    s0 = AnomalyScorer.from_config(calib.scorer)
-    q = painted_queries(held, category.background, SelfCheckConfig())
-    images = torch.from_numpy(np.stack(q.images))
-    refs = render_references(cal_scene, q.poses, q.K[None].expand(len(images), 3, 3), category.width, category.height)
-    refs = align_references(images, refs.cpu(), RefineConfig()).cpu()
-    scorer = AnomalyScorer(s0.extractor, s0.size, s0.sigma, s0.tolerance, background=tuple(category.background))
-    f = Features(scorer, images, refs)
-    lab = torch.cat([lab_terms(scorer, images[i:i + 16], refs[i:i + 16]) for i in range(0, len(images), 16)])
-    labels, masks, kinds = np.asarray(q.labels, bool), _masks224(q.masks), np.array(q.kinds)
+    s = selection(bundles, category_dir)
+    category, scorer, f, labels, masks, kinds = s.category, s.scorer, s.f, s.labels, s.masks, s.kinds
+    lab = torch.cat([lab_terms(scorer.squares(s.images[i:i + 16]), scorer.squares(s.refs[i:i + 16]), scorer.tolerance)
+                     for i in range(0, len(s.images), 16)])
     variants = {"structure": f.terms, "ab": torch.cat([f.terms, lab[:, 1:]], 1),
                 "lab": torch.cat([lab, f.terms[:, 1:]], 1)}
     out = {}

@@ -8,31 +8,23 @@ the rendering itself plus its clean median (`unc_div`). `structure` is measured 
 
     python docs/results/issue22_gaussian_uncertainty.py BUNDLES_DIR CATEGORY_DIR OUT.json
 """
-import sys, json, numpy as np, torch, torch.nn.functional as F
+import json
+import sys
 from pathlib import Path
-from lab.scorer_study import Features, _figures, _masks224, FALSE_ALARM
-from models.bundle import FILES
-from models.calibration import Calibration
-from models.inspector import align_references
-from models.refine import RefineConfig
-from models.scoring import AnomalyScorer, combine, fit_normal_stats, blur_maps, quantile, STRUCTURE_BINS
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from issue22_selection_terms import selection
+from lab.scorer_study import FALSE_ALARM
+from models.scoring import STRUCTURE_BINS, blur_maps, combine, fit_normal_stats, quantile
 from models.splat.render import rasterization
-from training.evaluate import render_references
-from training.selfcheck import SelfCheckConfig, heldout_views, painted_queries
 
 bundles, cat = Path(sys.argv[1]), Path(sys.argv[2])
-bundle, category, scene, held = heldout_views(bundles, cat)
-calib = Calibration.model_validate_json((bundle / FILES["calibration"]).read_text())
-s0 = AnomalyScorer.from_config(calib.scorer)
-q = painted_queries(held, category.background, SelfCheckConfig())
-images = torch.from_numpy(np.stack(q.images))
-N = len(images); W, H = category.width, category.height
-Ks = q.K[None].expand(N, 3, 3)
-refs = render_references(scene, q.poses, Ks, W, H)
-refs = align_references(images, refs.cpu(), RefineConfig()).cpu()
-scorer = AnomalyScorer(s0.extractor, s0.size, s0.sigma, s0.tolerance, background=tuple(category.background))
-f = Features(scorer, images, refs)
-labels = np.asarray(q.labels).astype(bool); masks = _masks224(q.masks); kinds = np.array(q.kinds)
+sel = selection(bundles, cat)
+scene, q, f, labels, masks, kinds, Ks = sel.scene, sel.q, sel.f, sel.labels, sel.masks, sel.kinds, sel.Ks
+N = len(sel.images); W, H = sel.category.width, sel.category.height
 names = np.array(q.names); views = sorted(set(names)); fold = np.array([views.index(n) % 2 for n in names])
 p = scene.params()
 means, quats, scales, opac = p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"])

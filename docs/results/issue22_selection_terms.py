@@ -1,26 +1,47 @@
-"""Issue 22, session 17: the scorer's unblurred terms, silhouette evidence and edge strength of the
-self-check's painted and clean held-out queries (the scorer study's selection data), saved for
-offline comparisons of how the terms are combined.
+"""Issue 22, session 17: the scorer study's selection data for one category, shared by the
+session's scripts: the self-check's painted and clean held-out queries, the calibration model's
+renders at their jittered poses (aligned as the product aligns), and the scorer's unblurred terms
+(RGB colour term and EfficientNet-Lite0's four layers), silhouette evidence and edge strength.
+Run alone, it saves them for offline comparisons of how the terms are combined.
 
     python docs/results/issue22_selection_terms.py BUNDLES_DIR CATEGORY_DIR OUT.pt
 """
-import sys, numpy as np, torch
+import sys
 from pathlib import Path
-from lab.scorer_study import *
-from lab.scorer_study import _masks224
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from lab.scorer_study import Features, _masks224
+from models.bundle import FILES
+from models.calibration import Calibration
+from models.inspector import align_references
+from models.refine import RefineConfig
+from models.scoring import AnomalyScorer
+from training.evaluate import render_references
 from training.selfcheck import SelfCheckConfig, heldout_views, painted_queries
-from models.scoring import blur_maps, fit_normal_stats
-bundles, cat = Path(sys.argv[1]), Path(sys.argv[2])
-bundle, category, cal_scene, held = heldout_views(bundles, cat)
-calib = Calibration.model_validate_json((bundle / FILES["calibration"]).read_text())
-s0 = AnomalyScorer.from_config(calib.scorer)
-q = painted_queries(held, category.background, SelfCheckConfig())
-images = torch.from_numpy(np.stack(q.images))
-refs = render_references(cal_scene, q.poses, q.K[None].expand(len(images), 3, 3), category.width, category.height)
-refs = align_references(images, refs.cpu(), RefineConfig())
-scorer = AnomalyScorer(s0.extractor, s0.size, s0.sigma, s0.tolerance, background=tuple(category.background))
-f = Features(scorer, images, refs.cpu())
-torch.save({"terms": f.terms.half(), "sil": f.silhouette.half(), "edges": f.edges.half(), "chroma": f.chroma.half(),
-            "labels": torch.from_numpy(np.asarray(q.labels)), "kinds": list(q.kinds), "masks": torch.from_numpy(_masks224(q.masks))},
-           sys.argv[3])
-print("saved", f.terms.shape)
+
+
+def selection(bundles: Path, category_dir: Path) -> SimpleNamespace:
+    bundle, category, scene, held = heldout_views(Path(bundles), Path(category_dir))
+    calib = Calibration.model_validate_json((bundle / FILES["calibration"]).read_text())
+    s0 = AnomalyScorer.from_config(calib.scorer)
+    q = painted_queries(held, category.background, SelfCheckConfig())
+    images = torch.from_numpy(np.stack(q.images))
+    Ks = q.K[None].expand(len(images), 3, 3)
+    refs = render_references(scene, q.poses, Ks, category.width, category.height)
+    refs = align_references(images, refs.cpu(), RefineConfig()).cpu()
+    scorer = AnomalyScorer(s0.extractor, s0.size, s0.sigma, s0.tolerance, background=tuple(category.background),
+                           colour="rgb")
+    return SimpleNamespace(category=category, scene=scene, q=q, images=images, Ks=Ks, refs=refs, scorer=scorer,
+                           f=Features(scorer, images, refs), labels=np.asarray(q.labels, bool),
+                           masks=_masks224(q.masks), kinds=np.array(q.kinds))
+
+
+if __name__ == "__main__":
+    s = selection(Path(sys.argv[1]), Path(sys.argv[2]))
+    torch.save({"terms": s.f.terms.half(), "sil": s.f.silhouette.half(), "edges": s.f.edges.half(),
+                "chroma": s.f.chroma.half(), "labels": torch.from_numpy(s.labels), "kinds": list(s.kinds),
+                "masks": torch.from_numpy(s.masks)}, sys.argv[3])
+    print("saved", s.f.terms.shape)
