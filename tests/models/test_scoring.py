@@ -194,3 +194,14 @@ def test_lab_colour_terms_split_lightness_from_chroma() -> None:
     assert "colour" not in rgb.config()
     with pytest.raises(ValueError, match="colour term"):
         AnomalyScorer(fx, colour="hsv")
+    # End to end as the cpu preset scores: structure over the six terms, from its config. A
+    # patch of another hue at the same lightness scores above a clean copy.
+    clean = torch.full((4, 48, 48, 3), 0.5)
+    terms = lab.terms(clean + 0.02 * torch.rand_like(clean), clean)
+    stats = fit_normal_stats(terms, torch.zeros(4, 32, 32), lab.edges(clean))
+    scorer = AnomalyScorer.from_config(json.loads(json.dumps(lab.with_stats(stats, "structure").config())))
+    torch.manual_seed(1)
+    queries = clean[:2] + 0.02 * torch.rand_like(clean[:2])  # two normal views, as noisy as the fitted ones
+    queries[0, 18:30, 18:30] = torch.tensor([0.55, 0.45, 0.62])  # about L* 53 like the grey, but purple
+    maps, scores = scorer(queries, clean[:2])
+    assert scorer.colour == "lab" and maps.shape == (2, 48, 48) and float(scores[0]) > 3 * float(scores[1])
