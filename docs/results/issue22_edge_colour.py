@@ -6,18 +6,14 @@ held-out image scores (the product's rule).
 
     python docs/results/issue22_edge_colour.py OUT.json BUNDLES_DIR:CATEGORY_DIR [...]
 """
-import json
-import sys
 from pathlib import Path
 
 import kornia
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from issue22_selection_terms import selection
-from lab.scorer_study import FALSE_ALARM, _figures
-from models.scoring import blur_maps, combine, fit_normal_stats, lab_terms
+from issue22_selection_terms import compare, selection, structure_figures
+from models.scoring import lab_terms
 
 
 def rgb_edge_strength(reference: torch.Tensor) -> torch.Tensor:
@@ -27,33 +23,14 @@ def rgb_edge_strength(reference: torch.Tensor) -> torch.Tensor:
 
 def measure(bundles: Path, category_dir: Path) -> dict:
     s = selection(bundles, category_dir)
-    scorer, f, labels, masks, kinds = s.scorer, s.f, s.labels, s.masks, s.kinds
     lab, rgb_edges = [], []
     for i in range(0, len(s.images), 16):
-        q, r = scorer.squares(s.images[i:i + 16]), scorer.squares(s.refs[i:i + 16])
-        lab.append(lab_terms(q, r, scorer.tolerance)), rgb_edges.append(rgb_edge_strength(r))
-    terms = torch.cat([torch.cat(lab), f.terms[:, 1:]], 1)
-    out = {}
-    for name, edges in (("lab", f.edges), ("lab_rgbedge", torch.cat(rgb_edges))):
-        clean = ~labels
-        stats = fit_normal_stats(terms[clean], f.silhouette[clean], edges[clean])
-        maps = blur_maps(combine(terms, "structure", stats, f.silhouette, edges), scorer.sigma)
-        thr = float(np.quantile(maps[clean].flatten(1).amax(1).numpy(), 1 - FALSE_ALARM))
-        r = _figures(maps, labels, masks, thr)
-        sc = maps.flatten(1).amax(1).numpy()
-        r["found_by_kind"] = {str(k): int(((sc > thr) & (kinds == k)).sum()) for k in sorted(set(kinds)) if k != "good"}
-        out[name] = r
-        print(s.category.name, name, r["image_auroc"], r["recall"], f"{r['found']}/{r['of']}", "FAR",
-              r["false_alarm_rate"], "pixel", r["pixel_auroc"], r["aupro"], r["found_by_kind"], flush=True)
-    return out
+        q, r = s.scorer.squares(s.images[i:i + 16]), s.scorer.squares(s.refs[i:i + 16])
+        lab.append(lab_terms(q, r, s.scorer.tolerance)), rgb_edges.append(rgb_edge_strength(r))
+    terms = torch.cat([torch.cat(lab), s.f.terms[:, 1:]], 1)
+    return {"lab": structure_figures("lab", s, terms, s.f.edges),
+            "lab_rgbedge": structure_figures("lab_rgbedge", s, terms, torch.cat(rgb_edges))}
 
 
 if __name__ == "__main__":
-    results = {}
-    for pair in sys.argv[2:]:
-        b, c = pair.split(":")
-        results[Path(c).name] = measure(Path(b), Path(c))
-    for name in ("lab", "lab_rgbedge"):
-        print(name, "summed found", sum(r[name]["found"] for r in results.values()),
-              "mean image AUROC", round(float(np.mean([r[name]["image_auroc"] for r in results.values()])), 4))
-    Path(sys.argv[1]).write_text(json.dumps(results, indent=1) + "\n")
+    compare(measure, ("lab", "lab_rgbedge"))
