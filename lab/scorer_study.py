@@ -15,7 +15,8 @@ bundle's own model, each variant thresholded by the same rule on the held-out cl
 (as the product calibrates); reported for every variant, chosen by none.
 
 Variants (``VARIANTS``), all built on the scorer's unblurred terms (``AnomalyScorer.terms``:
-the colour term and EfficientNet-Lite0's four layers, tolerance 1):
+the bundle's colour term or terms (RGB, or CIELAB L* and a*b* for bundles calibrated since
+session 17) and EfficientNet-Lite0's four layers, tolerance 1):
 
 - ``peers``: their plain sum, blurred with sigma 4: the product's scorer today;
 - ``sigma2``: the same, sigma 2 (thin defects keep more of their peak);

@@ -132,15 +132,13 @@ def visible(kind: str, image: np.ndarray, out: np.ndarray, mask: np.ndarray) -> 
     return kind != "stain" or float(delta_e(out[mask], image[mask]).mean()) >= STAIN_MIN_DELTA_E
 
 
-def paint(image: np.ndarray, kind: str, background, rng: np.random.Generator,
-          tries: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def paint(image: np.ndarray, kind: str, background, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``image`` with one defect of ``kind`` and its mask; retried (new draws, at most
-    ``tries``, by default ``TRIES[kind]``) until the defect is ``visible`` (``ValueError`` if
-    it never is)."""
+    ``TRIES[kind]``) until the defect is ``visible`` (``ValueError`` if it never is)."""
     if kind not in PAINTERS:
         raise ValueError(f"unknown defect kind {kind!r}; choose from {list(KINDS)}")
     image = np.asarray(image, dtype=np.float32)
-    for _ in range(TRIES[kind] if tries is None else tries):
+    for _ in range(TRIES[kind]):
         out, mask = PAINTERS[kind](image, background, rng)
         if visible(kind, image, out, mask):
             return out, mask
