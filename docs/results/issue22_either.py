@@ -1,0 +1,59 @@
+"""Issue 22, session 18: `lab` (the `cpu` preset's scorer) against `lab_either`, the pixel-wise
+maximum of the `structure` and `silhouette` maps (blurred), each over the 98th percentile of its
+own clean held-out image scores, on the selection data of `issue22_shared_edges.py` (the four
+self-checks plus small parts gone from inside). Thresholds: the 98th percentile of each
+variant's clean held-out image scores (the product's rule).
+
+    python docs/results/issue22_either.py OUT.json BUNDLES_DIR:CATEGORY_DIR [...]
+"""
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from issue22_selection_terms import compare, selection, structure_figures
+from issue22_shared_edges import Features, inside_set, lab_and_query_edges
+from lab.scorer_study import FALSE_ALARM, _figures
+from models.scoring import blur_maps, combine, fit_normal_stats
+from training.selfcheck import heldout_views
+
+
+def either_figures(s: SimpleNamespace, terms: torch.Tensor, edges: torch.Tensor) -> dict:
+    clean = ~s.labels
+    stats = fit_normal_stats(terms[clean], s.f.silhouette[clean], edges[clean])
+    out = None
+    for combination in ("structure", "silhouette"):
+        m = blur_maps(combine(terms, combination, stats, s.f.silhouette, edges), s.scorer.sigma)
+        level = float(np.quantile(m[clean].flatten(1).amax(1).numpy(), 1 - FALSE_ALARM))
+        m = m / level
+        out = m if out is None else torch.maximum(out, m)
+    thr = float(np.quantile(out[clean].flatten(1).amax(1).numpy(), 1 - FALSE_ALARM))
+    r = _figures(out, s.labels, s.masks, thr)
+    sc = out.flatten(1).amax(1).numpy()
+    r["found_by_kind"] = {str(k): int(((sc > thr) & (s.kinds == k)).sum()) for k in sorted(set(s.kinds)) if k != "good"}
+    print(s.category.name, "lab_either", r["image_auroc"], r["recall"], f"{r['found']}/{r['of']}", "FAR",
+          r["false_alarm_rate"], "pixel", r["pixel_auroc"], r["aupro"], r["found_by_kind"], flush=True)
+    return r
+
+
+def measure(bundles: Path, category_dir: Path) -> dict:
+    s = selection(bundles, category_dir)
+    held = heldout_views(Path(bundles), Path(category_dir))[3]
+    images, refs, masks, _ = inside_set(s, held)
+    f = Features(s.scorer, images, refs)
+    lab0, _ = lab_and_query_edges(s.scorer, s.images, s.refs)
+    lab1, _ = lab_and_query_edges(s.scorer, images, refs)
+    n = len(images)
+    both = SimpleNamespace(
+        category=s.category, scorer=s.scorer,
+        f=SimpleNamespace(silhouette=torch.cat([s.f.silhouette, f.silhouette])),
+        labels=np.concatenate([s.labels, np.ones(n, bool)]), masks=np.concatenate([s.masks, masks]),
+        kinds=np.concatenate([s.kinds, np.array(["inside_missing"] * n)]))
+    terms = torch.cat([torch.cat([lab0, s.f.terms[:, 1:]], 1), torch.cat([lab1, f.terms[:, 1:]], 1)])
+    edges = torch.cat([s.f.edges, f.edges])
+    return {"lab": structure_figures("lab", both, terms, edges), "lab_either": either_figures(both, terms, edges)}
+
+
+if __name__ == "__main__":
+    compare(measure, ("lab", "lab_either"))
