@@ -22,13 +22,21 @@ Combinations of the terms (``COMBINATIONS``; ``combine``), before the blur:
   the silhouette evidence (``silhouette_evidence``: the query shows the object more than
   1 px outside the reference's silhouette, or background more than 1 px inside it),
   weighted as all the terms together;
-- ``structure`` (the ``cpu`` and ``paper`` presets since session 15): the ``silhouette`` map
+- ``structure`` (the ``cpu`` and ``paper`` presets' in sessions 15-17): the ``silhouette`` map
   divided, pixel by pixel, by its normal 99th percentile among pixels of the same
   reference-structure decile (``edge_strength``: the render's edge strength;
   ``NormalStats.edge_bins`` and ``edge_scales``), so a residual counts for less where renders
   of normal views are always off (studs, joints, the outline). Chosen twice by
   ``rpe-pad lab scorer-study``'s held-out rule over ``silhouette``, smaller blurs and the
-  balanced sum (docs/SCORING.md, docs/RESULTS.md).
+  balanced sum (docs/SCORING.md, docs/RESULTS.md);
+- ``either`` (the ``cpu`` and ``paper`` presets since session 18): the ``structure`` and the
+  ``silhouette`` maps, each blurred and divided by its normal level (``NormalStats.levels``:
+  the ``LEVEL_QUANTILE`` quantile of its image scores on the held-out normal views), and the
+  pixel-wise maximum of the two (``either_map``). The decile division takes away the
+  evidence of a small part gone from a studded surface with the render residue there;
+  ``silhouette`` keeps it, and ``structure`` keeps what the division helps. Chosen by the
+  held-out rule on the four self-checks plus small parts gone from inside (docs/RESULTS.md,
+  session 18).
 
 The colour term (``COLOURS``): ``rgb``, the squared difference of the extractor-normalised
 RGB images (the peers'), or ``lab`` (the ``cpu`` and ``paper`` presets since session 17):
@@ -59,9 +67,11 @@ Tensor = torch.Tensor
 
 # Comparison radius of the default scorer, chosen by measurement (docs/SCORING.md).
 DEFAULT_TOLERANCE = 1
-COMBINATIONS = ("peers", "silhouette", "structure")
+COMBINATIONS = ("peers", "silhouette", "structure", "either")
+EDGED = ("structure", "either")  # the combinations that read the references' edge strength
 COLOURS = ("rgb", "lab")  # the colour term: normalised RGB (one term), or CIELAB L* and a*b* (two)
 STRUCTURE_BINS = 10  # ``structure``: the deciles of the reference's edge strength
+LEVEL_QUANTILE = 0.98  # ``either``: each map's normal level, this quantile of its held-out image scores
 FOREGROUND_TOL = 0.05  # a pixel shows the object when a channel differs from the background by more
 
 
@@ -132,6 +142,7 @@ class NormalStats:
     term_scales: list[float] = field(default_factory=list)  # 99th-percentile pixel value of each term
     edge_bins: list[float] = field(default_factory=list)  # structure: inner boundaries of the edge-strength deciles
     edge_scales: list[float] = field(default_factory=list)  # structure: the silhouette map's 99th percentile per decile
+    levels: list[float] = field(default_factory=list)  # either: the structure and silhouette maps' normal levels
 
 
 def balanced(terms: Tensor, stats: NormalStats) -> Tensor:
@@ -151,6 +162,8 @@ def combine(terms: Tensor, combination: str, stats: NormalStats | None = None, s
         return terms.sum(1)
     if combination not in COMBINATIONS:
         raise ValueError(f"unknown combination {combination!r}; choose from {list(COMBINATIONS)}")
+    if combination == "either":
+        raise ValueError("combination 'either' blurs each of its maps before it combines them: use anomaly_map")
     if stats is None or silhouette is None:
         raise ValueError(f"combination {combination!r} needs the normal statistics of its terms and the silhouette evidence")
     pre = balanced(terms, stats) + silhouette * terms.shape[1]
@@ -164,17 +177,40 @@ def combine(terms: Tensor, combination: str, stats: NormalStats | None = None, s
     return pre / scales[torch.bucketize(edges.contiguous(), bins)]
 
 
+def either_map(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, sigma: float) -> Tensor:
+    """``either``'s blurred map ``[B, S, S]``: the pixel-wise maximum of the ``structure`` and
+    ``silhouette`` maps, each blurred with ``sigma`` and divided by its normal level."""
+    if len(stats.levels) != 2:
+        raise ValueError("combination 'either' needs the normal levels of its two maps: rerun the calibration stage")
+    s = blur_maps(combine(terms, "structure", stats, silhouette, edges), sigma) / stats.levels[0]
+    return torch.maximum(s, blur_maps(combine(terms, "silhouette", stats, silhouette), sigma) / stats.levels[1])
+
+
+def anomaly_map(terms: Tensor, combination: str, stats: NormalStats | None = None, silhouette: Tensor | None = None,
+                edges: Tensor | None = None, sigma: float = 4.0) -> Tensor:
+    """The blurred map ``[B, S, S]`` of ``terms [B, T, S, S]`` under ``combination``: the
+    blurred ``combine`` of the terms, or ``either_map``."""
+    if combination == "either":
+        if stats is None or silhouette is None or edges is None:
+            raise ValueError("combination 'either' needs the normal statistics, the silhouette evidence and the "
+                             "references' edge strength")
+        return either_map(terms, stats, silhouette, edges, sigma)
+    return blur_maps(combine(terms, combination, stats, silhouette, edges), sigma)
+
+
 def quantile(values: Tensor, q: float, most: int = 2_000_000) -> float:
     """``torch.quantile`` of up to ``most`` evenly spaced values (its input limit is 2^24)."""
     flat = values.flatten().float()
     return float(torch.quantile(flat[:: max(1, flat.numel() // most)], q))
 
 
-def fit_normal_stats(terms: Tensor, silhouette: Tensor | None = None, edges: Tensor | None = None) -> NormalStats:
+def fit_normal_stats(terms: Tensor, silhouette: Tensor | None = None, edges: Tensor | None = None,
+                     sigma: float | None = None) -> NormalStats:
     """Each term's 99th-percentile pixel value over normal views' ``terms [B, T, S, S]``; with
     their silhouette evidence and references' ``edges`` ``[B, S, S]``, also ``structure``'s
     statistics: the deciles of the edge strength, and the ``silhouette`` map's 99th
-    percentile among the pixels of each."""
+    percentile among the pixels of each; with the blur's ``sigma`` too, ``either``'s levels:
+    the ``LEVEL_QUANTILE`` quantile of the ``structure`` and ``silhouette`` maps' image scores."""
     stats = NormalStats(term_scales=[max(quantile(terms[:, t], 0.99), 1e-6) for t in range(terms.shape[1])])
     if edges is None:
         return stats
@@ -185,6 +221,9 @@ def fit_normal_stats(terms: Tensor, silhouette: Tensor | None = None, edges: Ten
     which = torch.bucketize(edges.contiguous(), torch.tensor(stats.edge_bins, dtype=edges.dtype, device=edges.device))
     stats.edge_scales = [max(quantile(pre[which == b], 0.99), 1e-6) if bool((which == b).any()) else 1.0
                          for b in range(STRUCTURE_BINS)]
+    if sigma is not None:
+        stats.levels = [max(quantile(anomaly_map(terms, c, stats, silhouette, edges, sigma).flatten(1).amax(1),
+                                     LEVEL_QUANTILE), 1e-6) for c in ("structure", "silhouette")]
     return stats
 
 
@@ -199,9 +238,11 @@ class AnomalyScorer(nn.Module):
             raise ValueError(f"unknown combination {combination!r}; choose from {list(COMBINATIONS)}")
         if colour not in COLOURS:
             raise ValueError(f"unknown colour term {colour!r}; choose from {list(COLOURS)}")
-        if combination == "structure" and (stats is None or len(stats.edge_scales) != STRUCTURE_BINS):
-            raise ValueError(f"combination 'structure' needs normal statistics with {STRUCTURE_BINS} edge scales: "
+        if combination in EDGED and (stats is None or len(stats.edge_scales) != STRUCTURE_BINS):
+            raise ValueError(f"combination {combination!r} needs normal statistics with {STRUCTURE_BINS} edge scales: "
                              "rerun the calibration stage")
+        if combination == "either" and len(stats.levels) != 2:
+            raise ValueError("combination 'either' needs the normal levels of its two maps: rerun the calibration stage")
         self.extractor = extractor if extractor is not None else FeatureExtractor()
         self.size = size
         self.sigma = sigma
@@ -295,13 +336,12 @@ class AnomalyScorer(nn.Module):
         """
         height, width = _to_bchw(query).shape[-2:]
         if self.combination == "peers":
-            pre = self.terms(query, reference).sum(dim=1)
+            amap = self.blur(self.terms(query, reference).sum(dim=1))
         else:
             q224, r224 = self._pair(query, reference)
-            edges = edge_strength(r224) if self.combination == "structure" else None
-            pre = combine(self._terms(q224, r224), self.combination, self.stats,
-                          silhouette_evidence(q224, r224, self.background), edges)
-        amap = self.blur(pre)
+            edges = edge_strength(r224) if self.combination in EDGED else None
+            amap = anomaly_map(self._terms(q224, r224), self.combination, self.stats,
+                               silhouette_evidence(q224, r224, self.background), edges, self.sigma)
         scores = amap.flatten(1).amax(dim=1)
         full = F.interpolate(amap[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
         return full, scores

@@ -62,7 +62,7 @@ from models.data import GOOD, Category
 from models.hashing import sha256_file
 from models.inspector import align_references, compare_at_poses
 from models.refine import RefineConfig
-from models.scoring import COLOURS, COMBINATIONS, DEFAULT_TOLERANCE, AnomalyScorer, fit_normal_stats
+from models.scoring import COLOURS, COMBINATIONS, DEFAULT_TOLERANCE, EDGED, AnomalyScorer, fit_normal_stats
 from models.splat.scene import GaussianScene
 from training.evaluate import render_references
 from training.splats import SplatConfig, calibration_key, holdout_indices
@@ -195,10 +195,11 @@ def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress:
             refs = align_references(rep(images)[sl], refs, align)
             t, sil = scorer.inputs(rep(images)[sl], refs)
             terms.append(t), silhouettes.append(sil)
-            if cfg.combination == "structure":
+            if cfg.combination in EDGED:
                 edges.append(scorer.edges(refs))
             bar.update(len(refs))
-        stats = fit_normal_stats(torch.cat(terms), torch.cat(silhouettes), torch.cat(edges) if edges else None)
+        stats = fit_normal_stats(torch.cat(terms), torch.cat(silhouettes), torch.cat(edges) if edges else None,
+                                 sigma=scorer.sigma if cfg.combination == "either" else None)
         scorer = scorer.with_stats(stats, cfg.combination)
     own, _ = _score(scorer, scene, images, poses, Ks, cfg.batch, bar)
     jittered, maps = _score(scorer, scene, rep(images), jittered_poses, rep(Ks), cfg.batch, bar, align)

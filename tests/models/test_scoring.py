@@ -11,8 +11,11 @@ import torch
 from models.data import load_category
 from models.features import FeatureExtractor
 from models.scoring import (
+    LEVEL_QUANTILE,
     STRUCTURE_BINS,
     AnomalyScorer,
+    anomaly_map,
+    blur_maps,
     combine,
     edge_strength,
     fit_normal_stats,
@@ -163,6 +166,55 @@ def test_structure_divides_by_the_normal_residual_of_each_edge_decile() -> None:
     assert again.combination == "structure" and again.stats == stats
     with pytest.raises(ValueError, match="rerun the calibration"):  # a structure config without its statistics
         AnomalyScorer.from_config({**scorer.config(), "stats": {"term_scales": stats.term_scales}})
+    query = torch.full((2, 48, 48, 3), 0.5)
+    reference = query.clone()
+    query[0, 20:28, 20:28] = 0.0  # a dark patch on the first query only
+    maps, scores = again(query, reference)
+    assert maps.shape == (2, 48, 48) and float(scores[0]) > float(scores[1])
+
+
+def test_either_keeps_what_the_structure_division_takes_away() -> None:
+    """``either``: the larger of the ``structure`` and ``silhouette`` maps, each over its normal
+    level, its ``LEVEL_QUANTILE`` image score on the normal views, so that both count from the
+    same normal footing and a defect either of them sees above it is seen."""
+    torch.manual_seed(0)
+    edges = torch.rand(40, 16, 16)
+    terms = torch.rand(40, 5, 16, 16) * (1 + 9 * edges)[:, None]  # normal residual grows with the structure
+    sil = torch.zeros(40, 16, 16)
+    with pytest.raises(ValueError, match="anomaly_map"):
+        combine(terms, "either", fit_normal_stats(terms, sil, edges), sil, edges)
+    assert fit_normal_stats(terms, sil, edges).levels == []  # only with the blur's sigma
+    stats = fit_normal_stats(terms, sil, edges, sigma=1.0)
+    assert len(stats.levels) == 2 and all(v > 0 for v in stats.levels)
+    for c, level in zip(("structure", "silhouette"), stats.levels):
+        scores = blur_maps(combine(terms, c, stats, sil, edges), 1.0).flatten(1).amax(1) / level
+        assert quantile(scores, LEVEL_QUANTILE) == pytest.approx(1.0, rel=1e-4)
+    # A residual on the strongest structure of a normal view, then the same on its flattest
+    # pixel: ``structure`` divides the first by its decile's large normal residue, and the
+    # flat one stands out in it more; ``either`` is the larger of the two maps, pixel by pixel.
+    defect = terms[:2].clone()
+    e = edges[:2]
+    strong, flat = int(e[0].flatten().argmax()), int(e[1].flatten().argmin())
+    defect[0].view(5, -1)[:, strong] += 20.0
+    defect[1].view(5, -1)[:, flat] += 20.0
+    amap = anomaly_map(defect, "either", stats, sil[:2], e, 1.0)
+    s_map = blur_maps(combine(defect, "structure", stats, sil[:2], e), 1.0) / stats.levels[0]
+    h_map = blur_maps(combine(defect, "silhouette", stats, sil[:2]), 1.0) / stats.levels[1]
+    assert torch.equal(amap, torch.maximum(s_map, h_map))
+    struct, silh, either = (m.flatten(1).amax(1) for m in (s_map, h_map, amap))
+    assert float(struct[1]) > 2 * float(struct[0])
+    assert torch.equal(either, torch.maximum(struct, silh)) and (either > 1.0).all()
+    with pytest.raises(ValueError, match="edge strength"):
+        anomaly_map(defect, "either", stats, sil[:2])
+    # The levels travel in the config; a config of the combinations before it still loads.
+    scorer = AnomalyScorer(FeatureExtractor(weights="random"), size=64, combination="either", stats=stats)
+    again = AnomalyScorer.from_config(json.loads(json.dumps(scorer.config())))
+    assert again.combination == "either" and again.stats.levels == stats.levels
+    old = {**scorer.config(), "combination": "structure", "stats": {k: v for k, v in scorer.config()["stats"].items()
+                                                                    if k != "levels"}}
+    assert AnomalyScorer.from_config(old).combination == "structure"
+    with pytest.raises(ValueError, match="rerun the calibration"):  # either without its levels
+        AnomalyScorer.from_config({**old, "combination": "either"})
     query = torch.full((2, 48, 48, 3), 0.5)
     reference = query.clone()
     query[0, 20:28, 20:28] = 0.0  # a dark patch on the first query only
