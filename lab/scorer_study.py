@@ -57,7 +57,15 @@ from models.data import GOOD, load_category
 from models.inspector import align_references
 from models.metrics import aupro, auroc, pixel_auroc
 from models.refine import RefineConfig
-from models.scoring import AnomalyScorer, balanced, blur_maps, combine, fit_normal_stats, squared_difference
+from models.scoring import (
+    AnomalyScorer,
+    anomaly_map,
+    balanced,
+    blur_maps,
+    combine,
+    fit_normal_stats,
+    squared_difference,
+)
 from models.splat.scene import GaussianScene
 from training.evaluate import decision_metrics, render_references
 from training.selfcheck import SelfCheckConfig, heldout_views, painted_queries
@@ -65,7 +73,7 @@ from training.selfcheck import SelfCheckConfig, heldout_views, painted_queries
 Tensor = torch.Tensor
 SIZE = 224
 FALSE_ALARM = 0.02
-VARIANTS = ("peers", "sigma2", "balanced", "silhouette", "silhouette_s2", "silhouette_s1", "structure", "tint")
+VARIANTS = ("peers", "sigma2", "balanced", "silhouette", "silhouette_s2", "silhouette_s1", "structure", "either", "tint")
 CHROMA_EPS = 0.05  # ``tint``: added before the logarithm, so dark pixels' noise stays bounded
 SIGMAS = {"sigma2": 2.0, "silhouette_s2": 2.0, "silhouette_s1": 1.0}  # the blur of a variant; 4 otherwise
 
@@ -106,7 +114,7 @@ class Features:
 
 class Variant:
     """One way to a map, with the normal statistics it fitted on the clean held-out views:
-    ``peers``, ``silhouette`` and ``structure`` are the product's combinations
+    ``peers``, ``silhouette``, ``structure`` and ``either`` are the product's combinations
     (``models.scoring``); the others were measured here and not adopted."""
 
     def __init__(self, name: str, clean: Features):
@@ -115,7 +123,9 @@ class Variant:
         self.name = name
         self.sigma = SIGMAS.get(name, 4.0)
         terms = clean.with_chroma() if name == "tint" else clean.terms
-        self.stats = fit_normal_stats(terms, clean.silhouette, clean.edges if name in ("structure", "tint") else None)
+        self.stats = fit_normal_stats(terms, clean.silhouette,
+                                      clean.edges if name in ("structure", "either", "tint") else None,
+                                      sigma=self.sigma if name == "either" else None)
 
     def pre(self, f: Features) -> Tensor:
         if self.name in ("peers", "sigma2"):
@@ -129,6 +139,8 @@ class Variant:
         return combine(f.terms, "silhouette", self.stats, f.silhouette)
 
     def __call__(self, f: Features) -> Tensor:
+        if self.name == "either":
+            return anomaly_map(f.terms, "either", self.stats, f.silhouette, f.edges, self.sigma)
         return blur_maps(self.pre(f), self.sigma)
 
 
