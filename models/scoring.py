@@ -12,7 +12,7 @@ with the best-matching reference value within ``r`` cells of the same map (per l
 per pixel for the colour term), so a reference that sits a little off the query does not
 light up edges.
 
-Combinations of the terms (``COMBINATIONS``; ``combine``), before the blur:
+Combinations of the terms (``COMBINATIONS``; ``combine`` before the blur, ``anomaly_map`` with it):
 
 - ``peers``: the plain sum above (the peers' scorer: the ``demo`` preset's, the benchmark
   tables', and the default of an ``AnomalyScorer``);
@@ -180,7 +180,7 @@ def combine(terms: Tensor, combination: str, stats: NormalStats | None = None, s
 def either_map(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, sigma: float) -> Tensor:
     """``either``'s blurred map ``[B, S, S]``: the pixel-wise maximum of the ``structure`` and
     ``silhouette`` maps, each blurred with ``sigma`` and divided by its normal level."""
-    if len(stats.levels) != 2:
+    if stats is None or len(stats.levels) != 2:
         raise ValueError("combination 'either' needs the normal levels of its two maps: rerun the calibration stage")
     s = blur_maps(combine(terms, "structure", stats, silhouette, edges), sigma) / stats.levels[0]
     return torch.maximum(s, blur_maps(combine(terms, "silhouette", stats, silhouette), sigma) / stats.levels[1])
@@ -191,9 +191,6 @@ def anomaly_map(terms: Tensor, combination: str, stats: NormalStats | None = Non
     """The blurred map ``[B, S, S]`` of ``terms [B, T, S, S]`` under ``combination``: the
     blurred ``combine`` of the terms, or ``either_map``."""
     if combination == "either":
-        if stats is None or silhouette is None or edges is None:
-            raise ValueError("combination 'either' needs the normal statistics, the silhouette evidence and the "
-                             "references' edge strength")
         return either_map(terms, stats, silhouette, edges, sigma)
     return blur_maps(combine(terms, combination, stats, silhouette, edges), sigma)
 

@@ -12,11 +12,10 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from issue22_selection_terms import compare, selection, structure_figures
-from issue22_shared_edges import Features, inside_set, lab_and_query_edges
+from issue22_selection_terms import compare, structure_figures
+from issue22_shared_edges import selection_with_inside
 from lab.scorer_study import FALSE_ALARM, _figures
 from models.scoring import blur_maps, combine, fit_normal_stats
-from training.selfcheck import heldout_views
 
 
 def either_figures(s: SimpleNamespace, terms: torch.Tensor, edges: torch.Tensor) -> dict:
@@ -38,22 +37,8 @@ def either_figures(s: SimpleNamespace, terms: torch.Tensor, edges: torch.Tensor)
 
 
 def measure(bundles: Path, category_dir: Path) -> dict:
-    s = selection(bundles, category_dir)
-    held = heldout_views(Path(bundles), Path(category_dir))[3]
-    images, refs, masks, _ = inside_set(s, held)
-    f = Features(s.scorer, images, refs)
-    lab0, _ = lab_and_query_edges(s.scorer, s.images, s.refs)
-    lab1, _ = lab_and_query_edges(s.scorer, images, refs)
-    n = len(images)
-    both = SimpleNamespace(
-        category=s.category, scorer=s.scorer,
-        f=SimpleNamespace(silhouette=torch.cat([s.f.silhouette, f.silhouette])),
-        labels=np.concatenate([s.labels, np.ones(n, bool)]), masks=np.concatenate([s.masks, masks]),
-        kinds=np.concatenate([s.kinds, np.array(["inside_missing"] * n)]))
-    terms = torch.cat([torch.cat([lab0, s.f.terms[:, 1:]], 1), torch.cat([lab1, f.terms[:, 1:]], 1)])
-    edges = torch.cat([s.f.edges, f.edges])
+    both, terms, edges, _ = selection_with_inside(bundles, category_dir)
     return {"lab": structure_figures("lab", both, terms, edges), "lab_either": either_figures(both, terms, edges)}
-
 
 if __name__ == "__main__":
     compare(measure, ("lab", "lab_either"))

@@ -71,9 +71,13 @@ def lab_and_query_edges(scorer, images, refs):
     return torch.cat(lab), torch.cat(qedges)
 
 
-def measure(bundles: Path, category_dir: Path) -> dict:
-    s = selection(bundles, category_dir)
+def selection_with_inside(bundles: Path, category_dir: Path):
+    """The self-check's selection data plus the inside-missing copies: the queries' labels,
+    masks, kinds and silhouette evidence (``both``), the `lab` terms, the renders' edge strength
+    and the photographs' edge strength."""
     from training.selfcheck import heldout_views
+
+    s = selection(bundles, category_dir)
     held = heldout_views(Path(bundles), Path(category_dir))[3]
     images, refs, masks, n_held = inside_set(s, held)
     f = Features(s.scorer, images, refs)
@@ -87,8 +91,12 @@ def measure(bundles: Path, category_dir: Path) -> dict:
         labels=np.concatenate([s.labels, np.ones(n, bool)]), masks=np.concatenate([s.masks, masks]),
         kinds=np.concatenate([s.kinds, np.array(["inside_missing"] * n)]))
     terms = torch.cat([torch.cat([lab0, s.f.terms[:, 1:]], 1), torch.cat([lab1, f.terms[:, 1:]], 1)])
-    ref_edges = torch.cat([s.f.edges, f.edges])
-    shared = torch.minimum(ref_edges, torch.cat([qe0, qe1]))
+    return both, terms, torch.cat([s.f.edges, f.edges]), torch.cat([qe0, qe1])
+
+
+def measure(bundles: Path, category_dir: Path) -> dict:
+    both, terms, ref_edges, query_edges = selection_with_inside(bundles, category_dir)
+    shared = torch.minimum(ref_edges, query_edges)
     s2 = SimpleNamespace(**{**vars(both), "scorer": SimpleNamespace(sigma=2.0)})
     out = {"lab": structure_figures("lab", both, terms, ref_edges),
            "lab_shared": structure_figures("lab_shared", both, terms, shared),
@@ -97,7 +105,6 @@ def measure(bundles: Path, category_dir: Path) -> dict:
     for r in out.values():
         r["of_by_kind"] = of_kind
     return out
-
 
 if __name__ == "__main__":
     compare(measure, ("lab", "lab_shared", "lab_s2"))
