@@ -238,14 +238,17 @@ class Render:
 
 
 class Verify:
-    """Does each reference fit its query? (``models.verify``)."""
+    """Does each reference fit its query? (``models.verify``, with the 2D warp the refinement
+    gave each reference, converted from the ECC's size to the check's)."""
 
-    def __init__(self, background: tuple[float, float, float], cfg: VerifyConfig):
-        self.background, self.cfg = background, cfg
+    def __init__(self, background: tuple[float, float, float], cfg: VerifyConfig, ecc_size: int):
+        self.background, self.cfg, self.ecc_size = background, cfg, ecc_size
 
     def __call__(self, batch: Batch) -> None:
         t0 = time.perf_counter()
-        batch.verification = verify(batch.images_cpu, batch.references.cpu(), self.background, self.cfg)
+        warps = [float(info["ecc_shift_px"]) * self.cfg.size / self.ecc_size if info.get("ecc_accepted") else 0.0
+                 for info in batch.refine] if len(batch.refine) == len(batch.images) else None
+        batch.verification = verify(batch.images_cpu, batch.references.cpu(), self.background, self.cfg, warps)
         batch.timed("verify", t0)
 
 
@@ -365,7 +368,7 @@ class Inspector:
         self.bundle_dir: Path | None = None  # set by load
         self.locate = registry.resolve(registry.pose_mode(config.pose, lab=True))(self, **config.pose_options)
         self.render_stage = Render(scene, width, height)
-        self.verify_stage = Verify(scene.background, config.verify)
+        self.verify_stage = Verify(scene.background, config.verify, config.refine.ecc_size)
         self.score_stage = Score(scorer)
 
     # ----------------------------------------------------------------- loading

@@ -16,7 +16,12 @@ size (``size``, 224 by default, the size the alignment errors of docs/RESULTS.md
 
 A query is verified when ``misalignment_px <= max_misalignment_px`` and
 ``silhouette_iou >= min_silhouette_iou``; otherwise its verdict is ``review``
-(``models.results``) and the reason names the failed measure.
+(``models.results``) and the reason names the failed measure. The refinement's last step
+warps the reference in 2D onto the query (``models.refine.ecc_align``); a warp can make a
+reference fit whose pose is far off (seen once on photographs no model saw: 8.7 px off,
+warped 8.4 px, left with 1.2 px of flow; docs/RESULTS.md, session 18). So the warp each
+reference got (``warps``) is held to the same bound: a reference that needed more than
+``max_misalignment_px`` of 2D warp to fit stands on a pose that is off, and goes to review.
 
 The bounds were fixed before any test figure was seen (docs/SCORING.md, "Pose
 verification"): 2.5 px, just above the geometric middle of the 1 px the scorer needs
@@ -80,10 +85,13 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 
 def verify(queries: Tensor, references: Tensor, background: tuple[float, float, float],
-           cfg: VerifyConfig = VerifyConfig()) -> list[Verification]:
-    """One ``Verification`` per pair of ``queries`` and ``references`` ``[B, H, W, 3]`` in [0, 1]."""
+           cfg: VerifyConfig = VerifyConfig(), warps: list[float] | None = None) -> list[Verification]:
+    """One ``Verification`` per pair of ``queries`` and ``references`` ``[B, H, W, 3]`` in [0, 1];
+    ``warps``: the 2D warp each reference got to fit its query, pixels at ``cfg.size`` (none: 0)."""
     if queries.shape != references.shape or queries.dim() != 4 or queries.shape[-1] != 3:
         raise ValueError(f"queries {tuple(queries.shape)} and references {tuple(references.shape)} must both be [B, H, W, 3]")
+    if warps is not None and len(warps) != len(queries):
+        raise ValueError(f"{len(warps)} warps for {len(queries)} queries")
     q, r = _square(queries, cfg.size), _square(references, cfg.size)
     fq, fr = foreground(q, background, cfg.foreground_tol), foreground(r, background, cfg.foreground_tol)
     flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
@@ -102,6 +110,10 @@ def verify(queries: Tensor, references: Tensor, background: tuple[float, float, 
         if shift > cfg.max_misalignment_px:
             reasons.append(f"the reference sits {shift:.1f} px from the query (bound {cfg.max_misalignment_px:g} px): "
                            "the pose is off")
+        warp = warps[i] if warps is not None else 0.0
+        if warp > cfg.max_misalignment_px:
+            reasons.append(f"the reference needed a {warp:.1f} px 2D warp to fit the query (bound "
+                           f"{cfg.max_misalignment_px:g} px): the pose is off")
         if iou < cfg.min_silhouette_iou:
             reasons.append(f"the silhouettes overlap by {iou:.2f} (bound {cfg.min_silhouette_iou:g}): the pose is off, "
                            "or the object is not the category's")

@@ -73,6 +73,26 @@ def test_bounds_come_from_the_config(photo: torch.Tensor) -> None:
         verify(photo, photo[:, :100], WHITE)
 
 
+def test_a_reference_that_needed_a_large_2d_warp_goes_to_review(photo: torch.Tensor) -> None:
+    """The refinement's ECC warp can make a reference fit whose pose is far off; the warp it
+    needed is held to the misalignment bound, and the Inspector's stage reads it from the
+    refinement's record, converted from the ECC's size to the check's."""
+    fitted, small = verify(torch.cat([photo, photo]), torch.cat([photo, photo]), WHITE, warps=[8.4, 0.6])
+    assert not fitted.verified and "8.4 px 2D warp" in fitted.reason and fitted.misalignment_px < 0.35
+    assert small.verified and small.reason == ""
+    assert verify(photo, photo, WHITE, VerifyConfig(max_misalignment_px=10.0), warps=[8.4])[0].verified
+    with pytest.raises(ValueError, match="warps"):
+        verify(photo, photo, WHITE, warps=[1.0, 2.0])
+    from models.inspector import Batch, Verify
+
+    batch = Batch(images=torch.cat([photo] * 3), Ks=torch.eye(3).expand(3, 3, 3), references=torch.cat([photo] * 3),
+                  refine=[{"ecc_accepted": True, "ecc_shift_px": 4.0}, {"ecc_accepted": False, "ecc_shift_px": 9.0},
+                          {}])
+    Verify(WHITE, VerifyConfig(), ecc_size=112)(batch)  # 4 px at 112 is 8 px at the check's 224
+    assert [v.verified for v in batch.verification] == [False, True, True]
+    assert "8.0 px 2D warp" in batch.verification[0].reason
+
+
 def test_verdict_rule() -> None:
     ok = Verification(verified=True, misalignment_px=0.2, silhouette_iou=0.99, reason="")
     off = Verification(verified=False, misalignment_px=9.0, silhouette_iou=0.7, reason="off")
