@@ -135,6 +135,16 @@ def test_combinations_fit_their_normal_statistics_and_travel_in_the_config() -> 
         AnomalyScorer(FeatureExtractor(weights="random"), combination="balanced")
 
 
+def assert_a_dark_patch_scores_above_a_clean_copy(scorer: AnomalyScorer) -> None:
+    """End to end: of two grey queries against grey references, the one with a dark patch
+    scores higher, and the maps come back at the queries' size."""
+    query = torch.full((2, 48, 48, 3), 0.5)
+    reference = query.clone()
+    query[0, 20:28, 20:28] = 0.0  # a dark patch on the first query only
+    maps, scores = scorer(query, reference)
+    assert maps.shape == (2, 48, 48) and float(scores[0]) > float(scores[1])
+
+
 def test_structure_divides_by_the_normal_residual_of_each_edge_decile() -> None:
     """``structure``: where the renders of normal views are always off (strong edges), a
     residual counts for less; each decile's normal 99th percentile becomes 1."""
@@ -166,11 +176,7 @@ def test_structure_divides_by_the_normal_residual_of_each_edge_decile() -> None:
     assert again.combination == "structure" and again.stats == stats
     with pytest.raises(ValueError, match="rerun the calibration"):  # a structure config without its statistics
         AnomalyScorer.from_config({**scorer.config(), "stats": {"term_scales": stats.term_scales}})
-    query = torch.full((2, 48, 48, 3), 0.5)
-    reference = query.clone()
-    query[0, 20:28, 20:28] = 0.0  # a dark patch on the first query only
-    maps, scores = again(query, reference)
-    assert maps.shape == (2, 48, 48) and float(scores[0]) > float(scores[1])
+    assert_a_dark_patch_scores_above_a_clean_copy(again)
 
 
 def test_either_keeps_what_the_structure_division_takes_away() -> None:
@@ -215,11 +221,7 @@ def test_either_keeps_what_the_structure_division_takes_away() -> None:
     assert AnomalyScorer.from_config(old).combination == "structure"
     with pytest.raises(ValueError, match="rerun the calibration"):  # either without its levels
         AnomalyScorer.from_config({**old, "combination": "either"})
-    query = torch.full((2, 48, 48, 3), 0.5)
-    reference = query.clone()
-    query[0, 20:28, 20:28] = 0.0  # a dark patch on the first query only
-    maps, scores = again(query, reference)
-    assert maps.shape == (2, 48, 48) and float(scores[0]) > float(scores[1])
+    assert_a_dark_patch_scores_above_a_clean_copy(again)
 
 
 def test_lab_colour_terms_split_lightness_from_chroma() -> None:
