@@ -21,7 +21,7 @@ from models.camera import perturb_pose
 from models.inspector import align_references
 from models.refine import RefineConfig
 from models.scoring import edge_strength, lab_terms
-from training.defects import MIN_PIXELS, STAIN_MIN_DELTA_E, delta_e, foreground
+from training.defects import foreground, visible
 from training.evaluate import render_references
 
 INSIDE_COPIES, TRIES, SEED = 2, 50, 2000
@@ -40,7 +40,7 @@ def inside_missing(image: np.ndarray, background, rng: np.random.Generator):
         mask = disc.astype(bool) & fg
         out = image.copy()
         out[mask] = cv2.inpaint(u8, mask.astype(np.uint8), 3, cv2.INPAINT_TELEA)[mask].astype(np.float32) / 255
-        if mask.sum() >= MIN_PIXELS and float(delta_e(out[mask], image[mask]).mean()) >= STAIN_MIN_DELTA_E:
+        if visible("stain", image, out, mask):  # the stains' floor: MIN_PIXELS and STAIN_MIN_DELTA_E
             return out, mask
     return None
 
