@@ -191,7 +191,8 @@ class RelativePose:
 
 class Refine:
     """Gallery PnP from IRPRN's pose, one render at the corrected pose (the reference), a
-    depth-warp polish, then the guarded ECC warp of that reference (``models.refine``)."""
+    depth-warp polish (SIFT rounds, then a dense-flow round), then the guarded ECC warp of
+    that reference (``models.refine``)."""
 
     def __init__(self, scene: GaussianScene, gallery: Gallery, cfg: RefineConfig):
         if gallery.images is None:
@@ -206,8 +207,8 @@ class Refine:
                                  self.cfg, cache=self.keypoints)
         batch.poses = pnp.poses
         for i, info in enumerate(batch.refine):
-            info.update(pnp_accepted=pnp.accepted[i], pnp_inliers=pnp.inliers[i], pnp_reason=pnp.reasons[i],
-                        pnp_path=pnp.paths[i])
+            info.update(pnp_accepted=pnp.accepted[i], pnp_inliers=pnp.inliers[i], flow_inliers=pnp.flow_inliers[i],
+                        pnp_reason=pnp.reasons[i], pnp_path=pnp.paths[i])
         warped = []
         t1 = time.perf_counter()
         for i, (query, ref) in enumerate(zip(batch.images_cpu.numpy(), pnp.renders)):

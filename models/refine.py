@@ -7,7 +7,13 @@ The one refinement of pose mode ``rpe+refine`` (docs/REFINE.md; one render per q
    with Lowe's ratio test, the matches of all views pooled into one RANSAC PnP from the
    IRPRN pose, then Levenberg-Marquardt on the inliers; OpenCV). Then the one render, at
    that pose, with depth: the reference. Then ``rounds`` polishing PnPs of the query
-   against the current reference. A polish that moves the object by at most
+   against the current reference from SIFT matches (robust to a start several pixels off),
+   and ``flow_rounds`` more from dense correspondences, run for every query whatever the
+   SIFT rounds did: OpenCV's DIS optical flow from the reference to the query and back,
+   every ``flow_step``-th pixel on the object whose two flows agree within
+   ``flow_consistency_px`` (``flow_matches``; SIFT finds few corners at grazing or plain
+   views, the flow a point at every pixel, and sub-pixel ones once the reference is near).
+   A polish that moves the object by at most
    ``warp_max_px`` is applied by re-projecting the render with its depth (``warp_to_pose``:
    no new render), a larger one by rendering again; each must match the query better (mean
    absolute difference) than the current reference. A gallery correction is confirmed when
@@ -27,9 +33,11 @@ origin); ECC must converge, raise the correlation, and stay within ``ecc_max_shi
 ``ecc_max_rotation_deg``. Pixel convention: our intrinsics put pixel centres at +0.5,
 OpenCV's keypoints at +0, so keypoints are shifted by 0.5 before use.
 
-Measured and retired (figures in docs/REFINE.md, code in git history): PnP on renders
-(``pnp``, ``pnp+ecc``: three renders per query), ECC alone, gallery PnP without ECC, ORB
-keypoints, and render-and-compare where PnP fails (``photometric``).
+Measured and retired (figures in docs/REFINE.md and docs/RESULTS.md, code in git history):
+PnP on renders (``pnp``, ``pnp+ecc``: three renders per query), ECC alone, gallery PnP
+without ECC, ORB keypoints, render-and-compare where PnP fails (``photometric``), and a
+polish by the flow alone, without the SIFT rounds (session 19: from a start several pixels
+off, two flow rounds left some views worse).
 """
 
 from __future__ import annotations
@@ -54,14 +62,18 @@ Tensor = torch.Tensor
 @dataclass(frozen=True)
 class RefineConfig:
     ratio: float = 0.85  # Lowe's ratio test on SIFT matches
-    ransac_px: float = 2.0  # RANSAC inlier distance, pixels at the bundle's size
+    ransac_px: float = 2.0  # the SIFT PnPs' RANSAC inlier distance, pixels at the bundle's size
     min_inliers: int = 8  # RANSAC inliers for a correction (12 refused 2 of 40 correctable synthetic queries; docs/REFINE.md)
     max_rotation_deg: float = 30.0  # largest correction of the IRPRN pose accepted
     max_center_rel: float = 0.5  # largest camera-centre shift accepted, over the camera's distance from the origin
-    rounds: int = 2  # polishing PnPs against the reference
+    rounds: int = 2  # polishing PnPs against the reference, from SIFT matches
+    flow_rounds: int = 1  # then polishing PnPs from dense flow correspondences
     gallery_views: int = 3  # best gallery views whose matches are pooled into one PnP
     warp_max_px: float = 2.0  # largest polish applied by warping the render (larger ones re-render)
-    polish_stop_px: float = 0.2  # a polish that moved the reference less than this ends the rounds
+    polish_stop_px: float = 0.2  # a SIFT polish that moved the reference less than this ends the SIFT rounds
+    flow_step: int = 2  # the flow polish's correspondences: every flow_step-th pixel of the reference
+    flow_consistency_px: float = 0.5  # largest forward-backward disagreement of a flow correspondence
+    flow_ransac_px: float = 1.0  # the flow polish's RANSAC inlier distance (dense, sub-pixel)
     ecc_size: int = 224  # ECC works at this square size (the scorer's)
     ecc_iterations: int = 60
     ecc_max_shift_px: float = 12.0  # at ecc_size
@@ -72,7 +84,8 @@ class RefineConfig:
 class PnPResult:
     poses: Tensor  # [B, 4, 4] refined where accepted, else the input
     accepted: list[bool] = field(default_factory=list)
-    inliers: list[int] = field(default_factory=list)
+    inliers: list[int] = field(default_factory=list)  # the most of any SIFT PnP (gallery or polish)
+    flow_inliers: list[int] = field(default_factory=list)  # the last flow polish's inliers (0: none accepted)
     reasons: list[str] = field(default_factory=list)
     renders: np.ndarray | None = None  # [B, H, W, 3] in [0, 1]: each query's reference at its returned pose
     render_ms: float = 0.0  # time of the render the unrefined pipeline would have made too
@@ -109,13 +122,15 @@ def _lift(pts: np.ndarray, depth: np.ndarray, K: np.ndarray, pose: np.ndarray) -
     return (cam - pose[:3, 3]) @ pose[:3, :3], keep
 
 
-def _solve(world: np.ndarray, pts: np.ndarray, K: np.ndarray, pose0: np.ndarray, cfg: RefineConfig):
-    """RANSAC PnP from ``pose0`` then LM on the inliers: (pose [4, 4] tensor | None, inliers)."""
+def _solve(world: np.ndarray, pts: np.ndarray, K: np.ndarray, pose0: np.ndarray, cfg: RefineConfig,
+           ransac_px: float):
+    """RANSAC PnP from ``pose0`` (inliers within ``ransac_px``) then LM on the inliers:
+    (pose [4, 4] tensor | None, inliers)."""
     if len(world) < cfg.min_inliers:
         return None, len(world)
     rvec0, _ = cv2.Rodrigues(pose0[:3, :3])
     ok, rvec, tvec, inl = cv2.solvePnPRansac(world, pts, K, None, rvec0.copy(), pose0[:3, 3].reshape(3, 1).copy(),
-                                             useExtrinsicGuess=True, iterationsCount=200, reprojectionError=cfg.ransac_px,
+                                             useExtrinsicGuess=True, iterationsCount=200, reprojectionError=ransac_px,
                                              confidence=0.999, flags=cv2.SOLVEPNP_ITERATIVE)
     n_in = 0 if inl is None else len(inl)
     if not ok or n_in < cfg.min_inliers:
@@ -147,6 +162,27 @@ def _match(fa: tuple, fb: tuple, norm: int, ratio: float) -> tuple[np.ndarray, n
     pairs = cv2.BFMatcher(norm).knnMatch(da, db, k=2)
     good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < ratio * n.distance]
     return pa[[m.queryIdx for m in good]].reshape(-1, 2), pb[[m.trainIdx for m in good]].reshape(-1, 2)
+
+
+def flow_matches(reference: np.ndarray, query: np.ndarray, cfg: RefineConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Dense correspondences between two views a few pixels apart (``[H, W, 3]`` in [0, 1],
+    the same size): OpenCV's DIS optical flow from ``reference`` to ``query`` and back, on
+    every ``cfg.flow_step``-th pixel of ``reference``, kept where the backward flow returns
+    within ``cfg.flow_consistency_px`` (occlusions and patches the flow cannot pin fail it).
+    Returns matched positions in the query and in the reference (``[N, 2]``, pixel centres
+    at +0.5), like ``_match``."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    r, q = _gray(reference), _gray(query)
+    fwd, bwd = dis.calc(r, q, None), dis.calc(q, r, None)
+    h, w = r.shape
+    ys, xs = np.mgrid[0:h:cfg.flow_step, 0:w:cfg.flow_step].reshape(2, -1)
+    f = fwd[ys, xs]
+    tx, ty = (xs + f[:, 0]).astype(np.float32), (ys + f[:, 1]).astype(np.float32)
+    back = cv2.remap(bwd, tx[:, None], ty[:, None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[:, 0]
+    inside = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
+    ok = inside & (np.linalg.norm(f + back, axis=1) < cfg.flow_consistency_px)
+    ref_pts = np.stack([xs, ys], axis=1)[ok].astype(np.float64) + 0.5
+    return np.stack([tx, ty], axis=1)[ok].astype(np.float64) + 0.5, ref_pts
 
 
 def _filled_depth(depth: np.ndarray) -> np.ndarray | None:
@@ -243,7 +279,7 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
     small, K_q = (queries, Ks.double()) if (gh, gw) == (h, w) else resize_with_intrinsics(images, Ks, gw, gh)
     Ks_np = Ks.double().numpy()
     p0 = poses.double().cpu()
-    result = PnPResult(p0.clone(), [False] * b, [0] * b, ["not run"] * b, paths=["none"] * b)
+    result = PnPResult(p0.clone(), [False] * b, [0] * b, [0] * b, ["not run"] * b, paths=["none"] * b)
 
     # 1. PnP of the query against its best gallery views at once (their matches pooled).
     first = p0.clone()
@@ -259,7 +295,7 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
             wpts, keep = _lift(pg, gallery.depths[gid].float().numpy(), K_g, gallery.poses[gid].double().numpy())
             world.append(wpts)
             pts.append(pq[keep])
-        new, n_in = _solve(np.concatenate(world), np.concatenate(pts), K_q[i].numpy(), p0[i].numpy(), cfg)
+        new, n_in = _solve(np.concatenate(world), np.concatenate(pts), K_q[i].numpy(), p0[i].numpy(), cfg, cfg.ransac_px)
         result.inliers[i] = n_in
         ok, reason = (False, f"gallery PnP: too few inliers ({n_in})") if new is None else _within_bounds(new, p0[i], cfg)
         if ok:
@@ -277,7 +313,8 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
     result.render_ms = 1000 * (time.perf_counter() - t0)
     result.poses, result.renders = first.clone(), renders.copy()
 
-    # 3. Polish, ``rounds`` times: PnP of the query against the current reference, lifted
+    # 3. Polish, ``rounds`` times from SIFT matches, then ``flow_rounds`` times from dense
+    #    flow (every query again): PnP of the query against the current reference, lifted
     #    with the depth of the last true render (through the warp's sampling maps). A small
     #    correction warps that render (no accumulated resampling), a large one re-renders;
     #    either must match the query better than the current reference.
@@ -285,23 +322,33 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
     err = [_photo_error(renders[i], queries[i]) for i in range(b)]
     steps = [["gallery"] if from_gallery[i] else [] for i in range(b)]
     unconfirmed = [i for i in range(b) if from_gallery[i]]  # gallery corrections no polish has checked yet
-    active = list(range(b))
-    for _ in range(cfg.rounds):
+    kinds = ["sift"] * cfg.rounds + ["flow"] * cfg.flow_rounds
+    for r, kind in enumerate(kinds):
+        if r == 0 or kind != kinds[r - 1]:
+            active = list(range(b))  # the flow polishes every query, wherever the SIFT rounds stopped
         to_render: list[tuple[int, Tensor]] = []
+        tag = "flow-" if kind == "flow" else ""
         for i in list(active):
             pose_b, img_b, depth_b, wdepth_b, maps = base[i]
-            pq, pr = _match(q_feats[i], _features(det, _gray(result.renders[i])), norm, cfg.ratio)
-            if maps is not None:  # keypoints of the warped reference -> pixels of the render it came from
+            if kind == "flow":
+                pq, pr = flow_matches(result.renders[i], queries[i], cfg)
+            else:
+                pq, pr = _match(q_feats[i], _features(det, _gray(result.renders[i])), norm, cfg.ratio)
+            if maps is not None:  # points of the warped reference -> pixels of the render it came from
                 pr = np.stack([_sample(maps[0], pr), _sample(maps[1], pr)], axis=1) + 0.5
             wpts, keep = _lift(pr, depth_b, Ks_np[i], pose_b.numpy())
-            new, n_in = _solve(wpts, pq[keep], Ks_np[i], result.poses[i].numpy(), cfg)
+            new, n_in = _solve(wpts, pq[keep], Ks_np[i], result.poses[i].numpy(), cfg,
+                               cfg.flow_ransac_px if kind == "flow" else cfg.ransac_px)
             ok = new is not None and _within_bounds(new, p0[i], cfg)[0]
             if not ok:
                 active.remove(i)
                 if not result.accepted[i]:
                     result.reasons[i] += f"; polish: {'too few inliers' if new is None else 'correction too large'} ({n_in})"
                 continue
-            result.inliers[i] = max(result.inliers[i], n_in)
+            if kind == "flow":
+                result.flow_inliers[i] = n_in
+            else:
+                result.inliers[i] = max(result.inliers[i], n_in)
             moved = mean_flow_px(depth_b, Ks_np[i], result.poses[i].numpy(), new.numpy())
             if i in unconfirmed and moved <= cfg.warp_max_px:
                 # An independent PnP (query against the render, not the gallery) puts the
@@ -319,7 +366,7 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
                 continue
             err[i], base[i] = e, (pose_b, img_b, depth_b, wdepth_b, new_maps)
             result.poses[i], result.renders[i], result.accepted[i], result.reasons[i] = new, warped, True, "ok"
-            steps[i].append("warp")
+            steps[i].append(tag + "warp")
             if moved < cfg.polish_stop_px:
                 active.remove(i)
         if to_render:
@@ -336,7 +383,7 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
                     continue
                 err[i], base[i] = e, (new, imgs[j], dps[j], wdps[j], None)
                 result.poses[i], result.renders[i], result.accepted[i], result.reasons[i] = new, imgs[j], True, "ok"
-                steps[i].append("render")
+                steps[i].append(tag + "render")
     if unconfirmed:  # a gallery correction no polish confirmed: keep the result only if it beats the input pose
         out = render(scene, p0[unconfirmed].float(), Ks[unconfirmed].float(), w, h).colors.clamp(0, 1).cpu().numpy()
         for j, i in enumerate(unconfirmed):

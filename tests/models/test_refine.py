@@ -82,6 +82,30 @@ def test_warp_to_pose_matches_a_fresh_render(posed_renders) -> None:
     np.testing.assert_allclose(same, colors[0], atol=1e-5)
 
 
+def test_flow_matches_follow_the_true_motion(posed_renders) -> None:
+    """Dense correspondences between a render and the scene a pixel or two away land where
+    the depth says each pixel moves, to a fraction of a pixel, and far outnumber SIFT's."""
+    from models.refine import _depths, _detector, _features, _flow, _gray, _match, flow_matches
+
+    scene, _, poses, Ks = posed_renders
+    near = perturb_pose(poses, 0.01, 0.02, torch.Generator().manual_seed(5))
+    src = render(scene, poses.float(), Ks.float(), SIZE, SIZE, with_depth=True)
+    dst = render(scene, near.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1).numpy()
+    lift, _ = _depths(src)
+    colors, K, cfg = src.colors.clamp(0, 1).numpy(), Ks[0].numpy(), RefineConfig()
+    for i in range(len(poses)):
+        pq, pr = flow_matches(colors[i], dst[i], cfg)
+        cols, rows = (pr - 0.5).astype(int).T
+        on = lift[i][rows, cols] > 0
+        truth = pr[on] + _flow(lift[i], K, poses[i].numpy(), near[i].numpy())[rows[on], cols[on]]
+        moved = np.linalg.norm(truth - pr[on], axis=1)
+        error = np.linalg.norm(pq[on] - truth, axis=1)
+        assert np.median(moved) > 0.5 and np.median(error) < 0.25 * np.median(moved), (i, np.median(moved), np.median(error))
+        det = _detector()
+        sift, _ = _match(_features(det, _gray(dst[i])), _features(det, _gray(colors[i])), 4, 0.85)
+        assert on.sum() > 3 * len(sift)
+
+
 def test_gallery_pnp_recovers_or_refuses(posed_renders) -> None:
     from models.gallery import Gallery
     from models.refine import gallery_pnp_refine
@@ -125,11 +149,11 @@ def test_gallery_pnp_never_returns_a_worse_pose(posed_renders, monkeypatch: pyte
     n = len(poses)
     calls = []
 
-    def wrong_then_nothing(world, pts, K, pose0, cfg):
+    def wrong_then_nothing(world, pts, K, pose0, cfg, ransac_px):
         calls.append(1)
         return (roll_pose(torch.from_numpy(pose0), 6.0), 99) if len(calls) <= n else (None, 0)
 
-    def wrong_then_worse(world, pts, K, pose0, cfg):  # a polish that moves far cannot confirm the gallery pose
+    def wrong_then_worse(world, pts, K, pose0, cfg, ransac_px):  # a polish that moves far cannot confirm the gallery pose
         calls.append(1)
         return roll_pose(torch.from_numpy(pose0), 6.0 if len(calls) <= n else 20.0), 99
 
@@ -141,3 +165,25 @@ def test_gallery_pnp_never_returns_a_worse_pose(posed_renders, monkeypatch: pyte
         assert not any(result.accepted) and torch.equal(result.poses, poses), solver.__name__
         assert all(r.startswith("unconfirmed gallery correction") for r in result.reasons)
         np.testing.assert_allclose(result.renders, fresh, atol=1e-5)
+
+
+def test_flow_round_polishes_where_sift_stops(posed_renders) -> None:
+    """Starts 4-10 px off, a single gallery view each: SIFT alone leaves some queries where
+    they started (too few matches); the flow round brings every query within a fraction of
+    a pixel, and says so in its path."""
+    from models.refine import gallery_pnp_refine
+
+    scene, images, poses, Ks = posed_renders
+    gallery = _tiny_gallery(scene, images, poses, Ks)
+    n = len(poses)
+    true = perturb_pose(poses, 0.03, 0.0, torch.Generator().manual_seed(2))
+    queries = render(scene, true.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1)
+    points = scene.means[torch.sigmoid(scene.opacities) > 0.5].double()
+    ids = torch.arange(n)[:, None]
+    sift = gallery_pnp_refine(scene, gallery, queries, poses, Ks, ids, RefineConfig(gallery_views=1, flow_rounds=0))
+    both = gallery_pnp_refine(scene, gallery, queries, poses, Ks, ids, RefineConfig(gallery_views=1))
+    sift_err = reprojection_error_px(sift.poses, true, Ks, points)
+    both_err = reprojection_error_px(both.poses, true, Ks, points)
+    assert (sift_err > 1.0).any() and sift.flow_inliers == [0] * n
+    assert (both_err < 0.3).all(), both_err
+    assert all("flow-" in p for p in both.paths) and min(both.flow_inliers) > 100 and all(both.accepted)
