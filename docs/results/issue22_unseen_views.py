@@ -1,0 +1,45 @@
+"""Issue 22, session 19: the product's whole inspection (default mode) on photographs no
+model saw, the selection data of the dense-polish rule (docs/RESULTS.md). CATEGORY_DIR's
+training photographs are good parts with true poses, set aside before BUNDLE_DIR was built
+(``issue22_split_heldout.py``). Per photograph: the true alignment error at 224 px, the
+refinement's path and inliers, the score against the calibrated threshold and the verdict.
+Prints the summary (median error, over 0.5 / 1 / 5 px, false alarms, reviews) and writes the
+rows to OUT.json.
+
+    python docs/results/issue22_unseen_views.py BUNDLE_DIR CATEGORY_DIR OUT.json
+    e.g. /tmp/seeds/F0/synth_0_fold /tmp/seeds/synth_0_held /tmp/unseen0.json
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from models.camera import reprojection_error_px, scale_intrinsics
+from models.data import load_category
+from models.inspector import Inspector
+from training.evaluate import object_points
+
+insp = Inspector.load(Path(sys.argv[1]), device="cpu")
+cat = load_category(sys.argv[2], size=insp.width, load_test=False)
+points = object_points(insp.scene)
+K224 = scale_intrinsics(insp.K.double(), 224 / insp.width, 224 / insp.height)
+rows = []
+for v in cat.train:
+    batch = insp.start(v.image[None])
+    out = insp.run(batch)[0]
+    err = float(reprojection_error_px(batch.poses.double().cpu(), v.w2c[None].double(), K224, points)[0])
+    info = batch.refine[0]
+    rows.append({"view": v.name, "true_px": round(err, 3), "sift_inliers": info.get("pnp_inliers"),
+                 "flow_inliers": info.get("flow_inliers"), "path": info.get("pnp_path"),
+                 "ecc_shift_px": info.get("ecc_shift_px"), "score": round(out.score, 4),
+                 "threshold": round(out.threshold, 4), "verdict": out.verdict})
+    print(v.name, rows[-1], flush=True)
+true = np.array([r["true_px"] for r in rows])
+verdicts = [r["verdict"] for r in rows]
+summary = {"photographs": len(rows), "median_px": round(float(np.median(true)), 3),
+           "over_0.5_px": int((true > 0.5).sum()), "over_1_px": int((true > 1).sum()), "over_5_px": int((true > 5).sum()),
+           "false_alarms": verdicts.count("anomalous"), "review": verdicts.count("review"),
+           "review_over_5_px": sum(r["verdict"] == "review" and r["true_px"] > 5 for r in rows)}
+print(cat.name, summary)
+Path(sys.argv[3]).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
