@@ -1,9 +1,9 @@
 """Issue 22, session 19: do the false alarms on photographs no model saw come from the pose
 or from the normal model? Each of CATEGORY_DIR's training photographs (good parts set aside
 before BUNDLE_DIR was built, as in ``issue22_unseen_views.py``) is scored twice: through the
-product's pose path (default mode) and at its true pose (the lab's ``oracle`` mode: the same
-render, ECC, pose check and scorer). Prints both scores against the calibrated threshold and
-writes them to OUT.json.
+product's pose path (default mode) and at its true pose (the lab's ``oracle`` mode: a render
+at that pose, no refinement and so no ECC, then the same pose check and scorer). Prints both
+scores against the calibrated threshold and writes them to OUT.json.
 
     python docs/results/issue22_unseen_oracle.py BUNDLE_DIR CATEGORY_DIR OUT.json
 """
