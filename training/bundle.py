@@ -106,7 +106,10 @@ def run_bundle_stage(category: Category, work: Path, bundles_dir: Path, preset: 
     hashes = {rel: sha256_file(src) for rel, src in copy.items()}
     try:
         existing = open_bundle(target)
-        if all(rel in existing.files and existing.files[rel].sha256 == sha for rel, sha in hashes.items()):
+        # Reused only when its files are these and it runs with this version's inference
+        # settings (a bundle from before a refinement change is re-assembled, not kept).
+        if (existing.inference == InspectorConfig().to_dict()
+                and all(rel in existing.files and existing.files[rel].sha256 == sha for rel, sha in hashes.items())):
             return {"bundle": str(target), "skipped": True, "files": len(existing.files),
                     "bytes": sum(f.bytes for f in existing.files.values())}
     except BundleError:

@@ -20,7 +20,7 @@ from models.bundle import (
 from models.data import load_category
 from models.gallery import Gallery
 from models.hashing import sha256_file
-from models.inspector import load_bundles
+from models.inspector import InspectorConfig, load_bundles
 from rpe_pad.cli import main
 from training.bundle import run_bundle_stage
 from training.calibrate import CalibConfig
@@ -63,6 +63,19 @@ def test_bundle_stage_is_skipped_when_unchanged(tiny_release: Path, tiny_pose_bu
     report = run_bundle_stage(load_category(tiny_synth), tiny_pose_bundle, tiny_release.parent, "demo", CalibConfig(),
                               progress=False)
     assert report["skipped"] and read_manifest(tiny_release).created == before
+
+
+def test_bundle_stage_reassembles_a_bundle_with_older_inference_settings(tiny_release: Path, tiny_pose_bundle: Path,
+                                                                        tiny_synth: Path, tmp_path: Path) -> None:
+    """The same files, but a manifest whose inference settings an older version wrote (a
+    refinement setting it lacked): the stage re-assembles the bundle with this version's."""
+    copy = tmp_path / tiny_release.name
+    shutil.copytree(tiny_release, copy)
+    manifest = read_manifest(copy)
+    older = {**manifest.inference, "refine": {k: v for k, v in manifest.inference["refine"].items() if k != "flow_rounds"}}
+    (copy / MANIFEST).write_text(manifest.model_copy(update={"inference": older}).model_dump_json(indent=2) + "\n")
+    report = run_bundle_stage(load_category(tiny_synth), tiny_pose_bundle, tmp_path, "demo", CalibConfig(), progress=False)
+    assert not report.get("skipped") and read_manifest(copy).inference == InspectorConfig().to_dict()
 
 
 def _flip_last_byte(path: Path) -> None:
