@@ -69,7 +69,8 @@ class RefineConfig:
     rounds: int = 2  # polishing PnPs against the reference, from SIFT matches
     flow_rounds: int = 1  # then polishing PnPs from dense flow correspondences
     gallery_views: int = 3  # best gallery views whose matches are pooled into one PnP
-    warp_max_px: float = 2.0  # largest polish applied by warping the render (larger ones re-render)
+    warp_max_px: float = 0.5  # largest polish applied by warping the last render, and confirming the gallery's
+    # correction; larger ones re-render (2.0 until session 19: the warp's residue at occlusion edges; docs/REFINE.md)
     polish_stop_px: float = 0.2  # a SIFT polish that moved the reference less than this ends the SIFT rounds
     flow_step: int = 2  # the flow polish's correspondences: every flow_step-th pixel of the reference
     flow_consistency_px: float = 0.5  # largest forward-backward disagreement of a flow correspondence
@@ -352,7 +353,7 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
             moved = mean_flow_px(depth_b, Ks_np[i], result.poses[i].numpy(), new.numpy())
             if i in unconfirmed and moved <= cfg.warp_max_px:
                 # An independent PnP (query against the render, not the gallery) puts the
-                # object within a pixel or two of the gallery pose: that confirms it.
+                # object within warp_max_px of the gallery pose: that confirms it.
                 unconfirmed.remove(i)
             if mean_flow_px(depth_b, Ks_np[i], pose_b.numpy(), new.numpy()) > cfg.warp_max_px:
                 to_render.append((i, new))
