@@ -6,11 +6,15 @@ refinement's path and inliers, the score against the calibrated threshold and th
 Prints the summary (median error, over 0.5 / 1 / 5 px, false alarms, reviews) and writes the
 rows to OUT.json.
 
-    python docs/results/issue22_unseen_views.py BUNDLE_DIR CATEGORY_DIR OUT.json
-    e.g. /tmp/seeds/F0/synth_0_fold /tmp/seeds/synth_0_held /tmp/unseen0.json
+    python docs/results/issue22_unseen_views.py BUNDLE_DIR CATEGORY_DIR OUT.json [SETTING=VALUE ...]
+    e.g. /tmp/seeds/F0/synth_0_fold /tmp/seeds/synth_0_held /tmp/unseen0.json warp_max_px=1.0
+
+SETTING=VALUE: a refinement setting (``models.refine.RefineConfig``) over the bundle's, for a
+challenger.
 """
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,10 @@ from models.inspector import Inspector
 from training.evaluate import object_points
 
 insp = Inspector.load(Path(sys.argv[1]), device="cpu")
+if sys.argv[4:]:
+    changes = {k: type(getattr(insp.config.refine, k))(v) for k, v in (a.split("=", 1) for a in sys.argv[4:])}
+    insp = Inspector.load(Path(sys.argv[1]), device="cpu", refine=replace(insp.config.refine, **changes))
+    print("refinement:", insp.config.refine)
 cat = load_category(sys.argv[2], size=insp.width, load_test=False)
 points = object_points(insp.scene)
 K224 = scale_intrinsics(insp.K.double(), 224 / insp.width, 224 / insp.height)
