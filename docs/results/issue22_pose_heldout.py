@@ -12,24 +12,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from models.camera import reprojection_error_px, scale_intrinsics
-from models.data import load_category
-from models.inspector import Inspector
-from training.evaluate import object_points
+from pose_truth import open_with_truth
 
-insp = Inspector.load(Path(sys.argv[1]), device="cpu")
-cat = load_category(sys.argv[2], size=insp.width, load_test=False)
-points = object_points(insp.scene)
-K224 = scale_intrinsics(insp.K.double(), 224 / insp.width, 224 / insp.height)
+insp, cat, error = open_with_truth(sys.argv[1], sys.argv[2])
 rows = []
 for v in cat.train:
     batch = insp.start(v.image[None])
     insp.locate(batch)
     insp.render_stage(batch)
     insp.verify_stage(batch)
-    err = float(reprojection_error_px(batch.poses.double(), v.w2c[None].double(), K224, points)[0])
+    err = error(batch.poses, v)
     info, ver = batch.refine[0], batch.verification[0]
     rows.append({"view": v.name, "true_px": round(err, 3), "inliers": info.get("pnp_inliers"),
                  "path": info.get("pnp_path"), "ecc_shift_px": info.get("ecc_shift_px"),

@@ -19,24 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-from models.camera import reprojection_error_px, scale_intrinsics
-from models.data import load_category
-from models.inspector import Inspector
-from training.evaluate import object_points
+from pose_truth import open_with_truth
 
-insp = Inspector.load(Path(sys.argv[1]), device="cpu")
+insp, cat, error = open_with_truth(sys.argv[1], sys.argv[2])
 if sys.argv[4:]:
     changes = {k: type(getattr(insp.config.refine, k))(v) for k, v in (a.split("=", 1) for a in sys.argv[4:])}
-    insp = Inspector.load(Path(sys.argv[1]), device="cpu", refine=replace(insp.config.refine, **changes))
+    insp, cat, error = open_with_truth(sys.argv[1], sys.argv[2], refine=replace(insp.config.refine, **changes))
     print("refinement:", insp.config.refine)
-cat = load_category(sys.argv[2], size=insp.width, load_test=False)
-points = object_points(insp.scene)
-K224 = scale_intrinsics(insp.K.double(), 224 / insp.width, 224 / insp.height)
 rows = []
 for v in cat.train:
     batch = insp.start(v.image[None])
     out = insp.run(batch)[0]
-    err = float(reprojection_error_px(batch.poses.double().cpu(), v.w2c[None].double(), K224, points)[0])
+    err = error(batch.poses, v)
     info = batch.refine[0]
     rows.append({"view": v.name, "true_px": round(err, 3), "sift_inliers": info.get("pnp_inliers"),
                  "flow_inliers": info.get("flow_inliers"), "path": info.get("pnp_path"),

@@ -106,17 +106,23 @@ def test_flow_matches_follow_the_true_motion(posed_renders) -> None:
         assert on.sum() > 3 * len(sift)
 
 
+def _queries_near_the_gallery(posed_renders):
+    """A one-view-per-pose gallery of the tiny scene, and queries: the scene seen from poses
+    near the gallery's (4-10 px away); each query's start is its gallery pose."""
+    scene, images, poses, Ks = posed_renders
+    true = perturb_pose(poses, 0.03, 0.0, torch.Generator().manual_seed(2))
+    queries = render(scene, true.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1)
+    points = scene.means[torch.sigmoid(scene.opacities) > 0.5].double()
+    return _tiny_gallery(scene, images, poses, Ks), queries, true, points
+
+
 def test_gallery_pnp_recovers_or_refuses(posed_renders) -> None:
     from models.gallery import Gallery
     from models.refine import gallery_pnp_refine
 
-    scene, images, poses, Ks = posed_renders
-    gallery = _tiny_gallery(scene, images, poses, Ks)
+    scene, _, poses, Ks = posed_renders
+    gallery, queries, true, points = _queries_near_the_gallery(posed_renders)
     n = len(poses)
-    # Queries: the scene seen from poses near the gallery's; the start is the gallery pose.
-    true = perturb_pose(poses, 0.03, 0.0, torch.Generator().manual_seed(2))
-    queries = render(scene, true.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1)
-    points = scene.means[torch.sigmoid(scene.opacities) > 0.5].double()
     cache: dict = {}
     result = gallery_pnp_refine(scene, gallery, queries, poses, Ks, torch.arange(n)[:, None], RefineConfig(gallery_views=1),
                                 cache=cache)
@@ -173,12 +179,9 @@ def test_flow_round_polishes_where_sift_stops(posed_renders) -> None:
     a pixel, and says so in its path."""
     from models.refine import gallery_pnp_refine
 
-    scene, images, poses, Ks = posed_renders
-    gallery = _tiny_gallery(scene, images, poses, Ks)
+    scene, _, poses, Ks = posed_renders
+    gallery, queries, true, points = _queries_near_the_gallery(posed_renders)
     n = len(poses)
-    true = perturb_pose(poses, 0.03, 0.0, torch.Generator().manual_seed(2))
-    queries = render(scene, true.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1)
-    points = scene.means[torch.sigmoid(scene.opacities) > 0.5].double()
     ids = torch.arange(n)[:, None]
     sift = gallery_pnp_refine(scene, gallery, queries, poses, Ks, ids, RefineConfig(gallery_views=1, flow_rounds=0))
     both = gallery_pnp_refine(scene, gallery, queries, poses, Ks, ids, RefineConfig(gallery_views=1))
