@@ -71,7 +71,7 @@ class RefineConfig:
     gallery_views: int = 3  # best gallery views whose matches are pooled into one PnP
     warp_max_px: float = 0.5  # largest polish applied by warping the last render, and confirming the gallery's
     # correction; larger ones re-render (2.0 until session 19: the warp's residue at occlusion edges; docs/REFINE.md)
-    polish_stop_px: float = 0.2  # a SIFT polish that moved the reference less than this ends the SIFT rounds
+    polish_stop_px: float = 0.2  # a polish that moved the reference less than this ends the rounds of its kind
     flow_step: int = 2  # the flow polish's correspondences: every flow_step-th pixel of the reference
     flow_consistency_px: float = 0.5  # largest forward-backward disagreement of a flow correspondence
     flow_ransac_px: float = 1.0  # the flow polish's RANSAC inlier distance (dense, sub-pixel)
@@ -86,7 +86,7 @@ class PnPResult:
     poses: Tensor  # [B, 4, 4] refined where accepted, else the input
     accepted: list[bool] = field(default_factory=list)
     inliers: list[int] = field(default_factory=list)  # the most of any SIFT PnP (gallery or polish)
-    flow_inliers: list[int] = field(default_factory=list)  # the last flow polish's inliers (0: none accepted)
+    flow_inliers: list[int] = field(default_factory=list)  # the accepted flow polish's inliers (0: none accepted)
     reasons: list[str] = field(default_factory=list)
     renders: np.ndarray | None = None  # [B, H, W, 3] in [0, 1]: each query's reference at its returned pose
     render_ms: float = 0.0  # time of the render the unrefined pipeline would have made too
@@ -172,6 +172,8 @@ def flow_matches(reference: np.ndarray, query: np.ndarray, cfg: RefineConfig) ->
     within ``cfg.flow_consistency_px`` (occlusions and patches the flow cannot pin fail it).
     Returns matched positions in the query and in the reference (``[N, 2]``, pixel centres
     at +0.5), like ``_match``."""
+    if reference.shape != query.shape:
+        raise ValueError(f"flow_matches needs two images of one size, got {reference.shape} and {query.shape}")
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     r, q = _gray(reference), _gray(query)
     fwd, bwd = dis.calc(r, q, None), dis.calc(q, r, None)
@@ -179,7 +181,7 @@ def flow_matches(reference: np.ndarray, query: np.ndarray, cfg: RefineConfig) ->
     ys, xs = np.mgrid[0:h:cfg.flow_step, 0:w:cfg.flow_step].reshape(2, -1)
     f = fwd[ys, xs]
     tx, ty = (xs + f[:, 0]).astype(np.float32), (ys + f[:, 1]).astype(np.float32)
-    back = cv2.remap(bwd, tx[:, None], ty[:, None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[:, 0]
+    back = _remap_points(bwd, tx, ty)
     inside = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
     ok = inside & (np.linalg.norm(f + back, axis=1) < cfg.flow_consistency_px)
     ref_pts = np.stack([xs, ys], axis=1)[ok].astype(np.float64) + 0.5
@@ -224,8 +226,9 @@ def warp_to_pose(colors: np.ndarray, depth: np.ndarray, K: np.ndarray, src: np.n
     """The render ``colors [H, W, 3]`` at world-to-camera ``src`` (expected ``depth``, 0 off
     the object) re-projected to the nearby pose ``dst``: each output pixel ``x`` samples the
     render at ``x - f(x_s)``, ``f`` the forward flow, by fixed-point iteration from
-    ``x_s = x``. Exact for a static scene up to occlusion changes, which a pixel or two of
-    motion barely has; meant for the last, small correction (``warp_max_px``). Returns the
+    ``x_s = x``. Exact for a static scene up to occlusion changes, which grow with the
+    motion (at 2 px they left residue at occlusion edges that the scorer saw): meant for
+    sub-pixel corrections (``warp_max_px``, 0.5 px). Returns the
     warped image and its sampling maps (x, y: where each output pixel was read, 0-based)."""
     h, w = depth.shape
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
@@ -327,7 +330,7 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
     for r, kind in enumerate(kinds):
         if r == 0 or kind != kinds[r - 1]:
             active = list(range(b))  # the flow polishes every query, wherever the SIFT rounds stopped
-        to_render: list[tuple[int, Tensor]] = []
+        to_render: list[tuple[int, Tensor, int]] = []  # query, pose, inliers
         tag = "flow-" if kind == "flow" else ""
         for i in list(active):
             pose_b, img_b, depth_b, wdepth_b, maps = base[i]
@@ -346,9 +349,7 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
                 if not result.accepted[i]:
                     result.reasons[i] += f"; polish: {'too few inliers' if new is None else 'correction too large'} ({n_in})"
                 continue
-            if kind == "flow":
-                result.flow_inliers[i] = n_in
-            else:
+            if kind == "sift":
                 result.inliers[i] = max(result.inliers[i], n_in)
             moved = mean_flow_px(depth_b, Ks_np[i], result.poses[i].numpy(), new.numpy())
             if i in unconfirmed and moved <= cfg.warp_max_px:
@@ -356,7 +357,7 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
                 # object within warp_max_px of the gallery pose: that confirms it.
                 unconfirmed.remove(i)
             if mean_flow_px(depth_b, Ks_np[i], pose_b.numpy(), new.numpy()) > cfg.warp_max_px:
-                to_render.append((i, new))
+                to_render.append((i, new, n_in))
                 continue
             warped, new_maps = warp_to_pose(img_b, wdepth_b, Ks_np[i], pose_b.numpy(), new.numpy())
             e = _photo_error(warped, queries[i])
@@ -368,14 +369,16 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
             err[i], base[i] = e, (pose_b, img_b, depth_b, wdepth_b, new_maps)
             result.poses[i], result.renders[i], result.accepted[i], result.reasons[i] = new, warped, True, "ok"
             steps[i].append(tag + "warp")
+            if kind == "flow":
+                result.flow_inliers[i] = n_in
             if moved < cfg.polish_stop_px:
                 active.remove(i)
         if to_render:
-            ids = [i for i, _ in to_render]
-            out = render(scene, torch.stack([p for _, p in to_render]).float(), torch.from_numpy(Ks_np[ids]).float(),
+            ids = [i for i, _, _ in to_render]
+            out = render(scene, torch.stack([p for _, p, _ in to_render]).float(), torch.from_numpy(Ks_np[ids]).float(),
                          w, h, with_depth=True)
             imgs, (dps, wdps) = out.colors.clamp(0, 1).cpu().numpy(), _depths(out)
-            for j, (i, new) in enumerate(to_render):
+            for j, (i, new, n_in) in enumerate(to_render):
                 e = _photo_error(imgs[j], queries[i])
                 if e >= err[i]:
                     active.remove(i)
@@ -385,12 +388,15 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
                 err[i], base[i] = e, (new, imgs[j], dps[j], wdps[j], None)
                 result.poses[i], result.renders[i], result.accepted[i], result.reasons[i] = new, imgs[j], True, "ok"
                 steps[i].append(tag + "render")
+                if kind == "flow":
+                    result.flow_inliers[i] = n_in
     if unconfirmed:  # a gallery correction no polish confirmed: keep the result only if it beats the input pose
         out = render(scene, p0[unconfirmed].float(), Ks[unconfirmed].float(), w, h).colors.clamp(0, 1).cpu().numpy()
         for j, i in enumerate(unconfirmed):
             if _photo_error(out[j], queries[i]) <= err[i]:
                 result.poses[i], result.renders[i], result.accepted[i] = p0[i], out[j], False
                 result.reasons[i], steps[i] = "unconfirmed gallery correction: the input pose matched better", []
+                result.flow_inliers[i] = 0
     result.paths = ["+".join(st) if st else "none" for st in steps]
     return result
 
@@ -406,13 +412,24 @@ def _depths(out) -> tuple[np.ndarray, np.ndarray]:
     return lift, warp
 
 
+def _remap_points(field_: np.ndarray, x: np.ndarray, y: np.ndarray, row: int = 1024) -> np.ndarray:
+    """Bilinear samples of ``field_ [H, W(, C)]`` at 0-based positions ``x, y [N]``: ``[N(, C)]``.
+    The points go to OpenCV as rows of ``row`` (its maps must stay under 32767 on a side;
+    a dense flow at a 400 px bundle has more points than that)."""
+    n = len(x)
+    pad = -n % row
+    mx = np.pad(np.asarray(x, np.float32), (0, pad)).reshape(-1, row)
+    my = np.pad(np.asarray(y, np.float32), (0, pad)).reshape(-1, row)
+    out = cv2.remap(np.ascontiguousarray(field_, dtype=np.float32), mx, my, cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(-1, *field_.shape[2:])[:n]
+
+
 def _sample(field_: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """Bilinear samples of ``field_ [H, W]`` at pixel positions ``pts [N, 2]`` (+0.5 convention)."""
     if len(pts) == 0:
         return np.zeros(0)
-    xy = (pts - 0.5).astype(np.float32).reshape(-1, 1, 2)
-    return cv2.remap(field_.astype(np.float32), xy[..., 0], xy[..., 1], cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE).reshape(-1).astype(np.float64)
+    return _remap_points(field_, pts[:, 0] - 0.5, pts[:, 1] - 0.5).astype(np.float64)
 
 
 def ecc_align(query: np.ndarray, reference: np.ndarray, cfg: RefineConfig) -> tuple[np.ndarray, dict]:

@@ -3,8 +3,8 @@
 Reads ``BUNDLES_DIR/.work/<category>/`` (every earlier stage's output), checks that the
 pieces belong together (ONNX graphs exported from the current IRPRN weights, gallery
 features from the same network), and writes ``BUNDLES_DIR/<category>/`` atomically with
-its manifest (``models.bundle``). Skipped when the bundle there is valid and was assembled
-from the same files.
+its manifest (``models.bundle``). Skipped when the bundle there is valid, was assembled
+from the same files and carries this version's inference settings.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def test_warp_to_pose_matches_a_fresh_render(posed_renders) -> None:
     colors, K = src.colors.clamp(0, 1).numpy(), Ks[0].numpy()
     for i in range(len(poses)):
         flow = mean_flow_px(lift[i], K, poses[i].numpy(), near[i].numpy())
-        assert 0.3 < flow < 4.0  # the motion the polish warps
+        assert 0.3 < flow < 4.0  # past the polish's bound (0.5 px): the warp holds further still
         warped, (sx, sy) = warp_to_pose(colors[i], warp_depth[i], K, poses[i].numpy(), near[i].numpy())
         before, after = np.abs(colors[i] - dst[i]).mean(), np.abs(warped - dst[i]).mean()
         assert after < 0.35 * before, (i, flow, before, after)
@@ -114,6 +114,27 @@ def _queries_near_the_gallery(posed_renders):
     queries = render(scene, true.float(), Ks.float(), SIZE, SIZE).colors.clamp(0, 1)
     points = scene.means[torch.sigmoid(scene.opacities) > 0.5].double()
     return _tiny_gallery(scene, images, poses, Ks), queries, true, points
+
+
+def test_flow_matches_at_a_full_size_bundle() -> None:
+    """At 400 px (the ``paper`` preset's full-resolution bundles) the dense points outnumber
+    what OpenCV takes in one map column: a textured image shifted by (1.5, -0.75) px is
+    matched everywhere, to that shift; two sizes are refused."""
+    import cv2
+
+    from models.refine import _sample, flow_matches
+
+    rng = np.random.default_rng(3)
+    ref = cv2.GaussianBlur(cv2.resize(rng.random((50, 50, 3)).astype(np.float32), (400, 400),
+                                      interpolation=cv2.INTER_CUBIC), (0, 0), 2.0).clip(0, 1)
+    query = cv2.warpAffine(ref, np.float32([[1, 0, 1.5], [0, 1, -0.75]]), (400, 400), borderMode=cv2.BORDER_REPLICATE)
+    pq, pr = flow_matches(ref, query, RefineConfig())
+    assert len(pr) > 32767
+    np.testing.assert_allclose(np.median(pq - pr, axis=0), [1.5, -0.75], atol=0.05)
+    ramp = np.tile(np.arange(400, dtype=np.float32), (400, 1))  # x, 0-based
+    np.testing.assert_allclose(_sample(ramp, pr), pr[:, 0] - 0.5, atol=1e-3)
+    with pytest.raises(ValueError, match="one size"):
+        flow_matches(ref, query[:200], RefineConfig())
 
 
 def test_gallery_pnp_recovers_or_refuses(posed_renders) -> None:
