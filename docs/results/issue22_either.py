@@ -18,12 +18,16 @@ from lab.scorer_study import FALSE_ALARM, _figures
 from models.scoring import blur_maps, combine, fit_normal_stats
 
 
-def either_figures(s: SimpleNamespace, terms: torch.Tensor, edges: torch.Tensor) -> dict:
+def either_figures(s: SimpleNamespace, terms: torch.Tensor, edges: torch.Tensor, extra: tuple = (),
+                   name: str = "lab_either") -> dict:
+    """The pixel-wise maximum of the `structure` and `silhouette` maps and of any ``extra``
+    pre-blur maps ``[B, S, S]``, each blurred and over its level on the clean views."""
     clean = ~s.labels
     stats = fit_normal_stats(terms[clean], s.f.silhouette[clean], edges[clean])
     out = None
-    for combination in ("structure", "silhouette"):
-        m = blur_maps(combine(terms, combination, stats, s.f.silhouette, edges), s.scorer.sigma)
+    pre = [combine(terms, c, stats, s.f.silhouette, edges) for c in ("structure", "silhouette")] + list(extra)
+    for p in pre:
+        m = blur_maps(p, s.scorer.sigma)
         level = float(np.quantile(m[clean].flatten(1).amax(1).numpy(), 1 - FALSE_ALARM))
         m = m / level
         out = m if out is None else torch.maximum(out, m)
@@ -31,7 +35,7 @@ def either_figures(s: SimpleNamespace, terms: torch.Tensor, edges: torch.Tensor)
     r = _figures(out, s.labels, s.masks, thr)
     sc = out.flatten(1).amax(1).numpy()
     r["found_by_kind"] = {str(k): int(((sc > thr) & (s.kinds == k)).sum()) for k in sorted(set(s.kinds)) if k != "good"}
-    print(s.category.name, "lab_either", r["image_auroc"], r["recall"], f"{r['found']}/{r['of']}", "FAR",
+    print(s.category.name, name, r["image_auroc"], r["recall"], f"{r['found']}/{r['of']}", "FAR",
           r["false_alarm_rate"], "pixel", r["pixel_auroc"], r["aupro"], r["found_by_kind"], flush=True)
     return r
 
