@@ -89,7 +89,8 @@ def selection_with_inside(bundles: Path, category_dir: Path):
         category=s.category, scorer=s.scorer,
         f=SimpleNamespace(silhouette=torch.cat([s.f.silhouette, f.silhouette])),
         labels=np.concatenate([s.labels, np.ones(n, bool)]), masks=np.concatenate([s.masks, masks]),
-        kinds=np.concatenate([s.kinds, np.array(["inside_missing"] * n)]))
+        kinds=np.concatenate([s.kinds, np.array(["inside_missing"] * n)]),
+        images=torch.cat([s.images, images]), refs=torch.cat([s.refs, refs]))
     terms = torch.cat([torch.cat([lab0, s.f.terms[:, 1:]], 1), torch.cat([lab1, f.terms[:, 1:]], 1)])
     return both, terms, torch.cat([s.f.edges, f.edges]), torch.cat([qe0, qe1])
 
