@@ -62,6 +62,7 @@ from models.scoring import (
     anomaly_map,
     balanced,
     blur_maps,
+    colour_terms,
     combine,
     fit_normal_stats,
     squared_difference,
@@ -100,11 +101,12 @@ class Features:
             parts.append((*scorer.inputs(q, r), scorer.edges(r),
                           chroma_term(scorer.squares(q), scorer.squares(r), scorer.tolerance)))
         self.terms, self.silhouette, self.edges, self.chroma = (torch.cat([p[k] for p in parts]) for k in range(4))
+        self.colours = colour_terms(scorer.colour)
 
     def subset(self, keep: np.ndarray) -> Features:
         out = Features.__new__(Features)
         out.terms, out.silhouette, out.edges = self.terms[keep], self.silhouette[keep], self.edges[keep]
-        out.chroma = self.chroma[keep]
+        out.chroma, out.colours = self.chroma[keep], self.colours
         return out
 
     def with_chroma(self) -> Tensor:
@@ -125,7 +127,7 @@ class Variant:
         terms = clean.with_chroma() if name == "tint" else clean.terms
         self.stats = fit_normal_stats(terms, clean.silhouette,
                                       clean.edges if name in ("structure", "either", "tint") else None,
-                                      sigma=self.sigma if name == "either" else None)
+                                      sigma=self.sigma if name == "either" else None, colours=clean.colours)
 
     def pre(self, f: Features) -> Tensor:
         if self.name in ("peers", "sigma2"):
@@ -140,7 +142,7 @@ class Variant:
 
     def __call__(self, f: Features) -> Tensor:
         if self.name == "either":
-            return anomaly_map(f.terms, "either", self.stats, f.silhouette, f.edges, self.sigma)
+            return anomaly_map(f.terms, "either", self.stats, f.silhouette, f.edges, self.sigma, f.colours)
         return blur_maps(self.pre(f), self.sigma)
 
 

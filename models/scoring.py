@@ -29,14 +29,19 @@ Combinations of the terms (``COMBINATIONS``; ``combine`` before the blur, ``anom
   of normal views are always off (studs, joints, the outline). Chosen twice by
   ``rpe-pad lab scorer-study``'s held-out rule over ``silhouette``, smaller blurs and the
   balanced sum (docs/SCORING.md, docs/RESULTS.md);
-- ``either`` (the ``cpu`` and ``paper`` presets since session 18): the ``structure`` and the
-  ``silhouette`` maps, each blurred and divided by its normal level (``NormalStats.levels``:
-  the ``LEVEL_QUANTILE`` quantile of its image scores on the held-out normal views), and the
-  pixel-wise maximum of the two (``either_map``). The decile division takes away the
-  evidence of a small part gone from a studded surface with the render residue there;
-  ``silhouette`` keeps it, and ``structure`` keeps what the division helps. Chosen by the
-  held-out rule on the four self-checks plus small parts gone from inside (docs/RESULTS.md,
-  session 18).
+- ``either`` (the ``cpu`` and ``paper`` presets since session 18): the maps of
+  ``EITHER_MAPS``, each blurred and divided by its normal level (``NormalStats.levels``: the
+  ``LEVEL_QUANTILE`` quantile of its image scores on the held-out normal views), and the
+  pixel-wise maximum of them (``either_map``). The maps are the ``structure`` and
+  ``silhouette`` maps and, since session 20, the ``area`` map (``area_evidence``: the
+  grey-scale opening, with an ``AREA_SQUARE`` square, of the colour terms each over its normal
+  scale). The decile division takes away the evidence of a small part gone from a studded
+  surface with the render residue there; ``silhouette`` keeps it, and ``structure`` keeps what
+  the division helps. The opening removes the thin residue that normal views leave along
+  edges and keeps what fills an area (a stain, a stud gone). Each was chosen by the held-out
+  rule on the four self-checks plus small parts gone from inside (docs/RESULTS.md, sessions 18
+  and 20). A bundle calibrated before session 20 carries two levels and is scored with the
+  first two maps, as it was calibrated.
 
 The colour term (``COLOURS``): ``rgb``, the squared difference of the extractor-normalised
 RGB images (the peers'), or ``lab`` (the ``cpu`` and ``paper`` presets since session 17):
@@ -72,6 +77,8 @@ EDGED = ("structure", "either")  # the combinations that read the references' ed
 COLOURS = ("rgb", "lab")  # the colour term: normalised RGB (one term), or CIELAB L* and a*b* (two)
 STRUCTURE_BINS = 10  # ``structure``: the deciles of the reference's edge strength
 LEVEL_QUANTILE = 0.98  # ``either``: each map's normal level, this quantile of its held-out image scores
+EITHER_MAPS = ("structure", "silhouette", "area")  # ``either``'s maps, in the order of their levels
+AREA_SQUARE = 3  # ``area``: the opening's square, pixels at the scoring resolution (docs/RESULTS.md, session 20)
 FOREGROUND_TOL = 0.05  # a pixel shows the object when a channel differs from the background by more
 
 
@@ -128,6 +135,21 @@ def silhouette_evidence(query: Tensor, reference: Tensor, background: tuple[floa
     return (fq * (1 - grown) + (1 - fq) * shrunk)[:, 0]
 
 
+def opening(maps: Tensor, k: int) -> Tensor:
+    """Grey-scale opening of ``maps [B, S, S]`` with a ``k`` x ``k`` square: the erosion (the
+    minimum over the square), then the dilation (the maximum). What is thinner than the square
+    goes; what fills it stays at its level."""
+    eroded = -F.max_pool2d(-maps[:, None], k, 1, k // 2)
+    return F.max_pool2d(eroded, k, 1, k // 2)[:, 0]
+
+
+def colour_terms(colour: str) -> int:
+    """How many of a scorer's terms are colour terms, ahead of the feature layers."""
+    if colour not in COLOURS:
+        raise ValueError(f"unknown colour term {colour!r}; choose from {list(COLOURS)}")
+    return 2 if colour == "lab" else 1
+
+
 def edge_strength(reference: Tensor) -> Tensor:
     """``[B, S, S]``: the edge strength of ``reference [B, 3, S, S]`` (the scorer's squares):
     the Sobel magnitude of its grey image, averaged over 5 x 5 pixels."""
@@ -142,7 +164,7 @@ class NormalStats:
     term_scales: list[float] = field(default_factory=list)  # 99th-percentile pixel value of each term
     edge_bins: list[float] = field(default_factory=list)  # structure: inner boundaries of the edge-strength deciles
     edge_scales: list[float] = field(default_factory=list)  # structure: the silhouette map's 99th percentile per decile
-    levels: list[float] = field(default_factory=list)  # either: the structure and silhouette maps' normal levels
+    levels: list[float] = field(default_factory=list)  # either: its maps' normal levels (EITHER_MAPS order)
 
 
 def balanced(terms: Tensor, stats: NormalStats) -> Tensor:
@@ -177,21 +199,42 @@ def combine(terms: Tensor, combination: str, stats: NormalStats | None = None, s
     return pre / scales[torch.bucketize(edges.contiguous(), bins)]
 
 
-def either_map(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, sigma: float) -> Tensor:
-    """``either``'s blurred map ``[B, S, S]``: the pixel-wise maximum of the ``structure`` and
-    ``silhouette`` maps, each blurred with ``sigma`` and divided by its normal level."""
-    if stats is None or len(stats.levels) != 2:
-        raise ValueError("combination 'either' needs the normal levels of its two maps: rerun the calibration stage")
-    s = blur_maps(combine(terms, "structure", stats, silhouette, edges), sigma) / stats.levels[0]
-    return torch.maximum(s, blur_maps(combine(terms, "silhouette", stats, silhouette), sigma) / stats.levels[1])
+def area_evidence(terms: Tensor, stats: NormalStats, colours: int) -> Tensor:
+    """``[B, S, S]``: the ``opening`` (``AREA_SQUARE``) of the sum of the first ``colours`` terms
+    of ``terms [B, T, S, S]`` (the colour terms), each over its normal scale."""
+    if len(stats.term_scales) < colours:
+        raise ValueError(f"the normal statistics have {len(stats.term_scales)} term scales, the scorer {colours} colour terms")
+    colour = sum(terms[:, t] / stats.term_scales[t] for t in range(colours))
+    return opening(colour, AREA_SQUARE)
+
+
+def _either_pre(name: str, terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, colours: int) -> Tensor:
+    if name == "area":
+        return area_evidence(terms, stats, colours)
+    return combine(terms, name, stats, silhouette, edges)
+
+
+def either_map(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, sigma: float,
+               colours: int = 1) -> Tensor:
+    """``either``'s blurred map ``[B, S, S]``: the pixel-wise maximum of the maps of
+    ``EITHER_MAPS`` (the first as many as ``stats`` has levels: 2 before session 20, 3 since),
+    each blurred with ``sigma`` and divided by its normal level. ``colours``: how many of the
+    terms are colour terms (``colour_terms``)."""
+    if stats is None or len(stats.levels) not in (2, len(EITHER_MAPS)):
+        raise ValueError("combination 'either' needs the normal levels of its maps: rerun the calibration stage")
+    out = None
+    for name, level in zip(EITHER_MAPS, stats.levels):
+        m = blur_maps(_either_pre(name, terms, stats, silhouette, edges, colours), sigma) / level
+        out = m if out is None else torch.maximum(out, m)
+    return out
 
 
 def anomaly_map(terms: Tensor, combination: str, stats: NormalStats | None = None, silhouette: Tensor | None = None,
-                edges: Tensor | None = None, sigma: float = 4.0) -> Tensor:
+                edges: Tensor | None = None, sigma: float = 4.0, colours: int = 1) -> Tensor:
     """The blurred map ``[B, S, S]`` of ``terms [B, T, S, S]`` under ``combination``: the
-    blurred ``combine`` of the terms, or ``either_map``."""
+    blurred ``combine`` of the terms, or ``either_map`` (``colours``: its colour terms' count)."""
     if combination == "either":
-        return either_map(terms, stats, silhouette, edges, sigma)
+        return either_map(terms, stats, silhouette, edges, sigma, colours)
     return blur_maps(combine(terms, combination, stats, silhouette, edges), sigma)
 
 
@@ -202,12 +245,13 @@ def quantile(values: Tensor, q: float, most: int = 2_000_000) -> float:
 
 
 def fit_normal_stats(terms: Tensor, silhouette: Tensor | None = None, edges: Tensor | None = None,
-                     sigma: float | None = None) -> NormalStats:
+                     sigma: float | None = None, colours: int = 1) -> NormalStats:
     """Each term's 99th-percentile pixel value over normal views' ``terms [B, T, S, S]``; with
     their silhouette evidence and references' ``edges`` ``[B, S, S]``, also ``structure``'s
     statistics: the deciles of the edge strength, and the ``silhouette`` map's 99th
     percentile among the pixels of each; with the blur's ``sigma`` too, ``either``'s levels:
-    the ``LEVEL_QUANTILE`` quantile of the ``structure`` and ``silhouette`` maps' image scores."""
+    the ``LEVEL_QUANTILE`` quantile of the image scores of each of ``EITHER_MAPS``
+    (``colours``: how many of the terms are colour terms, for the ``area`` map)."""
     stats = NormalStats(term_scales=[max(quantile(terms[:, t], 0.99), 1e-6) for t in range(terms.shape[1])])
     if edges is None:
         return stats
@@ -219,8 +263,8 @@ def fit_normal_stats(terms: Tensor, silhouette: Tensor | None = None, edges: Ten
     stats.edge_scales = [max(quantile(pre[which == b], 0.99), 1e-6) if bool((which == b).any()) else 1.0
                          for b in range(STRUCTURE_BINS)]
     if sigma is not None:
-        stats.levels = [max(quantile(anomaly_map(terms, c, stats, silhouette, edges, sigma).flatten(1).amax(1),
-                                     LEVEL_QUANTILE), 1e-6) for c in ("structure", "silhouette")]
+        stats.levels = [max(quantile(blur_maps(_either_pre(name, terms, stats, silhouette, edges, colours), sigma)
+                                     .flatten(1).amax(1), LEVEL_QUANTILE), 1e-6) for name in EITHER_MAPS]
     return stats
 
 
@@ -238,8 +282,8 @@ class AnomalyScorer(nn.Module):
         if combination in EDGED and (stats is None or len(stats.edge_scales) != STRUCTURE_BINS):
             raise ValueError(f"combination {combination!r} needs normal statistics with {STRUCTURE_BINS} edge scales: "
                              "rerun the calibration stage")
-        if combination == "either" and len(stats.levels) != 2:
-            raise ValueError("combination 'either' needs the normal levels of its two maps: rerun the calibration stage")
+        if combination == "either" and len(stats.levels) not in (2, len(EITHER_MAPS)):
+            raise ValueError("combination 'either' needs the normal levels of its maps: rerun the calibration stage")
         self.extractor = extractor if extractor is not None else FeatureExtractor()
         self.size = size
         self.sigma = sigma
@@ -338,7 +382,8 @@ class AnomalyScorer(nn.Module):
             q224, r224 = self._pair(query, reference)
             edges = edge_strength(r224) if self.combination in EDGED else None
             amap = anomaly_map(self._terms(q224, r224), self.combination, self.stats,
-                               silhouette_evidence(q224, r224, self.background), edges, self.sigma)
+                               silhouette_evidence(q224, r224, self.background), edges, self.sigma,
+                               colour_terms(self.colour))
         scores = amap.flatten(1).amax(dim=1)
         full = F.interpolate(amap[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
         return full, scores

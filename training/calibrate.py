@@ -62,7 +62,7 @@ from models.data import GOOD, Category
 from models.hashing import sha256_file
 from models.inspector import align_references, compare_at_poses
 from models.refine import RefineConfig
-from models.scoring import COLOURS, COMBINATIONS, DEFAULT_TOLERANCE, EDGED, AnomalyScorer, fit_normal_stats
+from models.scoring import COLOURS, COMBINATIONS, DEFAULT_TOLERANCE, EDGED, AnomalyScorer, colour_terms, fit_normal_stats
 from models.splat.scene import GaussianScene
 from training.evaluate import render_references
 from training.splats import SplatConfig, calibration_key, holdout_indices
@@ -70,8 +70,9 @@ from training.splats import SplatConfig, calibration_key, holdout_indices
 
 # The calibration's method; a change that moves thresholds bumps it, so that no work folder's
 # earlier calibration is reused. 2: held-out scores scaled by the convergence ratio; 3: the
-# jittered renders aligned onto their photographs by the refinement's 2D step before scoring.
-METHOD = 3
+# jittered renders aligned onto their photographs by the refinement's 2D step before scoring;
+# 4: ``either`` with its third map, ``area`` (models.scoring, session 20).
+METHOD = 4
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,8 @@ def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress:
                 edges.append(scorer.edges(refs))
             bar.update(len(refs))
         stats = fit_normal_stats(torch.cat(terms), torch.cat(silhouettes), torch.cat(edges) if edges else None,
-                                 sigma=scorer.sigma if cfg.combination == "either" else None)
+                                 sigma=scorer.sigma if cfg.combination == "either" else None,
+                                 colours=colour_terms(scorer.colour))
         scorer = scorer.with_stats(stats, cfg.combination)
     own, _ = _score(scorer, scene, images, poses, Ks, cfg.batch, bar)
     jittered, maps = _score(scorer, scene, rep(images), jittered_poses, rep(Ks), cfg.batch, bar, align)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -11,15 +12,20 @@ import torch
 from models.data import load_category
 from models.features import FeatureExtractor
 from models.scoring import (
+    EITHER_MAPS,
     LEVEL_QUANTILE,
     STRUCTURE_BINS,
     AnomalyScorer,
+    NormalStats,
     anomaly_map,
+    area_evidence,
     blur_maps,
+    colour_terms,
     combine,
     edge_strength,
     fit_normal_stats,
     lab_terms,
+    opening,
     quantile,
     silhouette_evidence,
     squared_difference,
@@ -191,10 +197,12 @@ def test_either_keeps_what_the_structure_division_takes_away() -> None:
         combine(terms, "either", fit_normal_stats(terms, sil, edges), sil, edges)
     assert fit_normal_stats(terms, sil, edges).levels == []  # only with the blur's sigma
     stats = fit_normal_stats(terms, sil, edges, sigma=1.0)
-    assert len(stats.levels) == 2 and all(v > 0 for v in stats.levels)
+    assert len(stats.levels) == len(EITHER_MAPS) and all(v > 0 for v in stats.levels)
     for c, level in zip(("structure", "silhouette"), stats.levels):
         scores = blur_maps(combine(terms, c, stats, sil, edges), 1.0).flatten(1).amax(1) / level
         assert quantile(scores, LEVEL_QUANTILE) == pytest.approx(1.0, rel=1e-4)
+    area = blur_maps(area_evidence(terms, stats, 1), 1.0).flatten(1).amax(1) / stats.levels[2]
+    assert quantile(area, LEVEL_QUANTILE) == pytest.approx(1.0, rel=1e-4)
     # A residual on the strongest structure of a normal view, then the same on its flattest
     # pixel: ``structure`` divides the first by its decile's large normal residue, and the
     # flat one stands out in it more; ``either`` is the larger of the two maps, pixel by pixel.
@@ -206,10 +214,15 @@ def test_either_keeps_what_the_structure_division_takes_away() -> None:
     amap = anomaly_map(defect, "either", stats, sil[:2], e, 1.0)
     s_map = blur_maps(combine(defect, "structure", stats, sil[:2], e), 1.0) / stats.levels[0]
     h_map = blur_maps(combine(defect, "silhouette", stats, sil[:2]), 1.0) / stats.levels[1]
-    assert torch.equal(amap, torch.maximum(s_map, h_map))
+    a_map = blur_maps(area_evidence(defect, stats, 1), 1.0) / stats.levels[2]
+    assert torch.equal(amap, torch.maximum(torch.maximum(s_map, h_map), a_map))
     struct, silh, either = (m.flatten(1).amax(1) for m in (s_map, h_map, amap))
     assert float(struct[1]) > 2 * float(struct[0])
-    assert torch.equal(either, torch.maximum(struct, silh)) and (either > 1.0).all()
+    assert torch.equal(either, torch.maximum(torch.maximum(struct, silh), a_map.flatten(1).amax(1)))
+    assert (either > 1.0).all()
+    # A bundle calibrated before the area map carries two levels and is scored with two maps.
+    two = NormalStats(**{**asdict(stats), "levels": stats.levels[:2]})
+    assert torch.equal(anomaly_map(defect, "either", two, sil[:2], e, 1.0), torch.maximum(s_map, h_map))
     with pytest.raises(ValueError, match="edge strength"):
         anomaly_map(defect, "either", stats, sil[:2])
     # The levels travel in the config; a config of the combinations before it still loads.
@@ -259,3 +272,23 @@ def test_lab_colour_terms_split_lightness_from_chroma() -> None:
     queries[0, 18:30, 18:30] = torch.tensor([0.55, 0.45, 0.62])  # about L* 53 like the grey, but purple
     maps, scores = scorer(queries, clean[:2])
     assert scorer.colour == "lab" and maps.shape == (2, 48, 48) and float(scores[0]) > 3 * float(scores[1])
+
+
+def test_the_area_map_keeps_what_fills_an_area_and_drops_thin_lines() -> None:
+    """``area_evidence``: the opening of the colour terms over their normal scales. A 5 x 5
+    patch keeps its full height; a one-pixel line of the same height, the thin residue that
+    normal views leave along edges, is gone; the feature terms (after ``colours``) are not read."""
+    terms = torch.zeros(1, 4, 24, 24)
+    terms[0, 0, 4:9, 4:9] = 6.0  # an area, in the first colour term
+    terms[0, 1, 16, 2:22] = 6.0  # a thin line, in the second
+    terms[0, 2:, 12, 12] = 50.0  # the feature layers' residue, which the area map does not read
+    stats = NormalStats(term_scales=[2.0, 3.0, 1.0, 1.0])
+    area = area_evidence(terms, stats, colours=2)
+    assert float(area[0, 4:9, 4:9].min()) == pytest.approx(3.0)  # 6 over its scale 2
+    assert float(area[0, 14:19].abs().max()) == 0.0 and float(area[0, 12, 12]) == 0.0
+    assert torch.equal(opening(terms[:, 0], 3), terms[:, 0])  # an area wider than the square stays as it is
+    with pytest.raises(ValueError, match="colour terms"):
+        area_evidence(terms, NormalStats(term_scales=[1.0]), colours=2)
+    assert colour_terms("lab") == 2 and colour_terms("rgb") == 1
+    with pytest.raises(ValueError, match="unknown colour"):
+        colour_terms("hsv")

@@ -12,7 +12,7 @@ import pytest
 from models.calibration import Calibration
 from models.data import load_category
 from models.metrics import f1_max
-from models.scoring import AnomalyScorer
+from models.scoring import EITHER_MAPS, AnomalyScorer
 from rpe_pad.cli import main
 from training.calibrate import CalibConfig, run_calibration_stage
 
@@ -100,7 +100,7 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
                                                     combination="either", colour="lab"), bundle, progress=False,
                                    splats=splats)
     calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
-    assert calib.scorer["combination"] == "either" and len(calib.scorer["stats"]["levels"]) == 2
+    assert calib.scorer["combination"] == "either" and len(calib.scorer["stats"]["levels"]) == len(EITHER_MAPS)
     assert all(v > 0 for v in calib.scorer["stats"]["levels"])
     assert calib.threshold == pytest.approx(np.quantile(np.array(fitted["scores"]["heldout"]) * calib.heldout_scale, 0.8))
     assert AnomalyScorer.from_config(calib.scorer).combination == "either"
