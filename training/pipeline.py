@@ -37,9 +37,10 @@ from training.splats import preset as splat_preset
 WORK = ".work"  # BUNDLES_DIR/.work/<category>: the stages' outputs, checkpoints and reports
 # Held-out calibration (rule false_alarm) for the presets that build real bundles, with the
 # scorer's CIELAB and feature terms balanced by their normal scales plus the silhouette
-# evidence, and the map the larger of that sum and the sum normalised by the reference's
-# structure, each over its normal level (``either``: chosen on held-out painted defects of
-# Lego and three synthetic seeds, docs/SCORING.md and docs/RESULTS.md); the demo keeps the
+# evidence, and the map the largest of that sum, the sum normalised by the reference's
+# structure and the opened colour terms, each over its normal level (``either``, with its
+# ``area`` map since session 20: chosen on held-out painted defects of Lego and three
+# synthetic seeds, docs/SCORING.md and docs/RESULTS.md); the demo keeps the
 # quick in-sample rule and the peers' sum, to stay within its minutes.
 CALIBRATION = {"demo": CalibConfig(max_views=24),
                "cpu": CalibConfig(holdout_every=5, combination="either", colour="lab"),
