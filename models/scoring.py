@@ -135,12 +135,31 @@ def silhouette_evidence(query: Tensor, reference: Tensor, background: tuple[floa
     return (fq * (1 - grown) + (1 - fq) * shrunk)[:, 0]
 
 
+def _square_extreme(maps: Tensor, k: int, op) -> Tensor:
+    """``op`` (``torch.minimum`` or ``torch.maximum``) over the ``k`` x ``k`` square around each
+    pixel of ``maps [B, S, S]``, pixels outside the map left out: separable, rows then columns
+    (several times faster on CPU than a stride-1 ``max_pool2d``)."""
+    r = k // 2
+    fill = float("inf") if op is torch.minimum else float("-inf")
+    out = maps
+    for dim in (-1, -2):
+        n = out.shape[dim]
+        pad = (r, r) if dim == -1 else (0, 0, r, r)
+        padded = F.pad(out, pad, value=fill)
+        acc = padded.narrow(dim, 0, n)
+        for shift in range(1, k):
+            acc = op(acc, padded.narrow(dim, shift, n))
+        out = acc
+    return out
+
+
 def opening(maps: Tensor, k: int) -> Tensor:
-    """Grey-scale opening of ``maps [B, S, S]`` with a ``k`` x ``k`` square: the erosion (the
-    minimum over the square), then the dilation (the maximum). What is thinner than the square
-    goes; what fills it stays at its level."""
-    eroded = -F.max_pool2d(-maps[:, None], k, 1, k // 2)
-    return F.max_pool2d(eroded, k, 1, k // 2)[:, 0]
+    """Grey-scale opening of ``maps [B, S, S]`` with a ``k`` x ``k`` square (``k`` odd): the
+    erosion (the minimum over the square), then the dilation (the maximum). What is thinner
+    than the square goes; what fills it stays at its level."""
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"the opening's square needs an odd side, got {k}")
+    return _square_extreme(_square_extreme(maps, k, torch.minimum), k, torch.maximum)
 
 
 def colour_terms(colour: str) -> int:
@@ -222,11 +241,11 @@ def either_map(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Ten
     terms are colour terms (``colour_terms``)."""
     if stats is None or len(stats.levels) not in (2, len(EITHER_MAPS)):
         raise ValueError("combination 'either' needs the normal levels of its maps: rerun the calibration stage")
-    out = None
-    for name, level in zip(EITHER_MAPS, stats.levels):
-        m = blur_maps(_either_pre(name, terms, stats, silhouette, edges, colours), sigma) / level
-        out = m if out is None else torch.maximum(out, m)
-    return out
+    names = EITHER_MAPS[: len(stats.levels)]
+    pre = torch.stack([_either_pre(name, terms, stats, silhouette, edges, colours) for name in names])  # [M, B, S, S]
+    levels = torch.tensor(stats.levels, dtype=pre.dtype, device=pre.device).view(-1, 1, 1, 1)
+    blurred = blur_maps(pre.flatten(0, 1), sigma).view(pre.shape) / levels  # one blur call for every map
+    return blurred.amax(0)
 
 
 def anomaly_map(terms: Tensor, combination: str, stats: NormalStats | None = None, silhouette: Tensor | None = None,

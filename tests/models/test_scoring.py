@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models.data import load_category
 from models.features import FeatureExtractor
@@ -287,6 +288,13 @@ def test_the_area_map_keeps_what_fills_an_area_and_drops_thin_lines() -> None:
     assert float(area[0, 4:9, 4:9].min()) == pytest.approx(3.0)  # 6 over its scale 2
     assert float(area[0, 14:19].abs().max()) == 0.0 and float(area[0, 12, 12]) == 0.0
     assert torch.equal(opening(terms[:, 0], 3), terms[:, 0])  # an area wider than the square stays as it is
+    # The separable opening is the pooled one (pixels outside the map left out), exactly.
+    noise = torch.rand(3, 37, 41) * (torch.rand(3, 37, 41) > 0.5)
+    for k in (1, 3, 5):
+        pooled = F.max_pool2d(-F.max_pool2d(-noise[:, None], k, 1, k // 2), k, 1, k // 2)[:, 0]
+        assert torch.equal(opening(noise, k), pooled)
+    with pytest.raises(ValueError, match="odd side"):
+        opening(noise, 4)
     with pytest.raises(ValueError, match="colour terms"):
         area_evidence(terms, NormalStats(term_scales=[1.0]), colours=2)
     assert colour_terms("lab") == 2 and colour_terms("rgb") == 1
