@@ -23,11 +23,13 @@ from training.evaluate import render_references
 from training.selfcheck import SelfCheckConfig, heldout_views, painted_queries
 
 
-def selection(bundles: Path, category_dir: Path) -> SimpleNamespace:
+def selection(bundles: Path, category_dir: Path, seed: int = SelfCheckConfig.seed) -> SimpleNamespace:
+    """The selection data; ``seed``: the painter's and the jitter's (the default is the
+    self-check's own set; another gives a fresh set of painted defects and jitters)."""
     bundle, category, scene, held = heldout_views(Path(bundles), Path(category_dir))
     calib = Calibration.model_validate_json((bundle / FILES["calibration"]).read_text())
     s0 = AnomalyScorer.from_config(calib.scorer)
-    q = painted_queries(held, category.background, SelfCheckConfig())
+    q = painted_queries(held, category.background, SelfCheckConfig(seed=seed))
     images = torch.from_numpy(np.stack(q.images))
     Ks = q.K[None].expand(len(images), 3, 3)
     refs = render_references(scene, q.poses, Ks, category.width, category.height)

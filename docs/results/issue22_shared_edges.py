@@ -45,8 +45,8 @@ def inside_missing(image: np.ndarray, background, rng: np.random.Generator):
     return None
 
 
-def inside_set(s: SimpleNamespace, held: list):
-    rng = np.random.default_rng(SEED)
+def inside_set(s: SimpleNamespace, held: list, seed: int = SEED):
+    rng = np.random.default_rng(seed)
     images, masks, poses = [], [], []
     for v in held:
         for _ in range(INSIDE_COPIES):
@@ -55,7 +55,7 @@ def inside_set(s: SimpleNamespace, held: list):
                 images.append(painted[0]), masks.append(painted[1]), poses.append(v.w2c)
     K = held[0].K
     sigma = 1.0 / (math.sqrt(2) * float(K[0, 0]))  # the self-check's 1 px rms jitter
-    poses = perturb_pose(torch.stack(poses).double(), sigma, 0.0, torch.Generator().manual_seed(SEED))
+    poses = perturb_pose(torch.stack(poses).double(), sigma, 0.0, torch.Generator().manual_seed(seed))
     images = torch.from_numpy(np.stack(images))
     Ks = K[None].expand(len(images), 3, 3)
     refs = render_references(s.scene, poses, Ks, s.category.width, s.category.height)
@@ -71,15 +71,16 @@ def lab_and_query_edges(scorer, images, refs):
     return torch.cat(lab), torch.cat(qedges)
 
 
-def selection_with_inside(bundles: Path, category_dir: Path):
+def selection_with_inside(bundles: Path, category_dir: Path, seed: int | None = None):
     """The self-check's selection data plus the inside-missing copies: the queries' labels,
     masks, kinds and silhouette evidence (``both``), the `lab` terms, the renders' edge strength
-    and the photographs' edge strength."""
+    and the photographs' edge strength. ``seed``: None for the set of sessions 18-20 (the
+    self-check's own painting); a number for a fresh set (its painting, jitter and copies)."""
     from training.selfcheck import heldout_views
 
-    s = selection(bundles, category_dir)
+    s = selection(bundles, category_dir) if seed is None else selection(bundles, category_dir, seed)
     held = heldout_views(Path(bundles), Path(category_dir))[3]
-    images, refs, masks, n_held = inside_set(s, held)
+    images, refs, masks, n_held = inside_set(s, held) if seed is None else inside_set(s, held, seed + SEED)
     f = Features(s.scorer, images, refs)
     lab0, qe0 = lab_and_query_edges(s.scorer, s.images, s.refs)
     lab1, qe1 = lab_and_query_edges(s.scorer, images, refs)
