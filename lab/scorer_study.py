@@ -142,7 +142,7 @@ class Variant:
 
     def __call__(self, f: Features) -> Tensor:
         if self.name == "either":
-            return anomaly_map(f.terms, "either", self.stats, f.silhouette, f.edges, self.sigma, f.colours)
+            return anomaly_map(f.terms, "either", self.stats, f.silhouette, f.edges, self.sigma)
         return blur_maps(self.pre(f), self.sigma)
 
 

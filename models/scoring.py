@@ -184,6 +184,7 @@ class NormalStats:
     edge_bins: list[float] = field(default_factory=list)  # structure: inner boundaries of the edge-strength deciles
     edge_scales: list[float] = field(default_factory=list)  # structure: the silhouette map's 99th percentile per decile
     levels: list[float] = field(default_factory=list)  # either: its maps' normal levels (EITHER_MAPS order)
+    colours: int = 1  # how many of the terms, first, are colour terms (colour_terms): what ``area`` reads
 
 
 def balanced(terms: Tensor, stats: NormalStats) -> Tensor:
@@ -218,42 +219,42 @@ def combine(terms: Tensor, combination: str, stats: NormalStats | None = None, s
     return pre / scales[torch.bucketize(edges.contiguous(), bins)]
 
 
-def area_evidence(terms: Tensor, stats: NormalStats, colours: int) -> Tensor:
-    """``[B, S, S]``: the ``opening`` (``AREA_SQUARE``) of the sum of the first ``colours`` terms
-    of ``terms [B, T, S, S]`` (the colour terms), each over its normal scale."""
-    if len(stats.term_scales) < colours:
-        raise ValueError(f"the normal statistics have {len(stats.term_scales)} term scales, the scorer {colours} colour terms")
-    colour = sum(terms[:, t] / stats.term_scales[t] for t in range(colours))
+def area_evidence(terms: Tensor, stats: NormalStats) -> Tensor:
+    """``[B, S, S]``: the ``opening`` (``AREA_SQUARE``) of the sum of the first
+    ``stats.colours`` terms of ``terms [B, T, S, S]`` (the colour terms), each over its normal
+    scale."""
+    if not 1 <= stats.colours <= min(len(stats.term_scales), terms.shape[1]):
+        raise ValueError(f"the normal statistics name {stats.colours} colour terms, for {len(stats.term_scales)} term "
+                         f"scales and {terms.shape[1]} terms")
+    colour = sum(terms[:, t] / stats.term_scales[t] for t in range(stats.colours))
     return opening(colour, AREA_SQUARE)
 
 
-def _either_pre(name: str, terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, colours: int) -> Tensor:
+def _either_pre(name: str, terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor) -> Tensor:
     if name == "area":
-        return area_evidence(terms, stats, colours)
+        return area_evidence(terms, stats)
     return combine(terms, name, stats, silhouette, edges)
 
 
-def either_map(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, sigma: float,
-               colours: int = 1) -> Tensor:
+def either_map(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, sigma: float) -> Tensor:
     """``either``'s blurred map ``[B, S, S]``: the pixel-wise maximum of the maps of
     ``EITHER_MAPS`` (the first as many as ``stats`` has levels: 2 before session 20, 3 since),
-    each blurred with ``sigma`` and divided by its normal level. ``colours``: how many of the
-    terms are colour terms (``colour_terms``)."""
+    each blurred with ``sigma`` and divided by its normal level."""
     if stats is None or len(stats.levels) not in (2, len(EITHER_MAPS)):
         raise ValueError("combination 'either' needs the normal levels of its maps: rerun the calibration stage")
-    names = EITHER_MAPS[: len(stats.levels)]
-    pre = torch.stack([_either_pre(name, terms, stats, silhouette, edges, colours) for name in names])  # [M, B, S, S]
-    levels = torch.tensor(stats.levels, dtype=pre.dtype, device=pre.device).view(-1, 1, 1, 1)
-    blurred = blur_maps(pre.flatten(0, 1), sigma).view(pre.shape) / levels  # one blur call for every map
-    return blurred.amax(0)
+    out = None
+    for name, level in zip(EITHER_MAPS, stats.levels):
+        m = blur_maps(_either_pre(name, terms, stats, silhouette, edges), sigma) / level
+        out = m if out is None else torch.maximum(out, m)
+    return out
 
 
 def anomaly_map(terms: Tensor, combination: str, stats: NormalStats | None = None, silhouette: Tensor | None = None,
-                edges: Tensor | None = None, sigma: float = 4.0, colours: int = 1) -> Tensor:
+                edges: Tensor | None = None, sigma: float = 4.0) -> Tensor:
     """The blurred map ``[B, S, S]`` of ``terms [B, T, S, S]`` under ``combination``: the
-    blurred ``combine`` of the terms, or ``either_map`` (``colours``: its colour terms' count)."""
+    blurred ``combine`` of the terms, or ``either_map``."""
     if combination == "either":
-        return either_map(terms, stats, silhouette, edges, sigma, colours)
+        return either_map(terms, stats, silhouette, edges, sigma)
     return blur_maps(combine(terms, combination, stats, silhouette, edges), sigma)
 
 
@@ -270,8 +271,11 @@ def fit_normal_stats(terms: Tensor, silhouette: Tensor | None = None, edges: Ten
     statistics: the deciles of the edge strength, and the ``silhouette`` map's 99th
     percentile among the pixels of each; with the blur's ``sigma`` too, ``either``'s levels:
     the ``LEVEL_QUANTILE`` quantile of the image scores of each of ``EITHER_MAPS``
-    (``colours``: how many of the terms are colour terms, for the ``area`` map)."""
-    stats = NormalStats(term_scales=[max(quantile(terms[:, t], 0.99), 1e-6) for t in range(terms.shape[1])])
+    (``colours``: how many of the terms, first, are colour terms, kept for the ``area`` map)."""
+    if not 1 <= colours <= terms.shape[1]:
+        raise ValueError(f"colours must name 1 to {terms.shape[1]} leading terms, got {colours}")
+    stats = NormalStats(term_scales=[max(quantile(terms[:, t], 0.99), 1e-6) for t in range(terms.shape[1])],
+                        colours=colours)
     if edges is None:
         return stats
     if silhouette is None:
@@ -282,7 +286,7 @@ def fit_normal_stats(terms: Tensor, silhouette: Tensor | None = None, edges: Ten
     stats.edge_scales = [max(quantile(pre[which == b], 0.99), 1e-6) if bool((which == b).any()) else 1.0
                          for b in range(STRUCTURE_BINS)]
     if sigma is not None:
-        stats.levels = [max(quantile(blur_maps(_either_pre(name, terms, stats, silhouette, edges, colours), sigma)
+        stats.levels = [max(quantile(blur_maps(_either_pre(name, terms, stats, silhouette, edges), sigma)
                                      .flatten(1).amax(1), LEVEL_QUANTILE), 1e-6) for name in EITHER_MAPS]
     return stats
 
@@ -303,6 +307,9 @@ class AnomalyScorer(nn.Module):
                              "rerun the calibration stage")
         if combination == "either" and len(stats.levels) not in (2, len(EITHER_MAPS)):
             raise ValueError("combination 'either' needs the normal levels of its maps: rerun the calibration stage")
+        if combination == "either" and len(stats.levels) > 2 and stats.colours != colour_terms(colour):
+            raise ValueError(f"the normal statistics were fitted with {stats.colours} colour terms, the {colour!r} "
+                             f"colour term has {colour_terms(colour)}: rerun the calibration stage")
         self.extractor = extractor if extractor is not None else FeatureExtractor()
         self.size = size
         self.sigma = sigma
@@ -401,8 +408,7 @@ class AnomalyScorer(nn.Module):
             q224, r224 = self._pair(query, reference)
             edges = edge_strength(r224) if self.combination in EDGED else None
             amap = anomaly_map(self._terms(q224, r224), self.combination, self.stats,
-                               silhouette_evidence(q224, r224, self.background), edges, self.sigma,
-                               colour_terms(self.colour))
+                               silhouette_evidence(q224, r224, self.background), edges, self.sigma)
         scores = amap.flatten(1).amax(dim=1)
         full = F.interpolate(amap[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
         return full, scores

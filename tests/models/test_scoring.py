@@ -202,7 +202,8 @@ def test_either_keeps_what_the_structure_division_takes_away() -> None:
     for c, level in zip(("structure", "silhouette"), stats.levels):
         scores = blur_maps(combine(terms, c, stats, sil, edges), 1.0).flatten(1).amax(1) / level
         assert quantile(scores, LEVEL_QUANTILE) == pytest.approx(1.0, rel=1e-4)
-    area = blur_maps(area_evidence(terms, stats, 1), 1.0).flatten(1).amax(1) / stats.levels[2]
+    assert stats.colours == 1  # the default: one colour term (rgb)
+    area = blur_maps(area_evidence(terms, stats), 1.0).flatten(1).amax(1) / stats.levels[2]
     assert quantile(area, LEVEL_QUANTILE) == pytest.approx(1.0, rel=1e-4)
     # A residual on the strongest structure of a normal view, then the same on its flattest
     # pixel: ``structure`` divides the first by its decile's large normal residue, and the
@@ -215,7 +216,7 @@ def test_either_keeps_what_the_structure_division_takes_away() -> None:
     amap = anomaly_map(defect, "either", stats, sil[:2], e, 1.0)
     s_map = blur_maps(combine(defect, "structure", stats, sil[:2], e), 1.0) / stats.levels[0]
     h_map = blur_maps(combine(defect, "silhouette", stats, sil[:2]), 1.0) / stats.levels[1]
-    a_map = blur_maps(area_evidence(defect, stats, 1), 1.0) / stats.levels[2]
+    a_map = blur_maps(area_evidence(defect, stats), 1.0) / stats.levels[2]
     assert torch.equal(amap, torch.maximum(torch.maximum(s_map, h_map), a_map))
     struct, silh, either = (m.flatten(1).amax(1) for m in (s_map, h_map, amap))
     assert float(struct[1]) > 2 * float(struct[0])
@@ -278,13 +279,13 @@ def test_lab_colour_terms_split_lightness_from_chroma() -> None:
 def test_the_area_map_keeps_what_fills_an_area_and_drops_thin_lines() -> None:
     """``area_evidence``: the opening of the colour terms over their normal scales. A 5 x 5
     patch keeps its full height; a one-pixel line of the same height, the thin residue that
-    normal views leave along edges, is gone; the feature terms (after ``colours``) are not read."""
+    normal views leave along edges, is gone; the feature terms (after ``stats.colours``) are not read."""
     terms = torch.zeros(1, 4, 24, 24)
     terms[0, 0, 4:9, 4:9] = 6.0  # an area, in the first colour term
     terms[0, 1, 16, 2:22] = 6.0  # a thin line, in the second
     terms[0, 2:, 12, 12] = 50.0  # the feature layers' residue, which the area map does not read
-    stats = NormalStats(term_scales=[2.0, 3.0, 1.0, 1.0])
-    area = area_evidence(terms, stats, colours=2)
+    stats = NormalStats(term_scales=[2.0, 3.0, 1.0, 1.0], colours=2)
+    area = area_evidence(terms, stats)
     assert float(area[0, 4:9, 4:9].min()) == pytest.approx(3.0)  # 6 over its scale 2
     assert float(area[0, 14:19].abs().max()) == 0.0 and float(area[0, 12, 12]) == 0.0
     assert torch.equal(opening(terms[:, 0], 3), terms[:, 0])  # an area wider than the square stays as it is
@@ -296,7 +297,38 @@ def test_the_area_map_keeps_what_fills_an_area_and_drops_thin_lines() -> None:
     with pytest.raises(ValueError, match="odd side"):
         opening(noise, 4)
     with pytest.raises(ValueError, match="colour terms"):
-        area_evidence(terms, NormalStats(term_scales=[1.0]), colours=2)
+        area_evidence(terms, NormalStats(term_scales=[1.0], colours=2))
     assert colour_terms("lab") == 2 and colour_terms("rgb") == 1
     with pytest.raises(ValueError, match="unknown colour"):
         colour_terms("hsv")
+
+
+def test_a_lab_scorer_builds_its_area_map_from_both_colour_terms() -> None:
+    """With the CIELAB terms (the cpu preset's), the statistics keep that the first two terms
+    are colour terms, the scorer's ``area`` map reads both (a change in a*b* alone shows), and
+    statistics fitted for another count of colour terms are refused."""
+    torch.manual_seed(1)
+    clean = torch.rand(6, 3, 64, 64)
+    reference = (clean + 0.02 * torch.randn_like(clean)).clamp(0, 1)
+    lab = AnomalyScorer(FeatureExtractor(weights="random"), size=64, colour="lab")
+    terms, sil = lab.inputs(clean, reference)
+    edges = lab.edges(reference)
+    stats = fit_normal_stats(terms, sil, edges, sigma=1.0, colours=colour_terms("lab"))
+    assert stats.colours == 2 and len(stats.levels) == len(EITHER_MAPS)
+    scorer = AnomalyScorer(lab.extractor, size=64, sigma=1.0, combination="either", stats=stats, colour="lab")
+    again = AnomalyScorer.from_config(json.loads(json.dumps(scorer.config())))
+    assert again.stats.colours == 2
+    query = clean[:1].clone()
+    query[:, 1, 20:30, 20:30] = 1.0 - query[:, 1, 20:30, 20:30]  # a stain of 10 x 10 pixels
+    q_terms, q_sil = lab.inputs(query, reference[:1])
+    area = area_evidence(q_terms, stats)
+    expected = opening(q_terms[:, 0] / stats.term_scales[0] + q_terms[:, 1] / stats.term_scales[1], 3)
+    assert torch.equal(area, expected)
+    maps, scores = scorer(query, reference[:1])
+    manual = anomaly_map(q_terms, "either", stats, q_sil, lab.edges(reference[:1]), 1.0)
+    assert torch.allclose(maps, manual) and float(scores[0]) == pytest.approx(float(manual.max()))
+    with pytest.raises(ValueError, match="colour terms"):  # statistics of an RGB scorer, for a CIELAB one
+        AnomalyScorer(lab.extractor, size=64, combination="either", stats=NormalStats(**{**asdict(stats), "colours": 1}),
+                      colour="lab")
+    with pytest.raises(ValueError, match="colours must name"):
+        fit_normal_stats(terms, sil, edges, sigma=1.0, colours=0)

@@ -95,13 +95,14 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
     assert calib.scorer["colour"] == "lab" and len(calib.scorer["stats"]["term_scales"]) == 6
     assert AnomalyScorer.from_config(calib.scorer).colour == "lab"
-    # ``either`` (the cpu preset's): the two maps' normal levels are fitted on the same views.
+    # ``either`` (the cpu preset's): its maps' normal levels are fitted on the same views.
     fitted = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=3, false_alarm_rate=0.2,
                                                     combination="either", colour="lab"), bundle, progress=False,
                                    splats=splats)
     calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
     assert calib.scorer["combination"] == "either" and len(calib.scorer["stats"]["levels"]) == len(EITHER_MAPS)
     assert all(v > 0 for v in calib.scorer["stats"]["levels"])
+    assert calib.scorer["stats"]["colours"] == 2  # the area map reads both CIELAB terms
     assert calib.threshold == pytest.approx(np.quantile(np.array(fitted["scores"]["heldout"]) * calib.heldout_scale, 0.8))
     assert AnomalyScorer.from_config(calib.scorer).combination == "either"
     with pytest.raises(ValueError, match="colour"):
