@@ -33,13 +33,14 @@ Combinations of the terms (``COMBINATIONS``; ``combine`` before the blur, ``anom
   ``EITHER_MAPS``, each blurred and divided by its normal level (``NormalStats.levels``: the
   ``LEVEL_QUANTILE`` quantile of its image scores on the held-out normal views), and the
   pixel-wise maximum of them (``either_map``). The maps are the ``structure`` and
-  ``silhouette`` maps and, since session 20, the ``area`` map (``area_evidence``: the
-  grey-scale opening, with an ``AREA_SQUARE`` square, of the colour terms each over its normal
-  scale). The decile division takes away the evidence of a small part gone from a studded
-  surface with the render residue there; ``silhouette`` keeps it, and ``structure`` keeps what
-  the division helps. The opening removes the thin residue that normal views leave along
-  edges and keeps what fills an area (a stain, a stud gone). Each was chosen by the held-out
-  rule on the four self-checks plus small parts gone from inside (docs/RESULTS.md, sessions 18
+  ``silhouette`` maps and, since session 20, the ``area3`` and ``area5`` maps
+  (``area_evidence``: the grey-scale opening, with a 3 x 3 or 5 x 5 square, of the colour
+  terms each over its normal scale). The decile division takes away the evidence of a small
+  part gone from a studded surface with the render residue there; ``silhouette`` keeps it, and
+  ``structure`` keeps what the division helps. An opening removes the thin residue that normal
+  views leave along edges and keeps what fills an area at least as wide as its square: a stud
+  gone (the 3 x 3 square), a stain over studded texture (the 5 x 5 one). Each was chosen by
+  a held-out rule on painted defects of Lego and three seeds (docs/RESULTS.md, sessions 18
   and 20). A bundle calibrated before session 20 carries two levels and is scored with the
   first two maps, as it was calibrated.
 
@@ -77,8 +78,8 @@ EDGED = ("structure", "either")  # the combinations that read the references' ed
 COLOURS = ("rgb", "lab")  # the colour term: normalised RGB (one term), or CIELAB L* and a*b* (two)
 STRUCTURE_BINS = 10  # ``structure``: the deciles of the reference's edge strength
 LEVEL_QUANTILE = 0.98  # ``either``: each map's normal level, this quantile of its held-out image scores
-EITHER_MAPS = ("structure", "silhouette", "area")  # ``either``'s maps, in the order of their levels
-AREA_SQUARE = 3  # ``area``: the opening's square, pixels at the scoring resolution (docs/RESULTS.md, session 20)
+EITHER_MAPS = ("structure", "silhouette", "area3", "area5")  # ``either``'s maps, in the order of their levels
+AREA_SQUARES = {"area3": 3, "area5": 5}  # the openings' squares, pixels at the scoring resolution (docs/RESULTS.md, session 20)
 FOREGROUND_TOL = 0.05  # a pixel shows the object when a channel differs from the background by more
 
 
@@ -184,7 +185,7 @@ class NormalStats:
     edge_bins: list[float] = field(default_factory=list)  # structure: inner boundaries of the edge-strength deciles
     edge_scales: list[float] = field(default_factory=list)  # structure: the silhouette map's 99th percentile per decile
     levels: list[float] = field(default_factory=list)  # either: its maps' normal levels (EITHER_MAPS order)
-    colours: int = 1  # how many of the terms, first, are colour terms (colour_terms): what ``area`` reads
+    colours: int = 1  # how many of the terms, first, are colour terms (colour_terms): what the area maps read
 
 
 def balanced(terms: Tensor, stats: NormalStats) -> Tensor:
@@ -219,26 +220,26 @@ def combine(terms: Tensor, combination: str, stats: NormalStats | None = None, s
     return pre / scales[torch.bucketize(edges.contiguous(), bins)]
 
 
-def area_evidence(terms: Tensor, stats: NormalStats) -> Tensor:
-    """``[B, S, S]``: the ``opening`` (``AREA_SQUARE``) of the sum of the first
-    ``stats.colours`` terms of ``terms [B, T, S, S]`` (the colour terms), each over its normal
-    scale."""
+def area_evidence(terms: Tensor, stats: NormalStats, square: int) -> Tensor:
+    """``[B, S, S]``: the ``opening`` with a ``square`` x ``square`` square of the sum of the
+    first ``stats.colours`` terms of ``terms [B, T, S, S]`` (the colour terms), each over its
+    normal scale."""
     if not 1 <= stats.colours <= min(len(stats.term_scales), terms.shape[1]):
         raise ValueError(f"the normal statistics name {stats.colours} colour terms, for {len(stats.term_scales)} term "
                          f"scales and {terms.shape[1]} terms")
     colour = sum(terms[:, t] / stats.term_scales[t] for t in range(stats.colours))
-    return opening(colour, AREA_SQUARE)
+    return opening(colour, square)
 
 
 def _either_pre(name: str, terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor) -> Tensor:
-    if name == "area":
-        return area_evidence(terms, stats)
+    if name in AREA_SQUARES:
+        return area_evidence(terms, stats, AREA_SQUARES[name])
     return combine(terms, name, stats, silhouette, edges)
 
 
 def either_map(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, sigma: float) -> Tensor:
     """``either``'s blurred map ``[B, S, S]``: the pixel-wise maximum of the maps of
-    ``EITHER_MAPS`` (the first as many as ``stats`` has levels: 2 before session 20, 3 since),
+    ``EITHER_MAPS`` (the first as many as ``stats`` has levels: 2 before session 20, 4 since),
     each blurred with ``sigma`` and divided by its normal level."""
     if stats is None or len(stats.levels) not in (2, len(EITHER_MAPS)):
         raise ValueError("combination 'either' needs the normal levels of its maps: rerun the calibration stage")
@@ -271,7 +272,7 @@ def fit_normal_stats(terms: Tensor, silhouette: Tensor | None = None, edges: Ten
     statistics: the deciles of the edge strength, and the ``silhouette`` map's 99th
     percentile among the pixels of each; with the blur's ``sigma`` too, ``either``'s levels:
     the ``LEVEL_QUANTILE`` quantile of the image scores of each of ``EITHER_MAPS``
-    (``colours``: how many of the terms, first, are colour terms, kept for the ``area`` map)."""
+    (``colours``: how many of the terms, first, are colour terms, kept for the area maps)."""
     if not 1 <= colours <= terms.shape[1]:
         raise ValueError(f"colours must name 1 to {terms.shape[1]} leading terms, got {colours}")
     stats = NormalStats(term_scales=[max(quantile(terms[:, t], 0.99), 1e-6) for t in range(terms.shape[1])],

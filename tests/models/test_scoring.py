@@ -203,8 +203,9 @@ def test_either_keeps_what_the_structure_division_takes_away() -> None:
         scores = blur_maps(combine(terms, c, stats, sil, edges), 1.0).flatten(1).amax(1) / level
         assert quantile(scores, LEVEL_QUANTILE) == pytest.approx(1.0, rel=1e-4)
     assert stats.colours == 1  # the default: one colour term (rgb)
-    area = blur_maps(area_evidence(terms, stats), 1.0).flatten(1).amax(1) / stats.levels[2]
-    assert quantile(area, LEVEL_QUANTILE) == pytest.approx(1.0, rel=1e-4)
+    for square, level in zip((3, 5), stats.levels[2:]):
+        area = blur_maps(area_evidence(terms, stats, square), 1.0).flatten(1).amax(1) / level
+        assert quantile(area, LEVEL_QUANTILE) == pytest.approx(1.0, rel=1e-4)
     # A residual on the strongest structure of a normal view, then the same on its flattest
     # pixel: ``structure`` divides the first by its decile's large normal residue, and the
     # flat one stands out in it more; ``either`` is the larger of the two maps, pixel by pixel.
@@ -216,7 +217,8 @@ def test_either_keeps_what_the_structure_division_takes_away() -> None:
     amap = anomaly_map(defect, "either", stats, sil[:2], e, 1.0)
     s_map = blur_maps(combine(defect, "structure", stats, sil[:2], e), 1.0) / stats.levels[0]
     h_map = blur_maps(combine(defect, "silhouette", stats, sil[:2]), 1.0) / stats.levels[1]
-    a_map = blur_maps(area_evidence(defect, stats), 1.0) / stats.levels[2]
+    a_map = torch.maximum(*(blur_maps(area_evidence(defect, stats, k), 1.0) / level
+                            for k, level in zip((3, 5), stats.levels[2:])))
     assert torch.equal(amap, torch.maximum(torch.maximum(s_map, h_map), a_map))
     struct, silh, either = (m.flatten(1).amax(1) for m in (s_map, h_map, amap))
     assert float(struct[1]) > 2 * float(struct[0])
@@ -285,9 +287,15 @@ def test_the_area_map_keeps_what_fills_an_area_and_drops_thin_lines() -> None:
     terms[0, 1, 16, 2:22] = 6.0  # a thin line, in the second
     terms[0, 2:, 12, 12] = 50.0  # the feature layers' residue, which the area map does not read
     stats = NormalStats(term_scales=[2.0, 3.0, 1.0, 1.0], colours=2)
-    area = area_evidence(terms, stats)
+    area = area_evidence(terms, stats, 3)
     assert float(area[0, 4:9, 4:9].min()) == pytest.approx(3.0)  # 6 over its scale 2
     assert float(area[0, 14:19].abs().max()) == 0.0 and float(area[0, 12, 12]) == 0.0
+    # The 5 x 5 square keeps the 5 x 5 patch and drops a strip 3 pixels wide, which the 3 x 3 keeps.
+    strip = terms.clone()
+    strip[0, 0, 18:21, 2:22] = 6.0
+    assert float(area_evidence(strip, stats, 3)[0, 19, 12]) == pytest.approx(3.0)
+    assert float(area_evidence(strip, stats, 5)[0, 19, 12]) == 0.0
+    assert float(area_evidence(strip, stats, 5)[0, 4:9, 4:9].min()) == pytest.approx(3.0)
     assert torch.equal(opening(terms[:, 0], 3), terms[:, 0])  # an area wider than the square stays as it is
     # The separable opening is the pooled one (pixels outside the map left out), exactly.
     noise = torch.rand(3, 37, 41) * (torch.rand(3, 37, 41) > 0.5)
@@ -297,7 +305,7 @@ def test_the_area_map_keeps_what_fills_an_area_and_drops_thin_lines() -> None:
     with pytest.raises(ValueError, match="odd side"):
         opening(noise, 4)
     with pytest.raises(ValueError, match="colour terms"):
-        area_evidence(terms, NormalStats(term_scales=[1.0], colours=2))
+        area_evidence(terms, NormalStats(term_scales=[1.0], colours=2), 3)
     assert colour_terms("lab") == 2 and colour_terms("rgb") == 1
     with pytest.raises(ValueError, match="unknown colour"):
         colour_terms("hsv")
@@ -321,9 +329,9 @@ def test_a_lab_scorer_builds_its_area_map_from_both_colour_terms() -> None:
     query = clean[:1].clone()
     query[:, 1, 20:30, 20:30] = 1.0 - query[:, 1, 20:30, 20:30]  # a stain of 10 x 10 pixels
     q_terms, q_sil = lab.inputs(query, reference[:1])
-    area = area_evidence(q_terms, stats)
-    expected = opening(q_terms[:, 0] / stats.term_scales[0] + q_terms[:, 1] / stats.term_scales[1], 3)
-    assert torch.equal(area, expected)
+    colour = q_terms[:, 0] / stats.term_scales[0] + q_terms[:, 1] / stats.term_scales[1]
+    for k in (3, 5):
+        assert torch.equal(area_evidence(q_terms, stats, k), opening(colour, k))
     maps, scores = scorer(query, reference[:1])
     manual = anomaly_map(q_terms, "either", stats, q_sil, lab.edges(reference[:1]), 1.0)
     assert torch.allclose(maps, manual) and float(scores[0]) == pytest.approx(float(manual.max()))
