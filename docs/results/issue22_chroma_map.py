@@ -12,7 +12,7 @@ import torch
 
 from issue22_either import either_figures
 from issue22_selection_terms import compare
-from issue22_shared_edges import selection_with_inside
+from issue22_shared_edges import selection_with_inside, with_kinds
 from models.scoring import STRUCTURE_BINS, quantile
 
 AB = 1  # the a*b* term's index among the `lab` terms: L*, a*b*, then the feature layers
@@ -39,10 +39,7 @@ def measure(bundles: Path, category_dir: Path) -> dict:
            "lab_either_ab": either_figures(both, terms, ref_edges, (ab,), "lab_either_ab"),
            "lab_either_abd": either_figures(both, terms, ref_edges, (per_decile(ab, ref_edges, clean),),
                                             "lab_either_abd")}
-    of_kind = {str(k): int((both.kinds == k).sum()) for k in sorted(set(both.kinds)) if k != "good"}
-    for r in out.values():
-        r["of_by_kind"] = of_kind
-    return out
+    return with_kinds(out, both)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 from issue22_chroma_map import AB
 from issue22_either import either_figures
 from issue22_selection_terms import compare
-from issue22_shared_edges import selection_with_inside
+from issue22_shared_edges import selection_with_inside, with_kinds
 from models.scoring import lab_terms
 
 RADII = (2, 3)
@@ -32,10 +32,7 @@ def measure(bundles: Path, category_dir: Path) -> dict:
         wider = terms.clone()
         wider[:, AB] = ab_term(both.scorer, both.images, both.refs, r)
         out[f"lab_either_ab{r}"] = either_figures(both, wider, ref_edges, name=f"lab_either_ab{r}")
-    of_kind = {str(k): int((both.kinds == k).sum()) for k in sorted(set(both.kinds)) if k != "good"}
-    for res in out.values():
-        res["of_by_kind"] = of_kind
-    return out
+    return with_kinds(out, both)
 
 
 if __name__ == "__main__":

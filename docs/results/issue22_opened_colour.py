@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from issue22_either import either_figures
 from issue22_selection_terms import compare
-from issue22_shared_edges import selection_with_inside
+from issue22_shared_edges import selection_with_inside, with_kinds
 from models.scoring import quantile
 
 SQUARES = (3, 5)
@@ -38,10 +38,7 @@ def measure(bundles: Path, category_dir: Path) -> dict:
     out = {"lab_either": either_figures(both, terms, ref_edges)}
     for k in SQUARES:
         out[f"lab_either_open{k}"] = either_figures(both, terms, ref_edges, (opening(colour, k),), f"lab_either_open{k}")
-    of_kind = {str(k): int((both.kinds == k).sum()) for k in sorted(set(both.kinds)) if k != "good"}
-    for r in out.values():
-        r["of_by_kind"] = of_kind
-    return out
+    return with_kinds(out, both)
 
 
 if __name__ == "__main__":

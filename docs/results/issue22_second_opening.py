@@ -12,7 +12,7 @@ import torch
 from issue22_either import either_figures
 from issue22_opened_colour import colour_sum
 from issue22_selection_terms import compare
-from issue22_shared_edges import selection_with_inside
+from issue22_shared_edges import selection_with_inside, with_kinds
 from models.scoring import opening
 
 SEED = 7  # not the self-check's (1000): a set of painted defects no earlier study chose on
@@ -25,10 +25,7 @@ def measure(bundles: Path, category_dir: Path) -> dict:
     out = {"product": either_figures(both, terms, ref_edges, (area3,), "product"),
            "area35": either_figures(both, terms, ref_edges, (area3, area5), "area35"),
            "area5": either_figures(both, terms, ref_edges, (area5,), "area5")}
-    of_kind = {str(k): int((both.kinds == k).sum()) for k in sorted(set(both.kinds)) if k != "good"}
-    for r in out.values():
-        r["of_by_kind"] = of_kind
-    return out
+    return with_kinds(out, both)
 
 
 if __name__ == "__main__":

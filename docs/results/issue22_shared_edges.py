@@ -96,6 +96,14 @@ def selection_with_inside(bundles: Path, category_dir: Path, seed: int | None = 
     return both, terms, torch.cat([s.f.edges, f.edges]), torch.cat([qe0, qe1])
 
 
+def with_kinds(out: dict, both: SimpleNamespace) -> dict:
+    """``out``'s figures, each with how many defects of each kind the selection data hold."""
+    of_kind = {str(k): int((both.kinds == k).sum()) for k in sorted(set(both.kinds)) if k != "good"}
+    for r in out.values():
+        r["of_by_kind"] = of_kind
+    return out
+
+
 def measure(bundles: Path, category_dir: Path) -> dict:
     both, terms, ref_edges, query_edges = selection_with_inside(bundles, category_dir)
     shared = torch.minimum(ref_edges, query_edges)
@@ -103,10 +111,7 @@ def measure(bundles: Path, category_dir: Path) -> dict:
     out = {"lab": structure_figures("lab", both, terms, ref_edges),
            "lab_shared": structure_figures("lab_shared", both, terms, shared),
            "lab_s2": structure_figures("lab_s2", s2, terms, ref_edges)}
-    of_kind = {str(k): int((both.kinds == k).sum()) for k in sorted(set(both.kinds)) if k != "good"}
-    for r in out.values():
-        r["of_by_kind"] = of_kind
-    return out
+    return with_kinds(out, both)
 
 if __name__ == "__main__":
     compare(measure, ("lab", "lab_shared", "lab_s2"))
