@@ -39,8 +39,8 @@ WORK = ".work"  # BUNDLES_DIR/.work/<category>: the stages' outputs, checkpoints
 # scorer's CIELAB and feature terms balanced by their normal scales plus the silhouette
 # evidence, and the map the largest of that sum, the sum normalised by the reference's
 # structure and the colour terms opened with a 3 x 3 and a 5 x 5 square, each over its normal
-# level (``either``, with its area maps since session 20: chosen on held-out painted defects of Lego and three
-# synthetic seeds, docs/SCORING.md and docs/RESULTS.md); the demo keeps the
+# level (``either``, with its area maps since session 20: chosen on held-out painted defects
+# of Lego and three synthetic seeds, docs/SCORING.md and docs/RESULTS.md); the demo keeps the
 # quick in-sample rule and the peers' sum, to stay within its minutes.
 CALIBRATION = {"demo": CalibConfig(max_views=24),
                "cpu": CalibConfig(holdout_every=5, combination="either", colour="lab"),
