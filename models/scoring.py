@@ -220,21 +220,29 @@ def combine(terms: Tensor, combination: str, stats: NormalStats | None = None, s
     return pre / scales[torch.bucketize(edges.contiguous(), bins)]
 
 
-def area_evidence(terms: Tensor, stats: NormalStats, square: int) -> Tensor:
-    """``[B, S, S]``: the ``opening`` with a ``square`` x ``square`` square of the sum of the
-    first ``stats.colours`` terms of ``terms [B, T, S, S]`` (the colour terms), each over its
-    normal scale."""
+def colour_sum(terms: Tensor, stats: NormalStats) -> Tensor:
+    """``[B, S, S]``: the first ``stats.colours`` terms of ``terms [B, T, S, S]`` (the colour
+    terms), each over its normal scale, summed."""
     if not 1 <= stats.colours <= min(len(stats.term_scales), terms.shape[1]):
         raise ValueError(f"the normal statistics name {stats.colours} colour terms, for {len(stats.term_scales)} term "
                          f"scales and {terms.shape[1]} terms")
-    colour = sum(terms[:, t] / stats.term_scales[t] for t in range(stats.colours))
-    return opening(colour, square)
+    return sum(terms[:, t] / stats.term_scales[t] for t in range(stats.colours))
 
 
-def _either_pre(name: str, terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor) -> Tensor:
-    if name in AREA_SQUARES:
-        return area_evidence(terms, stats, AREA_SQUARES[name])
-    return combine(terms, name, stats, silhouette, edges)
+def area_evidence(terms: Tensor, stats: NormalStats, square: int) -> Tensor:
+    """``[B, S, S]``: the ``opening`` with a ``square`` x ``square`` square of ``colour_sum``."""
+    return opening(colour_sum(terms, stats), square)
+
+
+def _either_pres(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, count: int):
+    """The first ``count`` of ``EITHER_MAPS``, before the blur (the colour sum computed once)."""
+    colour = None
+    for name in EITHER_MAPS[:count]:
+        if name in AREA_SQUARES:
+            colour = colour_sum(terms, stats) if colour is None else colour
+            yield opening(colour, AREA_SQUARES[name])
+        else:
+            yield combine(terms, name, stats, silhouette, edges)
 
 
 def either_map(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, sigma: float) -> Tensor:
@@ -244,8 +252,8 @@ def either_map(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Ten
     if stats is None or len(stats.levels) not in (2, len(EITHER_MAPS)):
         raise ValueError("combination 'either' needs the normal levels of its maps: rerun the calibration stage")
     out = None
-    for name, level in zip(EITHER_MAPS, stats.levels):
-        m = blur_maps(_either_pre(name, terms, stats, silhouette, edges), sigma) / level
+    for pre, level in zip(_either_pres(terms, stats, silhouette, edges, len(stats.levels)), stats.levels):
+        m = blur_maps(pre, sigma) / level
         out = m if out is None else torch.maximum(out, m)
     return out
 
@@ -287,8 +295,8 @@ def fit_normal_stats(terms: Tensor, silhouette: Tensor | None = None, edges: Ten
     stats.edge_scales = [max(quantile(pre[which == b], 0.99), 1e-6) if bool((which == b).any()) else 1.0
                          for b in range(STRUCTURE_BINS)]
     if sigma is not None:
-        stats.levels = [max(quantile(blur_maps(_either_pre(name, terms, stats, silhouette, edges), sigma)
-                                     .flatten(1).amax(1), LEVEL_QUANTILE), 1e-6) for name in EITHER_MAPS]
+        stats.levels = [max(quantile(blur_maps(pre, sigma).flatten(1).amax(1), LEVEL_QUANTILE), 1e-6)
+                        for pre in _either_pres(terms, stats, silhouette, edges, len(EITHER_MAPS))]
     return stats
 
 
