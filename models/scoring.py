@@ -78,8 +78,10 @@ EDGED = ("structure", "either")  # the combinations that read the references' ed
 COLOURS = ("rgb", "lab")  # the colour term: normalised RGB (one term), or CIELAB L* and a*b* (two)
 STRUCTURE_BINS = 10  # ``structure``: the deciles of the reference's edge strength
 LEVEL_QUANTILE = 0.98  # ``either``: each map's normal level, this quantile of its held-out image scores
-EITHER_MAPS = ("structure", "silhouette", "area3", "area5")  # ``either``'s maps, in the order of their levels
+EITHER_MAPS = ("structure", "silhouette", "area3", "area5", "fine")  # ``either``'s maps, in the order of their levels
+EITHER_COUNTS = (2, 4, len(EITHER_MAPS))  # how many levels a bundle may carry: calibration methods 3, 4 and 5
 AREA_SQUARES = {"area3": 3, "area5": 5}  # the openings' squares, pixels at the scoring resolution (docs/RESULTS.md, session 20)
+FINE_LAYERS = 2  # ``fine``: the first feature layers after the colour terms (strides 2 and 4; session 21)
 FOREGROUND_TOL = 0.05  # a pixel shows the object when a channel differs from the background by more
 
 
@@ -234,6 +236,16 @@ def area_evidence(terms: Tensor, stats: NormalStats, square: int) -> Tensor:
     return opening(colour_sum(terms, stats), square)
 
 
+def fine_evidence(terms: Tensor, stats: NormalStats) -> Tensor:
+    """``[B, S, S]``: the ``FINE_LAYERS`` feature terms after the colour terms (the finest
+    layers the scorer extracts), each over its normal scale, summed."""
+    first, last = stats.colours, stats.colours + FINE_LAYERS
+    if last > min(len(stats.term_scales), terms.shape[1]):
+        raise ValueError(f"the fine map needs {FINE_LAYERS} feature terms after the {stats.colours} colour terms, "
+                         f"the scorer has {terms.shape[1] - stats.colours}")
+    return sum(terms[:, t] / stats.term_scales[t] for t in range(first, last))
+
+
 def _either_pres(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, count: int):
     """The first ``count`` of ``EITHER_MAPS``, before the blur (the colour sum computed once)."""
     colour = None
@@ -241,15 +253,17 @@ def _either_pres(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: T
         if name in AREA_SQUARES:
             colour = colour_sum(terms, stats) if colour is None else colour
             yield opening(colour, AREA_SQUARES[name])
+        elif name == "fine":
+            yield fine_evidence(terms, stats)
         else:
             yield combine(terms, name, stats, silhouette, edges)
 
 
 def either_map(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, sigma: float) -> Tensor:
     """``either``'s blurred map ``[B, S, S]``: the pixel-wise maximum of the maps of
-    ``EITHER_MAPS`` (the first as many as ``stats`` has levels: 2 before session 20, 4 since),
-    each blurred with ``sigma`` and divided by its normal level."""
-    if stats is None or len(stats.levels) not in (2, len(EITHER_MAPS)):
+    ``EITHER_MAPS`` (the first as many as ``stats`` has levels: 2 before session 20, 4 in it,
+    5 since session 21), each blurred with ``sigma`` and divided by its normal level."""
+    if stats is None or len(stats.levels) not in EITHER_COUNTS:
         raise ValueError("combination 'either' needs the normal levels of its maps: rerun the calibration stage")
     out = None
     for pre, level in zip(_either_pres(terms, stats, silhouette, edges, len(stats.levels)), stats.levels):
@@ -314,7 +328,7 @@ class AnomalyScorer(nn.Module):
         if combination in EDGED and (stats is None or len(stats.edge_scales) != STRUCTURE_BINS):
             raise ValueError(f"combination {combination!r} needs normal statistics with {STRUCTURE_BINS} edge scales: "
                              "rerun the calibration stage")
-        if combination == "either" and len(stats.levels) not in (2, len(EITHER_MAPS)):
+        if combination == "either" and len(stats.levels) not in EITHER_COUNTS:
             raise ValueError("combination 'either' needs the normal levels of its maps: rerun the calibration stage")
         if combination == "either" and len(stats.levels) > 2 and stats.colours != colour_terms(colour):
             raise ValueError(f"the normal statistics were fitted with {stats.colours} colour terms, the {colour!r} "

@@ -71,8 +71,9 @@ from training.splats import SplatConfig, calibration_key, holdout_indices
 # The calibration's method; a change that moves thresholds bumps it, so that no work folder's
 # earlier calibration is reused. 2: held-out scores scaled by the convergence ratio; 3: the
 # jittered renders aligned onto their photographs by the refinement's 2D step before scoring;
-# 4: ``either`` with its area maps, ``area3`` and ``area5`` (models.scoring, session 20).
-METHOD = 4
+# 4: ``either`` with its area maps, ``area3`` and ``area5`` (models.scoring, session 20);
+# 5: and with its ``fine`` map (session 21).
+METHOD = 5
 
 
 @dataclass(frozen=True)

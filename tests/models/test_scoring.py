@@ -14,6 +14,7 @@ from models.data import load_category
 from models.features import FeatureExtractor
 from models.scoring import (
     EITHER_MAPS,
+    FINE_LAYERS,
     LEVEL_QUANTILE,
     STRUCTURE_BINS,
     AnomalyScorer,
@@ -24,6 +25,7 @@ from models.scoring import (
     colour_terms,
     combine,
     edge_strength,
+    fine_evidence,
     fit_normal_stats,
     lab_terms,
     opening,
@@ -206,6 +208,8 @@ def test_either_keeps_what_the_structure_division_takes_away() -> None:
     for square, level in zip((3, 5), stats.levels[2:]):
         area = blur_maps(area_evidence(terms, stats, square), 1.0).flatten(1).amax(1) / level
         assert quantile(area, LEVEL_QUANTILE) == pytest.approx(1.0, rel=1e-4)
+    fine = blur_maps(fine_evidence(terms, stats), 1.0).flatten(1).amax(1) / stats.levels[4]
+    assert quantile(fine, LEVEL_QUANTILE) == pytest.approx(1.0, rel=1e-4)
     # A residual on the strongest structure of a normal view, then the same on its flattest
     # pixel: ``structure`` divides the first by its decile's large normal residue, and the
     # flat one stands out in it more; ``either`` is the larger of the two maps, pixel by pixel.
@@ -218,15 +222,22 @@ def test_either_keeps_what_the_structure_division_takes_away() -> None:
     s_map = blur_maps(combine(defect, "structure", stats, sil[:2], e), 1.0) / stats.levels[0]
     h_map = blur_maps(combine(defect, "silhouette", stats, sil[:2]), 1.0) / stats.levels[1]
     a_map = torch.maximum(*(blur_maps(area_evidence(defect, stats, k), 1.0) / level
-                            for k, level in zip((3, 5), stats.levels[2:])))
-    assert torch.equal(amap, torch.maximum(torch.maximum(s_map, h_map), a_map))
+                            for k, level in zip((3, 5), stats.levels[2:4])))
+    f_map = blur_maps(fine_evidence(defect, stats), 1.0) / stats.levels[4]
+    four = torch.maximum(torch.maximum(s_map, h_map), a_map)
+    assert torch.equal(amap, torch.maximum(four, f_map))
     struct, silh, either = (m.flatten(1).amax(1) for m in (s_map, h_map, amap))
     assert float(struct[1]) > 2 * float(struct[0])
-    assert torch.equal(either, torch.maximum(torch.maximum(struct, silh), a_map.flatten(1).amax(1)))
+    assert torch.equal(either, torch.maximum(four, f_map).flatten(1).amax(1))
     assert (either > 1.0).all()
-    # A bundle calibrated before the area map carries two levels and is scored with two maps.
+    # A bundle calibrated before the area maps carries two levels and is scored with two maps;
+    # one calibrated before the fine map (session 20) carries four and is scored with four.
     two = NormalStats(**{**asdict(stats), "levels": stats.levels[:2]})
     assert torch.equal(anomaly_map(defect, "either", two, sil[:2], e, 1.0), torch.maximum(s_map, h_map))
+    four_levels = NormalStats(**{**asdict(stats), "levels": stats.levels[:4]})
+    assert torch.equal(anomaly_map(defect, "either", four_levels, sil[:2], e, 1.0), four)
+    with pytest.raises(ValueError, match="normal levels"):  # three levels: no calibration method wrote that
+        anomaly_map(defect, "either", NormalStats(**{**asdict(stats), "levels": stats.levels[:3]}), sil[:2], e, 1.0)
     with pytest.raises(ValueError, match="edge strength"):
         anomaly_map(defect, "either", stats, sil[:2])
     # The levels travel in the config; a config of the combinations before it still loads.
@@ -309,6 +320,24 @@ def test_the_area_map_keeps_what_fills_an_area_and_drops_thin_lines() -> None:
     assert colour_terms("lab") == 2 and colour_terms("rgb") == 1
     with pytest.raises(ValueError, match="unknown colour"):
         colour_terms("hsv")
+
+
+def test_the_fine_map_reads_the_two_finest_feature_layers() -> None:
+    """``fine_evidence``: the ``FINE_LAYERS`` feature terms right after the colour terms, each
+    over its normal scale, summed; neither the colour terms nor the deeper layers are read."""
+    terms = torch.zeros(1, 6, 8, 8)  # lab: L*, a*b*, then layers of strides 2, 4, 8 and 16
+    terms[0, 0:2] = 9.0  # colour residue
+    terms[0, 2, 1, 1] = 4.0  # stride 2
+    terms[0, 3, 1, 1] = 6.0  # stride 4
+    terms[0, 4:, 5, 5] = 50.0  # the deep layers' residue
+    stats = NormalStats(term_scales=[1.0, 1.0, 2.0, 3.0, 1.0, 1.0], colours=2)
+    fine = fine_evidence(terms, stats)
+    assert FINE_LAYERS == 2 and float(fine[0, 1, 1]) == pytest.approx(4.0)  # 4 / 2 + 6 / 3
+    assert float(fine[0, 5, 5]) == 0.0 and float(fine[0, 0, 0]) == 0.0
+    rgb = NormalStats(term_scales=[1.0, 2.0, 3.0, 1.0, 1.0], colours=1)  # one colour term: the layers start one earlier
+    assert float(fine_evidence(terms[:, 1:], rgb)[0, 1, 1]) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="fine map needs"):
+        fine_evidence(terms[:, :3], NormalStats(term_scales=[1.0, 1.0, 2.0], colours=2))
 
 
 def test_a_lab_scorer_builds_its_area_map_from_both_colour_terms() -> None:
