@@ -39,10 +39,14 @@ Combinations of the terms (``COMBINATIONS``; ``combine`` before the blur, ``anom
   part gone from a studded surface with the render residue there; ``silhouette`` keeps it, and
   ``structure`` keeps what the division helps. An opening removes the thin residue that normal
   views leave along edges and keeps what fills an area at least as wide as its square: a stud
-  gone (the 3 x 3 square), a stain over studded texture (the 5 x 5 one). Each was chosen by
-  a held-out rule on painted defects of Lego and three seeds (docs/RESULTS.md, sessions 18
-  and 20). A bundle calibrated before session 20 carries two levels and is scored with the
-  first two maps, as it was calibrated.
+  gone (the 3 x 3 square), a stain over studded texture (the 5 x 5 one). Since session 21, the
+  ``fine`` map too (``fine_evidence``: the two finest feature layers' terms, strides 2 and 4,
+  each over its normal scale): in the other maps the deep layers' residue, spread over 8-16
+  pixels, outweighs a small part gone, which the fine layers see at its own size. Each was
+  chosen by a held-out rule on painted defects of Lego and three seeds (docs/RESULTS.md,
+  sessions 18, 20 and 21). A bundle calibrated before session 20 carries two levels and is
+  scored with the first two maps, one calibrated in session 20 carries four and is scored
+  with four, each as it was calibrated.
 
 The colour term (``COLOURS``): ``rgb``, the squared difference of the extractor-normalised
 RGB images (the peers'), or ``lab`` (the ``cpu`` and ``paper`` presets since session 17):
