@@ -38,8 +38,9 @@ WORK = ".work"  # BUNDLES_DIR/.work/<category>: the stages' outputs, checkpoints
 # Held-out calibration (rule false_alarm) for the presets that build real bundles, with the
 # scorer's CIELAB and feature terms balanced by their normal scales plus the silhouette
 # evidence, and the map the largest of that sum, the sum normalised by the reference's
-# structure and the colour terms opened with a 3 x 3 and a 5 x 5 square, each over its normal
-# level (``either``, with its area maps since session 20: chosen on held-out painted defects
+# structure, the colour terms opened with a 3 x 3 and a 5 x 5 square and the two finest feature
+# layers, each over its normal level (``either``, with its area maps since session 20 and its
+# fine map since session 21: chosen on held-out painted defects
 # of Lego and three synthetic seeds, docs/SCORING.md and docs/RESULTS.md); the demo keeps the
 # quick in-sample rule and the peers' sum, to stay within its minutes.
 CALIBRATION = {"demo": CalibConfig(max_views=24),

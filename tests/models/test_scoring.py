@@ -236,8 +236,22 @@ def test_either_keeps_what_the_structure_division_takes_away() -> None:
     assert torch.equal(anomaly_map(defect, "either", two, sil[:2], e, 1.0), torch.maximum(s_map, h_map))
     four_levels = NormalStats(**{**asdict(stats), "levels": stats.levels[:4]})
     assert torch.equal(anomaly_map(defect, "either", four_levels, sil[:2], e, 1.0), four)
+    three_levels = NormalStats(**{**asdict(stats), "levels": stats.levels[:3]})
     with pytest.raises(ValueError, match="normal levels"):  # three levels: no calibration method wrote that
-        anomaly_map(defect, "either", NormalStats(**{**asdict(stats), "levels": stats.levels[:3]}), sil[:2], e, 1.0)
+        anomaly_map(defect, "either", three_levels, sil[:2], e, 1.0)
+    fx = FeatureExtractor(weights="random")
+    assert len(AnomalyScorer(fx, size=64, combination="either", stats=four_levels).stats.levels) == 4
+    with pytest.raises(ValueError, match="normal levels"):
+        AnomalyScorer(fx, size=64, combination="either", stats=three_levels)
+    # A residual in the two finest feature layers alone, the size of a part gone: the fine map
+    # sees it over its level, and the maximum takes it where the other four stay lower.
+    fine_only = terms[:1].clone()
+    fine_only[0, 1:3, 6:9, 6:9] += 5.0 * torch.tensor(stats.term_scales[1:3]).view(2, 1, 1)
+    f_only = blur_maps(fine_evidence(fine_only, stats), 1.0) / stats.levels[4]
+    both = anomaly_map(fine_only, "either", stats, sil[:1], edges[:1], 1.0)
+    without = anomaly_map(fine_only, "either", four_levels, sil[:1], edges[:1], 1.0)
+    assert float(f_only.max()) > 1.0 and float(both.max()) == pytest.approx(float(f_only.max()))
+    assert float(both.max()) > float(without.max())
     with pytest.raises(ValueError, match="edge strength"):
         anomaly_map(defect, "either", stats, sil[:2])
     # The levels travel in the config; a config of the combinations before it still loads.
