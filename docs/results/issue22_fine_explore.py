@@ -25,7 +25,9 @@ def run(d, spec):
             "area3": lambda: opening(col, 3),
             "fine": lambda: bal(terms, stats, [0,1,2,3]), "fine_o3": lambda: opening(bal(terms, stats, [0,1,2,3]), 3),
             "l01_o3": lambda: opening(bal(terms, stats, [2,3]), 3), "all_o3": lambda: opening(bal(terms, stats, range(6)), 3),
-            "all_o5": lambda: opening(bal(terms, stats, range(6)), 5), "l01": lambda: bal(terms, stats, [2,3]), "area5": lambda: opening(col, 5)}
+            "all_o5": lambda: opening(bal(terms, stats, range(6)), 5), "l01": lambda: bal(terms, stats, [2,3]),
+            "l0": lambda: bal(terms, stats, [2]), "l1": lambda: bal(terms, stats, [3]), "l2": lambda: bal(terms, stats, [4]),
+            "l012": lambda: bal(terms, stats, [2,3,4]), "area5": lambda: opening(col, 5)}
     out = None
     for item in spec:
         name, sg = item
@@ -42,6 +44,8 @@ P = [("structure",4),("silhouette",4),("area3",4),("area5",4)]
 SPECS = {
  "fine": P + [("fine",4)], "fine_o3": P + [("fine_o3",4)], "l01_o3": P + [("l01_o3",4)], "all_o3": P + [("all_o3",4)],
  "all_o5": P + [("all_o5",4)], "l01": P + [("l01",4)],
+ "product5": P + [("l01",4)], "l0_l1": P + [("l0",4),("l1",4)], "five_l2": P + [("l01",4),("l2",4)], "l012": P + [("l012",4)],
+ "l01_s2": P + [("l01",2)], "l01_s3": P + [("l01",3)],
  "product": [("structure",4),("silhouette",4),("area3",4),("area5",4)],
  "area_s2": [("structure",4),("silhouette",4),("area3",2),("area5",2)],
  "area_s3": [("structure",4),("silhouette",4),("area3",3),("area5",3)],
