@@ -40,13 +40,13 @@ Combinations of the terms (``COMBINATIONS``; ``combine`` before the blur, ``anom
   ``structure`` keeps what the division helps. An opening removes the thin residue that normal
   views leave along edges and keeps what fills an area at least as wide as its square: a stud
   gone (the 3 x 3 square), a stain over studded texture (the 5 x 5 one). Since session 21, the
-  ``fine`` map too (``fine_evidence``: the two finest feature layers' terms, strides 2 and 4 with the default extractor,
-  each over its normal scale): in the other maps the deep layers' residue, spread over 8-16
-  pixels, outweighs a small part gone, which the fine layers see at its own size. Each was
-  chosen by a held-out rule on painted defects of Lego and three seeds (docs/RESULTS.md,
-  sessions 18, 20 and 21). A bundle calibrated before session 20 carries two levels and is
-  scored with the first two maps, one calibrated in session 20 carries four and is scored
-  with four, each as it was calibrated.
+  ``fine`` map too (``fine_evidence``: the two finest feature layers' terms, strides 2 and 4
+  with the default extractor, each over its normal scale): in the other maps the deep layers'
+  residue, spread over 8-16 pixels, outweighs a small part gone, which the fine layers see at
+  its own size. Each was chosen by a held-out rule on painted defects of Lego and three seeds
+  (docs/RESULTS.md, sessions 18, 20 and 21). A bundle calibrated before session 20 carries
+  two levels and is scored with the first two maps, one calibrated in session 20 carries four
+  and is scored with four, each as it was calibrated.
 
 The colour term (``COLOURS``): ``rgb``, the squared difference of the extractor-normalised
 RGB images (the peers'), or ``lab`` (the ``cpu`` and ``paper`` presets since session 17):
@@ -83,7 +83,7 @@ COLOURS = ("rgb", "lab")  # the colour term: normalised RGB (one term), or CIELA
 STRUCTURE_BINS = 10  # ``structure``: the deciles of the reference's edge strength
 LEVEL_QUANTILE = 0.98  # ``either``: each map's normal level, this quantile of its held-out image scores
 EITHER_MAPS = ("structure", "silhouette", "area3", "area5", "fine")  # ``either``'s maps, in the order of their levels
-EITHER_COUNTS = (2, 4, 5)  # how many levels a bundle may carry: calibration methods 3, 4 and 5 (the first maps of EITHER_MAPS)
+EITHER_COUNTS = (2, 4, 5)  # levels a bundle may carry (calibration methods 3, 4, 5): the first maps of EITHER_MAPS
 AREA_SQUARES = {"area3": 3, "area5": 5}  # the openings' squares, pixels at the scoring resolution (docs/RESULTS.md, session 20)
 FINE_LAYERS = 2  # ``fine``: the first feature layers after the colour terms (strides 2 and 4 with lite0; session 21)
 FOREGROUND_TOL = 0.05  # a pixel shows the object when a channel differs from the background by more
