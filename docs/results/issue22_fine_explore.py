@@ -4,6 +4,8 @@ Its `fine` and `fine_o3` add the colour terms and the two finest layers together
 3 x 3); `l01` and `l01_o3` (the two finest layers alone) became the challengers `fine` and `fine3` of `issue22_fine_features.py`.
 
     python docs/results/issue22_fine_explore.py CACHE_DIR SEED VARIANT[,VARIANT...]
+
+(`VARIANT@Q`: the maps' levels at the quantile Q of their clean image scores, not 0.98.)
 """
 from pathlib import Path
 import sys, torch, numpy as np
@@ -16,7 +18,7 @@ def colour_sum(terms, clean):
     return sum(terms[:, t] / max(quantile(terms[clean, t], 0.99), 1e-6) for t in range(2))
 def bal(terms, stats, idx):
     return sum(terms[:, t] / stats.term_scales[t] for t in idx)
-def run(d, spec):
+def run(d, spec, level_q=1 - FALSE_ALARM):
     labels = d["labels"].numpy(); clean = ~d["labels"]; terms = d["terms"].float(); sil = d["sil"].float(); edges = d["edges"].float()
     stats = fit_normal_stats(terms[clean], sil[clean], edges[clean])
     col = colour_sum(terms, clean)
@@ -32,7 +34,7 @@ def run(d, spec):
     for item in spec:
         name, sg = item
         m = blur_maps(pres[name](), sg)
-        level = float(np.quantile(m[clean].flatten(1).amax(1).numpy(), 1 - FALSE_ALARM))
+        level = float(np.quantile(m[clean].flatten(1).amax(1).numpy(), level_q))
         m = m / level
         out = m if out is None else torch.maximum(out, m)
     thr = float(np.quantile(out[clean].flatten(1).amax(1).numpy(), 1 - FALSE_ALARM))
@@ -53,7 +55,7 @@ SPECS = {
 for c in cats:
     d = torch.load(cache / f"sel{seed}_{c}.pt", weights_only=False)
     for v in variants:
-        r = run(d, SPECS[v])
+        r = run(d, SPECS[v.split('@')[0]], float(v.split('@')[1]) if '@' in v else 1 - FALSE_ALARM)
         tot[v][0] += r["found"]; tot[v][1] += r["of"]; tot[v][2].append(r["image_auroc"])
         print(c, v, "found", r["found"], "/", r["of"], "auroc", round(r["image_auroc"],4), "FAR", round(r["false_alarm_rate"],3), "pix", round(r["pixel_auroc"],4), "aupro", round(r["aupro"],4), r["by_kind"], flush=True)
 for v in variants:
