@@ -18,6 +18,10 @@ def colour_sum(terms, clean):
     return sum(terms[:, t] / max(quantile(terms[clean, t], 0.99), 1e-6) for t in range(2))
 def bal(terms, stats, idx):
     return sum(terms[:, t] / stats.term_scales[t] for t in idx)
+def tol_fine(d, clean, key):
+    """The two finest layers' terms compared at another tolerance (``issue22_fine_explore_tol.py``'s cache)."""
+    t = d[key].float()
+    return sum(t[:, k] / max(quantile(t[clean, k], 0.99), 1e-6) for k in range(2))
 def run(d, spec, level_q=1 - FALSE_ALARM):
     labels = d["labels"].numpy(); clean = ~d["labels"]; terms = d["terms"].float(); sil = d["sil"].float(); edges = d["edges"].float()
     stats = fit_normal_stats(terms[clean], sil[clean], edges[clean])
@@ -29,7 +33,8 @@ def run(d, spec, level_q=1 - FALSE_ALARM):
             "l01_o3": lambda: opening(bal(terms, stats, [2,3]), 3), "all_o3": lambda: opening(bal(terms, stats, range(6)), 3),
             "all_o5": lambda: opening(bal(terms, stats, range(6)), 5), "l01": lambda: bal(terms, stats, [2,3]),
             "l0": lambda: bal(terms, stats, [2]), "l1": lambda: bal(terms, stats, [3]), "l2": lambda: bal(terms, stats, [4]),
-            "l012": lambda: bal(terms, stats, [2,3,4]), "area5": lambda: opening(col, 5)}
+            "l012": lambda: bal(terms, stats, [2,3,4]),
+            "l01_t0": lambda: tol_fine(d, clean, "t0"), "l01_t2": lambda: tol_fine(d, clean, "t2"), "area5": lambda: opening(col, 5)}
     out = None
     for item in spec:
         name, sg = item
@@ -47,13 +52,15 @@ SPECS = {
  "fine": P + [("fine",4)], "fine_o3": P + [("fine_o3",4)], "l01_o3": P + [("l01_o3",4)], "all_o3": P + [("all_o3",4)],
  "all_o5": P + [("all_o5",4)], "l01": P + [("l01",4)],
  "product5": P + [("l01",4)], "l0_l1": P + [("l0",4),("l1",4)], "five_l2": P + [("l01",4),("l2",4)], "l012": P + [("l012",4)],
- "l01_s2": P + [("l01",2)], "l01_s3": P + [("l01",3)],
+ "l01_s2": P + [("l01",2)], "l01_t0": P + [("l01_t0",4)], "l01_t2": P + [("l01_t2",4)], "l01_s3": P + [("l01",3)],
  "product": [("structure",4),("silhouette",4),("area3",4),("area5",4)],
  "area_s2": [("structure",4),("silhouette",4),("area3",2),("area5",2)],
  "area_s3": [("structure",4),("silhouette",4),("area3",3),("area5",3)],
 }
 for c in cats:
     d = torch.load(cache / f"sel{seed}_{c}.pt", weights_only=False)
+    if (cache / f"tol{seed}_{c}.pt").exists():
+        d.update(torch.load(cache / f"tol{seed}_{c}.pt"))
     for v in variants:
         r = run(d, SPECS[v.split('@')[0]], float(v.split('@')[1]) if '@' in v else 1 - FALSE_ALARM)
         tot[v][0] += r["found"]; tot[v][1] += r["of"]; tot[v][2].append(r["image_auroc"])
