@@ -232,7 +232,12 @@ def colour_sum(terms: Tensor, stats: NormalStats) -> Tensor:
     if not 1 <= stats.colours <= min(len(stats.term_scales), terms.shape[1]):
         raise ValueError(f"the normal statistics name {stats.colours} colour terms, for {len(stats.term_scales)} term "
                          f"scales and {terms.shape[1]} terms")
-    return sum(terms[:, t] / stats.term_scales[t] for t in range(stats.colours))
+    return _scaled_sum(terms, stats, range(stats.colours))
+
+
+def _scaled_sum(terms: Tensor, stats: NormalStats, which: range) -> Tensor:
+    """``[B, S, S]``: the terms ``which`` of ``terms [B, T, S, S]``, each over its normal scale, summed."""
+    return sum(terms[:, t] / stats.term_scales[t] for t in which)
 
 
 def area_evidence(terms: Tensor, stats: NormalStats, square: int) -> Tensor:
@@ -248,7 +253,7 @@ def fine_evidence(terms: Tensor, stats: NormalStats) -> Tensor:
     if first < 1 or last > have:
         raise ValueError(f"the fine map needs {FINE_LAYERS} feature terms after the {stats.colours} colour terms, "
                          f"for {len(stats.term_scales)} term scales and {terms.shape[1]} terms")
-    return sum(terms[:, t] / stats.term_scales[t] for t in range(first, last))
+    return _scaled_sum(terms, stats, range(first, last))
 
 
 def _either_pres(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, count: int):
