@@ -1,5 +1,6 @@
 """Issue 22, session 22: the `cpu` preset's Gaussian model against the `long` fit (5000 steps,
-densifying to step 3750; `rpe-pad lab fidelity-study`'s variant) on synthetic seeds 1 and 2,
+densifying to step 3750; `rpe-pad lab fidelity-study --variants cpu,long` at commit c27a0c2,
+retired after this measurement) on synthetic seeds 1 and 2,
 scored by the product's five maps on a fresh painted set (SEED) of each variant's own held-out
 views: the selection data of `issue22_shared_edges.py` (the self-check's painted defects and
 clean copies, plus small parts gone from inside), with each variant's calibration model as the
