@@ -6,17 +6,34 @@ the scorer's floor. Set against the bundle at true poses (`rpe-pad lab evaluate 
 it says how much of the gap is the Gaussian model's render.
 
     python docs/results/issue22_perfect_reference.py CATEGORY_DIR BUNDLE_DIR SEED [OUT.json]
+
+(BUNDLE_DIR may also be a training folder, BUNDLES_DIR/.work/<category>, once its calibration stage has run.)
 """
 import json
 import sys
 
 import numpy as np
+import torch
 from pathlib import Path
 from models.data import load_category
 from models.inspector import Inspector
 from training.synth.generate import build_object, render
 cat, bundle, seed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-insp = Inspector.load(bundle, device="cpu")
+if (bundle / "calibration" / "calibration.json").is_file() and not (bundle / "manifest.json").is_file():
+    # A training folder (BUNDLES_DIR/.work/<category>) before its bundle exists: its scorer and
+    # levels, and the product's query preparation for a camera without a lens model (a resize).
+    from models.calibration import Calibration
+    from models.images import resize_rgb
+    from models.scoring import AnomalyScorer
+
+    calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
+    width = json.loads((bundle / "splats" / "config.json").read_text())["image_size"]
+
+    class insp:  # noqa: N801 - stands in for the Inspector's two members used below
+        scorer = AnomalyScorer.from_config(calib.scorer)
+        prepare = staticmethod(lambda im: torch.from_numpy(np.clip(resize_rgb(im, width, width), 0.0, 1.0)))
+else:
+    insp = Inspector.load(bundle, device="cpu")
 c = load_category(cat)
 obj = build_object(np.random.default_rng(seed))
 rows = []
