@@ -11,36 +11,36 @@ it says how much of the gap is the Gaussian model's render.
 """
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
-from pathlib import Path
-from models.data import load_category
-from models.inspector import Inspector
-from training.synth.generate import build_object, render
-cat, bundle, seed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-if (bundle / "calibration" / "calibration.json").is_file() and not (bundle / "manifest.json").is_file():
-    # A training folder (BUNDLES_DIR/.work/<category>) before its bundle exists: its scorer and
-    # levels, and the product's query preparation for a camera without a lens model (a resize).
-    from models.calibration import Calibration
-    from models.images import resize_rgb
-    from models.scoring import AnomalyScorer
 
-    calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
+from models.calibration import Calibration
+from models.data import load_category
+from models.images import resize_rgb
+from models.inspector import Inspector
+from models.scoring import AnomalyScorer
+from training.synth.generate import build_object, render
+
+cat, bundle, seed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+if (bundle / "manifest.json").is_file():
+    inspector = Inspector.load(bundle, device="cpu")
+    scorer, prepare = inspector.scorer, inspector.prepare
+else:  # a training folder: its scorer and levels; a query without a lens model is only resized
+    scorer = AnomalyScorer.from_config(
+        Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text()).scorer)
     width = json.loads((bundle / "splats" / "config.json").read_text())["image_size"]
 
-    class insp:  # noqa: N801 - stands in for the Inspector's two members used below
-        scorer = AnomalyScorer.from_config(calib.scorer)
-        prepare = staticmethod(lambda im: torch.from_numpy(np.clip(resize_rgb(im, width, width), 0.0, 1.0)))
-else:
-    insp = Inspector.load(bundle, device="cpu")
+    def prepare(image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.clip(resize_rgb(image, width, width), 0.0, 1.0))
 c = load_category(cat)
 obj = build_object(np.random.default_rng(seed))
 rows = []
 for q in c.test:
     clean, _, _ = render(obj.scene, q.w2c.float(), q.K.float(), c.width, 2)
-    x = insp.prepare(q.image.numpy()); r = insp.prepare(clean.astype(np.float32))
-    _, s = insp.scorer(x[None], r[None])
+    x, r = prepare(q.image.numpy()), prepare(clean.astype(np.float32))
+    _, s = scorer(x[None], r[None])
     rows.append((float(s[0]), q.label, q.name))
 goods = sorted(s for s, l, n in rows if l == "good")
 print("goods", np.round(goods, 3))
