@@ -1,0 +1,64 @@
+"""Issue 22, session 23: the five maps of `either` blurred with other sigmas, on the cached
+selection data of `issue22_interior_cache.py` (exploration on a set already chosen on; the
+choice is the rule's, on a fresh set). Each variant's maps are each over their clean 98th
+percentile (the product's levels), and its threshold the 98th percentile of its clean image
+scores (the product's rule).
+
+    python docs/results/issue22_blur_explore.py CACHE_DIR SEED VARIANT[,VARIANT...] [OUT.json]
+
+VARIANT: `product` (sigma 4) or `sN` (every map blurred with sigma N, e.g. `s2`, `s1.5`).
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from issue22_interior_explore import CATEGORIES, maps
+from lab.scorer_study import FALSE_ALARM, _figures
+from models.scoring import blur_maps
+
+
+def sigma_of(variant: str) -> float:
+    return 4.0 if variant == "product" else float(variant[1:])
+
+
+def run(d: dict, pres: list, sigma: float) -> dict:
+    labels, clean = d["labels"].numpy(), ~d["labels"]
+    out = None
+    for pre in pres:
+        m = blur_maps(pre, sigma)
+        m = m / float(np.quantile(m[clean].flatten(1).amax(1).numpy(), 1 - FALSE_ALARM))
+        out = m if out is None else torch.maximum(out, m)
+    thr = float(np.quantile(out[clean].flatten(1).amax(1).numpy(), 1 - FALSE_ALARM))
+    r = _figures(out, labels, d["masks"].numpy(), thr)
+    sc, kinds = out.flatten(1).amax(1).numpy(), np.array(d["kinds"])
+    r["by_kind"] = {str(k): [int(((sc > thr) & (kinds == k)).sum()), int((kinds == k).sum())]
+                    for k in sorted(set(kinds)) if k != "good"}
+    return r
+
+
+if __name__ == "__main__":
+    cache, seed, variants = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
+    rows = {v: {} for v in variants}
+    for c in CATEGORIES:
+        path = cache / f"sel{seed}_{c}.pt"
+        if not path.exists():
+            continue
+        d = torch.load(path, weights_only=False)
+        pres = maps(d, "product")
+        for v in variants:
+            r = run(d, pres, sigma_of(v))
+            rows[v][c] = {k: r[k] for k in ("found", "of", "image_auroc", "pixel_auroc", "aupro", "false_alarm_rate",
+                                            "by_kind")}
+            print(c, v, "found", r["found"], "/", r["of"], "auroc", round(r["image_auroc"], 4), "FAR",
+                  round(r["false_alarm_rate"], 3), "pix", round(r["pixel_auroc"], 4), "aupro", round(r["aupro"], 4),
+                  r["by_kind"], flush=True)
+    for v in variants:
+        found = sum(r["found"] for r in rows[v].values())
+        of = sum(r["of"] for r in rows[v].values())
+        auroc = np.mean([r["image_auroc"] for r in rows[v].values()])
+        print("TOTAL", v, found, "/", of, "mean image AUROC", round(float(auroc), 4))
+    if len(sys.argv) > 4:
+        Path(sys.argv[4]).write_text(json.dumps({"seed": seed, "variants": rows}, indent=1) + "\n")
