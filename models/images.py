@@ -27,7 +27,10 @@ def to_rgb_float(image: Image.Image, background: Background = WHITE) -> np.ndarr
     Transparent pixels are composited onto ``background`` (RGB in [0, 1]) with
     straight (non-premultiplied) alpha, as PNG stores it.
     """
-    image = ImageOps.exif_transpose(image)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception as exc:  # noqa: BLE001 (Pillow raises struct.error, TypeError, ... on malformed EXIF)
+        raise ValueError(f"its EXIF orientation cannot be read ({exc})") from exc
     mode = image.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         grey = np.asarray(image, dtype=np.float32)
@@ -36,7 +39,10 @@ def to_rgb_float(image: Image.Image, background: Background = WHITE) -> np.ndarr
         grey = np.clip(grey / scale, 0.0, 1.0)
         return np.repeat(grey[..., None], 3, axis=-1)
     if mode == "F":
-        grey = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+        grey = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(grey).all():
+            raise ValueError("it has pixels that are not numbers (NaN or infinite)")
+        grey = np.clip(grey, 0.0, 1.0)
         return np.repeat(grey[..., None], 3, axis=-1)
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if has_alpha:

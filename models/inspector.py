@@ -299,7 +299,8 @@ def map_to_camera(image: np.ndarray, width: int, height: int, K: Tensor,
     resolution is resized as above; another camera (focal length or principal point) is
     resampled so each bundle pixel reads the query along the same ray (a zoom and shift,
     exact for a pinhole camera), and refused when the query's view does not cover the
-    bundle's (``InspectionError``). ``lens``: the bundle's camera's undistortion (at the
+    bundle's, or gives fewer than ``MIN_QUERY_ZOOM`` of its pixels per bundle pixel
+    (``InspectionError``). ``lens``: the bundle's camera's undistortion (at the
     bundle's size); a query of that camera is undistorted after resizing, as its training
     photos were (a query of another camera is taken to be undistorted already)."""
     h, w = image.shape[:2]
@@ -326,12 +327,19 @@ def map_to_camera(image: np.ndarray, width: int, height: int, K: Tensor,
     return torch.from_numpy(np.ascontiguousarray(resized, dtype=np.float32))
 
 
+MIN_QUERY_ZOOM = 0.25  # query pixels per bundle pixel below which a query's camera is refused (_resample_camera)
+
+
 def _resample_camera(image: Tensor, width: int, height: int, K: Tensor, intrinsics: tuple[float, ...]) -> Tensor:
     """Bundle pixel ``u_b`` reads the query at ``u_q = (u_b - cx_b) fx_q / fx_b + cx_q`` (and
     likewise in y); refused unless the bundle's whole frame falls inside the query's."""
     h, w = image.shape[:2]
     fx, fy, cx, cy = intrinsics
     ax, ay = fx / float(K[0, 0]), fy / float(K[1, 1])  # query pixels per bundle pixel
+    if min(ax, ay) < MIN_QUERY_ZOOM:  # the object would be upsampled from a few query pixels (and memory with it)
+        raise InspectionError(f"the query's camera (fx {fx:.4g}, fy {fy:.4g}) gives {min(ax, ay):.3g} of its pixels per "
+                              f"pixel of the bundle's camera (fx {float(K[0, 0]):.1f}); at least {MIN_QUERY_ZOOM} are "
+                              "needed: check the intrinsics, or take the photo closer or at a higher resolution")
     x0, x1 = (0 - float(K[0, 2])) * ax + cx, (width - float(K[0, 2])) * ax + cx
     y0, y1 = (0 - float(K[1, 2])) * ay + cy, (height - float(K[1, 2])) * ay + cy
     slack = 0.01 * max(w, h)

@@ -7,7 +7,8 @@ lone client never waits), and runs ``Inspector.inspect`` on the batch in the sha
 single-thread executor (one model call at a time per process: on a CPU, concurrent calls
 only fight over the cores; on a GPU, batching is what raises throughput). A full queue
 refuses new work at once with 503 and ``Retry-After``; images whose client went away are
-dropped before the model call.
+dropped before the model call. A batch whose model call fails is run again one image at a
+time, so an image that breaks the call fails only its own request.
 
 When a new version of a category's bundle is swapped in (``service/app.py``), its old
 batcher is drained, not stopped: every request holds the batcher it started with for its
@@ -122,6 +123,22 @@ class CategoryBatcher:
         while len(batch) < self.settings.max_batch and not self.queue.empty():
             batch.append(self.queue.get_nowait())
 
+    async def _one_by_one(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
+        """After a failed batch: each job inspected alone, its result or its own error to its request."""
+        for job in batch:
+            if job.future.done():
+                continue
+            try:
+                result = await loop.run_in_executor(self.executor, self._inspect, [job.image])
+                if len(result) != 1:
+                    raise RuntimeError(f"{len(result)} results for 1 image")
+            except Exception as exc:  # noqa: BLE001
+                if not job.future.done():
+                    job.future.set_exception(exc)
+                continue
+            if not job.future.done():
+                job.future.set_result(result[0])
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -145,10 +162,12 @@ class CategoryBatcher:
                     self.telemetry.phase.labels("inference").observe(took)
                 if len(results) != len(batch):
                     raise RuntimeError(f"{len(results)} results for {len(batch)} images")
-            except Exception as exc:  # noqa: BLE001 (handed to each waiting request; the worker lives on)
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+            except Exception as exc:  # noqa: BLE001 (handed to the waiting requests; the worker lives on)
+                if len(batch) == 1:
+                    if not batch[0].future.done():
+                        batch[0].future.set_exception(exc)
+                else:  # one image may have failed the batch: each alone, so only its own request fails
+                    await self._one_by_one(loop, batch)
                 continue
             for job, result in zip(batch, results):
                 if not job.future.done():

@@ -4,7 +4,9 @@ Checks, in order, each with its status: size in bytes (413, also enforced while 
 declared media type (415: only images, or an undeclared octet stream), that Pillow
 recognises a supported format (415 for other formats, 400 for undecodable bytes), the
 pixel count from the header before any pixel is decoded (413: decompression bombs), a
-minimum side (422), then a full decode (400 when truncated or corrupt). 16-bit, CMYK,
+minimum side (422), then a full decode (400 when truncated or corrupt, when its EXIF
+orientation cannot be read, or when a float image holds NaN or infinite pixels: whatever
+Pillow raises on hostile bytes is a 400, never a 500). 16-bit, CMYK,
 palette, greyscale and transparent images are converted to RGB; EXIF orientation is
 applied (``models.images.to_rgb_float``).
 """
@@ -58,7 +60,7 @@ def decode(data: bytes, name: str, settings: Settings, background: Background) -
         if isinstance(exc, UnidentifiedImageError):
             raise ServiceError(400, f"{name}: not a decodable image") from exc
         raise ServiceError(413, f"{name}: too many pixels") from exc
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 (Pillow's plugins raise OSError, ValueError, TypeError, ... on hostile bytes)
         raise ServiceError(400, f"{name}: not a decodable image ({exc})") from exc
     with image:
         if image.format not in FORMATS:
@@ -71,5 +73,5 @@ def decode(data: bytes, name: str, settings: Settings, background: Background) -
         try:
             image.load()
             return to_rgb_float(image, background)
-        except (OSError, ValueError, SyntaxError) as exc:  # truncated, corrupt, or an undecodable mode
+        except Exception as exc:  # noqa: BLE001 (truncated, corrupt, malformed EXIF, non-finite pixels: whatever Pillow raises)
             raise ServiceError(400, f"{name}: cannot decode the image ({exc})") from exc

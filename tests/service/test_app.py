@@ -138,6 +138,20 @@ def _jpeg(array: np.ndarray, **save) -> bytes:
 
 
 RGB = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+HOSTILE = Path(__file__).resolve().parents[1] / "data" / "hostile"  # fuzzed files Pillow raises odd errors on
+
+
+def _nan_tiff() -> bytes:
+    """A 64 x 64 float TIFF (mode F) of NaN: Pillow decodes it; its pixels are not numbers."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((64, 64), np.nan, np.float32), mode="F").save(buf, format="TIFF")
+    return buf.getvalue()
+
+
+def _short_ihdr_png() -> bytes:
+    """A PNG whose IHDR chunk is 5 bytes: Pillow's opener raises ValueError, not OSError."""
+    body = b"IHDR" + b"\x00" * 5
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 5) + body + struct.pack(">I", zlib.crc32(body))
 
 BAD_UPLOADS = {
     "empty": (b"", "image/png", 400),
@@ -149,6 +163,11 @@ BAD_UPLOADS = {
     "huge dimensions in a tiny file": (_huge_png(), "image/png", 413),
     "wrong aspect ratio": (_png(np.zeros((64, 100, 3), np.uint8)), "image/png", 422),
     "gif": (b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "image/gif", 415),
+    "float tiff of NaN": (_nan_tiff(), "image/tiff", 400),
+    "png with a short header chunk": (_short_ihdr_png(), "image/png", 400),
+    "jpeg with malformed EXIF (type)": ((HOSTILE / "exif_orientation_type.jpg").read_bytes(), "image/jpeg", 400),
+    "jpeg with malformed EXIF (struct)": ((HOSTILE / "exif_struct.jpg").read_bytes(), "image/jpeg", 400),
+    "tiff with its strip offsets as text": ((HOSTILE / "strip_offsets_text.tiff").read_bytes(), "image/tiff", 400),
 }
 
 
@@ -203,6 +222,11 @@ def test_query_camera(client: TestClient, category: str, query_png: bytes) -> No
     narrow = _post(client, category, query_png, intrinsics=f"{2 * fx},{2 * fy},{cx},{cy}")  # a longer lens
     assert narrow.status_code == 422 and narrow.headers["content-type"] == PROBLEM
     assert "does not see all" in narrow.json()["detail"]
+    # A focal length that puts the bundle's view on a few of the query's pixels: refused with
+    # the reason (it was upsampled without bound: a 500, or gigabytes, for a typo).
+    for tiny in (f"1e-12,1e-12,{cx},{cy}", f"{0.2 * fx},{0.2 * fy},{cx},{cy}"):
+        r = _post(client, category, query_png, intrinsics=tiny)
+        assert r.status_code == 422 and "pixels per pixel" in r.json()["detail"], r.text
     for bad in ("1,2,3", "a,b,c,d", "0,1,1,1"):
         r = _post(client, category, query_png, intrinsics=bad)
         assert r.status_code == 422 and ("intrinsics" in r.json()["detail"] or "fx" in r.json()["detail"]), bad

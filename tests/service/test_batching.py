@@ -76,6 +76,33 @@ def test_a_failed_batch_fails_its_requests_and_the_worker_lives_on() -> None:
     asyncio.run(scenario())
 
 
+class PoisonedInspector(CountingInspector):
+    """Fails any call whose batch holds a NaN image, as a real model call would."""
+
+    def inspect(self, images: torch.Tensor):
+        if torch.isnan(images).any():
+            raise ValueError("a NaN image")
+        return super().inspect(images)
+
+
+def test_an_image_that_fails_its_batch_fails_only_its_own_request() -> None:
+    async def scenario() -> list:
+        model = PoisonedInspector()
+        batcher = CategoryBatcher("c", model, Settings(max_batch=4, max_wait_ms=30), ThreadPoolExecutor(1), Telemetry())
+        images = [torch.ones(2, 2, 3), torch.full((2, 2, 3), float("nan")), torch.full((2, 2, 3), 2.0)]
+        waiting = [asyncio.create_task(batcher.submit([im])) for im in images]  # queued together, no worker yet
+        await asyncio.sleep(0)
+        batcher.start()
+        out = await asyncio.gather(*waiting, return_exceptions=True)
+        await batcher.stop()
+        return out, model.calls
+
+    (good, bad, other), calls = asyncio.run(scenario())
+    assert good == [12.0] and other == [24.0]
+    assert isinstance(bad, ValueError) and "NaN" in str(bad)
+    assert calls == [1, 1]  # the batch of three failed, then the two good ones alone (the NaN one failed alone)
+
+
 def test_a_batch_waits_for_company_only_while_a_request_is_arriving() -> None:
     async def scenario() -> tuple[float, list[int], list]:
         model = CountingInspector()
