@@ -467,12 +467,18 @@ def _columns(engine: Engine) -> set[str]:
     return {c["name"] for c in inspect(engine).get_columns(Record.__tablename__)}
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may read as a formula (OWASP's CSV injection)
+
+
 def _csv_value(value) -> str:
+    """A record's field as CSV text; a text field (a file name, a feedback note) that a
+    spreadsheet would read as a formula is quoted with a leading apostrophe."""
     if isinstance(value, datetime):
         return value.isoformat() + "Z"
     if isinstance(value, float):
         return repr(value)
-    return "" if value is None else str(value)
+    text = "" if value is None else str(value)
+    return "'" + text if isinstance(value, str) and text.startswith(FORMULA_STARTS) else text
 
 
 WRITER_NICE = 10  # the writer's niceness: CPU share about 5 % against an inspection's threads

@@ -122,6 +122,10 @@ def test_feedback_filters_pagination_and_csv(tiny_release: Path, tmp_path: Path,
         rows = list(csv.DictReader(io.StringIO(c.get("/inspections.csv").text)))
         assert [row["id"] for row in rows] == ids[::-1] and rows[2]["feedback"] == "false_alarm"
         assert rows[2]["feedback_note"] == "dust on the lens"
+        # A note a spreadsheet would run as a formula is exported as text.
+        c.post(f"/inspections/{ids[3]}/feedback", json={"label": "false_alarm", "note": "=HYPERLINK(\"x\")"})
+        rows = list(csv.DictReader(io.StringIO(c.get("/inspections.csv").text)))
+        assert rows[0]["feedback_note"] == "'=HYPERLINK(\"x\")" and rows[2]["feedback_note"] == "dust on the lens"
         # The operator's mistakes get problems, not 500s.
         for bad in ({"label": "maybe"}, {"note": "no label"}, {"label": "false_alarm", "note": "x" * 3000}):
             r = c.post(f"/inspections/{ids[0]}/feedback", json=bad)
