@@ -92,8 +92,9 @@ class Calibration(BaseModel):
         """The threshold in force: the calibrated one or a caller's override (> floor)."""
         if threshold is None:
             return self.threshold
-        if not np.isfinite(threshold) or threshold <= self.score_floor:
-            raise ValueError(f"threshold must be a number above {self.score_floor:.4g} (the lowest normal score), got {threshold}")
+        if not np.isfinite(threshold) or not self.score_floor < threshold <= MAX_THRESHOLD:
+            raise ValueError(f"threshold must be a number above {self.score_floor:.4g} (the lowest normal score) and at "
+                             f"most {MAX_THRESHOLD:.0e}, got {threshold}")
         return float(threshold)
 
     def normalise(self, raw, threshold: float | None = None):
@@ -112,6 +113,9 @@ class Calibration(BaseModel):
     def decide(self, raw, threshold: float | None = None):
         """True where the raw score exceeds the threshold in force."""
         return raw > self.resolve(threshold)
+
+
+MAX_THRESHOLD = 1e9  # an override above it is refused: no score comes near, and 2 (t - floor) overflows near 1e308
 
 
 def _normalise(values, threshold: float, floor: float):

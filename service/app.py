@@ -72,7 +72,7 @@ CategoryForm = Annotated[str | None, Form(
     description="a loaded category (GET /categories), when it is not in the query string (?category=NAME, which a "
                 "load balancer routes by); both given: they must be equal")]
 ThresholdForm = Annotated[float, Form(gt=0, allow_inf_nan=False, description="override the calibrated threshold "
-                                      "(raw score units; above the category's lowest normal score, else 422)")]
+                                      "(raw score units; above the category's lowest normal score and at most 1e9, else 422)")]
 INTRINSICS_HELP = ("the photo's camera as 'fx,fy,cx,cy' in its own pixels, when it is not the bundle's camera at "
                    "another resolution (GET /categories gives the bundle's)")
 IntrinsicsForm = Annotated[str, Form(max_length=200, description=INTRINSICS_HELP)]
