@@ -33,7 +33,7 @@ from typing import Annotated
 
 import numpy as np
 import torch
-from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as FastPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -211,6 +211,32 @@ StateDep = Annotated[State, Depends(get_state)]
 Records = Annotated[RecordStore, Depends(records_of)]
 
 
+class ChunkedBodyLimit:
+    """A body sent without a Content-Length (chunked) is counted as it arrives and refused
+    with 413 once over ``limit``, before the form parser has spooled it all (one with a
+    Content-Length is refused from it, unread, in ``create_app``'s ``observe``). FastAPI hands
+    an ``HTTPException`` raised while it reads the body on to the problem handlers."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or any(k == b"content-length" for k, _ in scope.get("headers", ())):
+            return await self.app(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, f"request body over {self.limit} bytes (sent without a Content-Length)")
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     log = logging.getLogger("rpe_pad.service")
@@ -378,6 +404,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state.records is not None:
             await asyncio.to_thread(state.records.stop)
 
+    body_limit = settings.max_files_per_batch * settings.max_upload_bytes + (1 << 20)  # + form fields
     app = FastAPI(title="RPE-PAD inspection service", version=package_version(), lifespan=lifespan,
                   description="Pose-agnostic anomaly detection: upload a photo of an object from any viewpoint; "
                               "the service finds its pose, renders the normal object there and compares.")
@@ -386,16 +413,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     problems.document(app, limits={("/inspect/batch", "post", "files"): {"maxItems": settings.max_files_per_batch}})
     web.install(app)
+    app.add_middleware(ChunkedBodyLimit, limit=body_limit)  # inside `observe`: its 413 is a problem like the others
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
         given = request.headers.get("x-request-id", "")
         request.state.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
         start = request.state.started = time.perf_counter()
-        limit = settings.max_files_per_batch * settings.max_upload_bytes + (1 << 20)  # + form fields
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:  # before Starlette parses (and spools) the body
-            response = problems.problem(413, f"request body of {declared} bytes is over {limit}", request)
+        if declared.isdigit() and int(declared) > body_limit:  # before Starlette parses (and spools) the body
+            response = problems.problem(413, f"request body of {declared} bytes is over {body_limit}", request)
         else:
             try:
                 response = await call_next(request)

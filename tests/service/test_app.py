@@ -249,6 +249,16 @@ def test_upload_size_limit_and_api_key(tiny_release: Path, category: str, query_
         r = c.post("/inspect", files={"file": ("big.png", big, "image/png")}, data={"category": category},
                    headers={"X-API-Key": "s3cret"})
         assert r.status_code == 413 and "request body" in r.json()["detail"] and r.headers["x-request-id"]
+        # The same body sent chunked, with no Content-Length: counted as it arrives and refused
+        # with a problem too, before the form parser has spooled it all.
+        head = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+                b"Content-Type: image/png\r\n\r\n")
+        chunks = iter([head] + [b"\0" * 65536] * (len(big) // 65536 + 1) + [b"\r\n--b--\r\n"])
+        r = c.post(f"/inspect?category={category}", content=chunks, headers={
+            "X-API-Key": "s3cret", "content-type": "multipart/form-data; boundary=b"})
+        assert "content-length" not in r.request.headers
+        assert r.status_code == 413 and r.headers["content-type"] == PROBLEM and r.json()["request_id"]
+        assert "without a Content-Length" in r.json()["detail"]
         assert c.get("/healthz").status_code == 200  # operations endpoints stay open
 
 
