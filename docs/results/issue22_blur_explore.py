@@ -1,12 +1,14 @@
-"""Issue 22, session 23: the five maps of `either` blurred with other sigmas, on the cached
-selection data of `issue22_interior_cache.py` (exploration on a set already chosen on; the
-choice is the rule's, on a fresh set). Each variant's maps are each over their clean 98th
-percentile (the product's levels), and its threshold the 98th percentile of its clean image
-scores (the product's rule).
+"""Issue 22, session 23: the five maps of `either` blurred with other sigmas, or joined pixel by
+pixel otherwise than by their maximum, on the cached selection data of
+`issue22_interior_cache.py` (exploration on a set already chosen on; a choice is a rule's, on a
+fresh set). Each variant's maps are each over their clean 98th percentile (the product's
+levels), and its threshold the 98th percentile of its clean image scores (the product's rule).
 
     python docs/results/issue22_blur_explore.py CACHE_DIR SEED VARIANT[,VARIANT...] [OUT.json]
 
-VARIANT: `product` (sigma 4) or `sN` (every map blurred with sigma N, e.g. `s2`, `s1.5`).
+VARIANT: `product` (sigma 4, the maximum), `sN` (every map blurred with sigma N, e.g. `s2`,
+`s1.5`), or a join of the five at sigma 4 (`JOINS`): `mean`, `top2` / `top3` (the two or three
+largest, summed), `rms`, `p4` (the power mean of order 4).
 """
 import json
 import sys
@@ -20,17 +22,27 @@ from lab.scorer_study import FALSE_ALARM, _figures
 from models.scoring import blur_maps
 
 
-def sigma_of(variant: str) -> float:
-    return 4.0 if variant == "product" else float(variant[1:])
+JOINS = {"max": lambda s: s.amax(0), "mean": lambda s: s.mean(0), "top2": lambda s: s.topk(2, dim=0).values.sum(0),
+         "top3": lambda s: s.topk(3, dim=0).values.sum(0), "rms": lambda s: s.pow(2).mean(0).sqrt(),
+         "p4": lambda s: s.pow(4).mean(0).pow(0.25)}
 
 
-def run(d: dict, pres: list, sigma: float) -> dict:
+def settings_of(variant: str) -> tuple[float, str]:
+    """``(sigma, join)`` of a variant's name."""
+    if variant == "product":
+        return 4.0, "max"
+    if variant in JOINS:
+        return 4.0, variant
+    return float(variant[1:]), "max"
+
+
+def run(d: dict, pres: list, sigma: float, join: str = "max") -> dict:
     labels, clean = d["labels"].numpy(), ~d["labels"]
-    out = None
+    levelled = []
     for pre in pres:
         m = blur_maps(pre, sigma)
-        m = m / float(np.quantile(m[clean].flatten(1).amax(1).numpy(), 1 - FALSE_ALARM))
-        out = m if out is None else torch.maximum(out, m)
+        levelled.append(m / float(np.quantile(m[clean].flatten(1).amax(1).numpy(), 1 - FALSE_ALARM)))
+    out = JOINS[join](torch.stack(levelled))
     thr = float(np.quantile(out[clean].flatten(1).amax(1).numpy(), 1 - FALSE_ALARM))
     r = _figures(out, labels, d["masks"].numpy(), thr)
     sc, kinds = out.flatten(1).amax(1).numpy(), np.array(d["kinds"])
@@ -49,7 +61,7 @@ if __name__ == "__main__":
         d = torch.load(path, weights_only=False)
         pres = maps(d, "product")
         for v in variants:
-            r = run(d, pres, sigma_of(v))
+            r = run(d, pres, *settings_of(v))
             rows[v][c] = {k: r[k] for k in ("found", "of", "image_auroc", "pixel_auroc", "aupro", "false_alarm_rate",
                                             "by_kind")}
             print(c, v, "found", r["found"], "/", r["of"], "auroc", round(r["image_auroc"], 4), "FAR",
