@@ -6,11 +6,14 @@ levels), and its threshold the 98th percentile of its clean image scores (the pr
 
     python docs/results/issue22_blur_explore.py CACHE_DIR SEED VARIANT[,VARIANT...] [OUT.json]
 
+With ``POLISH=1`` in the environment it reads `issue22_polish_cache.py`'s files instead.
+
 VARIANT: `product` (sigma 4, the maximum), `sN` (every map blurred with sigma N, e.g. `s2`,
 `s1.5`), or a join of the five at sigma 4 (`JOINS`): `mean`, `top2` / `top3` (the two or three
 largest, summed), `rms`, `p4` (the power mean of order 4).
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +49,8 @@ def run(d: dict, pres: list, sigma: float, join: str = "max") -> dict:
     thr = float(np.quantile(out[clean].flatten(1).amax(1).numpy(), 1 - FALSE_ALARM))
     r = _figures(out, labels, d["masks"].numpy(), thr)
     sc, kinds = out.flatten(1).amax(1).numpy(), np.array(d["kinds"])
+    clean_scores = np.sort(sc[clean.numpy()])[::-1]
+    r["clean_top5"], r["clean_median"] = [round(float(v), 3) for v in clean_scores[:5]], round(float(np.median(clean_scores)), 3)
     r["by_kind"] = {str(k): [int(((sc > thr) & (kinds == k)).sum()), int((kinds == k).sum())]
                     for k in sorted(set(kinds)) if k != "good"}
     return r
@@ -55,7 +60,7 @@ if __name__ == "__main__":
     cache, seed, variants = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
     rows = {v: {} for v in variants}
     for c in CATEGORIES:
-        path = cache / f"sel{seed}_{c}.pt"
+        path = cache / f"{'polish' if os.environ.get('POLISH') else 'sel'}{seed}_{c}.pt"
         if not path.exists():
             continue
         d = torch.load(path, weights_only=False)
@@ -63,10 +68,10 @@ if __name__ == "__main__":
         for v in variants:
             r = run(d, pres, *settings_of(v))
             rows[v][c] = {k: r[k] for k in ("found", "of", "image_auroc", "pixel_auroc", "aupro", "false_alarm_rate",
-                                            "by_kind")}
+                                            "by_kind", "clean_top5", "clean_median")}
             print(c, v, "found", r["found"], "/", r["of"], "auroc", round(r["image_auroc"], 4), "FAR",
                   round(r["false_alarm_rate"], 3), "pix", round(r["pixel_auroc"], 4), "aupro", round(r["aupro"], 4),
-                  r["by_kind"], flush=True)
+                  r["by_kind"], "clean: top", r["clean_top5"], "median", r["clean_median"], flush=True)
     for v in variants:
         found = sum(r["found"] for r in rows[v].values())
         of = sum(r["of"] for r in rows[v].values())

@@ -25,9 +25,9 @@ def foregrounds(scorer, images: torch.Tensor, background) -> torch.Tensor:
     return torch.cat(out)
 
 
-if __name__ == "__main__":
-    cache, seed = Path(sys.argv[1]), int(sys.argv[2])
-    for pair in sys.argv[3:]:
+def write_caches(cache: Path, seed: int, pairs: list[str], prefix: str = "sel") -> None:
+    """``{prefix}{seed}_<category>.pt`` in ``cache`` for each ``BUNDLES_DIR:CATEGORY_DIR``."""
+    for pair in pairs:
         b, c = pair.split(":")
         both, terms, edges, qedges = selection_with_inside(Path(b), Path(c), seed)
         bg = both.category.background
@@ -35,5 +35,9 @@ if __name__ == "__main__":
                     "fq": foregrounds(both.scorer, both.images, bg), "fr": foregrounds(both.scorer, both.refs, bg),
                     "labels": torch.from_numpy(both.labels), "kinds": list(both.kinds),
                     "masks": torch.from_numpy(both.masks), "sigma": both.scorer.sigma},
-                   cache / f"sel{seed}_{Path(c).name}.pt")
+                   cache / f"{prefix}{seed}_{Path(c).name}.pt")
         print("saved", Path(c).name, terms.shape, flush=True)
+
+
+if __name__ == "__main__":
+    write_caches(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])
