@@ -215,7 +215,9 @@ class ChunkedBodyLimit:
     """A body sent without a Content-Length (chunked) is counted as it arrives and refused
     with 413 once over ``limit``, before the form parser has spooled it all (one with a
     Content-Length is refused from it, unread, in ``create_app``'s ``observe``). FastAPI hands
-    an ``HTTPException`` raised while it reads the body on to the problem handlers."""
+    an ``HTTPException`` raised while it reads the body on to the problem handlers. (Starlette's
+    ``RequestBodyLimitMiddleware``, behind FastAPI's ``max_body_size``, sits outside the app's
+    middleware and answers in plain text, replacing the problem+json of every declared-size 413.)"""
 
     def __init__(self, app, limit: int) -> None:
         self.app, self.limit = app, limit
