@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, get_origin
 
 import numpy as np
 import torch
@@ -189,6 +189,38 @@ def requested_category(query: CategoryQuery = None, form: CategoryForm = None) -
         raise ServiceError(422, "no category: give ?category=NAME in the query string (what a load balancer routes "
                                 "by) or the form field category (GET /categories lists them)")
     return query if query is not None else form
+
+
+def _form_fields(route) -> dict[str, bool]:
+    """The form fields an inspection route reads, by name: whether each may repeat (a list)."""
+    model = route.body_field.field_info.annotation  # FastAPI's model of the route's whole form
+    return {f.alias or name: get_origin(f.annotation) is list for name, f in model.model_fields.items()}
+
+
+async def one_reading(request: Request) -> None:
+    """Every part of an inspection request is read, and read once. The form parser would keep one
+    value of a field sent twice, and drop a misspelt field or a form field sent in the query
+    string, all without a word. Each is the client's mistake, answered 422 with what would have
+    been dropped. (A multipart body the parser cannot read, such as one whose boundary is not the
+    one its Content-Type names, is FastAPI's 400 before this runs.) FastAPI has parsed the form
+    before this runs; ``request.form()`` returns it."""
+    fields = _form_fields(request.scope["route"])
+    query = request.query_params
+    stray = sorted(set(query) - {"category"})
+    if stray:
+        raise ServiceError(422, f"query parameter{'s' if len(stray) > 1 else ''} {', '.join(map(repr, stray))} not read: "
+                                "only category goes in the query string, the other fields in the form")
+    if len(query.getlist("category")) > 1:
+        raise ServiceError(422, "category is given more than once in the query string; give it once")
+    form = await request.form()
+    unknown = sorted(set(form.keys()) - set(fields))
+    if unknown:
+        raise ServiceError(422, f"unknown form field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+                                f"this route reads {', '.join(sorted(fields))}")
+    twice = sorted(k for k, repeats in fields.items() if not repeats and len(form.getlist(k)) > 1)
+    if twice:
+        hint = " (POST /inspect/batch takes several files)" if "file" in twice else ""
+        raise ServiceError(422, f"{', '.join(map(repr, twice))} given more than once; give each once{hint}")
 
 
 def ready_state(state: Annotated[State, Depends(get_state)]) -> State:
@@ -539,7 +571,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                                                mode="L")),
             overlay_png=_png_b64(inspector.figure(image.numpy(), result)) if include.overlay else None)
 
-    @app.post("/inspect", response_model=InspectionOut, dependencies=[Depends(authorised)], tags=["inspection"],
+    @app.post("/inspect", response_model=InspectionOut, dependencies=[Depends(authorised), Depends(one_reading)],
+              tags=["inspection"],
               responses=problems.errors(400, 401, 404, 413, 415, 422, 503))
     async def inspect(request: Request, state: Ready,
                       file: Annotated[UploadFile, File(description="the query image (PNG, JPEG, WebP, BMP or TIFF)",
@@ -573,7 +606,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.telemetry.phase.labels(phase).observe(seconds)
         return out
 
-    @app.post("/inspect/batch", response_model=BatchOut, dependencies=[Depends(authorised)], tags=["inspection"],
+    @app.post("/inspect/batch", response_model=BatchOut, dependencies=[Depends(authorised), Depends(one_reading)],
+              tags=["inspection"],
               responses=problems.errors(400, 401, 404, 413, 415, 422, 503))
     async def inspect_batch(request: Request, state: Ready,
                             files: Annotated[list[UploadFile], File(

@@ -13,12 +13,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM = "application/problem+json"
 WHEN = {  # what each status means on this service (the OpenAPI descriptions)
-    400: "empty, undecodable, truncated or corrupt image",
+    400: "empty, undecodable, truncated or corrupt image, or a multipart body the parser cannot read",
     401: "missing or wrong API key (header X-API-Key)",
     404: "no such category, gallery view or record",
     413: "too large: the body, a file, its pixels, or the number of files",
     415: "not an image, or a format the service does not read",
-    422: "missing or invalid fields (the detail and errors say which)",
+    422: "missing, invalid, unknown or repeated fields (the detail and errors say which)",
     500: "the service's own failure, logged (a stored record's images that no longer decode)",
     503: "not ready (loading, or no valid bundle), busy (Retry-After), or the records database is unavailable",
 }

@@ -212,6 +212,31 @@ def test_field_errors(client: TestClient, category: str, query_png: bytes) -> No
         assert _post(client, category, query_png, threshold=threshold).status_code == 422
 
 
+def test_nothing_sent_is_dropped_without_a_word(client: TestClient, category: str, query_png: bytes) -> None:
+    """A field sent twice, a misspelt one, a form field in the query string: each is refused,
+    naming what would have been dropped (the form parser kept the last file and ignored the
+    rest). A multipart body whose boundary is not the one declared is a 400 problem."""
+    png = ("q.png", query_png, "image/png")
+    detail = lambda r: (r.status_code, r.headers["content-type"], r.json()["detail"])  # noqa: E731
+    status, media, text = detail(client.post("/inspect", files=[("file", png), ("file", png)], data={"category": category}))
+    assert (status, media) == (422, PROBLEM) and "'file' given more than once" in text and "/inspect/batch" in text
+    status, _, text = detail(_post(client, category, query_png, thresold="0.5"))
+    assert status == 422 and "unknown form field 'thresold'" in text and "threshold" in text
+    status, _, text = detail(client.post(f"/inspect?category={category}&threshold=0.5", files={"file": png}))
+    assert status == 422 and "'threshold' not read" in text
+    status, _, text = detail(client.post(f"/inspect?category={category}&category={category}", files={"file": png}))
+    assert status == 422 and "more than once in the query string" in text
+    body = (b'--right\r\nContent-Disposition: form-data; name="category"\r\n\r\n' + category.encode()
+            + b"\r\n--right--\r\n")
+    status, media, text = detail(client.post("/inspect", content=body,
+                                              headers={"content-type": "multipart/form-data; boundary=wrong"}))
+    assert (status, media) == (400, PROBLEM) and "multipart" in text
+    status, _, text = detail(client.post("/inspect/batch", files=[("files", png), ("files", png)],
+                                         data={"category": category, "threshold": ["1", "2"]}))
+    assert status == 422 and "'threshold' given more than once" in text
+    assert _post(client, category, query_png).status_code == 200  # the plain request still passes
+
+
 def test_query_camera(client: TestClient, category: str, query_png: bytes) -> None:
     """The photo's intrinsics: the bundle's own give the plain answer; a camera that sees less
     than the bundle's, or a malformed field, is the client's mistake (422 with the reason)."""
