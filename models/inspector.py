@@ -525,26 +525,16 @@ def compare_at_poses(scene: GaussianScene, scorer: AnomalyScorer, images: Tensor
                      align: RefineConfig | None = None) -> tuple[Tensor, Tensor]:
     """The pipeline's tail at known poses (``Render`` + ``Score``): anomaly maps ``[B, H, W]``
     and scores ``[B]`` of ``images [B, H, W, 3]`` against renders at world-to-camera ``poses``
-    with intrinsics ``Ks``; with ``align``, each reference is aligned onto its photograph as
-    ``Refine`` aligns a query's, less the gallery PnP (``refined_references``). The
-    calibration stage and the self-check score normal and painted views with it."""
+    with intrinsics ``Ks``; with ``align``, each render first gets the refinement's last
+    step, the 2D alignment onto its photograph (``align_references``). The calibration stage
+    scores normal views with it."""
     h, w = images.shape[1:3]
     device = scene.means.device
     batch = Batch(images=images.float().to(device), Ks=Ks.double().cpu(), poses=poses.double().cpu())
-    if align is not None:
-        batch.references = refined_references(scene, batch.images_cpu, batch.poses, batch.Ks, align).to(device)
     Render(scene, w, h)(batch)
+    if align is not None:
+        batch.references = align_references(batch.images_cpu, batch.references.cpu(), align).to(device)
     return Score(scorer.to(device))(batch)
-
-
-def refined_references(scene: GaussianScene, images: Tensor, poses: Tensor, Ks: Tensor, cfg: RefineConfig) -> Tensor:
-    """References ``[B, H, W, 3]`` for ``images`` near known ``poses``, aligned as ``Refine``
-    aligns a query's once its pose is near: the depth-warp polish (SIFT rounds, then dense
-    flow; ``models.refine.gallery_pnp_refine`` without its gallery PnP), then the guarded ECC
-    warp (``align_references``). Views at jittered poses aligned so stand for queries in the
-    calibration (method 6: docs/RESULTS.md, session 24)."""
-    pnp = gallery_pnp_refine(scene, None, images.float().cpu(), poses.double().cpu(), Ks.double().cpu(), None, cfg)
-    return align_references(images.float().cpu(), torch.from_numpy(pnp.renders), cfg)
 
 
 def align_references(images: Tensor, references: Tensor, cfg: RefineConfig) -> Tensor:

@@ -270,18 +270,17 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
     ``gallery_ids [B, k]`` the retrieval's best views. ``cache``: a dict kept by the caller
     for the gallery views' keypoints (computed on first use). The returned ``renders`` are
     the references at the returned poses (``H x W``); ``render_ms`` is the time of the one
-    render the unrefined pipeline would have made too.
-
-    ``gallery=None`` skips step 1: the render and its polish start from ``poses`` (the
-    calibration and the self-check align views at known poses so, as a query is aligned
-    once its pose is near: ``models.inspector.refined_references``)."""
-    if gallery is not None and gallery.images is None:
+    render the unrefined pipeline would have made too."""
+    if gallery.images is None:
         raise ValueError("this gallery has no stored views and depths: rebuild it (rpe-pad train ... --stages gallery)")
     b, h, w = images.shape[:3]
+    gh, gw = gallery.images.shape[1:3]
     det = _detector()
     norm = cv2.NORM_L2
     cache = {} if cache is None else cache
+    K_g = gallery.K.double().numpy()
     queries = images.float().cpu().numpy()
+    small, K_q = (queries, Ks.double()) if (gh, gw) == (h, w) else resize_with_intrinsics(images, Ks, gw, gh)
     Ks_np = Ks.double().numpy()
     p0 = poses.double().cpu()
     result = PnPResult(p0.clone(), [False] * b, [0] * b, [0] * b, ["not run"] * b, paths=["none"] * b)
@@ -290,32 +289,25 @@ def gallery_pnp_refine(scene: GaussianScene, gallery, images: Tensor, poses: Ten
     first = p0.clone()
     from_gallery = [False] * b
     q_feats = []
-    if gallery is None:
-        q_feats = [_features(det, _gray(q)) for q in queries]
-        result.reasons = ["no gallery PnP"] * b
-    else:
-        gh, gw = gallery.images.shape[1:3]
-        K_g = gallery.K.double().numpy()
-        small, K_q = (queries, Ks.double()) if (gh, gw) == (h, w) else resize_with_intrinsics(images, Ks, gw, gh)
-        for i in range(b):
-            fq = _features(det, _gray(small[i]))
-            world, pts = [np.zeros((0, 3))], [np.zeros((0, 2))]
-            views = gallery_ids[i, : cfg.gallery_views].tolist()
-            gallery_features(gallery, cache, views)
-            for gid in views:
-                pq, pg = _match(fq, cache[gid], norm, cfg.ratio)
-                wpts, keep = _lift(pg, gallery.depths[gid].float().numpy(), K_g, gallery.poses[gid].double().numpy())
-                world.append(wpts)
-                pts.append(pq[keep])
-            new, n_in = _solve(np.concatenate(world), np.concatenate(pts), K_q[i].numpy(), p0[i].numpy(), cfg, cfg.ransac_px)
-            result.inliers[i] = n_in
-            ok, reason = (False, f"gallery PnP: too few inliers ({n_in})") if new is None else _within_bounds(new, p0[i], cfg)
-            if ok:
-                first[i], from_gallery[i] = new, True
-                result.accepted[i], result.reasons[i] = True, "ok"
-            else:
-                result.reasons[i] = reason if reason.startswith("gallery") else f"gallery PnP: {reason}"
-            q_feats.append(fq if small is queries else _features(det, _gray(queries[i])))
+    for i in range(b):
+        fq = _features(det, _gray(small[i]))
+        world, pts = [np.zeros((0, 3))], [np.zeros((0, 2))]
+        views = gallery_ids[i, : cfg.gallery_views].tolist()
+        gallery_features(gallery, cache, views)
+        for gid in views:
+            pq, pg = _match(fq, cache[gid], norm, cfg.ratio)
+            wpts, keep = _lift(pg, gallery.depths[gid].float().numpy(), K_g, gallery.poses[gid].double().numpy())
+            world.append(wpts)
+            pts.append(pq[keep])
+        new, n_in = _solve(np.concatenate(world), np.concatenate(pts), K_q[i].numpy(), p0[i].numpy(), cfg, cfg.ransac_px)
+        result.inliers[i] = n_in
+        ok, reason = (False, f"gallery PnP: too few inliers ({n_in})") if new is None else _within_bounds(new, p0[i], cfg)
+        if ok:
+            first[i], from_gallery[i] = new, True
+            result.accepted[i], result.reasons[i] = True, "ok"
+        else:
+            result.reasons[i] = reason if reason.startswith("gallery") else f"gallery PnP: {reason}"
+        q_feats.append(fq if small is queries else _features(det, _gray(queries[i])))
 
     # 2. The one render, at those poses: the reference (and the depth for the polish).
     t0 = time.perf_counter()

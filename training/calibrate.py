@@ -6,12 +6,11 @@ steps and saves the model at that step, the *calibration model* (``training/spla
 the held-out views then join the fit, so the shipped model still sees every view. Those
 held-out photographs are views the calibration model never saw, as a customer's queries
 are: each is scored against its renders at ``jitters`` poses jittered by ``jitter_px``
-(the residual pose error the pose stages leave), each render then aligned onto its
-photograph as ``Refine`` aligns a query's after its gallery PnP: the depth-warp polish, then
-the guarded ECC warp (``models.inspector.refined_references``), for the scorer's normal
-statistics and the scores alike. A random jitter is not what the pipeline leaves, a
-reference aligned as the pipeline aligns one is (docs/RESULTS.md, issue 22: ECC alone in
-session 12, the polish too since session 24). The calibration model is less converged than the shipped one, so
+(the residual pose error the pose stages leave), each render then warped onto its photograph
+by the refinement's last step (``models.refine.ecc_align``, as ``Refine`` does for every
+query), for the scorer's normal statistics and the scores alike: a random jitter is not
+what the pipeline leaves, a photometrically aligned reference is (docs/RESULTS.md, issue 22,
+session 12). The calibration model is less converged than the shipped one, so
 these scores are first multiplied by ``heldout_scale``: the median, over the views both
 models fitted, of the shipped model's score over the calibration model's, each at the view's
 own pose (``convergence_ratio``; Lego 0.91, synthetic seed 1 0.94: docs/RESULTS.md). The
@@ -61,10 +60,11 @@ from models.camera import perturb_pose
 from models.bundle import FILES, REPORTS, WORK_FILES
 from models.data import GOOD, Category
 from models.hashing import sha256_file
-from models.inspector import compare_at_poses, refined_references
+from models.inspector import align_references, compare_at_poses
 from models.refine import RefineConfig
 from models.scoring import COLOURS, COMBINATIONS, DEFAULT_TOLERANCE, EDGED, AnomalyScorer, colour_terms, fit_normal_stats
 from models.splat.scene import GaussianScene
+from training.evaluate import render_references
 from training.splats import SplatConfig, calibration_key, holdout_indices
 
 
@@ -72,9 +72,8 @@ from training.splats import SplatConfig, calibration_key, holdout_indices
 # earlier calibration is reused. 2: held-out scores scaled by the convergence ratio; 3: the
 # jittered renders aligned onto their photographs by the refinement's 2D step before scoring;
 # 4: ``either`` with its area maps, ``area3`` and ``area5`` (models.scoring, session 20);
-# 5: and with its ``fine`` map (session 21); 6: the jittered renders aligned as the refinement
-# aligns a query since session 19, the depth-warp polish and then ECC, not by ECC alone (session 24).
-METHOD = 6
+# 5: and with its ``fine`` map (session 21).
+METHOD = 5
 
 
 @dataclass(frozen=True)
@@ -187,14 +186,15 @@ def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress:
     rep = lambda t: t.repeat_interleave(cfg.jitters, dim=0)  # noqa: E731
     jittered_poses = perturb_pose(rep(poses), sigma, 0.0, gen)
     fitting = cfg.combination != "peers"
-    align = RefineConfig()  # each render aligned onto its photograph as the refinement aligns a query's
+    align = RefineConfig()  # the refinement's last step: each render warped onto its photograph
     bar = tqdm(total=len(held) * (1 + cfg.jitters * (2 if fitting else 1)), desc="calibration (held-out views)",
                unit="view", disable=not progress)
     if fitting:
         terms, silhouettes, edges = [], [], []
         for i in range(0, len(jittered_poses), cfg.batch):
             sl = slice(i, i + cfg.batch)
-            refs = refined_references(scene, rep(images)[sl], jittered_poses[sl], rep(Ks)[sl], align)
+            refs = render_references(scene, jittered_poses[sl], rep(Ks)[sl], images.shape[2], images.shape[1]).cpu()
+            refs = align_references(rep(images)[sl], refs, align)
             t, sil = scorer.inputs(rep(images)[sl], refs)
             terms.append(t), silhouettes.append(sil)
             if cfg.combination in EDGED:

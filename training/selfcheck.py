@@ -8,8 +8,8 @@ self-check paints synthetic defects of the three MAD kinds on them (``training.d
 exact masks) and scores every photograph, clean and painted, the way the product does:
 against a render of the calibration model at its pose, jittered by the residual pose error
 the pose stages leave (``jitter_px``), with the bundle's scorer and threshold
-(``models.inspector.compare_at_poses``), each render aligned onto its photograph as the
-refinement aligns a query's (the depth-warp polish, then ECC) as in the calibration, its scores scaled by the calibration's
+(``models.inspector.compare_at_poses``), each render warped onto its photograph by the
+refinement's 2D step as in the calibration, its scores scaled by the calibration's
 ``heldout_scale`` to stand for the shipped model's. It reports image and pixel AUROC, AUPRO, and the
 recall and false-alarm rate at the bundle's threshold, overall and per kind, and draws the
 worst misses and false alarms on a contact sheet.
