@@ -6,7 +6,9 @@ Rules (``Calibration.rule``):
   scores)``, with r the stated false-alarm rate (``false_alarm_rate``, 0.02 by default) and
   the scores those of training photographs held out of a calibration model's fit, against
   its renders at jittered poses (``training/calibrate.py``): views no model saw, like a
-  customer's queries;
+  customer's queries. With it go the threshold's 90 % range and the false-alarm rate's over
+  resamplings of those views (``threshold_spread``), so a customer sees how firmly a dozen or
+  two views pin the operating point;
 - ``quantile`` (the quick rule of the ``demo`` preset, needs normal views only): ``threshold = Q_q(normal scores) *
   (1 + margin)`` with q = 0.99 and margin = 0.10. The normal scores come from views the
   model has not been told are normal on purpose: training views scored against renders at
@@ -73,6 +75,10 @@ class Calibration(BaseModel):
     # off: the shipped model's score over the calibration model's on the views both fitted (the
     # median ratio), because the calibration model is the less converged one (training/calibrate.py).
     heldout_scale: float | None = Field(None, gt=0)
+    # Rule false_alarm: the threshold's 90 % range, and that of the false-alarm rate it gives, when
+    # the held-out views are resampled (``threshold_spread``): how well so few views pin it down.
+    threshold_range: tuple[float, float] | None = None
+    false_alarm_range: tuple[float, float] | None = None
     score_floor: float = Field(ge=0)
     pixel_floor: float = Field(ge=0)
     normal_scores: ScoreStats
@@ -82,6 +88,10 @@ class Calibration(BaseModel):
 
     @model_validator(mode="after")
     def _floors_below_threshold(self) -> Calibration:
+        for name in ("threshold_range", "false_alarm_range"):
+            lo, hi = getattr(self, name) or (0.0, 0.0)
+            if not (np.isfinite([lo, hi]).all() and 0 <= lo <= hi):
+                raise ValueError(f"{name} must be two finite numbers, 0 <= low <= high, got {getattr(self, name)}")
         if self.score_floor >= self.threshold:
             raise ValueError(f"score_floor {self.score_floor} must lie below the threshold {self.threshold}")
         if self.pixel_floor >= self.threshold:
@@ -123,6 +133,30 @@ def _normalise(values, threshold: float, floor: float):
     if isinstance(values, torch.Tensor):
         return (0.5 + (values - threshold) / scale).clamp(0.0, 1.0)
     return np.clip(0.5 + (np.asarray(values, dtype=np.float64) - threshold) / scale, 0.0, 1.0)
+
+
+SPREAD_DRAWS = 2000  # resamplings behind a threshold's range (threshold_spread)
+
+
+def threshold_spread(scores: np.ndarray, false_alarm_rate: float, draws: int = SPREAD_DRAWS,
+                     seed: int = 0) -> tuple[tuple[float, float], tuple[float, float]]:
+    """How well a rule ``false_alarm`` threshold is pinned down by its held-out views.
+
+    ``scores [V, J]``: each held-out view's ``J`` (jittered) scores, kept together. The views are
+    drawn with replacement ``draws`` times (the bootstrap), the threshold is read off each
+    resample as the calibration reads it (the ``1 - false_alarm_rate`` quantile), and each
+    resampled threshold's false-alarm rate is taken on all the scores. Returns the 5th and 95th
+    percentiles of both: ``(threshold_low, threshold_high), (rate_low, rate_high)``. A wide range
+    says the views are too few, or one of them scores far above the rest (docs/SCORING.md)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or s.size == 0 or not np.isfinite(s).all():
+        raise ValueError(f"need a [views, draws] array of finite scores, got shape {s.shape}")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(len(s), size=(draws, len(s)))
+    thresholds = np.quantile(s[picks].reshape(draws, -1), 1.0 - false_alarm_rate, axis=1)
+    rates = (s.reshape(1, -1) > thresholds[:, None]).mean(axis=1)
+    (t_lo, t_hi), (r_lo, r_hi) = np.quantile(thresholds, [0.05, 0.95]), np.quantile(rates, [0.05, 0.95])
+    return (float(t_lo), float(t_hi)), (float(r_lo), float(r_hi))
 
 
 def quantile_threshold(normal_scores: np.ndarray, quantile: float = QUANTILE, margin: float = MARGIN) -> float:

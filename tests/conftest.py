@@ -161,7 +161,9 @@ def tiny_heldout_bundles(tiny_bundle: Path, tiny_release: Path, tiny_synth: Path
     """A bundles folder with the tiny release and its work folder calibrated on held-out
     views (every 4th withheld until step 16 of a 20-step fit): what `rpe-pad selfcheck` and
     the scorer study read. Read-only for the tests."""
+    from models.bundle import FILES, MANIFEST, FileEntry, read_manifest
     from models.data import load_category
+    from models.hashing import sha256_file
     from training.calibrate import CalibConfig, run_calibration_stage
     from training.splats import preset, run_splats_stage
 
@@ -174,6 +176,12 @@ def tiny_heldout_bundles(tiny_bundle: Path, tiny_release: Path, tiny_synth: Path
         run_splats_stage(category, splats, work, progress=False, holdout_every=4)
         run_calibration_stage(category, CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.1), work,
                               progress=False, splats=splats)
+        # The bundle carries its work folder's calibration, as the bundle stage would copy it.
+        bundle, name = bundles / tiny_release.name, FILES["calibration"]
+        shutil.copyfile(work / name, bundle / name)
+        manifest = read_manifest(bundle)
+        files = {**manifest.files, name: FileEntry(sha256=sha256_file(bundle / name), bytes=(bundle / name).stat().st_size)}
+        (bundle / MANIFEST).write_text(manifest.model_copy(update={"files": files}).model_dump_json(indent=2) + "\n")
         return bundles
 
     return _built_once(tmp_path_factory, "heldout", build)

@@ -15,7 +15,9 @@ these scores are first multiplied by ``heldout_scale``: the median, over the vie
 models fitted, of the shipped model's score over the calibration model's, each at the view's
 own pose (``convergence_ratio``; Lego 0.91, synthetic seed 1 0.94: docs/RESULTS.md). The
 threshold is the ``1 - false_alarm_rate`` quantile of the scaled scores: on views like them,
-that share of good parts is rejected. (The model fitted
+that share of good parts is rejected. Resampling the held-out views gives the threshold's 90 %
+range and the false-alarm rate's (``models.calibration.threshold_spread``), stored with it: a
+dozen views pin a 2 % quantile down loosely, and the range says how loosely. (The model fitted
 to the photographs it is then compared with renders them better than any new view, so a threshold from those scores sits too low for new views'
 render error and too high for what defects add; docs/SCORING.md has the figures.)
 
@@ -55,6 +57,7 @@ from models.calibration import (
     f1_threshold,
     pixel_quantiles,
     quantile_threshold,
+    threshold_spread,
 )
 from models.camera import perturb_pose
 from models.bundle import FILES, REPORTS, WORK_FILES
@@ -72,8 +75,10 @@ from training.splats import SplatConfig, calibration_key, holdout_indices
 # earlier calibration is reused. 2: held-out scores scaled by the convergence ratio; 3: the
 # jittered renders aligned onto their photographs by the refinement's 2D step before scoring;
 # 4: ``either`` with its area maps, ``area3`` and ``area5`` (models.scoring, session 20);
-# 5: and with its ``fine`` map (session 21).
-METHOD = 5
+# 5: and with its ``fine`` map (session 21); 6 was the polish before ECC, measured and not adopted
+# (session 24); 7: the threshold's and the false-alarm rate's ranges over resampled held-out views
+# (``models.calibration.threshold_spread``; the thresholds themselves as under 5).
+METHOD = 7
 
 
 @dataclass(frozen=True)
@@ -231,12 +236,14 @@ def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, valida
     raw = {"in_sample": in_sample.tolist(), "jittered": normal.tolist()}
     sources = {"in_sample": len(views), "jittered": len(views)}
     rule, threshold = "quantile", quantile_threshold(normal, cfg.quantile, cfg.margin)
+    spread = None
     if heldout is not None:
         own, held_scores, held_maps = heldout.own, heldout.jittered * heldout.scale, heldout.maps * heldout.scale
         raw.update(heldout_own=own.tolist(), heldout=heldout.jittered.tolist(), heldout_scale=heldout.scale,
                    quantile_rule_threshold=threshold)  # what the quick rule would have said, for comparison
         sources.update(heldout_views=len(own), heldout=len(held_scores))
         rule, threshold = "false_alarm", float(np.quantile(held_scores, 1.0 - cfg.false_alarm_rate))
+        spread = threshold_spread(held_scores.reshape(len(own), -1), cfg.false_alarm_rate, seed=cfg.seed)
         normal, normal_maps = held_scores, held_maps
     if validation is not None:
         queries = [q for q in validation.test if q.w2c is not None]
@@ -258,6 +265,8 @@ def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, valida
     calib = Calibration(rule=rule, threshold=threshold, quantile=cfg.quantile, margin=cfg.margin, score_floor=floor,
                         false_alarm_rate=cfg.false_alarm_rate if rule == "false_alarm" else None,
                         heldout_scale=heldout.scale if rule == "false_alarm" else None,
+                        threshold_range=spread[0] if rule == "false_alarm" else None,
+                        false_alarm_range=spread[1] if rule == "false_alarm" else None,
                         pixel_floor=min(quantiles["q0.5"], floor * 0.5), normal_scores=ScoreStats.of(normal),
                         normal_pixel_quantiles=quantiles, scorer=scorer.config(), sources=sources)
     return calib, raw
@@ -280,7 +289,10 @@ def histogram(calib: Calibration, raw: dict, title: str) -> Figure:
         v, y = np.asarray(raw["validation"]), np.asarray(raw["validation_labels"], dtype=bool)
         ax.hist(v[~y], bins=bins, histtype="step", lw=2, label="validation good")
         ax.hist(v[y], bins=bins, histtype="step", lw=2, label="validation defective")
-    ax.axvline(calib.threshold, color="k", ls="--", label=f"threshold {calib.threshold:.1f} ({calib.rule})")
+    ax.axvline(calib.threshold, color="k", ls="--", label=f"threshold {calib.threshold:.2f} ({calib.rule})")
+    if calib.threshold_range is not None:
+        lo, hi = calib.threshold_range
+        ax.axvspan(lo, hi, color="k", alpha=0.12, label=f"its 90 % range, held-out views resampled ({lo:.2f}-{hi:.2f})")
     ax.set_xlabel("image score (max of the anomaly map)")
     ax.set_ylabel("views")
     ax.set_title(title)
@@ -331,6 +343,8 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
               "seconds": round(time.perf_counter() - start, 1), "key": key, "scores": raw}
     if heldout is not None:
         report.update(heldout_views=calib.sources["heldout_views"], false_alarm_rate=cfg.false_alarm_rate,
+                      threshold_range=[round(v, 4) for v in calib.threshold_range],
+                      false_alarm_range=[round(v, 4) for v in calib.false_alarm_range],
                       heldout_scale=round(heldout.scale, 4),
                       quantile_rule_threshold=round(raw["quantile_rule_threshold"], 4),
                       calibration_model=fit)

@@ -184,12 +184,20 @@ def compact(reports: dict[str, dict]) -> dict[str, dict]:
             for stage, rep in reports.items()}
 
 
+def _calibration_headline(report: dict) -> str:
+    text = f"threshold {report.get('threshold', 0):.2f} ({report.get('rule')})"
+    if report.get("threshold_range"):
+        (lo, hi), (r_lo, r_hi) = report["threshold_range"], report["false_alarm_range"]
+        text += f"; 90 % range {lo:.2f}-{hi:.2f}, false alarms {100 * r_lo:.1f}-{100 * r_hi:.1f} %, held-out views resampled"
+    return text
+
+
 def summary_table(reports: dict[str, dict]) -> str:
     """The closing summary: seconds per stage (``skipped`` when reused) and the headline
     figure of each: PSNR, threshold, held-out relative rotation error, parity, bundle size."""
     headline = {
         "splats": lambda r: f"PSNR {r.get('psnr_test_mean')} dB on {r.get('eval_views')}, {r.get('num_gaussians')} Gaussians",
-        "calibration": lambda r: f"threshold {r.get('threshold', 0):.1f} ({r.get('rule')})",
+        "calibration": _calibration_headline,
         "rvss": lambda r: f"{r.get('n_novel', r.get('n_views', '?'))} novel views",
         "irprn": lambda r: (f"held-out relative rotation error {r.get('final', {}).get('val_rot_deg', float('nan')):.2f} deg, "
                             f"translation {r.get('final', {}).get('val_trans', float('nan')):.3f}"),

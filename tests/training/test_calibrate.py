@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.calibration import Calibration
+from models.calibration import Calibration, threshold_spread
 from models.data import load_category
 from models.metrics import f1_max
 from models.scoring import EITHER_MAPS, AnomalyScorer
 from rpe_pad.cli import main
 from training.calibrate import CalibConfig, run_calibration_stage
+from training.pipeline import _calibration_headline
 
 
 @pytest.fixture()
@@ -32,7 +33,7 @@ def test_quantile_calibration_and_skip(bundle: Path, tiny_synth: Path) -> None:
     calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
     jittered = np.array(report["scores"]["jittered"])
     assert len(jittered) == len(cat.train) == calib.sources["jittered"]
-    assert calib.rule == "quantile"
+    assert calib.rule == "quantile" and calib.threshold_range is None  # no held-out views to resample
     assert calib.threshold == pytest.approx(np.quantile(jittered, 0.99) * 1.1)
     assert calib.threshold > jittered.max()  # the margin clears every normal view here
     assert calib.score_floor == pytest.approx(min(jittered.min(), min(report["scores"]["in_sample"])))
@@ -71,6 +72,11 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     assert calib.heldout_scale == pytest.approx(scale, abs=1e-4) and 0 < scale < 10
     assert calib.threshold == pytest.approx(np.quantile(held_scores * calib.heldout_scale, 0.8))
     assert np.mean(held_scores * calib.heldout_scale > calib.threshold) == pytest.approx(0.2, abs=1 / 6)
+    # How firmly the two views pin it: the bootstrap over the views, each with its three draws.
+    spread = threshold_spread((held_scores * calib.heldout_scale).reshape(2, 3), 0.2)
+    assert calib.threshold_range == pytest.approx(spread[0]) and calib.false_alarm_range == pytest.approx(spread[1])
+    assert report["threshold_range"] == pytest.approx(list(spread[0]), rel=1e-5)
+    assert "90 % range" in _calibration_headline(report)
     # The quick rule's threshold is kept beside it for comparison; the calibration model is
     # the splats fit's snapshot at its fold-in step.
     assert report["quantile_rule_threshold"] > 0 and report["calibration_model"]["fold_in_step"] == 16

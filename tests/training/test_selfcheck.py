@@ -107,5 +107,8 @@ def test_selfcheck_reports_the_operating_point(tiny_bundle: Path, tiny_release: 
     assert d["tp"] + d["fn"] == report["defective"] and d["fp"] + d["tn"] == report["clean"]
     assert 0 <= report["image_auroc"] <= 1 and 0 <= report["aupro"] <= 1 and set(report["per_kind"]) == set(KINDS)
     assert (out / "selfcheck.png").stat().st_size > 1000 and "image AUROC" in printed.out
+    r = report["threshold_range"]  # how much of the recall rests on where the threshold fell
+    assert r["threshold"][0] <= r["threshold"][1] and r["recall"][0] <= d["recall"] <= r["recall"][1]
     md = (out / "selfcheck.md").read_text()  # what the estimate leaves out, with the jitter it used
+    assert "90 % range with the calibration's held-out views resampled" in md
     assert "Not covered: the pose stages" in md and "jittered by 1.0 px" in md and "middle of the object" in md
