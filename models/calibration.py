@@ -88,10 +88,13 @@ class Calibration(BaseModel):
 
     @model_validator(mode="after")
     def _floors_below_threshold(self) -> Calibration:
-        for name in ("threshold_range", "false_alarm_range"):
+        ranges = (self.threshold_range, self.false_alarm_range)
+        if (ranges[0] is None) != (ranges[1] is None) or (ranges[0] is not None and self.rule != "false_alarm"):
+            raise ValueError("threshold_range and false_alarm_range go together, and only with rule false_alarm")
+        for name, top in (("threshold_range", np.inf), ("false_alarm_range", 1.0)):
             lo, hi = getattr(self, name) or (0.0, 0.0)
-            if not (np.isfinite([lo, hi]).all() and 0 <= lo <= hi):
-                raise ValueError(f"{name} must be two finite numbers, 0 <= low <= high, got {getattr(self, name)}")
+            if not (np.isfinite([lo, hi]).all() and 0 <= lo <= hi <= top):
+                raise ValueError(f"{name} must be two finite numbers, 0 <= low <= high (<= {top}), got {getattr(self, name)}")
         if self.score_floor >= self.threshold:
             raise ValueError(f"score_floor {self.score_floor} must lie below the threshold {self.threshold}")
         if self.pixel_floor >= self.threshold:
@@ -136,6 +139,7 @@ def _normalise(values, threshold: float, floor: float):
 
 
 SPREAD_DRAWS = 2000  # resamplings behind a threshold's range (threshold_spread)
+SPREAD_MIN_VIEWS = 5  # fewer held-out views give no range: resampling one or two views says nothing
 
 
 def threshold_spread(scores: np.ndarray, false_alarm_rate: float, draws: int = SPREAD_DRAWS,
@@ -151,6 +155,8 @@ def threshold_spread(scores: np.ndarray, false_alarm_rate: float, draws: int = S
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2 or s.size == 0 or not np.isfinite(s).all():
         raise ValueError(f"need a [views, draws] array of finite scores, got shape {s.shape}")
+    if len(s) < SPREAD_MIN_VIEWS:
+        raise ValueError(f"{len(s)} held-out views are too few to resample (at least {SPREAD_MIN_VIEWS})")
     rng = np.random.default_rng(seed)
     picks = rng.integers(len(s), size=(draws, len(s)))
     thresholds = np.quantile(s[picks].reshape(draws, -1), 1.0 - false_alarm_rate, axis=1)

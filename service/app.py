@@ -191,38 +191,6 @@ def requested_category(query: CategoryQuery = None, form: CategoryForm = None) -
     return query if query is not None else form
 
 
-def _form_fields(route) -> dict[str, bool]:
-    """The form fields an inspection route reads, by name: whether each may repeat (a list)."""
-    model = route.body_field.field_info.annotation  # FastAPI's model of the route's whole form
-    return {f.alias or name: get_origin(f.annotation) is list for name, f in model.model_fields.items()}
-
-
-async def one_reading(request: Request) -> None:
-    """Every part of an inspection request is read, and read once. The form parser would keep one
-    value of a field sent twice, and drop a misspelt field or a form field sent in the query
-    string, all without a word. Each is the client's mistake, answered 422 with what would have
-    been dropped. (A multipart body the parser cannot read, such as one whose boundary is not the
-    one its Content-Type names, is FastAPI's 400 before this runs.) FastAPI has parsed the form
-    before this runs; ``request.form()`` returns it."""
-    fields = _form_fields(request.scope["route"])
-    query = request.query_params
-    stray = sorted(set(query) - {"category"})
-    if stray:
-        raise ServiceError(422, f"query parameter{'s' if len(stray) > 1 else ''} {', '.join(map(repr, stray))} not read: "
-                                "only category goes in the query string, the other fields in the form")
-    if len(query.getlist("category")) > 1:
-        raise ServiceError(422, "category is given more than once in the query string; give it once")
-    form = await request.form()
-    unknown = sorted(set(form.keys()) - set(fields))
-    if unknown:
-        raise ServiceError(422, f"unknown form field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
-                                f"this route reads {', '.join(sorted(fields))}")
-    twice = sorted(k for k, repeats in fields.items() if not repeats and len(form.getlist(k)) > 1)
-    if twice:
-        hint = " (POST /inspect/batch takes several files)" if "file" in twice else ""
-        raise ServiceError(422, f"{', '.join(map(repr, twice))} given more than once; give each once{hint}")
-
-
 def ready_state(state: Annotated[State, Depends(get_state)]) -> State:
     if not state.ready:
         raise ServiceError(503, state.load_error or "bundles are still loading",
@@ -241,6 +209,43 @@ Ready = Annotated[State, Depends(ready_state)]
 RequestedCategory = Annotated[str, Depends(requested_category)]
 StateDep = Annotated[State, Depends(get_state)]
 Records = Annotated[RecordStore, Depends(records_of)]
+
+
+def _form_fields(route) -> dict[str, bool]:
+    """The form fields an inspection route reads, by name: whether each may repeat (a list)."""
+    model = route.body_field.field_info.annotation  # FastAPI's model of the route's whole form
+    return {f.alias or name: get_origin(f.annotation) is list for name, f in model.model_fields.items()}
+
+
+async def one_reading(request: Request, _: Ready) -> None:
+    """Every part of an inspection request is read, and read once. The form parser would keep one
+    value of a field sent twice, and drop a misspelt field or a form field sent in the query
+    string, all without a word. Each is the client's mistake, answered 422 with what would have
+    been dropped. (A multipart body the parser cannot read, such as one whose boundary is not the
+    one its Content-Type names, is FastAPI's 400 before this runs.) It runs after the API key and
+    readiness checks (401, 503 first). FastAPI has parsed the form before this runs;
+    ``request.form()`` returns it."""
+    fields = _form_fields(request.scope["route"])
+    query = request.query_params
+    stray = sorted(set(query) - {"category"})
+    if stray:
+        raise ServiceError(422, f"query parameter{'s' if len(stray) > 1 else ''} {', '.join(map(repr, stray))} not read: "
+                                "only category is read from the query string; the request's other fields go in the "
+                                f"multipart form ({', '.join(sorted(fields))})")
+    if len(query.getlist("category")) > 1:
+        raise ServiceError(422, "category is given more than once in the query string; give it once")
+    form = await request.form()
+    unknown = sorted(set(form.keys()) - set(fields))
+    if unknown:
+        hint = {"file": " (POST /inspect/batch takes its images as files)",
+                "files": " (POST /inspect takes one image as file; POST /inspect/batch takes files)"}
+        raise ServiceError(422, f"unknown form field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+                                f"this route reads {', '.join(sorted(fields))}"
+                                + "".join(hint[k] for k in unknown if k in hint))
+    twice = sorted(k for k, repeats in fields.items() if not repeats and len(form.getlist(k)) > 1)
+    if twice:
+        hint = " (POST /inspect/batch takes several files)" if "file" in twice else ""
+        raise ServiceError(422, f"{', '.join(map(repr, twice))} given more than once; give each once{hint}")
 
 
 class ChunkedBodyLimit:
@@ -445,7 +450,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.log = log
     app.state.draining = False  # set by service/server.py on SIGTERM: /readyz says 503, everything else is served
     problems.install(app)
-    problems.document(app, limits={("/inspect/batch", "post", "files"): {"maxItems": settings.max_files_per_batch}})
+    problems.document(app, limits={("/inspect/batch", "post", "files"): {"maxItems": settings.max_files_per_batch}},
+                      closed_forms=("/inspect", "/inspect/batch"))
     web.install(app)
     app.add_middleware(ChunkedBodyLimit, limit=body_limit)  # inside `observe`: its 413 is a problem like the others
 

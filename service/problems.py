@@ -58,11 +58,13 @@ def problem(status: int, detail: str, request: Request, headers: dict[str, str] 
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def document(app: FastAPI, limits: dict[tuple[str, str, str], dict] | None = None) -> None:
+def document(app: FastAPI, limits: dict[tuple[str, str, str], dict] | None = None,
+             closed_forms: tuple[str, ...] = ()) -> None:
     """The OpenAPI schema says what the service really answers: every error (4xx, 5xx) is
     ``application/problem+json`` with the ``Problem`` schema, on every route, and any route
     with a body may answer 413 (the size check runs before routing). ``limits``: JSON-schema
-    keywords for a body field that come from the settings, by (path, method, field)."""
+    keywords for a body field that come from the settings, by (path, method, field);
+    ``closed_forms``: POST paths whose multipart form takes no field it does not declare."""
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -84,6 +86,9 @@ def document(app: FastAPI, limits: dict[tuple[str, str, str], dict] | None = Non
             for (path, method, field), keywords in (limits or {}).items():
                 ref = spec["paths"][path][method]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
                 schemas[ref.rsplit("/", 1)[-1]]["properties"][field].update(keywords)
+            for path in closed_forms:  # their forms take no other field (service.app.one_reading refuses it)
+                ref = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+                schemas[ref.rsplit("/", 1)[-1]]["additionalProperties"] = False
             app.openapi_schema = spec
         return app.openapi_schema
 

@@ -52,6 +52,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from models.calibration import (
+    SPREAD_MIN_VIEWS,
     Calibration,
     ScoreStats,
     f1_threshold,
@@ -243,7 +244,8 @@ def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, valida
                    quantile_rule_threshold=threshold)  # what the quick rule would have said, for comparison
         sources.update(heldout_views=len(own), heldout=len(held_scores))
         rule, threshold = "false_alarm", float(np.quantile(held_scores, 1.0 - cfg.false_alarm_rate))
-        spread = threshold_spread(held_scores.reshape(len(own), -1), cfg.false_alarm_rate, seed=cfg.seed)
+        if len(own) >= SPREAD_MIN_VIEWS:  # too few views give no range rather than a false one
+            spread = threshold_spread(held_scores.reshape(len(own), -1), cfg.false_alarm_rate, seed=cfg.seed)
         normal, normal_maps = held_scores, held_maps
     if validation is not None:
         queries = [q for q in validation.test if q.w2c is not None]
@@ -265,8 +267,8 @@ def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, valida
     calib = Calibration(rule=rule, threshold=threshold, quantile=cfg.quantile, margin=cfg.margin, score_floor=floor,
                         false_alarm_rate=cfg.false_alarm_rate if rule == "false_alarm" else None,
                         heldout_scale=heldout.scale if rule == "false_alarm" else None,
-                        threshold_range=spread[0] if rule == "false_alarm" else None,
-                        false_alarm_range=spread[1] if rule == "false_alarm" else None,
+                        threshold_range=spread[0] if spread and rule == "false_alarm" else None,
+                        false_alarm_range=spread[1] if spread and rule == "false_alarm" else None,
                         pixel_floor=min(quantiles["q0.5"], floor * 0.5), normal_scores=ScoreStats.of(normal),
                         normal_pixel_quantiles=quantiles, scorer=scorer.config(), sources=sources)
     return calib, raw
@@ -343,8 +345,8 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
               "seconds": round(time.perf_counter() - start, 1), "key": key, "scores": raw}
     if heldout is not None:
         report.update(heldout_views=calib.sources["heldout_views"], false_alarm_rate=cfg.false_alarm_rate,
-                      threshold_range=[round(v, 4) for v in calib.threshold_range],
-                      false_alarm_range=[round(v, 4) for v in calib.false_alarm_range],
+                      threshold_range=calib.threshold_range and [round(v, 4) for v in calib.threshold_range],
+                      false_alarm_range=calib.false_alarm_range and [round(v, 4) for v in calib.false_alarm_range],
                       heldout_scale=round(heldout.scale, 4),
                       quantile_rule_threshold=round(raw["quantile_rule_threshold"], 4),
                       calibration_model=fit)

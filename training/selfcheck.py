@@ -224,8 +224,9 @@ def markdown(report: dict) -> str:
     if "threshold_range" in report:
         r = report["threshold_range"]
         lines.append(f"| the threshold {d['threshold']:.3f}: its 90 % range with the calibration's held-out views "
-                     f"resampled | {r['threshold'][0]:.3f}-{r['threshold'][1]:.3f}: recall {r['recall'][0]}-"
-                     f"{r['recall'][1]}, false alarms {100 * r['false_alarm_rate'][0]:.1f}-"
-                     f"{100 * r['false_alarm_rate'][1]:.1f} % |")
+                     f"resampled | {r['threshold'][0]:.3f}-{r['threshold'][1]:.3f}: recall here "
+                     f"{r['recall'][1]} at the low end to {r['recall'][0]} at the high end; false alarms on the "
+                     f"calibration's views {100 * r['false_alarm_rate'][1]:.1f} % at the low end to "
+                     f"{100 * r['false_alarm_rate'][0]:.1f} % at the high end |")
     lines += ["", NOT_COVERED.format(jitter=report["config"]["jitter_px"])]
     return "\n".join(lines)

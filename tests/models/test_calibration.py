@@ -121,14 +121,21 @@ def test_threshold_spread_says_how_firmly_the_views_pin_the_threshold() -> None:
     assert m_hi - m_lo < hi - lo
     with pytest.raises(ValueError, match="views, draws"):
         threshold_spread(scores.ravel(), 0.02)
+    with pytest.raises(ValueError, match="too few"):  # one view resampled is always itself: no range, not a firm one
+        threshold_spread(scores[:4], 0.02)
     with pytest.raises(ValueError, match="finite"):
         threshold_spread(np.full((3, 2), np.nan), 0.02)
 
 
-def test_calibration_refuses_a_range_upside_down() -> None:
-    c = _calibration(threshold_range=(0.9, 1.3), false_alarm_range=(0.0, 0.06))
+def test_calibration_refuses_a_range_upside_down_or_out_of_place() -> None:
+    held = dict(rule="false_alarm", false_alarm_rate=0.02)
+    c = _calibration(**held, threshold_range=(0.9, 1.3), false_alarm_range=(0.0, 0.06))
     assert Calibration.model_validate_json(c.model_dump_json()) == c
-    for bad in ({"threshold_range": (1.3, 0.9)}, {"false_alarm_range": (-0.1, 0.2)},
+    for bad in ({"threshold_range": (1.3, 0.9)}, {"false_alarm_range": (-0.1, 0.2)}, {"false_alarm_range": (0.0, 1.5)},
                 {"threshold_range": (0.9, float("inf"))}):
         with pytest.raises(ValidationError, match="range"):
-            _calibration(**bad)
+            _calibration(**{**held, "threshold_range": (0.9, 1.3), "false_alarm_range": (0.0, 0.06), **bad})
+    with pytest.raises(ValidationError, match="go together"):
+        _calibration(**held, threshold_range=(0.9, 1.3))
+    with pytest.raises(ValidationError, match="only with rule false_alarm"):
+        _calibration(threshold_range=(0.9, 1.3), false_alarm_range=(0.0, 0.06))

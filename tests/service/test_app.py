@@ -234,6 +234,8 @@ def test_nothing_sent_is_dropped_without_a_word(client: TestClient, category: st
     status, _, text = detail(client.post("/inspect/batch", files=[("files", png), ("files", png)],
                                          data={"category": category, "threshold": ["1", "2"]}))
     assert status == 422 and "'threshold' given more than once" in text
+    status, _, text = detail(client.post("/inspect/batch", files={"file": png}, data={"category": category}))
+    assert status == 422 and "unknown form field 'file'" in text and "takes its images as files" in text
     assert _post(client, category, query_png).status_code == 200  # the plain request still passes
 
 

@@ -107,8 +107,29 @@ def test_selfcheck_reports_the_operating_point(tiny_bundle: Path, tiny_release: 
     assert d["tp"] + d["fn"] == report["defective"] and d["fp"] + d["tn"] == report["clean"]
     assert 0 <= report["image_auroc"] <= 1 and 0 <= report["aupro"] <= 1 and set(report["per_kind"]) == set(KINDS)
     assert (out / "selfcheck.png").stat().st_size > 1000 and "image AUROC" in printed.out
-    r = report["threshold_range"]  # how much of the recall rests on where the threshold fell
-    assert r["threshold"][0] <= r["threshold"][1] and r["recall"][0] <= d["recall"] <= r["recall"][1]
+    assert "threshold_range" not in report  # two held-out views: the calibration states no range
     md = (out / "selfcheck.md").read_text()  # what the estimate leaves out, with the jitter it used
-    assert "90 % range with the calibration's held-out views resampled" in md
+    assert "90 % range" not in md
     assert "Not covered: the pose stages" in md and "jittered by 1.0 px" in md and "middle of the object" in md
+
+
+def test_selfcheck_gives_the_recall_at_both_ends_of_the_thresholds_range(tiny_heldout_bundles: Path,
+                                                                          tiny_synth: Path) -> None:
+    """A calibration that states its threshold's range: the self-check measures the recall at
+    both ends (the low end finds at least as much) and says which end is which."""
+    from models.bundle import FILES
+    from models.calibration import Calibration
+    from training.selfcheck import SelfCheckConfig, heldout_views, markdown, measure
+
+    bundle, category, scene, held = heldout_views(tiny_heldout_bundles, tiny_synth)
+    calib = Calibration.model_validate_json((bundle / FILES["calibration"]).read_text())
+    t = calib.threshold
+    ranged = Calibration.model_validate({**calib.model_dump(), "rule": "false_alarm", "false_alarm_rate": 0.1,
+                                         "threshold_range": (0.5 * t, 2.0 * t), "false_alarm_range": (0.0, 0.3)})
+    report = measure(category, scene, held, ranged, SelfCheckConfig(), progress=False).report
+    r, d = report["threshold_range"], report["decision"]
+    assert r["threshold"] == pytest.approx([0.5 * t, 2.0 * t], rel=1e-3) and r["false_alarm_rate"] == [0.0, 0.3]
+    assert r["recall"][0] <= d["recall"] <= r["recall"][1]  # [at the high end, at the low end]
+    row = next(line for line in markdown(report).splitlines() if "90 % range" in line)
+    assert f"recall here {r['recall'][1]} at the low end to {r['recall'][0]} at the high end" in row
+    assert "30.0 % at the low end to 0.0 % at the high end" in row
