@@ -145,6 +145,13 @@ class CategoryInfo(BaseModel):
     intrinsics: list[float] = Field(description="fx, fy, cx, cy of the bundle's camera at image_size, pixels")
     gallery_size: int
     threshold: float = Field(description="calibrated decision threshold, raw score units")
+    false_alarm_rate: float | None = Field(None, description="the share of good parts the threshold was set to reject "
+                                                             "(calibration rule false_alarm), else null")
+    threshold_range: list[float] | None = Field(None, description="the threshold's 90 % range when the calibration's "
+                                                                  "held-out views are resampled: how firmly they pin it "
+                                                                  "(null without enough held-out views)")
+    false_alarm_range: list[float] | None = Field(None, description="the false-alarm rate's 90 % range over the same "
+                                                                    "resamplings, on the calibration's views")
     score_floor: float = Field(0.0, description="the raw score a normalised score shows as 0 (0.5 is the threshold): "
                                               "normalised = clip(0.5 + (score - threshold) / (2 (threshold - "
                                               "score_floor)), 0, 1)")

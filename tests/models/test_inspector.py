@@ -315,3 +315,19 @@ def test_compare_at_poses_can_align_the_render_as_the_refinement_does(inspector:
     _, aligned = compare_at_poses(scene, scorer, images, off, Ks, align=RefineConfig())
     assert aligned.mean() < plain.mean()
     assert (aligned - own).abs().mean() < (plain - own).abs().mean()
+
+
+def test_category_info_states_the_operating_point(inspector: Inspector, tiny_heldout_bundles: Path,
+                                                  tiny_release: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``GET /categories`` tells a client the stated false-alarm rate and how firmly the
+    calibration's views pin the threshold, when the bundle's calibration has them."""
+    quick = inspector.describe()
+    assert quick.false_alarm_rate is None and quick.threshold_range is None and quick.false_alarm_range is None
+    held = Inspector.load(tiny_heldout_bundles / tiny_release.name)
+    info = held.describe()
+    assert info.false_alarm_rate == 0.1 and info.threshold_range is None  # two held-out views: no range
+    ranged = held.calibration.model_copy(update={"threshold_range": (0.5 * info.threshold, 2.0 * info.threshold),
+                                                 "false_alarm_range": (0.0, 0.3)})
+    monkeypatch.setattr(held, "calibration", ranged)
+    info = held.describe()
+    assert info.threshold_range == [0.5 * info.threshold, 2.0 * info.threshold] and info.false_alarm_range == [0.0, 0.3]
