@@ -14,7 +14,7 @@ import kornia
 import numpy as np
 import torch
 
-from issue22_residue_looks import renders, warped_photos
+from issue22_residue_looks import renders, sources, warped_photos
 from models.data import GOOD, load_category
 from models.inspector import Inspector, align_references
 from models.metrics import auroc
@@ -31,18 +31,7 @@ def image_scores(residual: torch.Tensor) -> np.ndarray:
 def main(category_dir: Path, bundle: Path) -> dict:
     ins = Inspector.load(bundle, device="cpu")
     c = load_category(category_dir)
-    prep = lambda img: ins.prepare(img.numpy())  # noqa: E731
-    size = prep(c.test[0].image).shape[1]
-
-    def K_at(K):
-        K = K.double().clone()
-        K[:2] *= size / c.width
-        return K
-    t_poses = torch.stack([v.w2c.double() for v in c.train])
-    t_Ks = torch.stack([K_at(v.K) for v in c.train])
-    _, t_alpha, t_depth = renders(ins.scene, t_poses, t_Ks, size)
-    train = (torch.stack([prep(v.image) for v in c.train]).float(), t_poses, t_Ks, t_alpha, t_depth,
-             torch.stack([-(p[:3, :3].T @ p[:3, 3]) for p in t_poses]))
+    prep, size, K_at, train = sources(ins, c)
     x = torch.stack([prep(q.image) for q in c.test]).float()
     poses, Ks = torch.stack([q.w2c.double() for q in c.test]), torch.stack([K_at(q.K) for q in c.test])
     colour, alpha, depth = renders(ins.scene, poses, Ks, size)

@@ -68,9 +68,9 @@ def warped_photos(train, pose, K, colour, alpha, depth):
     return out.float()
 
 
-def main(category_dir: Path, bundle: Path) -> dict:
-    ins = Inspector.load(bundle, device="cpu")
-    c = load_category(category_dir)
+def sources(ins: Inspector, c):
+    """What the warped-photograph reference needs: the query preparation, the prepared size,
+    intrinsics at that size, and the training photographs with their renders' alpha and depth."""
     prep = lambda img: ins.prepare(img.numpy())  # noqa: E731
     size = prep(c.test[0].image).shape[1]
     scale = size / c.width
@@ -84,6 +84,13 @@ def main(category_dir: Path, bundle: Path) -> dict:
     _, t_alpha, t_depth = renders(ins.scene, t_poses, t_Ks, size)
     train = (torch.stack([prep(v.image) for v in c.train]).float(), t_poses, t_Ks, t_alpha, t_depth,
              torch.stack([-(p[:3, :3].T @ p[:3, 3]) for p in t_poses]))
+    return prep, size, K_at, train
+
+
+def main(category_dir: Path, bundle: Path) -> dict:
+    ins = Inspector.load(bundle, device="cpu")
+    c = load_category(category_dir)
+    prep, size, K_at, train = sources(ins, c)
     goods = [q for q in c.test if q.label == GOOD]
     x = torch.stack([prep(q.image) for q in goods]).float()
     poses, Ks = torch.stack([q.w2c.double() for q in goods]), torch.stack([K_at(q.K) for q in goods])
