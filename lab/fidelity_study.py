@@ -49,7 +49,7 @@ from training.calibrate import run_calibration_stage
 from training.evaluate import decision_metrics, detection_metrics
 from training.pipeline import CALIBRATION
 from training.selfcheck import SelfCheckConfig, heldout_in, measure
-from training.splats import SplatConfig, run_splats_stage
+from training.splats import SplatConfig, default_device, run_splats_stage
 from training.splats import preset as splat_preset
 
 BASE = "cpu"
@@ -93,7 +93,7 @@ def fit(category, work: Path, name: str, progress: bool = True) -> dict:
 def oracle(category, work: Path, calib: Calibration, progress: bool = True) -> dict:
     """The test split at its true poses against the shipped model in ``work``, one query at a
     time (the median is the oracle's time per query), thresholded at ``calib``."""
-    scene = GaussianScene.load(work / FILES["scene"])
+    scene = GaussianScene.load(work / FILES["scene"], device=default_device())
     scorer = AnomalyScorer.from_config(calib.scorer)
     queries = [v for v in category.test if v.w2c is not None]
     maps, scores, seconds = [], [], []

@@ -69,7 +69,7 @@ from models.refine import RefineConfig
 from models.scoring import COLOURS, COMBINATIONS, DEFAULT_TOLERANCE, EDGED, AnomalyScorer, colour_terms, fit_normal_stats
 from models.splat.scene import GaussianScene
 from training.evaluate import render_references
-from training.splats import SplatConfig, calibration_key, holdout_indices
+from training.splats import SplatConfig, calibration_key, default_device, holdout_indices
 
 
 # The calibration's method; a change that moves thresholds bumps it, so that no work folder's
@@ -135,10 +135,11 @@ def split_holdout(category: Category, every: int) -> tuple[Category, list]:
     return replace(category, train=keep, test=[]), [v for i, v in enumerate(category.train) if i in held]
 
 
-def calibration_model(category: Category, splats: SplatConfig, cfg: CalibConfig, work: Path) -> tuple[GaussianScene, list, dict]:
+def calibration_model(category: Category, splats: SplatConfig, cfg: CalibConfig, work: Path,
+                      device: torch.device | None = None) -> tuple[GaussianScene, list, dict]:
     """The calibration model the splats stage left (its fit before the held-out views were
-    folded in) and the held-out views; ``ValueError`` with the remedy when it is missing or
-    was fitted with other settings or views."""
+    folded in), on ``device`` (default: CUDA when present), and the held-out views;
+    ``ValueError`` with the remedy when it is missing or was fitted with other settings or views."""
     _, held = split_holdout(category, cfg.holdout_every)
     path, key_path = work / WORK_FILES["calibration_scene"], work / WORK_FILES["calibration_scene_key"]
     try:
@@ -148,7 +149,7 @@ def calibration_model(category: Category, splats: SplatConfig, cfg: CalibConfig,
     if key != calibration_key(category, splats, cfg.holdout_every):
         raise ValueError(f"{work}: no calibration model for these settings (holding out every {cfg.holdout_every}-th "
                          "view): rerun the splats stage with this calibration (rpe-pad train --stages splats,calibration)")
-    scene = GaussianScene.load(path)
+    scene = GaussianScene.load(path, device=device or default_device())
     return scene, held, {"fold_in_step": key["fold_in_step"], "num_gaussians": scene.num_gaussians}
 
 
@@ -199,7 +200,7 @@ def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress:
         terms, silhouettes, edges = [], [], []
         for i in range(0, len(jittered_poses), cfg.batch):
             sl = slice(i, i + cfg.batch)
-            refs = render_references(scene, jittered_poses[sl], rep(Ks)[sl], images.shape[2], images.shape[1]).cpu()
+            refs = render_references(scene, jittered_poses[sl], rep(Ks)[sl], images.shape[2], images.shape[1])
             refs = align_references(rep(images)[sl], refs, align)
             t, sil = scorer.inputs(rep(images)[sl], refs)
             terms.append(t), silhouettes.append(sil)
@@ -304,11 +305,14 @@ def histogram(calib: Calibration, raw: dict, title: str) -> Figure:
 
 
 def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, validation: Category | None = None,
-                          progress: bool = True, splats: SplatConfig | None = None) -> dict:
+                          progress: bool = True, splats: SplatConfig | None = None,
+                          device: torch.device | None = None) -> dict:
     """Calibrate against the work folder's Gaussian model; skipped when a calibration for
     the same config, scenes and validation set exists. Rule ``false_alarm`` reads the
-    calibration model the splats stage left with ``splats`` (its settings)."""
+    calibration model the splats stage left with ``splats`` (its settings). The models render
+    on ``device`` (default: CUDA when present, as the splats stage fits)."""
     start = time.perf_counter()
+    device = device or default_device()
     scene_path = out_dir / FILES["scene"]
     if not scene_path.is_file():
         raise FileNotFoundError(f"{scene_path} is missing: run the splats stage first")
@@ -328,9 +332,9 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
     except (OSError, ValueError):
         pass
     heldout, fit = None, None
-    shipped = GaussianScene.load(scene_path)
+    shipped = GaussianScene.load(scene_path, device=device)
     if cfg.holdout_every:
-        model, held, fit = calibration_model(category, splats, cfg, out_dir)
+        model, held, fit = calibration_model(category, splats, cfg, out_dir, device)
         heldout = heldout_scores(model, held, cfg, progress)
         seen = split_holdout(category, cfg.holdout_every)[0].train
         heldout.scale = convergence_ratio(shipped, model, seen, heldout.scorer, cfg.batch, progress)
@@ -342,7 +346,7 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
     fig.savefig(out_dir / REPORTS["calibration_hist"])
     report = {"category": category.name, "rule": calib.rule, "threshold": round(calib.threshold, 4),
               "normal_scores": calib.normal_scores.model_dump(), "in_sample_max": round(max(raw["in_sample"]), 4),
-              "seconds": round(time.perf_counter() - start, 1), "key": key, "scores": raw}
+              "seconds": round(time.perf_counter() - start, 1), "device": str(device), "key": key, "scores": raw}
     if heldout is not None:
         report.update(heldout_views=calib.sources["heldout_views"], false_alarm_rate=cfg.false_alarm_rate,
                       threshold_range=calib.threshold_range and [round(v, 4) for v in calib.threshold_range],

@@ -67,8 +67,9 @@ def decision_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -
 @torch.no_grad()
 def render_references(scene: GaussianScene, poses: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
                       batch: int = 8) -> torch.Tensor:
-    """Renders [V, H, W, 3] in [0, 1] of the normal object at world-to-camera ``poses``."""
-    out = [render(scene, poses[i : i + batch].float(), Ks[i : i + batch].float(), width, height).colors.clamp(0, 1)
+    """Renders [V, H, W, 3] in [0, 1] of the normal object at world-to-camera ``poses``, on the
+    scene's device (gsplat on CUDA), returned on the CPU."""
+    out = [render(scene, poses[i : i + batch].float(), Ks[i : i + batch].float(), width, height).colors.clamp(0, 1).cpu()
            for i in range(0, len(poses), batch)]
     return torch.cat(out)
 

@@ -25,6 +25,7 @@ from models.images import to_uint8
 from models.irprn import IRPRN, descriptor, encode, load_irprn
 from models.splat.scene import GaussianScene, render
 from training.rvss import NovelSet, load_novel
+from training.splats import default_device
 
 
 def build_gallery(category: Category, novel: NovelSet, net: IRPRN, scene: GaussianScene | None = None,
@@ -45,14 +46,15 @@ def build_gallery(category: Category, novel: NovelSet, net: IRPRN, scene: Gaussi
         for i in tqdm(range(0, len(poses), 8), desc="gallery: depth", unit="batch", disable=not progress):
             p = poses[i : i + 8].float()
             out = render(scene, p, K.expand(len(p), 3, 3), category.width, category.height, with_depth=True)
-            depths.append(torch.where(out.alphas[..., 0] > 0.95, out.depths[..., 0], torch.zeros(())).half())
+            depths.append(torch.where(out.alphas[..., 0] > 0.95, out.depths[..., 0], 0.0).half().cpu())
         gallery.images = torch.from_numpy(to_uint8(images.numpy()))
         gallery.depths = torch.cat(depths)
         gallery.K = category.K.double()
     return gallery
 
 
-def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True) -> dict:
+def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True, device: torch.device | None = None) -> dict:
+    """Build the gallery; its depths render on ``device`` (default: CUDA when present)."""
     start = time.perf_counter()
     weights, novel_path = out_dir / WORK_FILES["irprn_weights"], out_dir / WORK_FILES["novel"]
     for needed, stage in ((weights, "irprn"), (novel_path, "rvss")):
@@ -70,7 +72,8 @@ def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True) 
     except (OSError, ValueError, KeyError):
         pass
     net, _ = load_irprn(weights.parent)
-    scene = GaussianScene.load(scene_path)
+    device = device or default_device()
+    scene = GaussianScene.load(scene_path, device=device)
     gallery = build_gallery(category, load_novel(novel_path), net, scene, progress)
     gallery.save(path)
     # Retrieval sanity: each novel view's best training match vs the view it perturbs.
@@ -85,6 +88,7 @@ def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True) 
         report["novel_top1_is_parent"] = round(float((ids[:, 0] == novel.parents).float().mean()), 4)
         report["novel_top1_rot_deg_median"] = round(float(err.median()), 3)
     report["seconds"] = round(time.perf_counter() - start, 1)
+    report["device"] = str(device)
     report["key"] = key
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")

@@ -38,6 +38,7 @@ from models.irprn import scene_unit
 from models.splat.scene import GaussianScene
 from models.viz import Cell, contact_sheet
 from training.evaluate import render_references
+from training.splats import default_device
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,9 @@ def load_novel(path: Path) -> NovelSet:
     return NovelSet(t["images"].float() / 255.0, t["poses"], t["parents"])
 
 
-def run_rvss_stage(category: Category, cfg: RVSSConfig, out_dir: Path, progress: bool = True) -> dict:
+def run_rvss_stage(category: Category, cfg: RVSSConfig, out_dir: Path, progress: bool = True,
+                   device: torch.device | None = None) -> dict:
+    """Render the novel views; the scene renders on ``device`` (default: CUDA when present)."""
     start = time.perf_counter()
     scene_path = out_dir / FILES["scene"]
     if not scene_path.is_file():
@@ -115,7 +118,8 @@ def run_rvss_stage(category: Category, cfg: RVSSConfig, out_dir: Path, progress:
             return {**previous, "skipped": True}
     except (OSError, ValueError, KeyError):
         pass
-    scene = GaussianScene.load(scene_path)
+    device = device or default_device()
+    scene = GaussianScene.load(scene_path, device=device)
     unit = scene_unit(scene.normalization.get("camera_distance_median", 4.0))
     poses, parents = novel_poses(category.train_poses(), cfg, unit)
     K = category.K.float()
@@ -140,6 +144,6 @@ def run_rvss_stage(category: Category, cfg: RVSSConfig, out_dir: Path, progress:
         contact_sheet(rows, cell=128, title="RVSS: training view | novel views at perturbed poses").save(
             out_dir / REPORTS["rvss_sheet"])
     report = {"category": category.name, "n_novel": len(poses), "scene_unit": unit,
-              "seconds": round(time.perf_counter() - start, 1), "key": key}
+              "seconds": round(time.perf_counter() - start, 1), "device": str(device), "key": key}
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return report

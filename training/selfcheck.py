@@ -45,6 +45,7 @@ from models.viz import Cell, anomaly_overlay, contact_sheet, mask_overlay
 from training.defects import KINDS, paint
 from training.evaluate import decision_metrics, resize_maps
 from training.pipeline import work_dir
+from training.splats import default_device
 
 EVAL_SIZE = 224  # the peers' protocol (docs/SCORING.md)
 # What the estimate leaves out, printed under every report (docs/SCORING.md, "Self-check").
@@ -73,9 +74,9 @@ def heldout_views(bundles_dir: Path, category_dir: Path):
     return bundle, category, scene, held
 
 
-def heldout_in(work: Path, category) -> tuple[GaussianScene, list]:
-    """The calibration model a splats stage left in ``work`` and the views of ``category``
-    held out of it (``ValueError`` when there is none)."""
+def heldout_in(work: Path, category, device: torch.device | None = None) -> tuple[GaussianScene, list]:
+    """The calibration model a splats stage left in ``work``, on ``device`` (default: CUDA when
+    present), and the views of ``category`` held out of it (``ValueError`` when there is none)."""
     key_path = work / WORK_FILES["calibration_scene_key"]
     if not key_path.is_file():
         raise ValueError(f"{work}: no calibration model: the self-check needs a bundle built with a held-out "
@@ -84,7 +85,7 @@ def heldout_in(work: Path, category) -> tuple[GaussianScene, list]:
     held = [v for v in category.train if v.name not in fitted]
     if len(held) < 2:
         raise ValueError(f"{category.root}: only {len(held)} training views are held out of the calibration model")
-    return GaussianScene.load(work / WORK_FILES["calibration_scene"]), held
+    return GaussianScene.load(work / WORK_FILES["calibration_scene"], device=device or default_device()), held
 
 
 @dataclass

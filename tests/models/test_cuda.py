@@ -66,3 +66,39 @@ def test_inspector_on_cuda_matches_cpu(tiny_release: Path, tiny_synth: Path) -> 
         assert b.score == pytest.approx(a.score, rel=0.05)
         if abs(a.score - threshold) > 0.1 * threshold:
             assert a.verdict == b.verdict
+
+
+@needs_cuda
+def test_build_stages_render_on_cuda_like_the_cpu(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path) -> None:
+    """The calibration, rvss and gallery stages render their scene on CUDA where it exists;
+    on copies of the tiny work folder they agree with the same stages on the CPU."""
+    import shutil
+
+    from models.bundle import FILES, REPORTS, WORK_FILES
+    from models.gallery import Gallery
+    from training.calibrate import CalibConfig, run_calibration_stage
+    from training.gallery import run_gallery_stage
+    from training.rvss import RVSSConfig, load_novel, run_rvss_stage
+    from training.splats import default_device
+
+    assert default_device().type == "cuda"  # what the stages use when no device is named
+    cat = load_category(tiny_synth)
+    out = {}
+    for name in ("cpu", "cuda"):
+        work = tmp_path / name
+        shutil.copytree(tiny_pose_bundle, work)
+        for stage in ("calibration", "rvss", "gallery"):  # each stage runs again, not skipped
+            (work / REPORTS[stage]).unlink()
+        device = torch.device(name)
+        calib = run_calibration_stage(cat, CalibConfig(), work, progress=False, device=device)
+        rvss = run_rvss_stage(cat, RVSSConfig(), work, progress=False, device=device)
+        gallery = run_gallery_stage(cat, work, progress=False, device=device)
+        assert [r["device"].split(":")[0] for r in (calib, rvss, gallery)] == [name] * 3
+        out[name] = (calib, load_novel(work / WORK_FILES["novel"]), Gallery.load(work / FILES["gallery"]))
+    (c_cpu, n_cpu, g_cpu), (c_gpu, n_gpu, g_gpu) = out["cpu"], out["cuda"]
+    assert c_gpu["threshold"] == pytest.approx(c_cpu["threshold"], rel=0.05)
+    assert (n_gpu.images.float() - n_cpu.images.float()).abs().mean() < 1.0  # uint8 levels
+    both = (g_cpu.depths > 0) & (g_gpu.depths > 0)
+    assert both.float().mean() > 0.9 * (g_cpu.depths > 0).float().mean()
+    rel = ((g_gpu.depths.float() - g_cpu.depths.float()).abs() / g_cpu.depths.float().clamp(min=1e-3))[both]
+    assert float(rel.median()) < 0.01

@@ -16,6 +16,7 @@ from models.scoring import EITHER_MAPS, AnomalyScorer
 from rpe_pad.cli import main
 from training.calibrate import CalibConfig, run_calibration_stage
 from training.pipeline import _calibration_headline
+from training.splats import default_device
 
 
 @pytest.fixture()
@@ -38,6 +39,7 @@ def test_quantile_calibration_and_skip(bundle: Path, tiny_synth: Path) -> None:
     assert calib.threshold > jittered.max()  # the margin clears every normal view here
     assert calib.score_floor == pytest.approx(min(jittered.min(), min(report["scores"]["in_sample"])))
     assert calib.scorer["tolerance"] == CalibConfig().tolerance
+    assert report["device"] == str(default_device())  # where the models rendered: CUDA when present
     assert (bundle / "reports" / "calibration_hist.png").stat().st_size > 1000
     again = run_calibration_stage(cat, CalibConfig(), bundle, progress=False)
     assert again["skipped"] and again["threshold"] == report["threshold"]
