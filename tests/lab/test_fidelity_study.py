@@ -35,9 +35,10 @@ def test_the_rule_weighs_recall_within_the_budget() -> None:
     assert choose(variants, 600)["chosen"] == "dense"
 
 
-def test_variants_change_one_thing_of_the_cpu_preset() -> None:
+def test_variants_are_the_cpu_preset_changed_or_another_preset() -> None:
     assert variant_config("cpu") == preset("cpu")
     assert variant_config("px400") == preset("cpu", image_size=400)
+    assert variant_config("paper") == preset("paper")  # issue 22's GPU measurement: the paper's own fit
     with pytest.raises(ValueError, match="unknown variant"):
         variant_config("px800")
 

@@ -1,0 +1,33 @@
+#!/bin/bash
+# Issue 22's next measurement, on a lent GPU (this workplace's device tool): the `paper` preset's
+# Gaussian model of a synthetic seed against the `cpu` preset's, each fitted, calibrated and
+# measured by `rpe-pad lab fidelity-study` (the self-check, and the test split at true poses at
+# each model's own threshold: image AUROC, recall and false-alarm rate). Every stage renders on
+# CUDA there. The device image (Python 3.12, torch 2.11, no registry) lacks some of the
+# product's packages: fetch them first, here, with fetch_wheels.sh beside this file. Then:
+#   run(command="bash docs/results/gpu_issue22/device_fidelity.sh", carry=[".whl"], timeout_s=600)
+# SEED (default 1), BUDGET seconds for the whole script (default 560). What comes back in $OUT:
+# main.log, the study's report (fidelity_study.json / .md), and the logs.
+set -u
+T0=$(date +%s); BUDGET=${BUDGET:-560}; SEED=${SEED:-1}
+log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$OUT/main.log"; }
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  >"$OUT/pip.log" 2>&1 || { log "pip install failed"; cat "$OUT/pip.log"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi -L | tee -a "$OUT/main.log"
+export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
+python3 -c "from gsplat.cuda._backend import _C; assert _C is not None, 'gsplat has no CUDA extension'" \
+  >"$OUT/gsplat_build.log" 2>&1 || { log "gsplat build failed"; tail -20 "$OUT/gsplat_build.log"; exit 1; }
+log "gsplat's CUDA kernels built"
+W=/tmp/f; mkdir -p $W
+python3 -m rpe_pad.cli synth $W/synth_$SEED --seed $SEED >"$OUT/synth.log" 2>&1 || { log "synth failed"; tail "$OUT/synth.log"; exit 1; }
+log "synthetic seed $SEED generated"
+LEFT=$(( BUDGET - ( $(date +%s) - T0 ) - 20 ))
+log "fidelity study (cpu, paper) with $LEFT s left"
+timeout "$LEFT" python3 -m rpe_pad.cli lab fidelity-study $W/synth_$SEED --root $W/s$SEED --variants cpu,paper --quiet \
+  --build-summary docs/results/gpu_issue22/synth_s1_cpu_train_summary_session22.json >"$OUT/study.log" 2>&1
+log "study rc=$?"
+cp $W/s$SEED/report/fidelity_study.json $W/s$SEED/report/fidelity_study.md "$OUT/" 2>/dev/null
+for v in cpu paper; do cp $W/s$SEED/$v/work/reports/splats.json "$OUT/splats_$v.json" 2>/dev/null; done
+tail -5 "$OUT/study.log"; cat "$OUT/fidelity_study.md" 2>/dev/null
