@@ -1,13 +1,16 @@
 #!/bin/bash
 # Issue 22's next measurement, on a lent GPU (this workplace's device tool): the `paper` preset's
 # Gaussian model of a synthetic seed against the `cpu` preset's, each fitted, calibrated and
-# measured by `rpe-pad lab fidelity-study` (the self-check, and the test split at true poses at
-# each model's own threshold: image AUROC, recall and false-alarm rate). Every stage renders on
+# measured as `rpe-pad lab fidelity-study` does (measure.py beside this file: the self-check,
+# and the test split at true poses at each model's own threshold: image AUROC, recall and
+# false-alarm rate). Every stage renders on
 # CUDA there. The device image (Python 3.12, torch 2.11, no registry) lacks some of the
 # product's packages: fetch them first, here, with fetch_wheels.sh beside this file. Then:
 #   run(command="bash docs/results/gpu_issue22/device_fidelity.sh", carry=[".whl"], timeout_s=600)
 # SEED (default 1), BUDGET seconds for the whole script (default 560). What comes back in $OUT:
-# main.log, the study's report (fidelity_study.json / .md), and the logs.
+# main.log, fidelity_paper.json and fidelity_cpu.json (each written as soon as its variant is
+# measured; the paper's first), and the logs. The seed's `cpu` model on this CPU is in
+# docs/RESULTS.md (session 22), should the GPU's time run out before its own `cpu` variant.
 set -u
 T0=$(date +%s); BUDGET=${BUDGET:-560}; SEED=${SEED:-1}
 log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$OUT/main.log"; }
@@ -23,11 +26,8 @@ log "gsplat's CUDA kernels built"
 W=/tmp/f; mkdir -p $W
 python3 -m rpe_pad.cli synth $W/synth_$SEED --seed $SEED >"$OUT/synth.log" 2>&1 || { log "synth failed"; tail "$OUT/synth.log"; exit 1; }
 log "synthetic seed $SEED generated"
-LEFT=$(( BUDGET - ( $(date +%s) - T0 ) - 20 ))
-log "fidelity study (cpu, paper) with $LEFT s left"
-timeout "$LEFT" python3 -m rpe_pad.cli lab fidelity-study $W/synth_$SEED --root $W/s$SEED --variants cpu,paper --quiet \
-  --build-summary docs/results/gpu_issue22/synth_s1_cpu_train_summary_session22.json >"$OUT/study.log" 2>&1
-log "study rc=$?"
-cp $W/s$SEED/report/fidelity_study.json $W/s$SEED/report/fidelity_study.md "$OUT/" 2>/dev/null
-for v in cpu paper; do cp $W/s$SEED/$v/work/reports/splats.json "$OUT/splats_$v.json" 2>/dev/null; done
-tail -5 "$OUT/study.log"; cat "$OUT/fidelity_study.md" 2>/dev/null
+LEFT=$(( BUDGET - ( $(date +%s) - T0 ) - 10 ))
+log "paper, then cpu, with $LEFT s left"
+timeout "$LEFT" python3 docs/results/gpu_issue22/measure.py $W/synth_$SEED $W/s$SEED "$OUT" paper,cpu >"$OUT/measure.log" 2>&1
+log "measure rc=$?"
+tail -4 "$OUT/measure.log"
