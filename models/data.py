@@ -292,7 +292,7 @@ def load_category(
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: category folder does not exist")
+        raise DataError(f"{root}: category folder {'is a file, not a folder' if root.exists() else 'does not exist'}")
     loader = _Loader(root, size, background)
     transforms_path = find_transforms(root)
     transforms = read_transforms(transforms_path)

@@ -133,7 +133,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"device must be auto, cuda or cpu, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA GPU")
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU (use --device auto or cpu)")
     return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
@@ -554,7 +554,8 @@ def load_bundles(bundles_dir: Path, device: str = "auto", on_error=None,
     as in ``Inspector.load``."""
     bundles_dir = Path(bundles_dir)
     if not bundles_dir.is_dir():
-        raise FileNotFoundError(f"{bundles_dir}: bundles directory does not exist")
+        what = "is a file, not a folder" if bundles_dir.exists() else "does not exist"
+        raise FileNotFoundError(f"{bundles_dir}: bundles directory {what}")
     return load_each({path.name: path for path in find_bundles(bundles_dir)}, device, on_error, **overrides)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def positive_int(text: str) -> int:
@@ -16,6 +17,28 @@ def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def int_between(low: int, high: int):
+    """An integer from ``low`` to ``high``: a bound keeps a typo (``--size 100000``) from
+    asking for more memory than the machine has."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse's "invalid integer value" for what int() refuses
+    return parse
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (``nan`` and ``inf`` are refused)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 

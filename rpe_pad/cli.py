@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from models import registry
-from rpe_pad.argtypes import intrinsics, non_negative_int, positive_int
+from rpe_pad.argtypes import int_between, intrinsics, non_negative_float, non_negative_int
 from rpe_pad import __version__
 
 
@@ -32,6 +32,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from models.data import load_category
     from training.category_report import category_sheet, describe
 
+    if args.sheet and args.sheet.suffix.lower() != ".png":
+        raise ValueError(f"--sheet {args.sheet}: give the path of a .png file to write")
     category = load_category(args.category_dir, size=args.size, progress=True)
     print(json.dumps(describe(category), indent=2))
     if args.sheet:
@@ -132,11 +134,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from service.server import run
     from service.settings import Settings
 
+    from pydantic import ValidationError
+
+    from models.bundle import MANIFEST
+
     overrides = {k: v for k, v in (("bundles", args.bundles), ("device", args.device)) if v is not None}
-    settings = Settings(**overrides)  # a malformed s3:// URL is refused here, with the reason
+    try:
+        settings = Settings(**overrides)  # a malformed s3:// URL or setting is refused here, with the reason
+    except ValidationError as exc:  # one line: each bad setting by its environment variable
+        raise ValueError("; ".join(f"RPEPAD_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                                   for e in exc.errors())) from None
     source = settings.bundle_source()
-    if isinstance(source, Path) and not source.is_dir():  # an object store may be down at start: not checked
-        raise FileNotFoundError(f"bundles directory {settings.bundles} does not exist")
+    if isinstance(source, Path):  # an object store may be down at start: not checked
+        if not source.is_dir():
+            what = "is a file, not a folder" if source.exists() else "does not exist"
+            raise FileNotFoundError(f"bundles directory {settings.bundles} {what}")
+        if (source / MANIFEST).is_file():
+            raise ValueError(f"{source} is one bundle; serve its parent folder (--bundles {source.parent})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run(create_app(settings), args.host, args.port, settings.drain_s)
     return 0
@@ -155,15 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic LEGO-like category in MAD-Sim layout")
     p.add_argument("out_dir", type=Path, help="output folder (created; must be empty or absent)")
-    p.add_argument("--seed", type=int, default=0, help="RNG seed (default 0)")
-    p.add_argument("--size", type=positive_int, default=256, help="image size in pixels (default 256)")
-    p.add_argument("--train-views", type=positive_int, default=100, help="training views (default 100)")
-    p.add_argument("--test-views", type=non_negative_int, default=40, help="query views (default 40)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="RNG seed (default 0)")
+    p.add_argument("--size", type=int_between(16, 2048), default=256, help="image size in pixels, 16-2048 (default 256)")
+    p.add_argument("--train-views", type=int_between(1, 1000), default=100, help="training views, 1-1000 (default 100)")
+    p.add_argument("--test-views", type=int_between(0, 1000), default=40, help="query views, 0-1000 (default 40)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("show", help="summarise a category and optionally draw its contact sheet")
     p.add_argument("category_dir", type=Path)
-    p.add_argument("--size", type=positive_int, default=None, help="resize images to this width")
+    p.add_argument("--size", type=int_between(16, 4096), default=None, help="resize images to this width (16-4096)")
     p.add_argument("--sheet", type=Path, default=None, help="write a contact sheet PNG here")
     p.set_defaults(func=_cmd_show)
 
@@ -212,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                    + " (default: the bundle's, normally rpe+refine)")
     p.add_argument("--intrinsics", type=intrinsics, default=None, metavar="FX,FY,CX,CY",
                    help="the photos' camera in their own pixels, when it is not the bundle's at another resolution")
-    p.add_argument("--threshold", type=float, default=None, help="override the calibrated threshold (raw score units)")
+    p.add_argument("--threshold", type=non_negative_float, default=None,
+                   help="override the calibrated threshold (raw score units, >= 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--json", action="store_true", help="also print each result as one JSON line")
     p.set_defaults(func=_cmd_inspect)
@@ -221,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundles", default=None,
                    help="bundles directory or s3://bucket/prefix (default $RPEPAD_BUNDLES or ./bundles)")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (0.0.0.0 in the container)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int_between(1, 65535), default=8000)
     p.add_argument("--device", default=None, choices=["auto", "cuda", "cpu"], help="default $RPEPAD_DEVICE or auto")
     p.set_defaults(func=_cmd_serve)
 
@@ -253,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        # Users' mistakes (bad data, bad arguments, occupied output folder): one clear line.
+    except (ValueError, OSError) as exc:
+        # Users' mistakes and the machine's refusals (bad data, bad arguments, an occupied or
+        # unwritable output folder, a file where a folder goes, a full disk): one clear line.
         print(f"rpe-pad {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

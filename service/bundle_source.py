@@ -138,7 +138,8 @@ def local_bundles(directory: Path, categories: Sequence[str] | None = None) -> t
     """A bundles directory's candidate bundles by category (``select``), and why listed ones are missing."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: bundles directory does not exist")
+        what = "is a file, not a folder" if directory.exists() else "does not exist"
+        raise FileNotFoundError(f"{directory}: bundles directory {what}")
     return select({path.name: path for path in find_bundles(directory)}, categories, str(directory))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,64 @@ def test_user_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.Captur
     with pytest.raises(SystemExit) as exc:
         main(["synth", str(tmp_path / "y"), "--size", "0"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["synth", "OUT", "--size", "100000"], "--size"),  # would ask for hundreds of GB: refused by the bound
+    (["synth", "OUT", "--seed", "-1"], "--seed"),
+    (["show", "OUT", "--size", "100000"], "--size"),
+    (["serve", "--port", "99999"], "--port"),
+    (["serve", "--port", "-1"], "--port"),
+    (["inspect", "B", "x.png", "--threshold", "nan"], "--threshold"),
+    (["inspect", "B", "x.png", "--threshold", "-1"], "--threshold"),
+])
+def test_out_of_range_arguments_are_argument_errors(argv: list[str], option: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and "Traceback" not in err
+
+
+def test_what_the_machine_refuses_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file where a folder goes, or a folder that cannot be written: exit 2 and one line
+    naming the path, not a traceback."""
+    afile = tmp_path / "afile.png"
+    afile.write_bytes(b"x")
+    assert main(["synth", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["synth", str(afile / "below"), "--size", "16", "--train-views", "1", "--test-views", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rpe-pad synth: error:") and str(afile) in err and len(err.strip().splitlines()) == 1
+    assert main(["show", str(afile)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["serve", "--bundles", str(afile)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["show", str(tmp_path), "--sheet", str(tmp_path)]) == 2
+    assert ".png" in capsys.readouterr().err
+
+
+def test_serve_refuses_one_bundle_for_its_parent_and_bad_settings(tiny_release: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--bundles", str(tiny_release)]) == 2
+    assert f"serve its parent folder (--bundles {tiny_release.parent})" in capsys.readouterr().err
+    monkeypatch.setenv("RPEPAD_DRAIN_S", "abc")
+    assert main(["serve", "--bundles", str(tiny_release.parent)]) == 2
+    err = capsys.readouterr().err
+    assert "RPEPAD_DRAIN_S" in err and len(err.strip().splitlines()) == 1
+
+
+def test_inspect_on_cuda_without_a_gpu_is_a_user_error(tiny_release: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    image = tmp_path / "q.png"
+    image.write_bytes(b"not read")
+    assert main(["inspect", str(tiny_release), str(image), "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
 
 
 def test_console_script_help() -> None:
@@ -95,6 +154,17 @@ def test_train_rejects_unknown_stage(tiny_synth: Path, tmp_path: Path, capsys: p
     assert "unknown stage" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_refuses_a_folder_name_no_bundle_can_take_before_training(tiny_synth: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A category folder named ``.hidden`` was refused only at the bundle stage, after all the
+    training; now at once, before any stage runs."""
+    hidden = tmp_path / ".hidden"
+    shutil.copytree(tiny_synth, hidden)
+    assert main(["train", str(hidden), "--out", str(tmp_path / "B"), "--quiet"]) == 2
+    assert "must be a plain directory name" in capsys.readouterr().err
+    assert not (tmp_path / "B").exists()  # nothing was trained
 
 
 def _commands(parser) -> dict:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from models import registry
-from models.bundle import WORK_FILES
+from models.bundle import WORK_FILES, check_category_name
 from models.data import Category, load_category
 from training.bundle import run_bundle_stage
 from training.calibrate import CalibConfig, run_calibration_stage
@@ -159,6 +159,11 @@ def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages
                          "it builds no bundle; run its stages (e.g. --stages splats,rvss,irprn) into their own --out")
     splat_cfg = splat_preset(preset)
     category = load_category(category_dir, size=splat_cfg.image_size, progress=progress)
+    try:  # the work folder and the bundle take the folder's name: refuse it now, not after hours of training
+        check_category_name(category.name)
+    except ValueError as exc:
+        raise ValueError(f"{category_dir}: {exc}; the bundle is named after the category folder: rename the folder, "
+                         "or give its path from outside it") from None
     validation = None
     if validation_dir is not None and "calibration" in stages:
         validation = load_category(validation_dir, size=splat_cfg.image_size)

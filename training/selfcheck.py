@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from models.bundle import FILES, WORK_FILES, read_manifest
+from models.bundle import FILES, MANIFEST, WORK_FILES, open_bundle
 from models.calibration import Calibration
 from models.camera import perturb_pose
 from models.data import load_category
@@ -66,9 +66,15 @@ class SelfCheckConfig:
 
 def heldout_views(bundles_dir: Path, category_dir: Path):
     """The bundle's category loaded at its size, its calibration model and the training
-    views held out of that model (``ValueError`` when the bundle has none)."""
+    views held out of that model (``ValueError`` when the bundle has none). The bundle is
+    ``bundles_dir/<the category folder's name>``, checked whole (``open_bundle``)."""
+    if not category_dir.is_dir():
+        raise ValueError(f"{category_dir}: category folder {'is a file' if category_dir.exists() else 'does not exist'}")
     bundle = bundles_dir / category_dir.name
-    manifest = read_manifest(bundle)
+    if not (bundle / MANIFEST).is_file():
+        raise ValueError(f"{bundles_dir}: no bundle for category {category_dir.name!r} (looked for {bundle}/{MANIFEST}; "
+                         "the bundle is found by the category folder's name)")
+    manifest = open_bundle(bundle)
     category = load_category(category_dir, size=manifest.camera.width, load_test=False)
     scene, held = heldout_in(work_dir(bundles_dir, manifest.category), category)
     return bundle, category, scene, held
@@ -81,7 +87,11 @@ def heldout_in(work: Path, category, device: torch.device | None = None) -> tupl
     if not key_path.is_file():
         raise ValueError(f"{work}: no calibration model: the self-check needs a bundle built with a held-out "
                          "calibration (rpe-pad train --preset cpu or paper) and its work folder")
-    fitted = set(json.loads(key_path.read_text())["views"])
+    try:
+        fitted = set(json.loads(key_path.read_text())["views"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{key_path}: not a calibration model's key ({type(exc).__name__}: {exc}); rebuild it with "
+                         "rpe-pad train CATEGORY --out BUNDLES --stages splats,calibration") from None
     held = [v for v in category.train if v.name not in fitted]
     if len(held) < 2:
         raise ValueError(f"{category.root}: only {len(held)} training views are held out of the calibration model")

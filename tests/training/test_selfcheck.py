@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.bundle import FILES, WORK_FILES
 from models.images import load_rgb
 from rpe_pad.cli import main
 from training.defects import KINDS, STAIN_MIN_DELTA_E, delta_e, foreground, paint, visible
@@ -133,3 +134,25 @@ def test_selfcheck_gives_the_recall_at_both_ends_of_the_thresholds_range(tiny_he
     row = next(line for line in markdown(report).splitlines() if "90 % range" in line)
     assert f"recall here {r['recall'][1]} at the low end to {r['recall'][0]} at the high end" in row
     assert "30.0 % at the low end to 0.0 % at the high end" in row
+
+
+def test_selfcheck_names_what_is_wrong(tiny_release: Path, tiny_heldout_bundles: Path, tiny_synth: Path,
+                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The category, the bundle it names, and the calibration model's key: each problem is one
+    line that names the path, never a traceback or a blamed bundle for a missing category."""
+    assert main(["selfcheck", str(tmp_path / "nowhere"), "--bundles", str(tiny_heldout_bundles)]) == 2
+    assert "category folder does not exist" in capsys.readouterr().err
+    other = tmp_path / "other_name"
+    other.symlink_to(tiny_synth, target_is_directory=True)
+    assert main(["selfcheck", str(other), "--bundles", str(tiny_heldout_bundles)]) == 2
+    assert "no bundle for category 'other_name'" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_heldout_bundles, broken, symlinks=False)
+    key = broken / ".work" / tiny_release.name / WORK_FILES["calibration_scene_key"]
+    key.write_text("{}")
+    assert main(["selfcheck", str(tiny_synth), "--bundles", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert str(key) in err and "not a calibration model's key" in err and "Traceback" not in err
+    (broken / tiny_release.name / FILES["calibration"]).write_text("{")  # the bundle's own file, corrupted
+    assert main(["selfcheck", str(tiny_synth), "--bundles", str(broken)]) == 2
+    assert "calibration" in capsys.readouterr().err

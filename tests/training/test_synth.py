@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 
@@ -150,3 +151,36 @@ def test_a_printed_texture_changes_the_surfaces_not_the_cameras(tmp_path: Path) 
     assert np.array_equal(a[background], b[background]) and np.abs(a - b)[~background].mean() > 5
     with pytest.raises(ValueError, match="texture"):
         generate(tmp_path / "x", SynthConfig(size=40, texture=1.5), progress=False)
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_failed_synth_takes_back_what_it_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existed: bool) -> None:
+    """Interrupted half-way (here: the disk fills on the third image), it leaves the output
+    folder as it found it (absent, or empty), so the same command can run again."""
+    module = importlib.import_module("training.synth.generate")  # the package exports the function of that name
+
+    out = tmp_path / "cat"
+    if existed:
+        out.mkdir()
+    real, calls = module.save_rgb, []
+
+    def failing(path, image):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(path, image)
+
+    monkeypatch.setattr(module, "save_rgb", failing)
+    cfg = SynthConfig(seed=3, size=24, train_views=4, test_views=2)
+    with pytest.raises(OSError, match="No space"):
+        generate(out, cfg, progress=False)
+    assert (out.is_dir() and not any(out.iterdir())) if existed else not out.exists()
+    monkeypatch.setattr(module, "save_rgb", real)
+    assert generate(out, cfg, progress=False) == out  # the same command, again
+    assert len(list((out / "train" / "good").glob("*.png"))) == 4
+
+
+def test_synth_names_each_bad_setting(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"size must be >= 16, got 8; test_views must be >= 0, got -1"):
+        generate(tmp_path / "x", SynthConfig(size=8, test_views=-1), progress=False)
+    assert not (tmp_path / "x").exists()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -340,14 +341,32 @@ def _frame(file_path: str, w2c: torch.Tensor) -> dict:
 
 
 def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = True) -> Path:
-    """Write a synthetic category to ``out_dir`` (created; must be empty or absent)."""
+    """Write a synthetic category to ``out_dir`` (created; must be empty or absent). A run that
+    fails or is interrupted takes back what it wrote, so the same command can run again."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: output folder is a file")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: output folder exists and is not empty")
-    if cfg.size < 16 or cfg.train_views < 1 or cfg.test_views < 0 or cfg.supersample < 1:
-        raise ValueError("synth: size >= 16, train_views >= 1, test_views >= 0, supersample >= 1")
+    problems = [f"{name} must be >= {least}, got {value}" for name, value, least in
+                (("size", cfg.size, 16), ("train_views", cfg.train_views, 1), ("test_views", cfg.test_views, 0),
+                 ("supersample", cfg.supersample, 1), ("seed", cfg.seed, 0)) if value < least]
     if not 0.0 <= cfg.texture < 1.0:
-        raise ValueError(f"synth: texture must be in [0, 1), got {cfg.texture}")
+        problems.append(f"texture must be in [0, 1), got {cfg.texture}")
+    if problems:
+        raise ValueError("synth: " + "; ".join(problems))
+    existed = out.exists()
+    try:
+        return _write(out, cfg, progress)
+    except BaseException:
+        for child in list(out.iterdir()) if out.is_dir() else []:  # the folder was empty or absent
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if not existed and out.is_dir():
+            out.rmdir()
+        raise
+
+
+def _write(out: Path, cfg: SynthConfig, progress: bool) -> Path:
     rng = np.random.default_rng(cfg.seed)
     obj = build_object(rng)
     if cfg.texture > 0:  # its own stream: the untextured object and cameras stay as they were
