@@ -19,6 +19,7 @@ from PIL import ExifTags, Image, ImageOps
 
 Background = tuple[float, float, float]
 WHITE: Background = (1.0, 1.0, 1.0)
+MIN_IMAGE_SIDE = 32  # a query's shorter side at least, in its own pixels (`rpe-pad inspect`; the service's default)
 
 
 def to_rgb_float(image: Image.Image, background: Background = WHITE) -> np.ndarray:

@@ -96,7 +96,7 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from models.bundle import BundleError
-    from models.images import exif_camera_of, load_rgb
+    from models.images import MIN_IMAGE_SIDE, exif_camera_of, load_rgb
     from models.inspector import InspectionError, Inspector
 
     try:
@@ -109,8 +109,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     failures = 0
     for path in args.images:
         try:
-            image = inspector.prepare(load_rgb(path, inspector.scene.background), args.intrinsics,
-                                      exif_camera_of(Path(path).read_bytes()))
+            rgb = load_rgb(path, inspector.scene.background)
+            if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
+                raise ValueError(f"{rgb.shape[1]} x {rgb.shape[0]} is too small (at least {MIN_IMAGE_SIDE} px a side)")
+            image = inspector.prepare(rgb, args.intrinsics, exif_camera_of(Path(path).read_bytes()))
             result = inspector.inspect(image[None], threshold=args.threshold)[0]
         except (OSError, InspectionError, ValueError) as exc:  # one bad image does not stop the others
             print(f"{path}: error: {exc}", file=sys.stderr)

@@ -342,6 +342,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not loaded:
             why = "; ".join(f"{name}: {reason}" for name, reason in refused.items())
             state.load_error = f"no valid bundle in {settings.bundles}" + (f" ({why})" if why else "")
+            log.error("%s: serving nothing; /readyz answers 503 until a valid bundle is there", state.load_error)
 
     async def bring_up(state: State, version: Version) -> str | None:
         """Load a fetched version and warm it up on the inference thread, then swap it in;

@@ -96,6 +96,16 @@ def test_inspect_on_cuda_without_a_gpu_is_a_user_error(tiny_release: Path, tmp_p
     assert "no CUDA GPU" in capsys.readouterr().err
 
 
+def test_inspect_refuses_an_image_too_small_to_inspect(tiny_release: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (2, 2), (200, 30, 30)).save(tiny)
+    assert main(["inspect", str(tiny_release), str(tiny), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 1
+    assert "2 x 2 is too small (at least 32 px a side)" in capsys.readouterr().err
+
+
 def test_console_script_help() -> None:
     result = subprocess.run([sys.executable, "-m", "rpe_pad.cli", "--help"], capture_output=True, text=True, check=True)
     for command in ("synth", "show", "demo"):

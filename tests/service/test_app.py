@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import tempfile
 import time
@@ -289,16 +290,18 @@ def test_upload_size_limit_and_api_key(tiny_release: Path, category: str, query_
         assert c.get("/healthz").status_code == 200  # operations endpoints stay open
 
 
-def test_not_ready_without_bundles(tmp_path: Path, query_png: bytes) -> None:
+def test_not_ready_without_bundles(tmp_path: Path, query_png: bytes, caplog: pytest.LogCaptureFixture) -> None:
     broken = tmp_path / "bundles" / "Broken"
     broken.mkdir(parents=True)
     (broken / "manifest.json").write_text("{")
-    with _client(tmp_path / "bundles") as c:
+    with caplog.at_level(logging.ERROR), _client(tmp_path / "bundles") as c:
         time.sleep(0.5)
         r = c.get("/readyz")
         assert r.status_code == 503 and "no valid bundle" in r.json()["detail"] and "retry-after" in r.headers
         assert _post(c, "Broken", query_png).status_code == 503
         assert c.get("/healthz").status_code == 200
+    # The operator's log says so at start, not only a probe's answer.
+    assert any("serving nothing" in rec.getMessage() and "Broken" in rec.getMessage() for rec in caplog.records)
 
 
 def test_bundles_are_warmed_up_before_ready_and_a_failing_one_is_refused(

@@ -186,6 +186,11 @@ def test_a_bad_folder_gets_a_clear_error(tmp_path: Path, capsys: pytest.CaptureF
     (tmp_path / "taken" / "x").write_text("")
     with pytest.raises(FileExistsError, match="not empty"):
         prepare(tmp_path / "mixed", tmp_path / "taken")
+    (tmp_path / "failed" / "prepare").mkdir(parents=True)  # what a run that did not finish leaves
+    with pytest.raises(FileExistsError, match="report of an earlier run that did not finish"):
+        prepare(tmp_path / "mixed", tmp_path / "failed")
+    with pytest.raises(FileExistsError, match="is a file"):
+        prepare(tmp_path / "mixed", tmp_path / "taken" / "x")
 
 
 def test_a_corrupt_photo_is_set_aside_with_its_reason_and_exif_orientation_is_honoured(tmp_path: Path) -> None:

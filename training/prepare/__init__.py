@@ -51,8 +51,13 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | No
     ``photos_dir``; return the readiness report (also written as JSON)."""
     cfg = cfg or PrepareConfig()
     photos_dir, out = Path(photos_dir), Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: output folder is a file")
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: output folder exists and is not empty")
+        only_report = [p.name for p in out.iterdir()] == ["prepare"]  # what a run that failed leaves: its report
+        raise FileExistsError(f"{out}: output folder exists and is not empty" + (
+            f" (it holds the report of an earlier run that did not finish, {out / 'prepare'}: read it, then remove "
+            "the folder or choose another --out)" if only_report else ""))
     if cfg.focal is not None and not (math.isfinite(cfg.focal) and cfg.focal > 0):
         raise PrepareError(f"--focal must be a positive number of pixels, got {cfg.focal}")
     start = time.perf_counter()
