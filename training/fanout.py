@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -121,11 +122,29 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def reachable(address: str, timeout: float = 5.0) -> None:
+    """``ValueError`` saying why when ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``; not
+    ``auto``) is malformed or nothing answers there: Ray itself would retry for minutes,
+    printing only its own C++ warnings."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--ray {address!r}: give auto, HOST:PORT (the head node's GCS, port 6379 by default) "
+                         "or ray://HOST:PORT (Ray Client, port 10001 by default)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ValueError(f"--ray {address}: nothing answers there ({exc}); is the Ray head node running, "
+                         "and is that its address?") from None
+
+
 def connect(ray, address: str | None) -> str:
     """Connect to the cluster at ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or
     start a local instance with this machine's CPUs; returns where, in words."""
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}  # tasks report through the progress lines
     if address:
+        reachable(address)
         ray.init(address=address, **quiet)
         return f"the Ray cluster at {address}"
     ray.init(num_cpus=available_cpus(), include_dashboard=False, **quiet)

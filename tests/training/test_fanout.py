@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from rpe_pad.cli import main
 from tests.conftest import TINY_IRPRN, TINY_SPLATS
-from training.fanout import Share, available_cpus, share
+from training.fanout import Share, available_cpus, connect, share
 
 TINY_SYNTH = dict(size=32, train_views=6, test_views=0)  # with _tiny_worker's presets: a 30-step fit, a 1-epoch IRPRN
 
@@ -114,6 +115,28 @@ def test_several_categories_are_refused_before_ray_when_the_arguments_are_wrong(
     assert main(["train", str(tmp_path / "a"), str(tmp_path / "b"), *out, "--validation", str(tmp_path)]) == 2
     assert "train that category alone" in capsys.readouterr().err
     assert not (tmp_path / "B").exists()
+
+
+def test_an_unreachable_or_malformed_ray_address_is_refused_before_ray_init() -> None:
+    """Ray would retry a dead address for minutes with only its own C++ warnings."""
+    class NoRay:
+        def init(self, **kwargs):
+            raise AssertionError("ray.init reached")
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ValueError, match="nothing answers there"):
+            connect(NoRay(), address)
+    for address in ("bogus", "host:port", "bogus:0", ":6379"):
+        with pytest.raises(ValueError, match="give auto, HOST:PORT"):
+            connect(NoRay(), address)
+    with socket.socket() as listening:  # an address that answers goes on to ray.init
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        with pytest.raises(AssertionError, match="ray.init reached"):
+            connect(NoRay(), f"127.0.0.1:{listening.getsockname()[1]}")
 
 
 @pytest.mark.slow(seconds=70)
