@@ -24,10 +24,13 @@ python3 -c "from gsplat.cuda._backend import _C; assert _C is not None, 'gsplat 
   >"$OUT/gsplat_build.log" 2>&1 || { log "gsplat build failed"; tail -20 "$OUT/gsplat_build.log"; exit 1; }
 log "gsplat's CUDA kernels built"
 W=/tmp/f; mkdir -p $W
-python3 -m rpe_pad.cli synth $W/synth_$SEED --seed $SEED >"$OUT/synth.log" 2>&1 || { log "synth failed"; tail "$OUT/synth.log"; exit 1; }
+[ -f "$W/synth_$SEED/synth.json" ] || python3 -m rpe_pad.cli synth "$W/synth_$SEED" --seed "$SEED" >"$OUT/synth.log" 2>&1 \
+  || { log "synth failed"; tail "$OUT/synth.log"; exit 1; }
 log "synthetic seed $SEED generated"
 LEFT=$(( BUDGET - ( $(date +%s) - T0 ) - 10 ))
+[ "$LEFT" -gt 60 ] || { log "only $LEFT s left after the set-up: nothing measured"; exit 1; }
 log "paper, then cpu, with $LEFT s left"
-timeout "$LEFT" python3 docs/results/gpu_issue22/measure.py $W/synth_$SEED $W/s$SEED "$OUT" paper,cpu >"$OUT/measure.log" 2>&1
+export TQDM_MININTERVAL=15  # the fits' progress in the log, a line every 15 s
+timeout "$LEFT" python3 docs/results/gpu_issue22/measure.py "$W/synth_$SEED" "$W/s$SEED" "$OUT" paper,cpu >"$OUT/measure.log" 2>&1
 log "measure rc=$?"
 tail -4 "$OUT/measure.log"
