@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from models import registry
 from rpe_pad.argtypes import int_between, intrinsics, non_negative_float, non_negative_int
 from rpe_pad import __version__
+
+PATH_ERRORS = (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -32,8 +35,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from models.data import load_category
     from training.category_report import category_sheet, describe
 
-    if args.sheet and args.sheet.suffix.lower() != ".png":
-        raise ValueError(f"--sheet {args.sheet}: give the path of a .png file to write")
+    if args.sheet and (args.sheet.is_dir() or args.sheet.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp")):
+        raise ValueError(f"--sheet {args.sheet}: give the path of an image file to write (.png, .jpg or .webp)")
     category = load_category(args.category_dir, size=args.size, progress=True)
     print(json.dumps(describe(category), indent=2))
     if args.sheet:
@@ -139,13 +142,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from models.bundle import MANIFEST
+    from models.inspector import resolve_device
 
     overrides = {k: v for k, v in (("bundles", args.bundles), ("device", args.device)) if v is not None}
     try:
         settings = Settings(**overrides)  # a malformed s3:// URL or setting is refused here, with the reason
-    except ValidationError as exc:  # one line: each bad setting by its environment variable
-        raise ValueError("; ".join(f"RPEPAD_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+    except ValidationError as exc:  # one line: each bad setting by the option or variable that gave it
+        def origin(field: str) -> str:
+            return f"--{field}" if field in overrides else f"RPEPAD_{field.upper()}"
+
+        raise ValueError("; ".join(f"{origin(str(e['loc'][0]) if e['loc'] else 'settings')}: {e['msg']}"
                                    for e in exc.errors())) from None
+    resolve_device(settings.device)  # --device cuda without a GPU: refused here, not bundle by bundle
     source = settings.bundle_source()
     if isinstance(source, Path):  # an object store may be down at start: not checked
         if not source.is_dir():
@@ -270,11 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as exc:
-        # Users' mistakes and the machine's refusals (bad data, bad arguments, an occupied or
-        # unwritable output folder, a file where a folder goes, a full disk): one clear line.
+    except (ValueError, *PATH_ERRORS) as exc:
+        # Users' mistakes (bad data, bad arguments, an occupied or unwritable output folder, a
+        # file where a folder goes): one clear line, exit 2.
+        if os.environ.get("RPEPAD_DEBUG"):
+            raise
         print(f"rpe-pad {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine's failures (a full disk, an I/O error, a library that does not load)
+        if os.environ.get("RPEPAD_DEBUG"):
+            raise
+        print(f"rpe-pad {args.command}: error: {exc} (RPEPAD_DEBUG=1 shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -71,17 +71,35 @@ def test_what_the_machine_refuses_is_one_line(tmp_path: Path, capsys: pytest.Cap
     assert main(["serve", "--bundles", str(afile)]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
     assert main(["show", str(tmp_path), "--sheet", str(tmp_path)]) == 2
-    assert ".png" in capsys.readouterr().err
+    assert "give the path of an image file to write" in capsys.readouterr().err
+
+
+def test_a_machine_failure_exits_1_in_one_line_or_with_its_traceback_on_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import training.synth
+
+    def failing(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(training.synth, "generate", failing)
+    assert main(["synth", str(tmp_path / "s")]) == 1  # not the user's mistake: not 2
+    err = capsys.readouterr().err
+    assert err.strip() == "rpe-pad synth: error: [Errno 5] Input/output error (RPEPAD_DEBUG=1 shows where)"
+    monkeypatch.setenv("RPEPAD_DEBUG", "1")
+    with pytest.raises(OSError, match="Input/output"):
+        main(["synth", str(tmp_path / "s")])
 
 
 def test_serve_refuses_one_bundle_for_its_parent_and_bad_settings(tiny_release: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--bundles", str(tiny_release)]) == 2
     assert f"serve its parent folder (--bundles {tiny_release.parent})" in capsys.readouterr().err
+    assert main(["serve", "--bundles", "s3://"]) == 2  # named as the user gave it: the option
+    assert capsys.readouterr().err.startswith("rpe-pad serve: error: --bundles:")
     monkeypatch.setenv("RPEPAD_DRAIN_S", "abc")
     assert main(["serve", "--bundles", str(tiny_release.parent)]) == 2
     err = capsys.readouterr().err
-    assert "RPEPAD_DRAIN_S" in err and len(err.strip().splitlines()) == 1
+    assert "RPEPAD_DRAIN_S:" in err and len(err.strip().splitlines()) == 1
 
 
 def test_inspect_on_cuda_without_a_gpu_is_a_user_error(tiny_release: Path, tmp_path: Path,
@@ -93,6 +111,8 @@ def test_inspect_on_cuda_without_a_gpu_is_a_user_error(tiny_release: Path, tmp_p
     image = tmp_path / "q.png"
     image.write_bytes(b"not read")
     assert main(["inspect", str(tiny_release), str(image), "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert main(["serve", "--bundles", str(tiny_release.parent), "--device", "cuda"]) == 2  # before it starts
     assert "no CUDA GPU" in capsys.readouterr().err
 
 

@@ -102,3 +102,42 @@ def test_build_stages_render_on_cuda_like_the_cpu(tiny_pose_bundle: Path, tiny_s
     assert both.float().mean() > 0.9 * (g_cpu.depths > 0).float().mean()
     rel = ((g_gpu.depths.float() - g_cpu.depths.float()).abs() / g_cpu.depths.float().clamp(min=1e-3))[both]
     assert float(rel.median()) < 0.01
+
+
+@needs_cuda
+def test_heldout_calibration_and_selfcheck_on_cuda_like_the_cpu(tiny_heldout_bundles: Path, tiny_release: Path,
+                                                                tiny_synth: Path, tmp_path: Path) -> None:
+    """The presets' path: the calibration model's held-out views (aligned, the normal levels
+    fitted, the convergence ratio) and the self-check's painted copies, on CUDA and on the CPU."""
+    import shutil
+
+    from models.bundle import FILES, REPORTS
+    from models.calibration import Calibration
+    from tests.conftest import TINY_SPLATS
+    from training.calibrate import CalibConfig, run_calibration_stage
+    from training.selfcheck import SelfCheckConfig, heldout_in, measure
+    from training.splats import preset
+
+    cat = load_category(tiny_synth)
+    splats = preset("demo", **{**TINY_SPLATS, "iterations": 20})  # as tiny_heldout_bundles fitted it
+    out = {}
+    for name in ("cpu", "cuda"):
+        work = tmp_path / name
+        shutil.copytree(tiny_heldout_bundles / ".work" / tiny_release.name, work)
+        (work / REPORTS["calibration"]).unlink()  # runs again, not skipped
+        device = torch.device(name)
+        report = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.1), work,
+                                       progress=False, splats=splats, device=device)
+        assert report["device"].split(":")[0] == name and report["rule"] == "false_alarm"
+        calib = Calibration.model_validate_json((work / FILES["calibration"]).read_text())
+        scene, held = heldout_in(work, cat, device)
+        assert scene.means.device.type == name
+        out[name] = (calib, measure(cat, scene, held, calib, SelfCheckConfig(), progress=False))
+    (c_cpu, m_cpu), (c_gpu, m_gpu) = out["cpu"], out["cuda"]
+    assert c_gpu.threshold == pytest.approx(c_cpu.threshold, rel=0.05)
+    assert c_gpu.heldout_scale == pytest.approx(c_cpu.heldout_scale, rel=0.05)
+    levels_cpu, levels_gpu = (np.array(c.scorer["stats"]["levels"]) for c in (c_cpu, c_gpu))
+    assert len(levels_cpu) == len(levels_gpu) > 0 and np.allclose(levels_gpu, levels_cpu, rtol=0.1)
+    assert m_gpu.report["device"].split(":")[0] == "cuda" and m_cpu.report["device"] == "cpu"
+    assert np.median(np.abs(m_gpu.scores - m_cpu.scores) / np.maximum(m_cpu.scores, 1e-6)) < 0.05
+    assert abs(m_gpu.report["image_auroc"] - m_cpu.report["image_auroc"]) <= 0.05

@@ -13,6 +13,7 @@ from models.bundle import FILES, WORK_FILES
 from models.images import load_rgb
 from rpe_pad.cli import main
 from training.defects import KINDS, STAIN_MIN_DELTA_E, delta_e, foreground, paint, visible
+from training.splats import default_device
 
 WHITE = (1.0, 1.0, 1.0)
 
@@ -103,6 +104,7 @@ def test_selfcheck_reports_the_operating_point(tiny_bundle: Path, tiny_release: 
     printed = capsys.readouterr()
     assert code == 0, printed.err
     report = json.loads((out / "selfcheck.json").read_text())
+    assert report["device"] == str(default_device())  # where the calibration model rendered
     assert report["heldout_views"] == 2 and report["clean"] == 2 * 4 and report["defective"] == 2 * 3 * 2
     d = report["decision"]
     assert d["tp"] + d["fn"] == report["defective"] and d["fp"] + d["tn"] == report["clean"]
@@ -155,4 +157,5 @@ def test_selfcheck_names_what_is_wrong(tiny_release: Path, tiny_heldout_bundles:
     assert str(key) in err and "not a calibration model's key" in err and "Traceback" not in err
     (broken / tiny_release.name / FILES["calibration"]).write_text("{")  # the bundle's own file, corrupted
     assert main(["selfcheck", str(tiny_synth), "--bundles", str(broken)]) == 2
-    assert "calibration" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the bundle is checked whole before its key is read
+    assert FILES["calibration"] in err and "the manifest says" in err

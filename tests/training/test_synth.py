@@ -156,7 +156,7 @@ def test_a_printed_texture_changes_the_surfaces_not_the_cameras(tmp_path: Path) 
 @pytest.mark.parametrize("existed", [False, True])
 def test_a_failed_synth_takes_back_what_it_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existed: bool) -> None:
     """Interrupted half-way (here: the disk fills on the third image), it leaves the output
-    folder as it found it (absent, or empty), so the same command can run again."""
+    folder as it found it (absent, or empty) and nothing beside it, so the same command can run again."""
     module = importlib.import_module("training.synth.generate")  # the package exports the function of that name
 
     out = tmp_path / "cat"
@@ -175,6 +175,7 @@ def test_a_failed_synth_takes_back_what_it_wrote(tmp_path: Path, monkeypatch: py
     with pytest.raises(OSError, match="No space"):
         generate(out, cfg, progress=False)
     assert (out.is_dir() and not any(out.iterdir())) if existed else not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == (["cat"] if existed else [])  # no partial folder left
     monkeypatch.setattr(module, "save_rgb", real)
     assert generate(out, cfg, progress=False) == out  # the same command, again
     assert len(list((out / "train" / "good").glob("*.png"))) == 4

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -341,8 +342,9 @@ def _frame(file_path: str, w2c: torch.Tensor) -> dict:
 
 
 def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = True) -> Path:
-    """Write a synthetic category to ``out_dir`` (created; must be empty or absent). A run that
-    fails or is interrupted takes back what it wrote, so the same command can run again."""
+    """Write a synthetic category to ``out_dir`` (created; must be empty or absent). It is written
+    into a hidden sibling folder and renamed into place when whole, so a run that fails or is
+    interrupted leaves ``out_dir`` as it was and the same command can run again."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: output folder is a file")
@@ -355,18 +357,19 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = True) -> Pa
         problems.append(f"texture must be in [0, 1), got {cfg.texture}")
     if problems:
         raise ValueError("synth: " + "; ".join(problems))
-    existed = out.exists()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        return _write(out, cfg, progress)
-    except BaseException:
-        for child in list(out.iterdir()) if out.is_dir() else []:  # the folder was empty or absent
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-        if not existed and out.is_dir():
-            out.rmdir()
-        raise
+        _write(partial, cfg, progress, out.name)
+        if out.exists():
+            out.rmdir()  # empty, as checked above
+        partial.rename(out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing left once renamed
+    return out
 
 
-def _write(out: Path, cfg: SynthConfig, progress: bool) -> Path:
+def _write(out: Path, cfg: SynthConfig, progress: bool, name: str) -> None:
     rng = np.random.default_rng(cfg.seed)
     obj = build_object(rng)
     if cfg.texture > 0:  # its own stream: the untextured object and cameras stay as they were
@@ -376,7 +379,7 @@ def _write(out: Path, cfg: SynthConfig, progress: bool) -> Path:
     labels = _test_labels(cfg.test_views)
 
     (out / "train" / "good").mkdir(parents=True)
-    bar = tqdm(total=len(train_poses) + len(labels), desc=f"synth {out.name}", disable=not progress)
+    bar = tqdm(total=len(train_poses) + len(labels), desc=f"synth {name}", disable=not progress)
     train_frames = []
     for i, w2c in enumerate(train_poses):
         image, _, _ = render(obj.scene, w2c, K, cfg.size, cfg.supersample)
@@ -412,7 +415,6 @@ def _write(out: Path, cfg: SynthConfig, progress: bool) -> Path:
             ],
         },
     )
-    return out
 
 
 def _write_json(path: Path, data: dict) -> None:
