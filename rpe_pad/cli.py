@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from models import registry
-from rpe_pad.argtypes import int_between, intrinsics, non_negative_float, non_negative_int
+from rpe_pad.argtypes import folder, int_between, intrinsics, non_negative_float, non_negative_int
 from rpe_pad import __version__
 
 PATH_ERRORS = (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -108,6 +108,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(f"rpe-pad inspect: bundle refused: {exc}", file=sys.stderr)
         return 3
     out = args.out or Path("inspections")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in args.images:
@@ -194,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="a category from photographs of a normal object: camera poses by "
                        "structure-from-motion, object masks, a readiness report (exit 1: prepared but not ready)")
     p.add_argument("photos_dir", type=Path, help="photos of the object from many viewpoints (any file names)")
-    p.add_argument("--out", type=Path, required=True, help="category folder to write (must be empty or absent)")
+    p.add_argument("--out", type=folder, required=True, help="category folder to write (must be empty or absent)")
     p.add_argument("--camera-model", default="SIMPLE_RADIAL", choices=list(registry.CAMERA_MODELS),
                    help="the camera shared by all photos (COLMAP's models): " + "; ".join(
                        f"{k}: {v}" for k, v in registry.CAMERA_MODELS.items()))
@@ -208,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("category_dir", type=Path, nargs="+", help="MAD-Sim-format categories, or @FILE: one folder per "
                    "line. Several are trained at once on Ray (pip install \"rpe-pad[cluster]\"), each failure "
                    "reported without stopping the others (exit 1)")
-    p.add_argument("--out", type=Path, required=True, help="bundles folder (BUNDLES_DIR/<category> is written)")
+    p.add_argument("--out", type=folder, required=True, help="bundles folder (BUNDLES_DIR/<category> is written)")
     p.add_argument("--preset", default="cpu", choices=list(registry.PRESETS),
                    help="; ".join(f"{k}: {v}" for k, v in registry.PRESETS.items()) + " (default cpu)")
     p.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
@@ -224,13 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "on photographs no model saw, scored at the bundle's threshold")
     p.add_argument("category_dir", type=Path, help="the category the bundle was trained on (its normal photographs)")
     p.add_argument("--bundles", type=Path, required=True, help="the bundles folder rpe-pad train wrote (with .work/)")
-    p.add_argument("--out", type=Path, default=None, help="report folder (default ./selfcheck/<category>)")
+    p.add_argument("--out", type=folder, default=None, help="report folder (default ./selfcheck/<category>)")
     p.set_defaults(func=_cmd_selfcheck)
 
     p = sub.add_parser("inspect", help="inspect images with a bundle: verdicts on stdout, overlay PNGs on disk")
     p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> (verified before use)")
     p.add_argument("images", type=Path, nargs="+", help="query images (PNG, JPEG), the category's aspect ratio")
-    p.add_argument("--out", type=Path, default=None, help="overlay folder (default ./inspections)")
+    p.add_argument("--out", type=folder, default=None, help="overlay folder (default ./inspections)")
     p.add_argument("--pose", default=None, choices=registry.pose_modes(),
                    help="; ".join(f"{n}: {e.help}" for n, e in registry.POSE_MODES.items() if not e.lab)
                    + " (default: the bundle's, normally rpe+refine)")
@@ -251,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="run the pipeline on an embedded synthetic category")
-    p.add_argument("--out", default="demo_out", help="working folder (default demo_out)")
+    p.add_argument("--out", type=folder, default=Path("demo_out"), help="working folder (default demo_out)")
     p.set_defaults(func=_cmd_demo)
 
     try:

@@ -46,6 +46,8 @@ def test_user_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.Captur
     (["serve", "--port", "-1"], "--port"),
     (["inspect", "B", "x.png", "--threshold", "nan"], "--threshold"),
     (["inspect", "B", "x.png", "--threshold", "-1"], "--threshold"),
+    (["demo", "--out", ""], "--out"),  # an empty path would be the current folder
+    (["train", "C", "--out", " "], "--out"),
 ])
 def test_out_of_range_arguments_are_argument_errors(argv: list[str], option: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
@@ -124,6 +126,8 @@ def test_inspect_refuses_an_image_too_small_to_inspect(tiny_release: Path, tmp_p
     Image.new("RGB", (2, 2), (200, 30, 30)).save(tiny)
     assert main(["inspect", str(tiny_release), str(tiny), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 1
     assert "2 x 2 is too small (at least 32 px a side)" in capsys.readouterr().err
+    assert main(["inspect", str(tiny_release), str(tiny), "--out", str(tiny), "--device", "cpu"]) == 2
+    assert f"--out {tiny} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_console_script_help() -> None:
