@@ -126,8 +126,8 @@ def test_heldout_calibration_and_selfcheck_on_cuda_like_the_cpu(tiny_heldout_bun
         shutil.copytree(tiny_heldout_bundles / ".work" / tiny_release.name, work)
         (work / REPORTS["calibration"]).unlink()  # runs again, not skipped
         device = torch.device(name)
-        report = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.1), work,
-                                       progress=False, splats=splats, device=device)
+        cfg = CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.1, combination="either", colour="lab")
+        report = run_calibration_stage(cat, cfg, work, progress=False, splats=splats, device=device)  # the presets' rule
         assert report["device"].split(":")[0] == name and report["rule"] == "false_alarm"
         calib = Calibration.model_validate_json((work / FILES["calibration"]).read_text())
         scene, held = heldout_in(work, cat, device)
