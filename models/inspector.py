@@ -130,8 +130,8 @@ def pose_runtime_device(device: torch.device) -> str:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    if device not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"device must be auto, cuda or cpu, got {device!r}")
+    if device not in registry.DEVICES:
+        raise ValueError(f"device must be one of {', '.join(registry.DEVICES)}, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU (use --device auto or cpu)")
     return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")

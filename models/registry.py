@@ -34,6 +34,12 @@ PRESETS: dict[str, str] = {  # training presets (training/splats.py, training/ir
     "paper": "the paper's settings (GPU)",
 }
 
+DEVICES: dict[str, str] = {  # `--device` of train, selfcheck, inspect and serve (models.inspector.resolve_device)
+    "auto": "CUDA when present (gsplat, ONNX Runtime's CUDA provider), else the CPU",
+    "cuda": "CUDA, refused where torch sees no GPU",
+    "cpu": "the CPU (our rasterizer), e.g. where gsplat's kernels cannot be built",
+}
+
 CAMERA_MODELS: dict[str, str] = {  # `rpe-pad prepare --camera-model` (COLMAP's names; training/prepare/sfm.py)
     "SIMPLE_RADIAL": "one focal length and one radial term: a real lens (default)",
     "SIMPLE_PINHOLE": "one focal length, no distortion: renders, or photos already undistorted",

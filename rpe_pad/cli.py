@@ -61,11 +61,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from training.pipeline import run_train, summary_table
 
         reports = run_train(args.category_dir[0], args.out, preset=args.preset, stages=stages,
-                            progress=not args.quiet, validation_dir=args.validation)
+                            progress=not args.quiet, validation_dir=args.validation, device=args.device)
         print(summary_table(reports))
         return 0
     if args.validation is not None:
         raise ValueError("--validation calibrates one category on its labelled twin: train that category alone")
+    if args.device != "auto":
+        raise ValueError("--device is for one category trained here; on Ray each task takes the GPU share it is given")
     from training.fanout import outcome_table, train_many
     from training.pipeline import summary_table
 
@@ -91,7 +93,7 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
     from training.selfcheck import markdown, selfcheck
 
     out = args.out or Path("selfcheck") / args.category_dir.name
-    report = selfcheck(args.bundles, args.category_dir, out, progress=True)
+    report = selfcheck(args.bundles, args.category_dir, out, progress=True, device=args.device)
     print(markdown(report))
     print(f"report: {out} (selfcheck.json, selfcheck.md, selfcheck.png: the weakest defects and strongest clean views)")
     return 0
@@ -220,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "ray://HOST:PORT; the folders must be at the same paths on its nodes); default: one category here, "
                    "several on a local Ray instance with this machine's CPUs")
     p.add_argument("--quiet", action="store_true", help="no progress bars (tasks on Ray never draw them)")
+    p.add_argument("--device", default="auto", choices=list(registry.DEVICES),
+                   help="where the Gaussian model fits and renders (default auto: CUDA when present; one category)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("selfcheck", help="how well a bundle finds defects on its object: synthetic defects painted "
@@ -227,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("category_dir", type=Path, help="the category the bundle was trained on (its normal photographs)")
     p.add_argument("--bundles", type=Path, required=True, help="the bundles folder rpe-pad train wrote (with .work/)")
     p.add_argument("--out", type=folder, default=None, help="report folder (default ./selfcheck/<category>)")
+    p.add_argument("--device", default="auto", choices=list(registry.DEVICES),
+                   help="where the calibration model renders (default auto: CUDA when present)")
     p.set_defaults(func=_cmd_selfcheck)
 
     p = sub.add_parser("inspect", help="inspect images with a bundle: verdicts on stdout, overlay PNGs on disk")
@@ -240,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the photos' camera in their own pixels, when it is not the bundle's at another resolution")
     p.add_argument("--threshold", type=non_negative_float, default=None,
                    help="override the calibrated threshold (raw score units, >= 0)")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--device", default="auto", choices=list(registry.DEVICES))
     p.add_argument("--json", action="store_true", help="also print each result as one JSON line")
     p.set_defaults(func=_cmd_inspect)
 
@@ -249,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundles directory or s3://bucket/prefix (default $RPEPAD_BUNDLES or ./bundles)")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (0.0.0.0 in the container)")
     p.add_argument("--port", type=int_between(1, 65535), default=8000)
-    p.add_argument("--device", default=None, choices=["auto", "cuda", "cpu"], help="default $RPEPAD_DEVICE or auto")
+    p.add_argument("--device", default=None, choices=list(registry.DEVICES), help="default $RPEPAD_DEVICE or auto")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="run the pipeline on an embedded synthetic category")

@@ -190,6 +190,32 @@ def test_train_rejects_unknown_stage(tiny_synth: Path, tmp_path: Path, capsys: p
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_train_and_selfcheck_take_a_device(tiny_bundle: Path, tiny_synth: Path, tiny_heldout_bundles: Path,
+                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--device cpu`` reaches the stages that render (the report says where); ``cuda``
+    without a GPU is refused before anything runs, and Ray's tasks take their own share."""
+    import torch
+
+    bundles = tmp_path / "B"
+    shutil.copytree(tiny_bundle, bundles / ".work" / tiny_bundle.name)
+    assert main(["train", str(tiny_synth), "--out", str(bundles), "--preset", "demo", "--stages", "calibration",
+                 "--quiet", "--device", "cpu"]) == 0
+    report = json.loads((bundles / ".work" / tiny_bundle.name / "reports" / "calibration.json").read_text())
+    assert report["device"] == "cpu"
+    capsys.readouterr()
+    out = tmp_path / "sc"
+    assert main(["selfcheck", str(tiny_synth), "--bundles", str(tiny_heldout_bundles), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert json.loads((out / "selfcheck.json").read_text())["device"] == "cpu"
+    assert main(["train", str(tiny_synth), str(tiny_synth), "--out", str(tmp_path / "R"), "--device", "cpu"]) == 2
+    assert "on Ray each task takes the GPU share" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["train", str(tiny_synth), "--out", str(tmp_path / "C"), "--device", "cuda", "--quiet"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "C").exists()
+        assert main(["selfcheck", str(tiny_synth), "--bundles", str(tiny_heldout_bundles), "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+
+
 def test_train_refuses_a_folder_name_no_bundle_can_take_before_training(tiny_synth: Path, tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """A category folder named ``.hidden`` was refused only at the bundle stage, after all the
@@ -243,6 +269,9 @@ def test_choices_come_from_the_registry() -> None:
     assert tuple(choices["pose"]) == registry.pose_modes()
     assert tuple(next(a.choices for a in commands["train"]._actions if a.dest == "preset")) == tuple(registry.PRESETS)
     assert tuple(pipeline.PRESETS) == tuple(registry.PRESETS)
+    for command in ("train", "selfcheck", "inspect", "serve"):  # one list of devices
+        assert next(a.choices for a in commands[command]._actions if a.dest == "device") == list(registry.DEVICES)
+    assert tuple(registry.DEVICES) == Settings.model_fields["device"].annotation.__args__
     from training.prepare import sfm
 
     prepare_choices = next(a.choices for a in commands["prepare"]._actions if a.dest == "camera_model")

@@ -21,9 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+
 from models import registry
 from models.bundle import WORK_FILES, check_category_name
 from models.data import Category, load_category
+from models.inspector import resolve_device
 from training.bundle import run_bundle_stage
 from training.calibrate import CalibConfig, run_calibration_stage
 from training.export import run_onnx_stage
@@ -66,6 +69,7 @@ class StageContext:
     irprn: IRPRNTrainConfig
     validation: Category | None  # labelled category for the F1-optimal threshold (calibration only)
     progress: bool  # progress bars
+    device: torch.device | None = None  # where the Gaussian model fits and renders (None: CUDA when present)
 
 
 @dataclass(frozen=True)
@@ -77,16 +81,16 @@ class Stage:
 
 def _splats(ctx: StageContext) -> dict:
     return run_splats_stage(ctx.category, ctx.splats, ctx.work, progress=ctx.progress,
-                            holdout_every=ctx.calibration.holdout_every)
+                            holdout_every=ctx.calibration.holdout_every, device=ctx.device)
 
 
 def _calibration(ctx: StageContext) -> dict:
     return run_calibration_stage(ctx.category, ctx.calibration, ctx.work, ctx.validation, progress=ctx.progress,
-                                 splats=ctx.splats)
+                                 splats=ctx.splats, device=ctx.device)
 
 
 def _rvss(ctx: StageContext) -> dict:
-    return run_rvss_stage(ctx.category, ctx.rvss, ctx.work, progress=ctx.progress)
+    return run_rvss_stage(ctx.category, ctx.rvss, ctx.work, progress=ctx.progress, device=ctx.device)
 
 
 def _irprn(ctx: StageContext) -> dict:
@@ -94,7 +98,7 @@ def _irprn(ctx: StageContext) -> dict:
 
 
 def _gallery(ctx: StageContext) -> dict:
-    return run_gallery_stage(ctx.category, ctx.work, progress=ctx.progress)
+    return run_gallery_stage(ctx.category, ctx.work, progress=ctx.progress, device=ctx.device)
 
 
 def _onnx(ctx: StageContext) -> dict:
@@ -142,11 +146,15 @@ def work_dir(bundles_dir: Path, category: str) -> Path:
 
 
 def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages: list[str] | None = None,
-              progress: bool = True, validation_dir: Path | None = None, ablation: dict | None = None) -> dict:
+              progress: bool = True, validation_dir: Path | None = None, ablation: dict | None = None,
+              device: str = "auto") -> dict:
     """Run the requested stages (all by default) and return their reports by stage.
 
     ``validation_dir``: a labelled category (its test split, with true poses) whose
-    F1-optimal threshold replaces the normal-quantile rule."""
+    F1-optimal threshold replaces the normal-quantile rule. ``device``: where the Gaussian
+    model fits and renders (``auto``: CUDA when present; ``cpu``, e.g. where gsplat's kernels
+    cannot be built; ``cuda``)."""
+    dev = resolve_device(device)  # cuda without a GPU: refused before any stage
     stages = list(stages or STAGES)
     unknown = [s for s in stages if s not in _BY_NAME]
     if unknown:
@@ -169,7 +177,7 @@ def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages
         validation = load_category(validation_dir, size=splat_cfg.image_size)
     ctx = StageContext(category=category, work=work_dir(bundles_dir, category.name), bundles_dir=bundles_dir,
                        preset=preset, splats=splat_cfg, calibration=CALIBRATION[preset], rvss=rvss_cfg,
-                       irprn=irprn_cfg, validation=validation, progress=progress)
+                       irprn=irprn_cfg, validation=validation, progress=progress, device=dev)
     reports: dict[str, dict] = {}
     for name in stages:
         start = time.perf_counter()

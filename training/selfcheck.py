@@ -36,7 +36,7 @@ from models.bundle import FILES, MANIFEST, WORK_FILES, open_bundle
 from models.calibration import Calibration
 from models.camera import perturb_pose
 from models.data import load_category
-from models.inspector import compare_at_poses
+from models.inspector import compare_at_poses, resolve_device
 from models.metrics import aupro, auroc, pixel_auroc
 from models.refine import RefineConfig
 from models.scoring import AnomalyScorer
@@ -64,7 +64,7 @@ class SelfCheckConfig:
     batch: int = 8
 
 
-def heldout_views(bundles_dir: Path, category_dir: Path):
+def heldout_views(bundles_dir: Path, category_dir: Path, device: torch.device | None = None):
     """The bundle's category loaded at its size, its calibration model and the training
     views held out of that model (``ValueError`` when the bundle has none). The bundle is
     ``bundles_dir/<the category folder's name>``, checked whole (``open_bundle``)."""
@@ -76,7 +76,7 @@ def heldout_views(bundles_dir: Path, category_dir: Path):
                          "the bundle is found by the category folder's name)")
     manifest = open_bundle(bundle)
     category = load_category(category_dir, size=manifest.camera.width, load_test=False)
-    scene, held = heldout_in(work_dir(bundles_dir, manifest.category), category)
+    scene, held = heldout_in(work_dir(bundles_dir, manifest.category), category, device)
     return bundle, category, scene, held
 
 
@@ -187,8 +187,11 @@ def measure(category, scene: GaussianScene, held: list, calib: Calibration, cfg:
 
 
 def selfcheck(bundles_dir: Path, category_dir: Path, out_dir: Path, cfg: SelfCheckConfig = SelfCheckConfig(),
-              progress: bool = True) -> dict:
-    bundle, category, scene, held = heldout_views(Path(bundles_dir), Path(category_dir))
+              progress: bool = True, device: str = "auto") -> dict:
+    """Paint, score and measure the bundle of ``category_dir`` in ``bundles_dir`` (its calibration
+    model renders on ``device``: ``auto`` is CUDA when present), and write the report to ``out_dir``."""
+    dev = resolve_device(device)
+    bundle, category, scene, held = heldout_views(Path(bundles_dir), Path(category_dir), dev)
     calib = Calibration.model_validate_json((bundle / FILES["calibration"]).read_text())
     m = measure(category, scene, held, calib, cfg, progress)
     report = {**m.report, "bundle": str(bundle)}

@@ -430,7 +430,7 @@ def calibration_key(category: Category, cfg: SplatConfig, holdout_every: int) ->
 
 
 def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progress: bool = True,
-                     holdout_every: int = 0) -> dict:
+                     holdout_every: int = 0, device: torch.device | None = None) -> dict:
     """Fit, save the scene and its resolved config, and write the report and its contact
     sheet (paths in ``models.bundle``), measured on ``test/good`` views rendered at their
     true poses (held-out training views when there are none). With ``holdout_every`` (the
@@ -443,7 +443,7 @@ def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progre
     checkpoint = out_dir / WORK_FILES["splats_checkpoint"]
     snapshot, key_path = out_dir / WORK_FILES["calibration_scene"], out_dir / WORK_FILES["calibration_scene_key"]
     key_path.unlink(missing_ok=True)  # valid again only once this fit has written its snapshot
-    result = fit_splats(category, cfg, checkpoint.parent, progress=progress,
+    result = fit_splats(category, cfg, checkpoint.parent, progress=progress, device=device,
                         withheld=holdout_indices(len(category.train), holdout_every), snapshot=snapshot)
     result.scene.save(out_dir / FILES["scene"])
     (out_dir / WORK_FILES["splats_config"]).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
