@@ -101,7 +101,7 @@ def test_one_category_trains_here_without_ray(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(pipeline, "run_train", lambda *args, **kwargs: calls.append((args, kwargs)) or {})
     assert main(["train", str(tmp_path / "cat"), "--out", str(tmp_path / "B"), "--stages", "splats", "--quiet"]) == 0
     assert calls == [((tmp_path / "cat", tmp_path / "B"), {"preset": "cpu", "stages": ["splats"], "progress": False,
-                                                          "validation_dir": None})]
+                                                          "validation_dir": None, "device": "auto"})]
 
 
 def test_several_categories_are_refused_before_ray_when_the_arguments_are_wrong(
