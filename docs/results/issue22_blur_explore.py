@@ -39,6 +39,15 @@ def settings_of(variant: str) -> tuple[float, str]:
     return float(variant[1:]), "max"
 
 
+def cached_sets(cache: Path, seed: int, prefix: str = "sel"):
+    """``(category, data)`` of each category's cached selection data painted with ``seed``
+    (`issue22_interior_cache.py`), those not cached skipped."""
+    for c in CATEGORIES:
+        path = cache / f"{prefix}{seed}_{c}.pt"
+        if path.exists():
+            yield c, torch.load(path, weights_only=False)
+
+
 def run(d: dict, pres: list, sigma: float, join: str = "max") -> dict:
     labels, clean = d["labels"].numpy(), ~d["labels"]
     levelled = []
@@ -59,11 +68,7 @@ def run(d: dict, pres: list, sigma: float, join: str = "max") -> dict:
 if __name__ == "__main__":
     cache, seed, variants = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
     rows = {v: {} for v in variants}
-    for c in CATEGORIES:
-        path = cache / f"{'polish' if os.environ.get('POLISH') else 'sel'}{seed}_{c}.pt"
-        if not path.exists():
-            continue
-        d = torch.load(path, weights_only=False)
+    for c, d in cached_sets(cache, seed, "polish" if os.environ.get("POLISH") else "sel"):
         pres = maps(d, "product")
         for v in variants:
             r = run(d, pres, *settings_of(v))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from issue22_blur_explore import CATEGORIES
+from issue22_blur_explore import cached_sets
 from issue22_interior_explore import maps
 from lab.scorer_study import FALSE_ALARM, _figures
 from models.scoring import EITHER_MAPS, blur_maps
@@ -74,11 +74,7 @@ def run(d: dict, blurred: list[torch.Tensor], est: str, rng: np.random.Generator
 if __name__ == "__main__":
     cache, seed, ests = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
     rows = {e: {} for e in ests}
-    for c in CATEGORIES:
-        path = cache / f"sel{seed}_{c}.pt"
-        if not path.exists():
-            continue
-        d = torch.load(path, weights_only=False)
+    for c, d in cached_sets(cache, seed):
         blurred = [blur_maps(pre, 4.0) for pre in maps(d, "product")]
         for e in ests:
             r = run(d, blurred, e, np.random.default_rng(0))
