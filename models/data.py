@@ -273,6 +273,11 @@ class _Loader:
         return torch.from_numpy(resize_mask(mask, new_w, new_h))
 
 
+def not_a_folder(path: Path) -> str:
+    """Why ``path``, which is no folder, cannot be read as one, in words."""
+    return "is a file, not a folder" if path.exists() else "does not exist"
+
+
 def load_category(
     root: str | Path,
     size: int | None = None,
@@ -292,7 +297,7 @@ def load_category(
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: category folder {'is a file, not a folder' if root.exists() else 'does not exist'}")
+        raise DataError(f"{root}: category folder {not_a_folder(root)}")
     loader = _Loader(root, size, background)
     transforms_path = find_transforms(root)
     transforms = read_transforms(transforms_path)

@@ -47,6 +47,7 @@ from models import registry
 from models.bundle import FILES, GALLERY_VIEWS, BundleError, Manifest, find_bundles, open_bundle
 from models.calibration import Calibration
 from models.camera import scale_intrinsics
+from models.data import not_a_folder
 from models.gallery import Gallery
 from models.hashing import sha256_file
 from models.images import Undistortion, resize_rgb
@@ -554,8 +555,7 @@ def load_bundles(bundles_dir: Path, device: str = "auto", on_error=None,
     as in ``Inspector.load``."""
     bundles_dir = Path(bundles_dir)
     if not bundles_dir.is_dir():
-        what = "is a file, not a folder" if bundles_dir.exists() else "does not exist"
-        raise FileNotFoundError(f"{bundles_dir}: bundles directory {what}")
+        raise FileNotFoundError(f"{bundles_dir}: bundles directory {not_a_folder(bundles_dir)}")
     return load_each({path.name: path for path in find_bundles(bundles_dir)}, device, on_error, **overrides)
 
 

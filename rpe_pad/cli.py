@@ -146,6 +146,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from models.bundle import MANIFEST
+    from models.data import not_a_folder
     from models.inspector import resolve_device
 
     overrides = {k: v for k, v in (("bundles", args.bundles), ("device", args.device)) if v is not None}
@@ -161,8 +162,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     source = settings.bundle_source()
     if isinstance(source, Path):  # an object store may be down at start: not checked
         if not source.is_dir():
-            what = "is a file, not a folder" if source.exists() else "does not exist"
-            raise FileNotFoundError(f"bundles directory {settings.bundles} {what}")
+            raise FileNotFoundError(f"bundles directory {settings.bundles} {not_a_folder(source)}")
         if (source / MANIFEST).is_file():
             raise ValueError(f"{source} is one bundle; serve its parent folder (--bundles {source.parent})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

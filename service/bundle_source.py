@@ -54,6 +54,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from models.bundle import MANIFEST, BundleError, find_bundles, open_bundle, read_manifest, verify_files
+from models.data import not_a_folder
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _BUCKET_CHARS = re.compile(r"^[a-z0-9.-]+$")
@@ -138,8 +139,7 @@ def local_bundles(directory: Path, categories: Sequence[str] | None = None) -> t
     """A bundles directory's candidate bundles by category (``select``), and why listed ones are missing."""
     directory = Path(directory)
     if not directory.is_dir():
-        what = "is a file, not a folder" if directory.exists() else "does not exist"
-        raise FileNotFoundError(f"{directory}: bundles directory {what}")
+        raise FileNotFoundError(f"{directory}: bundles directory {not_a_folder(directory)}")
     return select({path.name: path for path in find_bundles(directory)}, categories, str(directory))
 
 

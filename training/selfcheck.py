@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from models.bundle import FILES, MANIFEST, WORK_FILES, open_bundle
 from models.calibration import Calibration
 from models.camera import perturb_pose
-from models.data import load_category
+from models.data import load_category, not_a_folder
 from models.inspector import compare_at_poses, resolve_device
 from models.metrics import aupro, auroc, pixel_auroc
 from models.refine import RefineConfig
@@ -69,7 +69,7 @@ def heldout_views(bundles_dir: Path, category_dir: Path, device: torch.device | 
     views held out of that model (``ValueError`` when the bundle has none). The bundle is
     ``bundles_dir/<the category folder's name>``, checked whole (``open_bundle``)."""
     if not category_dir.is_dir():
-        raise ValueError(f"{category_dir}: category folder {'is a file' if category_dir.exists() else 'does not exist'}")
+        raise ValueError(f"{category_dir}: category folder {not_a_folder(category_dir)}")
     bundle = bundles_dir / category_dir.name
     if not (bundle / MANIFEST).is_file():
         raise ValueError(f"{bundles_dir}: no bundle for category {category_dir.name!r} (looked for {bundle}/{MANIFEST}; "
