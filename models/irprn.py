@@ -306,9 +306,11 @@ def to_input(images: Tensor, size: int) -> Tensor:
 
 @torch.no_grad()
 def encode(encoder: PoseEncoder, images: Tensor, size: int, batch: int = 32) -> Tensor:
-    """Encoder features of ``[N, H, W, 3]`` images, in batches."""
-    out = [encoder(to_input(images[i : i + batch], size)) for i in range(0, len(images), batch)]
-    return torch.cat(out) if out else torch.zeros(0)
+    """Encoder features of ``[N, H, W, 3]`` images, in batches, on the encoder's device (the
+    images may be anywhere: each batch moves there)."""
+    device = next(encoder.parameters()).device
+    out = [encoder(to_input(images[i : i + batch].to(device), size)) for i in range(0, len(images), batch)]
+    return torch.cat(out) if out else torch.zeros(0, device=device)
 
 
 def save_irprn(net: IRPRN, path_dir: Path, unit: float, train_cfg: dict) -> None:

@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "several on a local Ray instance with this machine's CPUs")
     p.add_argument("--quiet", action="store_true", help="no progress bars (tasks on Ray never draw them)")
     p.add_argument("--device", default="auto", choices=list(registry.DEVICES),
-                   help="where the Gaussian model fits and renders (default auto: CUDA when present; one category)")
+                   help="where the Gaussian model fits and renders and IRPRN trains "
+                        "(default auto: CUDA when present; one category)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("selfcheck", help="how well a bundle finds defects on its object: synthetic defects painted "

@@ -220,3 +220,22 @@ def two_categories(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory)
         manifest = read_manifest(tiny_release).model_copy(update={"category": name})
         (bundles / name / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
     return bundles
+
+
+@pytest.fixture
+def irprn_stops_in_epoch_3(monkeypatch: pytest.MonkeyPatch):
+    """While in effect, IRPRN's training is interrupted in its third epoch, after the second
+    epoch's checkpoint (``checkpoint_every=1``), as a killed build would be. Call the returned
+    function to let the next training run through."""
+    from training import irprn as irprn_stage
+
+    real_validate, calls = irprn_stage._validate, {"n": 0}
+
+    def stop_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(irprn_stage, "_validate", stop_in_epoch_3)
+    return lambda: monkeypatch.setattr(irprn_stage, "_validate", real_validate)

@@ -19,7 +19,11 @@ worse: docs/POSE.md, revision 2).
   each pair weighted by its MPTS weight (``mpts``; uniform otherwise);
 - with a frozen backbone (``freeze_backbone``, the CPU presets) the encoder features of
   every query copy and training view are computed once and the pair head trains on them;
-  otherwise (the paper preset) the whole network trains on images.
+  otherwise (the paper preset) the whole network trains on images;
+- device: CUDA when present (``training.splats.default_device``, as the stages that render),
+  else the CPU. The images stay on the CPU and move there a batch at a time; the trained
+  network comes back on the CPU (the ONNX export and the bundle are made there), and a
+  checkpoint holds CPU tensors, so a build resumes on either device.
 
 Targets: ``P_rel = P_q inv(P_g)`` as a canonical wxyz quaternion and its translation in
 scene units (``models.irprn.relative_targets``).
@@ -60,6 +64,7 @@ from models.irprn import (
 from models.pose import roll_images
 from models.splat.scene import GaussianScene
 from training.rvss import NovelSet, load_novel
+from training.splats import default_device
 
 
 @dataclass(frozen=True)
@@ -207,7 +212,7 @@ def _flat_state(prefix: str, state: dict) -> dict[str, torch.Tensor]:
         if isinstance(value, dict):
             out.update(_flat_state(name, value))
         elif isinstance(value, torch.Tensor):
-            out[name] = value.detach().clone().contiguous()
+            out[name] = value.detach().cpu().clone().contiguous()
         elif isinstance(value, int | float):
             out[name] = torch.tensor(value, dtype=torch.float64)
     return out
@@ -228,12 +233,14 @@ def _curve(history: list[dict]) -> Figure:
 
 
 def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrainConfig, work_dir: Path,
-                progress: bool = True) -> tuple[IRPRN, dict]:
-    """Train IRPRN on the category's pairs; resumable from ``work_dir/checkpoint.safetensors``."""
+                progress: bool = True, device: torch.device | None = None) -> tuple[IRPRN, dict]:
+    """Train IRPRN on the category's pairs on ``device`` (default: CUDA when present); resumable
+    from ``work_dir/checkpoint.safetensors``. The network comes back on the CPU."""
+    device = torch.device(device) if device is not None else default_device()
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # the pairs' order: drawn on the CPU whatever the device
     model_cfg = cfg.model
-    net = IRPRN(model_cfg)
+    net = IRPRN(model_cfg).to(device)  # initialised on the CPU, so the same start on either device
     size = model_cfg.input_size
     train_images = torch.stack([v.image for v in category.train])
     train_poses = category.train_poses().double()
@@ -291,10 +298,11 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     pair_r = ranks[queries.origin].flatten()
     q_gt, t_gt = pair_targets(queries.poses[pair_q], train_poses[pair_g], unit)
     weights = mpts_weights(k)[pair_r] if cfg.mpts else torch.ones(len(pair_q))
+    q_gt, t_gt, weights = q_gt.to(device), t_gt.to(device), weights.to(device)  # indexed by CPU ids below
     val_pair = is_val[pair_q]
     train_idx, val_idx = (~val_pair).nonzero().flatten(), val_pair.nonzero().flatten()
 
-    criterion = HomoscedasticLoss()
+    criterion = HomoscedasticLoss().to(device)
     trainable = list(net.head.parameters()) + list(criterion.parameters())
     if not cfg.freeze_backbone:
         trainable += list(net.encoder.parameters())
@@ -316,8 +324,8 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
             return query_feats[pair_q[idx]], train_feats[pair_g[idx]]
         from models.irprn import to_input
 
-        return (net.encoder(to_input(queries.images[pair_q[idx]], size)),
-                net.encoder(to_input(train_images[pair_g[idx]], size)))
+        return (net.encoder(to_input(queries.images[pair_q[idx]].to(device), size)),
+                net.encoder(to_input(train_images[pair_g[idx]].to(device), size)))
 
     bar = tqdm(range(start_epoch, cfg.epochs), desc="irprn: train", unit="epoch", disable=not progress,
                initial=start_epoch, total=cfg.epochs)
@@ -351,10 +359,10 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
             _checkpoint(ckpt, epoch + 1, net, criterion, opt, sched, history, cfg, data_key)
     bar.close()
     ckpt.unlink(missing_ok=True)
-    net.eval()
-    pair_rot = torch.rad2deg(2 * torch.acos(q_gt[:, 0].abs().clamp(max=1)))
+    net.eval().cpu()
+    pair_rot = torch.rad2deg(2 * torch.acos(q_gt[:, 0].abs().clamp(max=1))).cpu()
     report = {
-        "n_queries": n_base, "n_query_copies": len(queries.images), "n_pairs": len(pair_q), "k": k,
+        "device": str(device), "n_queries": n_base, "n_query_copies": len(queries.images), "n_pairs": len(pair_q), "k": k,
         "n_train_pairs": len(train_idx), "n_val_pairs": len(val_idx), "resumed_from_epoch": start_epoch,
         "final": history[-1] if history else {}, "history": history,
         "s_t": criterion.s_t.item(), "s_q": criterion.s_q.item(),
@@ -417,7 +425,11 @@ def _resume(path: Path, net, criterion, opt, sched, cfg, data_key: str) -> tuple
 
 
 
-def run_irprn_stage(category: Category, cfg: IRPRNTrainConfig, out_dir: Path, progress: bool = True) -> dict:
+def run_irprn_stage(category: Category, cfg: IRPRNTrainConfig, out_dir: Path, progress: bool = True,
+                    device: torch.device | None = None) -> dict:
+    """Train IRPRN into ``out_dir`` on ``device`` (default: CUDA when present), unless the same
+    configuration was already trained on the same novel views (the device is not in the key:
+    a network trained on either serves the same)."""
     start = time.perf_counter()
     novel_path, scene_path = out_dir / WORK_FILES["novel"], out_dir / FILES["scene"]
     for needed, stage in ((scene_path, "splats"), (novel_path, "rvss")):
@@ -434,7 +446,7 @@ def run_irprn_stage(category: Category, cfg: IRPRNTrainConfig, out_dir: Path, pr
     except (OSError, ValueError, KeyError, RuntimeError):
         pass
     unit = scene_unit(GaussianScene.load(scene_path).normalization.get("camera_distance_median", 4.0))
-    net, report = train_irprn(category, load_novel(novel_path), unit, cfg, irprn_dir, progress)
+    net, report = train_irprn(category, load_novel(novel_path), unit, cfg, irprn_dir, progress, device)
     save_irprn(net, irprn_dir, unit, cfg.to_dict())
     report_path.parent.mkdir(parents=True, exist_ok=True)
     if report["history"]:

@@ -69,7 +69,7 @@ class StageContext:
     irprn: IRPRNTrainConfig
     validation: Category | None  # labelled category for the F1-optimal threshold (calibration only)
     progress: bool  # progress bars
-    device: torch.device | None = None  # where the Gaussian model fits and renders (None: CUDA when present)
+    device: torch.device | None = None  # where the Gaussian model fits and renders, and IRPRN trains (None: CUDA)
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def _rvss(ctx: StageContext) -> dict:
 
 
 def _irprn(ctx: StageContext) -> dict:
-    return run_irprn_stage(ctx.category, ctx.irprn, ctx.work, progress=ctx.progress)
+    return run_irprn_stage(ctx.category, ctx.irprn, ctx.work, progress=ctx.progress, device=ctx.device)
 
 
 def _gallery(ctx: StageContext) -> dict:
@@ -152,8 +152,8 @@ def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages
 
     ``validation_dir``: a labelled category (its test split, with true poses) whose
     F1-optimal threshold replaces the normal-quantile rule. ``device``: where the Gaussian
-    model fits and renders (``auto``: CUDA when present; ``cpu``, e.g. where gsplat's kernels
-    cannot be built; ``cuda``)."""
+    model fits and renders and IRPRN trains (``auto``: CUDA when present; ``cpu``, e.g. where
+    gsplat's kernels cannot be built; ``cuda``)."""
     dev = resolve_device(device)  # cuda without a GPU: refused before any stage
     stages = list(stages or STAGES)
     unknown = [s for s in stages if s not in _BY_NAME]

@@ -141,3 +141,50 @@ def test_heldout_calibration_and_selfcheck_on_cuda_like_the_cpu(tiny_heldout_bun
     assert m_gpu.report["device"].split(":")[0] == "cuda" and m_cpu.report["device"] == "cpu"
     assert np.median(np.abs(m_gpu.scores - m_cpu.scores) / np.maximum(m_cpu.scores, 1e-6)) < 0.05
     assert abs(m_gpu.report["image_auroc"] - m_cpu.report["image_auroc"]) <= 0.05
+
+
+@needs_cuda
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen-backbone", "whole-network"])
+def test_irprn_trains_on_cuda_like_the_cpu(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,
+                                           frozen: bool, request: pytest.FixtureRequest) -> None:
+    """IRPRN's training on CUDA (the CPU presets' frozen backbone, the paper preset's whole
+    network): the same pairs from the same start, so the same losses and the same relative
+    poses within float noise; the network comes back on the CPU, and a checkpoint written on
+    CUDA resumes on the CPU."""
+    from pathlib import PurePosixPath
+
+    from models.bundle import WORK_FILES
+    from models.camera import quat_to_rotmat, rotation_angle
+    from models.irprn import IRPRNConfig, encode
+    from training.irprn import preset, train_irprn
+    from training.rvss import load_novel
+
+    cat = load_category(tiny_synth)
+    novel = load_novel(tiny_pose_bundle / "rvss" / "novel.safetensors")
+    cfg = preset("demo", epochs=3, augment_copies=1, checkpoint_every=1, freeze_backbone=frozen,
+                 model=IRPRNConfig(input_size=112))
+    out = {}
+    for name in ("cpu", "cuda"):
+        net, report = train_irprn(cat, novel, 1.0, cfg, tmp_path / name, progress=False, device=torch.device(name))
+        assert report["device"] == name and {p.device.type for p in net.parameters()} == {"cpu"}
+        out[name] = (net, report)
+    (n_cpu, r_cpu), (n_gpu, r_gpu) = out["cpu"], out["cuda"]
+    losses = [[h["loss"] for h in r["history"]] for r in (r_cpu, r_gpu)]
+    assert np.allclose(losses[1], losses[0], rtol=0.05)
+    images = torch.stack([v.image for v in cat.train])
+    with torch.no_grad():
+        preds = []
+        for net in (n_cpu, n_gpu):
+            feats = encode(net.encoder.eval(), images, 112)
+            q, _ = net.head.eval()(feats[:-1], feats[1:])  # each training view against the next
+            preds.append(quat_to_rotmat(q[:, -1].double()))
+    assert float(torch.rad2deg(rotation_angle(preds[0], preds[1])).max()) < 2.0
+
+    irprn_stops_in_epoch_3 = request.getfixturevalue("irprn_stops_in_epoch_3")  # interrupts from here on
+    work = tmp_path / "resume"
+    with pytest.raises(KeyboardInterrupt):
+        train_irprn(cat, novel, 1.0, cfg, work, progress=False, device=torch.device("cuda"))
+    assert (work / PurePosixPath(WORK_FILES["irprn_checkpoint"]).name).is_file()
+    irprn_stops_in_epoch_3()  # lets the next run through
+    _, report = train_irprn(cat, novel, 1.0, cfg, work, progress=False, device=torch.device("cpu"))
+    assert report["resumed_from_epoch"] == 2 and report["device"] == "cpu" and len(report["history"]) == 3

@@ -32,6 +32,7 @@ from training.irprn import (
     train_irprn,
 )
 from training.rvss import RVSSConfig, load_novel, novel_poses, run_rvss_stage
+from training.splats import default_device
 
 
 def test_rvss_novel_set(tiny_pose_bundle: Path, tiny_synth: Path) -> None:
@@ -161,6 +162,7 @@ def test_irprn_report_gallery_and_onnx(tiny_pose_bundle: Path) -> None:
     report = json.loads((tiny_pose_bundle / "reports" / "irprn.json").read_text())
     assert report["k"] == 3 and report["n_queries"] == 24 + 8 and report["n_query_copies"] == 64
     assert report["n_pairs"] == 64 * 3 and len(report["history"]) == 2
+    assert report["device"] == str(default_device())  # trained where the Gaussian model was fitted
     gallery = Gallery.load(tiny_pose_bundle / "gallery" / "gallery.safetensors")
     assert len(gallery) == 32 and int((gallery.source == TRAIN).sum()) == 8 and int((gallery.source == NOVEL).sum()) == 24
     # Described on the retrieval grid, not the training pairs' 4 x 4, and the report says so.
@@ -206,23 +208,14 @@ SMALL = IRPRNConfig(input_size=112)
 
 
 def test_training_resumes_from_its_checkpoint(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                             irprn_stops_in_epoch_3) -> None:
     cat = load_category(tiny_synth)
     novel = load_novel(tiny_pose_bundle / "rvss" / "novel.safetensors")
     cfg = preset("demo", epochs=3, augment_copies=0, checkpoint_every=1, model=SMALL)
-    real_validate, calls = irprn_stage._validate, {"n": 0}
-
-    def crash_in_epoch_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(irprn_stage, "_validate", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train_irprn(cat, novel, 1.0, cfg, tmp_path, progress=False)
     assert (tmp_path / "checkpoint.safetensors").is_file()
-    monkeypatch.setattr(irprn_stage, "_validate", real_validate)
+    irprn_stops_in_epoch_3()  # lets the next run through
     _, report = train_irprn(cat, novel, 1.0, cfg, tmp_path, progress=False)
     assert report["resumed_from_epoch"] == 2 and len(report["history"]) == 3
     assert not (tmp_path / "checkpoint.safetensors").exists()
