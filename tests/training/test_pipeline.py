@@ -68,3 +68,28 @@ def test_stage_paths_are_one_table() -> None:
     assert all(not p.startswith("/") and ".." not in p for p in paths)
     assert all(p.startswith("reports/") for p in REPORTS.values())
     assert WORK_FILES["train_summary"] not in REPORTS.values()  # the summary is not copied into a bundle
+
+
+def test_every_stage_that_fits_renders_or_trains_gets_the_runs_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--device`` reaches the splats, calibration, rvss, irprn and gallery stages (each
+    stage's own test checks where it then runs)."""
+    from types import SimpleNamespace
+    from unittest.mock import Mock
+
+    seen: dict[str, object] = {}
+
+    def recorder(name: str):
+        def run(*args, **kwargs) -> dict:
+            seen[name] = kwargs.get("device")
+            return {}
+        return run
+
+    names = ("run_splats_stage", "run_calibration_stage", "run_rvss_stage", "run_irprn_stage", "run_gallery_stage")
+    for name in names:
+        monkeypatch.setattr(pipeline, name, recorder(name))
+    device = object()  # whatever the run resolved
+    ctx = SimpleNamespace(**{**{field: Mock() for field in StageContext.__dataclass_fields__}, "device": device})
+    for stage in TABLE:
+        if stage.name in ("splats", "calibration", "rvss", "irprn", "gallery"):
+            stage.run(ctx)
+    assert seen == {name: device for name in names}
