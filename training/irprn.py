@@ -362,7 +362,8 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     net.eval().cpu()
     pair_rot = torch.rad2deg(2 * torch.acos(q_gt[:, 0].abs().clamp(max=1))).cpu()
     report = {
-        "device": str(device), "n_queries": n_base, "n_query_copies": len(queries.images), "n_pairs": len(pair_q), "k": k,
+        "device": str(device),
+        "n_queries": n_base, "n_query_copies": len(queries.images), "n_pairs": len(pair_q), "k": k,
         "n_train_pairs": len(train_idx), "n_val_pairs": len(val_idx), "resumed_from_epoch": start_epoch,
         "final": history[-1] if history else {}, "history": history,
         "s_t": criterion.s_t.item(), "s_q": criterion.s_q.item(),
