@@ -54,6 +54,12 @@ def renders(scene, poses, Ks, w, h):
     return torch.cat(rgb).permute(0, 3, 1, 2).contiguous(), torch.cat(alpha).permute(0, 3, 1, 2).contiguous()
 
 
+@torch.no_grad()
+def corrected(net, rgb, alpha, batch: int = 16):
+    """``net`` over renders ``rgb`` [V, 3, H, W] with ``alpha`` [V, 1, H, W], in batches."""
+    return torch.cat([net(rgb[i:i + batch], alpha[i:i + batch]) for i in range(0, len(rgb), batch)])
+
+
 def psnr(a, b):
     return float(-10 * torch.log10(((a - b) ** 2).mean()))
 
@@ -104,7 +110,7 @@ def main():
     Ks = torch.stack([q.K for q in qs]).float()
     rgb, a = renders(ins.scene, poses, Ks, w, h)
     with torch.no_grad():
-        tr_fix = torch.cat([net(tr_rgb[i:i + 16], tr_a[i:i + 16]) for i in range(0, len(tr_rgb), 16)])
+        tr_fix = corrected(net, tr_rgb, tr_a)
         t1 = time.perf_counter()
         fixed = net(rgb, a)
         per_query_ms = (time.perf_counter() - t1) / len(qs) * 1000

@@ -17,7 +17,7 @@ import torch
 import issue22_selection_terms
 import issue22_shared_edges
 from issue22_interior_cache import write_caches
-from issue22_render_correction import fit_correction, renders
+from issue22_render_correction import corrected, fit_correction, psnr, renders
 from training.selfcheck import heldout_views
 
 WIDTH, LAYERS = 16, 4
@@ -27,9 +27,7 @@ NET = {}
 def corrected_references(scene, poses, Ks, width, height, batch=8):
     """``training.evaluate.render_references`` with the current correction applied."""
     rgb, alpha = renders(scene, poses.float(), Ks.float(), width, height)
-    with torch.no_grad():
-        out = torch.cat([NET["net"](rgb[i:i + 16], alpha[i:i + 16]) for i in range(0, len(rgb), 16)])
-    return out.permute(0, 2, 3, 1).contiguous()
+    return corrected(NET["net"], rgb, alpha).permute(0, 2, 3, 1).contiguous()
 
 
 def one_reference_ms(net, h, w) -> float:
@@ -59,11 +57,9 @@ if __name__ == "__main__":
                              category.K.float().expand(len(fit), 3, 3), category.width, category.height)
         NET["net"] = fit_correction(rgb, alpha, photos, width=WIDTH, layers=LAYERS, log=False)
         seconds = time.perf_counter() - t0
-        with torch.no_grad():
-            fixed = torch.cat([NET["net"](rgb[i:i + 16], alpha[i:i + 16]) for i in range(0, len(rgb), 16)])
-        psnr = lambda a: float(-10 * torch.log10(((a - photos) ** 2).mean()))
+        fixed = corrected(NET["net"], rgb, alpha)
         log[category.name] = {"fit_views": len(fit), "train_seconds": round(seconds, 1),
-                              "fit_views_psnr": [round(psnr(rgb), 2), round(psnr(fixed), 2)],
+                              "fit_views_psnr": [round(psnr(rgb, photos), 2), round(psnr(fixed, photos), 2)],
                               "one_reference_ms": round(one_reference_ms(NET["net"], category.height, category.width), 2)}
         print(category.name, json.dumps(log[category.name]), flush=True)
         write_caches(cache, seed, [pair], prefix="rc")
