@@ -49,7 +49,7 @@ from service import problems, web
 from service.batching import CategoryBatcher
 from service.bundle_source import S3Location, S3Source, Snapshot, Version, local_bundles
 from service.problems import ServiceError
-from service.records import Evidence, Filters, Pending, Record, RecordStore, new_id, utc_now
+from service.records import Evidence, Filters, Pending, Record, RecordStore, clean_filename, new_id, utc_now
 from service.schemas import (BatchOut, Categories, FeedbackIn, Health, InspectionOut, RecordDetail, RecordPage,
                              RecordSummary)
 from service.settings import Settings, get_settings
@@ -58,6 +58,7 @@ from service.uploads import check_media_type, decode, read_limited
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 RECORD_ID = re.compile(r"^[0-9a-f]{32}$")
+RECORD_WAIT_S = 2.0  # how long opening a record waits for the writer to reach it
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff"}
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CSV_TYPE = "text/csv; charset=utf-8"
@@ -498,7 +499,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ServiceError(503, f"shutting down: draining for {settings.drain_s:g} s (RPEPAD_DRAIN_S); "
                                     "requests in flight and arriving are still served")
         ready_state(state)
-        problems = "; ".join(f"{name}: {reason}" for name, reason in state.problems().items())
+        found = state.problems()
+        if state.records_error is not None:
+            found["records"] = state.records_error
+        elif state.records is not None and (behind := state.records.health()) is not None:
+            found["records"] = behind
+        problems = "; ".join(f"{name}: {reason}" for name, reason in found.items())
         return Health(status="ready", bundles_loaded=len(state.inspectors), detail=problems or None)
 
     @app.get("/metrics", tags=["operations"], response_class=Response,
@@ -571,7 +577,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         norm = result.normalised_map() if include.map else None
         reference = np.round(np.clip(result.reference, 0, 1) * 255).astype(np.uint8) if include.reference else None
         return InspectionOut(
-            **result.model_dump(), request_id=request.state.request_id, category=category, filename=filename,
+            **result.model_dump(), request_id=request.state.request_id, category=category,
+            filename=clean_filename(filename),
             record_id=record_id,
             reference_png=None if reference is None else _png_b64(Image.fromarray(reference)),
             anomaly_map_png=None if norm is None else _png_b64(Image.fromarray(np.round(norm * 255).astype(np.uint8),
@@ -729,12 +736,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         headers={"Content-Disposition": 'attachment; filename="inspections.csv"'})
 
     async def _get_record(store: RecordStore, record_id: str) -> Record:
+        """The record, once the writer has it in the database (an answer's ``record_id`` may be
+        opened at once: a record still on its way is waited for, briefly). 503 while it waits
+        for a retry, 404 with the reason when it was refused or is not there."""
         if not RECORD_ID.match(record_id):
             raise ServiceError(404, f"no inspection record {record_id!r}")
+        waiting = await asyncio.to_thread(store.wait_written, record_id, RECORD_WAIT_S)
         record = await _database(store.get, record_id)
-        if record is None:
-            raise ServiceError(404, f"no inspection record {record_id!r} (never stored, or past the retention limit)")
-        return record
+        if record is not None:
+            return record
+        if waiting is not None and "refused" in waiting:
+            raise ServiceError(404, f"inspection record {record_id} was not stored: {waiting}")
+        if waiting is not None:
+            raise ServiceError(503, f"inspection record {record_id} is {waiting}", headers={"Retry-After": "5"})
+        raise ServiceError(404, f"no inspection record {record_id!r} (not stored by this service, or past the "
+                                "retention limit)")
 
     @app.get("/inspections/{record_id}", response_model=RecordDetail, dependencies=[Depends(authorised)],
              tags=["records"], responses=problems.errors(401, 404, 503))

@@ -15,10 +15,22 @@ the retention limits (count and age), and empties the journal once everything in
 in the database. The journal line is in the operating system's hands before the answer
 leaves, so a service killed at any moment (SIGKILL, OOM) keeps the record of every
 answered inspection: ``start`` inserts what the journal holds and the database lacks
-(without its images, which were still in memory). A full queue, a failed journal append
-or a failed write is logged and counted (``rpepad_records_failed_total{reason}``), never
-raised to the inspection. One writer means concurrent requests and micro-batches lose
-nothing.
+(without its images, which were still in memory). One writer means concurrent requests
+and micro-batches lose nothing.
+
+Nothing answered is dropped while the service runs either:
+- a write that fails for a reason that may pass (the database locked, unreachable, its disk
+  full: ``TRANSIENT``) is retried with a growing pause, images and all, and the journal
+  keeps the records until they are in;
+- a transaction that fails is split, so one row the database refuses never sinks the others;
+  a row refused for what it holds is moved, with the reason, to ``records.journal.rejected``
+  beside the journal (for an administrator; it would be refused again);
+- a record that finds the queue full is still written, without its images (the queue bounds
+  the memory the images hold);
+- a record asked for before the writer reached it is waited for (``wait_written``), so an
+  answer's ``record_id`` can be opened and given feedback at once.
+Each of these is logged and counted (``rpepad_records_failed_total{reason}``), never raised to
+the inspection, and ``health`` says what is waiting for ``/readyz``.
 
 The overlay figure (query | rendered reference | overlay with the decision contour,
 ``models.viz.inspection_figure``) is drawn from the evidence when someone opens it
@@ -41,18 +53,22 @@ import os
 import queue
 import threading
 import time
+import unicodedata
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import (DateTime, Float, LargeBinary, String, Text, create_engine, delete, event, func, inspect,
-                        or_, select, text)
+from sqlalchemy import (DateTime, Float, LargeBinary, String, Text, and_, create_engine, delete, event, func,
+                        inspect, or_, select, text)
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 from sqlalchemy.schema import CreateColumn
 
@@ -63,6 +79,22 @@ log = logging.getLogger("rpe_pad.records")
 
 Feedback = Literal["confirmed_defect", "false_alarm"]
 FEEDBACK: tuple[str, ...] = ("confirmed_defect", "false_alarm")
+
+
+MAX_FILENAME = 255  # characters of an upload's file name a record keeps (clean_filename)
+
+
+def clean_filename(name: str | None) -> str | None:
+    """An upload's file name as the answer and its record carry it: control characters dropped
+    (a NUL, which PostgreSQL's text refuses, among them), what is not valid UTF-8 replaced,
+    and at most ``MAX_FILENAME`` characters, keeping its end (the extension). None for none."""
+    if name is None:
+        return None
+    name = "".join(ch for ch in name if unicodedata.category(ch) != "Cc")
+    name = name.encode("utf-8", "replace").decode("utf-8")
+    if len(name) > MAX_FILENAME:
+        name = name[: MAX_FILENAME - 17] + "\u2026" + name[-16:]
+    return name or None
 
 
 class Base(DeclarativeBase):
@@ -80,7 +112,7 @@ class Record(Base):
     score: Mapped[float] = mapped_column(Float)
     threshold: Mapped[float] = mapped_column(Float)
     normalised_score: Mapped[float] = mapped_column(Float)
-    filename: Mapped[str | None] = mapped_column(String(255))
+    filename: Mapped[str | None] = mapped_column(String(MAX_FILENAME))  # clean_filename
     bundle_id: Mapped[str] = mapped_column(String(200))  # category@created of the bundle
     bundle_sha256: Mapped[str] = mapped_column(String(64))  # of its manifest.json
     result_json: Mapped[str] = mapped_column(Text)  # the API's result, without images
@@ -149,6 +181,11 @@ class Pending:
     evidence: Callable[[], Evidence] | None  # encodes the evidence (in the writer thread)
     query_bytes: bytes | None
     query_media_type: str | None
+    encoded: Evidence | None = None  # the evidence once encoded (kept for a retry)
+    attempts: int = 0  # failed writes so far
+
+    def without_images(self) -> Pending:
+        return replace(self, evidence=None, encoded=None, query_bytes=None, query_media_type=None)
 
 
 @dataclass(frozen=True)
@@ -196,6 +233,12 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+TRANSIENT = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout, OSError)  # may pass: retry
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0  # the pause before a failed write's retry, doubling up to this
+OVERFLOW_MAX = 100_000  # records (without images) beyond a full queue; about 2 kB each
+REJECTED_KEPT = 1000  # ids of rejected records remembered, to say why when asked
+
+
 class RecordStore:
     """The records database and its one writer thread (``start`` / ``stop``)."""
 
@@ -206,7 +249,7 @@ class RecordStore:
         self.journal_path = journal
         self._journal: int | None = None  # file descriptor, O_APPEND
         self._journal_lock = threading.Lock()  # an append and its submit, or the emptying, at a time
-        self._journal_clean = True  # False after a failed write: keep the journal for the next start
+        self._keep_journal = False  # True once a record was dropped: the journal keeps it for the next start
         self.engine = make_engine(url)
         self.max_count, self.max_age_days = max_count, max_age_days
         self.pending: queue.Queue[Pending | None] = queue.Queue(maxsize=queue_size)
@@ -220,6 +263,14 @@ class RecordStore:
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
+        self._overflow: list[Pending] = []  # submitted to a full queue (without images); under _journal_lock
+        self._retry: list[Pending] = []  # failed for a reason that may pass (the writer's own)
+        self._retry_at = 0.0  # monotonic time of the next retry
+        self._last_error: str | None = None  # of the last failed write, while records wait for a retry
+        # What is not in the database yet, by id, and why (read with wait_written); guarded by _changed.
+        self._changed = threading.Condition()
+        self._unwritten: dict[str, str] = {}
+        self._rejected: OrderedDict[str, str] = OrderedDict()
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -232,7 +283,7 @@ class RecordStore:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then stop the writer."""
+        """Write what is queued (one more try for what waits for a retry), then stop the writer."""
         if self._thread is not None:
             self.pending.put(None)
             self._thread.join(timeout)
@@ -242,12 +293,19 @@ class RecordStore:
             self._journal = None
         self.engine.dispose()
 
+    @property
+    def rejected_path(self) -> Path | None:
+        """Where records the database refused are kept, with the reason (one JSON line each)."""
+        return None if self.journal_path is None else self.journal_path.with_name(self.journal_path.name + ".rejected")
+
     def recover(self) -> int:
         """Insert the journal's records that the database lacks (a service that was killed);
-        returns how many. Their images were never written: the rows have none."""
+        returns how many. Their images were never written: the rows have none. A record the
+        database refuses for what it holds goes to ``rejected_path``; one it cannot take now
+        (``TRANSIENT``) stops the start, and the journal keeps it."""
         if self.journal_path is None or not self.journal_path.exists():
             return 0
-        items = []
+        items, cut = [], 0
         for line in self.journal_path.read_bytes().splitlines():
             try:
                 entry = json.loads(line)
@@ -257,52 +315,108 @@ class RecordStore:
                                      bundle_sha256=entry["bundle_sha256"], result=entry["result"], evidence=None,
                                      query_bytes=None, query_media_type=None))
             except (ValueError, KeyError, TypeError):  # a line cut short by the kill
-                continue
+                cut += 1
+        if cut:
+            log.warning("records journal: %d line(s) cut short (a kill mid-append) skipped", cut)
         ids = [i.id for i in items]
         with Session(self.engine) as session:
             have = set(session.scalars(select(Record.id).where(Record.id.in_(ids)))) if ids else set()
         missing = [i for i in items if i.id not in have]
-        if missing and not self._write(missing):
-            raise RuntimeError(f"could not recover {len(missing)} journaled record(s) into {self.url}")
+        again = self._write(missing) if missing else []
+        if again:
+            raise RuntimeError(f"could not recover {len(again)} journaled record(s) into {self.url}: {self._last_error}")
         if missing:
             log.warning("recovered %d inspection record(s) from the journal (their images were lost)", len(missing))
         self.journal_path.write_bytes(b"")
         return len(missing)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything submitted so far is written (tests, shutdown)."""
+        """Wait until everything submitted so far is written or rejected (tests, shutdown)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.pending.empty() and self._idle.is_set():
+            if self.pending.empty() and self._idle.is_set() and not self._retry and not self._overflow:
                 return True
             time.sleep(0.01)
         return False
 
+    def wait_written(self, record_id: str, timeout: float = 2.0) -> str | None:
+        """Wait up to ``timeout`` s for ``record_id`` to reach the database; None once it has
+        (or when it was never submitted here), else why it has not: still queued, waiting for
+        a retry (with the error), or rejected (with the reason)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while record_id in self._unwritten and (left := deadline - time.monotonic()) > 0:
+                self._changed.wait(left)
+            return self._unwritten.get(record_id) or self._rejected.get(record_id)
+
+    def health(self) -> str | None:
+        """What the writer is behind on, for ``/readyz``: None when nothing waits for a retry."""
+        waiting = len(self._retry)
+        if not waiting:
+            return None
+        return (f"{waiting} inspection record(s) waiting to be written, retried every {RETRY_MAX_S:g} s at most "
+                f"(last error: {self._last_error}); the journal keeps them")
+
     # ------------------------------------------------------------ writing
     def submit(self, item: Pending) -> bool:
-        """Queue ``item`` for writing; never blocks. False (logged, counted) when the queue is full."""
+        """Queue ``item`` for writing; never blocks. A full queue keeps it without its images
+        (False, logged, counted) for the writer to write when it can."""
+        item = replace(item, filename=clean_filename(item.filename))
         with self._journal_lock:
             if self._journal is not None:
-                try:
-                    os.write(self._journal, _journal_line(item))
-                except OSError as exc:
-                    log.error("journaling inspection record %s failed: %s", item.id, exc)
-                    self.on_failure("journal")
+                self._append(item)
+            with self._changed:
+                self._unwritten[item.id] = "queued for the records writer"
             try:
                 self.pending.put_nowait(item)
                 return True
             except queue.Full:
                 pass
-        log.error("inspection record %s dropped: the records queue is full (%d waiting)", item.id, self.pending.qsize())
-        self.on_failure("queue_full")
+            if len(self._overflow) < OVERFLOW_MAX:
+                self._overflow.append(item.without_images())
+                reason = "queue_full"
+            else:
+                with self._changed:
+                    self._unwritten.pop(item.id, None)
+                self._keep_journal = True
+                reason = "dropped"
+        if reason == "queue_full":
+            log.error("inspection record %s will be written without its images: the records queue is full "
+                      "(%d waiting)", item.id, self.pending.qsize())
+        else:
+            log.error("inspection record %s dropped: %d records wait beyond a full queue; the journal keeps it "
+                      "for the next start", item.id, OVERFLOW_MAX)
+        self.on_failure(reason)
         return False
+
+    def _append(self, item: Pending) -> None:
+        """One journal line, whole or not at all (a short write is cut back off, so the next
+        line does not glue onto it); called under ``_journal_lock``."""
+        data = memoryview(_journal_line(item))
+        size = None
+        try:
+            size = os.fstat(self._journal).st_size
+            while data:
+                data = data[os.write(self._journal, data):]
+        except OSError as exc:
+            log.error("journaling inspection record %s failed: %s", item.id, exc)
+            self.on_failure("journal")
+            if size is not None:
+                try:
+                    os.ftruncate(self._journal, size)
+                except OSError:
+                    pass
 
     def _run(self) -> None:
         _lower_priority()
         while True:
-            first = self.pending.get()
+            waiting = self._retry or self._overflow
+            timeout = max(0.0, self._retry_at - time.monotonic()) if self._retry else 0.0 if waiting else None
+            try:
+                batch = [self.pending.get(timeout=timeout)]
+            except queue.Empty:
+                batch = []
             self._idle.clear()
-            batch = [first]
             while len(batch) < 64:
                 try:
                     batch.append(self.pending.get_nowait())
@@ -310,59 +424,140 @@ class RecordStore:
                     break
             stop = None in batch
             items = [b for b in batch if b is not None]
-            if items and not self._write(items):
-                self._journal_clean = False  # the journal keeps them for the next start
+            if self._overflow:
+                with self._journal_lock:
+                    items, self._overflow = items + self._overflow, []
+            if self._retry and (stop or time.monotonic() >= self._retry_at):
+                items, self._retry = self._retry + items, []
+            if items:
+                again = self._write(items)
+                if again:
+                    self._retry += again
+                    self._retry_at = time.monotonic() + min(RETRY_MAX_S,
+                                                            RETRY_FIRST_S * 2 ** (max(i.attempts for i in again) - 1))
+                    self._bound_retry()
             self._empty_journal()
             self._idle.set()
             if stop:
+                if self._retry:
+                    log.error("stopping with %d inspection record(s) not written (%s): the journal keeps them for "
+                              "the next start", len(self._retry), self._last_error)
                 return
+
+    def _bound_retry(self) -> None:
+        """Records waiting for a retry keep their images up to the queue's size; older ones
+        beyond it are kept without them (the queue bounds what images may hold in memory)."""
+        keep = self.pending.maxsize or 256
+        heavy = [i for i, item in enumerate(self._retry) if item.encoded is not None or item.query_bytes is not None]
+        for i in heavy[: max(0, len(heavy) - keep)]:
+            self._retry[i] = self._retry[i].without_images()
+            self.on_failure("images")
 
     def _empty_journal(self) -> None:
         """Everything journaled is in the database once nothing waits: empty the journal."""
-        if self._journal is None or not self._journal_clean:
+        if self._journal is None or self._keep_journal:
             return
         with self._journal_lock:
-            if self.pending.empty():
+            if self.pending.empty() and not self._overflow and not self._retry:
                 os.ftruncate(self._journal, 0)
 
-    def _write(self, items: list[Pending]) -> bool:
-        rows = []
-        for item in items:
-            evidence = None
-            if item.evidence is not None:
-                try:
-                    evidence = item.evidence()
-                except Exception as exc:  # noqa: BLE001 (the record is kept without its pictures)
-                    log.error("the overlay's evidence of inspection %s failed: %s", item.id, exc)
-                    self.on_failure("overlay")
-            r = item.result
-            rows.append(Record(
-                id=item.id, created=utc_naive(item.created), request_id=item.request_id, category=item.category,
-                verdict=r["verdict"], score=float(r["score"]), threshold=float(r["threshold"]),
-                normalised_score=float(r["normalised_score"]), filename=item.filename, bundle_id=item.bundle_id,
-                bundle_sha256=item.bundle_sha256, result_json=json.dumps(r),
-                query_png=evidence and evidence.query_png, reference_png=evidence and evidence.reference_png,
-                map_png=evidence and evidence.map_png,
-                query_bytes=item.query_bytes, query_media_type=item.query_media_type))
+    def _row(self, item: Pending) -> Record:
+        if item.evidence is not None:
+            try:
+                item.encoded = item.evidence()
+            except Exception as exc:  # noqa: BLE001 (the record is kept without its pictures)
+                log.error("the overlay's evidence of inspection %s failed: %s", item.id, exc)
+                self.on_failure("overlay")
+            item.evidence = None  # encoded once; the closure's arrays are let go
+        r, evidence = item.result, item.encoded
+        return Record(
+            id=item.id, created=utc_naive(item.created), request_id=item.request_id, category=item.category,
+            verdict=r["verdict"], score=float(r["score"]), threshold=float(r["threshold"]),
+            normalised_score=float(r["normalised_score"]), filename=item.filename, bundle_id=item.bundle_id,
+            bundle_sha256=item.bundle_sha256, result_json=json.dumps(r),
+            query_png=evidence and evidence.query_png, reference_png=evidence and evidence.reference_png,
+            map_png=evidence and evidence.map_png, query_bytes=item.query_bytes, query_media_type=item.query_media_type)
+
+    def _insert(self, items: list[Pending]) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.add_all([self._row(item) for item in items])
+
+    def _write(self, items: list[Pending]) -> list[Pending]:
+        """Insert ``items`` in one transaction; when it fails, one at a time, so that one row the
+        database refuses never sinks the others. Returns those to retry (a ``TRANSIENT``
+        failure); a row refused for what it holds is rejected (``_reject``)."""
         try:
-            with Session(self.engine) as session, session.begin():
-                session.add_all(rows)
-            self.written += len(rows)
+            self._insert(items)
+            written, again = items, []
         except Exception as exc:  # noqa: BLE001 (logged and counted; inspections are never failed by it)
-            log.error("writing %d inspection record(s) failed: %s", len(rows), exc)
-            for _ in rows:
-                self.on_failure("write")
-            return False
-        self._since_retention += len(rows)
-        if self._since_retention < self._retention_every:
-            return True
-        self._since_retention = 0
+            written, again, failures = [], [], [(items[0], exc)] if len(items) == 1 else []
+            if len(items) > 1:
+                log.warning("writing %d inspection records together failed (%s): writing them one at a time",
+                            len(items), _short(exc))
+                for item in items:
+                    try:
+                        self._insert([item])
+                        written.append(item)
+                    except Exception as one:  # noqa: BLE001
+                        failures.append((item, one))
+            for item, one in failures:
+                if isinstance(one, IntegrityError) and self._exists(item.id):  # an earlier try's commit landed
+                    written.append(item)
+                elif isinstance(one, TRANSIENT):
+                    item.attempts += 1
+                    self._last_error = _short(one)
+                    self.on_failure("write")
+                    again.append(item)
+                else:
+                    self._reject(item, one)
+            if again:
+                log.error("writing %d inspection record(s) failed (%s): retrying; the journal keeps them",
+                          len(again), self._last_error)
+        with self._changed:
+            for item in written:
+                self._unwritten.pop(item.id, None)
+            for item in again:
+                self._unwritten[item.id] = f"not written yet: the records database failed ({self._last_error}); retrying"
+            self._changed.notify_all()
+        if not again:
+            self._last_error = None
+        self.written += len(written)
+        self._since_retention += len(written)
+        if written and self._since_retention >= self._retention_every:
+            self._since_retention = 0
+            try:
+                self.enforce_retention()
+            except Exception as exc:  # noqa: BLE001
+                log.error("enforcing the records' retention failed: %s", exc)
+                self.on_failure("retention")
+        return again
+
+    def _exists(self, record_id: str) -> bool:
         try:
-            self.enforce_retention()
-        except Exception as exc:  # noqa: BLE001
-            log.error("enforcing the records' retention failed: %s", exc)
-            self.on_failure("retention")
-        return True
+            with Session(self.engine) as session:
+                return session.get(Record, record_id) is not None
+        except Exception:  # noqa: BLE001
+            return False
+
+    def _reject(self, item: Pending, exc: Exception) -> None:
+        """A record the database refuses for what it holds: logged, counted, and kept with the
+        reason in ``rejected_path`` (it would be refused again, so it is not retried)."""
+        reason = f"the records database refused it ({_short(exc)})"
+        log.error("inspection record %s rejected: %s", item.id, reason)
+        self.on_failure("rejected")
+        if self.rejected_path is not None:
+            try:
+                line = json.dumps({"error": reason, "record": json.loads(_journal_line(item))}) + "\n"
+                with open(self.rejected_path, "a", encoding="utf-8") as f:
+                    f.write(line)
+                reason += f"; its result is kept in {self.rejected_path.name} on the service's data volume"
+            except OSError as err:
+                log.error("keeping rejected record %s failed: %s", item.id, err)
+        with self._changed:
+            self._unwritten.pop(item.id, None)
+            self._rejected[item.id] = reason
+            while len(self._rejected) > REJECTED_KEPT:
+                self._rejected.popitem(last=False)
 
     def enforce_retention(self, now: datetime | None = None) -> int:
         """Delete rows older than ``max_age_days`` and beyond the newest ``max_count``; returns how many."""
@@ -381,11 +576,17 @@ class RecordStore:
         with Session(self.engine) as session:
             return session.scalar(filters.apply(select(func.count()).select_from(Record))) or 0
 
-    def list(self, filters: Filters = Filters(), limit: int = 50, offset: int = 0) -> list[Record]:
+    def list(self, filters: Filters = Filters(), limit: int = 50, offset: int = 0,
+             before: tuple[datetime, str] | None = None) -> list[Record]:
         """Records without their images and result (``has_overlay``, ``has_query`` say whether
-        they have images): what a history page and the CSV need."""
+        they have images): what a history page and the CSV need. Newest first; ``before``
+        (created, id) starts after that record, so pages read that way neither repeat nor skip
+        a record when new ones arrive meanwhile."""
         stmt = filters.apply(select(Record, HAS_OVERLAY, Record.query_bytes.is_not(None))
                              .options(*(defer(c) for c in IMAGES), defer(Record.result_json)))
+        if before is not None:
+            created, rid = before
+            stmt = stmt.where(or_(Record.created < created, and_(Record.created == created, Record.id < rid)))
         stmt = stmt.order_by(Record.created.desc(), Record.id.desc()).limit(limit).offset(offset)
         with Session(self.engine, expire_on_commit=False) as session:
             rows = []
@@ -413,15 +614,17 @@ class RecordStore:
             return record
 
     def csv_rows(self, filters: Filters = Filters(), chunk: int = 500) -> Iterator[str]:
-        """The filtered records as CSV text, header first, newest first, in chunks."""
+        """The filtered records as CSV text, header first, newest first, in chunks (each read
+        after the last one's record: records that arrive meanwhile are neither repeated nor
+        shift a later chunk)."""
         columns = ["id", "created", "request_id", "category", "verdict", "score", "threshold", "normalised_score",
                    "filename", "bundle_id", "bundle_sha256", "feedback", "feedback_note", "feedback_at"]
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(columns)
-        offset = 0
+        before = None
         while True:
-            rows = self.list(filters, limit=chunk, offset=offset)
+            rows = self.list(filters, limit=chunk, before=before)
             for r in rows:
                 writer.writerow([_csv_value(getattr(r, c)) for c in columns])
             yield buf.getvalue()
@@ -429,7 +632,7 @@ class RecordStore:
             buf.truncate()
             if len(rows) < chunk:
                 return
-            offset += chunk
+            before = rows[-1].created, rows[-1].id
 
 
 IMAGES = (Record.overlay_png, Record.query_png, Record.reference_png, Record.map_png, Record.query_bytes)
@@ -493,6 +696,12 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
     except (AttributeError, OSError):
         pass
+
+
+def _short(exc: BaseException) -> str:
+    """An exception as one short line for a log, a metric's reason or an answer."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first[:200]}"
 
 
 def _journal_line(item: Pending) -> bytes:

@@ -81,4 +81,5 @@ class RecordPage(BaseModel):
 
 class FeedbackIn(BaseModel):
     label: Literal["confirmed_defect", "false_alarm"] = Field(description="what the part really was")
-    note: str | None = Field(None, max_length=2000)
+    note: str | None = Field(None, max_length=2000, pattern="^[^\\x00]*$",
+                             description="free text (no NUL character, which no database keeps)")

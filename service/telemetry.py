@@ -34,8 +34,9 @@ class Telemetry:
         self.misalignment = Histogram("rpepad_misalignment_pixels", "Residual reference-to-query displacement "
                                       "(models.verify), pixels at 224", ["category"],
                                       buckets=(0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0), registry=r)
-        self.records_failed = Counter("rpepad_records_failed", "Inspection records not written, by reason "
-                                      "(queue_full, write, overlay, retention); the inspections were answered",
+        self.records_failed = Counter("rpepad_records_failed", "Inspection record problems, by reason (queue_full: "
+                                      "kept without images; write: a failed try, retried; rejected; images; dropped; "
+                                      "journal; overlay; retention); the inspections were answered",
                                       ["reason"], registry=r)
         self.errors = Counter("rpepad_errors", "Error responses by status", ["status"], registry=r)
         self.bundles = Gauge("rpepad_bundles_loaded", "Bundles loaded and served", registry=r)

@@ -169,28 +169,43 @@ def test_concurrent_requests_lose_nothing(tiny_release: Path, tmp_path: Path, im
         assert stored == {o["record_id"] for o in outs} and len(stored) == 12
 
 
-def test_failed_and_blocked_writes_never_fail_an_inspection(tiny_release: Path, tmp_path: Path, images) -> None:
+def test_failed_and_blocked_writes_never_fail_an_inspection_nor_lose_its_record(tiny_release: Path, tmp_path: Path,
+                                                                               images) -> None:
     category = tiny_release.name
     with _served(tiny_release.parent, tmp_path, records_queue=1) as c:
         store = c.app.state.svc.records
         gate = threading.Event()
-        real_write = store._write
-        store._write = lambda items: (gate.wait(30), real_write(items))  # a writer stuck on a slow database
+        real_insert = store._insert
+        store._insert = lambda items: (gate.wait(30), real_insert(items))[1]  # a writer stuck on a slow database
         outs = [_inspect(c, category, images["good"]) for _ in range(4)]  # answered while the writer is stuck
         assert all(o["verdict"] in ("normal", "anomalous", "review") for o in outs)
-        metrics = c.get("/metrics").text
-        assert 'rpepad_records_failed_total{reason="queue_full"}' in metrics
+        assert 'rpepad_records_failed_total{reason="queue_full"}' in c.get("/metrics").text
         gate.set()
         _flush(c)
-        store._write = real_write
+        store._insert = real_insert
+        # Every answered inspection has its record; those that found the queue full lack their images.
+        details = [c.get(f"/inspections/{o['record_id']}").json() for o in outs]
+        assert [d["id"] for d in details] == [o["record_id"] for o in outs]
+        assert any(d["overlay_url"] for d in details) and not all(d["overlay_url"] for d in details)
+
         with store.engine.begin() as conn:  # the database breaks under the service
-            conn.exec_driver_sql("DROP TABLE inspections")
-        assert _inspect(c, category, images["good"])["record_id"]
-        _flush(c)
-        assert 'rpepad_records_failed_total{reason="write"} 1.0' in c.get("/metrics").text
+            conn.exec_driver_sql("ALTER TABLE inspections RENAME TO moved_away")
+        rid = _inspect(c, category, images["bad"])["record_id"]
+        end = time.time() + 30
+        while 'rpepad_records_failed_total{reason="write"}' not in c.get("/metrics").text:
+            assert time.time() < end
+            time.sleep(0.05)
         r = c.get("/inspections")  # the records say why they cannot answer; inspections go on
         assert r.status_code == 503 and r.headers["content-type"] == PROBLEM and "database failed" in r.json()["detail"]
-        assert c.get("/readyz").status_code == 200
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and "1 inspection record(s) waiting to be written" in ready.json()["detail"]
+        assert (tmp_path / "records.journal").read_bytes()  # kept while the record waits
+        with store.engine.begin() as conn:  # the database is back: the retry lands, images and all
+            conn.exec_driver_sql("ALTER TABLE moved_away RENAME TO inspections")
+        _flush(c)
+        detail = c.get(f"/inspections/{rid}").json()
+        assert detail["id"] == rid and detail["overlay_url"] and detail["query_url"]
+        assert c.get("/readyz").json()["detail"] is None and (tmp_path / "records.journal").read_bytes() == b""
 
 
 def test_records_need_the_key_and_can_be_off(tiny_release: Path, tmp_path: Path, images) -> None:
@@ -356,3 +371,179 @@ def test_the_evidence_map_keeps_the_decision_contour(tmp_path: Path) -> None:
     back = _unit_map(Evidence.encode(np.zeros((64, 64, 3)), np.zeros((64, 64, 3)), norm).map_png)
     assert np.abs(back - norm).max() <= 1 / MAP_SCALE
     assert ((back > 0.5) == (norm > 0.5)).all()
+
+
+def _pending(rid: str, filename: str | None = "p.png", **result):
+    from service.records import Pending, utc_now
+
+    return Pending(id=rid, created=utc_now(), request_id="r", category="Lego", filename=filename,
+                   bundle_id="Lego@x", bundle_sha256="0" * 64,
+                   result={"verdict": "normal", "score": 3.0, "threshold": 8.0, "normalised_score": 0.2, **result},
+                   evidence=None, query_bytes=None, query_media_type=None)
+
+
+def _refuse_poison(store) -> None:
+    """The database refuses a row for what it holds, as PostgreSQL refuses a NUL or an over-long
+    value: a trigger aborts any row whose file name is 'poison'."""
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TRIGGER poison BEFORE INSERT ON inspections WHEN NEW.filename = 'poison' "
+                             "BEGIN SELECT RAISE(ABORT, 'value refused'); END")
+
+
+def test_one_refused_row_never_sinks_the_others_and_is_kept_with_its_reason(tmp_path: Path) -> None:
+    import json
+
+    from service.records import RecordStore, new_id
+
+    failures: list[str] = []
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}", on_failure=failures.append,
+                        journal=tmp_path / "records.journal")
+    store.start()
+    try:
+        _refuse_poison(store)
+        gate = threading.Event()
+        real_insert = store._insert
+        store._insert = lambda items: (gate.wait(30), real_insert(items))[1]
+        ids = [new_id() for _ in range(5)]
+        for i, rid in enumerate(ids):  # queued together, so written in one transaction first
+            store.submit(_pending(rid, "poison" if i == 2 else f"{i}.png"))
+        gate.set()
+        assert store.flush(timeout=30)
+        assert [store.get(rid) is not None for rid in ids] == [True, True, False, True, True]
+        assert failures == ["rejected"]
+        kept = [json.loads(line) for line in (tmp_path / "records.journal.rejected").read_text().splitlines()]
+        assert [k["record"]["id"] for k in kept] == [ids[2]] and "value refused" in kept[0]["error"]
+        why = store.wait_written(ids[2], timeout=0)
+        assert "refused" in why and "records.journal.rejected" in why
+        assert (tmp_path / "records.journal").read_bytes() == b""  # nothing is left to recover
+    finally:
+        store.stop()
+
+
+def test_a_refused_journal_line_does_not_stop_the_next_start(tmp_path: Path) -> None:
+    import os
+
+    from service.records import RecordStore, new_id
+
+    url, journal = f"sqlite:///{tmp_path / 'records.sqlite3'}", tmp_path / "records.journal"
+    first = RecordStore(url)
+    first.start()
+    _refuse_poison(first)
+    first.stop()
+    killed = RecordStore(url, journal=journal)
+    killed.engine.dispose()
+    killed._journal = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # journaled, never written
+    ids = [new_id() for _ in range(3)]
+    for rid, name in zip(ids, ("a.png", "poison", "b.png")):
+        killed._append(_pending(rid, name))
+    os.close(killed._journal)
+
+    store = RecordStore(url, journal=journal)
+    store.start()  # it used to raise here, at every start, until the journal was deleted by hand
+    try:
+        assert [store.get(rid) is not None for rid in ids] == [True, False, True]
+        assert ids[1] in (tmp_path / "records.journal.rejected").read_text()
+        assert journal.read_bytes() == b""
+    finally:
+        store.stop()
+
+
+def test_a_short_journal_append_is_cut_back_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import json
+    import os
+
+    from service.records import RecordStore, new_id
+
+    failures: list[str] = []
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}", on_failure=failures.append,
+                        journal=tmp_path / "records.journal")
+    store.engine.dispose()
+    store._journal = os.open(store.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        store._append(_pending(new_id()))
+        whole = store.journal_path.read_bytes()
+        real_write = os.write
+
+        def disk_full(fd, data):  # writes half the line, then the disk is full
+            if len(data) > 20:
+                return real_write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "write", disk_full)
+        store._append(_pending(new_id()))
+        monkeypatch.setattr(os, "write", real_write)
+        assert failures == ["journal"] and store.journal_path.read_bytes() == whole
+        store._append(_pending(new_id()))  # the next line is whole, not glued onto a half one
+        lines = store.journal_path.read_bytes().splitlines()
+        assert len(lines) == 2 and all(json.loads(line)["category"] == "Lego" for line in lines)
+    finally:
+        os.close(store._journal)
+
+
+def test_file_names_are_cleaned_for_the_answer_and_the_record(tiny_release: Path, tmp_path: Path, images) -> None:
+    from service.records import MAX_FILENAME, clean_filename
+
+    assert clean_filename(None) is None and clean_filename("\x00\x01") is None
+    assert clean_filename("part\x00 7\t.png") == "part 7.png"
+    long = clean_filename("x" * 400 + ".png")
+    assert len(long) == MAX_FILENAME and long.endswith("xxx.png") and "\u2026" in long
+    assert clean_filename("bad\udcff.png") == "bad?.png"  # not valid UTF-8: replaced, not refused later
+    with _served(tiny_release.parent, tmp_path) as c:
+        name = "a\x00b" + "y" * 300 + ".png"  # sent raw, as a hand-made client can (httpx escapes a NUL)
+        body = (b'--B\r\nContent-Disposition: form-data; name="category"\r\n\r\n' + tiny_release.name.encode()
+                + b'\r\n--B\r\nContent-Disposition: form-data; name="file"; filename="' + name.encode()
+                + b'"\r\nContent-Type: image/png\r\n\r\n' + images["good"] + b"\r\n--B--\r\n")
+        r = c.post("/inspect", content=body, headers={"content-type": "multipart/form-data; boundary=B"})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["filename"] == clean_filename(name) and out["filename"].startswith("ab")
+        _flush(c)
+        assert c.get(f"/inspections/{out['record_id']}").json()["filename"] == out["filename"]
+        r = c.post(f"/inspections/{out['record_id']}/feedback", json={"label": "false_alarm", "note": "a\x00b"})
+        assert r.status_code == 422  # a NUL no database keeps is the caller's mistake, not a 503
+
+
+def test_a_record_can_be_opened_and_given_feedback_as_soon_as_it_is_answered(tiny_release: Path, tmp_path: Path,
+                                                                             images) -> None:
+    with _served(tiny_release.parent, tmp_path) as c:
+        store = c.app.state.svc.records
+        real_insert = store._insert
+        store._insert = lambda items: (time.sleep(0.5), real_insert(items))[1]  # a slow database
+        rid = _inspect(c, tiny_release.name, images["bad"])["record_id"]
+        r = c.post(f"/inspections/{rid}/feedback", json={"label": "confirmed_defect"})  # before the writer is done
+        assert r.status_code == 200 and r.json()["feedback"] == "confirmed_defect"
+        store._insert = lambda items: (time.sleep(30), real_insert(items))[1]  # one that takes too long
+        rid = _inspect(c, tiny_release.name, images["bad"])["record_id"]
+        r = c.get(f"/inspections/{rid}")
+        assert r.status_code == 503 and "queued" in r.json()["detail"] and r.headers["retry-after"] == "5"
+        store._insert = real_insert
+
+
+def test_the_csv_export_neither_repeats_nor_skips_when_records_arrive(tmp_path: Path) -> None:
+    from service.records import RecordStore, new_id
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}")
+    store.start()
+    try:
+        before = [new_id() for _ in range(7)]
+        for rid in before:
+            store.submit(_pending(rid))
+        assert store.flush(timeout=30)
+        chunks = store.csv_rows(chunk=2)
+        text = next(chunks) + next(chunks)  # the header and the newest two
+        for _ in range(3):  # newer records arrive during the export
+            store.submit(_pending(new_id()))
+        assert store.flush(timeout=30)
+        text += "".join(chunks)
+        exported = [row["id"] for row in csv.DictReader(io.StringIO(text))]
+        assert sorted(exported) == sorted(before) and len(exported) == len(set(exported))
+    finally:
+        store.stop()
+
+
+def test_readyz_names_the_records_problem(tiny_release: Path, tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("a file where the data folder goes")
+    with _served(tiny_release.parent, tmp_path / "data") as c:
+        detail = c.get("/readyz").json()["detail"]
+        assert detail.startswith("records: inspection records unavailable")
