@@ -500,12 +500,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                     "requests in flight and arriving are still served")
         ready_state(state)
         found = state.problems()
-        if state.records_error is not None:
-            found["records"] = state.records_error
-        elif state.records is not None and (behind := state.records.health()) is not None:
-            found["records"] = behind
+        records = state.records_error or (state.records.health() if state.records is not None else None)
+        if records is not None:
+            found["records"] = records
         problems = "; ".join(f"{name}: {reason}" for name, reason in found.items())
-        return Health(status="ready", bundles_loaded=len(state.inspectors), detail=problems or None)
+        return Health(status="ready", bundles_loaded=len(state.inspectors), detail=problems or None, records=records)
 
     @app.get("/metrics", tags=["operations"], response_class=Response,
              responses={200: {"description": "Prometheus text format", "content": {METRICS_TYPE: {}}}})

@@ -41,6 +41,8 @@ class Health(BaseModel):
     status: str
     bundles_loaded: int | None = None
     detail: str | None = None
+    records: str | None = Field(None, description="why inspection records are unavailable or behind (also in "
+                                                    "detail); null when they are written as they come, or are off")
 
 
 class RecordSummary(BaseModel):

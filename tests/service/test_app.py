@@ -71,7 +71,8 @@ def _post(client: TestClient, category: str, data: bytes, media: str = "image/pn
 
 @pytest.mark.slow(seconds=15)
 def test_health_ready_categories_openapi(client: TestClient, category: str) -> None:
-    assert client.get("/healthz").json() == {"status": "ok", "bundles_loaded": None, "detail": None}
+    assert client.get("/healthz").json() == {"status": "ok", "bundles_loaded": None, "detail": None,
+                                             "records": None}
     assert client.get("/readyz").json()["bundles_loaded"] == 1
     cats = client.get("/categories").json()
     (info,) = cats["categories"]

@@ -139,3 +139,43 @@ def test_tablet_width_keeps_every_control_reachable(station: Service) -> None:
             assert page.find_all(f"label[for={element_id}]"), css
     finally:
         d.quit()
+
+
+@pytest.mark.slow(seconds=30)
+def test_the_page_says_what_the_records_cannot_do(tiny_release: Path, queries: dict[str, Path], tmp_path: Path,
+                                                  driver) -> None:
+    data = tmp_path / "data"
+    data.write_text("a file where the records' folder goes")  # records unavailable; inspections go on
+    service = Service(tiny_release.parent, data, log=tmp_path / "serve.log").start()
+    try:
+        page = Page(driver, service.url)
+        page.open("/")
+        status = page.find("#service-status")
+        page.wait.until(lambda d: "Inspection records: inspection records unavailable" in status.text)
+        assert "error" in status.get_attribute("class").split()
+        (card,) = page.upload(queries["good"])
+        assert _verdict(card) in ("normal", "anomalous", "review") and "not recorded" in card.text
+    finally:
+        service.stop()
+
+
+def test_long_names_and_impossible_dates_in_the_history(station: Service, queries: dict[str, Path], tmp_path: Path,
+                                                        driver) -> None:
+    long = tmp_path / ("part-" + "7" * 180 + ".png")
+    long.write_bytes(queries["good"].read_bytes())
+    page = Page(driver, station.url)
+    page.open("/", api_key=KEY)
+    page.upload(long)
+    page.find("#nav-history").click()
+    page.wait.until(lambda d: any("part-777" in r.text for r in page.find_all("#history-table tbody tr")))
+    row = next(r for r in page.find_all("#history-table tbody tr") if "part-777" in r.text)
+    link = row.find_element("css selector", "a")
+    width = driver.execute_script("return document.documentElement.clientWidth")
+    assert 0 <= link.rect["x"] and link.rect["x"] + link.rect["width"] <= width  # the name wraps; Open stays in view
+
+    # A year the records cannot hold: said in place, and the old table is not passed off as the answer.
+    driver.execute_script("document.querySelector('#f-until').value = '20000-01-01'")
+    assert page.find("#f-until").get_attribute("value") == "20000-01-01"
+    page.find("#history-filters button[type=submit]").click()
+    page.wait.until(lambda d: "not a date the records can hold" in page.find("#history-summary").text)
+    assert not page.find_all("#history-table tbody tr")

@@ -103,7 +103,7 @@ async function waitReady() {
     try {
       const response = await fetch("/readyz");
       const body = await response.json();
-      if (response.ok) return;
+      if (response.ok) return body;
       setStatus(`The service is not ready yet: ${body.detail || "loading"}. Retrying…`);
     } catch (err) {
       setStatus(`The service cannot be reached (${err.message}). Retrying…`, true);
@@ -112,7 +112,7 @@ async function waitReady() {
   }
 }
 
-async function loadCategories() {
+async function loadCategories(ready = null) {
   const body = await getJson("/categories");
   state.categories = new Map(body.categories.map((c) => [c.category, c]));
   const select = $("#category");
@@ -124,8 +124,10 @@ async function loadCategories() {
     filter.append(new Option(name, name));
   }
   const refused = Object.keys(body.refused || {});
+  const records = ready && ready.records;  // unavailable, or behind: inspections are answered, records may wait
   setStatus(`${state.categories.size} categor${state.categories.size === 1 ? "y" : "ies"} loaded` +
-            (refused.length ? `; refused: ${refused.join(", ")} (see GET /categories)` : ""));
+            (refused.length ? `; refused: ${refused.join(", ")} (see GET /categories)` : "") +
+            (records ? `. Inspection records: ${records}` : ""), Boolean(records));
   setupSlider();
 }
 
@@ -192,7 +194,8 @@ async function inspect(card) {
     fill(card);
   } catch (err) {
     const error = $(".error", card.el);
-    error.textContent = `${card.file.name}: ${err.message}`;
+    // The service's message often names the file already.
+    error.textContent = err.message.startsWith(card.file.name) ? err.message : `${card.file.name}: ${err.message}`;
     error.hidden = false;
     $(".verdict", card.el).textContent = "error";
     card.el.classList.add("failed");
@@ -284,6 +287,8 @@ function fill(card) {
     link.href = `#/inspections/${result.record_id}`;
     link.textContent = "record and feedback";
     meta.append(" · ", link);
+  } else {
+    meta.append(" · not recorded (inspection records are off or unavailable: see the status line)");
   }
   if (result.verification && result.verification.verified === false) {
     meta.append(` · pose check failed: ${result.verification.reason || "the reference does not fit the photo"}`);
@@ -337,19 +342,20 @@ function filterParams() {
   if (until) {
     const next = new Date(`${until}T00:00:00Z`);
     next.setUTCDate(next.getUTCDate() + 1);
+    if (Number.isNaN(next.getTime()) || next.getUTCFullYear() > 9999) throw new Error(`"until" ${until} is not a date the records can hold`);
     params.set("until", next.toISOString());
   }
   return params;
 }
 
 async function loadHistory() {
-  const params = filterParams();
-  params.set("limit", String(PAGE_SIZE));
-  params.set("offset", String(state.offset));
   const summary = $("#history-summary");
   summary.textContent = "Loading…";
   const body = $("#history-table tbody");
   try {
+    const params = filterParams();
+    params.set("limit", String(PAGE_SIZE));
+    params.set("offset", String(state.offset));
     const page = await getJson(`/inspections?${params}`);
     body.replaceChildren(...page.items.map(historyRow));
     const last = Math.min(page.offset + page.items.length, page.total);
@@ -385,6 +391,10 @@ function historyRow(r) {
 }
 
 async function exportCsv() {
+  const button = $("#export-csv"), summary = $("#history-summary");
+  const before = summary.textContent;
+  button.disabled = true;
+  summary.textContent = "Exporting the matching records…";  // many thousands take seconds
   try {
     const blob = await (await api(`/inspections.csv?${filterParams()}`)).blob();
     const a = document.createElement("a");
@@ -392,8 +402,11 @@ async function exportCsv() {
     a.download = "inspections.csv";
     a.click();
     setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+    summary.textContent = before;
   } catch (err) {
-    $("#history-summary").textContent = `Export failed: ${err.message}`;
+    summary.textContent = `Export failed: ${err.message}`;
+  } finally {
+    button.disabled = false;
   }
 }
 
@@ -427,9 +440,20 @@ async function loadDetail(id) {
     body.append(list);
     const images = document.createElement("div");
     images.className = "images";
-    for (const [url, alt] of [[r.overlay_url, "query | rendered reference | overlay with the decision contour"],
-                              [r.query_url, "the query as uploaded"]]) {
-      if (!url) continue;
+    for (const [url, alt, why] of [
+      [r.overlay_url, "query | rendered reference | overlay with the decision contour",
+       "No overlay: this record's images were not stored (it was recovered from the journal after a restart, " +
+       "written when the records queue was full, or its images failed to encode). Its result above is complete."],
+      [r.query_url, "the query as uploaded",
+       "No query image: the upload was not kept (RPEPAD_STORE_QUERIES off, over RPEPAD_MAX_STORED_QUERY_BYTES, " +
+       "or the record was kept without its images)."]]) {
+      if (!url) {
+        const missing = document.createElement("p");
+        missing.className = "meta missing-image";
+        missing.textContent = why;
+        images.append(missing);
+        continue;
+      }
       const figure = document.createElement("figure"), img = document.createElement("img"), caption = document.createElement("figcaption");
       img.alt = alt;
       caption.textContent = alt;
