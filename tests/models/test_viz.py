@@ -35,3 +35,12 @@ def test_side_by_side_has_three_panels() -> None:
     img = np.random.default_rng(0).random((50, 60, 3)).astype(np.float32)
     sheet = side_by_side(img, img, np.zeros((50, 60), np.float32), title="t", cell=100)
     assert sheet.width >= 3 * 100 and sheet.height > 100
+    # The panels hold what they say: a red query, a blue reference, then the query under a quiet map.
+    red, blue = np.zeros((50, 60, 3), np.float32), np.zeros((50, 60, 3), np.float32)
+    red[..., 0], blue[..., 2] = 1.0, 1.0
+    arr = np.asarray(side_by_side(red, blue, np.zeros((50, 60), np.float32), cell=100).convert("RGB")).astype(int)
+    is_red = (arr[..., 0] > 200) & (arr[..., 1] < 50) & (arr[..., 2] < 50)
+    is_blue = (arr[..., 2] > 200) & (arr[..., 0] < 50) & (arr[..., 1] < 50)
+    red_cols, blue_cols = np.flatnonzero(is_red.sum(0) > 40), np.flatnonzero(is_blue.sum(0) > 40)
+    assert len(blue_cols) >= 90 and len(red_cols) >= 2 * 90
+    assert red_cols.min() < blue_cols.min() and red_cols.max() > blue_cols.max()  # red | blue | red
