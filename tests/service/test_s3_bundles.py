@@ -239,7 +239,8 @@ def test_service_swaps_versions_under_load_and_keeps_serving_through_failures(
         _upload(bucket, tiny_release)
         with _client(url, tmp_path) as c:
             _until(lambda: c.get("/readyz").status_code == 200, what="ready")
-            assert c.get("/readyz").json() == {"status": "ready", "bundles_loaded": 1, "detail": None}
+            assert c.get("/readyz").json() == {"status": "ready", "bundles_loaded": 1, "detail": None,
+                                                 "records": None}
             (info,) = c.get("/categories").json()["categories"]
             assert info["bundle_sha256"] == v1 and c.get("/categories").json()["refused"] == {}
             assert _post(c, name, query_png).status_code == 200
