@@ -744,10 +744,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         record = await _database(store.get, record_id)
         if record is not None:
             return record
-        if waiting is not None and "refused" in waiting:
-            raise ServiceError(404, f"inspection record {record_id} was not stored: {waiting}")
+        if waiting is not None and waiting[0] == "rejected":
+            raise ServiceError(404, f"inspection record {record_id} was not stored: {waiting[1]}")
         if waiting is not None:
-            raise ServiceError(503, f"inspection record {record_id} is {waiting}", headers={"Retry-After": "5"})
+            raise ServiceError(503, f"inspection record {record_id} is {waiting[1]}", headers={"Retry-After": "5"})
         raise ServiceError(404, f"no inspection record {record_id!r} (not stored by this service, or past the "
                                 "retention limit)")
 

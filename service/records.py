@@ -20,15 +20,20 @@ and micro-batches lose nothing.
 
 Nothing answered is dropped while the service runs either:
 - a write that fails for a reason that may pass (the database locked, unreachable, its disk
-  full: ``TRANSIENT``) is retried with a growing pause, images and all, and the journal
-  keeps the records until they are in;
-- a transaction that fails is split, so one row the database refuses never sinks the others;
-  a row refused for what it holds is moved, with the reason, to ``records.journal.rejected``
-  beside the journal (for an administrator; it would be refused again);
+  full: ``TRANSIENT``) is retried, one try a round for the whole batch, after a pause that
+  grows with the most-tried record (0.5 s doubling to 30 s; records arriving meanwhile wait
+  with them), images and all; the journal keeps the records until they are in;
+- any other failed transaction, or a transient one tried ``SPLIT_AFTER`` times, is split, so
+  one row the database refuses never sinks the others; a row refused for what it holds (or
+  failing ``REJECT_AFTER`` times while the rows around it are written) is moved, with the
+  reason, to ``records.journal.rejected`` beside the journal (for an administrator);
 - a record that finds the queue full is still written, without its images (the queue bounds
-  the memory the images hold);
+  the memory the images hold); past ``WAITING_MAX`` waiting records, one is left to the
+  journal alone, and the writer restores it from there once it has caught up;
 - a record asked for before the writer reached it is waited for (``wait_written``), so an
-  answer's ``record_id`` can be opened and given feedback at once.
+  answer's ``record_id`` can be opened and given feedback at once;
+- the writer outlives any failure of its own (counted ``writer``), and ``stop`` returns in its
+  timeout, leaving to the journal what it could not write.
 Each of these is logged and counted (``rpepad_records_failed_total{reason}``), never raised to
 the inspection, and ``health`` says what is waiting for ``/readyz``.
 
@@ -47,6 +52,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
 import os
@@ -235,12 +241,23 @@ def make_engine(url: str) -> Engine:
 
 TRANSIENT = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout, OSError)  # may pass: retry
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0  # the pause before a failed write's retry, doubling up to this
-OVERFLOW_MAX = 100_000  # records (without images) beyond a full queue; about 2 kB each
-REJECTED_KEPT = 1000  # ids of rejected records remembered, to say why when asked
+WAITING_MAX = 100_000  # records waiting beyond the queue (a retry, a full queue), kept without images past the
+#                        queue's size: about 2 kB each; beyond it a record is left to the journal alone
+NOTES_KEPT = 1000  # ids of records rejected or left to the journal, remembered to say why when asked
+SPLIT_AFTER, REJECT_AFTER = 3, 8  # a batch failing for a transient reason this often is split; a row, rejected
+CHECK_IDS = 500  # ids per "which of these are in the database" query (under every backend's parameter limit)
+
+Waiting = Literal["queued", "retrying", "rejected", "journal"]
 
 
 class RecordStore:
-    """The records database and its one writer thread (``start`` / ``stop``)."""
+    """The records database and its one writer thread (``start`` / ``stop``).
+
+    States of a submitted record until it is in the database (``wait_written``): ``queued``
+    (on the queue, or beyond it without its images); ``retrying`` (a write failed for a
+    ``TRANSIENT`` reason); ``rejected`` (refused for what it holds: in ``rejected_path``);
+    ``journal`` (more than ``WAITING_MAX`` waited: only the journal holds it, and the writer
+    restores it from there once it has caught up, as a start does)."""
 
     def __init__(self, url: str, max_count: int | None = None, max_age_days: float | None = None,
                  queue_size: int = 256, on_failure: Callable[[str], None] | None = None,
@@ -248,8 +265,8 @@ class RecordStore:
         self.url = url
         self.journal_path = journal
         self._journal: int | None = None  # file descriptor, O_APPEND
-        self._journal_lock = threading.Lock()  # an append and its submit, or the emptying, at a time
-        self._keep_journal = False  # True once a record was dropped: the journal keeps it for the next start
+        self._journal_lock = threading.Lock()  # an append and its submit, the emptying, or the closing, at a time
+        self._restore_journal = False  # some record is in the journal alone: restore it from there when caught up
         self.engine = make_engine(url)
         self.max_count, self.max_age_days = max_count, max_age_days
         self.pending: queue.Queue[Pending | None] = queue.Queue(maxsize=queue_size)
@@ -261,16 +278,19 @@ class RecordStore:
         self._retention_every = max(1, min(100, (max_count or 0) // 100))
         self._since_retention = 0
         self._thread: threading.Thread | None = None
-        self._idle = threading.Event()
-        self._idle.set()
+        self._stopping = threading.Event()
         self._overflow: list[Pending] = []  # submitted to a full queue (without images); under _journal_lock
         self._retry: list[Pending] = []  # failed for a reason that may pass (the writer's own)
+        self._inflight: list[Pending] = []  # the round's records, until written, retried or rejected
+        self._busy = False  # the writer is in a round (written rows, then the journal emptied)
+        self._again_soon = False  # a round failed: run another (which empties the journal) without waiting
         self._retry_at = 0.0  # monotonic time of the next retry
         self._last_error: str | None = None  # of the last failed write, while records wait for a retry
-        # What is not in the database yet, by id, and why (read with wait_written); guarded by _changed.
+        self._writer_error: str | None = None  # the writer's last unexpected failure (it carries on)
+        # Every record submitted and not yet in the database, by id: (state, why); guarded by _changed.
         self._changed = threading.Condition()
-        self._unwritten: dict[str, str] = {}
-        self._rejected: OrderedDict[str, str] = OrderedDict()
+        self._unwritten: dict[str, tuple[Waiting, str]] = {}
+        self._notes: OrderedDict[str, tuple[Waiting, str]] = OrderedDict()  # rejected, or in the journal alone
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -283,14 +303,20 @@ class RecordStore:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Write what is queued (one more try for what waits for a retry), then stop the writer."""
+        """Write what is queued (one more try for what waits for a retry), then stop the writer;
+        what it could not write in ``timeout`` stays in the journal for the next start."""
         if self._thread is not None:
-            self.pending.put(None)
+            self._stopping.set()
+            try:
+                self.pending.put_nowait(None)  # wakes a waiting writer; a full queue wakes it anyway
+            except queue.Full:
+                pass
             self._thread.join(timeout)
             self._thread = None
-        if self._journal is not None:
-            os.close(self._journal)
-            self._journal = None
+        with self._journal_lock:
+            if self._journal is not None:
+                os.close(self._journal)
+                self._journal = None
         self.engine.dispose()
 
     @property
@@ -305,57 +331,81 @@ class RecordStore:
         (``TRANSIENT``) stops the start, and the journal keeps it."""
         if self.journal_path is None or not self.journal_path.exists():
             return 0
-        items, cut = [], 0
-        for line in self.journal_path.read_bytes().splitlines():
-            try:
-                entry = json.loads(line)
-                items.append(Pending(id=entry["id"], created=datetime.fromisoformat(entry["created"]),
-                                     request_id=entry["request_id"], category=entry["category"],
-                                     filename=entry["filename"], bundle_id=entry["bundle_id"],
-                                     bundle_sha256=entry["bundle_sha256"], result=entry["result"], evidence=None,
-                                     query_bytes=None, query_media_type=None))
-            except (ValueError, KeyError, TypeError):  # a line cut short by the kill
-                cut += 1
-        if cut:
-            log.warning("records journal: %d line(s) cut short (a kill mid-append) skipped", cut)
-        ids = [i.id for i in items]
-        with Session(self.engine) as session:
-            have = set(session.scalars(select(Record.id).where(Record.id.in_(ids)))) if ids else set()
-        missing = [i for i in items if i.id not in have]
-        again = self._write(missing) if missing else []
+        restored, again = self._restore()
         if again:
-            raise RuntimeError(f"could not recover {len(again)} journaled record(s) into {self.url}: {self._last_error}")
-        if missing:
-            log.warning("recovered %d inspection record(s) from the journal (their images were lost)", len(missing))
+            raise RuntimeError(f"could not recover {again} journaled record(s) into {self.url}: {self._last_error}")
+        if restored:
+            log.warning("recovered %d inspection record(s) from the journal (their images were lost)", restored)
         self.journal_path.write_bytes(b"")
-        return len(missing)
+        return restored
+
+    def _restore(self, at_start: bool = True) -> tuple[int, int]:
+        """Write the journal's records that the database lacks, a chunk at a time (the file
+        streamed, the ids checked ``CHECK_IDS`` at a time); (written, left for a retry). While
+        the service runs, records on their way to the writer are left to it (with their images)."""
+        restored = again = cut = 0
+        with open(self.journal_path, "rb") as journal:
+            while chunk := list(itertools.islice(journal, CHECK_IDS)):
+                items = []
+                for line in chunk:
+                    try:
+                        items.append(_from_journal(json.loads(line)))
+                    except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+                        cut += 1
+                with Session(self.engine) as session:
+                    have = set(session.scalars(select(Record.id).where(Record.id.in_([i.id for i in items]))))
+                with self._changed:
+                    on_their_way = set(self._unwritten)
+                missing = list({i.id: i for i in items if i.id not in have and i.id not in on_their_way}.values())
+                left = {i.id for i in (self._write(missing) if missing else [])}
+                restored, again = restored + len(missing) - len(left), again + len(left)
+                with self._changed:
+                    for item in missing:
+                        if item.id not in left and self._notes.get(item.id, ("",))[0] == "journal":
+                            del self._notes[item.id]
+        if cut and at_start:  # while running, the last line may be one being appended: its record is queued
+            log.warning("records journal: %d line(s) cut short (a kill mid-append) skipped", cut)
+        return restored, again
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything submitted so far is written or rejected (tests, shutdown)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.pending.empty() and self._idle.is_set() and not self._retry and not self._overflow:
-                return True
-            time.sleep(0.01)
-        return False
-
-    def wait_written(self, record_id: str, timeout: float = 2.0) -> str | None:
-        """Wait up to ``timeout`` s for ``record_id`` to reach the database; None once it has
-        (or when it was never submitted here), else why it has not: still queued, waiting for
-        a retry (with the error), or rejected (with the reason)."""
+        """Wait until every record submitted so far is in the database, rejected, or left to the
+        journal (tests, shutdown); False when ``timeout`` passed first."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while record_id in self._unwritten and (left := deadline - time.monotonic()) > 0:
+            while self._unwritten or self._busy:
+                if (left := deadline - time.monotonic()) <= 0:
+                    return False
                 self._changed.wait(left)
-            return self._unwritten.get(record_id) or self._rejected.get(record_id)
+        return True
+
+    def wait_written(self, record_id: str, timeout: float = 2.0) -> tuple[Waiting, str] | None:
+        """None once ``record_id`` is in the database (or when it was never submitted here);
+        else its state and why. Waits up to ``timeout`` s while it is queued (the writer is on
+        its way); a record waiting for a retry or rejected is answered at once."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while (state := self._unwritten.get(record_id)) and state[0] == "queued":
+                if (left := deadline - time.monotonic()) <= 0:
+                    break
+                self._changed.wait(left)
+            return self._unwritten.get(record_id) or self._notes.get(record_id)
 
     def health(self) -> str | None:
-        """What the writer is behind on, for ``/readyz``: None when nothing waits for a retry."""
-        waiting = len(self._retry)
-        if not waiting:
-            return None
-        return (f"{waiting} inspection record(s) waiting to be written, retried every {RETRY_MAX_S:g} s at most "
-                f"(last error: {self._last_error}); the journal keeps them")
+        """What the writer is behind on, for ``/readyz``; None when it keeps up."""
+        if self._thread is not None and not self._thread.is_alive():
+            return f"the records writer stopped ({self._writer_error}); new records are journaled only"
+        with self._changed:
+            retrying = sum(1 for state, _ in self._unwritten.values() if state == "retrying")
+        problems = []
+        if retrying:
+            problems.append(f"{retrying} inspection record(s) waiting to be written, retried every "
+                            f"{RETRY_MAX_S:g} s at most (last error: {self._last_error}); the journal keeps them")
+        if self._restore_journal:
+            problems.append("some records are in the journal alone (too many waited): written once the writer "
+                            "catches up")
+        if self._writer_error:
+            problems.append(f"the records writer recovered from an error: {self._writer_error}")
+        return "; ".join(problems) or None
 
     # ------------------------------------------------------------ writing
     def submit(self, item: Pending) -> bool:
@@ -366,28 +416,40 @@ class RecordStore:
             if self._journal is not None:
                 self._append(item)
             with self._changed:
-                self._unwritten[item.id] = "queued for the records writer"
+                self._unwritten[item.id] = ("queued", "queued for the records writer")
             try:
                 self.pending.put_nowait(item)
                 return True
             except queue.Full:
                 pass
-            if len(self._overflow) < OVERFLOW_MAX:
+            kept = len(self._overflow) + len(self._retry) < WAITING_MAX
+            if kept:
                 self._overflow.append(item.without_images())
-                reason = "queue_full"
-            else:
-                with self._changed:
-                    self._unwritten.pop(item.id, None)
-                self._keep_journal = True
-                reason = "dropped"
-        if reason == "queue_full":
+        if kept:
             log.error("inspection record %s will be written without its images: the records queue is full "
                       "(%d waiting)", item.id, self.pending.qsize())
+            self.on_failure("queue_full")
         else:
-            log.error("inspection record %s dropped: %d records wait beyond a full queue; the journal keeps it "
-                      "for the next start", item.id, OVERFLOW_MAX)
-        self.on_failure(reason)
+            self._leave_to_journal([item])
         return False
+
+    def _leave_to_journal(self, items: list[Pending]) -> None:
+        """More than ``WAITING_MAX`` records wait: these are left to the journal, which the
+        writer restores from once it has caught up (counted ``dropped``: their images are lost)."""
+        self._restore_journal = True
+        note = ("journal", "kept in the records journal alone (too many records waited); it is written once the "
+                           "records writer catches up, without its images")
+        with self._changed:
+            for item in items:
+                self._unwritten.pop(item.id, None)
+                self._notes[item.id] = note
+            while len(self._notes) > NOTES_KEPT:
+                self._notes.popitem(last=False)
+            self._changed.notify_all()
+        log.error("%d inspection record(s) left to the journal: %d records wait to be written", len(items),
+                  WAITING_MAX)
+        for _ in items:
+            self.on_failure("dropped")
 
     def _append(self, item: Pending) -> None:
         """One journal line, whole or not at all (a short write is cut back off, so the next
@@ -410,43 +472,94 @@ class RecordStore:
     def _run(self) -> None:
         _lower_priority()
         while True:
-            waiting = self._retry or self._overflow
-            timeout = max(0.0, self._retry_at - time.monotonic()) if self._retry else 0.0 if waiting else None
             try:
-                batch = [self.pending.get(timeout=timeout)]
-            except queue.Empty:
-                batch = []
-            self._idle.clear()
-            while len(batch) < 64:
-                try:
-                    batch.append(self.pending.get_nowait())
-                except queue.Empty:
-                    break
-            stop = None in batch
-            items = [b for b in batch if b is not None]
-            if self._overflow:
-                with self._journal_lock:
-                    items, self._overflow = items + self._overflow, []
-            if self._retry and (stop or time.monotonic() >= self._retry_at):
-                items, self._retry = self._retry + items, []
-            if items:
-                again = self._write(items)
-                if again:
-                    self._retry += again
-                    self._retry_at = time.monotonic() + min(RETRY_MAX_S,
-                                                            RETRY_FIRST_S * 2 ** (max(i.attempts for i in again) - 1))
-                    self._bound_retry()
-            self._empty_journal()
-            self._idle.set()
-            if stop:
-                if self._retry:
-                    log.error("stopping with %d inspection record(s) not written (%s): the journal keeps them for "
-                              "the next start", len(self._retry), self._last_error)
-                return
+                done = self._step()
+                self._round_over()
+                if done:
+                    return
+            except Exception as exc:  # noqa: BLE001 (the writer must outlive any one failure)
+                self._writer_error = _short(exc)
+                log.exception("the records writer failed (%s): it carries on; the journal keeps the records",
+                              self._writer_error)
+                self.on_failure("writer")
+                waiting = {i.id for i in self._retry}
+                self._retry += [i for i in self._inflight if i.id not in waiting]  # tried again in a moment
+                self._inflight = []
+                self._retry_at = time.monotonic() + RETRY_FIRST_S
+                self._again_soon = True
+                self._round_over()
+                time.sleep(RETRY_FIRST_S)
 
-    def _bound_retry(self) -> None:
-        """Records waiting for a retry keep their images up to the queue's size; older ones
-        beyond it are kept without them (the queue bounds what images may hold in memory)."""
+    def _round_over(self) -> None:
+        with self._changed:
+            self._busy = False
+            self._changed.notify_all()
+
+    def _step(self) -> bool:
+        """One round of the writer: a batch from the queue, what waits beyond it, and the
+        retries that are due; True when it is time to stop."""
+        now = time.monotonic()
+        if self._stopping.is_set() or self._again_soon:
+            self._again_soon = False
+            timeout = 0.0
+        elif self._retry:
+            timeout = max(0.0, self._retry_at - now)
+        else:
+            timeout = 0.0 if self._overflow else None
+        try:
+            batch = [self.pending.get(timeout=timeout)]
+        except queue.Empty:
+            batch = []
+        self._busy = True
+        while len(batch) < 64:
+            try:
+                batch.append(self.pending.get_nowait())
+            except queue.Empty:
+                break
+        stopping = self._stopping.is_set()
+        items = [b for b in batch if b is not None]
+        if self._overflow:
+            with self._journal_lock:
+                items, self._overflow = items + self._overflow, []
+        due = stopping or time.monotonic() >= self._retry_at
+        self._inflight = items
+        if self._retry and not due:  # the database failed a moment ago: these wait for the retry with the others
+            self._wait_for_retry(items)
+            items = []
+        elif self._retry:
+            items, self._retry = self._retry + items, []
+            self._inflight = items
+        if items:
+            again = self._write(items)
+            if again:
+                self._wait_for_retry(again)
+        self._inflight = []
+        self._empty_journal()
+        if stopping and (self.pending.empty() or self._retry):
+            if self._retry:
+                log.error("stopping with %d inspection record(s) not written (%s): the journal keeps them for "
+                          "the next start", len(self._retry), self._last_error)
+            return True
+        return False
+
+    def _wait_for_retry(self, items: list[Pending]) -> None:
+        """``items`` join those waiting for a retry; the pause grows with the most-tried of them
+        and is never shortened by a newcomer. Past ``WAITING_MAX`` they are left to the journal;
+        past the queue's size they wait without their images."""
+        room = max(0, WAITING_MAX - len(self._retry) - len(self._overflow))
+        if len(items) > room:
+            self._leave_to_journal(items[room:])
+            items = items[:room]
+        self._retry += items
+        tries = max((i.attempts for i in self._retry), default=1)
+        pause = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(max(tries, 1) - 1, 16))
+        self._retry_at = max(self._retry_at, time.monotonic() + pause)
+        reason = f"not written yet: the records database failed ({self._last_error}); retrying"
+        with self._changed:
+            for item in items:
+                if item.id in self._unwritten:
+                    self._unwritten[item.id] = ("retrying", reason)
+            self._changed.notify_all()
         keep = self.pending.maxsize or 256
         heavy = [i for i, item in enumerate(self._retry) if item.encoded is not None or item.query_bytes is not None]
         for i in heavy[: max(0, len(heavy) - keep)]:
@@ -454,12 +567,29 @@ class RecordStore:
             self.on_failure("images")
 
     def _empty_journal(self) -> None:
-        """Everything journaled is in the database once nothing waits: empty the journal."""
-        if self._journal is None or self._keep_journal:
+        """Everything journaled is in the database once nothing waits: empty the journal (after
+        restoring from it what was left to it alone)."""
+        if self._journal is None or self.journal_path is None:
             return
+        if self._restore_journal and self._caught_up():
+            try:
+                _, again = self._restore(at_start=False)
+            except Exception as exc:  # noqa: BLE001 (tried again when the writer next catches up)
+                log.error("restoring records from the journal failed: %s", exc)
+                return
+            if again:
+                return
+            self._restore_journal = False
         with self._journal_lock:
-            if self.pending.empty() and not self._overflow and not self._retry:
-                os.ftruncate(self._journal, 0)
+            if self._journal is not None and self._caught_up() and not self._restore_journal:
+                try:
+                    os.ftruncate(self._journal, 0)
+                except OSError as exc:  # a journal that cannot be emptied only grows; the records are safe
+                    log.error("emptying the records journal failed: %s", exc)
+                    self.on_failure("journal")
+
+    def _caught_up(self) -> bool:
+        return self.pending.empty() and not self._overflow and not self._retry and not self._inflight
 
     def _row(self, item: Pending) -> Record:
         if item.evidence is not None:
@@ -483,43 +613,32 @@ class RecordStore:
             session.add_all([self._row(item) for item in items])
 
     def _write(self, items: list[Pending]) -> list[Pending]:
-        """Insert ``items`` in one transaction; when it fails, one at a time, so that one row the
-        database refuses never sinks the others. Returns those to retry (a ``TRANSIENT``
-        failure); a row refused for what it holds is rejected (``_reject``)."""
+        """Insert ``items`` in one transaction; returns those to retry. A ``TRANSIENT`` failure
+        sends the whole batch back for a retry (the database is down: one try, not one a row),
+        until its records have been tried ``SPLIT_AFTER`` times. Any other failure, or that one,
+        splits the batch one row at a time, so one row the database refuses never sinks the
+        others: a row refused for what it holds is rejected (``_reject``), and so is one that
+        keeps failing ``REJECT_AFTER`` times while the rows around it are written."""
         try:
             self._insert(items)
             written, again = items, []
         except Exception as exc:  # noqa: BLE001 (logged and counted; inspections are never failed by it)
-            written, again, failures = [], [], [(items[0], exc)] if len(items) == 1 else []
-            if len(items) > 1:
-                log.warning("writing %d inspection records together failed (%s): writing them one at a time",
-                            len(items), _short(exc))
-                for item in items:
-                    try:
-                        self._insert([item])
-                        written.append(item)
-                    except Exception as one:  # noqa: BLE001
-                        failures.append((item, one))
-            for item, one in failures:
-                if isinstance(one, IntegrityError) and self._exists(item.id):  # an earlier try's commit landed
-                    written.append(item)
-                elif isinstance(one, TRANSIENT):
-                    item.attempts += 1
-                    self._last_error = _short(one)
-                    self.on_failure("write")
-                    again.append(item)
-                else:
-                    self._reject(item, one)
-            if again:
-                log.error("writing %d inspection record(s) failed (%s): retrying; the journal keeps them",
-                          len(again), self._last_error)
+            if isinstance(exc, TRANSIENT) and (len(items) == 1 or max(i.attempts for i in items) < SPLIT_AFTER):
+                self._note_failure(exc, items)
+                written, again = [], items
+            else:
+                if len(items) > 1:
+                    log.warning("writing %d inspection records together failed (%s): writing them one at a time",
+                                len(items), _short(exc))
+                written, again = self._write_each(items, exc if len(items) == 1 else None)
+        if again:
+            log.error("writing %d inspection record(s) failed (%s): retrying; the journal keeps them",
+                      len(again), self._last_error)
         with self._changed:
             for item in written:
                 self._unwritten.pop(item.id, None)
-            for item in again:
-                self._unwritten[item.id] = f"not written yet: the records database failed ({self._last_error}); retrying"
             self._changed.notify_all()
-        if not again:
+        if written and not again and not self._retry:
             self._last_error = None
         self.written += len(written)
         self._since_retention += len(written)
@@ -532,12 +651,54 @@ class RecordStore:
                 self.on_failure("retention")
         return again
 
+    def _write_each(self, items: list[Pending], known: Exception | None) -> tuple[list[Pending], list[Pending]]:
+        """``items`` one transaction each (``known``: the one item's failure, already seen);
+        (written, to retry). Two rows in a row failing for a ``TRANSIENT`` reason before any is
+        written means the database is down: the rest go back untried."""
+        written, again, failing = [], [], 0
+        for n, item in enumerate(items):
+            try:
+                if known is not None:
+                    raise known
+                self._insert([item])
+                written.append(item)
+                failing = 0
+            except TRANSIENT as one:
+                self._note_failure(one, [item])
+                again.append(item)
+                failing += 1
+                if failing >= 2 and not written:
+                    again += items[n + 1:]
+                    break
+            except IntegrityError as one:  # refused, or an earlier try's commit that did land
+                try:
+                    landed = self._exists(item.id)
+                except Exception as check:  # noqa: BLE001 (cannot tell now: try again later)
+                    self._note_failure(check, [item])
+                    again.append(item)
+                    continue
+                if landed:
+                    written.append(item)
+                else:
+                    self._reject(item, one)
+            except Exception as one:  # noqa: BLE001
+                self._reject(item, one)
+        if written:  # the database takes rows: one that keeps failing is refusing it
+            for item in [i for i in again if i.attempts >= REJECT_AFTER]:
+                again.remove(item)
+                self._reject(item, RuntimeError(f"it failed {item.attempts} times while other records were written "
+                                                f"(last: {self._last_error})"))
+        return written, again
+
+    def _note_failure(self, exc: Exception, items: list[Pending]) -> None:
+        self._last_error = _short(exc)
+        for item in items:
+            item.attempts += 1
+            self.on_failure("write")
+
     def _exists(self, record_id: str) -> bool:
-        try:
-            with Session(self.engine) as session:
-                return session.get(Record, record_id) is not None
-        except Exception:  # noqa: BLE001
-            return False
+        with Session(self.engine) as session:
+            return session.get(Record, record_id) is not None
 
     def _reject(self, item: Pending, exc: Exception) -> None:
         """A record the database refuses for what it holds: logged, counted, and kept with the
@@ -555,9 +716,10 @@ class RecordStore:
                 log.error("keeping rejected record %s failed: %s", item.id, err)
         with self._changed:
             self._unwritten.pop(item.id, None)
-            self._rejected[item.id] = reason
-            while len(self._rejected) > REJECTED_KEPT:
-                self._rejected.popitem(last=False)
+            self._notes[item.id] = ("rejected", reason)
+            while len(self._notes) > NOTES_KEPT:
+                self._notes.popitem(last=False)
+            self._changed.notify_all()
 
     def enforce_retention(self, now: datetime | None = None) -> int:
         """Delete rows older than ``max_age_days`` and beyond the newest ``max_count``; returns how many."""
@@ -702,6 +864,14 @@ def _short(exc: BaseException) -> str:
     """An exception as one short line for a log, a metric's reason or an answer."""
     first = (str(exc).strip().splitlines() or [""])[0]
     return f"{type(exc).__name__}: {first[:200]}"
+
+
+def _from_journal(entry: dict) -> Pending:
+    """A journal line's record, without images (they were never journaled)."""
+    return Pending(id=entry["id"], created=datetime.fromisoformat(entry["created"]), request_id=entry["request_id"],
+                   category=entry["category"], filename=entry["filename"], bundle_id=entry["bundle_id"],
+                   bundle_sha256=entry["bundle_sha256"], result=entry["result"], evidence=None, query_bytes=None,
+                   query_media_type=None)
 
 
 def _journal_line(item: Pending) -> bytes:

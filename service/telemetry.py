@@ -35,8 +35,8 @@ class Telemetry:
                                       "(models.verify), pixels at 224", ["category"],
                                       buckets=(0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0), registry=r)
         self.records_failed = Counter("rpepad_records_failed", "Inspection record problems, by reason (queue_full: "
-                                      "kept without images; write: a failed try, retried; rejected; images; dropped; "
-                                      "journal; overlay; retention); the inspections were answered",
+                                      "kept without images; write: a failed try, retried; rejected; images; dropped: left "
+                                      "to the journal; writer; journal; overlay; retention); the inspections were answered",
                                       ["reason"], registry=r)
         self.errors = Counter("rpepad_errors", "Error responses by status", ["status"], registry=r)
         self.bundles = Gauge("rpepad_bundles_loaded", "Bundles loaded and served", registry=r)

@@ -413,8 +413,8 @@ def test_one_refused_row_never_sinks_the_others_and_is_kept_with_its_reason(tmp_
         assert failures == ["rejected"]
         kept = [json.loads(line) for line in (tmp_path / "records.journal.rejected").read_text().splitlines()]
         assert [k["record"]["id"] for k in kept] == [ids[2]] and "value refused" in kept[0]["error"]
-        why = store.wait_written(ids[2], timeout=0)
-        assert "refused" in why and "records.journal.rejected" in why
+        state, why = store.wait_written(ids[2], timeout=0)
+        assert state == "rejected" and "refused" in why and "records.journal.rejected" in why
         assert (tmp_path / "records.journal").read_bytes() == b""  # nothing is left to recover
     finally:
         store.stop()
@@ -547,3 +547,196 @@ def test_readyz_names_the_records_problem(tiny_release: Path, tmp_path: Path) ->
     with _served(tiny_release.parent, tmp_path / "data") as c:
         detail = c.get("/readyz").json()["detail"]
         assert detail.startswith("records: inspection records unavailable")
+
+
+def _until(condition, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
+def _database_down(calls: list[int], message: str = "database is locked"):
+    from sqlalchemy.exc import OperationalError
+
+    def insert(items):
+        calls.append(len(items))
+        raise OperationalError("INSERT", {}, Exception(message))
+    return insert
+
+
+def test_a_database_that_is_down_is_tried_once_a_round_with_a_growing_pause(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import records
+    from service.records import RETRY_MAX_S, RecordStore, new_id
+
+    monkeypatch.setattr(records, "WAITING_MAX", 6)
+    failures: list[str] = []
+    journal = tmp_path / "records.journal"
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}", queue_size=2, on_failure=failures.append,
+                        journal=journal)
+    store.start()
+    try:
+        real_insert, calls = store._insert, []
+        gate = threading.Event()
+        down = _database_down(calls)
+        store._insert = lambda items: (gate.wait(30), down(items))
+        for _ in range(3):
+            store.submit(_pending(new_id()))
+        gate.set()
+        _until(lambda: store.health() is not None)
+        assert calls == [3]  # a locked database: one try for the batch, not one a row (each waits its timeout)
+        store._insert = down
+        old = _pending(new_id())
+        old.attempts = 1024  # after hours of outage: the pause is capped, never an overflow
+        store._retry[0].attempts = 1024
+        store.submit(old)  # a newcomer waits with the others, untried, and leaves the long pause alone
+        _until(lambda: len(store._retry) == 4)
+        assert calls == [3] and store._retry_at - time.monotonic() > RETRY_MAX_S - 5  # the longest pause
+        assert store._thread.is_alive() and "4 inspection record(s) waiting" in store.health()
+        for _ in range(5):  # past WAITING_MAX: left to the journal alone, not held in memory
+            store.submit(_pending(new_id()))
+        _until(lambda: store.pending.empty() and not store._overflow)
+        assert len(store._retry) == 6 and failures.count("dropped") == 3 and "journal alone" in store.health()
+        # The database is back: the retry writes what waited, then what the journal alone holds.
+        store._insert = real_insert
+        store._retry_at = 0.0
+        store.submit(_pending(new_id()))
+        assert store.flush(timeout=30) and store.count() == 3 + 1 + 5 + 1
+        assert journal.read_bytes() == b"" and store.health() is None
+    finally:
+        store.stop()
+
+
+def test_the_pause_grows_with_the_most_tried_record_and_a_newcomer_never_shortens_it(tmp_path: Path) -> None:
+    from service.records import RETRY_MAX_S, RecordStore, new_id
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}")
+    store.start()
+    try:
+        calls: list[int] = []
+        store._insert = _database_down(calls)
+        tried = _pending(new_id())
+        tried.attempts = 9  # failed nine times: the next pause is the longest
+        store.submit(tried)
+        _until(lambda: len(store._retry) == 1)
+        assert store._retry_at - time.monotonic() > RETRY_MAX_S - 5
+        store.submit(_pending(new_id()))
+        _until(lambda: len(store._retry) == 2)
+        assert calls == [1] and store._retry_at - time.monotonic() > RETRY_MAX_S - 5
+    finally:
+        store.stop(timeout=2)
+
+
+def test_the_writer_outlives_an_unexpected_failure_and_stops_on_time(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    from service.records import RecordStore, new_id
+
+    failures: list[str] = []
+    journal = tmp_path / "records.journal"
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}", queue_size=2, on_failure=failures.append,
+                        journal=journal)
+    store.start()
+    real_truncate = os.ftruncate
+
+    def read_only(fd, size):  # the data volume went read-only
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "ftruncate", read_only)
+    store.submit(_pending(new_id()))
+    assert store.flush(timeout=10) and "journal" in failures  # written; the journal could not be emptied
+    monkeypatch.setattr(os, "ftruncate", real_truncate)
+    real_empty, broken = store._empty_journal, [True]
+
+    def fails_once():  # a failure the writer's code did not foresee
+        if broken.pop() if broken else False:
+            raise RuntimeError("something unforeseen")
+        real_empty()
+
+    store._empty_journal = fails_once
+    for _ in range(5):
+        store.submit(_pending(new_id()))
+    assert store.flush(timeout=30) and store.count() == 6 and store._thread.is_alive()
+    assert "writer" in failures and "recovered from an error: RuntimeError" in store.health()
+    _until(lambda: journal.read_bytes() == b"")  # the round after the failure empties it
+    store._insert = _database_down([])  # a database down at shutdown: stop still returns
+    store.submit(_pending(new_id()))
+    started = time.monotonic()
+    store.stop(timeout=5)
+    assert time.monotonic() - started < 6 and len(journal.read_bytes().splitlines()) == 1  # kept for the next start
+
+
+def test_a_record_waiting_for_a_retry_is_a_503_whatever_its_error_says(tiny_release: Path, tmp_path: Path,
+                                                                      images) -> None:
+    with _served(tiny_release.parent, tmp_path) as c:
+        store = c.app.state.svc.records
+        real_insert = store._insert
+        store._insert = _database_down([], 'connection to server at "db", port 5432 failed: Connection refused')
+        rid = _inspect(c, tiny_release.name, images["good"])["record_id"]
+        _until(lambda: store.wait_written(rid, 0) and store.wait_written(rid, 0)[0] == "retrying")
+        r = c.get(f"/inspections/{rid}")
+        assert r.status_code == 503 and "retrying" in r.json()["detail"] and r.headers["retry-after"] == "5"
+        store._insert, store._retry_at = real_insert, 0.0
+        _inspect(c, tiny_release.name, images["good"])  # wakes the writer
+        _flush(c)
+        assert c.get(f"/inspections/{rid}").status_code == 200
+
+
+def test_a_big_journal_is_recovered_a_chunk_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from sqlalchemy import event
+
+    from service import records
+    from service.records import RecordStore, _journal_line, new_id
+
+    journal = tmp_path / "records.journal"
+    ids = [new_id() for _ in range(300)]
+    journal.write_bytes(b"".join(_journal_line(_pending(i)) for i in ids))
+    monkeypatch.setattr(records, "CHECK_IDS", 7)
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}", journal=journal)
+
+    @event.listens_for(store.engine, "connect")
+    def _few_variables(conn, _record):  # a backend's parameter limit, far below the journal's length
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 200)
+
+    store.start()
+    try:
+        assert store.count() == 300 and journal.read_bytes() == b""
+    finally:
+        store.stop()
+
+
+def test_health_holds_while_a_retry_round_runs_and_flush_waits_for_the_write(tmp_path: Path) -> None:
+    import queue as queues
+
+    from service.records import RecordStore, new_id
+
+    class SlowGet(queues.Queue):
+        def get(self, block=True, timeout=None):
+            item = super().get(block, timeout)
+            time.sleep(0.3)  # the writer descheduled between taking a record and writing it
+            return item
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}")
+    store.pending = SlowGet(maxsize=256)
+    store.start()
+    try:
+        rid = new_id()
+        store.submit(_pending(rid))
+        time.sleep(0.05)
+        assert store.flush(timeout=10) and store.get(rid) is not None  # never True before the write
+        calls: list[int] = []
+        down = _database_down(calls, "could not connect")
+        store._insert = lambda items: (time.sleep(1.0), down(items))  # a connect timeout
+        store.submit(_pending(new_id()))
+        _until(lambda: len(store._retry) == 1)
+        store._retry_at = 0.0
+        store.submit(_pending(new_id()))  # starts a retry round
+        _until(lambda: len(calls) == 2, timeout=10)
+        assert store.health() is not None and "waiting to be written" in store.health()
+    finally:
+        store.stop(timeout=3)
