@@ -573,20 +573,16 @@ def test_a_database_that_is_down_is_tried_once_a_round_with_a_growing_pause(tmp_
     monkeypatch.setattr(records, "WAITING_MAX", 6)
     failures: list[str] = []
     journal = tmp_path / "records.journal"
-    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}", queue_size=2, on_failure=failures.append,
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}", queue_size=3, on_failure=failures.append,
                         journal=journal)
+    real_insert, calls = store._insert, []
+    down = store._insert = _database_down(calls)
+    for _ in range(3):  # queued before the writer starts, so that it takes them as one batch
+        store.submit(_pending(new_id()))
     store.start()
     try:
-        real_insert, calls = store._insert, []
-        gate = threading.Event()
-        down = _database_down(calls)
-        store._insert = lambda items: (gate.wait(30), down(items))
-        for _ in range(3):
-            store.submit(_pending(new_id()))
-        gate.set()
         _until(lambda: store.health() is not None)
         assert calls == [3]  # a locked database: one try for the batch, not one a row (each waits its timeout)
-        store._insert = down
         old = _pending(new_id())
         old.attempts = 1024  # after hours of outage: the pause is capped, never an overflow
         store._retry[0].attempts = 1024
