@@ -288,7 +288,7 @@ function fill(card) {
     link.textContent = "record and feedback";
     meta.append(" · ", link);
   } else {
-    meta.append(" · not recorded (inspection records are off or unavailable: see the status line)");
+    meta.append(" · not recorded (inspection records are off on this service, or unavailable)");
   }
   if (result.verification && result.verification.verified === false) {
     meta.append(` · pose check failed: ${result.verification.reason || "the reference does not fit the photo"}`);
