@@ -245,6 +245,7 @@ WAITING_MAX = 100_000  # records waiting beyond the queue (a retry, a full queue
 #                        queue's size: about 2 kB each; beyond it a record is left to the journal alone
 NOTES_KEPT = 1000  # ids of records rejected or left to the journal, remembered to say why when asked
 SPLIT_AFTER, REJECT_AFTER = 3, 8  # a batch failing for a transient reason this often is split; a row, rejected
+WRITER_ERROR_SHOWN_S = 600.0  # how long /readyz names a failure the writer recovered from (the log keeps it)
 CHECK_IDS = 500  # ids per "which of these are in the database" query (under every backend's parameter limit)
 
 Waiting = Literal["queued", "retrying", "rejected", "journal"]
@@ -287,6 +288,7 @@ class RecordStore:
         self._retry_at = 0.0  # monotonic time of the next retry
         self._last_error: str | None = None  # of the last failed write, while records wait for a retry
         self._writer_error: str | None = None  # the writer's last unexpected failure (it carries on)
+        self._writer_error_at = 0.0  # when (monotonic): /readyz names it for WRITER_ERROR_SHOWN_S
         # Every record submitted and not yet in the database, by id: (state, why); guarded by _changed.
         self._changed = threading.Condition()
         self._unwritten: dict[str, tuple[Waiting, str]] = {}
@@ -403,8 +405,9 @@ class RecordStore:
         if self._restore_journal:
             problems.append("some records are in the journal alone (too many waited): written once the writer "
                             "catches up")
-        if self._writer_error:
-            problems.append(f"the records writer recovered from an error: {self._writer_error}")
+        if self._writer_error and time.monotonic() - self._writer_error_at < WRITER_ERROR_SHOWN_S:
+            problems.append(f"the records writer recovered from an error in the last {WRITER_ERROR_SHOWN_S / 60:g} "
+                            f"min: {self._writer_error}")
         return "; ".join(problems) or None
 
     # ------------------------------------------------------------ writing
@@ -478,7 +481,7 @@ class RecordStore:
                 if done:
                     return
             except Exception as exc:  # noqa: BLE001 (the writer must outlive any one failure)
-                self._writer_error = _short(exc)
+                self._writer_error, self._writer_error_at = _short(exc), time.monotonic()
                 log.exception("the records writer failed (%s): it carries on; the journal keeps the records",
                               self._writer_error)
                 self.on_failure("writer")

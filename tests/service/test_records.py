@@ -656,7 +656,7 @@ def test_the_writer_outlives_an_unexpected_failure_and_stops_on_time(tmp_path: P
     for _ in range(5):
         store.submit(_pending(new_id()))
     assert store.flush(timeout=30) and store.count() == 6 and store._thread.is_alive()
-    assert "writer" in failures and "recovered from an error: RuntimeError" in store.health()
+    assert "writer" in failures and "recovered from an error in the last 10 min: RuntimeError" in store.health()
     _until(lambda: journal.read_bytes() == b"")  # the round after the failure empties it
     store._insert = _database_down([])  # a database down at shutdown: stop still returns
     store.submit(_pending(new_id()))
