@@ -440,15 +440,8 @@ class RecordStore:
         """More than ``WAITING_MAX`` records wait: these are left to the journal, which the
         writer restores from once it has caught up (counted ``dropped``: their images are lost)."""
         self._restore_journal = True
-        note = ("journal", "kept in the records journal alone (too many records waited); it is written once the "
-                           "records writer catches up, without its images")
-        with self._changed:
-            for item in items:
-                self._unwritten.pop(item.id, None)
-                self._notes[item.id] = note
-            while len(self._notes) > NOTES_KEPT:
-                self._notes.popitem(last=False)
-            self._changed.notify_all()
+        self._set_aside(items, "journal", "kept in the records journal alone (too many records waited); it is "
+                                          "written once the records writer catches up, without its images")
         log.error("%d inspection record(s) left to the journal: %d records wait to be written", len(items),
                   WAITING_MAX)
         for _ in items:
@@ -633,7 +626,7 @@ class RecordStore:
                 if len(items) > 1:
                     log.warning("writing %d inspection records together failed (%s): writing them one at a time",
                                 len(items), _short(exc))
-                written, again = self._write_each(items, exc if len(items) == 1 else None)
+                written, again = self._write_each(items)
         if again:
             log.error("writing %d inspection record(s) failed (%s): retrying; the journal keeps them",
                       len(again), self._last_error)
@@ -654,15 +647,12 @@ class RecordStore:
                 self.on_failure("retention")
         return again
 
-    def _write_each(self, items: list[Pending], known: Exception | None) -> tuple[list[Pending], list[Pending]]:
-        """``items`` one transaction each (``known``: the one item's failure, already seen);
-        (written, to retry). Two rows in a row failing for a ``TRANSIENT`` reason before any is
+    def _write_each(self, items: list[Pending]) -> tuple[list[Pending], list[Pending]]:
+        """``items`` one transaction each; (written, to retry). Two rows in a row failing for a ``TRANSIENT`` reason before any is
         written means the database is down: the rest go back untried."""
         written, again, failing = [], [], 0
         for n, item in enumerate(items):
             try:
-                if known is not None:
-                    raise known
                 self._insert([item])
                 written.append(item)
                 failing = 0
@@ -717,9 +707,15 @@ class RecordStore:
                 reason += f"; its result is kept in {self.rejected_path.name} on the service's data volume"
             except OSError as err:
                 log.error("keeping rejected record %s failed: %s", item.id, err)
+        self._set_aside([item], "rejected", reason)
+
+    def _set_aside(self, items: list[Pending], state: Waiting, reason: str) -> None:
+        """``items`` leave the writer's hands (rejected, or left to the journal): ``wait_written``
+        answers with ``state`` and ``reason`` for the newest ``NOTES_KEPT`` of them."""
         with self._changed:
-            self._unwritten.pop(item.id, None)
-            self._notes[item.id] = ("rejected", reason)
+            for item in items:
+                self._unwritten.pop(item.id, None)
+                self._notes[item.id] = (state, reason)
             while len(self._notes) > NOTES_KEPT:
                 self._notes.popitem(last=False)
             self._changed.notify_all()
