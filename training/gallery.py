@@ -30,12 +30,12 @@ from training.splats import default_device
 
 def build_gallery(category: Category, novel: NovelSet, net: IRPRN, scene: GaussianScene | None = None,
                   progress: bool = False, grid: int = RETRIEVAL_GRID) -> Gallery:
-    """Training views then novel views, encoded by the trained encoder and described on a
-    ``grid x grid`` layout (``models.gallery``); with ``scene``, also each view's expected
-    depth (rendered at its pose) for refinement by PnP."""
+    """Training views then novel views, encoded by the trained encoder (on its device) and
+    described on a ``grid x grid`` layout (``models.gallery``); with ``scene``, also each
+    view's expected depth (rendered at its pose) for refinement by PnP."""
     size = net.cfg.input_size
     images = torch.cat([torch.stack([v.image for v in category.train]), novel.images])
-    feats = encode(net.encoder.eval(), images, size)
+    feats = encode(net.encoder.eval(), images, size).cpu()  # on the encoder's device; kept on the CPU
     poses = torch.cat([category.train_poses().double(), novel.poses.double()])
     source = torch.cat([torch.full((len(category.train),), TRAIN), torch.full((len(novel.poses),), NOVEL)]).to(torch.int8)
     names = [v.name for v in category.train] + [f"novel/{i:04d}_of_{int(p)}" for i, p in enumerate(novel.parents)]
@@ -54,7 +54,8 @@ def build_gallery(category: Category, novel: NovelSet, net: IRPRN, scene: Gaussi
 
 
 def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True, device: torch.device | None = None) -> dict:
-    """Build the gallery; its depths render on ``device`` (default: CUDA when present)."""
+    """Build the gallery; its views encode and its depths render on ``device`` (default: CUDA
+    when present)."""
     start = time.perf_counter()
     weights, novel_path = out_dir / WORK_FILES["irprn_weights"], out_dir / WORK_FILES["novel"]
     for needed, stage in ((weights, "irprn"), (novel_path, "rvss")):
@@ -73,6 +74,7 @@ def run_gallery_stage(category: Category, out_dir: Path, progress: bool = True, 
         pass
     net, _ = load_irprn(weights.parent)
     device = device or default_device()
+    net.to(device)
     scene = GaussianScene.load(scene_path, device=device)
     gallery = build_gallery(category, load_novel(novel_path), net, scene, progress)
     gallery.save(path)

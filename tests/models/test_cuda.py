@@ -70,8 +70,9 @@ def test_inspector_on_cuda_matches_cpu(tiny_release: Path, tiny_synth: Path) -> 
 
 @needs_cuda
 def test_build_stages_render_on_cuda_like_the_cpu(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path) -> None:
-    """The calibration, rvss and gallery stages render their scene on CUDA where it exists;
-    on copies of the tiny work folder they agree with the same stages on the CPU."""
+    """The calibration, rvss and gallery stages render their scene (and the gallery encodes its
+    views) on CUDA where it exists; on copies of the tiny work folder they agree with the same
+    stages on the CPU."""
     import shutil
 
     from models.bundle import FILES, REPORTS, WORK_FILES
@@ -102,6 +103,9 @@ def test_build_stages_render_on_cuda_like_the_cpu(tiny_pose_bundle: Path, tiny_s
     assert both.float().mean() > 0.9 * (g_cpu.depths > 0).float().mean()
     rel = ((g_gpu.depths.float() - g_cpu.depths.float()).abs() / g_cpu.depths.float().clamp(min=1e-3))[both]
     assert float(rel.median()) < 0.01
+    # The views encode on the stage's device too: the same descriptors, to float precision.
+    assert g_gpu.features.device.type == "cpu"
+    assert float((g_gpu.descriptors * g_cpu.descriptors).sum(1).min()) > 0.999
 
 
 @needs_cuda
