@@ -99,6 +99,31 @@ def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(image.resize((width, height), Image.Resampling.NEAREST)) > 0
 
 
+GREY_LEVELS = 2  # chroma (the channels' spread) at most this many 8-bit levels: a pixel without colour
+COLOUR_LEVELS = 16  # photos whose 99th-percentile chroma exceeds this many levels are colour photos
+
+
+def chroma_levels(image: np.ndarray, most: int = 250_000) -> np.ndarray:
+    """The channels' spread (max - min) in 8-bit levels of up to ``most`` evenly spaced pixels
+    of RGB ``[..., H, W, 3]`` images (float in [0, 1], or uint8)."""
+    flat = image.reshape(-1, 3)
+    flat = flat[:: max(1, len(flat) // most)]
+    spread = flat.max(axis=1).astype(np.float32) - flat.min(axis=1).astype(np.float32)
+    return spread if flat.dtype == np.uint8 else np.rint(spread * 255.0)
+
+
+def is_greyscale(image: np.ndarray) -> bool:
+    """True when an RGB image carries no colour: at most 0.1 % of its pixels spread over
+    ``GREY_LEVELS`` levels (a greyscale file converted to RGB, or a colour file of a grey one)."""
+    return float((chroma_levels(image) > GREY_LEVELS).mean()) <= 0.001
+
+
+def has_colour(images: np.ndarray) -> bool:
+    """True when RGB photos show colour: their 99th-percentile chroma exceeds ``COLOUR_LEVELS``
+    levels (a grey part's colour photos, with their noise and white balance, stay under it)."""
+    return float(np.quantile(chroma_levels(images), 0.99)) > COLOUR_LEVELS
+
+
 def to_lab(image: np.ndarray) -> np.ndarray:
     """CIELAB (D65; L in [0, 100]) of an RGB float image ``[..., 3]`` in [0, 1]: Euclidean
     distances in it are CIE76 colour differences (Delta E*ab)."""

@@ -9,7 +9,8 @@ and the lab's drivers all call this class; nothing else chains the stages.
 
 Each stage is a small object with one job, run over a ``Batch``:
 
-- ``prepare`` (per image): the query's camera -> the bundle's camera (``map_to_camera``);
+- ``prepare`` (per image): the query's camera -> the bundle's camera (``map_to_camera``); a
+  greyscale photo is refused by a bundle trained on colour photos;
 - the pose mode (``models.registry``; ``InspectorConfig.pose``) locates the camera:
   ``rpe`` = ``Match`` (IRPRN encoder, retrieval) + ``RelativePose`` (pair head, fusion);
   ``rpe+refine`` (the default) adds ``Refine`` (gallery PnP, depth-warp polish, guarded ECC:
@@ -48,9 +49,9 @@ from models.bundle import FILES, GALLERY_VIEWS, BundleError, Manifest, find_bund
 from models.calibration import Calibration
 from models.camera import scale_intrinsics
 from models.data import not_a_folder
-from models.gallery import Gallery
+from models.gallery import TRAIN, Gallery
 from models.hashing import sha256_file
-from models.images import Undistortion, resize_rgb
+from models.images import Undistortion, has_colour, is_greyscale, resize_rgb
 from models.irprn import load_irprn_config
 from models.pose import DEFAULT_K, Matches, PoseEstimator
 from models.refine import RefineConfig, ecc_align, gallery_features, gallery_pnp_refine
@@ -376,6 +377,7 @@ class Inspector:
         self.lens = Undistortion(self.K.numpy(), radial, width, height) if radial else None
         self.bundle_sha256 = ""  # sha256 of the bundle's manifest.json (which pins every file), set by load
         self.bundle_dir: Path | None = None  # set by load
+        self.colour = False  # trained on colour photos (``models.images.has_colour``): set by load
         self.locate = registry.resolve(registry.pose_mode(config.pose, lab=True))(self, **config.pose_options)
         self.render_stage = Render(scene, width, height)
         self.verify_stage = Verify(scene.background, config.verify, config.refine.ecc_size)
@@ -410,6 +412,8 @@ class Inspector:
                         cam.height, torch.tensor(cam.K), config, dev, manifest.category, manifest)
         inspector.bundle_sha256 = sha256_file(bundle_dir / "manifest.json")
         inspector.bundle_dir = bundle_dir
+        if gallery.images is not None:
+            inspector.colour = has_colour(gallery.images[gallery.source == TRAIN].numpy())
         return inspector
 
     # ------------------------------------------------------------ the pipeline
@@ -426,8 +430,12 @@ class Inspector:
         if intrinsics is None and trained_on and exif_camera and exif_camera != trained_on:
             raise InspectionError(f"the photo was taken with a {exif_camera}, but this bundle was trained on photos "
                                   f"from a {trained_on}: use that camera, or pass the photo's intrinsics")
-        return map_to_camera(np.ascontiguousarray(image, dtype=np.float32), self.width, self.height, self.K, intrinsics,
-                             self.lens)
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        out = map_to_camera(image, self.width, self.height, self.K, intrinsics, self.lens)
+        if self.colour and is_greyscale(image):  # every colour of the part would read as a defect
+            raise InspectionError(f"the photo is greyscale, but bundle {self.name!r} was trained on colour photos: send "
+                                  "the colour photo, or train a bundle on greyscale photos of the part")
+        return out
 
     def start(self, images: Tensor) -> Batch:
         """A batch of prepared images ``[B, H, W, 3]`` on the inspector's device."""

@@ -140,6 +140,22 @@ def test_prepare_resizes_and_refuses(inspector: Inspector, tiny_synth: Path) -> 
         inspector.inspect(torch.zeros(1, 32, 32, 3))
 
 
+def test_a_greyscale_photo_is_refused_by_a_colour_bundle_only(inspector: Inspector, tiny_synth: Path) -> None:
+    """A bundle trained on colour photos refuses a greyscale one (its every colour would score
+    as a defect); a bundle trained on grey photos takes it."""
+    image = load_rgb(next((tiny_synth / "test" / "good").glob("*.png")))
+    grey = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2)
+    assert inspector.colour  # the tiny category's bricks are coloured
+    inspector.prepare(image)
+    with pytest.raises(InspectionError, match="greyscale.*colour photos"):
+        inspector.prepare(grey)
+    inspector.colour = False
+    try:
+        assert inspector.prepare(grey).shape == (64, 64, 3)
+    finally:
+        inspector.colour = True
+
+
 def test_prepare_of_the_bundles_camera_runs_no_torch_op(inspector: Inspector, tiny_synth: Path) -> None:
     """The service prepares such queries off its inference thread: no torch op may run there
     (service.app.State), and the Pillow resize gives torch's antialiased bilinear result."""

@@ -198,14 +198,17 @@ def test_odd_but_valid_images_are_converted(client: TestClient, category: str, q
     palette = io.BytesIO()
     Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(palette, format="PNG")
     # Each converted to the same picture (to a colour's rounding): the score stays near the original's
-    # (when written: palette 1.000, CMYK JPEG 1.013, 4x upscaled 0.967 of it); a grey copy is another picture.
-    for data, media, rel in ((_png(grey16), "image/png", None), (cmyk.getvalue(), "image/jpeg", 0.05),
+    # (when written: palette 1.000, CMYK JPEG 1.013, 4x upscaled 0.967 of it).
+    for data, media, rel in ((cmyk.getvalue(), "image/jpeg", 0.05),
                              (palette.getvalue(), "image/png", 0.01),
                              (_png(np.kron(rgb, np.ones((4, 4, 1), np.uint8))), "application/octet-stream", 0.05)):
         r = _post(client, category, data, media)
         assert r.status_code == 200, r.text
-        if rel is not None:
-            assert r.json()["score"] == pytest.approx(base, rel=rel), media
+        assert r.json()["score"] == pytest.approx(base, rel=rel), media
+    # A greyscale copy (16-bit here) is another picture: a category trained on colour photos
+    # refuses it, where converting it would score every colour of the part as a defect.
+    r = _post(client, category, _png(grey16))
+    assert r.status_code == 422 and "greyscale" in r.json()["detail"] and "colour photos" in r.json()["detail"]
 
 
 def test_field_errors(client: TestClient, category: str, query_png: bytes) -> None:
