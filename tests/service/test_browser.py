@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from lab.browser import Page, chromium, find_chromium
@@ -107,6 +108,7 @@ def test_a_shift_at_the_station(station: Service, queries: dict[str, Path], driv
     assert queries["defect"].name in page.find("#detail-title").text
     page.wait.until(lambda d: all(i.get_attribute("naturalWidth") not in (None, "0")
                                   for i in page.find_all("#detail-body img")))
+    assert "Pose check" in page.find("#detail-body").text  # passed or failed, with its figures
     page.find("input[name=label][value=false_alarm]").click()
     page.find("#feedback-note").send_keys("glare on the stud")
     page.find("#feedback-form button[type=submit]").click()
@@ -122,6 +124,23 @@ def test_a_shift_at_the_station(station: Service, queries: dict[str, Path], driv
     assert page.find("#feedback-note").get_attribute("value") == "glare on the stud"
     page.find("#nav-history").click()
     page.wait.until(lambda d: len(page.find_all("#history-table tbody tr")) == 2)
+
+    # With the slider moved, a new inspection is decided, and recorded, at the slider's value;
+    # moved again, the card says what its record holds.
+    page.find("#nav-inspect").click()
+    info = httpx.get(f"{service.url}/categories", headers={"X-API-Key": KEY}).json()["categories"][0]
+    page.wait.until(lambda d: page.find("#threshold").get_attribute("min"))
+    assert float(page.find("#threshold").get_attribute("min")) > info["score_floor"]  # the service's lowest
+    page.set_threshold((scores["good"] + scores["defect"]) / 2)
+    chosen = float(driver.execute_script("return document.querySelector('#threshold').value"))
+    assert chosen != pytest.approx(info["threshold"])
+    (card,) = page.upload(queries["good"])
+    record_id = card.find_element("css selector", ".meta a").get_attribute("href").rsplit("/", 1)[-1]
+    record = httpx.get(f"{service.url}/inspections/{record_id}", headers={"X-API-Key": KEY}).json()
+    assert record["threshold"] == pytest.approx(chosen, rel=1e-9) and record["verdict"] == _verdict(card)
+    assert "Recorded" not in card.find_element("css selector", ".score").text
+    page.set_threshold(info["threshold"])
+    assert f"Recorded: {record['verdict']} at threshold {chosen:.2f}" in card.find_element("css selector", ".score").text
 
 
 def test_tablet_width_keeps_every_control_reachable(station: Service) -> None:
@@ -172,6 +191,10 @@ def test_long_names_and_impossible_dates_in_the_history(station: Service, querie
     link = row.find_element("css selector", "a")
     width = driver.execute_script("return document.documentElement.clientWidth")
     assert 0 <= link.rect["x"] and link.rect["x"] + link.rect["width"] <= width  # the name wraps; Open stays in view
+    lines = driver.execute_script(  # the line boxes of each cell's text: only the file name's wrap
+        "return [...arguments[0].cells].map(td => { const r = document.createRange(); r.selectNodeContents(td);"
+        " return new Set([...r.getClientRects()].map(b => Math.round(b.top))).size; });", row)
+    assert lines[2] > 1 and all(n <= 1 for i, n in enumerate(lines) if i != 2), lines  # 0: no feedback yet
 
     # A year the records cannot hold: said in place, and the old table is not passed off as the answer.
     driver.execute_script("document.querySelector('#f-until').value = '20000-01-01'")

@@ -142,7 +142,10 @@ function setupSlider() {
   slider.disabled = false;
   const max = 2 * t - floor;  // the highest raw value the map PNG can show
   const step = (max - floor) / 500;
-  slider.min = String(t - Math.floor(0.95 * (t - floor) / step) * step);  // the default lies on the grid
+  // The default lies on the grid; the lowest value stays above the lowest normal score
+  // (score_floor), which the service refuses as a threshold.
+  const lowest = Math.max(floor + 0.05 * (t - floor), (info.score_floor || 0) + step / 2);
+  slider.min = String(t - Math.floor((t - lowest) / step) * step);
   slider.max = String(max);
   slider.step = String(step);
   slider.value = String(t);
@@ -154,6 +157,13 @@ function sliderThreshold(category) {
   const info = state.categories.get(category);
   if (!info) return null;
   return category === $("#category").value ? Number($("#threshold").value) : info.threshold;
+}
+
+// The threshold a new inspection is decided (and recorded) at: the slider's when it was moved
+// off the calibrated default, else none (the service uses the calibrated one).
+function requestThreshold(category) {
+  const info = state.categories.get(category), t = sliderThreshold(category);
+  return info && t !== null && Math.abs(t - info.threshold) > 1e-9 * Math.max(1, info.threshold) ? t : null;
 }
 
 function showThreshold() {
@@ -184,12 +194,17 @@ async function inspect(card) {
     form.append("category", card.category);
     form.append("include_map", "true");
     form.append("include_reference", "true");
+    const threshold = requestThreshold(card.category);  // what the operator sees is what is recorded
+    if (threshold !== null) form.append("threshold", String(threshold));
     // The category in the query string too: a load balancer routes by it (it does not read the body).
     const path = `/inspect?category=${encodeURIComponent(card.category)}`;
     const result = await (await api(path, { method: "POST", body: form })).json();
     card.roundTripMs = performance.now() - started;
     card.map = await mapValues(result);
-    card.query = await queryPixels(card.file, card.map.width, card.map.height);
+    const query = await queryPixels(card.file, card.map.width, card.map.height);
+    card.query = query.pixels;
+    card.queryShown = query.shown;
+    card.answered = new Date();
     card.result = result;
     fill(card);
   } catch (err) {
@@ -240,8 +255,14 @@ async function queryPixels(file, width, height) {
   } catch (err) {
     ctx.fillStyle = "#777";  // e.g. TIFF: the service reads it, this browser cannot show it
     ctx.fillRect(0, 0, width, height);
+    ctx.fillStyle = "#fff";
+    ctx.font = `${Math.max(9, Math.round(width / 14))}px system-ui, sans-serif`;
+    ctx.textAlign = "center";
+    ctx.fillText("this browser cannot", width / 2, height / 2 - width / 28);
+    ctx.fillText("show this file type", width / 2, height / 2 + width / 14);
+    return { pixels: ctx.getImageData(0, 0, width, height), shown: false };
   }
-  return ctx.getImageData(0, 0, width, height);
+  return { pixels: ctx.getImageData(0, 0, width, height), shown: true };
 }
 
 function verdictAt(result, threshold) {
@@ -278,14 +299,19 @@ function fill(card) {
   canvas.width = card.map.width;
   canvas.height = card.map.height;
   canvas.getContext("2d").putImageData(card.query, 0, 0);
+  if (!card.queryShown) {
+    $(".query", el).nextElementSibling.textContent = "query (inspected by the service; this browser cannot show it: " +
+        "the overlay below is drawn on grey)";
+  }
   const total = result.timings_ms && result.timings_ms.total;
   const meta = $(".meta", el);
   meta.replaceChildren();
-  meta.append(`pipeline ${total ? total.toFixed(0) : "?"} ms, round trip ${card.roundTripMs.toFixed(0)} ms`);
+  meta.append(`answered ${card.answered.toLocaleTimeString()} · pipeline ${total ? total.toFixed(0) : "?"} ms, ` +
+              `round trip ${card.roundTripMs.toFixed(0)} ms`);
   if (result.record_id) {
     const link = document.createElement("a");
     link.href = `#/inspections/${result.record_id}`;
-    link.textContent = "record and feedback";
+    link.textContent = `record ${result.record_id.slice(0, 8)} and feedback`;
     meta.append(" · ", link);
   } else {
     meta.append(" · not recorded (inspection records are off on this service, or unavailable)");
@@ -306,8 +332,13 @@ function redraw(card) {
   badge.className = `verdict ${verdict}`;
   el.dataset.verdict = verdict;
   const norm = normalised(result.score, t, info.score_floor);
-  $(".score", el).textContent = `score ${result.score.toFixed(2)} against threshold ${t.toFixed(2)} ` +
+  let text = `score ${result.score.toFixed(2)} against threshold ${t.toFixed(2)} ` +
       `(normalised ${norm.toFixed(2)}; 0.5 is the threshold)`;
+  if (result.record_id && Math.abs(t - result.threshold) > 1e-9 * Math.max(1, result.threshold)) {
+    // The slider moved since: say what the record holds, so the page and the audit trail agree.
+    text += `. Recorded: ${result.verdict} at threshold ${result.threshold.toFixed(2)}`;
+  }
+  $(".score", el).textContent = text;
   const canvas = $(".overlay", el);
   canvas.width = map.width;
   canvas.height = map.height;
@@ -385,7 +416,9 @@ function historyRow(r) {
   link.setAttribute("aria-label", `Open inspection of ${r.filename || r.id} at ${r.created}`);
   const open = document.createElement("td");
   open.append(link);
-  tr.append(cell(r.created.replace("T", " ").slice(0, 19)), cell(r.category), cell(r.filename || ""), verdict,
+  const file = cell(r.filename || "");
+  file.className = "file";  // the one column that wraps: a long name must not squeeze the others
+  tr.append(cell(r.created.replace("T", " ").slice(0, 19)), cell(r.category), file, verdict,
             cell(`${r.score.toFixed(2)} / ${r.threshold.toFixed(2)}`), cell((r.feedback || "").replace("_", " ")), open);
   return tr;
 }
@@ -431,7 +464,16 @@ async function loadDetail(id) {
     definition(list, "Time (UTC)", r.created.replace("T", " ").slice(0, 19));
     definition(list, "Category", r.category);
     definition(list, "Verdict", r.verdict);
-    definition(list, "Score / threshold", `${r.score.toFixed(2)} / ${r.threshold.toFixed(2)} (normalised ${r.normalised_score.toFixed(2)})`);
+    const check = r.result.verification;
+    const unverified = check && check.verified === false;
+    definition(list, "Score / threshold", `${r.score.toFixed(2)} / ${r.threshold.toFixed(2)} (normalised ${r.normalised_score.toFixed(2)})` +
+               (unverified ? "; not to be trusted: the rendered reference does not fit the photo" : ""));
+    if (check) {
+      const figures = [check.misalignment_px == null ? null : `misalignment ${check.misalignment_px.toFixed(1)} px at 224`,
+                       `silhouette overlap ${check.silhouette_iou.toFixed(2)}`].filter(Boolean).join(", ");
+      definition(list, "Pose check", `${unverified ? `failed: ${check.reason || "the reference does not fit the photo"}`
+                                                   : "passed"} (${figures})`);
+    }
     const match = (r.result.gallery_matches || [])[0];
     if (match) definition(list, "Matched gallery view", `${match.name} (similarity ${match.similarity.toFixed(2)})`);
     if (r.result.timings_ms) definition(list, "Pipeline time", `${r.result.timings_ms.total.toFixed(0)} ms`);
