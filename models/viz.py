@@ -4,6 +4,7 @@ PIL, OpenCV for contours and matplotlib's colour maps only (no plotting backend)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -99,13 +100,22 @@ def anomaly_overlay(image: np.ndarray, norm_map: np.ndarray, alpha: float = 0.5,
     return decision_contour(blended, norm_map > level)
 
 
+def figure(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits, without an exponent (a score of 0.66 reads
+    0.66, not 1; one of 5931 reads 5931)."""
+    if not math.isfinite(value) or value == 0:
+        return f"{value:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
 def inspection_figure(query: np.ndarray, reference: np.ndarray, norm_map: np.ndarray, verdict: str, score: float,
                       threshold: float, title: str = "") -> Image.Image:
     """One inspection's figure: query | rendered reference | anomaly overlay with the decision
     contour, captioned with the verdict and the score against the threshold (raw units). The
     live answer (``Inspector.figure``) and a stored record's overlay (``service.records``) are
     both drawn by this function."""
-    caption = f"{verdict.upper()}: {score:.0f} / {threshold:.0f}"
+    caption = f"{verdict.upper()}: {figure(score)} / {figure(threshold)}"
     return side_by_side(query, reference, norm_map, title=title, captions=("query", "rendered reference", caption))
 
 

@@ -28,7 +28,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, get_origin
 
 import numpy as np
@@ -60,6 +60,7 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 RECORD_ID = re.compile(r"^[0-9a-f]{32}$")
 RECORD_WAIT_S = 2.0  # how long opening a record waits for the writer to reach it
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff"}
+IMAGE_FIELDS = {"anomaly_map_png", "overlay_png", "reference_png"}  # answered, never stored in a record's result
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CSV_TYPE = "text/csv; charset=utf-8"
 # The fields /inspect and /inspect/batch share, with the limits the OpenAPI schema states.
@@ -178,6 +179,40 @@ def authorised(request: Request, state: Annotated[State, Depends(get_state)]) ->
     given = request.headers.get("x-api-key", "")
     if not secrets.compare_digest(given.encode(), key.get_secret_value().encode()):
         raise ServiceError(401, "missing or wrong API key (header X-API-Key)", headers={"WWW-Authenticate": "ApiKey"})
+
+
+def _query_names(dependant) -> set[str]:
+    """The query parameters a route (FastAPI's ``Dependant``) and its dependencies declare."""
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def declared_query(request: Request) -> None:
+    """A route's query string holds only the parameters it declares, each once: a misspelt
+    filter (``verdcit=``) would otherwise be dropped and every record listed, without a word."""
+    declared = _query_names(request.scope["route"].dependant)
+    query = request.query_params
+    stray = sorted(set(query) - declared)
+    if stray:
+        reads = f"it reads {', '.join(sorted(declared))}" if declared else "it reads none"
+        raise ServiceError(422, f"query parameter{'s' if len(stray) > 1 else ''} {', '.join(map(repr, stray))} not "
+                                f"read by {request.url.path}: {reads}")
+    twice = sorted(k for k in declared if len(query.getlist(k)) > 1)
+    if twice:
+        raise ServiceError(422, f"query parameter{'s' if len(twice) > 1 else ''} {', '.join(map(repr, twice))} given "
+                                "more than once; give each once")
+
+
+def multipart_body(request: Request) -> None:
+    """An inspection's body is a multipart form: any other (a JSON body, say) is a 422 that
+    says so, before its missing fields are listed one by one."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "multipart/form-data":
+        raise ServiceError(422, "send a multipart/form-data body with the photo as a file part and the category as a "
+                                f"field (curl -F file=@photo.png -F category=NAME); this request's body is "
+                                f"{media or 'not declared'}")
 
 
 def requested_category(query: CategoryQuery = None, form: CategoryForm = None) -> str:
@@ -447,6 +482,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     body_limit = settings.max_files_per_batch * settings.max_upload_bytes + (1 << 20)  # + form fields
     app = FastAPI(title="RPE-PAD inspection service", version=package_version(), lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # /docs is served without a CDN (service.web)
                   description="Pose-agnostic anomaly detection: upload a photo of an object from any viewpoint; "
                               "the service finds its pose, renders the normal object there and compares.")
     app.state.log = log
@@ -512,7 +548,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus text format: requests, latency per route and per stage, errors, bundles."""
         return Response(state.telemetry.render(), media_type=METRICS_TYPE)
 
-    @app.get("/categories", response_model=Categories, dependencies=[Depends(authorised)], tags=["inspection"],
+    reads = [Depends(authorised), Depends(declared_query)]  # every GET and the feedback: known parameters only
+    inspects = [Depends(authorised), Depends(multipart_body), Depends(one_reading)]  # /inspect and /inspect/batch
+
+    @app.get("/categories", response_model=Categories, dependencies=reads, tags=["inspection"],
              responses=problems.errors(401, 503))
     async def categories(state: Ready) -> Categories:
         """The loaded categories (and the bundles that were refused, with the reason)."""
@@ -584,7 +623,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                                                mode="L")),
             overlay_png=_png_b64(inspector.figure(image.numpy(), result)) if include.overlay else None)
 
-    @app.post("/inspect", response_model=InspectionOut, dependencies=[Depends(authorised), Depends(one_reading)],
+    @app.post("/inspect", response_model=InspectionOut, dependencies=inspects,
               tags=["inspection"],
               responses=problems.errors(400, 401, 404, 413, 415, 422, 503))
     async def inspect(request: Request, state: Ready,
@@ -619,7 +658,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.telemetry.phase.labels(phase).observe(seconds)
         return out
 
-    @app.post("/inspect/batch", response_model=BatchOut, dependencies=[Depends(authorised), Depends(one_reading)],
+    @app.post("/inspect/batch", response_model=BatchOut, dependencies=inspects,
               tags=["inspection"],
               responses=problems.errors(400, 401, 404, 413, 415, 422, 503))
     async def inspect_batch(request: Request, state: Ready,
@@ -652,7 +691,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 outs.append(out)
         return BatchOut(request_id=request.state.request_id, category=category, results=outs)
 
-    @app.get("/categories/{category}/gallery/{view_id}.png", dependencies=[Depends(authorised)],
+    @app.get("/categories/{category}/gallery/{view_id}.png", dependencies=reads,
              tags=["inspection"], response_class=Response,
              responses={200: {"content": {"image/png": {}}, "description": "the gallery view"},
                         **problems.errors(401, 404, 422, 503)})
@@ -676,16 +715,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.records.submit(Pending(
             id=record_id, created=utc_now(), request_id=out.request_id, category=out.category, filename=out.filename,
             bundle_id=inspector.bundle_id, bundle_sha256=inspector.bundle_sha256,
-            result=out.model_dump(mode="json", exclude={"anomaly_map_png", "overlay_png"}),
+            result=out.model_dump(mode="json", exclude=IMAGE_FIELDS),
             evidence=lambda: Evidence.encode(image.numpy(), result.reference, result.normalised_map()),
             query_bytes=data if keep else None,
             query_media_type=(upload.content_type or "application/octet-stream") if keep else None))
 
     def _summary(r: Record) -> dict:
-        return dict(id=r.id, created=r.created, request_id=r.request_id, category=r.category, verdict=r.verdict,
+        return dict(id=r.id, created=_utc(r.created), request_id=r.request_id, category=r.category, verdict=r.verdict,
                     score=r.score, threshold=r.threshold, normalised_score=r.normalised_score, filename=r.filename,
                     bundle_id=r.bundle_id, bundle_sha256=r.bundle_sha256, feedback=r.feedback,
-                    feedback_note=r.feedback_note, feedback_at=r.feedback_at, has_overlay=r.has_overlay,
+                    feedback_note=r.feedback_note, feedback_at=_utc(r.feedback_at), has_overlay=r.has_overlay,
                     has_query=r.has_query)
 
     def _filters(category: str | None, verdict: str | None, since: datetime | None, until: datetime | None,
@@ -704,7 +743,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     FilterQuery = filter_query()
 
-    @app.get("/inspections", response_model=RecordPage, dependencies=[Depends(authorised)], tags=["records"],
+    @app.get("/inspections", response_model=RecordPage, dependencies=reads, tags=["records"],
              responses=problems.errors(401, 422, 503))
     async def list_inspections(store: Records, category: str | None = FilterQuery["category"],
                                verdict: str | None = FilterQuery["verdict"],
@@ -720,7 +759,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     FilterQuery = filter_query()
 
-    @app.get("/inspections.csv", dependencies=[Depends(authorised)], tags=["records"], response_class=Response,
+    @app.get("/inspections.csv", dependencies=reads, tags=["records"], response_class=Response,
              responses={200: {"description": "CSV, one row a record", "content": {CSV_TYPE: {}}},
                         **problems.errors(401, 422, 503)})
     async def export_inspections(store: Records, category: str | None = FilterQuery["category"],
@@ -751,16 +790,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         raise ServiceError(404, f"no inspection record {record_id!r} (not stored by this service, or past the "
                                 "retention limit)")
 
-    @app.get("/inspections/{record_id}", response_model=RecordDetail, dependencies=[Depends(authorised)],
+    @app.get("/inspections/{record_id}", response_model=RecordDetail, dependencies=reads,
              tags=["records"], responses=problems.errors(401, 404, 503))
     async def get_inspection(record_id: str, store: Records) -> RecordDetail:
         """One stored inspection: its result, feedback, and where its images are."""
         r = await _get_record(store, record_id)
-        return RecordDetail(**_summary(r), result=json.loads(r.result_json),
+        result = {k: v for k, v in json.loads(r.result_json).items() if k not in IMAGE_FIELDS}  # older records kept one
+        return RecordDetail(**_summary(r), result=result,
                             overlay_url=f"/inspections/{r.id}/overlay.png" if r.has_overlay else None,
                             query_url=f"/inspections/{r.id}/query" if r.query_bytes is not None else None)
 
-    @app.get("/inspections/{record_id}/overlay.png", dependencies=[Depends(authorised)], tags=["records"],
+    @app.get("/inspections/{record_id}/overlay.png", dependencies=reads, tags=["records"],
              response_class=Response, responses={200: {"description": "PNG", "content": {"image/png": {}}},
                                                  **problems.errors(401, 404, 500, 503)})
     async def get_overlay(record_id: str, store: Records) -> Response:
@@ -779,7 +819,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                     "the service stopped before writing them, or encoding them failed)")
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
-    @app.get("/inspections/{record_id}/query", dependencies=[Depends(authorised)], tags=["records"],
+    @app.get("/inspections/{record_id}/query", dependencies=reads, tags=["records"],
              response_class=Response,
              responses={200: {"description": "the image's own type",
                               "content": {t: {} for t in sorted(IMAGE_TYPES | {"application/octet-stream"})}},
@@ -793,7 +833,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         media = r.query_media_type if r.query_media_type in IMAGE_TYPES else "application/octet-stream"
         return Response(r.query_bytes, media_type=media, headers={"X-Content-Type-Options": "nosniff"})
 
-    @app.post("/inspections/{record_id}/feedback", response_model=RecordDetail, dependencies=[Depends(authorised)],
+    @app.post("/inspections/{record_id}/feedback", response_model=RecordDetail, dependencies=reads,
               tags=["records"], responses=problems.errors(401, 404, 422, 503))
     async def give_feedback(record_id: str, feedback: FeedbackIn, store: Records) -> RecordDetail:
         """The operator's word on an inspection: a confirmed defect, or a false alarm, with a note."""
@@ -822,6 +862,11 @@ def _parse_intrinsics(text: str | None) -> tuple[float, float, float, float] | N
         return parse_intrinsics(text)
     except ValueError as exc:
         raise ServiceError(422, str(exc)) from exc
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A stored time (naive, in UTC on every backend) with its zone, so JSON shows it as UTC."""
+    return moment.replace(tzinfo=UTC) if moment is not None else None
 
 
 def _png_b64(image: Image.Image) -> str:

@@ -95,6 +95,14 @@ def document(app: FastAPI, limits: dict[tuple[str, str, str], dict] | None = Non
     app.openapi = openapi
 
 
+def _plain(error: dict) -> str:
+    """A validation error's message, for a person: an upload sent as text says how to send it."""
+    msg = str(error.get("msg", ""))
+    if "UploadFile" in msg:  # e.g. curl -F file=photo.png (without the @)
+        return "expected a file, got text: send the photo as a file part (curl: -F file=@photo.png)"
+    return msg
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
@@ -102,7 +110,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        errors = [{"loc": list(e.get("loc", ())), "msg": _plain(e)} for e in exc.errors()]
         summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:3])
         return problem(422, f"invalid request: {summary}", request, errors=errors)
 

@@ -738,13 +738,14 @@ class RecordStore:
             return session.scalar(filters.apply(select(func.count()).select_from(Record))) or 0
 
     def list(self, filters: Filters = Filters(), limit: int = 50, offset: int = 0,
-             before: tuple[datetime, str] | None = None) -> list[Record]:
-        """Records without their images and result (``has_overlay``, ``has_query`` say whether
-        they have images): what a history page and the CSV need. Newest first; ``before``
-        (created, id) starts after that record, so pages read that way neither repeat nor skip
-        a record when new ones arrive meanwhile."""
+             before: tuple[datetime, str] | None = None, with_result: bool = False) -> list[Record]:
+        """Records without their images (``has_overlay``, ``has_query`` say whether they have
+        them) and, unless ``with_result`` (the CSV's pose check), their result: what a history
+        page and the CSV need. Newest first; ``before`` (created, id) starts after that record,
+        so pages read that way neither repeat nor skip a record when new ones arrive meanwhile."""
+        deferred = IMAGES if with_result else (*IMAGES, Record.result_json)
         stmt = filters.apply(select(Record, HAS_OVERLAY, Record.query_bytes.is_not(None))
-                             .options(*(defer(c) for c in IMAGES), defer(Record.result_json)))
+                             .options(*(defer(c) for c in deferred)))
         if before is not None:
             created, rid = before
             stmt = stmt.where(or_(Record.created < created, and_(Record.created == created, Record.id < rid)))
@@ -782,18 +783,30 @@ class RecordStore:
                    "filename", "bundle_id", "bundle_sha256", "feedback", "feedback_note", "feedback_at"]
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(columns)
+        writer.writerow(columns + list(POSE_CHECK_COLUMNS))
         before = None
         while True:
-            rows = self.list(filters, limit=chunk, before=before)
+            rows = self.list(filters, limit=chunk, before=before, with_result=True)
             for r in rows:
-                writer.writerow([_csv_value(getattr(r, c)) for c in columns])
+                writer.writerow([_csv_value(getattr(r, c)) for c in columns] + [_csv_value(v) for v in _pose_check(r)])
             yield buf.getvalue()
             buf.seek(0)
             buf.truncate()
             if len(rows) < chunk:
                 return
             before = rows[-1].created, rows[-1].id
+
+
+# The pose check of each record (its result's ``verification``), so a `review` says why in a spreadsheet too.
+POSE_CHECK_COLUMNS = ("pose_verified", "pose_check_reason", "misalignment_px", "silhouette_iou")
+
+
+def _pose_check(record: Record) -> list:
+    try:
+        check = json.loads(record.result_json).get("verification") or {}
+    except (ValueError, AttributeError):  # a result that is not a JSON object: its columns stay empty
+        check = {}
+    return [check.get("verified"), check.get("reason") or None, check.get("misalignment_px"), check.get("silhouette_iou")]
 
 
 IMAGES = (Record.overlay_png, Record.query_png, Record.reference_png, Record.map_png, Record.query_bytes)
@@ -839,6 +852,8 @@ def _csv_value(value) -> str:
     spreadsheet would read as a formula is quoted with a leading apostrophe."""
     if isinstance(value, datetime):
         return value.isoformat() + "Z"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
     text = "" if value is None else str(value)

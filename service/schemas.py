@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.results import CategoryInfo, Inspection
 
@@ -82,6 +82,8 @@ class RecordPage(BaseModel):
 
 
 class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is refused, not dropped
+
     label: Literal["confirmed_defect", "false_alarm"] = Field(description="what the part really was")
     note: str | None = Field(None, max_length=2000, pattern="^[^\\x00]*$",
                              description="free text (no NUL character, which no database keeps)")

@@ -44,8 +44,8 @@ async def read_limited(upload: UploadFile, limit: int) -> bytes:
 def check_media_type(upload: UploadFile) -> None:
     media = (upload.content_type or "").split(";")[0].strip().lower()
     if media not in MEDIA_TYPES:
-        raise ServiceError(415, f"{upload.filename or 'upload'}: media type {media!r} is not an image "
-                                f"(send PNG, JPEG, WebP, BMP or TIFF)")
+        raise ServiceError(415, f"{upload.filename or 'upload'}: media type {media!r} is not an image type this "
+                                f"service reads (send PNG, JPEG, WebP, BMP or TIFF)")
 
 
 def decode(data: bytes, name: str, settings: Settings, background: Background) -> np.ndarray:

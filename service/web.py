@@ -13,8 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from starlette.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 WEB = Path(__file__).parent / "web"
 # Only the page's own files run; images may be blob: or data: URLs made by the page.
@@ -35,9 +37,21 @@ class _StaticFiles(StaticFiles):
 
 
 def install(app: FastAPI) -> None:
+    """The page at ``/``, its files at ``/static``, and the OpenAPI page at ``/docs`` with
+    Swagger UI's files from the ``swagger-ui-bundle`` package (FastAPI's default page loads
+    them from a CDN, which a line with no internet cannot reach). Create the app with
+    ``docs_url=None`` and ``redoc_url=None``."""
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title}: API",
+                                   swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger/swagger-ui.css",
+                                   swagger_favicon_url="/static/swagger/favicon-32x32.png")
+
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(WEB / "index.html", media_type="text/html; charset=utf-8",
                             headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"})
 
+    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_path), name="swagger")
     app.mount("/static", _StaticFiles(directory=WEB / "static"), name="static")

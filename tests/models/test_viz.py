@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.viz import anomaly_overlay, decision_contour, side_by_side
+from models.viz import anomaly_overlay, decision_contour, figure, side_by_side
 
 
 def test_decision_contour_outlines_the_mask() -> None:
@@ -44,3 +44,10 @@ def test_side_by_side_has_three_panels() -> None:
     red_cols, blue_cols = np.flatnonzero(is_red.sum(0) > 40), np.flatnonzero(is_blue.sum(0) > 40)
     assert len(blue_cols) >= 90 and len(red_cols) >= 2 * 90
     assert red_cols.min() < blue_cols.min() and red_cols.max() > blue_cols.max()  # red | blue | red
+
+
+def test_figures_keep_three_significant_digits() -> None:
+    """The overlay's caption: a score of 0.66 against 0.3 must not read "1 / 0"."""
+    assert [figure(v) for v in (0.66, 0.3, 1.0173, 150.82, 5931.2, 0.0004567)] == \
+        ["0.660", "0.300", "1.02", "151", "5931", "0.000457"]
+    assert figure(0.0) == "0" and figure(float("inf")) == "inf"

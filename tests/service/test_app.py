@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import struct
 import tempfile
 import time
@@ -80,6 +81,14 @@ def test_health_ready_categories_openapi(client: TestClient, category: str) -> N
     assert info["threshold"] > 0 and info["device"] == "cpu" and info["pose_mode"] == "rpe+refine"
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/inspect", "/inspect/batch", "/categories", "/healthz", "/readyz", "/metrics"} <= set(paths)
+    # The OpenAPI page loads nothing from outside (a line with no internet), and what it loads is served.
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/openapi.json" in page.text
+    assets = re.findall(r"""(?:src|href)=["']?([^"' >]+)""", page.text)
+    assert assets and not [a for a in assets if "://" in a or a.startswith("//")], assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
+    assert client.get("/redoc").status_code == 404  # ReDoc would load from a CDN: not offered
 
 
 def test_inspect_returns_everything(client: TestClient, category: str, query_png: bytes, defect_png: bytes) -> None:
@@ -220,6 +229,11 @@ def test_field_errors(client: TestClient, category: str, query_png: bytes) -> No
     assert r.status_code == 404 and category in r.json()["detail"]
     for threshold in ("-1", "abc", "nan", "1e308"):  # 1e308: the normalised score's scale overflowed (a 0.5 shown)
         assert _post(client, category, query_png, threshold=threshold).status_code == 422
+    # Common client mistakes are answered with how to send the photo.
+    r = client.post("/inspect", data={"category": category, "file": "photo.png"})  # curl -F file=photo.png (no @)
+    assert r.status_code == 422 and "-F file=@photo.png" in r.json()["detail"]
+    r = client.post("/inspect", json={"category": category, "file": "photo.png"})  # a JSON body
+    assert r.status_code == 422 and "multipart/form-data" in r.json()["detail"] and "application/json" in r.json()["detail"]
 
 
 def test_nothing_sent_is_dropped_without_a_word(client: TestClient, category: str, query_png: bytes) -> None:

@@ -57,7 +57,8 @@ def images(tiny_synth: Path) -> dict[str, bytes]:
 def test_every_inspection_is_stored_and_read_back(tiny_release: Path, tmp_path: Path, images) -> None:
     category = tiny_release.name
     with _served(tiny_release.parent, tmp_path) as c:
-        out = _inspect(c, category, images["good"], name="part-17.png", include_overlay="true")
+        out = _inspect(c, category, images["good"], name="part-17.png", include_overlay="true", include_reference="true")
+        assert out["reference_png"]  # answered, and not stored: a record's result holds no images
         batch = c.post("/inspect/batch", data={"category": category},
                        files=[("files", ("a.png", images["good"], "image/png")), ("files", ("b.png", images["bad"], "image/png"))])
         assert batch.status_code == 200
@@ -71,7 +72,17 @@ def test_every_inspection_is_stored_and_read_back(tiny_release: Path, tmp_path: 
         assert detail["verdict"] == out["verdict"] and detail["score"] == pytest.approx(out["score"])
         assert detail["bundle_id"] == info["bundle_id"] and len(detail["bundle_sha256"]) == 64
         assert detail["bundle_sha256"] == info["bundle_sha256"]
-        assert detail["result"]["pose"] == out["pose"] and "overlay_png" not in detail["result"]
+        assert detail["result"]["pose"] == out["pose"]
+        assert not {"overlay_png", "reference_png", "anomaly_map_png"} & set(detail["result"])
+        from sqlalchemy import text
+        with c.app.state.svc.records.engine.begin() as conn:  # stored so (the route also strips older records')
+            stored = conn.execute(text("SELECT result_json FROM inspections WHERE id = :i"),
+                                  {"i": out["record_id"]}).scalar_one()
+        assert "reference_png" not in stored and "overlay_png" not in stored and '"verdict"' in stored
+        # Times are UTC and say so (a browser would read a naive time as local).
+        created = datetime.fromisoformat(detail["created"])
+        assert created.tzinfo is not None and created.utcoffset() == timedelta(0)
+        assert abs(created - datetime.now(UTC)) < timedelta(minutes=5)
         overlay = c.get(detail["overlay_url"])
         assert overlay.headers["content-type"] == "image/png"
         # Drawn from the record's evidence, it is the figure the answer had (8-bit images
@@ -85,7 +96,6 @@ def test_every_inspection_is_stored_and_read_back(tiny_release: Path, tmp_path: 
         batch_ids = [r["record_id"] for r in batch.json()["results"]]
         assert {i["id"] for i in page["items"]} == {out["record_id"], *batch_ids}
         # A stored image that no longer decodes: a problem naming the record, counted; the rest reads on.
-        from sqlalchemy import text
         with c.app.state.svc.records.engine.begin() as conn:
             conn.execute(text("UPDATE inspections SET map_png = :b WHERE id = :i"),
                          {"b": b"\x89PNG cut", "i": batch_ids[0]})
@@ -103,7 +113,8 @@ def test_feedback_filters_pagination_and_csv(tiny_release: Path, tmp_path: Path,
         _flush(c)
         r = c.post(f"/inspections/{ids[1]}/feedback", json={"label": "false_alarm", "note": "dust on the lens"})
         assert r.status_code == 200 and r.json()["feedback"] == "false_alarm"
-        assert r.json()["feedback_note"] == "dust on the lens" and r.json()["feedback_at"]
+        assert r.json()["feedback_note"] == "dust on the lens"
+        assert datetime.fromisoformat(r.json()["feedback_at"]).utcoffset() == timedelta(0)
         c.post(f"/inspections/{ids[2]}/feedback", json={"label": "confirmed_defect"})
         assert [i["id"] for i in c.get("/inspections?feedback=false_alarm").json()["items"]] == [ids[1]]
         assert c.get("/inspections?feedback=any").json()["total"] == 2
@@ -121,15 +132,27 @@ def test_feedback_filters_pagination_and_csv(tiny_release: Path, tmp_path: Path,
         assert [i["id"] for i in first["items"] + second["items"]] == ids[::-1]
         rows = list(csv.DictReader(io.StringIO(c.get("/inspections.csv").text)))
         assert [row["id"] for row in rows] == ids[::-1] and rows[2]["feedback"] == "false_alarm"
+        for row in rows:  # the pose check, as the record's result holds it
+            check = c.get(f"/inspections/{row['id']}").json()["result"]["verification"]
+            assert row["pose_verified"] == str(check["verified"]).lower()
+            assert row["pose_check_reason"] == check["reason"] and float(row["silhouette_iou"]) == check["silhouette_iou"]
         assert rows[2]["feedback_note"] == "dust on the lens"
         # A note a spreadsheet would run as a formula is exported as text.
         c.post(f"/inspections/{ids[3]}/feedback", json={"label": "false_alarm", "note": "=HYPERLINK(\"x\")"})
         rows = list(csv.DictReader(io.StringIO(c.get("/inspections.csv").text)))
         assert rows[0]["feedback_note"] == "'=HYPERLINK(\"x\")" and rows[2]["feedback_note"] == "dust on the lens"
         # The operator's mistakes get problems, not 500s.
-        for bad in ({"label": "maybe"}, {"note": "no label"}, {"label": "false_alarm", "note": "x" * 3000}):
+        for bad in ({"label": "maybe"}, {"note": "no label"}, {"label": "false_alarm", "note": "x" * 3000},
+                    {"label": "false_alarm", "lable": "x"}):  # a misspelt field is refused, not dropped
             r = c.post(f"/inspections/{ids[0]}/feedback", json=bad)
             assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
+        assert c.get(f"/inspections/{ids[0]}").json()["feedback"] is None
+        # So is a misspelt or repeated filter: it would list every record without a word.
+        for path, params in (("/inspections", {"verdcit": "normal"}), ("/inspections.csv", {"limit": 1}),
+                             (f"/inspections/{ids[0]}", {"x": 1}), ("/inspections", [("verdict", "normal")] * 2)):
+            r = c.get(path, params=params)
+            assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, path
+            assert ("not read by" in r.json()["detail"]) != ("more than once" in r.json()["detail"])
         assert c.post(f"/inspections/{'0' * 32}/feedback", json={"label": "false_alarm"}).status_code == 404
         assert c.get("/inspections/not-an-id").status_code == 404
         assert c.get("/inspections", params={"verdict": "broken"}).status_code == 422
