@@ -10,6 +10,7 @@ presets) come from ``models.registry``.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -297,8 +298,16 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the machine's failures (a full disk, an I/O error, a library that does not load)
         if os.environ.get("RPEPAD_DEBUG"):
             raise
+        if exc.errno == errno.EROFS:  # a read-only place for the output: the user's choice of folder
+            print(f"rpe-pad {args.command}: error: {exc} (choose a folder that can be written)", file=sys.stderr)
+            return 2
         print(f"rpe-pad {args.command}: error: {exc} (RPEPAD_DEBUG=1 shows where)", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (prepare and synth leave nothing half-made; train resumes)
+        if os.environ.get("RPEPAD_DEBUG"):
+            raise
+        print(f"rpe-pad {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

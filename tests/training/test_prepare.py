@@ -85,6 +85,18 @@ def test_every_photo_registers_close_to_its_true_pose(prepared, textured: Path, 
         assert category.lens is None
 
 
+@pytest.mark.slow(seconds=20)
+def test_a_wrong_focal_length_is_caught_not_trusted(textured: Path, photos: Path, tmp_path: Path) -> None:
+    """--focal at half the true value (a typo, or the wrong unit): structure-from-motion refines
+    it, and the report says the photos disagree, so the category is not called ready."""
+    angle = json.loads((textured / "train" / "transforms.json").read_text())["camera_angle_x"]
+    true_focal = 0.5 * 224 / np.tan(angle / 2)
+    report = prepare(photos, tmp_path / "part", PrepareConfig(threads=2, focal=0.5 * true_focal), progress=False)
+    codes = {w["code"]: w for w in report["warnings"]}
+    assert "focal_disagrees" in codes and codes["focal_disagrees"]["error"] and not report["ready"]
+    assert f"--focal {0.5 * true_focal:.0f}" in codes["focal_disagrees"]["message"]
+
+
 def test_masks_and_composites_and_the_report(prepared) -> None:
     out, report = prepared
     sources = {f["source"] for f in json.loads((out / "train" / "transforms.json").read_text())["frames"]}
@@ -186,11 +198,59 @@ def test_a_bad_folder_gets_a_clear_error(tmp_path: Path, capsys: pytest.CaptureF
     (tmp_path / "taken" / "x").write_text("")
     with pytest.raises(FileExistsError, match="not empty"):
         prepare(tmp_path / "mixed", tmp_path / "taken")
-    (tmp_path / "failed" / "prepare").mkdir(parents=True)  # what a run that did not finish leaves
-    with pytest.raises(FileExistsError, match="report of an earlier run that did not finish"):
-        prepare(tmp_path / "mixed", tmp_path / "failed")
     with pytest.raises(FileExistsError, match="is a file"):
         prepare(tmp_path / "mixed", tmp_path / "taken" / "x")
+    # A name `rpe-pad train` would refuse is refused first, before any work.
+    assert main(["prepare", str(tmp_path / "mixed"), "--out", str(tmp_path / ".part")]) == 2
+    assert "plain directory name" in capsys.readouterr().err and not (tmp_path / ".part").exists()
+    # Photos of one camera, some held the other way: said so.
+    _pngs(tmp_path / "turned", 9)
+    _pngs(tmp_path / "turned_odd", 1, size=(48, 64), seed=2)
+    shutil.copy(tmp_path / "turned_odd" / "p00.png", tmp_path / "turned" / "portrait.png")
+    with pytest.raises(PrepareError, match="differ only in orientation"):
+        read_photos(tmp_path / "turned", 1600)
+
+
+def test_a_run_that_fails_leaves_nothing_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Structure-from-motion fails on photos of noise: the output folder is gone again (or
+    emptied, when it was there), so no later command takes it for a prepared category."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "noise").mkdir()
+    for i in range(9):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "noise" / f"n{i}.png")
+    assert main(["prepare", str(tmp_path / "noise"), "--out", str(tmp_path / "out")]) == 2
+    assert "structure-from-motion" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["prepare", str(tmp_path / "noise"), "--out", str(tmp_path / "empty")]) == 2
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+
+
+def test_photos_are_read_as_stored(tmp_path: Path) -> None:
+    """Hidden files are set aside; sizes are compared before downscaling (a crop stored at
+    another size is refused even when both are shrunk to one side); a photo's transparency is
+    its mask, so a black part on a transparent black background is not cut out."""
+    _pngs(tmp_path / "ok", 9)
+    shutil.copy(tmp_path / "ok" / "p00.png", tmp_path / "ok" / "._p00.png")  # macOS metadata, or a thumbnail
+    photos, skipped = read_photos(tmp_path / "ok", 1600)
+    assert len(photos) == 9 and [(s.name, "hidden" in s.reason) for s in skipped] == [("._p00.png", True)]
+    assert "._p00.png" not in {p.name for p in photos}
+    _pngs(tmp_path / "big", 9, size=(80, 60))
+    _pngs(tmp_path / "big_odd", 1, size=(100, 75), seed=3)
+    shutil.copy(tmp_path / "big_odd" / "p00.png", tmp_path / "big" / "crop.png")
+    with pytest.raises(PrepareError, match="80x60 \\(9\\), 100x75 \\(1\\).*crop.png"):
+        read_photos(tmp_path / "big", 40)  # both would be 40 px wide after downscaling
+    (tmp_path / "cut").mkdir()
+    rgba = np.zeros((48, 64, 4), np.uint8)  # transparent black around the part
+    rgba[12:36, 16:48] = (10, 10, 10, 255)  # a black part
+    rgba[20:28, 24:40] = (200, 40, 40, 255)
+    for i in range(8):
+        Image.fromarray(rgba).save(tmp_path / "cut" / f"c{i}.png")
+        rgba[0, i] = (0, 0, 0, 1)  # not byte-identical copies
+    photos, _ = read_photos(tmp_path / "cut", 1600)
+    assert photos[0].alpha is not None and photos[0].rgb[0, 40].tolist() == [255, 255, 255]  # onto white
+    assert photos[0].rgb[14, 18].tolist() == [10, 10, 10]
+    mask = mk.from_alpha(photos[0].alpha)
+    assert mask.binary[12:36, 16:48].all() and mask.binary.sum() == 24 * 32  # exactly the part
 
 
 def test_a_corrupt_photo_is_set_aside_with_its_reason_and_exif_orientation_is_honoured(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from models import camera as cam
+from models.bundle import check_category_name
 from models.images import Undistortion
 from training.prepare import masks as mk
 from training.prepare import report as rp
@@ -48,18 +49,31 @@ class PrepareConfig:
 def prepare(photos_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | None = None,
             progress: bool = True) -> dict:
     """Write a category to ``out_dir`` (created; must be empty or absent) from the photos in
-    ``photos_dir``; return the readiness report (also written as JSON)."""
+    ``photos_dir``; return the readiness report (also written as JSON). A run that fails or is
+    interrupted leaves nothing behind (``out_dir`` as it found it), so no later command takes a
+    half-written category for a prepared one."""
     cfg = cfg or PrepareConfig()
     photos_dir, out = Path(photos_dir), Path(out_dir)
+    check_category_name(out.resolve().name)  # the name `rpe-pad train` will give the category
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: output folder is a file")
     if out.exists() and any(out.iterdir()):
-        only_report = [p.name for p in out.iterdir()] == ["prepare"]  # what a run that failed leaves: its report
-        raise FileExistsError(f"{out}: output folder exists and is not empty" + (
-            f" (it holds the report of an earlier run that did not finish, {out / 'prepare'}: read it, then remove "
-            "the folder or choose another --out)" if only_report else ""))
+        raise FileExistsError(f"{out}: output folder exists and is not empty: remove it or choose another --out")
     if cfg.focal is not None and not (math.isfinite(cfg.focal) and cfg.focal > 0):
         raise PrepareError(f"--focal must be a positive number of pixels, got {cfg.focal}")
+    existed = out.exists()
+    try:
+        return _prepare(photos_dir, out, cfg, progress)
+    except BaseException:  # a failure, Ctrl-C or a kill signal Python sees: nothing half-written stays
+        if existed:
+            for child in list(out.iterdir()) if out.is_dir() else []:
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) -> dict:
     start = time.perf_counter()
     say = _stepper(progress, start)
 
@@ -71,7 +85,8 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | No
     report_dir.mkdir(parents=True, exist_ok=True)
     focal = cfg.focal * photos[0].scale if cfg.focal is not None else None
     say("object masks")
-    masks = {p.name: mk.object_mask(p.rgb) for p in tqdm(photos, desc="masks", disable=not progress)}
+    masks = {p.name: mk.from_alpha(p.alpha) if p.alpha is not None else mk.object_mask(p.rgb)
+             for p in tqdm(photos, desc="masks", disable=not progress)}
     rec = reconstruct(photos, report_dir / "sfm", {n: m.binary for n, m in masks.items()}, cfg.camera_model, focal,
                       cfg.threads, step=lambda name: say(f"structure-from-motion: {name}"))
     shutil.rmtree(report_dir / "sfm" / "images", ignore_errors=True)  # copies of the photos; the masks stay
@@ -100,7 +115,10 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | No
     frames = []
     for i, photo in enumerate(tqdm(registered, desc="writing", disable=not progress)):
         rgb = photo.rgb if lens is None else lens(photo.rgb)  # the same undistortion as the bundle's queries get
-        mask = masks[photo.name] if lens is None else mk.object_mask(rgb)
+        if lens is None:
+            mask = masks[photo.name]
+        else:  # the photo's own alpha goes through the lens with it; otherwise the mask is found again
+            mask = mk.from_alpha(lens(photo.alpha)) if photo.alpha is not None else mk.object_mask(rgb)
         file = f"{i:03d}"
         Image.fromarray(mk.composite(rgb, mask.alpha)).save(train / f"{file}.png")
         Image.fromarray((mask.alpha * 255 + 0.5).astype(np.uint8)).save(mask_dir / f"{file}.png")
@@ -117,7 +135,7 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | No
             azimuth_deg=math.degrees(math.atan2(centres[i, 1], centres[i, 0])),
             elevation_deg=math.degrees(math.asin(np.clip(centres[i, 2] / distance, -1, 1))),
         ))
-        sheet_cells.append((file, rgb, mask.binary))
+        sheet_cells.append((photo.name, rgb, mask.binary, None))
     stats += [rp.PhotoStats(name=n, file=None, registered=False, reason=r) for n, r in rec.unregistered.items()]
 
     width, height = rec.camera.width, rec.camera.height
@@ -136,7 +154,8 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | No
     (out / "train" / "transforms.json").write_text(json.dumps(transforms, indent=1) + "\n")
 
     groups = 1 + len({r for r in rec.unregistered.values() if "separate group" in r})
-    flags = rp.warnings_for(stats, [(s.name, s.reason) for s in skipped], rec.camera.focal, exif_focal, groups)
+    flags = rp.warnings_for(stats, [(s.name, s.reason) for s in skipped], rec.camera.focal, exif_focal, groups,
+                            given_focal=focal)
     flagged = {n for f in flags for n in f.photos}
     report = rp.to_json({
         "category": out.name,
@@ -167,12 +186,14 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | No
         "photos_detail": stats,
         "skipped": [asdict(s) for s in skipped],
     })
-    (report_dir / "readiness.json").write_text(json.dumps(report, indent=1) + "\n")
     rp.coverage_figure(centres, stats, f"{out.name}: {len(registered)} views, mean reprojection "
                        f"{report['mean_reprojection_px']:.2f} px").save(report_dir / "coverage.png")
-    rp.mask_sheet([(f, rgb, m, f"train/good/{f}.png" in {s.file for s in stats if s.name in flagged})
-                   for f, rgb, m in sheet_cells],
-                  f"{out.name}: object masks (red: background removed; ! flagged)").save(report_dir / "masks.png")
+    unused = [(p.name, p.rgb, masks[p.name].binary, "not registered") for p in photos if p.name in rec.unregistered]
+    rp.mask_sheet([(name, rgb, m, note or ("flagged" if name in flagged else None))
+                   for name, rgb, m, note in unused + sheet_cells],
+                  f"{out.name}: {'READY' if report['ready'] else 'NOT READY'}; object masks by photo name (red: "
+                  "background removed; first x: not registered, !: flagged)").save(report_dir / "masks.png")
+    (report_dir / "readiness.json").write_text(json.dumps(report, indent=1) + "\n")  # last: the report is whole
     return report
 
 

@@ -11,6 +11,10 @@ Method (documented in docs/DATA.md, "Onboarding from photographs"):
 4. Alpha: 1 inside the mask, ramping with the distance in a 2-px band around its edge (the
    anti-aliased rim), 0 elsewhere; the composite is ``alpha * photo + (1 - alpha) * white``.
 
+A photo with transparency (an RGBA PNG cut out by another tool) needs none of this: its
+alpha is the mask (``from_alpha``), so a dark part on a transparent black is never taken for
+background.
+
 A photo's background is "not plain" when the border's 95th-percentile distance exceeds
 ``PLAIN_DELTA_E`` (texture, gradient or clutter), and the object "touches the frame" when
 more than ``MAX_BORDER_OBJECT`` of the border strip is object.
@@ -77,6 +81,14 @@ def object_mask(rgb: np.ndarray) -> Mask:
     alpha[rim] = np.clip(distance[rim] / (2.0 * threshold), 0.0, 1.0)
     background_rgb = np.median(rgb[strip].astype(np.float32) / 255.0, axis=0)
     return Mask(alpha, tuple(float(v) for v in background_rgb), spread, float(binary[strip].mean()), threshold)
+
+
+def from_alpha(alpha: np.ndarray) -> Mask:
+    """The mask a photo's own transparency gives (``alpha`` [H, W] in [0, 1]): exact, on a
+    white background by construction (``training.prepare.photos``)."""
+    alpha = np.clip(np.asarray(alpha, dtype=np.float32), 0.0, 1.0)
+    strip = border_strip(*alpha.shape)
+    return Mask(alpha, (1.0, 1.0, 1.0), 0.0, float((alpha[strip] >= 0.5).mean()), 0.0)
 
 
 def _drop_small(mask: np.ndarray, min_size: float) -> np.ndarray:

@@ -1,5 +1,7 @@
-"""The photos of a folder, read once: EXIF orientation applied, sizes checked, duplicates
-and unreadable files set aside with their reason (never dropped silently)."""
+"""The photos of a folder, read once: EXIF orientation applied, sizes checked (as stored,
+before any downscaling), duplicates, hidden files and unreadable files set aside with their
+reason (never dropped silently). A photo with transparency is composited onto white and its
+alpha kept: it is the object's mask (``training.prepare.masks.from_alpha``)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ class Photo:
     scale: float  # this array's pixels per pixel of the file as stored (1 unless downscaled)
     camera: str | None  # EXIF "Make Model", when the file has it
     focal_35mm: float | None  # EXIF FocalLengthIn35mmFilm (mm), when the file has it
+    size: tuple[int, int] = (0, 0)  # (width, height) as stored, EXIF orientation applied
+    alpha: np.ndarray | None = None  # [H, W] float32 in [0, 1] for a photo with transparency (as ``rgb``)
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,8 @@ class Skipped:
 
 
 def find_photos(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, any names, sorted by name."""
+    """Image files directly inside ``folder``, any names, sorted by name (hidden ones too:
+    ``read_photos`` sets them aside)."""
     if not folder.is_dir():
         raise PrepareError(f"{folder}: not a folder of photos")
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
@@ -55,6 +60,9 @@ def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]
     skipped: list[Skipped] = []
     seen: dict[str, str] = {}
     for path in paths:
+        if path.name.startswith("."):  # a thumbnail, or macOS's ._ metadata: not a photo the user chose
+            skipped.append(Skipped(path.name, "a hidden file (its name starts with '.')"))
+            continue
         try:
             photo, digest = _read(path, max_size)
         except (OSError, UnidentifiedImageError, ValueError) as exc:
@@ -65,14 +73,17 @@ def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]
             continue
         seen[digest] = path.name
         photos.append(photo)
-    sizes = Counter((p.rgb.shape[1], p.rgb.shape[0]) for p in photos)
+    sizes = Counter(p.size for p in photos)  # as stored: downscaling would hide a crop or another camera
     if len(sizes) > 1:
         (main_size, _), *_ = sizes.most_common()
-        odd = [p.name for p in photos if (p.rgb.shape[1], p.rgb.shape[0]) != main_size]
+        odd = [p.name for p in photos if p.size != main_size]
         listing = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common())
+        turned = all(size in (main_size, main_size[::-1]) for size in sizes)
         raise PrepareError(f"{folder}: the photos have {len(sizes)} sizes ({listing}); one camera at one resolution "
                            f"is needed. Different from the rest: {', '.join(odd[:10])}"
-                           + (" ..." if len(odd) > 10 else ""))
+                           + (" ..." if len(odd) > 10 else "")
+                           + (". They differ only in orientation: turn them all the same way (portrait or "
+                              "landscape), or hold the camera the same way" if turned else ""))
     if len(photos) < MIN_PHOTOS:
         why = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5])
         raise PrepareError(f"{folder}: {len(photos)} usable photo(s), at least {MIN_PHOTOS} are needed (60 or more "
@@ -86,12 +97,23 @@ def _read(path: Path, max_size: int) -> tuple[Photo, str]:
         exif = image.getexif()
         camera = exif_camera(image)
         image = ImageOps.exif_transpose(image)
+        transparent = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+        rgba = image.convert("RGBA") if transparent else None
         rgb = image.convert("RGB")
-    digest = hashlib.sha256(np.asarray(rgb).tobytes()).hexdigest()
+    digest = hashlib.sha256(np.asarray(rgba if rgba is not None else rgb).tobytes()).hexdigest()
+    size = rgb.size
     long_side = max(rgb.size)
     scale = 1.0
     if long_side > max_size:
         scale = max_size / long_side
-        rgb = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS)
+        new = (round(rgb.width * scale), round(rgb.height * scale))
+        rgb = rgb.resize(new, Image.Resampling.LANCZOS)
+        rgba = rgba.resize(new, Image.Resampling.LANCZOS) if rgba is not None else None
+    alpha = None
+    if rgba is not None:  # onto white, as the category's photos are; the alpha is the object's mask
+        pixels = np.asarray(rgba, dtype=np.float32) / 255.0
+        alpha = pixels[..., 3]
+        on_white = pixels[..., :3] * alpha[..., None] + (1.0 - alpha[..., None])
+        rgb = Image.fromarray((on_white * 255.0 + 0.5).astype(np.uint8))
     focal = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.FocalLengthIn35mmFilm)
-    return Photo(path.name, np.asarray(rgb), scale, camera, float(focal) if focal else None), digest
+    return Photo(path.name, np.asarray(rgb), scale, camera, float(focal) if focal else None, size, alpha), digest

@@ -75,9 +75,15 @@ def azimuth_gap(azimuths_deg: np.ndarray) -> float:
 
 
 def warnings_for(stats: list[PhotoStats], skipped: list[tuple[str, str]], focal: float, exif_focal: float | None,
-                 groups: int) -> list[Flag]:
-    """Every rule of the module docstring, applied to the per-photo figures."""
+                 groups: int, given_focal: float | None = None) -> list[Flag]:
+    """Every rule of the module docstring, applied to the per-photo figures (``given_focal``:
+    ``--focal``, in the photos' pixels as structure-from-motion saw them)."""
     out: list[Flag] = []
+    if given_focal is not None and abs(focal / given_focal - 1) > FOCAL_TOLERANCE:
+        out.append(Flag("focal_disagrees", f"the photos put the focal length at {focal:.0f} px, "
+                           f"{abs(focal / given_focal - 1):.0%} off --focal {given_focal:.0f}, and the category was "
+                           "built with the photos' value: check --focal (pixels of the photos as stored, not "
+                           "millimetres), or leave it out to estimate it", error=True))
     reg = [s for s in stats if s.registered]
     if len(reg) < MIN_VIEWS:
         out.append(Flag("too_few_views", f"{len(reg)} views registered; at least {MIN_VIEWS} are needed for a "
@@ -204,11 +210,18 @@ def coverage_figure(centres: np.ndarray, stats: list[PhotoStats], title: str) ->
     return image
 
 
-def mask_sheet(cells: list[tuple[str, np.ndarray, np.ndarray, bool]], title: str, per_row: int = 10,
+def mask_sheet(cells: list[tuple[str, np.ndarray, np.ndarray, str | None]], title: str, per_row: int = 10,
                cell: int = 120) -> Image.Image:
-    """Each photo with its background tinted red (what the mask removes); flagged photos first."""
-    ordered = sorted(cells, key=lambda c: not c[3])
-    tiles = [Cell(mask_overlay(rgb.astype(np.float32) / 255.0, ~mask), ("! " if flagged else "") + name)
-             for name, rgb, mask, flagged in ordered]
+    """Each photo, labelled by its file name, with its background tinted red (what the mask
+    removes); those with a note first, marked ``x`` (not registered) or ``!`` (flagged)."""
+    ordered = sorted(cells, key=lambda c: (c[3] is None, c[3] != "not registered"))
+    marks = {"not registered": "x ", None: ""}
+    tiles = [Cell(mask_overlay(rgb.astype(np.float32) / 255.0, ~mask), marks.get(note, "! ") + _short(name))
+             for name, rgb, mask, note in ordered]
     rows = [(f"{i + 1}-{min(i + per_row, len(tiles))}", tiles[i:i + per_row]) for i in range(0, len(tiles), per_row)]
     return contact_sheet(rows, cell=cell, title=title, label_width=50)
+
+
+def _short(name: str, most: int = 18) -> str:
+    """A file name that fits under a tile: its start and its end."""
+    return name if len(name) <= most else f"{name[:most - 9]}...{name[-6:]}"

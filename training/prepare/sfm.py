@@ -88,8 +88,13 @@ def reconstruct(photos: list[Photo], work: Path, masks: dict[str, np.ndarray], c
     extraction.sift.domain_size_pooling = True
     mapping = pycolmap.IncrementalPipelineOptions()
     mapping.num_threads = threads
-    mapping.ba_refine_focal_length = focal is None
+    # A given focal length starts the estimate and is refined with it: a wrong one (a typo, or
+    # millimetres) held fixed would bend every pose; the report compares the two.
+    mapping.ba_refine_focal_length = True
     mapping.random_seed = 0
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.ransac.random_seed = 0  # the same photos register the same way on every run
+    pycolmap.set_random_seed(0)
 
     seconds = {}
     start = time.perf_counter()
@@ -98,7 +103,7 @@ def reconstruct(photos: list[Photo], work: Path, masks: dict[str, np.ndarray], c
                               reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
     seconds["features"] = time.perf_counter() - start
     (step or _no_step)("matching")
-    pycolmap.match_exhaustive(database, device=pycolmap.Device.cpu)
+    pycolmap.match_exhaustive(database, verification_options=verification, device=pycolmap.Device.cpu)
     seconds["matching"] = time.perf_counter() - start - seconds["features"]
     (step or _no_step)("mapping")
     models = pycolmap.incremental_mapping(database, images, work / "sparse", mapping)
