@@ -19,6 +19,7 @@ from training.prepare import PrepareConfig, PrepareError, prepare
 from training.prepare import masks as mk
 from training.prepare.frame import CAMERA_DISTANCE
 from training.prepare.photos import read_photos
+from training.prepare.report import azimuth_gap, gap_span
 from training.prepare.verify import grown, share_inside, verify
 from training.synth import SynthConfig, generate
 
@@ -265,3 +266,10 @@ def test_a_corrupt_photo_is_set_aside_with_its_reason_and_exif_orientation_is_ho
     assert len(photos) == 9 and np.array_equal(photos[0].rgb, upright)
     big, _ = read_photos(tmp_path / "ok", 32)  # downscaled to the long side
     assert big[1].rgb.shape == (24, 32, 3) and big[1].scale == 0.5
+
+
+def test_the_largest_azimuth_gap_is_found_where_it_wraps() -> None:
+    """coverage.png shades it, so it must be placed right when it crosses +-180 degrees."""
+    assert gap_span(np.array([-170.0, -160.0, 150.0, 170.0])) == pytest.approx((200.0, 310.0))  # from -160 to 150
+    assert gap_span(np.array([10.0, 20.0, 30.0])) == pytest.approx((30.0, 340.0))  # from 30 round to 10
+    assert azimuth_gap(np.array([0.0, 90.0, 180.0, 270.0])) == pytest.approx(90.0)

@@ -187,7 +187,7 @@ def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) ->
         "skipped": [asdict(s) for s in skipped],
     })
     rp.coverage_figure(centres, stats, f"{out.name}: {len(registered)} views, mean reprojection "
-                       f"{report['mean_reprojection_px']:.2f} px").save(report_dir / "coverage.png")
+                       f"{report['mean_reprojection_px']:.2f} px", frozenset(flagged)).save(report_dir / "coverage.png")
     unused = [(p.name, p.rgb, masks[p.name].binary, "not registered") for p in photos if p.name in rec.unregistered]
     rp.mask_sheet([(name, rgb, m, note or ("flagged" if name in flagged else None))
                    for name, rgb, m, note in unused + sheet_cells],

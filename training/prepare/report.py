@@ -68,10 +68,17 @@ def overexposed(rgb: np.ndarray, mask: np.ndarray) -> float:
 
 def azimuth_gap(azimuths_deg: np.ndarray) -> float:
     """The largest gap (degrees) between neighbouring azimuths around the circle."""
+    return gap_span(azimuths_deg)[1]
+
+
+def gap_span(azimuths_deg: np.ndarray) -> tuple[float, float]:
+    """Where the largest azimuth gap starts (degrees in [0, 360)) and how wide it is."""
     a = np.sort(np.mod(azimuths_deg, 360.0))
     if len(a) < 2:
-        return 360.0
-    return float(max(np.diff(a).max(initial=0.0), 360.0 - a[-1] + a[0]))
+        return (float(a[0]) if len(a) else 0.0), 360.0
+    widths = np.append(np.diff(a), 360.0 - a[-1] + a[0])  # the last one wraps around
+    i = int(np.argmax(widths))
+    return float(a[i]), float(widths[i])
 
 
 def warnings_for(stats: list[PhotoStats], skipped: list[tuple[str, str]], focal: float, exif_focal: float | None,
@@ -171,9 +178,11 @@ def to_json(report: dict) -> dict:
     return clean(report)
 
 
-def coverage_figure(centres: np.ndarray, stats: list[PhotoStats], title: str) -> Image.Image:
+def coverage_figure(centres: np.ndarray, stats: list[PhotoStats], title: str,
+                    flagged: frozenset[str] = frozenset()) -> Image.Image:
     """Camera positions: on the viewing sphere (3D) and as azimuth / elevation, coloured by
-    reprojection error."""
+    reprojection error; the largest azimuth gap shaded (split where it wraps past +-180), and
+    the ``flagged`` photos ringed in red with their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,7 +203,16 @@ def coverage_figure(centres: np.ndarray, stats: list[PhotoStats], title: str) ->
     ax.set_box_aspect((1, 1, 1))
     ax.set_title("cameras on the viewing sphere (x: object)")
     ax2 = fig.add_subplot(1, 2, 2)
+    start, width = gap_span(np.array([s.azimuth_deg for s in reg]))
+    for lo, hi in _unwrapped(start, start + width):
+        ax2.axvspan(lo, hi, color="0.9", zorder=0)
+    ax2.text(((start + width / 2 + 180) % 360) - 180, 80, f"largest gap {width:.0f} deg", ha="center", fontsize=8,
+             color="0.35")
     ax2.scatter([s.azimuth_deg for s in reg], [s.elevation_deg for s in reg], c=errors, cmap="viridis", s=22)
+    for s in (s for s in reg if s.name in flagged):
+        ax2.scatter([s.azimuth_deg], [s.elevation_deg], s=90, facecolors="none", edgecolors="red", linewidths=1.2)
+        ax2.annotate(_short(s.name), (s.azimuth_deg, s.elevation_deg), xytext=(5, 5), textcoords="offset points",
+                     fontsize=7, color="red")
     ax2.set_xlim(-180, 180)
     ax2.set_ylim(-90, 90)
     ax2.set_xlabel("azimuth (degrees)")
@@ -220,6 +238,12 @@ def mask_sheet(cells: list[tuple[str, np.ndarray, np.ndarray, str | None]], titl
              for name, rgb, mask, note in ordered]
     rows = [(f"{i + 1}-{min(i + per_row, len(tiles))}", tiles[i:i + per_row]) for i in range(0, len(tiles), per_row)]
     return contact_sheet(rows, cell=cell, title=title, label_width=50)
+
+
+def _unwrapped(lo: float, hi: float) -> list[tuple[float, float]]:
+    """An azimuth interval (degrees, ``lo`` in [0, 360)) as spans of the plot's -180..180 axis."""
+    lo, hi = ((lo + 180) % 360) - 180, ((lo + 180) % 360) - 180 + (hi - lo)
+    return [(lo, min(hi, 180.0))] + ([(-180.0, hi - 360.0)] if hi > 180 else [])
 
 
 def _short(name: str, most: int = 18) -> str:
