@@ -99,7 +99,7 @@ def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(image.resize((width, height), Image.Resampling.NEAREST)) > 0
 
 
-GREY_LEVELS = 2  # chroma (the channels' spread) at most this many 8-bit levels: a pixel without colour
+GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}  # Pillow's modes without colour
 COLOUR_LEVELS = 16  # photos whose 99th-percentile chroma exceeds this many levels are colour photos
 
 
@@ -112,16 +112,21 @@ def chroma_levels(image: np.ndarray, most: int = 250_000) -> np.ndarray:
     return spread if flat.dtype == np.uint8 else np.rint(spread * 255.0)
 
 
-def is_greyscale(image: np.ndarray) -> bool:
-    """True when an RGB image carries no colour: at most 0.1 % of its pixels spread over
-    ``GREY_LEVELS`` levels (a greyscale file converted to RGB, or a colour file of a grey one)."""
-    return float((chroma_levels(image) > GREY_LEVELS).mean()) <= 0.001
+def greyscale_file(data: bytes) -> bool:
+    """True when encoded image bytes hold a greyscale image (its mode, from the header: no
+    pixel is decoded). A colour file of a grey scene is not greyscale: only the file says so."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.mode in GREY_MODES
+    except (OSError, ValueError):
+        return False
 
 
 def has_colour(images: np.ndarray) -> bool:
     """True when RGB photos show colour: their 99th-percentile chroma exceeds ``COLOUR_LEVELS``
-    levels (a grey part's colour photos, with their noise and white balance, stay under it)."""
-    return float(np.quantile(chroma_levels(images), 0.99)) > COLOUR_LEVELS
+    levels (a grey part's colour photos, with their noise and white balance, stay under it).
+    No photos: False."""
+    return len(images) > 0 and float(np.quantile(chroma_levels(images), 0.99)) > COLOUR_LEVELS
 
 
 def to_lab(image: np.ndarray) -> np.ndarray:

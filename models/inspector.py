@@ -51,7 +51,7 @@ from models.camera import scale_intrinsics
 from models.data import not_a_folder
 from models.gallery import TRAIN, Gallery
 from models.hashing import sha256_file
-from models.images import Undistortion, has_colour, is_greyscale, resize_rgb
+from models.images import Undistortion, has_colour, resize_rgb
 from models.irprn import load_irprn_config
 from models.pose import DEFAULT_K, Matches, PoseEstimator
 from models.refine import RefineConfig, ecc_align, gallery_features, gallery_pnp_refine
@@ -418,11 +418,13 @@ class Inspector:
 
     # ------------------------------------------------------------ the pipeline
     def prepare(self, image: np.ndarray, intrinsics: tuple[float, float, float, float] | None = None,
-                exif_camera: str | None = None) -> Tensor:
+                exif_camera: str | None = None, greyscale: bool = False) -> Tensor:
         """An RGB float image ``[H, W, 3]`` -> ``[h, w, 3]`` as the bundle's camera sees it
         (``map_to_camera``; ``intrinsics``: the query's fx, fy, cx, cy in its own pixels).
         ``exif_camera``: the query's EXIF "Make Model"; refused when the bundle was trained on
-        photos whose EXIF names another camera (and no ``intrinsics`` say how to map it)."""
+        photos whose EXIF names another camera (and no ``intrinsics`` say how to map it).
+        ``greyscale``: the file was a greyscale image (``models.images.greyscale_file``); refused
+        when the bundle was trained on colour photos."""
         if image.ndim != 3 or image.shape[2] != 3:
             raise InspectionError(f"expected an RGB image [H, W, 3], got shape {tuple(image.shape)}")
         cam = self.manifest.camera if self.manifest is not None else None
@@ -430,9 +432,9 @@ class Inspector:
         if intrinsics is None and trained_on and exif_camera and exif_camera != trained_on:
             raise InspectionError(f"the photo was taken with a {exif_camera}, but this bundle was trained on photos "
                                   f"from a {trained_on}: use that camera, or pass the photo's intrinsics")
-        image = np.ascontiguousarray(image, dtype=np.float32)
-        out = map_to_camera(image, self.width, self.height, self.K, intrinsics, self.lens)
-        if self.colour and is_greyscale(image):  # every colour of the part would read as a defect
+        out = map_to_camera(np.ascontiguousarray(image, dtype=np.float32), self.width, self.height, self.K, intrinsics,
+                            self.lens)
+        if self.colour and greyscale:  # every colour of the part would read as a defect
             raise InspectionError(f"the photo is greyscale, but bundle {self.name!r} was trained on colour photos: send "
                                   "the colour photo, or train a bundle on greyscale photos of the part")
         return out

@@ -13,6 +13,7 @@ import argparse
 import errno
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -49,7 +50,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from training.prepare import PrepareConfig, prepare, summary
 
-    report = prepare(args.photos_dir, args.out, PrepareConfig(camera_model=args.camera_model, focal=args.focal))
+    # SIGTERM (docker stop, timeout, systemd) as Ctrl-C: prepare cleans up after either.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        report = prepare(args.photos_dir, args.out, PrepareConfig(camera_model=args.camera_model, focal=args.focal))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(summary(report))
     print(f"category: {args.out} (train/good, train/transforms.json); report: {args.out / 'prepare'} "
           "(readiness.json, coverage.png, masks.png, masks/, sfm/)")
@@ -102,7 +108,7 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from models.bundle import BundleError
-    from models.images import MIN_IMAGE_SIDE, exif_camera_of, load_rgb
+    from models.images import MIN_IMAGE_SIDE, exif_camera_of, greyscale_file, load_rgb
     from models.inspector import InspectionError, Inspector
 
     try:
@@ -120,7 +126,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             rgb = load_rgb(path, inspector.scene.background)
             if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
                 raise ValueError(f"{rgb.shape[1]} x {rgb.shape[0]} is too small (at least {MIN_IMAGE_SIDE} px a side)")
-            image = inspector.prepare(rgb, args.intrinsics, exif_camera_of(Path(path).read_bytes()))
+            data = Path(path).read_bytes()
+            image = inspector.prepare(rgb, args.intrinsics, exif_camera_of(data), greyscale_file(data))
             result = inspector.inspect(image[None], threshold=args.threshold)[0]
         except (OSError, InspectionError, ValueError) as exc:  # one bad image does not stop the others
             print(f"{path}: error: {exc}", file=sys.stderr)

@@ -41,7 +41,7 @@ from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
 from models.camera import parse_intrinsics
-from models.images import exif_camera_of
+from models.images import exif_camera_of, greyscale_file
 from models.inspector import Inspection, InspectionError, Inspector, load_each
 from models.results import resolve_threshold
 from models.version import package_version
@@ -205,9 +205,10 @@ def declared_query(request: Request) -> None:
                                 "more than once; give each once")
 
 
-def multipart_body(request: Request) -> None:
+def multipart_body(request: Request, _: Ready) -> None:
     """An inspection's body is a multipart form: any other (a JSON body, say) is a 422 that
-    says so, before its missing fields are listed one by one."""
+    says so, before its missing fields are listed one by one (after the API key and readiness
+    checks: 401, 503 first)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "multipart/form-data":
         raise ServiceError(422, "send a multipart/form-data body with the photo as a file part and the category as a "
@@ -552,7 +553,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     inspects = [Depends(authorised), Depends(multipart_body), Depends(one_reading)]  # /inspect and /inspect/batch
 
     @app.get("/categories", response_model=Categories, dependencies=reads, tags=["inspection"],
-             responses=problems.errors(401, 503))
+             responses=problems.errors(401, 422, 503))
     async def categories(state: Ready) -> Categories:
         """The loaded categories (and the bundles that were refused, with the reason)."""
         return Categories(categories=[i.describe() for i in state.inspectors.values()],
@@ -571,7 +572,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             def to_camera(image):
                 try:
-                    return inspector.prepare(image, camera, exif_camera_of(data))
+                    return inspector.prepare(image, camera, exif_camera_of(data), greyscale_file(data))
                 except InspectionError as exc:
                     raise ServiceError(422, f"{name}: {exc}") from exc
 
@@ -791,7 +792,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 "retention limit)")
 
     @app.get("/inspections/{record_id}", response_model=RecordDetail, dependencies=reads,
-             tags=["records"], responses=problems.errors(401, 404, 503))
+             tags=["records"], responses=problems.errors(401, 404, 422, 503))
     async def get_inspection(record_id: str, store: Records) -> RecordDetail:
         """One stored inspection: its result, feedback, and where its images are."""
         r = await _get_record(store, record_id)
@@ -802,7 +803,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/inspections/{record_id}/overlay.png", dependencies=reads, tags=["records"],
              response_class=Response, responses={200: {"description": "PNG", "content": {"image/png": {}}},
-                                                 **problems.errors(401, 404, 500, 503)})
+                                                 **problems.errors(401, 404, 422, 500, 503)})
     async def get_overlay(record_id: str, store: Records) -> Response:
         """The inspection's overlay: query | rendered reference | overlay with the decision contour
         (drawn from the record's evidence; a record never changes, so browsers may keep it)."""
@@ -823,7 +824,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
              response_class=Response,
              responses={200: {"description": "the image's own type",
                               "content": {t: {} for t in sorted(IMAGE_TYPES | {"application/octet-stream"})}},
-                        **problems.errors(401, 404, 503)})
+                        **problems.errors(401, 404, 422, 503)})
     async def get_query(record_id: str, store: Records) -> Response:
         """The uploaded query image as it arrived."""
         r = await _get_record(store, record_id)

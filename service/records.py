@@ -70,7 +70,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import (DateTime, Float, LargeBinary, String, Text, and_, create_engine, delete, event, func,
+from sqlalchemy import (Boolean, DateTime, Float, LargeBinary, String, Text, and_, create_engine, delete, event, func,
                         inspect, or_, select, text)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError, IntegrityError, InterfaceError, OperationalError
@@ -131,6 +131,12 @@ class Record(Base):
     feedback: Mapped[str | None] = mapped_column(String(32), index=True)
     feedback_note: Mapped[str | None] = mapped_column(Text)
     feedback_at: Mapped[datetime | None] = mapped_column(DateTime())
+    # The pose check (the result's ``verification``), for the CSV without reading every result
+    # (NULL in rows written before session 28; an upgrade adds the columns).
+    pose_verified: Mapped[bool | None] = mapped_column(Boolean())
+    pose_check_reason: Mapped[str | None] = mapped_column(Text)
+    misalignment_px: Mapped[float | None] = mapped_column(Float)
+    silhouette_iou: Mapped[float | None] = mapped_column(Float)
 
     def overlay(self) -> bytes | None:
         """The overlay figure as PNG: the stored one, or drawn from the evidence; None when
@@ -596,13 +602,16 @@ class RecordStore:
                 self.on_failure("overlay")
             item.evidence = None  # encoded once; the closure's arrays are let go
         r, evidence = item.result, item.encoded
+        check = r.get("verification") or {}
         return Record(
             id=item.id, created=utc_naive(item.created), request_id=item.request_id, category=item.category,
             verdict=r["verdict"], score=float(r["score"]), threshold=float(r["threshold"]),
             normalised_score=float(r["normalised_score"]), filename=item.filename, bundle_id=item.bundle_id,
             bundle_sha256=item.bundle_sha256, result_json=json.dumps(r),
             query_png=evidence and evidence.query_png, reference_png=evidence and evidence.reference_png,
-            map_png=evidence and evidence.map_png, query_bytes=item.query_bytes, query_media_type=item.query_media_type)
+            map_png=evidence and evidence.map_png, query_bytes=item.query_bytes, query_media_type=item.query_media_type,
+            pose_verified=check.get("verified"), pose_check_reason=check.get("reason") or None,
+            misalignment_px=check.get("misalignment_px"), silhouette_iou=check.get("silhouette_iou"))
 
     def _insert(self, items: list[Pending]) -> None:
         with Session(self.engine) as session, session.begin():
@@ -738,14 +747,13 @@ class RecordStore:
             return session.scalar(filters.apply(select(func.count()).select_from(Record))) or 0
 
     def list(self, filters: Filters = Filters(), limit: int = 50, offset: int = 0,
-             before: tuple[datetime, str] | None = None, with_result: bool = False) -> list[Record]:
-        """Records without their images (``has_overlay``, ``has_query`` say whether they have
-        them) and, unless ``with_result`` (the CSV's pose check), their result: what a history
-        page and the CSV need. Newest first; ``before`` (created, id) starts after that record,
-        so pages read that way neither repeat nor skip a record when new ones arrive meanwhile."""
-        deferred = IMAGES if with_result else (*IMAGES, Record.result_json)
+             before: tuple[datetime, str] | None = None) -> list[Record]:
+        """Records without their images and result (``has_overlay``, ``has_query`` say whether
+        they have images): what a history page and the CSV need. Newest first; ``before``
+        (created, id) starts after that record, so pages read that way neither repeat nor skip
+        a record when new ones arrive meanwhile."""
         stmt = filters.apply(select(Record, HAS_OVERLAY, Record.query_bytes.is_not(None))
-                             .options(*(defer(c) for c in deferred)))
+                             .options(*(defer(c) for c in IMAGES), defer(Record.result_json)))
         if before is not None:
             created, rid = before
             stmt = stmt.where(or_(Record.created < created, and_(Record.created == created, Record.id < rid)))
@@ -780,33 +788,22 @@ class RecordStore:
         after the last one's record: records that arrive meanwhile are neither repeated nor
         shift a later chunk)."""
         columns = ["id", "created", "request_id", "category", "verdict", "score", "threshold", "normalised_score",
-                   "filename", "bundle_id", "bundle_sha256", "feedback", "feedback_note", "feedback_at"]
+                   "filename", "bundle_id", "bundle_sha256", "feedback", "feedback_note", "feedback_at",
+                   "pose_verified", "pose_check_reason", "misalignment_px", "silhouette_iou"]
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(columns + list(POSE_CHECK_COLUMNS))
+        writer.writerow(columns)
         before = None
         while True:
-            rows = self.list(filters, limit=chunk, before=before, with_result=True)
+            rows = self.list(filters, limit=chunk, before=before)
             for r in rows:
-                writer.writerow([_csv_value(getattr(r, c)) for c in columns] + [_csv_value(v) for v in _pose_check(r)])
+                writer.writerow([_csv_value(getattr(r, c)) for c in columns])
             yield buf.getvalue()
             buf.seek(0)
             buf.truncate()
             if len(rows) < chunk:
                 return
             before = rows[-1].created, rows[-1].id
-
-
-# The pose check of each record (its result's ``verification``), so a `review` says why in a spreadsheet too.
-POSE_CHECK_COLUMNS = ("pose_verified", "pose_check_reason", "misalignment_px", "silhouette_iou")
-
-
-def _pose_check(record: Record) -> list:
-    try:
-        check = json.loads(record.result_json).get("verification") or {}
-    except (ValueError, AttributeError):  # a result that is not a JSON object: its columns stay empty
-        check = {}
-    return [check.get("verified"), check.get("reason") or None, check.get("misalignment_px"), check.get("silhouette_iou")]
 
 
 IMAGES = (Record.overlay_png, Record.query_png, Record.reference_png, Record.map_png, Record.query_bytes)

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI
+import swagger_ui
+from fastapi import FastAPI, HTTPException
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from starlette.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 
 WEB = Path(__file__).parent / "web"
+SWAGGER = Path(swagger_ui.__file__).parent / "static"  # Swagger UI's distribution, as the package ships it
+SWAGGER_FILES = {"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"}
 # Only the page's own files run; images may be blob: or data: URLs made by the page.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; "
@@ -38,9 +40,16 @@ class _StaticFiles(StaticFiles):
 
 def install(app: FastAPI) -> None:
     """The page at ``/``, its files at ``/static``, and the OpenAPI page at ``/docs`` with
-    Swagger UI's files from the ``swagger-ui-bundle`` package (FastAPI's default page loads
-    them from a CDN, which a line with no internet cannot reach). Create the app with
-    ``docs_url=None`` and ``redoc_url=None``."""
+    Swagger UI 5's files from the ``swagger-ui-py`` package (FastAPI's default page loads them
+    from a CDN, which a line with no internet cannot reach; Swagger UI 4 cannot read the
+    OpenAPI 3.1 this service publishes). Create the app with ``docs_url=None`` and
+    ``redoc_url=None``."""
+    @app.get("/static/swagger/{name}", include_in_schema=False)
+    async def swagger_file(name: str) -> FileResponse:
+        if name not in SWAGGER_FILES:  # only the three the page loads, not the package's demo page
+            raise HTTPException(404, f"no such file {name!r}")
+        return FileResponse(SWAGGER / name, headers={"Cache-Control": "public, max-age=86400"})
+
     @app.get("/docs", include_in_schema=False)
     async def api_docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title}: API",
@@ -53,5 +62,4 @@ def install(app: FastAPI) -> None:
         return FileResponse(WEB / "index.html", media_type="text/html; charset=utf-8",
                             headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"})
 
-    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_path), name="swagger")
     app.mount("/static", _StaticFiles(directory=WEB / "static"), name="static")

@@ -83,6 +83,15 @@ def test_build_stages_render_on_cuda_like_the_cpu(tiny_pose_bundle: Path, tiny_s
     from training.splats import default_device
 
     assert default_device().type == "cuda"  # what the stages use when no device is named
+    import training.gallery as gallery_stage
+
+    encoded_on = []
+    original = gallery_stage.encode
+
+    def recording(encoder, *args, **kwargs):
+        encoded_on.append(next(encoder.parameters()).device.type)
+        return original(encoder, *args, **kwargs)
+
     cat = load_category(tiny_synth)
     out = {}
     for name in ("cpu", "cuda"):
@@ -93,7 +102,11 @@ def test_build_stages_render_on_cuda_like_the_cpu(tiny_pose_bundle: Path, tiny_s
         device = torch.device(name)
         calib = run_calibration_stage(cat, CalibConfig(), work, progress=False, device=device)
         rvss = run_rvss_stage(cat, RVSSConfig(), work, progress=False, device=device)
-        gallery = run_gallery_stage(cat, work, progress=False, device=device)
+        gallery_stage.encode = recording
+        try:
+            gallery = run_gallery_stage(cat, work, progress=False, device=device)
+        finally:
+            gallery_stage.encode = original
         assert [r["device"].split(":")[0] for r in (calib, rvss, gallery)] == [name] * 3
         out[name] = (calib, load_novel(work / WORK_FILES["novel"]), Gallery.load(work / FILES["gallery"]))
     (c_cpu, n_cpu, g_cpu), (c_gpu, n_gpu, g_gpu) = out["cpu"], out["cuda"]
@@ -104,7 +117,7 @@ def test_build_stages_render_on_cuda_like_the_cpu(tiny_pose_bundle: Path, tiny_s
     rel = ((g_gpu.depths.float() - g_cpu.depths.float()).abs() / g_cpu.depths.float().clamp(min=1e-3))[both]
     assert float(rel.median()) < 0.01
     # The views encode on the stage's device too: the same descriptors, to float precision.
-    assert g_gpu.features.device.type == "cpu"
+    assert encoded_on == ["cpu", "cuda"]
     assert float((g_gpu.descriptors * g_cpu.descriptors).sum(1).min()) > 0.999
 
 

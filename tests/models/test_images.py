@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from models.images import decode_rgb, has_colour, is_greyscale, resize_mask, resize_rgb, to_rgb_float
+from models.images import decode_rgb, greyscale_file, has_colour, resize_mask, resize_rgb, to_rgb_float
 
 
 def _png_bytes(image: Image.Image, **kwargs) -> bytes:
@@ -112,16 +112,15 @@ def test_exif_camera_names_make_and_model(tmp_path) -> None:
     assert exif_camera_of(plain.getvalue()) is None and exif_camera_of(b"not an image") is None
 
 
-def test_greyscale_and_colour_photos_told_apart() -> None:
+def test_greyscale_files_and_colour_photos_told_apart() -> None:
     rng = np.random.default_rng(0)
     colour = rng.random((64, 64, 3)).astype(np.float32)
-    grey = np.repeat(colour.mean(axis=2, keepdims=True), 3, axis=2)
-    assert is_greyscale(grey) and not is_greyscale(colour)
-    # A grey file through a JPEG's rounding is still grey; a few coloured pixels (0.1 %) do not make colour.
-    jittered = np.clip(grey + rng.integers(-1, 2, grey.shape) / 255.0, 0, 1)
-    assert is_greyscale(jittered)
-    assert not is_greyscale(np.where(np.arange(64)[:, None, None] < 2, colour, grey))  # 3 % coloured
+    grey = Image.fromarray((colour.mean(axis=2) * 255).astype(np.uint8))
+    assert greyscale_file(_png_bytes(grey)) and greyscale_file(_png_bytes(grey.convert("LA")))
+    assert greyscale_file(_png_bytes(Image.fromarray(np.asarray(grey).astype(np.uint16) * 257)))  # 16-bit
+    assert not greyscale_file(_png_bytes(grey.convert("RGB")))  # a colour file of a grey picture: not refused
+    assert not greyscale_file(b"not an image")
     # Photos of a grey part (noise, white balance: a few levels of chroma) are not colour photos.
     part = (np.repeat(rng.integers(60, 200, (4, 32, 32, 1)), 3, axis=3) + rng.integers(-4, 5, (4, 32, 32, 3)))
     assert not has_colour(part.clip(0, 255).astype(np.uint8))
-    assert has_colour((colour * 255).astype(np.uint8)[None])
+    assert has_colour((colour * 255).astype(np.uint8)[None]) and not has_colour(np.zeros((0, 8, 8, 3), np.uint8))

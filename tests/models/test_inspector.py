@@ -141,17 +141,17 @@ def test_prepare_resizes_and_refuses(inspector: Inspector, tiny_synth: Path) -> 
 
 
 def test_a_greyscale_photo_is_refused_by_a_colour_bundle_only(inspector: Inspector, tiny_synth: Path) -> None:
-    """A bundle trained on colour photos refuses a greyscale one (its every colour would score
+    """A bundle trained on colour photos refuses a greyscale file (its every colour would score
     as a defect); a bundle trained on grey photos takes it."""
     image = load_rgb(next((tiny_synth / "test" / "good").glob("*.png")))
     grey = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2)
     assert inspector.colour  # the tiny category's bricks are coloured
-    inspector.prepare(image)
+    assert inspector.prepare(grey).shape == (64, 64, 3)  # a colour file of a grey view: the file decides
     with pytest.raises(InspectionError, match="greyscale.*colour photos"):
-        inspector.prepare(grey)
+        inspector.prepare(grey, greyscale=True)
     inspector.colour = False
     try:
-        assert inspector.prepare(grey).shape == (64, 64, 3)
+        assert inspector.prepare(grey, greyscale=True).shape == (64, 64, 3)
     finally:
         inspector.colour = True
 

@@ -230,8 +230,9 @@ def test_field_errors(client: TestClient, category: str, query_png: bytes) -> No
     for threshold in ("-1", "abc", "nan", "1e308"):  # 1e308: the normalised score's scale overflowed (a 0.5 shown)
         assert _post(client, category, query_png, threshold=threshold).status_code == 422
     # Common client mistakes are answered with how to send the photo.
-    r = client.post("/inspect", data={"category": category, "file": "photo.png"})  # curl -F file=photo.png (no @)
-    assert r.status_code == 422 and "-F file=@photo.png" in r.json()["detail"]
+    r = client.post("/inspect", files={"category": (None, category), "file": (None, "photo.png")})  # -F file=photo.png
+    assert r.status_code == 422 and "expected a file, got text" in r.json()["detail"]
+    assert "-F file=@photo.png" in r.json()["detail"]
     r = client.post("/inspect", json={"category": category, "file": "photo.png"})  # a JSON body
     assert r.status_code == 422 and "multipart/form-data" in r.json()["detail"] and "application/json" in r.json()["detail"]
 

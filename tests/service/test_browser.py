@@ -202,3 +202,16 @@ def test_long_names_and_impossible_dates_in_the_history(station: Service, querie
     page.find("#history-filters button[type=submit]").click()
     page.wait.until(lambda d: "not a date the records can hold" in page.find("#history-summary").text)
     assert not page.find_all("#history-table tbody tr")
+
+
+def test_the_api_page_renders_offline(station: Service, driver) -> None:
+    """/docs draws every operation from the service's own files (Swagger UI 5 reads the
+    OpenAPI 3.1 the service publishes; version 4 showed "Unable to render this definition")."""
+    driver.get(f"{station.url}/docs")
+    page = Page(driver, station.url)
+    page.wait.until(lambda d: len(page.find_all(".opblock")) >= 8)
+    summaries = " ".join(e.text for e in page.find_all(".opblock-summary-path"))
+    assert "/inspect" in summaries and "/inspections/{record_id}/feedback" in summaries
+    assert "Unable to render" not in driver.find_element("css selector", "body").text
+    loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(url.startswith(station.url) for url in loaded), loaded  # nothing from outside

@@ -92,10 +92,19 @@ def test_a_wrong_focal_length_is_caught_not_trusted(textured: Path, photos: Path
     it, and the report says the photos disagree, so the category is not called ready."""
     angle = json.loads((textured / "train" / "transforms.json").read_text())["camera_angle_x"]
     true_focal = 0.5 * 224 / np.tan(angle / 2)
-    report = prepare(photos, tmp_path / "part", PrepareConfig(threads=2, focal=0.5 * true_focal), progress=False)
+    # The photos stored at twice the size and downscaled to the sfm's side: --focal is in pixels as stored.
+    big = tmp_path / "big"
+    big.mkdir()
+    for path in sorted(photos.glob("*.png")):
+        Image.open(path).resize((448, 448), Image.Resampling.LANCZOS).save(big / path.name)
+    given = 0.5 * 2 * true_focal
+    report = prepare(big, tmp_path / "part", PrepareConfig(threads=2, focal=given, max_size=224), progress=False)
     codes = {w["code"]: w for w in report["warnings"]}
     assert "focal_disagrees" in codes and codes["focal_disagrees"]["error"] and not report["ready"]
-    assert f"--focal {0.5 * true_focal:.0f}" in codes["focal_disagrees"]["message"]
+    message = codes["focal_disagrees"]["message"]
+    assert f"--focal {given:.0f}" in message, message
+    estimate = float(message.split("at ")[1].split(" px")[0])
+    assert estimate == pytest.approx(2 * true_focal, rel=0.05)  # in the same pixels, as stored
 
 
 def test_masks_and_composites_and_the_report(prepared) -> None:
@@ -252,6 +261,12 @@ def test_photos_are_read_as_stored(tmp_path: Path) -> None:
     assert photos[0].rgb[14, 18].tolist() == [10, 10, 10]
     mask = mk.from_alpha(photos[0].alpha)
     assert mask.binary[12:36, 16:48].all() and mask.binary.sum() == 24 * 32  # exactly the part
+    for i in range(8):  # an alpha channel that is opaque everywhere (many exporters write one) says nothing
+        rgba[..., 3] = 255
+        rgba[0, i] = (0, 0, 0, 254)
+        Image.fromarray(rgba).save(tmp_path / "cut" / f"c{i}.png")
+    photos, _ = read_photos(tmp_path / "cut", 1600)
+    assert photos[0].alpha is None and photos[0].rgb[0, 40].tolist() == [0, 0, 0]  # the photo as it is
 
 
 def test_a_corrupt_photo_is_set_aside_with_its_reason_and_exif_orientation_is_honoured(tmp_path: Path) -> None:

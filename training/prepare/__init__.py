@@ -155,7 +155,7 @@ def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) ->
 
     groups = 1 + len({r for r in rec.unregistered.values() if "separate group" in r})
     flags = rp.warnings_for(stats, [(s.name, s.reason) for s in skipped], rec.camera.focal, exif_focal, groups,
-                            given_focal=focal)
+                            given_focal=cfg.focal, scale=photos[0].scale)
     flagged = {n for f in flags for n in f.photos}
     report = rp.to_json({
         "category": out.name,

@@ -17,6 +17,7 @@ from models.images import exif_camera
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 MIN_PHOTOS = 8  # fewer cannot make a model worth training (structure-from-motion needs far more)
+MIN_TRANSPARENT = 0.01  # a photo's alpha is its mask when at least this share of it is transparent
 
 
 class PrepareError(ValueError):
@@ -110,7 +111,9 @@ def _read(path: Path, max_size: int) -> tuple[Photo, str]:
         rgb = rgb.resize(new, Image.Resampling.LANCZOS)
         rgba = rgba.resize(new, Image.Resampling.LANCZOS) if rgba is not None else None
     alpha = None
-    if rgba is not None:  # onto white, as the category's photos are; the alpha is the object's mask
+    if rgba is not None and (np.asarray(rgba)[..., 3] < 128).mean() >= MIN_TRANSPARENT:
+        # onto white, as the category's photos are; the alpha is the object's mask (an alpha
+        # channel that is opaque, as many exporters write, says nothing: the photo is as any other)
         pixels = np.asarray(rgba, dtype=np.float32) / 255.0
         alpha = pixels[..., 3]
         on_white = pixels[..., :3] * alpha[..., None] + (1.0 - alpha[..., None])

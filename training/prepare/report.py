@@ -82,13 +82,15 @@ def gap_span(azimuths_deg: np.ndarray) -> tuple[float, float]:
 
 
 def warnings_for(stats: list[PhotoStats], skipped: list[tuple[str, str]], focal: float, exif_focal: float | None,
-                 groups: int, given_focal: float | None = None) -> list[Flag]:
-    """Every rule of the module docstring, applied to the per-photo figures (``given_focal``:
-    ``--focal``, in the photos' pixels as structure-from-motion saw them)."""
+                 groups: int, given_focal: float | None = None, scale: float = 1.0) -> list[Flag]:
+    """Every rule of the module docstring, applied to the per-photo figures (``focal``: the
+    estimate, in pixels of the photos as structure-from-motion saw them, ``scale`` of those
+    per pixel as stored; ``given_focal``: ``--focal``, in pixels as stored)."""
     out: list[Flag] = []
-    if given_focal is not None and abs(focal / given_focal - 1) > FOCAL_TOLERANCE:
-        out.append(Flag("focal_disagrees", f"the photos put the focal length at {focal:.0f} px, "
-                           f"{abs(focal / given_focal - 1):.0%} off --focal {given_focal:.0f}, and the category was "
+    stored = focal / scale
+    if given_focal is not None and abs(stored / given_focal - 1) > FOCAL_TOLERANCE:
+        out.append(Flag("focal_disagrees", f"the photos put the focal length at {stored:.0f} px, "
+                           f"{abs(stored / given_focal - 1):.0%} off --focal {given_focal:.0f}, and the category was "
                            "built with the photos' value: check --focal (pixels of the photos as stored, not "
                            "millimetres), or leave it out to estimate it", error=True))
     reg = [s for s in stats if s.registered]
