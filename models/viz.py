@@ -86,7 +86,10 @@ def decision_contour(image: np.ndarray, mask: np.ndarray, colour=(1.0, 1.0, 1.0)
     """Draw the outline of a boolean decision ``mask`` [H, W] on ``image`` [H, W, 3]."""
     out = np.ascontiguousarray(image, dtype=np.float32).copy()
     contours, _ = cv2.findContours(np.asarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, contours, -1, tuple(float(c) for c in colour), thickness=max(1, round(max(mask.shape) / 200)))
+    thickness = max(1, round(max(mask.shape) / 200))
+    # A dark rim under the line, so a white contour shows on the white background too.
+    cv2.drawContours(out, contours, -1, tuple(0.15 * float(c) for c in colour), thickness=thickness + 2)
+    cv2.drawContours(out, contours, -1, tuple(float(c) for c in colour), thickness=thickness)
     return out
 
 
@@ -115,7 +118,7 @@ def inspection_figure(query: np.ndarray, reference: np.ndarray, norm_map: np.nda
     contour, captioned with the verdict and the score against the threshold (raw units). The
     live answer (``Inspector.figure``) and a stored record's overlay (``service.records``) are
     both drawn by this function."""
-    caption = f"{verdict.upper()}: {figure(score)} / {figure(threshold)}"
+    caption = f"{verdict.upper()}: score {figure(score)} / threshold {figure(threshold)}"
     return side_by_side(query, reference, norm_map, title=title, captions=("query", "rendered reference", caption))
 
 

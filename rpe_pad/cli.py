@@ -109,6 +109,7 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from models.bundle import BundleError
     from models.images import MIN_IMAGE_SIDE, exif_camera_of, greyscale_file, load_rgb
+    from models.viz import figure as digits
     from models.inspector import InspectionError, Inspector
 
     try:
@@ -121,7 +122,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
-    for path in args.images:
+    for path, figure in zip(args.images, _figure_names(args.images, out)):
         try:
             rgb = load_rgb(path, inspector.scene.background)
             if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
@@ -133,15 +134,32 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             print(f"{path}: error: {exc}", file=sys.stderr)
             failures += 1
             continue
-        figure = out / f"{Path(path).stem}_overlay.png"
-        inspector.figure(image.numpy(), result, title=f"{inspector.name}: {Path(path).name}").save(figure)
+        shown = Path(path).name if figure.name == f"{Path(path).stem}_overlay.png" else \
+            f"{Path(path).resolve().parent.name}/{Path(path).name}"
+        inspector.figure(image.numpy(), result, title=f"{inspector.name}: {shown}").save(figure)
         verdict = result.verdict.upper() + ("" if result.verification.verified else f" ({result.verification.reason})")
-        print(f"{path}: {verdict}  score {result.score:.1f} (normalised {result.normalised_score:.3f}, threshold "
-              f"{result.threshold:.1f})  gallery {result.gallery_names[:1]}  {result.timings_ms['total']:.0f} ms  "
-              f"overlay {figure}")
+        print(f"{path}: {verdict}  score {digits(result.score)} against threshold {digits(result.threshold)} "
+              f"(normalised {result.normalised_score:.2f}; 0.5 is the threshold)  gallery {result.gallery_names[:1]}  "
+              f"{result.timings_ms['total']:.0f} ms  overlay {figure}")
         if args.json:
             print(json.dumps({"image": str(path), **result.model_dump(mode="json")}))
     return 1 if failures else 0
+
+
+def _figure_names(images: list, out: Path) -> list[Path]:
+    """``<stem>_overlay.png`` in ``out`` for each image; images whose stems repeat in the run
+    (``Burrs/000.png``, ``Stains/000.png``) get their folder's name in front, and a counter if
+    that repeats too, so no figure overwrites another."""
+    stems = [Path(p).stem for p in images]
+    names, taken = [], set()
+    for path, stem in zip(images, stems):
+        name = stem if stems.count(stem) == 1 else f"{Path(path).resolve().parent.name}_{stem}"
+        base, n = name, 2
+        while name in taken:
+            name, n = f"{base}_{n}", n + 1
+        taken.add(name)
+        names.append(out / f"{name}_overlay.png")
+    return names
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

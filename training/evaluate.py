@@ -28,7 +28,7 @@ from models.data import GOOD, load_category
 from models.inspector import Inspection, Inspector
 from models.metrics import aupro, auroc, f1_max, pixel_auroc
 from models.splat.scene import GaussianScene, render
-from models.viz import Cell, anomaly_overlay, contact_sheet, heat, mask_overlay
+from models.viz import Cell, anomaly_overlay, contact_sheet, figure, heat, mask_overlay
 
 MISALIGNED_PX = 5.0  # a pose this far off (alignment error at 224) is a failure the check must flag
 ALIGNED_PX = 1.0  # a pose this close is right, and the check should let it through
@@ -284,11 +284,13 @@ def write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Ten
         if calib is not None:
             norm = calib.normalise_map(maps[i].numpy())
             verdict = verdicts[i].upper() if verdicts else "ANOMALOUS" if calib.decide(scores[i]) else "normal"
-            shown = Cell(anomaly_overlay(image, norm), f"{verdict} {float(calib.normalise(scores[i])):.2f}")
+            # Raw score against the threshold, as the inspect figure and the page show it (a
+            # normalised score saturates at 1.00 and hides how strong a defect is).
+            shown = Cell(anomaly_overlay(image, norm), f"{verdict} {figure(float(scores[i]))} / {figure(calib.threshold)}")
         else:
             shown = Cell(heat(maps[i].numpy(), vmax), f"map, score {scores[i]:.1f}")
         sheet_rows.append((q.name.split("/", 1)[-1], [
-            Cell(mask_overlay(image, q.mask.numpy()), "query + true mask"),
+            Cell(mask_overlay(image, q.mask.numpy()), "query + true mask" if bool(q.mask.any()) else "query"),
             Cell(renders[i].numpy(), reference_caption),
             shown,
         ]))

@@ -233,6 +233,15 @@ def test_inspect_cli_prints_and_draws(tiny_release: Path, tiny_synth: Path, tmp_
     assert result["score"] == pytest.approx(expected.score, rel=1e-4) and result["verdict"] == expected.verdict
     assert result["is_anomalous"] == expected.is_anomalous
     assert (out / f"{good.stem}_overlay.png").stat().st_size > 1000
+    # Photos of one name from two folders (Burrs/000.png, Stains/000.png) each keep their figure.
+    twin = tmp_path / "other" / good.name
+    twin.parent.mkdir()
+    twin.write_bytes(good.read_bytes())
+    assert main(["inspect", str(tiny_release), str(good), str(twin), "--out", str(tmp_path / "twins")]) == 0
+    printed = capsys.readouterr().out
+    figures = sorted(p.name for p in (tmp_path / "twins").glob("*_overlay.png"))
+    assert figures == sorted([f"{good.parent.name}_{good.stem}_overlay.png", f"other_{good.stem}_overlay.png"])
+    assert printed.count("against threshold") == 2 and "0.5 is the threshold" in printed
     with pytest.raises(SystemExit) as exc:  # argparse: three numbers are not intrinsics
         main(["inspect", str(tiny_release), str(good), "--intrinsics", "1,2,3"])
     assert exc.value.code == 2 and "fx,fy,cx,cy" in capsys.readouterr().err

@@ -352,9 +352,11 @@ function redraw(card) {
       const inside = raw[i] > t;
       const edge = inside && (x === 0 || y === 0 || x === w - 1 || y === h - 1 ||
                               raw[i - 1] <= t || raw[i + 1] <= t || raw[i - w] <= t || raw[i + w] <= t);
-      o[4 * i] = edge ? 255 : q[4 * i] * (1 - a) + r * a;
-      o[4 * i + 1] = edge ? 255 : q[4 * i + 1] * (1 - a) + g * a;
-      o[4 * i + 2] = edge ? 255 : q[4 * i + 2] * (1 - a) + b * a;
+      // The contour is white, or black where the photo is bright (a white line vanishes on a white background).
+      const line = q[4 * i] + q[4 * i + 1] + q[4 * i + 2] > 3 * 200 ? 0 : 255;
+      o[4 * i] = edge ? line : q[4 * i] * (1 - a) + r * a;
+      o[4 * i + 1] = edge ? line : q[4 * i + 1] * (1 - a) + g * a;
+      o[4 * i + 2] = edge ? line : q[4 * i + 2] * (1 - a) + b * a;
       o[4 * i + 3] = 255;
     }
   }
