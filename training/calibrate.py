@@ -276,31 +276,46 @@ def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, valida
 
 
 def histogram(calib: Calibration, raw: dict, title: str) -> Figure:
-    """Normal (and validation) image scores with the threshold; no pyplot state involved."""
-    fig = Figure(figsize=(6.4, 3.6), dpi=100)
+    """Normal (and validation) image scores with the threshold; no pyplot state involved. With
+    held-out views (rule ``false_alarm``) those set the threshold: they are drawn filled and
+    the axis spans them; the in-sample and jittered scores are grey outlines, and any beyond
+    the axis are counted in the legend."""
+    fig = Figure(figsize=(6.4, 4.8), dpi=100, layout="constrained")  # room for the legend under the plot
     ax = fig.add_subplot()
     scale = raw.get("heldout_scale", 1.0)
+    heldout = np.asarray(raw["heldout"], dtype=float) * scale if "heldout" in raw else None
     everything = np.concatenate([np.asarray(v, dtype=float).ravel() for k, v in raw.items()
                                  if k not in ("validation_labels", "quantile_rule_threshold", "heldout_scale")])
-    bins = np.linspace(0, max(everything.max(), calib.threshold) * 1.05, 40)
-    ax.hist(raw["in_sample"], bins=bins, alpha=0.5, label="normal, own pose")
-    ax.hist(raw["jittered"], bins=bins, alpha=0.5, label="normal, jittered pose")
-    if "heldout" in raw:
-        ax.hist(np.asarray(raw["heldout"]) * scale, bins=bins, alpha=0.5,
-                label=f"held-out views (unseen by their model), jittered, x {scale:.2f}")
+    if heldout is not None:
+        top = max(heldout.max(), calib.threshold, *(calib.threshold_range or ())) * 1.3
+    else:
+        top = max(everything.max(), calib.threshold) * 1.05
+    bins = np.linspace(0, top, 40)
+    unused = " (not what sets the threshold)" if heldout is not None else ""
+    style = dict(histtype="step", lw=1.2) if heldout is not None else dict(alpha=0.5)
+    for key, label, colour in (("in_sample", "normal, own pose", "0.55"), ("jittered", "normal, jittered pose", "0.3")):
+        values = np.asarray(raw[key], dtype=float)
+        beyond = int((values > top).sum())
+        ax.hist(np.minimum(values, top), bins=bins, label=label + unused + (f"; {beyond} beyond the axis" if beyond else ""),
+                **(dict(style, color=colour) if heldout is not None else style))
+    if heldout is not None:
+        ax.hist(heldout, bins=bins, alpha=0.7, color="tab:green",
+                label=f"held-out views (unseen by their model), jittered; x {scale:.2f}, the held-out model's "
+                      "convergence scale")
     if "validation" in raw:
         v, y = np.asarray(raw["validation"]), np.asarray(raw["validation_labels"], dtype=bool)
-        ax.hist(v[~y], bins=bins, histtype="step", lw=2, label="validation good")
-        ax.hist(v[y], bins=bins, histtype="step", lw=2, label="validation defective")
-    ax.axvline(calib.threshold, color="k", ls="--", label=f"threshold {calib.threshold:.2f} ({calib.rule})")
+        ax.hist(np.minimum(v[~y], top), bins=bins, histtype="step", lw=2, label="validation good")
+        ax.hist(np.minimum(v[y], top), bins=bins, histtype="step", lw=2, label="validation defective")
+    rate = f", {calib.false_alarm_rate:.0%} false alarms" if calib.false_alarm_rate else ""
+    ax.axvline(calib.threshold, color="k", ls="--", label=f"threshold {calib.threshold:.2f} ({calib.rule}{rate})")
     if calib.threshold_range is not None:
         lo, hi = calib.threshold_range
         ax.axvspan(lo, hi, color="k", alpha=0.12, label=f"its 90 % range, held-out views resampled ({lo:.2f}-{hi:.2f})")
+    ax.set_xlim(0, top)
     ax.set_xlabel("image score (max of the anomaly map)")
-    ax.set_ylabel("views")
+    ax.set_ylabel("renders (views x jittered poses)" if heldout is not None else "views")
     ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), frameon=False)
     return fig
 
 

@@ -210,3 +210,26 @@ def test_heldout_calibration_states_its_range_and_a_validation_set_replaces_it(
     checked = run_calibration_stage(cat, cfg, bundle, validation=cat, progress=False, splats=splats)
     calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
     assert checked["rule"] == calib.rule == "f1" and calib.threshold_range is None and checked["threshold_range"] is None
+
+
+def test_the_histogram_shows_the_scores_that_set_the_threshold() -> None:
+    """Rule false_alarm: the held-out scores set the threshold, so the axis spans them (and the
+    threshold's range); the in-sample and jittered scores, whose tails reach far, are outlines
+    said not to set it, with those beyond the axis counted."""
+    from training.calibrate import histogram
+
+    rng = np.random.default_rng(0)
+    heldout = rng.uniform(0.4, 1.0, 48)
+    calib = Calibration(rule="false_alarm", threshold=1.02, false_alarm_rate=0.02, heldout_scale=0.95,
+                        threshold_range=(0.94, 1.64), false_alarm_range=(0.0, 0.1), score_floor=0.3,
+                        pixel_floor=0.1,
+                        normal_scores=dict(n=48, min=0.4, median=0.7, p95=0.95, p99=0.99, max=1.0),
+                        normal_pixel_quantiles={}, scorer={})
+    raw = {"in_sample": [0.3, 0.5, 6.3], "jittered": [0.4, 0.9, 5.0, 2.5], "heldout": heldout.tolist(),
+           "heldout_scale": 0.95}
+    ax = histogram(calib, raw, "t").axes[0]
+    low, high = ax.get_xlim()
+    assert high == pytest.approx(1.64 * 1.3) and high < 5.0  # the held-out scale, not the far tails
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("1 beyond the axis" in t and "not what sets" in t for t in labels), labels  # 6.3 of the in-sample
+    assert any("2 beyond the axis" in t for t in labels) and any("2% false alarms" in t for t in labels), labels
