@@ -24,11 +24,12 @@ class Cell:
     caption: str = ""
 
 
-def mask_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Tint the masked pixels of ``image`` [H, W, 3] red and outline the mask's border."""
+def mask_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45, colour=MASK_COLOUR) -> np.ndarray:
+    """Tint the masked pixels of ``image`` [H, W, 3] (red by default; ``alpha`` 0: no tint) and
+    outline the mask's border."""
     out = image.astype(np.float32).copy()
     mask = mask.astype(bool)
-    colour = np.asarray(MASK_COLOUR, dtype=np.float32)
+    colour = np.asarray(colour, dtype=np.float32)
     out[mask] = (1 - alpha) * out[mask] + alpha * colour
     border = mask & ~_erode(mask)
     out[border] = colour

@@ -41,7 +41,7 @@ from models.metrics import aupro, auroc, pixel_auroc
 from models.refine import RefineConfig
 from models.scoring import AnomalyScorer
 from models.splat.scene import GaussianScene
-from models.viz import Cell, anomaly_overlay, contact_sheet, mask_overlay
+from models.viz import Cell, anomaly_overlay, contact_sheet, figure, mask_overlay
 from training.defects import KINDS, paint
 from training.evaluate import decision_metrics, resize_maps
 from training.pipeline import work_dir
@@ -211,15 +211,22 @@ def worst_sheet(images, masks, kinds, names, maps: torch.Tensor, scores: np.ndar
     defective = [i for i, k in enumerate(kinds) if k != "good"]
     clean = [i for i, k in enumerate(kinds) if k == "good"]
     picks = sorted(defective, key=lambda i: scores[i])[:n] + sorted(clean, key=lambda i: -scores[i])[:n]
+    copy = {}  # each held-out view is painted (and kept clean) several times, at jittered poses: which copy
+    seen: dict[tuple[str, str], int] = {}
+    for i, (kind, name) in enumerate(zip(kinds, names)):
+        seen[(kind, name)] = copy[i] = seen.get((kind, name), 0) + 1
     rows = []
     for i in picks:
         verdict = "caught" if scores[i] > calib.threshold else "missed" if kinds[i] != "good" else "passed"
         if kinds[i] == "good" and scores[i] > calib.threshold:
             verdict = "FALSE ALARM"
-        rows.append((f"{kinds[i]} {names[i].split('/')[-1]}", [
-            Cell(mask_overlay(images[i], masks[i]), "query + painted mask"),
+        label = f"{kinds[i]} {names[i].split('/')[-1]}" + (f" #{copy[i]}" if seen[(kinds[i], names[i])] > 1 else "")
+        rows.append((label, [
+            # The mask's outline only (cyan): a red tint would hide a red stain on red bricks.
+            Cell(mask_overlay(images[i], masks[i], alpha=0.0, colour=(0.0, 0.9, 0.9)),
+                 "query, painted area outlined" if kinds[i] != "good" else "query (clean copy)"),
             Cell(anomaly_overlay(images[i], calib.normalise_map(maps[i].numpy())),
-                 f"{verdict} {float(calib.normalise(scores[i])):.2f}")]))
+                 f"{verdict}: score {figure(float(scores[i]))} / {figure(calib.threshold)}")]))
     return contact_sheet(rows, cell=200, title=f"{title}: self-check, weakest defects and strongest clean views")
 
 
