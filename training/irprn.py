@@ -42,6 +42,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -219,16 +220,18 @@ def _flat_state(prefix: str, state: dict) -> dict[str, torch.Tensor]:
 
 
 def _curve(history: list[dict]) -> Figure:
-    fig = Figure(figsize=(6.4, 3.4), dpi=100)
+    fig = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")  # the labels are never cut
     ax = fig.add_subplot()
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["val_rot_deg_coarse"] for h in history], label="coarse stage")
     ax.plot(epochs, [h["val_rot_deg"] for h in history], label="last stage")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("held-out relative rotation\nerror (deg, median)")
+    ax.set_ylabel("relative rotation error\n(degrees, median)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())  # 2, 5, 10 rather than 2x10^0
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_title("IRPRN on its held-out queries (novel renders and augmented training views)", fontsize=10)
     ax.legend()
-    fig.tight_layout()
     return fig
 
 

@@ -417,8 +417,9 @@ def comparison_sheet(names: list[str], truths: list[torch.Tensor], renders: list
     rows = []
     for name, truth, rend, value in zip(names, truths, renders, psnrs):
         err = ((truth - rend).abs().amax(-1) * 4).clamp(0, 1).numpy()
-        rows.append((name.split("/", 1)[-1], [Cell(truth.numpy(), "truth"), Cell(rend.numpy(), f"render {value:.2f} dB"), Cell(err, "|error| x4")]))
-    return contact_sheet(rows, cell=160, title="Gaussian model: truth | render | error")
+        rows.append((name.split("/", 1)[-1], [Cell(truth.numpy(), "photo"), Cell(rend.numpy(), f"render, PSNR {value:.2f} dB"),
+                                               Cell(err, "|error| x4 (white: 0.25+)")]))
+    return contact_sheet(rows, cell=160, title="Gaussian model at the photos' true poses: photo | render | error")
 
 
 def calibration_key(category: Category, cfg: SplatConfig, holdout_every: int) -> dict:
