@@ -432,12 +432,11 @@ class Inspector:
         if intrinsics is None and trained_on and exif_camera and exif_camera != trained_on:
             raise InspectionError(f"the photo was taken with a {exif_camera}, but this bundle was trained on photos "
                                   f"from a {trained_on}: use that camera, or pass the photo's intrinsics")
-        out = map_to_camera(np.ascontiguousarray(image, dtype=np.float32), self.width, self.height, self.K, intrinsics,
-                            self.lens)
         if self.colour and greyscale:  # every colour of the part would read as a defect
             raise InspectionError(f"the photo is greyscale, but bundle {self.name!r} was trained on colour photos: send "
                                   "the colour photo, or train a bundle on greyscale photos of the part")
-        return out
+        return map_to_camera(np.ascontiguousarray(image, dtype=np.float32), self.width, self.height, self.K, intrinsics,
+                             self.lens)
 
     def start(self, images: Tensor) -> Batch:
         """A batch of prepared images ``[B, H, W, 3]`` on the inspector's device."""

@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"rpe-pad {args.command}: error: {exc} (RPEPAD_DEBUG=1 shows where)", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (prepare and synth leave nothing half-made; train resumes)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (prepare and synth leave nothing; train resumes)
         if os.environ.get("RPEPAD_DEBUG"):
             raise
         print(f"rpe-pad {args.command}: interrupted", file=sys.stderr)
