@@ -133,7 +133,9 @@ def run_onnx_stage(category, out_dir: Path, progress: bool = True) -> dict:
     tmp_enc, tmp_head = export_irprn(net, irprn_dir, suffix=".tmp")
     images = torch.stack([v.image for v in category.train[:5]])
     try:
-        parity = check_parity(net, tmp_enc, tmp_head, images)
+        # On the CPU provider wherever the build runs: the check is of the graph, and ONNX
+        # Runtime's CUDA provider computes in TF32 on recent GPUs (1e-3 off, beyond TOLERANCE).
+        parity = check_parity(net, tmp_enc, tmp_head, images, device="cpu")
     except ExportError:
         tmp_enc.unlink(missing_ok=True)
         tmp_head.unlink(missing_ok=True)

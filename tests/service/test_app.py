@@ -461,3 +461,17 @@ def test_threads_set_the_inference_threads_cpu_budget(tmp_path: Path) -> None:
         state.executor.shutdown()
     with pytest.raises(ValueError):
         Settings(bundles=tmp_path, threads=0)
+
+
+def test_the_service_runs_without_swagger_ui(tiny_release: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An environment made from a partial set of wheels (a lent GPU machine) may lack
+    swagger-ui-py: the service still starts and inspects, and /docs says what is missing."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "swagger_ui", None)  # import swagger_ui raises ImportError
+    app = create_app(Settings(bundles=tiny_release.parent, device="cpu", records=False))
+    with TestClient(app) as c:
+        docs = c.get("/docs")
+        assert docs.status_code == 503 and "swagger-ui-py" in docs.text and "/openapi.json" in docs.text
+        assert c.get("/static/swagger/swagger-ui-bundle.js").status_code == 404
+        assert c.get("/openapi.json").status_code == 200
