@@ -65,11 +65,14 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | No
     try:
         return _prepare(photos_dir, out, cfg, progress)
     except BaseException:  # a failure, Ctrl-C or a kill signal Python sees: nothing half-written stays
-        if existed:
-            for child in list(out.iterdir()) if out.is_dir() else []:
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
-        else:
+        if not existed:
             shutil.rmtree(out, ignore_errors=True)
+        elif out.is_dir():  # it was there, empty: empty again
+            for child in list(out.iterdir()):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
         raise
 
 
