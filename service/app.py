@@ -797,7 +797,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """One stored inspection: its result, feedback, and where its images are."""
         r = await _get_record(store, record_id)
         result = {k: v for k, v in json.loads(r.result_json).items() if k not in IMAGE_FIELDS}  # older records kept one
-        return RecordDetail(**_summary(r), result=result,
+        return RecordDetail(**_summary(r), result=result, feedback_history=json.loads(r.feedback_history or "[]"),
                             overlay_url=f"/inspections/{r.id}/overlay.png" if r.has_overlay else None,
                             query_url=f"/inspections/{r.id}/query" if r.query_bytes is not None else None)
 
@@ -837,7 +837,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/inspections/{record_id}/feedback", response_model=RecordDetail, dependencies=reads,
               tags=["records"], responses=problems.errors(401, 404, 422, 503))
     async def give_feedback(record_id: str, feedback: FeedbackIn, store: Records) -> RecordDetail:
-        """The operator's word on an inspection: a confirmed defect, or a false alarm, with a note."""
+        """The operator's word on an inspection: a confirmed defect, or a false alarm, with a note;
+        a null label clears it. The word it replaces is kept in the record's feedback history."""
         await _get_record(store, record_id)
         await _database(store.set_feedback, record_id, feedback.label, feedback.note)
         return await get_inspection(record_id, store)

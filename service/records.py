@@ -131,6 +131,8 @@ class Record(Base):
     feedback: Mapped[str | None] = mapped_column(String(32), index=True)
     feedback_note: Mapped[str | None] = mapped_column(Text)
     feedback_at: Mapped[datetime | None] = mapped_column(DateTime())
+    # The feedback it had before, oldest first: a JSON list of {label, note, at} (NULL: none).
+    feedback_history: Mapped[str | None] = mapped_column(Text)
     # The pose check (the result's ``verification``), for the CSV without reading every result
     # (NULL in rows written before session 28; an upgrade adds the columns).
     pose_verified: Mapped[bool | None] = mapped_column(Boolean())
@@ -773,14 +775,22 @@ class RecordStore:
             record.has_query = record.query_bytes is not None
         return record
 
-    def set_feedback(self, record_id: str, label: str, note: str | None) -> Record | None:
-        if label not in FEEDBACK:
-            raise ValueError(f"feedback must be one of {FEEDBACK}, got {label!r}")
+    def set_feedback(self, record_id: str, label: str | None, note: str | None) -> Record | None:
+        """The operator's word on a record (``label`` None clears it); the word it replaces is
+        kept in ``feedback_history``, so a correction never loses what was said before."""
+        if label is not None and label not in FEEDBACK:
+            raise ValueError(f"feedback must be one of {FEEDBACK} or None, got {label!r}")
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             record = session.get(Record, record_id)
             if record is None:
                 return None
-            record.feedback, record.feedback_note, record.feedback_at = label, note, utc_now()
+            if record.feedback is not None:
+                history = json.loads(record.feedback_history or "[]")
+                history.append({"label": record.feedback, "note": record.feedback_note,
+                                "at": record.feedback_at.isoformat() + "Z" if record.feedback_at else None})
+                record.feedback_history = json.dumps(history)
+            record.feedback, record.feedback_note = label, note if label is not None else None
+            record.feedback_at = utc_now()
             return record
 
     def csv_rows(self, filters: Filters = Filters(), chunk: int = 500) -> Iterator[str]:

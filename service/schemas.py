@@ -70,6 +70,8 @@ class RecordDetail(RecordSummary):
     """One stored inspection with its result and the addresses of its images."""
 
     result: dict = Field(description="the result as POST /inspect returned it (without images)")
+    feedback_history: list[dict] = Field(default_factory=list, description="the feedback it had before, oldest "
+                                                                            "first: label, note, at (UTC)")
     overlay_url: str | None
     query_url: str | None
 
@@ -84,6 +86,7 @@ class RecordPage(BaseModel):
 class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is refused, not dropped
 
-    label: Literal["confirmed_defect", "false_alarm"] = Field(description="what the part really was")
+    label: Literal["confirmed_defect", "false_alarm"] | None = Field(
+        description="what the part really was; null clears the feedback (the earlier word is kept in the history)")
     note: str | None = Field(None, max_length=2000, pattern="^[^\\x00]*$",
                              description="free text (no NUL character, which no database keeps)")

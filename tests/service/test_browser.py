@@ -122,6 +122,11 @@ def test_a_shift_at_the_station(station: Service, queries: dict[str, Path], driv
     page.wait.until(lambda d: "false alarm" in page.find("#feedback-status").text)
     assert page.find("input[name=label][value=false_alarm]").is_selected()
     assert page.find("#feedback-note").get_attribute("value") == "glare on the stud"
+    # A wrong word is cleared; what was said stays in the history.
+    page.find("#feedback-clear").click()
+    page.wait.until(lambda d: "Feedback cleared" in page.find("#feedback-status").text)
+    assert not page.find("input[name=label][value=false_alarm]").is_selected()
+    assert "false alarm" in page.find("#feedback-history").text and "glare on the stud" in page.find("#feedback-history").text
     page.find("#nav-history").click()
     page.wait.until(lambda d: len(page.find_all("#history-table tbody tr")) == 2)
 

@@ -163,6 +163,16 @@ def test_feedback_filters_pagination_and_csv(tiny_release: Path, tmp_path: Path,
         ends = c.get("/inspections", params={"since": "0001-01-01T00:00:00+01:00", "until": "9999-12-31T23:59:59-01:00"})
         assert ends.status_code == 200 and ends.json()["total"] == len(ids)
         assert c.get("/inspections", params={"limit": 0}).status_code == 422
+        # A correction, then a clear: the record says what it is now, and keeps what was said before.
+        corrected = c.post(f"/inspections/{ids[1]}/feedback", json={"label": "confirmed_defect", "note": "a real burr"})
+        assert corrected.json()["feedback"] == "confirmed_defect"
+        assert [(h["label"], h["note"]) for h in corrected.json()["feedback_history"]] == [
+            ("false_alarm", "dust on the lens")]
+        cleared = c.post(f"/inspections/{ids[1]}/feedback", json={"label": None}).json()
+        assert cleared["feedback"] is None and cleared["feedback_note"] is None
+        assert [h["label"] for h in cleared["feedback_history"]] == ["false_alarm", "confirmed_defect"]
+        assert all(datetime.fromisoformat(h["at"]).utcoffset() == timedelta(0) for h in cleared["feedback_history"])
+        assert ids[1] in [i["id"] for i in c.get("/inspections", params={"feedback": "none"}).json()["items"]]
 
 
 @pytest.mark.slow(seconds=6)

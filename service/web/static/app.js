@@ -511,6 +511,7 @@ async function loadDetail(id) {
     for (const input of form.querySelectorAll("input[name=label]")) input.checked = input.value === r.feedback;
     $("#feedback-note").value = r.feedback_note || "";
     if (r.feedback) $("#feedback-status").textContent = `Feedback saved: ${r.feedback.replace("_", " ")}.`;
+    showFeedbackHistory(r);
   } catch (err) {
     $("#detail-title").textContent = "Inspection";
     const p = document.createElement("p");
@@ -521,6 +522,22 @@ async function loadDetail(id) {
   }
 }
 
+function showFeedbackHistory(r) {
+  const earlier = (r.feedback_history || []).map((h) =>
+    `${(h.label || "").replace("_", " ")}${h.note ? ` ("${h.note}")` : ""} at ${(h.at || "").replace("T", " ").slice(0, 19)}`);
+  $("#feedback-history").textContent = earlier.length ? `Earlier feedback, oldest first: ${earlier.join("; ")}.` : "";
+}
+
+async function postFeedback(label, note) {
+  const r = await (await api(`/inspections/${state.record.id}/feedback`, {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ label, note }),
+  })).json();
+  state.record = r;
+  showFeedbackHistory(r);
+  return r;
+}
+
 async function sendFeedback(event) {
   event.preventDefault();
   const form = event.target;
@@ -529,14 +546,22 @@ async function sendFeedback(event) {
   if (!label) { status.textContent = "Choose confirmed defect or false alarm."; return; }
   const note = $("#feedback-note").value.trim();
   try {
-    const r = await (await api(`/inspections/${state.record.id}/feedback`, {
-      method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ label: label.value, note: note || null }),
-    })).json();
-    state.record = r;
+    const r = await postFeedback(label.value, note || null);
     status.textContent = `Feedback saved: ${r.feedback.replace("_", " ")}.`;
   } catch (err) {
     status.textContent = `Feedback not saved: ${err.message}`;
+  }
+}
+
+async function clearFeedback() {  // the earlier word stays in the record's history
+  const status = $("#feedback-status");
+  try {
+    await postFeedback(null, null);
+    for (const input of document.querySelectorAll("#feedback-form input[name=label]")) input.checked = false;
+    $("#feedback-note").value = "";
+    status.textContent = "Feedback cleared.";
+  } catch (err) {
+    status.textContent = `Feedback not cleared: ${err.message}`;
   }
 }
 
@@ -572,6 +597,7 @@ function init() {
   $("#page-next").addEventListener("click", () => { state.offset += PAGE_SIZE; loadHistory(); });
   $("#export-csv").addEventListener("click", exportCsv);
   $("#feedback-form").addEventListener("submit", sendFeedback);
+  $("#feedback-clear").addEventListener("click", clearFeedback);
   $("#key-button").addEventListener("click", () => askKey("").then(() => loadCategories()).catch(() => {}));
   window.addEventListener("hashchange", route);
   route();
