@@ -103,13 +103,11 @@ GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 COLOUR_LEVELS = 16  # photos whose 99th-percentile chroma exceeds this many levels are colour photos
 
 
-def chroma_levels(image: np.ndarray, most: int = 250_000) -> np.ndarray:
-    """The channels' spread (max - min) in 8-bit levels of up to ``most`` evenly spaced pixels
-    of RGB ``[..., H, W, 3]`` images (float in [0, 1], or uint8)."""
-    flat = image.reshape(-1, 3)
-    flat = flat[:: max(1, len(flat) // most)]
-    spread = flat.max(axis=1).astype(np.float32) - flat.min(axis=1).astype(np.float32)
-    return spread if flat.dtype == np.uint8 else np.rint(spread * 255.0)
+def chroma_levels(images: np.ndarray, most: int = 250_000) -> np.ndarray:
+    """The channels' spread (max - min), in levels, of up to ``most`` evenly spaced pixels of
+    uint8 RGB ``[..., H, W, 3]`` images."""
+    flat = images.reshape(-1, 3)[:: max(1, images.size // 3 // most)]
+    return flat.max(axis=1).astype(np.int16) - flat.min(axis=1).astype(np.int16)
 
 
 def greyscale_file(data: bytes) -> bool:
