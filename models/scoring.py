@@ -63,6 +63,7 @@ in the scorer's config, stored with the calibrated threshold.
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import asdict, dataclass, field, fields
 
 import kornia
@@ -324,6 +325,77 @@ def fit_normal_stats(terms: Tensor, silhouette: Tensor | None = None, edges: Ten
     return stats
 
 
+# What a stored config (a bundle's, ``check_config``) may ask for: the scoring resolution, and the
+# comparison radius (each cell more costs (2 r + 1)^2 comparisons per term: 4 is 81, 1 the default).
+SIZES = (32, 1024)
+MAX_TOLERANCE = 4
+STORED_WEIGHTS = ("imagenet", "random")  # a bundle names no weights file outside itself
+
+
+def check_config(config: dict) -> dict:
+    """``config`` (``AnomalyScorer.config``'s form, read from a bundle) when this version can
+    score with it, else ``ValueError`` naming the field: a bad number must refuse the bundle,
+    not score every query wrong."""
+    missing = sorted({"extractor", "weights", "layers", "size", "sigma", "tolerance"} - set(config))
+    if missing:
+        raise ValueError(f"the scorer config lacks {missing}")
+    size, sigma, tolerance, layers = config["size"], config["sigma"], config["tolerance"], config["layers"]
+    if not isinstance(config["extractor"], str) or config["weights"] not in STORED_WEIGHTS:
+        raise ValueError(f"extractor must be a backbone name and weights one of {list(STORED_WEIGHTS)}, got "
+                         f"{config['extractor']!r}, {config['weights']!r}")
+    if not (_is_int(size) and SIZES[0] <= size <= SIZES[1]):
+        raise ValueError(f"size must be an integer from {SIZES[0]} to {SIZES[1]}, got {size!r}")
+    if not (_is_number(sigma) and 0 <= sigma <= size / 8):  # the blur's 4 sigma each side stays within the map
+        raise ValueError(f"sigma must be a number from 0 to size / 8 = {size / 8:g}, got {sigma!r}")
+    if not (_is_int(tolerance) and 0 <= tolerance <= MAX_TOLERANCE):
+        raise ValueError(f"tolerance must be an integer from 0 to {MAX_TOLERANCE}, got {tolerance!r}")
+    if not (isinstance(layers, list) and layers and all(_is_int(i) and i >= 0 for i in layers)
+            and layers == sorted(set(layers))):
+        raise ValueError(f"layers must be feature layer indices in increasing order, got {layers!r}")
+    background = config.get("background", [1.0, 1.0, 1.0])
+    if not (isinstance(background, list | tuple) and len(background) == 3
+            and all(_is_number(v) and 0 <= v <= 1 for v in background)):
+        raise ValueError(f"background must be 3 numbers in [0, 1], got {background!r}")
+    colour_terms(config.get("colour", "rgb"))  # ValueError naming the choices
+    if config.get("combination", "peers") != "peers" and not config.get("stats"):
+        raise ValueError(f"combination {config['combination']!r} needs the normal statistics (stats): rerun the "
+                         "calibration stage")
+    return config
+
+
+def check_stats(stats: NormalStats, terms: int) -> NormalStats:
+    """``stats`` when they fit a scorer of ``terms`` terms (colour terms, then one per feature
+    layer), else ``ValueError`` naming the field. Scales and levels divide the maps: one of 0
+    or below, or an infinite one, would score every defect 0."""
+    _check_numbers("stats.term_scales", stats.term_scales, (terms,), positive=True)
+    _check_numbers("stats.edge_bins", stats.edge_bins, (0, STRUCTURE_BINS - 1))
+    _check_numbers("stats.edge_scales", stats.edge_scales, (0, STRUCTURE_BINS), positive=True)
+    if bool(stats.edge_bins) != bool(stats.edge_scales):
+        raise ValueError("stats.edge_bins and stats.edge_scales go together (both or neither)")
+    if stats.edge_bins != sorted(stats.edge_bins):
+        raise ValueError(f"stats.edge_bins must be in increasing order, got {reprlib.repr(stats.edge_bins)}")
+    _check_numbers("stats.levels", stats.levels, (0, *EITHER_COUNTS), positive=True)
+    if not (_is_int(stats.colours) and 1 <= stats.colours <= terms):
+        raise ValueError(f"stats.colours must be an integer from 1 to {terms}, got {stats.colours!r}")
+    return stats
+
+
+def _check_numbers(name: str, values, counts: tuple[int, ...], positive: bool = False) -> None:
+    """``ValueError`` unless ``values`` is a list of ``counts`` finite numbers (each > 0 if ``positive``)."""
+    if not (isinstance(values, list) and len(values) in counts
+            and all(_is_number(v) and (v > 0 or not positive) for v in values)):
+        raise ValueError(f"{name} must be a list of {' or '.join(map(str, counts))} finite numbers"
+                         f"{' > 0' if positive else ''}, got {reprlib.repr(values)}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class AnomalyScorer(nn.Module):
     """Anomaly maps and scores of query images against their rendered references."""
 
@@ -366,14 +438,20 @@ class AnomalyScorer(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict) -> AnomalyScorer:
-        extractor = FeatureExtractor(config["extractor"], layers=config["layers"], weights=config["weights"])
+        """The scorer a stored ``config`` describes, after ``check_config`` and ``check_stats``."""
+        check_config(config)
         stats = None
         if config.get("stats"):
             unknown = sorted(set(config["stats"]) - {f.name for f in fields(NormalStats)})
             if unknown:
                 raise ValueError(f"the scorer's normal statistics carry fields this version does not know ({unknown}): "
                                  "rerun the calibration stage")
-            stats = NormalStats(**config["stats"])
+            terms = colour_terms(config.get("colour", "rgb")) + len(config["layers"])
+            stats = check_stats(NormalStats(**config["stats"]), terms)
+        try:
+            extractor = FeatureExtractor(config["extractor"], layers=config["layers"], weights=config["weights"])
+        except IndexError as exc:  # timm's, for an index past the backbone's stages
+            raise ValueError(f"layers {config['layers']} are not all feature layers of {config['extractor']}") from exc
         return cls(extractor, size=config["size"], sigma=config["sigma"], tolerance=config["tolerance"],
                    combination=config.get("combination", "peers"), stats=stats,
                    background=tuple(config.get("background", (1.0, 1.0, 1.0))), colour=config.get("colour", "rgb"))

@@ -383,3 +383,55 @@ def test_a_lab_scorer_builds_its_area_map_from_both_colour_terms() -> None:
                       colour="lab")
     with pytest.raises(ValueError, match="colours must name"):
         fit_normal_stats(terms, sil, edges, sigma=1.0, colours=0)
+
+
+def _stored_config() -> dict:
+    """An ``either`` scorer's config as a bundle's calibration stores it (five terms: RGB and four layers)."""
+    stats = NormalStats(term_scales=[1.0, 2.0, 3.0, 4.0, 5.0], edge_bins=[0.001] * 6 + [0.02, 0.04, 0.07],
+                        edge_scales=[0.3] + [1.0] * 9, levels=[2.5, 17.7, 7.0, 1.2, 3.3], colours=1)
+    return {"extractor": "tf_efficientnet_lite0", "weights": "random", "layers": [0, 1, 2, 3], "size": 64, "sigma": 4.0,
+            "tolerance": 1, "combination": "either", "stats": asdict(stats), "background": [1.0, 1.0, 1.0]}
+
+
+def _with(config: dict, **changes) -> dict:
+    stats = {**config["stats"], **changes.pop("stats", {})}
+    return {**config, "stats": stats, **changes}
+
+
+@pytest.mark.parametrize("changes, field", [
+    # Normal statistics: a level of 0 or below, or an infinite one, scored every defect 0.
+    ({"stats": {"levels": [-1.0] * 5}}, "stats.levels"),
+    ({"stats": {"levels": [float("inf")] * 5}}, "stats.levels"),
+    ({"stats": {"levels": [0.0] * 5}}, "stats.levels"),
+    ({"stats": {"levels": [1.0] * 3}}, "stats.levels"),
+    ({"stats": {"term_scales": [float("nan")] * 5}}, "stats.term_scales"),
+    ({"stats": {"term_scales": [-5.0] * 5}}, "stats.term_scales"),
+    ({"stats": {"term_scales": [1.0] * 6}}, "stats.term_scales"),  # six terms for a five-term scorer
+    ({"stats": {"edge_scales": [0.0] * 10}}, "stats.edge_scales"),
+    ({"stats": {"edge_scales": [1.0] * 9}}, "stats.edge_scales"),
+    ({"stats": {"edge_bins": [0.07, 0.04, 0.02] + [0.001] * 6}}, "stats.edge_bins"),
+    ({"stats": {"edge_bins": [float("nan")] * 9}}, "stats.edge_bins"),
+    ({"stats": {"colours": 6}}, "stats.colours"),
+    ({"layers": [0, 1, 2]}, "stats.term_scales"),  # the layers and the statistics disagree
+    # The scorer's own settings.
+    ({"size": 0}, "size"), ({"size": -8}, "size"), ({"size": 100_000}, "size"), ({"size": "224"}, "size"),
+    ({"size": 224.7}, "size"), ({"sigma": float("nan")}, "sigma"), ({"sigma": -4.0}, "sigma"),
+    ({"sigma": 1e6}, "sigma"), ({"tolerance": -3}, "tolerance"), ({"tolerance": 15}, "tolerance"),
+    ({"background": [float("nan")] * 3}, "background"), ({"background": [1, 1, 1, 1, 1]}, "background"),
+    ({"background": [7.0, -2.0, 0.5]}, "background"), ({"layers": [0, 1, 2, 99]}, "layers"),
+    ({"layers": [3, 2, 1, 0]}, "layers"), ({"layers": []}, "layers"), ({"colour": "hsv"}, "colour"),
+    ({"weights": "/etc/passwd"}, "weights"),
+])
+def test_a_stored_config_with_a_bad_field_is_refused_naming_it(changes: dict, field: str) -> None:
+    """A bundle's scorer config (its calibration.json) is checked field by field before use."""
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        AnomalyScorer.from_config(json.loads(json.dumps(_with(_stored_config(), **changes))))
+
+
+def test_a_stored_config_that_checks_out_loads_and_one_missing_a_part_does_not() -> None:
+    again = AnomalyScorer.from_config(_stored_config())
+    assert again.combination == "either" and again.stats.levels == [2.5, 17.7, 7.0, 1.2, 3.3] and again.size == 64
+    with pytest.raises(ValueError, match="lacks"):
+        AnomalyScorer.from_config({k: v for k, v in _stored_config().items() if k != "extractor"})
+    with pytest.raises(ValueError, match="needs the normal statistics"):
+        AnomalyScorer.from_config({**_stored_config(), "combination": "silhouette", "stats": None})
