@@ -41,10 +41,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 QUANTILE = 0.99
 MARGIN = 0.10
 PIXEL_QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
+MAX_THRESHOLD = 1e9  # a threshold above it is refused: no score comes near, and 2 (t - floor) overflows near 1e308
 
 
 class ScoreStats(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     n: int = Field(ge=1)
     min: float
     median: float
@@ -60,14 +61,20 @@ class ScoreStats(BaseModel):
         return cls(n=int(s.size), min=float(s.min()), median=float(np.median(s)),
                    p95=float(np.quantile(s, 0.95)), p99=float(np.quantile(s, 0.99)), max=float(s.max()))
 
+    @model_validator(mode="after")
+    def _in_order(self) -> ScoreStats:
+        if not self.min <= self.median <= self.p95 <= self.p99 <= self.max:
+            raise ValueError(f"normal score statistics must satisfy min <= median <= p95 <= p99 <= max, got {self}")
+        return self
+
 
 class Calibration(BaseModel):
-    """What a bundle stores about its decision rule (``calibration.json``)."""
+    """What a bundle stores about its decision rule (``calibration.json``); every number finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     version: Literal[1] = 1
     rule: Literal["false_alarm", "quantile", "f1"]
-    threshold: float = Field(gt=0)
+    threshold: float = Field(gt=0, le=MAX_THRESHOLD)
     quantile: float = Field(QUANTILE, gt=0, le=1)
     margin: float = Field(MARGIN, ge=0)
     false_alarm_rate: float | None = Field(None, gt=0, lt=0.5)  # rule false_alarm: the share of good parts rejected
@@ -95,6 +102,8 @@ class Calibration(BaseModel):
             lo, hi = getattr(self, name) or (0.0, 0.0)
             if not (np.isfinite([lo, hi]).all() and 0 <= lo <= hi <= top):
                 raise ValueError(f"{name} must be two finite numbers, 0 <= low <= high (<= {top}), got {getattr(self, name)}")
+        if self.threshold_range is not None and not self.threshold_range[0] <= self.threshold <= self.threshold_range[1]:
+            raise ValueError(f"threshold {self.threshold} lies outside its own range {self.threshold_range}")
         if self.score_floor >= self.threshold:
             raise ValueError(f"score_floor {self.score_floor} must lie below the threshold {self.threshold}")
         if self.pixel_floor >= self.threshold:
@@ -126,9 +135,6 @@ class Calibration(BaseModel):
     def decide(self, raw, threshold: float | None = None):
         """True where the raw score exceeds the threshold in force."""
         return raw > self.resolve(threshold)
-
-
-MAX_THRESHOLD = 1e9  # an override above it is refused: no score comes near, and 2 (t - floor) overflows near 1e308
 
 
 def _normalise(values, threshold: float, floor: float):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -129,13 +131,34 @@ def test_threshold_spread_says_how_firmly_the_views_pin_the_threshold() -> None:
 
 def test_calibration_refuses_a_range_upside_down_or_out_of_place() -> None:
     held = dict(rule="false_alarm", false_alarm_rate=0.02)
-    c = _calibration(**held, threshold_range=(0.9, 1.3), false_alarm_range=(0.0, 0.06))
+    c = _calibration(**held, threshold_range=(9.0, 13.0), false_alarm_range=(0.0, 0.06))
     assert Calibration.model_validate_json(c.model_dump_json()) == c
-    for bad in ({"threshold_range": (1.3, 0.9)}, {"false_alarm_range": (-0.1, 0.2)}, {"false_alarm_range": (0.0, 1.5)},
-                {"threshold_range": (0.9, float("inf"))}):
+    for bad in ({"threshold_range": (13.0, 9.0)}, {"false_alarm_range": (-0.1, 0.2)}, {"false_alarm_range": (0.0, 1.5)},
+                {"threshold_range": (9.0, float("inf"))}):
         with pytest.raises(ValidationError, match="range"):
-            _calibration(**{**held, "threshold_range": (0.9, 1.3), "false_alarm_range": (0.0, 0.06), **bad})
+            _calibration(**{**held, "threshold_range": (9.0, 13.0), "false_alarm_range": (0.0, 0.06), **bad})
     with pytest.raises(ValidationError, match="go together"):
-        _calibration(**held, threshold_range=(0.9, 1.3))
+        _calibration(**held, threshold_range=(9.0, 13.0))
     with pytest.raises(ValidationError, match="only with rule false_alarm"):
-        _calibration(threshold_range=(0.9, 1.3), false_alarm_range=(0.0, 0.06))
+        _calibration(threshold_range=(9.0, 13.0), false_alarm_range=(0.0, 0.06))
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"threshold": float("inf")}, "threshold"),
+    ({"threshold": float("nan")}, "threshold"),
+    ({"threshold": 1e300}, "threshold"),
+    ({"threshold": -1.0}, "threshold"),
+    ({"rule": "false_alarm", "false_alarm_rate": 1.5}, "false_alarm_rate"),
+    ({"rule": "false_alarm", "false_alarm_rate": 0.02, "threshold_range": (11.0, 13.0),
+      "false_alarm_range": (0.0, 0.06)}, "outside its own range"),
+    ({"normal_scores": {"n": 4, "min": float("nan"), "median": 5.0, "p95": 8.0, "p99": 9.0, "max": 9.0}}, "normal_scores.min"),
+    ({"normal_scores": {"n": 4, "min": 4.0, "median": -7.0, "p95": 8.0, "p99": 9.0, "max": 9.0}}, "min <= median"),
+    ({"normal_pixel_quantiles": {"q0.5": float("inf")}}, "normal_pixel_quantiles"),
+    ({"heldout_scale": float("inf")}, "heldout_scale"),
+])
+def test_a_stored_calibration_with_a_bad_number_is_refused(changes: dict, problem: str) -> None:
+    """calibration.json comes from outside (a bundle): an infinite, NaN or inconsistent number is
+    refused as it is read, naming the field, rather than deciding every query with it."""
+    stored = json.dumps({**_calibration().model_dump(), **changes})  # json writes NaN and Infinity
+    with pytest.raises(ValidationError, match=problem):
+        Calibration.model_validate_json(stored)
