@@ -26,15 +26,17 @@ with ``BundleError`` naming the problem otherwise. Nothing here uses pickle.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Annotated
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from models.hashing import sha256_file
 
@@ -86,7 +88,7 @@ class BundleError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class FileEntry(_Strict):
@@ -94,21 +96,42 @@ class FileEntry(_Strict):
     bytes: int = Field(ge=0)
 
 
+def _small_radial(value: list[float]) -> list[float]:
+    if not all(math.isfinite(k) and abs(k) < 1.0 for k in value):
+        raise ValueError(f"radial terms must be finite and under 1 in magnitude, got {value}")
+    return value
+
+
+# A lens's radial distortion as this software undistorts with it: k1[, k2] in normalised coordinates
+# (COLMAP's, which are OpenCV's), each under 1 in magnitude. Training photos' (models.data) and a bundle's.
+RadialTerms = Annotated[list[float], Field(min_length=1, max_length=2), AfterValidator(_small_radial)]
+SIDES = (16, 4096)  # the image sizes a bundle's camera may have, pixels
+
+
 class CameraSpec(_Strict):
-    width: int = Field(gt=0)  # pixels, the size every query is resized to
-    height: int = Field(gt=0)
+    width: int = Field(ge=SIDES[0], le=SIDES[1])  # pixels, the size every query is resized to
+    height: int = Field(ge=SIDES[0], le=SIDES[1])
     K: list[list[float]]  # [3, 3] intrinsics at width x height, pixel centres at +0.5 (models/camera.py)
-    camera_angle_x: float = Field(gt=0)  # horizontal field of view, radians
+    camera_angle_x: float = Field(gt=0, lt=math.pi)  # horizontal field of view, radians
     background: tuple[float, float, float]  # RGB in [0, 1] behind the object
     convention: str = "world-to-camera 4x4, OpenCV axes (x right, y down, z forward)"
-    lens_radial: list[float] | None = None  # k1[, k2] of the photos' lens: queries are undistorted with them
+    lens_radial: RadialTerms | None = None  # k1[, k2] of the photos' lens: queries are undistorted with them
     exif_camera: str | None = None  # EXIF "Make Model" of the training photos: a query from another is refused
 
     @field_validator("K")
     @classmethod
-    def _three_by_three(cls, value: list[list[float]]) -> list[list[float]]:
-        if len(value) != 3 or any(len(row) != 3 for row in value) or not np.isfinite(value).all():
-            raise ValueError("K must be a finite 3 x 3 matrix")
+    def _pinhole(cls, value: list[list[float]]) -> list[list[float]]:
+        if len(value) != 3 or any(len(row) != 3 for row in value):
+            raise ValueError("K must be a 3 x 3 matrix")
+        if not (value[0][0] > 0 and value[1][1] > 0) or value[2] != [0.0, 0.0, 1.0]:
+            raise ValueError(f"K must have focal lengths fx, fy > 0 and last row [0, 0, 1], got {value}")
+        return value
+
+    @field_validator("background")
+    @classmethod
+    def _unit_colour(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(0 <= v <= 1 for v in value):
+            raise ValueError(f"background must be RGB in [0, 1], got {list(value)}")
         return value
 
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tqdm.auto import tqdm
 
 from models import camera
+from models.bundle import RadialTerms
 from models.images import (
     WHITE,
     Background,
@@ -77,14 +78,7 @@ class LensModel(BaseModel):
     """Radial distortion of the camera the photos came from (``rpe-pad prepare`` writes it)."""
 
     model: str = Field(min_length=1)  # COLMAP's camera model it was estimated with
-    radial: list[float] = Field(min_length=1, max_length=2)  # k1[, k2], normalised coordinates
-
-    @field_validator("radial")
-    @classmethod
-    def _small(cls, value: list[float]) -> list[float]:
-        if not all(math.isfinite(k) and abs(k) < 1.0 for k in value):
-            raise ValueError(f"radial terms must be finite and under 1 in magnitude, got {value}")
-        return value
+    radial: RadialTerms  # k1[, k2], normalised coordinates
 
 
 class CameraModel(BaseModel):
