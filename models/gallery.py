@@ -61,9 +61,14 @@ class Gallery:
         return g
 
     def validate(self, where: str = "gallery") -> None:
+        """``GalleryError`` naming the field unless every part is of its shape and finite, the
+        poses are rigid (a proper rotation, last row 0 0 0 1), the views' intrinsics have
+        positive focal lengths and their depths are >= 0."""
         g = len(self.poses)
         if g == 0:
             raise GalleryError(f"{where}: empty gallery")
+        if not isinstance(self.names, list) or not all(isinstance(n, str) for n in self.names):
+            raise GalleryError(f"{where}: names must be a list of strings")
         shapes_ok = (self.poses.shape[1:] == (4, 4) and self.source.shape == (g,) and self.descriptors.dim() == 2
                      and len(self.descriptors) == g and self.features.dim() == 4 and len(self.features) == g
                      and len(self.names) == g)
@@ -77,9 +82,26 @@ class Gallery:
         for key, value in (("poses", self.poses), ("descriptors", self.descriptors), ("features", self.features)):
             if not torch.isfinite(value).all():
                 raise GalleryError(f"{where}: non-finite values in {key}")
+        if not ((self.source == TRAIN) | (self.source == NOVEL)).all():
+            raise GalleryError(f"{where}: source must be {TRAIN} (training view) or {NOVEL} (novel view)")
+        poses = self.poses.double()
+        rot, bottom = poses[:, :3, :3], poses[:, 3] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+        rigid = (torch.allclose(rot @ rot.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand_as(rot), atol=1e-3)
+                 and bool((torch.linalg.det(rot) > 0).all()) and bool((bottom.abs() < 1e-6).all()))
+        if not rigid:
+            raise GalleryError(f"{where}: poses must be rigid world-to-camera transforms (a proper rotation, last row "
+                               "0 0 0 1)")
         if self.images is not None and (self.depths is None or self.K is None or self.images.shape[0] != g
                                         or self.depths.shape != self.images.shape[:3]):
             raise GalleryError(f"{where}: views and depths must come together, one per gallery view")
+        if self.images is not None:
+            if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[-1] != 3:
+                raise GalleryError(f"{where}: images must be uint8 [G, H, W, 3], got {self.images.dtype} "
+                                   f"{tuple(self.images.shape)}")
+            if not (torch.isfinite(self.depths).all() and (self.depths >= 0).all()):
+                raise GalleryError(f"{where}: depths must be finite and >= 0")
+            if self.K.shape != (3, 3) or not torch.isfinite(self.K).all() or not (self.K[0, 0] > 0 and self.K[1, 1] > 0):
+                raise GalleryError(f"{where}: K must be a finite 3 x 3 matrix with focal lengths > 0")
         norms = self.descriptors.norm(dim=1)
         if not torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
             raise GalleryError(f"{where}: descriptors are not unit vectors")

@@ -24,6 +24,7 @@ Tensor = torch.Tensor
 SEMANTICS = "gsplat-1.5.3"
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 SH_C0 = 0.28209479177387814
+SH_MAX_DEGREE = 4  # gsplat's spherical harmonics go up to degree 4
 
 
 class SceneError(ValueError):
@@ -95,6 +96,10 @@ class GaussianScene:
         missing = [name for name in PARAM_NAMES if name not in tensors]
         if missing:
             raise SceneError(f"{path}: missing tensors {missing}")
+        for name in PARAM_NAMES:
+            if tensors[name].dtype not in (torch.float32, torch.float64):
+                raise SceneError(f"{path}: {name} is {tensors[name].dtype}, not float32 or float64")
+            tensors[name] = tensors[name].float()  # as save writes them, and as the renderers take them
         try:
             sh_degree = int(metadata["sh_degree"])
             background = tuple(float(v) for v in json.loads(metadata["background"]))
@@ -108,7 +113,13 @@ class GaussianScene:
         return scene
 
     def validate(self, where: str = "scene") -> None:
+        """``SceneError`` unless the scene can be rendered: at least one Gaussian, every
+        parameter of its shape and finite (scales too once exponentiated), every quaternion
+        of non-zero norm, a known SH degree and a background in [0, 1]."""
         n = self.num_gaussians
+        if n < 1 or not 0 <= self.sh_degree <= SH_MAX_DEGREE:
+            raise SceneError(f"{where}: {n} Gaussians of SH degree {self.sh_degree}; at least 1 of degree 0 to "
+                             f"{SH_MAX_DEGREE} needed")
         expected = {
             "means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,),
             "sh0": (n, 1, 3), "shN": (n, (self.sh_degree + 1) ** 2 - 1, 3),
@@ -119,8 +130,12 @@ class GaussianScene:
                 raise SceneError(f"{where}: {name} has shape {tuple(tensor.shape)}, expected {shape}")
             if not torch.isfinite(tensor).all():
                 raise SceneError(f"{where}: {name} has non-finite values")
-        if len(self.background) != 3:
-            raise SceneError(f"{where}: background must have 3 channels")
+        if not torch.isfinite(self.scales.exp()).all():
+            raise SceneError(f"{where}: scales (log) too large: their exponential overflows")
+        if not (self.quats.norm(dim=-1) > 1e-8).all():
+            raise SceneError(f"{where}: quats has a quaternion of zero norm (no rotation)")
+        if len(self.background) != 3 or not all(0 <= v <= 1 for v in self.background):
+            raise SceneError(f"{where}: background must be 3 values in [0, 1], got {list(self.background)}")
 
 
 @dataclass

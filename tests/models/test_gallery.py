@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,34 @@ def test_views_and_depths_round_trip(tmp_path: Path) -> None:
     g.depths = None
     with pytest.raises(GalleryError, match="views and depths"):
         g.validate()
+
+
+def _with_views(g: int = 4) -> Gallery:
+    gallery = _gallery(g)
+    gallery.images = torch.randint(0, 255, (g, 8, 8, 3), dtype=torch.uint8)
+    gallery.depths = torch.rand(g, 8, 8).half()
+    gallery.K = torch.tensor([[10.0, 0, 4], [0, 10.0, 4], [0, 0, 1]], dtype=torch.float64)
+    return gallery
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda g: setattr(g, "names", list(range(len(g)))), "names must be a list of strings"),
+    (lambda g: g.source.fill_(7), "source must be 0 (training view) or 1 (novel view)"),
+    (lambda g: g.poses.zero_(), "poses must be rigid"),
+    (lambda g: g.poses[:, :3, :3].mul_(1000.0), "poses must be rigid"),
+    (lambda g: g.poses[:, :3, 0].neg_(), "poses must be rigid"),  # a reflection, det -1
+    (lambda g: g.poses[:, 3, 0].fill_(0.5), "poses must be rigid"),
+    (lambda g: g.K.fill_(float("nan")), "K must be a finite 3 x 3 matrix with focal lengths > 0"),
+    (lambda g: g.K.zero_(), "K must be a finite 3 x 3 matrix with focal lengths > 0"),
+    (lambda g: g.depths.fill_(float("nan")), "depths must be finite and >= 0"),
+    (lambda g: g.depths.fill_(-5.0), "depths must be finite and >= 0"),
+    (lambda g: setattr(g, "images", g.images.float() * 1000), "images must be uint8"),
+])
+def test_a_gallery_that_would_mislead_the_pipeline_is_refused(damage, problem: str) -> None:
+    """A gallery file comes from outside (a bundle): each of these loaded and then gave wrong
+    poses, NaN references or an error at inspection."""
+    gallery = _with_views()
+    gallery.validate()
+    damage(gallery)
+    with pytest.raises(GalleryError, match=re.escape(problem)):
+        gallery.validate()

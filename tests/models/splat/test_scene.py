@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from models import camera
@@ -55,6 +57,44 @@ def test_bad_files_are_refused(tmp_path: Path) -> None:
     save_file(tensors, str(path), metadata={"format": "rpe-pad-gaussians", "version": "1", "sh_degree": "0", "background": "[1, 1, 1]"})
     with pytest.raises(SceneError, match="non-finite"):
         GaussianScene.load(path)
+
+
+def _rewritten(path: Path, tensors=lambda t: None, **metadata) -> Path:
+    """A valid 10-Gaussian scene file with its tensors edited by ``tensors`` and ``metadata`` replaced."""
+    random_scene(10).save(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta, t = {**f.metadata(), **metadata}, {k: f.get_tensor(k) for k in f.keys()}
+    tensors(t)
+    save_file({k: v.contiguous() for k, v in t.items()}, str(path), metadata=meta)
+    return path
+
+
+def _all(t: dict, f) -> None:
+    for k in t:
+        t[k] = f(t[k])
+
+
+@pytest.mark.parametrize("tensors, metadata, problem", [
+    (lambda t: _all(t, lambda v: v[:0].clone()), {}, "0 Gaussians"),
+    (lambda t: _all(t, torch.Tensor.half), {}, "means is torch.float16, not float32 or float64"),
+    (lambda t: t.update(means=t["means"].round().int()), {}, "means is torch.int32"),
+    (lambda t: t["quats"].zero_(), {}, "quaternion of zero norm"),
+    (lambda t: t["scales"].fill_(100.0), {}, "exponential overflows"),
+    (lambda t: None, {"sh_degree": "-2"}, "SH degree -2"),
+    (lambda t: None, {"sh_degree": "7"}, "SH degree 7"),
+    (lambda t: None, {"background": "[NaN, NaN, NaN]"}, "background must be 3 values in [0, 1]"),
+    (lambda t: None, {"background": "[50, -3, 1e30]"}, "background must be 3 values in [0, 1]"),
+])
+def test_scenes_that_cannot_render_are_refused(tmp_path: Path, tensors, metadata: dict, problem: str) -> None:
+    """A scene file from outside (a bundle's) loads only if it renders: each of these gave a
+    render of NaN or nothing, or an error at every inspection."""
+    with pytest.raises(SceneError, match=re.escape(problem)):
+        GaussianScene.load(_rewritten(tmp_path / "s.safetensors", tensors, **metadata))
+
+
+def test_a_float64_scene_loads_as_float32(tmp_path: Path) -> None:
+    back = GaussianScene.load(_rewritten(tmp_path / "s.safetensors", lambda t: _all(t, torch.Tensor.double)))
+    assert back.means.dtype == torch.float32 and torch.equal(back.means, random_scene(10).means)
 
 
 def test_render_depth_and_background() -> None:
