@@ -81,6 +81,14 @@ class IRPRNConfig:
     descriptor_grid: int = 4  # retrieval descriptor grid of the training pairs (models.gallery: 4 x 4)
     corr_dim: int = 64  # channels of the learnt projection the correlation is taken in
 
+    def __post_init__(self) -> None:
+        least = {"layer": 0, "n_refine": 0, "input_size": 1, "width": 1, "hidden": 1, "n_kernels": 1,
+                 "descriptor_grid": 1, "corr_dim": 1}
+        for name, low in least.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"IRPRN config: {name} must be an integer >= {low}, got {value!r}")
+
     def to_dict(self) -> dict:
         """The fields, and the retired options at the one value they kept, in the order the
         config was always written (a default config's dict, hence its stage key, is unchanged)."""
@@ -324,7 +332,12 @@ def load_irprn_config(path: Path) -> tuple[IRPRNConfig, float]:
     """The model config of a saved ``config.json`` (``weights="random"``: the trained
     weights come from the file, none are downloaded) and its scene unit."""
     cfg = json.loads(Path(path).read_text())
-    return IRPRNConfig.from_dict({**cfg["model"], "weights": "random"}), float(cfg["scene_unit"])
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise ValueError("no model arguments (model)")
+    unit = cfg.get("scene_unit")
+    if not (isinstance(unit, int | float) and math.isfinite(unit) and unit > 0):
+        raise ValueError(f"scene_unit must be a finite number > 0, got {unit!r}")
+    return IRPRNConfig.from_dict({**cfg["model"], "weights": "random"}), float(unit)
 
 
 def load_irprn(path_dir: Path) -> tuple[IRPRN, float]:

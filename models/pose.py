@@ -26,6 +26,7 @@ from pathlib import Path
 
 import kornia.geometry.transform as KT
 import torch
+import torch.nn.functional as F
 
 from models.camera import camera_center, make_pose, quat_to_rotmat, rotmat_to_quat
 from models.gallery import Gallery
@@ -60,6 +61,20 @@ def roll_images(images: Tensor, angle_deg: Tensor | float) -> Tensor:
     angles = torch.as_tensor(angle_deg, dtype=torch.float32).expand(len(images)).contiguous()
     x = KT.rotate(images.permute(0, 3, 1, 2).float(), angles, padding_mode="border")
     return x.permute(0, 2, 3, 1)
+
+
+def _check_graph(session, path: Path, inputs: dict[str, tuple], outputs: tuple[str, ...]) -> None:
+    """``ValueError`` naming ``path`` unless the ONNX ``session`` takes ``inputs`` (name -> shape,
+    None for a free dimension; a graph's own free dimensions match any) and gives ``outputs``."""
+    got = {i.name: i.shape for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    if sorted(got) != sorted(inputs) or names != list(outputs):
+        raise ValueError(f"{path.name} takes {sorted(got)} and gives {names}; expected {sorted(inputs)} and "
+                         f"{list(outputs)}")
+    for name, want in inputs.items():
+        have = got[name]
+        if len(have) != len(want) or any(isinstance(h, int) and w is not None and h != w for h, w in zip(have, want)):
+            raise ValueError(f"{path.name}: input {name} has shape {have}, this bundle needs {list(want)}")
 
 
 def average_poses(poses: Tensor, weights: Tensor) -> Tensor:
@@ -100,6 +115,9 @@ class PoseEstimator:
         from models import onnx_runtime as rt
 
         enc, hd = rt.session(encoder_path, device), rt.session(head_path, device)
+        _check_graph(enc, encoder_path, {"images": (None, 3, input_size, input_size)}, ("features",))
+        _check_graph(hd, head_path, {"query": (None, *gallery.features.shape[1:]),
+                                     "gallery": (None, *gallery.features.shape[1:])}, ("q", "t"))
 
         def encode(x: Tensor) -> Tensor:
             return torch.from_numpy(rt.run(enc, images=x.cpu().numpy())[0])
@@ -110,7 +128,27 @@ class PoseEstimator:
 
         est = cls(gallery, encode, head, unit, input_size, gallery.grid, **kw)
         est.providers = enc.get_providers()
+        est._check_with_gallery(encoder_path.name, head_path.name)
         return est
+
+    def _check_with_gallery(self, encoder: str, head: str) -> None:
+        """``ValueError`` unless the networks run on the gallery's first view and agree with it:
+        the encoder gives the features stored for it (the same network built the gallery), and
+        the pair head finite ``q [1, S, 4]`` and ``t [1, S, 3]``."""
+        g = self.gallery
+        view = g.images[:1].float() / 255.0 if g.images is not None else torch.zeros(1, self.input_size, self.input_size, 3)
+        feats = self._encode(to_input(view, self.input_size))
+        if feats.shape[1:] != g.features.shape[1:]:
+            raise ValueError(f"{encoder} gives features {tuple(feats.shape[1:])}, the gallery holds "
+                             f"{tuple(g.features.shape[1:])}: they come from different networks")
+        if g.images is not None and F.cosine_similarity(feats.flatten(), g.features[0].flatten(), dim=0) < 0.99:
+            raise ValueError(f"{encoder} does not reproduce the gallery's features of its first view: the encoder "
+                             "and the gallery come from different networks")
+        q, t = self._head(feats, g.features[:1])
+        shaped = q.dim() == 3 and q.shape[0] == 1 and q.shape[2] == 4 and t.shape == (1, q.shape[1], 3)
+        if not (shaped and q.isfinite().all() and t.isfinite().all()):
+            raise ValueError(f"{head} gives q {tuple(q.shape)} and t {tuple(t.shape)}; finite [1, S, 4] and "
+                             "[1, S, 3] expected")
 
     def match(self, images: Tensor) -> Matches:
         """The top-``k`` gallery views of ``[B, H, W, 3]`` query images in [0, 1]."""

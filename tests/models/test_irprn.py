@@ -133,6 +133,24 @@ def test_saved_configs_keep_their_form_and_retired_options_are_refused(tmp_path:
     assert cfg == IRPRNConfig(**{**SMALL.__dict__, "weights": "random"}) and unit == 1.0
 
 
+@pytest.mark.parametrize("config, problem", [
+    ({"scene_unit": 1.0}, "no model arguments"),
+    ({"model": SAVED_DEFAULT, "scene_unit": float("nan")}, "scene_unit must be a finite number > 0"),
+    ({"model": SAVED_DEFAULT, "scene_unit": 0.0}, "scene_unit must be a finite number > 0"),
+    ({"model": SAVED_DEFAULT, "scene_unit": -1.0}, "scene_unit must be a finite number > 0"),
+    ({"model": SAVED_DEFAULT}, "scene_unit must be a finite number > 0"),
+    ({"model": {**SAVED_DEFAULT, "input_size": 0}, "scene_unit": 1.0}, "input_size must be an integer >= 1"),
+    ({"model": {**SAVED_DEFAULT, "n_refine": -1}, "scene_unit": 1.0}, "n_refine must be an integer >= 0"),
+    ({"model": {**SAVED_DEFAULT, "width": "64"}, "scene_unit": 1.0}, "width must be an integer >= 1"),
+])
+def test_a_saved_config_with_a_bad_value_is_refused_naming_it(tmp_path: Path, config: dict, problem: str) -> None:
+    """A bundle's irprn/config.json comes from outside: a scene unit of 0 or NaN put every
+    estimated camera at the gallery view's centre or at NaN."""
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=problem):
+        load_irprn_config(tmp_path / "config.json")
+
+
 def test_no_refinement_layers_is_one_stage() -> None:
     head = PairHead(8, IRPRNConfig(weights="random", width=16, hidden=32, n_refine=0))
     q, t = head(torch.randn(2, 8, 14, 14), torch.randn(2, 8, 14, 14))

@@ -4,11 +4,14 @@ pose is known exactly."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from models.bundle import FILES
 from models.camera import (
     look_at,
     pose_errors,
@@ -17,6 +20,7 @@ from models.camera import (
     roll_pose,
 )
 from models.gallery import TRAIN, Gallery
+from models.irprn import load_irprn_config
 from models.pose import PoseEstimator, average_poses, roll_images
 
 D = torch.float64
@@ -97,3 +101,23 @@ def test_roll_images_turns_counter_clockwise() -> None:
     rolled = roll_images(_blob_image(0.0), 30.0)
     assert float((rolled - _blob_image(30.0)).abs().max()) < 0.1
     assert float((rolled - _blob_image(-30.0)).abs().max()) > 0.5
+
+
+def test_onnx_graphs_that_disagree_with_the_bundle_are_refused(tiny_pose_bundle: Path) -> None:
+    """The ONNX graphs are checked against the IRPRN config and the gallery when they are
+    loaded: a graph for another input size, swapped graphs, or an encoder that did not build
+    the gallery ran (or failed) only at the first inspection before."""
+    gallery = Gallery.load(tiny_pose_bundle / FILES["gallery"])
+    enc, head = tiny_pose_bundle / FILES["encoder"], tiny_pose_bundle / FILES["pair_head"]
+    cfg, unit = load_irprn_config(tiny_pose_bundle / FILES["irprn_config"])
+    assert PoseEstimator.from_onnx(enc, head, gallery, unit, cfg.input_size).providers == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match=r"encoder\.onnx: input images has shape \['batch', 3, 112, 112\]"):
+        PoseEstimator.from_onnx(enc, head, gallery, unit, 2 * cfg.input_size)
+    with pytest.raises(ValueError, match=r"pair_head\.onnx takes \['gallery', 'query'\] and gives \['q', 't'\]"):
+        PoseEstimator.from_onnx(head, enc, gallery, unit, cfg.input_size)
+    half = replace(gallery, features=gallery.features[:, : gallery.features.shape[1] // 2])
+    with pytest.raises(ValueError, match=r"pair_head\.onnx: input (query|gallery) has shape"):
+        PoseEstimator.from_onnx(enc, head, half, unit, cfg.input_size)
+    other = replace(gallery, features=torch.randn_like(gallery.features))
+    with pytest.raises(ValueError, match="does not reproduce the gallery's features"):
+        PoseEstimator.from_onnx(enc, head, other, unit, cfg.input_size)
