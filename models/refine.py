@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import cv2
 import numpy as np
@@ -79,6 +79,26 @@ class RefineConfig:
     ecc_iterations: int = 60
     ecc_max_shift_px: float = 12.0  # at ecc_size
     ecc_max_rotation_deg: float = 5.0
+
+    def __post_init__(self) -> None:
+        """``ValueError`` naming the field unless each count is an integer at its least (PnP
+        needs 4 points; the rounds may be 0) and each bound finite and > 0 (the warp and stop
+        bounds may be 0; the ratio at most 1, the angles at most 180 degrees): a bundle's
+        manifest carries these."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int":
+                least = {"rounds": 0, "flow_rounds": 0, "min_inliers": 4, "ecc_size": 16}.get(f.name, 1)
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= least
+                need = f"an integer >= {least}"
+            else:
+                zero = f.name in ("warp_max_px", "polish_stop_px")
+                ok = isinstance(value, int | float) and math.isfinite(value) and (value >= 0 if zero else value > 0)
+                need = f"a finite number {'>=' if zero else '>'} 0"
+            if not ok:
+                raise ValueError(f"refine.{f.name} must be {need}, got {value!r}")
+        if self.ratio > 1 or max(self.max_rotation_deg, self.ecc_max_rotation_deg) > 180:
+            raise ValueError(f"refine.ratio must be at most 1 and the rotation bounds at most 180 degrees, got {self}")
 
 
 @dataclass

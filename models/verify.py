@@ -31,6 +31,7 @@ and IoU 0.8, far below an aligned object's (above 0.95) and far above a gross fa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -50,10 +51,11 @@ class VerifyConfig:
     size: int = 224  # square size both images are compared at (the scorer's)
 
     def __post_init__(self) -> None:
-        if not self.max_misalignment_px > 0 or not 0 <= self.min_silhouette_iou <= 1:
-            raise ValueError(f"need max_misalignment_px > 0 and 0 <= min_silhouette_iou <= 1, got {self}")
-        if not 0 < self.foreground_tol < 1 or self.size < 16:
-            raise ValueError(f"need 0 < foreground_tol < 1 and size >= 16, got {self}")
+        # An infinite bound would verify every pose: a bundle's manifest carries these.
+        if not 0 < self.max_misalignment_px < math.inf or not 0 <= self.min_silhouette_iou <= 1:
+            raise ValueError(f"need a finite max_misalignment_px > 0 and 0 <= min_silhouette_iou <= 1, got {self}")
+        if not 0 < self.foreground_tol < 1 or not isinstance(self.size, int) or self.size < 16:
+            raise ValueError(f"need 0 < foreground_tol < 1 and an integer size >= 16, got {self}")
 
 
 class Verification(BaseModel):

@@ -3,6 +3,7 @@ fresh render, and the ECC warp is small, rigid and guarded."""
 
 from __future__ import annotations
 
+import re
 
 import numpy as np
 import pytest
@@ -211,3 +212,22 @@ def test_flow_round_polishes_where_sift_stops(posed_renders) -> None:
     assert (sift_err > 1.0).any() and sift.flow_inliers == [0] * n
     assert (both_err < 0.3).all(), both_err
     assert all("flow-" in p for p in both.paths) and min(both.flow_inliers) > 100 and all(both.accepted)
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"ecc_size": 0}, "refine.ecc_size must be an integer >= 16"),
+    ({"ratio": float("nan")}, "refine.ratio must be a finite number > 0"),
+    ({"ratio": 1.5}, "refine.ratio must be at most 1"),
+    ({"gallery_views": 0}, "refine.gallery_views must be an integer >= 1"),
+    ({"min_inliers": -5}, "refine.min_inliers must be an integer >= 4"),
+    ({"rounds": 2.5}, "refine.rounds must be an integer >= 0"),
+    ({"ecc_max_shift_px": float("inf")}, "refine.ecc_max_shift_px must be a finite number > 0"),
+    ({"warp_max_px": -1.0}, "refine.warp_max_px must be a finite number >= 0"),
+    ({"max_rotation_deg": 720.0}, "rotation bounds at most 180 degrees"),
+])
+def test_refine_settings_out_of_range_are_refused(changes: dict, problem: str) -> None:
+    """A bundle's manifest carries these settings: a count of 0 or a NaN bound made every
+    refinement fail, or raise, at inspection."""
+    assert RefineConfig(rounds=0, flow_rounds=0, warp_max_px=0.0).rounds == 0  # no polish at all is a setting
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        RefineConfig(**changes)
