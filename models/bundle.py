@@ -81,6 +81,10 @@ REPORTS = {
     "onnx": "reports/onnx.json",
 }
 GALLERY_VIEWS = "gallery/views"  # the gallery's views as NNNN.png, for display (write_views_png)
+# Entries a manifest may list. A bundle has its required files, reports and one PNG per gallery
+# view (Lego: 616 with 600 views); 100 000 leaves room for galleries 100 times larger, and bounds
+# the files, hashes and downloads one manifest can ask for before any of them is read.
+MAX_FILES = 100_000
 
 
 class BundleError(ValueError):
@@ -159,10 +163,18 @@ class Manifest(_Strict):
     @field_validator("files")
     @classmethod
     def _safe_paths(cls, value: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        if len(value) > MAX_FILES:
+            raise ValueError(f"{len(value)} files listed, at most {MAX_FILES}")
         for rel in value:
             p = PurePosixPath(rel)
             if p.is_absolute() or ".." in p.parts or rel == MANIFEST or not rel:
                 raise ValueError(f"file path {rel!r} must be relative, inside the bundle, and not the manifest")
+            if str(p) != rel:  # one name per file: no '.' or empty segments, no trailing '/'
+                raise ValueError(f"file path {rel!r} is not canonical (it names {str(p)!r})")
+        folders = {str(parent) for rel in value for parent in PurePosixPath(rel).parents}
+        clash = sorted(folders & (set(value) | {MANIFEST}))
+        if clash:
+            raise ValueError(f"{clash[0]!r} is listed as a file and as the folder of another listed file")
         missing = sorted(set(FILES.values()) - set(value))
         if missing:
             raise ValueError(f"required files not listed: {missing}")
@@ -209,9 +221,16 @@ def read_manifest(bundle_dir: Path) -> Manifest:
 
 
 def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
-    """Every listed file is there with its size and sha256; nothing else is trusted."""
+    """Every listed file is there, inside the bundle and reached through no symbolic link, with
+    its size and sha256; nothing else is trusted."""
+    root = bundle_dir.resolve()
     for rel, entry in manifest.files.items():
         path = bundle_dir / rel
+        parts = PurePosixPath(rel).parts
+        if any((bundle_dir / Path(*parts[:i])).is_symlink() for i in range(1, len(parts) + 1)):
+            raise BundleError(f"{bundle_dir}: {rel} is reached through a symbolic link (a bundle holds its files)")
+        if not path.resolve().is_relative_to(root):
+            raise BundleError(f"{bundle_dir}: {rel} lies outside the bundle")
         if not path.is_file():
             raise BundleError(f"{bundle_dir}: missing file {rel}")
         size = path.stat().st_size

@@ -31,6 +31,7 @@ world-to-camera, OpenCV axes (``models/camera.py``); quaternions wxyz.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
@@ -472,14 +473,18 @@ class Inspector:
                 for i in range(b)]
 
     def gallery_view_png(self, view_id: int) -> bytes | None:
-        """Gallery view ``view_id`` as PNG bytes (the bundle's ``gallery/views`` file, else
-        encoded from the gallery's images), or None when there is no such view."""
+        """Gallery view ``view_id`` as PNG bytes (the bundle's ``gallery/views`` file when the
+        manifest lists it and it still has the listed sha256, else encoded from the gallery's
+        images), or None when there is no such view. No other file is ever read."""
         gallery = self.estimator.gallery if self.estimator is not None else None
         if gallery is None or not 0 <= view_id < len(gallery):
             return None
-        path = self.bundle_dir / GALLERY_VIEWS / f"{view_id:04d}.png" if self.bundle_dir is not None else None
-        if path is not None and path.is_file():
-            return path.read_bytes()
+        rel = f"{GALLERY_VIEWS}/{view_id:04d}.png"
+        entry = self.manifest.files.get(rel) if self.manifest is not None and self.bundle_dir is not None else None
+        if entry is not None and (self.bundle_dir / rel).is_file():
+            data = (self.bundle_dir / rel).read_bytes()
+            if hashlib.sha256(data).hexdigest() == entry.sha256:
+                return data
         if gallery.images is None:
             return None
         buf = io.BytesIO()

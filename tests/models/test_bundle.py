@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from models import bundle as bundle_format
 from models.bundle import (
     FILES,
     FORMAT_VERSION,
@@ -21,7 +22,7 @@ from models.bundle import (
 from models.data import load_category
 from models.gallery import Gallery
 from models.hashing import sha256_file
-from models.inspector import InspectorConfig, load_bundles
+from models.inspector import Inspector, InspectorConfig, load_bundles
 from rpe_pad.cli import main
 from training.bundle import run_bundle_stage
 from training.calibrate import CalibConfig
@@ -100,7 +101,8 @@ def _flip_last_byte(path: Path) -> None:
     # The camera: each a 500 at every inspection, or a query mapped wrongly, when it was loaded.
     (lambda b: _edit_camera(b, lens_radial=[float("nan")]), "camera.lens_radial.0: Input should be a finite number"),
     (lambda b: _edit_camera(b, lens_radial=[50.0, -80.0]), "radial terms must be finite and under 1"),
-    (lambda b: _edit_camera(b, K=[[0.0, 0.0, 32.0], [0.0, 0.0, 32.0], [0.0, 0.0, 1.0]]), "camera.K: Value error, K must have focal"),
+    (lambda b: _edit_camera(b, K=[[0.0, 0.0, 32.0], [0.0, 0.0, 32.0], [0.0, 0.0, 1.0]]),
+     "camera.K: Value error, K must have focal"),
     (lambda b: _edit_camera(b, K=[[-70.0, 0.0, 32.0], [0.0, -70.0, 32.0], [0.0, 0.0, 1.0]]), "focal lengths fx, fy > 0"),
     (lambda b: _edit_camera(b, K=[[70.0, 0.0, 32.0], [0.0, 70.0, 32.0], [5.0, 5.0, 0.0]]), "last row [0, 0, 1]"),
     (lambda b: _edit_camera(b, width=1, height=1), "camera.width: Input should be greater than or equal to 16"),
@@ -108,6 +110,15 @@ def _flip_last_byte(path: Path) -> None:
     (lambda b: _edit_camera(b, background=[float("nan")] * 3), "camera.background.0: Input should be a finite number"),
     (lambda b: _edit_camera(b, background=[7.0, -2.0, 0.5]), "background must be RGB in [0, 1]"),
     (lambda b: _edit_camera(b, camera_angle_x=float("inf")), "camera.camera_angle_x: Input should be a finite number"),
+    # The paths: one name per file (300 aliases of the gallery were each hashed), no file inside a
+    # file, nothing reached through a symbolic link.
+    (lambda b: _edit_files(b, "gallery/./gallery.safetensors"), "is not canonical (it names 'gallery/gallery.safetensors')"),
+    (lambda b: _edit_files(b, "reports//splats.json"), "is not canonical"),
+    (lambda b: _edit_files(b, "splats/scene.safetensors/x"),
+     "'splats/scene.safetensors' is listed as a file and as the folder of another listed file"),
+    (lambda b: _edit_files(b, "manifest.json/x"), "'manifest.json' is listed as a file and as the folder"),
+    (lambda b: _link_outside(b, FILES["scene"]), "splats/scene.safetensors is reached through a symbolic link"),
+    (lambda b: _link_outside(b, "gallery/views"), "gallery/views/0000.png is reached through a symbolic link"),
 ])
 def test_damaged_bundles_are_refused_with_the_reason(copy: Path, damage, message: str) -> None:
     damage(copy)
@@ -127,6 +138,15 @@ def _edit_camera(bundle: Path, **changes) -> None:
     (bundle / MANIFEST).write_text(json.dumps(data))  # json writes NaN and Infinity
 
 
+def _link_outside(bundle: Path, rel: str) -> None:
+    """``rel`` (a file or a folder) moved out of the bundle and a symbolic link left in its place:
+    the same bytes, so every hash still matches."""
+    outside = bundle.parent.parent / "outside" / rel
+    outside.parent.mkdir(parents=True)
+    (bundle / rel).rename(outside)
+    (bundle / rel).symlink_to(outside)
+
+
 def _edit_files(bundle: Path, rel: str) -> None:
     data = json.loads((bundle / MANIFEST).read_text())
     data["files"][rel] = {"sha256": "0" * 64, "bytes": 1}
@@ -142,6 +162,29 @@ def test_a_directory_with_a_bad_and_a_good_bundle_loads_the_good_one(copy: Path,
     loaded, refused = load_bundles(copy.parent, on_error=lambda path, reason: errors.append(path.name))
     assert list(loaded) == [copy.name] and list(refused) == ["Broken"] and errors == ["Broken"]
     assert "Broken" in refused["Broken"]
+
+
+def test_a_manifest_listing_too_many_files_is_refused(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    listed = len(read_manifest(copy).files)
+    monkeypatch.setattr(bundle_format, "MAX_FILES", listed - 1)
+    with pytest.raises(BundleError, match=f"{listed} files listed, at most {listed - 1}"):
+        open_bundle(copy)
+
+
+def test_only_listed_unchanged_gallery_views_are_served(copy: Path) -> None:
+    """``gallery_view_png`` serves a view's file only when the manifest lists it with the bytes it
+    has; otherwise the view is encoded from the gallery itself, never read from another file."""
+    views = copy / "gallery" / "views"
+    manifest = read_manifest(copy)
+    files = {rel: entry for rel, entry in manifest.files.items() if rel != "gallery/views/0001.png"}
+    (copy / MANIFEST).write_text(manifest.model_copy(update={"files": files}).model_dump_json(indent=2) + "\n")
+    (views / "0001.png").write_bytes(b"not listed")
+    inspector = Inspector.load(copy, device="cpu")
+    assert inspector.gallery_view_png(0) == (views / "0000.png").read_bytes()
+    (views / "0000.png").write_bytes(b"changed after the load")
+    for view in (0, 1):
+        png = inspector.gallery_view_png(view)
+        assert png.startswith(b"\x89PNG") and png != (views / f"{view:04d}.png").read_bytes()
 
 
 def test_assembly_is_atomic(copy: Path, tmp_path: Path) -> None:
