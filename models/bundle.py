@@ -210,14 +210,18 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BundleError(f"{bundle_dir}: invalid {MANIFEST}: {where}: {first['msg']} "
-                          f"({exc.error_count()} problem(s))") from exc
+        raise BundleError(f"{bundle_dir}: invalid {MANIFEST}: {describe_invalid(exc)}") from exc
     if manifest.category != bundle_dir.name:
         raise BundleError(f"{bundle_dir}: manifest is for category {manifest.category!r}, but the directory is "
                           f"named {bundle_dir.name!r}")
     return manifest
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """One line for a pydantic ``ValidationError``: its first problem's field and message."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']} ({exc.error_count()} problem(s))"
 
 
 def verify_files(bundle_dir: Path, manifest: Manifest) -> None:

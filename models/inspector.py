@@ -44,9 +44,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pydantic import ValidationError
 
 from models import registry
-from models.bundle import FILES, GALLERY_VIEWS, BundleError, Manifest, find_bundles, open_bundle
+from models.bundle import (
+    FILES,
+    GALLERY_VIEWS,
+    MANIFEST,
+    BundleError,
+    Manifest,
+    describe_invalid,
+    find_bundles,
+    open_bundle,
+)
 from models.calibration import Calibration
 from models.camera import scale_intrinsics
 from models.data import not_a_folder
@@ -389,28 +399,32 @@ class Inspector:
     def load(cls, bundle_dir: Path, device: str = "auto", **overrides) -> Inspector:
         """From a bundle, after checking it completely (``models.bundle.open_bundle``), with
         its manifest's inference settings and the caller's ``overrides`` (InspectorConfig
-        fields; None = the bundle's)."""
+        fields; None = the bundle's). Each file is read by the code that checks its content;
+        whatever that raises refuses the bundle with a ``BundleError`` naming the file."""
         bundle_dir = Path(bundle_dir)
         manifest = open_bundle(bundle_dir)
         try:
             config = InspectorConfig.from_manifest(manifest.inference, **overrides)
-        except ValueError as exc:
-            raise BundleError(f"{bundle_dir}: {exc}") from exc
+        except (ValueError, TypeError) as exc:
+            raise BundleError(f"{bundle_dir}: {MANIFEST}: inference: {exc}") from exc
         from models import onnx_runtime as rt
 
         dev = resolve_device(device)
-        scene = GaussianScene.load(bundle_dir / FILES["scene"], device=dev)
-        calib = Calibration.model_validate_json((bundle_dir / FILES["calibration"]).read_text())
-        irprn, unit = load_irprn_config(bundle_dir / FILES["irprn_config"])
-        gallery = Gallery.load(bundle_dir / FILES["gallery"])
-        estimator = PoseEstimator.from_onnx(bundle_dir / FILES["encoder"], bundle_dir / FILES["pair_head"], gallery,
-                                            unit, irprn.input_size, device=pose_runtime_device(dev), k=config.k)
+        scene = _read(bundle_dir, FILES["scene"], lambda p: GaussianScene.load(p, device=dev))
+        calib = _read(bundle_dir, FILES["calibration"], lambda p: Calibration.model_validate_json(p.read_text()))
+        scorer = _read(bundle_dir, FILES["calibration"], lambda p: AnomalyScorer.from_config(calib.scorer).to(dev))
+        irprn, unit = _read(bundle_dir, FILES["irprn_config"], load_irprn_config)
+        gallery = _read(bundle_dir, FILES["gallery"], Gallery.load)
+        _check_counts(bundle_dir, manifest, {"scene": scene.num_gaussians, "gallery": len(gallery)})
+        estimator = _read(bundle_dir, "irprn", lambda p: PoseEstimator.from_onnx(
+            p / "encoder.onnx", p / "pair_head.onnx", gallery, unit, irprn.input_size, device=pose_runtime_device(dev),
+            k=config.k))
         if dev.type == "cuda" and rt.CUDA not in estimator.providers:
             log.warning("%s: the renders run on CUDA, but this onnxruntime has no CUDA provider, so the pose network "
                         "runs on the CPU (install the gpu extra: onnxruntime-gpu)", manifest.category)
         cam = manifest.camera
-        inspector = cls(scene, AnomalyScorer.from_config(calib.scorer).to(dev), calib, estimator, cam.width,
-                        cam.height, torch.tensor(cam.K), config, dev, manifest.category, manifest)
+        inspector = cls(scene, scorer, calib, estimator, cam.width, cam.height, torch.tensor(cam.K), config, dev,
+                        manifest.category, manifest)
         inspector.bundle_sha256 = sha256_file(bundle_dir / "manifest.json")
         inspector.bundle_dir = bundle_dir
         if gallery.images is not None:
@@ -571,6 +585,27 @@ def load_bundles(bundles_dir: Path, device: str = "auto", on_error=None,
     if not bundles_dir.is_dir():
         raise FileNotFoundError(f"{bundles_dir}: bundles directory {not_a_folder(bundles_dir)}")
     return load_each({path.name: path for path in find_bundles(bundles_dir)}, device, on_error, **overrides)
+
+
+def _read(bundle_dir: Path, rel: str, read):
+    """``read(bundle_dir / rel)``; whatever it raises refuses the bundle, in one line naming the file."""
+    path = bundle_dir / rel
+    try:
+        return read(path)
+    except Exception as exc:  # noqa: BLE001 (a damaged file may raise anything: the bundle is refused, naming it)
+        reason = describe_invalid(exc) if isinstance(exc, ValidationError) else str(exc).replace(f"{path}: ", "")
+        if not isinstance(exc, ValueError):  # a KeyError's or onnxruntime's text needs its type to read
+            reason = f"{type(exc).__name__}: {reason}"
+        raise BundleError(f"{bundle_dir}: {rel}: {(reason.splitlines() or [''])[0]}") from exc
+
+
+def _check_counts(bundle_dir: Path, manifest: Manifest, counts: dict[str, int]) -> None:
+    """The scene's Gaussians and the gallery's views are as many as the manifest states (when it does)."""
+    for section, key, rel in (("scene", "num_gaussians", FILES["scene"]), ("gallery", "n_views", FILES["gallery"])):
+        stated = getattr(manifest, section).get(key, counts[section])
+        if stated != counts[section]:
+            raise BundleError(f"{bundle_dir}: {rel} holds {counts[section]}, the manifest's {section}.{key} says "
+                              f"{stated}")
 
 
 def load_each(paths: dict[str, Path], device: str = "auto", on_error=None,

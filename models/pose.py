@@ -136,7 +136,8 @@ class PoseEstimator:
         the encoder gives the features stored for it (the same network built the gallery), and
         the pair head finite ``q [1, S, 4]`` and ``t [1, S, 3]``."""
         g = self.gallery
-        view = g.images[:1].float() / 255.0 if g.images is not None else torch.zeros(1, self.input_size, self.input_size, 3)
+        size = self.input_size
+        view = g.images[:1].float() / 255.0 if g.images is not None else torch.zeros(1, size, size, 3)
         feats = self._encode(to_input(view, self.input_size))
         if feats.shape[1:] != g.features.shape[1:]:
             raise ValueError(f"{encoder} gives features {tuple(feats.shape[1:])}, the gallery holds "

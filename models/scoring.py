@@ -341,24 +341,24 @@ def check_config(config: dict) -> dict:
         raise ValueError(f"the scorer config lacks {missing}")
     size, sigma, tolerance, layers = config["size"], config["sigma"], config["tolerance"], config["layers"]
     if not isinstance(config["extractor"], str) or config["weights"] not in STORED_WEIGHTS:
-        raise ValueError(f"extractor must be a backbone name and weights one of {list(STORED_WEIGHTS)}, got "
-                         f"{config['extractor']!r}, {config['weights']!r}")
+        raise ValueError(f"scorer.extractor must be a backbone name and scorer.weights one of "
+                         f"{list(STORED_WEIGHTS)}, got {config['extractor']!r}, {config['weights']!r}")
     if not (_is_int(size) and SIZES[0] <= size <= SIZES[1]):
-        raise ValueError(f"size must be an integer from {SIZES[0]} to {SIZES[1]}, got {size!r}")
+        raise ValueError(f"scorer.size must be an integer from {SIZES[0]} to {SIZES[1]}, got {size!r}")
     if not (_is_number(sigma) and 0 <= sigma <= size / 8):  # the blur's 4 sigma each side stays within the map
-        raise ValueError(f"sigma must be a number from 0 to size / 8 = {size / 8:g}, got {sigma!r}")
+        raise ValueError(f"scorer.sigma must be a number from 0 to size / 8 = {size / 8:g}, got {sigma!r}")
     if not (_is_int(tolerance) and 0 <= tolerance <= MAX_TOLERANCE):
-        raise ValueError(f"tolerance must be an integer from 0 to {MAX_TOLERANCE}, got {tolerance!r}")
+        raise ValueError(f"scorer.tolerance must be an integer from 0 to {MAX_TOLERANCE}, got {tolerance!r}")
     if not (isinstance(layers, list) and layers and all(_is_int(i) and i >= 0 for i in layers)
             and layers == sorted(set(layers))):
-        raise ValueError(f"layers must be feature layer indices in increasing order, got {layers!r}")
+        raise ValueError(f"scorer.layers must be feature layer indices in increasing order, got {layers!r}")
     background = config.get("background", [1.0, 1.0, 1.0])
     if not (isinstance(background, list | tuple) and len(background) == 3
             and all(_is_number(v) and 0 <= v <= 1 for v in background)):
-        raise ValueError(f"background must be 3 numbers in [0, 1], got {background!r}")
+        raise ValueError(f"scorer.background must be 3 numbers in [0, 1], got {background!r}")
     colour_terms(config.get("colour", "rgb"))  # ValueError naming the choices
     if config.get("combination", "peers") != "peers" and not config.get("stats"):
-        raise ValueError(f"combination {config['combination']!r} needs the normal statistics (stats): rerun the "
+        raise ValueError(f"combination {config['combination']!r} needs the normal statistics (scorer.stats): rerun the "
                          "calibration stage")
     return config
 
@@ -367,16 +367,16 @@ def check_stats(stats: NormalStats, terms: int) -> NormalStats:
     """``stats`` when they fit a scorer of ``terms`` terms (colour terms, then one per feature
     layer), else ``ValueError`` naming the field. Scales and levels divide the maps: one of 0
     or below, or an infinite one, would score every defect 0."""
-    _check_numbers("stats.term_scales", stats.term_scales, (terms,), positive=True)
-    _check_numbers("stats.edge_bins", stats.edge_bins, (0, STRUCTURE_BINS - 1))
-    _check_numbers("stats.edge_scales", stats.edge_scales, (0, STRUCTURE_BINS), positive=True)
+    _check_numbers("scorer.stats.term_scales", stats.term_scales, (terms,), positive=True)
+    _check_numbers("scorer.stats.edge_bins", stats.edge_bins, (0, STRUCTURE_BINS - 1))
+    _check_numbers("scorer.stats.edge_scales", stats.edge_scales, (0, STRUCTURE_BINS), positive=True)
     if bool(stats.edge_bins) != bool(stats.edge_scales):
-        raise ValueError("stats.edge_bins and stats.edge_scales go together (both or neither)")
+        raise ValueError("scorer.stats.edge_bins and scorer.stats.edge_scales go together (both or neither)")
     if stats.edge_bins != sorted(stats.edge_bins):
-        raise ValueError(f"stats.edge_bins must be in increasing order, got {reprlib.repr(stats.edge_bins)}")
-    _check_numbers("stats.levels", stats.levels, (0, *EITHER_COUNTS), positive=True)
+        raise ValueError(f"scorer.stats.edge_bins must be in increasing order, got {reprlib.repr(stats.edge_bins)}")
+    _check_numbers("scorer.stats.levels", stats.levels, (0, *EITHER_COUNTS), positive=True)
     if not (_is_int(stats.colours) and 1 <= stats.colours <= terms):
-        raise ValueError(f"stats.colours must be an integer from 1 to {terms}, got {stats.colours!r}")
+        raise ValueError(f"scorer.stats.colours must be an integer from 1 to {terms}, got {stats.colours!r}")
     return stats
 
 
@@ -451,7 +451,8 @@ class AnomalyScorer(nn.Module):
         try:
             extractor = FeatureExtractor(config["extractor"], layers=config["layers"], weights=config["weights"])
         except IndexError as exc:  # timm's, for an index past the backbone's stages
-            raise ValueError(f"layers {config['layers']} are not all feature layers of {config['extractor']}") from exc
+            raise ValueError(f"scorer.layers {config['layers']} are not all feature layers of "
+                             f"{config['extractor']}") from exc
         return cls(extractor, size=config["size"], sigma=config["sigma"], tolerance=config["tolerance"],
                    combination=config.get("combination", "peers"), stats=stats,
                    background=tuple(config.get("background", (1.0, 1.0, 1.0))), colour=config.get("colour", "rgb"))

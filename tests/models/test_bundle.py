@@ -15,6 +15,7 @@ from models.bundle import (
     FORMAT_VERSION,
     MANIFEST,
     BundleError,
+    FileEntry,
     assemble,
     open_bundle,
     read_manifest,
@@ -169,6 +170,63 @@ def test_a_manifest_listing_too_many_files_is_refused(copy: Path, monkeypatch: p
     monkeypatch.setattr(bundle_format, "MAX_FILES", listed - 1)
     with pytest.raises(BundleError, match=f"{listed} files listed, at most {listed - 1}"):
         open_bundle(copy)
+
+
+def _replace(bundle: Path, rel: str, data: bytes) -> None:
+    """``rel`` replaced by ``data`` and the manifest rehashed: content that passes the hash check."""
+    (bundle / rel).write_bytes(data)
+    manifest = read_manifest(bundle)
+    files = {**manifest.files, rel: FileEntry(sha256=sha256_file(bundle / rel), bytes=len(data))}
+    (bundle / MANIFEST).write_text(manifest.model_copy(update={"files": files}).model_dump_json(indent=2) + "\n")
+
+
+def _edit_json(bundle: Path, rel: str, edit) -> None:
+    data = json.loads((bundle / rel).read_text())
+    edit(data)
+    _replace(bundle, rel, json.dumps(data).encode())  # json writes NaN and Infinity
+
+
+def _edit_manifest_section(bundle: Path, section: str, **changes) -> None:
+    data = json.loads((bundle / MANIFEST).read_text())
+    data[section].update(changes)
+    (bundle / MANIFEST).write_text(json.dumps(data))
+
+
+# An ``either`` scorer's statistics for the tiny bundle's scorer (RGB and four layers), levels below 0.
+NEGATIVE_LEVELS = {"combination": "either", "stats": {
+    "term_scales": [1.0] * 5, "edge_bins": [0.01 * i for i in range(1, 10)], "edge_scales": [1.0] * 10,
+    "levels": [-1.0] * 5}}
+
+
+@pytest.mark.parametrize("damage, message", [
+    # Every defect scored 0 ("good") with these levels: the worst a bundle could do.
+    (lambda b: _edit_json(b, FILES["calibration"], lambda c: c["scorer"].update(NEGATIVE_LEVELS)),
+     "calibration/calibration.json: scorer.stats.levels must be a list of 0 or 2 or 4 or 5 finite numbers > 0"),
+    (lambda b: _edit_json(b, FILES["calibration"], lambda c: c["scorer"].update(size=-8)),
+     "calibration/calibration.json: scorer.size must be an integer from 32 to 1024"),
+    (lambda b: _edit_json(b, FILES["calibration"], lambda c: c.update(threshold=float("inf"))),
+     "calibration/calibration.json: threshold: Input should be a finite number (1 problem(s))"),
+    (lambda b: _edit_json(b, FILES["calibration"], lambda c: c.pop("scorer")),
+     "calibration/calibration.json: scorer: Field required"),
+    (lambda b: _edit_json(b, FILES["irprn_config"], lambda c: c.pop("model")), "irprn/config.json: no model arguments"),
+    (lambda b: _edit_json(b, FILES["irprn_config"], lambda c: c.update(scene_unit=0.0)),
+     "irprn/config.json: scene_unit must be a finite number > 0, got 0.0"),
+    (lambda b: _edit_json(b, FILES["irprn_config"], lambda c: c["model"].update(input_size=224)),
+     "irprn: encoder.onnx: input images has shape ['batch', 3, 112, 112], this bundle needs [None, 3, 224, 224]"),
+    (lambda b: _replace(b, FILES["pair_head"], b"\x08\x07garbage" * 100), "irprn: InvalidProtobuf: "),
+    (lambda b: _replace(b, FILES["scene"], b"not a scene"), "splats/scene.safetensors: cannot read Gaussian scene"),
+    (lambda b: _edit_manifest_section(b, "scene", num_gaussians=1), "splats/scene.safetensors holds"),
+    (lambda b: _edit_manifest_section(b, "gallery", n_views=1), "gallery/gallery.safetensors holds"),
+    (lambda b: _edit_manifest_section(b, "inference", refine={"ecc_size": 0}),
+     "manifest.json: inference: refine.ecc_size must be an integer >= 16, got 0"),
+])
+def test_content_that_passes_the_hashes_is_refused_at_load_naming_the_file(copy: Path, damage, message: str) -> None:
+    """A bundle whose files match their hashes but whose content is wrong is refused by
+    ``Inspector.load``, in one line naming the file and the field, never served."""
+    damage(copy)
+    with pytest.raises(BundleError, match=re.escape(message)) as refused:
+        Inspector.load(copy, device="cpu")
+    assert str(refused.value).startswith(f"{copy}: ") and "\n" not in str(refused.value)
 
 
 def test_only_listed_unchanged_gallery_views_are_served(copy: Path) -> None:
