@@ -27,7 +27,8 @@ What can go wrong, and where it is reported:
 - the store as a whole (unreachable, no such bucket, no credentials): ``Snapshot.error``;
   nothing else is known from that look;
 - one category's newest version (no manifest, an object the manifest names is missing, an
-  object that does not match its hash, an invalid manifest, a failed download):
+  object of another size than the manifest's (refused before anything is downloaded) or
+  another hash, an invalid manifest, a failed download):
   ``Snapshot.refused[category]``. A version refused for its content is not downloaded
   again while the category's objects stay the same (keys, sizes and ETags); a failed
   download is tried again on the next sync.
@@ -281,6 +282,11 @@ class S3Source:
                 if missing:
                     raise BundleError(f"{bundle}: missing object {missing[0]} (named in the manifest; "
                                       f"{len(missing)} missing)")
+                resized = sorted(rel for rel, entry in manifest.files.items() if files[rel][0] != entry.bytes)
+                if resized:  # refused before anything is downloaded: the listing has every size
+                    rel = resized[0]
+                    raise BundleError(f"{bundle}: object {rel} has {files[rel][0]} bytes, the manifest says "
+                                      f"{manifest.files[rel].bytes} ({len(resized)} of another size)")
                 for rel in manifest.files:
                     self._download(self.location.key(category, rel), bundle / rel, rel, bundle)
                 verify_files(bundle, manifest)  # every file's size and sha256, before anything is moved

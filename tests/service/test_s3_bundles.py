@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lab.fleet import next_version, object_store
-from models.bundle import MANIFEST, open_bundle, read_manifest
+from models.bundle import MANIFEST, FileEntry, open_bundle, read_manifest
 from service.app import create_app
 from service.bundle_source import S3Location, S3Source, parse_source
 from service.settings import Settings
@@ -189,6 +189,41 @@ def test_a_version_is_fetched_verified_cached_and_never_half_placed(store: str, 
     cached.write_bytes(_tampered(tiny_release))
     again = S3Source(source.location, cache, client).sync().versions[name]
     assert open_bundle(again.path) and (again.path / TAMPERED).read_bytes() == (tiny_release / TAMPERED).read_bytes()
+
+
+def test_an_object_of_another_size_is_refused_before_any_download(store: str, tiny_release: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The listing gives every object's size: one that differs from the manifest's is refused
+    before anything is downloaded (a 300 MB object was fetched whole before)."""
+    _aws(monkeypatch, tmp_path, store)
+    bucket, name = _bucket(), tiny_release.name
+    listed = (tiny_release / TAMPERED).stat().st_size
+    _upload(bucket, tiny_release, changed={TAMPERED: b" " * (listed + 1000)})
+    client = _Counting(boto3.client("s3"))
+    snap = S3Source(S3Location(bucket, f"{PREFIX}/"), tmp_path / "cache", client).sync()
+    assert f"object {TAMPERED} has {listed + 1000} bytes, the manifest says {listed}" in snap.refused[name]
+    assert client.gets == [f"{PREFIX}/{name}/{MANIFEST}"]
+
+
+def test_a_manifest_whose_paths_clash_is_refused_once_for_its_content(store: str, tiny_release: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest listing a file and a folder of the same name is a bad bundle (refused for its
+    content, not downloaded again while the objects stay the same), not a failed download
+    retried at every sync."""
+    _aws(monkeypatch, tmp_path, store)
+    bucket, name = _bucket(), tiny_release.name
+    manifest = read_manifest(tiny_release)
+    extra = {"reports/x": b"a", "reports/x/y": b"b"}
+    files = {**manifest.files, **{rel: FileEntry(sha256=_sha(data), bytes=len(data)) for rel, data in extra.items()}}
+    _upload(bucket, tiny_release, manifest.model_copy(update={"files": files}).model_dump_json().encode())
+    for rel, data in extra.items():
+        boto3.client("s3").put_object(Bucket=bucket, Key=f"{PREFIX}/{name}/{rel}", Body=data)
+    client = _Counting(boto3.client("s3"))
+    source = S3Source(S3Location(bucket, f"{PREFIX}/"), tmp_path / "cache", client)
+    reason = source.sync().refused[name]
+    assert "'reports/x' is listed as a file and as the folder of another listed file" in reason
+    assert "fetch failed" not in reason and client.gets == [f"{PREFIX}/{name}/{MANIFEST}"]
+    assert source.sync().refused[name] == reason and client.gets == [f"{PREFIX}/{name}/{MANIFEST}"] * 2
 
 
 def test_a_store_that_cannot_be_read(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
