@@ -220,8 +220,9 @@ def read_manifest(bundle_dir: Path) -> Manifest:
 def describe_invalid(exc: ValidationError) -> str:
     """One line for a pydantic ``ValidationError``: its first problem's field and message."""
     first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    return f"{where}: {first['msg']} ({exc.error_count()} problem(s))"
+    where = ".".join(str(p) for p in first["loc"])  # empty for a check of the whole model
+    message = f"{first['msg'].removeprefix('Value error, ')} ({exc.error_count()} problem(s))"
+    return f"{where}: {message}" if where else message
 
 
 def verify_files(bundle_dir: Path, manifest: Manifest) -> None:

@@ -415,7 +415,7 @@ class Inspector:
         scorer = _read(bundle_dir, FILES["calibration"], lambda p: AnomalyScorer.from_config(calib.scorer).to(dev))
         irprn, unit = _read(bundle_dir, FILES["irprn_config"], load_irprn_config)
         gallery = _read(bundle_dir, FILES["gallery"], Gallery.load)
-        _check_counts(bundle_dir, manifest, {"scene": scene.num_gaussians, "gallery": len(gallery)})
+        _check_as_stated(bundle_dir, manifest, scene, gallery)
         estimator = _read(bundle_dir, "irprn", lambda p: PoseEstimator.from_onnx(
             p / "encoder.onnx", p / "pair_head.onnx", gallery, unit, irprn.input_size, device=pose_runtime_device(dev),
             k=config.k))
@@ -599,13 +599,20 @@ def _read(bundle_dir: Path, rel: str, read):
         raise BundleError(f"{bundle_dir}: {rel}: {(reason.splitlines() or [''])[0]}") from exc
 
 
-def _check_counts(bundle_dir: Path, manifest: Manifest, counts: dict[str, int]) -> None:
-    """The scene's Gaussians and the gallery's views are as many as the manifest states (when it does)."""
+def _check_as_stated(bundle_dir: Path, manifest: Manifest, scene: GaussianScene, gallery: Gallery) -> None:
+    """The scene's Gaussians and the gallery's views are as many as the manifest states (when it
+    does), and the gallery's stored views are of the manifest camera's size."""
+    counts = {"scene": scene.num_gaussians, "gallery": len(gallery)}
     for section, key, rel in (("scene", "num_gaussians", FILES["scene"]), ("gallery", "n_views", FILES["gallery"])):
         stated = getattr(manifest, section).get(key, counts[section])
         if stated != counts[section]:
             raise BundleError(f"{bundle_dir}: {rel} holds {counts[section]}, the manifest's {section}.{key} says "
                               f"{stated}")
+    cam = manifest.camera
+    if gallery.images is not None and tuple(gallery.images.shape[1:3]) != (cam.height, cam.width):
+        h, w = gallery.images.shape[1:3]
+        raise BundleError(f"{bundle_dir}: {FILES['gallery']} holds views of {w} x {h}, the manifest's camera is "
+                          f"{cam.width} x {cam.height}")
 
 
 def load_each(paths: dict[str, Path], device: str = "auto", on_error=None,

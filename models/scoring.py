@@ -373,7 +373,7 @@ def check_stats(stats: NormalStats, terms: int) -> NormalStats:
     if bool(stats.edge_bins) != bool(stats.edge_scales):
         raise ValueError("scorer.stats.edge_bins and scorer.stats.edge_scales go together (both or neither)")
     if stats.edge_bins != sorted(stats.edge_bins):
-        raise ValueError(f"scorer.stats.edge_bins must be in increasing order, got {reprlib.repr(stats.edge_bins)}")
+        raise ValueError(f"scorer.stats.edge_bins must be in non-decreasing order, got {reprlib.repr(stats.edge_bins)}")
     _check_numbers("scorer.stats.levels", stats.levels, (0, *EITHER_COUNTS), positive=True)
     if not (_is_int(stats.colours) and 1 <= stats.colours <= terms):
         raise ValueError(f"scorer.stats.colours must be an integer from 1 to {terms}, got {stats.colours!r}")

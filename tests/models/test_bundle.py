@@ -103,7 +103,7 @@ def _flip_last_byte(path: Path) -> None:
     (lambda b: _edit_camera(b, lens_radial=[float("nan")]), "camera.lens_radial.0: Input should be a finite number"),
     (lambda b: _edit_camera(b, lens_radial=[50.0, -80.0]), "radial terms must be finite and under 1"),
     (lambda b: _edit_camera(b, K=[[0.0, 0.0, 32.0], [0.0, 0.0, 32.0], [0.0, 0.0, 1.0]]),
-     "camera.K: Value error, K must have focal"),
+     "camera.K: K must have focal"),
     (lambda b: _edit_camera(b, K=[[-70.0, 0.0, 32.0], [0.0, -70.0, 32.0], [0.0, 0.0, 1.0]]), "focal lengths fx, fy > 0"),
     (lambda b: _edit_camera(b, K=[[70.0, 0.0, 32.0], [0.0, 70.0, 32.0], [5.0, 5.0, 0.0]]), "last row [0, 0, 1]"),
     (lambda b: _edit_camera(b, width=1, height=1), "camera.width: Input should be greater than or equal to 16"),
@@ -217,6 +217,7 @@ NEGATIVE_LEVELS = {"combination": "either", "stats": {
     (lambda b: _replace(b, FILES["scene"], b"not a scene"), "splats/scene.safetensors: cannot read Gaussian scene"),
     (lambda b: _edit_manifest_section(b, "scene", num_gaussians=1), "splats/scene.safetensors holds"),
     (lambda b: _edit_manifest_section(b, "gallery", n_views=1), "gallery/gallery.safetensors holds"),
+    (lambda b: _edit_manifest_section(b, "camera", width=65), "holds views of 64 x 64, the manifest's camera is 65 x 64"),
     (lambda b: _edit_manifest_section(b, "inference", refine={"ecc_size": 0}),
      "manifest.json: inference: refine.ecc_size must be an integer >= 16, got 0"),
 ])
