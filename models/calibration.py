@@ -102,8 +102,6 @@ class Calibration(BaseModel):
             lo, hi = getattr(self, name) or (0.0, 0.0)
             if not (np.isfinite([lo, hi]).all() and 0 <= lo <= hi <= top):
                 raise ValueError(f"{name} must be two finite numbers, 0 <= low <= high (<= {top}), got {getattr(self, name)}")
-        if self.threshold_range is not None and not self.threshold_range[0] <= self.threshold <= self.threshold_range[1]:
-            raise ValueError(f"threshold {self.threshold} lies outside its own range {self.threshold_range}")
         if self.score_floor >= self.threshold:
             raise ValueError(f"score_floor {self.score_floor} must lie below the threshold {self.threshold}")
         if self.pixel_floor >= self.threshold:
