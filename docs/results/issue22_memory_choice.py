@@ -10,9 +10,13 @@ aligned as the product aligns), and each variant scored as the earlier rules sco
 threshold at the 98th percentile of the variant's clean image scores).
 
     python docs/results/issue22_memory_choice.py CACHE_DIR SEED OUT.json BUNDLES_DIR:CATEGORY_DIR [...]
+
+``VARIANTS=product,memory+colour`` in the environment scores those instead of the default three
+(`memory+colour`: the memory's map with the product's area maps, the second rule's challenger).
 """
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,16 +64,26 @@ def flat(desc, scales) -> torch.Tensor:
 
 def build_memory(bundles: Path, category_dir: Path, scorer, seed: int = 0):
     """The calibration model's memory: ``(faiss index, group scales, seconds)``."""
-    t0 = time.perf_counter()
     _, category, scene, held = heldout_views(bundles, category_dir)
     names = {v.name for v in held}
-    fit = [v for v in category.train if v.name not in names]
-    images = torch.stack([v.image for v in fit]).float()
-    K = fit[0].K
-    poses = perturb_pose(torch.stack([v.w2c for v in fit]).double(), 1.0 / (math.sqrt(2) * float(K[0, 0])), 0.0,
-                         torch.Generator().manual_seed(seed))
-    refs = render_references(scene, poses, K[None].expand(len(fit), 3, 3), category.width, category.height)
-    refs = align_references(images, refs.cpu(), RefineConfig()).cpu()
+    return memory_of(scene, [v for v in category.train if v.name not in names], category, scorer, seed)
+
+
+def jittered_references(scene, views, category, seed: int = 0, copies: int = 1):
+    """The photographs of ``views`` (each ``copies`` times) and ``scene``'s renders at their
+    poses jittered by the self-check's 1 px rms, aligned as the product aligns."""
+    images = torch.stack([v.image for v in views]).float().repeat_interleave(copies, 0)
+    K = views[0].K
+    poses = perturb_pose(torch.stack([v.w2c for v in views]).double().repeat_interleave(copies, 0),
+                         1.0 / (math.sqrt(2) * float(K[0, 0])), 0.0, torch.Generator().manual_seed(seed))
+    refs = render_references(scene, poses, K[None].expand(len(images), 3, 3), category.width, category.height)
+    return images, align_references(images, refs.cpu(), RefineConfig()).cpu()
+
+
+def memory_of(scene, fit, category, scorer, seed: int = 0):
+    """The memory of ``scene``'s residue on its fit views ``fit``: ``(faiss index, group scales, seconds)``."""
+    t0 = time.perf_counter()
+    images, refs = jittered_references(scene, fit, category, seed)
     desc, on = descriptors(scorer, images, refs)
     scales = [float(g.permute(0, 2, 3, 1)[on].pow(2).sum(1).mean().sqrt()) + 1e-6 for g in desc]
     cells = flat(desc, scales)[on]
@@ -100,7 +114,8 @@ def memory_map(index, scales, scorer, images, refs, batch: int = 32) -> torch.Te
 def main():
     cache, seed, out_path, pairs = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]
     faiss.omp_set_num_threads(torch.get_num_threads())
-    rows = {"product": {}, "memory": {}, "either+memory": {}}
+    variants = os.environ.get("VARIANTS", "product,memory,either+memory").split(",")
+    rows = {v: {} for v in variants}
     for pair in pairs:
         b, c = (Path(p) for p in pair.split(":"))
         both, terms, edges, qedges = selection_with_inside(b, c, seed)
@@ -113,7 +128,9 @@ def main():
         index, scales, build_s = build_memory(b, c, both.scorer)
         mem = memory_map(index, scales, both.scorer, both.images, both.refs)
         pres = maps(d, "product")
-        for name, variant in (("product", pres), ("memory", [mem]), ("either+memory", pres + [mem])):
+        offered = {"product": pres, "memory": [mem], "either+memory": pres + [mem],
+                   "memory+colour": [mem, pres[2], pres[3]]}  # pres: structure, silhouette, area3, area5, fine
+        for name, variant in ((v, offered[v]) for v in variants):
             r = run(d, variant, 4.0)
             rows[name][c.name] = {k: r[k] for k in ("found", "of", "image_auroc", "pixel_auroc", "aupro",
                                                     "false_alarm_rate", "by_kind", "clean_top5", "clean_median")}
