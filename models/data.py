@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tqdm.auto import tqdm
 
 from models import camera
-from models.bundle import RadialTerms
+from models.bundle import SIDES, RadialTerms
 from models.images import (
     WHITE,
     Background,
@@ -317,6 +317,9 @@ def load_category(
         train.append(View(name, path, image, camera.opengl_c2w_to_opencv_w2c(c2w), K))
 
     height, width = train[0].image.shape[:2]
+    if not (SIDES[0] <= width <= SIDES[1] and SIDES[0] <= height <= SIDES[1]):  # refused now, not after the training
+        raise ValueError(f"{root}: training images are {width} x {height}{' after resizing' if size else ''}; a "
+                         f"bundle's camera takes {SIDES[0]} to {SIDES[1]} pixels a side: resize the photos")
     category = Category(
         name=root.name,
         root=root,

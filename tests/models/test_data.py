@@ -51,6 +51,13 @@ def test_resize_scales_intrinsics(lego_dir: Path) -> None:
     assert all(q.mask.any() for q in small.test if q.is_anomalous)
 
 
+def test_a_size_no_bundle_camera_takes_is_refused_before_training(lego_dir: Path) -> None:
+    """A bundle's camera takes 16 to 4096 px a side (models.bundle.SIDES): a category outside
+    that is refused as it loads, not at the bundle stage after the whole training."""
+    with pytest.raises(ValueError, match="training images are 8 x 8 after resizing"):
+        load_category(lego_dir, size=8, load_test=False)
+
+
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

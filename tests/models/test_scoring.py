@@ -414,9 +414,10 @@ def _with(config: dict, **changes) -> dict:
     ({"stats": {"colours": 6}}, "stats.colours"),
     ({"layers": [0, 1, 2]}, "stats.term_scales"),  # the layers and the statistics disagree
     # The scorer's own settings.
-    ({"size": 0}, "size"), ({"size": -8}, "size"), ({"size": 100_000}, "size"), ({"size": "224"}, "size"),
-    ({"size": 224.7}, "size"), ({"sigma": float("nan")}, "sigma"), ({"sigma": -4.0}, "sigma"),
-    ({"sigma": 1e6}, "sigma"), ({"tolerance": -3}, "tolerance"), ({"tolerance": 15}, "tolerance"),
+    ({"size": 0}, "scorer.size"), ({"size": -8}, "scorer.size"), ({"size": 100_000}, "scorer.size"),
+    ({"size": "224"}, "scorer.size"), ({"size": 224.7}, "scorer.size"), ({"sigma": float("nan")}, "sigma"),
+    ({"sigma": -4.0}, "sigma"), ({"sigma": 1e6}, "sigma"), ({"tolerance": -3}, "tolerance"),
+    ({"tolerance": 15}, "tolerance"),
     ({"background": [float("nan")] * 3}, "background"), ({"background": [1, 1, 1, 1, 1]}, "background"),
     ({"background": [7.0, -2.0, 0.5]}, "background"), ({"layers": [0, 1, 2, 99]}, "layers"),
     ({"layers": [3, 2, 1, 0]}, "layers"), ({"layers": []}, "layers"), ({"colour": "hsv"}, "colour"),
