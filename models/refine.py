@@ -97,8 +97,11 @@ class RefineConfig:
                 need = f"a finite number {'>=' if zero else '>'} 0"
             if not ok:
                 raise ValueError(f"refine.{f.name} must be {need}, got {value!r}")
-        if self.ratio > 1 or max(self.max_rotation_deg, self.ecc_max_rotation_deg) > 180:
-            raise ValueError(f"refine.ratio must be at most 1 and the rotation bounds at most 180 degrees, got {self}")
+        if self.ratio > 1:
+            raise ValueError(f"refine.ratio must be at most 1, got {self.ratio!r}")
+        for name in ("max_rotation_deg", "ecc_max_rotation_deg"):
+            if getattr(self, name) > 180:
+                raise ValueError(f"refine.{name} must be at most 180 degrees, got {getattr(self, name)!r}")
 
 
 @dataclass

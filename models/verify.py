@@ -52,10 +52,13 @@ class VerifyConfig:
 
     def __post_init__(self) -> None:
         # An infinite bound would verify every pose: a bundle's manifest carries these.
-        if not 0 < self.max_misalignment_px < math.inf or not 0 <= self.min_silhouette_iou <= 1:
-            raise ValueError(f"need a finite max_misalignment_px > 0 and 0 <= min_silhouette_iou <= 1, got {self}")
-        if not 0 < self.foreground_tol < 1 or not isinstance(self.size, int) or self.size < 16:
-            raise ValueError(f"need 0 < foreground_tol < 1 and an integer size >= 16, got {self}")
+        checks = (("max_misalignment_px", 0 < self.max_misalignment_px < math.inf, "a finite number > 0"),
+                  ("min_silhouette_iou", 0 <= self.min_silhouette_iou <= 1, "a number from 0 to 1"),
+                  ("foreground_tol", 0 < self.foreground_tol < 1, "a number between 0 and 1"),
+                  ("size", isinstance(self.size, int) and self.size >= 16, "an integer >= 16"))
+        for name, ok, need in checks:  # NaN fails every comparison, so it is refused too
+            if not ok:
+                raise ValueError(f"verify.{name} must be {need}, got {getattr(self, name)!r}")
 
 
 class Verification(BaseModel):

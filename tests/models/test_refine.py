@@ -218,12 +218,13 @@ def test_flow_round_polishes_where_sift_stops(posed_renders) -> None:
     ({"ecc_size": 0}, "refine.ecc_size must be an integer >= 16"),
     ({"ratio": float("nan")}, "refine.ratio must be a finite number > 0"),
     ({"ratio": 1.5}, "refine.ratio must be at most 1"),
+    ({"ecc_max_rotation_deg": 270.0}, "refine.ecc_max_rotation_deg must be at most 180 degrees"),
     ({"gallery_views": 0}, "refine.gallery_views must be an integer >= 1"),
     ({"min_inliers": -5}, "refine.min_inliers must be an integer >= 4"),
     ({"rounds": 2.5}, "refine.rounds must be an integer >= 0"),
     ({"ecc_max_shift_px": float("inf")}, "refine.ecc_max_shift_px must be a finite number > 0"),
     ({"warp_max_px": -1.0}, "refine.warp_max_px must be a finite number >= 0"),
-    ({"max_rotation_deg": 720.0}, "rotation bounds at most 180 degrees"),
+    ({"max_rotation_deg": 720.0}, "refine.max_rotation_deg must be at most 180 degrees"),
 ])
 def test_refine_settings_out_of_range_are_refused(changes: dict, problem: str) -> None:
     """A bundle's manifest carries these settings: a count of 0 or a NaN bound made every
