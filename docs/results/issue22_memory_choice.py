@@ -13,6 +13,9 @@ threshold at the 98th percentile of the variant's clean image scores).
 
 ``VARIANTS=product,memory+colour`` in the environment scores those instead of the default three
 (`memory+colour`: the memory's map with the product's area maps, the second rule's challenger).
+
+The exact nearest-neighbour search is faiss's (`pip install faiss-cpu`; a lab driver's need, not
+the product's).
 """
 import json
 import math

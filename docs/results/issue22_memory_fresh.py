@@ -13,6 +13,9 @@ model's render, by:
 It reports image AUROC, the misordered (defect, good view) pairs, pixel AUROC and AUPRO.
 
     python docs/results/issue22_memory_fresh.py BUNDLES_DIR CATEGORY_DIR OUT.json
+
+The exact nearest-neighbour search is faiss's (`pip install faiss-cpu`; a lab driver's need, not
+the product's).
 """
 import json
 import sys
