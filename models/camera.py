@@ -58,6 +58,26 @@ def invert_pose(pose: Tensor) -> Tensor:
     return out
 
 
+def rigid_problem(pose: Tensor, rot_atol: float = 1e-3, row_atol: float = 1e-6) -> str | None:
+    """Why ``pose [..., 4, 4]`` is not a rigid transform (any of the batch), or None when every
+    one is: finite, a proper rotation (orthonormal within ``rot_atol``, det +1) and the last
+    row ``0 0 0 1`` within ``row_atol``. The one rule for poses read from outside (a
+    category's ``transforms.json``, a bundle's gallery)."""
+    if pose.shape[-2:] != (4, 4):
+        return f"must be 4x4, got shape {tuple(pose.shape[-2:])}"
+    p = pose.double()
+    if not torch.isfinite(p).all():
+        return "has non-finite entries"
+    bottom = p[..., 3, :] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=p.dtype, device=p.device)
+    if not bool((bottom.abs() <= row_atol).all()):
+        return "last row must be [0, 0, 0, 1]"
+    rot = p[..., :3, :3]
+    eye = torch.eye(3, dtype=p.dtype, device=p.device).expand_as(rot)
+    if not torch.allclose(rot @ rot.transpose(-1, -2), eye, atol=rot_atol) or not bool((torch.linalg.det(rot) > 0).all()):
+        return "rotation is not a proper rotation (orthonormal, det +1)"
+    return None
+
+
 def make_pose(rot: Tensor, trans: Tensor) -> Tensor:
     """Assemble ``[..., 4, 4]`` from rotation ``[..., 3, 3]`` and translation ``[..., 3]``."""
     shape = rot.shape[:-2]

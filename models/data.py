@@ -64,13 +64,9 @@ class FrameModel(BaseModel):
         mat = np.asarray(value, dtype=np.float64)
         if mat.shape != (4, 4):
             raise ValueError(f"transform_matrix must be 4x4, got shape {mat.shape}")
-        if not np.isfinite(mat).all():
-            raise ValueError("transform_matrix has non-finite entries")
-        if not np.allclose(mat[3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
-            raise ValueError(f"transform_matrix last row must be [0, 0, 0, 1], got {mat[3].tolist()}")
-        rot = mat[:3, :3]
-        if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-3) or np.linalg.det(rot) < 0:
-            raise ValueError("transform_matrix rotation is not a proper rotation (orthonormal, det +1)")
+        problem = camera.rigid_problem(torch.from_numpy(mat))
+        if problem is not None:
+            raise ValueError(f"transform_matrix {problem}, got {mat.round(6).tolist()}")
         return value
 
 

@@ -25,6 +25,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from models.camera import rigid_problem
+
 Tensor = torch.Tensor
 TRAIN, NOVEL = 0, 1
 RETRIEVAL_GRID = 7  # the descriptor layout galleries are built with
@@ -84,13 +86,9 @@ class Gallery:
                 raise GalleryError(f"{where}: non-finite values in {key}")
         if not ((self.source == TRAIN) | (self.source == NOVEL)).all():
             raise GalleryError(f"{where}: source must be {TRAIN} (training view) or {NOVEL} (novel view)")
-        poses = self.poses.double()
-        rot, bottom = poses[:, :3, :3], poses[:, 3] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
-        rigid = (torch.allclose(rot @ rot.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand_as(rot), atol=1e-3)
-                 and bool((torch.linalg.det(rot) > 0).all()) and bool((bottom.abs() < 1e-6).all()))
-        if not rigid:
-            raise GalleryError(f"{where}: poses must be rigid world-to-camera transforms (a proper rotation, last row "
-                               "0 0 0 1)")
+        problem = rigid_problem(self.poses)
+        if problem is not None:
+            raise GalleryError(f"{where}: poses must be rigid world-to-camera transforms: one {problem}")
         if self.images is not None and (self.depths is None or self.K is None or self.images.shape[0] != g
                                         or self.depths.shape != self.images.shape[:3]):
             raise GalleryError(f"{where}: views and depths must come together, one per gallery view")

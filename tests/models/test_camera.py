@@ -235,3 +235,22 @@ def test_reprojection_error_px() -> None:
     moved = pose.clone()
     moved[0, 3] += 0.01  # camera x shift of 0.01 at depth 4: fx * 0.01 / 4 pixels
     assert reprojection_error_px(moved, pose, K, pts).item() == pytest.approx(K[0, 0].item() * 0.01 / 4)
+
+
+def test_rigid_problem_names_what_breaks_a_pose() -> None:
+    good = camera.look_at(torch.tensor([0.0, -3.0, 1.0], dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
+                          torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    assert camera.rigid_problem(good) is None
+    assert camera.rigid_problem(torch.stack([good, good])) is None
+    reflected = good.clone()
+    reflected[0, :3] = -reflected[0, :3]  # orthonormal, det -1
+    scaled = good.clone()
+    scaled[:3, :3] *= 1.1
+    row = good.clone()
+    row[3, 0] = 0.5
+    nan = good.clone()
+    nan[0, 3] = float("nan")
+    for pose, words in ((reflected, "proper rotation"), (scaled, "proper rotation"), (row, "last row"),
+                        (nan, "non-finite"), (good[:3], "4x4")):
+        assert words in camera.rigid_problem(pose)
+    assert "proper rotation" in camera.rigid_problem(torch.stack([good, reflected]))  # one bad view of a batch

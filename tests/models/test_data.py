@@ -170,3 +170,15 @@ def test_undecodable_image_names_file(lego_dir: Path, tmp_path: Path) -> None:
     (root / "test" / "good" / "002.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(DataError, match=r"test/good/002\.png: cannot decode image"):
         load_category(root)
+
+
+def test_reflected_camera_rejected(lego_dir: Path, tmp_path: Path) -> None:
+    root = _copy(lego_dir, tmp_path / "Reflected")
+    path = root / "train" / "transforms.json"
+    data = json.loads(path.read_text())
+    mat = np.array(data["frames"][0]["transform_matrix"])
+    mat[:3, 0] *= -1.0  # orthonormal, but a mirror: det -1
+    data["frames"][0]["transform_matrix"] = mat.tolist()
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="not a proper rotation"):
+        load_category(root)
