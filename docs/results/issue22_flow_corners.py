@@ -91,6 +91,7 @@ def summary(m: dict) -> dict:
     return {"image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"], "aupro": m["aupro"],
             "threshold": d["threshold"], "recall": d["recall"], "false_positive_rate": d["false_positive_rate"],
             "tp": d["tp"], "fp": d["fp"], "verdicts": v.get("verdicts"), "flagged": v.get("flagged"),
+            **{k: v.get(k) for k in ("misaligned", "misaligned_flagged", "aligned", "aligned_flagged")},
             "reproj_px_median": float(np.median(px)) if len(px) else None,
             "over_1px": int((px > 1).sum()), "over_2px": int((px > 2).sum()), "over_5px": int((px > 5).sum()),
             "reproj_px": [round(float(x), 3) for x in px], "timing_ms": m["timing_ms"],
