@@ -254,16 +254,21 @@ class Render:
 
 class Verify:
     """Does each reference fit its query? (``models.verify``, with the 2D warp the refinement
-    gave each reference, converted from the ECC's size to the check's)."""
+    gave each reference, converted from the ECC's size to the check's, and whether it accepted
+    any correction of the pose)."""
 
     def __init__(self, background: tuple[float, float, float], cfg: VerifyConfig, ecc_size: int):
         self.background, self.cfg, self.ecc_size = background, cfg, ecc_size
 
     def __call__(self, batch: Batch) -> None:
         t0 = time.perf_counter()
+        per_query = len(batch.refine) == len(batch.images)
         warps = [float(info["ecc_shift_px"]) * self.cfg.size / self.ecc_size if info.get("ecc_accepted") else 0.0
-                 for info in batch.refine] if len(batch.refine) == len(batch.images) else None
-        batch.verification = verify(batch.images_cpu, batch.references.cpu(), self.background, self.cfg, warps)
+                 for info in batch.refine] if per_query else None
+        refined = per_query and all("pnp_accepted" in info for info in batch.refine)  # rpe+refine ran
+        unrefined = [not info["pnp_accepted"] for info in batch.refine] if refined else None
+        batch.verification = verify(batch.images_cpu, batch.references.cpu(), self.background, self.cfg, warps,
+                                    unrefined)
         batch.timed("verify", t0)
 
 

@@ -98,6 +98,26 @@ def test_a_reference_that_needed_a_large_2d_warp_goes_to_review(photo: torch.Ten
     assert "8.0 px 2D warp" in batch.verification[0].reason
 
 
+def test_a_pose_the_refinement_did_not_correct_goes_to_review(photo: torch.Tensor) -> None:
+    """With no accepted correction the pose is IRPRN's one-shot estimate, which a 2D warp can
+    make fit in part (seed 5's good/000, 7.1 px off, passed every image measure): the Verify
+    stage reads it from the refinement's record, and modes without a refinement are unaffected."""
+    kept, fixed = verify(torch.cat([photo, photo]), torch.cat([photo, photo]), WHITE, unrefined=[True, False])
+    assert not kept.verified and "confirmed no correction" in kept.reason and kept.misalignment_px < 0.35
+    assert fixed.verified and fixed.reason == ""
+    with pytest.raises(ValueError, match="unrefined"):
+        verify(photo, photo, WHITE, unrefined=[True, False])
+    from models.inspector import Batch, Verify
+
+    refined = [{"pnp_accepted": False, "ecc_accepted": True, "ecc_shift_px": 0.5},
+               {"pnp_accepted": True, "ecc_accepted": True, "ecc_shift_px": 0.5}]
+    for records, expected in ((refined, [False, True]), ([{}, {}], [True, True])):  # rpe+refine, then a lab mode
+        batch = Batch(images=torch.cat([photo] * 2), Ks=torch.eye(3).expand(2, 3, 3), references=torch.cat([photo] * 2),
+                      refine=records)
+        Verify(WHITE, VerifyConfig(), ecc_size=224)(batch)
+        assert [v.verified for v in batch.verification] == expected
+
+
 def test_verdict_rule() -> None:
     ok = Verification(verified=True, misalignment_px=0.2, silhouette_iou=0.99, reason="")
     off = Verification(verified=False, misalignment_px=9.0, silhouette_iou=0.7, reason="off")
