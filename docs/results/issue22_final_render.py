@@ -13,11 +13,8 @@ BUNDLE/CAT:CATEGORY_DIR ...`` (``VARIANTS=product,final-render``)."""
 
 from __future__ import annotations
 
-import json
-import os
+import contextlib
 import sys
-import time
-from pathlib import Path
 
 import torch
 
@@ -44,25 +41,18 @@ def final_render(scene, gallery, images, poses, Ks, gallery_ids, cfg, cache=None
 VARIANTS = {"product": _PRODUCT, "final-render": final_render}
 
 
+@contextlib.contextmanager
+def _patched(name: str):
+    I.gallery_pnp_refine = VARIANTS[name]
+    RENDERED.clear()
+    try:
+        yield 1, lambda: {"rendered_again": sum(RENDERED)}
+    finally:
+        I.gallery_pnp_refine = _PRODUCT
+
+
 def main(out: str, pairs: list[str]) -> None:
-    names = os.environ.get("VARIANTS", ",".join(VARIANTS)).split(",")
-    result: dict = {}
-    for pair in pairs:
-        bundle, cat = pair.split(":")
-        for name in names:
-            I.gallery_pnp_refine = VARIANTS[name]
-            RENDERED.clear()
-            t0 = time.perf_counter()
-            s = fc.summary(fc.run(Path(bundle), Path(cat), 1))
-            s["rendered_again"] = sum(RENDERED)
-            result.setdefault(cat, {})[name] = s
-            print(f"{cat} {name}: AUROC {s['image_auroc']:.3f} pixel {s['pixel_auroc']:.4f} AUPRO {s['aupro']:.3f} "
-                  f"recall {s['recall']:.3f} FAR {s['false_positive_rate']:.3f} median {s['reproj_px_median']:.3f} px, "
-                  f"rendered again {s['rendered_again']}, refine {s['timing_ms']['refine']} ms "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            I.gallery_pnp_refine = _PRODUCT
-            with open(out, "w") as fh:
-                json.dump(result, fh, indent=1)
+    fc.compare(out, pairs, VARIANTS, _patched)
 
 
 if __name__ == "__main__":

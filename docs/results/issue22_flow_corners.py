@@ -19,6 +19,7 @@ BUNDLE/CAT:CATEGORY_DIR ...`` (``VARIANTS=product,klt`` to choose)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -98,24 +99,43 @@ def summary(m: dict) -> dict:
             "per_query": m["per_query"]}
 
 
-def main(out: str, pairs: list[str]) -> None:
-    names = os.environ.get("VARIANTS", ",".join(VARIANTS)).split(",")
+def compare(out: str, pairs: list[str], variants: dict, patched) -> dict:
+    """Each variant named in ``VARIANTS`` (default: all of ``variants``) on each
+    ``BUNDLE/CAT:CATEGORY_DIR`` pair, summarised and written to ``out`` as it goes.
+    ``patched(name)``: a context manager that puts the variant in place and yields its flow
+    rounds and a function of the extra fields to report."""
+    names = os.environ.get("VARIANTS", ",".join(variants)).split(",")
     result: dict = {}
     for pair in pairs:
         bundle, cat = pair.split(":")
         for name in names:
-            R.flow_matches, rounds = VARIANTS[name]
             t0 = time.perf_counter()
-            m = run(Path(bundle), Path(cat), rounds)
-            s = summary(m)
+            with patched(name) as (rounds, extras):
+                s = summary(run(Path(bundle), Path(cat), rounds))
+                s.update(extras())
             result.setdefault(cat, {})[name] = s
-            print(f"{cat} {name}: AUROC {s['image_auroc']:.3f} recall {s['recall']:.3f} FAR "
-                  f"{s['false_positive_rate']:.3f} median {s['reproj_px_median']:.3f} px, >1 {s['over_1px']} "
-                  f">2 {s['over_2px']} >5 {s['over_5px']}, flagged {s['flagged']} ({time.perf_counter() - t0:.0f} s)",
-                  flush=True)
-            R.flow_matches = _PRODUCT
+            more = "".join(f", {k} {v}" for k, v in extras().items())
+            print(f"{cat} {name}: AUROC {s['image_auroc']:.3f} pixel {s['pixel_auroc']:.4f} AUPRO {s['aupro']:.3f} "
+                  f"recall {s['recall']:.3f} FAR {s['false_positive_rate']:.3f} median {s['reproj_px_median']:.3f} px, "
+                  f">1 {s['over_1px']} >2 {s['over_2px']} >5 {s['over_5px']}, flagged {s['flagged']} (>5 px "
+                  f"{s['misaligned_flagged']} of {s['misaligned']}, <=1 px {s['aligned_flagged']} of {s['aligned']}), "
+                  f"refine {s['timing_ms'].get('refine')} ms{more} ({time.perf_counter() - t0:.0f} s)", flush=True)
             with open(out, "w") as fh:
                 json.dump(result, fh, indent=1)
+    return result
+
+
+@contextlib.contextmanager
+def _flow(name: str):
+    R.flow_matches, rounds = VARIANTS[name]
+    try:
+        yield rounds, dict
+    finally:
+        R.flow_matches = _PRODUCT
+
+
+def main(out: str, pairs: list[str]) -> None:
+    compare(out, pairs, VARIANTS, _flow)
 
 
 if __name__ == "__main__":

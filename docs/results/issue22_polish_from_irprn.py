@@ -13,12 +13,9 @@ BUNDLE/CAT:CATEGORY_DIR ...`` (``VARIANTS=product,polish-from-irprn``)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
-import os
 import sys
-import time
-from pathlib import Path
 
 import issue22_flow_corners as fc
 from models import inspector as I
@@ -49,27 +46,18 @@ def polish_from_irprn(scene, gallery, images, poses, Ks, gallery_ids, cfg, cache
 VARIANTS = {"product": _PRODUCT, "polish-from-irprn": polish_from_irprn}
 
 
+@contextlib.contextmanager
+def _patched(name: str):
+    I.gallery_pnp_refine = VARIANTS[name]
+    AGAIN.clear()
+    try:
+        yield 1, lambda: {"run_again": sum(AGAIN)}
+    finally:
+        I.gallery_pnp_refine = _PRODUCT
+
+
 def main(out: str, pairs: list[str]) -> None:
-    names = os.environ.get("VARIANTS", ",".join(VARIANTS)).split(",")
-    result: dict = {}
-    for pair in pairs:
-        bundle, cat = pair.split(":")
-        for name in names:
-            I.gallery_pnp_refine = VARIANTS[name]
-            AGAIN.clear()
-            t0 = time.perf_counter()
-            s = fc.summary(fc.run(Path(bundle), Path(cat), 1))
-            s["run_again"] = sum(AGAIN)
-            result.setdefault(cat, {})[name] = s
-            print(f"{cat} {name}: AUROC {s['image_auroc']:.3f} recall {s['recall']:.3f} FAR "
-                  f"{s['false_positive_rate']:.3f} median {s['reproj_px_median']:.3f} px, >2.5 "
-                  f"{sum(p > 2.5 for p in s['reproj_px'])} >5 {s['over_5px']}, flagged {s['flagged']} "
-                  f"(>5 px {s['misaligned_flagged']} of {s['misaligned']}, <=1 px {s['aligned_flagged']} of "
-                  f"{s['aligned']}), run again {s['run_again']}, refine {s['timing_ms']['refine']} ms "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            I.gallery_pnp_refine = _PRODUCT
-            with open(out, "w") as fh:
-                json.dump(result, fh, indent=1)
+    fc.compare(out, pairs, VARIANTS, _patched)
 
 
 if __name__ == "__main__":
