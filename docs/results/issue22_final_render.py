@@ -13,7 +13,6 @@ BUNDLE/CAT:CATEGORY_DIR ...`` (``VARIANTS=product,final-render``)."""
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import torch
@@ -41,18 +40,8 @@ def final_render(scene, gallery, images, poses, Ks, gallery_ids, cfg, cache=None
 VARIANTS = {"product": _PRODUCT, "final-render": final_render}
 
 
-@contextlib.contextmanager
-def _patched(name: str):
-    I.gallery_pnp_refine = VARIANTS[name]
-    RENDERED.clear()
-    try:
-        yield 1, lambda: {"rendered_again": sum(RENDERED)}
-    finally:
-        I.gallery_pnp_refine = _PRODUCT
-
-
 def main(out: str, pairs: list[str]) -> None:
-    fc.compare(out, pairs, VARIANTS, _patched)
+    fc.compare(out, pairs, VARIANTS, fc.refine_variants(VARIANTS, RENDERED, "rendered_again"))
 
 
 if __name__ == "__main__":

@@ -125,6 +125,24 @@ def compare(out: str, pairs: list[str], variants: dict, patched) -> dict:
     return result
 
 
+def refine_variants(variants: dict, counts: list, key: str):
+    """``compare``'s ``patched`` for variants of the Inspector's ``gallery_pnp_refine``: each
+    appends to ``counts``, reported as ``key`` (their sum); one flow round, as shipped."""
+    from models import inspector
+
+    @contextlib.contextmanager
+    def patched(name: str):
+        shipped = inspector.gallery_pnp_refine
+        inspector.gallery_pnp_refine = variants[name]
+        counts.clear()
+        try:
+            yield 1, lambda: {key: sum(counts)}
+        finally:
+            inspector.gallery_pnp_refine = shipped
+
+    return patched
+
+
 @contextlib.contextmanager
 def _flow(name: str):
     R.flow_matches, rounds = VARIANTS[name]

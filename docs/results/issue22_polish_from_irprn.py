@@ -13,7 +13,6 @@ BUNDLE/CAT:CATEGORY_DIR ...`` (``VARIANTS=product,polish-from-irprn``)."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import sys
 
@@ -46,18 +45,8 @@ def polish_from_irprn(scene, gallery, images, poses, Ks, gallery_ids, cfg, cache
 VARIANTS = {"product": _PRODUCT, "polish-from-irprn": polish_from_irprn}
 
 
-@contextlib.contextmanager
-def _patched(name: str):
-    I.gallery_pnp_refine = VARIANTS[name]
-    AGAIN.clear()
-    try:
-        yield 1, lambda: {"run_again": sum(AGAIN)}
-    finally:
-        I.gallery_pnp_refine = _PRODUCT
-
-
 def main(out: str, pairs: list[str]) -> None:
-    fc.compare(out, pairs, VARIANTS, _patched)
+    fc.compare(out, pairs, VARIANTS, fc.refine_variants(VARIANTS, AGAIN, "run_again"))
 
 
 if __name__ == "__main__":
