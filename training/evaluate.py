@@ -272,6 +272,12 @@ def write_report(out_dir: Path, metrics: dict, queries, renders, maps: torch.Ten
             line += (f"; truly misaligned (> {MISALIGNED_PX:g} px): {v['misaligned_flagged']} of {v['misaligned']} flagged; "
                      f"aligned (<= {ALIGNED_PX:g} px): {v['aligned_flagged']} of {v['aligned']} flagged")
         rows.append(f"| pose check: flagged for review | {line} |")
+        # What an operator sees: the score's decision above counts a flagged query by its score.
+        good, bad = (v["verdicts"][k] for k in ("good", "defective"))
+        rows.append(f"| verdicts, defects: anomalous / review / normal | {bad.get('anomalous', 0)} / "
+                    f"{bad.get('review', 0)} / {bad.get('normal', 0)} |")
+        rows.append(f"| verdicts, good parts: normal / review / anomalous | {good.get('normal', 0)} / "
+                    f"{good.get('review', 0)} / {good.get('anomalous', 0)} |")
     (out_dir / "metrics.md").write_text("\n".join(rows) + "\n")
     vmax = float(maps.max())
     picks = []

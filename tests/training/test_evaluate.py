@@ -35,6 +35,12 @@ def test_bundle_report(tiny_release: Path, tiny_synth: Path, tmp_path: Path) -> 
     assert "pose_reproj_err_px_median" in metrics  # the synthetic category has true query poses
     text = (report / "metrics.md").read_text()
     assert "| image_auroc |" in text and "good parts rejected" in text
+    good, bad = (metrics["verification"]["verdicts"][k] for k in ("good", "defective"))
+    assert sum(good.values()) == 2 and sum(bad.values()) == 6
+    assert (f"| verdicts, defects: anomalous / review / normal | {bad.get('anomalous', 0)} / {bad.get('review', 0)} / "
+            f"{bad.get('normal', 0)} |") in text
+    assert (f"| verdicts, good parts: normal / review / anomalous | {good.get('normal', 0)} / {good.get('review', 0)} / "
+            f"{good.get('anomalous', 0)} |") in text
     assert (report / "overlays.png").stat().st_size > 1000
 
 
