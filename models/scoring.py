@@ -48,6 +48,18 @@ Combinations of the terms (``COMBINATIONS``; ``combine`` before the blur, ``anom
   two levels and is scored with the first two maps, one calibrated in session 20 carries four
   and is scored with four, each as it was calibrated.
 
+The returned map of an ``either`` scorer with ``map_sigma`` (the ``cpu`` and ``paper`` presets since
+session 31): the image score and so the decision stay those of the maps blurred with ``sigma``
+(4). The map a query gets back is the same five maps blurred with the finer ``map_sigma`` (2), each
+over its own level (``NormalStats.map_levels``), joined by their maximum, times ``map_scale`` (the
+threshold rule's quantile of the held-out image scores at ``sigma`` over the same quantile at
+``map_sigma``, so the sharp map's threshold falls on the score's) and capped, pixel by pixel, at the
+image's score (``sharp_map``): a part under the threshold shows no pixel over it, whatever threshold
+a caller sets. A finer blur localises better (AUPRO up on all four categories of a fresh painted
+set) but decides worse at the threshold; kept apart, each does what it does best (docs/RESULTS.md,
+session 31). A few defects found (0.7 % there) show no pixel over the threshold: their evidence is
+over it at sigma 4 and spread too thin to cross it at sigma 2.
+
 The colour term (``COLOURS``): ``rgb``, the squared difference of the extractor-normalised
 RGB images (the peers'), or ``lab`` (the ``cpu`` and ``paper`` presets since session 17):
 two terms instead, the squared CIELAB L* difference and the squared a*b* difference
@@ -192,6 +204,8 @@ class NormalStats:
     edge_bins: list[float] = field(default_factory=list)  # structure: inner boundaries of the edge-strength deciles
     edge_scales: list[float] = field(default_factory=list)  # structure: the silhouette map's 99th percentile per decile
     levels: list[float] = field(default_factory=list)  # either: its maps' normal levels (EITHER_MAPS order)
+    map_levels: list[float] = field(default_factory=list)  # either with map_sigma: the levels at the map's blur
+    map_scale: float = 1.0  # either with map_sigma: the sharp map's factor (its threshold onto the score's)
     colours: int = 1  # how many of the terms, first, are colour terms (colour_terms): what the area maps read
 
 
@@ -274,13 +288,41 @@ def either_map(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Ten
     """``either``'s blurred map ``[B, S, S]``: the pixel-wise maximum of the maps of
     ``EITHER_MAPS`` (the first as many as ``stats`` has levels: 2 before session 20, 4 in it,
     5 since session 21), each blurred with ``sigma`` and divided by its normal level."""
+    return either_maps(terms, stats, silhouette, edges, sigma)[0]
+
+
+def either_maps(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Tensor, sigma: float,
+                map_sigma: float | None = None) -> tuple[Tensor, Tensor | None]:
+    """``either_map`` and, with ``map_sigma``, the same maps blurred with ``map_sigma``, each over
+    its ``stats.map_levels`` entry, joined by their maximum (unscaled, uncapped: ``sharp_map``
+    makes the returned map of it). The maps before the blur are computed once for both."""
     if stats is None or len(stats.levels) not in EITHER_COUNTS:
         raise ValueError("combination 'either' needs the normal levels of its maps: rerun the calibration stage")
-    out = None
-    for pre, level in zip(_either_pres(terms, stats, silhouette, edges, len(stats.levels)), stats.levels):
-        m = blur_maps(pre, sigma) / level
-        out = m if out is None else torch.maximum(out, m)
-    return out
+    if map_sigma is not None and len(stats.map_levels) != len(stats.levels):
+        raise ValueError("a map blur of its own needs the normal levels at that blur: rerun the calibration stage")
+    pres = torch.stack(list(_either_pres(terms, stats, silhouette, edges, len(stats.levels))))  # [M, B, S, S]
+
+    def joined(s: float, levels: list[float]) -> Tensor:  # one blur call for all the maps: cheaper than one each
+        blurred = blur_maps(pres.flatten(0, 1), s).view_as(pres)
+        return (blurred / torch.tensor(levels, dtype=pres.dtype, device=pres.device).view(-1, 1, 1, 1)).amax(0)
+
+    return joined(sigma, stats.levels), joined(map_sigma, stats.map_levels) if map_sigma is not None else None
+
+
+def sharp_map(sharp: Tensor, scale: float, scores: Tensor) -> Tensor:
+    """The map returned with a map blur of its own: ``sharp [B, S, S]`` times ``scale``, capped
+    pixel by pixel at each image's score (``scores [B]``)."""
+    return torch.minimum(sharp * scale, scores.view(-1, 1, 1))
+
+
+def fit_map_scale(scores: Tensor, sharp_scores: Tensor, false_alarm_rate: float) -> float:
+    """``map_scale``: the ``1 - false_alarm_rate`` quantile of the normal image ``scores`` over
+    the same quantile of the sharp map's (``sharp_scores``, the maxima of ``either_maps``' second
+    map), each read as the threshold rule reads it, so the sharp map's threshold falls on the
+    score's."""
+    q = 1.0 - false_alarm_rate
+    top = float(torch.quantile(sharp_scores.double(), q))
+    return float(torch.quantile(scores.double(), q)) / top if top > 0 else 1.0
 
 
 def anomaly_map(terms: Tensor, combination: str, stats: NormalStats | None = None, silhouette: Tensor | None = None,
@@ -299,13 +341,15 @@ def quantile(values: Tensor, q: float, most: int = 2_000_000) -> float:
 
 
 def fit_normal_stats(terms: Tensor, silhouette: Tensor | None = None, edges: Tensor | None = None,
-                     sigma: float | None = None, colours: int = 1) -> NormalStats:
+                     sigma: float | None = None, colours: int = 1, map_sigma: float | None = None) -> NormalStats:
     """Each term's 99th-percentile pixel value over normal views' ``terms [B, T, S, S]``; with
     their silhouette evidence and references' ``edges`` ``[B, S, S]``, also ``structure``'s
     statistics: the deciles of the edge strength, and the ``silhouette`` map's 99th
     percentile among the pixels of each; with the blur's ``sigma`` too, ``either``'s levels:
     the ``LEVEL_QUANTILE`` quantile of the image scores of each of ``EITHER_MAPS``
-    (``colours``: how many of the terms, first, are colour terms, kept for the area maps)."""
+    (``colours``: how many of the terms, first, are colour terms, kept for the area maps); with
+    ``map_sigma`` too, the same levels at that blur (``map_levels``; ``map_scale`` is the
+    calibration's, ``fit_map_scale``)."""
     if not 1 <= colours <= terms.shape[1]:
         raise ValueError(f"colours must name 1 to {terms.shape[1]} leading terms, got {colours}")
     stats = NormalStats(term_scales=[max(quantile(terms[:, t], 0.99), 1e-6) for t in range(terms.shape[1])],
@@ -320,8 +364,13 @@ def fit_normal_stats(terms: Tensor, silhouette: Tensor | None = None, edges: Ten
     stats.edge_scales = [max(quantile(pre[which == b], 0.99), 1e-6) if bool((which == b).any()) else 1.0
                          for b in range(STRUCTURE_BINS)]
     if sigma is not None:
-        stats.levels = [max(quantile(blur_maps(pre, sigma).flatten(1).amax(1), LEVEL_QUANTILE), 1e-6)
-                        for pre in _either_pres(terms, stats, silhouette, edges, len(EITHER_MAPS))]
+        level = lambda pre, s: max(quantile(blur_maps(pre, s).flatten(1).amax(1), LEVEL_QUANTILE), 1e-6)  # noqa: E731
+        pres = list(_either_pres(terms, stats, silhouette, edges, len(EITHER_MAPS)))
+        stats.levels = [level(pre, sigma) for pre in pres]
+        if map_sigma is not None:
+            stats.map_levels = [level(pre, map_sigma) for pre in pres]
+    elif map_sigma is not None:
+        raise ValueError("the map's levels need the score's blur (sigma) too")
     return stats
 
 
@@ -347,6 +396,12 @@ def check_config(config: dict) -> dict:
         raise ValueError(f"scorer.size must be an integer from {SIZES[0]} to {SIZES[1]}, got {size!r}")
     if not (_is_number(sigma) and 0 <= sigma <= size / 8):  # the blur's 4 sigma each side stays within the map
         raise ValueError(f"scorer.sigma must be a number from 0 to size / 8 = {size / 8:g}, got {sigma!r}")
+    map_sigma = config.get("map_sigma")
+    if map_sigma is not None and not (_is_number(map_sigma) and 0 < map_sigma <= size / 8):
+        raise ValueError(f"scorer.map_sigma must be a number above 0 and at most size / 8 = {size / 8:g}, "
+                         f"got {map_sigma!r}")
+    if map_sigma is not None and config.get("combination") != "either":
+        raise ValueError(f"scorer.map_sigma needs the 'either' combination, got {config.get('combination', 'peers')!r}")
     if not (_is_int(tolerance) and 0 <= tolerance <= MAX_TOLERANCE):
         raise ValueError(f"scorer.tolerance must be an integer from 0 to {MAX_TOLERANCE}, got {tolerance!r}")
     if not (isinstance(layers, list) and layers and all(_is_int(i) and i >= 0 for i in layers)
@@ -375,6 +430,9 @@ def check_stats(stats: NormalStats, terms: int) -> NormalStats:
     if stats.edge_bins != sorted(stats.edge_bins):
         raise ValueError(f"scorer.stats.edge_bins must be in non-decreasing order, got {reprlib.repr(stats.edge_bins)}")
     _check_numbers("scorer.stats.levels", stats.levels, (0, *EITHER_COUNTS), positive=True)
+    _check_numbers("scorer.stats.map_levels", stats.map_levels, (0, len(stats.levels)), positive=True)
+    if not (_is_number(stats.map_scale) and stats.map_scale > 0):
+        raise ValueError(f"scorer.stats.map_scale must be a finite number > 0, got {stats.map_scale!r}")
     if not (_is_int(stats.colours) and 1 <= stats.colours <= terms):
         raise ValueError(f"scorer.stats.colours must be an integer from 1 to {terms}, got {stats.colours!r}")
     return stats
@@ -401,7 +459,8 @@ class AnomalyScorer(nn.Module):
 
     def __init__(self, extractor: FeatureExtractor | None = None, size: int = 224, sigma: float = 4.0,
                  tolerance: int = DEFAULT_TOLERANCE, combination: str = "peers", stats: NormalStats | None = None,
-                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), colour: str = "rgb"):
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), colour: str = "rgb",
+                 map_sigma: float | None = None):
         super().__init__()
         if combination not in COMBINATIONS:
             raise ValueError(f"unknown combination {combination!r}; choose from {list(COMBINATIONS)}")
@@ -415,6 +474,9 @@ class AnomalyScorer(nn.Module):
         if combination == "either" and len(stats.levels) > 2 and stats.colours != colour_terms(colour):
             raise ValueError(f"the normal statistics were fitted with {stats.colours} colour terms, the {colour!r} "
                              f"colour term has {colour_terms(colour)}: rerun the calibration stage")
+        if map_sigma is not None and (combination != "either" or len(stats.map_levels) != len(stats.levels)):
+            raise ValueError("a map blur of its own (map_sigma) needs the 'either' combination and its maps' levels at "
+                             "that blur: rerun the calibration stage")
         self.extractor = extractor if extractor is not None else FeatureExtractor()
         self.size = size
         self.sigma = sigma
@@ -423,6 +485,7 @@ class AnomalyScorer(nn.Module):
         self.stats = stats
         self.background = tuple(float(v) for v in background)
         self.colour = colour
+        self.map_sigma = map_sigma
 
     def config(self) -> dict:
         """Everything that defines the scores (stored with a calibrated threshold)."""
@@ -434,6 +497,8 @@ class AnomalyScorer(nn.Module):
                        background=list(self.background))
         if self.colour != "rgb":  # and an RGB one as it did before the colour term had a choice
             out["colour"] = self.colour
+        if self.map_sigma is not None:  # and one whose map is the score's as it did before session 31
+            out["map_sigma"] = self.map_sigma
         return out
 
     @classmethod
@@ -455,12 +520,15 @@ class AnomalyScorer(nn.Module):
                              f"{config['extractor']}") from exc
         return cls(extractor, size=config["size"], sigma=config["sigma"], tolerance=config["tolerance"],
                    combination=config.get("combination", "peers"), stats=stats,
-                   background=tuple(config.get("background", (1.0, 1.0, 1.0))), colour=config.get("colour", "rgb"))
+                   background=tuple(config.get("background", (1.0, 1.0, 1.0))), colour=config.get("colour", "rgb"),
+                   map_sigma=config.get("map_sigma"))
 
-    def with_stats(self, stats: NormalStats, combination: str | None = None) -> AnomalyScorer:
-        """The same scorer (shared extractor) combining its terms with ``stats``."""
+    def with_stats(self, stats: NormalStats, combination: str | None = None, map_sigma: float | None = None
+                   ) -> AnomalyScorer:
+        """The same scorer (shared extractor) combining its terms with ``stats`` (and, with
+        ``map_sigma``, returning the map of that blur: ``sharp_map``)."""
         return AnomalyScorer(self.extractor, self.size, self.sigma, self.tolerance, combination or self.combination,
-                             stats, self.background, self.colour)
+                             stats, self.background, self.colour, map_sigma)
 
     def squares(self, images: Tensor) -> Tensor:
         """``[B, 3, size, size]`` in [0, 1]: what the scorer compares (antialiased bilinear)."""
@@ -511,16 +579,23 @@ class AnomalyScorer(nn.Module):
     def forward(self, query: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
         """``query``, ``reference``: [B, H, W, 3] (or [B, 3, H, W]) in [0, 1], same size.
 
-        Returns maps [B, H, W] at the query's size and image scores [B].
+        Returns maps [B, H, W] at the query's size and image scores [B] (the maximum of the map
+        blurred with ``sigma``; with ``map_sigma``, the map returned is ``sharp_map``'s).
         """
         height, width = _to_bchw(query).shape[-2:]
+        sharp = None
         if self.combination == "peers":
             amap = self.blur(self.terms(query, reference).sum(dim=1))
         else:
             q224, r224 = self._pair(query, reference)
             edges = edge_strength(r224) if self.combination in EDGED else None
-            amap = anomaly_map(self._terms(q224, r224), self.combination, self.stats,
-                               silhouette_evidence(q224, r224, self.background), edges, self.sigma)
+            terms, sil = self._terms(q224, r224), silhouette_evidence(q224, r224, self.background)
+            if self.map_sigma is not None:
+                amap, sharp = either_maps(terms, self.stats, sil, edges, self.sigma, self.map_sigma)
+            else:
+                amap = anomaly_map(terms, self.combination, self.stats, sil, edges, self.sigma)
         scores = amap.flatten(1).amax(dim=1)
+        if sharp is not None:
+            amap = sharp_map(sharp, self.stats.map_scale, scores)
         full = F.interpolate(amap[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
         return full, scores

@@ -66,7 +66,17 @@ from models.data import GOOD, Category
 from models.hashing import sha256_file
 from models.inspector import align_references, compare_at_poses
 from models.refine import RefineConfig
-from models.scoring import COLOURS, COMBINATIONS, DEFAULT_TOLERANCE, EDGED, AnomalyScorer, colour_terms, fit_normal_stats
+from models.scoring import (
+    COLOURS,
+    COMBINATIONS,
+    DEFAULT_TOLERANCE,
+    EDGED,
+    AnomalyScorer,
+    colour_terms,
+    either_maps,
+    fit_map_scale,
+    fit_normal_stats,
+)
 from models.splat.scene import GaussianScene
 from training.evaluate import render_references
 from training.splats import SplatConfig, calibration_key, default_device, holdout_indices
@@ -78,8 +88,10 @@ from training.splats import SplatConfig, calibration_key, default_device, holdou
 # 4: ``either`` with its area maps, ``area3`` and ``area5`` (models.scoring, session 20);
 # 5: and with its ``fine`` map (session 21); 6 was the polish before ECC, measured and not adopted
 # (session 24); 7: the threshold's and the false-alarm rate's ranges over resampled held-out views
-# (``models.calibration.threshold_spread``; the thresholds themselves as under 5).
-METHOD = 7
+# (``models.calibration.threshold_spread``; the thresholds themselves as under 5); 8 and 9 were
+# measured and not adopted (sessions 26, 27); 10: the returned map blurred with a sigma of its own,
+# with its levels and ``map_scale`` (``map_sigma``, session 31; the thresholds as under 7).
+METHOD = 10
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,7 @@ class CalibConfig:
     holdout_every: int = 0  # > 0: rule false_alarm, every n-th training view held out of a calibration model
     combination: str = "peers"  # rule false_alarm: how the scorer combines its terms (models.scoring)
     colour: str = "rgb"  # the scorer's colour term (models.scoring.COLOURS); lab only with a fitted combination
+    map_sigma: float | None = None  # either: the returned map's blur, apart from the score's (models.scoring)
     false_alarm_rate: float = 0.02  # rule false_alarm: the share of good parts the threshold may reject
     jitters: int = 4  # rule false_alarm: jittered poses per held-out view
     quantile: float = 0.99  # rule quantile: Q_quantile(in-sample jittered scores) x (1 + margin)
@@ -106,6 +119,9 @@ class CalibConfig:
         if self.colour not in COLOURS or (self.colour != "rgb" and self.combination == "peers"):
             raise ValueError(f"colour must be one of {list(COLOURS)}, and other than rgb only with a combination that "
                              f"scales each term by its normal statistics, got {self.colour!r} with {self.combination!r}")
+        if self.map_sigma is not None and not (self.combination == "either" and self.map_sigma > 0):
+            raise ValueError(f"map_sigma must be above 0, and set only with the 'either' combination, got "
+                             f"{self.map_sigma!r} with {self.combination!r}")
         if not 0 < self.false_alarm_rate < 0.5:
             raise ValueError(f"false_alarm_rate must lie in (0, 0.5), got {self.false_alarm_rate}")
 
@@ -207,10 +223,15 @@ def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress:
             if cfg.combination in EDGED:
                 edges.append(scorer.edges(refs))
             bar.update(len(refs))
-        stats = fit_normal_stats(torch.cat(terms), torch.cat(silhouettes), torch.cat(edges) if edges else None,
-                                 sigma=scorer.sigma if cfg.combination == "either" else None,
-                                 colours=colour_terms(scorer.colour))
-        scorer = scorer.with_stats(stats, cfg.combination)
+        terms, silhouettes, edges = torch.cat(terms), torch.cat(silhouettes), torch.cat(edges) if edges else None
+        stats = fit_normal_stats(terms, silhouettes, edges, sigma=scorer.sigma if cfg.combination == "either" else None,
+                                 colours=colour_terms(scorer.colour), map_sigma=cfg.map_sigma)
+        if cfg.map_sigma is not None:  # the sharp map's threshold onto the score's, on the same renders
+            coarse, sharp = either_maps(terms, stats, silhouettes, edges, scorer.sigma, cfg.map_sigma)
+            stats.map_scale = fit_map_scale(coarse.flatten(1).amax(1), sharp.flatten(1).amax(1), cfg.false_alarm_rate)
+            del coarse, sharp
+        del terms, silhouettes, edges
+        scorer = scorer.with_stats(stats, cfg.combination, cfg.map_sigma)
     own, _ = _score(scorer, scene, images, poses, Ks, cfg.batch, bar)
     jittered, maps = _score(scorer, scene, rep(images), jittered_poses, rep(Ks), cfg.batch, bar, align)
     bar.close()

@@ -145,7 +145,8 @@ def test_heldout_calibration_and_selfcheck_on_cuda_like_the_cpu(tiny_heldout_bun
         shutil.copytree(tiny_heldout_bundles / ".work" / tiny_release.name, work)
         (work / REPORTS["calibration"]).unlink()  # runs again, not skipped
         device = torch.device(name)
-        cfg = CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.1, combination="either", colour="lab")
+        cfg = CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.1, combination="either", colour="lab",
+                          map_sigma=2.0)
         report = run_calibration_stage(cat, cfg, work, progress=False, splats=splats, device=device)  # the presets' rule
         assert report["device"].split(":")[0] == name and report["rule"] == "false_alarm"
         calib = Calibration.model_validate_json((work / FILES["calibration"]).read_text())
@@ -157,6 +158,9 @@ def test_heldout_calibration_and_selfcheck_on_cuda_like_the_cpu(tiny_heldout_bun
     assert c_gpu.heldout_scale == pytest.approx(c_cpu.heldout_scale, rel=0.05)
     levels_cpu, levels_gpu = (np.array(c.scorer["stats"]["levels"]) for c in (c_cpu, c_gpu))
     assert len(levels_cpu) == len(levels_gpu) > 0 and np.allclose(levels_gpu, levels_cpu, rtol=0.1)
+    map_cpu, map_gpu = (np.array(c.scorer["stats"]["map_levels"]) for c in (c_cpu, c_gpu))
+    assert len(map_cpu) == len(levels_cpu) and np.allclose(map_gpu, map_cpu, rtol=0.1)
+    assert c_gpu.scorer["stats"]["map_scale"] == pytest.approx(c_cpu.scorer["stats"]["map_scale"], rel=0.1)
     assert m_gpu.report["device"].split(":")[0] == "cuda" and m_cpu.report["device"] == "cpu"
     assert np.median(np.abs(m_gpu.scores - m_cpu.scores) / np.maximum(m_cpu.scores, 1e-6)) < 0.05
     assert abs(m_gpu.report["image_auroc"] - m_cpu.report["image_auroc"]) <= 0.05

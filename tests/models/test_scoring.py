@@ -25,11 +25,14 @@ from models.scoring import (
     colour_terms,
     combine,
     edge_strength,
+    either_maps,
     fine_evidence,
+    fit_map_scale,
     fit_normal_stats,
     lab_terms,
     opening,
     quantile,
+    sharp_map,
     silhouette_evidence,
     squared_difference,
 )
@@ -385,6 +388,47 @@ def test_a_lab_scorer_builds_its_area_map_from_both_colour_terms() -> None:
         fit_normal_stats(terms, sil, edges, sigma=1.0, colours=0)
 
 
+def test_the_map_of_its_own_blur_keeps_the_score_and_never_shows_more_than_it() -> None:
+    """With ``map_sigma``, the score (and so the decision) is the map blurred with ``sigma``,
+    exactly as without it; the map returned is the maps blurred with ``map_sigma`` over their own
+    levels, times ``map_scale``, capped at the image's score. A thin defect keeps a sharper peak
+    there, and no pixel of an image scores above the image."""
+    torch.manual_seed(2)
+    clean = torch.rand(8, 3, 64, 64)
+    reference = (clean + 0.02 * torch.randn_like(clean)).clamp(0, 1)
+    lab = AnomalyScorer(FeatureExtractor(weights="random"), size=64, sigma=4.0, colour="lab")
+    terms, sil = lab.inputs(clean, reference)
+    edges = lab.edges(reference)
+    stats = fit_normal_stats(terms, sil, edges, sigma=4.0, colours=2, map_sigma=1.0)
+    assert len(stats.map_levels) == len(stats.levels) == len(EITHER_MAPS) and stats.map_levels != stats.levels
+    coarse, sharp = either_maps(terms, stats, sil, edges, 4.0, 1.0)
+    stats.map_scale = fit_map_scale(coarse.flatten(1).amax(1), sharp.flatten(1).amax(1), 0.25)
+    assert stats.map_scale == pytest.approx(float(torch.quantile(coarse.flatten(1).amax(1).double(), 0.75))
+                                            / float(torch.quantile(sharp.flatten(1).amax(1).double(), 0.75)))
+    plain = lab.with_stats(stats, "either")
+    own = lab.with_stats(stats, "either", map_sigma=1.0)
+    query = clean[:2].clone()
+    query[0, :, 30:32, 10:50] = 0.0  # a thin dark line
+    maps, scores = own(query, reference[:2])
+    plain_maps, plain_scores = plain(query, reference[:2])
+    assert torch.equal(scores, plain_scores)  # the decision is untouched
+    assert (maps.flatten(1).amax(1) <= scores + 1e-6).all()  # never a pixel above its image's score
+    q_terms, q_sil = lab.inputs(query, reference[:2])
+    c, s = either_maps(q_terms, stats, q_sil, lab.edges(reference[:2]), 4.0, 1.0)
+    assert torch.allclose(maps, sharp_map(s, stats.map_scale, scores))
+    assert torch.equal(c.flatten(1).amax(1), scores)
+    line = maps[0, 31, 10:50].mean() / maps[0, 20:24, 10:50].mean()
+    assert line > plain_maps[0, 31, 10:50].mean() / plain_maps[0, 20:24, 10:50].mean()  # sharper across the line
+    again = AnomalyScorer.from_config(json.loads(json.dumps(own.config())))
+    assert again.map_sigma == 1.0 and again.stats.map_scale == stats.map_scale
+    assert again.config() == own.config()
+    assert "map_sigma" not in plain.config()  # a bundle without it reads and scores as before
+    with pytest.raises(ValueError, match="rerun the calibration"):  # a map blur without its levels
+        lab.with_stats(NormalStats(**{**asdict(stats), "map_levels": []}), "either", map_sigma=1.0)
+    with pytest.raises(ValueError, match="need the score's blur"):
+        fit_normal_stats(terms, sil, edges, colours=2, map_sigma=1.0)
+
+
 def _stored_config() -> dict:
     """An ``either`` scorer's config as a bundle's calibration stores it (five terms: RGB and four layers)."""
     stats = NormalStats(term_scales=[1.0, 2.0, 3.0, 4.0, 5.0], edge_bins=[0.001] * 6 + [0.02, 0.04, 0.07],
@@ -412,6 +456,12 @@ def _with(config: dict, **changes) -> dict:
     ({"stats": {"edge_bins": [0.07, 0.04, 0.02] + [0.001] * 6}}, "stats.edge_bins"),
     ({"stats": {"edge_bins": [float("nan")] * 9}}, "stats.edge_bins"),
     ({"stats": {"colours": 6}}, "stats.colours"),
+    ({"stats": {"map_levels": [1.0] * 4}}, "stats.map_levels"),  # not one per level
+    ({"stats": {"map_levels": [0.0] * 5}}, "stats.map_levels"),
+    ({"stats": {"map_scale": 0.0}}, "stats.map_scale"), ({"stats": {"map_scale": float("inf")}}, "stats.map_scale"),
+    ({"map_sigma": 0.0}, "map_sigma"), ({"map_sigma": 100.0}, "map_sigma"), ({"map_sigma": "2"}, "map_sigma"),
+    ({"map_sigma": 2.0, "combination": "structure"}, "map_sigma"),
+    ({"map_sigma": 2.0}, "rerun the calibration"),  # a map blur, and no levels at it
     ({"layers": [0, 1, 2]}, "stats.term_scales"),  # the layers and the statistics disagree
     # The scorer's own settings.
     ({"size": 0}, "scorer.size"), ({"size": -8}, "scorer.size"), ({"size": 100_000}, "scorer.size"),

@@ -111,6 +111,20 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     assert calib.scorer["stats"]["colours"] == 2  # the area map reads both CIELAB terms
     assert calib.threshold == pytest.approx(np.quantile(np.array(fitted["scores"]["heldout"]) * calib.heldout_scale, 0.8))
     assert AnomalyScorer.from_config(calib.scorer).combination == "either"
+    # The returned map's own blur (the cpu preset's since session 31): the same scores and threshold,
+    # the map's levels at its blur, and the factor that puts its threshold onto the score's.
+    sharp = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=3, false_alarm_rate=0.2,
+                                                   combination="either", colour="lab", map_sigma=2.0), bundle,
+                                  progress=False, splats=splats)
+    assert sharp["scores"]["heldout"] == fitted["scores"]["heldout"] and sharp["threshold"] == fitted["threshold"]
+    with_map = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
+    stats = with_map.scorer["stats"]
+    assert with_map.scorer["map_sigma"] == 2.0 and stats["levels"] == calib.scorer["stats"]["levels"]
+    assert len(stats["map_levels"]) == len(EITHER_MAPS) and stats["map_levels"] != stats["levels"]
+    assert stats["map_scale"] > 0 and calib.scorer["stats"]["map_scale"] == 1.0
+    assert AnomalyScorer.from_config(with_map.scorer).map_sigma == 2.0
+    with pytest.raises(ValueError, match="map_sigma"):
+        CalibConfig(holdout_every=4, combination="structure", map_sigma=2.0)
     with pytest.raises(ValueError, match="colour"):
         CalibConfig(holdout_every=4, colour="lab")  # the peers' plain sum has no scales for it
     # A calibration that holds out another share than the fit did is refused with the remedy.
