@@ -126,6 +126,22 @@ def _image_auroc(scores: list[float], defective: list[bool], distinct: int) -> f
     return round(float(auroc(np.array(defective[:n], dtype=float), np.array(scores[:n], dtype=float))), 4)
 
 
+def _at_threshold(scores: list[float], defective: list[bool], distinct: int, threshold: float,
+                  verdicts: list[str]) -> dict:
+    """The same queries (each test view once) at the bundle's calibrated threshold: the score's
+    decision (``training.evaluate.decision_metrics``: recall, false-alarm rate and the counts)
+    and the verdicts an operator sees (``review`` where the pose check did not verify)."""
+    from training.evaluate import decision_metrics
+
+    n = min(len(scores), distinct)
+    labels = np.array(defective[:n], dtype=bool)
+    out = decision_metrics(labels, np.array(scores[:n], dtype=float), threshold)
+    out["verdicts"] = {kind: {v: sum(1 for d, x in zip(labels, verdicts[:n]) if d == want and x == v)
+                              for v in ("anomalous", "review", "normal")}
+                       for kind, want in (("defective", True), ("good", False))}
+    return out
+
+
 def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] = ("rpe", "rpe+refine"),
                    batch_sizes: tuple[int, ...] = BATCH_SIZES, iterative_queries: int = 2,
                    iterative_steps: int = 175, devices: list[str] | None = None, progress: bool = True,
@@ -145,8 +161,10 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
     ``rpe+refine``: ``refine_added_ms``, what refinement adds to a query at batch size 1
     (median total of one minus the other's). Where the queries run one at a time (batch
     size 1, and ``iterative``) hold good and defective views, each run reports their image
-    AUROC (each test view once), so a speed-up is read at known accuracy on the same
-    queries: give ``single_queries`` and ``iterative_queries`` the test split's size."""
+    AUROC (each test view once) and, beside it, the recall and false-alarm rate at the bundle's
+    calibrated threshold with the verdicts (``at_threshold``), so a speed-up is read at known
+    accuracy on the same queries: give ``single_queries`` and ``iterative_queries`` the test
+    split's size."""
     from tqdm.auto import tqdm
 
     import lab  # noqa: F401 (registers the evaluation-only pose modes)
@@ -171,7 +189,7 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
             rows = []
             for b in tqdm(batch_sizes, desc=f"bench {device} {mode}", disable=not progress):
                 runs = [images[i : i + 1] for i in range(single_queries)] if b == 1 else [images[:b]]
-                timings, scores, wall = [], [], 0.0
+                timings, scores, verdicts, wall = [], [], [], 0.0
                 for batch in runs:
                     sync()
                     start = time.perf_counter()
@@ -180,6 +198,7 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
                     wall += time.perf_counter() - start
                     timings.append(out[0].timings_ms)
                     scores.append(out[0].score)
+                    verdicts.append(out[0].verdict)
                 median_query = sorted(timings, key=lambda t: t["total"])[(len(timings) - 1) // 2]
                 stages = {k: round(v, 2) for k, v in median_query.items()}
                 row = {"batch": b, "per_query_ms": stages, "throughput_qps": round(b * len(runs) / wall, 3),
@@ -188,6 +207,7 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
                     row["queries"] = len(runs)
                     row["stage_medians_ms"] = {k: round(statistics.median(t[k] for t in timings), 2) for k in timings[0]}
                     row["image_auroc"] = _image_auroc(scores, defective, distinct)
+                    row["at_threshold"] = _at_threshold(scores, defective, distinct, out[0].threshold, verdicts)
                     row["scores"], row["defective"] = [round(x, 4) for x in scores], defective[:len(scores)]
                 rows.append(row)
             per_device["modes"][mode] = rows
@@ -198,15 +218,18 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
                 images, defective, distinct = _queries(category_dir, inspector.width, iterative_queries)
             Inspector.load(bundle_dir, device, pose="iterative", k=k,
                            pose_options={"steps": 1}).inspect(images[:1])  # warm-up
-            times, scores = [], []
+            times, scores, verdicts = [], [], []
             for i in tqdm(range(iterative_queries), desc=f"bench {device} iterative", disable=not progress):
                 out = inspector.inspect(images[i : i + 1])
                 times.append(out[0].timings_ms)
                 scores.append(out[0].score)
+                verdicts.append(out[0].verdict)
             per_device["iterative"] = {"queries": iterative_queries, "steps": iterative_steps,
                                        "per_query_ms": {k: round(statistics.median(t[k] for t in times), 1)
                                                         for k in times[0]},
-                                       "image_auroc": _image_auroc(scores, defective, distinct)}
+                                       "image_auroc": _image_auroc(scores, defective, distinct),
+                                       "at_threshold": _at_threshold(scores, defective, distinct, out[0].threshold,
+                                                                     verdicts)}
             it_total = per_device["iterative"]["per_query_ms"]["total"]
             per_device["speedup_vs_iterative"] = {
                 mode: round(it_total / one["per_query_ms"]["total"], 2)
@@ -239,11 +262,14 @@ def bench_markdown(result: dict) -> str:
                 lines.append(f"| {r['batch']} | " + " | ".join(f"{t[k]:.1f}" for k in keys)
                              + f" | {t['total']:.1f} | {r['throughput_qps']:.2f} |")
             one = _batch_one(rows)
-            if one and one.get("image_auroc") is not None:
-                lines += ["", f"Image AUROC of the {one['queries']} queries run one at a time: {one['image_auroc']:.3f}."]
+            if one and one.get("at_threshold"):
+                auroc = "" if one.get("image_auroc") is None else f"image AUROC {one['image_auroc']:.3f}; "
+                lines += ["", f"The {one['queries']} queries run one at a time: {auroc}"
+                              f"{_operating_point(one['at_threshold'])}."]
         if "iterative" in d:
             it = d["iterative"]
             auroc = "" if it.get("image_auroc") is None else f", image AUROC {it['image_auroc']:.3f}"
+            auroc += f"; {_operating_point(it['at_threshold'])}" if it.get("at_threshold") else ""
             lines += ["", f"**{device}, `iterative`** ({it['steps']} steps, median of {it['queries']} queries{auroc}): "
                       f"{it['per_query_ms']['total'] / 1000:.1f} s per query; "
                       + ", ".join(f"`{mode}` is {r:.1f}x faster" for mode, r in d["speedup_vs_iterative"].items())
@@ -255,6 +281,18 @@ def bench_markdown(result: dict) -> str:
                            f"takes {one.get('stage_medians_ms', one['per_query_ms']).get('refine', 0.0):.0f} ms "
                            "(median over those queries).")]
     return "\n".join(lines)
+
+
+def _operating_point(d: dict) -> str:
+    """``at the calibrated threshold T, recall R (x of n), false-alarm rate F (y of m)``, each where
+    the queries hold that kind of part, and how many the pose check sent to review."""
+    parts = [f"at the calibrated threshold {d['threshold']:.3g}"]
+    if d["recall"] is not None:
+        parts.append(f"recall {d['recall']:.2f} ({d['tp']} of {d['tp'] + d['fn']})")
+    if d["false_positive_rate"] is not None:
+        parts.append(f"false-alarm rate {d['false_positive_rate']:.2f} ({d['fp']} of {d['fp'] + d['tn']})")
+    review = sum(v["review"] for v in d["verdicts"].values())
+    return ", ".join(parts) + (f"; {review} sent to review by the pose check" if review else "")
 
 
 def bench_plot(result: dict, path: Path) -> None:

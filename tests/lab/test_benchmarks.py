@@ -46,6 +46,22 @@ def test_bench_reports_stages_throughput_and_ratios(tiny_release: Path, tiny_syn
     for one in ones.values():
         assert one["defective"] == labels and len(one["scores"]) == 8
         assert one["image_auroc"] == pytest.approx(auroc(np.array(labels, dtype=float), np.array(one["scores"])), abs=1e-4)
+    # Beside the AUROC, the same queries at the bundle's calibrated threshold, with the verdicts.
+    from models.bundle import FILES
+    from models.calibration import Calibration
+
+    threshold = Calibration.model_validate_json((tiny_release / FILES["calibration"]).read_text()).threshold
+    for one in ones.values():
+        at = one["at_threshold"]
+        flagged = np.array(one["scores"]) > threshold
+        assert at["tp"] == int((flagged & np.array(labels)).sum()) and at["fp"] == int((flagged & ~np.array(labels)).sum())
+        assert at["recall"] == pytest.approx(at["tp"] / sum(labels), abs=1e-4) and at["threshold"] == round(threshold, 4)
+        assert sum(sum(v.values()) for v in at["verdicts"].values()) == 8
+        assert sum(at["verdicts"]["defective"].values()) == sum(labels)
     assert cpu["iterative"]["image_auroc"] is None  # one query: no AUROC
+    assert cpu["iterative"]["at_threshold"]["tp"] + cpu["iterative"]["at_threshold"]["fn"] + \
+        cpu["iterative"]["at_threshold"]["fp"] + cpu["iterative"]["at_threshold"]["tn"] == 1
+    md = (out / "bench.md").read_text()
+    assert "at the calibrated threshold" in md and "false-alarm rate" in md and "recall" in md
     assert "faster" in (out / "bench.md").read_text() and (out / "bench.png").stat().st_size > 10_000
     assert "rpe+refine" in capsys.readouterr().out
