@@ -122,7 +122,22 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     assert with_map.scorer["map_sigma"] == 2.0 and stats["levels"] == calib.scorer["stats"]["levels"]
     assert len(stats["map_levels"]) == len(EITHER_MAPS) and stats["map_levels"] != stats["levels"]
     assert stats["map_scale"] > 0 and calib.scorer["stats"]["map_scale"] == 1.0
-    assert AnomalyScorer.from_config(with_map.scorer).map_sigma == 2.0
+    scorer = AnomalyScorer.from_config(with_map.scorer)
+    assert scorer.map_sigma == 2.0
+    # Through the pipeline's Render and Score stages: the scores are the score's blur's, and no
+    # pixel of the returned map stands above its image's score.
+    import torch
+
+    from models.bundle import FILES
+    from models.inspector import compare_at_poses
+    from models.splat.scene import GaussianScene
+
+    scene = GaussianScene.load(bundle / FILES["scene"], device="cpu")
+    views = cat.train[:3]
+    args = (torch.stack([v.image for v in views]), torch.stack([v.w2c for v in views]), torch.stack([v.K for v in views]))
+    maps, scores = compare_at_poses(scene, scorer, *args)
+    _, plain_scores = compare_at_poses(scene, scorer.with_stats(scorer.stats), *args)
+    assert torch.allclose(scores, plain_scores) and (maps.flatten(1).amax(1) <= scores + 1e-5).all()
     with pytest.raises(ValueError, match="map_sigma"):
         CalibConfig(holdout_every=4, combination="structure", map_sigma=2.0)
     with pytest.raises(ValueError, match="colour"):
