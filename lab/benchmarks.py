@@ -264,7 +264,9 @@ def bench_markdown(result: dict) -> str:
             one = _batch_one(rows)
             if one and one.get("at_threshold"):
                 auroc = "" if one.get("image_auroc") is None else f"image AUROC {one['image_auroc']:.3f}; "
-                lines += ["", f"The {one['queries']} queries run one at a time: {auroc}"
+                seen = one["at_threshold"]["tp"] + one["at_threshold"]["fp"] + one["at_threshold"]["fn"] \
+                    + one["at_threshold"]["tn"]
+                lines += ["", f"The {one['queries']} queries run one at a time ({seen} test views, each once): {auroc}"
                               f"{_operating_point(one['at_threshold'])}."]
         if "iterative" in d:
             it = d["iterative"]

@@ -56,7 +56,8 @@ class Inspection(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    score: float = Field(description="raw anomaly score: the maximum of the anomaly map")
+    score: float = Field(description="raw anomaly score: the maximum of the anomaly map at the score's blur (the "
+                                     "returned map may be blurred finer and is capped at the score)")
     threshold: float = Field(description="the threshold used (calibrated, or the request's override), raw units")
     normalised_score: float = Field(ge=0, le=1, description="in [0, 1]; 0.5 at the threshold used")
     is_anomalous: bool = Field(description="score > threshold (the score's comparison; act on verdict)")

@@ -90,6 +90,7 @@ Tensor = torch.Tensor
 
 # Comparison radius of the default scorer, chosen by measurement (docs/SCORING.md).
 DEFAULT_TOLERANCE = 1
+SCORE_SIZE = 224  # the scoring resolution of a new scorer (the peers'); a stored config keeps its own
 COMBINATIONS = ("peers", "silhouette", "structure", "either")
 EDGED = ("structure", "either")  # the combinations that read the references' edge strength
 COLOURS = ("rgb", "lab")  # the colour term: normalised RGB (one term), or CIELAB L* and a*b* (two)
@@ -300,13 +301,20 @@ def either_maps(terms: Tensor, stats: NormalStats, silhouette: Tensor, edges: Te
         raise ValueError("combination 'either' needs the normal levels of its maps: rerun the calibration stage")
     if map_sigma is not None and len(stats.map_levels) != len(stats.levels):
         raise ValueError("a map blur of its own needs the normal levels at that blur: rerun the calibration stage")
-    pres = torch.stack(list(_either_pres(terms, stats, silhouette, edges, len(stats.levels))))  # [M, B, S, S]
+    pres = _either_pres(terms, stats, silhouette, edges, len(stats.levels))
+    if map_sigma is None:  # the path of every bundle before session 31, as it was
+        out = None
+        for pre, level in zip(pres, stats.levels):
+            m = blur_maps(pre, sigma) / level
+            out = m if out is None else torch.maximum(out, m)
+        return out, None
+    stacked = torch.stack(list(pres))  # [M, B, S, S]
 
     def joined(s: float, levels: list[float]) -> Tensor:  # one blur call for all the maps: cheaper than one each
-        blurred = blur_maps(pres.flatten(0, 1), s).view_as(pres)
-        return (blurred / torch.tensor(levels, dtype=pres.dtype, device=pres.device).view(-1, 1, 1, 1)).amax(0)
+        blurred = blur_maps(stacked.flatten(0, 1), s).view_as(stacked)
+        return (blurred / torch.tensor(levels, dtype=stacked.dtype, device=stacked.device).view(-1, 1, 1, 1)).amax(0)
 
-    return joined(sigma, stats.levels), joined(map_sigma, stats.map_levels) if map_sigma is not None else None
+    return joined(sigma, stats.levels), joined(map_sigma, stats.map_levels)
 
 
 def sharp_map(sharp: Tensor, scale: float, scores: Tensor) -> Tensor:
@@ -319,10 +327,11 @@ def fit_map_scale(scores: Tensor, sharp_scores: Tensor, false_alarm_rate: float)
     """``map_scale``: the ``1 - false_alarm_rate`` quantile of the normal image ``scores`` over
     the same quantile of the sharp map's (``sharp_scores``, the maxima of ``either_maps``' second
     map), each read as the threshold rule reads it, so the sharp map's threshold falls on the
-    score's."""
+    score's. The calibration fits it under rule ``false_alarm``; under rule ``f1`` (a labelled
+    validation set) the threshold is not such a quantile, so only the cap ties the map to it."""
     q = 1.0 - false_alarm_rate
-    top = float(torch.quantile(sharp_scores.double(), q))
-    return float(torch.quantile(scores.double(), q)) / top if top > 0 else 1.0
+    top, bottom = float(torch.quantile(sharp_scores.double(), q)), float(torch.quantile(scores.double(), q))
+    return bottom / top if top > 0 and bottom > 0 else 1.0  # no evidence at all: leave the map as it is
 
 
 def anomaly_map(terms: Tensor, combination: str, stats: NormalStats | None = None, silhouette: Tensor | None = None,
@@ -365,10 +374,10 @@ def fit_normal_stats(terms: Tensor, silhouette: Tensor | None = None, edges: Ten
                          for b in range(STRUCTURE_BINS)]
     if sigma is not None:
         level = lambda pre, s: max(quantile(blur_maps(pre, s).flatten(1).amax(1), LEVEL_QUANTILE), 1e-6)  # noqa: E731
-        pres = list(_either_pres(terms, stats, silhouette, edges, len(EITHER_MAPS)))
-        stats.levels = [level(pre, sigma) for pre in pres]
-        if map_sigma is not None:
-            stats.map_levels = [level(pre, map_sigma) for pre in pres]
+        for pre in _either_pres(terms, stats, silhouette, edges, len(EITHER_MAPS)):  # one map at a time in memory
+            stats.levels.append(level(pre, sigma))
+            if map_sigma is not None:
+                stats.map_levels.append(level(pre, map_sigma))
     elif map_sigma is not None:
         raise ValueError("the map's levels need the score's blur (sigma) too")
     return stats
@@ -457,7 +466,7 @@ def _is_number(value) -> bool:
 class AnomalyScorer(nn.Module):
     """Anomaly maps and scores of query images against their rendered references."""
 
-    def __init__(self, extractor: FeatureExtractor | None = None, size: int = 224, sigma: float = 4.0,
+    def __init__(self, extractor: FeatureExtractor | None = None, size: int = SCORE_SIZE, sigma: float = 4.0,
                  tolerance: int = DEFAULT_TOLERANCE, combination: str = "peers", stats: NormalStats | None = None,
                  background: tuple[float, float, float] = (1.0, 1.0, 1.0), colour: str = "rgb",
                  map_sigma: float | None = None):
@@ -523,12 +532,14 @@ class AnomalyScorer(nn.Module):
                    background=tuple(config.get("background", (1.0, 1.0, 1.0))), colour=config.get("colour", "rgb"),
                    map_sigma=config.get("map_sigma"))
 
-    def with_stats(self, stats: NormalStats, combination: str | None = None, map_sigma: float | None = None
+    def with_stats(self, stats: NormalStats, combination: str | None = None, map_sigma: float | None | str = "same"
                    ) -> AnomalyScorer:
-        """The same scorer (shared extractor) combining its terms with ``stats`` (and, with
-        ``map_sigma``, returning the map of that blur: ``sharp_map``)."""
+        """The same scorer (shared extractor) combining its terms with ``stats``; ``map_sigma``:
+        the returned map's own blur (``sharp_map``), ``None`` for the score's, by default this
+        scorer's."""
+        own = self.map_sigma if map_sigma == "same" else map_sigma
         return AnomalyScorer(self.extractor, self.size, self.sigma, self.tolerance, combination or self.combination,
-                             stats, self.background, self.colour, map_sigma)
+                             stats, self.background, self.colour, own)
 
     def squares(self, images: Tensor) -> Tensor:
         """``[B, 3, size, size]`` in [0, 1]: what the scorer compares (antialiased bilinear)."""

@@ -71,6 +71,7 @@ from models.scoring import (
     COMBINATIONS,
     DEFAULT_TOLERANCE,
     EDGED,
+    SCORE_SIZE,
     AnomalyScorer,
     colour_terms,
     either_maps,
@@ -92,6 +93,9 @@ from training.splats import SplatConfig, calibration_key, default_device, holdou
 # measured and not adopted (sessions 26, 27); 10: the returned map blurred with a sigma of its own,
 # with its levels and ``map_scale`` (``map_sigma``, session 31; the thresholds as under 7).
 METHOD = 10
+
+
+MAX_MAP_SIGMA = SCORE_SIZE / 8  # the blur's 4 sigma each side stays within the map (models.scoring.check_config)
 
 
 @dataclass(frozen=True)
@@ -119,9 +123,9 @@ class CalibConfig:
         if self.colour not in COLOURS or (self.colour != "rgb" and self.combination == "peers"):
             raise ValueError(f"colour must be one of {list(COLOURS)}, and other than rgb only with a combination that "
                              f"scales each term by its normal statistics, got {self.colour!r} with {self.combination!r}")
-        if self.map_sigma is not None and not (self.combination == "either" and self.map_sigma > 0):
-            raise ValueError(f"map_sigma must be above 0, and set only with the 'either' combination, got "
-                             f"{self.map_sigma!r} with {self.combination!r}")
+        if self.map_sigma is not None and not (self.combination == "either" and 0 < self.map_sigma <= MAX_MAP_SIGMA):
+            raise ValueError(f"map_sigma must lie in (0, {MAX_MAP_SIGMA:g}] (the scorer's 224 px over 8), and be set only "
+                             f"with the 'either' combination, got {self.map_sigma!r} with {self.combination!r}")
         if not 0 < self.false_alarm_rate < 0.5:
             raise ValueError(f"false_alarm_rate must lie in (0, 0.5), got {self.false_alarm_rate}")
 
@@ -227,9 +231,11 @@ def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress:
         stats = fit_normal_stats(terms, silhouettes, edges, sigma=scorer.sigma if cfg.combination == "either" else None,
                                  colours=colour_terms(scorer.colour), map_sigma=cfg.map_sigma)
         if cfg.map_sigma is not None:  # the sharp map's threshold onto the score's, on the same renders
-            coarse, sharp = either_maps(terms, stats, silhouettes, edges, scorer.sigma, cfg.map_sigma)
-            stats.map_scale = fit_map_scale(coarse.flatten(1).amax(1), sharp.flatten(1).amax(1), cfg.false_alarm_rate)
-            del coarse, sharp
+            peaks = [[m.flatten(1).amax(1) for m in either_maps(terms[i:i + cfg.batch], stats, silhouettes[i:i + cfg.batch],
+                                                                  edges[i:i + cfg.batch], scorer.sigma, cfg.map_sigma)]
+                     for i in range(0, len(terms), cfg.batch)]  # a batch at a time: the maps of every view at once are large
+            stats.map_scale = fit_map_scale(torch.cat([p[0] for p in peaks]), torch.cat([p[1] for p in peaks]),
+                                            cfg.false_alarm_rate)
         del terms, silhouettes, edges
         scorer = scorer.with_stats(stats, cfg.combination, cfg.map_sigma)
     own, _ = _score(scorer, scene, images, poses, Ks, cfg.batch, bar)

@@ -3,7 +3,8 @@
 ``evaluate`` runs a bundle in its own pose mode (the demo calls it; the lab's
 ``rpe-pad lab evaluate`` adds the evaluation-only modes and the 2D baseline on top of
 ``evaluate_inspector``). Metrics follow the peers' protocol: maps and masks at 224 x 224
-(masks nearest-resized), image AUROC over (label != good, max of the map), pixel AUROC,
+(masks nearest-resized), image AUROC over (label != good, the image score: the max of the map at the score's blur), pixel AUROC
+(on the map returned, which the ``cpu`` and ``paper`` presets blur finer),
 AUPRO up to FPR 0.3, F1-max, image AUROC per defect type (that type against the good
 views), and the operating point: defects found and good parts rejected at the calibrated
 threshold (``decision_metrics``). With true poses available, the pose errors are reported

@@ -136,10 +136,12 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     views = cat.train[:3]
     args = (torch.stack([v.image for v in views]), torch.stack([v.w2c for v in views]), torch.stack([v.K for v in views]))
     maps, scores = compare_at_poses(scene, scorer, *args)
-    _, plain_scores = compare_at_poses(scene, scorer.with_stats(scorer.stats), *args)
+    _, plain_scores = compare_at_poses(scene, scorer.with_stats(scorer.stats, map_sigma=None), *args)
     assert torch.allclose(scores, plain_scores) and (maps.flatten(1).amax(1) <= scores + 1e-5).all()
-    with pytest.raises(ValueError, match="map_sigma"):
-        CalibConfig(holdout_every=4, combination="structure", map_sigma=2.0)
+    for bad in ({"combination": "structure", "map_sigma": 2.0}, {"combination": "either", "map_sigma": float("inf")},
+                {"combination": "either", "map_sigma": 0.0}):
+        with pytest.raises(ValueError, match="map_sigma"):
+            CalibConfig(holdout_every=4, **bad)
     with pytest.raises(ValueError, match="colour"):
         CalibConfig(holdout_every=4, colour="lab")  # the peers' plain sum has no scales for it
     # A calibration that holds out another share than the fit did is refused with the remedy.
