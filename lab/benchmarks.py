@@ -135,7 +135,7 @@ def _at_threshold(scores: list[float], defective: list[bool], distinct: int, thr
 
     n = min(len(scores), distinct)
     labels = np.array(defective[:n], dtype=bool)
-    out = decision_metrics(labels, np.array(scores[:n], dtype=float), threshold)
+    out = {"views": n, **decision_metrics(labels, np.array(scores[:n], dtype=float), threshold)}
     out["verdicts"] = {kind: {v: sum(1 for d, x in zip(labels, verdicts[:n]) if d == want and x == v)
                               for v in ("anomalous", "review", "normal")}
                        for kind, want in (("defective", True), ("good", False))}
@@ -264,9 +264,8 @@ def bench_markdown(result: dict) -> str:
             one = _batch_one(rows)
             if one and one.get("at_threshold"):
                 auroc = "" if one.get("image_auroc") is None else f"image AUROC {one['image_auroc']:.3f}; "
-                seen = one["at_threshold"]["tp"] + one["at_threshold"]["fp"] + one["at_threshold"]["fn"] \
-                    + one["at_threshold"]["tn"]
-                lines += ["", f"The {one['queries']} queries run one at a time ({seen} test views, each once): {auroc}"
+                lines += ["", f"The {one['queries']} queries run one at a time ({one['at_threshold']['views']} test "
+                              f"views, each once): {auroc}"
                               f"{_operating_point(one['at_threshold'])}."]
         if "iterative" in d:
             it = d["iterative"]
