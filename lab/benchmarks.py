@@ -147,7 +147,7 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
                    iterative_steps: int = 175, devices: list[str] | None = None, progress: bool = True,
                    single_queries: int = 8, k: int | None = None) -> dict:
     """Per-stage latency and throughput of the one inspection pipeline on a bundle (``k``:
-    gallery matches per query, default ``models.pose.DEFAULT_K``).
+    gallery matches per query, default the bundle's own).
 
     For each device (CPU, and CUDA when present) and each pose mode in ``modes``: one
     warm-up batch, then one batch of each size in ``batch_sizes`` (test views repeated
@@ -168,12 +168,11 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
     from tqdm.auto import tqdm
 
     import lab  # noqa: F401 (registers the evaluation-only pose modes)
-    from models.inspector import Inspector, InspectorConfig
+    from models.inspector import Inspector
 
     devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     if single_queries < 1:
         raise ValueError(f"single_queries must be at least 1, got {single_queries}")
-    k = InspectorConfig().k if k is None else k
     result = {"bundle": str(bundle_dir), "category_dir": str(category_dir), "machine": machine(),
               "batch_sizes": list(batch_sizes), "k": k, "devices": {}}
     for device in devices:
@@ -182,6 +181,7 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
         for mode in modes:
             inspector = Inspector.load(bundle_dir, device, pose=mode, k=k)
+            result["k"] = inspector.config.k  # the caller's, else the bundle's
             if images is None:
                 images, defective, distinct = _queries(category_dir, inspector.width,
                                                        max(*batch_sizes, iterative_queries, single_queries))

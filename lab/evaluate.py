@@ -49,8 +49,9 @@ def evaluate(bundle_dir: Path, category_dir: Path, pose: str = DEFAULT_POSE, out
     if pose == BASELINE_2D:
         return _evaluate_patchcore(category, queries, eval_size, batch, device, out_dir)
     options = {"steps": iterative_steps} if pose == "iterative" and iterative_steps else {}
-    config = InspectorConfig(pose=pose, pose_options=options, **({} if k is None else {"k": k}))
-    inspector = open_inspector(bundle_dir, config, device=device, camera=(category.width, category.height, category.K))
+    config = InspectorConfig(pose=pose, pose_options=options)
+    inspector = open_inspector(bundle_dir, config, device=device, camera=(category.width, category.height, category.K),
+                               k=k)
     metrics = evaluate_inspector(inspector, category, queries, out_dir, eval_size, batch, progress,
                                  given_poses=pose == "oracle")
     if pose == "iterative":

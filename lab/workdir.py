@@ -4,6 +4,7 @@ the product loads bundles only (``models.inspector.Inspector.load``)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -48,14 +49,15 @@ def camera_of(work_dir: Path) -> tuple[int, int, torch.Tensor]:
 
 
 def open_inspector(path: Path, config: InspectorConfig | None = None, device: str = "auto",
-                   camera: tuple[int, int, torch.Tensor] | None = None) -> Inspector:
-    """A bundle (verified, its manifest's settings overridden by ``config``'s pose, k and
-    options) when ``path`` has a manifest, else a work folder. ``camera``: (width, height, K)
-    of the queries when the folder has no gallery to read them from."""
+                   camera: tuple[int, int, torch.Tensor] | None = None, k: int | None = None) -> Inspector:
+    """A bundle (verified, its manifest's settings overridden by ``config``'s pose and
+    options) when ``path`` has a manifest, else a work folder. ``k``: gallery matches per
+    query; ``None`` keeps the bundle's (a work folder has none: ``config.k``). ``camera``:
+    (width, height, K) of the queries when the folder has no gallery to read them from."""
     config = config or InspectorConfig()
     path = Path(path)
     if (path / "manifest.json").exists():
-        return Inspector.load(path, device, pose=config.pose, k=config.k, pose_options=config.pose_options)
+        return Inspector.load(path, device, pose=config.pose, k=k, pose_options=config.pose_options)
     scene_path = path / FILES["scene"]
     if not scene_path.is_file():
         raise FileNotFoundError(f"{path}: neither a bundle (manifest.json) nor a training folder ({FILES['scene']})")
@@ -65,6 +67,8 @@ def open_inspector(path: Path, config: InspectorConfig | None = None, device: st
     dev = resolve_device(device)
     scene = GaussianScene.load(scene_path, device=dev)
     calib = Calibration.model_validate_json(calib_path.read_text())
+    if k is not None:
+        config = replace(config, k=k)
     estimator = None if config.pose == "oracle" else pose_estimator(path, device, config.k)
     width, height, K = camera if camera is not None else camera_of(path)
     return Inspector(scene, AnomalyScorer.from_config(calib.scorer).to(dev), calib, estimator, width, height, K, config,

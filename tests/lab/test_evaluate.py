@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -120,3 +121,16 @@ def test_limit_takes_an_evenly_spaced_subset(tiny_pose_bundle: Path, tiny_synth:
                  "--out", str(report)]) == 0
     metrics = json.loads((report / "metrics.json").read_text())
     assert (metrics["n_queries"], metrics["n_test_views"]) == (4, 8)
+
+
+def test_k_defaults_to_the_bundles_own(tiny_release: Path, tmp_path: Path) -> None:
+    """`lab evaluate` and `lab bench` without ``--k`` run the k the bundle's manifest names,
+    not the code's default."""
+    copy = tmp_path / tiny_release.name
+    shutil.copytree(tiny_release, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["inference"]["k"] != 2
+    manifest["inference"]["k"] = 2
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert open_inspector(copy, InspectorConfig(pose="rpe")).config.k == 2
+    assert open_inspector(copy, InspectorConfig(pose="rpe"), k=4).config.k == 4
