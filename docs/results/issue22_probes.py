@@ -1,0 +1,52 @@
+"""Issue 22, session 32: what the render-residue probes share (`issue22_capacity_probe.py`,
+`issue22_cooldown_probe.py`, `issue22_denser_fit.py`): one fitting step of the `cpu` preset's
+loss, and a test split scored at true poses against a model's render, aligned as the product
+aligns a query, by a bundle's scorer and levels."""
+import numpy as np
+import torch
+
+from models.inspector import Inspector, align_references
+from models.metrics import auroc
+from models.refine import RefineConfig
+from models.splat.scene import GaussianScene, render
+from training.splats import SplatConfig, _ssim, psnr
+
+
+def fit_step(params: dict, optimizers: dict, cfg: SplatConfig, background: torch.Tensor, pose: torch.Tensor,
+             K: torch.Tensor, target: torch.Tensor, strategy=None, state=None, step: int = 0) -> float:
+    """One step on one view (``pose [1, 4, 4]``, ``K [1, 3, 3]``, ``target [1, H, W, 3]``) with the
+    fit's loss; with ``strategy``, its densification around the step. Returns the loss."""
+    height, width = target.shape[1:3]
+    out = render(params, pose, K, width, height, background=background, sh_degree=cfg.sh_degree,
+                 rasterize_mode=cfg.rasterize_mode)
+    if strategy is not None:
+        strategy.step_pre_backward(params, optimizers, state, step, out.meta)
+    loss = (1 - cfg.ssim_lambda) * (out.colors - target).abs().mean() + cfg.ssim_lambda * (1 - _ssim(out.colors, target))
+    loss.backward()
+    for opt in optimizers.values():
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if strategy is not None:
+        strategy.step_post_backward(params, optimizers, state, step, out.meta)
+    return float(loss.detach())
+
+
+def score_split(ins: Inspector, scene: GaussianScene, queries: list) -> dict:
+    """The test ``queries`` against ``scene``'s render at their true poses, by ``ins``'s scorer:
+    the image AUROC, the good views' mean PSNR and scores, the three weakest defects."""
+    labels = np.array([q.label != "good" for q in queries])
+    out, ps = [], []
+    with torch.no_grad():
+        for i in range(0, len(queries), 8):
+            chunk = queries[i:i + 8]
+            imgs = torch.stack([q.image for q in chunk]).float()
+            refs = render(scene, torch.stack([q.w2c for q in chunk]).float(), torch.stack([q.K for q in chunk]).float(),
+                          imgs.shape[2], imgs.shape[1]).colors.clamp(0, 1)
+            out.append(ins.scorer(imgs, align_references(imgs, refs, RefineConfig()))[1])
+            ps += [psnr(r[None], x[None]) for r, x, q in zip(refs, imgs, chunk) if q.label == "good"]
+    s = torch.cat(out).numpy()
+    weakest = sorted((float(v), q.name) for v, q, bad in zip(s, queries, labels) if bad)[:3]
+    return {"gaussians": scene.num_gaussians, "image_auroc": round(auroc(labels, s), 4),
+            "test_good_psnr": round(float(np.mean(ps)), 2),
+            "good_scores_desc": [round(float(x), 3) for x in np.sort(s[~labels])[::-1]],
+            "weakest_defects": [[n, round(v, 3)] for v, n in weakest]}
