@@ -214,6 +214,7 @@ def bench_pipeline(bundle_dir: Path, category_dir: Path, modes: tuple[str, ...] 
         if iterative_queries > 0:
             inspector = Inspector.load(bundle_dir, device, pose="iterative", k=k,
                                        pose_options={"steps": iterative_steps})
+            result["k"] = inspector.config.k
             if images is None:
                 images, defective, distinct = _queries(category_dir, inspector.width, iterative_queries)
             Inspector.load(bundle_dir, device, pose="iterative", k=k,

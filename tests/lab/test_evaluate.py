@@ -124,8 +124,8 @@ def test_limit_takes_an_evenly_spaced_subset(tiny_pose_bundle: Path, tiny_synth:
 
 
 def test_k_defaults_to_the_bundles_own(tiny_release: Path, tmp_path: Path) -> None:
-    """`lab evaluate` and `lab bench` without ``--k`` run the k the bundle's manifest names,
-    not the code's default."""
+    """`lab evaluate`'s loader without ``k`` runs the k the bundle's manifest names, not the
+    code's default (`lab bench` passes its ``k`` to ``Inspector.load`` the same way)."""
     copy = tmp_path / tiny_release.name
     shutil.copytree(tiny_release, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
