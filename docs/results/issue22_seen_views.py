@@ -6,7 +6,9 @@ aligned as the product aligns a query (`align_references`), scored by the bundle
 - `held`: the views held out of the fit until the fold-in step (`training.splats.holdout_indices`);
 - `test`: the test split's good views, never fitted;
 and the test split's defects. Each of the five maps is reported over its level (blurred with
-the scorer's sigma, its maximum), so the map that leads each view is read off too.
+the scorer's sigma, its maximum), so the map that leads each view is read off too. At the
+bundle's calibrated threshold each good group reports the views it would reject (its false-alarm
+rate) and the defects the recall.
 
     python docs/results/issue22_seen_views.py BUNDLE_OR_WORK_DIR CATEGORY_DIR OUT.json
 """
@@ -50,7 +52,8 @@ for i in range(0, len(views), 8):
     per.append(torch.stack([(blur_maps(p, sc.sigma) / lv).flatten(1).amax(1) for p, lv in zip(pres, sc.stats.levels)], 1))
 per = torch.cat(per).numpy()
 score = per.max(1)
-report = {"bundle": str(bundle), "category": str(cat), "maps": list(EITHER_MAPS), "groups": {}}
+threshold = ins.calibration.threshold
+report = {"bundle": str(bundle), "category": str(cat), "maps": list(EITHER_MAPS), "threshold": threshold, "groups": {}}
 defects = score[[i for i, v in enumerate(views) if v[0] == "defect"]]
 for group in ("seen", "held", "test", "defect"):
     idx = [i for i, v in enumerate(views) if v[0] == group]
@@ -58,13 +61,15 @@ for group in ("seen", "held", "test", "defect"):
     entry = {"views": len(idx), "score_min_median_max": [round(float(x), 3) for x in (s.min(), np.median(s), s.max())],
              "leading_map": dict(zip(EITHER_MAPS, np.bincount(per[idx].argmax(1), minlength=len(EITHER_MAPS)).tolist())),
              "per_map_median": [round(float(x), 3) for x in np.median(per[idx], 0)],
+             "over_threshold": int((s > threshold).sum()),
              "scores": {views[i][1]: [round(float(x), 4) for x in per[i]] for i in idx}}
     if group != "defect":  # the image AUROC this group of good views would give against the test defects
         entry["image_auroc_against_test_defects"] = round(auroc(np.r_[np.zeros(len(s)), np.ones(len(defects))],
                                                                 np.r_[s, defects]), 4)
     report["groups"][group] = entry
     print(f"{group:6s} {len(idx):3d} views, score {entry['score_min_median_max']}, leading {entry['leading_map']}, "
-          f"AUROC vs defects {entry.get('image_auroc_against_test_defects', '-')}")
+          f"AUROC vs defects {entry.get('image_auroc_against_test_defects', '-')}, over the threshold "
+          f"{threshold:.4f}: {entry['over_threshold']} of {len(idx)}")
 weakest = sorted((float(score[i]), views[i][1]) for i, v in enumerate(views) if v[0] == "defect")[:3]
 report["weakest_defects"] = [[n, round(s, 3)] for s, n in weakest]
 print("weakest defects", report["weakest_defects"])
