@@ -13,15 +13,18 @@ from training.splats import SplatConfig, _ssim, psnr
 
 
 def fit_step(params: dict, optimizers: dict, cfg: SplatConfig, background: torch.Tensor, pose: torch.Tensor,
-             K: torch.Tensor, target: torch.Tensor, strategy=None, state=None, step: int = 0) -> float:
+             K: torch.Tensor, target: torch.Tensor, strategy=None, state=None, step: int = 0, extra=None) -> float:
     """One step on one view (``pose [1, 4, 4]``, ``K [1, 3, 3]``, ``target [1, H, W, 3]``) with the
-    fit's loss; with ``strategy``, its densification around the step. Returns the loss."""
+    fit's loss, plus ``extra(render, target)`` when given; with ``strategy``, its densification
+    around the step. Returns the loss."""
     height, width = target.shape[1:3]
     out = render(params, pose, K, width, height, background=background, sh_degree=cfg.sh_degree,
                  rasterize_mode=cfg.rasterize_mode)
     if strategy is not None:
         strategy.step_pre_backward(params, optimizers, state, step, out.meta)
     loss = (1 - cfg.ssim_lambda) * (out.colors - target).abs().mean() + cfg.ssim_lambda * (1 - _ssim(out.colors, target))
+    if extra is not None:
+        loss = loss + extra(out.colors, target)
     loss.backward()
     for opt in optimizers.values():
         opt.step()
@@ -31,9 +34,10 @@ def fit_step(params: dict, optimizers: dict, cfg: SplatConfig, background: torch
     return float(loss.detach())
 
 
-def score_split(ins: Inspector, scene: GaussianScene, queries: list) -> dict:
+def score_split(ins: Inspector, scene: GaussianScene, queries: list, threshold: float | None = None) -> dict:
     """The test ``queries`` against ``scene``'s render at their true poses, by ``ins``'s scorer:
-    the image AUROC, the good views' mean PSNR and scores, the three weakest defects."""
+    the image AUROC, the good views' mean PSNR and scores, the three weakest defects; with
+    ``threshold``, the defects found and the good views rejected over it."""
     labels = np.array([q.label != "good" for q in queries])
     out, ps = [], []
     with torch.no_grad():
@@ -46,7 +50,11 @@ def score_split(ins: Inspector, scene: GaussianScene, queries: list) -> dict:
             ps += [psnr(r[None], x[None]) for r, x, q in zip(refs, imgs, chunk) if q.label == "good"]
     s = torch.cat(out).numpy()
     weakest = sorted((float(v), q.name) for v, q, bad in zip(s, queries, labels) if bad)[:3]
-    return {"gaussians": scene.num_gaussians, "image_auroc": round(auroc(labels, s), 4),
-            "test_good_psnr": round(float(np.mean(ps)), 2),
-            "good_scores_desc": [round(float(x), 3) for x in np.sort(s[~labels])[::-1]],
-            "weakest_defects": [[n, round(v, 3)] for v, n in weakest]}
+    result = {"gaussians": scene.num_gaussians, "image_auroc": round(auroc(labels, s), 4),
+              "test_good_psnr": round(float(np.mean(ps)), 2),
+              "good_scores_desc": [round(float(x), 3) for x in np.sort(s[~labels])[::-1]],
+              "weakest_defects": [[n, round(v, 3)] for v, n in weakest]}
+    if threshold is not None:
+        result.update(threshold=threshold, found=f"{int((s[labels] > threshold).sum())} of {int(labels.sum())}",
+                      rejected=f"{int((s[~labels] > threshold).sum())} of {int((~labels).sum())}")
+    return result
