@@ -90,8 +90,8 @@ class InspectorConfig:
 
     def __post_init__(self) -> None:
         registry.pose_mode(self.pose, lab=True)  # ValueError naming the choices
-        if self.k < 1:
-            raise ValueError(f"k (gallery matches per query) must be >= 1, got {self.k}")
+        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
+            raise ValueError(f"k (gallery matches per query) must be an integer >= 1, got {self.k!r}")
 
     def to_dict(self) -> dict:
         """What a bundle's manifest stores under ``inference`` (product settings only)."""
@@ -122,7 +122,7 @@ class InspectorConfig:
                    + [f"verify.{k}" for k in sorted(set(checks) - {f.name for f in fields(VerifyConfig)})])
         if unknown:
             raise ValueError(f"unknown inference settings in the bundle: {unknown}")
-        config = cls(pose=given.get("pose", registry.DEFAULT_POSE), k=int(given.get("k", DEFAULT_K)),
+        config = cls(pose=given.get("pose", registry.DEFAULT_POSE), k=given.get("k", DEFAULT_K),
                      refine=RefineConfig(**refine), verify=VerifyConfig(**checks))
         return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -93,8 +93,9 @@ class PoseEstimator:
     def __init__(self, gallery: Gallery, encode: Callable[[Tensor], Tensor],
                  head: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], unit: float, input_size: int, grid: int,
                  k: int = DEFAULT_K):
-        if k < 1:
-            raise ValueError(f"k (gallery matches per query) must be >= 1, got {k}")
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= len(gallery):
+            raise ValueError(f"k (gallery matches per query) must be an integer from 1 to the gallery's {len(gallery)} "
+                             f"views, got {k!r}")
         self.gallery, self._encode, self._head = gallery, encode, head
         self.unit, self.input_size, self.grid, self.k = unit, input_size, grid, k
         self.providers = ["torch"]  # where the network runs (ONNX Runtime's providers when exported)

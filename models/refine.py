@@ -93,7 +93,8 @@ class RefineConfig:
                 need = f"an integer >= {least}"
             else:
                 zero = f.name in ("warp_max_px", "polish_stop_px")
-                ok = isinstance(value, int | float) and math.isfinite(value) and (value >= 0 if zero else value > 0)
+                ok = (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                      and (value >= 0 if zero else value > 0))
                 need = f"a finite number {'>=' if zero else '>'} 0"
             if not ok:
                 raise ValueError(f"refine.{f.name} must be {need}, got {value!r}")

@@ -56,12 +56,14 @@ class VerifyConfig:
 
     def __post_init__(self) -> None:
         # An infinite bound would verify every pose: a bundle's manifest carries these.
-        checks = (("max_misalignment_px", 0 < self.max_misalignment_px < math.inf, "a finite number > 0"),
-                  ("min_silhouette_iou", 0 <= self.min_silhouette_iou <= 1, "a number from 0 to 1"),
-                  ("foreground_tol", 0 < self.foreground_tol < 1, "a number between 0 and 1"),
-                  ("size", isinstance(self.size, int) and self.size >= 16, "an integer >= 16"))
-        for name, ok, need in checks:  # NaN fails every comparison, so it is refused too
-            if not ok:
+        checks = (("max_misalignment_px", lambda v: 0 < v < math.inf, "a finite number > 0"),
+                  ("min_silhouette_iou", lambda v: 0 <= v <= 1, "a number from 0 to 1"),
+                  ("foreground_tol", lambda v: 0 < v < 1, "a number between 0 and 1"),
+                  ("size", lambda v: isinstance(v, int) and v >= 16, "an integer >= 16"))
+        for name, in_range, need in checks:  # NaN fails every comparison, so it is refused too
+            value = getattr(self, name)
+            # JSON's true and false are not numbers here, though Python counts bool as int.
+            if isinstance(value, bool) or not isinstance(value, int | float) or not in_range(value):
                 raise ValueError(f"verify.{name} must be {need}, got {getattr(self, name)!r}")
 
 

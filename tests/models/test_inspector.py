@@ -110,10 +110,19 @@ def test_settings_come_from_the_manifest_and_overrides_win(tiny_release: Path, q
         InspectorConfig.from_manifest({**old, "refine": {"method": "pnp+ecc"}})
     with pytest.raises(ValueError, match="unknown inference settings"):
         InspectorConfig.from_manifest({"pose": "rpe", "warp_speed": 9})
+    # A hand-edited k is taken as written or refused, never rounded (3.9 ran as 3, true as 1).
+    for k in (3.9, True, "3", 0):
+        with pytest.raises(ValueError, match="k \\(gallery matches per query\\) must be an integer"):
+            InspectorConfig.from_manifest({**old, "k": k})
+    with pytest.raises(ValueError, match="refine.ratio must be"):
+        InspectorConfig.from_manifest({**old, "refine": {"ratio": True}})
     with pytest.raises(ValueError, match="not available"):
         InspectorConfig(pose="levitation")
     with pytest.raises(BundleError, match="not available"):
         Inspector.load(tiny_release, pose="levitation")
+    n_views = len(rpe.estimator.gallery)  # more matches than the gallery holds: refused at load, not a review
+    with pytest.raises(BundleError, match=f"from 1 to the gallery's {n_views} views, got {n_views + 1}"):
+        Inspector.load(tiny_release, k=n_views + 1)
 
 
 def test_lab_modes_are_not_the_products() -> None:

@@ -69,8 +69,9 @@ def test_bounds_come_from_the_config(photo: torch.Tensor) -> None:
         VerifyConfig(max_misalignment_px=0)
     with pytest.raises(ValueError):
         VerifyConfig(min_silhouette_iou=1.5)
+    # JSON's true reads as 1 in Python: a hand-edited manifest sent every query to review with it.
     for bad in ({"max_misalignment_px": float("inf")}, {"min_silhouette_iou": float("nan")}, {"size": 224.5},
-                {"foreground_tol": 0.0}):
+                {"foreground_tol": 0.0}, {"min_silhouette_iou": True}, {"size": True}, {"max_misalignment_px": "2"}):
         name = next(iter(bad))  # an infinite bound verified every pose (a bundle's setting): each is named
         with pytest.raises(ValueError, match=rf"verify\.{name} must be"):
             VerifyConfig(**bad)
