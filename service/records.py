@@ -732,15 +732,18 @@ class RecordStore:
             self._changed.notify_all()
 
     def enforce_retention(self, now: datetime | None = None) -> int:
-        """Delete rows older than ``max_age_days`` and beyond the newest ``max_count``; returns how many."""
+        """Delete rows beyond the newest ``max_count`` and older than ``max_age_days``; returns
+        how many. The count limit is committed first, so an age step that fails still leaves it
+        applied (the rows kept are the same in either order)."""
         removed = 0
-        with Session(self.engine) as session, session.begin():
-            if self.max_age_days is not None:
-                cutoff = utc_naive(now or datetime.now(UTC)) - timedelta(days=self.max_age_days)
-                removed += session.execute(delete(Record).where(Record.created < cutoff)).rowcount or 0
-            if self.max_count is not None:
+        if self.max_count is not None:
+            with Session(self.engine) as session, session.begin():
                 keep = select(Record.id).order_by(Record.created.desc(), Record.id.desc()).limit(self.max_count)
                 removed += session.execute(delete(Record).where(Record.id.not_in(keep))).rowcount or 0
+        if self.max_age_days is not None:
+            cutoff = utc_naive(now or datetime.now(UTC)) - timedelta(days=self.max_age_days)
+            with Session(self.engine) as session, session.begin():
+                removed += session.execute(delete(Record).where(Record.created < cutoff)).rowcount or 0
         return removed
 
     # ------------------------------------------------------------ reading

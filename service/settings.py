@@ -17,6 +17,15 @@ from models.images import MIN_IMAGE_SIDE
 from service.bundle_source import S3Location, parse_source
 
 
+# Upper bounds of the durations (docs/SERVICE.md): far above any deployment's, and finite, so
+# that no sleep, deadline or date computed from a setting is endless or out of range.
+MAX_WAIT_MS = 10_000.0  # RPEPAD_MAX_WAIT_MS: 10 s
+MAX_DRAIN_S = 3600.0  # RPEPAD_DRAIN_S: an hour
+MAX_POLL_S = 86_400.0  # RPEPAD_BUNDLES_POLL_S: a day
+MAX_RETRY_AFTER_S = 3600  # RPEPAD_RETRY_AFTER_S: an hour
+MAX_AGE_DAYS = 36_500.0  # RPEPAD_RECORDS_MAX_AGE_DAYS: 100 years
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RPEPAD_", env_file=".env", extra="ignore")
 
@@ -24,11 +33,13 @@ class Settings(BaseSettings):
     # S3-compatible store (service/bundle_source.py; endpoint and credentials: boto3's AWS_* variables)
     bundles: str = "bundles"
     bundles_cache: Path | None = None  # where s3:// bundles are fetched to; None = data_dir/bundles-cache
-    bundles_poll_s: float = Field(default=60.0, ge=0)  # how often an s3:// source is looked at again; 0 = at start only
+    # how often an s3:// source is looked at again, at most a day; 0 = at start only
+    bundles_poll_s: float = Field(default=60.0, ge=0, le=MAX_POLL_S, allow_inf_nan=False)
     # Category sharding: the categories this replica loads, as "a,b" or a JSON list '["a", "b"]';
     # None (or empty) = every category in the source. One the source lacks is refused with the reason.
     categories: Annotated[list[str] | None, NoDecode] = None
-    drain_s: float = Field(default=0.0, ge=0)  # on SIGTERM: /readyz 503 for this long while serving on, then stop
+    # on SIGTERM: /readyz 503 for this long (at most an hour) while serving on, then stop
+    drain_s: float = Field(default=0.0, ge=0, le=MAX_DRAIN_S, allow_inf_nan=False)
     device: Literal["auto", "cuda", "cpu"] = "auto"  # where models run; auto = CUDA when present
     # CPU threads of the one inference thread (torch's team, and ONNX Runtime's pool sized from
     # it); None = torch's default, every core it sees. Replicas sharing a host: its cores / replicas
@@ -38,11 +49,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=25_000_000, gt=0)  # width x height, checked before decoding
     min_image_side: int = Field(default=MIN_IMAGE_SIDE, gt=0)  # smaller images are refused (422)
     max_files_per_batch: int = Field(default=16, gt=0)  # POST /inspect/batch
-    api_key: SecretStr | None = None  # when set, every inspection needs header X-API-Key
+    api_key: SecretStr | None = None  # when set, every inspection needs header X-API-Key (outer whitespace dropped)
     max_batch: int = Field(default=4, gt=0)  # images per model call (micro-batch)
-    max_wait_ms: float = Field(default=10.0, ge=0)  # how long a batch waits for company
+    # how long a batch waits for company (at most 10 s)
+    max_wait_ms: float = Field(default=10.0, ge=0, le=MAX_WAIT_MS, allow_inf_nan=False)
     queue_size: int = Field(default=32, gt=0)  # queued images per category before 503
-    retry_after_s: int = Field(default=2, gt=0)  # Retry-After on 503
+    retry_after_s: int = Field(default=2, gt=0, le=MAX_RETRY_AFTER_S)  # Retry-After on 503
     warmup: bool = True  # one max_batch-sized batch per category before ready (first requests do not pay)
     # Inspection records (service/records.py)
     records: bool = True  # store every inspection (result, overlay, query) with operator feedback
@@ -51,7 +63,8 @@ class Settings(BaseSettings):
     store_queries: bool = True  # keep each uploaded query image with its record
     max_stored_query_bytes: int = Field(default=5 * 1024 * 1024, gt=0)  # larger uploads are recorded without it
     records_max_count: int | None = Field(default=100_000, gt=0)  # newest records kept (None = no limit)
-    records_max_age_days: float | None = Field(default=365.0, gt=0)  # older records are deleted (None = no limit)
+    # older records are deleted (None = no limit; at most 100 years: a finite date)
+    records_max_age_days: float | None = Field(default=365.0, gt=0, le=MAX_AGE_DAYS, allow_inf_nan=False)
     records_queue: int = Field(default=256, gt=0)  # records waiting for the writer before new ones are dropped
 
     def bundle_source(self) -> Path | S3Location:
@@ -117,8 +130,24 @@ class Settings(BaseSettings):
 
     @field_validator("api_key", mode="before")
     @classmethod
-    def _empty_is_none(cls, value):
-        return None if value is None or (isinstance(value, str) and not value.strip()) else value
+    def _header_value(cls, value):
+        """The key without surrounding whitespace (``kubectl create secret --from-file`` keeps a
+        file's newline; HTTP clients strip a header's), so a client can send it; empty = no key.
+        A key of whitespace alone, or with a character a header cannot carry, is refused."""
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            return value  # pydantic's own error for a non-string
+        key = value.strip()
+        if not key:
+            raise ValueError("is only whitespace (leave it empty or unset for no key)")
+        for at, char in enumerate(key):
+            if not " " <= char <= "~":
+                raise ValueError(f"has character U+{ord(char):04X} at position {at}: header X-API-Key carries "
+                                 f"printable ASCII only (letters, digits, punctuation, spaces)")
+        return key
 
 
 @lru_cache

@@ -3,17 +3,20 @@
 Checks, in order, each with its status: size in bytes (413, also enforced while reading),
 declared media type (415: only images, or an undeclared octet stream), that Pillow
 recognises a supported format (415 for other formats, 400 for undecodable bytes), the
-pixel count from the header before any pixel is decoded (413: decompression bombs), a
-minimum side (422), then a full decode (400 when truncated or corrupt, when its EXIF
-orientation cannot be read, or when a float image holds NaN or infinite pixels: whatever
-Pillow raises on hostile bytes is a 400, never a 500). 16-bit, CMYK,
-palette, greyscale and transparent images are converted to RGB; EXIF orientation is
-applied (``models.images.to_rgb_float``).
+pixel count from the header before any pixel is decoded (413: decompression bombs; the
+limit is the service's ``max_image_pixels``, and Pillow's own global limit is raised to
+it), a minimum side (422), one frame (422 for a multi-page TIFF or an animated PNG or
+WebP; an MPO, a phone's JPEG, is read as its first frame, the photograph), then a full
+decode (400 when truncated or corrupt, when its EXIF orientation cannot be read, or when
+a float image holds NaN or infinite pixels: whatever Pillow raises on hostile bytes is a
+400, never a 500). 16-bit, CMYK, palette, greyscale and transparent images are converted
+to RGB; EXIF orientation is applied (``models.images.to_rgb_float``).
 """
 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -25,6 +28,7 @@ from service.problems import ServiceError
 from service.settings import Settings
 
 FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF"}  # MPO: phone JPEGs (first frame)
+MULTI_FRAME = {"MPO"}  # read as their first frame, the photograph; other formats' frames are refused (422)
 MEDIA_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/bmp", "image/tiff", "image/x-ms-bmp",
                "application/octet-stream", ""}
 CHUNK = 1 << 16
@@ -48,28 +52,50 @@ def check_media_type(upload: UploadFile) -> None:
                                 f"service reads (send PNG, JPEG, WebP, BMP or TIFF)")
 
 
+def pillow_allows(pixels: int) -> None:
+    """Raise Pillow's process-wide decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, about
+    89.5 MP: a warning above it, an error above twice it) to at least ``pixels``, so that
+    it never refuses an image the service's setting allows. Never lowered: the process
+    reads its bundles' images under it too. ``decode`` ignores Pillow's warning, so the
+    service's own check on the header refuses what the setting does not allow; Pillow's
+    error still stops a gross bomb in ``Image.open``, before a WebP's canvas is allocated."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < pixels:
+        Image.MAX_IMAGE_PIXELS = pixels
+
+
 def decode(data: bytes, name: str, settings: Settings, background: Background) -> np.ndarray:
     """RGB float32 ``[H, W, 3]`` in [0, 1] of encoded image bytes, or a ServiceError."""
     if not data:
         raise ServiceError(400, f"{name}: empty file")
+    limit = settings.max_image_pixels
+    pillow_allows(limit)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the service's own check, below
             image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        if isinstance(exc, UnidentifiedImageError):
-            raise ServiceError(400, f"{name}: not a decodable image") from exc
-        raise ServiceError(413, f"{name}: too many pixels") from exc
+    except UnidentifiedImageError as exc:
+        raise ServiceError(400, f"{name}: not a decodable image") from exc
+    except Image.DecompressionBombError as exc:  # over twice Pillow's limit (at least ours): refused before decoding
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow names the header's pixel count
+        count = f"{pixels[1]} pixels" if pixels else f"more than {2 * Image.MAX_IMAGE_PIXELS} pixels"
+        raise ServiceError(413, f"{name}: {count}, more than the limit of {limit}") from exc
     except Exception as exc:  # noqa: BLE001 (Pillow's plugins raise OSError, ValueError, TypeError, ... on hostile bytes)
         raise ServiceError(400, f"{name}: not a decodable image ({exc})") from exc
     with image:
         if image.format not in FORMATS:
             raise ServiceError(415, f"{name}: format {image.format} is not supported (PNG, JPEG, WebP, BMP, TIFF)")
         width, height = image.size
-        if width * height > settings.max_image_pixels:
-            raise ServiceError(413, f"{name}: {width} x {height} pixels is more than {settings.max_image_pixels}")
+        if width * height > limit:
+            raise ServiceError(413, f"{name}: {width} x {height} = {width * height} pixels, more than the limit of {limit}")
         if min(width, height) < settings.min_image_side:
             raise ServiceError(422, f"{name}: {width} x {height} is too small (at least {settings.min_image_side} px a side)")
+        try:
+            frames = getattr(image, "n_frames", 1)  # a TIFF's pages are counted by reading their headers
+        except Exception as exc:  # noqa: BLE001 (hostile bytes, as above)
+            raise ServiceError(400, f"{name}: cannot read the image's frames ({exc})") from exc
+        if frames > 1 and image.format not in MULTI_FRAME:
+            raise ServiceError(422, f"{name}: this {image.format} image has {frames} frames; send one photograph "
+                                    f"per file")
         try:
             image.load()
             return to_rgb_float(image, background)

@@ -193,6 +193,24 @@ def test_retention_and_restart(tiny_release: Path, tmp_path: Path, images) -> No
         assert c.get("/inspections").json()["total"] == 0
 
 
+def test_the_count_limit_holds_when_the_age_step_fails(tmp_path: Path) -> None:
+    """An age limit whose cutoff is no date (``RPEPAD_RECORDS_MAX_AGE_DAYS`` is now bounded at
+    start) made every retention run fail, and the count limit with it."""
+    from service.records import RecordStore, new_id
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}", max_count=2, max_age_days=1e300)
+    store.start()
+    try:
+        for _ in range(4):
+            store.submit(_pending(new_id()))
+        assert store.flush(timeout=30)
+        with pytest.raises(OverflowError):
+            store.enforce_retention()
+        assert store.count() == 2  # the newest 2, kept
+    finally:
+        store.stop()
+
+
 def test_concurrent_requests_lose_nothing(tiny_release: Path, tmp_path: Path, images) -> None:
     category = tiny_release.name
     with _served(tiny_release.parent, tmp_path) as c:
