@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import lab  # noqa: F401 (registers the evaluation-only pose modes, by name: nothing heavy is imported)
@@ -53,7 +54,14 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
 
     result = asyncio.run(run_load(args.url, args.category, args.image, clients=args.clients, seconds=args.seconds,
                                   max_requests=args.max_requests, api_key=args.api_key))
-    return _print_json(result, args.json)
+    _print_json(result, args.json)
+    if result["requests"] and result["errors"] == result["requests"]:  # nothing measured: say so, and fail
+        unanswered = result["errors_connection"] == result["requests"]
+        print(f"rpe-pad lab loadtest: every one of the {result['requests']} requests failed ("
+              + ", ".join(f"{status}: {n}" for status, n in result["status"].items()) + ")"
+              + (f": is the service running at {args.url}?" if unanswered else ""), file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_fleet_loadtest(args: argparse.Namespace) -> int:

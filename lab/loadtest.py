@@ -5,8 +5,11 @@ Each client posts the same image to ``/inspect`` back to back for ``seconds`` (o
 the service's resident memory (``process_resident_memory_bytes`` from ``/metrics``)
 before and after, and where the server spent each request's time (``server_ms``: mean
 ms per request of each phase of ``POST /inspect`` and of each pipeline stage, from the
-service's own histograms over the run). ``Clients`` (the clients and their tally) also
-drives ``rpe-pad lab fleet-loadtest`` (``lab/fleet.py``), through a load balancer.
+service's own histograms over the run). A request that gets no answer (the connection
+refused or dropped, a timeout) is counted by its exception's name and in ``errors_connection``;
+``errors`` counts every request not answered 200, and the command exits 1 when that is all
+of them. ``Clients`` (the clients and their tally) also drives ``rpe-pad lab fleet-loadtest``
+(``lab/fleet.py``), through a load balancer.
 """
 
 from __future__ import annotations
@@ -21,6 +24,18 @@ from urllib.parse import urlparse
 
 import httpx
 import numpy as np
+
+
+def check_url(url: str) -> None:
+    """``url`` is a service's address: http or https, and a host (a port, when given, a number)."""
+    parsed = urlparse(url)
+    try:
+        parsed.port
+    except ValueError as exc:  # "http://127.0.0.1:abc", a port over 65535
+        raise ValueError(f"--url {url!r}: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"--url {url!r} is not a service's address: give http:// or https://, a host and a port, "
+                         "e.g. http://127.0.0.1:8000")
 
 
 def _loopback(url: str) -> None:
@@ -137,6 +152,7 @@ class Clients:
 
 async def run_load(url: str, category: str, image: Path, clients: int = 8, seconds: float = 60.0,
                    max_requests: int = 10_000, api_key: str | None = None) -> dict:
+    check_url(url)
     _loopback(url)
     if clients < 1 or seconds <= 0 or max_requests < 1:
         raise ValueError("clients, seconds and max_requests must be positive")
@@ -151,6 +167,8 @@ async def run_load(url: str, category: str, image: Path, clients: int = 8, secon
     return {
         "url": url, "category": category, "clients": clients, "seconds": round(elapsed, 1), **report,
         "errors_5xx": sum(n for s, n in load.statuses.items() if s.startswith("5")),
+        "errors_connection": sum(n for s, n in load.statuses.items() if not s.isdigit()),  # no answer at all
+        "errors": report["requests"] - load.statuses.get("200", 0),  # every request not answered 200
         "rss_mb_before": None if rss_before is None else round(rss_before / 2**20, 1),
         "rss_mb_after": None if rss_after is None else round(rss_after / 2**20, 1),
         "rss_growth_pct": None if not (rss_before and rss_after) else round(100 * (rss_after / rss_before - 1), 2),

@@ -10,19 +10,23 @@ Layout read (see ``docs/ARCHITECTURE.md``)::
     <category>/ground_truth/<defect type>/<n>_mask.png
 
 ``file_path`` is relative to the category root (or to the JSON's folder), with or without
-``.png``; image names may be unpadded (``0.png``) or zero-padded (``000.png``).
+``.png``; image names may be unpadded (``0.png``) or zero-padded (``000.png``); it may not be
+absolute or lead outside the category folder, and no two frames may name one image.
 ``transform_matrix`` is camera-to-world in OpenGL axes; views carry world-to-camera poses
-in OpenCV axes (``models.camera``). Every error names the file it is about.
+in OpenCV axes (``models.camera``). A camera whose field of view no pinhole camera has
+(``FOV_DEGREES``), a training camera far off the others (``FAR_CAMERA``) and a greyscale
+training image among colour ones are refused. Every error names the file it is about.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import torch
@@ -32,18 +36,25 @@ from tqdm.auto import tqdm
 
 from models import camera
 from models.bundle import SIDES, RadialTerms
+from models.compression import compression_of
 from models.images import (
     WHITE,
     Background,
+    ImageRefused,
+    greyscale_file,
+    has_colour,
     load_mask,
     load_rgb,
     resize_mask,
     resize_rgb,
+    to_uint8,
     undistort,
 )
 
 GOOD = "good"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+FOV_DEGREES = (1.0, 150.0)  # camera_angle_x of a pinhole camera: the widest rectilinear lenses see about 135 degrees
+FAR_CAMERA = 100.0  # a training camera more than this many times the median camera distance from the origin is refused
 
 
 class DataError(ValueError):
@@ -83,6 +94,7 @@ class CameraModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     exif: str | None = None  # EXIF "Make Model" of the photos, when they carried one
+    lossy: bool | None = None  # the photos were lossy (JPEG), though the training images written from them are not
     lens: LensModel | None = None  # training images are undistorted already; raw photos of this camera are not
 
 
@@ -91,9 +103,19 @@ class TransformsModel(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    camera_angle_x: float = Field(gt=0.0, lt=math.pi)
+    camera_angle_x: float  # radians across the image, within FOV_DEGREES
     frames: list[FrameModel]
     camera: CameraModel | None = None
+
+    @field_validator("camera_angle_x")
+    @classmethod
+    def _check_fov(cls, value: float) -> float:
+        low, high = FOV_DEGREES
+        if not (math.isfinite(value) and low <= math.degrees(value) <= high):
+            shown = f"{value:g} rad ({math.degrees(value):.4g} degrees)" if math.isfinite(value) else f"{value}"
+            raise ValueError(f"{shown} is not the field of view of a pinhole camera: it must be {low:g} to {high:g} "
+                             f"degrees across, {math.radians(low):.4g} to {math.radians(high):.4g} rad")
+        return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,6 +160,7 @@ class Category:
     test: list[QueryView] = field(default_factory=list)
     lens: tuple[float, ...] | None = None  # radial terms of the photos' lens (training images are undistorted)
     exif_camera: str | None = None  # EXIF "Make Model" of the photos
+    lossy_photos: bool = False  # the photos were lossy (JPEG, lossy WebP): models.compression
 
     @property
     def defect_types(self) -> list[str]:
@@ -195,20 +218,35 @@ def _name_variants(stem: str) -> list[str]:
     return variants
 
 
-def resolve_image_path(file_path: str, bases: Sequence[Path]) -> Path | None:
+def _inside(path: Path, root: Path) -> bool:
+    """``path`` is ``root`` or below it, lexically (``..`` collapsed; links are not followed)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    return rel != ".." and not rel.startswith(".." + os.sep)
+
+
+def resolve_image_path(file_path: str, bases: Sequence[Path], root: Path | None = None) -> Path | None:
     """Find the image a ``file_path`` entry names, trying each base folder, with or
-    without a suffix, padded or unpadded. ``None`` when nothing exists."""
-    rel = Path(re.sub(r"^(\./)+", "", file_path.replace("\\", "/")))
+    without a suffix, padded or unpadded. ``None`` when nothing exists. An absolute
+    ``file_path`` raises ``ValueError``; with ``root``, so does one that names no image inside
+    ``root`` and leads outside it from a base (a lexical check after collapsing ``..``: a link
+    inside ``root`` may point anywhere)."""
+    text = file_path.replace("\\", "/")
+    if PurePosixPath(text).is_absolute() or PureWindowsPath(file_path).anchor:
+        raise ValueError("is an absolute path; file_path is relative to the category folder")
+    rel = Path(re.sub(r"^(\./)+", "", text))
+    inside = [base for base in bases if root is None or _inside(base / rel, root)]
     if rel.suffix.lower() in IMAGE_SUFFIXES:
         stem, suffixes = rel.stem, (rel.suffix,)
     else:
         stem, suffixes = rel.name, IMAGE_SUFFIXES
-    for base in bases:
+    for base in inside:
         for name in _name_variants(stem):
             for suffix in suffixes:
                 candidate = base / rel.parent / f"{name}{suffix}"
                 if candidate.is_file():
                     return candidate
+    if len(inside) < len(bases):
+        raise ValueError(f"leads outside the category folder {root}")
     return None
 
 
@@ -231,6 +269,8 @@ class _Loader:
     def rgb(self, path: Path) -> np.ndarray:
         try:
             return load_rgb(path, self.background)
+        except ImageRefused as exc:  # too many pixels, another format, several frames
+            raise DataError(f"{path}: {exc}") from exc
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise DataError(f"{path}: cannot decode image: {exc}") from exc
 
@@ -252,6 +292,8 @@ class _Loader:
     def mask(self, path: Path, image_hw: np.ndarray, image_path: Path) -> torch.Tensor:
         try:
             mask = load_mask(path)
+        except ImageRefused as exc:
+            raise DataError(f"{path}: {exc}") from exc
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise DataError(f"{path}: cannot decode mask: {exc}") from exc
         if mask.shape != tuple(image_hw):
@@ -294,14 +336,10 @@ def load_category(
     if not transforms.frames:
         raise DataError(f"{transforms_path}: 'frames' is empty")
 
+    paths = _training_paths(transforms_path, transforms, root)  # every frame checked before any image is decoded
     train: list[View] = []
-    bases = [root, transforms_path.parent]
-    for frame in tqdm(transforms.frames, desc=f"{root.name}: train", disable=not progress, leave=False):
-        path = resolve_image_path(frame.file_path, bases)
-        if path is None:
-            raise DataError(
-                f"{transforms_path}: image for file_path {frame.file_path!r} not found under {root}"
-            )
+    for frame, path in tqdm(list(zip(transforms.frames, paths)), desc=f"{root.name}: train", disable=not progress,
+                            leave=False):
         image, K, _ = loader.view(path, transforms.camera_angle_x)
         if train and image.shape != train[0].image.shape:
             raise DataError(
@@ -309,8 +347,9 @@ def load_category(
                 f"{train[0].path} is {train[0].image.shape[1]}x{train[0].image.shape[0]}"
             )
         c2w = torch.tensor(frame.transform_matrix, dtype=torch.float64)
-        name = path.relative_to(root).with_suffix("").as_posix()
+        name = Path(os.path.relpath(path, root)).with_suffix("").as_posix()
         train.append(View(name, path, image, camera.opengl_c2w_to_opencv_w2c(c2w), K))
+    _check_colour(train)
 
     height, width = train[0].image.shape[:2]
     if not (SIDES[0] <= width <= SIDES[1] and SIDES[0] <= height <= SIDES[1]):  # refused now, not after the training
@@ -326,10 +365,71 @@ def load_category(
         train=train,
         lens=tuple(transforms.camera.lens.radial) if transforms.camera and transforms.camera.lens else None,
         exif_camera=transforms.camera.exif if transforms.camera else None,
+        lossy_photos=_lossy_photos(transforms, paths),
     )
     if load_test:
         category.test = _load_test(root, loader, transforms.camera_angle_x, progress, category.lens)
     return category
+
+
+def _lossy_photos(transforms: TransformsModel, paths: list[Path]) -> bool:
+    """Whether the category's photos were lossy: as ``transforms.json``'s camera says (``rpe-pad
+    prepare`` writes PNGs from the photos it was given), else from the training files' own
+    encoding (``models.compression``, headers only)."""
+    if transforms.camera is not None and transforms.camera.lossy is not None:
+        return transforms.camera.lossy
+    return any(compression_of(path.read_bytes()) is not None for path in paths)
+
+
+def _training_paths(transforms_path: Path, transforms: TransformsModel, root: Path) -> list[Path]:
+    """The image of each training frame, refusing (each error naming the frame) a ``file_path``
+    that is absolute, leads outside ``root`` or names no image, two frames of one image, and a
+    camera far off the others (more than ``FAR_CAMERA`` times their median distance)."""
+    paths: list[Path] = []
+    seen: dict[str, int] = {}
+    bases = [root, transforms_path.parent]
+    for index, frame in enumerate(transforms.frames):
+        where = f"{transforms_path}: frame {index} (file_path {frame.file_path!r})"
+        try:
+            path = resolve_image_path(frame.file_path, bases, root)
+        except ValueError as exc:
+            raise DataError(f"{where} {exc}") from exc
+        if path is None:
+            raise DataError(f"{where}: image not found under {root}")
+        key = os.path.abspath(path)
+        if key in seen:
+            first = seen[key]
+            raise DataError(f"{transforms_path}: frames {first} (file_path {transforms.frames[first].file_path!r}) "
+                            f"and {index} (file_path {frame.file_path!r}) name the same image {path}: one frame "
+                            "per photo")
+        seen[key] = index
+        paths.append(path)
+    distances = np.array([np.linalg.norm(np.asarray(f.transform_matrix, dtype=np.float64)[:3, 3])
+                          for f in transforms.frames])
+    median = float(np.median(distances))
+    far = np.flatnonzero(~(distances <= FAR_CAMERA * median)) if median > 0 else []
+    if len(far):
+        index = int(far[0])
+        others = f" (and {len(far) - 1} more)" if len(far) > 1 else ""
+        raise DataError(f"{transforms_path}: frame {index} (file_path {transforms.frames[index].file_path!r}): its "
+                        f"camera is {distances[index]:.3g} from the origin, more than {FAR_CAMERA:g} times the "
+                        f"cameras' median distance {median:.3g}{others}: check its transform_matrix")
+    return paths
+
+
+def _check_colour(train: list[View]) -> None:
+    """A greyscale training image (by its file's mode, as a query's is judged) among training
+    images that show colour is refused: the bundle would be a colour one, and that image's
+    view of the part reads as a defect (the service refuses such a greyscale query)."""
+    grey = [greyscale_file(view.path) for view in train]
+    if not any(grey) or all(grey):
+        return
+    colour = [to_uint8(view.image.numpy()) for view, g in zip(train, grey) if not g]
+    if has_colour(np.stack(colour)):
+        names = [str(view.path) for view, g in zip(train, grey) if g]
+        raise DataError(f"{names[0]}: a greyscale training image, but the other training images are in colour"
+                        + (f" ({len(names)} greyscale in all)" if len(names) > 1 else "")
+                        + ": use its colour photo, or make every training image greyscale")
 
 
 def _load_test(root: Path, loader: _Loader, camera_angle_x: float, progress: bool,

@@ -4,14 +4,22 @@ Every image that enters the pipeline goes through :func:`to_rgb_float` once: any
 mode (RGBA and LA composited onto the background colour, palette with or without
 transparency, L, 1, 16-bit and 32-bit integer grey, float, CMYK, YCbCr) becomes an RGB
 float32 array in [0, 1], ``[H, W, 3]``. EXIF orientation is applied first.
+
+Files are opened through :func:`open_image`, which reads the header only and refuses, before
+any pixel is decoded, what the product does not read: a format outside ``FORMATS``, several
+frames (an animation, a multi-page TIFF; MPO, a phone's JPEG, is read by its first frame),
+or more than ``MAX_IMAGE_PIXELS`` pixels (a decompression bomb: a few bytes of header that
+claim 20000 x 20000 pixels).
 """
 
 from __future__ import annotations
 
 import io
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-
-from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -20,6 +28,53 @@ from PIL import ExifTags, Image, ImageOps
 Background = tuple[float, float, float]
 WHITE: Background = (1.0, 1.0, 1.0)
 MIN_IMAGE_SIDE = 32  # a query's shorter side at least, in its own pixels (`rpe-pad inspect`; the service's default)
+MAX_IMAGE_PIXELS = 25_000_000  # width x height at most, from the header before decoding (the service's default)
+FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF"})  # Pillow's names of the formats the product reads
+FORMAT_NAMES = "PNG, JPEG, WebP, BMP or TIFF"  # ``FORMATS`` in words (MPO is a JPEG)
+
+
+class ImageRefused(ValueError):
+    """An image file the product does not read: too many pixels, another format, several
+    frames. The message says what the file is and what is read; callers put its name in front."""
+
+
+def _too_many(declared: str, max_pixels: int) -> str:
+    return (f"its header declares {declared}, more than the {max_pixels} an image may have (a "
+            "decompression bomb, or not a photo)")
+
+
+@contextmanager
+def open_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
+    """``Image.open`` for the product's readers, with the header checked before any pixel is
+    decoded: more than ``max_pixels`` pixels, a format outside ``FORMATS``, or several frames
+    (except MPO, read by its first frame) raise :class:`ImageRefused`. Other failures are
+    Pillow's (``OSError``, ``UnidentifiedImageError``). Pillow's own warning is silenced (this
+    check replaces it) and its error, at twice ``Image.MAX_IMAGE_PIXELS`` (about 179 MP), still
+    refuses first. ``warnings.catch_warnings`` is not thread-safe: for the command line and the
+    data layer, not the service's threads."""
+    with open(path, "rb") as fp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(fp)
+        except Image.DecompressionBombError as exc:  # over Pillow's own limit
+            declared = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow says how many, not the sides
+            limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
+            raise ImageRefused(_too_many(f"{declared[1]} pixels" if declared else "more pixels", limit)) from exc
+        with image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageRefused(_too_many(f"{width} x {height} pixels", max_pixels))
+            if image.format not in FORMATS:
+                raise ImageRefused(f"format {image.format} is not read (give {FORMAT_NAMES})")
+            try:
+                frames = getattr(image, "n_frames", 1)  # TIFF counts its pages by walking them
+            except Exception as exc:  # noqa: BLE001 (hostile bytes: Pillow raises OSError, EOFError, struct.error, ...)
+                raise ValueError(f"its frames cannot be read ({type(exc).__name__}: {exc})") from exc
+            if frames > 1 and image.format != "MPO":
+                raise ImageRefused(f"it is a {image.format} of {frames} frames (an animation or several pages): give "
+                                   "one still image")
+            yield image
 
 
 def to_rgb_float(image: Image.Image, background: Background = WHITE) -> np.ndarray:
@@ -57,11 +112,17 @@ def to_rgb_float(image: Image.Image, background: Background = WHITE) -> np.ndarr
 def load_rgb(path: str | Path, background: Background = WHITE) -> np.ndarray:
     """Decode an image file to RGB float32 ``[H, W, 3]`` (see :func:`to_rgb_float`).
 
-    Raises ``OSError``/``PIL.UnidentifiedImageError`` for unreadable files; callers that
-    know the context (the data layer, the service) wrap them with a message naming it.
+    Raises ``OSError``/``PIL.UnidentifiedImageError`` for unreadable files and
+    :class:`ImageRefused` for what :func:`open_image` refuses; callers that know the context
+    (the data layer, the command line) wrap them with a message naming it.
     """
-    with Image.open(path) as image:
-        image.load()
+    with open_image(path) as image:
+        try:
+            image.load()
+        except (OSError, ValueError):
+            raise
+        except Exception as exc:  # noqa: BLE001 (hostile bytes: Pillow's plugins raise TypeError, struct.error, ...)
+            raise ValueError(f"cannot decode the image ({type(exc).__name__}: {exc})") from exc
         return to_rgb_float(image, background)
 
 
@@ -74,7 +135,7 @@ def decode_rgb(data: bytes, background: Background = WHITE) -> np.ndarray:
 
 def load_mask(path: str | Path) -> np.ndarray:
     """Binary mask ``[H, W]`` (bool) from an image file: any non-zero pixel is defective."""
-    with Image.open(path) as image:
+    with open_image(path) as image:
         image.load()
         return np.asarray(image.convert("L")) > 0
 
@@ -110,13 +171,14 @@ def chroma_levels(images: np.ndarray, most: int = 250_000) -> np.ndarray:
     return flat.max(axis=1).astype(np.int16) - flat.min(axis=1).astype(np.int16)
 
 
-def greyscale_file(data: bytes) -> bool:
-    """True when encoded image bytes hold a greyscale image (its mode, from the header: no
-    pixel is decoded). A colour file of a grey scene is not greyscale: only the file says so."""
+def greyscale_file(data: bytes | str | Path) -> bool:
+    """True when an image file (its encoded bytes, or its path) holds a greyscale image (its
+    mode, from the header: no pixel is decoded). A colour file of a grey scene is not
+    greyscale: only the file says so."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
             return image.mode in GREY_MODES
-    except (OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):
         return False
 
 

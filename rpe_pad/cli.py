@@ -108,10 +108,16 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from models.bundle import BundleError
+    from models.compression import compression_of
     from models.images import MIN_IMAGE_SIDE, exif_camera_of, greyscale_file, load_rgb
     from models.viz import figure as digits
     from models.inspector import InspectionError, Inspector
 
+    for path in args.images:  # a mistyped path is the user's mistake: refused before the bundle is loaded
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: a folder, not an image (give the image files, e.g. {path}/*.png)")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such image file")
     try:
         inspector = Inspector.load(args.bundle_dir, args.device, pose=args.pose)
     except BundleError as exc:
@@ -124,11 +130,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     failures = 0
     for path, figure in zip(args.images, _figure_names(args.images, out)):
         try:
-            rgb = load_rgb(path, inspector.scene.background)
+            rgb = load_rgb(path, inspector.scene.background)  # the formats, frames and pixels the service takes
             if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
                 raise ValueError(f"{rgb.shape[1]} x {rgb.shape[0]} is too small (at least {MIN_IMAGE_SIDE} px a side)")
             data = Path(path).read_bytes()
-            image = inspector.prepare(rgb, args.intrinsics, exif_camera_of(data), greyscale_file(data))
+            image = inspector.prepare(rgb, args.intrinsics, exif_camera_of(data), greyscale_file(data), compression_of(data))
             result = inspector.inspect(image[None], threshold=args.threshold)[0]
         except (OSError, InspectionError, ValueError) as exc:  # one bad image does not stop the others
             print(f"{path}: error: {exc}", file=sys.stderr)
@@ -264,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="inspect images with a bundle: verdicts on stdout, overlay PNGs on disk")
     p.add_argument("bundle_dir", type=Path, help="BUNDLES_DIR/<category> (verified before use)")
-    p.add_argument("images", type=Path, nargs="+", help="query images (PNG, JPEG), the category's aspect ratio")
+    p.add_argument("images", type=Path, nargs="+", help="query images (PNG, JPEG, WebP, BMP or TIFF; one frame, at "
+                   "most 25 000 000 pixels, as the service takes), the category's aspect ratio")
     p.add_argument("--out", type=folder, default=None, help="overlay folder (default ./inspections)")
     p.add_argument("--pose", default=None, choices=registry.pose_modes(),
                    help="; ".join(f"{n}: {e.help}" for n, e in registry.POSE_MODES.items() if not e.lab)

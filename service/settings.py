@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models import registry
 from models.bundle import check_category_name
-from models.images import MIN_IMAGE_SIDE
+from models.images import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 from service.bundle_source import S3Location, parse_source
 
 
@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     threads: int | None = Field(default=None, gt=0)
     pose: str | None = None  # pose mode (models.registry, product modes); None = each bundle's own setting
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)  # per file
-    max_image_pixels: int = Field(default=25_000_000, gt=0)  # width x height, checked before decoding
+    max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, gt=0)  # width x height, checked before decoding
     min_image_side: int = Field(default=MIN_IMAGE_SIDE, gt=0)  # smaller images are refused (422)
     max_files_per_batch: int = Field(default=16, gt=0)  # POST /inspect/batch
     api_key: SecretStr | None = None  # when set, every inspection needs header X-API-Key (outer whitespace dropped)

@@ -23,11 +23,10 @@ import numpy as np
 from fastapi import UploadFile
 from PIL import Image, UnidentifiedImageError
 
-from models.images import Background, to_rgb_float
+from models.images import FORMATS, Background, to_rgb_float
 from service.problems import ServiceError
 from service.settings import Settings
 
-FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF"}  # MPO: phone JPEGs (first frame)
 MULTI_FRAME = {"MPO"}  # read as their first frame, the photograph; other formats' frames are refused (422)
 MEDIA_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/bmp", "image/tiff", "image/x-ms-bmp",
                "application/octet-stream", ""}

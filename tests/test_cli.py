@@ -130,6 +130,89 @@ def test_inspect_refuses_an_image_too_small_to_inspect(tiny_release: Path, tmp_p
     assert f"--out {tiny} is a file, not a folder" in capsys.readouterr().err
 
 
+def test_inspect_refuses_a_missing_image_before_loading_the_bundle(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped path is the user's mistake: exit 2 in one line naming it, before the bundle
+    (here none at all) is loaded, not ``[Errno 2]`` and exit 1 after it."""
+    missing = tmp_path / "nonexistent.png"
+    assert main(["inspect", str(tmp_path / "no_bundle"), str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"rpe-pad inspect: error: {missing}: no such image file"
+    assert main(["inspect", str(tmp_path / "no_bundle"), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rpe-pad inspect: error: {tmp_path}: a folder, not an image") and len(err.splitlines()) == 1
+
+
+def test_inspect_reports_each_image_it_does_not_read_and_inspects_the_others(
+        tiny_release: Path, tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Decompression bombs (PNG, BMP and JPEG headers claiming 20000 x 20000 or 65500 x 65500
+    pixels), what the service answers 415 or 422 (an icon, a GIF, an animated PNG) and a fuzzed
+    TIFF Pillow raises TypeError on: one line each, and the images after them are still
+    inspected, as the README says (exit 1)."""
+    from PIL import Image
+
+    from tests import hostile
+
+    bad = {"bomb.png": hostile.png_bomb(), "bomb.bmp": hostile.bmp_bomb(), "bomb.jpg": hostile.jpeg_bomb()}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "icon.ico")
+    hostile.frames(tmp_path / "anim.gif", "GIF")
+    hostile.frames(tmp_path / "anim.png", "PNG")
+    shutil.copy(Path(__file__).parent / "data" / "hostile" / "strip_offsets_text.tiff", tmp_path / "odd.tiff")
+    query = min((tiny_synth / "test" / "good").glob("*.png"))
+    refused = ["bomb.png", "bomb.bmp", "bomb.jpg", "icon.ico", "anim.gif", "anim.png", "odd.tiff"]
+    out = tmp_path / "o"
+    assert main(["inspect", str(tiny_release), *(str(tmp_path / n) for n in refused), str(query), "--out", str(out),
+                 "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == len(refused) and "Traceback" not in captured.err
+    for name, line in zip(refused, lines):
+        assert line.startswith(f"{tmp_path / name}: error: ")
+    assert "declares 400000000 pixels, more than the 25000000" in lines[0]
+    assert "declares 4290250000 pixels" in lines[2]
+    assert "format ICO is not read" in lines[3] and "format GIF is not read" in lines[4]
+    assert "a PNG of 3 frames" in lines[5] and "cannot decode the image (TypeError: " in lines[6]  # a fuzzed TIFF
+    assert f"{query}: " in captured.out and "score" in captured.out  # the good query after them was inspected
+    assert [p.name for p in out.iterdir()] == [f"{query.stem}_overlay.png"]
+
+
+def test_show_and_train_refuse_a_bomb_and_impossible_cameras_in_one_line(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A training image whose header claims 20000 x 20000 pixels, a field of view of 1e-9 rad
+    and a camera 1e30 away: `show` and `train` exit 2 in one line naming the file (and frame),
+    before any training (these passed `show`, and crashed `train` with a traceback)."""
+    from tests import hostile
+
+    cat = tmp_path / "cat"
+    assert main(["synth", str(cat), "--seed", "1", "--size", "32", "--train-views", "4", "--test-views", "0"]) == 0
+    capsys.readouterr()
+    image = cat / "train" / "good" / "001.png"
+    original = image.read_bytes()
+    image.write_bytes(hostile.png_bomb())
+    for command in (["show", str(cat)], ["train", str(cat), "--out", str(tmp_path / "B"), "--quiet"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.rsplit("\r", 1)[-1]  # after show's progress bar
+        assert err.startswith(f"rpe-pad {command[0]}: error: {image}: its header declares 400000000 pixels")
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "B").exists()
+    image.write_bytes(original)
+    transforms = cat / "train" / "transforms.json"
+    good = json.loads(transforms.read_text())
+    for edit, message in ((lambda d: d.update(camera_angle_x=1e-9), "camera_angle_x: "),
+                          (lambda d: d["frames"][2]["transform_matrix"][1].__setitem__(3, 1e30), "frame 2 ")):
+        data = json.loads(json.dumps(good))
+        edit(data)
+        transforms.write_text(json.dumps(data))
+        for command in (["show", str(cat)], ["train", str(cat), "--out", str(tmp_path / "B"), "--quiet"]):
+            assert main(command) == 2
+            err = capsys.readouterr().err.rsplit("\r", 1)[-1]
+            assert err.startswith(f"rpe-pad {command[0]}: error: {transforms}: ") and message in err
+            assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "B").exists()
+
+
 def test_console_script_help() -> None:
     result = subprocess.run([sys.executable, "-m", "rpe_pad.cli", "--help"], capture_output=True, text=True, check=True)
     for command in ("synth", "show", "demo"):

@@ -69,3 +69,42 @@ def test_only_loopback(tiny_synth: Path) -> None:
     image = min((tiny_synth / "test" / "good").glob("*.png"))
     with pytest.raises(ValueError, match="loopback"):
         asyncio.run(run_load("http://192.0.2.1:8000", "x", image, max_requests=1))
+
+
+@pytest.mark.parametrize("url, message", [
+    ("notaurl", "--url 'notaurl' is not a service's address: give http:// or https://, a host and a port"),
+    ("127.0.0.1:8000", "is not a service's address"),  # no scheme: urlparse takes "127.0.0.1" for one
+    ("ftp://127.0.0.1:8000", "is not a service's address"),
+    ("http://", "is not a service's address"),
+    ("http://127.0.0.1:abc", "--url 'http://127.0.0.1:abc': Port could not be cast to integer value"),
+])
+def test_a_url_that_is_no_service_address_is_refused_in_one_line(url: str, message: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "q.png"
+    image.write_bytes(b"not sent")
+    assert main(["lab", "loadtest", str(image), "--category", "c", "--url", url, "--max-requests", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rpe-pad lab: error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert "cannot resolve" not in err
+
+
+def test_requests_that_never_connect_are_errors_and_fail_the_run(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing listens on the port: every request fails to connect. They are counted as errors
+    (not ``"errors_5xx": 0`` and exit 0, as if the service had answered), and the run exits 1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free again once closed: nothing listens there
+    image = tmp_path / "q.png"
+    image.write_bytes(b"not an image: never answered")
+    out = tmp_path / "load.json"
+    assert main(["lab", "loadtest", str(image), "--category", "c", "--url", f"http://127.0.0.1:{port}", "--clients",
+                 "2", "--seconds", "10", "--max-requests", "4", "--json", str(out)]) == 1
+    import json
+
+    result = json.loads(out.read_text())
+    assert result["requests"] == 4 and result["status"] == {"ConnectError": 4}
+    assert result["errors_connection"] == 4 and result["errors"] == 4 and result["throughput_rps"] == 0
+    err = capsys.readouterr().err
+    assert err.strip() == (f"rpe-pad lab loadtest: every one of the 4 requests failed (ConnectError: 4): is the "
+                           f"service running at http://127.0.0.1:{port}?")

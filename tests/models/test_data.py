@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 from models import camera
 from models.data import DataError, load_category
+from tests import hostile
 
 
 def test_lego_loads(lego_dir: Path) -> None:
@@ -92,21 +94,117 @@ def test_image_modes_are_converted(lego_dir: Path, tmp_path: Path) -> None:
     rgb = np.asarray(Image.open(good / "000.png").convert("RGB"))
     alpha = np.where((rgb == 255).all(-1), 0, 255).astype(np.uint8)
     Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(good / "000.png")
-    Image.open(good / "001.png").convert("L").save(good / "001.png")
     Image.open(good / "002.png").convert("P").save(good / "002.png")
-    grey8 = np.asarray(Image.open(good / "003.png").convert("L"))
-    grey16 = grey8.astype(np.uint16) * 257
-    Image.fromarray(grey16).save(good / "003.png")
     ref = load_category(lego_dir, load_test=False)
     cat = load_category(root, load_test=False)
     assert torch.equal(cat.train[0].image, ref.train[0].image)
     assert (alpha == 0).mean() > 0.3  # the background really was transparent
-    grey = ref.train[1].image
+    assert (cat.train[2].image - ref.train[2].image).abs().mean() < 0.03  # palette quantisation
+    # Greyscale files (8 and 16 bit): a category of greyscale photos, every one of them.
+    grey_root = _copy(lego_dir, tmp_path / "Grey")
+    good = grey_root / "train" / "good"
+    for path in sorted(good.glob("*.png")):
+        Image.open(path).convert("L").save(path)
+    grey8 = np.asarray(Image.open(good / "003.png"))
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(good / "003.png")
+    cat = load_category(grey_root, load_test=False)
     assert torch.allclose(cat.train[1].image[..., 0], cat.train[1].image[..., 2])
     expected = torch.from_numpy(grey8 / 255.0).float()
     assert (cat.train[3].image[..., 1] - expected).abs().max() < 1e-6  # 16-bit grey, full range
-    assert (cat.train[2].image - ref.train[2].image).abs().mean() < 0.03  # palette quantisation
-    assert grey.shape == cat.train[1].image.shape
+    assert ref.train[1].image.shape == cat.train[1].image.shape
+
+
+def test_a_greyscale_training_image_among_colour_ones_is_refused(lego_dir: Path, tmp_path: Path) -> None:
+    """The bundle of a colour category refuses greyscale queries (models/inspector.py): one
+    greyscale training view would be trained on as a colour view that lost its colours."""
+    root = _copy(lego_dir, tmp_path / "OneGrey")
+    Image.open(root / "train" / "good" / "004.png").convert("L").save(root / "train" / "good" / "004.png")
+    with pytest.raises(DataError, match=r"train/good/004\.png: a greyscale training image, but the other training "
+                                        r"images are in colour: use its colour photo"):
+        load_category(root, load_test=False)
+    # A grey part's colour files with one greyscale file among them: nothing to tell apart, accepted.
+    grey_part = _copy(lego_dir, tmp_path / "GreyPart")
+    for path in sorted((grey_part / "train" / "good").glob("*.png")):
+        Image.open(path).convert("L").convert("RGB").save(path)
+    Image.open(grey_part / "train" / "good" / "004.png").convert("L").save(grey_part / "train" / "good" / "004.png")
+    assert len(load_category(grey_part, load_test=False).train) == 60
+
+
+def _edit_transforms(root: Path, edit) -> Path:
+    path = root / "train" / "transforms.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _set(frame: int, key: str, value):
+    def edit(data: dict) -> None:
+        data["frames"][frame][key] = value
+    return edit
+
+
+def _translate(frame: int, value: float):
+    def edit(data: dict) -> None:
+        data["frames"][frame]["transform_matrix"][0][3] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(camera_angle_x=1e-9), r"camera_angle_x: .*1e-09 rad \(5\.73e-08 degrees\) is not the field of "
+                                              r"view of a pinhole camera: it must be 1 to 150 degrees across"),
+    (lambda d: d.update(camera_angle_x=3.0), r"camera_angle_x: .*3 rad \(171\.9 degrees\) is not the field of view"),
+    (lambda d: d.update(camera_angle_x=float("nan")), r"camera_angle_x: .*nan is not the field of view"),
+    (_translate(7, 1e30), r"frame 7 \(file_path 'train/good/007'\): its camera is 1e\+30 from the origin, more than "
+                          r"100 times the cameras' median distance 4\.03"),
+    (_translate(7, 500.0), r"frame 7 .* its camera is 500 from the origin"),
+    (_set(9, "file_path", "./train/good/3.png"), r"frames 3 \(file_path 'train/good/003'\) and 9 \(file_path "
+                                                 r"'\./train/good/3\.png'\) name the same image .*train/good/003\.png"),
+    (_set(2, "file_path", "/etc/hostname"), r"frame 2 \(file_path '/etc/hostname'\) is an absolute path; file_path is "
+                                            r"relative to the category folder"),
+    (_set(2, "file_path", "C:\\photos\\002.png"), r"frame 2 .* is an absolute path"),
+    (_set(2, "file_path", "../../../../../../../../etc/hostname"),
+     r"frame 2 \(file_path '\.\./\.\./.*/etc/hostname'\) leads outside the category folder"),
+])
+def test_camera_data_no_category_can_have_is_refused_naming_the_frame(edit, message: str, lego_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    """A field of view no pinhole camera has (it trained at PSNR 8, or crashed the training),
+    a camera far off the others, two frames of one photo, and a file_path that is absolute or
+    leads out of the category: refused as the category loads, naming transforms.json and the
+    frame, before any image is decoded."""
+    root = _copy(lego_dir, tmp_path / "Camera")
+    path = _edit_transforms(root, edit)
+    with pytest.raises(DataError, match=re.escape(str(path)) + ": .*" + message):
+        load_category(root, load_test=False)
+
+
+def test_file_paths_stay_inside_the_category_lexically(lego_dir: Path, tmp_path: Path) -> None:
+    """``..`` is collapsed before the check: a path relative to train/ that comes back inside is
+    fine, one that reaches a photo beside the category is not; a link inside the folder is
+    followed (the check is lexical: docs/DATA.md)."""
+    root = _copy(lego_dir, tmp_path / "Paths")
+    shutil.copy(root / "train" / "good" / "002.png", tmp_path / "beside.png")
+    _edit_transforms(root, _set(2, "file_path", "../beside"))  # from the category root: outside
+    with pytest.raises(DataError, match=r"frame 2 \(file_path '\.\./beside'\) leads outside the category folder"):
+        load_category(root, load_test=False)
+    _edit_transforms(root, _set(2, "file_path", "../train/good/002"))  # from train/: inside
+    (root / "train" / "good" / "050.png").rename(tmp_path / "050.png")
+    (root / "train" / "good" / "050.png").symlink_to(tmp_path / "050.png")
+    cat = load_category(root, load_test=False)
+    ref = load_category(lego_dir, load_test=False)
+    assert cat.train[2].name == "train/good/002" and torch.equal(cat.train[2].image, ref.train[2].image)
+    assert torch.equal(cat.train[50].image, ref.train[50].image)
+
+
+def test_a_decompression_bomb_is_refused_naming_its_file(lego_dir: Path, tmp_path: Path) -> None:
+    """A training image, a query or a mask whose header claims 20000 x 20000 pixels: a DataError
+    naming the file (the command line's one line, exit 2), not Pillow's DecompressionBombError."""
+    for place in ("train/good/005.png", "test/good/001.png", "ground_truth/Burrs/000_mask.png"):
+        root = _copy(lego_dir, tmp_path / place.replace("/", "_"))
+        (root / place).write_bytes(hostile.png_bomb())
+        with pytest.raises(DataError, match=re.escape(place) + ": its header declares 400000000 pixels, more than the "
+                                            "25000000 an image may have"):
+            load_category(root)
 
 
 def test_missing_image_names_file(lego_dir: Path, tmp_path: Path) -> None:

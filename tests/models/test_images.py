@@ -8,7 +8,20 @@ import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from models.images import decode_rgb, greyscale_file, has_colour, resize_mask, resize_rgb, to_rgb_float
+from models.images import (
+    FORMATS,
+    MAX_IMAGE_PIXELS,
+    ImageRefused,
+    decode_rgb,
+    greyscale_file,
+    has_colour,
+    load_rgb,
+    open_image,
+    resize_mask,
+    resize_rgb,
+    to_rgb_float,
+)
+from tests import hostile
 
 
 def _png_bytes(image: Image.Image, **kwargs) -> bytes:
@@ -124,3 +137,69 @@ def test_greyscale_files_and_colour_photos_told_apart() -> None:
     part = (np.repeat(rng.integers(60, 200, (4, 32, 32, 1)), 3, axis=3) + rng.integers(-4, 5, (4, 32, 32, 3)))
     assert not has_colour(part.clip(0, 255).astype(np.uint8))
     assert has_colour((colour * 255).astype(np.uint8)[None]) and not has_colour(np.zeros((0, 8, 8, 3), np.uint8))
+
+
+@pytest.mark.parametrize("make, declared", [
+    (lambda: hostile.png_bomb(20_000, 20_000), "400000000 pixels"),  # over Pillow's own limit: refused in open
+    (lambda: hostile.bmp_bomb(20_000, 20_000), "400000000 pixels"),
+    (lambda: hostile.jpeg_bomb(65_500, 65_500), "4290250000 pixels"),
+    (lambda: hostile.png_bomb(6_000, 5_000), "6000 x 5000 pixels"),  # under Pillow's, over the product's
+    (lambda: hostile.png_bomb(10_000, 8_000), "10000 x 8000 pixels"),  # between Pillow's warning and its error
+])
+def test_a_header_that_claims_too_many_pixels_is_refused_before_decoding(
+        make, declared: str, tmp_path, recwarn: pytest.WarningsRecorder) -> None:
+    """Decompression bombs: a few bytes whose header claims gigapixels. ``load_rgb`` (the
+    command line's and the data layer's reader) refuses them from the header, with the count and
+    the limit, as a ValueError (``ImageRefused``), not Pillow's DecompressionBombError, and
+    without Pillow's warning on the way."""
+    path = tmp_path / "bomb.img"
+    path.write_bytes(make())
+    with pytest.raises(ImageRefused, match=f"declares {declared}, more than the {MAX_IMAGE_PIXELS} an image may"):
+        load_rgb(path)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    if " x " in declared:  # under Pillow's own error: a larger limit lets the header through
+        with open_image(path, max_pixels=10**12) as image:
+            assert image.width * image.height > MAX_IMAGE_PIXELS
+    else:  # Pillow's error, at twice its own limit, still stands, and is the limit named
+        with pytest.raises(ImageRefused, match=f"more than the {2 * Image.MAX_IMAGE_PIXELS} an image"), \
+                open_image(path, max_pixels=10**12):
+            pass
+    assert MAX_IMAGE_PIXELS == 25_000_000  # the service's default (RPEPAD_MAX_IMAGE_PIXELS): one limit
+
+
+def test_the_formats_and_frames_the_service_takes(tmp_path) -> None:
+    """``FORMATS`` (the service's 415 list): an icon, a GIF (still or animated), an animated PNG
+    and a multi-page TIFF are refused; one-frame TIFF and WebP are read, and an MPO (a phone's
+    JPEG with its preview frames) by its first frame."""
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "icon.ico")
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "still.gif")
+    hostile.frames(tmp_path / "anim.gif", "GIF")
+    hostile.frames(tmp_path / "anim.png", "PNG")
+    hostile.frames(tmp_path / "pages.tiff", "TIFF")
+    refused = {"icon.ico": "format ICO is not read", "still.gif": "format GIF is not read",
+               "anim.gif": "format GIF is not read", "anim.png": "a PNG of 3 frames",
+               "pages.tiff": "a TIFF of 3 frames"}
+    for name, message in refused.items():
+        with pytest.raises(ImageRefused, match=message):
+            load_rgb(tmp_path / name)
+    hostile.frames(tmp_path / "one.tiff", "TIFF", count=1)
+    hostile.frames(tmp_path / "one.webp", "WEBP", count=1)
+    hostile.frames(tmp_path / "phone.jpg", "MPO", count=2)
+    assert Image.open(tmp_path / "phone.jpg").format == "MPO"
+    for name in ("one.tiff", "one.webp", "phone.jpg"):
+        assert load_rgb(tmp_path / name).shape == (64, 64, 3)
+    np.testing.assert_allclose(load_rgb(tmp_path / "phone.jpg")[32, 32], [0, 120 / 255, 200 / 255], atol=0.03)
+    assert FORMATS == {"PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF"}
+
+
+def test_fuzzed_files_raise_what_the_readers_catch() -> None:
+    """Pillow raises TypeError on some fuzzed TIFFs as it loads them: ``load_rgb`` makes it a
+    ValueError, which the command line reports in one line (and the data layer as a DataError)."""
+    from pathlib import Path
+
+    hostile_files = Path(__file__).parents[1] / "data" / "hostile"
+    with pytest.raises(ValueError, match=r"cannot decode the image \(TypeError: "):
+        load_rgb(hostile_files / "strip_offsets_text.tiff")
+    for name in ("exif_orientation_type.jpg", "exif_struct.jpg"):
+        with pytest.raises(ValueError, match="its EXIF orientation cannot be read"):
+            load_rgb(hostile_files / name)

@@ -283,6 +283,48 @@ def test_a_corrupt_photo_is_set_aside_with_its_reason_and_exif_orientation_is_ho
     assert big[1].rgb.shape == (24, 32, 3) and big[1].scale == 0.5
 
 
+def test_a_decompression_bomb_is_set_aside_with_its_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Headers that claim 20000 x 20000 (PNG, BMP) or 65500 x 65500 (JPEG) pixels, and a photo
+    of several pages, are set aside from the header with the reason, as a truncated photo is (and
+    a fuzzed TIFF on which Pillow raises a TypeError); a
+    full-size photo of a 48 MP camera (8000 x 6000, under ``MAX_PHOTO_PIXELS``) is not. Too few
+    photos left: the one-line error lists them (exit 2), not Pillow's DecompressionBombError."""
+    from tests import hostile
+    from training.prepare.photos import MAX_PHOTO_PIXELS
+
+    _pngs(tmp_path / "ok", 9)
+    bombs = {"bomb.png": hostile.png_bomb(), "bomb.bmp": hostile.bmp_bomb(), "bomb.jpg": hostile.jpeg_bomb()}
+    for name, data in bombs.items():
+        (tmp_path / "ok" / name).write_bytes(data)
+    hostile.frames(tmp_path / "ok" / "pages.tiff", "TIFF", size=(64, 48))
+    shutil.copy(Path(__file__).parents[1] / "data" / "hostile" / "strip_offsets_text.tiff", tmp_path / "ok" / "odd.tiff")
+    photos, skipped = read_photos(tmp_path / "ok", 1600)
+    assert len(photos) == 9
+    reasons = {s.name: s.reason for s in skipped}
+    assert sorted(reasons) == ["bomb.bmp", "bomb.jpg", "bomb.png", "odd.tiff", "pages.tiff"]
+    assert reasons["odd.tiff"].startswith("cannot be decoded (TypeError: ")  # Pillow's error on fuzzed bytes
+    assert reasons["bomb.png"] == (f"not read: its header declares 400000000 pixels, more than the "
+                                   f"{MAX_PHOTO_PIXELS} an image may have (a decompression bomb, or not a photo)")
+    assert "4290250000 pixels" in reasons["bomb.jpg"] and "a TIFF of 3 frames" in reasons["pages.tiff"]
+    (tmp_path / "few").mkdir()
+    for i in range(3):
+        shutil.copy(tmp_path / "ok" / f"p0{i}.png", tmp_path / "few")
+    (tmp_path / "few" / "bomb.jpg").write_bytes(bombs["bomb.jpg"])
+    assert main(["prepare", str(tmp_path / "few"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    error = [line for line in err.splitlines() if not line.startswith("prepare [")]  # after its progress lines
+    assert len(error) == 1 and error[0].startswith("rpe-pad prepare: error:")
+    assert "3 usable photo(s)" in error[0] and "bomb.jpg: not read: its header declares 4290250000 pixels" in error[0]
+    (tmp_path / "camera").mkdir()
+    (tmp_path / "camera" / "IMG_1.png").write_bytes(hostile.png_bomb(8000, 6000))  # a header is all it reads
+    (tmp_path / "camera" / "IMG_2.png").write_bytes(hostile.png_bomb(10_000, 8000))
+    with pytest.raises(PrepareError, match=f"IMG_2.png: not read: its header declares 10000 x 8000 pixels, more "
+                                           f"than the {MAX_PHOTO_PIXELS} an image may have") as refused:
+        read_photos(tmp_path / "camera", 1600)
+    assert "IMG_1.png: cannot be decoded" in str(refused.value)  # its header passed: only its missing pixels fail
+
+
 def test_the_largest_azimuth_gap_is_found_where_it_wraps() -> None:
     """coverage.png shades it, so it must be placed right when it crosses +-180 degrees."""
     assert gap_span(np.array([-170.0, -160.0, 150.0, 170.0])) == pytest.approx((200.0, 310.0))  # from -160 to 150

@@ -1,7 +1,9 @@
 """The photos of a folder, read once: EXIF orientation applied, sizes checked (as stored,
-before any downscaling), duplicates, hidden files and unreadable files set aside with their
-reason (never dropped silently). A photo with transparency is composited onto white and its
-alpha kept: it is the object's mask (``training.prepare.masks.from_alpha``)."""
+before any downscaling), duplicates, hidden files, unreadable files and files the product does
+not read (more than ``MAX_PHOTO_PIXELS``, another format, several frames: from the header,
+before any pixel is decoded) set aside with their reason (never dropped silently). A photo
+with transparency is composited onto white and its alpha kept: it is the object's mask
+(``training.prepare.masks.from_alpha``)."""
 
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps
 
-from models.images import exif_camera
+from models.images import MAX_IMAGE_PIXELS, ImageRefused, exif_camera, open_image
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 MIN_PHOTOS = 8  # fewer cannot make a model worth training (structure-from-motion needs far more)
 MIN_TRANSPARENT = 0.01  # a photo's alpha is its mask when at least this share of it is transparent
+MAX_PHOTO_PIXELS = 3 * MAX_IMAGE_PIXELS  # 75 MP: a 64 MP camera's full-size photo (downscaled as it is read)
 
 
 class PrepareError(ValueError):
@@ -66,7 +69,10 @@ def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]
             continue
         try:
             photo, digest = _read(path, max_size)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+        except ImageRefused as exc:  # a decompression bomb, another format, several frames
+            skipped.append(Skipped(path.name, f"not read: {exc}"))
+            continue
+        except Exception as exc:  # noqa: BLE001 (truncated, corrupt, hostile: Pillow raises OSError, TypeError, ...)
             skipped.append(Skipped(path.name, f"cannot be decoded ({type(exc).__name__}: {exc})"))
             continue
         if digest in seen:
@@ -93,7 +99,7 @@ def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]
 
 
 def _read(path: Path, max_size: int) -> tuple[Photo, str]:
-    with Image.open(path) as image:
+    with open_image(path, MAX_PHOTO_PIXELS) as image:
         image.load()
         exif = image.getexif()
         camera = exif_camera(image)
