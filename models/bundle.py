@@ -121,6 +121,7 @@ class CameraSpec(_Strict):
     convention: str = "world-to-camera 4x4, OpenCV axes (x right, y down, z forward)"
     lens_radial: RadialTerms | None = None  # k1[, k2] of the photos' lens: queries are undistorted with them
     exif_camera: str | None = None  # EXIF "Make Model" of the training photos: a query from another is refused
+    lossy_photos: bool = False  # the training photos were lossy (JPEG, lossy WebP): coarse JPEG queries are not refused
 
     @field_validator("K")
     @classmethod

@@ -10,7 +10,9 @@ and the lab's drivers all call this class; nothing else chains the stages.
 Each stage is a small object with one job, run over a ``Batch``:
 
 - ``prepare`` (per image): the query's camera -> the bundle's camera (``map_to_camera``); a
-  greyscale photo is refused by a bundle trained on colour photos;
+  greyscale photo is refused by a bundle trained on colour photos, and a photo compressed
+  more coarsely than the scorer tolerates by a bundle trained on lossless photos
+  (``models.compression``);
 - the pose mode (``models.registry``; ``InspectorConfig.pose``) locates the camera:
   ``rpe`` = ``Match`` (IRPRN encoder, retrieval) + ``RelativePose`` (pair head, fusion);
   ``rpe+refine`` (the default) adds ``Refine`` (gallery PnP, depth-warp polish, guarded ECC:
@@ -59,6 +61,7 @@ from models.bundle import (
 )
 from models.calibration import Calibration
 from models.camera import scale_intrinsics
+from models.compression import MIN_QUALITY, MIN_SUBSAMPLED_SCALE, Compression, too_coarse
 from models.data import not_a_folder
 from models.features import WeightsUnavailable
 from models.gallery import TRAIN, Gallery
@@ -439,13 +442,16 @@ class Inspector:
 
     # ------------------------------------------------------------ the pipeline
     def prepare(self, image: np.ndarray, intrinsics: tuple[float, float, float, float] | None = None,
-                exif_camera: str | None = None, greyscale: bool = False) -> Tensor:
+                exif_camera: str | None = None, greyscale: bool = False,
+                compression: Compression | None = None) -> Tensor:
         """An RGB float image ``[H, W, 3]`` -> ``[h, w, 3]`` as the bundle's camera sees it
         (``map_to_camera``; ``intrinsics``: the query's fx, fy, cx, cy in its own pixels).
         ``exif_camera``: the query's EXIF "Make Model"; refused when the bundle was trained on
         photos whose EXIF names another camera (and no ``intrinsics`` say how to map it).
         ``greyscale``: the file was a greyscale image (``models.images.greyscale_file``); refused
-        when the bundle was trained on colour photos."""
+        when the bundle was trained on colour photos. ``compression``: the file's lossy encoding
+        (``models.compression.compression_of``); refused when the bundle was trained on
+        lossless photos and it is too coarse for them (``too_coarse``)."""
         if image.ndim != 3 or image.shape[2] != 3:
             raise InspectionError(f"expected an RGB image [H, W, 3], got shape {tuple(image.shape)}")
         cam = self.manifest.camera if self.manifest is not None else None
@@ -456,6 +462,13 @@ class Inspector:
         if self.colour and greyscale:  # every colour of the part would read as a defect
             raise InspectionError(f"the photo is greyscale, but bundle {self.name!r} was trained on colour photos: send "
                                   "the colour photo, or train a bundle on greyscale photos of the part")
+        lossless = cam is None or not cam.lossy_photos
+        why = too_coarse(compression, image.shape[1], self.width) if lossless else ""
+        if why:  # compression error reads as residue: good parts would be rejected
+            raise InspectionError(f"the photo is a {compression.describe()}, and {why}; bundle {self.name!r} was trained on "
+                                  f"lossless photos, so compression this coarse would read as defects: send PNG (or "
+                                  f"JPEG at quality {MIN_QUALITY} or more, at least {MIN_SUBSAMPLED_SCALE:g} x "
+                                  f"{self.width} px wide unless its chroma is 4:4:4)")
         return map_to_camera(np.ascontiguousarray(image, dtype=np.float32), self.width, self.height, self.K, intrinsics,
                              self.lens)
 

@@ -41,6 +41,7 @@ from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
 from models.camera import parse_intrinsics
+from models.compression import compression_of
 from models.images import exif_camera_of, greyscale_file
 from models.inspector import Inspection, InspectionError, Inspector, load_each
 from models.results import resolve_threshold
@@ -572,7 +573,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             def to_camera(image):
                 try:
-                    return inspector.prepare(image, camera, exif_camera_of(data), greyscale_file(data))
+                    return inspector.prepare(image, camera, exif_camera_of(data), greyscale_file(data), compression_of(data))
                 except InspectionError as exc:
                     raise ServiceError(422, f"{name}: {exc}") from exc
 

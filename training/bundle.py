@@ -64,7 +64,8 @@ def manifest_fields(category: Category, work: Path, preset: str, calib_cfg) -> d
         "software": f"rpe-pad {package_version()}",
         "camera": {"width": category.width, "height": category.height, "K": category.K.tolist(),
                    "camera_angle_x": category.camera_angle_x, "background": tuple(category.background),
-                   "lens_radial": list(category.lens) if category.lens else None, "exif_camera": category.exif_camera},
+                   "lens_radial": list(category.lens) if category.lens else None, "exif_camera": category.exif_camera,
+                   "lossy_photos": category.lossy_photos},
         "scene": {"normalization": scene.normalization, "scene_unit": irprn["scene_unit"],
                   "num_gaussians": scene.num_gaussians, "sh_degree": scene.sh_degree, "semantics": scene.semantics},
         "models": {

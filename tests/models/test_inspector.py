@@ -13,6 +13,7 @@ from models.camera import quat_to_rotmat, roll_pose
 from models.data import load_category
 from models.images import load_rgb
 from models import registry
+from models.compression import Compression
 from models.inspector import InspectionError, Inspector, InspectorConfig, RpePose
 from models.verify import VerifyConfig
 from rpe_pad.cli import main
@@ -163,6 +164,23 @@ def test_a_greyscale_photo_is_refused_by_a_colour_bundle_only(inspector: Inspect
         assert inspector.prepare(grey, greyscale=True).shape == (64, 64, 3)
     finally:
         inspector.colour = True
+
+
+def test_a_coarse_jpeg_is_refused_by_a_bundle_trained_on_lossless_photos(inspector: Inspector, tiny_synth: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compression error reads as residue (session 33: quality 85 at 256 px rejected every good
+    view of seed 1), so a bundle trained on lossless photos refuses what is coarser than it was
+    measured to tolerate, saying why and what to send; one trained on lossy photos takes it."""
+    image = load_rgb(next((tiny_synth / "test" / "good").glob("*.png")))
+    assert not inspector.manifest.camera.lossy_photos  # the tiny category's photos are PNG
+    assert inspector.prepare(image, compression=Compression("JPEG", 95, "4:4:4")).shape == (64, 64, 3)
+    with pytest.raises(InspectionError, match=r"JPEG \(quality about 85, 4:2:0\).*lossless photos.*send PNG"):
+        inspector.prepare(image, compression=Compression("JPEG", 85, "4:2:0"))
+    big = np.kron(image, np.ones((2, 2, 1), np.float32))  # twice the bundle's width: subsampled chroma is averaged away
+    assert inspector.prepare(big, compression=Compression("JPEG", 95, "4:2:0")).shape == (64, 64, 3)
+    lossy = inspector.manifest.camera.model_copy(update={"lossy_photos": True})
+    monkeypatch.setattr(inspector, "manifest", inspector.manifest.model_copy(update={"camera": lossy}))
+    assert inspector.prepare(image, compression=Compression("JPEG", 85, "4:2:0")).shape == (64, 64, 3)
 
 
 def test_prepare_of_the_bundles_camera_runs_no_torch_op(inspector: Inspector, tiny_synth: Path) -> None:

@@ -218,6 +218,11 @@ def test_odd_but_valid_images_are_converted(client: TestClient, category: str, q
     # refuses it, where converting it would score every colour of the part as a defect.
     r = _post(client, category, _png(grey16))
     assert r.status_code == 422 and "greyscale" in r.json()["detail"] and "colour photos" in r.json()["detail"]
+    # A JPEG coarser than the scorer tolerates is refused by a bundle trained on lossless photos
+    # (docs/RESULTS.md, session 33: good parts scored as defects), with what to send instead.
+    r = _post(client, category, _jpeg(rgb, quality=80), "image/jpeg")
+    assert r.status_code == 422 and "JPEG (quality about 80, 4:2:0)" in r.json()["detail"]
+    assert "send PNG" in r.json()["detail"]
 
 
 def test_field_errors(client: TestClient, category: str, query_png: bytes) -> None:

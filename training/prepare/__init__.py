@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from models import camera as cam
 from models.bundle import check_category_name
+from models.compression import compression_of
 from models.images import Undistortion
 from training.prepare import masks as mk
 from training.prepare import report as rp
@@ -151,6 +152,8 @@ def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) ->
         "camera": {  # models.data.CameraModel: the bundle records it; queries are undistorted and checked with it
             "exif": cameras[0] if len(cameras) == 1 else None, "width": width, "height": height,
             "lens": {"model": rec.camera.model, "radial": list(rec.camera.distortion)} if undistort else None,
+            # the PNGs written here carry the photos' compression: lossy queries are judged as the photos were
+            "lossy": any(compression_of((photos_dir / p.name).read_bytes()) is not None for p in photos),
         },
         "prepared_by": "rpe-pad prepare",
     }

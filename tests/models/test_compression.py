@@ -1,0 +1,76 @@
+"""models.compression: what lossy encoding a photo carries, and the rule a bundle trained on
+lossless photos applies to it."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.compression import MIN_QUALITY, Compression, compression_of, ijg_table, too_coarse
+
+RNG = np.random.default_rng(0)
+PHOTO = Image.fromarray((RNG.random((48, 64, 3)) * 255).astype(np.uint8))
+
+
+def encoded(image: Image.Image = PHOTO, **save) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, **save)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("quality", [10, 50, 75, 85, 90, 95, 100])
+def test_a_jpegs_quality_is_read_from_its_table(quality: int) -> None:
+    found = compression_of(encoded(format="JPEG", quality=quality))
+    assert found.format == "JPEG" and found.quality == quality
+
+
+def test_the_ijg_table_at_50_is_the_standards() -> None:
+    assert ijg_table(50)[:8].tolist() == [16, 11, 10, 16, 24, 40, 51, 61] and ijg_table(100).max() == 1
+
+
+def test_chroma_subsampling_is_read_from_the_frame_header() -> None:
+    names = [compression_of(encoded(format="JPEG", quality=95, subsampling=s)).chroma for s in (0, 1, 2)]
+    assert names == ["4:4:4", "4:2:2", "4:2:0"]
+    assert compression_of(encoded(PHOTO.convert("CMYK"), format="JPEG", quality=95)).chroma == "4:4:4"
+    assert compression_of(encoded(PHOTO.convert("L"), format="JPEG", quality=95)).chroma == "4:4:4"
+
+
+def test_lossless_files_and_non_images_carry_none() -> None:
+    assert compression_of(encoded(format="PNG")) is None
+    assert compression_of(encoded(format="TIFF")) is None
+    assert compression_of(encoded(format="WEBP", lossless=True)) is None
+    assert compression_of(encoded(format="WEBP", quality=90)) == Compression("WebP")
+    assert compression_of(b"not an image") is None
+
+
+def test_the_rule_for_a_bundle_trained_on_lossless_photos() -> None:
+    """Measured on seed 1 (docs/RESULTS.md, session 33): quality 95 with full chroma is harmless at
+    any size, subsampled chroma only from twice the bundle's width; anything coarser is refused."""
+    assert too_coarse(None, 256, 200) == ""
+    assert too_coarse(Compression("JPEG", MIN_QUALITY, "4:4:4"), 256, 200) == ""
+    assert too_coarse(Compression("JPEG", 100, "4:2:0"), 400, 200) == ""
+    assert "chroma is subsampled (4:2:0) at 256 px" in too_coarse(Compression("JPEG", 100, "4:2:0"), 256, 200)
+    assert "coarser than JPEG quality 95" in too_coarse(Compression("JPEG", 90, "4:4:4"), 4000, 200)
+    assert "coarser" in too_coarse(Compression("JPEG", None, "4:4:4"), 4000, 200)  # no table to read: not trusted
+    assert "coarser" in too_coarse(Compression("WebP"), 4000, 200)
+
+
+def test_a_category_knows_whether_its_photos_were_lossy(tmp_path) -> None:
+    """From the training files' own encoding, or from what ``rpe-pad prepare`` wrote (its PNGs
+    carry the compression of the photos they were made from); the bundle's camera records it."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from models.data import load_category
+
+    lego = Path(__file__).parents[1] / "data" / "Lego"
+    assert not load_category(lego, size=32, load_test=False).lossy_photos
+    copy = shutil.copytree(lego, tmp_path / "Lego")
+    first = sorted((copy / "train" / "good").glob("*.png"))[0]
+    first.write_bytes(encoded(Image.open(first).convert("RGB"), format="JPEG", quality=90))  # one JPEG among PNGs
+    assert load_category(copy, size=32, load_test=False).lossy_photos
+    transforms = json.loads((copy / "train" / "transforms.json").read_text())
+    transforms["camera"] = {"lossy": False}  # what prepare wrote wins over the files
+    (copy / "train" / "transforms.json").write_text(json.dumps(transforms))
+    assert not load_category(copy, size=32, load_test=False).lossy_photos
