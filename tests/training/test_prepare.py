@@ -109,8 +109,10 @@ def test_a_wrong_focal_length_is_caught_not_trusted(textured: Path, photos: Path
 
 def test_masks_and_composites_and_the_report(prepared) -> None:
     out, report = prepared
-    sources = {f["source"] for f in json.loads((out / "train" / "transforms.json").read_text())["frames"]}
+    transforms = json.loads((out / "train" / "transforms.json").read_text())
+    sources = {f["source"] for f in transforms["frames"]}
     assert len(sources) == VIEWS and all(s.startswith("IMG_") for s in sources)
+    assert transforms["camera"]["lossy"] is False  # PNG photos: its bundle refuses coarse JPEG queries
     first = np.asarray(Image.open(out / "train" / "good" / "000.png"))
     mask = np.asarray(Image.open(out / "prepare" / "masks" / "000.png")) >= 128
     assert 0.05 < mask.mean() < 0.6
