@@ -36,7 +36,7 @@ a painted set) show none either, their evidence spread too thin at the map's fin
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -90,6 +90,12 @@ class Calibration(BaseModel):
     # the held-out views are resampled (``threshold_spread``): how well so few views pin it down.
     threshold_range: tuple[float, float] | None = None
     false_alarm_range: tuple[float, float] | None = None
+    # Rule false_alarm, photos lossless: the JPEG settings (quality, chroma) its held-out photos
+    # were judged at without raising the false alarms past twice the rate, and their width; a
+    # query at least that wide and at least as fine as one of them is taken, any other JPEG is
+    # refused (models.compression, training/calibrate.py ``jpeg_tolerance``). None: not measured.
+    jpeg_taken: list[tuple[Annotated[int, Field(ge=1, le=100)], Literal["4:4:4", "4:2:0"]]] | None = None
+    jpeg_photo_width: int | None = Field(None, gt=0)
     score_floor: float = Field(ge=0)
     pixel_floor: float = Field(ge=0)
     normal_scores: ScoreStats

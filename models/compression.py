@@ -5,8 +5,9 @@ The scorer compares a query with a render to the last few grey levels and the co
 chroma, and its levels were set on the training photographs. JPEG's compression error reads
 as residue: on seed 1's normal views, quality 85 with 4:2:0 chroma at 256 px rejected 10 of
 10 good parts where the PNGs rejected none (docs/RESULTS.md, session 33). So a bundle trained
-on lossless photographs refuses a query whose compression is coarser than what measurement
-found harmless there (``too_coarse``), with the reason and what to send instead.
+on lossless photographs refuses a query whose compression is coarser than what its own
+calibration found harmless on its held-out photos (``too_coarse``; bundles calibrated before
+session 33: a fixed rule measured on seed 1), with the reason and what to send instead.
 
 - A JPEG's quality is estimated from its luminance quantization table: the IJG quality
   (libjpeg's scaling of the standard table of ITU-T T.81 Annex K) whose table is nearest.
@@ -28,6 +29,7 @@ _LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55
                   18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
                   49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
 _SAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+_COARSENESS = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}  # chroma subsampling, finest first; others (unknown) after
 
 MIN_QUALITY = 95  # JPEG quality at least this, else refused by a bundle trained on lossless photos
 MIN_SUBSAMPLED_SCALE = 2.0  # subsampled chroma: the photo at least this many times the bundle's width
@@ -102,12 +104,32 @@ def compression_of(data: bytes) -> Compression | None:
     return None
 
 
-def too_coarse(compression: Compression | None, width: int, bundle_width: int) -> str:
+def too_coarse(compression: Compression | None, width: int, bundle_width: int,
+               measured: tuple[list[tuple[int, str]] | None, int | None] = (None, None)) -> str:
     """Why a bundle trained on lossless photos at ``bundle_width`` cannot judge a photo
-    ``width`` pixels wide with ``compression``, or "" when it can: lossless; JPEG at quality
-    ``MIN_QUALITY`` or more, with full chroma or at least ``MIN_SUBSAMPLED_SCALE`` times the
-    bundle's width (measured on seed 1: docs/RESULTS.md, session 33)."""
+    ``width`` pixels wide with ``compression``, or "" when it can.
+
+    With ``measured`` (the calibration's ``jpeg_taken`` and ``jpeg_photo_width``: the JPEG
+    settings its own held-out photos were judged at without more false alarms,
+    training/calibrate.py), that measurement decides: a JPEG at least as wide as those photos
+    and at least as fine as one setting taken (its quality at least that one's, and its chroma
+    full or that one's subsampled) is taken, any other lossy photo refused. Without it (bundles
+    calibrated before session 33), the fixed rule measured on seed 1 (docs/RESULTS.md, session
+    33): JPEG at quality ``MIN_QUALITY`` or more, with full chroma or at least
+    ``MIN_SUBSAMPLED_SCALE`` times the bundle's width."""
     if compression is None:
+        return ""
+    taken, photo_width = measured
+    if taken is not None and photo_width is not None:
+        if not taken:
+            return "its calibration found no JPEG setting that left its false alarms as they were"
+        if compression.format != "JPEG" or compression.quality is None:
+            return "its compression was not measured by the bundle's calibration"
+        finest_needed = ", ".join(f"quality {q} {c}" for q, c in taken)
+        if width < photo_width:
+            return f"it is {width} px wide, under the {photo_width} px of the photos the bundle's calibration measured"
+        if not any(compression.quality >= q and _COARSENESS.get(compression.chroma, 3) <= _COARSENESS[c] for q, c in taken):
+            return f"it is coarser than what the bundle's calibration took ({finest_needed})"
         return ""
     if compression.format == "JPEG" and compression.quality is not None and compression.quality >= MIN_QUALITY:
         if compression.chroma == "4:4:4" or width >= MIN_SUBSAMPLED_SCALE * bundle_width:

@@ -463,12 +463,17 @@ class Inspector:
             raise InspectionError(f"the photo is greyscale, but bundle {self.name!r} was trained on colour photos: send "
                                   "the colour photo, or train a bundle on greyscale photos of the part")
         lossless = cam is None or not cam.lossy_photos
-        why = too_coarse(compression, image.shape[1], self.width) if lossless else ""
+        measured = (self.calibration.jpeg_taken, self.calibration.jpeg_photo_width)
+        why = too_coarse(compression, image.shape[1], self.width, measured) if lossless else ""
         if why:  # compression error reads as residue: good parts would be rejected
+            takes = (f"a JPEG its calibration took, at least {measured[1]} px wide: "
+                     + (", ".join(f"quality {q} {c}" for q, c in measured[0]) or "none")
+                     if measured[0] is not None else
+                     f"JPEG at quality {MIN_QUALITY} or more, at least {MIN_SUBSAMPLED_SCALE:g} x {self.width} px wide "
+                     f"unless its chroma is 4:4:4")
             raise InspectionError(f"the photo is a {compression.describe()}, and {why}; bundle {self.name!r} was trained on "
                                   f"lossless photos, so compression this coarse would read as defects: send PNG (or "
-                                  f"JPEG at quality {MIN_QUALITY} or more, at least {MIN_SUBSAMPLED_SCALE:g} x "
-                                  f"{self.width} px wide unless its chroma is 4:4:4)")
+                                  f"{takes})")
         return map_to_camera(np.ascontiguousarray(image, dtype=np.float32), self.width, self.height, self.K, intrinsics,
                              self.lens)
 

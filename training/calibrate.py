@@ -40,6 +40,7 @@ are kept either way. Output: ``calibration/calibration.json`` (a ``Calibration``
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -49,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 from tqdm.auto import tqdm
 
 from models.calibration import (
@@ -64,6 +66,7 @@ from models.camera import perturb_pose
 from models.bundle import FILES, REPORTS, WORK_FILES
 from models.data import GOOD, Category
 from models.hashing import sha256_file
+from models.images import decode_rgb, load_rgb, resize_rgb, to_uint8
 from models.inspector import align_references, compare_at_poses
 from models.refine import RefineConfig
 from models.scoring import (
@@ -91,8 +94,13 @@ from training.splats import SplatConfig, calibration_key, default_device, holdou
 # (session 24); 7: the threshold's and the false-alarm rate's ranges over resampled held-out views
 # (``models.calibration.threshold_spread``; the thresholds themselves as under 5); 8 and 9 were
 # measured and not adopted (sessions 26, 27); 10: the returned map blurred with a sigma of its own,
-# with its levels and ``map_scale`` (``map_sigma``, session 31; the thresholds as under 7).
-METHOD = 10
+# with its levels and ``map_scale`` (``map_sigma``, session 31; the thresholds as under 7);
+# 11: and the JPEG qualities the bundle takes (``jpeg_tolerance``, session 33; thresholds as under 7).
+METHOD = 11
+# JPEG settings (quality, chroma) tried on the held-out photos, finest first (in that order on seed 1's
+# views: docs/RESULTS.md, session 33); 4:2:0 is the encoders' default.
+JPEG_LADDER = ((100, "4:4:4"), (95, "4:4:4"), (90, "4:4:4"), (95, "4:2:0"), (90, "4:2:0"), (85, "4:2:0"), (75, "4:2:0"))
+_SUBSAMPLING = {"4:4:4": 0, "4:2:0": 2}
 
 
 MAX_MAP_SIGMA = SCORE_SIZE / 8  # the blur's 4 sigma each side stays within the map (models.scoring.check_config)
@@ -201,17 +209,22 @@ def convergence_ratio(shipped: GaussianScene, model: GaussianScene, seen: list, 
     return float(np.median(final / np.maximum(early, 1e-12)))
 
 
+def _jittered(held: list, cfg: CalibConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The held-out views' poses, intrinsics and their ``cfg.jitters`` jittered poses each (seeded)."""
+    poses = torch.stack([v.w2c for v in held])
+    Ks = torch.stack([v.K for v in held])
+    sigma = cfg.jitter_px / (math.sqrt(2) * float(Ks[0, 0, 0]))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return poses, Ks, perturb_pose(poses.repeat_interleave(cfg.jitters, dim=0), sigma, 0.0, gen)
+
+
 def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress: bool = True) -> HeldOut:
     """Score the held-out views against ``scene``; with a combination other than the peers'
     sum, its normal statistics are fitted first on the jittered views (``models.scoring``)."""
     scorer = AnomalyScorer(tolerance=cfg.tolerance, background=scene.background, colour=cfg.colour)
     images = torch.stack([v.image for v in held])
-    poses = torch.stack([v.w2c for v in held])
-    Ks = torch.stack([v.K for v in held])
-    sigma = cfg.jitter_px / (math.sqrt(2) * float(Ks[0, 0, 0]))
-    gen = torch.Generator().manual_seed(cfg.seed)
+    poses, Ks, jittered_poses = _jittered(held, cfg)
     rep = lambda t: t.repeat_interleave(cfg.jitters, dim=0)  # noqa: E731
-    jittered_poses = perturb_pose(rep(poses), sigma, 0.0, gen)
     fitting = cfg.combination != "peers"
     align = RefineConfig()  # the refinement's last step: each render warped onto its photograph
     bar = tqdm(total=len(held) * (1 + cfg.jitters * (2 if fitting else 1)), desc="calibration (held-out views)",
@@ -242,6 +255,38 @@ def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress:
     jittered, maps = _score(scorer, scene, rep(images), jittered_poses, rep(Ks), cfg.batch, bar, align)
     bar.close()
     return HeldOut(own, jittered, maps, scorer)
+
+
+def jpeg_tolerance(scene: GaussianScene, held: list, cfg: CalibConfig, heldout: HeldOut, threshold: float,
+                   progress: bool = True) -> tuple[list[tuple[int, str]], int, dict[str, float]]:
+    """Which JPEG settings a bundle trained on lossless photos can judge, measured on its own
+    held-out photos: each is compressed at its own size at each step of ``JPEG_LADDER``,
+    decoded and resized as a query is, and scored as the calibration scores it (jittered,
+    aligned, times the convergence ratio). Returns the steps, from the finest, that each reject
+    at most twice the false-alarm rate the threshold was set for (the ladder stops at the first
+    that does not), the photos' width (a query at least as wide is compressed no more coarsely
+    at the scorer's scale) and each step's false-alarm rate."""
+    _, Ks, jittered_poses = _jittered(held, cfg)
+    rep = lambda t: t.repeat_interleave(cfg.jitters, dim=0)  # noqa: E731
+    photos = [to_uint8(load_rgb(v.path, scene.background)) for v in held]
+    height, width = held[0].image.shape[:2]
+    bar = tqdm(total=len(held) * cfg.jitters * len(JPEG_LADDER), desc="calibration (JPEG ladder)", unit="view",
+               disable=not progress)
+    rates, taken = {}, []
+    for quality, chroma in JPEG_LADDER:
+        images = []
+        for photo in photos:
+            buf = io.BytesIO()
+            Image.fromarray(photo).save(buf, format="JPEG", quality=quality, subsampling=_SUBSAMPLING[chroma])
+            images.append(torch.from_numpy(resize_rgb(decode_rgb(buf.getvalue(), scene.background), width, height)))
+        scores, _ = _score(heldout.scorer, scene, rep(torch.stack(images)), jittered_poses, rep(Ks), cfg.batch, bar,
+                           RefineConfig())
+        rates[f"q{quality} {chroma}"] = float(np.mean(scores * heldout.scale > threshold))
+        if rates[f"q{quality} {chroma}"] > 2 * cfg.false_alarm_rate:
+            break
+        taken.append((quality, chroma))
+    bar.close()
+    return taken, photos[0].shape[1], rates
 
 
 def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, validation: Category | None = None,
@@ -381,6 +426,10 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
         seen = split_holdout(category, cfg.holdout_every)[0].train
         heldout.scale = convergence_ratio(shipped, model, seen, heldout.scorer, cfg.batch, progress)
     calib, raw = calibrate(category, shipped, cfg, validation, progress, heldout)
+    jpeg = None
+    if heldout is not None and calib.rule == "false_alarm" and not category.lossy_photos:
+        jpeg = jpeg_tolerance(model, held, cfg, heldout, calib.threshold, progress)
+        calib = calib.model_copy(update={"jpeg_taken": jpeg[0], "jpeg_photo_width": jpeg[1]})
     calib_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     calib_path.write_text(calib.model_dump_json(indent=2) + "\n")
@@ -394,6 +443,8 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
                       threshold_range=calib.threshold_range and [round(v, 4) for v in calib.threshold_range],
                       false_alarm_range=calib.false_alarm_range and [round(v, 4) for v in calib.false_alarm_range],
                       heldout_scale=round(heldout.scale, 4),
+                      jpeg_taken=jpeg and jpeg[0], jpeg_photo_width=jpeg and jpeg[1],
+                      jpeg_false_alarm_rates=jpeg and {k: round(r, 4) for k, r in jpeg[2].items()},
                       quantile_rule_threshold=round(raw["quantile_rule_threshold"], 4),
                       calibration_model=fit)
     report_path.write_text(json.dumps(report, indent=2) + "\n")

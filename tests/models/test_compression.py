@@ -74,3 +74,19 @@ def test_a_category_knows_whether_its_photos_were_lossy(tmp_path) -> None:
     transforms["camera"] = {"lossy": False}  # what prepare wrote wins over the files
     (copy / "train" / "transforms.json").write_text(json.dumps(transforms))
     assert not load_category(copy, size=32, load_test=False).lossy_photos
+
+
+def test_a_bundles_own_measurement_decides() -> None:
+    """A calibration that judged its held-out photos (400 px) as before at quality 100 and 95
+    with full chroma (training/calibrate.py ``jpeg_tolerance``) takes a JPEG at least as fine as
+    one of those and at least as wide, and refuses the rest, the fixed rule notwithstanding."""
+    measured = ([(100, "4:4:4"), (95, "4:4:4")], 400)
+    assert too_coarse(Compression("JPEG", 97, "4:4:4"), 400, 200, measured) == ""
+    assert too_coarse(Compression("JPEG", 95, "4:4:4"), 4000, 200, measured) == ""
+    assert "coarser than what the bundle's calibration took (quality 100 4:4:4, quality 95 4:4:4)" in too_coarse(
+        Compression("JPEG", 95, "4:2:0"), 400, 200, measured)  # the fixed rule would take it at 2 x
+    assert "under the 400 px" in too_coarse(Compression("JPEG", 100, "4:4:4"), 256, 200, measured)
+    assert "not measured" in too_coarse(Compression("WebP"), 400, 200, measured)
+    subsampled = ([(95, "4:4:4"), (95, "4:2:0"), (85, "4:2:0")], 400)
+    assert too_coarse(Compression("JPEG", 90, "4:2:2"), 400, 200, subsampled) == ""  # finer chroma than a step taken
+    assert "no JPEG setting" in too_coarse(Compression("JPEG", 100, "4:4:4"), 400, 200, ([], 400))

@@ -178,6 +178,12 @@ def test_a_coarse_jpeg_is_refused_by_a_bundle_trained_on_lossless_photos(inspect
         inspector.prepare(image, compression=Compression("JPEG", 85, "4:2:0"))
     big = np.kron(image, np.ones((2, 2, 1), np.float32))  # twice the bundle's width: subsampled chroma is averaged away
     assert inspector.prepare(big, compression=Compression("JPEG", 95, "4:2:0")).shape == (64, 64, 3)
+    # A calibration that measured its own held-out photos decides instead (training/calibrate.py).
+    measured = inspector.calibration.model_copy(update={"jpeg_taken": [(100, "4:4:4")], "jpeg_photo_width": 64})
+    monkeypatch.setattr(inspector, "calibration", measured)
+    assert inspector.prepare(image, compression=Compression("JPEG", 100, "4:4:4")).shape == (64, 64, 3)
+    with pytest.raises(InspectionError, match="calibration took.*quality 100 4:4:4"):
+        inspector.prepare(image, compression=Compression("JPEG", 95, "4:4:4"))
     lossy = inspector.manifest.camera.model_copy(update={"lossy_photos": True})
     monkeypatch.setattr(inspector, "manifest", inspector.manifest.model_copy(update={"camera": lossy}))
     assert inspector.prepare(image, compression=Compression("JPEG", 85, "4:2:0")).shape == (64, 64, 3)

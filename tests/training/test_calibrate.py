@@ -74,6 +74,14 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
     assert calib.heldout_scale == pytest.approx(scale, abs=1e-4) and 0 < scale < 10
     assert calib.threshold == pytest.approx(np.quantile(held_scores * calib.heldout_scale, 0.8))
     assert np.mean(held_scores * calib.heldout_scale > calib.threshold) == pytest.approx(0.2, abs=1 / 6)
+    # The JPEG ladder: the held-out photos compressed at each quality, scored as above; the lowest
+    # quality down to which none raises the false alarms past twice the rate is what the bundle takes.
+    from training.calibrate import JPEG_LADDER
+    rates = report["jpeg_false_alarm_rates"]
+    assert list(rates) == [f"q{q} {c}" for q, c in JPEG_LADDER[:len(rates)]]
+    assert calib.jpeg_photo_width == report["jpeg_photo_width"] == 64
+    passed = [step for step in JPEG_LADDER[:len(rates)] if rates[f"q{step[0]} {step[1]}"] <= 2 * 0.2]
+    assert [tuple(t) for t in calib.jpeg_taken] == passed == list(JPEG_LADDER[:len(passed)])  # stops at a failure
     # Two views are too few to resample: no range, rather than one that looks firm.
     assert calib.threshold_range is None and report["threshold_range"] is None
     assert "90 % range" not in _calibration_headline(report)
