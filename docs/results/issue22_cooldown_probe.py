@@ -15,13 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from issue22_probes import fit_step, score_split
+from issue22_probes import continuation, fit_step, score_split
 from models.data import load_category
 from models.inspector import Inspector
 from models.splat.scene import GaussianScene
-from training.splats import _optimizers, preset, scene_scale, view_at
+from training.splats import preset, view_at
 
 bundle, cat = Path(sys.argv[1]), Path(sys.argv[2])
 steps, factor, out_path = int(sys.argv[3]), float(sys.argv[4]), Path(sys.argv[5])
@@ -29,15 +27,7 @@ ins = Inspector.load(bundle, device="cpu")
 cfg = preset("cpu")
 c = load_category(cat, size=cfg.image_size)
 before = score_split(ins, ins.scene, c.test)
-images = c.train_images().float()
-poses = c.train_poses().float()
-Ks = torch.stack([v.K for v in c.train]).float()
-params = {k: torch.nn.Parameter(v.detach().clone().contiguous()) for k, v in ins.scene.params().items()}
-optimizers = _optimizers(params, cfg, scene_scale(c.train_poses()))
-for name, opt in optimizers.items():
-    for group in opt.param_groups:
-        group["lr"] *= factor * (0.01 if name == "means" else 1.0)  # the means' rate has decayed to 1 %
-bg = torch.tensor(c.background, dtype=torch.float32)
+images, poses, Ks, params, optimizers, bg = continuation(ins.scene, c, cfg, factor)
 start = time.perf_counter()
 for step in range(steps):
     i = view_at(step, len(images), [], 0, 1)

@@ -9,7 +9,7 @@ from models.inspector import Inspector, align_references
 from models.metrics import auroc
 from models.refine import RefineConfig
 from models.splat.scene import GaussianScene, render
-from training.splats import SplatConfig, _ssim, psnr
+from training.splats import SplatConfig, _optimizers, _ssim, psnr, scene_scale
 
 
 def fit_step(params: dict, optimizers: dict, cfg: SplatConfig, background: torch.Tensor, pose: torch.Tensor,
@@ -58,3 +58,19 @@ def score_split(ins: Inspector, scene: GaussianScene, queries: list, threshold: 
         result.update(threshold=threshold, found=f"{int((s[labels] > threshold).sum())} of {int(labels.sum())}",
                       rejected=f"{int((s[~labels] > threshold).sum())} of {int((~labels).sum())}")
     return result
+
+
+def continuation(scene: GaussianScene, category, cfg: SplatConfig, factor: float):
+    """What continuing a shipped model's fit needs: the training views (images, poses, Ks), its
+    parameters as leaves, the fit's optimizers with every rate times ``factor`` (the means' at
+    the fit's final, decayed 1 %), and the background."""
+    images = category.train_images().float()
+    poses = category.train_poses().float()
+    Ks = torch.stack([v.K for v in category.train]).float()
+    params = {k: torch.nn.Parameter(v.detach().clone().contiguous()) for k, v in scene.params().items()}
+    optimizers = _optimizers(params, cfg, scene_scale(category.train_poses()))
+    for name, opt in optimizers.items():
+        for group in opt.param_groups:
+            group["lr"] *= factor * (0.01 if name == "means" else 1.0)
+    return images, poses, Ks, params, optimizers, torch.tensor(category.background, dtype=torch.float32)
+
