@@ -466,9 +466,8 @@ class Inspector:
         measured = (self.calibration.jpeg_taken, self.calibration.jpeg_photo_width)
         why = too_coarse(compression, image.shape[1], self.width, measured) if lossless else ""
         if why:  # compression error reads as residue: good parts would be rejected
-            takes = (f"a JPEG its calibration took, at least {measured[1]} px wide: "
-                     + (", ".join(f"quality {q} {c}" for q, c in measured[0]) or "none")
-                     if measured[0] is not None else
+            takes = (f"a JPEG at least {measured[1]} px wide and as fine as a setting its calibration took"
+                     if measured[0] else "a lossless format" if measured[0] is not None else
                      f"JPEG at quality {MIN_QUALITY} or more, at least {MIN_SUBSAMPLED_SCALE:g} x {self.width} px wide "
                      f"unless its chroma is 4:4:4")
             raise InspectionError(f"the photo is a {compression.describe()}, and {why}; bundle {self.name!r} was trained on "
