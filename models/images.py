@@ -35,7 +35,36 @@ FORMAT_NAMES = "PNG, JPEG, WebP, BMP or TIFF"  # ``FORMATS`` in words (MPO is a 
 
 class ImageRefused(ValueError):
     """An image file the product does not read: too many pixels, another format, several
-    frames. The message says what the file is and what is read; callers put its name in front."""
+    frames. The message says what the file is and what is read; callers put its name in front.
+    ``reason`` ("format", "pixels", "frames") and ``facts`` let a caller say it its own way
+    (the service: a status code and its words)."""
+
+    def __init__(self, message: str, reason: str, **facts) -> None:
+        super().__init__(message)
+        self.reason, self.facts = reason, facts
+
+
+def declared_pixels(exc: Image.DecompressionBombError) -> int | None:
+    """The pixel count a header declared, from Pillow's error (it names the count, not the sides)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return int(found[1]) if found else None
+
+
+def header_problem(image: Image.Image, max_pixels: int) -> ImageRefused | None:
+    """What the product refuses in an opened image, from its header alone (no pixel decoded):
+    a format outside ``FORMATS``, more than ``max_pixels`` pixels, several frames (except MPO,
+    read by its first frame). Counting a TIFF's frames walks its pages: hostile bytes raise
+    Pillow's errors there, for the caller to wrap."""
+    if image.format not in FORMATS:
+        return ImageRefused(f"format {image.format} is not read (give {FORMAT_NAMES})", "format", format=image.format)
+    width, height = image.size
+    if width * height > max_pixels:
+        return ImageRefused(_too_many(f"{width} x {height} pixels", max_pixels), "pixels", width=width, height=height)
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1 and image.format != "MPO":
+        return ImageRefused(f"it is a {image.format} of {frames} frames (an animation or several pages): give one "
+                            "still image", "frames", format=image.format, frames=frames)
+    return None
 
 
 def _too_many(declared: str, max_pixels: int) -> str:
@@ -58,22 +87,16 @@ def open_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image = Image.open(fp)
         except Image.DecompressionBombError as exc:  # over Pillow's own limit
-            declared = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow says how many, not the sides
+            declared = declared_pixels(exc)
             limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
-            raise ImageRefused(_too_many(f"{declared[1]} pixels" if declared else "more pixels", limit)) from exc
+            raise ImageRefused(_too_many(f"{declared} pixels" if declared else "more pixels", limit), "pixels") from exc
         with image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageRefused(_too_many(f"{width} x {height} pixels", max_pixels))
-            if image.format not in FORMATS:
-                raise ImageRefused(f"format {image.format} is not read (give {FORMAT_NAMES})")
             try:
-                frames = getattr(image, "n_frames", 1)  # TIFF counts its pages by walking them
+                problem = header_problem(image, max_pixels)
             except Exception as exc:  # noqa: BLE001 (hostile bytes: Pillow raises OSError, EOFError, struct.error, ...)
                 raise ValueError(f"its frames cannot be read ({type(exc).__name__}: {exc})") from exc
-            if frames > 1 and image.format != "MPO":
-                raise ImageRefused(f"it is a {image.format} of {frames} frames (an animation or several pages): give "
-                                   "one still image")
+            if problem is not None:
+                raise problem
             yield image
 
 

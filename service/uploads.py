@@ -16,18 +16,16 @@ to RGB; EXIF orientation is applied (``models.images.to_rgb_float``).
 from __future__ import annotations
 
 import io
-import re
 import warnings
 
 import numpy as np
 from fastapi import UploadFile
 from PIL import Image, UnidentifiedImageError
 
-from models.images import FORMATS, Background, to_rgb_float
+from models.images import Background, ImageRefused, declared_pixels, header_problem, to_rgb_float
 from service.problems import ServiceError
 from service.settings import Settings
 
-MULTI_FRAME = {"MPO"}  # read as their first frame, the photograph; other formats' frames are refused (422)
 MEDIA_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/bmp", "image/tiff", "image/x-ms-bmp",
                "application/octet-stream", ""}
 CHUNK = 1 << 16
@@ -62,6 +60,18 @@ def pillow_allows(pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = pixels
 
 
+def _refusal(problem: ImageRefused, name: str, limit: int) -> ServiceError:
+    """``models.images.header_problem``'s refusal as the service answers it."""
+    facts = problem.facts
+    if problem.reason == "format":
+        return ServiceError(415, f"{name}: format {facts['format']} is not supported (PNG, JPEG, WebP, BMP, TIFF)")
+    if problem.reason == "pixels":
+        width, height = facts["width"], facts["height"]
+        return ServiceError(413, f"{name}: {width} x {height} = {width * height} pixels, more than the limit of {limit}")
+    return ServiceError(422, f"{name}: this {facts['format']} image has {facts['frames']} frames; send one photograph "
+                             f"per file")
+
+
 def decode(data: bytes, name: str, settings: Settings, background: Background) -> np.ndarray:
     """RGB float32 ``[H, W, 3]`` in [0, 1] of encoded image bytes, or a ServiceError."""
     if not data:
@@ -75,26 +85,21 @@ def decode(data: bytes, name: str, settings: Settings, background: Background) -
     except UnidentifiedImageError as exc:
         raise ServiceError(400, f"{name}: not a decodable image") from exc
     except Image.DecompressionBombError as exc:  # over twice Pillow's limit (at least ours): refused before decoding
-        pixels = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow names the header's pixel count
-        count = f"{pixels[1]} pixels" if pixels else f"more than {2 * Image.MAX_IMAGE_PIXELS} pixels"
+        pixels = declared_pixels(exc)
+        count = f"{pixels} pixels" if pixels else f"more than {2 * Image.MAX_IMAGE_PIXELS} pixels"
         raise ServiceError(413, f"{name}: {count}, more than the limit of {limit}") from exc
     except Exception as exc:  # noqa: BLE001 (Pillow's plugins raise OSError, ValueError, TypeError, ... on hostile bytes)
         raise ServiceError(400, f"{name}: not a decodable image ({exc})") from exc
     with image:
-        if image.format not in FORMATS:
-            raise ServiceError(415, f"{name}: format {image.format} is not supported (PNG, JPEG, WebP, BMP, TIFF)")
+        try:
+            problem = header_problem(image, limit)  # the product's one list of what it reads (models.images)
+        except Exception as exc:  # noqa: BLE001 (counting a TIFF's pages on hostile bytes, as above)
+            raise ServiceError(400, f"{name}: cannot read the image's frames ({exc})") from exc
+        if problem is not None:
+            raise _refusal(problem, name, limit)
         width, height = image.size
-        if width * height > limit:
-            raise ServiceError(413, f"{name}: {width} x {height} = {width * height} pixels, more than the limit of {limit}")
         if min(width, height) < settings.min_image_side:
             raise ServiceError(422, f"{name}: {width} x {height} is too small (at least {settings.min_image_side} px a side)")
-        try:
-            frames = getattr(image, "n_frames", 1)  # a TIFF's pages are counted by reading their headers
-        except Exception as exc:  # noqa: BLE001 (hostile bytes, as above)
-            raise ServiceError(400, f"{name}: cannot read the image's frames ({exc})") from exc
-        if frames > 1 and image.format not in MULTI_FRAME:
-            raise ServiceError(422, f"{name}: this {image.format} image has {frames} frames; send one photograph "
-                                    f"per file")
         try:
             image.load()
             return to_rgb_float(image, background)
