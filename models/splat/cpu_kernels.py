@@ -1,20 +1,22 @@
-"""Compiled CPU kernels of the rasterizer (numba): projection, tile binning, compositing.
+"""Compiled CPU kernels of the rasterizer (numba): projection, tile binning, compositing and
+its gradient.
 
-``models.splat.torch_rasterizer`` is the differentiable CPU rasterizer that fits Gaussian
-models. Inference needs no gradient, and there a per-pixel loop with gsplat's early stop
-does far less work than padded tensor blocks: these kernels are that loop, compiled. They
-compute what ``gsplat.rasterization`` computes (pinhole, non-packed; the formulas are in
-``torch_rasterizer``'s docstring), in float64 whatever the input's precision, and are
-checked against the literal per-pixel reference and the differentiable path in
-``tests/models/splat/test_rasterizer.py``.
+gsplat has no CPU kernels, and most machines that develop, test and demo this product have
+no GPU, so these kernels compute what ``gsplat.rasterization`` computes (pinhole,
+non-packed; the formulas are in ``models.splat.projection``'s docstring), in float64 whatever
+the input's precision. They are checked against a literal per-pixel reference, gradcheck and
+gsplat itself in ``tests/models/splat/test_rasterizer.py``.
 
-- :func:`project`: every Gaussian into one camera (means2d, conics, depths, opacities, radii);
+- :func:`project`: every Gaussian into one camera (means2d, conics, depths, opacities, radii),
+  for renders without a gradient (``models.splat.projection`` is the differentiable one);
 - :func:`bin_tiles`: the Gaussians each 8x8 tile must composite, front to back (a counting
   sort by tile of the depth-sorted ids), listing a Gaussian only in the tiles where its alpha
-  can reach 1/255 (:func:`min_exponent`). The differentiable path uses it too;
+  can reach 1/255 (:func:`min_exponent`);
 - :func:`composite`: front-to-back alpha compositing of a set of tiles, each pixel stopping
-  where gsplat stops. It releases the GIL, so ``models.splat.render`` splits the tiles over
-  ``torch.get_num_threads()`` Python threads.
+  where gsplat stops, and :func:`composite_backward`, its gradient, a back-to-front walk per
+  pixel as in gsplat's backward pass. Both release the GIL, so :func:`rasterize` splits the
+  tiles over ``torch.get_num_threads()`` Python threads; :class:`_CompositeFunction` makes the
+  pair an autograd function, which is how the CPU fits Gaussian models.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -55,7 +58,7 @@ def _normalise_quat(q):
 @_jit
 def project(means, quats, scales, opacities, viewmat, K, width, height, eps2d, near_plane, far_plane, antialiased,
             means2d, conics, depths, opac_out, radii):
-    """EWA projection into one camera, as ``torch_rasterizer.project``: ``means [N, 3]``,
+    """EWA projection into one camera, as ``projection.project``: ``means [N, 3]``,
     ``quats [N, 4]`` wxyz, ``scales [N, 3]`` linear, ``opacities [N]``, ``viewmat [4, 4]``
     world-to-camera (OpenCV axes), ``K [3, 3]``. Fills ``means2d [N, 2]``, ``conics [N, 3]``,
     ``depths [N]``, ``opac_out [N]`` (compensated when ``antialiased``) and ``radii [N, 2]``
@@ -183,22 +186,26 @@ def bin_tiles(order, means2d, radii, conics, opacities, n_tx, n_ty, exact):
 
 
 @_jit
-def composite(tiles, ids, offsets, means2d, conics, opacities, colors, background, n_tx, out, out_alpha):
+def composite(tiles, ids, offsets, means2d, conics, opacities, colors, background, n_tx, out, out_alpha, last):
     """Composite ``tiles`` front to back into ``out [H, W, D]`` and ``out_alpha [H, W]``
     (pixels of other tiles are left as they are). Per pixel centre: ``sigma = 0.5 (A dx^2 +
     C dy^2) + B dx dy``, ``alpha = min(0.999, o exp(-sigma))``; Gaussians with ``sigma < 0``
     or ``alpha < 1/255`` are skipped, and the pixel stops before the Gaussian that would
     bring its transmittance to ``<= 1e-4``; then ``colour += T * background`` (``background``
-    empty: none). A tile stops when all its pixels have."""
+    empty: none). A tile stops when all its pixels have. ``last [H, W]`` receives, per pixel,
+    one past the position in ``ids`` of the last Gaussian composited there (the tile's offset
+    when none): :func:`composite_backward` walks back from it."""
     height, width, D = out.shape
     T = np.empty(TILE * TILE)
     acc = np.empty((TILE * TILE, D))
     live = np.empty(TILE * TILE, np.bool_)
+    end = np.empty(TILE * TILE, np.int64)
     for t in tiles:
         ty, tx = t // n_tx, t % n_tx
         T[:] = 1.0
         acc[:] = 0.0
         live[:] = True
+        end[:] = offsets[t]
         n_live = TILE * TILE
         for k in range(offsets[t], offsets[t + 1]):
             g = ids[k]
@@ -231,6 +238,7 @@ def composite(tiles, ids, offsets, means2d, conics, opacities, colors, backgroun
                     for d in range(D):
                         acc[i, d] += w * colors[g, d]
                     T[i] = t_next
+                    end[i] = k + 1
             if n_live == 0:
                 break
         for r in range(min(TILE, height - ty * TILE)):
@@ -240,6 +248,86 @@ def composite(tiles, ids, offsets, means2d, conics, opacities, colors, backgroun
                     bg = T[i] * background[d] if len(background) else 0.0
                     out[ty * TILE + r, tx * TILE + q, d] = acc[i, d] + bg
                 out_alpha[ty * TILE + r, tx * TILE + q] = 1.0 - T[i]
+                last[ty * TILE + r, tx * TILE + q] = end[i]
+
+
+@_jit
+def composite_backward(tiles, ids, offsets, means2d, conics, opacities, colors, background, n_tx, out_alpha, last,
+                       v_out, v_alpha_out, v_means2d, v_conics, v_opacities, v_colors):
+    """The gradient of :func:`composite` over ``tiles``, given the forward's ``out_alpha`` and
+    ``last`` and the loss's gradients ``v_out [H, W, D]`` and ``v_alpha_out [H, W]``; adds into
+    ``v_means2d [N, 2]``, ``v_conics [N, 3]``, ``v_opacities [N]`` and ``v_colors [N, D]``.
+
+    Each pixel walks its Gaussians back to front from ``last``, recovering the transmittance in
+    front of each (``T_i = T_(i+1) / (1 - alpha_i)``) and the colour composited behind it (``S``),
+    as gsplat's backward pass does. With ``C = sum_i c_i alpha_i T_i + T_end bg``:
+    ``dC/dalpha_i = c_i T_i - (S_i + T_end bg) / (1 - alpha_i)`` and ``d(1 - T_end)/dalpha_i =
+    T_end / (1 - alpha_i)``. A clamped alpha (0.999) passes no gradient; the rest follows
+    ``alpha = o exp(-sigma)``, ``sigma = 0.5 A dx^2 + B dx dy + 0.5 C dy^2``, ``d = mean - pixel``.
+    The forward's skips are repeated exactly (the same float64 formulas)."""
+    height, width, D = v_out.shape
+    T = np.empty(TILE * TILE)
+    t_end = np.empty(TILE * TILE)
+    behind = np.empty((TILE * TILE, D))
+    v_bg = np.empty(TILE * TILE)
+    stop = np.zeros(TILE * TILE, np.int64)
+    for t in tiles:
+        ty, tx = t // n_tx, t % n_tx
+        behind[:] = 0.0
+        stop[:] = offsets[t]
+        top = offsets[t]
+        for r in range(min(TILE, height - ty * TILE)):
+            for q in range(min(TILE, width - tx * TILE)):
+                i = r * TILE + q
+                y, x = ty * TILE + r, tx * TILE + q
+                T[i] = 1.0 - out_alpha[y, x]
+                t_end[i] = T[i]
+                stop[i] = last[y, x]
+                top = max(top, stop[i])
+                s = 0.0
+                for d in range(len(background)):
+                    s += background[d] * v_out[y, x, d]
+                v_bg[i] = s
+        for k in range(top - 1, offsets[t] - 1, -1):
+            g = ids[k]
+            o = np.float64(opacities[g])
+            if o < ALPHA_MIN:
+                continue
+            limit = math.log(255.0 * o)
+            mx, my = means2d[g, 0] - (tx * TILE + 0.5), means2d[g, 1] - (ty * TILE + 0.5)
+            a, b, c = 0.5 * np.float64(conics[g, 0]), np.float64(conics[g, 1]), 0.5 * np.float64(conics[g, 2])
+            for r in range(min(TILE, height - ty * TILE)):
+                dy = my - r
+                row, cross = c * dy * dy, b * dy
+                for q in range(min(TILE, width - tx * TILE)):
+                    i = r * TILE + q
+                    if k >= stop[i]:
+                        continue
+                    dx = mx - q
+                    sigma = a * dx * dx + row + cross * dx
+                    if sigma < 0.0 or sigma > limit:
+                        continue
+                    vis = math.exp(-sigma)
+                    alpha = min(ALPHA_MAX, o * vis)
+                    if alpha < ALPHA_MIN:
+                        continue
+                    y, x = ty * TILE + r, tx * TILE + q
+                    ra = 1.0 / (1.0 - alpha)
+                    T[i] *= ra  # the transmittance in front of this Gaussian
+                    w = alpha * T[i]
+                    v_alpha = (t_end[i] * ra) * (v_alpha_out[y, x] - v_bg[i])
+                    for d in range(D):
+                        v_colors[g, d] += w * v_out[y, x, d]
+                        v_alpha += (colors[g, d] * T[i] - behind[i, d] * ra) * v_out[y, x, d]
+                        behind[i, d] += colors[g, d] * w
+                    if o * vis <= ALPHA_MAX:
+                        v_sigma = -o * vis * v_alpha
+                        v_opacities[g] += vis * v_alpha
+                        v_conics[g, 0] += 0.5 * dx * dx * v_sigma
+                        v_conics[g, 1] += dx * dy * v_sigma
+                        v_conics[g, 2] += 0.5 * dy * dy * v_sigma
+                        v_means2d[g, 0] += (2.0 * a * dx + b * dy) * v_sigma
+                        v_means2d[g, 1] += (2.0 * c * dy + b * dx) * v_sigma
 
 
 # --- drivers: torch tensors in and out ------------------------------------------------------------------------------
@@ -257,7 +345,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 def project_cameras(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor,
                     width: int, height: int, eps2d: float, near_plane: float, far_plane: float,
                     antialiased: bool) -> dict[str, Tensor]:
-    """:func:`project` into each of C cameras; the same dict as ``torch_rasterizer.project``
+    """:func:`project` into each of C cameras; the same dict as ``projection.project``
     (``means2d [C, N, 2]``, ``conics [C, N, 3]``, ``depths [C, N]``, ``opacities [C, N]``,
     ``radii [C, N, 2]`` int32), in the inputs' dtype."""
     n_cams, n = viewmats.shape[0], means.shape[0]
@@ -283,32 +371,108 @@ def tile_lists(means2d: Tensor, radii: Tensor, depths: Tensor, conics: Tensor, o
     return torch.from_numpy(ids), torch.from_numpy(offsets)
 
 
+def _deal(busy: np.ndarray, workers: int) -> list[np.ndarray]:
+    """The busy tiles (longest first) dealt round-robin to ``workers`` threads."""
+    return [busy] if workers == 1 or len(busy) < 2 * workers else [busy[k::workers] for k in range(workers)]
+
+
+def _run(kernel, shares: list[np.ndarray], *args) -> None:
+    if len(shares) == 1:
+        kernel(shares[0], *args)
+        return
+    for done in [_pool(len(shares)).submit(kernel, share, *args) for share in shares]:
+        done.result()
+
+
+@dataclass
+class _Composited:
+    """One camera's forward pass, kept for its backward pass (float64 numpy arrays)."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    shares: list[np.ndarray]  # the busy tiles per thread
+    means2d: np.ndarray
+    conics: np.ndarray
+    opacities: np.ndarray
+    colors: np.ndarray
+    background: np.ndarray  # [D], or empty: none
+    n_tx: int
+    image: np.ndarray  # [H, W, D]
+    alpha: np.ndarray  # [H, W]
+    last: np.ndarray  # [H, W] int64
+
+
+def _composite_camera(means2d: Tensor, conics: Tensor, opacities: Tensor, radii: Tensor, depths: Tensor, colors: Tensor,
+                      background: Tensor | None, width: int, height: int) -> _Composited:
+    n_tx, n_ty = math.ceil(width / TILE), math.ceil(height / TILE)
+    ids, offsets = (t.numpy() for t in tile_lists(means2d, radii, depths, conics, opacities, n_tx, n_ty))
+    counts = np.diff(offsets)
+    busy = np.nonzero(counts)[0]
+    busy = busy[np.argsort(-counts[busy], kind="stable")]
+    bg = background.detach().double().numpy() if background is not None else np.empty(0)
+    done = _Composited(ids, offsets, _deal(busy, max(1, torch.get_num_threads())),
+                       *(t.detach().double().contiguous().numpy() for t in (means2d, conics, opacities, colors)), bg, n_tx,
+                       np.empty((height, width, colors.shape[-1])), np.zeros((height, width)),
+                       np.empty((height, width), np.int64))
+    done.image[:] = bg if len(bg) else 0.0  # tiles no Gaussian reaches
+    done.last[:] = 0
+    _run(composite, done.shares, ids, offsets, done.means2d, done.conics, done.opacities, done.colors, bg, n_tx,
+         done.image, done.alpha, done.last)
+    return done
+
+
 def rasterize(proj: dict[str, Tensor], colors: Tensor, width: int, height: int,
               backgrounds: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Composite projected Gaussians without autograd: colours ``[C, H, W, D]`` and alphas
-    ``[C, H, W, 1]`` in ``colors``' dtype, the same as ``torch_rasterizer.rasterize``. Each
-    camera's busy tiles are dealt, longest first, to ``torch.get_num_threads()`` threads."""
-    n_cams, _, dim = colors.shape
-    n_tx, n_ty = math.ceil(width / TILE), math.ceil(height / TILE)
-    workers = max(1, torch.get_num_threads())
-    images, alphas = np.zeros((n_cams, height, width, dim)), np.zeros((n_cams, height, width))
-    for c in range(n_cams):
-        means2d, conics, opac = (proj[k][c].detach().contiguous().numpy() for k in ("means2d", "conics", "opacities"))
-        ids, offsets = (t.numpy() for t in tile_lists(proj["means2d"][c], proj["radii"][c], proj["depths"][c],
-                                                       proj["conics"][c], proj["opacities"][c], n_tx, n_ty))
-        bg = backgrounds[c].detach().double().numpy() if backgrounds is not None else np.empty(0)
-        images[c] = bg if len(bg) else 0.0  # tiles no Gaussian reaches
-        counts = np.diff(offsets)
-        busy = np.nonzero(counts)[0]
-        busy = busy[np.argsort(-counts[busy], kind="stable")]
-        cols = colors[c].detach().contiguous().numpy()
-        args = (ids, offsets, means2d, conics, opac, cols, bg, n_tx, images[c], alphas[c])
-        if workers == 1 or len(busy) < 2 * workers:
-            composite(busy, *args)
+    """Composite projected Gaussians: colours ``[C, H, W, D]`` and alphas ``[C, H, W, 1]`` in
+    ``colors``' dtype. Each camera's busy tiles are dealt, longest first, to
+    ``torch.get_num_threads()`` threads. Differentiable in ``means2d``, ``conics``,
+    ``opacities``, ``colors`` and ``backgrounds`` (:class:`_CompositeFunction`) when any of
+    them wants a gradient; ``means2d``'s gradient is the screen-space one gsplat's
+    densification reads."""
+    images, alphas = [], []
+    for c in range(colors.shape[0]):
+        bg = backgrounds[c] if backgrounds is not None else None
+        args = (proj["means2d"][c], proj["conics"][c], proj["opacities"][c], colors[c], bg)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+            image, alpha = _CompositeFunction.apply(*args, proj["radii"][c], proj["depths"][c], width, height)
         else:
-            for done in [_pool(workers).submit(composite, busy[k::workers], *args) for k in range(workers)]:
-                done.result()
-    return torch.from_numpy(images).to(colors.dtype), torch.from_numpy(alphas[..., None]).to(colors.dtype)
+            done = _composite_camera(*args[:3], proj["radii"][c], proj["depths"][c], colors[c], bg, width, height)
+            image, alpha = (torch.from_numpy(a).to(colors.dtype) for a in (done.image, done.alpha))
+        images.append(image)
+        alphas.append(alpha)
+    return torch.stack(images), torch.stack(alphas)[..., None]
+
+
+class _CompositeFunction(torch.autograd.Function):
+    """One camera's compositing with :func:`composite_backward` as its gradient."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, colors, background, radii, depths, width, height):
+        done = _composite_camera(means2d, conics, opacities, radii, depths, colors, background, width, height)
+        ctx.done, ctx.dtype = done, colors.dtype
+        return torch.from_numpy(done.image).to(colors.dtype), torch.from_numpy(done.alpha).to(colors.dtype)
+
+    @staticmethod
+    def backward(ctx, v_image, v_alpha):
+        done: _Composited = ctx.done
+        n, dim = done.colors.shape
+        v_image = np.zeros(done.image.shape) if v_image is None else v_image.detach().double().contiguous().numpy()
+        v_alpha = np.zeros(done.alpha.shape) if v_alpha is None else v_alpha.detach().double().contiguous().numpy()
+        # One gradient buffer per thread: their tiles share Gaussians.
+        grads = [(np.zeros((n, 2)), np.zeros((n, 3)), np.zeros(n), np.zeros((n, dim))) for _ in done.shares]
+        args = (done.ids, done.offsets, done.means2d, done.conics, done.opacities, done.colors, done.background,
+                done.n_tx, done.alpha, done.last, v_image, v_alpha)
+        if len(done.shares) == 1:
+            composite_backward(done.shares[0], *args, *grads[0])
+        else:
+            for job in [_pool(len(done.shares)).submit(composite_backward, share, *args, *grad)
+                        for share, grad in zip(done.shares, grads)]:
+                job.result()
+        v_means2d, v_conics, v_opacities, v_colors = (torch.from_numpy(sum(parts)).to(ctx.dtype) for parts in zip(*grads))
+        v_background = None
+        if ctx.needs_input_grad[4]:
+            v_background = torch.from_numpy((v_image * (1.0 - done.alpha)[..., None]).sum((0, 1))).to(ctx.dtype)
+        return v_means2d, v_conics, v_opacities, v_colors, v_background, None, None, None, None
 
 
 def warm(dtype: torch.dtype = torch.float32) -> None:

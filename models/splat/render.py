@@ -2,10 +2,11 @@
 
 :func:`rasterization` takes gsplat 1.5.3's arguments and returns what it returns
 (``colors [C, H, W, X]``, ``alphas [C, H, W, 1]``, ``meta``); the backend follows the
-tensors' device: ``gsplat.rasterization`` for CUDA tensors; for CPU tensors, the
-differentiable PyTorch rasterizer of ``models.splat.torch_rasterizer`` when a gradient is
-wanted (fitting, the lab's per-query optimisation), else the compiled kernels of
-``models.splat.cpu_kernels`` (every render of the inspection pipeline). Cameras:
+tensors' device: ``gsplat.rasterization`` for CUDA tensors; for CPU tensors, the compiled
+kernels of ``models.splat.cpu_kernels``. When a gradient is wanted (fitting, the lab's
+per-query optimisation), the projection is ``models.splat.projection``'s tensor operations
+and the compositing the kernels' own forward and backward pass; otherwise the projection is
+compiled too (every render of the inspection pipeline). Cameras:
 world-to-camera ``viewmats`` in OpenCV axes (``models.camera``).
 """
 
@@ -17,7 +18,7 @@ import torch
 
 from models.camera import camera_center
 from models.splat import cpu_kernels as kernels
-from models.splat import torch_rasterizer as tr
+from models.splat import projection
 
 Tensor = torch.Tensor
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
@@ -52,7 +53,6 @@ def rasterization(
     backgrounds: Tensor | None = None,  # [C, D]
     render_mode: RenderMode = "RGB",
     rasterize_mode: RasterizeMode = "classic",
-    chunk_elements: int | None = None,
 ) -> tuple[Tensor, Tensor, dict]:
     """Render Gaussians into C cameras (see the module docstring for the backend choice)."""
     if render_mode not in ("RGB", "D", "ED", "RGB+D", "RGB+ED"):
@@ -72,21 +72,21 @@ def rasterization(
         )
     return _rasterization_cpu(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
-        eps2d, sh_degree, backgrounds, render_mode, rasterize_mode, chunk_elements,
+        eps2d, sh_degree, backgrounds, render_mode, rasterize_mode,
     )
 
 
 def _rasterization_cpu(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
-    eps2d, sh_degree, backgrounds, render_mode, rasterize_mode, chunk_elements,
+    eps2d, sh_degree, backgrounds, render_mode, rasterize_mode,
 ) -> tuple[Tensor, Tensor, dict]:
     n_cams = viewmats.shape[0]
     antialiased = rasterize_mode == "antialiased"
     differentiable = torch.is_grad_enabled() and any(
         t.requires_grad for t in (means, quats, scales, opacities, colors, viewmats, Ks))
     if differentiable:
-        covars = tr.quat_scale_to_covar(quats, scales)
-        proj = tr.project(means, covars, opacities, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
+        covars = projection.quat_scale_to_covar(quats, scales)
+        proj = projection.project(means, covars, opacities, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
                           far_plane=far_plane, antialiased=antialiased)
     else:
         proj = kernels.project_cameras(means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near_plane,
@@ -110,10 +110,7 @@ def _rasterization_cpu(
     # The rasterizer reads means2d through this tensor, so its .grad is the screen-space
     # gradient DefaultStrategy accumulates (after info["means2d"].retain_grad()).
     means2d = proj["means2d"]
-    if differentiable:
-        render_colors, render_alphas = tr.rasterize(proj, cols, width, height, backgrounds, chunk_elements)
-    else:
-        render_colors, render_alphas = kernels.rasterize(proj, cols, width, height, backgrounds)
+    render_colors, render_alphas = kernels.rasterize(proj, cols, width, height, backgrounds)
     if render_mode in ("ED", "RGB+ED"):
         render_colors = torch.cat(
             [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1
@@ -127,7 +124,7 @@ def _rasterization_cpu(
         "width": width,
         "height": height,
         "n_cameras": n_cams,
-        "tile_size": tr.TILE,
+        "tile_size": kernels.TILE,
         "gaussian_ids": None,  # non-packed, as gsplat reports it
     }
     return render_colors, render_alphas, meta
