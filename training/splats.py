@@ -71,7 +71,6 @@ class SplatConfig:
     refine_every: int = 100
     reset_every: int = 1000  # opacity reset period
     grow_grad2d: float = 2e-4
-    absgrad: bool = False  # densify on the per-pixel gradients' absolute sum (AbsGS; gsplat's absgrad)
     prune_opa: float = 0.005
     max_gaussians: int = 80_000  # stop densifying above this count (CPU time and memory)
     rasterize_mode: str = "classic"
@@ -337,7 +336,6 @@ def fit_splats(
     strategy = ResettingStrategy(
         prune_opa=cfg.prune_opa, grow_grad2d=cfg.grow_grad2d, refine_start_iter=cfg.refine_start,
         refine_stop_iter=cfg.refine_stop, refine_every=cfg.refine_every, reset_every=cfg.reset_every,
-        absgrad=cfg.absgrad,
     )
     strategy.check_sanity(params, optimizers)
     state = strategy.initialize_state(scene_scale=scale)
@@ -363,7 +361,7 @@ def fit_splats(
         view = view_at(step, n_views, withheld, fold_step, cfg.seed)
         sh_now = min(step // cfg.sh_degree_interval, cfg.sh_degree)
         out = render(params, poses[view : view + 1], Ks[view : view + 1], width, height,
-                     background=bg, sh_degree=sh_now, rasterize_mode=cfg.rasterize_mode, absgrad=cfg.absgrad)
+                     background=bg, sh_degree=sh_now, rasterize_mode=cfg.rasterize_mode)
         strategy.step_pre_backward(params, optimizers, state, step, out.meta)
         target = images[view : view + 1]
         l1 = (out.colors - target).abs().mean()

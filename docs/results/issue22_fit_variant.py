@@ -45,8 +45,7 @@ def parse(items: list[str]) -> dict:
     out = {}
     for item in items:
         name, value = item.split("=", 1)
-        out[name] = (value == "True" if types[name] == "bool" else float(value) if "float" in types[name]
-                     else int(value) if "int" in types[name] else value)
+        out[name] = float(value) if "float" in types[name] else int(value) if "int" in types[name] else value
     return out
 
 

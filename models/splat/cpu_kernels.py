@@ -253,7 +253,7 @@ def composite(tiles, ids, offsets, means2d, conics, opacities, colors, backgroun
 
 @_jit
 def composite_backward(tiles, ids, offsets, means2d, conics, opacities, colors, background, n_tx, out_alpha, last,
-                       v_out, v_alpha_out, v_means2d, v_conics, v_opacities, v_colors, v_means2d_abs):
+                       v_out, v_alpha_out, v_means2d, v_conics, v_opacities, v_colors):
     """The gradient of :func:`composite` over ``tiles``, given the forward's ``out_alpha`` and
     ``last`` and the loss's gradients ``v_out [H, W, D]`` and ``v_alpha_out [H, W]``; adds into
     ``v_means2d [N, 2]``, ``v_conics [N, 3]``, ``v_opacities [N]`` and ``v_colors [N, D]``.
@@ -326,11 +326,8 @@ def composite_backward(tiles, ids, offsets, means2d, conics, opacities, colors, 
                         v_conics[g, 0] += 0.5 * dx * dx * v_sigma
                         v_conics[g, 1] += dx * dy * v_sigma
                         v_conics[g, 2] += 0.5 * dy * dy * v_sigma
-                        gx, gy = (2.0 * a * dx + b * dy) * v_sigma, (2.0 * c * dy + b * dx) * v_sigma
-                        v_means2d[g, 0] += gx
-                        v_means2d[g, 1] += gy
-                        v_means2d_abs[g, 0] += abs(gx)
-                        v_means2d_abs[g, 1] += abs(gy)
+                        v_means2d[g, 0] += (2.0 * a * dx + b * dy) * v_sigma
+                        v_means2d[g, 1] += (2.0 * c * dy + b * dx) * v_sigma
 
 
 # --- drivers: torch tensors in and out ------------------------------------------------------------------------------
@@ -425,21 +422,19 @@ def _composite_camera(means2d: Tensor, conics: Tensor, opacities: Tensor, radii:
 
 
 def rasterize(proj: dict[str, Tensor], colors: Tensor, width: int, height: int,
-              backgrounds: Tensor | None = None, absgrad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+              backgrounds: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Composite projected Gaussians: colours ``[C, H, W, D]`` and alphas ``[C, H, W, 1]`` in
     ``colors``' dtype. Each camera's busy tiles are dealt, longest first, to
     ``torch.get_num_threads()`` threads. Differentiable in ``means2d``, ``conics``,
     ``opacities``, ``colors`` and ``backgrounds`` (:class:`_CompositeFunction`) when any of
     them wants a gradient; ``means2d``'s gradient is the screen-space one gsplat's
-    densification reads, and the backward pass adds into ``absgrad [C, N, 2]`` (when given) the
-    sum of its per-pixel terms in absolute value, which gsplat's ``absgrad`` option reads."""
+    densification reads."""
     images, alphas = [], []
     for c in range(colors.shape[0]):
         bg = backgrounds[c] if backgrounds is not None else None
         args = (proj["means2d"][c], proj["conics"][c], proj["opacities"][c], colors[c], bg)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
-            sink = absgrad[c] if absgrad is not None else None
-            image, alpha = _CompositeFunction.apply(*args, proj["radii"][c], proj["depths"][c], width, height, sink)
+            image, alpha = _CompositeFunction.apply(*args, proj["radii"][c], proj["depths"][c], width, height)
         else:
             done = _composite_camera(*args[:3], proj["radii"][c], proj["depths"][c], colors[c], bg, width, height)
             image, alpha = (torch.from_numpy(a).to(colors.dtype) for a in (done.image, done.alpha))
@@ -452,9 +447,9 @@ class _CompositeFunction(torch.autograd.Function):
     """One camera's compositing with :func:`composite_backward` as its gradient."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, colors, background, radii, depths, width, height, absgrad):
+    def forward(ctx, means2d, conics, opacities, colors, background, radii, depths, width, height):
         done = _composite_camera(means2d, conics, opacities, radii, depths, colors, background, width, height)
-        ctx.done, ctx.dtype, ctx.absgrad = done, colors.dtype, absgrad
+        ctx.done, ctx.dtype = done, colors.dtype
         return torch.from_numpy(done.image).to(colors.dtype), torch.from_numpy(done.alpha).to(colors.dtype)
 
     @staticmethod
@@ -464,7 +459,7 @@ class _CompositeFunction(torch.autograd.Function):
         v_image = np.zeros(done.image.shape) if v_image is None else v_image.detach().double().contiguous().numpy()
         v_alpha = np.zeros(done.alpha.shape) if v_alpha is None else v_alpha.detach().double().contiguous().numpy()
         # One gradient buffer per thread: their tiles share Gaussians.
-        grads = [(np.zeros((n, 2)), np.zeros((n, 3)), np.zeros(n), np.zeros((n, dim)), np.zeros((n, 2))) for _ in done.shares]
+        grads = [(np.zeros((n, 2)), np.zeros((n, 3)), np.zeros(n), np.zeros((n, dim))) for _ in done.shares]
         args = (done.ids, done.offsets, done.means2d, done.conics, done.opacities, done.colors, done.background,
                 done.n_tx, done.alpha, done.last, v_image, v_alpha)
         if len(done.shares) == 1:
@@ -473,13 +468,11 @@ class _CompositeFunction(torch.autograd.Function):
             for job in [_pool(len(done.shares)).submit(composite_backward, share, *args, *grad)
                         for share, grad in zip(done.shares, grads)]:
                 job.result()
-        v_means2d, v_conics, v_opacities, v_colors, v_abs = (torch.from_numpy(sum(parts)).to(ctx.dtype) for parts in zip(*grads))
-        if ctx.absgrad is not None:
-            ctx.absgrad += v_abs
+        v_means2d, v_conics, v_opacities, v_colors = (torch.from_numpy(sum(parts)).to(ctx.dtype) for parts in zip(*grads))
         v_background = None
         if ctx.needs_input_grad[4]:
             v_background = torch.from_numpy((v_image * (1.0 - done.alpha)[..., None]).sum((0, 1))).to(ctx.dtype)
-        return v_means2d, v_conics, v_opacities, v_colors, v_background, None, None, None, None, None
+        return v_means2d, v_conics, v_opacities, v_colors, v_background, None, None, None, None
 
 
 def warm(dtype: torch.dtype = torch.float32) -> None:

@@ -53,12 +53,8 @@ def rasterization(
     backgrounds: Tensor | None = None,  # [C, D]
     render_mode: RenderMode = "RGB",
     rasterize_mode: RasterizeMode = "classic",
-    absgrad: bool = False,
 ) -> tuple[Tensor, Tensor, dict]:
-    """Render Gaussians into C cameras (see the module docstring for the backend choice).
-    With ``absgrad``, ``meta["means2d"].absgrad`` holds after the backward pass the sum of the
-    per-pixel screen-space gradients in absolute value (gsplat's option; AbsGS's densification
-    signal)."""
+    """Render Gaussians into C cameras (see the module docstring for the backend choice)."""
     if render_mode not in ("RGB", "D", "ED", "RGB+D", "RGB+ED"):
         raise ValueError(f"unknown render_mode {render_mode!r}")
     if rasterize_mode not in ("classic", "antialiased"):
@@ -69,20 +65,20 @@ def rasterization(
         return gsplat.rasterization(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height,
             near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree,
-            backgrounds=backgrounds, render_mode=render_mode, rasterize_mode=rasterize_mode, absgrad=absgrad,
+            backgrounds=backgrounds, render_mode=render_mode, rasterize_mode=rasterize_mode,
             # Non-packed, as the CPU path reports its meta. gsplat's default (packed) also
             # rejects a per-camera background [C, D]: the first GPU run's fit stopped on it.
             packed=False,
         )
     return _rasterization_cpu(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
-        eps2d, sh_degree, backgrounds, render_mode, rasterize_mode, absgrad,
+        eps2d, sh_degree, backgrounds, render_mode, rasterize_mode,
     )
 
 
 def _rasterization_cpu(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
-    eps2d, sh_degree, backgrounds, render_mode, rasterize_mode, absgrad,
+    eps2d, sh_degree, backgrounds, render_mode, rasterize_mode,
 ) -> tuple[Tensor, Tensor, dict]:
     n_cams = viewmats.shape[0]
     antialiased = rasterize_mode == "antialiased"
@@ -114,10 +110,7 @@ def _rasterization_cpu(
     # The rasterizer reads means2d through this tensor, so its .grad is the screen-space
     # gradient DefaultStrategy accumulates (after info["means2d"].retain_grad()).
     means2d = proj["means2d"]
-    sink = None
-    if absgrad and differentiable:
-        sink = means2d.absgrad = torch.zeros(means2d.shape, dtype=means2d.dtype)
-    render_colors, render_alphas = kernels.rasterize(proj, cols, width, height, backgrounds, sink)
+    render_colors, render_alphas = kernels.rasterize(proj, cols, width, height, backgrounds)
     if render_mode in ("ED", "RGB+ED"):
         render_colors = torch.cat(
             [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1

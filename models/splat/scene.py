@@ -156,7 +156,6 @@ def render(
     sh_degree: int | None = None,
     with_depth: bool = False,
     rasterize_mode: RasterizeMode = "classic",
-    absgrad: bool = False,
 ) -> RenderResult:
     """Render a scene (or a dict of its raw parameters while fitting) into C cameras.
 
@@ -191,7 +190,6 @@ def render(
         backgrounds=bg,
         render_mode="RGB+ED" if with_depth else "RGB",
         rasterize_mode=rasterize_mode,
-        absgrad=absgrad,
     )
     depths = None
     if with_depth:
