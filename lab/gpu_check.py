@@ -4,7 +4,7 @@ Steps, each timed and recorded whether it passes or not (a failed step does not 
 ones that do not need it):
 
 1. ``cuda-tests``: the tests marked ``cuda`` (``pytest -m cuda``): gsplat against our CPU
-   rasterizer, ONNX Runtime's CUDA provider against its CPU provider, the Inspector on
+   rasterizer (images, and the gradient the CPU fit uses), ONNX Runtime's CUDA provider against its CPU provider, the Inspector on
    CUDA against the Inspector on the CPU on the same queries;
 2. ``bundle``: a small synthetic category (``rpe-pad synth``) and its bundle built on the
    GPU (``rpe-pad train --preset demo``; the Gaussian fit runs on gsplat);

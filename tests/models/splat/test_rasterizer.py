@@ -300,6 +300,8 @@ def test_bad_modes_rejected() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gsplat kernels)")
 @pytest.mark.parametrize("mode", ["classic", "antialiased"])
 def test_cpu_matches_gsplat_cuda(mode: str) -> None:
+    """Images without a gradient (compiled kernels), then the gradient the CPU fit uses (tensor
+    projection, compiled backward pass), against gsplat's."""
     scene = [t.float() for t in _scene(500, seed=11)]
     viewmats, Ks = _cameras(torch.float32)
     bg = torch.ones(2, 3)
@@ -309,6 +311,17 @@ def test_cpu_matches_gsplat_cuda(mode: str) -> None:
     )
     assert (cpu - gpu.cpu()).abs().max() < 1e-4
     assert (cpu_a - gpu_a.cpu()).abs().max() < 1e-4
+    weights = torch.rand(2, H, W, 3, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for device in ("cpu", "cuda"):
+        params = [t.to(device).requires_grad_(True) for t in scene]
+        out, alpha, _ = rasterization(*params, viewmats.to(device), Ks.to(device), W, H,
+                                      backgrounds=bg.to(device), rasterize_mode=mode)
+        ((out * weights.to(device)).sum() + alpha.sum()).backward()
+        grads.append([t.grad.cpu() for t in params])
+    for on_cpu, on_gpu in zip(*grads):
+        assert on_gpu.abs().max() > 0
+        assert (on_cpu - on_gpu).abs().max() <= 1e-3 * on_gpu.abs().max() + 1e-5
 
 
 def test_kernels_compile_where_no_cache_can_be_written() -> None:
