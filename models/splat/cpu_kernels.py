@@ -376,11 +376,14 @@ def _deal(busy: np.ndarray, workers: int) -> list[np.ndarray]:
     return [busy] if workers == 1 or len(busy) < 2 * workers else [busy[k::workers] for k in range(workers)]
 
 
-def _run(kernel, shares: list[np.ndarray], *args) -> None:
+def _run(kernel, shares: list[np.ndarray], args: tuple, own: list[tuple] | None = None) -> None:
+    """``kernel(share, *args, *own[k])`` for each thread's share of tiles, on the pool when
+    there are several (``own``: per-thread arguments, such as gradient buffers)."""
+    own = own or [()] * len(shares)
     if len(shares) == 1:
-        kernel(shares[0], *args)
+        kernel(shares[0], *args, *own[0])
         return
-    for done in [_pool(len(shares)).submit(kernel, share, *args) for share in shares]:
+    for done in [_pool(len(shares)).submit(kernel, share, *args, *mine) for share, mine in zip(shares, own)]:
         done.result()
 
 
@@ -416,8 +419,8 @@ def _composite_camera(means2d: Tensor, conics: Tensor, opacities: Tensor, radii:
                        np.empty((height, width), np.int64))
     done.image[:] = bg if len(bg) else 0.0  # tiles no Gaussian reaches
     done.last[:] = 0
-    _run(composite, done.shares, ids, offsets, done.means2d, done.conics, done.opacities, done.colors, bg, n_tx,
-         done.image, done.alpha, done.last)
+    _run(composite, done.shares, (ids, offsets, done.means2d, done.conics, done.opacities, done.colors, bg, n_tx,
+                                  done.image, done.alpha, done.last))
     return done
 
 
@@ -462,12 +465,7 @@ class _CompositeFunction(torch.autograd.Function):
         grads = [(np.zeros((n, 2)), np.zeros((n, 3)), np.zeros(n), np.zeros((n, dim))) for _ in done.shares]
         args = (done.ids, done.offsets, done.means2d, done.conics, done.opacities, done.colors, done.background,
                 done.n_tx, done.alpha, done.last, v_image, v_alpha)
-        if len(done.shares) == 1:
-            composite_backward(done.shares[0], *args, *grads[0])
-        else:
-            for job in [_pool(len(done.shares)).submit(composite_backward, share, *args, *grad)
-                        for share, grad in zip(done.shares, grads)]:
-                job.result()
+        _run(composite_backward, done.shares, args, grads)
         v_means2d, v_conics, v_opacities, v_colors = (torch.from_numpy(sum(parts)).to(ctx.dtype) for parts in zip(*grads))
         v_background = None
         if ctx.needs_input_grad[4]:
