@@ -15,6 +15,12 @@ on the clean views, each over its 0.98 level, their maximum at sigma 4, and the 
 the 98th percentile of the clean image scores (``issue22_interior_explore.run``).
 
     python docs/results/issue22_two_way.py CACHE_DIR SEED OUT.json BUNDLES_DIR:CATEGORY_DIR [...]
+
+Part (b), the fresh category's test split at true poses: any ``rpe-pad`` command run with the
+two-way terms (the calibration stage to refit a copy of the bundle, then ``lab evaluate``):
+
+    python docs/results/issue22_two_way.py rpe-pad train CAT --out COPY --preset cpu --stages calibration,bundle
+    python docs/results/issue22_two_way.py rpe-pad lab evaluate COPY/CAT CAT --pose oracle --out DIR
 """
 import json
 import sys
@@ -64,6 +70,11 @@ def check(seed: int = 0) -> None:
 
 if __name__ == "__main__":
     check()
+    if sys.argv[1] == "rpe-pad":
+        from rpe_pad.cli import main
+
+        models.scoring.squared_difference = two_way_difference
+        sys.exit(main(sys.argv[2:]))
     cache, seed, out = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
     pairs = sys.argv[4:]
     cache.mkdir(parents=True, exist_ok=True)
