@@ -16,24 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from issue22_probes import score_split
+from issue22_probes import aligned_scores, score_split
 from models.data import load_category
-from models.inspector import Inspector, align_references
-from models.refine import RefineConfig
-from models.splat.scene import GaussianScene, render
+from models.inspector import Inspector
+from models.splat.scene import GaussianScene
 
-
-def own_scores(ins: Inspector, scene: GaussianScene, views: list) -> np.ndarray:
-    """Each training view against ``scene``'s render at its own pose, aligned, by ``ins``'s scorer."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(views), 8):
-            chunk = views[i:i + 8]
-            imgs = torch.stack([v.image for v in chunk]).float()
-            refs = render(scene, torch.stack([v.w2c for v in chunk]).float(), torch.stack([v.K for v in chunk]).float(),
-                          imgs.shape[2], imgs.shape[1]).colors.clamp(0, 1)
-            out.append(ins.scorer(imgs, align_references(imgs, refs, RefineConfig()))[1])
-    return np.sort(torch.cat(out).numpy())[::-1]
 
 if __name__ == "__main__":
     bundle, cat_dir, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
@@ -44,7 +31,7 @@ if __name__ == "__main__":
     for arg in sys.argv[4:]:
         name, path = arg.split("=", 1)
         scene = GaussianScene.load(Path(path), device=torch.device("cpu"))
-        s = own_scores(ins, scene, cat.train)
+        s = np.sort(aligned_scores(ins, scene, cat.train)[0])[::-1]
         test = score_split(ins, scene, cat.test, threshold)
         rows[name] = {"train_median": round(float(np.median(s)), 3), "train_p90": round(float(np.quantile(s, 0.9)), 3),
                       "train_p98": round(float(np.quantile(s, 0.98)), 3), "train_top3": [round(float(x), 3) for x in s[:3]],

@@ -34,21 +34,28 @@ def fit_step(params: dict, optimizers: dict, cfg: SplatConfig, background: torch
     return float(loss.detach())
 
 
+def aligned_scores(ins: Inspector, scene: GaussianScene, views: list) -> tuple[np.ndarray, list[float]]:
+    """Each view (``image``, ``w2c``, ``K``) against ``scene``'s render at that pose, aligned as
+    the product aligns, by ``ins``'s scorer: the scores ``[V]`` and the renders' PSNRs."""
+    out, ps = [], []
+    with torch.no_grad():
+        for i in range(0, len(views), 8):
+            chunk = views[i:i + 8]
+            imgs = torch.stack([v.image for v in chunk]).float()
+            refs = render(scene, torch.stack([v.w2c for v in chunk]).float(), torch.stack([v.K for v in chunk]).float(),
+                          imgs.shape[2], imgs.shape[1]).colors.clamp(0, 1)
+            out.append(ins.scorer(imgs, align_references(imgs, refs, RefineConfig()))[1])
+            ps += [psnr(r[None], x[None]) for r, x in zip(refs, imgs)]
+    return torch.cat(out).numpy(), ps
+
+
 def score_split(ins: Inspector, scene: GaussianScene, queries: list, threshold: float | None = None) -> dict:
     """The test ``queries`` against ``scene``'s render at their true poses, by ``ins``'s scorer:
     the image AUROC, the good views' mean PSNR and scores, the three weakest defects; with
     ``threshold``, the defects found and the good views rejected over it."""
     labels = np.array([q.label != "good" for q in queries])
-    out, ps = [], []
-    with torch.no_grad():
-        for i in range(0, len(queries), 8):
-            chunk = queries[i:i + 8]
-            imgs = torch.stack([q.image for q in chunk]).float()
-            refs = render(scene, torch.stack([q.w2c for q in chunk]).float(), torch.stack([q.K for q in chunk]).float(),
-                          imgs.shape[2], imgs.shape[1]).colors.clamp(0, 1)
-            out.append(ins.scorer(imgs, align_references(imgs, refs, RefineConfig()))[1])
-            ps += [psnr(r[None], x[None]) for r, x, q in zip(refs, imgs, chunk) if q.label == "good"]
-    s = torch.cat(out).numpy()
+    s, ps = aligned_scores(ins, scene, queries)
+    ps = [p for p, bad in zip(ps, labels) if not bad]
     weakest = sorted((float(v), q.name) for v, q, bad in zip(s, queries, labels) if bad)[:3]
     result = {"gaussians": scene.num_gaussians, "image_auroc": round(auroc(labels, s), 4),
               "test_good_psnr": round(float(np.mean(ps)), 2),
