@@ -47,7 +47,7 @@ def test_quantile_calibration_and_skip(bundle: Path, tiny_synth: Path) -> None:
     assert "skipped" not in changed and changed["threshold"] > report["threshold"]
 
 
-@pytest.mark.slow(seconds=9)
+@pytest.mark.slow(seconds=26)
 def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny_synth: Path) -> None:
     """Rule false_alarm: the splats stage's model before every 4th view was folded in; those
     views, jittered, are the normal scores, and the threshold rejects the stated share of them."""
