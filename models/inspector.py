@@ -471,7 +471,7 @@ class Inspector:
                      f"JPEG at quality {MIN_QUALITY} or more, at least {MIN_SUBSAMPLED_SCALE:g} x {self.width} px wide "
                      f"unless its chroma is 4:4:4")
             raise InspectionError(f"the photo is a {compression.describe()}, and {why}; bundle {self.name!r} was trained on "
-                                  f"lossless photos, so compression this coarse would read as defects: send PNG (or "
+                                  f"lossless photos, so this compression would read as defects: send PNG (or "
                                   f"{takes})")
         return map_to_camera(np.ascontiguousarray(image, dtype=np.float32), self.width, self.height, self.K, intrinsics,
                              self.lens)

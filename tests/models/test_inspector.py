@@ -184,6 +184,13 @@ def test_a_coarse_jpeg_is_refused_by_a_bundle_trained_on_lossless_photos(inspect
     assert inspector.prepare(image, compression=Compression("JPEG", 100, "4:4:4")).shape == (64, 64, 3)
     with pytest.raises(InspectionError, match="calibration took.*quality 100 4:4:4"):
         inspector.prepare(image, compression=Compression("JPEG", 95, "4:4:4"))
+    # One whose held-out photos took no JPEG at all (fresh seed 7 in session 35, at quality 100):
+    # even the finest JPEG is refused, and the message asks for a lossless photo only.
+    monkeypatch.setattr(inspector, "calibration", measured.model_copy(update={"jpeg_taken": []}))
+    with pytest.raises(InspectionError, match=r"quality about 100, 4:4:4\).*found no JPEG setting.*this compression "
+                                              r"would read as defects: send PNG \(or a lossless format\)"):
+        inspector.prepare(image, compression=Compression("JPEG", 100, "4:4:4"))
+    assert inspector.prepare(image).shape == (64, 64, 3)  # a lossless photo is taken
     lossy = inspector.manifest.camera.model_copy(update={"lossy_photos": True})
     monkeypatch.setattr(inspector, "manifest", inspector.manifest.model_copy(update={"camera": lossy}))
     assert inspector.prepare(image, compression=Compression("JPEG", 85, "4:2:0")).shape == (64, 64, 3)
