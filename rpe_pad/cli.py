@@ -126,7 +126,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     out = args.out or Path("inspections")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails here, before any image is inspected
     failures = 0
     for path, figure in zip(args.images, _figure_names(args.images, out)):
         try:
@@ -149,6 +150,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
               f"{result.timings_ms['total']:.0f} ms  overlay {figure}")
         if args.json:
             print(json.dumps({"image": str(path), **result.model_dump(mode="json")}))
+    if created and failures == len(args.images):  # every image refused: no overlay, so no empty folder left behind
+        out.rmdir()
     return 1 if failures else 0
 
 

@@ -126,6 +126,10 @@ def test_inspect_refuses_an_image_too_small_to_inspect(tiny_release: Path, tmp_p
     Image.new("RGB", (2, 2), (200, 30, 30)).save(tiny)
     assert main(["inspect", str(tiny_release), str(tiny), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 1
     assert "2 x 2 is too small (at least 32 px a side)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # every image refused: no empty overlay folder left behind
+    (tmp_path / "kept").mkdir()  # but a folder that was there before stays
+    assert main(["inspect", str(tiny_release), str(tiny), "--out", str(tmp_path / "kept"), "--device", "cpu"]) == 1
+    assert (tmp_path / "kept").is_dir() and "too small" in capsys.readouterr().err
     assert main(["inspect", str(tiny_release), str(tiny), "--out", str(tiny), "--device", "cpu"]) == 2
     assert f"--out {tiny} is a file, not a folder" in capsys.readouterr().err
 
