@@ -307,17 +307,21 @@ def _scene(params: dict, cfg: SplatConfig, category: Category, scale: float) -> 
 def fit_splats(
     category: Category, cfg: SplatConfig, work_dir: Path, progress: bool = True, device: torch.device | None = None,
     desc: str | None = None, withheld: list[int] | None = None, snapshot: Path | None = None,
+    until_snapshot: bool = False,
 ) -> FitResult:
     """Fit the Gaussian model to ``category``'s training views (already at ``cfg.image_size``).
 
     With ``withheld`` view indices, those views are left out until ``fold_in_step(cfg)``,
-    where the model is saved to ``snapshot`` (the calibration model) before they join.
+    where the model is saved to ``snapshot`` (the calibration model) before they join;
+    ``until_snapshot`` stops the fit there (a calibration model of another fold, nothing more).
     Writes ``work_dir/checkpoint.safetensors`` every ``cfg.checkpoint_every`` steps and
     resumes from it when it matches ``cfg`` (and, past the fold-in, the snapshot exists).
     """
     withheld = sorted(withheld or [])
     if withheld and snapshot is None:
         raise ValueError("withholding views needs a snapshot path for the calibration model")
+    if until_snapshot and not withheld:
+        raise ValueError("stopping at the snapshot needs withheld views")
     device = device or default_device()
     torch.manual_seed(cfg.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -358,6 +362,8 @@ def fit_splats(
             snapshot.parent.mkdir(parents=True, exist_ok=True)
             _scene(params, cfg, category, scale).save(snapshot)
             snapshot_gaussians = len(params["means"])
+            if until_snapshot:
+                break
         view = view_at(step, n_views, withheld, fold_step, cfg.seed)
         sh_now = min(step // cfg.sh_degree_interval, cfg.sh_degree)
         out = render(params, poses[view : view + 1], Ks[view : view + 1], width, height,
