@@ -87,7 +87,8 @@ def fit(category, work: Path, name: str, progress: bool = True) -> dict:
     cfg = variant_config(name)
     calib_cfg = CALIBRATION[BASE]
     start = time.perf_counter()
-    splats = run_splats_stage(category, cfg, work, progress=progress, holdout_every=calib_cfg.holdout_every)
+    splats = run_splats_stage(category, cfg, work, progress=progress, holdout_every=calib_cfg.holdout_every,
+                              folds=calib_cfg.folds)
     mid = time.perf_counter()
     calib = run_calibration_stage(category, calib_cfg, work, progress=progress, splats=cfg)
     return {"variant": name, "config": asdict(cfg), "splats_seconds": splats.get("seconds", round(mid - start, 1)),

@@ -59,6 +59,7 @@ WORK_FILES = {
     "splats_checkpoint": "splats/checkpoint.safetensors",  # removed when the fit ends
     "calibration_scene": "calibration/holdout_scene.safetensors",  # the calibration model (the splats fit before the held-out views joined)
     "calibration_scene_key": "calibration/holdout_scene.json",  # its settings and fitted views (training.splats.calibration_key)
+    "calibration_folds": "calibration/folds",  # the other folds' calibration models and keys (training.splats.fold_paths)
     "novel": "rvss/novel.safetensors",  # RVSS novel views: images, poses, parents
     "rvss_config": "rvss/config.json",  # the resolved RVSSConfig
     "irprn_weights": "irprn/weights.safetensors",  # IRPRN in PyTorch (models.irprn.save_irprn)

@@ -3,9 +3,11 @@
 Rule ``false_alarm`` (the ``cpu`` and ``paper`` presets; ``holdout_every = n > 0``): the
 splats stage withholds every n-th training view for the first ``fold_in`` share of its
 steps and saves the model at that step, the *calibration model* (``training/splats.py``);
-the held-out views then join the fit, so the shipped model still sees every view. Those
-held-out photographs are views the calibration model never saw, as a customer's queries
-are: each is scored against its renders at ``jitters`` poses jittered by ``jitter_px``
+the held-out views then join the fit, so the shipped model still sees every view. With
+``folds`` > 1 (the presets: n), the other folds' views have calibration models of their own,
+the same fit withholding them and stopped at the same step, and every fold is scored against
+its own model: each training view is then a held-out view once. Those held-out photographs
+are views their calibration model never saw, as a customer's queries are: each is scored against its renders at ``jitters`` poses jittered by ``jitter_px``
 (the residual pose error the pose stages leave), each render then warped onto its photograph
 by the refinement's last step (``models.refine.ecc_align``, as ``Refine`` does for every
 query), for the scorer's normal statistics and the scores alike: a random jitter is not
@@ -13,7 +15,8 @@ what the pipeline leaves, a photometrically aligned reference is (docs/RESULTS.m
 session 12). The calibration model is less converged than the shipped one, so
 these scores are first multiplied by ``heldout_scale``: the median, over the views both
 models fitted, of the shipped model's score over the calibration model's, each at the view's
-own pose (``convergence_ratio``; Lego 0.91, synthetic seed 1 0.94: docs/RESULTS.md). The
+own pose (``convergence_ratio``; Lego 0.91, synthetic seed 1 0.94: docs/RESULTS.md), measured on
+the shipped fit's own fold and applied to every fold (each fold's model stops at the same step). The
 threshold is the ``1 - false_alarm_rate`` quantile of the scaled scores: on views like them,
 that share of good parts is rejected. Resampling the held-out views gives the threshold's 90 %
 range and the false-alarm rate's (``models.calibration.threshold_spread``), stored with it: a
@@ -83,7 +86,7 @@ from models.scoring import (
 )
 from models.splat.scene import GaussianScene
 from training.evaluate import render_references
-from training.splats import SplatConfig, calibration_key, default_device, holdout_indices
+from training.splats import SplatConfig, calibration_key, default_device, fold_offsets, fold_paths, holdout_indices
 
 
 # The calibration's method; a change that moves thresholds bumps it, so that no work folder's
@@ -95,8 +98,9 @@ from training.splats import SplatConfig, calibration_key, default_device, holdou
 # (``models.calibration.threshold_spread``; the thresholds themselves as under 5); 8 and 9 were
 # measured and not adopted (sessions 26, 27); 10: the returned map blurred with a sigma of its own,
 # with its levels and ``map_scale`` (``map_sigma``, session 31; the thresholds as under 7);
-# 11: and the JPEG qualities the bundle takes (``jpeg_tolerance``, session 33; thresholds as under 7).
-METHOD = 11
+# 11: and the JPEG qualities the bundle takes (``jpeg_tolerance``, session 33; thresholds as under 7);
+# 12: the held-out views of every fold, each against its own calibration model (``folds``, session 36).
+METHOD = 12
 # JPEG settings (quality, chroma) tried on the held-out photos, finest first (in that order on seed 1's
 # views: docs/RESULTS.md, session 33); 4:2:0 is the encoders' default.
 JPEG_LADDER = ((100, "4:4:4"), (95, "4:4:4"), (90, "4:4:4"), (95, "4:2:0"), (90, "4:2:0"), (85, "4:2:0"), (75, "4:2:0"))
@@ -109,6 +113,7 @@ MAX_MAP_SIGMA = SCORE_SIZE / 8  # the blur's 4 sigma each side stays within the 
 @dataclass(frozen=True)
 class CalibConfig:
     holdout_every: int = 0  # > 0: rule false_alarm, every n-th training view held out of a calibration model
+    folds: int = 1  # rule false_alarm: calibration models, one per fold of every n-th view (n: every view held out once)
     combination: str = "peers"  # rule false_alarm: how the scorer combines its terms (models.scoring)
     colour: str = "rgb"  # the scorer's colour term (models.scoring.COLOURS); lab only with a fitted combination
     map_sigma: float | None = None  # either: the returned map's blur, apart from the score's (models.scoring)
@@ -125,6 +130,9 @@ class CalibConfig:
     def __post_init__(self) -> None:
         if self.holdout_every < 0 or self.holdout_every == 1 or self.jitters < 1:
             raise ValueError(f"need holdout_every 0 or >= 2 and jitters >= 1, got {self}")
+        if not 1 <= self.folds <= max(self.holdout_every, 1):
+            raise ValueError(f"folds must lie in [1, holdout_every] (one calibration model per fold of every "
+                             f"{self.holdout_every}-th view; 1 without held-out views), got {self.folds}")
         if self.combination not in COMBINATIONS or (self.combination != "peers" and not self.holdout_every):
             raise ValueError(f"combination must be one of {list(COMBINATIONS)}, and other than peers only with "
                              f"held-out views to fit it on, got {self.combination!r}")
@@ -164,21 +172,36 @@ def split_holdout(category: Category, every: int) -> tuple[Category, list]:
 
 
 def calibration_model(category: Category, splats: SplatConfig, cfg: CalibConfig, work: Path,
-                      device: torch.device | None = None) -> tuple[GaussianScene, list, dict]:
-    """The calibration model the splats stage left (its fit before the held-out views were
-    folded in), on ``device`` (default: CUDA when present), and the held-out views;
-    ``ValueError`` with the remedy when it is missing or was fitted with other settings or views."""
-    _, held = split_holdout(category, cfg.holdout_every)
-    path, key_path = work / WORK_FILES["calibration_scene"], work / WORK_FILES["calibration_scene_key"]
+                      device: torch.device | None = None, offset: int | None = None) -> tuple[GaussianScene, list, dict]:
+    """The calibration model the splats stage left for the fold from ``offset`` (default: the
+    shipped fit's own, its snapshot before the held-out views were folded in), on ``device``
+    (default: CUDA when present), and the views held out of it; ``ValueError`` with the remedy
+    when it is missing or was fitted with other settings or views."""
+    offset = cfg.holdout_every // 2 if offset is None else offset
+    held_idx = set(holdout_indices(len(category.train), cfg.holdout_every, offset))
+    held = [v for i, v in enumerate(category.train) if i in held_idx]
+    path, key_path = fold_paths(work, cfg.holdout_every, offset)
     try:
         key = json.loads(key_path.read_text())
     except (OSError, ValueError):
         key = None
-    if key != calibration_key(category, splats, cfg.holdout_every):
+    if key != calibration_key(category, splats, cfg.holdout_every, offset):
         raise ValueError(f"{work}: no calibration model for these settings (holding out every {cfg.holdout_every}-th "
-                         "view): rerun the splats stage with this calibration (rpe-pad train --stages splats,calibration)")
+                         f"view from the {offset}-th): rerun the splats stage with this calibration "
+                         "(rpe-pad train --stages splats,calibration)")
     scene = GaussianScene.load(path, device=device or default_device())
-    return scene, held, {"fold_in_step": key["fold_in_step"], "num_gaussians": scene.num_gaussians}
+    return scene, held, {"offset": offset, "fold_in_step": key["fold_in_step"], "num_gaussians": scene.num_gaussians}
+
+
+def calibration_models(category: Category, splats: SplatConfig, cfg: CalibConfig, work: Path,
+                       device: torch.device | None = None) -> tuple[list[tuple[GaussianScene, list]], list[dict]]:
+    """Every fold's calibration model and held-out views (``training.splats.fold_offsets``), the
+    shipped fit's own first, and what each was fitted with."""
+    models, fits = [], []
+    for offset in fold_offsets(cfg.holdout_every, cfg.folds):
+        scene, held, fit = calibration_model(category, splats, cfg, work, device, offset)
+        models.append((scene, held)), fits.append(fit)
+    return models, fits
 
 
 @dataclass
@@ -219,27 +242,39 @@ def _jittered(held: list, cfg: CalibConfig) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress: bool = True) -> HeldOut:
-    """Score the held-out views against ``scene``; with a combination other than the peers'
-    sum, its normal statistics are fitted first on the jittered views (``models.scoring``)."""
-    scorer = AnomalyScorer(tolerance=cfg.tolerance, background=scene.background, colour=cfg.colour)
-    images = torch.stack([v.image for v in held])
-    poses, Ks, jittered_poses = _jittered(held, cfg)
-    rep = lambda t: t.repeat_interleave(cfg.jitters, dim=0)  # noqa: E731
+    """``heldout_scores_folds`` with one fold: ``held`` against ``scene``."""
+    return heldout_scores_folds([(scene, held)], cfg, progress)
+
+
+def heldout_scores_folds(models: list[tuple[GaussianScene, list]], cfg: CalibConfig, progress: bool = True) -> HeldOut:
+    """Score each fold's held-out views against its calibration model (``models``: pairs of a
+    model and the views held out of it); with a combination other than the peers' sum, its normal
+    statistics are fitted first on every fold's jittered views together (``models.scoring``). The
+    scores follow the folds' order, each view's jitters together."""
+    held_all = [v for _, held in models for v in held]
+    scorer = AnomalyScorer(tolerance=cfg.tolerance, background=models[0][0].background, colour=cfg.colour)
+    images = torch.stack([v.image for v in held_all])
+    poses, Ks, jittered_poses = _jittered(held_all, cfg)
+    rep_images, rep_Ks = images.repeat_interleave(cfg.jitters, dim=0), Ks.repeat_interleave(cfg.jitters, dim=0)
+    bounds = np.cumsum([0] + [len(held) for _, held in models])
+    folds = [(scene, slice(a, b), slice(a * cfg.jitters, b * cfg.jitters)) for (scene, _), a, b in
+             zip(models, bounds[:-1], bounds[1:])]  # each model, its views and its views' jitters
     fitting = cfg.combination != "peers"
     align = RefineConfig()  # the refinement's last step: each render warped onto its photograph
-    bar = tqdm(total=len(held) * (1 + cfg.jitters * (2 if fitting else 1)), desc="calibration (held-out views)",
+    bar = tqdm(total=len(held_all) * (1 + cfg.jitters * (2 if fitting else 1)), desc="calibration (held-out views)",
                unit="view", disable=not progress)
     if fitting:
         terms, silhouettes, edges = [], [], []
-        for i in range(0, len(jittered_poses), cfg.batch):
-            sl = slice(i, i + cfg.batch)
-            refs = render_references(scene, jittered_poses[sl], rep(Ks)[sl], images.shape[2], images.shape[1])
-            refs = align_references(rep(images)[sl], refs, align)
-            t, sil = scorer.inputs(rep(images)[sl], refs)
-            terms.append(t), silhouettes.append(sil)
-            if cfg.combination in EDGED:
-                edges.append(scorer.edges(refs))
-            bar.update(len(refs))
+        for scene, _, jit in folds:
+            for i in range(jit.start, jit.stop, cfg.batch):
+                sl = slice(i, min(i + cfg.batch, jit.stop))
+                refs = render_references(scene, jittered_poses[sl], rep_Ks[sl], images.shape[2], images.shape[1])
+                refs = align_references(rep_images[sl], refs, align)
+                t, sil = scorer.inputs(rep_images[sl], refs)
+                terms.append(t), silhouettes.append(sil)
+                if cfg.combination in EDGED:
+                    edges.append(scorer.edges(refs))
+                bar.update(len(refs))
         terms, silhouettes, edges = torch.cat(terms), torch.cat(silhouettes), torch.cat(edges) if edges else None
         stats = fit_normal_stats(terms, silhouettes, edges, sigma=scorer.sigma if cfg.combination == "either" else None,
                                  colours=colour_terms(scorer.colour), map_sigma=cfg.map_sigma)
@@ -251,10 +286,13 @@ def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress:
                                             cfg.false_alarm_rate)
         del terms, silhouettes, edges
         scorer = scorer.with_stats(stats, cfg.combination, cfg.map_sigma)
-    own, _ = _score(scorer, scene, images, poses, Ks, cfg.batch, bar)
-    jittered, maps = _score(scorer, scene, rep(images), jittered_poses, rep(Ks), cfg.batch, bar, align)
+    own, jittered, maps = [], [], []
+    for scene, view, jit in folds:
+        own.append(_score(scorer, scene, images[view], poses[view], Ks[view], cfg.batch, bar)[0])
+        s, m = _score(scorer, scene, rep_images[jit], jittered_poses[jit], rep_Ks[jit], cfg.batch, bar, align)
+        jittered.append(s), maps.append(m)
     bar.close()
-    return HeldOut(own, jittered, maps, scorer)
+    return HeldOut(np.concatenate(own), np.concatenate(jittered), np.concatenate(maps), scorer)
 
 
 def jpeg_tolerance(scene: GaussianScene, held: list, cfg: CalibConfig, heldout: HeldOut, threshold: float,
@@ -410,7 +448,10 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
            "calibration_scene_sha256": (sha256_file(out_dir / WORK_FILES["calibration_scene"])
                                         if cfg.holdout_every and (out_dir / WORK_FILES["calibration_scene"]).is_file() else None),
            "validation": str(validation.root) if validation is not None else None,
-           "splats": asdict(splats) if cfg.holdout_every else None}
+           "splats": asdict(splats) if cfg.holdout_every else None,
+           "fold_scenes_sha256": [sha256_file(fold_paths(out_dir, cfg.holdout_every, o)[0]) if
+                                  fold_paths(out_dir, cfg.holdout_every, o)[0].is_file() else None
+                                  for o in fold_offsets(cfg.holdout_every, cfg.folds)[1:]]}
     try:
         previous = json.loads(report_path.read_text())
         Calibration.model_validate_json(calib_path.read_text())
@@ -418,16 +459,17 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
             return {**previous, "skipped": True}
     except (OSError, ValueError):
         pass
-    heldout, fit = None, None
+    heldout, fits = None, None
     shipped = GaussianScene.load(scene_path, device=device)
     if cfg.holdout_every:
-        model, held, fit = calibration_model(category, splats, cfg, out_dir, device)
-        heldout = heldout_scores(model, held, cfg, progress)
-        seen = split_holdout(category, cfg.holdout_every)[0].train
+        models, fits = calibration_models(category, splats, cfg, out_dir, device)
+        heldout = heldout_scores_folds(models, cfg, progress)
+        (model, held), seen = models[0], split_holdout(category, cfg.holdout_every)[0].train
+        # One ratio for every fold: each fold's model is its fit at the same step (training.splats.fit_folds).
         heldout.scale = convergence_ratio(shipped, model, seen, heldout.scorer, cfg.batch, progress)
     calib, raw = calibrate(category, shipped, cfg, validation, progress, heldout)
     jpeg = None
-    if heldout is not None and calib.rule == "false_alarm" and not category.lossy_photos:
+    if heldout is not None and calib.rule == "false_alarm" and not category.lossy_photos:  # on the shipped fit's fold
         jpeg = jpeg_tolerance(model, held, cfg, heldout, calib.threshold, progress)
         calib = calib.model_copy(update={"jpeg_taken": jpeg[0], "jpeg_photo_width": jpeg[1]})
     calib_path.parent.mkdir(parents=True, exist_ok=True)
@@ -446,6 +488,6 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
                       jpeg_taken=jpeg and jpeg[0], jpeg_photo_width=jpeg and jpeg[1],
                       jpeg_false_alarm_rates=jpeg and {k: round(r, 4) for k, r in jpeg[2].items()},
                       quantile_rule_threshold=round(raw["quantile_rule_threshold"], 4),
-                      calibration_model=fit)
+                      calibration_model=fits[0], calibration_folds=fits)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return report

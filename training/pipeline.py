@@ -48,8 +48,8 @@ WORK = ".work"  # BUNDLES_DIR/.work/<category>: the stages' outputs, checkpoints
 # quick in-sample rule and the peers' sum, to stay within its minutes. Since session 31 the map a
 # query gets back is blurred with sigma 2 (``map_sigma``), the score and decision with sigma 4.
 CALIBRATION = {"demo": CalibConfig(max_views=24),
-               "cpu": CalibConfig(holdout_every=5, combination="either", colour="lab", map_sigma=2.0),
-               "paper": CalibConfig(holdout_every=5, combination="either", colour="lab", map_sigma=2.0)}
+               "cpu": CalibConfig(holdout_every=5, folds=5, combination="either", colour="lab", map_sigma=2.0),
+               "paper": CalibConfig(holdout_every=5, folds=5, combination="either", colour="lab", map_sigma=2.0)}
 PRESETS = tuple(registry.PRESETS)  # the names, from the one registry (each stage module has a config per name)
 # RVSS orbit views per training view (training.rvss; docs/POSE.md, revision 3): on for the
 # presets that build real bundles; the demo keeps the paper's RVSS alone, to stay quick.
@@ -82,7 +82,7 @@ class Stage:
 
 def _splats(ctx: StageContext) -> dict:
     return run_splats_stage(ctx.category, ctx.splats, ctx.work, progress=ctx.progress,
-                            holdout_every=ctx.calibration.holdout_every, device=ctx.device)
+                            holdout_every=ctx.calibration.holdout_every, device=ctx.device, folds=ctx.calibration.folds)
 
 
 def _calibration(ctx: StageContext) -> dict:
@@ -199,7 +199,8 @@ def compact(reports: dict[str, dict]) -> dict[str, dict]:
 
 
 def _calibration_headline(report: dict) -> str:
-    text = f"threshold {report.get('threshold', 0):.2f} ({report.get('rule')})"
+    text = f"threshold {report.get('threshold', 0):.2f} ({report.get('rule')}"
+    text += f", {report['heldout_views']} held-out views)" if report.get("heldout_views") else ")"
     if report.get("threshold_range"):
         (lo, hi), (r_lo, r_hi) = report["threshold_range"], report["false_alarm_range"]
         text += f"; 90 % range {lo:.2f}-{hi:.2f}, false alarms {100 * r_lo:.1f}-{100 * r_hi:.1f} %, held-out views resampled"
@@ -210,7 +211,8 @@ def summary_table(reports: dict[str, dict]) -> str:
     """The closing summary: seconds per stage (``skipped`` when reused) and the headline
     figure of each: PSNR, threshold, held-out relative rotation error, parity, bundle size."""
     headline = {
-        "splats": lambda r: f"PSNR {r.get('psnr_test_mean')} dB on {r.get('eval_views')}, {r.get('num_gaussians')} Gaussians",
+        "splats": lambda r: (f"PSNR {r.get('psnr_test_mean')} dB on {r.get('eval_views')}, {r.get('num_gaussians')} Gaussians"
+                             + (f"; {len(r['calibration_folds']) + 1} calibration folds" if r.get("calibration_folds") else "")),
         "calibration": _calibration_headline,
         "rvss": lambda r: f"{r.get('n_novel', r.get('n_views', '?'))} novel views",
         "irprn": lambda r: (f"held-out relative rotation error {r.get('final', {}).get('val_rot_deg', float('nan')):.2f} deg, "

@@ -18,13 +18,18 @@ n-th training view (``holdout_indices``) is withheld for the first ``fold_in`` s
 steps. The model at that step is saved as the *calibration model*, whose renders of the
 withheld views are what ``training/calibrate.py`` calibrates on (views a model never saw, as
 a customer's queries are); the withheld views then join for the remaining steps, so the
-shipped model is fitted to every view. One fit gives both models (docs/SCORING.md).
+shipped model is fitted to every view. One fit gives both models (docs/SCORING.md). With
+``folds`` > 1 (the presets: 5), the stage then fits the calibration models of the other folds,
+every n-th view from another offset (``fold_offsets``): the same fit, stopped where its snapshot
+is saved (``fit_folds``), so that with n folds every training view is held out of one calibration
+model, and the calibration stage has n times the views (docs/RESULTS.md, session 36).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -121,13 +126,28 @@ class FitResult:
     report: dict
 
 
-def holdout_indices(n_views: int, every: int) -> list[int]:
+def holdout_indices(n_views: int, every: int, offset: int | None = None) -> list[int]:
     """The training views a held-out calibration withholds: every ``every``-th from the
-    ``every // 2``-th, spread over the views' order (which follows the cameras' rings)."""
-    held = list(range(every // 2, n_views, every)) if every else []
+    ``offset``-th (default ``every // 2``: the fold the shipped fit folds back in), spread over the
+    views' order (which follows the cameras' rings)."""
+    offset = every // 2 if offset is None else offset
+    if every and not 0 <= offset < every:
+        raise ValueError(f"a fold's offset must lie in [0, {every}), got {offset}")
+    held = list(range(offset, n_views, every)) if every else []
     if every and (len(held) < 2 or n_views - len(held) < 2):
         raise ValueError(f"{n_views} training views are too few to hold out every {every}-th one for calibration")
     return held
+
+
+def fold_offsets(every: int, folds: int) -> list[int]:
+    """The offsets of the calibration folds (``holdout_indices``): the shipped fit's own,
+    ``every // 2``, first, then the others from 0 up; ``folds`` of them (``every`` of them: each
+    training view is held out of exactly one calibration model)."""
+    if not every:
+        return []
+    if not 1 <= folds <= every:
+        raise ValueError(f"folds must lie in [1, {every}] when every {every}-th view is held out, got {folds}")
+    return [every // 2] + [o for o in range(every) if o != every // 2][: folds - 1]
 
 
 def fold_in_step(cfg: SplatConfig) -> int:
@@ -428,24 +448,80 @@ def comparison_sheet(names: list[str], truths: list[torch.Tensor], renders: list
     return contact_sheet(rows, cell=160, title="Gaussian model at the photos' true poses: photo | render | error")
 
 
-def calibration_key(category: Category, cfg: SplatConfig, holdout_every: int) -> dict:
-    """What the calibration model was fitted with: the settings and the views it saw
-    (``WORK_FILES["calibration_scene_key"]``; the calibration stage and the self-check read it)."""
-    held = set(holdout_indices(len(category.train), holdout_every))
-    return {"splats": asdict(cfg), "holdout_every": holdout_every, "fold_in_step": fold_in_step(cfg),
-            "views": [v.name for i, v in enumerate(category.train) if i not in held]}
+def calibration_key(category: Category, cfg: SplatConfig, holdout_every: int, offset: int | None = None) -> dict:
+    """What a calibration model was fitted with: the settings and the views it saw
+    (``WORK_FILES["calibration_scene_key"]`` for the shipped fit's own fold, ``fold_paths``' key for
+    another fold, which also names its ``offset``; the calibration stage and the self-check read them)."""
+    held = set(holdout_indices(len(category.train), holdout_every, offset))
+    key = {"splats": asdict(cfg), "holdout_every": holdout_every, "fold_in_step": fold_in_step(cfg),
+           "views": [v.name for i, v in enumerate(category.train) if i not in held]}
+    return key if offset is None or offset == holdout_every // 2 else {**key, "offset": offset}
+
+
+def fold_paths(work: Path, holdout_every: int, offset: int) -> tuple[Path, Path]:
+    """The calibration model of the fold from ``offset`` and its key, in the work folder: the shipped
+    fit's snapshot for its own fold, ``calibration/fold<offset>.safetensors`` for another."""
+    if offset == holdout_every // 2:
+        return work / WORK_FILES["calibration_scene"], work / WORK_FILES["calibration_scene_key"]
+    folder = work / WORK_FILES["calibration_folds"]
+    return folder / f"fold{offset}.safetensors", folder / f"fold{offset}.json"
+
+
+def _fold_ready(work: Path, category: Category, cfg: SplatConfig, holdout_every: int, offset: int) -> bool:
+    path, key_path = fold_paths(work, holdout_every, offset)
+    try:
+        if json.loads(key_path.read_text()) != calibration_key(category, cfg, holdout_every, offset):
+            return False
+        GaussianScene.load(path)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def fit_folds(category: Category, cfg: SplatConfig, out_dir: Path, holdout_every: int, folds: int,
+              progress: bool = True, device: torch.device | None = None) -> dict:
+    """The calibration models of the folds other than the shipped fit's own (``fold_offsets``): the
+    same fit withholding another fold, stopped at the fold-in step where its snapshot is saved. A
+    fold whose model and key are in place is kept. Returns each fold's report, by offset."""
+    reports = {}
+    for offset in fold_offsets(holdout_every, folds)[1:]:
+        path, key_path = fold_paths(out_dir, holdout_every, offset)
+        if _fold_ready(out_dir, category, cfg, holdout_every, offset):
+            reports[str(offset)] = {"skipped": True}
+            continue
+        key_path.unlink(missing_ok=True)
+        start = time.perf_counter()
+        work = out_dir / WORK_FILES["calibration_folds"] / f"fold{offset}_work"
+        result = fit_splats(category, cfg, work, progress=progress, device=device,
+                            desc=f"calibration fold {offset} {category.name}",
+                            withheld=holdout_indices(len(category.train), holdout_every, offset),
+                            snapshot=path, until_snapshot=True)
+        shutil.rmtree(work, ignore_errors=True)
+        key_path.write_text(json.dumps(calibration_key(category, cfg, holdout_every, offset), indent=2) + "\n")
+        reports[str(offset)] = {"num_gaussians": result.scene.num_gaussians,
+                                "seconds": round(time.perf_counter() - start, 1)}
+    return reports
 
 
 def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progress: bool = True,
-                     holdout_every: int = 0, device: torch.device | None = None) -> dict:
+                     holdout_every: int = 0, device: torch.device | None = None, folds: int = 1) -> dict:
     """Fit, save the scene and its resolved config, and write the report and its contact
     sheet (paths in ``models.bundle``), measured on ``test/good`` views rendered at their
     true poses (held-out training views when there are none). With ``holdout_every`` (the
-    calibration stage's), the fit also leaves the calibration model and its key."""
+    calibration stage's), the fit also leaves the calibration model and its key, and with
+    ``folds`` > 1 the calibration models of as many folds in all (``fit_folds``). A valid fit
+    is kept, and only the folds it lacks are fitted."""
     start = time.perf_counter()
     previous = _previous_report(out_dir, cfg, category, holdout_every)
     if previous is not None:
-        return {**previous, "skipped": True}
+        fits = fit_folds(category, cfg, out_dir, holdout_every, folds, progress, device) if folds > 1 else {}
+        if all(r.get("skipped") for r in fits.values()):
+            return {**previous, "skipped": True}
+        kept = previous.get("calibration_folds", {})
+        report = {**previous, "calibration_folds": {o: kept.get(o, r) if r.get("skipped") else r for o, r in fits.items()},
+                  "seconds": round(previous["seconds"] + sum(r.get("seconds", 0.0) for r in fits.values()), 1)}
+        (out_dir / REPORTS["splats"]).write_text(json.dumps(report, indent=2) + "\n")
+        return report
     (out_dir / REPORTS["splats"]).parent.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / WORK_FILES["splats_checkpoint"]
     snapshot, key_path = out_dir / WORK_FILES["calibration_scene"], out_dir / WORK_FILES["calibration_scene_key"]
@@ -461,6 +537,7 @@ def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progre
     else:
         snapshot.unlink(missing_ok=True)
     checkpoint.unlink(missing_ok=True)
+    fits = fit_folds(category, cfg, out_dir, holdout_every, folds, progress, device) if holdout_every and folds > 1 else {}
 
     good = [q for q in category.test if q.label == "good" and q.w2c is not None]
     if good:
@@ -482,6 +559,7 @@ def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progre
         "psnr_test": [round(v, 3) for v in ev["psnr"]],
         "eval_views": source,
         **result.report,
+        **({"calibration_folds": fits} if fits else {}),
         "seconds": round(time.perf_counter() - start, 1),
         "config": asdict(cfg),
     }

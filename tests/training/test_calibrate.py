@@ -163,6 +163,49 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
         CalibConfig(holdout_every=4, false_alarm_rate=0.0)
 
 
+@pytest.mark.slow(seconds=10)
+def test_calibration_folds_hold_every_view_out_once(bundle: Path, tiny_synth: Path) -> None:
+    """Folds: each fold's views are held out of a calibration model of their own (the same fit,
+    stopped at the fold-in), and the calibration scores every fold against its model. A fit that
+    lacks folds keeps its models and gains only the missing ones."""
+    from models.hashing import sha256_file
+    from models.splat.scene import GaussianScene
+    from tests.conftest import TINY_SPLATS
+    from training.splats import fold_paths, preset, run_splats_stage
+
+    cat = load_category(tiny_synth)
+    splats = preset("demo", **{**TINY_SPLATS, "iterations": 20})
+    cfg = CalibConfig(holdout_every=4, folds=2, jitters=2, false_alarm_rate=0.2)
+    run_splats_stage(cat, splats, bundle, progress=False, holdout_every=4)
+    with pytest.raises(ValueError, match="from the 0-th.*rerun the splats stage"):  # the second fold is not fitted
+        run_calibration_stage(cat, cfg, bundle, progress=False, splats=splats)
+    shipped = sha256_file(bundle / "splats" / "scene.safetensors")
+    report = run_splats_stage(cat, splats, bundle, progress=False, holdout_every=4, folds=2)
+    assert "skipped" not in report and list(report["calibration_folds"]) == ["0"]
+    assert report["calibration_folds"]["0"]["num_gaussians"] > 0
+    assert sha256_file(bundle / "splats" / "scene.safetensors") == shipped  # the shipped fit was kept
+    path, key_path = fold_paths(bundle, 4, 0)
+    assert key_path.parent == bundle / "calibration" / "folds" and GaussianScene.load(path).num_gaussians > 0
+    key = json.loads(key_path.read_text())
+    assert key["offset"] == 0 and key["views"] == [v.name for i, v in enumerate(cat.train) if i not in (0, 4)]
+    assert not (key_path.parent / "fold0_work").exists()  # the fold's checkpoints go with its fit
+    assert run_splats_stage(cat, splats, bundle, progress=False, holdout_every=4, folds=2)["skipped"]
+    report = run_calibration_stage(cat, cfg, bundle, progress=False, splats=splats)
+    calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
+    held = np.array(report["scores"]["heldout"])
+    assert report["heldout_views"] == 4 == calib.sources["heldout_views"] and len(held) == 4 * 2
+    assert [f["offset"] for f in report["calibration_folds"]] == [2, 0]
+    assert "(false_alarm, 4 held-out views)" in _calibration_headline(report)
+    assert calib.threshold == pytest.approx(np.quantile(held * calib.heldout_scale, 0.8))
+    # The first fold's views are scored against their own model, the second's against theirs.
+    one = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.2), bundle,
+                                progress=False, splats=splats)
+    assert one["heldout_views"] == 2 and one["scores"]["heldout_own"] == report["scores"]["heldout_own"][:2]
+    for bad in ({"holdout_every": 4, "folds": 5}, {"holdout_every": 4, "folds": 0}, {"folds": 2}):
+        with pytest.raises(ValueError, match="folds"):
+            CalibConfig(**bad)
+
+
 def test_pose_jitter_raises_normal_scores(bundle: Path, tiny_synth: Path) -> None:
     cat = load_category(tiny_synth)
     big = run_calibration_stage(cat, CalibConfig(jitter_px=6.0), bundle, progress=False)

@@ -18,6 +18,7 @@ from training.splats import (
     evaluate_views,
     fit_splats,
     fold_in_step,
+    fold_offsets,
     holdout_indices,
     init_params,
     init_points,
@@ -117,6 +118,12 @@ def test_withheld_views_wait_for_the_fold_in() -> None:
     plain = [view_at(s, 8, [], fold, seed=0) for s in range(16)]
     assert sorted(plain[:8]) == list(range(8)) and plain != [view_at(s, 8, [], fold, seed=1) for s in range(16)]
     assert holdout_indices(10, 5) == [2, 7] and holdout_indices(10, 0) == []
+    assert holdout_indices(10, 5, 0) == [0, 5] and holdout_indices(10, 5, 4) == [4, 9]
+    assert fold_offsets(5, 5) == [2, 0, 1, 3, 4] and fold_offsets(5, 1) == [2] and fold_offsets(0, 1) == []
+    with pytest.raises(ValueError, match="offset"):
+        holdout_indices(10, 5, 5)
+    with pytest.raises(ValueError, match="folds"):
+        fold_offsets(5, 6)
     with pytest.raises(ValueError, match="too few"):
         holdout_indices(3, 2)
     with pytest.raises(ValueError, match="fold_in"):
