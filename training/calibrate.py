@@ -99,7 +99,8 @@ from training.splats import SplatConfig, calibration_key, default_device, fold_o
 # measured and not adopted (sessions 26, 27); 10: the returned map blurred with a sigma of its own,
 # with its levels and ``map_scale`` (``map_sigma``, session 31; the thresholds as under 7);
 # 11: and the JPEG qualities the bundle takes (``jpeg_tolerance``, session 33; thresholds as under 7);
-# 12: the held-out views of every fold, each against its own calibration model (``folds``, session 36).
+# 12: the held-out views of every fold, each against its own calibration model, for the threshold, the
+# statistics and the JPEG ladder alike (``folds``, session 36).
 METHOD = 12
 # JPEG settings (quality, chroma) tried on the held-out photos, finest first (in that order on seed 1's
 # views: docs/RESULTS.md, session 33); 4:2:0 is the encoders' default.
@@ -295,20 +296,25 @@ def heldout_scores_folds(models: list[tuple[GaussianScene, list]], cfg: CalibCon
     return HeldOut(np.concatenate(own), np.concatenate(jittered), np.concatenate(maps), scorer)
 
 
-def jpeg_tolerance(scene: GaussianScene, held: list, cfg: CalibConfig, heldout: HeldOut, threshold: float,
+def jpeg_tolerance(models: list[tuple[GaussianScene, list]], cfg: CalibConfig, heldout: HeldOut, threshold: float,
                    progress: bool = True) -> tuple[list[tuple[int, str]], int, dict[str, float]]:
     """Which JPEG settings a bundle trained on lossless photos can judge, measured on its own
-    held-out photos: each is compressed at its own size at each step of ``JPEG_LADDER``,
-    decoded and resized as a query is, and scored as the calibration scores it (jittered,
-    aligned, times the convergence ratio). Returns the steps, from the finest, that each reject
-    at most twice the false-alarm rate the threshold was set for (the ladder stops at the first
-    that does not), the photos' width (a query at least as wide is compressed no more coarsely
-    at the scorer's scale) and each step's false-alarm rate."""
-    _, Ks, jittered_poses = _jittered(held, cfg)
-    rep = lambda t: t.repeat_interleave(cfg.jitters, dim=0)  # noqa: E731
-    photos = [to_uint8(load_rgb(v.path, scene.background)) for v in held]
-    height, width = held[0].image.shape[:2]
-    bar = tqdm(total=len(held) * cfg.jitters * len(JPEG_LADDER), desc="calibration (JPEG ladder)", unit="view",
+    held-out photos (every fold's, each against its calibration model: ``models`` as for
+    ``heldout_scores_folds``, so the uncompressed photos reject the stated rate): each is
+    compressed at its own size at each step of ``JPEG_LADDER``, decoded and resized as a query
+    is, and scored as the calibration scores it (jittered, aligned, times the convergence ratio).
+    Returns the steps, from the finest, that each reject at most twice the false-alarm rate the
+    threshold was set for (the ladder stops at the first that does not), the photos' width (a
+    query at least as wide is compressed no more coarsely at the scorer's scale) and each step's
+    false-alarm rate."""
+    held_all = [v for _, held in models for v in held]
+    _, Ks, jittered_poses = _jittered(held_all, cfg)
+    rep_Ks = Ks.repeat_interleave(cfg.jitters, dim=0)
+    background = models[0][0].background
+    photos = [to_uint8(load_rgb(v.path, background)) for v in held_all]
+    height, width = held_all[0].image.shape[:2]
+    bounds = np.cumsum([0] + [len(held) * cfg.jitters for _, held in models])
+    bar = tqdm(total=len(held_all) * cfg.jitters * len(JPEG_LADDER), desc="calibration (JPEG ladder)", unit="view",
                disable=not progress)
     rates, taken = {}, []
     for quality, chroma in JPEG_LADDER:
@@ -316,9 +322,11 @@ def jpeg_tolerance(scene: GaussianScene, held: list, cfg: CalibConfig, heldout: 
         for photo in photos:
             buf = io.BytesIO()
             Image.fromarray(photo).save(buf, format="JPEG", quality=quality, subsampling=_SUBSAMPLING[chroma])
-            images.append(torch.from_numpy(resize_rgb(decode_rgb(buf.getvalue(), scene.background), width, height)))
-        scores, _ = _score(heldout.scorer, scene, rep(torch.stack(images)), jittered_poses, rep(Ks), cfg.batch, bar,
-                           RefineConfig())
+            images.append(torch.from_numpy(resize_rgb(decode_rgb(buf.getvalue(), background), width, height)))
+        images = torch.stack(images).repeat_interleave(cfg.jitters, dim=0)
+        scores = np.concatenate([_score(heldout.scorer, scene, images[a:b], jittered_poses[a:b], rep_Ks[a:b], cfg.batch,
+                                        bar, RefineConfig())[0]
+                                 for (scene, _), a, b in zip(models, bounds[:-1], bounds[1:])])
         rates[f"q{quality} {chroma}"] = float(np.mean(scores * heldout.scale > threshold))
         if rates[f"q{quality} {chroma}"] > 2 * cfg.false_alarm_rate:
             break
@@ -464,13 +472,13 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
     if cfg.holdout_every:
         models, fits = calibration_models(category, splats, cfg, out_dir, device)
         heldout = heldout_scores_folds(models, cfg, progress)
-        (model, held), seen = models[0], split_holdout(category, cfg.holdout_every)[0].train
+        model, seen = models[0][0], split_holdout(category, cfg.holdout_every)[0].train
         # One ratio for every fold: each fold's model is its fit at the same step (training.splats.fit_folds).
         heldout.scale = convergence_ratio(shipped, model, seen, heldout.scorer, cfg.batch, progress)
     calib, raw = calibrate(category, shipped, cfg, validation, progress, heldout)
     jpeg = None
-    if heldout is not None and calib.rule == "false_alarm" and not category.lossy_photos:  # on the shipped fit's fold
-        jpeg = jpeg_tolerance(model, held, cfg, heldout, calib.threshold, progress)
+    if heldout is not None and calib.rule == "false_alarm" and not category.lossy_photos:
+        jpeg = jpeg_tolerance(models, cfg, heldout, calib.threshold, progress)
         calib = calib.model_copy(update={"jpeg_taken": jpeg[0], "jpeg_photo_width": jpeg[1]})
     calib_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.parent.mkdir(parents=True, exist_ok=True)
