@@ -3,7 +3,8 @@ from its normal photographs alone.
 
 A bundle built with a held-out calibration (rule ``false_alarm``: the ``cpu`` and ``paper``
 presets) has a *calibration model*: its splats fit before every n-th training photograph
-was folded in (``training/splats.py``). Those held-out photographs are views no model saw. The
+was folded in (``training/splats.py``; with five calibration folds, the shipped fit's own fold: the
+self-check stays on it). Those held-out photographs are views no model saw. The
 self-check paints synthetic defects of the three MAD kinds on them (``training.defects``,
 exact masks) and scores every photograph, clean and painted, the way the product does:
 against a render of the calibration model at its pose, jittered by the residual pose error
@@ -16,7 +17,7 @@ worst misses and false alarms on a contact sheet.
 
 What it cannot see: the pose stages (poses are the photographs' own, jittered), and defects
 unlike the painted ones. Its clean photographs are the ones the threshold was set on (with
-fresh jitter draws here), so its false-alarm rate sits near the stated one by construction;
+fresh jitter draws here; with five folds, a fifth of them), so its false-alarm rate sits near the stated one by construction;
 the figures to trust are its recall and AUROC. docs/SCORING.md compares its estimates with
 labelled test sets.
 """
