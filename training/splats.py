@@ -130,11 +130,12 @@ def holdout_indices(n_views: int, every: int, offset: int | None = None) -> list
     """The training views a held-out calibration withholds: every ``every``-th from the
     ``offset``-th (default ``every // 2``: the fold the shipped fit folds back in), spread over the
     views' order (which follows the cameras' rings)."""
+    own = offset is None or offset == every // 2  # the shipped fit's fold needs two views; another fold adds to it
     offset = every // 2 if offset is None else offset
     if every and not 0 <= offset < every:
         raise ValueError(f"a fold's offset must lie in [0, {every}), got {offset}")
     held = list(range(offset, n_views, every)) if every else []
-    if every and (len(held) < 2 or n_views - len(held) < 2):
+    if every and (len(held) < (2 if own else 1) or n_views - len(held) < 2):
         raise ValueError(f"{n_views} training views are too few to hold out every {every}-th one for calibration")
     return held
 

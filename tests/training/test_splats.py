@@ -119,6 +119,7 @@ def test_withheld_views_wait_for_the_fold_in() -> None:
     assert sorted(plain[:8]) == list(range(8)) and plain != [view_at(s, 8, [], fold, seed=1) for s in range(16)]
     assert holdout_indices(10, 5) == [2, 7] and holdout_indices(10, 0) == []
     assert holdout_indices(10, 5, 0) == [0, 5] and holdout_indices(10, 5, 4) == [4, 9]
+    assert holdout_indices(8, 5, 3) == [3]  # another fold may hold one view out; the shipped fit's own needs two
     assert fold_offsets(5, 5) == [2, 0, 1, 3, 4] and fold_offsets(5, 1) == [2] and fold_offsets(0, 1) == []
     with pytest.raises(ValueError, match="offset"):
         holdout_indices(10, 5, 5)
