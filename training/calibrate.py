@@ -457,9 +457,9 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
                                         if cfg.holdout_every and (out_dir / WORK_FILES["calibration_scene"]).is_file() else None),
            "validation": str(validation.root) if validation is not None else None,
            "splats": asdict(splats) if cfg.holdout_every else None,
-           "fold_scenes_sha256": [sha256_file(fold_paths(out_dir, cfg.holdout_every, o)[0]) if
-                                  fold_paths(out_dir, cfg.holdout_every, o)[0].is_file() else None
-                                  for o in fold_offsets(cfg.holdout_every, cfg.folds)[1:]]}
+           "fold_scenes_sha256": [sha256_file(path) if path.is_file() else None for path in
+                                  (fold_paths(out_dir, cfg.holdout_every, o)[0]
+                                   for o in fold_offsets(cfg.holdout_every, cfg.folds)[1:])]}
     try:
         previous = json.loads(report_path.read_text())
         Calibration.model_validate_json(calib_path.read_text())
