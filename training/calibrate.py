@@ -242,6 +242,14 @@ def _jittered(held: list, cfg: CalibConfig) -> tuple[torch.Tensor, torch.Tensor,
     return poses, Ks, perturb_pose(poses.repeat_interleave(cfg.jitters, dim=0), sigma, 0.0, gen)
 
 
+def _fold_spans(models: list[tuple[GaussianScene, list]], jitters: int) -> list[tuple[GaussianScene, slice, slice]]:
+    """Each fold's model with the slices of its views in the folds' concatenated views, and of
+    their jitters in the concatenated jittered poses (``_jittered`` of all views: a view's jitters together)."""
+    bounds = np.cumsum([0] + [len(held) for _, held in models])
+    return [(scene, slice(int(a), int(b)), slice(int(a) * jitters, int(b) * jitters))
+            for (scene, _), a, b in zip(models, bounds[:-1], bounds[1:])]
+
+
 def heldout_scores(scene: GaussianScene, held: list, cfg: CalibConfig, progress: bool = True) -> HeldOut:
     """``heldout_scores_folds`` with one fold: ``held`` against ``scene``."""
     return heldout_scores_folds([(scene, held)], cfg, progress)
@@ -257,9 +265,7 @@ def heldout_scores_folds(models: list[tuple[GaussianScene, list]], cfg: CalibCon
     images = torch.stack([v.image for v in held_all])
     poses, Ks, jittered_poses = _jittered(held_all, cfg)
     rep_images, rep_Ks = images.repeat_interleave(cfg.jitters, dim=0), Ks.repeat_interleave(cfg.jitters, dim=0)
-    bounds = np.cumsum([0] + [len(held) for _, held in models])
-    folds = [(scene, slice(a, b), slice(a * cfg.jitters, b * cfg.jitters)) for (scene, _), a, b in
-             zip(models, bounds[:-1], bounds[1:])]  # each model, its views and its views' jitters
+    folds = _fold_spans(models, cfg.jitters)
     fitting = cfg.combination != "peers"
     align = RefineConfig()  # the refinement's last step: each render warped onto its photograph
     bar = tqdm(total=len(held_all) * (1 + cfg.jitters * (2 if fitting else 1)), desc="calibration (held-out views)",
@@ -313,7 +319,7 @@ def jpeg_tolerance(models: list[tuple[GaussianScene, list]], cfg: CalibConfig, h
     background = models[0][0].background
     photos = [to_uint8(load_rgb(v.path, background)) for v in held_all]
     height, width = held_all[0].image.shape[:2]
-    bounds = np.cumsum([0] + [len(held) * cfg.jitters for _, held in models])
+    folds = _fold_spans(models, cfg.jitters)
     bar = tqdm(total=len(held_all) * cfg.jitters * len(JPEG_LADDER), desc="calibration (JPEG ladder)", unit="view",
                disable=not progress)
     rates, taken = {}, []
@@ -324,9 +330,8 @@ def jpeg_tolerance(models: list[tuple[GaussianScene, list]], cfg: CalibConfig, h
             Image.fromarray(photo).save(buf, format="JPEG", quality=quality, subsampling=_SUBSAMPLING[chroma])
             images.append(torch.from_numpy(resize_rgb(decode_rgb(buf.getvalue(), background), width, height)))
         images = torch.stack(images).repeat_interleave(cfg.jitters, dim=0)
-        scores = np.concatenate([_score(heldout.scorer, scene, images[a:b], jittered_poses[a:b], rep_Ks[a:b], cfg.batch,
-                                        bar, RefineConfig())[0]
-                                 for (scene, _), a, b in zip(models, bounds[:-1], bounds[1:])])
+        scores = np.concatenate([_score(heldout.scorer, scene, images[jit], jittered_poses[jit], rep_Ks[jit], cfg.batch,
+                                        bar, RefineConfig())[0] for scene, _, jit in folds])
         rates[f"q{quality} {chroma}"] = float(np.mean(scores * heldout.scale > threshold))
         if rates[f"q{quality} {chroma}"] > 2 * cfg.false_alarm_rate:
             break

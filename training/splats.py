@@ -483,7 +483,8 @@ def fit_folds(category: Category, cfg: SplatConfig, out_dir: Path, holdout_every
               progress: bool = True, device: torch.device | None = None) -> dict:
     """The calibration models of the folds other than the shipped fit's own (``fold_offsets``): the
     same fit withholding another fold, stopped at the fold-in step where its snapshot is saved. A
-    fold whose model and key are in place is kept. Returns each fold's report, by offset."""
+    fold whose model and key are in place is kept. Returns each fold's report, by offset (none
+    without held-out views or with one fold)."""
     reports = {}
     for offset in fold_offsets(holdout_every, folds)[1:]:
         path, key_path = fold_paths(out_dir, holdout_every, offset)
@@ -515,7 +516,7 @@ def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progre
     start = time.perf_counter()
     previous = _previous_report(out_dir, cfg, category, holdout_every)
     if previous is not None:
-        fits = fit_folds(category, cfg, out_dir, holdout_every, folds, progress, device) if folds > 1 else {}
+        fits = fit_folds(category, cfg, out_dir, holdout_every, folds, progress, device)
         if all(r.get("skipped") for r in fits.values()):
             return {**previous, "skipped": True}
         kept = previous.get("calibration_folds", {})
@@ -538,7 +539,7 @@ def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progre
     else:
         snapshot.unlink(missing_ok=True)
     checkpoint.unlink(missing_ok=True)
-    fits = fit_folds(category, cfg, out_dir, holdout_every, folds, progress, device) if holdout_every and folds > 1 else {}
+    fits = fit_folds(category, cfg, out_dir, holdout_every, folds, progress, device)
 
     good = [q for q in category.test if q.label == "good" and q.w2c is not None]
     if good:

@@ -6,7 +6,9 @@ at that step. A 5-fold calibration needs that model for each fold: the same fit 
 folder's own ``SplatConfig``, the same seed) withholding every 5th view from the 0th, 1st, 3rd
 and 4th, stopped where it is saved (``fit_splats(..., until_snapshot=True)``). Each is written
 to ``OUT_DIR/fold<offset>.safetensors`` with the names of the views it saw (``.json``); a fold
-already there is skipped. The product's fold is linked as ``fold2``.
+already there is skipped. The product's fold is copied as ``fold2``. (The product's splats stage
+now does the same into the work folder, ``training.splats.fit_folds``; this driver made the
+session's figures and stays as it ran.)
 
     python docs/results/issue22_kfold_fit.py WORK_DIR CATEGORY_DIR OUT_DIR
 """
