@@ -74,6 +74,7 @@ REPORTS = {
     "splats_sheet": "reports/splats_sheet.png",
     "calibration": "reports/calibration.json",
     "calibration_hist": "reports/calibration_hist.png",
+    "calibration_views": "reports/calibration_views.png",
     "rvss": "reports/rvss.json",
     "rvss_sheet": "reports/rvss_sheet.png",
     "irprn": "reports/irprn.json",

@@ -38,7 +38,12 @@ category's training views and the fitted model itself:
 With a labelled validation category (``validation``: its test split, true poses), the
 threshold is the F1-optimal one on that set instead (rule ``f1``); the normal statistics
 are kept either way. Output: ``calibration/calibration.json`` (a ``Calibration``),
-``reports/calibration.json`` and ``reports/calibration_hist.png``.
+``reports/calibration.json`` and ``reports/calibration_hist.png``; with held-out views, also the
+views that set the threshold (``highest_heldout_views``: the ``HIGHEST_VIEWS`` held-out views whose
+jittered copies score highest, each with the fold whose model lacked it) in the report, and on a
+sheet, ``reports/calibration_views.png``: each photograph with its highest copy's map. A few views
+can hold the threshold up (on Lego, three views whose calibration model renders one part wrong:
+docs/RESULTS.md, session 37); the sheet shows where.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ from models.scoring import (
     fit_normal_stats,
 )
 from models.splat.scene import GaussianScene
+from models.viz import Cell, anomaly_overlay, contact_sheet, figure
 from training.evaluate import render_references
 from training.splats import SplatConfig, calibration_key, default_device, fold_offsets, fold_paths, holdout_indices
 
@@ -108,6 +114,7 @@ JPEG_LADDER = ((100, "4:4:4"), (95, "4:4:4"), (90, "4:4:4"), (95, "4:2:0"), (90,
 _SUBSAMPLING = {"4:4:4": 0, "4:2:0": 2}
 
 
+HIGHEST_VIEWS = 4  # held-out views the calibration report and its sheet name, highest first
 MAX_MAP_SIGMA = SCORE_SIZE / 8  # the blur's 4 sigma each side stays within the map (models.scoring.check_config)
 
 
@@ -302,6 +309,39 @@ def heldout_scores_folds(models: list[tuple[GaussianScene, list]], cfg: CalibCon
     return HeldOut(np.concatenate(own), np.concatenate(jittered), np.concatenate(maps), scorer)
 
 
+def highest_heldout_views(models: list[tuple[GaussianScene, list]], offsets: list[int], heldout: HeldOut,
+                          threshold: float, n: int = HIGHEST_VIEWS) -> list[dict]:
+    """The ``n`` held-out views whose highest jittered copy scores highest (scaled as the
+    threshold reads them, ``heldout.scale``), highest first: each view's name, the offset of the
+    fold whose calibration model lacked it (``offsets``, in the order of ``models``), that copy's
+    score and index in ``heldout.jittered``, and how many of its copies are over ``threshold``."""
+    names = [(v.name, offset) for (_, held), offset in zip(models, offsets) for v in held]
+    copies = (heldout.jittered * heldout.scale).reshape(len(names), -1)
+    order = np.argsort(-copies.max(1), kind="stable")[:n]
+    return [{"view": names[i][0], "fold_offset": names[i][1], "score": round(float(copies[i].max()), 4),
+             "copy": int(i * copies.shape[1] + copies[i].argmax()),
+             "copies_over_threshold": int((copies[i] > threshold).sum()), "copies": int(copies.shape[1])}
+            for i in order]
+
+
+def views_sheet(models: list[tuple[GaussianScene, list]], heldout: HeldOut, calib: Calibration, views: list[dict],
+                title: str):
+    """``highest_heldout_views`` on a contact sheet: each photograph, and its highest copy's map
+    (the 64 x 64 calibration map, scaled as the threshold reads it) over it."""
+    photos = {v.name: v.image for _, held in models for v in held}
+    rows = []
+    for row in views:
+        photo = photos[row["view"]]
+        amap = torch.from_numpy(heldout.maps[row["copy"]] * heldout.scale)[None, None].float()
+        amap = torch.nn.functional.interpolate(amap, size=tuple(photo.shape[:2]), mode="bilinear", align_corners=False)[0, 0]
+        over = f"{row['copies_over_threshold']} of {row['copies']} copies over"
+        rows.append((f"{row['view'].split('/')[-1]} (fold {row['fold_offset']})", [
+            Cell(photo.numpy(), "held-out photograph"),
+            Cell(anomaly_overlay(photo.numpy(), calib.normalise_map(amap.numpy())),
+                 f"score {figure(row['score'])} / {figure(calib.threshold)}: {over}")]))
+    return contact_sheet(rows, cell=200, title=f"{title}: the held-out views that score highest")
+
+
 def jpeg_tolerance(models: list[tuple[GaussianScene, list]], cfg: CalibConfig, heldout: HeldOut, threshold: float,
                    progress: bool = True) -> tuple[list[tuple[int, str]], int, dict[str, float]]:
     """Which JPEG settings a bundle trained on lossless photos can judge, measured on its own
@@ -490,6 +530,10 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
     calib_path.write_text(calib.model_dump_json(indent=2) + "\n")
     fig = histogram(calib, raw, f"{category.name}: normal image scores")
     fig.savefig(out_dir / REPORTS["calibration_hist"])
+    highest = None
+    if heldout is not None and calib.rule == "false_alarm":
+        highest = highest_heldout_views(models, [fit["offset"] for fit in fits], heldout, calib.threshold)
+        views_sheet(models, heldout, calib, highest, category.name).save(out_dir / REPORTS["calibration_views"])
     report = {"category": category.name, "rule": calib.rule, "threshold": round(calib.threshold, 4),
               "normal_scores": calib.normal_scores.model_dump(), "in_sample_max": round(max(raw["in_sample"]), 4),
               "seconds": round(time.perf_counter() - start, 1), "device": str(device), "key": key, "scores": raw}
@@ -501,6 +545,6 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
                       jpeg_taken=jpeg and jpeg[0], jpeg_photo_width=jpeg and jpeg[1],
                       jpeg_false_alarm_rates=jpeg and {k: round(r, 4) for k, r in jpeg[2].items()},
                       quantile_rule_threshold=round(raw["quantile_rule_threshold"], 4),
-                      calibration_model=fits[0], calibration_folds=fits)
+                      calibration_model=fits[0], calibration_folds=fits, highest_heldout_views=highest)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -197,6 +197,14 @@ def test_calibration_folds_hold_every_view_out_once(bundle: Path, tiny_synth: Pa
     assert [f["offset"] for f in report["calibration_folds"]] == [2, 0]
     assert "(false_alarm, 4 held-out views)" in _calibration_headline(report)
     assert calib.threshold == pytest.approx(np.quantile(held * calib.heldout_scale, 0.8))
+    # The views that set the threshold: each view's highest copy, scaled, with the fold that lacked it.
+    copies = (held * calib.heldout_scale).reshape(4, 2)
+    fold_of = {cat.train[i].name: offset for offset in (2, 0) for i in range(offset, len(cat.train), 4)}
+    highest = report["highest_heldout_views"]
+    assert [h["score"] for h in highest] == pytest.approx(sorted(copies.max(1), reverse=True), rel=1e-6)
+    assert all(h["fold_offset"] == fold_of[h["view"]] for h in highest) and len({h["view"] for h in highest}) == 4
+    assert sum(h["copies_over_threshold"] for h in highest) == int((held * calib.heldout_scale > calib.threshold).sum())
+    assert (bundle / "reports" / "calibration_views.png").stat().st_size > 1000
     # The first fold's views are scored against their own model, the second's against theirs.
     one = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.2), bundle,
                                 progress=False, splats=splats)
@@ -292,6 +300,24 @@ def test_heldout_calibration_states_its_range_and_a_validation_set_replaces_it(
     checked = run_calibration_stage(cat, cfg, bundle, validation=cat, progress=False, splats=splats)
     calib = Calibration.model_validate_json((bundle / "calibration" / "calibration.json").read_text())
     assert checked["rule"] == calib.rule == "f1" and calib.threshold_range is None and checked["threshold_range"] is None
+
+
+def test_the_highest_held_out_views_are_named_with_their_fold() -> None:
+    """Each view's copies are judged by its highest: a view with one high copy outranks one whose
+    copies are all middling, and its copies over the threshold are counted."""
+    from types import SimpleNamespace
+
+    from training.calibrate import HeldOut, highest_heldout_views
+
+    views = [SimpleNamespace(name=f"train/good/{i:03d}") for i in range(4)]
+    models = [(None, views[:2]), (None, views[2:])]
+    jittered = np.array([0.5, 0.6, 0.7, 0.7, 2.0, 0.1, 0.9, 1.1])  # two copies a view, the folds' order
+    heldout = HeldOut(own=np.zeros(4), jittered=jittered, maps=np.zeros((8, 64, 64)), scorer=None, scale=0.5)
+    highest = highest_heldout_views(models, [3, 1], heldout, threshold=0.5, n=3)
+    assert [h["view"] for h in highest] == ["train/good/002", "train/good/003", "train/good/001"]
+    assert [h["fold_offset"] for h in highest] == [1, 1, 3]
+    assert [h["score"] for h in highest] == [1.0, 0.55, 0.35] and [h["copy"] for h in highest] == [4, 7, 2]
+    assert [h["copies_over_threshold"] for h in highest] == [1, 1, 0] and highest[0]["copies"] == 2
 
 
 def test_the_histogram_shows_the_scores_that_set_the_threshold() -> None:
