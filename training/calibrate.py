@@ -334,11 +334,11 @@ def views_sheet(models: list[tuple[GaussianScene, list]], heldout: HeldOut, cali
         photo = photos[row["view"]]
         amap = torch.from_numpy(heldout.maps[row["copy"]] * heldout.scale)[None, None].float()
         amap = torch.nn.functional.interpolate(amap, size=tuple(photo.shape[:2]), mode="bilinear", align_corners=False)[0, 0]
-        over = f"{row['copies_over_threshold']} of {row['copies']} copies over"
+        over = f"{row['copies_over_threshold']} of {row['copies']} over"
         rows.append((f"{row['view'].split('/')[-1]} (fold {row['fold_offset']})", [
             Cell(photo.numpy(), "held-out photograph"),
             Cell(anomaly_overlay(photo.numpy(), calib.normalise_map(amap.numpy())),
-                 f"score {figure(row['score'])} / {figure(calib.threshold)}: {over}")]))
+                 f"{figure(row['score'])} / {figure(calib.threshold)}, jittered: {over}")]))
     return contact_sheet(rows, cell=200, title=f"{title}: the held-out views that score highest")
 
 
@@ -534,6 +534,8 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
     if heldout is not None and calib.rule == "false_alarm":
         highest = highest_heldout_views(models, [fit["offset"] for fit in fits], heldout, calib.threshold)
         views_sheet(models, heldout, calib, highest, category.name).save(out_dir / REPORTS["calibration_views"])
+    else:  # no held-out views: no sheet, and none left from an earlier calibration to be copied into the bundle
+        (out_dir / REPORTS["calibration_views"]).unlink(missing_ok=True)
     report = {"category": category.name, "rule": calib.rule, "threshold": round(calib.threshold, 4),
               "normal_scores": calib.normal_scores.model_dump(), "in_sample_max": round(max(raw["in_sample"]), 4),
               "seconds": round(time.perf_counter() - start, 1), "device": str(device), "key": key, "scores": raw}

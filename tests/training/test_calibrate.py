@@ -209,6 +209,8 @@ def test_calibration_folds_hold_every_view_out_once(bundle: Path, tiny_synth: Pa
     one = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.2), bundle,
                                 progress=False, splats=splats)
     assert one["heldout_views"] == 2 and one["scores"]["heldout_own"] == report["scores"]["heldout_own"][:2]
+    assert "highest_heldout_views" not in run_calibration_stage(cat, CalibConfig(), bundle, progress=False)
+    assert not (bundle / "reports" / "calibration_views.png").exists()  # no held-out views: no sheet left over
     for bad in ({"holdout_every": 4, "folds": 5}, {"holdout_every": 4, "folds": 0}, {"folds": 2}):
         with pytest.raises(ValueError, match="folds"):
             CalibConfig(**bad)
