@@ -204,6 +204,9 @@ def _calibration_headline(report: dict) -> str:
     if report.get("threshold_range"):
         (lo, hi), (r_lo, r_hi) = report["threshold_range"], report["false_alarm_range"]
         text += f"; 90 % range {lo:.2f}-{hi:.2f}, false alarms {100 * r_lo:.1f}-{100 * r_hi:.1f} %, held-out views resampled"
+    if report.get("highest_heldout_views"):  # where to look first: reports/calibration_views.png
+        top = report["highest_heldout_views"][0]
+        text += f"; highest held-out view {top['view']} {top['score']:.2f} (fold {top['fold_offset']})"
     return text
 
 

@@ -205,6 +205,7 @@ def test_calibration_folds_hold_every_view_out_once(bundle: Path, tiny_synth: Pa
     assert all(h["fold_offset"] == fold_of[h["view"]] for h in highest) and len({h["view"] for h in highest}) == 4
     assert sum(h["copies_over_threshold"] for h in highest) == int((held * calib.heldout_scale > calib.threshold).sum())
     assert (bundle / "reports" / "calibration_views.png").stat().st_size > 1000
+    assert f"highest held-out view {highest[0]['view']} " in _calibration_headline(report)
     # The first fold's views are scored against their own model, the second's against theirs.
     one = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.2), bundle,
                                 progress=False, splats=splats)
