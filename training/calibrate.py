@@ -334,11 +334,11 @@ def views_sheet(models: list[tuple[GaussianScene, list]], heldout: HeldOut, cali
         photo = photos[row["view"]]
         amap = torch.from_numpy(heldout.maps[row["copy"]] * heldout.scale)[None, None].float()
         amap = torch.nn.functional.interpolate(amap, size=tuple(photo.shape[:2]), mode="bilinear", align_corners=False)[0, 0]
-        over = f"{row['copies_over_threshold']} of {row['copies']} over"
+        over = f"{row['copies_over_threshold']}/{row['copies']} copies over"
         rows.append((f"{row['view'].split('/')[-1]} (fold {row['fold_offset']})", [
             Cell(photo.numpy(), "held-out photograph"),
             Cell(anomaly_overlay(photo.numpy(), calib.normalise_map(amap.numpy())),
-                 f"{figure(row['score'])} / {figure(calib.threshold)}, jittered: {over}")]))
+                 f"{figure(row['score'])} / {figure(calib.threshold)}: {over}")]))
     return contact_sheet(rows, cell=200, title=f"{title}: the held-out views that score highest")
 
 

@@ -1,0 +1,207 @@
+"""Issue 22, session 37 (a diagnosis on training views; it chooses nothing): what sets the normal
+levels and the threshold once five folds' held-out views calibrate, and why Lego's stain map lost
+weight. Every subcommand reads the caches of ``issue22_kfold_eval.py cache`` (a painted set on the
+held-out views of each of five folds, scored against that fold's calibration model:
+``kf<SEED>_<category>_f<k>.pt``), pooled over the five folds as the calibration stage pools them.
+
+``views CACHE SEED CATEGORY_DIR``: the product's statistics fitted on the five folds' clean copies;
+for each of ``EITHER_MAPS``, its level, median and the held-out views with the highest image scores
+(the mean over a view's jittered copies); and each map's level fitted on each fold alone.
+
+``variants CACHE SEED CATEGORY_DIR [INSAMPLE.pt]``: the painted set judged at the 98th percentile of
+the clean image scores (the product's rule, in sample), found by kind and image AUROC, for
+- ``product``: the product's statistics;
+- ``chroma``: ``area5`` opened from the CIELAB a*b* term alone (the L* term left to ``area3``);
+- ``insample``: the five levels read off ``INSAMPLE.pt`` (the shipped model's own training views,
+  ``insample`` below) instead of the held-out views, everything else the product's.
+
+``insample BUNDLE_DIR CATEGORY_DIR OUT.pt``: the product's terms of the bundle's shipped model
+against its own training views, each at one pose jittered by 1 px rms (seed 0) and aligned as the
+calibration aligns.
+
+``continue FOLDS_DIR CATEGORY_DIR OUT_DIR STEPS K[,K...]``: each fold model ``K`` (stopped at the
+fold-in step) fitted STEPS more steps on its own fitted views (the fit's rates, the means' at their
+final decayed value, no densification), saved with its view list, so that ``issue22_kfold_eval.py
+cache`` can score the held-out views against it.
+
+``distance CATEGORY_DIR``: the angle from each test view's camera to the nearest training camera,
+and from each held-out view (five folds, every fifth view) to the nearest camera of its fold's
+fitted views, both seen from the object's centre.
+"""
+import copy
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from issue22_probes import continuation, fit_step
+from models.bundle import open_bundle
+from models.camera import perturb_pose
+from models.data import load_category
+from models.inspector import align_references
+from models.metrics import auroc
+from models.refine import RefineConfig
+from models.scoring import (EITHER_MAPS, LEVEL_QUANTILE, AnomalyScorer, _either_pres, blur_maps, either_map,
+                            fit_normal_stats, opening)
+from models.splat.scene import GaussianScene
+from training.evaluate import render_references
+from training.splats import holdout_indices, preset, view_at
+
+FOLDS, COLOURS, SIGMA = 5, 2, 4.0
+
+
+def _load(cache: Path, seed: int, name: str) -> list[dict]:
+    return [torch.load(cache / f"kf{seed}_{name}_f{f}.pt", weights_only=False) for f in range(FOLDS)]
+
+
+def _clean(data: list[dict]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    keep = [~d["labels"] for d in data]
+    fold = torch.cat([torch.full((int(k.sum()),), f) for f, k in enumerate(keep)])
+    return [torch.cat([d[x][k].float() for d, k in zip(data, keep)]) for x in ("terms", "sil", "edges")], fold
+
+
+def _map_scores(terms, sil, edges, stats) -> torch.Tensor:
+    """[N, 5]: each map's image score (its blurred maximum) before its level."""
+    return torch.stack([torch.cat([blur_maps(p[i:i + 64], SIGMA).flatten(1).amax(1) for i in range(0, len(p), 64)])
+                        for p in _either_pres(terms, stats, sil, edges, len(EITHER_MAPS))], 1)
+
+
+def views(cache: Path, seed: int, category_dir: Path) -> None:
+    name = category_dir.name
+    (terms, sil, edges), fold = _clean(_load(cache, seed, name))
+    stats = fit_normal_stats(terms, sil, edges, sigma=SIGMA, colours=COLOURS)
+    scores = _map_scores(terms, sil, edges, stats)
+    n_train = len(load_category(category_dir, size=32, load_test=False).train)
+    held = [i for f in range(FOLDS) for i in holdout_indices(n_train, FOLDS, f)]  # the caches' order
+    per_view = scores.view(len(held), -1, len(EITHER_MAPS)).mean(1)  # each view's jittered copies together
+    for m, map_name in enumerate(EITHER_MAPS):
+        top = torch.argsort(per_view[:, m], descending=True)[:4]
+        print(f"{name} {map_name}: level {stats.levels[m]:.2f}, median {float(scores[:, m].median()):.2f}; highest views",
+              [(f"train/{held[int(i)]:03d}", round(float(per_view[i, m]), 2)) for i in top])
+    for f in range(FOLDS):
+        print(f"{name} levels off fold {f} alone:", [round(float(scores[fold == f, m].quantile(LEVEL_QUANTILE)), 2)
+                                                     for m in range(len(EITHER_MAPS))])
+
+
+def _judge(data: list[dict], stats) -> dict:
+    scores, labels, kinds = [], [], []
+    for d in data:
+        t, s, e = d["terms"], d["sil"], d["edges"]
+        scores.append(torch.cat([either_map(t[i:i + 64].float(), stats, s[i:i + 64].float(), e[i:i + 64].float(), SIGMA)
+                                 .flatten(1).amax(1) for i in range(0, len(t), 64)]).numpy())
+        labels.append(d["labels"].numpy()), kinds.extend(d["kinds"])
+    scores, labels, kinds = np.concatenate(scores), np.concatenate(labels), np.array(kinds)
+    threshold = float(np.quantile(scores[~labels], 0.98))
+    return {"found": int((scores[labels] > threshold).sum()), "of": int(labels.sum()),
+            "by_kind": {str(k): int((scores[kinds == k] > threshold).sum()) for k in sorted(set(kinds) - {"good"})},
+            "image_auroc": round(float(auroc(labels, scores)), 4), "levels": [round(v, 2) for v in stats.levels]}
+
+
+def variants(cache: Path, seed: int, category_dir: Path, insample: Path | None) -> None:
+    import models.scoring as scoring
+    name = category_dir.name
+    data = _load(cache, seed, name)
+    (terms, sil, edges), _ = _clean(data)
+    stats = fit_normal_stats(terms, sil, edges, sigma=SIGMA, colours=COLOURS)
+    rows = {"product": _judge(data, stats)}
+    product_pres = scoring._either_pres
+
+    def chroma_pres(terms, stats, silhouette, edges, count):
+        for map_name, pre in zip(EITHER_MAPS[:count], product_pres(terms, stats, silhouette, edges, count)):
+            yield opening(terms[:, 1] / stats.term_scales[1], 5) if map_name == "area5" else pre
+
+    scoring._either_pres = chroma_pres
+    try:
+        rows["chroma"] = _judge(data, fit_normal_stats(terms, sil, edges, sigma=SIGMA, colours=COLOURS))
+    finally:
+        scoring._either_pres = product_pres
+    if insample is not None:
+        own = torch.load(insample)
+        own_scores = _map_scores(own["terms"].float(), own["sil"].float(), own["edges"].float(), stats)
+        moved = copy.deepcopy(stats)
+        moved.levels = [max(float(own_scores[:, m].quantile(LEVEL_QUANTILE)), 1e-6) for m in range(len(EITHER_MAPS))]
+        rows["insample"] = _judge(data, moved)
+    for variant, row in rows.items():
+        print(name, variant, json.dumps(row))
+
+
+def insample(bundle: Path, category_dir: Path, out: Path) -> None:
+    width = open_bundle(bundle).camera.width
+    category = load_category(category_dir, size=width, load_test=False)
+    scene = GaussianScene.load(bundle / "splats" / "scene.safetensors")
+    scorer = AnomalyScorer(tolerance=1, background=scene.background, colour="lab")
+    poses = torch.stack([v.w2c for v in category.train])
+    Ks = torch.stack([v.K for v in category.train])
+    images = torch.stack([v.image for v in category.train])
+    jittered = perturb_pose(poses, 1.0 / (math.sqrt(2) * float(Ks[0, 0, 0])), 0.0, torch.Generator().manual_seed(0))
+    terms, sil, edges = [], [], []
+    for i in range(0, len(images), 8):
+        refs = render_references(scene, jittered[i:i + 8], Ks[i:i + 8], width, width)
+        refs = align_references(images[i:i + 8], refs, RefineConfig())
+        t, s = scorer.inputs(images[i:i + 8], refs)
+        terms.append(t.half()), sil.append(s.half()), edges.append(scorer.edges(refs).half())
+    torch.save({"terms": torch.cat(terms), "sil": torch.cat(sil), "edges": torch.cat(edges)}, out)
+    print(out, len(images), "views")
+
+
+def continue_folds(folds: Path, category_dir: Path, out: Path, steps: int, which: list[int]) -> None:
+    cfg = preset("cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    category = load_category(category_dir, size=cfg.image_size, load_test=False)
+    for k in which:
+        scene = GaussianScene.load(folds / f"fold{k}.safetensors")
+        fitted = set(json.loads((folds / f"fold{k}.json").read_text())["views"])
+        own = dataclasses.replace(category, train=[v for v in category.train if v.name in fitted])
+        images, poses, Ks, params, optimizers, background = continuation(scene, own, cfg, 1.0)
+        start = time.perf_counter()
+        for step in range(steps):
+            i = view_at(step, len(images), [], 0, 1)
+            loss = fit_step(params, optimizers, cfg, background, poses[i:i + 1], Ks[i:i + 1], images[i:i + 1])
+        GaussianScene.from_params({n: v.detach() for n, v in params.items()}, sh_degree=scene.sh_degree,
+                                  background=scene.background,
+                                  normalization=scene.normalization).save(out / f"fold{k}.safetensors")
+        shutil.copy(folds / f"fold{k}.json", out / f"fold{k}.json")
+        print(f"fold {k}: {len(own.train)} views, {steps} steps in {time.perf_counter() - start:.0f} s, last loss {loss:.4f}")
+
+
+def distance(category_dir: Path) -> None:
+    category = load_category(category_dir, size=32, load_test=True)
+
+    def directions(w2cs) -> np.ndarray:
+        centres = np.array([(-w[:3, :3].T @ w[:3, 3]).numpy() for w in w2cs])
+        return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+    def nearest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.degrees(np.arccos(np.clip(a @ b.T, -1, 1))).min(1)
+
+    train = directions([v.w2c for v in category.train])
+    test = nearest(directions([q.w2c for q in category.test if q.w2c is not None]), train)
+    n = len(train)
+    held = np.concatenate([nearest(train[holdout_indices(n, FOLDS, f)],
+                                   train[sorted(set(range(n)) - set(holdout_indices(n, FOLDS, f)))])
+                           for f in range(FOLDS)])
+    print(f"{category_dir.name}: test view to nearest training camera: median {np.median(test):.1f} deg, "
+          f"max {test.max():.1f}; held-out view to nearest fitted camera: median {np.median(held):.1f} deg, "
+          f"max {held.max():.1f}")
+
+
+if __name__ == "__main__":
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "views":
+        views(Path(args[0]), int(args[1]), Path(args[2]))
+    elif command == "variants":
+        variants(Path(args[0]), int(args[1]), Path(args[2]), Path(args[3]) if len(args) > 3 else None)
+    elif command == "insample":
+        insample(Path(args[0]), Path(args[1]), Path(args[2]))
+    elif command == "continue":
+        continue_folds(Path(args[0]), Path(args[1]), Path(args[2]), int(args[3]), [int(k) for k in args[4].split(",")])
+    elif command == "distance":
+        distance(Path(args[0]))
+    else:
+        raise SystemExit(__doc__)
