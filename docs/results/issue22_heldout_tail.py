@@ -24,6 +24,13 @@ fold-in step) fitted STEPS more steps on its own fitted views (the fit's rates, 
 final decayed value, no densification), saved with its view list, so that ``issue22_kfold_eval.py
 cache`` can score the held-out views against it.
 
+``size CACHE SEED FOLDS_DIR BUNDLE_DIR CATEGORY_DIR VIEW:FOLD[,...]``: is the model unsure where a view's blob
+is, as the size of its Gaussians tells? Each named held-out view's peak (the maximum of its first jittered copy's
+five maps over their levels, the product's statistics on the five folds' clean copies) is located, and the fold
+model that lacked it and the shipped model each render a per-Gaussian feature at the view's true pose: the log
+of the Gaussian's largest scale, alpha-normalised. Printed: the feature in a 9 x 9 window at the peak, its
+percentile among the object's pixels (alpha > 0.5), and the object's median.
+
 ``distance CATEGORY_DIR``: the angle from each test view's camera to the nearest training camera,
 and from each held-out view (five folds, every fifth view) to the nearest camera of its fold's
 fitted views, both seen from the object's centre.
@@ -170,6 +177,45 @@ def continue_folds(folds: Path, category_dir: Path, out: Path, steps: int, which
         print(f"fold {k}: {len(own.train)} views, {steps} steps in {time.perf_counter() - start:.0f} s, last loss {loss:.4f}")
 
 
+def size(cache: Path, seed: int, folds: Path, bundle: Path, category_dir: Path, pairs: list[tuple[str, int]]) -> None:
+    from models.splat.render import rasterization
+
+    data = _load(cache, seed, category_dir.name)
+    (terms, sil, edges), fold = _clean(data)
+    stats = fit_normal_stats(terms, sil, edges, sigma=SIGMA, colours=COLOURS)
+    width = open_bundle(bundle).camera.width
+    category = load_category(category_dir, size=width, load_test=False)
+    n_train, copies = len(category.train), int((fold == 0).sum()) // len(holdout_indices(len(category.train), FOLDS, 0))
+    shipped = GaussianScene.load(bundle / "splats" / "scene.safetensors")
+
+    def log_size(scene: GaussianScene, view) -> tuple[torch.Tensor, torch.Tensor]:
+        p = scene.params()
+        scales = torch.exp(p["scales"])
+        feature = scales.max(1).values.log()[:, None].contiguous()
+        image, alpha, _ = rasterization(p["means"], p["quats"], scales, torch.sigmoid(p["opacities"]), feature,
+                                        view.w2c[None].float(), view.K[None].float(), width, width,
+                                        backgrounds=torch.zeros(1, 1))
+        return image[0, ..., 0] / alpha[0, ..., 0].clamp_min(1e-3), alpha[0, ..., 0]
+
+    for name, f in pairs:
+        index = category.train.index(next(v for v in category.train if v.name == name))
+        held = holdout_indices(n_train, FOLDS, f)
+        i = int(torch.nonzero(fold == f)[0]) + held.index(index) * copies  # its first jittered copy
+        maps = [blur_maps(p, SIGMA)[0] / level for p, level in
+                zip(_either_pres(terms[i:i + 1], stats, sil[i:i + 1], edges[i:i + 1], len(EITHER_MAPS)), stats.levels)]
+        peak = torch.stack(maps).amax(0)
+        y, x = np.unravel_index(int(peak.argmax()), peak.shape)
+        y, x = int(y * width / peak.shape[0]), int(x * width / peak.shape[1])
+        row = [f"{name} (fold {f}): peak {float(peak.max()):.2f} at ({y}, {x})"]
+        for tag, scene in (("fold model", GaussianScene.load(folds / f"fold{f}.safetensors")), ("shipped", shipped)):
+            feature, alpha = log_size(scene, category.train[index])
+            on_object = feature[alpha > 0.5]
+            at_peak = float(feature[max(0, y - 4):y + 5, max(0, x - 4):x + 5].mean())
+            row.append(f"{tag}: {at_peak:.2f} at the peak, percentile {float((on_object < at_peak).float().mean()):.2f}, "
+                       f"object median {float(on_object.median()):.2f}")
+        print(" | ".join(row), flush=True)
+
+
 def distance(category_dir: Path) -> None:
     category = load_category(category_dir, size=32, load_test=True)
 
@@ -201,6 +247,9 @@ if __name__ == "__main__":
         insample(Path(args[0]), Path(args[1]), Path(args[2]))
     elif command == "continue":
         continue_folds(Path(args[0]), Path(args[1]), Path(args[2]), int(args[3]), [int(k) for k in args[4].split(",")])
+    elif command == "size":
+        size(Path(args[0]), int(args[1]), Path(args[2]), Path(args[3]), Path(args[4]),
+             [(name, int(f)) for name, f in (pair.rsplit(":", 1) for pair in args[5].split(","))])
     elif command == "distance":
         distance(Path(args[0]))
     else:
