@@ -31,6 +31,13 @@ model that lacked it and the shipped model each render a per-Gaussian feature at
 of the Gaussian's largest scale, alpha-normalised. Printed: the feature in a 9 x 9 window at the peak, its
 percentile among the object's pixels (alpha > 0.5), and the object's median.
 
+``disagreement BUNDLE_DIR WORK_DIR CATEGORY_DIR`` (a diagnosis on the test split at true poses; it chooses
+nothing): do the five calibration models disagree where the good views' evidence peaks, and agree on the
+defects? D is the per-pixel standard deviation over the five calibration models' renders (the work folder's
+four fold models and the shipped fit's own), the mean over RGB. Each query is scored by the bundle's scorer as
+the calibration scores (``compare_at_poses``, aligned); printed: D in a 9 x 9 window at the map's peak, its
+percentile among the object's pixels, and for a defect, D's mean in its mask and that mean's percentile.
+
 ``distance CATEGORY_DIR``: the angle from each test view's camera to the nearest training camera,
 and from each held-out view (five folds, every fifth view) to the nearest camera of its fold's
 fitted views, both seen from the object's centre.
@@ -216,6 +223,36 @@ def size(cache: Path, seed: int, folds: Path, bundle: Path, category_dir: Path, 
         print(" | ".join(row), flush=True)
 
 
+def disagreement(bundle: Path, work: Path, category_dir: Path) -> None:
+    from models.bundle import WORK_FILES
+    from models.inspector import Inspector, compare_at_poses
+
+    inspector = Inspector.load(bundle, device="cpu")
+    width = open_bundle(bundle).camera.width
+    category = load_category(category_dir, size=width, load_test=True)
+    models = [GaussianScene.load(p) for p in sorted((work / "calibration" / "folds").glob("fold*.safetensors"))]
+    models.append(GaussianScene.load(work / WORK_FILES["calibration_scene"]))
+    queries = category.test
+    images, poses, Ks = (torch.stack([getattr(q, k) for q in queries]) for k in ("image", "w2c", "K"))
+    maps, scores = compare_at_poses(inspector.scene, inspector.scorer, images, poses, Ks, RefineConfig())
+    renders = torch.stack([render_references(m, poses.float(), Ks.float(), width, width) for m in models])
+    spread = renders.std(0).mean(-1)  # [Q, H, W]
+    background = torch.tensor(inspector.scene.background).float()
+    for i, q in enumerate(queries):
+        amap = torch.nn.functional.interpolate(maps[i][None, None].float(), size=(width, width), mode="bilinear")[0, 0]
+        on_object = (renders.mean(0)[i] - background).abs().max(-1).values > 0.05
+        y, x = np.unravel_index(int(amap.argmax()), amap.shape)
+        at_peak = float(spread[i, max(0, y - 4):y + 5, max(0, x - 4):x + 5].mean())
+        pct = lambda v: float((spread[i][on_object] < v).float().mean())  # noqa: E731
+        row = (f"{q.name}: score {float(scores[i]):.3f}; D at the peak {at_peak:.4f} (percentile {pct(at_peak):.2f}), "
+               f"object median {float(spread[i][on_object].median()):.4f}")
+        if q.label != "good":
+            mask = torch.nn.functional.interpolate(q.mask[None, None].float(), size=(width, width))[0, 0] > 0.5
+            in_mask = float(spread[i][mask].mean())
+            row += f"; D in the defect's mask {in_mask:.4f} (percentile {pct(in_mask):.2f})"
+        print(row, flush=True)
+
+
 def distance(category_dir: Path) -> None:
     category = load_category(category_dir, size=32, load_test=True)
 
@@ -250,6 +287,8 @@ if __name__ == "__main__":
     elif command == "size":
         size(Path(args[0]), int(args[1]), Path(args[2]), Path(args[3]), Path(args[4]),
              [(name, int(f)) for name, f in (pair.rsplit(":", 1) for pair in args[5].split(","))])
+    elif command == "disagreement":
+        disagreement(Path(args[0]), Path(args[1]), Path(args[2]))
     elif command == "distance":
         distance(Path(args[0]))
     else:
