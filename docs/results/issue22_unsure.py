@@ -1,0 +1,260 @@
+"""Issue 22, session 38: evidence discounted where the calibration models disagree (the rule is in
+docs/RESULTS.md, session 38, written before these figures).
+
+``field FOLDS_DIR BUNDLE_DIR CATEGORY_DIR OUT.safetensors``: U, one value per Gaussian of the bundle's
+shipped model: the blend-weighted mean of D (the per-pixel standard deviation of the five fold
+models' renders, the mean over RGB) over novel poses (each training camera orbited ``ORBIT_DEG``
+about the object's centre, about a random axis perpendicular to its view; seed 0).
+
+``maps CACHE_DIR SEED FOLDS_DIR BUNDLE_DIR CATEGORY_DIR FIELD.safetensors``: U rendered by the shipped
+model at each row's pose of the caches ``kf<SEED>_<category>_f<k>.pt`` (``issue22_kfold_eval.py
+cache``: the same painting, jitter and order), at the scoring resolution: ``u<SEED>_<category>_f<k>.pt``.
+
+``compare CACHE_DIR SEED OUT.json CATEGORY [...]``: ``product`` against ``unsure``, cross-fitted on
+five folds (fit on four folds' clean copies, judge the fifth), as session 36's comparison.
+
+``test BUNDLE_DIR CATEGORY_DIR FIELD.safetensors`` (reported, chooses nothing): the test split at
+its true poses, scored as the calibration scores, ``product`` against ``unsure`` with ``unsure``'s
+scales fitted on the seed-53 cache's clean copies of all five folds.
+
+    PYTHONPATH=.:docs/results python docs/results/issue22_unsure.py field /tmp/m36/kf/BL /tmp/m36/BLk/Lego \\
+        ../shared/data/Lego /tmp/m38/U_Lego.safetensors
+"""
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from issue22_shared_edges import INSIDE_COPIES, SEED as INSIDE_SEED, TRIES  # noqa: F401 - the cache's constants
+from models.bundle import open_bundle
+from models.camera import perturb_pose
+from models.data import load_category
+from models.metrics import auroc
+from models.scoring import (EITHER_MAPS, LEVEL_QUANTILE, _either_pres, blur_maps, quantile)
+from models.splat.render import rasterization
+from models.splat.scene import GaussianScene
+from training.defects import KINDS
+from training.evaluate import render_references
+from training.selfcheck import SelfCheckConfig
+
+FOLDS, RATE, COLOURS, ORBIT_DEG, BINS = 5, 0.02, 2, 8.0, 10
+
+
+def _centre(w2cs: torch.Tensor) -> torch.Tensor:
+    """The point nearest all the cameras' optical axes (least squares)."""
+    c2w = torch.linalg.inv(w2cs.double())
+    origins, dirs = c2w[:, :3, 3], F.normalize(c2w[:, :3, 2], dim=1)
+    A = torch.zeros(3, 3, dtype=torch.float64)
+    b = torch.zeros(3, dtype=torch.float64)
+    for o, d in zip(origins, dirs):
+        P = torch.eye(3, dtype=torch.float64) - d[:, None] * d[None]
+        A += P
+        b += P @ o
+    return torch.linalg.solve(A, b)
+
+
+def novel_poses(w2cs: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Each camera orbited by ``ORBIT_DEG`` about the cameras' centre, about a random axis
+    perpendicular to its optical axis."""
+    centre, rng = _centre(w2cs), np.random.default_rng(seed)
+    out = []
+    for w2c in w2cs.double():
+        c2w = torch.linalg.inv(w2c)
+        view = F.normalize(c2w[:3, 2], dim=0)
+        a = torch.from_numpy(rng.normal(size=3))
+        axis = F.normalize(a - (a @ view) * view, dim=0)
+        angle = math.radians(ORBIT_DEG)
+        K = torch.tensor([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]], dtype=torch.float64)
+        R = torch.eye(3, dtype=torch.float64) + math.sin(angle) * K + (1 - math.cos(angle)) * K @ K
+        M = torch.eye(4, dtype=torch.float64)
+        M[:3, :3], M[:3, 3] = R, centre - R @ centre  # a rotation about the centre, in world coordinates
+        out.append(torch.linalg.inv(M @ c2w))
+    return torch.stack(out)
+
+
+def _feature_render(scene: GaussianScene, feature: torch.Tensor, w2cs: torch.Tensor, Ks: torch.Tensor, size: int):
+    p = scene.params()
+    image, alpha, _ = rasterization(p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]),
+                                    feature, w2cs.float(), Ks.float(), size, size,
+                                    backgrounds=torch.zeros(len(w2cs), feature.shape[1]))
+    return image, alpha
+
+
+def field(folds: Path, bundle: Path, category_dir: Path, out: Path) -> None:
+    t0 = time.time()
+    width = open_bundle(bundle).camera.width
+    category = load_category(category_dir, size=width, load_test=False)
+    shipped = GaussianScene.load(bundle / "splats" / "scene.safetensors")
+    models = [GaussianScene.load(folds / f"fold{f}.safetensors") for f in range(FOLDS)]
+    w2cs = torch.stack([v.w2c for v in category.train]).double()
+    Ks = torch.stack([v.K for v in category.train]).float()
+    poses = novel_poses(w2cs)
+    n = shipped.num_gaussians
+    weighted, weight = torch.zeros(n), torch.zeros(n)
+    for i in range(0, len(poses), 4):
+        P, K = poses[i:i + 4], Ks[i:i + 4]
+        renders = torch.stack([render_references(m, P, K, width, width) for m in models])
+        D = renders.std(0).mean(-1)  # [B, H, W]
+        feature = torch.ones(n, 2, requires_grad=True)
+        image, _ = _feature_render(shipped, feature, P, K, width)
+        (image[..., 0] * D + image[..., 1]).sum().backward()
+        weighted += feature.grad[:, 0]
+        weight += feature.grad[:, 1]
+        print(f"poses {i + len(P)}/{len(poses)}, D object median {float(D[D > 0].median()):.4f}, "
+              f"{time.time() - t0:.0f} s", flush=True)
+    seen = weight > 1e-6
+    U = torch.where(seen, weighted / weight.clamp_min(1e-6), torch.zeros(n))
+    U[~seen] = U[seen].median()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"unsure": U.contiguous()}, str(out))
+    print(f"{category_dir.name}: U over {int(seen.sum())} of {n} Gaussians seen; median {float(U.median()):.4f}, "
+          f"99th pct {float(U.quantile(0.99)):.4f}; {time.time() - t0:.0f} s", flush=True)
+
+
+def render_unsure(shipped: GaussianScene, U: torch.Tensor, w2cs: torch.Tensor, K: torch.Tensor, width: int,
+                  size: int = 224) -> torch.Tensor:
+    """``[N, size, size]``: U as the shipped model renders it at ``w2cs`` (background 0)."""
+    out = []
+    for i in range(0, len(w2cs), 8):
+        P = w2cs[i:i + 8]
+        with torch.no_grad():
+            image, _ = _feature_render(shipped, U[:, None], P, K[None].expand(len(P), 3, 3), width)
+        out.append(F.interpolate(image.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
+                                 align_corners=False)[:, 0])
+    return torch.cat(out)
+
+
+def _cache_poses(held: list, seed: int, background) -> torch.Tensor:
+    """The poses of a cache's rows, in its order: the self-check's copies (``painted_queries``
+    with ``seed``), then the inside-missing copies (``issue22_shared_edges.inside_set``)."""
+    from issue22_shared_edges import inside_missing
+
+    cfg = SelfCheckConfig(seed=seed)
+    per_view = cfg.clean_copies + cfg.per_kind * len(KINDS)
+    K = held[0].K
+    sigma = cfg.jitter_px / (math.sqrt(2) * float(K[0, 0]))
+    first = perturb_pose(torch.stack([v.w2c for v in held for _ in range(per_view)]).double(), sigma, 0.0,
+                         torch.Generator().manual_seed(cfg.seed))
+    rng, poses = np.random.default_rng(seed + INSIDE_SEED), []
+    for v in held:
+        for _ in range(INSIDE_COPIES):
+            if inside_missing(v.image.numpy(), background, rng) is not None:
+                poses.append(v.w2c)
+    sigma = 1.0 / (math.sqrt(2) * float(K[0, 0]))
+    second = perturb_pose(torch.stack(poses).double(), sigma, 0.0, torch.Generator().manual_seed(seed + INSIDE_SEED))
+    return torch.cat([first, second])
+
+
+def maps(cache: Path, seed: int, folds: Path, bundle: Path, category_dir: Path, field_path: Path) -> None:
+    # The painters draw from numpy's generator in the order the selection drew: the self-check's
+    # painting first. Repainting here replays that draw only for the inside copies (their own rng).
+    width = open_bundle(bundle).camera.width
+    category = load_category(category_dir, size=width, load_test=False)
+    shipped = GaussianScene.load(bundle / "splats" / "scene.safetensors")
+    U = load_file(str(field_path))["unsure"]
+    for f in range(FOLDS):
+        out = cache / f"u{seed}_{category_dir.name}_f{f}.pt"
+        fitted = set(json.loads((folds / f"fold{f}.json").read_text())["views"])
+        held = [v for v in category.train if v.name not in fitted]
+        poses = _cache_poses(held, seed, category.background)
+        n_rows = len(torch.load(cache / f"kf{seed}_{category_dir.name}_f{f}.pt", weights_only=False)["labels"])
+        if len(poses) != n_rows:
+            raise SystemExit(f"fold {f}: {len(poses)} poses for {n_rows} cached rows")
+        torch.save(render_unsure(shipped, U, poses, held[0].K, width).half(), out)
+        print(category_dir.name, "fold", f, len(poses), "rows", flush=True)
+
+
+def unsure_scales(pres: list[torch.Tensor], u: torch.Tensor, fr: torch.Tensor) -> tuple[list[float], list[list[float]]]:
+    """U's decile bounds over the object's pixels, and each map's 99th percentile per decile."""
+    bins = [quantile(u[fr], float(q)) for q in torch.linspace(0, 1, BINS + 1)[1:-1]]
+    which = torch.bucketize(u.contiguous(), torch.tensor(bins))
+    scales = [[max(quantile(pre[which == b], 0.99), 1e-6) if bool((which == b).any()) else 1.0 for b in range(BINS)]
+              for pre in pres]
+    return bins, scales
+
+
+def _scores(pres, levels, sigma) -> torch.Tensor:
+    out = None
+    for pre, level in zip(pres, levels):
+        m = torch.cat([blur_maps(pre[i:i + 64], sigma).flatten(1).amax(1) for i in range(0, len(pre), 64)]) / level
+        out = m if out is None else torch.maximum(out, m)
+    return out
+
+
+def _pres(d: dict, stats, u: torch.Tensor | None, unsure) -> list[torch.Tensor]:
+    pres = list(_either_pres(d["terms"].float(), stats, d["sil"].float(), d["edges"].float(), len(EITHER_MAPS)))
+    if unsure is None:
+        return pres
+    bins, scales = unsure
+    which = torch.bucketize(u.float().contiguous(), torch.tensor(bins))
+    return [pre / torch.tensor(s)[which] for pre, s in zip(pres, scales)]
+
+
+def judge(cal: list[dict], cal_u: list[torch.Tensor], d: dict, u: torch.Tensor, arm: str) -> dict:
+    from models.scoring import fit_normal_stats
+
+    sigma = d["sigma"]
+    keep = [~c["labels"] for c in cal]
+    clean = {k: torch.cat([c[k][m].float() for c, m in zip(cal, keep)]) for k in ("terms", "sil", "edges")}
+    clean["fr"] = torch.cat([c["fr"][m].bool() for c, m in zip(cal, keep)])
+    cu = torch.cat([x[m].float() for x, m in zip(cal_u, keep)])
+    stats = fit_normal_stats(clean["terms"], clean["sil"], clean["edges"], colours=COLOURS)  # scales, bins: no levels
+    pres = _pres(clean, stats, None, None)
+    unsure = unsure_scales(pres, cu, clean["fr"]) if arm == "unsure" else None
+    if unsure is not None:
+        pres = _pres(clean, stats, cu, unsure)
+    levels = [max(quantile(blur_maps(p, sigma).flatten(1).amax(1), LEVEL_QUANTILE), 1e-6) for p in pres]
+    normal = _scores(pres, levels, sigma).numpy()
+    threshold = float(np.quantile(normal, 1.0 - RATE))
+    scores = _scores(_pres(d, stats, u, unsure), levels, sigma).numpy()
+    labels = d["labels"].numpy()
+    return {"false_alarm_rate": float(np.mean(scores[~labels] > threshold)), "good": int((~labels).sum()),
+            "found": int(np.sum(scores[labels] > threshold)), "of": int(labels.sum()),
+            "image_auroc": float(auroc(labels, scores)),
+            "found_by_kind": {k: int(np.sum(scores[np.array(d["kinds"]) == k] > threshold))
+                              for k in sorted(set(d["kinds"]) - {"good"})}}
+
+
+def compare(cache: Path, seed: int, out: Path, categories: list[str]) -> None:
+    t0, rows = time.time(), {}
+    for name in categories:
+        data = [torch.load(cache / f"kf{seed}_{name}_f{f}.pt", weights_only=False) for f in range(FOLDS)]
+        us = [torch.load(cache / f"u{seed}_{name}_f{f}.pt") for f in range(FOLDS)]
+        for arm in ("product", "unsure"):
+            rs = []
+            for f in range(FOLDS):
+                others = [g for g in range(FOLDS) if g != f]
+                rs.append(judge([data[g] for g in others], [us[g] for g in others], data[f], us[f], arm))
+            rows.setdefault(name, {})[arm] = {
+                "found": sum(r["found"] for r in rs), "of": sum(r["of"] for r in rs),
+                "mean_far": float(np.mean([r["false_alarm_rate"] for r in rs])),
+                "mean_image_auroc": float(np.mean([r["image_auroc"] for r in rs])),
+                "found_by_kind": {k: sum(r["found_by_kind"][k] for r in rs) for k in rs[0]["found_by_kind"]},
+                "folds": rs}
+            print(name, arm, {k: v for k, v in rows[name][arm].items() if k != "folds"},
+                  f"{time.time() - t0:.0f} s", flush=True)
+    summary = {arm: {"found": sum(rows[n][arm]["found"] for n in categories),
+                     "of": sum(rows[n][arm]["of"] for n in categories),
+                     "mean_far": float(np.mean([rows[n][arm]["mean_far"] for n in categories]))}
+               for arm in ("product", "unsure")}
+    print("summary", json.dumps(summary), flush=True)
+    out.write_text(json.dumps({"seed": seed, "seconds": round(time.time() - t0), "summary": summary, "rows": rows},
+                              indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "field":
+        field(*(Path(a) for a in args))
+    elif cmd == "maps":
+        maps(Path(args[0]), int(args[1]), *(Path(a) for a in args[2:]))
+    elif cmd == "compare":
+        compare(Path(args[0]), int(args[1]), Path(args[2]), args[3:])
+    else:
+        raise SystemExit(__doc__)
