@@ -10,12 +10,14 @@ about the object's centre, about a random axis perpendicular to its view; seed 0
 model at each row's pose of the caches ``kf<SEED>_<category>_f<k>.pt`` (``issue22_kfold_eval.py
 cache``: the same painting, jitter and order), at the scoring resolution: ``u<SEED>_<category>_f<k>.pt``.
 
-``compare CACHE_DIR SEED OUT.json CATEGORY [...]``: ``product`` against ``unsure``, cross-fitted on
-five folds (fit on four folds' clean copies, judge the fifth), as session 36's comparison.
+``compare CACHE_DIR SEED OUT.json CATEGORY [...]``: the arms of ``ARMS`` (the environment's ``ARMS``,
+default ``product,unsure``; ``unsure_colour``: U's scales on the area maps alone), cross-fitted on five
+folds (fit on four folds' clean copies, judge the fifth), as session 36's comparison.
 
-``test BUNDLE_DIR CATEGORY_DIR FIELD.safetensors`` (reported, chooses nothing): the test split at
-its true poses, scored as the calibration scores, ``product`` against ``unsure`` with ``unsure``'s
-scales fitted on the seed-53 cache's clean copies of all five folds.
+``test BUNDLE_DIR CATEGORY_DIR FIELD.safetensors CACHE_DIR SEED`` (reported, chooses nothing): the test
+split at its true poses against the shipped model, aligned as the calibration aligns; each arm of ``ARMS``
+(default all three) fitted on the cache's clean copies of all five folds, its threshold scaled by the
+bundle's ``heldout_scale``.
 
     PYTHONPATH=.:docs/results python docs/results/issue22_unsure.py field /tmp/m36/kf/BL /tmp/m36/BLk/Lego \\
         ../shared/data/Lego /tmp/m38/U_Lego.safetensors
@@ -187,13 +189,17 @@ def _scores(pres, levels, sigma) -> torch.Tensor:
     return out
 
 
-def _pres(d: dict, stats, u: torch.Tensor | None, unsure) -> list[torch.Tensor]:
+ARMS = {"product": (), "unsure": EITHER_MAPS, "unsure_colour": ("area3", "area5")}  # the maps U's scales divide
+
+
+def _pres(d: dict, stats, u: torch.Tensor | None, unsure, arm: str = "product") -> list[torch.Tensor]:
     pres = list(_either_pres(d["terms"].float(), stats, d["sil"].float(), d["edges"].float(), len(EITHER_MAPS)))
     if unsure is None:
         return pres
     bins, scales = unsure
     which = torch.bucketize(u.float().contiguous(), torch.tensor(bins))
-    return [pre / torch.tensor(s)[which] for pre, s in zip(pres, scales)]
+    return [pre / torch.tensor(s)[which] if name in ARMS[arm] else pre
+            for name, pre, s in zip(EITHER_MAPS, pres, scales)]
 
 
 def judge(cal: list[dict], cal_u: list[torch.Tensor], d: dict, u: torch.Tensor, arm: str) -> dict:
@@ -206,13 +212,13 @@ def judge(cal: list[dict], cal_u: list[torch.Tensor], d: dict, u: torch.Tensor, 
     cu = torch.cat([x[m].float() for x, m in zip(cal_u, keep)])
     stats = fit_normal_stats(clean["terms"], clean["sil"], clean["edges"], colours=COLOURS)  # scales, bins: no levels
     pres = _pres(clean, stats, None, None)
-    unsure = unsure_scales(pres, cu, clean["fr"]) if arm == "unsure" else None
+    unsure = unsure_scales(pres, cu, clean["fr"]) if ARMS[arm] else None
     if unsure is not None:
-        pres = _pres(clean, stats, cu, unsure)
+        pres = _pres(clean, stats, cu, unsure, arm)
     levels = [max(quantile(blur_maps(p, sigma).flatten(1).amax(1), LEVEL_QUANTILE), 1e-6) for p in pres]
     normal = _scores(pres, levels, sigma).numpy()
     threshold = float(np.quantile(normal, 1.0 - RATE))
-    scores = _scores(_pres(d, stats, u, unsure), levels, sigma).numpy()
+    scores = _scores(_pres(d, stats, u, unsure, arm), levels, sigma).numpy()
     labels = d["labels"].numpy()
     return {"false_alarm_rate": float(np.mean(scores[~labels] > threshold)), "good": int((~labels).sum()),
             "found": int(np.sum(scores[labels] > threshold)), "of": int(labels.sum()),
@@ -221,12 +227,13 @@ def judge(cal: list[dict], cal_u: list[torch.Tensor], d: dict, u: torch.Tensor, 
                               for k in sorted(set(d["kinds"]) - {"good"})}}
 
 
-def compare(cache: Path, seed: int, out: Path, categories: list[str]) -> None:
+def compare(cache: Path, seed: int, out: Path, categories: list[str], arms: tuple[str, ...] = ("product", "unsure")
+            ) -> None:
     t0, rows = time.time(), {}
     for name in categories:
         data = [torch.load(cache / f"kf{seed}_{name}_f{f}.pt", weights_only=False) for f in range(FOLDS)]
         us = [torch.load(cache / f"u{seed}_{name}_f{f}.pt") for f in range(FOLDS)]
-        for arm in ("product", "unsure"):
+        for arm in arms:
             rs = []
             for f in range(FOLDS):
                 others = [g for g in range(FOLDS) if g != f]
@@ -242,10 +249,64 @@ def compare(cache: Path, seed: int, out: Path, categories: list[str]) -> None:
     summary = {arm: {"found": sum(rows[n][arm]["found"] for n in categories),
                      "of": sum(rows[n][arm]["of"] for n in categories),
                      "mean_far": float(np.mean([rows[n][arm]["mean_far"] for n in categories]))}
-               for arm in ("product", "unsure")}
+               for arm in arms}
     print("summary", json.dumps(summary), flush=True)
     out.write_text(json.dumps({"seed": seed, "seconds": round(time.time() - t0), "summary": summary, "rows": rows},
                               indent=1) + "\n")
+
+
+def _fit(clean: dict, cu: torch.Tensor, arm: str, sigma: float):
+    """The statistics, U's scales (or None), the levels and the threshold on clean copies, as ``judge`` fits them."""
+    from models.scoring import fit_normal_stats
+
+    stats = fit_normal_stats(clean["terms"], clean["sil"], clean["edges"], colours=COLOURS)
+    pres = _pres(clean, stats, None, None)
+    unsure = unsure_scales(pres, cu, clean["fr"]) if ARMS[arm] else None
+    if unsure is not None:
+        pres = _pres(clean, stats, cu, unsure, arm)
+    levels = [max(quantile(blur_maps(p, sigma).flatten(1).amax(1), LEVEL_QUANTILE), 1e-6) for p in pres]
+    return stats, unsure, levels, float(np.quantile(_scores(pres, levels, sigma).numpy(), 1.0 - RATE))
+
+
+def test(bundle: Path, category_dir: Path, field_path: Path, cache: Path, seed: int, arms: tuple[str, ...]) -> None:
+    """Reported, chooses nothing: the test split at its true poses against the shipped model
+    (aligned as the calibration aligns), each arm fitted on the cache's clean copies of all five
+    folds, its threshold scaled by the bundle's convergence ratio (``heldout_scale``)."""
+    from issue22_interior_cache import foregrounds
+    from models.bundle import FILES, REPORTS
+    from models.calibration import Calibration
+    from models.inspector import align_references
+    from models.refine import RefineConfig
+    from models.scoring import AnomalyScorer
+
+    calib = Calibration.model_validate_json((bundle / FILES["calibration"]).read_text())
+    scale = json.loads((bundle / REPORTS["calibration"]).read_text())["heldout_scale"]
+    scorer = AnomalyScorer.from_config(calib.scorer)
+    width = open_bundle(bundle).camera.width
+    category = load_category(category_dir, size=width, load_test=True)
+    shipped = GaussianScene.load(bundle / "splats" / "scene.safetensors")
+    U = load_file(str(field_path))["unsure"]
+    q = category.test
+    images, poses, Ks = (torch.stack([getattr(v, k) for v in q]) for k in ("image", "w2c", "K"))
+    refs = align_references(images, render_references(shipped, poses, Ks, width, width), RefineConfig())
+    terms, sil = scorer.inputs(images, refs)
+    d = {"terms": terms, "sil": sil, "edges": scorer.edges(refs)}
+    u = render_unsure(shipped, U, poses.double(), Ks[0], width)
+    labels = np.array([v.label != "good" for v in q])
+    data = [torch.load(cache / f"kf{seed}_{category_dir.name}_f{f}.pt", weights_only=False) for f in range(FOLDS)]
+    us = [torch.load(cache / f"u{seed}_{category_dir.name}_f{f}.pt") for f in range(FOLDS)]
+    keep = [~c["labels"] for c in data]
+    clean = {k: torch.cat([c[k][m].float() for c, m in zip(data, keep)]) for k in ("terms", "sil", "edges")}
+    clean["fr"] = torch.cat([c["fr"][m].bool() for c, m in zip(data, keep)])
+    cu = torch.cat([x[m].float() for x, m in zip(us, keep)])
+    for arm in arms:
+        stats, unsure, levels, threshold = _fit(clean, cu, arm, scorer.sigma)
+        scores = _scores(_pres(d, stats, u, unsure, arm), levels, scorer.sigma).numpy() / (threshold * scale)
+        print(f"{category_dir.name} {arm}: image AUROC {auroc(labels, scores):.4f}, found {int((scores[labels] > 1).sum())} "
+              f"of {int(labels.sum())}, good rejected {int((scores[~labels] > 1).sum())} of {int((~labels).sum())}; "
+              f"lowest defects {sorted((round(float(s), 3), v.name) for s, v, l in zip(scores, q, labels) if l)[:3]}, "
+              f"highest good {sorted((round(float(s), 3), v.name) for s, v, l in zip(scores, q, labels) if not l)[-3:]}",
+              flush=True)
 
 
 if __name__ == "__main__":
@@ -254,7 +315,13 @@ if __name__ == "__main__":
         field(*(Path(a) for a in args))
     elif cmd == "maps":
         maps(Path(args[0]), int(args[1]), *(Path(a) for a in args[2:]))
-    elif cmd == "compare":
-        compare(Path(args[0]), int(args[1]), Path(args[2]), args[3:])
+    elif cmd == "compare":  # ARMS=a,b picks the arms (default: product and unsure)
+        import os
+        compare(Path(args[0]), int(args[1]), Path(args[2]), args[3:],
+                tuple(os.environ.get("ARMS", "product,unsure").split(",")))
+    elif cmd == "test":  # BUNDLE_DIR CATEGORY_DIR FIELD CACHE_DIR SEED
+        import os
+        test(Path(args[0]), Path(args[1]), Path(args[2]), Path(args[3]), int(args[4]),
+             tuple(os.environ.get("ARMS", "product,unsure,unsure_colour").split(",")))
     else:
         raise SystemExit(__doc__)
