@@ -14,6 +14,9 @@ cache``: the same painting, jitter and order), at the scoring resolution: ``u<SE
 default ``product,unsure``; ``unsure_colour``: U's scales on the area maps alone), cross-fitted on five
 folds (fit on four folds' clean copies, judge the fifth), as session 36's comparison.
 
+``kinds CACHE_DIR SEED CATEGORY [...]``: for each painted kind, the median percentile of U's mean in
+its masks among the object's pixels (a diagnosis).
+
 ``test BUNDLE_DIR CATEGORY_DIR FIELD.safetensors CACHE_DIR SEED`` (reported, chooses nothing): the test
 split at its true poses against the shipped model, aligned as the calibration aligns; each arm of ``ARMS``
 (default all three) fitted on the cache's clean copies of all five folds, its threshold scaled by the
@@ -255,6 +258,21 @@ def compare(cache: Path, seed: int, out: Path, categories: list[str], arms: tupl
                               indent=1) + "\n")
 
 
+def kinds(cache: Path, seed: int, categories: list[str]) -> None:
+    """Where the painted defects lie in U: for each kind, the median over its copies of the percentile of U's mean
+    in the mask among the object's pixels (the render's foreground) of the same copy."""
+    for name in categories:
+        pct = {}
+        for f in range(FOLDS):
+            d = torch.load(cache / f"kf{seed}_{name}_f{f}.pt", weights_only=False)
+            u = torch.load(cache / f"u{seed}_{name}_f{f}.pt").float()
+            for i in torch.nonzero(d["labels"]).flatten().tolist():
+                mask, obj = d["masks"][i].bool(), d["fr"][i].bool()
+                if mask.any() and obj.any():
+                    pct.setdefault(d["kinds"][i], []).append(float((u[i][obj] < u[i][mask].mean()).float().mean()))
+        print(name, {k: (round(float(np.median(v)), 2), len(v)) for k, v in sorted(pct.items())}, flush=True)
+
+
 def _fit(clean: dict, cu: torch.Tensor, arm: str, sigma: float):
     """The statistics, U's scales (or None), the levels and the threshold on clean copies, as ``judge`` fits them."""
     from models.scoring import fit_normal_stats
@@ -319,6 +337,8 @@ if __name__ == "__main__":
         import os
         compare(Path(args[0]), int(args[1]), Path(args[2]), args[3:],
                 tuple(os.environ.get("ARMS", "product,unsure").split(",")))
+    elif cmd == "kinds":  # CACHE_DIR SEED CATEGORY [...]
+        kinds(Path(args[0]), int(args[1]), args[2:])
     elif cmd == "test":  # BUNDLE_DIR CATEGORY_DIR FIELD CACHE_DIR SEED
         import os
         test(Path(args[0]), Path(args[1]), Path(args[2]), Path(args[3]), int(args[4]),
