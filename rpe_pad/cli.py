@@ -109,7 +109,9 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from models.bundle import BundleError
     from models.compression import compression_of
-    from models.images import MIN_IMAGE_SIDE, exif_camera_of, greyscale_file, load_rgb
+    from PIL import UnidentifiedImageError
+
+    from models.images import FORMAT_NAMES, MIN_IMAGE_SIDE, exif_camera_of, greyscale_file, load_rgb
     from models.viz import figure as digits
     from models.inspector import InspectionError, Inspector
 
@@ -137,6 +139,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             data = Path(path).read_bytes()
             image = inspector.prepare(rgb, args.intrinsics, exif_camera_of(data), greyscale_file(data), compression_of(data))
             result = inspector.inspect(image[None], threshold=args.threshold)[0]
+        except UnidentifiedImageError:  # Pillow's message names its file object, not the file
+            print(f"{path}: error: not a decodable image (give {FORMAT_NAMES})", file=sys.stderr)
+            failures += 1
+            continue
         except (OSError, InspectionError, ValueError) as exc:  # one bad image does not stop the others
             print(f"{path}: error: {exc}", file=sys.stderr)
             failures += 1

@@ -151,7 +151,7 @@ def test_inspect_reports_each_image_it_does_not_read_and_inspects_the_others(
         tiny_release: Path, tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Decompression bombs (PNG, BMP and JPEG headers claiming 20000 x 20000 or 65500 x 65500
     pixels), what the service answers 415 or 422 (an icon, a GIF, an animated PNG) and a fuzzed
-    TIFF Pillow raises TypeError on: one line each, and the images after them are still
+    TIFF Pillow raises TypeError on, a text file named .png: one line each, and the images after them are still
     inspected, as the README says (exit 1)."""
     from PIL import Image
 
@@ -164,8 +164,9 @@ def test_inspect_reports_each_image_it_does_not_read_and_inspects_the_others(
     hostile.frames(tmp_path / "anim.gif", "GIF")
     hostile.frames(tmp_path / "anim.png", "PNG")
     shutil.copy(Path(__file__).parent / "data" / "hostile" / "strip_offsets_text.tiff", tmp_path / "odd.tiff")
+    (tmp_path / "notes.png").write_text("not an image\n")
     query = min((tiny_synth / "test" / "good").glob("*.png"))
-    refused = ["bomb.png", "bomb.bmp", "bomb.jpg", "icon.ico", "anim.gif", "anim.png", "odd.tiff"]
+    refused = ["bomb.png", "bomb.bmp", "bomb.jpg", "icon.ico", "anim.gif", "anim.png", "odd.tiff", "notes.png"]
     out = tmp_path / "o"
     assert main(["inspect", str(tiny_release), *(str(tmp_path / n) for n in refused), str(query), "--out", str(out),
                  "--device", "cpu"]) == 1
@@ -178,6 +179,7 @@ def test_inspect_reports_each_image_it_does_not_read_and_inspects_the_others(
     assert "declares 4290250000 pixels" in lines[2]
     assert "format ICO is not read" in lines[3] and "format GIF is not read" in lines[4]
     assert "a PNG of 3 frames" in lines[5] and "cannot decode the image (TypeError: " in lines[6]  # a fuzzed TIFF
+    assert lines[7].endswith("notes.png: error: not a decodable image (give PNG, JPEG, WebP, BMP or TIFF)")  # text
     assert f"{query}: " in captured.out and "score" in captured.out  # the good query after them was inspected
     assert [p.name for p in out.iterdir()] == [f"{query.stem}_overlay.png"]
 
