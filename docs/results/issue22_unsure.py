@@ -14,6 +14,10 @@ cache``: the same painting, jitter and order), at the scoring resolution: ``u<SE
 default ``product,unsure``; ``unsure_colour``: U's scales on the area maps alone), cross-fitted on five
 folds (fit on four folds' clean copies, judge the fifth), as session 36's comparison.
 
+``coverage CACHE_DIR SEED FOLDS_DIR BUNDLE_DIR CATEGORY_DIR [VIEW:FOLD,...]`` (a diagnosis): how many fitted
+views saw the surface at each named held-out view's peak (its fold model) and at the test split's peaks and
+defects (the shipped model).
+
 ``kinds CACHE_DIR SEED CATEGORY [...]``: for each painted kind, the median percentile of U's mean in
 its masks among the object's pixels (a diagnosis).
 
@@ -87,7 +91,7 @@ def _feature_render(scene: GaussianScene, feature: torch.Tensor, w2cs: torch.Ten
     p = scene.params()
     image, alpha, _ = rasterization(p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]),
                                     feature, w2cs.float(), Ks.float(), size, size,
-                                    backgrounds=torch.zeros(len(w2cs), feature.shape[1]))
+                                    backgrounds=torch.zeros(len(w2cs), feature.shape[-1]))
     return image, alpha
 
 
@@ -273,6 +277,80 @@ def kinds(cache: Path, seed: int, categories: list[str]) -> None:
         print(name, {k: (round(float(np.median(v)), 2), len(v)) for k, v in sorted(pct.items())}, flush=True)
 
 
+def coverage_field(scene: GaussianScene, views: list, width: int) -> torch.Tensor:
+    """Per Gaussian of ``scene``: how many of ``views`` it draws at least one pixel's worth in (the sum of its
+    blend weights over the view's pixels, by the gradient of a rendered per-Gaussian one)."""
+    count = torch.zeros(scene.num_gaussians)
+    for i in range(0, len(views), 4):
+        vs = views[i:i + 4]
+        feature = torch.ones(len(vs), scene.num_gaussians, 1, requires_grad=True)
+        image, _ = _feature_render(scene, feature, torch.stack([v.w2c for v in vs]), torch.stack([v.K for v in vs]),
+                                   width)
+        image.sum().backward()
+        count += (feature.grad[..., 0] >= 1.0).float().sum(0)
+    return count
+
+
+def coverage(cache: Path, seed: int, folds: Path, bundle: Path, category_dir: Path, pairs: list[tuple[str, int]]
+             ) -> None:
+    """A diagnosis (chooses nothing): at each named held-out view's peak (as ``issue22_heldout_tail.py size``
+    finds it), the coverage the fold model that lacked it renders there (its Gaussians' ``coverage_field`` over
+    the fold's fitted views); then at the test split's good views' peaks and in its defects' masks, the shipped
+    model's coverage over every training view. Printed: the coverage in a 9 x 9 window, its percentile among
+    the object's pixels (alpha > 0.5), and the share of the object with coverage under 1."""
+    from issue22_heldout_tail import _clean, _load
+    from models.inspector import Inspector, compare_at_poses
+    from models.refine import RefineConfig
+    from models.scoring import fit_normal_stats
+    from training.splats import holdout_indices
+
+    width = open_bundle(bundle).camera.width
+    category = load_category(category_dir, size=width, load_test=True)
+
+    def read(scene, count, w2c, K, y, x, mask=None):
+        with torch.no_grad():
+            image, alpha = _feature_render(scene, count[:, None], w2c[None], K[None], width)
+        cov, obj = image[0, ..., 0], alpha[0, ..., 0] > 0.5
+        at = float(cov[max(0, y - 4):y + 5, max(0, x - 4):x + 5].mean()) if mask is None else float(cov[mask].mean())
+        return (f"coverage {at:.2f} (object percentile {float((cov[obj] < at).float().mean()):.2f}; object median "
+                f"{float(cov[obj].median()):.1f}, under 1 on {float((cov[obj] < 1).float().mean()):.3f})")
+
+    if pairs:
+        data = _load(cache, seed, category_dir.name)
+        (terms, sil, edges), fold = _clean(data)
+        stats = fit_normal_stats(terms, sil, edges, sigma=4.0, colours=COLOURS)
+        n_train = len(category.train)
+        copies = int((fold == 0).sum()) // len(holdout_indices(n_train, FOLDS, 0))
+    for name, f in pairs:
+        index = category.train.index(next(v for v in category.train if v.name == name))
+        i = int(torch.nonzero(fold == f)[0]) + holdout_indices(n_train, FOLDS, f).index(index) * copies
+        peak = torch.stack([blur_maps(p, 4.0)[0] / level for p, level in
+                            zip(_either_pres(terms[i:i + 1], stats, sil[i:i + 1], edges[i:i + 1], len(EITHER_MAPS)),
+                                stats.levels)]).amax(0)
+        y, x = np.unravel_index(int(peak.argmax()), peak.shape)
+        y, x = int(y * width / peak.shape[0]), int(x * width / peak.shape[1])
+        model = GaussianScene.load(folds / f"fold{f}.safetensors")
+        fitted = set(json.loads((folds / f"fold{f}.json").read_text())["views"])
+        count = coverage_field(model, [v for v in category.train if v.name in fitted], width)
+        v = category.train[index]
+        print(f"{name} (fold {f}): peak {float(peak.max()):.2f}; fold model's {read(model, count, v.w2c, v.K, y, x)}",
+              flush=True)
+    inspector = Inspector.load(bundle, device="cpu")
+    shipped = inspector.scene
+    count = coverage_field(shipped, category.train, width)
+    q = category.test
+    images, poses, Ks = (torch.stack([getattr(v, k) for v in q]) for k in ("image", "w2c", "K"))
+    maps, scores = compare_at_poses(shipped, inspector.scorer, images, poses, Ks, RefineConfig())
+    for j, v in enumerate(q):
+        amap = F.interpolate(maps[j][None, None].float(), size=(width, width), mode="bilinear")[0, 0]
+        y, x = np.unravel_index(int(amap.argmax()), amap.shape)
+        row = f"{v.name}: score {float(scores[j]):.3f}; at the peak {read(shipped, count, v.w2c, v.K, int(y), int(x))}"
+        if v.label != "good":
+            mask = F.interpolate(v.mask[None, None].float(), size=(width, width))[0, 0] > 0.5
+            row += f"; in the mask {read(shipped, count, v.w2c, v.K, 0, 0, mask)}"
+        print(row, flush=True)
+
+
 def _fit(clean: dict, cu: torch.Tensor, arm: str, sigma: float):
     """The statistics, U's scales (or None), the levels and the threshold on clean copies, as ``judge`` fits them."""
     from models.scoring import fit_normal_stats
@@ -337,6 +415,9 @@ if __name__ == "__main__":
         import os
         compare(Path(args[0]), int(args[1]), Path(args[2]), args[3:],
                 tuple(os.environ.get("ARMS", "product,unsure").split(",")))
+    elif cmd == "coverage":  # CACHE_DIR SEED FOLDS_DIR BUNDLE_DIR CATEGORY_DIR [VIEW:FOLD,...]
+        pairs = [(a.split(":")[0], int(a.split(":")[1])) for a in args[5].split(",")] if len(args) > 5 else []
+        coverage(Path(args[0]), int(args[1]), *(Path(a) for a in args[2:5]), pairs)
     elif cmd == "kinds":  # CACHE_DIR SEED CATEGORY [...]
         kinds(Path(args[0]), int(args[1]), args[2:])
     elif cmd == "test":  # BUNDLE_DIR CATEGORY_DIR FIELD CACHE_DIR SEED
