@@ -18,6 +18,10 @@ folds (fit on four folds' clean copies, judge the fifth), as session 36's compar
 views saw the surface at each named held-out view's peak (its fold model) and at the test split's peaks and
 defects (the shipped model).
 
+``residue FOLDS_DIR BUNDLE_DIR CATEGORY_DIR VIEW:FOLD,... TEST_VIEW,... OUT.png`` (a diagnosis): is a
+held-out view's blob its fold model's alone, or does the shipped model, fitted on the view, leave it too? With a
+sheet of crops.
+
 ``kinds CACHE_DIR SEED CATEGORY [...]``: for each painted kind, the median percentile of U's mean in
 its masks among the object's pixels (a diagnosis).
 
@@ -351,6 +355,68 @@ def coverage(cache: Path, seed: int, folds: Path, bundle: Path, category_dir: Pa
         print(row, flush=True)
 
 
+def residue(folds: Path, bundle: Path, category_dir: Path, pairs: list[tuple[str, int]], test_names: list[str],
+            image: Path) -> None:
+    """A diagnosis (chooses nothing): is a held-out view's blob the fold model's alone? For each named held-out
+    view, the peak of |photo - render| (the mean over RGB, blurred with sigma 2 px at the bundle's size) under the
+    fold model that lacked it, and the shipped model's (fitted on that view) at the same place. A sheet at twice
+    the bundle's size: each view's 80 x 80 crop at the peak (photo, fold model, shipped model), then each named
+    test view's crop at its map's peak (a defect: its mask's centre), photo and shipped model."""
+    from PIL import Image, ImageDraw
+
+    from models.inspector import Inspector, compare_at_poses
+    from models.refine import RefineConfig
+    from models.splat.scene import render
+
+    width = open_bundle(bundle).camera.width
+    big = 2 * width
+    small, large = (load_category(category_dir, size=w, load_test=True) for w in (width, big))
+    inspector = Inspector.load(bundle, device="cpu")
+    shipped = inspector.scene
+
+    def draw(scene, v, size):
+        return render(scene, v.w2c[None].float(), v.K[None].float(), size, size).colors.clamp(0, 1)[0]
+
+    def crop(img, y, x):
+        y0, x0 = min(max(0, y - 40), big - 80), min(max(0, x - 40), big - 80)
+        return img[y0:y0 + 80, x0:x0 + 80]
+
+    rows, labels = [], []
+    for name, f in pairs:
+        v, V = (next(t for t in c.train if t.name == name) for c in (small, large))
+        model = GaussianScene.load(folds / f"fold{f}.safetensors")
+        a, b = (blur_maps((draw(m, v, width) - v.image).abs().mean(-1)[None], 2.0)[0] for m in (model, shipped))
+        y, x = divmod(int(a.argmax()), width)
+        print(f"{name} (fold {f}): fold model's peak {float(a.max()):.3f} at ({y}, {x}); the shipped model there "
+              f"{float(b[y, x]):.3f} ({float(b[y, x] / a.max()):.0%}), its own peak {float(b.max()):.3f}", flush=True)
+        rows.append([crop(t, 2 * y, 2 * x) for t in (V.image, draw(model, V, big), draw(shipped, V, big))])
+        labels.append(f"{name.split('/')[-1]} (held out of fold {f}): photo, fold model, shipped model")
+    tests = [v for v in large.test if v.name in test_names]
+    images, poses, Ks = (torch.stack([getattr(v, k) for v in tests]) for k in ("image", "w2c", "K"))
+    maps, scores = compare_at_poses(shipped, inspector.scorer, images, poses, Ks, RefineConfig())
+    for j, v in enumerate(tests):
+        if v.label == "good":
+            amap = F.interpolate(maps[j][None, None].float(), size=(big, big), mode="bilinear")[0, 0]
+            y, x = divmod(int(amap.argmax()), big)
+        else:
+            ys, xs = torch.nonzero(v.mask, as_tuple=True)
+            y, x = int(ys.float().mean()), int(xs.float().mean())
+        rows.append([crop(v.image, y, x), crop(draw(shipped, v, big), y, x)])
+        labels.append(f"{v.name}: photo, shipped model ({'peak' if v.label == 'good' else 'defect'})")
+    cell, gap, head = 160, 8, 18
+    sheet = Image.new("RGB", (3 * (cell + gap) + gap, len(rows) * (cell + head + gap) + gap), "white")
+    pen = ImageDraw.Draw(sheet)
+    for r, (row, label) in enumerate(zip(rows, labels)):
+        top = gap + r * (cell + head + gap)
+        pen.text((gap, top), label, fill="black")
+        for c, t in enumerate(row):
+            tile = Image.fromarray((t.numpy() * 255).astype(np.uint8)).resize((cell, cell), Image.NEAREST)
+            sheet.paste(tile, (gap + c * (cell + gap), top + head))
+    image.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(image)
+    print("sheet", image, flush=True)
+
+
 def _fit(clean: dict, cu: torch.Tensor, arm: str, sigma: float):
     """The statistics, U's scales (or None), the levels and the threshold on clean copies, as ``judge`` fits them."""
     from models.scoring import fit_normal_stats
@@ -418,6 +484,9 @@ if __name__ == "__main__":
     elif cmd == "coverage":  # CACHE_DIR SEED FOLDS_DIR BUNDLE_DIR CATEGORY_DIR [VIEW:FOLD,...]
         pairs = [(a.split(":")[0], int(a.split(":")[1])) for a in args[5].split(",")] if len(args) > 5 else []
         coverage(Path(args[0]), int(args[1]), *(Path(a) for a in args[2:5]), pairs)
+    elif cmd == "residue":  # FOLDS_DIR BUNDLE_DIR CATEGORY_DIR VIEW:FOLD,... TEST_VIEW,... OUT.png
+        residue(Path(args[0]), Path(args[1]), Path(args[2]),
+                [(a.split(":")[0], int(a.split(":")[1])) for a in args[3].split(",")], args[4].split(","), Path(args[5]))
     elif cmd == "kinds":  # CACHE_DIR SEED CATEGORY [...]
         kinds(Path(args[0]), int(args[1]), args[2:])
     elif cmd == "test":  # BUNDLE_DIR CATEGORY_DIR FIELD CACHE_DIR SEED
