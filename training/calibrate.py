@@ -41,9 +41,11 @@ are kept either way. Output: ``calibration/calibration.json`` (a ``Calibration``
 ``reports/calibration.json`` and ``reports/calibration_hist.png``; with held-out views, also the
 views that set the threshold (``highest_heldout_views``: the ``HIGHEST_VIEWS`` held-out views whose
 jittered copies score highest, each with the fold whose model lacked it) in the report, and on a
-sheet, ``reports/calibration_views.png``: each photograph with its highest copy's map. A few views
-can hold the threshold up (on Lego, three views whose calibration model renders one part wrong:
-docs/RESULTS.md, session 37); the sheet shows where.
+sheet, ``reports/calibration_views.png``: each photograph with its highest copy's map and, at the
+map's peak, the residue of the model that lacked it and of the shipped model (``peak_residues``). A
+few views can hold the threshold up (on Lego, three views with a light track link or studs that the
+200 px model draws smooth, the shipped model too on two of them: docs/RESULTS.md, sessions 37-38); the
+sheet shows where, and whether more photographs there or a finer fit is the remedy.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ from models.scoring import (
     EDGED,
     SCORE_SIZE,
     AnomalyScorer,
+    blur_maps,
     colour_terms,
     either_maps,
     fit_map_scale,
@@ -115,6 +118,7 @@ _SUBSAMPLING = {"4:4:4": 0, "4:2:0": 2}
 
 
 HIGHEST_VIEWS = 4  # held-out views the calibration report and its sheet name, highest first
+RESIDUE_SIGMA = 2.0  # px at the bundle's size: |photograph - render| blurred so before it is read at a view's peak
 MAX_MAP_SIGMA = SCORE_SIZE / 8  # the blur's 4 sigma each side stays within the map (models.scoring.check_config)
 
 
@@ -324,21 +328,55 @@ def highest_heldout_views(models: list[tuple[GaussianScene, list]], offsets: lis
             for i in order]
 
 
+def peak_residues(models: list[tuple[GaussianScene, list]], shipped: GaussianScene, heldout: HeldOut,
+                  views: list[dict]) -> tuple[list[dict], list[torch.Tensor]]:
+    """Why each of ``highest_heldout_views``' views scores high: where its highest copy's map
+    peaks (``peak_px``, pixels of the photograph) and the render residue there, |photograph -
+    render| (the mean over RGB, blurred with ``RESIDUE_SIGMA``) at the view's own pose, of the
+    calibration model that lacked the view and of the shipped model, fitted on it, with the
+    shipped model's share. A share near 1: the model cannot draw that part even from this
+    photograph (a finer fit is the remedy; on Lego, light track links and studs at 200 px); well
+    under 1: it is drawn right once the photograph is in the fit (more photographs from around
+    this view are the remedy). Also returns each view's two renders ``[2, H, W, 3]``."""
+    held = {v.name: (scene, v) for scene, vs in models for v in vs}
+    rows, renders = [], []
+    for row in views:
+        scene, view = held[row["view"]]
+        h, w = view.image.shape[:2]
+        m = heldout.maps[row["copy"]]
+        py, px = np.unravel_index(int(np.argmax(m)), m.shape)
+        y, x = min(int((py + 0.5) * h / m.shape[0]), h - 1), min(int((px + 0.5) * w / m.shape[1]), w - 1)
+        both = torch.cat([render_references(model, view.w2c[None], view.K[None], w, h) for model in (scene, shipped)])
+        lacked, fitted = blur_maps((both - view.image[None].float()).abs().mean(-1), RESIDUE_SIGMA)[:, y, x].tolist()
+        rows.append({**row, "peak_px": [y, x], "residue": {
+            "calibration_model": round(lacked, 4), "shipped_model": round(fitted, 4),
+            "shipped_share": round(fitted / lacked, 3) if lacked > 0 else None}})
+        renders.append(both)
+    return rows, renders
+
+
 def views_sheet(models: list[tuple[GaussianScene, list]], heldout: HeldOut, calib: Calibration, views: list[dict],
-                title: str):
+                title: str, renders: list[torch.Tensor] | None = None):
     """``highest_heldout_views`` on a contact sheet: each photograph, and its highest copy's map
-    (the 64 x 64 calibration map, scaled as the threshold reads it) over it."""
+    (the 64 x 64 calibration map, scaled as the threshold reads it) over it; with ``renders``
+    (``peak_residues``), also the model that lacked the view and the shipped model there, each
+    with its residue at the peak."""
     photos = {v.name: v.image for _, held in models for v in held}
     rows = []
-    for row in views:
+    for i, row in enumerate(views):
         photo = photos[row["view"]]
         amap = torch.from_numpy(heldout.maps[row["copy"]] * heldout.scale)[None, None].float()
         amap = torch.nn.functional.interpolate(amap, size=tuple(photo.shape[:2]), mode="bilinear", align_corners=False)[0, 0]
         over = f"{row['copies_over_threshold']}/{row['copies']} copies over"
-        rows.append((f"{row['view'].split('/')[-1]} (fold {row['fold_offset']})", [
-            Cell(photo.numpy(), "held-out photograph"),
-            Cell(anomaly_overlay(photo.numpy(), calib.normalise_map(amap.numpy())),
-                 f"{figure(row['score'])} / {figure(calib.threshold)}: {over}")]))
+        cells = [Cell(photo.numpy(), "held-out photograph"),
+                 Cell(anomaly_overlay(photo.numpy(), calib.normalise_map(amap.numpy())),
+                      f"{figure(row['score'])} / {figure(calib.threshold)}: {over}")]
+        if renders is not None and "residue" in row:
+            r = row["residue"]
+            share = "" if r["shipped_share"] is None else f" ({100 * r['shipped_share']:.0f} %)"
+            cells += [Cell(renders[i][0].numpy(), f"model that lacked it: {r['calibration_model']:.2f}"),
+                      Cell(renders[i][1].numpy(), f"shipped model: {r['shipped_model']:.2f}{share}")]
+        rows.append((f"{row['view'].split('/')[-1]} (fold {row['fold_offset']})", cells))
     return contact_sheet(rows, cell=200, title=f"{title}: the held-out views that score highest")
 
 
@@ -533,7 +571,8 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
     highest = None
     if heldout is not None and calib.rule == "false_alarm":
         highest = highest_heldout_views(models, [fit["offset"] for fit in fits], heldout, calib.threshold)
-        views_sheet(models, heldout, calib, highest, category.name).save(out_dir / REPORTS["calibration_views"])
+        highest, renders = peak_residues(models, shipped, heldout, highest)
+        views_sheet(models, heldout, calib, highest, category.name, renders).save(out_dir / REPORTS["calibration_views"])
     else:  # no held-out views: no sheet, and none left from an earlier calibration to be copied into the bundle
         (out_dir / REPORTS["calibration_views"]).unlink(missing_ok=True)
     report = {"category": category.name, "rule": calib.rule, "threshold": round(calib.threshold, 4),

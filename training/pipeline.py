@@ -207,6 +207,9 @@ def _calibration_headline(report: dict) -> str:
     if report.get("highest_heldout_views"):  # where to look first: reports/calibration_views.png
         top = report["highest_heldout_views"][0]
         text += f"; highest held-out view {top['view']} {top['score']:.2f} (fold {top['fold_offset']})"
+        share = top.get("residue", {}).get("shipped_share")
+        if share is not None:  # near 1: a part the model cannot draw; well under: one photograph alone shows it
+            text += f", the shipped model leaves {100 * share:.0f} % of its residue"
     return text
 
 

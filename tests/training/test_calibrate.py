@@ -206,6 +206,13 @@ def test_calibration_folds_hold_every_view_out_once(bundle: Path, tiny_synth: Pa
     assert sum(h["copies_over_threshold"] for h in highest) == int((held * calib.heldout_scale > calib.threshold).sum())
     assert (bundle / "reports" / "calibration_views.png").stat().st_size > 1000
     assert f"highest held-out view {highest[0]['view']} " in _calibration_headline(report)
+    for h in highest:  # why each scores high: the residue at its peak, of the model that lacked it and the shipped one
+        assert all(0 <= p < n for p, n in zip(h["peak_px"], cat.train[0].image.shape[:2]))
+        r = h["residue"]
+        assert r["calibration_model"] > 0 and r["shipped_share"] == pytest.approx(r["shipped_model"] / r["calibration_model"],
+                                                                                  abs=2e-3)
+    assert f"the shipped model leaves {100 * highest[0]['residue']['shipped_share']:.0f} % of its residue" in \
+        _calibration_headline(report)
     # The first fold's views are scored against their own model, the second's against theirs.
     one = run_calibration_stage(cat, CalibConfig(holdout_every=4, jitters=2, false_alarm_rate=0.2), bundle,
                                 progress=False, splats=splats)
@@ -321,6 +328,41 @@ def test_the_highest_held_out_views_are_named_with_their_fold() -> None:
     assert [h["fold_offset"] for h in highest] == [1, 1, 3]
     assert [h["score"] for h in highest] == [1.0, 0.55, 0.35] and [h["copy"] for h in highest] == [4, 7, 2]
     assert [h["copies_over_threshold"] for h in highest] == [1, 1, 0] and highest[0]["copies"] == 2
+
+
+def test_the_residue_at_a_views_peak_tells_the_model_that_lacked_it_from_the_shipped_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the peak of a view's highest copy's map (64 x 64, mapped onto the photograph), the
+    blurred |photograph - render| of each model: a 0.4 blob the shipped model draws down to 0.1
+    leaves it a share of 0.25; a view both models draw alike, a share of 1."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import training.calibrate as calibrate
+
+    photo = torch.full((64, 96, 3), 0.5)
+    views = [SimpleNamespace(name=f"train/good/{i:03d}", image=photo, w2c=torch.eye(4), K=torch.eye(3)) for i in range(2)]
+    lacking, shipped = SimpleNamespace(tag="lacking"), SimpleNamespace(tag="shipped")
+
+    def fake_render(scene, poses, Ks, width, height):
+        assert (width, height) == (96, 64)
+        out = photo.clone()
+        out[16:48, 48:80] += 0.4 if scene is lacking else 0.1  # a 32 x 32 px blob around (32, 64)
+        return out[None]
+
+    monkeypatch.setattr(calibrate, "render_references", fake_render)
+    maps = np.zeros((4, 64, 64))
+    maps[1, 32, 42] = 1.0  # view 0's second copy peaks in the blob: (32.5 * 64 / 64, 42.5 * 96 / 64)
+    maps[2, 5, 5] = 1.0  # view 1's first copy peaks outside it
+    heldout = calibrate.HeldOut(own=np.zeros(2), jittered=np.zeros(4), maps=maps, scorer=None)
+    rows = [{"view": "train/good/000", "copy": 1}, {"view": "train/good/001", "copy": 2}]
+    out, renders = calibrate.peak_residues([(lacking, views)], shipped, heldout, rows)
+    assert out[0]["peak_px"] == [32, 63] and out[1]["peak_px"] == [5, 8]
+    assert out[0]["residue"] == {"calibration_model": pytest.approx(0.4), "shipped_model": pytest.approx(0.1),
+                                 "shipped_share": pytest.approx(0.25)}
+    assert out[1]["residue"] == {"calibration_model": 0.0, "shipped_model": 0.0, "shipped_share": None}
+    assert [r.shape for r in renders] == [(2, 64, 96, 3)] * 2 and out[0]["copy"] == 1  # the row's own fields kept
 
 
 def test_the_histogram_shows_the_scores_that_set_the_threshold() -> None:
