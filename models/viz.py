@@ -94,6 +94,19 @@ def decision_contour(image: np.ndarray, mask: np.ndarray, colour=(1.0, 1.0, 1.0)
     return out
 
 
+def peak_ring(image: np.ndarray, yx: Sequence[int], colour=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """A ring around pixel ``yx`` (row, column) of ``image`` [H, W, 3], radius a twelfth of its
+    larger side, drawn like ``decision_contour`` (a dark rim under the line): points a reader
+    at a small peak on a whole view."""
+    out = np.ascontiguousarray(image, dtype=np.float32).copy()
+    size = max(out.shape[:2])
+    radius, thickness = max(3, round(size / 12)), max(1, round(size / 200))
+    centre = (int(yx[1]), int(yx[0]))
+    cv2.circle(out, centre, radius, tuple(0.15 * float(c) for c in colour), thickness=thickness + 2)
+    cv2.circle(out, centre, radius, tuple(float(c) for c in colour), thickness=thickness)
+    return out
+
+
 def anomaly_overlay(image: np.ndarray, norm_map: np.ndarray, alpha: float = 0.5, level: float = 0.5) -> np.ndarray:
     """A normalised anomaly map [H, W] in [0, 1] colour-mapped over the query [H, W, 3]
     (transparent at 0, ``alpha`` from the threshold ``level`` up), with the contour of the decision mask (``norm_map > level``) drawn in white."""

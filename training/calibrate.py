@@ -93,7 +93,7 @@ from models.scoring import (
     fit_normal_stats,
 )
 from models.splat.scene import GaussianScene
-from models.viz import Cell, anomaly_overlay, contact_sheet, figure
+from models.viz import Cell, anomaly_overlay, contact_sheet, figure, peak_ring
 from training.evaluate import render_references
 from training.splats import SplatConfig, calibration_key, default_device, fold_offsets, fold_paths, holdout_indices
 
@@ -360,7 +360,7 @@ def views_sheet(models: list[tuple[GaussianScene, list]], heldout: HeldOut, cali
     """``highest_heldout_views`` on a contact sheet: each photograph, and its highest copy's map
     (the 64 x 64 calibration map, scaled as the threshold reads it) over it; with ``renders``
     (``peak_residues``), also the model that lacked the view and the shipped model there, each
-    with its residue at the peak."""
+    with its residue at the peak, which a ring marks on the photograph and the renders."""
     photos = {v.name: v.image for _, held in models for v in held}
     rows = []
     for i, row in enumerate(views):
@@ -368,14 +368,16 @@ def views_sheet(models: list[tuple[GaussianScene, list]], heldout: HeldOut, cali
         amap = torch.from_numpy(heldout.maps[row["copy"]] * heldout.scale)[None, None].float()
         amap = torch.nn.functional.interpolate(amap, size=tuple(photo.shape[:2]), mode="bilinear", align_corners=False)[0, 0]
         over = f"{row['copies_over_threshold']}/{row['copies']} copies over"
-        cells = [Cell(photo.numpy(), "held-out photograph"),
+        shown = photo.numpy() if "peak_px" not in row else peak_ring(photo.numpy(), row["peak_px"])
+        cells = [Cell(shown, "held-out photograph"),
                  Cell(anomaly_overlay(photo.numpy(), calib.normalise_map(amap.numpy())),
                       f"{figure(row['score'])} / {figure(calib.threshold)}: {over}")]
-        if renders is not None and "residue" in row:
+        if renders is not None and "residue" in row:  # peak_residues gives both the residue and its peak_px
             r = row["residue"]
             share = "" if r["shipped_share"] is None else f" ({100 * r['shipped_share']:.0f} %)"
-            cells += [Cell(renders[i][0].numpy(), f"model that lacked it: {r['calibration_model']:.2f}"),
-                      Cell(renders[i][1].numpy(), f"shipped model: {r['shipped_model']:.2f}{share}")]
+            lacked, shipped = (peak_ring(render.numpy(), row["peak_px"]) for render in renders[i])
+            cells += [Cell(lacked, f"model that lacked it: {r['calibration_model']:.2f}"),
+                      Cell(shipped, f"shipped model: {r['shipped_model']:.2f}{share}")]
         rows.append((f"{row['view'].split('/')[-1]} (fold {row['fold_offset']})", cells))
     return contact_sheet(rows, cell=200, title=f"{title}: the held-out views that score highest")
 

@@ -51,3 +51,18 @@ def test_figures_keep_three_significant_digits() -> None:
     assert [figure(v) for v in (0.66, 0.3, 1.0173, 150.82, 5931.2, 0.0004567)] == \
         ["0.660", "0.300", "1.02", "151", "5931", "0.000457"]
     assert figure(0.0) == "0" and figure(float("inf")) == "inf"
+
+
+def test_the_peak_ring_circles_the_pixel_and_leaves_it_visible() -> None:
+    """The calibration sheet's marker: a white ring of radius size / 12 around (row, column), the
+    peak itself and the far corner untouched."""
+    from models.viz import peak_ring
+
+    image = np.zeros((96, 120, 3), np.float32)
+    out = peak_ring(image, (40, 70))
+    white = (out > 0.99).all(-1)
+    rows, cols = np.nonzero(white)
+    dist = np.hypot(rows - 40, cols - 70)
+    assert white.sum() > 40 and np.abs(dist - 10).max() <= 1.5  # on the circle of radius 120 / 12
+    assert (out[40, 70] == 0).all() and (out[0, 0] == 0).all()
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (30, 50, 60, 80)  # all the way round
