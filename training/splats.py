@@ -58,8 +58,8 @@ class SplatConfig:
 
     iterations: int = 3000  # optimisation steps (one training view per step)
     image_size: int | None = 200  # width the views are fitted at; None = full resolution
-    sh_degree: int = 1  # final SH degree (0 = view-independent colour)
-    sh_degree_interval: int = 1000  # raise the SH degree every this many steps
+    sh_degree: int = 3  # final SH degree (0 = view-independent colour)
+    sh_degree_interval: int = 500  # raise the SH degree every this many steps
     init: str = "hull"  # "hull" (visual hull from silhouettes) or "random"
     init_points: int = 20_000  # initial Gaussians
     init_candidates: int = 400_000  # random points tested against the silhouettes
@@ -91,12 +91,13 @@ class SplatConfig:
 PRESETS: dict[str, SplatConfig] = {
     # The paper's setting, for a GPU: 30k steps at full resolution, SH degree 3.
     "paper": SplatConfig(
-        iterations=30_000, image_size=None, sh_degree=3, init_points=100_000, refine_start=500,
+        iterations=30_000, image_size=None, sh_degree=3, sh_degree_interval=1000, init_points=100_000, refine_start=500,
         refine_stop=15_000, reset_every=3000, max_gaussians=1_000_000, checkpoint_every=5000,
     ),
     # A good model within minutes on 2 CPU cores at reduced resolution: 3000 steps and up to
     # 80 000 Gaussians, chosen over 2000 steps and 40 000 by `rpe-pad lab fidelity-study`
-    # (docs/RESULTS.md, session 16; Lego reaches 52 000).
+    # (docs/RESULTS.md, session 16; Lego reaches 50 000); SH degree 3, raised every 500 steps,
+    # chosen over degree 1 by issue 22's rule (docs/RESULTS.md, sessions 38-41).
     "cpu": SplatConfig(),
     # The README's demo: small and quick.
     "demo": SplatConfig(
