@@ -253,6 +253,18 @@ def _cmd_fanout_bench(args: argparse.Namespace) -> int:
     return 0 if all(v == "verified" for run in result["bundles"].values() for v in run.values()) else 1
 
 
+def _cmd_validation_split(args: argparse.Namespace) -> int:
+    from lab.validation_split import write_validation_split
+
+    try:
+        out = write_validation_split(args.category_dir, args.out, views=args.views, split=args.split)
+    except (ValueError, FileExistsError) as e:
+        print(f"rpe-pad lab validation-split: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
 def add_lab_commands(sub) -> None:
     """The lab's subcommands on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser("evaluate", help="score every test view of a category in any pose mode and report the metrics")
@@ -270,6 +282,14 @@ def add_lab_commands(sub) -> None:
                    help="report folder (default ./evaluations/<category>/<pose> for a bundle, "
                         "FOLDER/reports/evaluate_<pose> for a training folder)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("validation-split", help="new labelled queries of a `rpe-pad synth` category's own object, drawn "
+                       "as its test split's: a split to choose settings on, so the test split is only reported")
+    p.add_argument("category_dir", type=Path, help="a category written by rpe-pad synth")
+    p.add_argument("--out", type=Path, required=True, help="writes OUT/<category name> (train linked to the original's)")
+    p.add_argument("--views", type=positive_int, default=40, help="query views, a quarter of them good (default 40)")
+    p.add_argument("--split", type=non_negative_int, default=0, help="another number, another split (default 0)")
+    p.set_defaults(func=_cmd_validation_split)
 
     p = sub.add_parser("onboard-check", help="rpe-pad prepare's poses against the true ones (similarity-aligned), "
                        "and an evaluation category in the prepared frame")

@@ -340,7 +340,7 @@ def test_the_product_commands_come_first_and_stay_small() -> None:
     lab = _commands(commands["lab"])
     assert {"evaluate", "bench", "bench-render", "ablation", "pose-sweep", "sensitivity", "loadtest", "train",
             "verify-sweep", "scorer-study", "fidelity-study", "gpu-check", "screenshots", "records-bench", "onboard-check",
-            "fanout-bench", "docker-smoke", "fleet-loadtest"} == set(lab)
+            "fanout-bench", "docker-smoke", "fleet-loadtest", "validation-split"} == set(lab)
     assert "--rvss-m" not in options["train"] and "--rvss-m" in [a.option_strings[-1] for a in lab["train"]._actions
                                                                  if a.option_strings]
 

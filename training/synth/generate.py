@@ -315,7 +315,7 @@ def make_defect(
     return Rendered(image, mask)
 
 
-def _query_view(
+def query_view(
     obj: SynthObject, label: str, K: torch.Tensor, cfg: SynthConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, Rendered]:
     """A query camera and its view: normal, or with a visible defect of type ``label``."""
@@ -331,12 +331,12 @@ def _query_view(
     raise RuntimeError(f"synth: could not place a visible {label} defect in 400 attempts")
 
 
-def _test_labels(n: int) -> list[str]:
+def query_labels(n: int) -> list[str]:
     n_good = max(1, round(n / 4)) if n > 0 else 0
     return ["good"] * n_good + [DEFECT_TYPES[i % 3] for i in range(n - n_good)]
 
 
-def _frame(file_path: str, w2c: torch.Tensor) -> dict:
+def transforms_frame(file_path: str, w2c: torch.Tensor) -> dict:
     c2w = camera.opencv_w2c_to_opengl_c2w(w2c)
     return {"file_path": file_path, "transform_matrix": c2w.tolist()}
 
@@ -376,7 +376,7 @@ def _write(out: Path, cfg: SynthConfig, progress: bool, name: str) -> None:
         obj.scene.texture = solid_texture(np.random.default_rng([cfg.seed, 1]), cfg.texture)
     K = camera.intrinsics_from_fov(CAMERA_ANGLE_X, cfg.size, cfg.size)
     train_poses = ring_cameras(cfg.train_views, cfg, rng)
-    labels = _test_labels(cfg.test_views)
+    labels = query_labels(cfg.test_views)
 
     (out / "train" / "good").mkdir(parents=True)
     bar = tqdm(total=len(train_poses) + len(labels), desc=f"synth {name}", disable=not progress)
@@ -384,23 +384,11 @@ def _write(out: Path, cfg: SynthConfig, progress: bool, name: str) -> None:
     for i, w2c in enumerate(train_poses):
         image, _, _ = render(obj.scene, w2c, K, cfg.size, cfg.supersample)
         save_rgb(out / "train" / "good" / f"{i:03d}.png", image)
-        train_frames.append(_frame(f"train/good/{i:03d}", w2c))
+        train_frames.append(transforms_frame(f"train/good/{i:03d}", w2c))
         bar.update()
     _write_json(out / "train" / "transforms.json", {"camera_angle_x": CAMERA_ANGLE_X, "frames": train_frames})
 
-    test_frames = []
-    counters: dict[str, int] = {}
-    for label in labels:
-        index = counters.get(label, 0)
-        counters[label] = index + 1
-        (out / "test" / label).mkdir(parents=True, exist_ok=True)
-        w2c, result = _query_view(obj, label, K, cfg, rng)
-        save_rgb(out / "test" / label / f"{index:03d}.png", result.image)
-        if label != "good":
-            (out / "ground_truth" / label).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(result.mask.astype(np.uint8) * 255).save(out / "ground_truth" / label / f"{index:03d}_mask.png")
-        test_frames.append(_frame(f"test/{label}/{index:03d}", w2c))
-        bar.update()
+    test_frames = write_queries(out, obj, K, cfg, rng, labels, bar)
     bar.close()
     if test_frames:
         _write_json(out / "test" / "transforms.json", {"camera_angle_x": CAMERA_ANGLE_X, "frames": test_frames})
@@ -415,6 +403,26 @@ def _write(out: Path, cfg: SynthConfig, progress: bool, name: str) -> None:
             ],
         },
     )
+
+
+def write_queries(out: Path, obj: SynthObject, K: torch.Tensor, cfg: SynthConfig, rng: np.random.Generator,
+                  labels: list[str], bar=None) -> list[dict]:
+    """A query view of ``obj`` per label (``query_view``) into ``out/test/<label>/NNN.png``, each
+    defect's mask into ``out/ground_truth/<label>/NNN_mask.png``; returns their transforms frames."""
+    frames, counters = [], {}
+    for label in labels:
+        index = counters.get(label, 0)
+        counters[label] = index + 1
+        (out / "test" / label).mkdir(parents=True, exist_ok=True)
+        w2c, result = query_view(obj, label, K, cfg, rng)
+        save_rgb(out / "test" / label / f"{index:03d}.png", result.image)
+        if label != "good":
+            (out / "ground_truth" / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(result.mask.astype(np.uint8) * 255).save(out / "ground_truth" / label / f"{index:03d}_mask.png")
+        frames.append(transforms_frame(f"test/{label}/{index:03d}", w2c))
+        if bar is not None:
+            bar.update()
+    return frames
 
 
 def _write_json(path: Path, data: dict) -> None:
