@@ -258,7 +258,7 @@ def _cmd_validation_split(args: argparse.Namespace) -> int:
 
     try:
         out = write_validation_split(args.category_dir, args.out, views=args.views, split=args.split)
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, OSError) as e:  # not a synth category, its files unreadable, or the output exists
         print(f"rpe-pad lab validation-split: {e}", file=sys.stderr)
         return 2
     print(out)

@@ -11,13 +11,16 @@ The object is rebuilt from the category's ``synth.json`` (its seed and arguments
 rebuilt training cameras must equal the category's ``train/transforms.json``, which checks
 that it is the same object. The output is a category folder named as the original (so
 bundles and reports match it), with ``train`` linked to the original's, and its own
-``test/``, ``ground_truth/`` and ``test/transforms.json``.
+``test/``, ``ground_truth/`` and ``test/transforms.json``, written into a hidden sibling folder
+and renamed into place when whole (a run that fails leaves nothing).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 from dataclasses import fields
 from pathlib import Path
 
@@ -66,15 +69,20 @@ def write_validation_split(category_dir: str | Path, out_root: str | Path, views
 
     K = camera.intrinsics_from_fov(CAMERA_ANGLE_X, cfg.size, cfg.size)
     qrng = np.random.default_rng([cfg.seed, QUERY_STREAM, split])
-    out.mkdir(parents=True)
-    os.symlink(category_dir / "train", out / "train", target_is_directory=True)
-    labels = query_labels(views)
-    with tqdm(total=len(labels), desc=f"validation split {category_dir.name}", disable=not progress) as bar:
-        frames = write_queries(out, obj, K, cfg, qrng, labels, bar)
-    (out / "test" / "transforms.json").write_text(
-        json.dumps({"camera_angle_x": CAMERA_ANGLE_X, "frames": frames}, indent=2) + "\n")
-    (out / "synth.json").write_text(json.dumps(
-        {**json.loads((category_dir / "synth.json").read_text()),
-         "validation_split": {"of": str(category_dir), "views": views, "split": split,
-                              "query_stream": [cfg.seed, QUERY_STREAM, split]}}, indent=2) + "\n")
+    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"  # renamed into place when whole
+    try:
+        partial.mkdir(parents=True)
+        os.symlink(category_dir / "train", partial / "train", target_is_directory=True)
+        labels = query_labels(views)
+        with tqdm(total=len(labels), desc=f"validation split {category_dir.name}", disable=not progress) as bar:
+            frames = write_queries(partial, obj, K, cfg, qrng, labels, bar)
+        (partial / "test" / "transforms.json").write_text(
+            json.dumps({"camera_angle_x": CAMERA_ANGLE_X, "frames": frames}, indent=2) + "\n")
+        (partial / "synth.json").write_text(json.dumps(
+            {**json.loads((category_dir / "synth.json").read_text()),
+             "validation_split": {"of": str(category_dir), "views": views, "split": split,
+                                  "query_stream": [cfg.seed, QUERY_STREAM, split]}}, indent=2) + "\n")
+        partial.rename(out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing left once renamed
     return out

@@ -36,8 +36,7 @@ def test_new_queries_of_the_same_object(category, tmp_path):
 def test_refuses_a_category_its_synth_json_does_not_make(category, tmp_path):
     fake = tmp_path / "src" / "tiny"
     fake.mkdir(parents=True)
-    for name in ("train",):
-        (fake / name).symlink_to(category / name)
+    (fake / "train").symlink_to(category / "train")
     saved = json.loads((category / "synth.json").read_text())
     saved["config"]["seed"] = 6  # another object
     (fake / "synth.json").write_text(json.dumps(saved))
@@ -45,3 +44,16 @@ def test_refuses_a_category_its_synth_json_does_not_make(category, tmp_path):
         write_validation_split(fake, tmp_path / "out", views=4, progress=False)
     with pytest.raises(ValueError, match="no synth.json"):
         write_validation_split(category / "train", tmp_path / "out2", views=4, progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()  # a refusal writes nothing
+
+
+def test_a_run_that_fails_leaves_nothing(category, tmp_path, monkeypatch):
+    import lab.validation_split as vs
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("synth: could not place a visible Burrs defect")
+
+    monkeypatch.setattr(vs, "write_queries", fail)
+    with pytest.raises(RuntimeError):
+        write_validation_split(category, tmp_path, views=4, progress=False)
+    assert list(tmp_path.iterdir()) == []  # no partial folder, and the same command can run again
