@@ -30,7 +30,7 @@ DEFAULT_POSE = "rpe+refine"
 
 PRESETS: dict[str, str] = {  # training presets (training/splats.py, training/irprn.py read these names)
     "demo": "minutes on a CPU: a coarse model for `make demo` and tests",
-    "cpu": "the CPU build of a real bundle (about 13 min for Lego on 2 cores)",
+    "cpu": "the CPU build of a real bundle (35-75 min for Lego on 2 cores, by the day's machine speed)",
     "paper": "the paper's settings (GPU)",
 }
 

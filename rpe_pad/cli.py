@@ -68,7 +68,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from training.pipeline import run_train, summary_table
 
         reports = run_train(args.category_dir[0], args.out, preset=args.preset, stages=stages,
-                            progress=not args.quiet, validation_dir=args.validation, device=args.device)
+                            progress=not args.quiet, validation_dir=args.validation, device=args.device,
+                            false_alarm_rate=args.false_alarm_rate)
         print(summary_table(reports))
         return 0
     if args.validation is not None:
@@ -79,7 +80,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from training.pipeline import summary_table
 
     outcomes = train_many(args.category_dir, args.out, preset=args.preset, stages=stages, address=args.ray,
-                          echo=lambda line: print(line, flush=True))
+                          echo=lambda line: print(line, flush=True), false_alarm_rate=args.false_alarm_rate)
     for outcome in outcomes:
         if outcome.ok:
             print(f"\n{outcome.category}:\n{summary_table(outcome.reports)}")
@@ -259,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
     p.add_argument("--validation", type=Path, default=None,
                    help="a labelled category: calibrate the threshold F1-optimally on its test split")
+    p.add_argument("--false-alarm-rate", type=float, default=None, metavar="R",
+                   help="the share of good parts the threshold may reject on views the model never saw (cpu and paper "
+                        "presets; default 0.02). Recalibrate a built bundle without refitting: --stages "
+                        "calibration,bundle (docs/SCORING.md has what 0.05 found and cost)")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="train on this Ray cluster (auto, HOST:PORT, "
                    "ray://HOST:PORT; the folders must be at the same paths on its nodes); default: one category here, "
                    "several on a local Ray instance with this machine's CPUs")

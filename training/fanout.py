@@ -166,11 +166,13 @@ def check_folders(folders: Sequence[Path]) -> list[Path]:
 
 
 def train_many(folders: Sequence[Path], bundles_dir: Path, preset: str = "cpu", stages: list[str] | None = None,
-               address: str | None = None, echo: Callable[[str], None] = print) -> list[Outcome]:
+               address: str | None = None, echo: Callable[[str], None] = print,
+               false_alarm_rate: float | None = None) -> list[Outcome]:
     """Train every category in ``folders`` into ``bundles_dir``, one Ray task each, and return
     their outcomes in the order given. ``echo`` receives the progress lines. A Ray connection
-    already open in this process is used as it is (``address`` is then ignored)."""
-    from training.pipeline import PRESETS, STAGES
+    already open in this process is used as it is (``address`` is then ignored).
+    ``false_alarm_rate``: as ``run_train``'s, for every category."""
+    from training.pipeline import PRESETS, STAGES, calibration_config
 
     folders = check_folders(folders)
     unknown = [s for s in stages or () if s not in STAGES]
@@ -178,20 +180,21 @@ def train_many(folders: Sequence[Path], bundles_dir: Path, preset: str = "cpu", 
         raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
+    calibration_config(preset, false_alarm_rate)  # refused here, not in every task
     ray = import_ray()
     bundles_dir = Path(bundles_dir).resolve()
     bundles_dir.mkdir(parents=True, exist_ok=True)
     own = not ray.is_initialized()
     where = connect(ray, address) if own else "the Ray instance this process is connected to"
     try:
-        return _fan_out(ray, where, folders, bundles_dir, preset, stages, echo)
+        return _fan_out(ray, where, folders, bundles_dir, preset, stages, echo, false_alarm_rate)
     finally:
         if own:
             ray.shutdown()
 
 
 def _fan_out(ray, where: str, folders: list[Path], bundles_dir: Path, preset: str, stages: list[str] | None,
-             echo: Callable[[str], None]) -> list[Outcome]:
+             echo: Callable[[str], None], false_alarm_rate: float | None = None) -> list[Outcome]:
     from ray.util.queue import Queue
 
     resources = ray.cluster_resources()
@@ -214,7 +217,7 @@ def _fan_out(ray, where: str, folders: list[Path], bundles_dir: Path, preset: st
     for folder in folders:
         ref = task.options(name=f"rpe-pad train {folder.name}", num_cpus=each.cpus, num_gpus=each.gpus,
                            max_retries=RETRIES, retry_exceptions=True).remote(
-            str(folder), str(bundles_dir), preset, stages, each.threads, events)
+            str(folder), str(bundles_dir), preset, stages, each.threads, events, false_alarm_rate)
         pending[ref] = folder.name
     try:
         while pending:
@@ -277,7 +280,8 @@ def _one_line(exc: BaseException) -> str:
     return lines[0] if lines else "(no message)"
 
 
-def _train_task(folder: str, bundles_dir: str, preset: str, stages: list[str] | None, threads: int, events) -> dict:
+def _train_task(folder: str, bundles_dir: str, preset: str, stages: list[str] | None, threads: int, events,
+                false_alarm_rate: float | None = None) -> dict:
     """One category, in a Ray worker: ``run_train`` with ``threads`` torch threads. A user's
     mistake comes back as ``{"error": ...}`` (so Ray does not retry it); any other exception is
     raised for Ray to retry."""
@@ -292,7 +296,8 @@ def _train_task(folder: str, bundles_dir: str, preset: str, stages: list[str] | 
 
     torch.set_num_threads(threads)
     try:
-        reports = run_train(Path(folder), Path(bundles_dir), preset=preset, stages=stages, progress=False)
+        reports = run_train(Path(folder), Path(bundles_dir), preset=preset, stages=stages, progress=False,
+                            false_alarm_rate=false_alarm_rate)
     except USER_ERRORS as exc:
         return {"error": f"{type(exc).__name__}: {_one_line(exc)}"}
     except Exception as exc:

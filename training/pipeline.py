@@ -142,17 +142,38 @@ def irprn_config(preset: str, rvss_m: int | None = None, n_refine: int | None = 
     return rvss, cfg
 
 
+def calibration_config(preset: str, false_alarm_rate: float | None = None) -> CalibConfig:
+    """The preset's calibration settings; ``false_alarm_rate`` (None = the preset's, 2 %) sets the
+    share of good parts the threshold may reject on the held-out views (``ValueError`` for the
+    ``demo`` preset, whose quick rule holds none out, and outside (0, 0.5))."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
+    cfg = CALIBRATION[preset]
+    if false_alarm_rate is None:
+        return cfg
+    if not cfg.holdout_every:
+        raise ValueError(f"--false-alarm-rate sets the threshold on held-out views, which the {preset} preset's quick "
+                         "calibration has none of: use the cpu or paper preset")
+    if not 0.0 < false_alarm_rate < 0.5:
+        raise ValueError(f"--false-alarm-rate {false_alarm_rate:g}: give the share of good parts the threshold may "
+                         "reject, above 0 and under 0.5 (the default 0.02 is 2 %)")
+    return replace(cfg, false_alarm_rate=false_alarm_rate)
+
+
 def work_dir(bundles_dir: Path, category: str) -> Path:
     return bundles_dir / WORK / category
 
 
 def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages: list[str] | None = None,
               progress: bool = True, validation_dir: Path | None = None, ablation: dict | None = None,
-              device: str = "auto") -> dict:
+              device: str = "auto", false_alarm_rate: float | None = None) -> dict:
     """Run the requested stages (all by default) and return their reports by stage.
 
     ``validation_dir``: a labelled category (its test split, with true poses) whose
-    F1-optimal threshold replaces the normal-quantile rule. ``device``: where the Gaussian
+    F1-optimal threshold replaces the normal-quantile rule. ``false_alarm_rate``: the stated
+    rate the threshold is set at (``calibration_config``; None: the preset's 2 %); with
+    ``stages=["calibration", "bundle"]`` it recalibrates a built category without refitting
+    anything (the stages whose output is valid are reused). ``device``: where the Gaussian
     model fits and renders and IRPRN trains (``auto``: CUDA when present; ``cpu``, e.g. where
     gsplat's kernels cannot be built; ``cuda``)."""
     dev = resolve_device(device)  # cuda without a GPU: refused before any stage
@@ -160,8 +181,7 @@ def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages
     unknown = [s for s in stages if s not in _BY_NAME]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
+    calib_cfg = calibration_config(preset, false_alarm_rate)  # refused before any stage
     rvss_cfg, irprn_cfg = irprn_config(preset, **(ablation or {}))
     if irprn_cfg.holdout and "bundle" in stages:
         raise ValueError(f"--holdout {irprn_cfg.holdout} is a validation run (IRPRN without some training views): "
@@ -177,7 +197,7 @@ def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages
     if validation_dir is not None and "calibration" in stages:
         validation = load_category(validation_dir, size=splat_cfg.image_size)
     ctx = StageContext(category=category, work=work_dir(bundles_dir, category.name), bundles_dir=bundles_dir,
-                       preset=preset, splats=splat_cfg, calibration=CALIBRATION[preset], rvss=rvss_cfg,
+                       preset=preset, splats=splat_cfg, calibration=calib_cfg, rvss=rvss_cfg,
                        irprn=irprn_cfg, validation=validation, progress=progress, device=dev)
     reports: dict[str, dict] = {}
     for name in stages:

@@ -101,7 +101,8 @@ def test_one_category_trains_here_without_ray(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(pipeline, "run_train", lambda *args, **kwargs: calls.append((args, kwargs)) or {})
     assert main(["train", str(tmp_path / "cat"), "--out", str(tmp_path / "B"), "--stages", "splats", "--quiet"]) == 0
     assert calls == [((tmp_path / "cat", tmp_path / "B"), {"preset": "cpu", "stages": ["splats"], "progress": False,
-                                                          "validation_dir": None, "device": "auto"})]
+                                                          "validation_dir": None, "device": "auto",
+                                                          "false_alarm_rate": None})]
 
 
 def test_several_categories_are_refused_before_ray_when_the_arguments_are_wrong(
@@ -114,6 +115,11 @@ def test_several_categories_are_refused_before_ray_when_the_arguments_are_wrong(
     assert "unknown stage(s) ['fit']" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "a"), str(tmp_path / "b"), *out, "--validation", str(tmp_path)]) == 2
     assert "train that category alone" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "a"), str(tmp_path / "b"), *out, "--false-alarm-rate", "0.5"]) == 2
+    assert "--false-alarm-rate 0.5: give the share" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "a"), str(tmp_path / "b"), *out, "--preset", "demo",
+                 "--false-alarm-rate", "0.05"]) == 2
+    assert "use the cpu or paper preset" in capsys.readouterr().err
     assert not (tmp_path / "B").exists()
 
 

@@ -61,6 +61,27 @@ def test_run_train_dispatches_by_the_table(tiny_synth: Path, tmp_path: Path, mon
     assert set(summary) == {"rvss", "splats"} and "config" not in summary["rvss"] and summary["rvss"]["skipped"]
 
 
+def test_the_stated_false_alarm_rate_reaches_the_calibration_stage(tiny_synth: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``false_alarm_rate`` (``rpe-pad train --false-alarm-rate``) replaces the preset's 2 % and
+    nothing else of its calibration; the demo's quick rule and rates outside (0, 0.5) are refused
+    before any stage runs."""
+    seen: list[StageContext] = []
+    monkeypatch.setitem(pipeline._BY_NAME, "calibration",
+                        pipeline.Stage("calibration", lambda ctx: seen.append(ctx) or {}, "calibration"))
+    run_train(tiny_synth, tmp_path, preset="cpu", stages=["calibration"], progress=False, false_alarm_rate=0.05)
+    preset = pipeline.CALIBRATION["cpu"]
+    assert preset.false_alarm_rate == 0.02 and seen[0].calibration.false_alarm_rate == 0.05
+    assert seen[0].calibration == pipeline.replace(preset, false_alarm_rate=0.05)
+    run_train(tiny_synth, tmp_path, preset="cpu", stages=["calibration"], progress=False)
+    assert seen[1].calibration == preset
+    for preset_name, rate, message in (("demo", 0.05, "use the cpu or paper preset"),
+                                       ("cpu", 0.5, "above 0 and under 0.5"), ("paper", 0.0, "above 0 and under 0.5")):
+        with pytest.raises(ValueError, match=message):
+            run_train(tiny_synth, tmp_path / "no", preset=preset_name, stages=["calibration"], false_alarm_rate=rate)
+    assert len(seen) == 2 and not (tmp_path / "no").exists()
+
+
 def test_stage_paths_are_one_table() -> None:
     """Every stage output has one relative path; the bundle's files keep theirs in the work folder."""
     paths = [*FILES.values(), *WORK_FILES.values(), *REPORTS.values()]
