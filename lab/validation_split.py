@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from dataclasses import fields
 from pathlib import Path
 
@@ -29,8 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from models import camera
-from training.synth.generate import (CAMERA_ANGLE_X, SynthConfig, build_object, query_labels, ring_cameras, solid_texture,
-                                     write_queries)
+from training.synth.generate import (CAMERA_ANGLE_X, SynthConfig, query_labels, ring_cameras, synth_object,
+                                     write_queries, written_whole)
 
 QUERY_STREAM = 2  # the validation queries' random numbers: default_rng([seed, QUERY_STREAM, split])
 
@@ -56,10 +54,7 @@ def write_validation_split(category_dir: str | Path, out_root: str | Path, views
         raise FileExistsError(f"{out}: exists")
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
-    rng = np.random.default_rng(cfg.seed)  # the generator's own order: the object, then the training cameras
-    obj = build_object(rng)
-    if cfg.texture > 0:
-        obj.scene.texture = solid_texture(np.random.default_rng([cfg.seed, 1]), cfg.texture)
+    obj, rng = synth_object(cfg)  # the generator's own order: the object, then the training cameras
     train_poses = ring_cameras(cfg.train_views, cfg, rng)
     saved = json.loads((category_dir / "train" / "transforms.json").read_text())["frames"]
     saved_w2c = torch.stack([camera.opengl_c2w_to_opencv_w2c(torch.tensor(f["transform_matrix"], dtype=torch.float64))
@@ -69,9 +64,7 @@ def write_validation_split(category_dir: str | Path, out_root: str | Path, views
 
     K = camera.intrinsics_from_fov(CAMERA_ANGLE_X, cfg.size, cfg.size)
     qrng = np.random.default_rng([cfg.seed, QUERY_STREAM, split])
-    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"  # renamed into place when whole
-    try:
-        partial.mkdir(parents=True)
+    with written_whole(out) as partial:
         os.symlink(category_dir / "train", partial / "train", target_is_directory=True)
         labels = query_labels(views)
         with tqdm(total=len(labels), desc=f"validation split {category_dir.name}", disable=not progress) as bar:
@@ -82,7 +75,4 @@ def write_validation_split(category_dir: str | Path, out_root: str | Path, views
             {**json.loads((category_dir / "synth.json").read_text()),
              "validation_split": {"of": str(category_dir), "views": views, "split": split,
                                   "query_stream": [cfg.seed, QUERY_STREAM, split]}}, indent=2) + "\n")
-        partial.rename(out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)  # nothing left once renamed
     return out

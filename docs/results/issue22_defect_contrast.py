@@ -22,7 +22,7 @@ from PIL import Image
 from skimage.color import deltaE_ciede2000, rgb2lab
 
 from models import camera
-from training.synth.generate import CAMERA_ANGLE_X, SynthConfig, build_object, render, solid_texture
+from training.synth.generate import CAMERA_ANGLE_X, SynthConfig, render, synth_object
 
 VISIBLE_DE = 5.0
 
@@ -31,10 +31,7 @@ def clean_object(category: Path):
     """The category's object, rebuilt as ``rpe-pad synth`` built it, and its config."""
     cfg = json.loads((category / "synth.json").read_text())["config"]
     cfg = SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-    obj = build_object(np.random.default_rng(cfg.seed))
-    if cfg.texture > 0:
-        obj.scene.texture = solid_texture(np.random.default_rng([cfg.seed, 1]), cfg.texture)
-    return obj, cfg
+    return synth_object(cfg)[0], cfg
 
 
 def views(category: Path, names: set[str] | None = None):

@@ -22,6 +22,7 @@ import json
 import math
 import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -357,23 +358,40 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = True) -> Pa
         problems.append(f"texture must be in [0, 1), got {cfg.texture}")
     if problems:
         raise ValueError("synth: " + "; ".join(problems))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
+    with written_whole(out) as partial:
         _write(partial, cfg, progress, out.name)
-        if out.exists():
-            out.rmdir()  # empty, as checked above
-        partial.rename(out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)  # nothing left once renamed
     return out
 
 
-def _write(out: Path, cfg: SynthConfig, progress: bool, name: str) -> None:
+@contextmanager
+def written_whole(out: Path):
+    """A hidden sibling folder to write ``out`` into (``out`` absent or empty): renamed to ``out``
+    when the block ends without an error, and removed either way, so a run that fails or is
+    interrupted leaves ``out`` as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    partial.mkdir()
+    try:
+        yield partial
+        if out.exists():
+            out.rmdir()  # empty: the callers check it
+        partial.rename(out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing left once renamed
+
+
+def synth_object(cfg: SynthConfig) -> tuple[SynthObject, np.random.Generator]:
+    """The object ``rpe-pad synth`` builds from ``cfg`` (its seed and texture), and the random
+    stream after it, from which the training cameras are drawn next."""
     rng = np.random.default_rng(cfg.seed)
     obj = build_object(rng)
     if cfg.texture > 0:  # its own stream: the untextured object and cameras stay as they were
         obj.scene.texture = solid_texture(np.random.default_rng([cfg.seed, 1]), cfg.texture)
+    return obj, rng
+
+
+def _write(out: Path, cfg: SynthConfig, progress: bool, name: str) -> None:
+    obj, rng = synth_object(cfg)
     K = camera.intrinsics_from_fov(CAMERA_ANGLE_X, cfg.size, cfg.size)
     train_poses = ring_cameras(cfg.train_views, cfg, rng)
     labels = query_labels(cfg.test_views)
