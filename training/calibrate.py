@@ -81,9 +81,7 @@ from models.inspector import align_references, compare_at_poses
 from models.refine import RefineConfig
 from models.scoring import (
     COLOURS,
-    COMBINATIONS,
     DEFAULT_TOLERANCE,
-    EDGED,
     SCORE_SIZE,
     AnomalyScorer,
     blur_maps,
@@ -117,6 +115,11 @@ JPEG_LADDER = ((100, "4:4:4"), (95, "4:4:4"), (90, "4:4:4"), (95, "4:2:0"), (90,
 _SUBSAMPLING = {"4:4:4": 0, "4:2:0": 2}
 
 
+# The combinations the stage fits (models.scoring.COMBINATIONS): the peers' sum (the demo preset) and
+# ``either`` (the cpu and paper presets since session 18). ``silhouette`` and ``structure``, the presets'
+# earlier combinations, were retired from calibration in session 44; bundles calibrated with them still
+# load and score as calibrated.
+CALIBRATED = ("peers", "either")
 HIGHEST_VIEWS = 4  # held-out views the calibration report and its sheet name, highest first
 RESIDUE_SIGMA = 2.0  # px at the bundle's size: |photograph - render| blurred so before it is read at a view's peak
 MAX_MAP_SIGMA = SCORE_SIZE / 8  # the blur's 4 sigma each side stays within the map (models.scoring.check_config)
@@ -126,7 +129,7 @@ MAX_MAP_SIGMA = SCORE_SIZE / 8  # the blur's 4 sigma each side stays within the 
 class CalibConfig:
     holdout_every: int = 0  # > 0: rule false_alarm, every n-th training view held out of a calibration model
     folds: int = 1  # rule false_alarm: calibration models, one per fold of every n-th view (n: every view held out once)
-    combination: str = "peers"  # rule false_alarm: how the scorer combines its terms (models.scoring)
+    combination: str = "peers"  # how the scorer combines its terms (CALIBRATED); either only with held-out views
     colour: str = "rgb"  # the scorer's colour term (models.scoring.COLOURS); lab only with a fitted combination
     map_sigma: float | None = None  # either: the returned map's blur, apart from the score's (models.scoring)
     false_alarm_rate: float = 0.02  # rule false_alarm: the share of good parts the threshold may reject
@@ -145,8 +148,8 @@ class CalibConfig:
         if not 1 <= self.folds <= max(self.holdout_every, 1):
             raise ValueError(f"folds must lie in [1, holdout_every] (one calibration model per fold of every "
                              f"{self.holdout_every}-th view; 1 without held-out views), got {self.folds}")
-        if self.combination not in COMBINATIONS or (self.combination != "peers" and not self.holdout_every):
-            raise ValueError(f"combination must be one of {list(COMBINATIONS)}, and other than peers only with "
+        if self.combination not in CALIBRATED or (self.combination != "peers" and not self.holdout_every):
+            raise ValueError(f"combination must be one of {list(CALIBRATED)}, and other than peers only with "
                              f"held-out views to fit it on, got {self.combination!r}")
         if self.colour not in COLOURS or (self.colour != "rgb" and self.combination == "peers"):
             raise ValueError(f"colour must be one of {list(COLOURS)}, and other than rgb only with a combination that "
@@ -290,12 +293,11 @@ def heldout_scores_folds(models: list[tuple[GaussianScene, list]], cfg: CalibCon
                 refs = align_references(rep_images[sl], refs, align)
                 t, sil = scorer.inputs(rep_images[sl], refs)
                 terms.append(t), silhouettes.append(sil)
-                if cfg.combination in EDGED:
-                    edges.append(scorer.edges(refs))
+                edges.append(scorer.edges(refs))
                 bar.update(len(refs))
-        terms, silhouettes, edges = torch.cat(terms), torch.cat(silhouettes), torch.cat(edges) if edges else None
-        stats = fit_normal_stats(terms, silhouettes, edges, sigma=scorer.sigma if cfg.combination == "either" else None,
-                                 colours=colour_terms(scorer.colour), map_sigma=cfg.map_sigma)
+        terms, silhouettes, edges = torch.cat(terms), torch.cat(silhouettes), torch.cat(edges)
+        stats = fit_normal_stats(terms, silhouettes, edges, sigma=scorer.sigma, colours=colour_terms(scorer.colour),
+                                 map_sigma=cfg.map_sigma)
         if cfg.map_sigma is not None:  # the sharp map's threshold onto the score's, on the same renders
             peaks = [[m.flatten(1).amax(1) for m in either_maps(terms[i:i + cfg.batch], stats, silhouettes[i:i + cfg.batch],
                                                                   edges[i:i + cfg.batch], scorer.sigma, cfg.map_sigma)]
