@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -54,12 +55,16 @@ def test_other_stages_come_from_a_full_build(tmp_path: Path) -> None:
         other_stages_seconds(summary)
 
 
+@pytest.mark.slow(seconds=25)
 def test_fidelity_study_cli(tiny_heldout_bundles: Path, tiny_synth: Path, tmp_path: Path,
                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The whole study on the tiny category, its one variant a 20-step fit (the tiny fixtures'
-    settings in place of the cpu preset's): fitted, calibrated, self-checked, tested, chosen."""
+    settings in place of the cpu preset's), calibrated as the cpu preset is but on one jittered copy
+    of each held-out view, not four: fitted, calibrated, self-checked, tested, chosen."""
     tiny = preset("demo", **{**TINY_SPLATS, "iterations": 20})
     monkeypatch.setattr(fidelity_study, "variant_config", lambda name: tiny)
+    monkeypatch.setitem(fidelity_study.CALIBRATION, fidelity_study.BASE,
+                        replace(fidelity_study.CALIBRATION[fidelity_study.BASE], jitters=1))
     summary = tmp_path / "summary.json"
     summary.write_text(json.dumps({s: {"stage_seconds": 10.0} for s in ("rvss", "irprn", "gallery", "bundle")}))
     root = tmp_path / "root"
@@ -68,6 +73,8 @@ def test_fidelity_study_cli(tiny_heldout_bundles: Path, tiny_synth: Path, tmp_pa
     report = json.loads((root / "report" / "fidelity_study.json").read_text())
     v = report["variants"]["cpu"]
     assert v["fit"]["num_gaussians"] > 0 and v["threshold"] > 0
+    calibration = json.loads((root / "cpu" / "work" / "reports" / "calibration.json").read_text())
+    assert calibration["rule"] == "false_alarm" and calibration["heldout_views"] == 8  # five folds: each view once
     assert v["selfcheck"]["defective"] > 0 and v["selfcheck"]["clean"] > 0
     assert v["test"]["poses"] == "true" and 0.0 <= v["test"]["image_auroc"] <= 1.0
     assert report["verdicts"]["cpu"]["cost_vs_cpu"] == 1.0
