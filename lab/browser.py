@@ -8,7 +8,11 @@ installs them); Selenium never downloads a browser here: the driver's path is gi
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lab.served import Service
@@ -31,8 +35,11 @@ def find_chromium() -> tuple[str, str] | str:
     return browser, driver
 
 
-def chromium(browser: str, driver: str, width: int = 1280, height: int = 800):
-    """A headless Chromium at ``width x height`` CSS pixels."""
+@contextmanager
+def chromium(browser: str, driver: str, width: int = 1280, height: int = 800) -> Iterator:
+    """A headless Chromium at ``width x height`` CSS pixels, quit on leaving. Its temporary files
+    (Chromium leaves a folder per start in the temporary folder) go to a folder of its own,
+    removed with it."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as DriverService
 
@@ -41,7 +48,13 @@ def chromium(browser: str, driver: str, width: int = 1280, height: int = 800):
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 f"--window-size={width},{height}", "--force-device-scale-factor=1"):
         options.add_argument(arg)
-    return webdriver.Chrome(service=DriverService(executable_path=driver), options=options)
+    with tempfile.TemporaryDirectory(prefix="rpepad-chromium-", ignore_cleanup_errors=True) as scratch:
+        service = DriverService(executable_path=driver, env={**os.environ, "TMPDIR": scratch})
+        session = webdriver.Chrome(service=service, options=options)
+        try:
+            yield session
+        finally:
+            session.quit()
 
 
 class Page:
@@ -100,8 +113,6 @@ class Page:
 def screenshots(bundles: Path, queries: list[Path], out: Path, api_key: str | None = None) -> list[Path]:
     """Pictures of the page for the docs: inspect at 1280 x 800 and at tablet width,
     history, and a record's detail with feedback."""
-    import tempfile
-
     found = find_chromium()
     if isinstance(found, str):
         raise RuntimeError(found)
@@ -110,8 +121,7 @@ def screenshots(bundles: Path, queries: list[Path], out: Path, api_key: str | No
     with tempfile.TemporaryDirectory(prefix="rpepad-shots-") as tmp, \
             Service(bundles, Path(tmp), api_key, log=Path(tmp) / "serve.log") as service:
         for width, height, name in ((1280, 800, "page_inspect.png"), (820, 1180, "page_inspect_tablet.png")):
-            driver = chromium(*found, width=width, height=height)
-            try:
+            with chromium(*found, width=width, height=height) as driver:
                 page = Page(driver, service.url)
                 page.open("/", api_key)
                 page.upload(*queries)
@@ -135,6 +145,4 @@ def screenshots(bundles: Path, queries: list[Path], out: Path, api_key: str | No
                     driver.set_window_size(width, 1600)  # both cards
                     driver.save_screenshot(str(out / "page_inspect_full.png"))
                     written += [out / "page_history.png", out / "page_detail.png", out / "page_inspect_full.png"]
-            finally:
-                driver.quit()
     return written

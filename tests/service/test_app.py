@@ -23,8 +23,18 @@ from service.settings import Settings
 PROBLEM = "application/problem+json"
 
 
+_RECORDS: list[Path] = []  # the module's folder for the clients' records (``_records_root``)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _records_root(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Each client's records in a folder of its own under pytest's temporary folder, never the
+    working folder, and removed with it (kept only for failed tests)."""
+    _RECORDS[:] = [tmp_path_factory.mktemp("records")]
+
+
 def _client(bundles: Path, **overrides) -> TestClient:
-    overrides.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="rpepad-records-")))  # never the working folder
+    overrides.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="client-", dir=_RECORDS[0])))
     settings = Settings(bundles=bundles, device="cpu", max_wait_ms=20, **overrides)
     return TestClient(create_app(settings))
 

@@ -9,6 +9,7 @@ installs them so CI always runs it.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -53,9 +54,8 @@ def station(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture()
 def driver():
-    d = chromium(*FOUND, width=1280, height=800)
-    yield d
-    d.quit()
+    with chromium(*FOUND, width=1280, height=800) as d:
+        yield d
 
 
 def _verdict(card) -> str:
@@ -149,8 +149,10 @@ def test_a_shift_at_the_station(station: Service, queries: dict[str, Path], driv
 
 
 def test_tablet_width_keeps_every_control_reachable(station: Service) -> None:
-    d = chromium(*FOUND, width=768, height=1024)
-    try:
+    """Also: Chromium's temporary folders go with it (this module is the only one that starts it)."""
+    left = lambda: set(Path(tempfile.gettempdir()).glob("org.chromium.Chromium.*"))  # noqa: E731
+    before = left()
+    with chromium(*FOUND, width=768, height=1024) as d:
         page = Page(d, station.url)
         page.open("/", api_key=KEY)
         width = d.execute_script("return document.documentElement.clientWidth")
@@ -161,8 +163,7 @@ def test_tablet_width_keeps_every_control_reachable(station: Service) -> None:
         for css in ("#category", "#threshold", "#files", "#camera"):  # each control has a label
             element_id = css[1:]
             assert page.find_all(f"label[for={element_id}]"), css
-    finally:
-        d.quit()
+    assert left() <= before
 
 
 @pytest.mark.slow(seconds=30)
