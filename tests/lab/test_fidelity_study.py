@@ -14,6 +14,7 @@ from lab import fidelity_study
 from lab.fidelity_study import choose, other_stages_seconds, variant_config
 from rpe_pad.cli import main
 from tests.conftest import TINY_SPLATS
+from training import calibrate
 from training.splats import preset
 
 
@@ -60,11 +61,12 @@ def test_fidelity_study_cli(tiny_heldout_bundles: Path, tiny_synth: Path, tmp_pa
                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The whole study on the tiny category, its one variant a 20-step fit (the tiny fixtures'
     settings in place of the cpu preset's), calibrated as the cpu preset is but on one jittered copy
-    of each held-out view, not four: fitted, calibrated, self-checked, tested, chosen."""
+    of each held-out view, not four, and one JPEG setting: fitted, calibrated, self-checked, tested, chosen."""
     tiny = preset("demo", **{**TINY_SPLATS, "iterations": 20})
     monkeypatch.setattr(fidelity_study, "variant_config", lambda name: tiny)
     monkeypatch.setitem(fidelity_study.CALIBRATION, fidelity_study.BASE,
                         replace(fidelity_study.CALIBRATION[fidelity_study.BASE], jitters=1))
+    monkeypatch.setattr(calibrate, "JPEG_LADDER", calibrate.JPEG_LADDER[:1])  # the whole ladder: test_calibrate
     summary = tmp_path / "summary.json"
     summary.write_text(json.dumps({s: {"stage_seconds": 10.0} for s in ("rvss", "irprn", "gallery", "bundle")}))
     root = tmp_path / "root"

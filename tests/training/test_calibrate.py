@@ -28,6 +28,15 @@ def bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
     return out
 
 
+@pytest.fixture()
+def one_jpeg_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JPEG ladder's first step only, for the tests about something else (the whole ladder is
+    test_heldout_calibration_sets_the_stated_false_alarm_rate's)."""
+    from training import calibrate
+
+    monkeypatch.setattr(calibrate, "JPEG_LADDER", calibrate.JPEG_LADDER[:1])
+
+
 @pytest.mark.slow(seconds=6)
 def test_quantile_calibration_and_skip(bundle: Path, tiny_synth: Path) -> None:
     cat = load_category(tiny_synth)
@@ -155,7 +164,7 @@ def test_heldout_calibration_sets_the_stated_false_alarm_rate(bundle: Path, tiny
 
 
 @pytest.mark.slow(seconds=10)
-def test_calibration_folds_hold_every_view_out_once(bundle: Path, tiny_synth: Path) -> None:
+def test_calibration_folds_hold_every_view_out_once(bundle: Path, tiny_synth: Path, one_jpeg_step: None) -> None:
     """Folds: each fold's views are held out of a calibration model of their own (the same fit,
     stopped at the fold-in), and the calibration scores every fold against its model. A fit that
     lacks folds keeps its models and gains only the missing ones."""
@@ -276,7 +285,7 @@ def test_the_convergence_ratio_compares_two_models_on_the_same_views(tiny_bundle
 
 
 def test_heldout_calibration_states_its_range_and_a_validation_set_replaces_it(
-        bundle: Path, tiny_synth: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        bundle: Path, tiny_synth: Path, monkeypatch: pytest.MonkeyPatch, one_jpeg_step: None) -> None:
     """With enough held-out views (here the minimum lowered to the tiny category's two), the
     threshold's range is the bootstrap over the views, each with its draws, stored in the
     calibration and its report; a labelled validation set (rule f1) drops it, and the stage
