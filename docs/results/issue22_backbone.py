@@ -58,6 +58,8 @@ def _resolve(name, weights, model):
 
 
 features._resolve_weights = _resolve  # FeatureExtractor looks it up at call time
+for _name in PACKAGES:  # Lite0's layers (strides 2/4/8/16) and input normalisation (mean = std = 0.5)
+    features.SPECS[_name] = features.SPECS["tf_efficientnet_lite0"]
 
 
 def use_backbone(name: str) -> None:
