@@ -15,6 +15,9 @@ indices 0-3, strides 2/4/8/16), same 224 px, same tolerance and blur: only the f
     PYTHONPATH=.:docs/results python docs/results/issue22_backbone.py rpe-pad lab evaluate BUNDLE CATEGORY --out OUT
     # the backbones' time per query/reference pair at 224 px (2 threads, the scorer's one call)
     PYTHONPATH=.:docs/results python docs/results/issue22_backbone.py time
+    # the rule's clauses from the evaluations (metrics.json of rpe-pad lab evaluate), deciding splits first
+    PYTHONPATH=.:docs/results python docs/results/issue22_backbone.py summary OUT.json \
+        product=EVAL_A/metrics.json,EVAL_B/metrics.json candidate=EVAL_C/metrics.json,EVAL_D/metrics.json
 """
 import sys
 import time
@@ -106,9 +109,42 @@ def time_pairs(repeats: int = 30) -> None:
               f"(min {1000 * times[0]:.1f}, {repeats} calls, 2 threads)")
 
 
+def summary(out: str, groups: list[str]) -> None:
+    """Each backbone's evaluations at its own threshold, summed over its splits (the rule's clauses)."""
+    import json
+    from pathlib import Path
+
+    report = {}
+    for group in groups:
+        name, paths = group.split("=", 1)
+        splits = []
+        for path in paths.split(","):
+            m = json.loads(Path(path).read_text())
+            d = m["decision"]
+            splits.append({"metrics": path, "image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
+                           "aupro": m["aupro"], "threshold": d["threshold"], "found": d["tp"],
+                           "defects": d["tp"] + d["fn"], "good_rejected": d["fp"], "good": d["fp"] + d["tn"],
+                           "review": m["verification"]["flagged"], "score_ms": m["timing_ms"]["score"],
+                           "total_ms": m["timing_ms"]["total"]})
+        report[name] = {"splits": splits,
+                        "found": sum(s["found"] for s in splits), "defects": sum(s["defects"] for s in splits),
+                        "good_rejected": sum(s["good_rejected"] for s in splits), "good": sum(s["good"] for s in splits),
+                        "mean_image_auroc": round(sum(s["image_auroc"] for s in splits) / len(splits), 4)}
+    Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    for name, r in report.items():
+        print(f"{name}: found {r['found']} of {r['defects']}, good rejected {r['good_rejected']} of {r['good']}, "
+              f"mean image AUROC {r['mean_image_auroc']}; per split " + "; ".join(
+                  f"{s['image_auroc']} / {s['pixel_auroc']} / {s['aupro']}, {s['found']}/{s['defects']}, "
+                  f"{s['good_rejected']}/{s['good']} at {s['threshold']}, score {s['score_ms']} ms"
+                  for s in r["splits"]))
+
+
 def main(argv: list[str]) -> int:
     from rpe_pad.cli import main as rpe_pad
 
+    if argv[:1] == ["summary"]:
+        summary(argv[1], argv[2:])
+        return 0
     if argv[:1] == ["time"]:
         time_pairs()
         return 0
