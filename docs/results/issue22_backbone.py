@@ -152,6 +152,12 @@ def main(argv: list[str]) -> int:
         _, name, category, bundles = argv
         check_classes(name)
         use_backbone(name)
+        # the stage's reuse key names no backbone (the product has one): drop the copy's report so it recalibrates
+        from pathlib import Path
+
+        from models.bundle import REPORTS
+
+        (Path(bundles) / ".work" / Path(category).name / REPORTS["calibration"]).unlink(missing_ok=True)
         return rpe_pad(["train", category, "--out", bundles, "--preset", "cpu", "--stages", "calibration,bundle",
                         "--quiet"])
     if argv[:1] == ["rpe-pad"]:
