@@ -108,6 +108,23 @@ def _resolve_weights(name: str, weights: str | Path, model: nn.Module) -> dict[s
     return _load_file(path)
 
 
+def prune_unused_stages(body: nn.Module) -> nn.Module:
+    """``body`` (a timm ``features_only`` model) less the stages after its deepest feature.
+
+    timm's EfficientNet feature models run every stage of the network whatever ``out_indices``
+    asks for: the scorer's Lite0 ran its two stride-32 stages on every query and reference and
+    threw them away (a fifth of its time at 224 px; docs/RESULTS.md, session 45). Cut as timm's
+    own ``prune_intermediate_layers`` cuts its classifiers' ``blocks``; the features are the same
+    to the bit (tested). Models without such a block list (ResNets' feature models stop at their
+    last feature already) are returned unchanged.
+    """
+    blocks = getattr(body, "blocks", None)
+    deepest = body.feature_info.module_name()[-1].split(".")
+    if isinstance(blocks, nn.Sequential) and deepest[0] == "blocks" and len(deepest) > 1 and deepest[1].isdigit():
+        body.blocks = blocks[: int(deepest[1]) + 1]
+    return body
+
+
 class FeatureExtractor(nn.Module):
     """Frozen multi-layer features of RGB images in [0, 1] (normalisation inside)."""
 
@@ -123,6 +140,7 @@ class FeatureExtractor(nn.Module):
         missing, _ = self.body.load_state_dict(full.state_dict(), strict=False)
         if missing:
             raise WeightsUnavailable(f"{name}: feature layers lack weights for {missing[:3]}")
+        prune_unused_stages(self.body)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         self.channels = tuple(self.body.feature_info.channels())

@@ -68,3 +68,29 @@ def test_local_weights_file(tmp_path) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "b4.safetensors"))
     fx = FeatureExtractor("efficientnet_b4", weights=tmp_path / "b4.safetensors")
     assert fx.channels == (24, 32, 56, 160)  # the peers' blocks 1, 5, 9, 21
+
+
+@pytest.mark.parametrize("layers", [(0, 1, 2, 3), (0, 1)], ids=["default", "shallow"])
+def test_unused_stages_pruned_features_unchanged(layers) -> None:
+    """The stages after the deepest feature are cut, and every feature is the full network's to the bit."""
+    import timm
+
+    fx = FeatureExtractor(layers=layers)
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=layers)
+    full.load_state_dict(fx.body.state_dict(), strict=False)  # the cut stages keep their random weights: unused
+    full.eval()
+    assert len(full.blocks) == 7
+    assert len(fx.body.blocks) == {(0, 1, 2, 3): 5, (0, 1): 2}[layers]
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        for ours, theirs in zip(fx(x), full(fx.normalize(x)), strict=True):
+            assert torch.equal(ours, theirs)
+
+
+def test_models_without_a_block_list_are_not_pruned() -> None:
+    from models.features import prune_unused_stages
+
+    fx = FeatureExtractor("resnet18", layers=(1, 2), weights="random")
+    before = [name for name, _ in fx.body.named_children()]
+    assert [name for name, _ in prune_unused_stages(fx.body).named_children()] == before
+    assert fx.channels == (64, 128)
