@@ -70,17 +70,21 @@ def test_local_weights_file(tmp_path) -> None:
     assert fx.channels == (24, 32, 56, 160)  # the peers' blocks 1, 5, 9, 21
 
 
-@pytest.mark.parametrize("layers", [(0, 1, 2, 3), (0, 1)], ids=["default", "shallow"])
-def test_unused_stages_pruned_features_unchanged(layers) -> None:
+@pytest.mark.parametrize("name,weights,layers,kept", [
+    ("tf_efficientnet_lite0", "imagenet", (0, 1, 2, 3), 5),  # the product's scorer
+    ("tf_efficientnet_lite0", "imagenet", (0, 1), 2),
+    ("efficientnet_b4", "random", (0, 1, 2, 3), 5),  # the peers' scorer (lab)
+], ids=["lite0", "lite0-shallow", "b4"])
+def test_unused_stages_pruned_features_unchanged(name, weights, layers, kept) -> None:
     """The stages after the deepest feature are cut, and every feature is the full network's to the bit."""
     import timm
 
-    fx = FeatureExtractor(layers=layers)
-    full = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=layers)
+    fx = FeatureExtractor(name, layers=layers, weights=weights)
+    full = timm.create_model(name, pretrained=False, features_only=True, out_indices=layers)
     full.load_state_dict(fx.body.state_dict(), strict=False)  # the cut stages keep their random weights: unused
     full.eval()
     assert len(full.blocks) == 7
-    assert len(fx.body.blocks) == {(0, 1, 2, 3): 5, (0, 1): 2}[layers]
+    assert len(fx.body.blocks) == kept
     x = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
         for ours, theirs in zip(fx(x), full(fx.normalize(x)), strict=True):
