@@ -14,6 +14,14 @@ product's rule on the held-out copies so divided, each by ``u`` at its view's po
 ``levels BUNDLE_DIR CATEGORY_DIR FIELD.safetensors OUT.json [TAG=SPLIT_CATEGORY_DIR ...]``: ``u`` at every
 training view's pose and at each split's test queries' true poses.
 
+``diagnose WORK_DIR OUT.json TAG=SPLIT_CATEGORY_DIR=METRICS_JSON [...]`` (a diagnosis): each query's true
+elevation, its score, the shipped model's PSNR on it and the five fold models' spread at its pose (the standard
+deviation over their renders: its mean and 99th percentile over the object's pixels), with the good views'
+Spearman correlations and the table by elevation band.
+
+``explore CALIBRATION_JSON LEVELS.json TAG=METRICS_JSON [...]``: the six forms of the divisor written down
+together (the form was chosen with it, on data already read).
+
 ``judge CALIBRATION_JSON LEVELS.json OUT.json TAG=METRICS_JSON [...]``: the product and ``unsure_level`` on each
 split's ``rpe-pad lab evaluate`` figures (its scores, verdicts and labels): image AUROC, and defects found and
 good views rejected at each arm's threshold (a query the product sent to ``review`` stays there, counted as
@@ -127,6 +135,71 @@ def heldout_levels(train: dict, n_copies: int, jitters: int) -> np.ndarray:
     return u
 
 
+def diagnose(work: Path, out: Path, specs: list[str]) -> None:
+    import math
+
+    from scipy.stats import spearmanr
+
+    models, shipped = _fold_models(work), GaussianScene.load(work / "splats" / "scene.safetensors")
+    rows = []
+    for spec in specs:
+        tag, cat_dir, metrics = spec.split("=", 2)
+        scores = {r["query"]: r["score"] for r in json.loads(Path(metrics).read_text())["per_query"]}
+        test = load_category(cat_dir).test  # at the photographs' own size
+        P, K = torch.stack([q.w2c for q in test]), torch.stack([q.K for q in test])
+        width = test[0].image.shape[1]
+        R = torch.stack([render_references(m, P, K, width, width) for m in models])
+        S = render_references(shipped, P, K, width, width)
+        D, fg = R.std(0).mean(-1), (R.mean(0) - 1).abs().amax(-1) > 0.05  # the object: off the white background
+        for i, q in enumerate(test):
+            d = D[i][fg[i]]
+            c = -q.w2c[:3, :3].T @ q.w2c[:3, 3]
+            rows.append({"split": tag, "query": q.name, "label": q.label, "score": scores[q.name],
+                         "elevation_deg": round(math.degrees(math.asin(float(c[2] / c.norm()))), 2),
+                         "spread_mean": float(d.mean()), "spread_p99": float(d.quantile(0.99)),
+                         "psnr": -10 * math.log10(max(float(((S[i] - q.image) ** 2).mean()), 1e-10))})
+    good = [r for r in rows if r["label"] == "good"]
+    corr = {k: round(float(spearmanr([r[k] for r in good], [r["score"] for r in good]).statistic), 3)
+            for k in ("spread_p99", "spread_mean", "psnr", "elevation_deg")}
+    threshold = json.loads((work / "reports" / "calibration.json").read_text())["threshold"]
+    bands = []
+    for lo, hi in ((-90, -12), (-12, 4), (4, 25), (25, 90)):
+        sel = [r for r in rows if lo <= r["elevation_deg"] < hi]
+        g, d = [r for r in sel if r["label"] == "good"], [r for r in sel if r["label"] != "good"]
+        bands.append({"elevation_deg": [lo, hi], "good": len(g), "good_over_threshold": sum(r["score"] > threshold for r in g),
+                      "defects": len(d), "defects_under_threshold": sum(r["score"] <= threshold for r in d)})
+    out.write_text(json.dumps({"threshold": threshold, "spearman_good": corr, "bands": bands, "rows": rows}, indent=1))
+    print(json.dumps({"threshold": threshold, "spearman_good": corr, "bands": bands}, indent=1))
+
+
+FORMS = {"none": lambda r: np.ones_like(r), "ratio": lambda r: r, "floor1": lambda r: np.maximum(1, r),
+         "floor1_squared": lambda r: np.maximum(1, r) ** 2, "sqrt": lambda r: np.sqrt(r)}
+
+
+def explore(calibration: Path, levels_path: Path, specs: list[str]) -> None:
+    report, lv = json.loads(calibration.read_text()), json.loads(levels_path.read_text())
+    rate, copies = report["false_alarm_rate"], np.asarray(report["scores"]["heldout"]) * report["scores"]["heldout_scale"]
+    uh = heldout_levels(lv["train"], len(copies), report["key"]["config"]["jitters"])
+    u0 = float(np.median(list(lv["train"].values())))
+    q75 = float(np.quantile(uh / u0, 0.75))
+    forms = dict(FORMS, floor1_over_q75=lambda r: np.maximum(1, r / q75))
+    total = {name: [0, 0, []] for name in forms}
+    for spec in specs:
+        tag, path = spec.split("=", 1)
+        rows = json.loads(Path(path).read_text())["per_query"]
+        u = np.array([lv["splits"][tag][r["query"]] for r in rows]) / u0
+        s, labels = np.array([r["score"] for r in rows]), np.array([r["label"] != "good" for r in rows])
+        review = np.array([r["verdict"] == "review" for r in rows])
+        for name, f in forms.items():
+            fig = _figures(s / f(u), labels, review, float(np.quantile(copies / f(uh / u0), 1 - rate)))
+            print(tag, name, json.dumps(fig))
+            total[name][0] += fig["found"]
+            total[name][1] += fig["rejected"]
+            total[name][2].append(fig["image_auroc"])
+    for name, (found, rejected, aurocs) in total.items():
+        print(f"all {name}: found {found}, rejected {rejected}, mean image AUROC {np.mean(aurocs):.4f}")
+
+
 def _figures(scores: np.ndarray, labels: np.ndarray, review: np.ndarray, threshold: float) -> dict:
     flagged = review | (scores > threshold)
     return {"image_auroc": round(float(auroc(labels, scores)), 4), "threshold": round(threshold, 4),
@@ -143,7 +216,8 @@ def judge(calibration: Path, levels_path: Path, out: Path, specs: list[str]) -> 
     u_held = heldout_levels(lv["train"], len(copies), jitters)
     u0 = float(np.median(list(lv["train"].values())))
     product_thr = float(np.quantile(copies, 1 - rate))
-    arm_thr = float(np.quantile(copies / (u_held / u0), 1 - rate))
+    arm = FORMS["floor1"]  # the rule's form: max(1, u / u0)
+    arm_thr = float(np.quantile(copies / arm(u_held / u0), 1 - rate))
     result = {"u0": round(u0, 5), "product_threshold_check": [round(product_thr, 4), report["threshold"]],
               "spearman_heldout_u_vs_score": None, "splits": {}}
     view_max = copies.reshape(-1, jitters).max(1)
@@ -157,7 +231,7 @@ def judge(calibration: Path, levels_path: Path, out: Path, specs: list[str]) -> 
         labels = np.array([r["label"] != "good" for r in rows])
         review = np.array([r["verdict"] == "review" for r in rows])
         result["splits"][tag] = {"product": _figures(s, labels, review, product_thr),
-                                 "unsure_level": _figures(s / (u / u0), labels, review, arm_thr),
+                                 "unsure_level": _figures(s / arm(u / u0), labels, review, arm_thr),
                                  "u_good_median": round(float(np.median(u[~labels])), 5),
                                  "u_defect_median": round(float(np.median(u[labels])), 5)}
         print(tag, json.dumps(result["splits"][tag]), flush=True)
@@ -171,6 +245,10 @@ if __name__ == "__main__":
         field(Path(args[0]), Path(args[1]), Path(args[2]), Path(args[3]))
     elif cmd == "levels":
         levels(Path(args[0]), Path(args[1]), Path(args[2]), Path(args[3]), args[4:])
+    elif cmd == "diagnose":
+        diagnose(Path(args[0]), Path(args[1]), args[2:])
+    elif cmd == "explore":
+        explore(Path(args[0]), Path(args[1]), args[2:])
     elif cmd == "judge":
         judge(Path(args[0]), Path(args[1]), Path(args[2]), args[3:])
     else:
