@@ -1,0 +1,92 @@
+"""Issue 22, session 46 (a diagnosis; it chooses nothing): does gsplat's ``antialiased`` rasterization draw the thin
+plates right where a view sees them edge-on?
+
+Seed 2's good views score highest between the capture's elevation rings, where the thin plates are seen nearly
+edge-on (``issue22_unsure_level.py diagnose``); the render draws a plate's top there as a coloured strip. In the
+``classic`` mode every splat's 2D covariance is widened by ``eps2d`` (0.3 px^2) at full opacity, so a flat splat
+seen edge-on, no wider than a line, is drawn as a line about a pixel wide; the ``antialiased`` mode (Mip-Splatting's
+2D filter, gsplat's ``rasterize_mode="antialiased"``) scales its opacity by the area the widening added, so it
+fades as it turns edge-on. No training view is edge-on, so the fit never sees the difference.
+
+``train CATEGORY_DIR BUNDLES_DIR MODE``: ``rpe-pad train CATEGORY_DIR --out BUNDLES_DIR --preset cpu --quiet`` with
+the `cpu` preset's fit in ``MODE`` (``classic`` or ``antialiased``), all else the product's; the scene keeps its
+mode, so the calibration, the gallery, RVSS and every inspection render it in that mode.
+
+``score BUNDLE_DIR OUT.json SCENE:MODE[,SCENE:MODE...] TAG=SPLIT_CATEGORY_DIR [...]``: each split's queries at true
+poses against each model's render in its mode, aligned as the product aligns, by the bundle's scorer and levels:
+image AUROC, defects found and good views rejected at the bundle's threshold, the good views' PSNR, and the good
+views over the threshold by elevation band.
+
+    PYTHONPATH=.:docs/results python docs/results/issue22_antialiased.py train /tmp/seeds/synth_2 /tmp/m46/S2aa antialiased
+"""
+import json
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from issue22_probes import aligned_scores
+from models.data import load_category
+from models.inspector import Inspector
+from models.metrics import auroc
+from models.splat.scene import GaussianScene
+
+BANDS = ((-90, -12), (-12, 4), (4, 25), (25, 90))  # degrees of elevation; rpe-pad synth's rings: -30, -8, 14, 36, 58, 80
+
+
+def train(category_dir: Path, bundles: Path, mode: str) -> int:
+    import training.splats as splats
+    from rpe_pad.cli import main as rpe_pad
+
+    splats.PRESETS["cpu"] = replace(splats.PRESETS["cpu"], rasterize_mode=mode)
+    start = time.perf_counter()
+    rc = rpe_pad(["train", str(category_dir), "--out", str(bundles), "--preset", "cpu", "--quiet"])
+    print(f"{mode}: rc {rc}, {time.perf_counter() - start:.0f} s", flush=True)
+    return rc
+
+
+def elevation(w2c: torch.Tensor) -> float:
+    c = -w2c[:3, :3].T @ w2c[:3, 3]
+    return math.degrees(math.asin(float(c[2] / c.norm())))
+
+
+def score(bundle: Path, out: Path, models: str, specs: list[str]) -> None:
+    ins = Inspector.load(bundle, device="cpu")
+    width = ins.width  # the bundle camera's, as the product scores
+    threshold = float(json.loads((bundle / "calibration" / "calibration.json").read_text())["threshold"])
+    arms = [(m.split(":")[0], m.split(":")[1]) for m in models.split(",")]
+    result = {"bundle": str(bundle), "threshold": threshold, "splits": {}}
+    for spec in specs:
+        tag, path = spec.split("=", 1)
+        test = load_category(path, size=width).test
+        labels = np.array([q.label != "good" for q in test])
+        els = np.array([elevation(q.w2c) for q in test])
+        split = {}
+        for scene_path, mode in arms:
+            scene = replace(ins.scene if scene_path == "bundle" else GaussianScene.load(scene_path), rasterize_mode=mode)
+            s, ps = aligned_scores(ins, scene, test)  # renders in the scene's mode
+            bands = {f"{lo}..{hi}": int(((els >= lo) & (els < hi) & ~labels & (s > threshold)).sum()) for lo, hi in BANDS}
+            split[f"{scene_path}:{mode}"] = {
+                "image_auroc": round(auroc(labels, s), 4), "found": int((s[labels] > threshold).sum()),
+                "defects": int(labels.sum()), "rejected": int((s[~labels] > threshold).sum()), "good": int((~labels).sum()),
+                "good_psnr": round(float(np.mean([p for p, b in zip(ps, labels) if not b])), 2),
+                "good_rejected_by_elevation": bands,
+                "scores": {q.name: round(float(v), 4) for q, v in zip(test, s)}}
+            print(tag, scene_path, mode, json.dumps({k: v for k, v in split[f"{scene_path}:{mode}"].items() if k != "scores"}),
+                  flush=True)
+        result["splits"][tag] = {"elevations": {q.name: round(float(e), 2) for q, e in zip(test, els)}, **split}
+    out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "train":
+        sys.exit(train(Path(args[0]), Path(args[1]), args[2]))
+    elif cmd == "score":
+        score(Path(args[0]), Path(args[1]), args[2], args[3:])
+    else:
+        raise SystemExit(__doc__)
