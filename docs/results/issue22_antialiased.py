@@ -17,6 +17,11 @@ poses against each model's render in its mode, aligned as the product aligns, by
 image AUROC, defects found and good views rejected at the bundle's threshold, the good views' PSNR, and the good
 views over the threshold by elevation band.
 
+``judge OUT.json TAG=PRODUCT_METRICS_JSON,CANDIDATE_METRICS_JSON [...]``: the second rule's figures from two
+``rpe-pad lab evaluate`` runs of each split: image AUROC on the queries neither bundle sends to ``review`` (and
+on all), defects found and good views rejected at each bundle's own threshold (a ``review`` counted as flagged, as
+``evaluate`` counts it), and the rule's three clauses.
+
     PYTHONPATH=.:docs/results python docs/results/issue22_antialiased.py train /tmp/seeds/synth_2 /tmp/m46/S2aa antialiased
 """
 import json
@@ -82,10 +87,57 @@ def score(bundle: Path, out: Path, models: str, specs: list[str]) -> None:
     out.write_text(json.dumps(result, indent=1))
 
 
+def _read(path: str) -> dict:
+    m = json.loads(Path(path).read_text())
+    return {"threshold": m["decision"]["threshold"], "rows": {r["query"]: r for r in m["per_query"]}}
+
+
+def _counts(rows: dict, threshold: float) -> tuple[int, int]:
+    flagged = {q: r["verdict"] == "review" or r["score"] > threshold for q, r in rows.items()}
+    return (sum(f for q, f in flagged.items() if rows[q]["label"] != "good"),
+            sum(f for q, f in flagged.items() if rows[q]["label"] == "good"))
+
+
+def judge(out: Path, specs: list[str]) -> None:
+    result, found, rejected, aurocs = {"splits": {}}, [0, 0], [0, 0], [[], []]
+    for spec in specs:
+        tag, paths = spec.split("=", 1)
+        arms = [_read(p) for p in paths.split(",")]
+        if set(arms[0]["rows"]) != set(arms[1]["rows"]):
+            raise SystemExit(f"{tag}: the two evaluations read different queries")
+        both = [q for q in arms[0]["rows"] if all(a["rows"][q]["verdict"] != "review" for a in arms)]
+        split = {"queries": len(arms[0]["rows"]), "neither_review": len(both)}
+        for i, (name, arm) in enumerate(zip(("product", "candidate"), arms)):
+            rows = arm["rows"]
+            labels = np.array([rows[q]["label"] != "good" for q in both])
+            f, r = _counts(rows, arm["threshold"])
+            all_labels = np.array([r_["label"] != "good" for r_ in rows.values()])
+            split[name] = {"threshold": arm["threshold"], "image_auroc_neither_review":
+                           round(auroc(labels, np.array([rows[q]["score"] for q in both])), 4),
+                           "image_auroc_all": round(auroc(all_labels, np.array([r_["score"] for r_ in rows.values()])), 4),
+                           "found": f, "defects": int(all_labels.sum()), "rejected": r, "good": int((~all_labels).sum()),
+                           "review": sum(r_["verdict"] == "review" for r_ in rows.values())}
+            found[i] += f
+            rejected[i] += r
+            aurocs[i].append(split[name]["image_auroc_neither_review"])
+        result["splits"][tag] = split
+        print(tag, json.dumps(split), flush=True)
+    mean = [float(np.mean(a)) for a in aurocs]
+    clauses = {"1_mean_auroc_up_0.005_none_down_0.002": mean[1] - mean[0] >= 0.005 - 1e-9 and
+               all(c - p >= -0.002 - 1e-9 for p, c in zip(*aurocs)),
+               "2_found_not_fewer": found[1] >= found[0], "3_rejected_at_most_plus_1": rejected[1] <= rejected[0] + 1}
+    result.update(mean_auroc=[round(m, 4) for m in mean], found=found, rejected=rejected, clauses=clauses,
+                  adopted=all(clauses.values()))
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "splits"}))
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "train":
         sys.exit(train(Path(args[0]), Path(args[1]), args[2]))
+    elif cmd == "judge":
+        judge(Path(args[0]), args[1:])
     elif cmd == "score":
         score(Path(args[0]), Path(args[1]), args[2], args[3:])
     else:
