@@ -69,8 +69,7 @@ def manifest_fields(category: Category, work: Path, preset: str, calib_cfg) -> d
         "scene": {"normalization": scene.normalization, "scene_unit": irprn["scene_unit"],
                   "num_gaussians": scene.num_gaussians, "sh_degree": scene.sh_degree, "semantics": scene.semantics},
         "models": {
-            "splats": {"sh_degree": scene.sh_degree, "num_gaussians": scene.num_gaussians, "semantics": scene.semantics,
-                       "rasterize_mode": scene.rasterize_mode},
+            "splats": {"sh_degree": scene.sh_degree, "num_gaussians": scene.num_gaussians, "semantics": scene.semantics},
             "irprn": {"arguments": irprn["model"], "scene_unit": irprn["scene_unit"], "onnx_opset": OPSET,
                       "encoder": {"inputs": {"images": ["batch", 3, irprn["model"]["input_size"], irprn["model"]["input_size"]]},
                                   "outputs": ["features"]},

@@ -48,7 +48,6 @@ from tqdm.auto import tqdm
 from models import camera
 from models.bundle import FILES, REPORTS, WORK_FILES
 from models.data import Category
-from models.splat.render import RASTERIZE_MODES
 from models.splat.scene import SH_C0, GaussianScene, render
 from models.viz import Cell, contact_sheet
 
@@ -79,7 +78,6 @@ class SplatConfig:
     grow_grad2d: float = 2e-4
     prune_opa: float = 0.005
     max_gaussians: int = 80_000  # stop densifying above this count (CPU time and memory)
-    rasterize_mode: str = "classic"  # gsplat's classic or antialiased (models.splat.render); the scene keeps it
     checkpoint_every: int = 500  # steps between checkpoints (resume with the same command)
     fold_in: float = 0.8  # held-out calibration: share of the steps fitted without the held-out views
     seed: int = 0
@@ -87,8 +85,6 @@ class SplatConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.fold_in < 1.0:
             raise ValueError(f"fold_in must lie in (0, 1), got {self.fold_in}")
-        if self.rasterize_mode not in RASTERIZE_MODES:
-            raise ValueError(f"rasterize_mode must be one of {list(RASTERIZE_MODES)}, got {self.rasterize_mode!r}")
 
 
 PRESETS: dict[str, SplatConfig] = {
@@ -323,7 +319,7 @@ def _scene(params: dict, cfg: SplatConfig, category: Category, scale: float) -> 
     }
     scene = GaussianScene.from_params(
         {k: v.detach().cpu() for k, v in params.items()}, sh_degree=cfg.sh_degree,
-        background=tuple(category.background), normalization=normalization, rasterize_mode=cfg.rasterize_mode,
+        background=tuple(category.background), normalization=normalization,
     )
     scene.validate("fitted scene")
     return scene
@@ -392,7 +388,7 @@ def fit_splats(
         view = view_at(step, n_views, withheld, fold_step, cfg.seed)
         sh_now = min(step // cfg.sh_degree_interval, cfg.sh_degree)
         out = render(params, poses[view : view + 1], Ks[view : view + 1], width, height,
-                     background=bg, sh_degree=sh_now, rasterize_mode=cfg.rasterize_mode)
+                     background=bg, sh_degree=sh_now)
         strategy.step_pre_backward(params, optimizers, state, step, out.meta)
         target = images[view : view + 1]
         l1 = (out.colors - target).abs().mean()

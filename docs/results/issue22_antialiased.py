@@ -8,9 +8,15 @@ seen edge-on, no wider than a line, is drawn as a line about a pixel wide; the `
 2D filter, gsplat's ``rasterize_mode="antialiased"``) scales its opacity by the area the widening added, so it
 fades as it turns edge-on. No training view is edge-on, so the fit never sees the difference.
 
+The product renders every scene ``classic``; this driver draws in another mode by wrapping the one rasterization
+call every render goes through (``models.splat.scene.rasterization``: the fit, the calibration, RVSS, the gallery,
+the pose refinement and the scorer's reference alike), in this process only (``drawn``).
+
 ``train CATEGORY_DIR BUNDLES_DIR MODE``: ``rpe-pad train CATEGORY_DIR --out BUNDLES_DIR --preset cpu --quiet`` with
-the `cpu` preset's fit in ``MODE`` (``classic`` or ``antialiased``), all else the product's; the scene keeps its
-mode, so the calibration, the gallery, RVSS and every inspection render it in that mode.
+every render in ``MODE`` (``classic`` or ``antialiased``), all else the product's.
+
+``evaluate MODE BUNDLE_DIR SPLIT_DIR OUT_DIR``: ``rpe-pad lab evaluate BUNDLE_DIR SPLIT_DIR --out OUT_DIR`` with every
+render in ``MODE`` (a bundle built in a mode must be read in it).
 
 ``score BUNDLE_DIR OUT.json SCENE:MODE[,SCENE:MODE...] TAG=SPLIT_CATEGORY_DIR [...]``: each split's queries at true
 poses against each model's render in its mode, aligned as the product aligns, by the bundle's scorer and levels:
@@ -28,7 +34,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +49,34 @@ from models.splat.scene import GaussianScene
 BANDS = ((-90, -12), (-12, 4), (4, 25), (25, 90))  # degrees of elevation; rpe-pad synth's rings: -30, -8, 14, 36, 58, 80
 
 
+@contextmanager
+def drawn(mode: str):
+    """Every render in this process in ``mode``, while the context lasts."""
+    import models.splat.scene as scene_module
+
+    plain = scene_module.rasterization
+    scene_module.rasterization = lambda *args, **kwargs: plain(*args, **{**kwargs, "rasterize_mode": mode})
+    try:
+        yield
+    finally:
+        scene_module.rasterization = plain
+
+
 def train(category_dir: Path, bundles: Path, mode: str) -> int:
-    import training.splats as splats
     from rpe_pad.cli import main as rpe_pad
 
-    splats.PRESETS["cpu"] = replace(splats.PRESETS["cpu"], rasterize_mode=mode)
     start = time.perf_counter()
-    rc = rpe_pad(["train", str(category_dir), "--out", str(bundles), "--preset", "cpu", "--quiet"])
+    with drawn(mode):
+        rc = rpe_pad(["train", str(category_dir), "--out", str(bundles), "--preset", "cpu", "--quiet"])
     print(f"{mode}: rc {rc}, {time.perf_counter() - start:.0f} s", flush=True)
     return rc
+
+
+def evaluate(mode: str, bundle: Path, split: Path, out: Path) -> int:
+    from rpe_pad.cli import main as rpe_pad
+
+    with drawn(mode):
+        return rpe_pad(["lab", "evaluate", str(bundle), str(split), "--out", str(out)])
 
 
 def elevation(w2c: torch.Tensor) -> float:
@@ -72,8 +97,9 @@ def score(bundle: Path, out: Path, models: str, specs: list[str]) -> None:
         els = np.array([elevation(q.w2c) for q in test])
         split = {}
         for scene_path, mode in arms:
-            scene = replace(ins.scene if scene_path == "bundle" else GaussianScene.load(scene_path), rasterize_mode=mode)
-            s, ps = aligned_scores(ins, scene, test)  # renders in the scene's mode
+            scene = ins.scene if scene_path == "bundle" else GaussianScene.load(scene_path)
+            with drawn(mode):
+                s, ps = aligned_scores(ins, scene, test)
             bands = {f"{lo}..{hi}": int(((els >= lo) & (els < hi) & ~labels & (s > threshold)).sum()) for lo, hi in BANDS}
             split[f"{scene_path}:{mode}"] = {
                 "image_auroc": round(auroc(labels, s), 4), "found": int((s[labels] > threshold).sum()),
@@ -136,6 +162,8 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "train":
         sys.exit(train(Path(args[0]), Path(args[1]), args[2]))
+    elif cmd == "evaluate":
+        sys.exit(evaluate(args[0], Path(args[1]), Path(args[2]), Path(args[3])))
     elif cmd == "judge":
         judge(Path(args[0]), args[1:])
     elif cmd == "score":

@@ -18,8 +18,7 @@ def fit_step(params: dict, optimizers: dict, cfg: SplatConfig, background: torch
     fit's loss, plus ``extra(render, target)`` when given; with ``strategy``, its densification
     around the step. Returns the loss."""
     height, width = target.shape[1:3]
-    out = render(params, pose, K, width, height, background=background, sh_degree=cfg.sh_degree,
-                 rasterize_mode=cfg.rasterize_mode)
+    out = render(params, pose, K, width, height, background=background, sh_degree=cfg.sh_degree)
     if strategy is not None:
         strategy.step_pre_backward(params, optimizers, state, step, out.meta)
     loss = (1 - cfg.ssim_lambda) * (out.colors - target).abs().mean() + cfg.ssim_lambda * (1 - _ssim(out.colors, target))

@@ -23,7 +23,6 @@ from models.splat import projection
 Tensor = torch.Tensor
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
 RasterizeMode = Literal["classic", "antialiased"]
-RASTERIZE_MODES = ("classic", "antialiased")  # gsplat's: ``antialiased`` scales each splat's opacity by the area eps2d added
 
 
 def eval_sh(sh_degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
@@ -58,7 +57,7 @@ def rasterization(
     """Render Gaussians into C cameras (see the module docstring for the backend choice)."""
     if render_mode not in ("RGB", "D", "ED", "RGB+D", "RGB+ED"):
         raise ValueError(f"unknown render_mode {render_mode!r}")
-    if rasterize_mode not in RASTERIZE_MODES:
+    if rasterize_mode not in ("classic", "antialiased"):
         raise ValueError(f"unknown rasterize_mode {rasterize_mode!r}")
     if means.is_cuda:
         import gsplat

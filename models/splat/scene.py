@@ -3,12 +3,6 @@
 Parameters are stored as gsplat's trainer stores them: ``means`` [N, 3], ``scales`` [N, 3]
 (log), ``quats`` [N, 4] (wxyz, unnormalised), ``opacities`` [N] (logit), ``sh0`` [N, 1, 3]
 and ``shN`` [N, K-1, 3] (SH coefficients; colour = clamp_min(SH + 0.5, 0)).
-
-A scene carries the rasterization mode it was fitted under (``rasterize_mode``: gsplat's
-``classic`` or ``antialiased``), and ``render`` draws it in that mode unless told otherwise: a
-model fitted in one mode looks different in the other, so every stage that renders it (the
-calibration, the gallery, the service) must use the fit's. A file written before the mode was
-stored reads as ``classic``, the mode every fit used until then.
 """
 
 from __future__ import annotations
@@ -21,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from models.splat.render import RASTERIZE_MODES, RasterizeMode, rasterization
+from models.splat.render import RasterizeMode, rasterization
 
 Tensor = torch.Tensor
 
@@ -51,7 +45,6 @@ class GaussianScene:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     normalization: dict = field(default_factory=dict)  # scene centre/scale used by later stages
     semantics: str = SEMANTICS
-    rasterize_mode: RasterizeMode = "classic"  # the mode it was fitted under, and is rendered in
 
     @property
     def num_gaussians(self) -> int:
@@ -64,8 +57,7 @@ class GaussianScene:
     def to(self, device: str | torch.device) -> GaussianScene:
         moved = {name: getattr(self, name).to(device) for name in PARAM_NAMES}
         return GaussianScene(**moved, sh_degree=self.sh_degree, background=self.background,
-                             normalization=dict(self.normalization), semantics=self.semantics,
-                             rasterize_mode=self.rasterize_mode)
+                             normalization=dict(self.normalization), semantics=self.semantics)
 
     def params(self) -> dict[str, Tensor]:
         return {name: getattr(self, name) for name in PARAM_NAMES}
@@ -84,7 +76,6 @@ class GaussianScene:
             "background": json.dumps(list(self.background)),
             "normalization": json.dumps(self.normalization),
             "semantics": self.semantics,
-            "rasterize_mode": self.rasterize_mode,
         }
         save_file(tensors, str(path), metadata=metadata)
 
@@ -117,8 +108,7 @@ class GaussianScene:
             raise SceneError(f"{path}: bad metadata: {exc}") from exc
         scene = cls(**{name: tensors[name] for name in PARAM_NAMES}, sh_degree=sh_degree,
                      background=background, normalization=normalization,
-                     semantics=metadata.get("semantics", "unknown"),
-                     rasterize_mode=metadata.get("rasterize_mode", "classic"))
+                     semantics=metadata.get("semantics", "unknown"))
         scene.validate(str(path))
         return scene
 
@@ -146,9 +136,6 @@ class GaussianScene:
             raise SceneError(f"{where}: quats has a quaternion of zero norm (no rotation)")
         if len(self.background) != 3 or not all(0 <= v <= 1 for v in self.background):
             raise SceneError(f"{where}: background must be 3 values in [0, 1], got {list(self.background)}")
-        if self.rasterize_mode not in RASTERIZE_MODES:
-            raise SceneError(f"{where}: rasterize_mode must be one of {list(RASTERIZE_MODES)}, "
-                             f"got {self.rasterize_mode!r}")
 
 
 @dataclass
@@ -168,25 +155,22 @@ def render(
     background: Tensor | tuple[float, float, float] | None = None,  # [3] or [C, 3]
     sh_degree: int | None = None,
     with_depth: bool = False,
-    rasterize_mode: RasterizeMode | None = None,
+    rasterize_mode: RasterizeMode = "classic",
 ) -> RenderResult:
     """Render a scene (or a dict of its raw parameters while fitting) into C cameras.
 
-    ``background``, ``sh_degree`` and ``rasterize_mode`` default to the scene's (pass a lower
-    SH degree during SH warm-up; a dict of parameters renders at degree 0 on white, in
-    ``classic`` mode, unless told). CUDA tensors render with gsplat, CPU tensors with ours;
+    ``background`` defaults to the scene's; ``sh_degree`` defaults to the scene's (pass a
+    lower one during SH warm-up). CUDA tensors render with gsplat, CPU tensors with ours;
     the cameras are moved to the scene's device and the result stays there.
     """
     if isinstance(scene, GaussianScene):
         params = scene.params()
         sh_degree = scene.sh_degree if sh_degree is None else sh_degree
         background = scene.background if background is None else background
-        rasterize_mode = scene.rasterize_mode if rasterize_mode is None else rasterize_mode
     else:
         params = scene
         sh_degree = 0 if sh_degree is None else sh_degree
         background = (1.0, 1.0, 1.0) if background is None else background
-        rasterize_mode = "classic" if rasterize_mode is None else rasterize_mode
     means = params["means"]
     n_cams = viewmats.shape[0]
     bg = torch.as_tensor(background, dtype=means.dtype, device=means.device)

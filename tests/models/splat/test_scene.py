@@ -84,41 +84,12 @@ def _all(t: dict, f) -> None:
     (lambda t: None, {"sh_degree": "7"}, "SH degree 7"),
     (lambda t: None, {"background": "[NaN, NaN, NaN]"}, "background must be 3 values in [0, 1]"),
     (lambda t: None, {"background": "[50, -3, 1e30]"}, "background must be 3 values in [0, 1]"),
-    (lambda t: None, {"rasterize_mode": "fancy"}, "rasterize_mode must be one of ['classic', 'antialiased']"),
 ])
 def test_scenes_that_cannot_render_are_refused(tmp_path: Path, tensors, metadata: dict, problem: str) -> None:
     """A scene file from outside (a bundle's) loads only if it renders: each of these gave a
     render of NaN or nothing, or an error at every inspection."""
     with pytest.raises(SceneError, match=re.escape(problem)):
         GaussianScene.load(_rewritten(tmp_path / "s.safetensors", tensors, **metadata))
-
-
-def test_the_scene_renders_in_the_mode_it_was_fitted_under(tmp_path: Path) -> None:
-    """The mode travels with the file and is the render's default: a model fitted in one mode
-    looks different in the other, and every stage that renders it must use the fit's."""
-    scene = random_scene(300, seed=4)
-    scene.scales = scene.scales.clone()
-    scene.scales[:, 2] = -9.0  # flat splats: the modes differ most where a splat is thin on screen
-    vm, K = _cam()
-    classic = render(scene, vm, K, 32, 32).colors
-    scene.rasterize_mode = "antialiased"
-    scene.save(tmp_path / "a.safetensors")
-    back = GaussianScene.load(tmp_path / "a.safetensors")
-    assert back.rasterize_mode == "antialiased" and back.to("cpu").rasterize_mode == "antialiased"
-    drawn = render(back, vm, K, 32, 32).colors
-    assert torch.equal(drawn, render(back, vm, K, 32, 32, rasterize_mode="antialiased").colors)
-    assert (drawn - classic).abs().max() > 1e-3  # the modes do differ here
-    assert torch.equal(render(back, vm, K, 32, 32, rasterize_mode="classic").colors, classic)
-
-
-def test_a_scene_written_before_the_mode_was_stored_reads_as_classic(tmp_path: Path) -> None:
-    path = tmp_path / "old.safetensors"
-    random_scene(10).save(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta, t = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    del meta["rasterize_mode"]
-    save_file(t, str(path), metadata=meta)
-    assert GaussianScene.load(path).rasterize_mode == "classic"
 
 
 def test_a_float64_scene_loads_as_float32(tmp_path: Path) -> None:
