@@ -100,11 +100,16 @@ def _feature_render(scene: GaussianScene, feature: torch.Tensor, w2cs: torch.Ten
 
 
 def field(folds: Path, bundle: Path, category_dir: Path, out: Path) -> None:
+    field_of(bundle, category_dir, [GaussianScene.load(folds / f"fold{f}.safetensors") for f in range(FOLDS)], out)
+
+
+def field_of(bundle: Path, category_dir: Path, models: list[GaussianScene], out: Path) -> None:
+    """U of the bundle's shipped model from the fold ``models`` (``field``'s body; session 46 passes a work
+    folder's)."""
     t0 = time.time()
     width = open_bundle(bundle).camera.width
     category = load_category(category_dir, size=width, load_test=False)
     shipped = GaussianScene.load(bundle / "splats" / "scene.safetensors")
-    models = [GaussianScene.load(folds / f"fold{f}.safetensors") for f in range(FOLDS)]
     w2cs = torch.stack([v.w2c for v in category.train]).double()
     Ks = torch.stack([v.K for v in category.train]).float()
     poses = novel_poses(w2cs)

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from issue22_unsure import _feature_render, novel_poses
+from issue22_unsure import _feature_render, field_of
 from models.bundle import open_bundle
 from models.data import load_category
 from models.metrics import auroc
@@ -56,31 +56,7 @@ def _fold_models(work: Path) -> list[GaussianScene]:
 
 def field(bundle: Path, work: Path, category_dir: Path, out: Path) -> None:
     """Session 38's U (``issue22_unsure.field``), its five models read from a work folder."""
-    t0 = time.time()
-    width = open_bundle(bundle).camera.width
-    category = load_category(category_dir, size=width, load_test=False)
-    shipped = GaussianScene.load(bundle / "splats" / "scene.safetensors")
-    models = _fold_models(work)
-    w2cs = torch.stack([v.w2c for v in category.train]).double()
-    Ks = torch.stack([v.K for v in category.train]).float()
-    poses = novel_poses(w2cs)
-    n = shipped.num_gaussians
-    weighted, weight = torch.zeros(n), torch.zeros(n)
-    for i in range(0, len(poses), 4):
-        P, K = poses[i:i + 4], Ks[i:i + 4]
-        D = torch.stack([render_references(m, P, K, width, width) for m in models]).std(0).mean(-1)
-        feature = torch.ones(n, 2, requires_grad=True)
-        image, _ = _feature_render(shipped, feature, P, K, width)
-        (image[..., 0] * D + image[..., 1]).sum().backward()
-        weighted += feature.grad[:, 0]
-        weight += feature.grad[:, 1]
-    seen = weight > 1e-6
-    U = torch.where(seen, weighted / weight.clamp_min(1e-6), torch.zeros(n))
-    U[~seen] = U[seen].median()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"unsure": U.contiguous()}, str(out))
-    print(f"{category_dir.name}: U over {int(seen.sum())} of {n} Gaussians seen, median {float(U.median()):.4f}; "
-          f"{time.time() - t0:.0f} s", flush=True)
+    field_of(bundle, category_dir, _fold_models(work), out)
 
 
 def unsure_levels(shipped: GaussianScene, U: torch.Tensor, w2cs: torch.Tensor, Ks: torch.Tensor, width: int,
