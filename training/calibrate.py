@@ -93,7 +93,7 @@ from models.scoring import (
 from models.splat.scene import GaussianScene
 from models.viz import Cell, anomaly_overlay, contact_sheet, figure, peak_ring
 from training.evaluate import render_references
-from training.splats import SplatConfig, calibration_key, default_device, fold_offsets, fold_paths, holdout_indices
+from training.splats import SplatConfig, calibration_key, config_record, default_device, fold_offsets, fold_paths, holdout_indices
 
 
 # The calibration's method; a change that moves thresholds bumps it, so that no work folder's
@@ -543,7 +543,7 @@ def run_calibration_stage(category: Category, cfg: CalibConfig, out_dir: Path, v
            "calibration_scene_sha256": (sha256_file(out_dir / WORK_FILES["calibration_scene"])
                                         if cfg.holdout_every and (out_dir / WORK_FILES["calibration_scene"]).is_file() else None),
            "validation": str(validation.root) if validation is not None else None,
-           "splats": asdict(splats) if cfg.holdout_every else None,
+           "splats": config_record(splats) if cfg.holdout_every else None,
            "fold_scenes_sha256": [sha256_file(path) if path.is_file() else None for path in
                                   (fold_paths(out_dir, cfg.holdout_every, o)[0]
                                    for o in fold_offsets(cfg.holdout_every, cfg.folds)[1:])]}

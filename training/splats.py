@@ -271,7 +271,7 @@ def _save_checkpoint(path: Path, step: int, params: dict, optimizers: dict, stra
         if strategy_state.get(name) is not None:
             tensors[f"strategy.{name}"] = strategy_state[name].cpu().contiguous()
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step), "config": json.dumps(asdict(cfg)),
+    save_file(tensors, str(tmp), metadata={"step": str(step), "config": json.dumps(config_record(cfg)),
                                                      "withheld": json.dumps(withheld)})
     tmp.replace(path)
 
@@ -284,7 +284,7 @@ def _load_checkpoint(path: Path, params: dict, optimizers: dict, strategy_state:
 
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
-    if (json.loads(meta.get("config", "{}")) != asdict(cfg) or json.loads(meta.get("withheld", "[]")) != withheld
+    if (json.loads(meta.get("config", "{}")) != config_record(cfg) or json.loads(meta.get("withheld", "[]")) != withheld
             or int(meta.get("step", 0)) > max_step):
         return 0  # a different run (or one past a calibration model that is lost): start over rather than mix runs
     device = params["means"].device
@@ -454,7 +454,7 @@ def calibration_key(category: Category, cfg: SplatConfig, holdout_every: int, of
     (``WORK_FILES["calibration_scene_key"]`` for the shipped fit's own fold, ``fold_paths``' key for
     another fold, which also names its ``offset``; the calibration stage and the self-check read them)."""
     held = set(holdout_indices(len(category.train), holdout_every, offset))
-    key = {"splats": asdict(cfg), "holdout_every": holdout_every, "fold_in_step": fold_in_step(cfg),
+    key = {"splats": config_record(cfg), "holdout_every": holdout_every, "fold_in_step": fold_in_step(cfg),
            "views": [v.name for i, v in enumerate(category.train) if i not in held]}
     return key if offset is None or offset == holdout_every // 2 else {**key, "offset": offset}
 
@@ -531,7 +531,7 @@ def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progre
     result = fit_splats(category, cfg, checkpoint.parent, progress=progress, device=device,
                         withheld=holdout_indices(len(category.train), holdout_every), snapshot=snapshot)
     result.scene.save(out_dir / FILES["scene"])
-    (out_dir / WORK_FILES["splats_config"]).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    (out_dir / WORK_FILES["splats_config"]).write_text(json.dumps(config_record(cfg), indent=2) + "\n")
     if holdout_every:
         key_path.write_text(json.dumps(calibration_key(category, cfg, holdout_every), indent=2) + "\n")
         if result.report["calibration_model"]["num_gaussians"] is None:  # resumed past the fold-in
@@ -563,7 +563,7 @@ def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progre
         **result.report,
         **({"calibration_folds": fits} if fits else {}),
         "seconds": round(time.perf_counter() - start, 1),
-        "config": asdict(cfg),
+        "config": config_record(cfg),
     }
     (out_dir / REPORTS["splats"]).write_text(json.dumps(report, indent=2) + "\n")
     comparison_sheet(names, list(images), ev["renders"], ev["psnr"]).save(out_dir / REPORTS["splats_sheet"])
@@ -574,7 +574,7 @@ def _previous_report(out_dir: Path, cfg: SplatConfig, category: Category, holdou
     """The stage's report when its valid output exists for the same config (and, with a
     held-out calibration, its calibration model for the same views), else None."""
     try:
-        if json.loads((out_dir / WORK_FILES["splats_config"]).read_text()) != asdict(cfg):
+        if json.loads((out_dir / WORK_FILES["splats_config"]).read_text()) != config_record(cfg):
             return None
         GaussianScene.load(out_dir / FILES["scene"])
         key_path = out_dir / WORK_FILES["calibration_scene_key"]
@@ -586,6 +586,13 @@ def _previous_report(out_dir: Path, cfg: SplatConfig, category: Category, holdou
         return json.loads((out_dir / REPORTS["splats"]).read_text())
     except (OSError, ValueError):
         return None
+
+
+def config_record(cfg: SplatConfig) -> dict:
+    """``cfg`` as work folders record it (checkpoints, the stage's config, calibration keys). The
+    retired ``rasterize_mode`` (session 46: every fit is ``classic``) stays in the record, as every
+    fit before had it, so work folders made before its retirement are still reused."""
+    return {**asdict(cfg), "rasterize_mode": "classic"}
 
 
 def preset(name: str, **overrides) -> SplatConfig:

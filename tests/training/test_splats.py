@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from models.splat.scene import GaussianScene, render
 from training.splats import (
     ResettingStrategy,
     SplatConfig,
+    config_record,
     evaluate_views,
     fit_splats,
     fold_in_step,
@@ -105,6 +106,16 @@ def test_fit_improves_and_resumes(tiny_bundle: Path, tiny_synth: Path, tmp_path:
     assert fit_splats(cat, ck_cfg, tmp_path / "b", progress=False).report["resumed_from_step"] == 0
     other = fit_splats(cat, replace(ck_cfg, seed=1), tmp_path / "b", progress=False)
     assert other.report["resumed_from_step"] == 0
+
+
+def test_records_keep_the_retired_rasterize_mode() -> None:
+    """Work folders recorded ``rasterize_mode: classic`` until session 46 retired it; the records
+    (checkpoints, the stage's config, calibration keys) keep it, so those folders are still reused
+    instead of refitted, and a self-check still finds their calibration models."""
+    cfg = preset("cpu")
+    before = json.loads(json.dumps({**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, "rasterize_mode": "classic"}))
+    assert json.loads(json.dumps(config_record(cfg))) == before
+    assert not hasattr(cfg, "rasterize_mode")
 
 
 def test_withheld_views_wait_for_the_fold_in() -> None:
