@@ -21,6 +21,9 @@ Each stage is a small object with one job, run over a ``Batch``:
 - ``Render``: the normal object at the pose, where no stage left a reference;
 - ``Verify``: does the reference fit the query? (``models.verify``: residual optical flow and
   silhouette overlap); a query that fails gets the verdict ``review``, whatever its score;
+- ``SecondLook`` (``rpe+refine``): a query the check rejected is refined again from each of the
+  pair head's candidates alone, and the verified result with the least misalignment replaces
+  the first (docs/RESULTS.md, session 47); one no candidate rescues stays in review;
 - ``Score``: feature comparison -> anomaly maps and image scores (``models.scoring``);
 - decide: ``Inspection.build`` against the calibration (``models.results``).
 
@@ -163,6 +166,7 @@ class Batch:
     poses: Tensor | None = None  # [B, 4, 4] float64 world-to-camera (CPU), set by the pose mode
     references: Tensor | None = None  # [B, H, W, 3] float: the normal views, set by Refine or Render
     matched: Matches | None = None  # the match stage's output: features, gallery ids [B, k], similarities
+    candidates: Tensor | None = None  # [B, k, 4, 4] float64: the pair head's pose per match, before the fusion
     gallery_matches: list[list[GalleryMatch]] | None = None  # the same matches, named, for the result
     given_poses: Tensor | None = None  # [B, 4, 4]: known poses (the lab's oracle)
     verification: list[Verification] | None = None  # per query, set by Verify
@@ -202,7 +206,7 @@ class RelativePose:
 
     def __call__(self, batch: Batch) -> None:
         t0 = time.perf_counter()
-        batch.poses = self.estimator.relative(batch.matched)[0]
+        batch.poses, batch.candidates = self.estimator.relative(batch.matched)
         batch.timed("pose", t0)
 
 
@@ -289,8 +293,57 @@ class Score:
         return maps, scores
 
 
+class SecondLook:
+    """For each query whose reference the pose check rejected: the refinement again from each
+    of the pair head's ``k`` candidates alone (``Batch.candidates``, the poses the fusion
+    averaged; that candidate's gallery view first for the gallery PnP), each result checked;
+    the verified result with the smallest measured misalignment replaces the first. A query
+    no candidate rescues keeps its first pose, reference and reason (``review``). A query that
+    verified the first time is not touched. What it did is in the query's refinement record
+    (``second_look``). The fused pose fails where one candidate is far off and drags the
+    average with it (docs/RESULTS.md, session 47)."""
+
+    def __init__(self, refine: Refine):
+        self.refine = refine
+
+    def __call__(self, batch: Batch, check: Verify) -> None:
+        t0 = time.perf_counter()
+        failed = [i for i, v in enumerate(batch.verification) if not v.verified]
+        if failed and batch.candidates is not None:
+            self._retry(batch, failed, check)
+        batch.timed("second_look", t0)  # always timed, so every result of a mode has the same stages
+
+    def _retry(self, batch: Batch, failed: list[int], check: Verify) -> None:
+        k = batch.candidates.shape[1]
+        rows = [i for i in failed for _ in range(k)]  # each failed query once per candidate
+        ids, sims = batch.matched.gallery_ids, batch.matched.similarities
+        first = [[j] + [m for m in range(k) if m != j] for j in range(k)]  # candidate j's gallery view first
+        trial = Batch(images=batch.images[rows], Ks=batch.Ks[rows],
+                      poses=batch.candidates[failed].reshape(-1, 4, 4).clone(), refine=[{} for _ in rows])
+        trial.matched = Matches(batch.matched.features[rows],
+                                torch.stack([ids[i, first[j]] for i in failed for j in range(k)]),
+                                torch.stack([sims[i, first[j]] for i in failed for j in range(k)]))
+        self.refine(trial)
+        check(trial)
+        for n, i in enumerate(failed):
+            tried = trial.verification[n * k:(n + 1) * k]
+            ok = [(v.misalignment_px, j) for j, v in enumerate(tried) if v.verified]
+            record = {"tried": k, "verified": len(ok), "candidate": None, "first_reason": batch.verification[i].reason}
+            if ok:
+                j = min(ok)[1]
+                s = n * k + j
+                batch.poses[i] = trial.poses[s].to(batch.poses.dtype)
+                batch.references[i] = trial.references[s].to(batch.references.device, batch.references.dtype)
+                batch.verification[i] = trial.verification[s]
+                batch.refine[i] = dict(trial.refine[s])
+                record["candidate"] = j
+            batch.refine[i]["second_look"] = record
+
+
 class RpePose:
     """Pose mode ``rpe``: the gallery matches and IRPRN's fused relative poses."""
+
+    second_look: SecondLook | None = None  # a mode that refines may look again where the pose check fails
 
     def __init__(self, inspector: Inspector):
         if inspector.estimator is None:
@@ -303,11 +356,14 @@ class RpePose:
 
 
 class RefinedPose(RpePose):
-    """Pose mode ``rpe+refine`` (the default): ``rpe``, then ``Refine``."""
+    """Pose mode ``rpe+refine`` (the default): ``rpe``, then ``Refine``; after the pose check,
+    ``SecondLook`` for the queries it rejected."""
 
     def __init__(self, inspector: Inspector):
         super().__init__(inspector)
-        self.stages.append(Refine(inspector.scene, inspector.estimator.gallery, inspector.config.refine))
+        refine = Refine(inspector.scene, inspector.estimator.gallery, inspector.config.refine)
+        self.stages.append(refine)
+        self.second_look = SecondLook(refine)
 
 
 def map_to_camera(image: np.ndarray, width: int, height: int, K: Tensor,
@@ -499,6 +555,9 @@ class Inspector:
         self.locate(batch)
         self.render_stage(batch)
         self.verify_stage(batch)
+        second_look = getattr(self.locate, "second_look", None)  # the lab's modes have none
+        if second_look is not None:
+            second_look(batch, self.verify_stage)
         maps, scores = self.score_stage(batch)
         batch.timed("total", t0)
         b = len(batch.images)

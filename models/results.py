@@ -66,9 +66,11 @@ class Inspection(BaseModel):
     verification: Verification = Field(description="how well the rendered reference fits the query")
     pose: Pose = Field(description="the camera pose the reference was rendered at")
     gallery_matches: list[GalleryMatch] = Field(description="best first (empty when the pose was given)")
-    timings_ms: dict[str, float] = Field(description="per stage (match, pose, refine, render, score) and total; "
-                                                     "this image's share of its batch")
-    refine: dict[str, Any] = Field(default_factory=dict, description="what the refinement did (rpe+refine)")
+    timings_ms: dict[str, float] = Field(description="per stage (match, pose, refine, render, verify, second_look, "
+                                                     "score) and total; this image's share of its batch")
+    refine: dict[str, Any] = Field(default_factory=dict, description="what the refinement did (rpe+refine); "
+                                   "second_look: what the second look did where the pose check rejected the first "
+                                   "pose (tried, verified, the candidate chosen or null, first_reason)")
 
     _anomaly_map: np.ndarray = PrivateAttr()  # [H, W] float32, raw units
     _reference: np.ndarray = PrivateAttr()  # [H, W, 3] float32: the normal view the query was compared with

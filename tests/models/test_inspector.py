@@ -56,7 +56,7 @@ def test_result_fields(inspector: Inspector, queries) -> None:
         assert len(ids) == 3 and r.gallery_names == [names[i] for i in ids]
         sims = [m.similarity for m in r.gallery_matches]
         assert sims == sorted(sims, reverse=True)
-        assert set(r.timings_ms) == {"match", "pose", "refine", "render", "verify", "score", "total"}
+        assert set(r.timings_ms) == {"match", "pose", "refine", "render", "verify", "second_look", "score", "total"}
         # The verdict is the score's decision when the pose verified, else review.
         expected = ("anomalous" if r.is_anomalous else "normal") if r.verification.verified else "review"
         assert r.verdict == expected and r.verification.verified == (r.verification.reason == "")
