@@ -605,11 +605,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except InspectionError as exc:
             raise ServiceError(422, str(exc)) from exc
         for r in results:
-            for stage, ms in r.timings_ms.items():
-                state.telemetry.stage.labels(stage).observe(ms / 1000)
-            state.telemetry.images.labels(category, r.verdict).inc()
-            if r.verification.misalignment_px is not None:
-                state.telemetry.misalignment.labels(category).observe(r.verification.misalignment_px)
+            state.telemetry.observe(category, r)
         return results
 
     def _out(request: Request, category: str, filename: str | None, result: Inspection, image, include: Include,

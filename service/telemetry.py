@@ -34,6 +34,9 @@ class Telemetry:
         self.misalignment = Histogram("rpepad_misalignment_pixels", "Residual reference-to-query displacement "
                                       "(models.verify), pixels at 224", ["category"],
                                       buckets=(0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0), registry=r)
+        self.second_looks = Counter("rpepad_second_looks", "Images whose first pose the pose check rejected, by "
+                                    "category and outcome of the second look (rescued: a candidate alone verified; "
+                                    "review: none did)", ["category", "outcome"], registry=r)
         self.records_failed = Counter("rpepad_records_failed", "Inspection record problems, by reason (queue_full: "
                                       "kept without images; write: a failed try, retried; rejected; images; dropped: left "
                                       "to the journal; writer; journal; overlay; retention); the inspections were answered",
@@ -46,6 +49,18 @@ class Telemetry:
                               "(queued or in the model call), per category; the autoscaler's metric "
                               "(deploy/k8s/hpa.yaml)", ["category"], registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open files
+
+    def observe(self, category: str, result) -> None:
+        """One answered image (``models.results.Inspection``): its stages' times, its verdict, its
+        residual misalignment, and what the second look did where it ran."""
+        for stage, ms in result.timings_ms.items():
+            self.stage.labels(stage).observe(ms / 1000)
+        self.images.labels(category, result.verdict).inc()
+        if result.verification.misalignment_px is not None:
+            self.misalignment.labels(category).observe(result.verification.misalignment_px)
+        look = result.refine.get("second_look")
+        if look is not None:
+            self.second_looks.labels(category, "review" if look["candidate"] is None else "rescued").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
