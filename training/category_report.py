@@ -12,6 +12,7 @@ from PIL import Image
 from models import camera
 from models.data import GOOD, Category
 from models.viz import Cell, contact_sheet, mask_overlay
+from training.prepare.report import elevation_gap
 
 
 def describe(category: Category) -> dict:
@@ -28,6 +29,8 @@ def describe(category: Category) -> dict:
         "train_views": len(category.train),
         "camera_radius": [round(float(radius.min()), 3), round(float(radius.max()), 3)],
         "camera_elevation_deg": [round(float(elevation.min()), 1), round(float(elevation.max()), 1)],
+        # The widest band of elevation with no camera: prepare's `elevation_gap` warning, for any category.
+        "camera_elevation_gap_deg": [round(v, 1) for v in elevation_gap(elevation.numpy())],
         "test_views": dict(sorted(labels.items())),
         "test_with_true_pose": sum(q.w2c is not None for q in category.test),
         "defect_pixels_mean": (

@@ -19,7 +19,7 @@ from training.prepare import PrepareConfig, PrepareError, prepare
 from training.prepare import masks as mk
 from training.prepare.frame import CAMERA_DISTANCE
 from training.prepare.photos import read_photos
-from training.prepare.report import azimuth_gap, gap_span
+from training.prepare.report import MAX_ELEVATION_GAP_DEG, PhotoStats, azimuth_gap, elevation_gap, gap_span, warnings_for
 from training.prepare.verify import grown, share_inside, verify
 from training.synth import SynthConfig, generate
 
@@ -123,6 +123,10 @@ def test_masks_and_composites_and_the_report(prepared) -> None:
     detail = report["photos_detail"]
     assert all(d["silhouette"] > 0.9 for d in detail) and not any(d["placed_again"] for d in detail)
     assert report["coverage"]["azimuth_gap_deg"] < 45 and report["camera"]["focal_px"] > 0
+    low, width = report["coverage"]["elevation_gap_deg"]
+    # Four rings from 15 to 65 degrees, each camera of a ring within a degree of the others: about 15-17 apart.
+    assert report["coverage"]["elevation_deg"][0] <= low < report["coverage"]["elevation_deg"][1] and 13 < width < 18
+    assert "elevation_gap" not in {w["code"] for w in report["warnings"]}
 
 
 def test_a_wrong_pose_is_refuted_by_the_silhouette_and_placed_again(prepared) -> None:
@@ -332,3 +336,23 @@ def test_the_largest_azimuth_gap_is_found_where_it_wraps() -> None:
     assert gap_span(np.array([-170.0, -160.0, 150.0, 170.0])) == pytest.approx((200.0, 310.0))  # from -160 to 150
     assert gap_span(np.array([10.0, 20.0, 30.0])) == pytest.approx((30.0, 340.0))  # from 30 round to 10
     assert azimuth_gap(np.array([0.0, 90.0, 180.0, 270.0])) == pytest.approx(90.0)
+
+
+def test_rings_far_apart_in_elevation_are_a_warning() -> None:
+    """Rings 22 degrees apart (rpe-pad synth's) leave a band no photo sees the part from: a warning
+    naming the band and where to add a ring; rings 10 degrees apart do not. Neither is an error."""
+    assert elevation_gap(np.array([-30.0, -8.0, -8.0, 14.0, 36.0])) == pytest.approx((-30.0, 22.0))
+    assert elevation_gap(np.array([12.0, 12.0])) == (12.0, 0.0)
+
+    def stats(elevations):
+        return [PhotoStats(name=f"IMG_{i}.png", file=f"train/good/{i:03d}.png", registered=True, reason=None,
+                           reprojection_px=0.4, sharpness=100.0, overexposed=0.0, apparent_size=1.0,
+                           azimuth_deg=(37.0 * i) % 360 - 180, elevation_deg=e) for i, e in enumerate(elevations)]
+
+    wide = [e for e in (-30.0, -8.0, 14.0, 36.0) for _ in range(10)]
+    flags = {f.code: f for f in warnings_for(stats(wide), [], 500.0, None, 1)}
+    gap = flags["elevation_gap"]
+    assert not gap.error and "between -30 and -8 degrees" in gap.message and "near -19 degrees" in gap.message
+    near = [e for e in (0.0, 10.0, 20.0, 30.0) for _ in range(10)]
+    assert "elevation_gap" not in {f.code for f in warnings_for(stats(near), [], 500.0, None, 1)}
+    assert MAX_ELEVATION_GAP_DEG < 22.0

@@ -184,6 +184,7 @@ def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) ->
             "azimuth_gap_deg": rp.azimuth_gap(np.array([s.azimuth_deg for s in stats if s.registered])),
             "elevation_deg": [min(s.elevation_deg for s in stats if s.registered),
                               max(s.elevation_deg for s in stats if s.registered)],
+            "elevation_gap_deg": list(rp.elevation_gap(np.array([s.elevation_deg for s in stats if s.registered]))),
             "camera_distance": [float(np.linalg.norm(centres, axis=1).min()),
                                 float(np.linalg.norm(centres, axis=1).max())],
         },
@@ -221,8 +222,9 @@ def summary(report: dict) -> str:
         f"camera: {cam_['model']} {cam_['width']}x{cam_['height']}, focal {cam_['focal_px']:.1f} px "
         f"({cam_['camera_angle_x_deg']:.1f} degrees across), distortion at the corner "
         f"{cam_['distortion_at_corner_px']:.2f} px ({'undistorted' if cam_['undistorted'] else 'kept as is'})",
-        f"coverage: elevation {cov['elevation_deg'][0]:.0f} to {cov['elevation_deg'][1]:.0f} degrees, largest "
-        f"azimuth gap {cov['azimuth_gap_deg']:.0f} degrees, camera distance {cov['camera_distance'][0]:.2f}-"
+        f"coverage: elevation {cov['elevation_deg'][0]:.0f} to {cov['elevation_deg'][1]:.0f} degrees (largest gap "
+        f"{cov['elevation_gap_deg'][1]:.0f}), largest azimuth gap {cov['azimuth_gap_deg']:.0f} degrees, camera distance "
+        f"{cov['camera_distance'][0]:.2f}-"
         f"{cov['camera_distance'][1]:.2f}",
     ]
     for flag in report["warnings"]:

@@ -20,6 +20,10 @@ from training.prepare.masks import MAX_BORDER_OBJECT, PLAIN_DELTA_E
 MIN_VIEWS = 30  # registered views below which the model will have holes (MAD trains on 60+)
 MAX_AZIMUTH_GAP_DEG = 45.0  # largest gap between neighbouring cameras' azimuths
 MIN_ELEVATION_SPAN_DEG = 20.0  # views from one height only leave the top or the sides unseen
+MAX_ELEVATION_GAP_DEG = 20.0  # widest band of elevation between the cameras with none in it: rings 22 degrees
+# apart left seed 2's thin plates, seen edge-on from between them, to no photo, and most of its good parts
+# rejected were photographed there; Lego's 9.5 degrees cost nothing. Set under the one spacing measured to
+# hurt, not between the two (docs/RESULTS.md, sessions 46 and 47)
 BLUR_RATIO = 0.35  # sharpness (variance of the Laplacian on the object) below this x the median
 OVEREXPOSED = 0.02  # fraction of object pixels blown out to white (every channel at 254 or more)
 INCONSISTENT_PX = 1.5  # per-view reprojection error above max(this, 3x the median): a view that does not fit
@@ -81,6 +85,17 @@ def gap_span(azimuths_deg: np.ndarray) -> tuple[float, float]:
     return float(a[i]), float(widths[i])
 
 
+def elevation_gap(elevations_deg: np.ndarray) -> tuple[float, float]:
+    """The widest band of elevation (its lower edge and width, degrees) between two cameras with
+    none inside it; (lowest elevation, 0) for fewer than two distinct heights."""
+    e = np.unique(np.round(np.asarray(elevations_deg, dtype=np.float64), 6))
+    if len(e) < 2:
+        return (float(e[0]) if len(e) else 0.0), 0.0
+    widths = np.diff(e)
+    i = int(np.argmax(widths))
+    return float(e[i]), float(widths[i])
+
+
 def warnings_for(stats: list[PhotoStats], skipped: list[tuple[str, str]], focal: float, exif_focal: float | None,
                  groups: int, given_focal: float | None = None, scale: float = 1.0) -> list[Flag]:
     """Every rule of the module docstring, applied to the per-photo figures (``focal``: the
@@ -116,6 +131,13 @@ def warnings_for(stats: list[PhotoStats], skipped: list[tuple[str, str]], focal:
         if el.max() - el.min() < MIN_ELEVATION_SPAN_DEG:
             out.append(Flag("one_height", f"cameras span only {el.max() - el.min():.0f} degrees of elevation "
                                f"({el.min():.0f} to {el.max():.0f}); add photos from higher and lower"))
+        low, width = elevation_gap(el)
+        if width > MAX_ELEVATION_GAP_DEG:
+            out.append(Flag("elevation_gap", f"no camera between {low:.0f} and {low + width:.0f} degrees of elevation "
+                               f"({width:.0f} degrees, more than {MAX_ELEVATION_GAP_DEG:.0f}): a part photographed from "
+                               "that band is compared with a model no photo showed it from, and thin parts seen edge-on "
+                               "there can read as defects, which the calibration cannot see (its held-out photos are "
+                               f"all from the rings); add a ring of photos near {low + width / 2:.0f} degrees"))
         sharp = np.array([s.sharpness for s in reg])
         blurred = [s.name for s in reg if s.sharpness < BLUR_RATIO * np.median(sharp)]
         if blurred:
