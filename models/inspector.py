@@ -299,7 +299,8 @@ class SecondLook:
     averaged; that candidate's gallery view first for the gallery PnP), each result checked;
     the verified result with the smallest measured misalignment replaces the first. A query
     no candidate rescues keeps its first pose, reference and reason (``review``). A query that
-    verified the first time is not touched. What it did is in the query's refinement record
+    verified the first time is not touched, nor is any query when k = 1 (its fused pose is its one
+    candidate). What it did is in the query's refinement record
     (``second_look``). The fused pose fails where one candidate is far off and drags the
     average with it (docs/RESULTS.md, session 47)."""
 
@@ -309,7 +310,7 @@ class SecondLook:
     def __call__(self, batch: Batch, check: Verify) -> None:
         t0 = time.perf_counter()
         failed = [i for i, v in enumerate(batch.verification) if not v.verified]
-        if failed and batch.candidates is not None:
+        if failed and batch.candidates is not None and batch.candidates.shape[1] > 1:  # k = 1: the fused pose is the one
             self._retry(batch, failed, check)
         batch.timed("second_look", t0)  # always timed, so every result of a mode has the same stages
 

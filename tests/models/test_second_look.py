@@ -94,11 +94,15 @@ def test_a_query_no_candidate_rescues_keeps_its_first_pose_and_reason() -> None:
                                           "first_reason": "the pose is off"}
 
 
-def test_nothing_is_tried_when_every_query_verified() -> None:
+def test_nothing_is_tried_when_every_query_verified_or_one_candidate_was_all() -> None:
     b, refine = _batch(), FakeRefine()
     b.verification[1] = b.verification[0]
     SecondLook(refine)(b, FakeCheck({11: 0.1}))
     assert refine.trials == [] and all("second_look" not in r for r in b.refine) and "second_look" in b.timings
+    b = _batch()  # k = 1: the fused pose is its one candidate, refined already
+    b.candidates = b.candidates[:, :1]
+    SecondLook(refine)(b, FakeCheck({10: 0.1}))
+    assert refine.trials == [] and not b.verification[1].verified and "second_look" not in b.refine[1]
 
 
 def test_a_fused_pose_dragged_off_by_its_candidates_is_rescued(tiny_release: Path, tiny_synth: Path,
