@@ -163,6 +163,7 @@ def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) ->
     flags = rp.warnings_for(stats, [(s.name, s.reason) for s in skipped], rec.camera.focal, exif_focal, groups,
                             given_focal=cfg.focal, scale=photos[0].scale)
     flagged = {n for f in flags for n in f.photos}
+    elevations = np.array([s.elevation_deg for s in stats if s.registered])
     report = rp.to_json({
         "category": out.name,
         "photos_dir": str(photos_dir),
@@ -182,9 +183,8 @@ def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) ->
                                 "median camera distance 4.0", "from_sfm": sim.to_dict()},
         "coverage": {
             "azimuth_gap_deg": rp.azimuth_gap(np.array([s.azimuth_deg for s in stats if s.registered])),
-            "elevation_deg": [min(s.elevation_deg for s in stats if s.registered),
-                              max(s.elevation_deg for s in stats if s.registered)],
-            "elevation_gap_deg": list(rp.elevation_gap(np.array([s.elevation_deg for s in stats if s.registered]))),
+            "elevation_deg": [float(elevations.min()), float(elevations.max())],
+            "elevation_gap_deg": list(rp.elevation_gap(elevations)),
             "camera_distance": [float(np.linalg.norm(centres, axis=1).min()),
                                 float(np.linalg.norm(centres, axis=1).max())],
         },
@@ -224,8 +224,7 @@ def summary(report: dict) -> str:
         f"{cam_['distortion_at_corner_px']:.2f} px ({'undistorted' if cam_['undistorted'] else 'kept as is'})",
         f"coverage: elevation {cov['elevation_deg'][0]:.0f} to {cov['elevation_deg'][1]:.0f} degrees (largest gap "
         f"{cov['elevation_gap_deg'][1]:.0f}), largest azimuth gap {cov['azimuth_gap_deg']:.0f} degrees, camera distance "
-        f"{cov['camera_distance'][0]:.2f}-"
-        f"{cov['camera_distance'][1]:.2f}",
+        f"{cov['camera_distance'][0]:.2f}-{cov['camera_distance'][1]:.2f}",
     ]
     for flag in report["warnings"]:
         names = flag["photos"]
