@@ -198,7 +198,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         def origin(field: str) -> str:
             return f"--{field}" if field in overrides else f"RPEPAD_{field.upper()}"
 
-        raise ValueError("; ".join(f"{origin(str(e['loc'][0]) if e['loc'] else 'settings')}: {e['msg']}"
+        raise ValueError("; ".join(f"{origin(str(e['loc'][0])) if e['loc'] else 'settings'}: {e['msg']}"
                                    for e in exc.errors())) from None
     resolve_device(settings.device)  # --device cuda without a GPU: refused here, not bundle by bundle
     source = settings.bundle_source()

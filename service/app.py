@@ -50,7 +50,7 @@ from service import problems, web
 from service.batching import CategoryBatcher
 from service.bundle_source import S3Location, S3Source, Snapshot, Version, local_bundles
 from service.problems import ServiceError
-from service.records import Evidence, Filters, Pending, Record, RecordStore, clean_filename, new_id, utc_now
+from service.records import Evidence, FeedbackConflict, Filters, Pending, Record, RecordStore, clean_filename, new_id, utc_now
 from service.schemas import (BatchOut, Categories, FeedbackIn, Health, InspectionOut, RecordDetail, RecordPage,
                              RecordSummary)
 from service.settings import Settings, get_settings
@@ -832,12 +832,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(r.query_bytes, media_type=media, headers={"X-Content-Type-Options": "nosniff"})
 
     @app.post("/inspections/{record_id}/feedback", response_model=RecordDetail, dependencies=reads,
-              tags=["records"], responses=problems.errors(401, 404, 422, 503))
+              tags=["records"], responses=problems.errors(401, 404, 409, 422, 503))
     async def give_feedback(record_id: str, feedback: FeedbackIn, store: Records) -> RecordDetail:
         """The operator's word on an inspection: a confirmed defect, or a false alarm, with a note;
         a null label clears it. The word it replaces is kept in the record's feedback history."""
         await _get_record(store, record_id)
-        await _database(store.set_feedback, record_id, feedback.label, feedback.note)
+        try:
+            await _database(store.set_feedback, record_id, feedback.label, feedback.note)
+        except FeedbackConflict as exc:
+            raise ServiceError(409, str(exc)) from exc
         return await get_inspection(record_id, store)
 
     return app

@@ -16,6 +16,7 @@ WHEN = {  # what each status means on this service (the OpenAPI descriptions)
     400: "empty, undecodable, truncated or corrupt image, or a multipart body the parser cannot read",
     401: "missing or wrong API key (header X-API-Key)",
     404: "no such category, gallery view or record",
+    409: "the record's feedback kept changing while this word was written; nothing stored, send it again",
     413: "too large: the body, a file, its pixels, or the number of files",
     415: "not an image, or a format the service does not read",
     422: "missing, invalid, unknown or repeated fields (the detail and errors say which)",

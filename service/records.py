@@ -57,6 +57,7 @@ import json
 import logging
 import os
 import queue
+import random
 import threading
 import time
 import unicodedata
@@ -71,11 +72,12 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 from sqlalchemy import (Boolean, DateTime, Float, LargeBinary, String, Text, and_, create_engine, delete, event, func,
-                        inspect, or_, select, text)
+                        inspect, or_, select, text, update)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.schema import CreateColumn
 
 from models.images import decode_rgb, to_uint8
@@ -85,6 +87,11 @@ log = logging.getLogger("rpe_pad.records")
 
 Feedback = Literal["confirmed_defect", "false_alarm"]
 FEEDBACK: tuple[str, ...] = ("confirmed_defect", "false_alarm")
+FEEDBACK_ATTEMPTS = 50  # compare-and-set tries of one feedback write before it answers 409
+
+
+class FeedbackConflict(RuntimeError):
+    """Other feedback on the same record kept landing first; nothing of this word was stored."""
 
 
 MAX_FILENAME = 255  # characters of an upload's file name a record keeps (clean_filename)
@@ -780,21 +787,38 @@ class RecordStore:
 
     def set_feedback(self, record_id: str, label: str | None, note: str | None) -> Record | None:
         """The operator's word on a record (``label`` None clears it); the word it replaces is
-        kept in ``feedback_history``, so a correction never loses what was said before."""
+        kept in ``feedback_history``, so a correction never loses what was said before.
+
+        Words given at the same moment (two operators, a retried request) are each kept: the
+        write is a compare-and-set on ``feedback_at``, so an update whose history was read
+        before another word landed writes nothing, and is read and applied again."""
         if label is not None and label not in FEEDBACK:
             raise ValueError(f"feedback must be one of {FEEDBACK} or None, got {label!r}")
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            record = session.get(Record, record_id)
-            if record is None:
-                return None
-            if record.feedback is not None:
+        for attempt in range(FEEDBACK_ATTEMPTS):
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                record = session.get(Record, record_id)
+                if record is None:
+                    return None
+                seen = record.feedback_at
                 history = json.loads(record.feedback_history or "[]")
-                history.append({"label": record.feedback, "note": record.feedback_note,
-                                "at": record.feedback_at.isoformat() + "Z" if record.feedback_at else None})
-                record.feedback_history = json.dumps(history)
-            record.feedback, record.feedback_note = label, note if label is not None else None
-            record.feedback_at = utc_now()
-            return record
+                if record.feedback is not None:
+                    history.append({"label": record.feedback, "note": record.feedback_note,
+                                    "at": seen.isoformat() + "Z" if seen else None})
+                now = utc_now()
+                if seen is not None and now <= seen:  # a coarse clock: keep the moments ordered
+                    now = seen + timedelta(microseconds=1)
+                values = {"feedback": label, "feedback_note": note if label is not None else None,
+                          "feedback_at": now, "feedback_history": json.dumps(history) if history else None}
+                unchanged = Record.feedback_at.is_(None) if seen is None else Record.feedback_at == seen
+                written = session.execute(update(Record).where(Record.id == record_id, unchanged).values(**values)
+                                          .execution_options(synchronize_session=False)).rowcount
+                if written == 1:
+                    for key, value in values.items():
+                        set_committed_value(record, key, value)
+                    return record
+            time.sleep(random.uniform(0.0, 0.002) * (attempt + 1))  # another word landed first: read again
+        raise FeedbackConflict(f"the feedback on inspection {record_id} kept changing while this word was written "
+                               f"({FEEDBACK_ATTEMPTS} tries); nothing of it was stored, send it again")
 
     def csv_rows(self, filters: Filters = Filters(), chunk: int = 500) -> Iterator[str]:
         """The filtered records as CSV text, header first, newest first, in chunks (each read

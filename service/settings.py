@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models import registry
@@ -148,6 +148,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"has character U+{ord(char):04X} at position {at}: header X-API-Key carries "
                                  f"printable ASCII only (letters, digits, punctuation, spaces)")
         return key
+
+    @model_validator(mode="after")
+    def _a_full_batch_fits_the_queue(self) -> Settings:
+        """A batch is queued whole or not at all, so one larger than the queue would be told
+        "busy, retry later" forever."""
+        if self.max_files_per_batch > self.queue_size:
+            raise ValueError(f"max_files_per_batch ({self.max_files_per_batch}) is larger than queue_size "
+                             f"({self.queue_size}): such a batch could never be queued; raise RPEPAD_QUEUE_SIZE "
+                             f"or lower RPEPAD_MAX_FILES_PER_BATCH")
+        return self
 
 
 @lru_cache

@@ -102,6 +102,10 @@ def test_serve_refuses_one_bundle_for_its_parent_and_bad_settings(tiny_release: 
     assert main(["serve", "--bundles", str(tiny_release.parent)]) == 2
     err = capsys.readouterr().err
     assert "RPEPAD_DRAIN_S:" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.delenv("RPEPAD_DRAIN_S")
+    monkeypatch.setenv("RPEPAD_QUEUE_SIZE", "4")  # two settings at odds: named by what they are
+    assert main(["serve", "--bundles", str(tiny_release.parent)]) == 2
+    assert capsys.readouterr().err.startswith("rpe-pad serve: error: settings: Value error, max_files_per_batch (16)")
 
 
 def test_inspect_on_cuda_without_a_gpu_is_a_user_error(tiny_release: Path, tmp_path: Path,

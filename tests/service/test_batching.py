@@ -28,7 +28,7 @@ class CountingInspector:
 
 def test_full_queue_is_refused_with_retry_after() -> None:
     async def scenario() -> None:
-        settings = Settings(queue_size=2, max_batch=4, retry_after_s=7)
+        settings = Settings(queue_size=2, max_files_per_batch=2, max_batch=4, retry_after_s=7)
         batcher = CategoryBatcher("c", CountingInspector(), settings, ThreadPoolExecutor(1), Telemetry())
         waiting = asyncio.create_task(batcher.submit([torch.zeros(2, 2, 3)] * 2))  # fills the queue (no worker yet)
         await asyncio.sleep(0)
@@ -154,8 +154,8 @@ def test_inflight_gauge_counts_images_until_answered() -> None:
 
     async def scenario() -> None:
         model, telemetry = GatedInspector(), Telemetry()
-        batcher = CategoryBatcher("c", model, Settings(queue_size=3, max_batch=2, max_wait_ms=0), ThreadPoolExecutor(1),
-                                  telemetry)
+        settings = Settings(queue_size=3, max_files_per_batch=3, max_batch=2, max_wait_ms=0)
+        batcher = CategoryBatcher("c", model, settings, ThreadPoolExecutor(1), telemetry)
         assert inflight(telemetry) == 0  # exported before the first request (the autoscaler sees the pod)
         batcher.start()
         first = asyncio.create_task(batcher.submit([torch.zeros(2, 2, 3)] * 2))  # one model call, held at the gate

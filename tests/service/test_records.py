@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -336,6 +337,34 @@ def test_failed_evidence_leaves_a_record_without_overlay(tmp_path: Path) -> None
         record = store.get(rid)
         assert record.verdict == "normal" and not record.has_overlay and record.overlay() is None
         assert failures == ["overlay"]
+    finally:
+        store.stop()
+
+
+def test_feedback_given_at_once_by_many_keeps_every_word(tmp_path: Path) -> None:
+    """Words on one record from 16 threads at once: each is either current or in the history,
+    in the order they landed (a read-append-write would drop the words of overlapping writes)."""
+    from service.records import Pending, RecordStore, new_id, utc_now
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}")
+    store.start()
+    try:
+        rid = new_id()
+        store.submit(Pending(id=rid, created=utc_now(), request_id="r", category="Lego", filename=None,
+                             bundle_id="Lego@x", bundle_sha256="0" * 64,
+                             result={"verdict": "anomalous", "score": 9.0, "threshold": 8.0, "normalised_score": 1.1},
+                             evidence=None, query_bytes=None, query_media_type=None))
+        assert store.flush(timeout=30)
+        labels = ("false_alarm", "confirmed_defect")
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: store.set_feedback(rid, labels[i % 2], f"n{i}"), range(48)))
+        record = store.get(rid)
+        history = json.loads(record.feedback_history)
+        notes = [h["note"] for h in history] + [record.feedback_note]
+        assert sorted(notes) == sorted(f"n{i}" for i in range(48))
+        moments = [h["at"] for h in history]
+        assert moments == sorted(moments) and len(set(moments)) == len(moments)
+        assert moments[-1] < record.feedback_at.isoformat() + "Z"
     finally:
         store.stop()
 

@@ -98,3 +98,12 @@ def test_an_empty_api_key_is_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RPEPAD_API_KEY", "")
     assert Settings(_env_file=None).api_key is None
     assert Settings(api_key="a key with spaces", _env_file=None).api_key.get_secret_value() == "a key with spaces"
+
+
+def test_a_batch_larger_than_the_queue_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 16 files a batch and a queue of 4, every full batch was answered 503 "retry later" forever."""
+    monkeypatch.setenv("RPEPAD_QUEUE_SIZE", "4")
+    with pytest.raises(ValidationError, match="max_files_per_batch .16. is larger than queue_size .4."):
+        Settings(_env_file=None)
+    monkeypatch.setenv("RPEPAD_MAX_FILES_PER_BATCH", "4")
+    assert Settings(_env_file=None).queue_size == 4
