@@ -321,7 +321,11 @@ def test_a_killed_service_keeps_every_answered_record(tmp_path: Path) -> None:
         store.stop()
 
 
-def test_failed_evidence_leaves_a_record_without_overlay(tmp_path: Path) -> None:
+def test_failed_evidence_leaves_a_record_without_overlay_and_feedback_at_once_keeps_every_word(
+        tmp_path: Path) -> None:
+    """A record whose evidence failed is kept without its overlay. Words on it from 16 threads
+    at once: each is either current or in the history, in the order they landed (a
+    read-append-write dropped the words of overlapping writes)."""
     from service.records import Pending, RecordStore, new_id, utc_now
 
     failures = []
@@ -337,24 +341,6 @@ def test_failed_evidence_leaves_a_record_without_overlay(tmp_path: Path) -> None
         record = store.get(rid)
         assert record.verdict == "normal" and not record.has_overlay and record.overlay() is None
         assert failures == ["overlay"]
-    finally:
-        store.stop()
-
-
-def test_feedback_given_at_once_by_many_keeps_every_word(tmp_path: Path) -> None:
-    """Words on one record from 16 threads at once: each is either current or in the history,
-    in the order they landed (a read-append-write would drop the words of overlapping writes)."""
-    from service.records import Pending, RecordStore, new_id, utc_now
-
-    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}")
-    store.start()
-    try:
-        rid = new_id()
-        store.submit(Pending(id=rid, created=utc_now(), request_id="r", category="Lego", filename=None,
-                             bundle_id="Lego@x", bundle_sha256="0" * 64,
-                             result={"verdict": "anomalous", "score": 9.0, "threshold": 8.0, "normalised_score": 1.1},
-                             evidence=None, query_bytes=None, query_media_type=None))
-        assert store.flush(timeout=30)
         labels = ("false_alarm", "confirmed_defect")
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda i: store.set_feedback(rid, labels[i % 2], f"n{i}"), range(48)))
