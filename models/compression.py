@@ -47,7 +47,7 @@ _TABLES = np.stack([ijg_table(q) for q in range(1, 101)])
 
 @dataclass(frozen=True)
 class Compression:
-    """A lossy encoding: ``format`` (JPEG, WebP), the estimated ``quality`` (JPEG; None for
+    """A lossy encoding: ``format`` (JPEG, WebP, TIFF with JPEG ...), the estimated ``quality`` (JPEG; None for
     WebP, whose bytes do not say) and the ``chroma`` subsampling (JPEG; "" when unknown)."""
 
     format: str
@@ -101,7 +101,18 @@ def compression_of(data: bytes) -> Compression | None:
         return Compression("JPEG", jpeg_quality(image), _chroma(image))
     if image.format == "WEBP" and _webp_lossy(data):
         return Compression("WebP")
+    if image.format == "TIFF":  # a TIFF's strips may hold JPEG (or another lossy codec's) data
+        codec = TIFF_LOSSY.get(getattr(image, "tag_v2", {}).get(TIFF_COMPRESSION))
+        if codec is not None:
+            return Compression(f"TIFF with {codec}")
     return None
+
+
+TIFF_COMPRESSION = 259  # the TIFF tag naming the codec of the image data
+# The lossy codes of that tag (the TIFF 6.0 and Adobe DNG specifications, libtiff's tiff.h): a
+# photo so stored has the same block artefacts as the plain format, whatever its container.
+TIFF_LOSSY = {6: "JPEG", 7: "JPEG", 34892: "JPEG", 33003: "JPEG 2000", 33005: "JPEG 2000", 34712: "JPEG 2000",
+              50001: "WebP"}
 
 
 def too_coarse(compression: Compression | None, width: int, bundle_width: int,

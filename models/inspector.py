@@ -416,17 +416,25 @@ def _resample_camera(image: Tensor, width: int, height: int, K: Tensor, intrinsi
     fx, fy, cx, cy = intrinsics
     ax, ay = fx / float(K[0, 0]), fy / float(K[1, 1])  # query pixels per bundle pixel
     if min(ax, ay) < MIN_QUERY_ZOOM:  # the object would be upsampled from a few query pixels (and memory with it)
-        raise InspectionError(f"the query's camera (fx {fx:.4g}, fy {fy:.4g}) gives {min(ax, ay):.3g} of its pixels per "
+        raise InspectionError(f"the query's camera (fx {fx:.6g}, fy {fy:.6g}) gives {min(ax, ay):.3g} of its pixels per "
                               f"pixel of the bundle's camera (fx {float(K[0, 0]):.1f}); at least {MIN_QUERY_ZOOM} are "
                               "needed: check the intrinsics, or take the photo closer or at a higher resolution")
     x0, x1 = (0 - float(K[0, 2])) * ax + cx, (width - float(K[0, 2])) * ax + cx
     y0, y1 = (0 - float(K[1, 2])) * ay + cy, (height - float(K[1, 2])) * ay + cy
     slack = 0.01 * max(w, h)
     if x0 < -slack or y0 < -slack or x1 > w + slack or y1 > h + slack:
-        raise InspectionError(f"the query's camera (fx {fx:.1f}, fy {fy:.1f}, cx {cx:.1f}, cy {cy:.1f} at {w} x {h}) "
+        raise InspectionError(f"the query's camera (fx {fx:.6g}, fy {fy:.6g}, cx {cx:.6g}, cy {cy:.6g} at {w} x {h}) "
                               "does not see all of what the bundle's camera sees (it would need pixels "
-                              f"x {x0:.0f}..{x1:.0f}, y {y0:.0f}..{y1:.0f}): take the photo with a wider view, or "
+                              f"x {x0:.6g}..{x1:.6g}, y {y0:.6g}..{y1:.6g}): take the photo with a wider view, or "
                               "train a bundle for this camera")
+    # Only the window the bundle's camera sees, with a margin for the antialiasing filter: a
+    # query with fewer pixels than the bundle's camera is enlarged, and enlarging all of a big
+    # photo would cost up to 1 / MIN_QUERY_ZOOM**2 times its memory for pixels never read.
+    pad = 2 + math.ceil(max(ax, ay))
+    left, top = max(0, math.floor(x0) - pad), max(0, math.floor(y0) - pad)
+    right, bottom = min(w, math.ceil(x1) + pad), min(h, math.ceil(y1) + pad)
+    image, cx, cy = image[top:bottom, left:right], cx - left, cy - top
+    h, w = image.shape[:2]
     # Antialias first at the scale of the zoom, then sample the exact sub-pixel window.
     sw, sh = max(1, round(w / ax)), max(1, round(h / ay))
     small = F.interpolate(image.float().permute(2, 0, 1)[None], size=(sh, sw), mode="bilinear", antialias=True,

@@ -38,6 +38,10 @@ def test_chroma_subsampling_is_read_from_the_frame_header() -> None:
 def test_lossless_files_and_non_images_carry_none() -> None:
     assert compression_of(encoded(format="PNG")) is None
     assert compression_of(encoded(format="TIFF")) is None
+    assert compression_of(encoded(format="TIFF", compression="tiff_lzw")) is None
+    # JPEG inside a TIFF is as lossy as a plain JPEG (it was taken as lossless, and judged)
+    assert compression_of(encoded(format="TIFF", compression="jpeg", quality=10)) == Compression("TIFF with JPEG")
+    assert too_coarse(Compression("TIFF with JPEG"), 4000, 400)
     assert compression_of(encoded(format="WEBP", lossless=True)) is None
     assert compression_of(encoded(format="WEBP", quality=90)) == Compression("WebP")
     assert compression_of(b"not an image") is None

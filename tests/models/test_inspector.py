@@ -402,3 +402,34 @@ def test_category_info_states_the_operating_point(inspector: Inspector, tiny_hel
     monkeypatch.setattr(held, "calibration", ranged)
     info = held.describe()
     assert info.threshold_range == [0.5 * info.threshold, 2.0 * info.threshold] and info.false_alarm_range == [0.0, 0.3]
+
+
+def test_a_query_camera_is_resampled_from_the_window_it_shares_with_the_bundle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A photo from another camera is read where the bundle's camera looks: the same focal
+    length in a wider frame gives back the view exactly; a camera with half the bundle's pixels
+    is enlarged over its window alone (enlarging the whole 6-megapixel photo 2x cost
+    gigabytes for one mistyped focal length)."""
+    from models import inspector
+
+    width, height = 64, 48
+    K = torch.tensor([[60.0, 0, 32.0], [0, 60.0, 24.0], [0, 0, 1]], dtype=torch.float64)
+    view = torch.from_numpy(np.random.default_rng(0).random((height, width, 3), dtype=np.float32))
+    canvas = torch.zeros(height + 300, width + 400, 3)
+    canvas[11:11 + height, 17:17 + width] = view
+    out = inspector._resample_camera(canvas, width, height, K, (60.0, 60.0, 32.0 + 17, 24.0 + 11))
+    assert torch.allclose(out, view, atol=1e-4)
+
+    enlarged = []
+    interpolate = inspector.F.interpolate
+    monkeypatch.setattr(inspector.F, "interpolate",
+                        lambda x, size, **kw: enlarged.append(size) or interpolate(x, size=size, **kw))
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    smooth = torch.stack([xs, ys, (xs + ys) / 2], dim=-1)  # bilinear enlarging restores it inside
+    half = torch.nn.functional.avg_pool2d(smooth.permute(2, 0, 1)[None], 2)[0].permute(1, 2, 0)
+    photo = torch.zeros(2000, 3000, 3)
+    photo[500:500 + height // 2, 900:900 + width // 2] = half
+    out = inspector._resample_camera(photo, width, height, K, (30.0, 30.0, 900 + 16.0, 500 + 12.0))
+    (sh, sw), = enlarged
+    assert sh * sw < 2 * width * height  # the window and its margin, not 4000 x 6000
+    assert torch.allclose(out[2:-2, 2:-2], smooth[2:-2, 2:-2], atol=0.01)

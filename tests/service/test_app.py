@@ -233,6 +233,10 @@ def test_odd_but_valid_images_are_converted(client: TestClient, category: str, q
     r = _post(client, category, _jpeg(rgb, quality=80), "image/jpeg")
     assert r.status_code == 422 and "JPEG (quality about 80, 4:2:0)" in r.json()["detail"]
     assert "send PNG" in r.json()["detail"]
+    tiff = io.BytesIO()  # the same JPEG data in a TIFF was taken as lossless
+    Image.fromarray(rgb).save(tiff, format="TIFF", compression="jpeg", quality=30)
+    r = _post(client, category, tiff.getvalue(), "image/tiff")
+    assert r.status_code == 422 and "TIFF with JPEG" in r.json()["detail"], r.text
 
 
 def test_field_errors(client: TestClient, category: str, query_png: bytes) -> None:
