@@ -25,6 +25,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from service.uploads import check_media_type, decode, read_limited
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 RECORD_ID = re.compile(r"^[0-9a-f]{32}$")
+FORM_BYTES = 1 << 20  # a body's bytes besides its files (form fields, a feedback JSON)
 RECORD_WAIT_S = 2.0  # how long opening a record waits for the writer to reach it
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff"}
 IMAGE_FIELDS = {"anomaly_map_png", "overlay_png", "reference_png"}  # answered, never stored in a record's result
@@ -294,21 +296,21 @@ class ChunkedBodyLimit:
     ``RequestBodyLimitMiddleware``, behind FastAPI's ``max_body_size``, sits outside the app's
     middleware and answers in plain text, replacing the problem+json of every declared-size 413.)"""
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: Callable[[str], int]) -> None:
+        self.app, self.limit = app, limit  # ``limit``: the largest body a path takes
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or any(k == b"content-length" for k, _ in scope.get("headers", ())):
             return await self.app(scope, receive, send)
-        seen = 0
+        seen, limit = 0, self.limit(scope.get("path", ""))
 
         async def counted():
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise HTTPException(413, f"request body over {self.limit} bytes (sent without a Content-Length)")
+                if seen > limit:
+                    raise HTTPException(413, f"request body over {limit} bytes (sent without a Content-Length)")
             return message
 
         await self.app(scope, counted, send)
@@ -482,7 +484,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state.records is not None:
             await asyncio.to_thread(state.records.stop)
 
-    body_limit = settings.max_files_per_batch * settings.max_upload_bytes + (1 << 20)  # + form fields
+    def body_limit(path: str) -> int:
+        """The largest body a path takes: its files and 1 MiB of form fields (a batch's files,
+        one photo, or none: feedback is a short JSON)."""
+        files = {"/inspect/batch": settings.max_files_per_batch, "/inspect": 1}.get(path.rstrip("/"), 0)
+        return files * settings.max_upload_bytes + FORM_BYTES
+
     app = FastAPI(title="RPE-PAD inspection service", version=package_version(), lifespan=lifespan,
                   docs_url=None, redoc_url=None,  # /docs is served without a CDN (service.web)
                   description="Pose-agnostic anomaly detection: upload a photo of an object from any viewpoint; "
@@ -500,9 +507,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         given = request.headers.get("x-request-id", "")
         request.state.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
         start = request.state.started = time.perf_counter()
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > body_limit:  # before Starlette parses (and spools) the body
-            response = problems.problem(413, f"request body of {declared} bytes is over {body_limit}", request)
+        declared, limit = request.headers.get("content-length", ""), body_limit(request.url.path)
+        if declared.isdigit() and int(declared) > limit:  # before Starlette parses (and spools) the body
+            response = problems.problem(413, f"request body of {declared} bytes is over {limit} for "
+                                             f"{request.url.path}", request)
         else:
             try:
                 response = await call_next(request)

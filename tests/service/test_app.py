@@ -330,6 +330,15 @@ def test_upload_size_limit_and_api_key(tiny_release: Path, category: str, query_
         assert "content-length" not in r.request.headers
         assert r.status_code == 413 and r.headers["content-type"] == PROBLEM and r.json()["request_id"]
         assert "without a Content-Length" in r.json()["detail"]
+        # Each route's own limit: one photo's worth for /inspect (a batch's 16 were taken and
+        # parsed whole before the file's 413), and no file's for a feedback JSON.
+        one = b"\0" * (len(query_png) + (1 << 20) + 1)
+        r = c.post("/inspect", files={"file": ("one.png", one, "image/png")}, data={"category": category},
+                   headers={"X-API-Key": "s3cret"})
+        assert r.status_code == 413 and "request body" in r.json()["detail"] and "/inspect" in r.json()["detail"]
+        r = c.post(f"/inspections/{'0' * 32}/feedback", json={"label": "false_alarm", "note": "x" * (2 << 20)},
+                   headers={"X-API-Key": "s3cret"})
+        assert r.status_code == 413 and "request body" in r.json()["detail"]
         assert c.get("/healthz").status_code == 200  # operations endpoints stay open
 
 
