@@ -487,7 +487,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def body_limit(path: str) -> int:
         """The largest body a path takes: its files and 1 MiB of form fields (a batch's files,
         one photo, or none: feedback is a short JSON)."""
-        files = {"/inspect/batch": settings.max_files_per_batch, "/inspect": 1}.get(path.rstrip("/"), 0)
+        path = path.rstrip("/")  # read by its end: the same under a proxy's path prefix (a root path)
+        files = settings.max_files_per_batch if path.endswith("/inspect/batch") else int(path.endswith("/inspect"))
         return files * settings.max_upload_bytes + FORM_BYTES
 
     app = FastAPI(title="RPE-PAD inspection service", version=package_version(), lifespan=lifespan,
