@@ -35,8 +35,11 @@ def run_demo(out: Path, synth: SynthConfig = DEMO_SYNTH, preset: str = "demo") -
         print(f"[1/5] reusing the synthetic category in {category_dir}")
     else:
         print(f"[1/5] generating a synthetic category in {category_dir} (seed {synth.seed}, {synth.size}px)")
-        if category_dir.exists():
-            shutil.rmtree(category_dir)
+        if category_dir.is_dir() and any(category_dir.iterdir()):
+            if not _made_by_synth(category_dir):  # never delete what the demo did not make
+                raise FileExistsError(f"{category_dir} is there and was not made by `rpe-pad demo`: move it, or "
+                                      f"give another --out")
+            shutil.rmtree(category_dir)  # the demo's own category, with other settings
         generate(category_dir, synth)
     category = load_category(category_dir)
     print(json.dumps(describe(category), indent=2))
@@ -82,6 +85,14 @@ def run_demo(out: Path, synth: SynthConfig = DEMO_SYNTH, preset: str = "demo") -
     print(f"      query | reference | anomaly overlay: {report_dir / 'overlays.png'}")
     print(f"done in {time.perf_counter() - start:.0f} s. Serve the bundle: rpe-pad serve --bundles {bundles}")
     return 0
+
+
+def _made_by_synth(category_dir: Path) -> bool:
+    """Whether ``category_dir`` is a folder ``rpe-pad synth`` wrote (its ``synth.json`` says so)."""
+    try:
+        return json.loads((category_dir / "synth.json").read_text()).get("generator") == "rpe-pad synth"
+    except (ValueError, OSError, AttributeError):
+        return False
 
 
 def _reusable(category_dir: Path, synth: SynthConfig) -> bool:

@@ -181,6 +181,27 @@ def test_a_failed_synth_takes_back_what_it_wrote(tmp_path: Path, monkeypatch: py
     assert len(list((out / "train" / "good").glob("*.png"))) == 4
 
 
+def test_synth_fills_the_current_folder_and_the_demo_deletes_only_its_own(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rpe-pad synth .` in an empty folder wrote the category, then failed renaming "."; the
+    demo deleted a folder of the user's in its category's place."""
+    from training.demo import run_demo
+
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    cfg = SynthConfig(seed=3, size=24, train_views=4, test_views=2)
+    generate(".", cfg, progress=False)
+    assert len(list((here / "train" / "good").glob("*.png"))) == 4 and (here / "synth.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["here"]  # no partial folder left
+    notes = tmp_path / "demo" / "synthetic_lego" / "train" / "my_notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("mine")
+    with pytest.raises(FileExistsError, match="was not made by `rpe-pad demo`"):
+        run_demo(tmp_path / "demo", cfg)
+    assert notes.read_text() == "mine"
+
+
 def test_synth_names_each_bad_setting(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"size must be >= 16, got 8; test_views must be >= 0, got -1"):
         generate(tmp_path / "x", SynthConfig(size=8, test_views=-1), progress=False)

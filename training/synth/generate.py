@@ -367,15 +367,20 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = True) -> Pa
 def written_whole(out: Path):
     """A hidden sibling folder to write ``out`` into (``out`` absent or empty): renamed to ``out``
     when the block ends without an error, and removed either way, so a run that fails or is
-    interrupted leaves ``out`` as it was."""
+    interrupted leaves ``out`` as it was. An empty ``out`` that is there already (the current
+    folder, ``rpe-pad synth .``) is kept and filled: the parts are renamed into it, ``synth.json``
+    last."""
+    out = out.resolve()  # "." has no name to make a sibling from, and cannot be replaced
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     partial.mkdir()
     try:
         yield partial
-        if out.exists():
-            out.rmdir()  # empty: the callers check it
-        partial.rename(out)
+        if out.is_dir():  # empty: the callers check it
+            for part in sorted(partial.iterdir(), key=lambda p: p.name == "synth.json"):
+                part.rename(out / part.name)
+        else:
+            partial.rename(out)
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # nothing left once renamed
 
