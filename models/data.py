@@ -414,7 +414,28 @@ def _training_paths(transforms_path: Path, transforms: TransformsModel, root: Pa
         raise DataError(f"{transforms_path}: frame {index} (file_path {transforms.frames[index].file_path!r}): its "
                         f"camera is {distances[index]:.3g} from the origin, more than {FAR_CAMERA:g} times the "
                         f"cameras' median distance {median:.3g}{others}: check its transform_matrix")
+    _check_rig(transforms_path, [np.asarray(f.transform_matrix, dtype=np.float64) for f in transforms.frames])
     return paths
+
+
+def _check_rig(transforms_path: Path, c2w: list[np.ndarray]) -> None:
+    """Cameras that cannot have photographed an object at the origin are refused: all at one
+    place (identity matrices: a fit that ends at PSNR 10, then a crash in RVSS), or all facing
+    away from it (another axis convention)."""
+    centres = np.stack([m[:3, 3] for m in c2w])
+    scale = float(np.median(np.linalg.norm(centres, axis=1)))
+    spread = float(np.linalg.norm(centres - centres.mean(0), axis=1).max())
+    if len(c2w) > 1 and not spread > 1e-6 * max(scale, 1e-12):
+        raise DataError(f"{transforms_path}: all {len(c2w)} training cameras are at one place "
+                        f"({np.array2string(centres[0], precision=3)}): each transform_matrix must place its camera "
+                        "where the photo was taken, around the object at the origin")
+    # OpenGL camera-to-world: a camera looks down its -z axis, so the origin is in front of it
+    # where its camera-frame z is negative.
+    depth = np.array([(m[:3, :3].T @ -m[:3, 3])[2] for m in c2w])
+    if not (depth < 0).any():
+        raise DataError(f"{transforms_path}: the origin, where the object sits, is behind or level with every "
+                        "training camera: transform_matrix must be camera-to-world in OpenGL/Blender axes (the "
+                        "camera looks down its -z axis, y up), as NeRF's and MAD's transforms.json")
 
 
 def _check_colour(train: list[View]) -> None:

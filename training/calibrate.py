@@ -422,6 +422,23 @@ def jpeg_tolerance(models: list[tuple[GaussianScene, list]], cfg: CalibConfig, h
     return taken, photos[0].shape[1], rates
 
 
+def check_validation(validation: Category) -> None:
+    """A labelled validation set's problems (``ValueError``), checked before any stage runs: its
+    F1-optimal threshold needs test views, each with its true pose, good and defective ones."""
+    queries = validation.test
+    if not queries:
+        raise ValueError(f"{validation.root}: a validation set needs labelled test views (test/good, test/<defect>); "
+                         "it has none")
+    if any(q.w2c is None for q in queries):
+        raise ValueError(f"{validation.root}: a validation set needs true poses for every test view "
+                         "(test/transforms.json)")
+    kinds = {q.label == GOOD for q in queries}
+    if len(kinds) < 2:
+        raise ValueError(f"{validation.root}: a validation set needs good and defective test views (its threshold "
+                         f"is the one that best separates them); it has {'good' if True in kinds else 'defective'} "
+                         "ones only")
+
+
 def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, validation: Category | None = None,
               progress: bool = True, heldout: HeldOut | None = None) -> tuple[Calibration, dict]:
     """The category's Calibration and the raw score lists behind it; ``heldout``: the
@@ -454,9 +471,8 @@ def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, valida
             spread = threshold_spread(held_scores.reshape(len(own), -1), cfg.false_alarm_rate, seed=cfg.seed)
         normal, normal_maps = held_scores, held_maps
     if validation is not None:
-        queries = [q for q in validation.test if q.w2c is not None]
-        if len(queries) < len(validation.test):
-            raise ValueError(f"{validation.root}: a validation set needs true poses for every test view")
+        check_validation(validation)
+        queries = validation.test
         val_scores, _ = _score(scorer, scene, torch.stack([q.image for q in queries]), torch.stack([q.w2c for q in queries]),
                                torch.stack([q.K for q in queries]), cfg.batch, bar)
         labels = np.array([q.label != GOOD for q in queries])

@@ -172,12 +172,10 @@ def train_many(folders: Sequence[Path], bundles_dir: Path, preset: str = "cpu", 
     their outcomes in the order given. ``echo`` receives the progress lines. A Ray connection
     already open in this process is used as it is (``address`` is then ignored).
     ``false_alarm_rate``: as ``run_train``'s, for every category."""
-    from training.pipeline import STAGES, calibration_config
+    from training.pipeline import calibration_config, check_stages
 
     folders = check_folders(folders)
-    unknown = [s for s in stages or () if s not in STAGES]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
+    stages = check_stages(stages) if stages is not None else None
     calibration_config(preset, false_alarm_rate)  # an unknown preset or rate refused here, not in every task
     ray = import_ray()
     bundles_dir = Path(bundles_dir).resolve()

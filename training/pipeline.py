@@ -28,7 +28,7 @@ from models.bundle import WORK_FILES, check_category_name
 from models.data import Category, load_category
 from models.inspector import resolve_device
 from training.bundle import run_bundle_stage
-from training.calibrate import CalibConfig, run_calibration_stage
+from training.calibrate import CalibConfig, check_validation, run_calibration_stage
 from training.export import run_onnx_stage
 from training.gallery import run_gallery_stage
 from training.irprn import IRPRNTrainConfig, run_irprn_stage
@@ -50,6 +50,7 @@ WORK = ".work"  # BUNDLES_DIR/.work/<category>: the stages' outputs, checkpoints
 CALIBRATION = {"demo": CalibConfig(max_views=24),
                "cpu": CalibConfig(holdout_every=5, folds=5, combination="either", colour="lab", map_sigma=2.0),
                "paper": CalibConfig(holdout_every=5, folds=5, combination="either", colour="lab", map_sigma=2.0)}
+MIN_TRAIN_VIEWS = 2  # fewer make no pair for IRPRN (a crash after the fit); the cpu preset's folds need more
 PRESETS = tuple(registry.PRESETS)  # the names, from the one registry (each stage module has a config per name)
 # RVSS orbit views per training view (training.rvss; docs/POSE.md, revision 3): on for the
 # presets that build real bundles; the demo keeps the paper's RVSS alone, to stay quick.
@@ -160,6 +161,16 @@ def calibration_config(preset: str, false_alarm_rate: float | None = None) -> Ca
     return replace(cfg, false_alarm_rate=false_alarm_rate)
 
 
+def check_stages(stages: list[str] | None) -> list[str]:
+    """The stages to run (None: all), each name stripped; ``ValueError`` for an unknown name or
+    for none at all (``--stages ""`` ran every stage, hours of work nobody asked for)."""
+    names = list(STAGES) if stages is None else [s.strip() for s in stages]
+    unknown = [s for s in names if s not in _BY_NAME]
+    if unknown or not names:
+        raise ValueError(f"unknown stage(s) {unknown or 'none given'}; available: {list(STAGES)}")
+    return names
+
+
 def work_dir(bundles_dir: Path, category: str) -> Path:
     return bundles_dir / WORK / category
 
@@ -177,10 +188,7 @@ def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages
     model fits and renders and IRPRN trains (``auto``: CUDA when present; ``cpu``, e.g. where
     gsplat's kernels cannot be built; ``cuda``)."""
     dev = resolve_device(device)  # cuda without a GPU: refused before any stage
-    stages = list(stages or STAGES)
-    unknown = [s for s in stages if s not in _BY_NAME]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
+    stages = check_stages(stages)
     calib_cfg = calibration_config(preset, false_alarm_rate)  # refused before any stage
     rvss_cfg, irprn_cfg = irprn_config(preset, **(ablation or {}))
     if irprn_cfg.holdout and "bundle" in stages:
@@ -193,9 +201,13 @@ def run_train(category_dir: Path, bundles_dir: Path, preset: str = "cpu", stages
     except ValueError as exc:
         raise ValueError(f"{category_dir}: {exc}; the bundle is named after the category folder: rename the folder, "
                          "or give its path from outside it") from None
+    if len(category.train) < MIN_TRAIN_VIEWS:
+        raise ValueError(f"{category_dir}: {len(category.train)} training view; a bundle needs at least "
+                         f"{MIN_TRAIN_VIEWS} (IRPRN learns from pairs of them, the gallery matches among them)")
     validation = None
     if validation_dir is not None and "calibration" in stages:
         validation = load_category(validation_dir, size=splat_cfg.image_size)
+        check_validation(validation)  # now, not after the Gaussian model's fit
     ctx = StageContext(category=category, work=work_dir(bundles_dir, category.name), bundles_dir=bundles_dir,
                        preset=preset, splats=splat_cfg, calibration=calib_cfg, rvss=rvss_cfg,
                        irprn=irprn_cfg, validation=validation, progress=progress, device=dev)

@@ -158,6 +158,11 @@ def _translate(frame: int, value: float):
     (_translate(7, 1e30), r"frame 7 \(file_path 'train/good/007'\): its camera is 1e\+30 from the origin, more than "
                           r"100 times the cameras' median distance 4\.03"),
     (_translate(7, 500.0), r"frame 7 .* its camera is 500 from the origin"),
+    (lambda d: [f.update(transform_matrix=np.eye(4).tolist()) for f in d["frames"]],
+     r"all 60 training cameras are at one place \(\[0\. 0\. 0\.\]\)"),
+    (lambda d: [f.update(transform_matrix=(np.diag([1, 1, -1, 1]) @ np.asarray(f["transform_matrix"])
+                                           @ np.diag([1, 1, -1, 1])).tolist()) for f in d["frames"]],
+     r"the origin, where the object sits, is behind or level with every training camera"),
     (_set(9, "file_path", "./train/good/3.png"), r"frames 3 \(file_path 'train/good/003'\) and 9 \(file_path "
                                                  r"'\./train/good/3\.png'\) name the same image .*train/good/003\.png"),
     (_set(2, "file_path", "/etc/hostname"), r"frame 2 \(file_path '/etc/hostname'\) is an absolute path; file_path is "
@@ -169,8 +174,9 @@ def _translate(frame: int, value: float):
 def test_camera_data_no_category_can_have_is_refused_naming_the_frame(edit, message: str, lego_dir: Path,
                                                                       tmp_path: Path) -> None:
     """A field of view no pinhole camera has (it trained at PSNR 8, or crashed the training),
-    a camera far off the others, two frames of one photo, and a file_path that is absolute or
-    leads out of the category: refused as the category loads, naming transforms.json and the
+    a camera far off the others, cameras all at one place or all facing away from the object
+    (identity matrices trained at PSNR 10, then crashed RVSS), two frames of one photo, and a
+    file_path that is absolute or leads out of the category: refused as the category loads, naming transforms.json and the
     frame, before any image is decoded."""
     root = _copy(lego_dir, tmp_path / "Camera")
     path = _edit_transforms(root, edit)

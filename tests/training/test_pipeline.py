@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,41 @@ def test_unknown_stages_and_presets_are_refused(tmp_path: Path) -> None:
         run_train(tmp_path / "nowhere", tmp_path, stages=["splats", "fit"])
     with pytest.raises(ValueError, match="unknown preset 'gpu'"):
         run_train(tmp_path / "nowhere", tmp_path, preset="gpu")
+    for none in ([], [""], [" "]):  # `--stages ""` ran every stage
+        with pytest.raises(ValueError, match=r"unknown stage\(s\) (none given|\[''\])"):
+            run_train(tmp_path / "nowhere", tmp_path, stages=none)
+    assert pipeline.check_stages([" splats", "bundle "]) == ["splats", "bundle"]
     assert not (tmp_path / pipeline.WORK).exists()  # refused before anything is written
+
+
+def test_what_no_bundle_can_come_from_is_refused_before_any_stage(tiny_synth: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """One training view (it crashed IRPRN after the fit), and a validation set without
+    labelled test views, or with good views only (a crash in the calibration, after the fit)."""
+    ran = []
+    for stage in TABLE:
+        monkeypatch.setitem(pipeline._BY_NAME, stage.name,
+                            pipeline.Stage(stage.name, lambda ctx, n=stage.name: ran.append(n) or {}, stage.doc))
+    one = tmp_path / "one"
+    shutil.copytree(tiny_synth, one)
+    transforms = one / "train" / "transforms.json"
+    data = json.loads(transforms.read_text())
+    transforms.write_text(json.dumps({**data, "frames": data["frames"][:1]}))
+    with pytest.raises(ValueError, match="1 training view; a bundle needs at least 2"):
+        run_train(one, tmp_path / "b", preset="demo")
+    untested = tmp_path / "untested"
+    shutil.copytree(tiny_synth, untested, ignore=shutil.ignore_patterns("test", "ground_truth"))
+    goods = tmp_path / "goods"
+    shutil.copytree(tiny_synth, goods)
+    test = json.loads((goods / "test" / "transforms.json").read_text())
+    (goods / "test" / "transforms.json").write_text(json.dumps(
+        {**test, "frames": [f for f in test["frames"] if "/good/" in f["file_path"]]}))
+    for folder in (d for d in (goods / "test").iterdir() if d.is_dir() and d.name != "good"):
+        shutil.rmtree(folder)
+    for validation, message in ((untested, "needs labelled test views"), (goods, "has good ones only")):
+        with pytest.raises(ValueError, match=message):
+            run_train(tiny_synth, tmp_path / "b", preset="demo", validation_dir=validation)
+    assert not ran
 
 
 def test_run_train_dispatches_by_the_table(tiny_synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
