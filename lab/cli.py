@@ -14,7 +14,7 @@ from pathlib import Path
 
 import lab  # noqa: F401 (registers the evaluation-only pose modes, by name: nothing heavy is imported)
 from models import registry
-from rpe_pad.argtypes import non_negative_int, positive_int
+from rpe_pad.argtypes import folder, non_negative_int, positive_int
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -278,7 +278,7 @@ def add_lab_commands(sub) -> None:
     p.add_argument("--limit", type=positive_int, default=None,
                    help="evaluate about this many test views, each label keeping its share (for slow modes; default all)")
     p.add_argument("--k", type=positive_int, default=None, help="gallery matches per query (default: the bundle's)")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=folder, default=None,
                    help="report folder (default ./evaluations/<category>/<pose> for a bundle, "
                         "FOLDER/reports/evaluate_<pose> for a training folder)")
     p.set_defaults(func=_cmd_evaluate)
@@ -286,7 +286,7 @@ def add_lab_commands(sub) -> None:
     p = sub.add_parser("validation-split", help="new labelled queries of a `rpe-pad synth` category's own object, drawn "
                        "as its test split's: a split to choose settings on, so the test split is only reported")
     p.add_argument("category_dir", type=Path, help="a category written by rpe-pad synth")
-    p.add_argument("--out", type=Path, required=True, help="writes OUT/<category name> (train linked to the original's)")
+    p.add_argument("--out", type=folder, required=True, help="writes OUT/<category name> (train linked to the original's)")
     p.add_argument("--views", type=positive_int, default=40, help="query views, a quarter of them good (default 40)")
     p.add_argument("--split", type=non_negative_int, default=0, help="another number, another split (default 0)")
     p.set_defaults(func=_cmd_validation_split)
@@ -295,14 +295,14 @@ def add_lab_commands(sub) -> None:
                        "and an evaluation category in the prepared frame")
     p.add_argument("prepared_dir", type=Path, help="a category written by rpe-pad prepare")
     p.add_argument("--truth", type=Path, required=True, help="the same photos' category with its true poses")
-    p.add_argument("--out", type=Path, default=None, help="write an evaluation category here: the prepared training "
+    p.add_argument("--out", type=folder, default=None, help="write an evaluation category here: the prepared training "
                    "split and the true test split, its query poses mapped into the prepared frame")
     p.add_argument("--json", type=Path, default=None, help="write the errors (with every view's) as JSON here")
     p.set_defaults(func=_cmd_onboard_check)
 
     p = sub.add_parser("train", help="rpe-pad train with the ablation switches (variants for the paper's tables)")
     p.add_argument("category_dir", type=Path, help="a MAD-Sim-format category")
-    p.add_argument("--out", type=Path, required=True, help="bundles folder (BUNDLES_DIR/<category> is written)")
+    p.add_argument("--out", type=folder, required=True, help="bundles folder (BUNDLES_DIR/<category> is written)")
     p.add_argument("--preset", default="cpu", choices=list(registry.PRESETS), help="default cpu")
     p.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
     p.add_argument("--rvss-m", type=non_negative_int, default=None,
@@ -354,7 +354,7 @@ def add_lab_commands(sub) -> None:
     p.add_argument("--shifts", type=non_negative_int, nargs="+", default=[0, 1, 2, 4, 8], help="pixels (default 0 1 2 4 8)")
     p.add_argument("--rotations", type=non_negative_int, nargs="*", default=[1, 2], help="degrees (default 1 2)")
     p.add_argument("--tolerances", type=non_negative_int, nargs="+", default=[0, 1], help="comparison modes (default 0 1)")
-    p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLE_DIR/reports/sensitivity)")
+    p.add_argument("--out", type=folder, default=None, help="report folder (default BUNDLE_DIR/reports/sensitivity)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sensitivity)
 
@@ -386,7 +386,7 @@ def add_lab_commands(sub) -> None:
                    "(0 = only the photographs' curve; default 100)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLE_DIR/reports/verify_sweep)")
+    p.add_argument("--out", type=folder, default=None, help="report folder (default BUNDLE_DIR/reports/verify_sweep)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_verify_sweep)
 
@@ -395,7 +395,7 @@ def add_lab_commands(sub) -> None:
     p.add_argument("category_dir", type=Path, help="the category the bundle was trained on")
     p.add_argument("--bundles", type=Path, required=True, help="bundles folder with the held-out calibration (.work/)")
     p.add_argument("--test", action="store_true", help="also report every variant on the test split (true poses)")
-    p.add_argument("--out", type=Path, default=None, help="report folder (default ./scorer_study/<category>)")
+    p.add_argument("--out", type=folder, default=None, help="report folder (default ./scorer_study/<category>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_scorer_study)
 
@@ -407,7 +407,7 @@ def add_lab_commands(sub) -> None:
     p.add_argument("--build-summary", type=Path, required=True, help="a full cpu build's reports/train_summary.json: "
                    "its stages other than splats and calibration are the rest of the build budget")
     p.add_argument("--variants", default="cpu,px400", help="comma-separated (default cpu,px400)")
-    p.add_argument("--out", type=Path, default=None, help="report folder (default ROOT/report)")
+    p.add_argument("--out", type=folder, default=None, help="report folder (default ROOT/report)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_fidelity_study)
 
@@ -434,20 +434,20 @@ def add_lab_commands(sub) -> None:
                    help="queries run one at a time for batch size 1, the median one reported (default 8)")
     p.add_argument("--device", default="all", choices=["all", "cpu", "cuda"], help="default: CPU, and CUDA when present")
     p.add_argument("--k", type=positive_int, default=None, help="gallery matches per query (default: the bundle's)")
-    p.add_argument("--out", type=Path, default=None, help="report folder (default ./benchmarks/<category>)")
+    p.add_argument("--out", type=folder, default=None, help="report folder (default ./benchmarks/<category>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("gpu-check", help="prove the CUDA path on a GPU machine: CUDA tests, a bundle built on the "
                        "GPU, bench at batch 1-64, the service on CUDA under load; one JSON and one Markdown report "
                        "(make gpu-check; refuses without CUDA)")
-    p.add_argument("--out", type=Path, default=Path("gpu_check"), help="report folder (default ./gpu_check)")
+    p.add_argument("--out", type=folder, default=Path("gpu_check"), help="report folder (default ./gpu_check)")
     p.set_defaults(func=_cmd_gpu_check)
 
     p = sub.add_parser("docker-smoke", help="the CPU image built on this machine's Docker engine without Docker "
                        "Hub (base from Debian's packages), a demo bundle trained in it, the compose stack up, "
                        "inspections through it, the stack down; timed report (make docker-smoke)")
-    p.add_argument("--out", type=Path, default=Path("docker_smoke"), help="report folder (default ./docker_smoke)")
+    p.add_argument("--out", type=folder, default=Path("docker_smoke"), help="report folder (default ./docker_smoke)")
     p.add_argument("--json", type=Path, default=None, help="also copy the JSON report here (docs/results/...)")
     p.set_defaults(func=_cmd_docker_smoke)
 
@@ -455,7 +455,7 @@ def add_lab_commands(sub) -> None:
                        "800 and tablet width, history, a record with feedback) for the docs")
     p.add_argument("bundles", type=Path, help="bundles folder to serve")
     p.add_argument("queries", type=Path, nargs="+", help="images to inspect on the page")
-    p.add_argument("--out", type=Path, default=Path("docs/images"), help="folder (default docs/images)")
+    p.add_argument("--out", type=folder, default=Path("docs/images"), help="folder (default docs/images)")
     p.set_defaults(func=_cmd_screenshots)
 
     p = sub.add_parser("records-bench", help="the inspection records through the real service: the first history "
@@ -482,7 +482,7 @@ def add_lab_commands(sub) -> None:
 
     p = sub.add_parser("fanout-bench", help="rpe-pad train on N demo categories one after another, then fanned "
                        "out on a local Ray: both wall times and their ratio (issue 25's bar: <= 1.2); run it alone")
-    p.add_argument("--out", type=Path, default=Path("fanout_bench"), help="folder for the categories (reused) and "
+    p.add_argument("--out", type=folder, default=Path("fanout_bench"), help="folder for the categories (reused) and "
                    "both runs' bundles (replaced; default ./fanout_bench)")
     p.add_argument("--categories", type=positive_int, default=3, help="synthetic categories, seeds 0.. (default 3)")
     p.add_argument("--preset", default="demo", choices=list(registry.PRESETS), help="default demo")
@@ -498,7 +498,7 @@ def add_lab_commands(sub) -> None:
     p.add_argument("--poses", nargs="+", default=["rpe"], choices=registry.pose_modes(lab=True),
                    help="pose modes to evaluate each variant in (default rpe)")
     p.add_argument("--irprn-epochs", type=positive_int, default=None, help="IRPRN epochs (default: the preset's)")
-    p.add_argument("--out", type=Path, default=None, help="report folder (default BUNDLES/reports/ablation)")
+    p.add_argument("--out", type=folder, default=None, help="report folder (default BUNDLES/reports/ablation)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_ablation)
 

@@ -198,7 +198,9 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     """The validated manifest of ``bundle_dir`` (no file hashes checked: see ``open_bundle``)."""
     path = bundle_dir / MANIFEST
     if not path.is_file():
-        raise BundleError(f"{bundle_dir}: no {MANIFEST} (not a bundle, or an unfinished one)")
+        inside = sorted(p.parent.name for p in bundle_dir.glob(f"*/{MANIFEST}")) if bundle_dir.is_dir() else []
+        hint = f"; it holds bundles: give one of them ({bundle_dir / inside[0]}, ...)" if inside else ""
+        raise BundleError(f"{bundle_dir}: no {MANIFEST} (not a bundle, or an unfinished one){hint}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:

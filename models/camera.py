@@ -317,4 +317,6 @@ def parse_intrinsics(text: str) -> tuple[float, float, float, float]:
         values = ()
     if len(values) != 4:
         raise ValueError(f"intrinsics must be 'fx,fy,cx,cy' (four numbers), got {text!r}")
+    if not all(math.isfinite(v) for v in values) or values[0] <= 0 or values[1] <= 0:
+        raise ValueError(f"intrinsics must be finite with fx, fy > 0, got {text!r}")
     return values

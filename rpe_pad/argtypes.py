@@ -44,10 +44,25 @@ def non_negative_float(text: str) -> float:
 
 
 def folder(text: str) -> Path:
-    """A folder's path; an empty one is refused (``Path("")`` would quietly be the current folder)."""
+    """A folder's path; an empty one is refused (``Path("")`` would quietly be the current folder),
+    and so is one that is a file or lies under one: an output folder that cannot be made was
+    found only when the work was done and its results were to be written."""
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
-    return Path(text)
+    path = Path(text)
+    blocking = writable_parent(path)
+    if blocking is not None:
+        where = "" if blocking == path else f"{text}: "
+        raise argparse.ArgumentTypeError(f"{where}{blocking} is a file, not a folder")
+    return path
+
+
+def writable_parent(path: Path) -> Path | None:
+    """The file that stands where ``path`` or one of its folders would be, or None."""
+    for part in (path, *path.parents):
+        if part.exists():
+            return None if part.is_dir() else part
+    return None
 
 
 def intrinsics(text: str) -> tuple[float, float, float, float]:

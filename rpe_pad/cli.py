@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from models import registry
-from rpe_pad.argtypes import folder, int_between, intrinsics, non_negative_float, non_negative_int
+from rpe_pad.argtypes import folder, int_between, intrinsics, non_negative_float, non_negative_int, writable_parent
 from rpe_pad import __version__
 
 PATH_ERRORS = (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -39,6 +39,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     if args.sheet and (args.sheet.is_dir() or args.sheet.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp")):
         raise ValueError(f"--sheet {args.sheet}: give the path of an image file to write (.png, .jpg or .webp)")
+    if args.sheet and writable_parent(args.sheet.parent) is not None:  # now, not after loading every photo
+        raise ValueError(f"--sheet {args.sheet}: {writable_parent(args.sheet.parent)} is a file, not a folder")
     category = load_category(args.category_dir, size=args.size, progress=True)
     print(json.dumps(describe(category), indent=2))
     if args.sheet:
@@ -63,7 +65,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    stages = args.stages.split(",") if args.stages else None
+    stages = args.stages.split(",") if args.stages is not None else None  # "" names none: refused, not all
     if len(args.category_dir) == 1 and args.ray is None:  # one category, here: no Ray
         from training.pipeline import run_train, summary_table
 
@@ -224,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("synth", help="write a synthetic LEGO-like category in MAD-Sim layout")
-    p.add_argument("out_dir", type=Path, help="output folder (created; must be empty or absent)")
+    p.add_argument("out_dir", type=folder, help="output folder (created; must be empty or absent)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="RNG seed (default 0)")
     p.add_argument("--size", type=int_between(16, 2048), default=256, help="image size in pixels, 16-2048 (default 256)")
     p.add_argument("--train-views", type=int_between(1, 1000), default=100, help="training views, 1-1000 (default 100)")

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     @field_validator("bundles")
     @classmethod
     def _valid_source(cls, value: str) -> str:
+        if not value.strip():  # Path("") would quietly be the current folder
+            raise ValueError("is empty: give the bundles folder or an s3:// location")
         parse_source(value)  # ValueError naming the problem of a malformed s3:// URL
         return value
 

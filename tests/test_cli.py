@@ -63,17 +63,28 @@ def test_what_the_machine_refuses_is_one_line(tmp_path: Path, capsys: pytest.Cap
     naming the path, not a traceback."""
     afile = tmp_path / "afile.png"
     afile.write_bytes(b"x")
-    assert main(["synth", str(afile)]) == 2
-    assert "is a file" in capsys.readouterr().err
-    assert main(["synth", str(afile / "below"), "--size", "16", "--train-views", "1", "--test-views", "0"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("rpe-pad synth: error:") and str(afile) in err and len(err.strip().splitlines()) == 1
+    # An output folder that is a file, or lies under one: refused as the arguments are read,
+    # not when the work is done (selfcheck and evaluate scored everything first).
+    for argv in (["synth", str(afile)], ["synth", str(afile / "below")], ["demo", "--out", str(afile / "d")],
+                 ["selfcheck", str(tmp_path), "--bundles", str(tmp_path), "--out", str(afile)],
+                 ["inspect", str(tmp_path), str(afile), "--out", str(afile / "o")],
+                 ["lab", "evaluate", str(tmp_path), str(tmp_path), "--out", str(afile)]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.strip().splitlines()[-1].startswith(f"rpe-pad {argv[0]}"), argv
+        assert err.strip().splitlines()[-1].endswith(f"{afile} is a file, not a folder")  # after the usage
+    with pytest.raises(SystemExit) as exc:  # NaN intrinsics passed here and failed image by image
+        main(["inspect", str(tmp_path), str(afile), "--intrinsics", "nan,1,1,1"])
+    assert exc.value.code == 2 and "must be finite with fx, fy > 0" in capsys.readouterr().err
     assert main(["show", str(afile)]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
     assert main(["serve", "--bundles", str(afile)]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
     assert main(["show", str(tmp_path), "--sheet", str(tmp_path)]) == 2
     assert "give the path of an image file to write" in capsys.readouterr().err
+    assert main(["show", str(tmp_path), "--sheet", str(afile / "sheet.png")]) == 2  # before reading any photo
+    assert f"{afile} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_a_machine_failure_exits_1_in_one_line_or_with_its_traceback_on_request(
@@ -98,6 +109,8 @@ def test_serve_refuses_one_bundle_for_its_parent_and_bad_settings(tiny_release: 
     assert f"serve its parent folder (--bundles {tiny_release.parent})" in capsys.readouterr().err
     assert main(["serve", "--bundles", "s3://"]) == 2  # named as the user gave it: the option
     assert capsys.readouterr().err.startswith("rpe-pad serve: error: --bundles:")
+    assert main(["serve", "--bundles", ""]) == 2  # it served the current folder
+    assert "--bundles: Value error, is empty" in capsys.readouterr().err
     monkeypatch.setenv("RPEPAD_DRAIN_S", "abc")
     assert main(["serve", "--bundles", str(tiny_release.parent)]) == 2
     err = capsys.readouterr().err
@@ -106,6 +119,14 @@ def test_serve_refuses_one_bundle_for_its_parent_and_bad_settings(tiny_release: 
     monkeypatch.setenv("RPEPAD_QUEUE_SIZE", "4")  # two settings at odds: named by what they are
     assert main(["serve", "--bundles", str(tiny_release.parent)]) == 2
     assert capsys.readouterr().err.startswith("rpe-pad serve: error: settings: Value error, max_files_per_batch (16)")
+
+
+def test_inspect_given_the_bundles_folder_names_a_bundle_in_it(tiny_release: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "q.png"
+    image.write_bytes(b"not read")
+    assert main(["inspect", str(tiny_release.parent), str(image)]) == 3
+    assert f"it holds bundles: give one of them ({tiny_release}, ...)" in capsys.readouterr().err
 
 
 def test_inspect_on_cuda_without_a_gpu_is_a_user_error(tiny_release: Path, tmp_path: Path,
@@ -134,8 +155,9 @@ def test_inspect_refuses_an_image_too_small_to_inspect(tiny_release: Path, tmp_p
     (tmp_path / "kept").mkdir()  # but a folder that was there before stays
     assert main(["inspect", str(tiny_release), str(tiny), "--out", str(tmp_path / "kept"), "--device", "cpu"]) == 1
     assert (tmp_path / "kept").is_dir() and "too small" in capsys.readouterr().err
-    assert main(["inspect", str(tiny_release), str(tiny), "--out", str(tiny), "--device", "cpu"]) == 2
-    assert f"--out {tiny} is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # refused as the arguments are read
+        main(["inspect", str(tiny_release), str(tiny), "--out", str(tiny), "--device", "cpu"])
+    assert exc.value.code == 2 and f"--out: {tiny} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_inspect_refuses_a_missing_image_before_loading_the_bundle(tmp_path: Path,

@@ -47,19 +47,34 @@ def _compact(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("config", "scores", "key", "history", "psnr_test", "per_output")}
 
 
+def _json(path: Path):
+    return json.loads(path.read_text())
+
+
+def _read(path: Path, read):
+    """``read(path)``; a stage output that does not read (hand-edited, cut short) is one line
+    naming it, not the parser's dump."""
+    try:
+        return read(path)
+    except Exception as exc:  # noqa: BLE001 - whatever the reader raises, the file is named
+        lines = str(exc).strip().splitlines()
+        raise ValueError(f"{path}: does not read ({type(exc).__name__}: {lines[0] if lines else 'no detail'}); run "
+                         "the stage that writes it again") from exc
+
+
 def manifest_fields(category: Category, work: Path, preset: str, calib_cfg) -> dict:
     """The manifest's descriptive fields, read from the work folder's stage outputs."""
-    scene = GaussianScene.load(work / FILES["scene"])
-    irprn = json.loads((work / FILES["irprn_config"]).read_text())
-    calib = Calibration.model_validate_json((work / FILES["calibration"]).read_text())
-    gallery = Gallery.load(work / FILES["gallery"])
-    reports = {stage: json.loads((work / rel).read_text()) for stage, rel in sorted(REPORTS.items())
+    scene = _read(work / FILES["scene"], GaussianScene.load)
+    irprn = _read(work / FILES["irprn_config"], _json)
+    calib = _read(work / FILES["calibration"], lambda path: Calibration.model_validate_json(path.read_text()))
+    gallery = _read(work / FILES["gallery"], Gallery.load)
+    reports = {stage: _read(work / rel, _json) for stage, rel in sorted(REPORTS.items())
                if rel.endswith(".json") and (work / rel).is_file()}
     spec = SPECS.get(irprn["model"]["backbone"])
     mean, std = (spec.mean, spec.std) if spec else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    splats_cfg = json.loads((work / WORK_FILES["splats_config"]).read_text())
+    splats_cfg = _read(work / WORK_FILES["splats_config"], _json)
     rvss_path = work / WORK_FILES["rvss_config"]
-    rvss_cfg = json.loads(rvss_path.read_text()) if rvss_path.is_file() else None
+    rvss_cfg = _read(rvss_path, _json) if rvss_path.is_file() else None
     return {
         "software": f"rpe-pad {package_version()}",
         "camera": {"width": category.width, "height": category.height, "K": category.K.tolist(),
@@ -115,7 +130,7 @@ def run_bundle_stage(category: Category, work: Path, bundles_dir: Path, preset: 
     except BundleError:
         pass
     fields = manifest_fields(category, work, preset, calib_cfg)
-    gallery = Gallery.load(work / FILES["gallery"])
+    gallery = _read(work / FILES["gallery"], Gallery.load)
 
     def views(tmp: Path) -> None:
         if gallery.images is not None:

@@ -81,6 +81,19 @@ def test_bundle_stage_reassembles_a_bundle_with_older_inference_settings(tiny_re
     assert not report.get("skipped") and read_manifest(copy).inference == InspectorConfig().to_dict()
 
 
+def test_a_stage_output_that_does_not_read_is_named_in_one_line(tiny_pose_bundle: Path, tiny_synth: Path,
+                                                                 tmp_path: Path) -> None:
+    """A cut-short calibration.json in the work folder gave pydantic's many-line dump, naming no file."""
+    work = tmp_path / "work"
+    shutil.copytree(tiny_pose_bundle, work)
+    (work / FILES["calibration"]).write_text('{"threshold": ')
+    with pytest.raises(ValueError) as info:
+        run_bundle_stage(load_category(tiny_synth), work, tmp_path / "bundles", "demo", CalibConfig(), progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{work / FILES['calibration']}: does not read (ValidationError: ")
+    assert "run the stage that writes it again" in message and len(message.splitlines()) == 1
+
+
 def _flip_last_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
