@@ -129,6 +129,7 @@ class State:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference",
                                            initializer=_cpu_threads, initargs=(settings.threads,))
         self.telemetry = Telemetry()
+        self.decoding = asyncio.Semaphore(settings.max_decodes)  # uploads decoded at once (their memory)
         self.records: RecordStore | None = None
         self.records_error: str | None = None  # why records are unavailable, when they are on but failed to open
 
@@ -589,12 +590,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Off the event loop. A query of the bundle's camera is decoded and resized by Pillow and
             # numpy in the thread pool; resampling another camera's photo takes torch ops, which run
             # on the one inference thread (State.executor says why).
-            if camera is None:
-                prepared = await run_in_threadpool(lambda: to_camera(decode(data, name, state.settings,
-                                                                            inspector.scene.background)))
-            else:
-                image = await run_in_threadpool(decode, data, name, state.settings, inspector.scene.background)
-                prepared = await asyncio.get_running_loop().run_in_executor(state.executor, to_camera, image)
+            async with state.decoding:  # a full-size photo's pixels live until it is the bundle's size
+                if camera is None:
+                    prepared = await run_in_threadpool(lambda: to_camera(decode(data, name, state.settings,
+                                                                                inspector.scene.background)))
+                else:
+                    image = await run_in_threadpool(decode, data, name, state.settings, inspector.scene.background)
+                    prepared = await asyncio.get_running_loop().run_in_executor(state.executor, to_camera, image)
+                    del image
         if phases is not None:
             phases.update(read=t1 - t0, decode=time.perf_counter() - t1)
         return prepared, data

@@ -7,6 +7,7 @@ import logging
 import re
 import struct
 import tempfile
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -301,6 +302,35 @@ def test_query_camera(client: TestClient, category: str, query_png: bytes) -> No
     for bad in ("1,2,3", "a,b,c,d", "0,1,1,1"):
         r = _post(client, category, query_png, intrinsics=bad)
         assert r.status_code == 422 and ("intrinsics" in r.json()["detail"] or "fx" in r.json()["detail"]), bad
+
+
+def test_uploads_are_decoded_a_few_at_a_time(tiny_release: Path, category: str, query_png: bytes,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each decode of a full-size photo holds about 40 bytes a pixel (a 25-megapixel PNG of
+    84 KB took 930 MB), and every request's decode ran at once in the thread pool."""
+    import service.app
+
+    running, most, lock = [0], [0], threading.Lock()
+    real = service.app.decode
+
+    def counted(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.05)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(service.app, "decode", counted)
+    with _client(tiny_release.parent, max_decodes=2) as c:
+        _wait_ready(c)
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(lambda _: _post(c, category, query_png).status_code, range(12)))
+    assert codes == [200] * 12
+    assert most[0] == 2  # as many as the setting allows, no more
 
 
 def test_upload_size_limit_and_api_key(tiny_release: Path, category: str, query_png: bytes) -> None:
