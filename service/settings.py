@@ -49,8 +49,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, gt=0)  # width x height, checked before decoding
     min_image_side: int = Field(default=MIN_IMAGE_SIDE, gt=0)  # smaller images are refused (422)
     max_files_per_batch: int = Field(default=16, gt=0)  # POST /inspect/batch
-    # uploads decoded at once, over all requests: a photo at full size takes about 40 bytes a
-    # pixel while it is decoded and brought to the bundle's camera (1 GB at 25 megapixels)
+    # uploads decoded at once, over all requests: a photo at full size takes 25-40 bytes a pixel
+    # while it is decoded and brought to the bundle's camera (0.6-0.9 GB at 25 megapixels)
     max_decodes: int = Field(default=4, gt=0)
     api_key: SecretStr | None = None  # when set, every inspection needs header X-API-Key (outer whitespace dropped)
     max_batch: int = Field(default=4, gt=0)  # images per model call (micro-batch)

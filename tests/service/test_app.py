@@ -306,8 +306,8 @@ def test_query_camera(client: TestClient, category: str, query_png: bytes) -> No
 
 def test_uploads_are_decoded_a_few_at_a_time(tiny_release: Path, category: str, query_png: bytes,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each decode of a full-size photo holds about 40 bytes a pixel (a 25-megapixel PNG of
-    84 KB took 930 MB), and every request's decode ran at once in the thread pool."""
+    """Each decode of a full-size photo holds 25-40 bytes a pixel (a 25-megapixel PNG of 84 KB
+    took 0.6-0.9 GB), and every request's decode ran at once in the thread pool."""
     import service.app
 
     running, most, lock = [0], [0], threading.Lock()
