@@ -37,7 +37,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from training.pipeline import run_train, summary_table
 
-    stages = args.stages.split(",") if args.stages else None
+    stages = args.stages.split(",") if args.stages is not None else None  # "" names none: refused, not all
     switches = {"rvss_m": args.rvss_m, "rvss_orbit": args.rvss_orbit, "n_refine": args.refine_layers,
                 "k": args.pairs_k, "mpts": False if args.no_mpts else None, "epochs": args.irprn_epochs,
                 "holdout": args.holdout}

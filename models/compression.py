@@ -130,19 +130,20 @@ def too_coarse(compression: Compression | None, width: int, bundle_width: int,
     ``MIN_SUBSAMPLED_SCALE`` times the bundle's width."""
     if compression is None:
         return ""
+    if compression.format != "JPEG" or compression.quality is None:
+        return (f"it is {compression.format}, lossy, and its quality cannot be read from the file, so no bundle "
+                "setting can vouch for it")
     taken, photo_width = measured
     if taken is not None and photo_width is not None:
         if not taken:
             return "its calibration found no JPEG setting that left its false alarms as they were"
-        if compression.format != "JPEG" or compression.quality is None:
-            return "its compression was not measured by the bundle's calibration"
         finest_needed = ", ".join(f"quality {q} {c}" for q, c in taken)
         if width < photo_width:
             return f"it is {width} px wide, under the {photo_width} px of the photos the bundle's calibration measured"
         if not any(compression.quality >= q and _COARSENESS.get(compression.chroma, 3) <= _COARSENESS[c] for q, c in taken):
             return f"it is coarser than what the bundle's calibration took ({finest_needed})"
         return ""
-    if compression.format == "JPEG" and compression.quality is not None and compression.quality >= MIN_QUALITY:
+    if compression.quality >= MIN_QUALITY:
         if compression.chroma == "4:4:4" or width >= MIN_SUBSAMPLED_SCALE * bundle_width:
             return ""
         return (f"its chroma is subsampled ({compression.chroma or 'unknown'}) at {width} px wide, under "

@@ -58,10 +58,14 @@ def folder(text: str) -> Path:
 
 
 def writable_parent(path: Path) -> Path | None:
-    """The file that stands where ``path`` or one of its folders would be, or None."""
-    for part in (path, *path.parents):
-        if part.exists():
-            return None if part.is_dir() else part
+    """The file that stands where ``path`` or one of its folders would be, or None (also when a
+    folder cannot be read: the command's own error names that, as it did)."""
+    try:
+        for part in (path, *path.parents):
+            if part.exists():
+                return None if part.is_dir() else part
+    except OSError:
+        return None
     return None
 
 

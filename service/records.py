@@ -786,8 +786,9 @@ class RecordStore:
         return record
 
     def set_feedback(self, record_id: str, label: str | None, note: str | None) -> Record | None:
-        """The operator's word on a record (``label`` None clears it); the word it replaces is
-        kept in ``feedback_history``, so a correction never loses what was said before.
+        """The operator's word on a record (``label`` None clears it, ``note`` then saying why);
+        the word it replaces is kept in ``feedback_history``, so a correction never loses what
+        was said before.
 
         Words given at the same moment (two operators, a retried request) are each kept: the
         write is a compare-and-set on ``feedback_at``, so an update whose history was read
@@ -801,13 +802,13 @@ class RecordStore:
                     return None
                 seen = record.feedback_at
                 history = json.loads(record.feedback_history or "[]")
-                if record.feedback is not None:
+                if record.feedback is not None or record.feedback_note is not None:  # a word, or a clear's reason
                     history.append({"label": record.feedback, "note": record.feedback_note,
                                     "at": seen.isoformat() + "Z" if seen else None})
                 now = utc_now()
                 if seen is not None and now <= seen:  # a coarse clock: keep the moments ordered
                     now = seen + timedelta(microseconds=1)
-                values = {"feedback": label, "feedback_note": note if label is not None else None,
+                values = {"feedback": label, "feedback_note": note,
                           "feedback_at": now, "feedback_history": json.dumps(history) if history else None}
                 unchanged = Record.feedback_at.is_(None) if seen is None else Record.feedback_at == seen
                 written = session.execute(update(Record).where(Record.id == record_id, unchanged).values(**values)

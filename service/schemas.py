@@ -87,6 +87,7 @@ class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is refused, not dropped
 
     label: Literal["confirmed_defect", "false_alarm"] | None = Field(
-        description="what the part really was; null clears the feedback (the earlier word is kept in the history)")
+        description="what the part really was; null clears the feedback (the earlier word is kept in the history, "
+                    "the note says why it was cleared)")
     note: str | None = Field(None, max_length=2000, pattern="^[^\\x00]*$",
                              description="free text (no NUL character, which no database keeps)")

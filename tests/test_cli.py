@@ -87,6 +87,18 @@ def test_what_the_machine_refuses_is_one_line(tmp_path: Path, capsys: pytest.Cap
     assert f"{afile} is a file, not a folder" in capsys.readouterr().err
 
 
+def test_an_unreadable_folder_is_left_to_the_command_to_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Path.exists`` raises on a folder that cannot be read; the argument check (run outside
+    the CLI's error handling) then printed a traceback where the command said "Permission denied"."""
+    from rpe_pad.argtypes import folder
+
+    def denied(self) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "exists", denied)
+    assert folder(str(tmp_path / "locked" / "out")) == tmp_path / "locked" / "out"
+
+
 def test_a_machine_failure_exits_1_in_one_line_or_with_its_traceback_on_request(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import training.synth

@@ -56,6 +56,8 @@ def _read(path: Path, read):
     naming it, not the parser's dump."""
     try:
         return read(path)
+    except OSError:
+        raise  # the disk's or the network's failure, not the file's content: retried, not blamed
     except Exception as exc:  # noqa: BLE001 - whatever the reader raises, the file is named
         lines = str(exc).strip().splitlines()
         raise ValueError(f"{path}: does not read ({type(exc).__name__}: {lines[0] if lines else 'no detail'}); run "

@@ -24,6 +24,7 @@ from training.evaluate import evaluate
 from training.pipeline import run_train, summary_table
 from training.synth import SynthConfig, generate
 
+MADE_BY = "rpe-pad demo"  # in the category's synth.json
 DEMO_SYNTH = SynthConfig(seed=0, size=128, train_views=60, test_views=16)
 
 
@@ -36,11 +37,11 @@ def run_demo(out: Path, synth: SynthConfig = DEMO_SYNTH, preset: str = "demo") -
     else:
         print(f"[1/5] generating a synthetic category in {category_dir} (seed {synth.seed}, {synth.size}px)")
         if category_dir.is_dir() and any(category_dir.iterdir()):
-            if not _made_by_synth(category_dir):  # never delete what the demo did not make
+            if not _made_by_demo(category_dir):  # never delete what the demo did not make
                 raise FileExistsError(f"{category_dir} is there and was not made by `rpe-pad demo`: move it, or "
                                       f"give another --out")
             shutil.rmtree(category_dir)  # the demo's own category, with other settings
-        generate(category_dir, synth)
+        generate(category_dir, synth, made_by=MADE_BY)
     category = load_category(category_dir)
     print(json.dumps(describe(category), indent=2))
     sheet = out / "synthetic_lego_sheet.png"
@@ -87,10 +88,10 @@ def run_demo(out: Path, synth: SynthConfig = DEMO_SYNTH, preset: str = "demo") -
     return 0
 
 
-def _made_by_synth(category_dir: Path) -> bool:
-    """Whether ``category_dir`` is a folder ``rpe-pad synth`` wrote (its ``synth.json`` says so)."""
+def _made_by_demo(category_dir: Path) -> bool:
+    """Whether ``category_dir`` is a category the demo wrote (its ``synth.json`` says so)."""
     try:
-        return json.loads((category_dir / "synth.json").read_text()).get("generator") == "rpe-pad synth"
+        return json.loads((category_dir / "synth.json").read_text()).get("made_by") == MADE_BY
     except (ValueError, OSError, AttributeError):
         return False
 

@@ -41,7 +41,7 @@ def test_lossless_files_and_non_images_carry_none() -> None:
     assert compression_of(encoded(format="TIFF", compression="tiff_lzw")) is None
     # JPEG inside a TIFF is as lossy as a plain JPEG (it was taken as lossless, and judged)
     assert compression_of(encoded(format="TIFF", compression="jpeg", quality=10)) == Compression("TIFF with JPEG")
-    assert too_coarse(Compression("TIFF with JPEG"), 4000, 400)
+    assert too_coarse(Compression("TIFF with JPEG"), 4000, 400).startswith("it is TIFF with JPEG, lossy")
     assert compression_of(encoded(format="WEBP", lossless=True)) is None
     assert compression_of(encoded(format="WEBP", quality=90)) == Compression("WebP")
     assert compression_of(b"not an image") is None
@@ -55,8 +55,10 @@ def test_the_rule_for_a_bundle_trained_on_lossless_photos() -> None:
     assert too_coarse(Compression("JPEG", 100, "4:2:0"), 400, 200) == ""
     assert "chroma is subsampled (4:2:0) at 256 px" in too_coarse(Compression("JPEG", 100, "4:2:0"), 256, 200)
     assert "coarser than JPEG quality 95" in too_coarse(Compression("JPEG", 90, "4:4:4"), 4000, 200)
-    assert "coarser" in too_coarse(Compression("JPEG", None, "4:4:4"), 4000, 200)  # no table to read: not trusted
-    assert "coarser" in too_coarse(Compression("WebP"), 4000, 200)
+    # No quality to read: not trusted, said as it is (a quality-98 TIFF was "coarser than 95").
+    for unread in (Compression("JPEG", None, "4:4:4"), Compression("WebP"), Compression("TIFF with JPEG")):
+        for measured in ((None, None), ([(90, "4:4:4")], 100)):
+            assert "its quality cannot be read from the file" in too_coarse(unread, 4000, 200, measured)
 
 
 def test_a_category_knows_whether_its_photos_were_lossy(tmp_path) -> None:
@@ -90,7 +92,7 @@ def test_a_bundles_own_measurement_decides() -> None:
     assert "coarser than what the bundle's calibration took (quality 100 4:4:4, quality 95 4:4:4)" in too_coarse(
         Compression("JPEG", 95, "4:2:0"), 400, 200, measured)  # the fixed rule would take it at 2 x
     assert "under the 400 px" in too_coarse(Compression("JPEG", 100, "4:4:4"), 256, 200, measured)
-    assert "not measured" in too_coarse(Compression("WebP"), 400, 200, measured)
+    assert "its quality cannot be read" in too_coarse(Compression("WebP"), 400, 200, measured)
     subsampled = ([(95, "4:4:4"), (95, "4:2:0"), (85, "4:2:0")], 400)
     assert too_coarse(Compression("JPEG", 90, "4:2:2"), 400, 200, subsampled) == ""  # finer chroma than a step taken
     assert "no JPEG setting" in too_coarse(Compression("JPEG", 100, "4:4:4"), 400, 200, ([], 400))

@@ -174,6 +174,12 @@ def test_feedback_filters_pagination_and_csv(tiny_release: Path, tmp_path: Path,
         assert [h["label"] for h in cleared["feedback_history"]] == ["false_alarm", "confirmed_defect"]
         assert all(datetime.fromisoformat(h["at"]).utcoffset() == timedelta(0) for h in cleared["feedback_history"])
         assert ids[1] in [i["id"] for i in c.get("/inspections", params={"feedback": "none"}).json()["items"]]
+        # A clear with its reason: the reason is kept (it was dropped without a word), and goes
+        # to the history with the next word.
+        why = c.post(f"/inspections/{ids[1]}/feedback", json={"label": None, "note": "mis-click"}).json()
+        assert why["feedback"] is None and why["feedback_note"] == "mis-click"
+        again = c.post(f"/inspections/{ids[1]}/feedback", json={"label": "false_alarm"}).json()
+        assert [(h["label"], h["note"]) for h in again["feedback_history"]][-1] == (None, "mis-click")
 
 
 @pytest.mark.slow(seconds=6)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import json
 import math
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +203,11 @@ def test_synth_fills_the_current_folder_and_the_demo_deletes_only_its_own(tmp_pa
     with pytest.raises(FileExistsError, match="was not made by `rpe-pad demo`"):
         run_demo(tmp_path / "demo", cfg)
     assert notes.read_text() == "mine"
+    shutil.rmtree(notes.parents[1])  # a category of the user's own `rpe-pad synth`, other settings: kept too
+    generate(notes.parents[1], replace(cfg, seed=4), progress=False)
+    with pytest.raises(FileExistsError, match="was not made by `rpe-pad demo`"):
+        run_demo(tmp_path / "demo", cfg)
+    assert json.loads((notes.parents[1] / "synth.json").read_text())["config"]["seed"] == 4
 
 
 def test_synth_names_each_bad_setting(tmp_path: Path) -> None:

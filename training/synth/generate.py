@@ -342,7 +342,7 @@ def transforms_frame(file_path: str, w2c: torch.Tensor) -> dict:
     return {"file_path": file_path, "transform_matrix": c2w.tolist()}
 
 
-def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = True) -> Path:
+def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = True, made_by: str = "rpe-pad synth") -> Path:
     """Write a synthetic category to ``out_dir`` (created; must be empty or absent). It is written
     into a hidden sibling folder and renamed into place when whole, so a run that fails or is
     interrupted leaves ``out_dir`` as it was and the same command can run again."""
@@ -359,7 +359,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = True) -> Pa
     if problems:
         raise ValueError("synth: " + "; ".join(problems))
     with written_whole(out) as partial:
-        _write(partial, cfg, progress, out.name)
+        _write(partial, cfg, progress, out.name, made_by)
     return out
 
 
@@ -368,15 +368,17 @@ def written_whole(out: Path):
     """A hidden sibling folder to write ``out`` into (``out`` absent or empty): renamed to ``out``
     when the block ends without an error, and removed either way, so a run that fails or is
     interrupted leaves ``out`` as it was. An empty ``out`` that is there already (the current
-    folder, ``rpe-pad synth .``) is kept and filled: the parts are renamed into it, ``synth.json``
-    last."""
+    folder, ``rpe-pad synth .``, a mounted volume) is kept and filled: the hidden folder is made
+    inside it, and its parts renamed up into it, ``synth.json`` last."""
     out = out.resolve()  # "." has no name to make a sibling from, and cannot be replaced
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    there = out.is_dir()  # empty: the callers check it. Written inside it, so that it may be a mount point
+    partial = (out / f".partial-{uuid.uuid4().hex[:8]}" if there
+               else out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     partial.mkdir()
     try:
         yield partial
-        if out.is_dir():  # empty: the callers check it
+        if there:
             for part in sorted(partial.iterdir(), key=lambda p: p.name == "synth.json"):
                 part.rename(out / part.name)
         else:
@@ -395,7 +397,7 @@ def synth_object(cfg: SynthConfig) -> tuple[SynthObject, np.random.Generator]:
     return obj, rng
 
 
-def _write(out: Path, cfg: SynthConfig, progress: bool, name: str) -> None:
+def _write(out: Path, cfg: SynthConfig, progress: bool, name: str, made_by: str) -> None:
     obj, rng = synth_object(cfg)
     K = camera.intrinsics_from_fov(CAMERA_ANGLE_X, cfg.size, cfg.size)
     train_poses = ring_cameras(cfg.train_views, cfg, rng)
@@ -419,6 +421,7 @@ def _write(out: Path, cfg: SynthConfig, progress: bool, name: str) -> None:
         out / "synth.json",
         {
             "generator": "rpe-pad synth",
+            "made_by": made_by,  # the command that wrote it (the demo deletes only its own)
             "format_version": FORMAT_VERSION,
             "config": asdict(cfg),
             "elements": [
