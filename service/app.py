@@ -627,7 +627,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return InspectionOut(
             **result.model_dump(), request_id=request.state.request_id, category=category,
             filename=clean_filename(filename),
-            record_id=record_id,
+            record_id=record_id, bundle_sha256=inspector.bundle_sha256,
             reference_png=None if reference is None else _png_b64(Image.fromarray(reference)),
             anomaly_map_png=None if norm is None else _png_b64(Image.fromarray(np.round(norm * 255).astype(np.uint8),
                                                                                mode="L")),
@@ -706,14 +706,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
              responses={200: {"content": {"image/png": {}}, "description": "the gallery view"},
                         **problems.errors(401, 404, 422, 503)})
     async def gallery_view(category: str, view_id: Annotated[int, FastPath(ge=0, le=1_000_000)],
-                           state: Ready) -> Response:
+                           state: Ready, v: Annotated[str | None, Query(
+                               pattern="^[0-9a-f]{12,64}$",
+                               description="the bundle version the view is asked of: the first characters (12 or "
+                                           "more) of a result's bundle_sha256. With it, the view is that version's "
+                                           "or a 404 once another is served, and may be cached; without it, the "
+                                           "view is the version served now, revalidated each time")] = None,
+                           ) -> Response:
         """A gallery view of a loaded category, as a result's ``matches[].id`` names it."""
         inspector, _ = state.serving(category)
+        if v is not None and not inspector.bundle_sha256.startswith(v):  # a result of an earlier version
+            raise ServiceError(404, f"category {category!r} now serves bundle {inspector.bundle_sha256[:12]}, not "
+                                    f"{v}: that version's gallery view {view_id} is gone (inspect again)")
         png = await asyncio.to_thread(inspector.gallery_view_png, view_id)
         if png is None:
             raise ServiceError(404, f"category {category!r} has no gallery view {view_id}")
-        return Response(png, media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=86400"})
+        cache = "private, max-age=86400, immutable" if v is not None else "private, no-cache"
+        return Response(png, media_type="image/png", headers={"Cache-Control": cache})
 
     # ------------------------------------------------------------ records
     def _record(state: State, record_id: str | None, out: InspectionOut, result: Inspection, image, data: bytes,

@@ -29,6 +29,9 @@ class InspectionOut(Inspection):
     reference_png: str | None = Field(None, description="base64 PNG of the rendered normal reference at the pose")
     record_id: str | None = Field(None, description="id of the stored inspection record (GET /inspections/{id}); "
                                                     "null when records are off")
+    bundle_sha256: str = Field("", description="the bundle version that answered (sha256 of its manifest.json, as "
+                                               "GET /categories gives it): its threshold and floors are the ones "
+                                               "that apply, and its gallery views are ?v= its first 12 characters")
 
 
 class BatchOut(BaseModel):

@@ -128,6 +128,17 @@ def test_inspect_returns_everything(client: TestClient, category: str, query_png
     high = _post(client, category, query_png, threshold=str(body["score"] * 1.01)).json()
     assert low["score"] == pytest.approx(body["score"], rel=1e-5) and low["is_anomalous"] and not high["is_anomalous"]
     assert low["threshold"] == pytest.approx(body["score"] * 0.99, rel=1e-4)
+    # The answer names the bundle version that gave it; its gallery views are asked of that
+    # version (a view of a version swapped out since is a 404, not the new version's picture).
+    sha = client.get("/categories").json()["categories"][0]["bundle_sha256"]
+    assert body["bundle_sha256"] == sha and len(sha) == 64
+    view = body["gallery_matches"][0]["id"]
+    r = client.get(f"/categories/{category}/gallery/{view}.png", params={"v": sha[:12]})
+    assert r.status_code == 200 and "immutable" in r.headers["cache-control"]
+    assert client.get(f"/categories/{category}/gallery/{view}.png").headers["cache-control"] == "private, no-cache"
+    other = ("0" if sha[0] != "0" else "1") + sha[1:12]
+    r = client.get(f"/categories/{category}/gallery/{view}.png", params={"v": other})
+    assert r.status_code == 404 and f"now serves bundle {sha[:12]}, not {other}" in r.json()["detail"]
 
 
 def test_batch(client: TestClient, category: str, query_png: bytes, defect_png: bytes) -> None:

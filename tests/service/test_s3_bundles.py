@@ -302,7 +302,7 @@ def test_service_swaps_versions_under_load_and_keeps_serving_through_failures(
             def client_loop() -> None:
                 while not stop.is_set():
                     r = _post(c, name, query_png)
-                    answers.append((r.status_code, r.json().get("record_id")))
+                    answers.append((r.status_code, r.json().get("record_id"), r.json().get("bundle_sha256")))
 
             clients = [threading.Thread(target=client_loop, daemon=True) for _ in range(2)]
             for t in clients:
@@ -319,11 +319,17 @@ def test_service_swaps_versions_under_load_and_keeps_serving_through_failures(
                 for t in clients:
                     t.join(timeout=60)
             assert not any(t.is_alive() for t in clients), "a request was never answered"
-            assert [status for status, _ in answers] == [200] * len(answers)
+            assert [status for status, _, _ in answers] == [200] * len(answers)
             state = c.app.state.svc
             assert state.records.flush(timeout=30)
-            versions = {c.get(f"/inspections/{record}").json()["bundle_sha256"] for _, record in answers}
+            versions = {c.get(f"/inspections/{record}").json()["bundle_sha256"] for _, record, _ in answers}
             assert versions == {v1, _sha(v2)}  # both versions answered during the run
+            # Each answer names the version that gave it, as its record does; a gallery view of
+            # the old version is gone (it was served the new version's picture, cached a day).
+            assert all(c.get(f"/inspections/{record}").json()["bundle_sha256"] == sha for _, record, sha in answers)
+            gone = c.get(f"/categories/{name}/gallery/0.png", params={"v": v1[:12]})
+            assert gone.status_code == 404 and "inspect again" in gone.json()["detail"]
+            assert c.get(f"/categories/{name}/gallery/0.png", params={"v": _sha(v2)[:12]}).status_code == 200
             _until(lambda: not state.retiring, what="the old batcher drained")
             assert c.get("/readyz").json()["detail"] is None and refused() == {}
             cache = tmp_path / "data" / "bundles-cache"

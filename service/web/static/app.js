@@ -114,21 +114,27 @@ async function waitReady() {
 
 async function loadCategories(ready = null) {
   const body = await getJson("/categories");
-  state.categories = new Map(body.categories.map((c) => [c.category, c]));
   const select = $("#category");
   const filter = $("#f-category");
+  const chosen = select.value, filtered = filter.value;  // kept across a reload (a new bundle version)
+  const before = state.categories.get(chosen);
+  state.categories = new Map(body.categories.map((c) => [c.category, c]));
   select.replaceChildren();
   filter.replaceChildren(new Option("all", ""));
   for (const name of state.categories.keys()) {
     select.append(new Option(name, name));
     filter.append(new Option(name, name));
   }
+  if (state.categories.has(chosen)) select.value = chosen;
+  if (state.categories.has(filtered)) filter.value = filtered;
   const refused = Object.keys(body.refused || {});
   const records = ready && ready.records;  // unavailable, or behind: inspections are answered, records may wait
   setStatus(`${state.categories.size} categor${state.categories.size === 1 ? "y" : "ies"} loaded` +
             (refused.length ? `; refused: ${refused.join(", ")} (see GET /categories)` : "") +
             (records ? `. Inspection records: ${records}` : ""), Boolean(records));
-  setupSlider();
+  const after = currentCategory();  // the slider moves back to the default only for a new version
+  if (!before || !after || before.bundle_sha256 !== after.bundle_sha256) setupSlider();
+  else for (const card of state.cards) if (card.result) redraw(card);
 }
 
 // ------------------------------------------------------------- the slider
@@ -200,7 +206,12 @@ async function inspect(card) {
     const path = `/inspect?category=${encodeURIComponent(card.category)}`;
     const result = await (await api(path, { method: "POST", body: form })).json();
     card.roundTripMs = performance.now() - started;
-    card.map = await mapValues(result);
+    // Another bundle version answered (swapped in while the page was open): its threshold,
+    // floors and slider replace the ones the page holds. Each card keeps its own version's.
+    const known = state.categories.get(card.category);
+    if (!known || known.bundle_sha256 !== result.bundle_sha256) await loadCategories();
+    card.info = state.categories.get(card.category) || known;
+    card.map = await mapValues(result, card.info);
     const query = await queryPixels(card.file, card.map.width, card.map.height);
     card.query = query.pixels;
     card.queryShown = query.shown;
@@ -229,7 +240,7 @@ function decodeImage(src) {
   });
 }
 
-async function mapValues(result) {
+async function mapValues(result, info) {
   const img = await decodeImage(`data:image/png;base64,${result.anomaly_map_png}`);
   const canvas = document.createElement("canvas");
   canvas.width = img.naturalWidth;
@@ -237,7 +248,6 @@ async function mapValues(result) {
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
   ctx.drawImage(img, 0, 0);
   const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
-  const info = state.categories.get(result.category);
   const t = result.threshold, floor = info.map_floor;
   const raw = new Float32Array(canvas.width * canvas.height);
   for (let i = 0; i < raw.length; i++) raw[i] = t + (pixels[4 * i] / 255 - 0.5) * 2 * (t - floor);
@@ -290,7 +300,8 @@ function fill(card) {
   const gallery = $(".gallery", el);
   if (match) {
     $(".gallery-caption", el).textContent = `matched gallery view ${match.name} (similarity ${match.similarity.toFixed(2)})`;
-    loadImage(gallery, `/categories/${encodeURIComponent(result.category)}/gallery/${match.id}.png`)
+    loadImage(gallery, `/categories/${encodeURIComponent(result.category)}/gallery/${match.id}.png` +
+                       `?v=${result.bundle_sha256.slice(0, 12)}`)  // that version's view, or none
       .catch(() => { gallery.alt = "matched gallery view (not available)"; });
   } else {
     gallery.closest("figure").hidden = true;
@@ -323,9 +334,11 @@ function fill(card) {
 }
 
 function redraw(card) {
-  const { el, result, map, query } = card;
-  const info = state.categories.get(result.category);
-  const t = sliderThreshold(result.category) ?? result.threshold;
+  const { el, result, map, query, info } = card;
+  // The slider is the bundle version served now: a card answered by an earlier one keeps its own threshold.
+  const live = state.categories.get(result.category);
+  const t = (live && live.bundle_sha256 === result.bundle_sha256 ? sliderThreshold(result.category) : null) ??
+      result.threshold;
   const verdict = verdictAt(result, t);
   const badge = $(".verdict", el);
   badge.textContent = verdict;
