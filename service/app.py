@@ -763,18 +763,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     FilterQuery = filter_query()
 
     @app.get("/inspections", response_model=RecordPage, dependencies=reads, tags=["records"],
-             responses=problems.errors(401, 422, 503))
+             responses=problems.errors(401, 404, 422, 503))
     async def list_inspections(store: Records, category: str | None = FilterQuery["category"],
                                verdict: str | None = FilterQuery["verdict"],
                                since: datetime | None = FilterQuery["since"],
                                until: datetime | None = FilterQuery["until"],
                                feedback: str | None = FilterQuery["feedback"],
                                limit: int = Query(50, ge=1, le=500),
-                               offset: int = Query(0, ge=0, le=1_000_000_000)) -> RecordPage:
+                               offset: int = Query(0, ge=0, le=1_000_000_000),
+                               before: str | None = Query(None, pattern=RECORD_ID.pattern, description=(
+                                   "start after this record (the last page's next_before): pages read this way "
+                                   "neither repeat nor skip a record when new ones arrive, as pages by offset "
+                                   "do"))) -> RecordPage:
         """Stored inspections, newest first, filtered and paginated."""
         filters = _filters(category, verdict, since, until, feedback)
-        rows, total = await _database(lambda: (store.list(filters, limit, offset), store.count(filters)))
-        return RecordPage(items=[RecordSummary(**_summary(r)) for r in rows], total=total, limit=limit, offset=offset)
+
+        def page():
+            cursor = store.position(before) if before is not None else None
+            if before is not None and cursor is None:
+                raise ServiceError(404, f"no inspection {before} to page from (deleted by retention?): start again "
+                                        "from the newest, without before")
+            return store.list(filters, limit, offset, before=cursor), store.count(filters)
+
+        rows, total = await _database(page)
+        return RecordPage(items=[RecordSummary(**_summary(r)) for r in rows], total=total, limit=limit, offset=offset,
+                          next_before=rows[-1].id if len(rows) == limit else None)
 
     FilterQuery = filter_query()
 

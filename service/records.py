@@ -777,6 +777,12 @@ class RecordStore:
                 rows.append(record)
             return rows
 
+    def position(self, record_id: str) -> tuple[datetime, str] | None:
+        """Where a record sits in the newest-first order (``list``'s ``before``), or None."""
+        with Session(self.engine) as session:
+            created = session.scalar(select(Record.created).where(Record.id == record_id))
+        return None if created is None else (created, record_id)
+
     def get(self, record_id: str) -> Record | None:
         with Session(self.engine, expire_on_commit=False) as session:
             record = session.get(Record, record_id)

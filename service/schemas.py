@@ -84,6 +84,8 @@ class RecordPage(BaseModel):
     total: int = Field(description="records matching the filters")
     limit: int
     offset: int
+    next_before: str | None = Field(None, description="the next page's before= (the last item's id); null on the "
+                                                      "last page")
 
 
 class FeedbackIn(BaseModel):

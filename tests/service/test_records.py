@@ -180,6 +180,17 @@ def test_feedback_filters_pagination_and_csv(tiny_release: Path, tmp_path: Path,
         assert why["feedback"] is None and why["feedback_note"] == "mis-click"
         again = c.post(f"/inspections/{ids[1]}/feedback", json={"label": "false_alarm"}).json()
         assert [(h["label"], h["note"]) for h in again["feedback_history"]][-1] == (None, "mis-click")
+        # Pages by cursor: a record that arrives between two pages neither repeats a row (as an
+        # offset did) nor hides one; a cursor whose record is gone says so.
+        first = c.get("/inspections", params={"limit": 3}).json()
+        assert [i["id"] for i in first["items"]] == ids[:0:-1] and first["next_before"] == ids[1]
+        newer = _inspect(c, category, images["good"])["record_id"]
+        _flush(c)
+        second = c.get("/inspections", params={"limit": 3, "before": first["next_before"]}).json()
+        assert [i["id"] for i in second["items"]] == [ids[0]] and second["next_before"] is None
+        assert second["total"] == 5 and newer not in [i["id"] for i in first["items"] + second["items"]]
+        assert c.get("/inspections", params={"before": "0" * 32}).status_code == 404
+        assert c.get("/inspections", params={"before": "nope"}).status_code == 422
 
 
 @pytest.mark.slow(seconds=6)

@@ -14,7 +14,7 @@ const state = {
   categories: new Map(),  // name -> GET /categories entry
   cards: [],              // inspected images on this page: {el, category, result, map, query}
   queue: Promise.resolve(),
-  offset: 0,
+  pages: [null],          // the history's page cursors (before=), newest page first: the last is shown
   record: null,
 };
 
@@ -401,17 +401,20 @@ async function loadHistory() {
   try {
     const params = filterParams();
     params.set("limit", String(PAGE_SIZE));
-    params.set("offset", String(state.offset));
+    const before = state.pages[state.pages.length - 1];  // by cursor: new records neither repeat nor skip a row
+    if (before) params.set("before", before);
     const page = await getJson(`/inspections?${params}`);
     body.replaceChildren(...page.items.map(historyRow));
-    const last = Math.min(page.offset + page.items.length, page.total);
+    const first = (state.pages.length - 1) * PAGE_SIZE + 1, last = first + page.items.length - 1;
     summary.textContent = page.total ? `${page.total} inspections match.` : "No inspection matches.";
-    $("#page-info").textContent = page.total ? `${page.offset + 1}–${last} of ${page.total}` : "";
-    $("#page-prev").disabled = page.offset === 0;
-    $("#page-next").disabled = last >= page.total;
+    $("#page-info").textContent = page.items.length ? `${first}–${last} of ${page.total}` : "";
+    $("#page-prev").disabled = state.pages.length === 1;
+    $("#page-next").disabled = !page.next_before;
+    state.next = page.next_before;
   } catch (err) {
     body.replaceChildren();
     summary.textContent = `History is not available: ${err.message}`;
+    state.pages = [null];  // e.g. the page's first record deleted by retention: the next load starts anew
   }
 }
 
@@ -605,9 +608,9 @@ function init() {
     drop.classList.remove("over");
     addFiles([...event.dataTransfer.files]);
   });
-  $("#history-filters").addEventListener("submit", (event) => { event.preventDefault(); state.offset = 0; loadHistory(); });
-  $("#page-prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE_SIZE); loadHistory(); });
-  $("#page-next").addEventListener("click", () => { state.offset += PAGE_SIZE; loadHistory(); });
+  $("#history-filters").addEventListener("submit", (event) => { event.preventDefault(); state.pages = [null]; loadHistory(); });
+  $("#page-prev").addEventListener("click", () => { if (state.pages.length > 1) state.pages.pop(); loadHistory(); });
+  $("#page-next").addEventListener("click", () => { if (state.next) state.pages.push(state.next); loadHistory(); });
   $("#export-csv").addEventListener("click", exportCsv);
   $("#feedback-form").addEventListener("submit", sendFeedback);
   $("#feedback-clear").addEventListener("click", clearFeedback);
