@@ -406,6 +406,7 @@ def map_to_camera(image: np.ndarray, width: int, height: int, K: Tensor,
     return torch.from_numpy(np.ascontiguousarray(resized, dtype=np.float32))
 
 
+LOAD_ATTEMPTS = 3  # reads of a bundle that changes while it is loaded (Inspector.load)
 MIN_QUERY_ZOOM = 0.25  # query pixels per bundle pixel below which a query's camera is refused (_resample_camera)
 
 
@@ -474,8 +475,25 @@ class Inspector:
         """From a bundle, after checking it completely (``models.bundle.open_bundle``), with
         its manifest's inference settings and the caller's ``overrides`` (InspectorConfig
         fields; None = the bundle's). Each file is read by the code that checks its content;
-        whatever that raises refuses the bundle with a ``BundleError`` naming the file."""
+        whatever that raises refuses the bundle with a ``BundleError`` naming the file.
+
+        A bundle replaced while it is read (a new version copied over it, a folder renamed into
+        its place) is read again: the manifest's sha256 before the checks and after the last
+        file must agree, so that no inspector holds one version's checks and another's files."""
         bundle_dir = Path(bundle_dir)
+        for _ in range(LOAD_ATTEMPTS):
+            try:
+                before = sha256_file(bundle_dir / MANIFEST)
+            except OSError:
+                before = None  # open_bundle names what is missing
+            inspector = cls._load_once(bundle_dir, device, **overrides)
+            if inspector.bundle_sha256 == before:
+                return inspector
+        raise BundleError(f"{bundle_dir}: the bundle changed while it was being loaded, {LOAD_ATTEMPTS} times: load "
+                          "it once it is in place")
+
+    @classmethod
+    def _load_once(cls, bundle_dir: Path, device: str, **overrides) -> Inspector:
         manifest = open_bundle(bundle_dir)
         try:
             config = InspectorConfig.from_manifest(manifest.inference, **overrides)
@@ -499,7 +517,7 @@ class Inspector:
         cam = manifest.camera
         inspector = cls(scene, scorer, calib, estimator, cam.width, cam.height, torch.tensor(cam.K), config, dev,
                         manifest.category, manifest)
-        inspector.bundle_sha256 = sha256_file(bundle_dir / "manifest.json")
+        inspector.bundle_sha256 = sha256_file(bundle_dir / MANIFEST)
         inspector.bundle_dir = bundle_dir
         if gallery.images is not None:
             inspector.colour = has_colour(gallery.images[gallery.source == TRAIN].numpy())

@@ -299,3 +299,32 @@ def test_inspect_cli_refuses_a_damaged_bundle(copy: Path, tiny_synth: Path, tmp_
     assert main(["inspect", str(copy), str(image), "--out", str(tmp_path / "o")]) == 3
     err = capsys.readouterr().err
     assert "bundle refused" in err and "splats/scene.safetensors does not match its sha256" in err
+
+
+def test_a_bundle_replaced_while_it_loads_is_read_again(tiny_release: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new version put in place after the checks and before the files were read gave an
+    inspector with one version's manifest and another's files (and the record said so)."""
+    import models.inspector
+
+    copy = tmp_path / tiny_release.name
+    shutil.copytree(tiny_release, copy)
+    real, calls = models.inspector.open_bundle, []
+
+    def swapped_after_the_checks(path: Path, always: bool):
+        manifest = real(path)
+        calls.append(manifest.software)
+        if always or len(calls) == 1:  # another version's manifest lands (same files: still a valid bundle)
+            data = json.loads((path / MANIFEST).read_text())
+            data["software"] = f"{data['software']} (copy {len(calls)})"
+            (path / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
+        return manifest
+
+    monkeypatch.setattr(models.inspector, "open_bundle", lambda p: swapped_after_the_checks(p, False))
+    inspector = Inspector.load(copy, "cpu")
+    assert len(calls) == 2 and inspector.manifest.software == calls[1] == read_manifest(copy).software
+    assert inspector.bundle_sha256 == sha256_file(copy / MANIFEST)
+    calls.clear()
+    monkeypatch.setattr(models.inspector, "open_bundle", lambda p: swapped_after_the_checks(p, True))
+    with pytest.raises(BundleError, match="changed while it was being loaded, 3 times"):
+        Inspector.load(copy, "cpu")
