@@ -127,7 +127,9 @@ async function loadCategories(ready = null) {
   }
   if (state.categories.has(chosen)) select.value = chosen;
   if (state.categories.has(filtered)) filter.value = filtered;
-  const refused = Object.keys(body.refused || {});
+  // A name also served is a newer version refused: the loaded one still answers.
+  const refused = Object.keys(body.refused || {}).map((name) => state.categories.has(name) ?
+      `a new version of ${name} (the loaded one still answers)` : name);
   const records = ready && ready.records;  // unavailable, or behind: inspections are answered, records may wait
   setStatus(`${state.categories.size} categor${state.categories.size === 1 ? "y" : "ies"} loaded` +
             (refused.length ? `; refused: ${refused.join(", ")} (see GET /categories)` : "") +
