@@ -7,8 +7,10 @@ import base64
 import csv
 import io
 import json
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +48,55 @@ def _inspect(client: TestClient, category: str, data: bytes, name: str = "q.png"
     r = client.post("/inspect", files={"file": (name, data, "image/png")}, data={"category": category, **form})
     assert r.status_code == 200, r.text
     return r.json()
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway PostgreSQL server (Debian's postgresql package; the tests that ask for it are
+    skipped without it), on a Unix socket only: the records of a fleet (docs/DEPLOY.md) run on
+    one, and SQLite alone left that path untested. Yields the URL of its server, no database."""
+    import glob
+    import os
+    import shutil
+    import subprocess
+
+    pytest.importorskip("psycopg", reason="psycopg: the PostgreSQL driver (the dev extra)")
+    found = shutil.which("initdb") or max(glob.glob("/usr/lib/postgresql/*/bin/initdb"), default=None)
+    if found is None:
+        pytest.skip("no PostgreSQL server here (Debian: apt-get install postgresql)")
+    bindir = Path(found).parent
+    base = Path(tempfile.mkdtemp(prefix="rpepad-pg-"))  # short (a socket path is at most 107 bytes)
+    as_server = []
+    if os.geteuid() == 0:  # the server refuses to run as root: as Debian's postgres user
+        shutil.chown(base, "postgres")
+        as_server = ["runuser", "-u", "postgres", "--"]
+
+    def run(*args: str) -> None:
+        subprocess.run(as_server + [str(bindir / args[0]), *args[1:]], check=True, capture_output=True, timeout=120)
+
+    run("initdb", "-D", str(base / "data"), "-A", "trust", "-U", "rpepad", "--no-sync")
+    run("pg_ctl", "-D", str(base / "data"), "-w", "-l", str(base / "log"), "start", "-o",
+        f"-k {base} -c listen_addresses='' -p 5432 -F")
+    try:
+        yield f"postgresql+psycopg://rpepad@/{{}}?host={base}&port=5432"
+    finally:
+        run("pg_ctl", "-D", str(base / "data"), "-m", "immediate", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def records_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty records database: SQLite in a file, or a new database on ``postgres``."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    from sqlalchemy import create_engine, text
+
+    server, name = request.getfixturevalue("postgres"), f"t{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server.format("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return server.format(name)
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +158,9 @@ def test_every_inspection_is_stored_and_read_back(tiny_release: Path, tmp_path: 
         assert c.get(f"/inspections/{batch_ids[0]}").json()["verdict"] == batch.json()["results"][0]["verdict"]
 
 
-def test_feedback_filters_pagination_and_csv(tiny_release: Path, tmp_path: Path, images) -> None:
+def test_feedback_filters_pagination_and_csv(tiny_release: Path, tmp_path: Path, images, records_url: str) -> None:
     category = tiny_release.name
-    with _served(tiny_release.parent, tmp_path) as c:
+    with _served(tiny_release.parent, tmp_path, database_url=records_url) as c:
         ids = [_inspect(c, category, images[k])["record_id"] for k in ("good", "bad", "good", "bad")]
         _flush(c)
         r = c.post(f"/inspections/{ids[1]}/feedback", json={"label": "false_alarm", "note": "dust on the lens"})
@@ -339,14 +390,14 @@ def test_a_killed_service_keeps_every_answered_record(tmp_path: Path) -> None:
 
 
 def test_failed_evidence_leaves_a_record_without_overlay_and_feedback_at_once_keeps_every_word(
-        tmp_path: Path) -> None:
+        records_url: str) -> None:
     """A record whose evidence failed is kept without its overlay. Words on it from 16 threads
     at once: each is either current or in the history, in the order they landed (a
     read-append-write dropped the words of overlapping writes)."""
     from service.records import Pending, RecordStore, new_id, utc_now
 
     failures = []
-    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}", on_failure=failures.append)
+    store = RecordStore(records_url, on_failure=failures.append)
     store.start()
     try:
         rid = new_id()
@@ -604,10 +655,10 @@ def test_a_record_can_be_opened_and_given_feedback_as_soon_as_it_is_answered(tin
         store._insert = real_insert
 
 
-def test_the_csv_export_neither_repeats_nor_skips_when_records_arrive(tmp_path: Path) -> None:
+def test_the_csv_export_neither_repeats_nor_skips_when_records_arrive(records_url: str) -> None:
     from service.records import RecordStore, new_id
 
-    store = RecordStore(f"sqlite:///{tmp_path / 'records.sqlite3'}")
+    store = RecordStore(records_url)
     store.start()
     try:
         before = [new_id() for _ in range(7)]
