@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -282,7 +283,23 @@ def test_a_corrupt_photo_is_set_aside_with_its_reason_and_exif_orientation_is_ho
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: the sensor's image is turned; viewers rotate it 90 degrees clockwise
     Image.fromarray(np.rot90(upright, 1)).save(tmp_path / "ok" / "p00.png", exif=exif)
+    # Beside the photos, what a customer's folder holds: each listed with what to do, none a photo.
+    (tmp_path / "ok" / "IMG_1.HEIC").write_bytes(b"heic")
+    (tmp_path / "ok" / "notes.txt").write_text("shot on a turntable")
+    (tmp_path / "ok" / "extra").mkdir()
+    (tmp_path / "ok" / ".DS_Store").write_bytes(b"")
+    Image.fromarray(upright).save(tmp_path / "ok" / "IMG_2.jfif", format="JPEG", quality=95)  # Windows' JPEG name
+    (tmp_path / "ok" / "readme.png").write_text("not an image")
     photos, skipped = read_photos(tmp_path / "ok", 1600)
+    assert [(s.name, s.photo) for s in skipped] == [("IMG_1.HEIC", False), ("extra/", False), ("notes.txt", False),
+                                                     ("broken.jpg", True), ("readme.png", True)]
+    assert "export the photos as JPEG" in skipped[0].reason and "subfolder" in skipped[1].reason
+    assert "cannot be decoded: not an image" in skipped[4].reason and "BufferedReader" not in skipped[4].reason
+    assert len(photos) == 10  # the .jfif read as the JPEG it is
+    for name in ("IMG_2.jfif", "readme.png"):
+        (tmp_path / "ok" / name).unlink()
+    photos, skipped = read_photos(tmp_path / "ok", 1600)
+    skipped = [s for s in skipped if s.photo]
     assert [s.name for s in skipped] == ["broken.jpg"] and "cannot be decoded" in skipped[0].reason
     assert len(photos) == 9 and np.array_equal(photos[0].rgb, upright)
     big, _ = read_photos(tmp_path / "ok", 32)  # downscaled to the long side
@@ -356,3 +373,35 @@ def test_rings_far_apart_in_elevation_are_a_warning() -> None:
     near = [e for e in (0.0, 10.0, 20.0, 30.0) for _ in range(10)]
     assert "elevation_gap" not in {f.code for f in warnings_for(stats(near), [], 500.0, None, 1)}
     assert MAX_ELEVATION_GAP_DEG < 22.0
+    # Photos saved as coarse JPEG (quality 8 passed as READY with no word, at twice the pose error).
+    coarse = [replace(s, jpeg_quality=q) for s, q in zip(stats(near), [8] * 3 + [92] * 37)]
+    flag = {f.code: f for f in warnings_for(coarse, [], 500.0, None, 1)}["coarse_jpeg"]
+    assert not flag.error and flag.photos == ["IMG_0.png", "IMG_1.png", "IMG_2.png"] and "about 8" in flag.message
+    assert "coarse_jpeg" not in {f.code for f in warnings_for(stats(near), [], 500.0, None, 1)}  # PNGs
+
+
+def test_the_up_axis_holds_on_a_half_circle() -> None:
+    """Cameras on one side of the object, at 10-76 degrees of elevation, each held about upright
+    (a few degrees of roll): +z stays within a degree of the true up. The mean of the cameras'
+    up directions, the earlier rule, leans with their elevation: on such a half circle it tilted
+    +z by 25 degrees and put cameras under the object in the readiness report."""
+    import torch
+
+    from models.camera import look_at
+    from training.prepare.frame import centres_and_axes, normalise
+
+    rng = np.random.default_rng(0)
+    azimuth, elevation = np.radians(rng.uniform(0, 180, 30)), np.radians(rng.uniform(10, 76, 30))
+    eyes = 4.0 * np.stack([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
+                           np.sin(elevation)], axis=-1)
+    w2c = look_at(torch.tensor(eyes), torch.zeros(30, 3, dtype=torch.float64),
+                  torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), torch.tensor(np.radians(rng.normal(0, 3, 30))))
+    turn = np.linalg.qr(rng.normal(size=(3, 3)))[0]  # structure-from-motion's frame: any rotation, scale, offset
+    turn *= np.sign(np.linalg.det(turn))
+    world = np.eye(4)
+    world[:3, :3], world[:3, 3] = turn, rng.normal(size=3)
+    poses = np.einsum("nij,jk->nik", w2c.numpy(), np.linalg.inv(world))
+    up = normalise(poses).rotation[2] @ turn  # the new +z in the true frame
+    assert np.degrees(np.arccos(up[2])) < 1.0
+    mean_up = centres_and_axes(w2c.numpy())[2].mean(0)
+    assert np.degrees(np.arccos(mean_up[2] / np.linalg.norm(mean_up))) > 10  # what the earlier rule took

@@ -117,6 +117,7 @@ def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) ->
     stats: list[rp.PhotoStats] = []
     sheet_cells = []
     frames = []
+    compressions = {p.name: compression_of((photos_dir / p.name).read_bytes()) for p in photos}  # headers only
     for i, photo in enumerate(tqdm(registered, desc="writing", disable=not progress)):
         rgb = photo.rgb if lens is None else lens(photo.rgb)  # the same undistortion as the bundle's queries get
         if lens is None:
@@ -129,6 +130,7 @@ def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) ->
         c2w = cam.opencv_w2c_to_opengl_c2w(torch.from_numpy(w2c[i]))
         frames.append({"file_path": f"train/good/{file}", "transform_matrix": c2w.tolist(), "source": photo.name})
         distance = float(np.linalg.norm(centres[i]))
+        encoding = compressions[photo.name]
         stats.append(rp.PhotoStats(
             name=photo.name, file=f"train/good/{file}.png", registered=True, reason=None,
             reprojection_px=rec.reprojection_px[photo.name], silhouette=rec.silhouette.get(photo.name),
@@ -138,6 +140,7 @@ def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) ->
             apparent_size=math.sqrt(mask.binary.sum()) * distance / rec.camera.focal,
             azimuth_deg=math.degrees(math.atan2(centres[i, 1], centres[i, 0])),
             elevation_deg=math.degrees(math.asin(np.clip(centres[i, 2] / distance, -1, 1))),
+            jpeg_quality=encoding.quality if encoding is not None and encoding.format == "JPEG" else None,
         ))
         sheet_cells.append((photo.name, rgb, mask.binary, None))
     stats += [rp.PhotoStats(name=n, file=None, registered=False, reason=r) for n, r in rec.unregistered.items()]
@@ -153,14 +156,14 @@ def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) ->
             "exif": cameras[0] if len(cameras) == 1 else None, "width": width, "height": height,
             "lens": {"model": rec.camera.model, "radial": list(rec.camera.distortion)} if undistort else None,
             # the PNGs written here carry the photos' compression: lossy queries are judged as the photos were
-            "lossy": any(compression_of((photos_dir / p.name).read_bytes()) is not None for p in photos),
+            "lossy": any(c is not None for c in compressions.values()),
         },
         "prepared_by": "rpe-pad prepare",
     }
     (out / "train" / "transforms.json").write_text(json.dumps(transforms, indent=1) + "\n")
 
     groups = 1 + len({r for r in rec.unregistered.values() if "separate group" in r})
-    flags = rp.warnings_for(stats, [(s.name, s.reason) for s in skipped], rec.camera.focal, exif_focal, groups,
+    flags = rp.warnings_for(stats, [(s.name, s.reason) for s in skipped if s.photo], rec.camera.focal, exif_focal, groups,
                             given_focal=cfg.focal, scale=photos[0].scale)
     flagged = {n for f in flags for n in f.photos}
     elevations = np.array([s.elevation_deg for s in stats if s.registered])
@@ -169,7 +172,7 @@ def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) ->
         "photos_dir": str(photos_dir),
         "config": asdict(cfg),
         "ready": not any(f.error for f in flags),
-        "photos": len(photos) + len(skipped),
+        "photos": len(photos) + sum(s.photo for s in skipped),
         "registered": len(registered),
         "mean_reprojection_px": float(np.mean([s.reprojection_px for s in stats if s.registered])),
         "camera": {

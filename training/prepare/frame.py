@@ -5,9 +5,15 @@ The category's frame is chosen so that it looks like MAD-Sim's:
 
 * **origin**: the object's centre, taken as the point nearest to every camera's optical
   axis in the least-squares sense (photos of an object are aimed at it);
-* **up axis**: world **+z** is the mean of the cameras' up directions (image -y), since a
-  photographer holds the camera about upright; the yaw puts the first photo's camera in
-  the x-z half-plane with x > 0;
+* **up axis**: a photographer holds the camera about upright, so each camera's right
+  direction (image +x) is about horizontal, whatever its elevation: world **+z** is the
+  direction most nearly perpendicular to every right direction (the least eigenvector of
+  their scatter), on the side of the cameras' mean up direction (image -y). The mean up
+  itself leans with the cameras' elevation, which cancels only when they surround the
+  object: on a half circle it tilted +z by 25 degrees. Where the right directions do not
+  spread (every camera facing one way), the mean up is kept, made perpendicular to their
+  shared right direction. The yaw puts the first photo's camera in the x-z half-plane with
+  x > 0;
 * **scale**: the median camera distance from the origin is ``CAMERA_DISTANCE`` (4.0 scene
   units, MAD-Sim's 4.03), so the training presets' scene-unit settings mean the same thing.
 
@@ -63,14 +69,29 @@ def focus_point(centres: np.ndarray, directions: np.ndarray) -> np.ndarray:
     return np.linalg.solve(lhs, rhs)
 
 
+RIGHT_SPREAD = 0.05  # share of the right directions' scatter off their main direction that makes a plane
+
+
+def up_axis(right: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """World up from the cameras' right [N, 3] and up [N, 3] directions (module docstring)."""
+    mean_up = up.mean(0)
+    if np.linalg.norm(mean_up) < 1e-6:  # cameras held every which way: fall back to the first one's up
+        mean_up = up[0]
+    values, vectors = np.linalg.eigh(right.T @ right)  # ascending
+    if values[1] > RIGHT_SPREAD * values.sum():  # the right directions span a plane: up is its normal
+        z = vectors[:, 0]
+    else:  # all facing one way
+        shared = vectors[:, 2]
+        z = mean_up - (mean_up @ shared) * shared
+    z = z if z @ mean_up >= 0 else -z
+    return z / np.linalg.norm(z)
+
+
 def normalise(w2c: np.ndarray) -> Similarity:
     """The similarity from structure-from-motion's frame to the category's (module docstring)."""
     centres, forward, up = centres_and_axes(w2c)
     origin = focus_point(centres, forward)
-    z = up.mean(0)
-    if np.linalg.norm(z) < 1e-6:  # cameras held every which way: fall back to the first one's up
-        z = up[0]
-    z = z / np.linalg.norm(z)
+    z = up_axis(w2c[:, 0, :3], up)
     first = centres[0] - origin
     x = first - (first @ z) * z  # the first camera sits in the x-z half-plane, x > 0
     if np.linalg.norm(x) < 1e-9 * max(np.linalg.norm(first), 1.0):  # first camera straight above: any x

@@ -13,11 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from models.images import MAX_IMAGE_PIXELS, ImageRefused, exif_camera, open_image
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".tif", ".tiff", ".webp", ".bmp")
+# What a customer's folder often holds beside the photos, and what to do about it.
+NOT_READ = {**dict.fromkeys((".heic", ".heif"), "HEIC is not read: export the photos as JPEG (quality 90 or more) "
+                                                "or PNG"),
+            **dict.fromkeys((".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf"),
+                            "a camera raw file is not read: export it as PNG, TIFF or JPEG"),
+            **dict.fromkeys((".mov", ".mp4", ".avi", ".mkv"), "a video is not read: photograph the object, or export "
+                                                              "frames as PNG")}
 MIN_PHOTOS = 8  # fewer cannot make a model worth training (structure-from-motion needs far more)
 MIN_TRANSPARENT = 0.01  # a photo's alpha is its mask when at least this share of it is transparent
 MAX_PHOTO_PIXELS = 3 * MAX_IMAGE_PIXELS  # 75 MP: a 64 MP camera's full-size photo (downscaled as it is read)
@@ -42,6 +49,7 @@ class Photo:
 class Skipped:
     name: str
     reason: str
+    photo: bool = True  # False: a file or folder beside the photos, not one (not counted among them)
 
 
 def find_photos(folder: Path) -> list[Path]:
@@ -52,16 +60,33 @@ def find_photos(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
 
 
+def not_photos(folder: Path) -> list[Skipped]:
+    """The files and folders in ``folder`` that are not photos it reads (hidden ones left out),
+    each with what to do: they are listed, never dropped unseen (an iPhone's HEIC beside JPEGs)."""
+    out = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            out.append(Skipped(f"{path.name}/", "a subfolder: only the photos directly in the folder are used",
+                               photo=False))
+        elif path.suffix.lower() not in SUFFIXES:
+            out.append(Skipped(path.name, NOT_READ.get(path.suffix.lower(), "not a photo format prepare reads ("
+                                                       + ", ".join(SUFFIXES) + ")"), photo=False))
+    return out
+
+
 def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]]:
     """Decode every photo in ``folder``. Unreadable files and exact duplicates are skipped with
-    a reason; no photos, too few, or photos of different sizes raise ``PrepareError``."""
+    a reason, and so are the files and folders beside them that are not photos (``not_photos``);
+    no photos, too few, or photos of different sizes raise ``PrepareError``."""
     paths = find_photos(folder)
     if not paths:
         others = sorted(p.name for p in folder.iterdir())[:5]
         raise PrepareError(f"{folder}: no photos (looked for {', '.join(SUFFIXES)}"
                            + (f"; found {', '.join(others)}" if others else "; the folder is empty") + ")")
     photos: list[Photo] = []
-    skipped: list[Skipped] = []
+    skipped: list[Skipped] = not_photos(folder)
     seen: dict[str, str] = {}
     for path in paths:
         if path.name.startswith("."):  # a thumbnail, or macOS's ._ metadata: not a photo the user chose
@@ -71,6 +96,10 @@ def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]
             photo, digest = _read(path, max_size)
         except ImageRefused as exc:  # a decompression bomb, another format, several frames
             skipped.append(Skipped(path.name, f"not read: {exc}"))
+            continue
+        except UnidentifiedImageError:  # Pillow's message names its file object, not the file
+            skipped.append(Skipped(path.name, f"cannot be decoded: not an image in any format read here (its name "
+                                              f"says {path.suffix or 'nothing'}; truncated, or another format)"))
             continue
         except Exception as exc:  # noqa: BLE001 (truncated, corrupt, hostile: Pillow raises OSError, TypeError, ...)
             skipped.append(Skipped(path.name, f"cannot be decoded ({type(exc).__name__}: {exc})"))

@@ -29,6 +29,7 @@ OVEREXPOSED = 0.02  # fraction of object pixels blown out to white (every channe
 INCONSISTENT_PX = 1.5  # per-view reprojection error above max(this, 3x the median): a view that does not fit
 SCALE_RATIO = 1.6  # apparent object size x distance / focal outside median / this .. median * this
 FOCAL_TOLERANCE = 0.10  # estimated vs EXIF focal length
+MIN_JPEG_QUALITY = 75  # the IJG library's default; under it block artefacts show (quality 8 doubled the pose error)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class PhotoStats:
     apparent_size: float | None = None  # sqrt(mask area in px) * camera distance / focal (scene units)
     azimuth_deg: float | None = None
     elevation_deg: float | None = None
+    jpeg_quality: int | None = None  # estimated from the file's quantization table (JPEG photos only)
 
 
 def sharpness(rgb: np.ndarray, mask: np.ndarray) -> float:
@@ -138,6 +140,12 @@ def warnings_for(stats: list[PhotoStats], skipped: list[tuple[str, str]], focal:
                                "that band is compared with a model no photo showed it from, and thin parts seen edge-on "
                                "there can read as defects, which the calibration cannot see (its held-out photos are "
                                f"all from the rings); add a ring of photos near {low + width / 2:.0f} degrees"))
+        coarse = [s.name for s in reg if s.jpeg_quality is not None and s.jpeg_quality < MIN_JPEG_QUALITY]
+        if coarse:
+            lowest = min(s.jpeg_quality for s in reg if s.jpeg_quality is not None)
+            out.append(Flag("coarse_jpeg", f"{len(coarse)} photo(s) saved as JPEG under quality {MIN_JPEG_QUALITY} "
+                               f"(the lowest about {lowest}): their block artefacts blur the poses and the model, "
+                               "and the bundle takes queries as coarse; save at 90 or more, or as PNG", coarse))
         sharp = np.array([s.sharpness for s in reg])
         blurred = [s.name for s in reg if s.sharpness < BLUR_RATIO * np.median(sharp)]
         if blurred:
