@@ -407,6 +407,13 @@ def map_to_camera(image: np.ndarray, width: int, height: int, K: Tensor,
 
 
 LOAD_ATTEMPTS = 3  # reads of a bundle that changes while it is loaded (Inspector.load)
+
+
+def _manifest_sha(bundle_dir: Path) -> str | None:
+    try:
+        return sha256_file(bundle_dir / MANIFEST)
+    except OSError:
+        return None
 MIN_QUERY_ZOOM = 0.25  # query pixels per bundle pixel below which a query's camera is refused (_resample_camera)
 
 
@@ -482,11 +489,13 @@ class Inspector:
         file must agree, so that no inspector holds one version's checks and another's files."""
         bundle_dir = Path(bundle_dir)
         for _ in range(LOAD_ATTEMPTS):
+            before = _manifest_sha(bundle_dir)  # None when missing: open_bundle names what is
             try:
-                before = sha256_file(bundle_dir / MANIFEST)
-            except OSError:
-                before = None  # open_bundle names what is missing
-            inspector = cls._load_once(bundle_dir, device, **overrides)
+                inspector = cls._load_once(bundle_dir, device, **overrides)
+            except (BundleError, OSError):
+                if _manifest_sha(bundle_dir) == before:
+                    raise  # the bundle as it stands is refused
+                continue  # a new version landed while this one was checked: read that one
             if inspector.bundle_sha256 == before:
                 return inspector
         raise BundleError(f"{bundle_dir}: the bundle changed while it was being loaded, {LOAD_ATTEMPTS} times: load "

@@ -628,6 +628,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             **result.model_dump(), request_id=request.state.request_id, category=category,
             filename=clean_filename(filename),
             record_id=record_id, bundle_sha256=inspector.bundle_sha256,
+            score_floor=inspector.calibration.score_floor, map_floor=inspector.calibration.map_floor,
             reference_png=None if reference is None else _png_b64(Image.fromarray(reference)),
             anomaly_map_png=None if norm is None else _png_b64(Image.fromarray(np.round(norm * 255).astype(np.uint8),
                                                                                mode="L")),
@@ -783,11 +784,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if before is not None and cursor is None:
                 raise ServiceError(404, f"no inspection {before} to page from (deleted by retention?): start again "
                                         "from the newest, without before")
-            return store.list(filters, limit, offset, before=cursor), store.count(filters)
+            # one row more than the page: whether a next page exists
+            return store.list(filters, limit + 1, offset, before=cursor), store.count(filters)
 
         rows, total = await _database(page)
+        more, rows = len(rows) > limit, rows[:limit]
         return RecordPage(items=[RecordSummary(**_summary(r)) for r in rows], total=total, limit=limit, offset=offset,
-                          next_before=rows[-1].id if len(rows) == limit else None)
+                          next_before=rows[-1].id if more else None)
 
     FilterQuery = filter_query()
 

@@ -30,8 +30,11 @@ class InspectionOut(Inspection):
     record_id: str | None = Field(None, description="id of the stored inspection record (GET /inspections/{id}); "
                                                     "null when records are off")
     bundle_sha256: str = Field("", description="the bundle version that answered (sha256 of its manifest.json, as "
-                                               "GET /categories gives it): its threshold and floors are the ones "
-                                               "that apply, and its gallery views are ?v= its first 12 characters")
+                                               "GET /categories gives it); its gallery views are ?v= its first 12 "
+                                               "characters")
+    score_floor: float = Field(0.0, description="that version's score_floor (GET /categories says what it means)")
+    map_floor: float = Field(0.0, description="that version's map_floor: a pixel p of anomaly_map_png is the raw value "
+                                              "threshold + (p / 255 - 0.5) * 2 * (threshold - map_floor)")
 
 
 class BatchOut(BaseModel):

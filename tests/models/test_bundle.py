@@ -311,19 +311,24 @@ def test_a_bundle_replaced_while_it_loads_is_read_again(tiny_release: Path, tmp_
     shutil.copytree(tiny_release, copy)
     real, calls = models.inspector.open_bundle, []
 
-    def swapped_after_the_checks(path: Path, always: bool):
+    def swapped_after_the_checks(path: Path, always: bool, during: bool = False):
         manifest = real(path)
         calls.append(manifest.software)
         if always or len(calls) == 1:  # another version's manifest lands (same files: still a valid bundle)
             data = json.loads((path / MANIFEST).read_text())
             data["software"] = f"{data['software']} (copy {len(calls)})"
             (path / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
+            if during:  # it landed while the files were being checked: the check failed
+                raise BundleError(f"{path}: missing file splats/scene.safetensors")
         return manifest
 
     monkeypatch.setattr(models.inspector, "open_bundle", lambda p: swapped_after_the_checks(p, False))
     inspector = Inspector.load(copy, "cpu")
     assert len(calls) == 2 and inspector.manifest.software == calls[1] == read_manifest(copy).software
     assert inspector.bundle_sha256 == sha256_file(copy / MANIFEST)
+    calls.clear()  # landed during the checks (a folder renamed aside, the new one in): read again too
+    monkeypatch.setattr(models.inspector, "open_bundle", lambda p: swapped_after_the_checks(p, False, during=True))
+    assert Inspector.load(copy, "cpu").manifest.software == read_manifest(copy).software and len(calls) == 2
     calls.clear()
     monkeypatch.setattr(models.inspector, "open_bundle", lambda p: swapped_after_the_checks(p, True))
     with pytest.raises(BundleError, match="changed while it was being loaded, 3 times"):

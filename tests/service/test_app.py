@@ -130,8 +130,10 @@ def test_inspect_returns_everything(client: TestClient, category: str, query_png
     assert low["threshold"] == pytest.approx(body["score"] * 0.99, rel=1e-4)
     # The answer names the bundle version that gave it; its gallery views are asked of that
     # version (a view of a version swapped out since is a 404, not the new version's picture).
-    sha = client.get("/categories").json()["categories"][0]["bundle_sha256"]
+    info = client.get("/categories").json()["categories"][0]
+    sha = info["bundle_sha256"]
     assert body["bundle_sha256"] == sha and len(sha) == 64
+    assert (body["score_floor"], body["map_floor"]) == (info["score_floor"], info["map_floor"])  # the map's scale
     view = body["gallery_matches"][0]["id"]
     r = client.get(f"/categories/{category}/gallery/{view}.png", params={"v": sha[:12]})
     assert r.status_code == 200 and "immutable" in r.headers["cache-control"]

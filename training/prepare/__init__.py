@@ -117,7 +117,8 @@ def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) ->
     stats: list[rp.PhotoStats] = []
     sheet_cells = []
     frames = []
-    compressions = {p.name: compression_of((photos_dir / p.name).read_bytes()) for p in photos}  # headers only
+    # Each photo's encoding, from its bytes (read again, a few MB in all; parsed for headers only)
+    compressions = {p.name: compression_of((photos_dir / p.name).read_bytes()) for p in photos}
     for i, photo in enumerate(tqdm(registered, desc="writing", disable=not progress)):
         rgb = photo.rgb if lens is None else lens(photo.rgb)  # the same undistortion as the bundle's queries get
         if lens is None:

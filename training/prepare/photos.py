@@ -121,7 +121,7 @@ def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]
                            + (". They differ only in orientation: turn them all the same way (portrait or "
                               "landscape), or hold the camera the same way" if turned else ""))
     if len(photos) < MIN_PHOTOS:
-        why = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5])
+        why = "; ".join(f"{s.name}: {s.reason}" for s in sorted(skipped, key=lambda s: not s.photo)[:5])  # photos first
         raise PrepareError(f"{folder}: {len(photos)} usable photo(s), at least {MIN_PHOTOS} are needed (60 or more "
                            "around the object is best)" + (f"; set aside: {why}" if why else ""))
     return photos, skipped

@@ -14,6 +14,8 @@ const state = {
   categories: new Map(),  // name -> GET /categories entry
   cards: [],              // inspected images on this page: {el, category, result, map, query}
   queue: Promise.resolve(),
+  versions: new Set(),    // the bundle versions (manifest sha256) GET /categories has shown
+  ready: null,            // the last /readyz answer (its records note stays on the status line)
   pages: [null],          // the history's page cursors (before=), newest page first: the last is shown
   record: null,
 };
@@ -119,6 +121,8 @@ async function loadCategories(ready = null) {
   const chosen = select.value, filtered = filter.value;  // kept across a reload (a new bundle version)
   const before = state.categories.get(chosen);
   state.categories = new Map(body.categories.map((c) => [c.category, c]));
+  for (const c of body.categories) state.versions.add(c.bundle_sha256);
+  if (ready) state.ready = ready;
   select.replaceChildren();
   filter.replaceChildren(new Option("all", ""));
   for (const name of state.categories.keys()) {
@@ -130,7 +134,7 @@ async function loadCategories(ready = null) {
   // A name also served is a newer version refused: the loaded one still answers.
   const refused = Object.keys(body.refused || {}).map((name) => state.categories.has(name) ?
       `a new version of ${name} (the loaded one still answers)` : name);
-  const records = ready && ready.records;  // unavailable, or behind: inspections are answered, records may wait
+  const records = state.ready && state.ready.records;  // unavailable, or behind: inspections answered, records may wait
   setStatus(`${state.categories.size} categor${state.categories.size === 1 ? "y" : "ies"} loaded` +
             (refused.length ? `; refused: ${refused.join(", ")} (see GET /categories)` : "") +
             (records ? `. Inspection records: ${records}` : ""), Boolean(records));
@@ -208,12 +212,15 @@ async function inspect(card) {
     const path = `/inspect?category=${encodeURIComponent(card.category)}`;
     const result = await (await api(path, { method: "POST", body: form })).json();
     card.roundTripMs = performance.now() - started;
-    // Another bundle version answered (swapped in while the page was open): its threshold,
-    // floors and slider replace the ones the page holds. Each card keeps its own version's.
-    const known = state.categories.get(card.category);
-    if (!known || known.bundle_sha256 !== result.bundle_sha256) await loadCategories();
-    card.info = state.categories.get(card.category) || known;
-    card.map = await mapValues(result, card.info);
+    // A bundle version the page has not seen answered (swapped in while it was open): the
+    // categories are read again, so the slider is that version's. Once per version: during a
+    // fleet's rollout answers alternate between two versions for a poll or two. The card
+    // draws with the floors of the version that answered it, which come with the answer.
+    if (!state.versions.has(result.bundle_sha256)) {
+      await loadCategories(state.ready);
+      state.versions.add(result.bundle_sha256);  // read once, even if the replica asked still serves the old one
+    }
+    card.map = await mapValues(result);
     const query = await queryPixels(card.file, card.map.width, card.map.height);
     card.query = query.pixels;
     card.queryShown = query.shown;
@@ -242,7 +249,7 @@ function decodeImage(src) {
   });
 }
 
-async function mapValues(result, info) {
+async function mapValues(result) {
   const img = await decodeImage(`data:image/png;base64,${result.anomaly_map_png}`);
   const canvas = document.createElement("canvas");
   canvas.width = img.naturalWidth;
@@ -250,7 +257,7 @@ async function mapValues(result, info) {
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
   ctx.drawImage(img, 0, 0);
   const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
-  const t = result.threshold, floor = info.map_floor;
+  const t = result.threshold, floor = result.map_floor;
   const raw = new Float32Array(canvas.width * canvas.height);
   for (let i = 0; i < raw.length; i++) raw[i] = t + (pixels[4 * i] / 255 - 0.5) * 2 * (t - floor);
   return { width: canvas.width, height: canvas.height, raw };
@@ -336,7 +343,7 @@ function fill(card) {
 }
 
 function redraw(card) {
-  const { el, result, map, query, info } = card;
+  const { el, result, map, query } = card;
   // The slider is the bundle version served now: a card answered by an earlier one keeps its own threshold.
   const live = state.categories.get(result.category);
   const t = (live && live.bundle_sha256 === result.bundle_sha256 ? sliderThreshold(result.category) : null) ??
@@ -346,7 +353,7 @@ function redraw(card) {
   badge.textContent = verdict;
   badge.className = `verdict ${verdict}`;
   el.dataset.verdict = verdict;
-  const norm = normalised(result.score, t, info.score_floor);
+  const norm = normalised(result.score, t, result.score_floor);
   let text = `score ${result.score.toFixed(2)} against threshold ${t.toFixed(2)} ` +
       `(normalised ${norm.toFixed(2)}; 0.5 is the threshold)`;
   if (result.record_id && Math.abs(t - result.threshold) > 1e-9 * Math.max(1, result.threshold)) {
@@ -362,7 +369,7 @@ function redraw(card) {
   const w = map.width, h = map.height, raw = map.raw, q = query.data, o = out.data;
   for (let y = 0; y < h; y++) {
     for (let x = 0; x < w; x++) {
-      const i = y * w + x, v = normalised(raw[i], t, info.map_floor), a = 0.6 * v;
+      const i = y * w + x, v = normalised(raw[i], t, result.map_floor), a = 0.6 * v;
       const [r, g, b] = heat(v);
       const inside = raw[i] > t;
       const edge = inside && (x === 0 || y === 0 || x === w - 1 || y === h - 1 ||
