@@ -8,15 +8,17 @@
 #   cpu-venv   torch for CPU + the wheel with the `cpu` extra   cpu
 #   cpu        the CPU service (BASE_IMAGE + the venv)          cpu
 #   gpu-venv   torch CUDA 13, gsplat's CUDA kernels compiled, the wheel with `gpu`   gpu
-#   gpu        the GPU service (CUDA runtime + the venv)       gpu
+#   gpu        the GPU service (BASE_IMAGE + the venv)          gpu
 #
 # Build arguments:
-#   BASE_IMAGE       the Debian image with Python 3.11 that the wheel and the CPU image
-#                    build on; real users keep the default. Without Docker Hub,
+#   BASE_IMAGE       the Debian image with Python 3.11 that every stage builds on; real
+#                    users keep the default. Without Docker Hub,
 #                    `make docker-smoke` makes one from Debian's packages (mmdebstrap).
 #   TORCH_INDEX_URL  where the CPU image's torch comes from (the CPU-only wheels by default;
 #                    empty = the package index pip is configured with)
-#   CUDA_TAG, TORCH_CUDA_ARCH_LIST   the GPU image's CUDA base and kernel architectures
+#   TORCH_CUDA_ARCH_LIST  the GPU architectures gsplat's kernels are compiled for (one
+#                    architecture takes about 6 min on 2 cores); MAX_JOBS, its parallel compiles
+#   CUDA_TOOLKIT     the `cuda-toolkit` wheels that compile them (CUDA 13.0, torch's)
 # Package-index settings (a private mirror, credentials, a proxy's CA) are build secrets,
 # mounted only while pip runs and never written to a layer:
 #   docker build --secret id=pip,src=pip.conf [--secret id=pip-cert,src=ca.pem] ...
@@ -24,7 +26,6 @@
 # pip.conf that says `cert = /run/secrets/pip-cert`.
 # Needs BuildKit (Docker >= 23, or DOCKER_BUILDKIT=1 on Docker 20.10).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_TAG=13.0.0-cudnn
 
 # ---- shared: the project as a wheel. Only the product's packages (no lab/, no tests/).
 FROM ${BASE_IMAGE} AS wheel
@@ -66,34 +67,47 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 CMD curl
 ENTRYPOINT ["rpe-pad"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
 
-# ---- GPU. Stage 1 (devel image, has nvcc): torch 2.14.1 (CUDA 13 wheel), gsplat 1.5.3 built
-# from its source distribution so its CUDA kernels are compiled now, for the architectures
-# in TORCH_CUDA_ARCH_LIST (the PyPI wheel is pure Python and would JIT-build them on the
-# first request), then the shared wheel with onnxruntime-gpu (the `gpu` extra).
-FROM nvidia/cuda:${CUDA_TAG}-devel-ubuntu22.04 AS gpu-venv
+# ---- GPU, on the same BASE_IMAGE: no CUDA base image is needed. torch 2.14.1's wheel from
+# PyPI is the CUDA 13.0 build and brings CUDA's runtime libraries (nvidia-* wheels), which
+# onnxruntime-gpu (the `gpu` extra) shares; the host's driver (libcuda) is mounted into the
+# container by the NVIDIA Container Toolkit at run time.
+# Stage 1: gsplat 1.5.3's CUDA kernels compiled now, for the architectures in
+# TORCH_CUDA_ARCH_LIST (the PyPI wheel is pure Python and would JIT-build them on the first
+# request, and only where a CUDA toolkit is installed), by docker/gsplat-kernels.sh: NVIDIA's
+# CUDA 13.0 compiler from PyPI, in /opt/cuda-build, which stays in this stage, and gsplat's
+# source with its C++ standard raised to torch 2.14's (docs/DEPLOY.md, "Images").
+FROM ${BASE_IMAGE} AS gpu-venv
 ARG TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;10.0;12.0+PTX"
-ENV DEBIAN_FRONTEND=noninteractive TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST} MAX_JOBS=8
-RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev \
-        build-essential git && rm -rf /var/lib/apt/lists/*
+ARG MAX_JOBS=8
+ARG CUDA_TOOLKIT=13.0.3.0
+ENV TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST} MAX_JOBS=${MAX_JOBS} CUDA_TOOLKIT=${CUDA_TOOLKIT}
+# A C++ compiler, and Python's headers where the base lacks them (Debian's python3 keeps them
+# in python3-dev; the python:3.11 images have them).
+RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+    && { python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(sysconfig.get_path("include") + "/Python.h"))' \
+         || apt-get install -y --no-install-recommends python3-dev; } \
+    && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=secret,id=pip,target=/etc/pip.conf --mount=type=secret,id=pip-cert \
-    python3.11 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir --upgrade pip setuptools wheel ninja \
-    && /opt/venv/bin/pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1
+    python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir --upgrade pip setuptools wheel ninja \
+    && /opt/venv/bin/pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 gsplat==1.5.3
 ENV PATH=/opt/venv/bin:$PATH
+COPY docker/gsplat-kernels.sh /tmp/gsplat-kernels.sh
 RUN --mount=type=secret,id=pip,target=/etc/pip.conf --mount=type=secret,id=pip-cert \
-    pip install --no-cache-dir --no-build-isolation --no-binary gsplat gsplat==1.5.3 \
-    && python -c "import gsplat, importlib.util as u; assert u.find_spec('gsplat.csrc') is not None, 'gsplat CUDA kernels not built'"
+    sh /tmp/gsplat-kernels.sh /opt/venv/bin/python /opt/cuda-build
 COPY --from=wheel /wheels /wheels
 RUN --mount=type=secret,id=pip,target=/etc/pip.conf --mount=type=secret,id=pip-cert \
     pip install --no-cache-dir "$(ls /wheels/rpe_pad-*.whl)[gpu]"
 
-# Stage 2 (runtime image): the virtual environment only. Bundles are mounted at /bundles.
-FROM nvidia/cuda:${CUDA_TAG}-runtime-ubuntu22.04 AS gpu
-RUN apt-get update && apt-get install -y --no-install-recommends python3.11 curl \
+# Stage 2: the service. The virtual environment only: no compiler, no CUDA toolkit.
+FROM ${BASE_IMAGE} AS gpu
+RUN apt-get update && apt-get install -y --no-install-recommends curl \
     && rm -rf /var/lib/apt/lists/* && useradd --create-home --uid 10001 rpepad \
     && mkdir -p /data && chown rpepad /data
 COPY --from=gpu-venv /opt/venv /opt/venv
+# NVIDIA_*: what the NVIDIA Container Toolkit mounts (the GPUs the runtime grants; the compute
+# driver libraries and nvidia-smi), as the nvidia/cuda images declare them.
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 RPEPAD_BUNDLES=/bundles RPEPAD_DEVICE=auto RPEPAD_DATA_DIR=/data \
-    NUMBA_CACHE_DIR=/opt/numba-cache
+    NUMBA_CACHE_DIR=/opt/numba-cache NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 # The CPU rasterizer's kernels compiled now, into a cache the service's user owns: a container
 # starts without compiling them (models/splat/cpu_kernels.py; about 20 s on 2 cores otherwise).
 RUN mkdir /opt/numba-cache && python -c "from models.splat.cpu_kernels import warm; warm()" \

@@ -27,21 +27,26 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
-# On a GPU host: its own environment with the gpu extra (onnxruntime-gpu), then the check
-# (docs/SERVICE.md, "make gpu-check"). Refuses at once where nvidia-smi finds no GPU.
+# On a GPU host: its own environment with the gpu extra (onnxruntime-gpu), gsplat's CUDA kernels
+# compiled into it by the Docker image's recipe (NVIDIA's compiler from PyPI, kept in
+# $(GPU_VENV)/cuda-build: no CUDA toolkit needed), then the check (README, "make gpu-check").
+# Refuses at once where nvidia-smi finds no GPU.
 GPU_VENV ?= .venv-gpu
 GPU_OUT  ?= gpu_check
 gpu-check:
 	@nvidia-smi -L >/dev/null 2>&1 || { echo "make gpu-check: no NVIDIA GPU here (nvidia-smi finds none); run it on a CUDA host"; exit 2; }
 	$(MAKE) install VENV=$(GPU_VENV) EXTRAS=gpu,dev
+	sh docker/gsplat-kernels.sh $(GPU_VENV)/bin/python $(GPU_VENV)/cuda-build
 	$(GPU_VENV)/bin/rpe-pad lab gpu-check --out $(GPU_OUT)
 
 # On a machine with a Docker engine (Debian's docker.io) and mmdebstrap, no Docker Hub needed:
-# the CPU image built, a demo bundle trained in it, the compose stack proven, then taken down
+# the CPU image (or with SMOKE_TARGET=gpu the GPU one; CUDA_ARCHS=9.0 compiles gsplat's kernels for
+# one architecture) built, a demo bundle trained in it, the compose stack proven, then taken down
 # (docs/DEPLOY.md, "make docker-smoke"). Opt-in: not part of `make test`.
 SMOKE_OUT ?= docker_smoke
+SMOKE_TARGET ?= cpu
 docker-smoke: $(STAMP)
-	$(VENV)/bin/rpe-pad lab docker-smoke --out $(SMOKE_OUT)
+	$(VENV)/bin/rpe-pad lab docker-smoke --out $(SMOKE_OUT) --target $(SMOKE_TARGET) $(if $(CUDA_ARCHS),--cuda-archs "$(CUDA_ARCHS)")
 
 clean:
 	rm -rf $(VENV) $(GPU_VENV) $(DEMO) $(SMOKE_OUT) .pytest_cache

@@ -197,7 +197,9 @@ def _cmd_gpu_check(args: argparse.Namespace) -> int:
 def _cmd_docker_smoke(args: argparse.Namespace) -> int:
     from lab.docker_smoke import main
 
-    return main(args.out, Path(__file__).resolve().parent.parent, args.json)
+    if args.cuda_archs is not None and args.target != "gpu":
+        raise ValueError("--cuda-archs is for --target gpu (the CPU image compiles no CUDA kernels)")
+    return main(args.out, Path(__file__).resolve().parent.parent, args.json, args.target, args.cuda_archs)
 
 
 def _cmd_screenshots(args: argparse.Namespace) -> int:
@@ -444,9 +446,15 @@ def add_lab_commands(sub) -> None:
     p.add_argument("--out", type=folder, default=Path("gpu_check"), help="report folder (default ./gpu_check)")
     p.set_defaults(func=_cmd_gpu_check)
 
-    p = sub.add_parser("docker-smoke", help="the CPU image built on this machine's Docker engine without Docker "
+    p = sub.add_parser("docker-smoke", help="an image built on this machine's Docker engine without Docker "
                        "Hub (base from Debian's packages), a demo bundle trained in it, the compose stack up, "
                        "inspections through it, the stack down; timed report (make docker-smoke)")
+    p.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
+                   help="the Dockerfile's target: cpu (default), or gpu (gsplat's CUDA kernels compiled; on an "
+                        "engine without the NVIDIA runtime its stack serves on the CPU)")
+    p.add_argument("--cuda-archs", default=None, metavar="LIST",
+                   help="gpu: TORCH_CUDA_ARCH_LIST for gsplat's kernels, e.g. '9.0' (default: the Dockerfile's "
+                        "list; each architecture takes about 6 min on 2 cores)")
     p.add_argument("--out", type=folder, default=Path("docker_smoke"), help="report folder (default ./docker_smoke)")
     p.add_argument("--json", type=Path, default=None, help="also copy the JSON report here (docs/results/...)")
     p.set_defaults(func=_cmd_docker_smoke)

@@ -1,5 +1,6 @@
-"""`rpe-pad lab docker-smoke` (`make docker-smoke`): the CPU image built and its compose stack
-proven on this machine's Docker engine, with no Docker Hub.
+"""`rpe-pad lab docker-smoke` (`make docker-smoke`): an image built and its compose stack
+proven on this machine's Docker engine, with no Docker Hub: the CPU image (``--target cpu``,
+the default) or the GPU image (``--target gpu``, gsplat's CUDA kernels compiled in it).
 
 Steps, each timed; a step that fails stops the ones that need it, and the stack is always
 brought down:
@@ -10,24 +11,30 @@ brought down:
 2. ``base``: the base image made from Debian's packages: ``mmdebstrap`` of bookworm
    (minbase, Python 3.11, CA certificates, curl) imported as ``rpe-pad-base:bookworm``.
    With ``BASE_IMAGE`` set (an image the engine has or can pull) this step only checks it;
-3. ``build``: ``Dockerfile --target cpu`` with ``BASE_IMAGE``; the package-index settings
-   go in as build secrets (``pip``: a pip.conf, ``pip-cert``: the CA bundle pip trusts
-   here), never as build arguments;
+3. ``build``: ``Dockerfile --target TARGET`` with ``BASE_IMAGE`` (and, for ``gpu``,
+   ``TORCH_CUDA_ARCH_LIST`` from ``--cuda-archs``); the package-index settings go in as
+   build secrets (``pip``: a pip.conf, ``pip-cert``: the CA bundle pip trusts here), never
+   as build arguments;
 4. ``image``: its size, and proof that no index setting reached it (no ``/etc/pip.conf``,
-   nothing of the pip.conf in ``docker history``);
+   nothing of the pip.conf in ``docker history``); for ``gpu``, that torch is the CUDA 13.0
+   build, that gsplat imports its compiled kernels, and that ONNX Runtime offers its CUDA
+   provider;
 5. ``bundle``: ``rpe-pad demo`` inside the image (a synthetic category and its bundle,
    trained with the ``demo`` preset), as the host's user, into ``--out``;
-6. ``stack-up``: ``docker/docker-compose.cpu.yml`` up (project ``rpepad-smoke``) on a free
-   loopback port with that bundle mounted, then ``/readyz`` polled until ready;
+6. ``stack-up``: the target's compose file (``docker/docker-compose.cpu.yml``, or
+   ``docker/docker-compose.yml`` for ``gpu``) up (project ``rpepad-smoke``) on a free loopback
+   port with that bundle mounted, then ``/readyz`` polled until ready. Where the engine has no
+   NVIDIA runtime, the GPU file runs with an override that drops its GPU reservation and sets
+   ``RPEPAD_DEVICE=cpu`` (written beside the report, ``compose.no-gpu.yml``);
 7. ``inspect``: ``GET /categories``; a normal and a defective query through ``/inspect``
    (the defective one is the split's largest defect, chosen by its mask), whose verdicts
    must be ``normal`` and ``anomalous``; a text file posted as an image, whose answer must
    be a 4xx ``application/problem+json``;
 8. ``stack-down``: ``down --volumes``.
 
-It writes ``docker_smoke.json`` and ``docker_smoke.md`` into ``--out``. What it cannot
-prove on a machine without a GPU (the CUDA base images and gsplat's kernel compile, the
-``gpu`` target's own stages) is listed in the report under ``unverified``.
+It writes ``docker_smoke.json`` and ``docker_smoke.md`` into ``--out``. What it cannot prove
+here (for ``gpu`` on a machine without a GPU: the kernels and ONNX Runtime's CUDA provider
+running on one) is listed in the report under ``unverified``.
 """
 
 from __future__ import annotations
@@ -49,18 +56,36 @@ import httpx
 from lab.steps import Check, run_logged
 
 BASE_TAG = "rpe-pad-base:bookworm"
-IMAGE = "rpe-pad:cpu"  # the tag docker/docker-compose.cpu.yml runs
+# Each target: the image tag its compose file runs, and that file.
+TARGETS = {"cpu": ("rpe-pad:cpu", "docker-compose.cpu.yml"), "gpu": ("rpe-pad:gpu", "docker-compose.yml")}
 PROJECT = "rpepad-smoke"
 CATEGORY = "synthetic_lego"  # what `rpe-pad demo` builds
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = "python3,python3-venv,ca-certificates,curl"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # the Dockerfile's default TORCH_INDEX_URL
 CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
-UNVERIFIED = [
-    "the gpu target: the nvidia/cuda 13 base images (Docker Hub) and the stages that need them",
-    "gsplat 1.5.3's CUDA kernels compiled in the image (needs nvcc and a GPU host)",
-    "onnxruntime-gpu's CUDA provider inside a container (needs the NVIDIA Container Toolkit)",
-]
+UNVERIFIED = {
+    "cpu": ["the gpu target: `rpe-pad lab docker-smoke --target gpu` (make docker-smoke SMOKE_TARGET=gpu)"],
+    "gpu": ["gsplat's kernels and ONNX Runtime's CUDA provider running on a GPU in the container (needs a GPU "
+            "host with the NVIDIA Container Toolkit; there the stack keeps its GPU reservation and "
+            "RPEPAD_DEVICE=cuda)"],
+}
+# The GPU compose file on an engine without the NVIDIA runtime: the same service on the CPU.
+NO_GPU_OVERRIDE = """# Written by `rpe-pad lab docker-smoke --target gpu` on an engine without the NVIDIA runtime:
+# docker/docker-compose.yml as it is, less its GPU reservation, serving on the CPU.
+services:
+  rpe-pad:
+    environment:
+      RPEPAD_DEVICE: cpu
+    deploy: !reset {}
+"""
+# What the GPU image must hold, as its own Python sees it.
+GPU_PROBE = """import json, torch, onnxruntime as ort
+from gsplat import csrc
+from gsplat.cuda._backend import _C
+print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "onnxruntime": ort.__version__,
+                  "providers": ort.get_available_providers(), "gsplat_kernels": _C is csrc}))
+"""
 
 
 class Docker:
@@ -193,36 +218,72 @@ def _size_mb(docker: Docker, image: str) -> float:
     return round(int(docker("image", "inspect", image, "--format", "{{.Size}}").stdout) / 1e6, 1)
 
 
-def build_image(docker: Docker, root: Path, out: Path, base: str, secrets: list[str], torch_index: str | None) -> dict:
+def build_image(docker: Docker, root: Path, out: Path, base: str, secrets: list[str], torch_index: str | None,
+                target: str = "cpu", cuda_archs: str | None = None) -> dict:
+    image = TARGETS[target][0]
     cmd, env = docker.build_command()
-    args = ["--progress=plain", "--target", "cpu", "--build-arg", f"BASE_IMAGE={base}", *secrets,
-            "-t", IMAGE, "-f", str(root / "Dockerfile")]
-    if torch_index is not None:
-        args += ["--build-arg", f"TORCH_INDEX_URL={torch_index}"]
-    run_logged([*cmd, *args, str(root)], out / "build.log", timeout=1800, env=env)
-    return {"image": IMAGE, "torch_index": CPU_TORCH_INDEX if torch_index is None else (torch_index or "pip's index")}
+    args = ["--progress=plain", "--target", target, "--build-arg", f"BASE_IMAGE={base}", *secrets,
+            "-t", image, "-f", str(root / "Dockerfile")]
+    if target == "cpu":
+        if torch_index is not None:
+            args += ["--build-arg", f"TORCH_INDEX_URL={torch_index}"]
+        built = {"image": image, "torch_index": CPU_TORCH_INDEX if torch_index is None else (torch_index or "pip's index")}
+    else:
+        if cuda_archs:
+            args += ["--build-arg", f"TORCH_CUDA_ARCH_LIST={cuda_archs}"]
+        built = {"image": image, "cuda_archs": cuda_archs or "the Dockerfile's default"}
+    # gsplat's kernels take about 6 min per architecture on 2 cores.
+    run_logged([*cmd, *args, str(root)], out / "build.log", timeout=1800 if target == "cpu" else 14400, env=env)
+    return built
 
 
-def check_image(docker: Docker, conf: Path, index: str) -> dict:
-    """The image's size, and proof that the index settings stayed out of it."""
-    leaked = docker("run", "--rm", "--entrypoint", "sh", IMAGE, "-c",
+def check_image(docker: Docker, conf: Path, index: str, target: str = "cpu") -> dict:
+    """The image's size, proof that the index settings stayed out of it, and for ``gpu`` its CUDA parts."""
+    image = TARGETS[target][0]
+    leaked = docker("run", "--rm", "--entrypoint", "sh", image, "-c",
                     "ls /etc/pip.conf /run/secrets/pip /run/secrets/pip-cert 2>/dev/null; true").stdout.split()
-    history = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", IMAGE).stdout
+    history = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
     secret_lines = [line for line in conf.read_text().splitlines()[1:] if line.strip()]
     in_history = [line for line in secret_lines if line in history]
     if leaked or in_history:
         raise RuntimeError(f"index settings reached the image: files {leaked}, history lines {in_history}")
-    torch = docker("run", "--rm", "--entrypoint", "python", IMAGE, "-c",
+    if target == "gpu":
+        return {"size_mb": _size_mb(docker, image), **check_gpu_parts(docker("run", "--rm", "--entrypoint", "python",
+                                                                             image, "-c", GPU_PROBE).stdout),
+                "index_settings_in_image": False, "index": index}
+    torch = docker("run", "--rm", "--entrypoint", "python", image, "-c",
                    "import torch, onnxruntime; print(torch.__version__, onnxruntime.__version__)").stdout.split()
-    return {"size_mb": _size_mb(docker, IMAGE), "torch": torch[0], "onnxruntime": torch[1],
+    return {"size_mb": _size_mb(docker, image), "torch": torch[0], "onnxruntime": torch[1],
             "index_settings_in_image": False, "index": index}
 
 
-def build_bundle(docker: Docker, out: Path) -> dict:
+def check_gpu_parts(probe_output: str) -> dict:
+    """What ``GPU_PROBE`` printed in the GPU image, checked: torch's CUDA 13.0 build, gsplat's
+    compiled kernels, ONNX Runtime's CUDA provider."""
+    lines = probe_output.strip().splitlines()
+    try:
+        found = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise RuntimeError(f"the GPU image's probe printed no report: {probe_output[-500:]!r}") from None
+    wrong = []
+    if found.get("cuda") != "13.0":
+        wrong.append(f"torch is built for CUDA {found.get('cuda')}, not 13.0")
+    if not found.get("gsplat_kernels"):
+        wrong.append("gsplat does not load its compiled kernels")
+    if "CUDAExecutionProvider" not in found.get("providers", []):
+        wrong.append(f"ONNX Runtime offers no CUDA provider ({found.get('providers')})")
+    if wrong:
+        raise RuntimeError("the GPU image: " + "; ".join(wrong))
+    return {"torch": found["torch"], "onnxruntime": found["onnxruntime"], "cuda": found["cuda"],
+            "gsplat_kernels": True, "ort_providers": ", ".join(found["providers"])}
+
+
+def build_bundle(docker: Docker, out: Path, target: str = "cpu") -> dict:
     work = out / "demo"
     work.mkdir(parents=True, exist_ok=True)
     run_logged([docker.client, "run", "--rm", "--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp",
-                "-v", f"{work.resolve()}:/work", IMAGE, "demo", "--out", "/work"], out / "bundle.log", timeout=1800)
+                "-v", f"{work.resolve()}:/work", TARGETS[target][0], "demo", "--out", "/work"], out / "bundle.log",
+               timeout=1800)
     bundle = work / "bundles" / CATEGORY
     if not (bundle / "manifest.json").is_file():
         raise RuntimeError(f"`rpe-pad demo` in the image left no bundle at {bundle}")
@@ -239,15 +300,34 @@ def _compose_env(out: Path, port: int) -> dict[str, str]:
     return {"BUNDLES": str((out / "demo" / "bundles").resolve()), "PORT": str(port)}
 
 
-def stack_up(docker: Docker, root: Path, out: Path, port: int, ready_timeout: float = 300) -> dict:
-    compose = [*docker.compose, "-p", PROJECT, "-f", str(root / "docker" / "docker-compose.cpu.yml")]
+def has_nvidia_runtime(docker: Docker) -> bool:
+    """Whether the engine can hand a container a GPU (the NVIDIA Container Toolkit's runtime)."""
+    runtimes = docker("info", "--format", "{{json .Runtimes}}", check=False).stdout
+    return "nvidia" in runtimes and shutil.which("nvidia-smi") is not None \
+        and _ok(["nvidia-smi", "-L"]) is not None
+
+
+def compose_files(docker: Docker, root: Path, out: Path, target: str) -> list[str]:
+    """``-f`` arguments for the target's compose file, with the no-GPU override where it is needed."""
+    files = ["-f", str(root / "docker" / TARGETS[target][1])]
+    if target == "gpu" and not has_nvidia_runtime(docker):
+        override = out / "compose.no-gpu.yml"
+        override.write_text(NO_GPU_OVERRIDE)
+        files += ["-f", str(override)]
+    return files
+
+
+def stack_up(docker: Docker, root: Path, out: Path, port: int, target: str = "cpu", ready_timeout: float = 300) -> dict:
+    files = compose_files(docker, root, out, target)
+    compose = [*docker.compose, "-p", PROJECT, *files]
     run_logged([*compose, "up", "-d", "--no-build"], out / "compose_up.log", timeout=300, env=_compose_env(out, port))
     start, last = time.perf_counter(), ""
     while time.perf_counter() - start < ready_timeout:
         try:
             r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
             if r.status_code == 200:
-                return {"port": port, "ready_after_s": round(time.perf_counter() - start, 1)}
+                return {"port": port, "ready_after_s": round(time.perf_counter() - start, 1),
+                        "compose": " ".join(Path(f).name for f in files[1::2])}
             last = f"{r.status_code} {r.text[:200]}"
         except httpx.HTTPError as exc:
             last = f"{type(exc).__name__}"
@@ -296,13 +376,15 @@ def inspect(out: Path, port: int) -> dict:
             "verdicts": verdicts, "bad_upload": {"status": bad.status_code, "detail": bad.json().get("detail")}}
 
 
-def stack_down(docker: Docker, root: Path, out: Path, port: int) -> dict:
-    compose = [*docker.compose, "-p", PROJECT, "-f", str(root / "docker" / "docker-compose.cpu.yml")]
+def stack_down(docker: Docker, root: Path, out: Path, port: int, target: str = "cpu") -> dict:
+    compose = [*docker.compose, "-p", PROJECT, *compose_files(docker, root, out, target)]
     run_logged([*compose, "down", "--volumes"], out / "compose_down.log", timeout=300, env=_compose_env(out, port))
     return {}
 
 
-def run_smoke(out: Path, root: Path) -> Check:
+def run_smoke(out: Path, root: Path, target: str = "cpu", cuda_archs: str | None = None) -> Check:
+    if target not in TARGETS:
+        raise ValueError(f"target {target!r}: one of {', '.join(TARGETS)}")
     out.mkdir(parents=True, exist_ok=True)
     check = Check(out, "docker-smoke")
     found = check.step("preflight", _preflight)
@@ -312,19 +394,20 @@ def run_smoke(out: Path, root: Path) -> Check:
     with tempfile.TemporaryDirectory(prefix="rpe-pad-smoke-") as tmp:
         secrets, index = pip_secrets(Path(tmp))
         cert = next((s.split("src=", 1)[1] for s in secrets if s.startswith("id=pip-cert")), None)
-        torch_index = None if cpu_torch_index_reachable(cert) else ""
+        torch_index = None if target != "cpu" or cpu_torch_index_reachable(cert) else ""
         base = check.step("base", lambda: make_base(client, out))
         built = base and check.step("build", lambda: build_image(client, root, out, base["base_image"], secrets,
-                                                                  torch_index))
-        built = built and check.step("image", lambda: check_image(client, Path(tmp) / "pip.conf", index))
-    bundle = built and check.step("bundle", lambda: build_bundle(client, out))
+                                                                  torch_index, target, cuda_archs))
+        built = built and check.step("image", lambda: check_image(client, Path(tmp) / "pip.conf", index, target))
+    bundle = built and check.step("bundle", lambda: build_bundle(client, out, target))
     if bundle:
         port = _free_port()
-        up = check.step("stack-up", lambda: stack_up(client, root, out, port))
+        up = check.step("stack-up", lambda: stack_up(client, root, out, port, target))
         if up:
             check.step("inspect", lambda: inspect(out, port))
-        check.step("stack-down", lambda: stack_down(client, root, out, port))
-    return _report(check, {"cpu_torch_wheels": torch_index is None})
+        check.step("stack-down", lambda: stack_down(client, root, out, port, target))
+    extra = {"target": target} | ({"cpu_torch_wheels": torch_index is None} if target == "cpu" else {})
+    return _report(check, extra)
 
 
 def _preflight() -> dict:
@@ -339,8 +422,9 @@ def _preflight() -> dict:
 
 def _report(check: Check, extra: dict) -> Check:
     steps = {s["step"]: s for s in check.steps}
+    unverified = UNVERIFIED[extra.get("target", "cpu")]
     report = {"ok": check.ok, "total_seconds": round(sum(s["seconds"] for s in check.steps), 1),
-              "steps": check.steps, "unverified": UNVERIFIED, **extra}
+              "steps": check.steps, "unverified": unverified, **extra}
     if not extra.get("cpu_torch_wheels", True):
         report["note"] = ("the CPU-only torch index was unreachable, so the image carries torch 2.14.1 from pip's "
                           "index (the CUDA build and its NVIDIA libraries, unused on CPU); real users get the "
@@ -351,15 +435,16 @@ def _report(check: Check, extra: dict) -> Check:
         what = s["error"] or ", ".join(f"{k} {v}" for k, v in (s["result"] or {}).items()
                                        if not isinstance(v, (dict, list)))
         lines.append(f"| {name} | {'yes' if s['ok'] else 'NO'} | {s['seconds']} | {what} |")
-    lines += ["", f"total {report['total_seconds']} s", "", "Unverified here:", *[f"- {u}" for u in UNVERIFIED]]
+    lines += ["", f"total {report['total_seconds']} s", "", "Unverified here:", *[f"- {u}" for u in unverified]]
     if "note" in report:
         lines += ["", f"Note: {report['note']}"]
     (check.out / "docker_smoke.md").write_text("\n".join(lines) + "\n")
     return check
 
 
-def main(out: Path, root: Path, json_copy: Path | None = None) -> int:
-    check = run_smoke(out, root)
+def main(out: Path, root: Path, json_copy: Path | None = None, target: str = "cpu",
+         cuda_archs: str | None = None) -> int:
+    check = run_smoke(out, root, target, cuda_archs)
     print((out / "docker_smoke.md").read_text())
     if json_copy is not None:
         json_copy.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,13 @@ def test_user_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.Captur
     assert exc.value.code == 2
 
 
+def test_docker_smoke_refuses_cuda_architectures_for_the_cpu_image(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lab", "docker-smoke", "--out", str(tmp_path / "s"), "--cuda-archs", "9.0"]) == 2
+    assert "--cuda-archs is for --target gpu" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # refused before any step
+
+
 @pytest.mark.parametrize("argv, option", [
     (["synth", "OUT", "--size", "100000"], "--size"),  # would ask for hundreds of GB: refused by the bound
     (["synth", "OUT", "--seed", "-1"], "--seed"),

