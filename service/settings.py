@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     records_max_count: int | None = Field(default=100_000, gt=0)  # newest records kept (None = no limit)
     # older records are deleted (None = no limit; at most 100 years: a finite date)
     records_max_age_days: float | None = Field(default=365.0, gt=0, le=MAX_AGE_DAYS, allow_inf_nan=False)
-    records_queue: int = Field(default=256, gt=0)  # records waiting for the writer before new ones are dropped
+    records_queue: int = Field(default=256, gt=0)  # records waiting for the writer; beyond, written without images
 
     def bundle_source(self) -> Path | S3Location:
         """``bundles`` as a local directory or an ``s3://`` location."""

@@ -183,7 +183,8 @@ def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) ->
             "exif_camera": cameras, "exif_focal_px": exif_focal,
             "photo_scale": photos[0].scale,
         },
-        "frame": {"convention": "object at the origin (nearest point to the optical axes), +z up (mean camera up), "
+        "frame": {"convention": "object at the origin (nearest point to the optical axes), +z up (normal to the cameras' "
+                                "right directions, on the side of their mean up), "
                                 "median camera distance 4.0", "from_sfm": sim.to_dict()},
         "coverage": {
             "azimuth_gap_deg": rp.azimuth_gap(np.array([s.azimuth_deg for s in stats if s.registered])),
