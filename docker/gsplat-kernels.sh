@@ -31,11 +31,13 @@ if "$PY" -c "from gsplat import csrc" 2>/dev/null; then
 fi
 "$PY" -c "import torch; assert torch.version.cuda == '13.0', f'torch {torch.__version__} is not the CUDA 13.0 build'"
 
-# A CUDA 13 toolkit already here (torch refuses another major version than its own).
+# A CUDA 13 toolkit already here, whole (nvcc and the runtime's headers); torch refuses another
+# major version than its own. nvcc on PATH may be a link into the toolkit: followed.
 HERE=""
-NVCC_ON_PATH=$(command -v nvcc 2>/dev/null || true)
+NVCC_ON_PATH=$(readlink -f "$(command -v nvcc 2>/dev/null || echo /nonexistent)" 2>/dev/null || true)
 for d in "${CUDA_HOME:-}" "${NVCC_ON_PATH%/bin/nvcc}" /usr/local/cuda; do
-    if [ -n "$d" ] && [ -x "$d/bin/nvcc" ] && "$d/bin/nvcc" --version 2>/dev/null | grep -q "release 13\."; then
+    if [ -n "$d" ] && [ -x "$d/bin/nvcc" ] && [ -f "$d/include/cuda_runtime.h" ] \
+        && "$d/bin/nvcc" --version 2>/dev/null | grep -q "release 13\."; then
         HERE=$d
         break
     fi

@@ -150,17 +150,26 @@ def test_package_index_settings_are_build_secrets() -> None:
     assert ignore[ignore.index("*")] == "*" and "!models" in ignore and "!lab" not in ignore  # context: product only
 
 
-@pytest.mark.parametrize("release, used", [("13.0", True), ("12.8", False)])
-def test_the_kernel_recipe_uses_a_cuda_13_toolkit_already_there(release: str, used: bool, tmp_path: Path) -> None:
-    """A machine's own CUDA 13 compiler is used, with no download; one of another major version
-    (torch 2.14.1 would refuse it) is not. The index is switched off, so the run stops at pip."""
+@pytest.mark.parametrize("release, used, how", [("13.0", True, "CUDA_HOME"), ("12.8", False, "CUDA_HOME"),
+                                               ("13.0", True, "a link on PATH")])
+def test_the_kernel_recipe_uses_a_cuda_13_toolkit_already_there(release: str, used: bool, how: str,
+                                                                 tmp_path: Path) -> None:
+    """A machine's own CUDA 13 compiler is used, with no download, whether CUDA_HOME names it or
+    nvcc on PATH links into it; one of another major version (torch 2.14.1 would refuse it) is
+    not. The index is switched off, so the run stops at pip."""
     toolkit = tmp_path / "toolkit"
     (toolkit / "bin").mkdir(parents=True)
     (toolkit / "bin" / "nvcc").write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
     (toolkit / "bin" / "nvcc").chmod(0o755)
+    (toolkit / "include").mkdir()
+    (toolkit / "include" / "cuda_runtime.h").write_text("")
     (tmp_path / "links").mkdir()
     env = {"PATH": "/usr/bin:/bin", "CUDA_HOME": str(toolkit), "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": "/dev/null",
            "PIP_FIND_LINKS": str(tmp_path / "links"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    if how == "a link on PATH":
+        (tmp_path / "path").mkdir()
+        (tmp_path / "path" / "nvcc").symlink_to(toolkit / "bin" / "nvcc")
+        env = {k: v for k, v in env.items() if k != "CUDA_HOME"} | {"PATH": f"{tmp_path / 'path'}:/usr/bin:/bin"}
     result = subprocess.run(["sh", str(ROOT / "docker" / "gsplat-kernels.sh"), _python_with(tmp_path, "13.0", False),
                              str(tmp_path / "cuda")], capture_output=True, text=True, timeout=120, env=env)
     said = result.stdout + result.stderr
