@@ -28,8 +28,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # On a GPU host: its own environment with the gpu extra (onnxruntime-gpu), gsplat's CUDA kernels
-# compiled into it by the Docker image's recipe (NVIDIA's compiler from PyPI, kept in
-# $(GPU_VENV)/cuda-build: no CUDA toolkit needed), then the check (README, "make gpu-check").
+# compiled into it by the Docker image's recipe (the host's CUDA 13 toolkit, else NVIDIA's
+# compiler from PyPI kept in $(GPU_VENV)/cuda-build: no toolkit needed), then the check
+# (README, "make gpu-check").
 # Refuses at once where nvidia-smi finds no GPU.
 GPU_VENV ?= .venv-gpu
 GPU_OUT  ?= gpu_check

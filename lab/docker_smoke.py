@@ -18,14 +18,16 @@ brought down:
 4. ``image``: its size, and proof that no index setting reached it (no ``/etc/pip.conf``,
    nothing of the pip.conf in ``docker history``); for ``gpu``, that torch is the CUDA 13.0
    build, that gsplat imports its compiled kernels, and that ONNX Runtime offers its CUDA
-   provider;
+   provider, whose library needs nothing but the driver once torch is imported (``GPU_PROBE``);
 5. ``bundle``: ``rpe-pad demo`` inside the image (a synthetic category and its bundle,
    trained with the ``demo`` preset), as the host's user, into ``--out``;
 6. ``stack-up``: the target's compose file (``docker/docker-compose.cpu.yml``, or
    ``docker/docker-compose.yml`` for ``gpu``) up (project ``rpepad-smoke``) on a free loopback
-   port with that bundle mounted, then ``/readyz`` polled until ready. Where the engine has no
-   NVIDIA runtime, the GPU file runs with an override that drops its GPU reservation and sets
-   ``RPEPAD_DEVICE=cpu`` (written beside the report, ``compose.no-gpu.yml``);
+   port with that bundle mounted, then ``/readyz`` polled until ready. For ``gpu``, where a
+   container given a GPU (``--gpus 1``) sees none through torch, the GPU file runs with an
+   override that drops its GPU reservation and sets ``RPEPAD_DEVICE=cpu`` (written beside the
+   report, ``compose.no-gpu.yml``; Compose 2.24 or later); with a GPU, step 7 also requires
+   the category to be served on CUDA;
 7. ``inspect``: ``GET /categories``; a normal and a defective query through ``/inspect``
    (the defective one is the split's largest defect, chosen by its mask), whose verdicts
    must be ``normal`` and ``anomalous``; a text file posted as an image, whose answer must
@@ -79,13 +81,24 @@ services:
       RPEPAD_DEVICE: cpu
     deploy: !reset {}
 """
-# What the GPU image must hold, as its own Python sees it.
-GPU_PROBE = """import json, torch, onnxruntime as ort
+# What the GPU image must hold, as its own Python sees it. ONNX Runtime lists its CUDA provider
+# whether or not the provider's library can load; it loads on a GPU host only if every library it
+# needs is found. The product imports torch first, which loads CUDA's libraries from the nvidia-*
+# wheels; the probe does the same, then lists what the provider needs (ldd) that this process has
+# not loaded. Only the driver, libcuda.so.1, which the NVIDIA Container Toolkit mounts, may be left.
+GPU_PROBE = """import json, os, subprocess
+import torch, onnxruntime as ort
 from gsplat import csrc
 from gsplat.cuda._backend import _C
+provider = os.path.join(os.path.dirname(ort.__file__), "capi", "libonnxruntime_providers_cuda.so")
+needs = subprocess.run(["ldd", provider], capture_output=True, text=True).stdout if os.path.exists(provider) else ""
+loaded = open("/proc/self/maps").read()
+unresolved = [line.split()[0] for line in needs.splitlines() if "not found" in line and line.split()[0] not in loaded]
 print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "onnxruntime": ort.__version__,
-                  "providers": ort.get_available_providers(), "gsplat_kernels": _C is csrc}))
+                  "providers": ort.get_available_providers(), "gsplat_kernels": _C is csrc,
+                  "cuda_provider_library": bool(needs), "cuda_provider_unresolved": unresolved}))
 """
+DRIVER = "libcuda.so.1"  # the host's, mounted into a container given a GPU
 
 
 class Docker:
@@ -272,10 +285,15 @@ def check_gpu_parts(probe_output: str) -> dict:
         wrong.append("gsplat does not load its compiled kernels")
     if "CUDAExecutionProvider" not in found.get("providers", []):
         wrong.append(f"ONNX Runtime offers no CUDA provider ({found.get('providers')})")
+    elif not found.get("cuda_provider_library"):
+        wrong.append("ONNX Runtime's CUDA provider library is missing")
+    elif unresolved := [so for so in found.get("cuda_provider_unresolved", []) if so != DRIVER]:
+        wrong.append(f"ONNX Runtime's CUDA provider would not load: {', '.join(unresolved)} not found")
     if wrong:
         raise RuntimeError("the GPU image: " + "; ".join(wrong))
     return {"torch": found["torch"], "onnxruntime": found["onnxruntime"], "cuda": found["cuda"],
-            "gsplat_kernels": True, "ort_providers": ", ".join(found["providers"])}
+            "gsplat_kernels": True, "ort_providers": ", ".join(found["providers"]),
+            "ort_cuda_provider_needs_beyond_the_driver": "nothing"}
 
 
 def build_bundle(docker: Docker, out: Path, target: str = "cpu") -> dict:
@@ -300,25 +318,29 @@ def _compose_env(out: Path, port: int) -> dict[str, str]:
     return {"BUNDLES": str((out / "demo" / "bundles").resolve()), "PORT": str(port)}
 
 
-def has_nvidia_runtime(docker: Docker) -> bool:
-    """Whether the engine can hand a container a GPU (the NVIDIA Container Toolkit's runtime)."""
-    runtimes = docker("info", "--format", "{{json .Runtimes}}", check=False).stdout
-    return "nvidia" in runtimes and shutil.which("nvidia-smi") is not None \
-        and _ok(["nvidia-smi", "-L"]) is not None
+def gpu_in_containers(docker: Docker, image: str) -> bool:
+    """Whether a container of ``image`` given a GPU (``--gpus 1``) sees one through torch: the engine,
+    the NVIDIA Container Toolkit and the driver, tried rather than guessed."""
+    return docker("run", "--rm", "--gpus", "1", "--entrypoint", "python", image, "-c",
+                  "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)", check=False,
+                  timeout=300).returncode == 0
 
 
-def compose_files(docker: Docker, root: Path, out: Path, target: str) -> list[str]:
+def compose_files(root: Path, out: Path, target: str, gpu: bool) -> list[str]:
     """``-f`` arguments for the target's compose file, with the no-GPU override where it is needed."""
     files = ["-f", str(root / "docker" / TARGETS[target][1])]
-    if target == "gpu" and not has_nvidia_runtime(docker):
+    if target == "gpu" and not gpu:
         override = out / "compose.no-gpu.yml"
         override.write_text(NO_GPU_OVERRIDE)
         files += ["-f", str(override)]
     return files
 
 
-def stack_up(docker: Docker, root: Path, out: Path, port: int, target: str = "cpu", ready_timeout: float = 300) -> dict:
-    files = compose_files(docker, root, out, target)
+def stack_up(docker: Docker, root: Path, out: Path, port: int, target: str = "cpu", gpu: bool = False,
+             ready_timeout: float = 300) -> dict:
+    if target == "gpu" and not gpu:
+        _check_reset(docker)  # the override needs Compose's !reset
+    files = compose_files(root, out, target, gpu)
     compose = [*docker.compose, "-p", PROJECT, *files]
     run_logged([*compose, "up", "-d", "--no-build"], out / "compose_up.log", timeout=300, env=_compose_env(out, port))
     start, last = time.perf_counter(), ""
@@ -347,13 +369,17 @@ def queries(category_dir: Path) -> tuple[Path, Path]:
     return good.path, defective.path
 
 
-def inspect(out: Path, port: int) -> dict:
+def inspect(out: Path, port: int, device: str | None = None) -> dict:
+    """The demo's queries through the stack; with ``device``, the category must be served there."""
     url = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=url, timeout=120) as client:
         listed = client.get("/categories").json()
         names = [c["category"] for c in listed.get("categories", [])] if isinstance(listed, dict) else []
         if CATEGORY not in names:
             raise RuntimeError(f"GET /categories does not list {CATEGORY}: {listed}")
+        served = next(c.get("device") for c in listed["categories"] if c["category"] == CATEGORY)
+        if device is not None and not str(served).startswith(device):
+            raise RuntimeError(f"{CATEGORY} is served on {served}, not on {device}")
         verdicts = {}
         for expected, path in zip(("normal", "anomalous"), queries(out / "demo" / CATEGORY)):
             r = client.post("/inspect", data={"category": CATEGORY}, files={"file": (path.name, path.read_bytes(),
@@ -376,8 +402,8 @@ def inspect(out: Path, port: int) -> dict:
             "verdicts": verdicts, "bad_upload": {"status": bad.status_code, "detail": bad.json().get("detail")}}
 
 
-def stack_down(docker: Docker, root: Path, out: Path, port: int, target: str = "cpu") -> dict:
-    compose = [*docker.compose, "-p", PROJECT, *compose_files(docker, root, out, target)]
+def stack_down(docker: Docker, root: Path, out: Path, port: int, target: str = "cpu", gpu: bool = False) -> dict:
+    compose = [*docker.compose, "-p", PROJECT, *compose_files(root, out, target, gpu)]
     run_logged([*compose, "down", "--volumes"], out / "compose_down.log", timeout=300, env=_compose_env(out, port))
     return {}
 
@@ -399,15 +425,33 @@ def run_smoke(out: Path, root: Path, target: str = "cpu", cuda_archs: str | None
         built = base and check.step("build", lambda: build_image(client, root, out, base["base_image"], secrets,
                                                                   torch_index, target, cuda_archs))
         built = built and check.step("image", lambda: check_image(client, Path(tmp) / "pip.conf", index, target))
+    gpu = bool(built) and target == "gpu" and gpu_in_containers(client, TARGETS[target][0])
     bundle = built and check.step("bundle", lambda: build_bundle(client, out, target))
     if bundle:
         port = _free_port()
-        up = check.step("stack-up", lambda: stack_up(client, root, out, port, target))
+        up = check.step("stack-up", lambda: stack_up(client, root, out, port, target, gpu))
         if up:
-            check.step("inspect", lambda: inspect(out, port))
-        check.step("stack-down", lambda: stack_down(client, root, out, port, target))
-    extra = {"target": target} | ({"cpu_torch_wheels": torch_index is None} if target == "cpu" else {})
+            check.step("inspect", lambda: inspect(out, port, "cuda" if gpu else None))
+        check.step("stack-down", lambda: stack_down(client, root, out, port, target, gpu))
+    extra = {"target": target} | ({"cpu_torch_wheels": torch_index is None} if target == "cpu" else
+                                  {"gpu_in_container": gpu})
     return _report(check, extra)
+
+
+RESET_SINCE = (2, 24)  # the first Compose to read the `!reset` tag that NO_GPU_OVERRIDE uses
+
+
+def _check_reset(docker: Docker) -> None:
+    version = subprocess.run([*docker.compose, "version", "--short"], capture_output=True, text=True).stdout.strip()
+    if compose_version(version) < RESET_SINCE:
+        raise RuntimeError(f"Compose {version} cannot drop the GPU reservation (`!reset` needs "
+                           f"{'.'.join(map(str, RESET_SINCE))} or later): upgrade it, or run on a GPU host")
+
+
+def compose_version(text: str) -> tuple[int, int]:
+    """``v2.40.3`` or ``2.24.0-desktop.1`` -> (2, 40); (0, 0) where it cannot be read."""
+    found = re.match(r"v?(\d+)\.(\d+)", text.strip())
+    return (int(found[1]), int(found[2])) if found else (0, 0)
 
 
 def _preflight() -> dict:
@@ -422,7 +466,7 @@ def _preflight() -> dict:
 
 def _report(check: Check, extra: dict) -> Check:
     steps = {s["step"]: s for s in check.steps}
-    unverified = UNVERIFIED[extra.get("target", "cpu")]
+    unverified = [] if extra.get("gpu_in_container") else UNVERIFIED[extra.get("target", "cpu")]
     report = {"ok": check.ok, "total_seconds": round(sum(s["seconds"] for s in check.steps), 1),
               "steps": check.steps, "unverified": unverified, **extra}
     if not extra.get("cpu_torch_wheels", True):

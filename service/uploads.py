@@ -2,14 +2,15 @@
 
 Checks, in order, each with its status: declared media type (415: only images, or an
 undeclared octet stream; ``check_media_type``, before any byte is read), size in bytes
-(413, enforced while reading), that Pillow recognises a supported format (415 for other
-formats, 400 for undecodable bytes), the pixel count from the header before any pixel is
-decoded (413: decompression bombs; the limit is the service's ``max_image_pixels``, and
-Pillow's own global limit is raised to it), one frame (422 for a multi-page TIFF or an
-animated PNG or WebP; an MPO, a phone's JPEG, is read as its first frame, the
-photograph), a minimum side (422), then a full decode (400 when truncated or corrupt, when its EXIF orientation cannot be read, or when
-a float image holds NaN or infinite pixels: whatever Pillow raises on hostile bytes is a
-400, never a 500). 16-bit, CMYK, palette, greyscale and transparent images are converted
+(413, enforced while reading), an empty file (400), that Pillow recognises a supported
+format (415 for other formats, 400 for undecodable bytes), the pixel count from the
+header before any pixel is decoded (413: decompression bombs; the limit is the service's
+``max_image_pixels``, and Pillow's own global limit is raised to it), one frame (422 for
+a multi-page TIFF or an animated PNG or WebP; an MPO, a phone's JPEG, is read as its
+first frame, the photograph), a minimum side (422), then a full decode (400 when
+truncated or corrupt, when its EXIF orientation cannot be read, or when a float image
+holds NaN or infinite pixels: whatever Pillow raises on hostile bytes is a 400, never a
+500). 16-bit, CMYK, palette, greyscale and transparent images are converted
 to RGB; EXIF orientation is applied (``models.images.to_rgb_float``).
 """
 

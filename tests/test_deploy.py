@@ -64,9 +64,7 @@ def test_the_gpu_image_needs_no_cuda_base_image_and_compiles_gsplat_for_torch_2_
     assert "!docker/gsplat-kernels.sh" in (ROOT / ".dockerignore").read_text().split()
     assert "docker/gsplat-kernels.sh $(GPU_VENV)/bin/python" in (ROOT / "Makefile").read_text()
     recipe = (ROOT / "docker" / "gsplat-kernels.sh").read_text()
-    # gsplat 1.5.3's setup.py asks for C++17; torch 2.14's headers need C++20. The recipe raises
-    # that one flag, checks that it did, and checks that gsplat then loads its own kernels.
-    assert "sed -i 's/\"-std=c++17\"/\"-std=c++20\"/'" in recipe and "grep -q '\"-std=c++20\"'" in recipe
+    # After the build (the tests below run the recipe up to it), gsplat must load its own kernels.
     assert "from gsplat import csrc" in recipe and "_C is csrc" in recipe
     assert '"cuda-toolkit[nvcc,cudart,cccl]==$CUDA_TOOLKIT"' in recipe and '--target "$CUDA_DIR"' in recipe
     # The compiler stays in the build stage: the service's image carries only the venv.
@@ -150,36 +148,89 @@ def test_package_index_settings_are_build_secrets() -> None:
     assert ignore[ignore.index("*")] == "*" and "!models" in ignore and "!lab" not in ignore  # context: product only
 
 
-@pytest.mark.parametrize("release, used, how", [("13.0", True, "CUDA_HOME"), ("12.8", False, "CUDA_HOME"),
-                                               ("13.0", True, "a link on PATH")])
-def test_the_kernel_recipe_uses_a_cuda_13_toolkit_already_there(release: str, used: bool, how: str,
-                                                                 tmp_path: Path) -> None:
-    """A machine's own CUDA 13 compiler is used, with no download, whether CUDA_HOME names it or
-    nvcc on PATH links into it; one of another major version (torch 2.14.1 would refuse it) is
-    not. The index is switched off, so the run stops at pip."""
+def _toolkit(tmp_path: Path, release: str) -> Path:
+    """A stand-in CUDA toolkit: an nvcc that says its release, and the runtime's header."""
     toolkit = tmp_path / "toolkit"
     (toolkit / "bin").mkdir(parents=True)
     (toolkit / "bin" / "nvcc").write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
     (toolkit / "bin" / "nvcc").chmod(0o755)
     (toolkit / "include").mkdir()
     (toolkit / "include" / "cuda_runtime.h").write_text("")
-    (tmp_path / "links").mkdir()
-    env = {"PATH": "/usr/bin:/bin", "CUDA_HOME": str(toolkit), "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": "/dev/null",
-           "PIP_FIND_LINKS": str(tmp_path / "links"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    if how == "a link on PATH":
+    return toolkit
+
+
+def _offline(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """An environment whose pip sees no index, only the folder ``links``."""
+    (tmp_path / "links").mkdir(exist_ok=True)
+    return {"PATH": "/usr/bin:/bin", "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": "/dev/null",
+            "PIP_FIND_LINKS": str(tmp_path / "links"), "PIP_DISABLE_PIP_VERSION_CHECK": "1", **extra}
+
+
+def _recipe(tmp_path: Path, env: dict[str, str]) -> tuple[int, str]:
+    result = subprocess.run(["sh", str(ROOT / "docker" / "gsplat-kernels.sh"), _python_with(tmp_path, "13.0", False),
+                             "cuda"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("release, how", [("13.0", "CUDA_HOME"), ("13.0", "a link on PATH"), ("12.8", "CUDA_HOME")])
+def test_the_kernel_recipe_uses_a_cuda_13_toolkit_already_there(release: str, how: str, tmp_path: Path) -> None:
+    """A machine's own CUDA 13 compiler is used, with no download, whether CUDA_HOME names it or
+    nvcc on PATH links into it; one of another major version (torch 2.14.1 would refuse it) is
+    not, and the compiler is asked of the index instead. The index is off, so each run stops at pip."""
+    toolkit = _toolkit(tmp_path, release)
+    if how == "CUDA_HOME":  # only there: a machine's /usr/local/cuda stays out of it
+        env = _offline(tmp_path, CUDA_HOME=str(toolkit), CUDA_SEARCH=str(toolkit))
+    else:
         (tmp_path / "path").mkdir()
         (tmp_path / "path" / "nvcc").symlink_to(toolkit / "bin" / "nvcc")
-        env = {k: v for k, v in env.items() if k != "CUDA_HOME"} | {"PATH": f"{tmp_path / 'path'}:/usr/bin:/bin"}
-    result = subprocess.run(["sh", str(ROOT / "docker" / "gsplat-kernels.sh"), _python_with(tmp_path, "13.0", False),
-                             str(tmp_path / "cuda")], capture_output=True, text=True, timeout=120, env=env)
-    said = result.stdout + result.stderr
-    assert result.returncode != 0  # no index: nothing to build from
-    assert (f"using the CUDA 13 toolkit at {toolkit}" in said) is used
-    if used:
-        assert "cuda-toolkit" not in said  # no compiler asked of the index
-    else:  # the next place is looked at (a machine's /usr/local/cuda), else the compiler from PyPI
-        assert "using the CUDA 13 toolkit at /usr/local/cuda" in said or "cuda-toolkit" in said
+        env = _offline(tmp_path) | {"PATH": f"{tmp_path / 'path'}:/usr/bin:/bin"}
+    code, said = _recipe(tmp_path, env)
+    assert code != 0
+    if release == "13.0":
+        assert f"using the CUDA 13 toolkit at {toolkit}" in said and "cuda-toolkit" not in said
+        assert "No matching distribution found for gsplat==1.5.3" in said  # stopped at the source's download
+    else:
+        assert "using the CUDA 13 toolkit" not in said
+        # The compiler asked of the index, into the folder made absolute (pip builds gsplat elsewhere).
+        assert f"NVIDIA's compiler from PyPI goes to {tmp_path / 'cuda'}" in said
+        assert "No matching distribution found for cuda-toolkit" in said
     assert not (tmp_path / "cuda" / "nvidia").exists()
+
+
+FAKE_SETUP = """import sys
+from setuptools import setup
+
+FLAGS = {flags}
+if "bdist_wheel" in sys.argv:  # the build: say what the recipe left in this file, and stop
+    text = open(__file__).read()
+    raise SystemExit("FAKE-GSPLAT-BUILD C++20 only: " + str('"-std=c++' + '20"' in text and "c++1" + "7" not in text))
+setup(name="gsplat", version="1.5.3", py_modules=[])
+"""
+
+
+@pytest.mark.parametrize("flags, said", [
+    ('["-O3", "--use_fast_math", "-std=c++17"]', "FAKE-GSPLAT-BUILD C++20 only: True"),  # gsplat 1.5.3's line
+    ("['-O3', '-std=c++17']", "no -std=c++17 in gsplat's setup.py to raise"),
+    ('["-std=c++17"] + ["-std=c++17"] + ["--std=c++17"]', "still asks for C++17 in a form this recipe does not know"),
+])
+def test_the_kernel_recipe_raises_gsplats_cxx_standard_before_building(flags: str, said: str, tmp_path: Path) -> None:
+    """The recipe run on a stand-in of gsplat's source distribution (its setup.py's flag line, and a
+    build that reports what it was given): the flag is raised to C++20 before the build, and a
+    setup.py whose C++17 the recipe cannot raise is refused before it."""
+    import io
+    import tarfile
+
+    toolkit = _toolkit(tmp_path, "13.0")
+    env = _offline(tmp_path, CUDA_HOME=str(toolkit), CUDA_SEARCH=str(toolkit), TMPDIR=str(tmp_path))
+    source = FAKE_SETUP.format(flags=flags).encode()
+    with tarfile.open(tmp_path / "links" / "gsplat-1.5.3.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("gsplat-1.5.3/setup.py")
+        info.size = len(source)
+        tar.addfile(info, io.BytesIO(source))
+    code, out = _recipe(tmp_path, env)
+    assert code != 0 and said in out  # the stand-in never builds; the real one does (docs/DEPLOY.md)
+    if "FAKE" not in said:
+        assert "FAKE-GSPLAT-BUILD" not in out  # refused before pip builds anything
 
 
 def _compose_command() -> list[str] | None:

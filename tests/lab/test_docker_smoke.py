@@ -81,7 +81,8 @@ def test_a_client_with_buildx_builds_with_it(tmp_path: Path, monkeypatch) -> Non
 
 
 GOOD_PROBE = {"torch": "2.14.1+cu130", "cuda": "13.0", "onnxruntime": "1.31.1", "gsplat_kernels": True,
-              "providers": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+              "providers": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+              "cuda_provider_library": True, "cuda_provider_unresolved": ["libcuda.so.1"]}  # the driver: the host's
 
 
 def test_the_gpu_image_passes_with_cuda_13_gsplat_kernels_and_the_cuda_provider() -> None:
@@ -94,6 +95,9 @@ def test_the_gpu_image_passes_with_cuda_13_gsplat_kernels_and_the_cuda_provider(
     ({"cuda": None}, "built for CUDA None"),  # the CPU-only torch wheel
     ({"gsplat_kernels": False}, "gsplat does not load its compiled kernels"),
     ({"providers": ["CPUExecutionProvider"]}, "ONNX Runtime offers no CUDA provider"),
+    ({"cuda_provider_library": False}, "CUDA provider library is missing"),
+    # A CUDA library that neither torch nor the image loads: the provider would not load on a GPU host.
+    ({"cuda_provider_unresolved": ["libcublasLt.so.13", "libcuda.so.1"]}, "would not load: libcublasLt.so.13 not found"),
 ])
 def test_the_gpu_image_fails_for_each_missing_cuda_part(change: dict, said: str) -> None:
     with pytest.raises(RuntimeError, match=said):
@@ -108,12 +112,11 @@ def test_a_probe_that_printed_no_report_is_named() -> None:
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("target, nvidia, override", [("cpu", False, False), ("gpu", True, False),
-                                                       ("gpu", False, True)])
-def test_the_gpu_compose_file_drops_its_reservation_only_where_the_engine_has_no_gpu(
-        target: str, nvidia: bool, override: bool, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(docker_smoke, "has_nvidia_runtime", lambda docker: nvidia)
-    files = docker_smoke.compose_files(None, ROOT, tmp_path, target)
+@pytest.mark.parametrize("target, gpu, override", [("cpu", False, False), ("gpu", True, False),
+                                                    ("gpu", False, True)])
+def test_the_gpu_compose_file_drops_its_reservation_only_where_containers_get_no_gpu(
+        target: str, gpu: bool, override: bool, tmp_path: Path) -> None:
+    files = docker_smoke.compose_files(ROOT, tmp_path, target, gpu)
     assert files[:2] == ["-f", str(ROOT / "docker" / docker_smoke.TARGETS[target][1])]
     assert (files[2:] == ["-f", str(tmp_path / "compose.no-gpu.yml")]) is override
     assert (tmp_path / "compose.no-gpu.yml").exists() is override
@@ -129,13 +132,30 @@ def test_the_override_leaves_the_gpu_service_as_it_is_on_the_cpu(tmp_path: Path)
                             env={"BUNDLES": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     merged = json.loads(result.stdout)["services"]["rpe-pad"]
-    plain = json.loads(subprocess.run([str(Path(sys.executable).parent / "docker-compose"), "-f",
-                                       str(ROOT / "docker" / "docker-compose.yml"), "config", "--format", "json"],
-                                      capture_output=True, text=True,
-                                      env={"BUNDLES": str(tmp_path), "PATH": "/usr/bin:/bin"}).stdout)["services"]["rpe-pad"]
+    alone = subprocess.run([str(Path(sys.executable).parent / "docker-compose"), "-f",
+                            str(ROOT / "docker" / "docker-compose.yml"), "config", "--format", "json"],
+                           capture_output=True, text=True, env={"BUNDLES": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert alone.returncode == 0, alone.stderr
+    plain = json.loads(alone.stdout)["services"]["rpe-pad"]
     assert "deploy" in plain and "deploy" not in merged and merged["environment"]["RPEPAD_DEVICE"] == "cpu"
     # Everything else is the GPU file's own: image, volumes, health check, the other settings.
     for key in ("image", "volumes", "healthcheck", "build", "ports"):
         assert merged[key] == plain[key]
     assert {k: v for k, v in merged["environment"].items() if k != "RPEPAD_DEVICE"} == \
         {k: v for k, v in plain["environment"].items() if k != "RPEPAD_DEVICE"}
+
+
+@pytest.mark.parametrize("text, version", [("v2.40.3", (2, 40)), ("2.24.0-desktop.1", (2, 24)), ("2.9.0", (2, 9)),
+                                           ("", (0, 0)), ("unknown", (0, 0))])
+def test_compose_versions_are_read_as_numbers(text: str, version: tuple[int, int]) -> None:
+    assert docker_smoke.compose_version(text) == version
+    assert (docker_smoke.compose_version(text) >= docker_smoke.RESET_SINCE) is (version >= (2, 24))  # 2.9 < 2.24
+
+
+def test_a_compose_without_reset_is_refused_before_the_stack(tmp_path: Path, monkeypatch) -> None:
+    client = _fake_docker(monkeypatch, tmp_path, {})
+    docker = docker_smoke.Docker(client, False, [client, "compose"])
+    monkeypatch.setattr(docker_smoke.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, "2.20.3\n", ""))
+    with pytest.raises(RuntimeError, match=r"Compose 2\.20\.3 cannot drop the GPU reservation .* 2\.24 or later"):
+        docker_smoke.stack_up(docker, ROOT, tmp_path, 1, "gpu", gpu=False)
