@@ -72,8 +72,8 @@ UNVERIFIED = {
             "host with the NVIDIA Container Toolkit; there the stack keeps its GPU reservation and "
             "RPEPAD_DEVICE=cuda)"],
 }
-# The GPU compose file on an engine without the NVIDIA runtime: the same service on the CPU.
-NO_GPU_OVERRIDE = """# Written by `rpe-pad lab docker-smoke --target gpu` on an engine without the NVIDIA runtime:
+# The GPU compose file where containers get no GPU: the same service on the CPU.
+NO_GPU_OVERRIDE = """# Written by `rpe-pad lab docker-smoke --target gpu` where a container given a GPU saw none:
 # docker/docker-compose.yml as it is, less its GPU reservation, serving on the CPU.
 services:
   rpe-pad:
@@ -321,9 +321,12 @@ def _compose_env(out: Path, port: int) -> dict[str, str]:
 def gpu_in_containers(docker: Docker, image: str) -> bool:
     """Whether a container of ``image`` given a GPU (``--gpus 1``) sees one through torch: the engine,
     the NVIDIA Container Toolkit and the driver, tried rather than guessed."""
-    return docker("run", "--rm", "--gpus", "1", "--entrypoint", "python", image, "-c",
-                  "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)", check=False,
-                  timeout=300).returncode == 0
+    try:
+        return docker("run", "--rm", "--gpus", "1", "--entrypoint", "python", image, "-c",
+                      "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)", check=False,
+                      timeout=300).returncode == 0
+    except subprocess.TimeoutExpired:  # a GPU that does not answer is none to serve on
+        return False
 
 
 def compose_files(root: Path, out: Path, target: str, gpu: bool) -> list[str]:
