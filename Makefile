@@ -30,8 +30,7 @@ test: $(STAMP)
 # On a GPU host: its own environment with the gpu extra (onnxruntime-gpu), gsplat's CUDA kernels
 # compiled into it by the Docker image's recipe (the host's CUDA 13 toolkit, else NVIDIA's
 # compiler from PyPI kept in $(GPU_VENV)/cuda-build: no toolkit needed), then the check
-# (README, "make gpu-check").
-# Refuses at once where nvidia-smi finds no GPU.
+# (README, "make gpu-check"). Refuses at once where nvidia-smi finds no GPU.
 GPU_VENV ?= .venv-gpu
 GPU_OUT  ?= gpu_check
 gpu-check:

