@@ -41,6 +41,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         raise ValueError(f"--sheet {args.sheet}: give the path of an image file to write (.png, .jpg or .webp)")
     if args.sheet and writable_parent(args.sheet.parent) is not None:  # now, not after loading every photo
         raise ValueError(f"--sheet {args.sheet}: {writable_parent(args.sheet.parent)} is a file, not a folder")
+    if args.sheet:
+        _make_folder(args.sheet.parent, f"--sheet {args.sheet}")
     category = load_category(args.category_dir, size=args.size, progress=True)
     print(json.dumps(describe(category), indent=2))
     if args.sheet:
@@ -117,6 +119,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from models.images import FORMAT_NAMES, MIN_IMAGE_SIDE, exif_camera_of, greyscale_file, load_rgb
     from models.viz import figure as digits
     from models.inspector import InspectionError, Inspector
+    from models.results import resolve_threshold
 
     for path in args.images:  # a mistyped path is the user's mistake: refused before the bundle is loaded
         if path.is_dir():
@@ -128,11 +131,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     except BundleError as exc:
         print(f"rpe-pad inspect: bundle refused: {exc}", file=sys.stderr)
         return 3
+    if args.threshold is not None:  # the bundle's own bounds: once, before any image
+        try:
+            resolve_threshold(inspector.calibration, args.threshold)
+        except InspectionError as exc:
+            raise ValueError(f"--threshold: {exc}") from None
     out = args.out or Path("inspections")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails here, before any image is inspected
+    _make_folder(out, f"--out {out}")  # an unwritable folder fails here, before any image is inspected
     failures = 0
     for path, figure in zip(args.images, _figure_names(args.images, out)):
         try:
@@ -164,6 +172,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _make_folder(folder: Path, option: str) -> None:
+    """``folder`` and its parents made now, before the work; one that cannot be is the user's
+    choice of place (exit 2 naming the option), not a failure of the machine."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{option}: the folder {folder} cannot be made ({exc.strerror}; choose a folder that can "
+                         "be written)") from None
+
+
 def _figure_names(images: list, out: Path) -> list[Path]:
     """``<stem>_overlay.png`` in ``out`` for each image; images whose stems repeat in the run
     (``Burrs/000.png``, ``Stains/000.png``) get their folder's name in front, and a counter if
@@ -184,7 +202,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from service.app import create_app
-    from service.server import run
+    from service.server import check_address, run
     from service.settings import Settings
 
     from pydantic import ValidationError
@@ -209,6 +227,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"bundles directory {settings.bundles} {not_a_folder(source)}")
         if (source / MANIFEST).is_file():
             raise ValueError(f"{source} is one bundle; serve its parent folder (--bundles {source.parent})")
+    check_address(args.host, args.port)  # taken, or not this machine's: one line now, not uvicorn's log later
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run(create_app(settings), args.host, args.port, settings.drain_s)
     return 0
@@ -295,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intrinsics", type=intrinsics, default=None, metavar="FX,FY,CX,CY",
                    help="the photos' camera in their own pixels, when it is not the bundle's at another resolution")
     p.add_argument("--threshold", type=non_negative_float, default=None,
-                   help="override the calibrated threshold (raw score units, >= 0)")
+                   help="override the calibrated threshold (raw score units, above the bundle's lowest normal score, "
+                        "GET /categories' score_floor)")
     p.add_argument("--device", default="auto", choices=list(registry.DEVICES))
     p.add_argument("--json", action="store_true", help="also print each result as one JSON line")
     p.set_defaults(func=_cmd_inspect)
@@ -343,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rpe-pad {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout's reader went away (rpe-pad show ... | head): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit, when Python flushes it
+        return 141  # 128 + SIGPIPE, as a command the signal ended
     except OSError as exc:  # the machine's failures (a full disk, an I/O error, a library that does not load)
         if os.environ.get("RPEPAD_DEBUG"):
             raise

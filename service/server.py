@@ -14,7 +14,9 @@ shutdown runs, with nothing left arriving. A second signal ends the drain at onc
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import time
 from collections.abc import Callable
 
@@ -49,6 +51,31 @@ class DrainingServer(uvicorn.Server):
             sig, self._drain_signal = self._drain_signal, None
             super().handle_exit(sig, None)  # uvicorn's graceful shutdown, and its exit status, from here on
         return await super().on_tick(counter)
+
+
+def check_address(host: str, port: int) -> None:
+    """``ValueError`` naming the option when the service could not listen on ``host:port``
+    (taken by another process, not an address of this machine, a port that needs privileges),
+    tried as uvicorn binds (``SO_REUSEADDR``); the socket is closed at once."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ValueError(f"--host {host}: not an address ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ValueError(f"--port {port}: {host}:{port} is in use by another process (stop it, or choose "
+                                 "another --port)") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ValueError(f"--host {host}: not an address of this machine") from None
+            if exc.errno == errno.EACCES:
+                raise ValueError(f"--port {port}: not allowed to listen there ({exc.strerror}; ports under 1024 "
+                                 "need privileges)") from None
+            raise
 
 
 def run(app: FastAPI, host: str, port: int, drain_s: float) -> None:

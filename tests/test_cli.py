@@ -140,6 +140,59 @@ def test_serve_refuses_one_bundle_for_its_parent_and_bad_settings(tiny_release: 
     assert capsys.readouterr().err.startswith("rpe-pad serve: error: settings: Value error, max_files_per_batch (16)")
 
 
+def test_serve_refuses_an_address_it_cannot_listen_on_in_one_line(tiny_release: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A port another process holds was six lines of uvicorn's log and exit 3, after every
+    bundle had loaded; now one line naming the option, exit 2, before any bundle is read."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--bundles", str(tiny_release.parent), "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == (f"rpe-pad serve: error: --port {port}: 127.0.0.1:{port} is in use by another "
+                               "process (stop it, or choose another --port)")
+    assert main(["serve", "--bundles", str(tiny_release.parent), "--host", "192.0.2.77"]) == 2  # TEST-NET-1
+    assert "--host 192.0.2.77: not an address of this machine" in capsys.readouterr().err
+
+
+def test_inspect_refuses_a_threshold_the_bundle_cannot_use_before_any_image(
+        tiny_release: Path, tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--threshold`` at or below the bundle's lowest normal score was refused image by image
+    (exit 1); it is the option's mistake: one line, exit 2, no overlay folder."""
+    from models.calibration import Calibration
+
+    floor = Calibration.model_validate_json((tiny_release / "calibration" / "calibration.json").read_text()).score_floor
+    image = min((tiny_synth / "test" / "good").glob("*.png"))
+    out = tmp_path / "o"
+    assert main(["inspect", str(tiny_release), str(image), "--threshold", str(floor / 2), "--out", str(out),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rpe-pad inspect: error: --threshold: threshold must be a number above") and not out.exists()
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_output_folders_are_made_first_and_a_closed_pipe_is_quiet(tiny_synth: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """``show --sheet`` into a folder not there yet makes it (it ended in a bare ``[Errno 2]``
+    after every photo was read); one that cannot be made is named by its option, before the
+    work; and ``rpe-pad show ... | head`` ends quietly, as a command that SIGPIPE ended."""
+    sheet = tmp_path / "new" / "deeper" / "sheet.png"
+    assert main(["show", str(tiny_synth), "--size", "32", "--sheet", str(sheet)]) == 0 and sheet.is_file()
+    capsys.readouterr()
+    assert main(["show", str(tiny_synth), "--sheet", "/proc/rpepad-no/sheet.png"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rpe-pad show: error: --sheet /proc/rpepad-no/sheet.png: the folder /proc/rpepad-no "
+                          "cannot be made (") and "Loading" not in err
+    proc = subprocess.Popen([sys.executable, "-m", "rpe_pad.cli", "show", str(tiny_synth), "--size", "32"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the summary is written
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and b"Broken pipe" not in stderr and b"Traceback" not in stderr, stderr
+
+
 def test_inspect_given_the_bundles_folder_names_a_bundle_in_it(tiny_release: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     image = tmp_path / "q.png"
