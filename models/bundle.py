@@ -197,6 +197,8 @@ def check_category_name(name: str) -> str:
 def read_manifest(bundle_dir: Path) -> Manifest:
     """The validated manifest of ``bundle_dir`` (no file hashes checked: see ``open_bundle``)."""
     path = bundle_dir / MANIFEST
+    if path.is_symlink():  # it pins every file's hash: a link would give the bundle's identity from elsewhere
+        raise BundleError(f"{bundle_dir}: {MANIFEST} is a symbolic link (a bundle holds its files)")
     if not path.is_file():
         inside = sorted(p.parent.name for p in bundle_dir.glob(f"*/{MANIFEST}")) if bundle_dir.is_dir() else []
         hint = f"; it holds bundles: give one of them ({bundle_dir / inside[0]}, ...)" if inside else ""

@@ -53,15 +53,17 @@ def declared_pixels(exc: Image.DecompressionBombError) -> int | None:
 def header_problem(image: Image.Image, max_pixels: int) -> ImageRefused | None:
     """What the product refuses in an opened image, from its header alone (no pixel decoded):
     a format outside ``FORMATS``, more than ``max_pixels`` pixels, several frames (except MPO,
-    read by its first frame). Counting a TIFF's frames walks its pages: hostile bytes raise
-    Pillow's errors there, for the caller to wrap."""
+    read by its first frame). Whether there are several is read from the first header; a
+    TIFF's pages are not counted (Pillow walks them all, and a hostile file of 10 MB holds
+    tens of thousands: a minute's work), other formats' frames are (their header says how
+    many). Hostile bytes raise Pillow's errors here, for the caller to wrap."""
     if image.format not in FORMATS:
         return ImageRefused(f"format {image.format} is not read (give {FORMAT_NAMES})", "format", format=image.format)
     width, height = image.size
     if width * height > max_pixels:
         return ImageRefused(_too_many(f"{width} x {height} pixels", max_pixels), "pixels", width=width, height=height)
-    frames = getattr(image, "n_frames", 1)
-    if frames > 1 and image.format != "MPO":
+    if getattr(image, "is_animated", False) and image.format != "MPO":
+        frames = "several" if image.format == "TIFF" else str(image.n_frames)
         return ImageRefused(f"it is a {image.format} of {frames} frames (an animation or several pages): give one "
                             "still image", "frames", format=image.format, frames=frames)
     return None

@@ -63,6 +63,7 @@ _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _VERSION_DIR = re.compile(r"^(?P<category>[^/]+)@(?P<sha256>[0-9a-f]{64})$")
 CONNECT_TIMEOUT_S = 5  # an unreachable store is reported within seconds, not botocore's default minute
 READ_TIMEOUT_S = 60
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest lists files: Lego's, with its gallery, is 118 kB
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,14 @@ class S3Source:
             raise BundleError(f"{where}/: no {MANIFEST} (not a bundle, or an upload that has not finished: "
                               f"upload {MANIFEST} last)")
         fingerprint = tuple(sorted(files.items()))
-        manifest_bytes = self._get(self.location.key(category, MANIFEST))
+        refused = self._refusals.get(category)
+        if refused is not None and refused[0] == fingerprint:
+            raise BundleError(refused[1])  # the same objects as last time: not downloaded again
+        size = files[MANIFEST][0]
+        if size > MAX_MANIFEST_BYTES:  # read whole into memory: refused by the listing's size first
+            raise BundleError(f"{where}/{MANIFEST}: {size} bytes, more than a manifest may have "
+                              f"({MAX_MANIFEST_BYTES}; not a bundle manifest)")
+        manifest_bytes = self._get(self.location.key(category, MANIFEST), MAX_MANIFEST_BYTES)
         sha = hashlib.sha256(manifest_bytes).hexdigest()
         target = self.cache_dir / f"{category}@{sha}"
         if sha == serving:
@@ -256,9 +264,6 @@ class S3Source:
                 return Version(category, sha, target / category)
             except BundleError:
                 shutil.rmtree(target, ignore_errors=True)
-        refused = self._refusals.get(category)
-        if refused is not None and refused[0] == fingerprint:
-            raise BundleError(refused[1])  # the same objects as last time: not downloaded again
         try:
             path = self._fetch(category, manifest_bytes, files, target)
         except BundleError as exc:
@@ -311,9 +316,13 @@ class S3Source:
                 objects[obj["Key"][len(prefix):]] = (obj["Size"], obj.get("ETag", ""))
         return objects
 
-    def _get(self, key: str) -> bytes:
+    def _get(self, key: str, limit: int) -> bytes:
+        """An object's bytes, refused past ``limit`` (an object may have grown since it was listed)."""
         with closing(self._client.get_object(Bucket=self.location.bucket, Key=key)["Body"]) as body:
-            return body.read()
+            data = body.read(limit + 1)
+        if len(data) > limit:
+            raise BundleError(f"{self.location.bucket}/{key}: more than {limit} bytes")
+        return data
 
     def _download(self, key: str, dest: Path, rel: str, bundle: Path) -> None:
         from botocore.exceptions import ClientError

@@ -133,6 +133,8 @@ def _flip_last_byte(path: Path) -> None:
     (lambda b: _edit_files(b, "manifest.json/x"), "'manifest.json' is listed as a file and as the folder"),
     (lambda b: _link_outside(b, FILES["scene"]), "splats/scene.safetensors is reached through a symbolic link"),
     (lambda b: _link_outside(b, "gallery/views"), "gallery/views/0000.png is reached through a symbolic link"),
+    # The manifest pins every file's hash: linked, the bundle's identity would come from elsewhere.
+    (lambda b: _link_outside(b, MANIFEST), "manifest.json is a symbolic link"),
 ])
 def test_damaged_bundles_are_refused_with_the_reason(copy: Path, damage, message: str) -> None:
     damage(copy)

@@ -169,7 +169,7 @@ def test_a_version_is_fetched_verified_cached_and_never_half_placed(store: str, 
     assert _leftovers(cache) == [f"{name}@{v1.sha256}"]  # no temporary folder, no half version
     client.gets.clear()
     assert source.sync({name: v1.sha256}, keep=[v1.path]).refused[name] == reason
-    assert client.gets == [f"{PREFIX}/{name}/{MANIFEST}"]
+    assert client.gets == []  # the same objects as when it was refused: not even the manifest is read
 
     # A missing object (the manifest names it, the store does not have it).
     boto3.client("s3").delete_object(Bucket=bucket, Key=f"{PREFIX}/{name}/{TAMPERED}")
@@ -223,7 +223,27 @@ def test_a_manifest_whose_paths_clash_is_refused_once_for_its_content(store: str
     reason = source.sync().refused[name]
     assert "'reports/x' is listed as a file and as the folder of another listed file" in reason
     assert "fetch failed" not in reason and client.gets == [f"{PREFIX}/{name}/{MANIFEST}"]
-    assert source.sync().refused[name] == reason and client.gets == [f"{PREFIX}/{name}/{MANIFEST}"] * 2
+    assert source.sync().refused[name] == reason and client.gets == [f"{PREFIX}/{name}/{MANIFEST}"]  # not again
+
+
+def test_a_manifest_too_large_is_refused_by_its_listed_size_unread(store: str, tiny_release: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest is read whole into memory: one larger than a manifest can be (a listing of
+    files) is refused from the listing, never downloaded (a 400 MiB one took 1.2 GB before)."""
+    import service.bundle_source as bundle_source
+
+    _aws(monkeypatch, tmp_path, store)
+    bucket, name = _bucket(), tiny_release.name
+    _upload(bucket, tiny_release)
+    size = (tiny_release / MANIFEST).stat().st_size
+    monkeypatch.setattr(bundle_source, "MAX_MANIFEST_BYTES", size - 1)
+    client = _Counting(boto3.client("s3"))
+    source = S3Source(S3Location(bucket, f"{PREFIX}/"), tmp_path / "cache", client)
+    reason = source.sync().refused[name]
+    assert f"{MANIFEST}: {size} bytes, more than a manifest may have ({size - 1}" in reason, reason
+    assert client.gets == [] and _leftovers(tmp_path / "cache") == []
+    monkeypatch.setattr(bundle_source, "MAX_MANIFEST_BYTES", size)  # at the limit: fetched and served
+    assert name in source.sync().versions
 
 
 def test_a_store_that_cannot_be_read(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -328,7 +328,7 @@ def test_a_decompression_bomb_is_set_aside_with_its_reason(tmp_path: Path, capsy
     assert reasons["odd.tiff"].startswith("cannot be decoded (TypeError: ")  # Pillow's error on fuzzed bytes
     assert reasons["bomb.png"] == (f"not read: its header declares 400000000 pixels, more than the "
                                    f"{MAX_PHOTO_PIXELS} an image may have (a decompression bomb, or not a photo)")
-    assert "4290250000 pixels" in reasons["bomb.jpg"] and "a TIFF of 3 frames" in reasons["pages.tiff"]
+    assert "4290250000 pixels" in reasons["bomb.jpg"] and "a TIFF of several frames" in reasons["pages.tiff"]
     (tmp_path / "few").mkdir()
     for i in range(3):
         shutil.copy(tmp_path / "ok" / f"p0{i}.png", tmp_path / "few")
