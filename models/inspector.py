@@ -601,7 +601,8 @@ class Inspector:
         refs = batch.references.cpu().numpy()
         return [Inspection.build(self.calibration, float(scores[i]), maps[i].numpy().astype(np.float32), refs[i],
                                  batch.poses[i].double().cpu().numpy(), batch.gallery_matches[i] if batch.gallery_matches else [],
-                                 dict(per_image), batch.refine[i], batch.verification[i], threshold)
+                                 dict(per_image), batch.refine[i], batch.verification[i], self.config.pose,
+                                 str(self.device), threshold)
                 for i in range(b)]
 
     def gallery_view_png(self, view_id: int) -> bytes | None:

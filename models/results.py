@@ -59,6 +59,10 @@ class Inspection(BaseModel):
     score: float = Field(description="raw anomaly score: the maximum of the anomaly map at the score's blur (the "
                                      "returned map may be blurred finer and is capped at the score)")
     threshold: float = Field(description="the threshold used (calibrated, or the request's override), raw units")
+    threshold_source: Literal["calibrated", "override"] = Field(
+        description="calibrated: the bundle's threshold; override: the caller's (the request's threshold field, the "
+                    "page's slider, inspect --threshold)")
+    calibrated_threshold: float = Field(description="the bundle's calibrated threshold, whichever was used")
     normalised_score: float = Field(ge=0, le=1, description="in [0, 1]; 0.5 at the threshold used")
     is_anomalous: bool = Field(description="score > threshold (the score's comparison; act on verdict)")
     verdict: Verdict = Field(description="what to do with the part: anomalous or normal by the score when the pose "
@@ -71,6 +75,8 @@ class Inspection(BaseModel):
     refine: dict[str, Any] = Field(default_factory=dict, description="what the refinement did (rpe+refine); "
                                    "second_look: what the second look did where the pose check rejected the first "
                                    "pose (tried, verified, the candidate chosen or null, first_reason)")
+    pose_mode: str = Field(description="the pose mode that located the query (the bundle's, or RPEPAD_POSE / --pose)")
+    device: str = Field(description="where the pipeline ran: cpu or cuda[:N]")
 
     _anomaly_map: np.ndarray = PrivateAttr()  # [H, W] float32, raw units
     _reference: np.ndarray = PrivateAttr()  # [H, W, 3] float32: the normal view the query was compared with
@@ -79,12 +85,15 @@ class Inspection(BaseModel):
     @classmethod
     def build(cls, calibration: Calibration, score: float, anomaly_map: np.ndarray, reference: np.ndarray,
               pose: np.ndarray, matches: list[GalleryMatch], timings_ms: dict[str, float], refine: dict,
-              verification: Verification, threshold: float | None = None) -> Inspection:
+              verification: Verification, pose_mode: str, device: str,
+              threshold: float | None = None) -> Inspection:
         t = resolve_threshold(calibration, threshold)
-        out = cls(score=score, threshold=t, normalised_score=float(calibration.normalise(score, t)),
+        out = cls(score=score, threshold=t, threshold_source=_source(threshold),
+                  calibrated_threshold=float(calibration.threshold),
+                  normalised_score=float(calibration.normalise(score, t)),
                   is_anomalous=bool(score > t), verdict=verdict_of(score, t, verification),
                   verification=verification, pose=Pose.of(pose), gallery_matches=matches,
-                  timings_ms=timings_ms, refine=refine)
+                  timings_ms=timings_ms, refine=refine, pose_mode=pose_mode, device=device)
         out._anomaly_map, out._reference, out._calibration = anomaly_map, reference, calibration
         return out
 
@@ -92,7 +101,8 @@ class Inspection(BaseModel):
         """The same inspection decided at another threshold (None: the calibrated one);
         ``InspectionError`` for a threshold the calibration cannot use."""
         t = resolve_threshold(self._calibration, threshold)
-        return self.model_copy(update={"threshold": t, "is_anomalous": bool(self.score > t),
+        return self.model_copy(update={"threshold": t, "threshold_source": _source(threshold),
+                                       "is_anomalous": bool(self.score > t),
                                        "verdict": verdict_of(self.score, t, self.verification),
                                        "normalised_score": float(self._calibration.normalise(self.score, t))})
 
@@ -120,6 +130,10 @@ class Inspection(BaseModel):
     def normalised_map(self) -> np.ndarray:
         """The map normalised to [0, 1], 0.5 at the threshold: ``> 0.5`` is the decision mask."""
         return self._calibration.normalise_map(self._anomaly_map, self.threshold)
+
+
+def _source(threshold: float | None) -> Literal["calibrated", "override"]:
+    return "calibrated" if threshold is None else "override"
 
 
 def verdict_of(score: float, threshold: float, verification: Verification) -> Verdict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import logging
@@ -175,14 +176,22 @@ def get_state(request: Request) -> State:
     return request.app.state.svc
 
 
+def has_key(request: Request, settings: Settings) -> bool:
+    """The request carries the configured X-API-Key (or none is configured)."""
+    key = settings.api_key
+    if key is None:
+        return True
+    return secrets.compare_digest(request.headers.get("x-api-key", "").encode(), key.get_secret_value().encode())
+
+
+NO_KEY = "missing or wrong API key (header X-API-Key)"
+NO_KEY_HEADERS = {"WWW-Authenticate": "ApiKey"}
+
+
 def authorised(request: Request, state: Annotated[State, Depends(get_state)]) -> None:
     """Inspection routes need header X-API-Key when a key is configured."""
-    key = state.settings.api_key
-    if key is None:
-        return
-    given = request.headers.get("x-api-key", "")
-    if not secrets.compare_digest(given.encode(), key.get_secret_value().encode()):
-        raise ServiceError(401, "missing or wrong API key (header X-API-Key)", headers={"WWW-Authenticate": "ApiKey"})
+    if not has_key(request, state.settings):
+        raise ServiceError(401, NO_KEY, headers=NO_KEY_HEADERS)
 
 
 def _query_names(dependant) -> set[str]:
@@ -507,10 +516,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.middleware("http")
     async def observe(request: Request, call_next):
         given = request.headers.get("x-request-id", "")
-        request.state.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        request.state.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         start = request.state.started = time.perf_counter()
         declared, limit = request.headers.get("content-length", ""), body_limit(request.url.path)
-        if declared.isdigit() and int(declared) > limit:  # before Starlette parses (and spools) the body
+        if request.method == "POST" and not has_key(request, settings):  # every POST needs it: refused unread
+            response = problems.problem(401, NO_KEY, request, headers=NO_KEY_HEADERS)
+        elif declared.isdigit() and int(declared) > limit:  # before Starlette parses (and spools) the body
             response = problems.problem(413, f"request body of {declared} bytes is over {limit} for "
                                              f"{request.url.path}", request)
         else:
@@ -531,6 +542,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if response.status_code >= 400:
                 svc.telemetry.errors.labels(str(response.status_code)).inc()
         response.headers["X-Request-ID"] = request.state.request_id
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")  # every answer is what its type says
         return response
 
     @app.get("/healthz", response_model=Health, tags=["operations"])
@@ -539,10 +551,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Health(status="ok")
 
     @app.get("/readyz", response_model=Health, tags=["operations"], responses=problems.errors(503))
-    async def readyz(state: StateDep) -> Health:
+    async def readyz(request: Request, state: StateDep) -> Health:
         """Bundles are loaded and inspections are accepted; ``detail`` names what is not served
         and why (refused bundles, a bundle store that cannot be read). 503 while loading, and
-        while draining before a shutdown (``RPEPAD_DRAIN_S``: requests are still served then)."""
+        while draining before a shutdown (``RPEPAD_DRAIN_S``: requests are still served then).
+        Where a key is configured, the reasons (paths, hosts) are given with it only: a probe
+        without it gets the names."""
         if app.state.draining:
             raise ServiceError(503, f"shutting down: draining for {settings.drain_s:g} s (RPEPAD_DRAIN_S); "
                                     "requests in flight and arriving are still served")
@@ -551,6 +565,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         records = state.records_error or (state.records.health() if state.records is not None else None)
         if records is not None:
             found["records"] = records
+        if not has_key(request, settings):
+            found = dict.fromkeys(found, "not served (the reason with X-API-Key)")
+            records = records and "unavailable or behind (the reason with X-API-Key)"
         problems = "; ".join(f"{name}: {reason}" for name, reason in found.items())
         return Health(status="ready", bundles_loaded=len(state.inspectors), detail=problems or None, records=records)
 
@@ -610,24 +627,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except InspectionError as exc:
             raise ServiceError(422, f"threshold: {exc}") from exc
 
-    async def _run(state: State, batcher: CategoryBatcher, images: list) -> list[Inspection]:
+    async def _run(state: State, batcher: CategoryBatcher, images: list, threshold: float | None) -> list[Inspection]:
+        """The pipeline over ``images``, each decided at ``threshold`` (None: the calibrated one)
+        and counted in the metrics as it is answered."""
         category = batcher.name
         try:
-            results = await batcher.submit(images)
+            results = [r.decided(threshold) for r in await batcher.submit(images)]
         except InspectionError as exc:
             raise ServiceError(422, str(exc)) from exc
         for r in results:
             state.telemetry.observe(category, r)
         return results
 
-    def _out(request: Request, category: str, filename: str | None, result: Inspection, image, include: Include,
-             inspector: Inspector, record_id: str | None = None) -> InspectionOut:
+    def _out(request: Request, category: str, filename: str | None, result: Inspection, image, data: bytes,
+             intrinsics: str | None, include: Include, inspector: Inspector,
+             record_id: str | None = None) -> InspectionOut:
         norm = result.normalised_map() if include.map else None
         reference = np.round(np.clip(result.reference, 0, 1) * 255).astype(np.uint8) if include.reference else None
         return InspectionOut(
             **result.model_dump(), request_id=request.state.request_id, category=category,
             filename=clean_filename(filename),
             record_id=record_id, bundle_sha256=inspector.bundle_sha256,
+            query_sha256=hashlib.sha256(data).hexdigest(), service_version=package_version(),
+            intrinsics=None if (camera := _parse_intrinsics(intrinsics)) is None else list(camera),
             score_floor=inspector.calibration.score_floor, map_floor=inspector.calibration.map_floor,
             reference_png=None if reference is None else _png_b64(Image.fromarray(reference)),
             anomaly_map_png=None if norm is None else _png_b64(Image.fromarray(np.round(norm * 255).astype(np.uint8),
@@ -656,12 +678,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with batcher.in_use():  # this bundle version to the answer, even if a new one is swapped in
             image, data = await _prepare(state, inspector, batcher, file, intrinsics, phases)
             _check_threshold(inspector, threshold)
-            result = (await _run(state, batcher, [image]))[0].decided(threshold)
+            result = (await _run(state, batcher, [image], threshold))[0]
             t0 = time.perf_counter()
             record_id = new_id() if state.records is not None else None
             include = Include(include_map, include_overlay, include_reference)
-            out = await run_in_threadpool(_out, request, category, file.filename, result, image, include, inspector,
-                                          record_id)
+            out = await run_in_threadpool(_out, request, category, file.filename, result, image, data, intrinsics,
+                                          include, inspector, record_id)
             _record(state, record_id, out, result, image, data, file, inspector)
         request.state.answered = time.perf_counter()
         phases["respond"] = request.state.answered - t0
@@ -690,16 +712,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             prepared = [await _prepare(state, inspector, batcher, f, intrinsics) for f in files]
             images = [image for image, _ in prepared]
             _check_threshold(inspector, threshold)
-            results = await _run(state, batcher, images)
-            outs = []
-            for f, r, (im, data) in zip(files, results, prepared):
-                result = r.decided(threshold)
-                record_id = new_id() if state.records is not None else None
-                out = await run_in_threadpool(_out, request, category, f.filename, result, im,
-                                              Include(include_map, include_overlay, include_reference), inspector,
-                                              record_id)
-                _record(state, record_id, out, result, im, data, f, inspector)
-                outs.append(out)
+            results = await _run(state, batcher, images, threshold)
+            include = Include(include_map, include_overlay, include_reference)
+            outs = [await run_in_threadpool(_out, request, category, f.filename, result, im, data, intrinsics,
+                                            include, inspector, new_id() if state.records is not None else None)
+                    for f, result, (im, data) in zip(files, results, prepared)]
+            # recorded once the whole answer is built: no record of a batch that was not answered
+            for f, result, out, (im, data) in zip(files, results, outs, prepared):
+                _record(state, out.record_id, out, result, im, data, f, inspector)
         return BatchOut(request_id=request.state.request_id, category=category, results=outs)
 
     @app.get("/categories/{category}/gallery/{view_id}.png", dependencies=reads,
@@ -812,7 +832,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The record, once the writer has it in the database (an answer's ``record_id`` may be
         opened at once: a record still on its way is waited for, briefly). 503 while it waits
         for a retry, 404 with the reason when it was refused or is not there."""
-        if not RECORD_ID.match(record_id):
+        if not RECORD_ID.fullmatch(record_id):
             raise ServiceError(404, f"no inspection record {record_id!r}")
         waiting = await asyncio.to_thread(store.wait_written, record_id, RECORD_WAIT_S)
         record = await _database(store.get, record_id)

@@ -146,6 +146,10 @@ class Record(Base):
     pose_check_reason: Mapped[str | None] = mapped_column(Text)
     misalignment_px: Mapped[float | None] = mapped_column(Float)
     silhouette_iou: Mapped[float | None] = mapped_column(Float)
+    # Where the threshold came from and what the upload was (NULL in rows written before session 50).
+    threshold_source: Mapped[str | None] = mapped_column(String(16))  # calibrated or override
+    calibrated_threshold: Mapped[float | None] = mapped_column(Float)  # the bundle's, whichever was used
+    query_sha256: Mapped[str | None] = mapped_column(String(64))  # of the upload's bytes, as they arrived
 
     def overlay(self) -> bytes | None:
         """The overlay figure as PNG: the stored one, or drawn from the evidence; None when
@@ -620,7 +624,9 @@ class RecordStore:
             query_png=evidence and evidence.query_png, reference_png=evidence and evidence.reference_png,
             map_png=evidence and evidence.map_png, query_bytes=item.query_bytes, query_media_type=item.query_media_type,
             pose_verified=check.get("verified"), pose_check_reason=check.get("reason") or None,
-            misalignment_px=check.get("misalignment_px"), silhouette_iou=check.get("silhouette_iou"))
+            misalignment_px=check.get("misalignment_px"), silhouette_iou=check.get("silhouette_iou"),
+            threshold_source=r.get("threshold_source"), calibrated_threshold=r.get("calibrated_threshold"),
+            query_sha256=r.get("query_sha256"))
 
     def _insert(self, items: list[Pending]) -> None:
         with Session(self.engine) as session, session.begin():
@@ -833,7 +839,8 @@ class RecordStore:
         shift a later chunk)."""
         columns = ["id", "created", "request_id", "category", "verdict", "score", "threshold", "normalised_score",
                    "filename", "bundle_id", "bundle_sha256", "feedback", "feedback_note", "feedback_at",
-                   "pose_verified", "pose_check_reason", "misalignment_px", "silhouette_iou"]
+                   "pose_verified", "pose_check_reason", "misalignment_px", "silhouette_iou",
+                   "threshold_source", "calibrated_threshold", "query_sha256"]
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(columns)

@@ -29,6 +29,10 @@ class InspectionOut(Inspection):
     reference_png: str | None = Field(None, description="base64 PNG of the rendered normal reference at the pose")
     record_id: str | None = Field(None, description="id of the stored inspection record (GET /inspections/{id}); "
                                                     "null when records are off")
+    query_sha256: str = Field(description="sha256 of the uploaded file's bytes, as they arrived")
+    intrinsics: list[float] | None = Field(None, description="the request's fx, fy, cx, cy (null: the bundle's "
+                                                             "camera, or the photo's EXIF)")
+    service_version: str = Field(description="the rpe-pad version that answered")
     bundle_sha256: str = Field("", description="the bundle version that answered (sha256 of its manifest.json, as "
                                                "GET /categories gives it); its gallery views are ?v= its first 12 "
                                                "characters")

@@ -65,8 +65,11 @@ def test_result_fields(inspector: Inspector, queries) -> None:
         # The JSON is the model's own fields; the arrays and the calibration never go out.
         dumped = json.loads(r.model_dump_json())
         assert dumped["pose"]["world_to_camera"][3] == [0, 0, 0, 1]
-        assert set(dumped) == {"score", "threshold", "normalised_score", "is_anomalous", "verdict", "verification",
-                               "pose", "gallery_matches", "timings_ms", "refine"}
+        assert set(dumped) == {"score", "threshold", "threshold_source", "calibrated_threshold", "normalised_score",
+                               "is_anomalous", "verdict", "verification", "pose", "gallery_matches", "timings_ms",
+                               "refine", "pose_mode", "device"}
+        assert r.threshold_source == "calibrated" and r.calibrated_threshold == calib.threshold
+        assert r.pose_mode == inspector.config.pose and r.device == "cpu"
 
 
 def test_threshold_override_moves_the_decision(inspector: Inspector, queries) -> None:
@@ -81,6 +84,9 @@ def test_threshold_override_moves_the_decision(inspector: Inspector, queries) ->
     assert (again.threshold, again.is_anomalous, again.normalised_score) == (high.threshold, False,
                                                                              pytest.approx(high.normalised_score))
     assert base.decided(None).threshold == inspector.calibration.threshold
+    assert (again.threshold_source, base.decided(None).threshold_source, low.threshold_source) == (
+        "override", "calibrated", "override")
+    assert again.calibrated_threshold == low.calibrated_threshold == inspector.calibration.threshold
     for bad in (-1.0, float("nan")):
         with pytest.raises(InspectionError, match="above"):
             inspector.inspect(good.image[None], threshold=bad)

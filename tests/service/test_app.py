@@ -383,6 +383,52 @@ def test_upload_size_limit_and_api_key(tiny_release: Path, category: str, query_
                    headers={"X-API-Key": "s3cret"})
         assert r.status_code == 413 and "request body" in r.json()["detail"]
         assert c.get("/healthz").status_code == 200  # operations endpoints stay open
+        # Without the key, a POST is refused before its body is read: an upload a batch's size,
+        # sent chunked, is not taken in (before, 161 MiB were received and spooled first).
+        app = c.app
+
+        async def call(body: list[bytes]) -> tuple[int, int]:
+            messages = iter(body)
+            read, status = [], []
+
+            async def receive():
+                chunk = next(messages, None)
+                read.append(chunk)
+                return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
+
+            async def send(message):
+                if message["type"] == "http.response.start":
+                    status.append(message["status"])
+
+            await app({"type": "http", "method": "POST", "path": "/inspect/batch", "raw_path": b"/inspect/batch",
+                       "query_string": f"category={category}".encode(), "root_path": "", "scheme": "http",
+                       "http_version": "1.1", "server": ("test", 80), "client": ("test", 1),
+                       "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"x-api-key", b"wrong")]},
+                      receive, send)
+            return status[0], sum(1 for chunk in read if chunk)
+
+        import anyio
+
+        status, chunks_read = anyio.run(call, [head, *[b"\0" * 65536] * 64, b"\r\n--b--\r\n"])
+        assert status == 401 and chunks_read == 0, (status, chunks_read)
+
+
+def test_readyz_gives_reasons_only_with_the_key(tiny_release: Path, tmp_path: Path) -> None:
+    """A probe needs no key; where one is set, what is not served is named to it, and why (a
+    path, a database host) only with the key."""
+    import shutil
+
+    bundles = tmp_path / "bundles"
+    shutil.copytree(tiny_release, bundles / tiny_release.name)
+    (bundles / "Broken").mkdir()
+    (bundles / "Broken" / "manifest.json").write_text("{")
+    with _client(bundles, api_key="s3cret") as c:
+        _wait_ready(c)
+        bare = c.get("/readyz")
+        assert bare.status_code == 200 and bare.json()["detail"] == "Broken: not served (the reason with X-API-Key)"
+        assert str(tmp_path) not in bare.text and bare.headers["x-content-type-options"] == "nosniff"
+        keyed = c.get("/readyz", headers={"X-API-Key": "s3cret"}).json()["detail"]
+        assert keyed.startswith("Broken: ") and "not valid JSON" in keyed and str(bundles) in keyed
 
 
 def test_not_ready_without_bundles(tmp_path: Path, query_png: bytes, caplog: pytest.LogCaptureFixture) -> None:

@@ -109,6 +109,7 @@ def test_a_shift_at_the_station(station: Service, queries: dict[str, Path], driv
     page.wait.until(lambda d: all(i.get_attribute("naturalWidth") not in (None, "0")
                                   for i in page.find_all("#detail-body img")))
     assert "Pose check" in page.find("#detail-body").text  # passed or failed, with its figures
+    assert "the bundle's calibrated one" in page.find("#detail-body").text  # uploaded before the slider moved
     page.find("input[name=label][value=false_alarm]").click()
     page.find("#feedback-note").send_keys("glare on the stud")
     page.find("#feedback-form button[type=submit]").click()

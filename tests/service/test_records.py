@@ -881,3 +881,74 @@ def test_health_holds_while_a_retry_round_runs_and_flush_waits_for_the_write(tmp
         assert store.health() is not None and "waiting to be written" in store.health()
     finally:
         store.stop(timeout=3)
+
+
+def test_a_record_says_what_decided_it_and_a_batch_is_recorded_only_when_answered(
+        tiny_release: Path, tmp_path: Path, images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An auditor can tell from the record alone whether the threshold was the bundle's or an
+    override (and what the bundle's was), which upload was judged, how and where; the metrics
+    count the verdict the answer gave; and a batch whose answer fails leaves no record."""
+    import hashlib
+    import re
+
+    import service.app as app_module
+
+    category = tiny_release.name
+    with _served(tiny_release.parent, tmp_path) as c:
+        info = c.get("/categories").json()["categories"][0]
+        calibrated, floor = info["threshold"], info["score_floor"]
+        counted = _verdict_counts(c, category)
+        plain = _inspect(c, category, images["good"])
+        low = floor + 1e-3 * (calibrated - floor)  # an override just above the lowest normal score
+        forced = _inspect(c, category, images["good"], threshold=str(low))
+        assert plain["threshold_source"] == "calibrated" and plain["threshold"] == pytest.approx(calibrated)
+        assert forced["threshold_source"] == "override" and forced["threshold"] == pytest.approx(low)
+        assert forced["calibrated_threshold"] == pytest.approx(calibrated) == plain["calibrated_threshold"]
+        for out in (plain, forced):
+            assert out["query_sha256"] == hashlib.sha256(images["good"]).hexdigest()
+            assert out["pose_mode"] == info["pose_mode"] and out["device"] == info["device"] == "cpu"
+            assert re.fullmatch(r"\d+\.\d+.*", out["service_version"]) and out["intrinsics"] is None
+        _flush(c)
+        detail = c.get(f"/inspections/{forced['record_id']}").json()
+        for key in ("threshold_source", "calibrated_threshold", "query_sha256", "pose_mode", "device",
+                    "service_version", "intrinsics"):
+            assert detail["result"][key] == forced[key], key
+        assert hashlib.sha256(c.get(detail["query_url"]).content).hexdigest() == detail["result"]["query_sha256"]
+        rows = {r["id"]: r for r in csv.DictReader(io.StringIO(c.get("/inspections.csv").text))}
+        assert rows[forced["record_id"]]["threshold_source"] == "override"
+        assert rows[plain["record_id"]]["threshold_source"] == "calibrated"
+        assert float(rows[forced["record_id"]]["calibrated_threshold"]) == pytest.approx(calibrated)
+        assert rows[plain["record_id"]]["query_sha256"] == plain["query_sha256"]
+        # The metrics count the verdict each answer gave, the override's included.
+        assert forced["verdict"] != plain["verdict"] or plain["verdict"] == "review"
+        now = _verdict_counts(c, category)
+        for verdict in ("normal", "anomalous", "review"):
+            assert now[verdict] - counted[verdict] == [plain["verdict"], forced["verdict"]].count(verdict), verdict
+
+        # A batch whose second answer cannot be built: a 500, and none of its images recorded.
+        real, calls = app_module._png_b64, []
+
+        def failing(image):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("injected")
+            return real(image)
+
+        monkeypatch.setattr(app_module, "_png_b64", failing)
+        before = c.get("/inspections").json()["total"]
+        batch = c.post("/inspect/batch", data={"category": category, "include_reference": "true"},
+                       files=[("files", ("a.png", images["good"], "image/png")),
+                              ("files", ("b.png", images["bad"], "image/png"))])
+        assert batch.status_code == 500 and len(calls) == 2
+        _flush(c)
+        assert c.get("/inspections").json()["total"] == before
+
+
+def _verdict_counts(client: TestClient, category: str) -> dict[str, float]:
+    """``rpepad_images_inspected_total`` of ``category`` by decision, from ``/metrics``."""
+    text = client.get("/metrics").text
+    counts = {}
+    for verdict in ("normal", "anomalous", "review"):
+        line = f'rpepad_images_inspected_total{{category="{category}",decision="{verdict}"}} '
+        counts[verdict] = next((float(row[len(line):]) for row in text.splitlines() if row.startswith(line)), 0.0)
+    return counts

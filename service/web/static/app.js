@@ -495,6 +495,10 @@ async function loadDetail(id) {
     const unverified = check && check.verified === false;
     definition(list, "Score / threshold", `${r.score.toFixed(2)} / ${r.threshold.toFixed(2)} (normalised ${r.normalised_score.toFixed(2)})` +
                (unverified ? "; not to be trusted: the rendered reference does not fit the photo" : ""));
+    if (r.result.threshold_source) {  // records from before session 50 do not say
+      definition(list, "Threshold", r.result.threshold_source === "override"
+        ? `set by the request (the bundle's is ${r.result.calibrated_threshold.toFixed(2)})` : "the bundle's calibrated one");
+    }
     if (check) {
       const figures = [check.misalignment_px == null ? null : `misalignment ${check.misalignment_px.toFixed(1)} px at 224`,
                        `silhouette overlap ${check.silhouette_iou.toFixed(2)}`].filter(Boolean).join(", ");
