@@ -764,7 +764,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return dict(id=r.id, created=_utc(r.created), request_id=r.request_id, category=r.category, verdict=r.verdict,
                     score=r.score, threshold=r.threshold, normalised_score=r.normalised_score, filename=r.filename,
                     bundle_id=r.bundle_id, bundle_sha256=r.bundle_sha256, feedback=r.feedback,
-                    feedback_note=r.feedback_note, feedback_at=_utc(r.feedback_at), has_overlay=r.has_overlay,
+                    feedback_note=r.feedback_note, feedback_at=_utc(r.feedback_at), feedback_by=r.feedback_by,
+                    has_overlay=r.has_overlay,
                     has_query=r.has_query)
 
     def _filters(category: str | None, verdict: str | None, since: datetime | None, until: datetime | None,
@@ -895,7 +896,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         a null label clears it. The word it replaces is kept in the record's feedback history."""
         await _get_record(store, record_id)
         try:
-            await _database(store.set_feedback, record_id, feedback.label, feedback.note)
+            await _database(store.set_feedback, record_id, feedback.label, feedback.note, feedback.by)
         except FeedbackConflict as exc:
             raise ServiceError(409, str(exc)) from exc
         return await get_inspection(record_id, store)

@@ -138,7 +138,8 @@ class Record(Base):
     feedback: Mapped[str | None] = mapped_column(String(32), index=True)
     feedback_note: Mapped[str | None] = mapped_column(Text)
     feedback_at: Mapped[datetime | None] = mapped_column(DateTime())
-    # The feedback it had before, oldest first: a JSON list of {label, note, at} (NULL: none).
+    feedback_by: Mapped[str | None] = mapped_column(String(100))  # who gave it (NULL before session 50, or unnamed)
+    # The feedback it had before, oldest first: a JSON list of {label, note, at, by} (NULL: none).
     feedback_history: Mapped[str | None] = mapped_column(Text)
     # The pose check (the result's ``verification``), for the CSV without reading every result
     # (NULL in rows written before session 28; an upgrade adds the columns).
@@ -797,8 +798,10 @@ class RecordStore:
             record.has_query = record.query_bytes is not None
         return record
 
-    def set_feedback(self, record_id: str, label: str | None, note: str | None) -> Record | None:
-        """The operator's word on a record (``label`` None clears it, ``note`` then saying why);
+    def set_feedback(self, record_id: str, label: str | None, note: str | None,
+                     by: str | None = None) -> Record | None:
+        """The operator's word on a record (``label`` None clears it, ``note`` then saying why;
+        ``by`` who gives it);
         the word it replaces is kept in ``feedback_history``, so a correction never loses what
         was said before.
 
@@ -816,11 +819,11 @@ class RecordStore:
                 history = json.loads(record.feedback_history or "[]")
                 if record.feedback is not None or record.feedback_note is not None:  # a word, or a clear's reason
                     history.append({"label": record.feedback, "note": record.feedback_note,
-                                    "at": seen.isoformat() + "Z" if seen else None})
+                                    "at": seen.isoformat() + "Z" if seen else None, "by": record.feedback_by})
                 now = utc_now()
                 if seen is not None and now <= seen:  # a coarse clock: keep the moments ordered
                     now = seen + timedelta(microseconds=1)
-                values = {"feedback": label, "feedback_note": note,
+                values = {"feedback": label, "feedback_note": note, "feedback_by": by,
                           "feedback_at": now, "feedback_history": json.dumps(history) if history else None}
                 unchanged = Record.feedback_at.is_(None) if seen is None else Record.feedback_at == seen
                 written = session.execute(update(Record).where(Record.id == record_id, unchanged).values(**values)
@@ -840,7 +843,7 @@ class RecordStore:
         columns = ["id", "created", "request_id", "category", "verdict", "score", "threshold", "normalised_score",
                    "filename", "bundle_id", "bundle_sha256", "feedback", "feedback_note", "feedback_at",
                    "pose_verified", "pose_check_reason", "misalignment_px", "silhouette_iou",
-                   "threshold_source", "calibrated_threshold", "query_sha256"]
+                   "threshold_source", "calibrated_threshold", "query_sha256", "feedback_by"]
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(columns)

@@ -72,6 +72,7 @@ class RecordSummary(BaseModel):
     feedback: str | None = Field(description="confirmed_defect, false_alarm, or null")
     feedback_note: str | None
     feedback_at: datetime | None
+    feedback_by: str | None = Field(None, description="who gave the feedback, as they named themselves")
     has_overlay: bool
     has_query: bool
 
@@ -81,7 +82,7 @@ class RecordDetail(RecordSummary):
 
     result: dict = Field(description="the result as POST /inspect returned it (without images)")
     feedback_history: list[dict] = Field(default_factory=list, description="the feedback it had before, oldest "
-                                                                            "first: label, note, at (UTC)")
+                                                                            "first: label, note, at (UTC), by")
     overlay_url: str | None
     query_url: str | None
 
@@ -103,3 +104,6 @@ class FeedbackIn(BaseModel):
                     "the note says why it was cleared)")
     note: str | None = Field(None, max_length=2000, pattern="^[^\\x00]*$",
                              description="free text (no NUL character, which no database keeps)")
+    by: str | None = Field(None, min_length=1, max_length=100, pattern="^[^\\x00-\\x1f\\x7f]*$",
+                           description="who gives it: an operator's name or badge (one line, at most 100 characters); "
+                                       "kept with the word and in its history")

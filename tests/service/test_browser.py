@@ -112,8 +112,10 @@ def test_a_shift_at_the_station(station: Service, queries: dict[str, Path], driv
     assert "the bundle's calibrated one" in page.find("#detail-body").text  # uploaded before the slider moved
     page.find("input[name=label][value=false_alarm]").click()
     page.find("#feedback-note").send_keys("glare on the stud")
+    page.find("#feedback-by").send_keys("Ana")
     page.find("#feedback-form button[type=submit]").click()
     page.wait.until(lambda d: "false alarm" in page.find("#feedback-status").text)
+    assert page.find("#feedback-status").text == "Feedback saved: false alarm by Ana."
 
     # Restart: the record and its feedback are still there.
     service.stop()

@@ -224,13 +224,22 @@ def test_feedback_filters_pagination_and_csv(tiny_release: Path, tmp_path: Path,
         assert ends.status_code == 200 and ends.json()["total"] == len(ids)
         assert c.get("/inspections", params={"limit": 0}).status_code == 422
         # A correction, then a clear: the record says what it is now, and keeps what was said before.
-        corrected = c.post(f"/inspections/{ids[1]}/feedback", json={"label": "confirmed_defect", "note": "a real burr"})
-        assert corrected.json()["feedback"] == "confirmed_defect"
-        assert [(h["label"], h["note"]) for h in corrected.json()["feedback_history"]] == [
-            ("false_alarm", "dust on the lens")]
+        corrected = c.post(f"/inspections/{ids[1]}/feedback", json={"label": "confirmed_defect", "note": "a real burr",
+                                                                     "by": "Ana (QA, badge 417)"})
+        assert corrected.json()["feedback"] == "confirmed_defect" and corrected.json()["feedback_by"] == "Ana (QA, badge 417)"
+        assert [(h["label"], h["note"], h["by"]) for h in corrected.json()["feedback_history"]] == [
+            ("false_alarm", "dust on the lens", None)]
+        row = next(r for r in csv.DictReader(io.StringIO(c.get("/inspections.csv").text)) if r["id"] == ids[1])
+        assert row["feedback_by"] == "Ana (QA, badge 417)"
+        listed = c.get("/inspections", params={"feedback": "confirmed_defect"}).json()["items"]
+        assert {i["id"]: i["feedback_by"] for i in listed} == {ids[1]: "Ana (QA, badge 417)", ids[2]: None}
+        for bad in ("", "x" * 101, "two\nlines"):  # who said it: one line, named
+            r = c.post(f"/inspections/{ids[1]}/feedback", json={"label": "false_alarm", "by": bad})
+            assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, bad
         cleared = c.post(f"/inspections/{ids[1]}/feedback", json={"label": None}).json()
-        assert cleared["feedback"] is None and cleared["feedback_note"] is None
+        assert cleared["feedback"] is None and cleared["feedback_note"] is None and cleared["feedback_by"] is None
         assert [h["label"] for h in cleared["feedback_history"]] == ["false_alarm", "confirmed_defect"]
+        assert cleared["feedback_history"][-1]["by"] == "Ana (QA, badge 417)"  # the word keeps who said it
         assert all(datetime.fromisoformat(h["at"]).utcoffset() == timedelta(0) for h in cleared["feedback_history"])
         assert ids[1] in [i["id"] for i in c.get("/inspections", params={"feedback": "none"}).json()["items"]]
         # A clear with its reason: the reason is kept (it was dropped without a word), and goes

@@ -539,7 +539,11 @@ async function loadDetail(id) {
     form.hidden = false;
     for (const input of form.querySelectorAll("input[name=label]")) input.checked = input.value === r.feedback;
     $("#feedback-note").value = r.feedback_note || "";
-    if (r.feedback) $("#feedback-status").textContent = `Feedback saved: ${r.feedback.replace("_", " ")}.`;
+    $("#feedback-by").value = sessionStorage.getItem("rpepad.operator") || "";
+    if (r.feedback) {
+      $("#feedback-status").textContent =
+        `Feedback saved: ${r.feedback.replace("_", " ")}${r.feedback_by ? ` by ${r.feedback_by}` : ""}.`;
+    }
     showFeedbackHistory(r);
   } catch (err) {
     $("#detail-title").textContent = "Inspection";
@@ -553,14 +557,22 @@ async function loadDetail(id) {
 
 function showFeedbackHistory(r) {
   const earlier = (r.feedback_history || []).map((h) =>
-    `${(h.label || "").replace("_", " ")}${h.note ? ` ("${h.note}")` : ""} at ${(h.at || "").replace("T", " ").slice(0, 19)}`);
+    `${(h.label || "").replace("_", " ")}${h.note ? ` ("${h.note}")` : ""}${h.by ? ` by ${h.by}` : ""} at ` +
+    `${(h.at || "").replace("T", " ").slice(0, 19)}`);
   $("#feedback-history").textContent = earlier.length ? `Earlier feedback, oldest first: ${earlier.join("; ")}.` : "";
+}
+
+// Who gives the feedback: the name typed on the page, kept for the tab's session.
+function operatorName() {
+  const name = $("#feedback-by").value.trim();
+  sessionStorage.setItem("rpepad.operator", name);
+  return name || null;
 }
 
 async function postFeedback(label, note) {
   const r = await (await api(`/inspections/${state.record.id}/feedback`, {
     method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ label, note }),
+    body: JSON.stringify({ label, note, by: operatorName() }),
   })).json();
   state.record = r;
   showFeedbackHistory(r);
@@ -576,7 +588,7 @@ async function sendFeedback(event) {
   const note = $("#feedback-note").value.trim();
   try {
     const r = await postFeedback(label.value, note || null);
-    status.textContent = `Feedback saved: ${r.feedback.replace("_", " ")}.`;
+    status.textContent = `Feedback saved: ${r.feedback.replace("_", " ")}${r.feedback_by ? ` by ${r.feedback_by}` : ""}.`;
   } catch (err) {
     status.textContent = `Feedback not saved: ${err.message}`;
   }
