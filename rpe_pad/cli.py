@@ -13,6 +13,7 @@ import argparse
 import errno
 import json
 import os
+import select
 import signal
 import sys
 from pathlib import Path
@@ -352,6 +353,17 @@ def _no_lab(args: argparse.Namespace) -> int:
                      "install the source tree to use it (pip install -e . in a checkout)")
 
 
+def _reader_gone(stream) -> bool:
+    """Whether ``stream`` is a pipe whose reader has closed it (another pipe or socket may
+    have broken instead: that one is a failure to report)."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -363,10 +375,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rpe-pad {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # stdout's reader went away (rpe-pad show ... | head): nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit, when Python flushes it
-        return 141  # 128 + SIGPIPE, as a command the signal ended
     except OSError as exc:  # the machine's failures (a full disk, an I/O error, a library that does not load)
+        if isinstance(exc, BrokenPipeError) and _reader_gone(sys.stdout):  # rpe-pad show ... | head
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more, nor at exit's flush
+            return 141  # 128 + SIGPIPE, as a command the signal ended
         if os.environ.get("RPEPAD_DEBUG"):
             raise
         if exc.errno == errno.EROFS:  # a read-only place for the output: the user's choice of folder

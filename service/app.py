@@ -560,14 +560,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if app.state.draining:
             raise ServiceError(503, f"shutting down: draining for {settings.drain_s:g} s (RPEPAD_DRAIN_S); "
                                     "requests in flight and arriving are still served")
-        ready_state(state)
+        keyed = has_key(request, settings)
+        try:
+            ready_state(state)
+        except ServiceError as exc:
+            if keyed or not state.load_error:
+                raise
+            raise ServiceError(503, "no bundle is served (the reason with X-API-Key)", headers=exc.headers) from None
         found = state.problems()
         records = state.records_error or (state.records.health() if state.records is not None else None)
         if records is not None:
             found["records"] = records
-        if not has_key(request, settings):
-            found = dict.fromkeys(found, "not served (the reason with X-API-Key)")
+        if not keyed:
             records = records and "unavailable or behind (the reason with X-API-Key)"
+            found = {name: records if name == "records" else "not served (the reason with X-API-Key)"
+                     for name in found}
         problems = "; ".join(f"{name}: {reason}" for name, reason in found.items())
         return Health(status="ready", bundles_loaded=len(state.inspectors), detail=problems or None, records=records)
 
@@ -627,17 +634,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except InspectionError as exc:
             raise ServiceError(422, f"threshold: {exc}") from exc
 
-    async def _run(state: State, batcher: CategoryBatcher, images: list, threshold: float | None) -> list[Inspection]:
-        """The pipeline over ``images``, each decided at ``threshold`` (None: the calibrated one)
-        and counted in the metrics as it is answered."""
-        category = batcher.name
+    async def _run(batcher: CategoryBatcher, images: list, threshold: float | None) -> list[Inspection]:
+        """The pipeline over ``images``, each decided at ``threshold`` (None: the calibrated one)."""
         try:
-            results = [r.decided(threshold) for r in await batcher.submit(images)]
+            return [r.decided(threshold) for r in await batcher.submit(images)]
         except InspectionError as exc:
             raise ServiceError(422, str(exc)) from exc
-        for r in results:
-            state.telemetry.observe(category, r)
-        return results
 
     def _out(request: Request, category: str, filename: str | None, result: Inspection, image, data: bytes,
              intrinsics: str | None, include: Include, inspector: Inspector,
@@ -678,12 +680,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with batcher.in_use():  # this bundle version to the answer, even if a new one is swapped in
             image, data = await _prepare(state, inspector, batcher, file, intrinsics, phases)
             _check_threshold(inspector, threshold)
-            result = (await _run(state, batcher, [image], threshold))[0]
+            result = (await _run(batcher, [image], threshold))[0]
             t0 = time.perf_counter()
             record_id = new_id() if state.records is not None else None
             include = Include(include_map, include_overlay, include_reference)
             out = await run_in_threadpool(_out, request, category, file.filename, result, image, data, intrinsics,
                                           include, inspector, record_id)
+            state.telemetry.observe(category, result)  # counted and recorded once answered
             _record(state, record_id, out, result, image, data, file, inspector)
         request.state.answered = time.perf_counter()
         phases["respond"] = request.state.answered - t0
@@ -712,13 +715,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             prepared = [await _prepare(state, inspector, batcher, f, intrinsics) for f in files]
             images = [image for image, _ in prepared]
             _check_threshold(inspector, threshold)
-            results = await _run(state, batcher, images, threshold)
+            results = await _run(batcher, images, threshold)
             include = Include(include_map, include_overlay, include_reference)
             outs = [await run_in_threadpool(_out, request, category, f.filename, result, im, data, intrinsics,
                                             include, inspector, new_id() if state.records is not None else None)
                     for f, result, (im, data) in zip(files, results, prepared)]
-            # recorded once the whole answer is built: no record of a batch that was not answered
+            # counted and recorded once the whole answer is built: not a batch that was not answered
             for f, result, out, (im, data) in zip(files, results, outs, prepared):
+                state.telemetry.observe(category, result)
                 _record(state, out.record_id, out, result, im, data, f, inspector)
         return BatchOut(request_id=request.state.request_id, category=category, results=outs)
 

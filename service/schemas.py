@@ -104,6 +104,6 @@ class FeedbackIn(BaseModel):
                     "the note says why it was cleared)")
     note: str | None = Field(None, max_length=2000, pattern="^[^\\x00]*$",
                              description="free text (no NUL character, which no database keeps)")
-    by: str | None = Field(None, min_length=1, max_length=100, pattern="^[^\\x00-\\x1f\\x7f]*$",
+    by: str | None = Field(None, min_length=1, max_length=100, pattern="^[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*$",
                            description="who gives it: an operator's name or badge (one line, at most 100 characters); "
                                        "kept with the word and in its history")

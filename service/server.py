@@ -14,6 +14,7 @@ shutdown runs, with nothing left arriving. A second signal ends the drain at onc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -55,27 +56,36 @@ class DrainingServer(uvicorn.Server):
 
 def check_address(host: str, port: int) -> None:
     """``ValueError`` naming the option when the service could not listen on ``host:port``
-    (taken by another process, not an address of this machine, a port that needs privileges),
-    tried as uvicorn binds (``SO_REUSEADDR``); the socket is closed at once."""
+    (taken by another process, not an address of this machine, a port that needs privileges).
+    Tried as uvicorn's asyncio server binds: every address the host resolves to (an empty host:
+    every interface), each with ``SO_REUSEADDR`` and an IPv6 one with ``IPV6_V6ONLY``; the
+    sockets are closed at once."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise ValueError(f"--host {host}: not an address ({exc.strerror})") from None
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ValueError(f"--port {port}: {host}:{port} is in use by another process (stop it, or choose "
-                                 "another --port)") from None
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise ValueError(f"--host {host}: not an address of this machine") from None
-            if exc.errno == errno.EACCES:
-                raise ValueError(f"--port {port}: not allowed to listen there ({exc.strerror}; ports under 1024 "
-                                 "need privileges)") from None
-            raise
+    with contextlib.ExitStack() as stack:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            probe = stack.enter_context(socket.socket(family, kind, proto))
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            _bind(probe, address, host, port)
+
+
+def _bind(probe: socket.socket, address: tuple, host: str, port: int) -> None:
+    try:
+        probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ValueError(f"--port {port}: {host}:{port} is in use by another process (stop it, or choose "
+                             "another --port)") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ValueError(f"--host {host}: not an address of this machine") from None
+        if exc.errno == errno.EACCES:
+            raise ValueError(f"--port {port}: not allowed to listen there ({exc.strerror}; ports under 1024 "
+                             "need privileges)") from None
+        raise
 
 
 def run(app: FastAPI, host: str, port: int, drain_s: float) -> None:

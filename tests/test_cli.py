@@ -158,6 +158,35 @@ def test_serve_refuses_an_address_it_cannot_listen_on_in_one_line(tiny_release: 
     assert "--host 192.0.2.77: not an address of this machine" in capsys.readouterr().err
 
 
+def test_the_address_check_binds_as_the_server_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn's asyncio server binds every address a host resolves to, an IPv6 one for IPv6
+    alone: a name whose second address is taken is refused, and ``::`` is free while another
+    process holds the port on IPv4's ``0.0.0.0``."""
+    import socket
+
+    from service.server import check_address
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        real = socket.getaddrinfo
+
+        def both(host, *args, **kwargs):  # a name listed as ::1 first, then 127.0.0.1
+            if host != "both.test":
+                return real(host, *args, **kwargs)
+            return real("::1", *args, **kwargs) + real("127.0.0.1", *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", both)
+        with pytest.raises(ValueError, match=f"--port {port}: both.test:{port} is in use"):
+            check_address("both.test", port)
+    with socket.socket() as wildcard:
+        wildcard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        wildcard.bind(("0.0.0.0", 0))
+        wildcard.listen()
+        check_address("::", wildcard.getsockname()[1])  # IPv6 alone: not in use
+
+
 def test_inspect_refuses_a_threshold_the_bundle_cannot_use_before_any_image(
         tiny_release: Path, tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--threshold`` at or below the bundle's lowest normal score was refused image by image

@@ -429,6 +429,16 @@ def test_readyz_gives_reasons_only_with_the_key(tiny_release: Path, tmp_path: Pa
         assert str(tmp_path) not in bare.text and bare.headers["x-content-type-options"] == "nosniff"
         keyed = c.get("/readyz", headers={"X-API-Key": "s3cret"}).json()["detail"]
         assert keyed.startswith("Broken: ") and "not valid JSON" in keyed and str(bundles) in keyed
+    shutil.rmtree(bundles / tiny_release.name)  # nothing served: the 503 says why to the key alone
+    with _client(bundles, api_key="s3cret") as c:
+        end = time.time() + 60
+        while "still loading" in c.get("/readyz").text:
+            assert time.time() < end
+            time.sleep(0.2)
+        bare = c.get("/readyz")
+        assert bare.status_code == 503 and bare.json()["detail"] == "no bundle is served (the reason with X-API-Key)"
+        keyed = c.get("/readyz", headers={"X-API-Key": "s3cret"})
+        assert keyed.status_code == 503 and "not valid JSON" in keyed.json()["detail"]
 
 
 def test_not_ready_without_bundles(tmp_path: Path, query_png: bytes, caplog: pytest.LogCaptureFixture) -> None:

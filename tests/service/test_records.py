@@ -900,18 +900,22 @@ def test_a_record_says_what_decided_it_and_a_batch_is_recorded_only_when_answere
     import hashlib
     import re
 
+    import models.results as results_module
     import service.app as app_module
 
     category = tiny_release.name
     with _served(tiny_release.parent, tmp_path) as c:
         info = c.get("/categories").json()["categories"][0]
-        calibrated, floor = info["threshold"], info["score_floor"]
+        calibrated = info["threshold"]
         counted = _verdict_counts(c, category)
+        # The tiny bundle's poses do not verify (every verdict is review, whatever the threshold):
+        # decided by the score alone here, so that an override changes the verdict.
+        monkeypatch.setattr(results_module, "verdict_of", lambda score, t, check: "anomalous" if score > t else "normal")
         plain = _inspect(c, category, images["good"])
-        low = floor + 1e-3 * (calibrated - floor)  # an override just above the lowest normal score
-        forced = _inspect(c, category, images["good"], threshold=str(low))
+        high = 2 * max(plain["score"], calibrated)  # an override over this query's score
+        forced = _inspect(c, category, images["good"], threshold=str(high))
         assert plain["threshold_source"] == "calibrated" and plain["threshold"] == pytest.approx(calibrated)
-        assert forced["threshold_source"] == "override" and forced["threshold"] == pytest.approx(low)
+        assert forced["threshold_source"] == "override" and forced["threshold"] == pytest.approx(high)
         assert forced["calibrated_threshold"] == pytest.approx(calibrated) == plain["calibrated_threshold"]
         for out in (plain, forced):
             assert out["query_sha256"] == hashlib.sha256(images["good"]).hexdigest()
@@ -929,10 +933,9 @@ def test_a_record_says_what_decided_it_and_a_batch_is_recorded_only_when_answere
         assert float(rows[forced["record_id"]]["calibrated_threshold"]) == pytest.approx(calibrated)
         assert rows[plain["record_id"]]["query_sha256"] == plain["query_sha256"]
         # The metrics count the verdict each answer gave, the override's included.
-        assert forced["verdict"] != plain["verdict"] or plain["verdict"] == "review"
+        assert (plain["verdict"], forced["verdict"]) == ("anomalous", "normal")
         now = _verdict_counts(c, category)
-        for verdict in ("normal", "anomalous", "review"):
-            assert now[verdict] - counted[verdict] == [plain["verdict"], forced["verdict"]].count(verdict), verdict
+        assert {v: now[v] - counted[v] for v in now} == {"normal": 1, "anomalous": 1, "review": 0}
 
         # A batch whose second answer cannot be built: a 500, and none of its images recorded.
         real, calls = app_module._png_b64, []
@@ -951,6 +954,7 @@ def test_a_record_says_what_decided_it_and_a_batch_is_recorded_only_when_answere
         assert batch.status_code == 500 and len(calls) == 2
         _flush(c)
         assert c.get("/inspections").json()["total"] == before
+        assert _verdict_counts(c, category) == now  # nor counted: it was not answered
 
 
 def _verdict_counts(client: TestClient, category: str) -> dict[str, float]:

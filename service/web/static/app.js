@@ -103,7 +103,8 @@ function setStatus(text, isError = false) {
 async function waitReady() {
   for (;;) {
     try {
-      const response = await fetch("/readyz");
+      const key = sessionStorage.getItem(KEY_STORE);  // with it, /readyz gives its reasons
+      const response = await fetch("/readyz", { headers: key ? { "X-API-Key": key } : {} });
       const body = await response.json();
       if (response.ok) return body;
       setStatus(`The service is not ready yet: ${body.detail || "loading"}. Retrying…`);
