@@ -128,6 +128,9 @@ class InspectorConfig:
                    + [f"verify.{k}" for k in sorted(set(checks) - {f.name for f in fields(VerifyConfig)})])
         if unknown:
             raise ValueError(f"unknown inference settings in the bundle: {unknown}")
+        if given.get("pose", registry.DEFAULT_POSE) not in registry.pose_modes():  # the lab's: an override only
+            raise ValueError(f"the bundle asks for pose mode {given['pose']!r}, which the product does not run (it "
+                             f"runs {list(registry.pose_modes())}); rebuild the bundle")
         config = cls(pose=given.get("pose", registry.DEFAULT_POSE), k=given.get("k", DEFAULT_K),
                      refine=RefineConfig(**refine), verify=VerifyConfig(**checks))
         return replace(config, **{k: v for k, v in overrides.items() if v is not None})

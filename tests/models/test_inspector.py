@@ -138,6 +138,11 @@ def test_lab_modes_are_not_the_products() -> None:
     import lab  # noqa: F401
 
     assert set(registry.pose_modes(lab=True)) == {"rpe+refine", "rpe", "oracle", "retrieval", "iterative"}
+    # A bundle runs a product mode even where the lab is installed: a manifest naming one of the
+    # lab's was served by rpe-pad serve and inspect; the lab gets its modes by override alone.
+    with pytest.raises(ValueError, match="pose mode 'retrieval', which the product does not run"):
+        InspectorConfig.from_manifest({"pose": "retrieval", "k": 3})
+    assert InspectorConfig.from_manifest({"pose": "rpe", "k": 3}, pose="retrieval").pose == "retrieval"
     assert registry.pose_modes() == ("rpe+refine", "rpe")
     with pytest.raises(ValueError, match="not available"):
         registry.pose_mode("oracle")  # the product refuses a lab mode by name
