@@ -4,7 +4,10 @@ the tests keep and `prepare` never sees; and the clear errors of a bad photo fol
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -228,6 +231,38 @@ def test_a_bad_folder_gets_a_clear_error(tmp_path: Path, capsys: pytest.CaptureF
         read_photos(tmp_path / "turned", 1600)
 
 
+@pytest.mark.slow(seconds=10)
+def test_a_focal_length_too_far_off_to_start_from_is_reported_not_blamed_on_the_photos(photos: Path,
+                                                                                      tmp_path: Path) -> None:
+    """--focal 5 for photos of about 270 px: no pair of photos starts a model, which was an exit
+    2 blaming the photos' overlap. Structure-from-motion runs again estimating the focal
+    length, and the report says how far off the given one was (not ready, exit 1)."""
+    report = prepare(photos, tmp_path / "part", PrepareConfig(threads=2, focal=5), progress=False)
+    codes = {w["code"]: w for w in report["warnings"]}
+    assert report["registered"] == VIEWS and not report["ready"] and codes["focal_disagrees"]["error"]
+    assert "off --focal 5," in codes["focal_disagrees"]["message"]
+
+
+def test_colmap_writes_no_log_files_and_a_failure_is_one_line(tmp_path: Path) -> None:
+    """pycolmap's log (glog) wrote files to the temporary folder on every run, failed and
+    interrupted ones too, and its error lines came before the command's own one."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "noise").mkdir()
+    for i in range(9):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "noise" / f"n{i}.png")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RPEPAD_DEBUG", "TMP", "TEMP")} | {"TMPDIR": str(temp)}
+    run = subprocess.run([sys.executable, "-m", "rpe_pad.cli", "prepare", str(tmp_path / "noise"), "--out",
+                          str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 2 and list(temp.iterdir()) == [], list(temp.iterdir())
+    import re
+
+    assert not re.search(r"^[IWEF]\d{8} ", run.stderr, re.M), run.stderr  # no glog line (E20261207 12:00:00 ...)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("rpe-pad prepare:")]
+    assert errors == [next(line for line in errors if line.startswith("rpe-pad prepare: error: structure-from-motion"))]
+
+
 def test_a_run_that_fails_leaves_nothing_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Structure-from-motion fails on photos of noise: the output folder is gone again (or
     emptied, when it was there), so no later command takes it for a prepared category."""
@@ -257,23 +292,47 @@ def test_photos_are_read_as_stored(tmp_path: Path) -> None:
     with pytest.raises(PrepareError, match="80x60 \\(9\\), 100x75 \\(1\\).*crop.png"):
         read_photos(tmp_path / "big", 40)  # both would be 40 px wide after downscaling
     (tmp_path / "cut").mkdir()
-    rgba = np.zeros((48, 64, 4), np.uint8)  # transparent black around the part
-    rgba[12:36, 16:48] = (10, 10, 10, 255)  # a black part
-    rgba[20:28, 24:40] = (200, 40, 40, 255)
+
+    def part(i: int) -> np.ndarray:  # the part seen from eight places (not one view eight times)
+        rgba = np.zeros((48, 64, 4), np.uint8)  # transparent black around the part
+        rgba[12:36, 16 + i:48 + i] = (10, 10, 10, 255)  # a black part
+        rgba[20:28, 24 + i:40 + i] = (200, 40, 40, 255)
+        return rgba
+
     for i in range(8):
-        Image.fromarray(rgba).save(tmp_path / "cut" / f"c{i}.png")
-        rgba[0, i] = (0, 0, 0, 1)  # not byte-identical copies
+        Image.fromarray(part(i)).save(tmp_path / "cut" / f"c{i}.png")
     photos, _ = read_photos(tmp_path / "cut", 1600)
     assert photos[0].alpha is not None and photos[0].rgb[0, 40].tolist() == [255, 255, 255]  # onto white
     assert photos[0].rgb[14, 18].tolist() == [10, 10, 10]
     mask = mk.from_alpha(photos[0].alpha)
     assert mask.binary[12:36, 16:48].all() and mask.binary.sum() == 24 * 32  # exactly the part
     for i in range(8):  # an alpha channel that is opaque everywhere (many exporters write one) says nothing
+        rgba = part(i)
         rgba[..., 3] = 255
-        rgba[0, i] = (0, 0, 0, 254)
+        rgba[0, 0] = (0, 0, 0, 254)
         Image.fromarray(rgba).save(tmp_path / "cut" / f"c{i}.png")
     photos, _ = read_photos(tmp_path / "cut", 1600)
     assert photos[0].alpha is None and photos[0].rgb[0, 40].tolist() == [0, 0, 0]  # the photo as it is
+
+
+def test_a_copy_of_a_view_is_set_aside_and_the_lossless_one_kept(textured: Path, tmp_path: Path) -> None:
+    """A JPEG or WebP copy of a view beside it is the same view: registered twice, and held
+    out of one calibration model while its twin is fitted. Set aside, keeping the lossless
+    file; distinct views, however close, all stay."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    views = sorted((textured / "train" / "good").glob("*.png"))[:10]
+    for path in views:
+        shutil.copy(path, folder / path.name)
+    first, second = views[0], views[1]
+    Image.open(first).convert("RGB").save(folder / f"{first.stem}.jpg", quality=85)  # sorts before the PNG
+    Image.open(second).convert("RGB").save(folder / f"{second.stem} copy.webp", quality=80)
+    photos, skipped = read_photos(folder, 1600)
+    reasons = {s.name: s.reason for s in skipped}
+    assert set(reasons) == {f"{first.stem}.jpg", f"{second.stem} copy.webp"}, reasons
+    assert reasons[f"{first.stem}.jpg"].startswith(f"the same view as {first.name} (a re-encoded or resized copy")
+    assert reasons[f"{second.stem} copy.webp"].startswith(f"the same view as {second.name}")
+    assert sorted(p.name for p in photos) == [p.name for p in views]
 
 
 def test_a_corrupt_photo_is_set_aside_with_its_reason_and_exif_orientation_is_honoured(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from training.prepare import masks as mk
 from training.prepare import report as rp
 from training.prepare.frame import centres_and_axes, normalise
 from training.prepare.photos import PrepareError, read_photos
-from training.prepare.sfm import CAMERA_MODELS, reconstruct
+from training.prepare.sfm import CAMERA_MODELS, NoStart, reconstruct
 
 __all__ = ["CAMERA_MODELS", "PrepareConfig", "PrepareError", "prepare"]
 
@@ -91,8 +91,18 @@ def _prepare(photos_dir: Path, out: Path, cfg: PrepareConfig, progress: bool) ->
     say("object masks")
     masks = {p.name: mk.from_alpha(p.alpha) if p.alpha is not None else mk.object_mask(p.rgb)
              for p in tqdm(photos, desc="masks", disable=not progress)}
-    rec = reconstruct(photos, report_dir / "sfm", {n: m.binary for n, m in masks.items()}, cfg.camera_model, focal,
-                      cfg.threads, step=lambda name: say(f"structure-from-motion: {name}"))
+    binary = {n: m.binary for n, m in masks.items()}
+    try:
+        rec = reconstruct(photos, report_dir / "sfm", binary, cfg.camera_model, focal, cfg.threads,
+                          step=lambda name: say(f"structure-from-motion: {name}"))
+    except NoStart:
+        if focal is None:
+            raise
+        # A focal length far off (--focal 5 for about 550) keeps every pair from starting; the
+        # photos' own estimate then says how far off it was (focal_disagrees: not ready).
+        say(f"structure-from-motion found no start with --focal {cfg.focal:g}: again, estimating the focal length")
+        rec = reconstruct(photos, report_dir / "sfm", binary, cfg.camera_model, None, cfg.threads,
+                          step=lambda name: say(f"structure-from-motion: {name}"))
     shutil.rmtree(report_dir / "sfm" / "images", ignore_errors=True)  # copies of the photos; the masks stay
     registered = [p for p in photos if p.name in rec.w2c]
     say(f"{len(registered)} of {len(photos)} photos registered, mean reprojection error "

@@ -26,6 +26,13 @@ NOT_READ = {**dict.fromkeys((".heic", ".heif"), "HEIC is not read: export the ph
             **dict.fromkeys((".mov", ".mp4", ".avi", ".mkv"), "a video is not read: photograph the object, or export "
                                                               "frames as PNG")}
 MIN_PHOTOS = 8  # fewer cannot make a model worth training (structure-from-motion needs far more)
+# Mean |difference| of two photos' 64 x 64 grey thumbnails (of 255) under which they are one view:
+# a JPEG copy of a Lego view (quality 50 or better) reads 0.1-0.4, one stored at 300 px and scaled
+# back to 400 0.26, the closest two of its 60 views 1.07 (session 50); a copy scaled down further,
+# or of a finely textured part, can read more and is then taken as a view of its own. A copy would be registered twice and, held out of one calibration
+# model while its twin is fitted, make that view look easier than a new one.
+SAME_VIEW = 0.5
+LOSSLESS = (".png", ".tif", ".tiff", ".bmp")  # kept before a lossy copy of the same view
 MIN_TRANSPARENT = 0.01  # a photo's alpha is its mask when at least this share of it is transparent
 MAX_PHOTO_PIXELS = 3 * MAX_IMAGE_PIXELS  # 75 MP: a 64 MP camera's full-size photo (downscaled as it is read)
 
@@ -77,7 +84,7 @@ def not_photos(folder: Path) -> list[Skipped]:
 
 
 def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]]:
-    """Decode every photo in ``folder``. Unreadable files and exact duplicates are skipped with
+    """Decode every photo in ``folder``. Unreadable files, exact duplicates and copies of one view (``same_views``) are skipped with
     a reason, and so are the files and folders beside them that are not photos (``not_photos``);
     no photos, too few, or photos of different sizes raise ``PrepareError``."""
     paths = find_photos(folder)
@@ -109,6 +116,11 @@ def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]
             continue
         seen[digest] = path.name
         photos.append(photo)
+    for copy, kept, difference in same_views(photos):
+        skipped.append(Skipped(copy, f"the same view as {kept} (a re-encoded or resized copy: mean difference "
+                                     f"{difference:.2f} of 255)"))
+    copies = {s.name for s in skipped}
+    photos = [p for p in photos if p.name not in copies]
     sizes = Counter(p.size for p in photos)  # as stored: downscaling would hide a crop or another camera
     if len(sizes) > 1:
         (main_size, _), *_ = sizes.most_common()
@@ -125,6 +137,27 @@ def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]
         raise PrepareError(f"{folder}: {len(photos)} usable photo(s), at least {MIN_PHOTOS} are needed (60 or more "
                            "around the object is best)" + (f"; set aside: {why}" if why else ""))
     return photos, skipped
+
+
+def same_views(photos: list[Photo]) -> list[tuple[str, str, float]]:
+    """``(copy, kept, difference)`` for each photo that is another's copy (``SAME_VIEW``): of
+    the two, a lossless file is kept before a lossy one, else the first by name."""
+    if len(photos) < 2:
+        return []
+    thumbs = np.stack([np.asarray(Image.fromarray(p.rgb).convert("L").resize((64, 64), Image.Resampling.BOX),
+                                  dtype=np.float32) for p in photos]).reshape(len(photos), -1)
+    order = sorted(range(len(photos)), key=lambda i: (Path(photos[i].name).suffix.lower() not in LOSSLESS, i))
+    kept: list[int] = []
+    out = []
+    for i in order:
+        if kept:
+            differences = np.abs(thumbs[kept] - thumbs[i]).mean(axis=1)
+            j = int(np.argmin(differences))
+            if differences[j] < SAME_VIEW:
+                out.append((photos[i].name, photos[kept[j]].name, float(differences[j])))
+                continue
+        kept.append(i)
+    return out
 
 
 def _read(path: Path, max_size: int) -> tuple[Photo, str]:

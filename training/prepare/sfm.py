@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 CAMERA_MODELS = tuple(registry.CAMERA_MODELS)  # one focal length each, principal point at the centre
 MIN_KEYPOINTS = 100  # below this a photo is reported as having too few features
 MIN_PAIR_INLIERS = 15  # COLMAP's default for a verified pair
+
+
+class NoStart(PrepareError):
+    """Structure-from-motion found no pair of photos to start a model from."""
 
 
 @dataclass
@@ -67,7 +72,10 @@ def reconstruct(photos: list[Photo], work: Path, masks: dict[str, np.ndarray], c
     photo outside it is listed in ``unregistered`` with the reason."""
     if camera_model not in CAMERA_MODELS:
         raise PrepareError(f"camera model {camera_model!r} is not supported; choose one of {', '.join(CAMERA_MODELS)}")
-    pycolmap.logging.minloglevel = 1  # COLMAP's warnings and errors only; the steps are reported by the caller
+    # COLMAP's log (glog) to stderr alone: by default it also writes files to /tmp that no run
+    # removes. Its errors only with RPEPAD_DEBUG; otherwise the caller reports in its own words.
+    pycolmap.logging.logtostderr = True
+    pycolmap.logging.minloglevel = 1 if os.environ.get("RPEPAD_DEBUG") else 3
     images = work / "images"
     images.mkdir(parents=True, exist_ok=True)
     names = {f"{i:04d}.png": p.name for i, p in enumerate(photos)}
@@ -109,7 +117,7 @@ def reconstruct(photos: list[Photo], work: Path, masks: dict[str, np.ndarray], c
     models = pycolmap.incremental_mapping(database, images, work / "sparse", mapping)
     seconds["mapping"] = time.perf_counter() - start - seconds["features"] - seconds["matching"]
     if not models:
-        raise PrepareError("structure-from-motion found no two photos to start from: the photos share too few "
+        raise NoStart("structure-from-motion found no two photos to start from: the photos share too few "
                            "features (a plain, textureless or shiny object; too far apart in angle; or all from one "
                            "viewpoint). Take more photos with more overlap, 10-15 degrees apart")
     best = max(models.values(), key=lambda m: m.num_reg_images())
