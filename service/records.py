@@ -85,7 +85,6 @@ from models.viz import inspection_figure
 
 log = logging.getLogger("rpe_pad.records")
 
-Feedback = Literal["confirmed_defect", "false_alarm"]
 FEEDBACK: tuple[str, ...] = ("confirmed_defect", "false_alarm")
 FEEDBACK_ATTEMPTS = 50  # compare-and-set tries of one feedback write before it answers 409
 

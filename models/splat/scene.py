@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from models.splat.render import RasterizeMode, rasterization
+from models.splat.render import rasterization
 
 Tensor = torch.Tensor
 
@@ -155,7 +155,6 @@ def render(
     background: Tensor | tuple[float, float, float] | None = None,  # [3] or [C, 3]
     sh_degree: int | None = None,
     with_depth: bool = False,
-    rasterize_mode: RasterizeMode = "classic",
 ) -> RenderResult:
     """Render a scene (or a dict of its raw parameters while fitting) into C cameras.
 
@@ -189,7 +188,6 @@ def render(
         sh_degree=sh_degree,
         backgrounds=bg,
         render_mode="RGB+ED" if with_depth else "RGB",
-        rasterize_mode=rasterize_mode,
     )
     depths = None
     if with_depth:

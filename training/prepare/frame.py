@@ -36,9 +36,6 @@ class Similarity:
     rotation: np.ndarray  # [3, 3]
     translation: np.ndarray  # [3]
 
-    def points(self, x: np.ndarray) -> np.ndarray:
-        return self.scale * x @ self.rotation.T + self.translation
-
     def pose(self, w2c: np.ndarray) -> np.ndarray:
         """A world-to-camera pose in the new frame: ``x_cam`` is scaled with the world, so
         ``[R_c, t_c] -> [R_c R^T, s t_c - R_c R^T t]``."""
