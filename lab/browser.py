@@ -136,6 +136,7 @@ def screenshots(bundles: Path, queries: list[Path], out: Path, api_key: str | No
                     page.wait.until(lambda d: page.find("#feedback-form").is_displayed())
                     page.find("input[name=label][value=confirmed_defect]").click()
                     page.find("#feedback-note").send_keys("checked at the bench")
+                    page.find("#feedback-by").send_keys("Ana (QA)")
                     page.find("#feedback-form button[type=submit]").click()
                     page.wait.until(lambda d: "saved" in page.find("#feedback-status").text)
                     driver.set_window_size(width, 1500)  # the whole record, top to feedback
