@@ -234,7 +234,7 @@ def test_a_bad_folder_gets_a_clear_error(tmp_path: Path, capsys: pytest.CaptureF
 @pytest.mark.slow(seconds=10)
 def test_a_focal_length_too_far_off_to_start_from_is_reported_not_blamed_on_the_photos(photos: Path,
                                                                                       tmp_path: Path) -> None:
-    """--focal 5 for photos of about 270 px: no pair of photos starts a model, which was an exit
+    """--focal 5 for photos whose focal length is 311 px: no pair of photos starts a model, an exit
     2 blaming the photos' overlap. Structure-from-motion runs again estimating the focal
     length, and the report says how far off the given one was (not ready, exit 1)."""
     report = prepare(photos, tmp_path / "part", PrepareConfig(threads=2, focal=5), progress=False)

@@ -26,11 +26,12 @@ NOT_READ = {**dict.fromkeys((".heic", ".heif"), "HEIC is not read: export the ph
             **dict.fromkeys((".mov", ".mp4", ".avi", ".mkv"), "a video is not read: photograph the object, or export "
                                                               "frames as PNG")}
 MIN_PHOTOS = 8  # fewer cannot make a model worth training (structure-from-motion needs far more)
-# Mean |difference| of two photos' 64 x 64 grey thumbnails (of 255) under which they are one view:
-# a JPEG copy of a Lego view (quality 50 or better) reads 0.1-0.4, one stored at 300 px and scaled
-# back to 400 0.26, the closest two of its 60 views 1.07 (session 50); a copy scaled down further,
-# or of a finely textured part, can read more and is then taken as a view of its own. A copy would be registered twice and, held out of one calibration
-# model while its twin is fitted, make that view look easier than a new one.
+# Mean |difference| of two photos' 64 x 64 grey thumbnails (of 255) under which they are one view.
+# A copy would be registered twice and, held out of one calibration model while its twin is fitted,
+# make that view look easier than a new one. A JPEG copy of a Lego view (quality 50 or better)
+# reads 0.1-0.4, one stored at 300 px and scaled back to 400 0.26, the closest two of its 60 views
+# 1.07 (session 50); a copy scaled down further, or of a finely textured part, can read more and
+# is then taken as a view of its own.
 SAME_VIEW = 0.5
 LOSSLESS = (".png", ".tif", ".tiff", ".bmp")  # kept before a lossy copy of the same view
 MIN_TRANSPARENT = 0.01  # a photo's alpha is its mask when at least this share of it is transparent
@@ -84,9 +85,10 @@ def not_photos(folder: Path) -> list[Skipped]:
 
 
 def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]]:
-    """Decode every photo in ``folder``. Unreadable files, exact duplicates and copies of one view (``same_views``) are skipped with
-    a reason, and so are the files and folders beside them that are not photos (``not_photos``);
-    no photos, too few, or photos of different sizes raise ``PrepareError``."""
+    """Decode every photo in ``folder``. Unreadable files, exact duplicates and copies of one
+    view (``same_views``) are skipped with a reason, and so are the files and folders beside
+    them that are not photos (``not_photos``); no photos, too few, or photos of different sizes
+    raise ``PrepareError``."""
     paths = find_photos(folder)
     if not paths:
         others = sorted(p.name for p in folder.iterdir())[:5]
@@ -116,11 +118,11 @@ def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]
             continue
         seen[digest] = path.name
         photos.append(photo)
-    for copy, kept, difference in same_views(photos):
+    copies = same_views(photos)
+    for copy, kept, difference in copies:
         skipped.append(Skipped(copy, f"the same view as {kept} (a re-encoded or resized copy: mean difference "
                                      f"{difference:.2f} of 255)"))
-    copies = {s.name for s in skipped}
-    photos = [p for p in photos if p.name not in copies]
+    photos = [p for p in photos if p.name not in {copy for copy, _, _ in copies}]
     sizes = Counter(p.size for p in photos)  # as stored: downscaling would hide a crop or another camera
     if len(sizes) > 1:
         (main_size, _), *_ = sizes.most_common()
