@@ -201,8 +201,8 @@ def calibration_model(category: Category, splats: SplatConfig, cfg: CalibConfig,
     except (OSError, ValueError):
         key = None
     if key != calibration_key(category, splats, cfg.holdout_every, offset):
-        raise ValueError(f"{work}: no calibration model for these settings (holding out every {cfg.holdout_every}-th "
-                         f"view from the {offset}-th): rerun the splats stage with this calibration "
+        raise ValueError(f"{work}: no calibration model for these settings (holding out one view in "
+                         f"{cfg.holdout_every}, from view {offset}): rerun the splats stage with this calibration "
                          "(rpe-pad train --stages splats,calibration)")
     scene = GaussianScene.load(path, device=device or default_device())
     return scene, held, {"offset": offset, "fold_in_step": key["fold_in_step"], "num_gaussians": scene.num_gaussians}

@@ -177,7 +177,7 @@ def test_calibration_folds_hold_every_view_out_once(bundle: Path, tiny_synth: Pa
     splats = preset("demo", **{**TINY_SPLATS, "iterations": 20})
     cfg = CalibConfig(holdout_every=4, folds=2, jitters=2, false_alarm_rate=0.2)
     run_splats_stage(cat, splats, bundle, progress=False, holdout_every=4)
-    with pytest.raises(ValueError, match="from the 0-th.*rerun the splats stage"):  # the second fold is not fitted
+    with pytest.raises(ValueError, match="one view in 4, from view 0.*rerun the splats stage"):  # the second fold is not fitted
         run_calibration_stage(cat, cfg, bundle, progress=False, splats=splats)
     shipped = sha256_file(bundle / "splats" / "scene.safetensors")
     report = run_splats_stage(cat, splats, bundle, progress=False, holdout_every=4, folds=2)
