@@ -318,7 +318,8 @@ def test_photos_are_read_as_stored(tmp_path: Path) -> None:
 def test_a_copy_of_a_view_is_set_aside_and_the_lossless_one_kept(textured: Path, tmp_path: Path) -> None:
     """A JPEG or WebP copy of a view beside it is the same view: registered twice, and held
     out of one calibration model while its twin is fitted. Set aside, keeping the lossless
-    file; distinct views, however close, all stay."""
+    file. Photos of one format are not compared: two views that read alike (a part small in
+    the frame, a step apart) both stay."""
     folder = tmp_path / "photos"
     folder.mkdir()
     views = sorted((textured / "train" / "good").glob("*.png"))[:10]
@@ -330,9 +331,18 @@ def test_a_copy_of_a_view_is_set_aside_and_the_lossless_one_kept(textured: Path,
     photos, skipped = read_photos(folder, 1600)
     reasons = {s.name: s.reason for s in skipped}
     assert set(reasons) == {f"{first.stem}.jpg", f"{second.stem} copy.webp"}, reasons
-    assert reasons[f"{first.stem}.jpg"].startswith(f"the same view as {first.name} (a re-encoded or resized copy")
+    assert reasons[f"{first.stem}.jpg"].startswith(f"the same view as {first.name}, saved in another format")
     assert reasons[f"{second.stem} copy.webp"].startswith(f"the same view as {second.name}")
     assert sorted(p.name for p in photos) == [p.name for p in views]
+    # Near-alike views of one format: a small part a pixel apart (under the measure) both stay.
+    alike = tmp_path / "alike"
+    alike.mkdir()
+    for i in range(9):
+        image = np.full((96, 96, 3), 255, np.uint8)
+        image[40:52, 40 + i:52 + i] = (90, 60, 30)
+        Image.fromarray(image).save(alike / f"v{i}.png")
+    photos, skipped = read_photos(alike, 1600)
+    assert len(photos) == 9 and skipped == []
 
 
 def test_a_corrupt_photo_is_set_aside_with_its_reason_and_exif_orientation_is_honoured(tmp_path: Path) -> None:

@@ -26,14 +26,16 @@ NOT_READ = {**dict.fromkeys((".heic", ".heif"), "HEIC is not read: export the ph
             **dict.fromkeys((".mov", ".mp4", ".avi", ".mkv"), "a video is not read: photograph the object, or export "
                                                               "frames as PNG")}
 MIN_PHOTOS = 8  # fewer cannot make a model worth training (structure-from-motion needs far more)
-# Mean |difference| of two photos' 64 x 64 grey thumbnails (of 255) under which they are one view.
-# A copy would be registered twice and, held out of one calibration model while its twin is fitted,
-# make that view look easier than a new one. A JPEG copy of a Lego view (quality 50 or better)
-# reads 0.1-0.4, one stored at 300 px and scaled back to 400 0.26, the closest two of its 60 views
-# 1.07 (session 50); a copy scaled down further, or of a finely textured part, can read more and
-# is then taken as a view of its own.
+# Mean |difference| of two photos' 64 x 64 grey thumbnails (of 255) under which a photo saved in
+# another format beside it is the same view. Such a copy would be registered twice and, held out of
+# one calibration model while its twin is fitted, make that view look easier than a new one. A JPEG
+# copy of a Lego view (quality 50 or better) reads 0.1-0.4, the closest two of its 60 views 1.07
+# (session 50). Only files of different formats are compared: the measure covers the background
+# too, so distinct views of a part small in the frame read under it (a review: views 3-11 degrees
+# apart at 0.19-0.47 with the part a quarter of the frame wide).
 SAME_VIEW = 0.5
 LOSSLESS = (".png", ".tif", ".tiff", ".bmp")  # kept before a lossy copy of the same view
+_FORMAT = {".jpeg": ".jpg", ".jfif": ".jpg", ".jpe": ".jpg", ".tiff": ".tif"}  # one name per format
 MIN_TRANSPARENT = 0.01  # a photo's alpha is its mask when at least this share of it is transparent
 MAX_PHOTO_PIXELS = 3 * MAX_IMAGE_PIXELS  # 75 MP: a 64 MP camera's full-size photo (downscaled as it is read)
 
@@ -120,7 +122,7 @@ def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]
         photos.append(photo)
     copies = same_views(photos)
     for copy, kept, difference in copies:
-        skipped.append(Skipped(copy, f"the same view as {kept} (a re-encoded or resized copy: mean difference "
+        skipped.append(Skipped(copy, f"the same view as {kept}, saved in another format (mean difference "
                                      f"{difference:.2f} of 255)"))
     photos = [p for p in photos if p.name not in {copy for copy, _, _ in copies}]
     sizes = Counter(p.size for p in photos)  # as stored: downscaling would hide a crop or another camera
@@ -142,9 +144,11 @@ def read_photos(folder: Path, max_size: int) -> tuple[list[Photo], list[Skipped]
 
 
 def same_views(photos: list[Photo]) -> list[tuple[str, str, float]]:
-    """``(copy, kept, difference)`` for each photo that is another's copy (``SAME_VIEW``): of
-    the two, a lossless file is kept before a lossy one, else the first by name."""
-    if len(photos) < 2:
+    """``(copy, kept, difference)`` for each photo that is a copy of another in another format
+    (``SAME_VIEW``): of the two, a lossless file is kept before a lossy one, else the first by
+    name. Photos of one format are never compared (distinct views may read alike)."""
+    formats = [_FORMAT.get(Path(p.name).suffix.lower(), Path(p.name).suffix.lower()) for p in photos]
+    if len(set(formats)) < 2:
         return []
     thumbs = np.stack([np.asarray(Image.fromarray(p.rgb).convert("L").resize((64, 64), Image.Resampling.BOX),
                                   dtype=np.float32) for p in photos]).reshape(len(photos), -1)
@@ -152,11 +156,12 @@ def same_views(photos: list[Photo]) -> list[tuple[str, str, float]]:
     kept: list[int] = []
     out = []
     for i in order:
-        if kept:
-            differences = np.abs(thumbs[kept] - thumbs[i]).mean(axis=1)
+        others = [j for j in kept if formats[j] != formats[i]]
+        if others:
+            differences = np.abs(thumbs[others] - thumbs[i]).mean(axis=1)
             j = int(np.argmin(differences))
             if differences[j] < SAME_VIEW:
-                out.append((photos[i].name, photos[kept[j]].name, float(differences[j])))
+                out.append((photos[i].name, photos[others[j]].name, float(differences[j])))
                 continue
         kept.append(i)
     return out
