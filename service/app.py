@@ -501,7 +501,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         files = settings.max_files_per_batch if path.endswith("/inspect/batch") else int(path.endswith("/inspect"))
         return files * settings.max_upload_bytes + FORM_BYTES
 
-    app = FastAPI(title="RPE-PAD inspection service", version=package_version(), lifespan=lifespan,
+    version = package_version()  # read once: a metadata lookup, not for every answer
+    app = FastAPI(title="RPE-PAD inspection service", version=version, lifespan=lifespan,
                   docs_url=None, redoc_url=None,  # /docs is served without a CDN (service.web)
                   description="Pose-agnostic anomaly detection: upload a photo of an object from any viewpoint; "
                               "the service finds its pose, renders the normal object there and compares.")
@@ -642,7 +643,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ServiceError(422, str(exc)) from exc
 
     def _out(request: Request, category: str, filename: str | None, result: Inspection, image, data: bytes,
-             intrinsics: str | None, include: Include, inspector: Inspector,
+             camera: list[float] | None, include: Include, inspector: Inspector,
              record_id: str | None = None) -> InspectionOut:
         norm = result.normalised_map() if include.map else None
         reference = np.round(np.clip(result.reference, 0, 1) * 255).astype(np.uint8) if include.reference else None
@@ -650,8 +651,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             **result.model_dump(), request_id=request.state.request_id, category=category,
             filename=clean_filename(filename),
             record_id=record_id, bundle_sha256=inspector.bundle_sha256,
-            query_sha256=hashlib.sha256(data).hexdigest(), service_version=package_version(),
-            intrinsics=None if (camera := _parse_intrinsics(intrinsics)) is None else list(camera),
+            query_sha256=hashlib.sha256(data).hexdigest(), service_version=version, intrinsics=camera,
             score_floor=inspector.calibration.score_floor, map_floor=inspector.calibration.map_floor,
             reference_png=None if reference is None else _png_b64(Image.fromarray(reference)),
             anomaly_map_png=None if norm is None else _png_b64(Image.fromarray(np.round(norm * 255).astype(np.uint8),
@@ -684,8 +684,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             t0 = time.perf_counter()
             record_id = new_id() if state.records is not None else None
             include = Include(include_map, include_overlay, include_reference)
-            out = await run_in_threadpool(_out, request, category, file.filename, result, image, data, intrinsics,
-                                          include, inspector, record_id)
+            out = await run_in_threadpool(_out, request, category, file.filename, result, image, data,
+                                          _request_camera(intrinsics), include, inspector, record_id)
             state.telemetry.observe(category, result)  # counted and recorded once answered
             _record(state, record_id, out, result, image, data, file, inspector)
         request.state.answered = time.perf_counter()
@@ -717,7 +717,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             _check_threshold(inspector, threshold)
             results = await _run(batcher, images, threshold)
             include = Include(include_map, include_overlay, include_reference)
-            outs = [await run_in_threadpool(_out, request, category, f.filename, result, im, data, intrinsics,
+            camera = _request_camera(intrinsics)
+            outs = [await run_in_threadpool(_out, request, category, f.filename, result, im, data, camera,
                                             include, inspector, new_id() if state.records is not None else None)
                     for f, result, (im, data) in zip(files, results, prepared)]
             # counted and recorded once the whole answer is built: not a batch that was not answered
@@ -926,6 +927,12 @@ def _parse_intrinsics(text: str | None) -> tuple[float, float, float, float] | N
         return parse_intrinsics(text)
     except ValueError as exc:
         raise ServiceError(422, str(exc)) from exc
+
+
+def _request_camera(intrinsics: str | None) -> list[float] | None:
+    """The request's ``intrinsics`` as the answer and its record carry them (checked already)."""
+    camera = _parse_intrinsics(intrinsics)
+    return None if camera is None else list(camera)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
