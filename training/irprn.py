@@ -293,7 +293,9 @@ def train_irprn(category: Category, novel: NovelSet, unit: float, cfg: IRPRNTrai
     bar.close()
     grid = model_cfg.descriptor_grid
     base_desc = descriptor(query_feats[: n_base], grid)  # the un-augmented originals come first
-    gal_ids, ranks = build_pairs(base_desc, descriptor(train_feats, grid), cfg.k, base_family, train_family)
+    # The pairs are drawn on the CPU whatever the device: the families and poses they index live there.
+    gal_ids, ranks = build_pairs(base_desc.cpu(), descriptor(train_feats, grid).cpu(), cfg.k, base_family,
+                                 train_family)
     k = gal_ids.shape[1]
     # Pairs for every copy: (query copy j, candidate gal_ids[origin j, r], rank r).
     pair_q = torch.arange(len(queries.images)).repeat_interleave(k)

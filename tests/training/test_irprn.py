@@ -370,3 +370,29 @@ def test_ablation_switches() -> None:
     assert cfg.epochs == 2
     rvss, cfg = irprn_config("cpu", rvss_m=0, rvss_orbit=2)  # orbit views alone are still novel views
     assert rvss.m == 0 and rvss.orbit_m == 2 and cfg.use_novel
+
+
+class _PairsDrawn(Exception):
+    pass
+
+
+def test_pairs_are_drawn_on_the_cpu_when_training_on_cuda(tiny_pose_bundle: Path, tiny_synth: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA the descriptors come from the GPU while the families and poses the pairs index
+    stay on the CPU: the pairs must be drawn on the CPU (the GPU run of session 15 predates
+    IRPRN training on CUDA; on a GPU the mix raised in ``masked_fill``)."""
+    from tests.fake_cuda import fake_cuda
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.extend(a.device.type for a in args if isinstance(a, torch.Tensor))
+        raise _PairsDrawn
+
+    monkeypatch.setattr(irprn_stage, "build_pairs", spy)
+    cat = load_category(tiny_synth)
+    novel = load_novel(tiny_pose_bundle / "rvss" / "novel.safetensors")
+    cfg = preset("demo", epochs=1, augment_copies=0, checkpoint_every=0, model=SMALL)
+    with fake_cuda(monkeypatch), pytest.raises(_PairsDrawn):
+        train_irprn(cat, novel, 1.0, cfg, tmp_path, progress=False, device=torch.device("cuda"))
+    assert seen == ["cpu"] * 4  # two descriptors, two families
