@@ -25,7 +25,8 @@ threshold, clipped to [0, 1]):
 with ``floor`` the lowest normal image score (half the threshold if a validation set put
 the threshold below it) (so the cleanest normal view maps to 0 and
 twice the threshold's distance above it to 1). Anomaly maps use the same formula with the
-median normal pixel value as floor, so a map pixel at 0.5 sits exactly at the decision
+lower of the median normal pixel value and half the score's floor as floor (``pixel_floor``,
+``map_floor``), so a map pixel at 0.5 sits exactly at the decision
 threshold and the decision mask is ``normalised map > 0.5``. A per-request threshold
 override keeps the floors and moves the 0.5 point. With a map blurred apart from the score
 (``models.scoring``, ``map_sigma``: the ``cpu`` and ``paper`` presets since session 31) the
@@ -141,8 +142,14 @@ class Calibration(BaseModel):
         return _normalise(amap, self.resolve(threshold), self.map_floor)
 
     def decide(self, raw, threshold: float | None = None):
-        """True where the raw score exceeds the threshold in force."""
-        return raw > self.resolve(threshold)
+        """True where the raw score exceeds the threshold in force (``exceeds``)."""
+        return exceeds(raw, self.resolve(threshold))
+
+
+def exceeds(raw, threshold: float):
+    """The decision, the one place it is made: a score (or map value) is anomalous when it is
+    strictly over the threshold; one equal to it is normal (its normalised score is 0.5)."""
+    return raw > threshold
 
 
 def _normalise(values, threshold: float, floor: float):
@@ -174,7 +181,7 @@ def threshold_spread(scores: np.ndarray, false_alarm_rate: float, draws: int = S
     rng = np.random.default_rng(seed)
     picks = rng.integers(len(s), size=(draws, len(s)))
     thresholds = np.quantile(s[picks].reshape(draws, -1), 1.0 - false_alarm_rate, axis=1)
-    rates = (s.reshape(1, -1) > thresholds[:, None]).mean(axis=1)
+    rates = exceeds(s.reshape(1, -1), thresholds[:, None]).mean(axis=1)
     (t_lo, t_hi), (r_lo, r_hi) = np.quantile(thresholds, [0.05, 0.95]), np.quantile(rates, [0.05, 0.95])
     return (float(t_lo), float(t_hi)), (float(r_lo), float(r_hi))
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from models.calibration import Calibration
+from models.calibration import Calibration, exceeds
 from models.camera import rotmat_to_quat
 from models.verify import Verification
 
@@ -91,7 +91,7 @@ class Inspection(BaseModel):
         out = cls(score=score, threshold=t, threshold_source=_source(threshold),
                   calibrated_threshold=float(calibration.threshold),
                   normalised_score=float(calibration.normalise(score, t)),
-                  is_anomalous=bool(score > t), verdict=verdict_of(score, t, verification),
+                  is_anomalous=bool(exceeds(score, t)), verdict=verdict_of(score, t, verification),
                   verification=verification, pose=Pose.of(pose), gallery_matches=matches,
                   timings_ms=timings_ms, refine=refine, pose_mode=pose_mode, device=device)
         out._anomaly_map, out._reference, out._calibration = anomaly_map, reference, calibration
@@ -102,7 +102,7 @@ class Inspection(BaseModel):
         ``InspectionError`` for a threshold the calibration cannot use."""
         t = resolve_threshold(self._calibration, threshold)
         return self.model_copy(update={"threshold": t, "threshold_source": _source(threshold),
-                                       "is_anomalous": bool(self.score > t),
+                                       "is_anomalous": bool(exceeds(self.score, t)),
                                        "verdict": verdict_of(self.score, t, self.verification),
                                        "normalised_score": float(self._calibration.normalise(self.score, t))})
 
@@ -140,7 +140,7 @@ def verdict_of(score: float, threshold: float, verification: Verification) -> Ve
     """``review`` when the reference did not verify, else the score against the threshold."""
     if not verification.verified:
         return "review"
-    return "anomalous" if score > threshold else "normal"
+    return "anomalous" if exceeds(score, threshold) else "normal"
 
 
 def resolve_threshold(calibration: Calibration, threshold: float | None) -> float:

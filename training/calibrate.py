@@ -67,6 +67,7 @@ from models.calibration import (
     SPREAD_MIN_VIEWS,
     Calibration,
     ScoreStats,
+    exceeds,
     f1_threshold,
     pixel_quantiles,
     quantile_threshold,
@@ -326,7 +327,7 @@ def highest_heldout_views(models: list[tuple[GaussianScene, list]], offsets: lis
     order = np.argsort(-copies.max(1), kind="stable")[:n]
     return [{"view": names[i][0], "fold_offset": names[i][1], "score": round(float(copies[i].max()), 4),
              "copy": int(i * copies.shape[1] + copies[i].argmax()),
-             "copies_over_threshold": int((copies[i] > threshold).sum()), "copies": int(copies.shape[1])}
+             "copies_over_threshold": int(exceeds(copies[i], threshold).sum()), "copies": int(copies.shape[1])}
             for i in order]
 
 
@@ -414,7 +415,7 @@ def jpeg_tolerance(models: list[tuple[GaussianScene, list]], cfg: CalibConfig, h
         images = torch.stack(images).repeat_interleave(cfg.jitters, dim=0)
         scores = np.concatenate([_score(heldout.scorer, scene, images[jit], jittered_poses[jit], rep_Ks[jit], cfg.batch,
                                         bar, RefineConfig())[0] for scene, _, jit in folds])
-        rates[f"q{quality} {chroma}"] = float(np.mean(scores * heldout.scale > threshold))
+        rates[f"q{quality} {chroma}"] = float(np.mean(exceeds(scores * heldout.scale, threshold)))
         if rates[f"q{quality} {chroma}"] > 2 * cfg.false_alarm_rate:
             break
         taken.append((quality, chroma))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models.bundle import read_manifest
-from models.calibration import Calibration
+from models.calibration import Calibration, exceeds
 from models.camera import pose_errors, reprojection_error_px, scale_intrinsics
 from models.data import GOOD, load_category
 from models.inspector import Inspection, Inspector
@@ -55,7 +55,7 @@ def verification_report(results: list[Inspection], labels: np.ndarray, reproj_px
 
 def decision_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """Confusion counts and rates of ``score > threshold`` against the labels."""
-    flagged = scores > threshold
+    flagged = exceeds(scores, threshold)
     tp, fp = int(np.sum(flagged & labels)), int(np.sum(flagged & ~labels))
     fn, tn = int(np.sum(~flagged & labels)), int(np.sum(~flagged & ~labels))
     return {"threshold": round(threshold, 4), "tp": tp, "fp": fp, "fn": fn, "tn": tn,

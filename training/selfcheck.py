@@ -218,8 +218,8 @@ def worst_sheet(images, masks, kinds, names, maps: torch.Tensor, scores: np.ndar
         seen[(kind, name)] = copy[i] = seen.get((kind, name), 0) + 1
     rows = []
     for i in picks:
-        verdict = "caught" if scores[i] > calib.threshold else "missed" if kinds[i] != "good" else "passed"
-        if kinds[i] == "good" and scores[i] > calib.threshold:
+        verdict = "caught" if calib.decide(scores[i]) else "missed" if kinds[i] != "good" else "passed"
+        if kinds[i] == "good" and calib.decide(scores[i]):
             verdict = "FALSE ALARM"
         label = f"{kinds[i]} {names[i].split('/')[-1]}" + (f" #{copy[i]}" if seen[(kinds[i], names[i])] > 1 else "")
         rows.append((label, [

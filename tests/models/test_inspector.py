@@ -94,6 +94,19 @@ def test_threshold_override_moves_the_decision(inspector: Inspector, queries) ->
             base.decided(bad)
 
 
+def test_a_score_at_the_threshold_is_normal(inspector: Inspector, tiny_synth: Path) -> None:
+    """The decision at its boundary, on a verified result (a training view: the tiny bundle
+    sends most of its coarse test queries to review): strictly over the threshold is anomalous,
+    equal to it is normal with a normalised score of 0.5, and the verdict follows."""
+    view = load_category(tiny_synth).train[0]
+    base = inspector.inspect(view.image[None])[0]
+    assert base.verification.verified, base.verification.reason
+    at, under = base.decided(base.score), base.decided(base.score * 0.999)
+    assert (at.is_anomalous, at.verdict, at.normalised_score) == (False, "normal", pytest.approx(0.5))
+    assert (under.is_anomalous, under.verdict) == (True, "anomalous") and under.normalised_score > 0.5
+    assert inspector.inspect(view.image[None], threshold=base.score * 1.001)[0].verdict == "normal"
+
+
 def test_settings_come_from_the_manifest_and_overrides_win(tiny_release: Path, queries) -> None:
     """The bundle says how it is run; a caller's override replaces it; a bundle asking for a
     retired option is refused with the reason."""

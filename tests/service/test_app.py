@@ -81,6 +81,20 @@ def _post(client: TestClient, category: str, data: bytes, media: str = "image/pn
     return client.post("/inspect", files={"file": (name, data, media)}, data={"category": category, **form})
 
 
+def test_a_verified_query_gets_the_scores_verdict(client: TestClient, category: str, tiny_synth: Path) -> None:
+    """The tiny bundle sends most of its coarse test queries to review; a training view
+    verifies, so the answer's verdict is the score's, and an override just over its score
+    passes it while one just under it rejects it (the boundary itself: test_inspector)."""
+    view = min((tiny_synth / "train" / "good").glob("*.png")).read_bytes()
+    body = _post(client, category, view).json()
+    assert body["verification"]["verified"], body["verification"]
+    assert body["verdict"] == ("anomalous" if body["score"] > body["threshold"] else "normal")
+    at = _post(client, category, view, threshold=repr(body["score"] * 1.001)).json()
+    under = _post(client, category, view, threshold=repr(body["score"] * 0.999)).json()
+    assert (at["verdict"], at["is_anomalous"], under["verdict"], under["is_anomalous"]) == (
+        "normal", False, "anomalous", True)
+
+
 @pytest.mark.slow(seconds=15)
 def test_health_ready_categories_openapi(client: TestClient, category: str) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "bundles_loaded": None, "detail": None,
@@ -446,7 +460,10 @@ def test_not_ready_without_bundles(tmp_path: Path, query_png: bytes, caplog: pyt
     broken.mkdir(parents=True)
     (broken / "manifest.json").write_text("{")
     with caplog.at_level(logging.ERROR), _client(tmp_path / "bundles") as c:
-        time.sleep(0.5)
+        end = time.time() + 60  # the bundles load in the background
+        while "still loading" in c.get("/readyz").text:
+            assert time.time() < end
+            time.sleep(0.1)
         r = c.get("/readyz")
         assert r.status_code == 503 and "no valid bundle" in r.json()["detail"] and "retry-after" in r.headers
         assert _post(c, "Broken", query_png).status_code == 503

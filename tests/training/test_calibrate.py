@@ -48,6 +48,9 @@ def test_quantile_calibration_and_skip(bundle: Path, tiny_synth: Path) -> None:
     assert calib.threshold == pytest.approx(np.quantile(jittered, 0.99) * 1.1)
     assert calib.threshold > jittered.max()  # the margin clears every normal view here
     assert calib.score_floor == pytest.approx(min(jittered.min(), min(report["scores"]["in_sample"])))
+    # The map's floor: the median normal pixel, kept at most half the score's floor.
+    assert calib.pixel_floor == pytest.approx(min(calib.normal_pixel_quantiles["q0.5"], 0.5 * calib.score_floor))
+    assert calib.map_floor == calib.pixel_floor
     assert calib.scorer["tolerance"] == CalibConfig().tolerance
     assert report["device"] == str(default_device())  # where the models rendered: CUDA when present
     assert (bundle / "reports" / "calibration_hist.png").stat().st_size > 1000
