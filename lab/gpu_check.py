@@ -97,10 +97,13 @@ def serve_and_load(bundles: Path, category: Path, out: Path, seconds: float = 30
         info = httpx.get(f"{service.url}/categories", timeout=10).json()["categories"][0]
         if not info["device"].startswith("cuda"):
             raise RuntimeError(f"the service runs the bundle on {info['device']}, not CUDA")
+        if info.get("pose_device") != "cuda":
+            raise RuntimeError(f"the service runs the pose network on {info.get('pose_device')}, not CUDA "
+                               "(ONNX Runtime's CUDA provider: serve.log says why)")
         image = sorted((category / "test" / "good").glob("*.png"))[0]
         one = asyncio.run(run_load(service.url, "gpucheck", image, clients=1, seconds=seconds / 2))
         eight = asyncio.run(run_load(service.url, "gpucheck", image, clients=8, seconds=seconds))
-        return {"device": info["device"], "one_client": one, "eight_clients": eight}
+        return {"device": info["device"], "pose_device": info["pose_device"], "one_client": one, "eight_clients": eight}
 
 
 def run_check(out: Path, root: Path) -> Check:

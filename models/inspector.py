@@ -523,9 +523,10 @@ class Inspector:
         estimator = _read(bundle_dir, "irprn", lambda _: PoseEstimator.from_onnx(  # its messages name the graph
             bundle_dir / FILES["encoder"], bundle_dir / FILES["pair_head"], gallery, unit, irprn.input_size,
             device=pose_runtime_device(dev), k=config.k))
-        if dev.type == "cuda" and rt.CUDA not in estimator.providers:
-            log.warning("%s: the renders run on CUDA, but this onnxruntime has no CUDA provider, so the pose network "
-                        "runs on the CPU (install the gpu extra: onnxruntime-gpu)", manifest.category)
+        if dev.type == "cuda" and estimator.providers[0] != rt.CUDA:
+            why = ("its CUDA provider did not start (see its log)" if rt.CUDA in rt.ort.get_available_providers()
+                   else "this onnxruntime has no CUDA provider (install the gpu extra: onnxruntime-gpu)")
+            log.warning("%s: the renders run on CUDA, but the pose network runs on the CPU: %s", manifest.category, why)
         cam = manifest.camera
         inspector = cls(scene, scorer, calib, estimator, cam.width, cam.height, torch.tensor(cam.K), config, dev,
                         manifest.category, manifest)
@@ -665,9 +666,22 @@ class Inspector:
             map_floor=self.calibration.map_floor,
             pose_mode=self.config.pose,
             device=str(self.device),
+            pose_device=self.pose_device,
             bundle_id=self.bundle_id,
             bundle_sha256=self.bundle_sha256,
         )
+
+    @property
+    def pose_device(self) -> str | None:
+        """Where the pose network runs: ``cuda`` or ``cpu`` by its ONNX Runtime session (which
+        may have fallen back to the CPU on a GPU host), the inspector's device for a PyTorch
+        network (the lab's), ``None`` without one."""
+        from models import onnx_runtime as rt
+
+        if self.estimator is None:
+            return None
+        first = self.estimator.providers[0]
+        return "cuda" if first == rt.CUDA else "cpu" if first == rt.CPU else str(self.device)
 
     @property
     def bundle_id(self) -> str:

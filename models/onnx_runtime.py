@@ -4,6 +4,7 @@ installed (the ``cpu`` / ``gpu`` extras), never both (NOTES section 7)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import onnxruntime as ort
 import torch  # also loads the CUDA libraries onnxruntime-gpu shares with torch's wheel
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+log = logging.getLogger("rpe_pad.onnx")
 
 
 def providers(device: str = "auto") -> list[str]:
@@ -38,7 +40,17 @@ def session(path: Path, device: str = "auto") -> ort.InferenceSession:
     # One CPU budget for the calling thread: as many pool threads as torch's team has (both
     # default to the cores; the service's RPEPAD_THREADS sets torch's on its inference thread).
     opts.intra_op_num_threads = torch.get_num_threads()
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers(device))
+    asked = providers(device)
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=asked)
+    # onnxruntime-gpu lists its CUDA provider whether or not it can start: where its CUDA or
+    # cuDNN libraries do not load, it logs an error and builds the session on the CPU.
+    if asked[0] == CUDA and sess.get_providers()[0] != CUDA:
+        why = (f"{path.name}: onnxruntime-gpu could not start its CUDA provider (its log above says why: most often "
+               "the CUDA or cuDNN libraries it needs), so the session runs on the CPU")
+        if device == "cuda":
+            raise RuntimeError(f"device 'cuda' asked for, but {why}")
+        log.warning("%s", why)
+    return sess
 
 
 def run(sess: ort.InferenceSession, **inputs: np.ndarray) -> list[np.ndarray]:

@@ -175,6 +175,8 @@ class CategoryInfo(BaseModel):
     map_floor: float = Field(0.0, description="the same for the anomaly map: a pixel p of anomaly_map_png is the raw "
                                             "value threshold + (p / 255 - 0.5) * 2 * (threshold - map_floor)")
     pose_mode: str
-    device: str
+    device: str = Field(description="where the renders and the scorer run: cpu or cuda[:N]")
+    pose_device: str | None = Field(None, description="where the pose network runs (ONNX Runtime's session: cuda or "
+                                                      "cpu, which may differ from device); null in a mode without it")
     bundle_id: str = Field("", description="category@created of the loaded bundle")
     bundle_sha256: str = Field("", description="sha256 of the bundle's manifest.json, which holds every file's sha256")

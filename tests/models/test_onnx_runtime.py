@@ -51,3 +51,31 @@ def test_an_inspector_on_cuda_asks_for_the_best_runtime_not_a_strict_one() -> No
     assert pose_runtime_device(torch.device("cpu")) == "cpu"
     assert pose_runtime_device(torch.device("cuda", 0)) == "auto"
     assert rt.providers(pose_runtime_device(torch.device("cuda")))[-1] == rt.CPU  # never refuses
+
+
+def test_a_cuda_provider_that_does_not_start_is_told_not_hidden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """onnxruntime-gpu lists its CUDA provider even where the CUDA libraries fail to load, and
+    then builds the session on the CPU with no exception. Played here by the CPU package told
+    to list CUDA: asked for ``cuda`` the session is refused, with ``auto`` it warns; either way
+    nothing reports CUDA for a session on the CPU."""
+    model = _tiny_model(tmp_path / "tiny.onnx")
+    monkeypatch.setattr(rt.ort, "get_available_providers", lambda: [rt.CUDA, rt.CPU])
+    if rt.CUDA in rt.ort.InferenceSession(str(model), providers=[rt.CUDA, rt.CPU]).get_providers():
+        pytest.skip("this onnxruntime starts its CUDA provider")
+    with pytest.raises(RuntimeError, match="could not start its CUDA provider"):
+        rt.session(model, device="cuda")
+    with caplog.at_level("WARNING", logger="rpe_pad.onnx"):
+        sess = rt.session(model, device="auto")
+    assert sess.get_providers() == [rt.CPU]
+    assert "runs on the CPU" in caplog.text
+
+
+def test_categories_tell_where_the_pose_network_runs(tiny_release: Path) -> None:
+    from models.inspector import Inspector
+
+    inspector = Inspector.load(tiny_release, device="cpu")
+    info = inspector.describe()
+    assert info.device == "cpu" and info.pose_device == "cpu"
+    inspector.estimator.providers = [rt.CUDA, rt.CPU]  # as a session on a GPU host lists them
+    assert inspector.describe().pose_device == "cuda"
