@@ -276,7 +276,8 @@ def heldout_scores_folds(models: list[tuple[GaussianScene, list]], cfg: CalibCon
     statistics are fitted first on every fold's jittered views together (``models.scoring``). The
     scores follow the folds' order, each view's jitters together."""
     held_all = [v for _, held in models for v in held]
-    scorer = AnomalyScorer(tolerance=cfg.tolerance, background=models[0][0].background, colour=cfg.colour)
+    device = models[0][0].means.device  # the scorer runs where the models render (its statistics are fitted on the CPU)
+    scorer = AnomalyScorer(tolerance=cfg.tolerance, background=models[0][0].background, colour=cfg.colour).to(device)
     images = torch.stack([v.image for v in held_all])
     poses, Ks, jittered_poses = _jittered(held_all, cfg)
     rep_images, rep_Ks = images.repeat_interleave(cfg.jitters, dim=0), Ks.repeat_interleave(cfg.jitters, dim=0)
@@ -292,9 +293,9 @@ def heldout_scores_folds(models: list[tuple[GaussianScene, list]], cfg: CalibCon
                 sl = slice(i, min(i + cfg.batch, jit.stop))
                 refs = render_references(scene, jittered_poses[sl], rep_Ks[sl], images.shape[2], images.shape[1])
                 refs = align_references(rep_images[sl], refs, align)
-                t, sil = scorer.inputs(rep_images[sl], refs)
-                terms.append(t), silhouettes.append(sil)
-                edges.append(scorer.edges(refs))
+                t, sil = scorer.inputs(rep_images[sl].to(device), refs.to(device))
+                terms.append(t.cpu()), silhouettes.append(sil.cpu())
+                edges.append(scorer.edges(refs.to(device)).cpu())
                 bar.update(len(refs))
         terms, silhouettes, edges = torch.cat(terms), torch.cat(silhouettes), torch.cat(edges)
         stats = fit_normal_stats(terms, silhouettes, edges, sigma=scorer.sigma, colours=colour_terms(scorer.colour),

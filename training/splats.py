@@ -428,11 +428,12 @@ def fit_splats(
 
 @torch.no_grad()
 def evaluate_views(scene: GaussianScene, images: torch.Tensor, poses: torch.Tensor, Ks: torch.Tensor) -> dict:
-    """PSNR / SSIM of renders at the given poses against the images [V, H, W, 3]."""
+    """PSNR / SSIM of renders at the given poses against the images [V, H, W, 3] (on the CPU);
+    the renders run on the scene's device and come back on the CPU."""
     height, width = images.shape[1:3]
     psnrs, ssims, renders = [], [], []
     for i in range(len(images)):
-        out = render(scene, poses[i : i + 1].float(), Ks[i : i + 1].float(), width, height).colors.clamp(0, 1)
+        out = render(scene, poses[i : i + 1].float(), Ks[i : i + 1].float(), width, height).colors.clamp(0, 1).cpu()
         renders.append(out[0])
         psnrs.append(psnr(out, images[i : i + 1]))
         ssims.append(float(_ssim(out, images[i : i + 1])))
@@ -553,7 +554,8 @@ def run_splats_stage(category: Category, cfg: SplatConfig, out_dir: Path, progre
         names, images = [v.name for v in sel], torch.stack([v.image for v in sel])
         poses, Ks = torch.stack([v.w2c for v in sel]), torch.stack([v.K for v in sel])
         source = "training views (no test/good poses in this category)"
-    ev = evaluate_views(result.scene, images, poses, Ks)
+    # On the fit's device: gsplat on CUDA, the renders the service will make (the scene comes back on the CPU).
+    ev = evaluate_views(result.scene.to(device or default_device()), images, poses, Ks)
     report = {
         "category": category.name,
         "psnr_test_mean": round(float(np.mean(ev["psnr"])), 3),
