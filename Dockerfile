@@ -75,9 +75,11 @@ CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
 # TORCH_CUDA_ARCH_LIST (the PyPI wheel is pure Python and would JIT-build them on the first
 # request, and only where a CUDA toolkit is installed), by docker/gsplat-kernels.sh: NVIDIA's
 # CUDA 13.0 compiler from PyPI, in /opt/cuda-build, which stays in this stage, and gsplat's
-# source with its C++ standard raised to torch 2.14's (docs/DEPLOY.md, "Images").
+# source with its C++ standard raised to torch 2.14's (docs/DEPLOY.md, "Images"). The default list
+# covers every architecture torch's wheel runs on (sm_75, Turing such as the T4, to sm_120), so
+# that no GPU torch accepts fails at gsplat's first render.
 FROM ${BASE_IMAGE} AS gpu-venv
-ARG TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+ARG TORCH_CUDA_ARCH_LIST="7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"
 ARG MAX_JOBS=8
 ARG CUDA_TOOLKIT=13.0.3.0
 ENV TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST} MAX_JOBS=${MAX_JOBS} CUDA_TOOLKIT=${CUDA_TOOLKIT}

@@ -53,6 +53,23 @@ def test_dockerfiles_pin_what_the_project_pins() -> None:
     assert "torch==2.14.1" in gpu and "gsplat==1.5.3" in gpu and "[gpu]" in gpu and "TORCH_CUDA_ARCH_LIST" in gpu
 
 
+def test_gsplat_is_compiled_for_every_gpu_torch_runs_on() -> None:
+    """torch's CUDA wheel runs on sm_75 (Turing, the T4) and newer; a GPU it accepts that
+    gsplat's kernels were not built for fails at the warm-up's first render."""
+    import torch
+
+    flags = getattr(torch._C, "_cuda_getArchFlags", lambda: "")()
+    if not flags:
+        pytest.skip("this torch is not a CUDA build: its architectures are unknown")
+    default = re.search(r'^ARG TORCH_CUDA_ARCH_LIST="([^"]+)"', _stage((ROOT / "Dockerfile").read_text(), "gpu-venv"),
+                        re.M).group(1).split(";")
+    built = {float(a.removesuffix("+PTX")) for a in default}
+    ptx = min((float(a.removesuffix("+PTX")) for a in default if a.endswith("+PTX")), default=None)
+    for flag in flags.split():
+        arch = int(flag.removeprefix("sm_")) / 10
+        assert arch in built or (ptx is not None and arch > ptx), f"{flag} is missing from {default}"
+
+
 def test_the_gpu_image_needs_no_cuda_base_image_and_compiles_gsplat_for_torch_2_14() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     stages = _stages(dockerfile)
