@@ -65,6 +65,13 @@ def test_bounds_come_from_the_config(photo: torch.Tensor) -> None:
     ref = shifted(photo, 4)
     assert not verify(photo, ref, WHITE)[0].verified
     assert verify(photo, ref, WHITE, VerifyConfig(max_misalignment_px=6.0))[0].verified
+    # The silhouettes' overlap is a check of its own: a 2 px shift passes the flow's bound, and
+    # fails an overlap bound set above its overlap, saying so.
+    near = shifted(photo, 2)
+    (kept,) = verify(photo, near, WHITE)
+    assert kept.verified and kept.silhouette_iou < 0.99
+    (strict,) = verify(photo, near, WHITE, VerifyConfig(min_silhouette_iou=0.99))
+    assert not strict.verified and strict.reason.startswith("the silhouettes overlap by")
     with pytest.raises(ValueError):
         VerifyConfig(max_misalignment_px=0)
     with pytest.raises(ValueError):
