@@ -296,7 +296,8 @@ def _load_checkpoint(path: Path, params: dict, optimizers: dict, strategy_state:
         optimizers[k].state.clear()
         if f"adam.{k}.exp_avg" in tensors:
             optimizers[k].state[params[k]] = {
-                "step": tensors[f"adam.{k}.step"].reshape(()),
+                # on the CPU, as Adam keeps it outside capturable or fused mode (on CUDA each step synced)
+                "step": tensors[f"adam.{k}.step"].reshape(()).cpu(),
                 "exp_avg": tensors[f"adam.{k}.exp_avg"],
                 "exp_avg_sq": tensors[f"adam.{k}.exp_avg_sq"],
             }

@@ -186,3 +186,26 @@ def test_unknown_preset_and_stage(tmp_path: Path, tiny_synth: Path) -> None:
         preset("turbo")
     with pytest.raises(ValueError, match="unknown stage"):
         run_train(tiny_synth, tmp_path, stages=["nope"])
+
+
+def test_a_resumed_fit_keeps_adams_step_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint resumed on CUDA puts the moments on the GPU and Adam's step counter on the
+    CPU, where a fresh Adam keeps it (on the GPU every step of the fit read it back)."""
+    from tests.fake_cuda import fake_cuda
+    from training.splats import _load_checkpoint, _save_checkpoint
+
+    cfg = preset("demo")
+    params = {"means": torch.nn.Parameter(torch.zeros(4, 3)), "opacities": torch.nn.Parameter(torch.zeros(4))}
+    optimizers = {k: torch.optim.Adam([p], lr=0.1) for k, p in params.items()}
+    for p in params.values():
+        p.sum().backward()
+    for opt in optimizers.values():
+        opt.step()
+    _save_checkpoint(tmp_path / "ck.safetensors", 7, params, optimizers, {}, cfg, [])
+    with fake_cuda(monkeypatch):
+        on_gpu = {k: torch.nn.Parameter(torch.zeros_like(p).to("cuda")) for k, p in params.items()}
+        resumed = {k: torch.optim.Adam([p], lr=0.1) for k, p in on_gpu.items()}
+        assert _load_checkpoint(tmp_path / "ck.safetensors", on_gpu, resumed, {}, cfg, [], 10) == 7
+    for k, opt in resumed.items():
+        state = opt.state[on_gpu[k]]
+        assert (state["step"].device.type, state["exp_avg"].device.type, on_gpu[k].device.type) == ("cpu", "cuda", "cuda")
