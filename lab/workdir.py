@@ -12,7 +12,7 @@ import torch
 from models.bundle import FILES, WORK_FILES
 from models.calibration import Calibration
 from models.gallery import Gallery
-from models.inspector import Inspector, InspectorConfig, resolve_device
+from models.inspector import Inspector, InspectorConfig, pose_runtime_device, resolve_device
 from models.irprn import load_irprn, load_irprn_config
 from models.pose import PoseEstimator
 from models.scoring import AnomalyScorer
@@ -32,7 +32,7 @@ def pose_estimator(work_dir: Path, device: str = "auto", k: int | None = None) -
     if (work_dir / FILES["encoder"]).is_file() and graphs_current(work_dir):
         cfg, unit = load_irprn_config(work_dir / FILES["irprn_config"])
         return PoseEstimator.from_onnx(work_dir / FILES["encoder"], work_dir / FILES["pair_head"], gallery, unit,
-                                       cfg.input_size, device=device, **kw)
+                                       cfg.input_size, device=pose_runtime_device(resolve_device(device)), **kw)
     net, unit = load_irprn((work_dir / WORK_FILES["irprn_weights"]).parent)
     return PoseEstimator.from_torch(net, gallery, unit, **kw)
 

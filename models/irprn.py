@@ -296,7 +296,7 @@ class HomoscedasticLoss(nn.Module):
         (normalised inside to sum 1)."""
         lq = quat_distance(q, q_gt[:, None])  # [B, S]
         lt = (t - t_gt[:, None]).norm(dim=-1)
-        w = torch.full((len(q),), 1.0 / len(q)) if weights is None else weights / weights.sum()
+        w = torch.full((len(q),), 1.0 / len(q), device=q.device) if weights is None else weights / weights.sum()
         lq_stage = (lq * w[:, None]).sum(0)  # [S]
         lt_stage = (lt * w[:, None]).sum(0)
         per_stage = lt_stage * torch.exp(-self.s_t) + self.s_t + lq_stage * torch.exp(-self.s_q) + self.s_q
