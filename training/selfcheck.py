@@ -170,7 +170,7 @@ def measure(category, scene: GaussianScene, held: list, calib: Calibration, cfg:
         per_kind[kind] = {"image_auroc": round(auroc(labels[sel], score_np[sel]), 4), "recall": d["recall"],
                           "found": d["tp"], "of": d["tp"] + d["fn"]}
     report = {
-        "category": category.name, "heldout_views": len(held), "device": str(scene.device),
+        "category": category.name, "heldout_views": len(held), "device": scene.device.type,
         "queries": len(kinds), "defective": int(labels.sum()), "clean": int((~labels).sum()),
         "image_auroc": round(auroc(labels, score_np), 4),
         "pixel_auroc": round(pixel_auroc(masks224, maps224), 4),
