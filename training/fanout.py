@@ -71,6 +71,17 @@ class Outcome:
         return self.reports is not None
 
 
+def task_pool(nodes: list[dict]) -> tuple[float, float, float]:
+    """The CPUs, the largest node's CPUs and the GPUs the tasks can use, from ``ray.nodes()``:
+    with GPUs in the cluster every task takes a share of one, so only the nodes that have GPUs
+    count (a task sized by a larger CPU-only node would fit nowhere, and wait for ever)."""
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+    with_gpus = [r for r in alive if r.get("GPU", 0.0) > 0]
+    pool = with_gpus or alive
+    cpus = sum(r.get("CPU", 0.0) for r in pool)
+    return cpus, max((r.get("CPU", 0.0) for r in pool), default=0.0), sum(r.get("GPU", 0.0) for r in with_gpus)
+
+
 def share(n_tasks: int, cpus: float, node_cpus: float, gpus: float = 0.0) -> Share:
     """Each of ``n_tasks`` tasks' share of a cluster with ``cpus`` CPUs (``node_cpus`` on its
     largest node) and ``gpus`` GPUs.
@@ -193,9 +204,8 @@ def _fan_out(ray, where: str, folders: list[Path], bundles_dir: Path, preset: st
              echo: Callable[[str], None], false_alarm_rate: float | None = None) -> list[Outcome]:
     from ray.util.queue import Queue
 
-    resources = ray.cluster_resources()
-    cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
-    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=cpus)
+    cpus, node_cpus, gpus = task_pool(ray.nodes())
+    cpus, node_cpus = cpus or 1.0, node_cpus or 1.0
     each = share(len(folders), cpus, node_cpus, gpus)
     at_once = min(len(folders), max(1, int(cpus / each.cpus + 1e-6)))
     gpu_text = (f", {gpus:g} GPUs" if gpus else "", f", {each.gpus:g} GPU" if each.gpus else "")

@@ -82,6 +82,20 @@ def test_share_fills_the_cores_without_idle_waves_and_packs_gpus() -> None:
         share(0, cpus=2, node_cpus=2)
 
 
+def test_tasks_are_sized_by_the_nodes_that_have_gpus() -> None:
+    """A 32-core CPU-only node beside an 8-core node with one GPU: sized by the larger node, two
+    tasks asked 16 CPUs and half a GPU each, which no node has, and Ray waited for ever."""
+    from training.fanout import task_pool
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 32.0}}, {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
+    cpus, node_cpus, gpus = task_pool(nodes)
+    assert (cpus, node_cpus, gpus) == (8.0, 8.0, 1.0)
+    assert share(2, cpus, node_cpus, gpus) == Share(cpus=4.0, threads=4, gpus=0.5)  # both fit on the GPU node
+    assert task_pool(nodes[:1]) == (32.0, 32.0, 0.0)  # no GPU: every node counts
+    assert task_pool([{"Alive": True, "Resources": {"CPU": 4.0}}, *nodes[:1]]) == (36.0, 32.0, 0.0)
+
+
 def test_without_ray_several_categories_name_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ModuleNotFoundError, as where it is not installed
