@@ -182,6 +182,10 @@ class Batch:
         return self.images.cpu()
 
     def timed(self, stage: str, start: float) -> None:
+        """Adds the stage's time since ``start``; on CUDA after its kernels have finished (they
+        run on after the call returns, and would be charged to the next stage that waits)."""
+        if self.images.is_cuda:
+            torch.cuda.synchronize(self.images.device)
         self.timings[stage] = self.timings.get(stage, 0.0) + 1000 * (time.perf_counter() - start)
 
 

@@ -457,3 +457,21 @@ def test_a_query_camera_is_resampled_from_the_window_it_shares_with_the_bundle(
     (sh, sw), = enlarged
     assert sh * sw < 2 * width * height  # the window and its margin, not 4000 x 6000
     assert torch.allclose(out[2:-2, 2:-2], smooth[2:-2, 2:-2], atol=0.01)
+
+
+def test_a_stage_on_cuda_is_timed_once_its_kernels_finish(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA kernels run on after the call that queued them: a stage's clock stops after a
+    synchronisation, or gsplat's render is charged to the stage after it."""
+    import time
+
+    from models.inspector import Batch
+    from tests.fake_cuda import fake_cuda
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(str(device)))
+    with fake_cuda(monkeypatch):
+        on_gpu = Batch(images=torch.zeros(1, 4, 4, 3).to("cuda"), Ks=torch.eye(3)[None], poses=torch.eye(4)[None])
+        on_gpu.timed("render", time.perf_counter())
+    on_cpu = Batch(images=torch.zeros(1, 4, 4, 3), Ks=torch.eye(3)[None], poses=torch.eye(4)[None])
+    on_cpu.timed("render", time.perf_counter())
+    assert synced == ["cuda:0"] and set(on_gpu.timings) == set(on_cpu.timings) == {"render"}
