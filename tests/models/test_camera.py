@@ -254,3 +254,37 @@ def test_rigid_problem_names_what_breaks_a_pose() -> None:
                         (nan, "non-finite"), (good[:3], "4x4")):
         assert words in camera.rigid_problem(pose)
     assert "proper rotation" in camera.rigid_problem(torch.stack([good, reflected]))  # one bad view of a batch
+
+
+def test_opengl_axes_become_opencv_axes() -> None:
+    """GL camera axes (right, up, back) seen in the CV camera frame are (+x, -y, -z)."""
+    for seed in range(20):
+        c2w = _pose(seed)
+        w2c = camera.opengl_c2w_to_opencv_w2c(c2w)
+        np.testing.assert_allclose((w2c[:3, :3] @ c2w[:3, :3]).numpy(), np.diag([1.0, -1.0, -1.0]), atol=1e-12)
+        # A point ahead and slightly "up" (GL +y) projects above the principal point (smaller v), right (+x) to larger u.
+        K = torch.tensor([[100.0, 0, 50], [0, 100.0, 50], [0, 0, 1]], dtype=torch.float64)
+        pts = torch.stack([c2w[:3, 3] - c2w[:3, 2] + 0.1 * c2w[:3, 1], c2w[:3, 3] - c2w[:3, 2] + 0.1 * c2w[:3, 0]])
+        uv, _ = camera.project_points(pts, w2c, K)
+        assert uv[0, 1] < 50 - 5 and abs(uv[0, 0] - 50) < 1e-9
+        assert uv[1, 0] > 50 + 5 and abs(uv[1, 1] - 50) < 1e-9
+
+
+def test_perturbation_turns_the_camera_about_its_own_centre() -> None:
+    base = _pose(7).expand(50, 4, 4).clone()
+    turned = camera.perturb_pose(base, sigma_r=0.05, sigma_t=0.0, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(camera.camera_center(turned), camera.camera_center(base), atol=1e-12)
+    moved = camera.perturb_pose(base, sigma_r=0.0, sigma_t=0.1, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(moved[:, :3, :3], base[:, :3, :3])  # dt is in the camera frame: t' = t + dt
+
+
+def test_scale_intrinsics_scales_each_axis_by_its_own_factor() -> None:
+    K = torch.tensor([[100.0, 0.0, 32.0], [0.0, 90.0, 24.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    out = camera.scale_intrinsics(K, 2.0, 0.5)
+    assert torch.equal(out, torch.tensor([[200.0, 0.0, 64.0], [0.0, 45.0, 12.0], [0.0, 0.0, 1.0]], dtype=torch.float64))
+
+
+def test_parse_intrinsics_refuses_a_non_positive_fy() -> None:
+    for bad in ("1,0,1,1", "1,-2,1,1", "0,1,1,1"):
+        with pytest.raises(ValueError, match="fx, fy > 0"):
+            camera.parse_intrinsics(bad)

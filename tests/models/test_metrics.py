@@ -65,13 +65,19 @@ def test_aupro_weighs_regions_equally() -> None:
     assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
 
 
-def test_aupro_eight_connectivity() -> None:
-    masks = np.zeros((1, 6, 6), bool)
-    masks[0, 1, 1] = masks[0, 2, 2] = True  # diagonal neighbours: one region
-    maps = np.zeros((1, 6, 6))
-    maps[0, 1, 1] = 1.0  # half of the single region
-    # One region of 2 px, half found at FPR 0: PRO 0.5, then to 1.0 at FPR 1 (ties).
-    assert aupro(masks, maps) == pytest.approx((0.3 * 0.5 + 0.5 * 0.3**2 / 2) / 0.3)
+def test_aupro_merges_diagonal_neighbours_into_one_region() -> None:
+    """A 1 px and a 3 px block touching only at a corner: one 4 px region under 8-connectivity
+    (finding the single pixel is PRO 1/4), two regions under 4-connectivity (PRO 1/2)."""
+    masks = np.zeros((1, 8, 8), bool)
+    masks[0, 1, 1] = True
+    masks[0, 2, 2:5] = True
+    maps = np.zeros((1, 8, 8))
+    maps[0, 1, 1] = 1.0
+    # PRO: 0.25 at FPR 0, rising linearly to 1 at FPR 1.
+    expected = (0.3 * 0.25 + 0.75 * 0.3**2 / 2) / 0.3
+    assert aupro(masks, maps) == pytest.approx(expected)
+
+
 
 
 def test_aupro_needs_anomalous_pixels() -> None:
