@@ -335,3 +335,25 @@ def test_a_bundle_replaced_while_it_loads_is_read_again(tiny_release: Path, tmp_
     monkeypatch.setattr(models.inspector, "open_bundle", lambda p: swapped_after_the_checks(p, True))
     with pytest.raises(BundleError, match="changed while it was being loaded, 3 times"):
         Inspector.load(copy, "cpu")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: _edit_camera(b, K=[[70.0, 0.0, 32.0], [0.0, -70.0, 32.0], [0.0, 0.0, 1.0]]), "focal lengths fx, fy > 0"),
+    (lambda b: _edit_camera(b, K=[[-70.0, 0.0, 32.0], [0.0, 70.0, 32.0], [0.0, 0.0, 1.0]]), "focal lengths fx, fy > 0"),
+    (lambda b: _edit_manifest(b, format_version=FORMAT_VERSION - 1), f"format version {FORMAT_VERSION - 1}"),
+    (lambda b: _edit_manifest(b, format_version=str(FORMAT_VERSION)), f"format version '{FORMAT_VERSION}'"),
+])
+def test_camera_and_version_refusals(copy, damage, message: str) -> None:
+    damage(copy)
+    with pytest.raises(BundleError, match=re.escape(message)):
+        open_bundle(copy)
+
+
+@pytest.mark.parametrize("key", sorted(FILES))
+def test_a_required_file_left_out_of_the_manifest_is_refused(copy, key: str) -> None:
+    """The file is still on disk, but no hash covers it: it must not be loaded unverified."""
+    data = json.loads((copy / MANIFEST).read_text())
+    del data["files"][FILES[key]]
+    (copy / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=re.escape(f"required files not listed: ['{FILES[key]}']")):
+        open_bundle(copy)

@@ -96,3 +96,11 @@ def test_a_bundles_own_measurement_decides() -> None:
     subsampled = ([(95, "4:4:4"), (95, "4:2:0"), (85, "4:2:0")], 400)
     assert too_coarse(Compression("JPEG", 90, "4:2:2"), 400, 200, subsampled) == ""  # finer chroma than a step taken
     assert "no JPEG setting" in too_coarse(Compression("JPEG", 100, "4:4:4"), 400, 200, ([], 400))
+
+
+def test_an_unknown_chroma_layout_counts_as_the_coarsest() -> None:
+    odd = Compression("JPEG", 100, "subsampled")  # e.g. 4:1:1, which _chroma names "subsampled"
+    measured = ([(95, "4:4:4"), (95, "4:2:0")], 400)
+    assert "coarser than what the bundle's calibration took" in too_coarse(odd, 400, 200, measured)
+    assert "chroma is subsampled (subsampled) at 256 px" in too_coarse(odd, 256, 200)
+    assert "chroma is subsampled (unknown) at 256 px" in too_coarse(Compression("JPEG", 100, ""), 256, 200)

@@ -120,3 +120,9 @@ def test_a_gallery_that_would_mislead_the_pipeline_is_refused(damage, problem: s
     damage(gallery)
     with pytest.raises(GalleryError, match=re.escape(problem)):
         gallery.validate()
+
+
+def test_top_k_never_returns_an_excluded_view() -> None:
+    g = _gallery()  # 6 training views of 12
+    sims, ids = g.top_k(g.descriptors[:2], 50, allowed=g.source == TRAIN)
+    assert ids.shape == (2, 6) and (g.source[ids] == TRAIN).all() and torch.isfinite(sims).all()

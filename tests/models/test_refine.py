@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import re
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from models.camera import perturb_pose, reprojection_error_px
-from models.refine import RefineConfig, ecc_align
+from models.camera import look_at, perturb_pose, project_points, reprojection_error_px, roll_pose
+from models.refine import RefineConfig, _solve, _within_bounds, ecc_align
 from models.splat.scene import render
 
 from tests.conftest import POSED_SIZE as SIZE
@@ -232,3 +233,53 @@ def test_refine_settings_out_of_range_are_refused(changes: dict, problem: str) -
     assert RefineConfig(rounds=0, flow_rounds=0, warp_max_px=0.0).rounds == 0  # no polish at all is a setting
     with pytest.raises(ValueError, match=re.escape(problem)):
         RefineConfig(**changes)
+
+
+def _guard_pose() -> torch.Tensor:
+    return look_at(torch.tensor([0.0, -4.0, 1.0], dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
+                   torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+
+
+def test_corrections_past_either_bound_are_refused() -> None:
+    p0, cfg = _guard_pose(), RefineConfig()  # 30 degrees, centre 0.5
+    assert _within_bounds(roll_pose(p0, 29.0), p0, cfg)[0]
+    ok, why = _within_bounds(roll_pose(p0, 31.0), p0, cfg)
+    assert not ok and "31.0 deg" in why
+    moved = p0.clone()
+    dist = float(p0[:3, 3].norm())  # the camera's distance from the origin (|C| = |t|)
+    moved[0, 3] += 0.45 * dist  # centre moves 0.45 of its distance: taken
+    assert _within_bounds(moved, p0, cfg)[0]
+    moved[0, 3] += 0.1 * dist  # 0.55: refused
+    ok, why = _within_bounds(moved, p0, cfg)
+    assert not ok and "centre 0.55" in why
+
+
+def test_a_pnp_with_fewer_inliers_than_the_minimum_is_refused() -> None:
+    rng = np.random.default_rng(0)
+    pose = _guard_pose()
+    K = torch.tensor([[100.0, 0, 50], [0, 100.0, 50], [0, 0, 1]], dtype=torch.float64)
+    world = rng.normal(size=(10, 3)) * 0.5
+    uv, _ = project_points(torch.from_numpy(world), pose, K)
+    pts = uv.numpy().copy()
+    pts[7:] = rng.uniform(0, 100, size=(3, 2))  # 7 true correspondences, 3 wrong ones
+    new, n_in = _solve(world, pts, K.numpy(), pose.numpy(), RefineConfig(min_inliers=8), 2.0)
+    assert new is None and n_in == 7  # RANSAC found the 7; under min_inliers
+    assert _solve(world, pts, K.numpy(), pose.numpy(), RefineConfig(min_inliers=7), 2.0)[0] is not None
+
+
+def test_ecc_bounds_rotations_of_either_sign() -> None:
+    ref = _texture(2)
+    for angle in (6.0, -6.0):
+        m = cv2.getRotationMatrix2D((48, 48), angle, 1.0)
+        query = cv2.warpAffine(ref, m, (96, 96), borderMode=cv2.BORDER_REPLICATE)
+        warped, info = ecc_align(query, ref, RefineConfig(ecc_size=96, ecc_max_rotation_deg=3.0))
+        assert not info["accepted"] and info["reason"] == "warp too large" and warped is ref, (angle, info)
+        assert abs(abs(info["rotation_deg"]) - 6.0) < 1.0
+
+
+def test_ecc_without_gain_keeps_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ECC converging to a small warp that lowers the correlation: the reference is kept."""
+    ref = _texture(3)
+    monkeypatch.setattr(cv2, "findTransformECC", lambda *a: (0.1, np.float32([[1, 0, 0.5], [0, 1, 0]])))
+    warped, info = ecc_align(ref, ref, RefineConfig(ecc_size=96))
+    assert not info["accepted"] and info["reason"] == "no gain in correlation" and warped is ref, info
