@@ -23,7 +23,16 @@ from training.prepare import PrepareConfig, PrepareError, prepare
 from training.prepare import masks as mk
 from training.prepare.frame import CAMERA_DISTANCE
 from training.prepare.photos import read_photos
-from training.prepare.report import MAX_ELEVATION_GAP_DEG, PhotoStats, azimuth_gap, elevation_gap, gap_span, warnings_for
+from training.prepare.report import (
+    MAX_AZIMUTH_GAP_DEG,
+    MAX_ELEVATION_GAP_DEG,
+    MIN_VIEWS,
+    PhotoStats,
+    azimuth_gap,
+    elevation_gap,
+    gap_span,
+    warnings_for,
+)
 from training.prepare.verify import grown, share_inside, verify
 from training.synth import SynthConfig, generate
 
@@ -474,3 +483,38 @@ def test_the_up_axis_holds_on_a_half_circle() -> None:
     assert np.degrees(np.arccos(up[2])) < 1.0
     mean_up = centres_and_axes(w2c.numpy())[2].mean(0)
     assert np.degrees(np.arccos(mean_up[2] / np.linalg.norm(mean_up))) > 10  # what the earlier rule took
+
+
+def _readiness_stats(n: int, azimuth_span: float = 360.0) -> list[PhotoStats]:
+    return [PhotoStats(name=f"IMG_{i}.png", file=f"train/good/{i:03d}.png", registered=True, reason=None,
+                       reprojection_px=0.4, sharpness=100.0, overexposed=0.0, apparent_size=1.0,
+                       azimuth_deg=azimuth_span * i / n - 180, elevation_deg=(0.0, 10.0, 20.0, 30.0)[i % 4])
+            for i in range(n)]
+
+
+def _readiness_flags(stats, groups: int = 1) -> dict:
+    return {f.code: f for f in warnings_for(stats, [], 500.0, None, groups)}
+
+
+def test_a_good_registration_has_no_error() -> None:
+    assert not any(f.error for f in _readiness_flags(_readiness_stats(40)).values())
+
+
+def test_too_few_views_is_an_error_at_the_boundary() -> None:
+    assert _readiness_flags(_readiness_stats(MIN_VIEWS - 1))["too_few_views"].error
+    assert "too_few_views" not in _readiness_flags(_readiness_stats(MIN_VIEWS))
+
+
+def test_a_side_without_cameras_is_an_error() -> None:
+    flags = _readiness_flags(_readiness_stats(40, azimuth_span=360.0 - MAX_AZIMUTH_GAP_DEG - 10))  # a 55-degree gap
+    assert flags["coverage_gap"].error
+
+
+def test_separate_groups_are_an_error() -> None:
+    assert _readiness_flags(_readiness_stats(40), groups=2)["separate_groups"].error
+
+
+def test_inconsistent_views_are_an_error_only_past_a_tenth() -> None:
+    few = [replace(s, reprojection_px=10.0) if i < 4 else s for i, s in enumerate(_readiness_stats(40))]  # 4 of 40: 10 %
+    many = [replace(s, reprojection_px=10.0) if i < 5 else s for i, s in enumerate(_readiness_stats(40))]  # 5 of 40
+    assert not _readiness_flags(few)["inconsistent_views"].error and _readiness_flags(many)["inconsistent_views"].error

@@ -159,3 +159,17 @@ def test_selfcheck_names_what_is_wrong(tiny_release: Path, tiny_heldout_bundles:
     assert main(["selfcheck", str(tiny_synth), "--bundles", str(broken)]) == 2
     err = capsys.readouterr().err  # the bundle is checked whole before its key is read
     assert FILES["calibration"] in err and "the manifest says" in err
+
+
+def test_a_defect_under_min_pixels_is_not_visible() -> None:
+    from training.defects import MIN_PIXELS
+
+    img = np.zeros((16, 16, 3), np.float32)
+    out = img.copy()
+    mask = np.zeros((16, 16), bool)
+    mask[0, : MIN_PIXELS - 1] = True
+    out[mask] = 1.0
+    assert not visible("burr", img, out, mask) and not visible("missing", img, out, mask)
+    mask[0, MIN_PIXELS - 1] = True
+    out[mask] = 1.0
+    assert visible("burr", img, out, mask)
