@@ -507,6 +507,10 @@ def test_bundles_are_warmed_up_before_ready_and_a_failing_one_is_refused(
 
 
 def test_concurrent_requests_are_batched(client: TestClient, category: str, query_png: bytes, defect_png: bytes) -> None:
+    from tests.service.test_telemetry import _value
+
+    answered = 'rpepad_requests_total{route="/inspect",status="200"}'
+    before = _value(client.get("/metrics").text, answered)
     single = {name: _post(client, category, data).json()["score"] for name, data in (("good", query_png), ("bad", defect_png))}
     jobs = [("good", query_png), ("bad", defect_png)] * 4
     with ThreadPoolExecutor(8) as pool:
@@ -516,7 +520,8 @@ def test_concurrent_requests_are_batched(client: TestClient, category: str, quer
     for name, r in responses:  # batching does not change any result
         assert r.json()["score"] == pytest.approx(single[name], rel=1e-4)
     metrics = client.get("/metrics").text
-    assert "rpepad_requests_total" in metrics and "rpepad_stage_seconds_bucket" in metrics
+    assert _value(metrics, answered) == before + 2 + len(jobs)  # each request counted once, by route and status
+    assert _value(metrics, 'rpepad_stage_seconds_count{stage="render"}') >= len(jobs) + 2
     assert "rpepad_bundles_loaded 1.0" in metrics
     # Every image is counted once under its verdict, and its residual misalignment observed.
     verdicts = [line for line in metrics.splitlines() if line.startswith("rpepad_images_inspected_total")]
@@ -619,3 +624,15 @@ def test_the_service_runs_without_swagger_ui(tiny_release: Path, monkeypatch: py
         assert docs.status_code == 503 and "swagger-ui-py" in docs.text and "/openapi.json" in docs.text
         assert c.get("/static/swagger/swagger-ui-bundle.js").status_code == 404
         assert c.get("/openapi.json").status_code == 200
+
+
+def test_a_refused_request_is_counted_by_its_route_and_status(client: TestClient, category: str) -> None:
+    from tests.service.test_telemetry import _value
+
+    names = ('rpepad_errors_total{status="400"}', 'rpepad_requests_total{route="/inspect",status="400"}')
+    before = [_value(client.get("/metrics").text, name) for name in names]
+    body = b'--right\r\nContent-Disposition: form-data; name="category"\r\n\r\n' + category.encode() + b"\r\n--right--\r\n"
+    r = client.post("/inspect", content=body, headers={"content-type": "multipart/form-data; boundary=wrong"})
+    assert r.status_code == 400
+    after = [_value(client.get("/metrics").text, name) for name in names]
+    assert after == [b + 1 for b in before]

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -965,3 +966,29 @@ def _verdict_counts(client: TestClient, category: str) -> dict[str, float]:
         line = f'rpepad_images_inspected_total{{category="{category}",decision="{verdict}"}} '
         counts[verdict] = next((float(row[len(line):]) for row in text.splitlines() if row.startswith(line)), 0.0)
     return counts
+
+
+def test_time_filters_are_half_open(tmp_path: Path) -> None:
+    """since <= created < until: consecutive windows neither share nor miss a record."""
+    from service.records import Filters, RecordStore, new_id
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'r.db'}")
+    store.start()
+    try:
+        t0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+        for s in range(3):
+            store.submit(replace(_pending(new_id()), created=t0 + timedelta(seconds=s)))
+        assert store.flush(timeout=30)
+        t1, t2 = t0 + timedelta(seconds=1), t0 + timedelta(seconds=2)
+        assert store.count(Filters(since=t1, until=t2)) == 1
+        assert store.count(Filters(until=t1)) + store.count(Filters(since=t1)) == 3
+    finally:
+        store.stop()
+
+
+def test_every_formula_start_is_quoted_in_the_csv() -> None:
+    from service.records import _csv_value
+
+    for text in ("=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"):
+        assert _csv_value(text) == "'" + text, repr(text)
+    assert _csv_value("a=b") == "a=b" and _csv_value(-1.5) == "-1.5" and _csv_value(None) == ""

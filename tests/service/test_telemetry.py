@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from service.telemetry import Telemetry
 
 
@@ -29,3 +31,12 @@ def test_second_looks_are_counted_by_outcome() -> None:
     assert _value(text, 'rpepad_images_inspected_total{category="lego",decision="review"}') == 2
     assert _value(text, 'rpepad_misalignment_pixels_count{category="lego"}') == 3  # the query without a measure is not
     assert _value(text, 'rpepad_stage_seconds_count{stage="second_look"}') == 4
+
+
+def test_stage_seconds_are_seconds() -> None:
+    t = Telemetry()
+    t.observe("lego", _result("normal", 0.3, None))
+    t.observe("lego", _result("normal", 0.3, None))
+    text = t.render().decode()
+    assert _value(text, 'rpepad_stage_seconds_sum{stage="refine"}') == pytest.approx(0.04)  # 2 x 20 ms
+    assert _value(text, 'rpepad_stage_seconds_bucket{le="0.025",stage="refine"}') == 2
