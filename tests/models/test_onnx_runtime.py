@@ -53,6 +53,7 @@ def test_an_inspector_on_cuda_asks_for_the_best_runtime_not_a_strict_one() -> No
     assert rt.providers(pose_runtime_device(torch.device("cuda")))[-1] == rt.CPU  # never refuses
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")  # the CPU package's
 def test_a_cuda_provider_that_does_not_start_is_told_not_hidden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """onnxruntime-gpu lists its CUDA provider even where the CUDA libraries fail to load, and
