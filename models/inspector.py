@@ -678,14 +678,14 @@ class Inspector:
     @property
     def pose_device(self) -> str | None:
         """Where the pose network runs: ``cuda`` or ``cpu`` by its ONNX Runtime session (which
-        may have fallen back to the CPU on a GPU host), the inspector's device for a PyTorch
-        network (the lab's), ``None`` without one."""
+        may have fallen back to the CPU on a GPU host), ``cpu`` for a PyTorch network (the lab's,
+        which ``PoseEstimator.from_torch`` keeps there), ``None`` without one."""
         from models import onnx_runtime as rt
 
         if self.estimator is None:
             return None
         first = self.estimator.providers[0]
-        return "cuda" if first == rt.CUDA else "cpu" if first == rt.CPU else str(self.device)
+        return "cuda" if first == rt.CUDA else "cpu"
 
     @property
     def bundle_id(self) -> str:

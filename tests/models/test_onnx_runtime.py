@@ -80,3 +80,5 @@ def test_categories_tell_where_the_pose_network_runs(tiny_release: Path) -> None
     assert info.device == "cpu" and info.pose_device == "cpu"
     inspector.estimator.providers = [rt.CUDA, rt.CPU]  # as a session on a GPU host lists them
     assert inspector.describe().pose_device == "cuda"
+    inspector.estimator.providers, inspector.device = ["torch"], torch.device("cuda")  # the lab's PyTorch network
+    assert inspector.describe().pose_device == "cpu"  # from_torch keeps it on the CPU whatever the inspector's device
