@@ -176,6 +176,12 @@ def _score(scorer: AnomalyScorer, scene: GaussianScene, images: torch.Tensor, po
     return np.concatenate(scores), np.concatenate(maps)
 
 
+def pixel_floor(quantiles: dict[str, float], score_floor: float) -> float:
+    """The anomaly map's floor: the median normal pixel, kept at most half the score's floor
+    (so a map's normalisation never starts above the score's)."""
+    return min(quantiles["q0.5"], score_floor * 0.5)
+
+
 def split_holdout(category: Category, every: int) -> tuple[Category, list]:
     """``category`` less every ``every``-th training view (``training.splats.holdout_indices``),
     and the held-out views."""
@@ -493,7 +499,7 @@ def calibrate(category: Category, scene: GaussianScene, cfg: CalibConfig, valida
                         heldout_scale=heldout.scale if rule == "false_alarm" else None,
                         threshold_range=spread[0] if spread and rule == "false_alarm" else None,
                         false_alarm_range=spread[1] if spread and rule == "false_alarm" else None,
-                        pixel_floor=min(quantiles["q0.5"], floor * 0.5), normal_scores=ScoreStats.of(normal),
+                        pixel_floor=pixel_floor(quantiles, floor), normal_scores=ScoreStats.of(normal),
                         normal_pixel_quantiles=quantiles, scorer=scorer.config(), sources=sources)
     return calib, raw
 

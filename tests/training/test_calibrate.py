@@ -15,7 +15,7 @@ from models.data import load_category
 from models.metrics import f1_max
 from models.scoring import EITHER_MAPS, AnomalyScorer
 from rpe_pad.cli import main
-from training.calibrate import CalibConfig, run_calibration_stage
+from training.calibrate import CalibConfig, pixel_floor, run_calibration_stage
 from training.pipeline import _calibration_headline
 from training.splats import default_device
 
@@ -48,9 +48,10 @@ def test_quantile_calibration_and_skip(bundle: Path, tiny_synth: Path) -> None:
     assert calib.threshold == pytest.approx(np.quantile(jittered, 0.99) * 1.1)
     assert calib.threshold > jittered.max()  # the margin clears every normal view here
     assert calib.score_floor == pytest.approx(min(jittered.min(), min(report["scores"]["in_sample"])))
-    # The map's floor: the median normal pixel, kept at most half the score's floor.
-    assert calib.pixel_floor == pytest.approx(min(calib.normal_pixel_quantiles["q0.5"], 0.5 * calib.score_floor))
+    # The map's floor: the median normal pixel, kept at most half the score's floor (both sides below).
+    assert calib.pixel_floor == pytest.approx(pixel_floor(calib.normal_pixel_quantiles, calib.score_floor))
     assert calib.map_floor == calib.pixel_floor
+    assert pixel_floor({"q0.5": 390.0}, 2000.0) == 390.0 and pixel_floor({"q0.5": 1500.0}, 2000.0) == 1000.0
     assert calib.scorer["tolerance"] == CalibConfig().tolerance
     assert report["device"] == str(default_device())  # where the models rendered: CUDA when present
     assert (bundle / "reports" / "calibration_hist.png").stat().st_size > 1000
