@@ -74,9 +74,10 @@ class Outcome:
 def task_pool(nodes: list[dict]) -> tuple[float, float, float]:
     """The CPUs, the largest node's CPUs and the GPUs the tasks can use, from ``ray.nodes()``:
     with GPUs in the cluster every task takes a share of one, so only the nodes that have GPUs
-    count (a task sized by a larger CPU-only node would fit nowhere, and wait for ever)."""
+    count (a task sized by a larger CPU-only node would fit nowhere, and wait for ever), and of
+    those only the ones with CPUs to run a task."""
     alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
-    with_gpus = [r for r in alive if r.get("GPU", 0.0) > 0]
+    with_gpus = [r for r in alive if r.get("GPU", 0.0) > 0 and r.get("CPU", 0.0) > 0]
     pool = with_gpus or alive
     cpus = sum(r.get("CPU", 0.0) for r in pool)
     return cpus, max((r.get("CPU", 0.0) for r in pool), default=0.0), sum(r.get("GPU", 0.0) for r in with_gpus)
