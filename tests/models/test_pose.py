@@ -110,7 +110,8 @@ def test_onnx_graphs_that_disagree_with_the_bundle_are_refused(tiny_pose_bundle:
     gallery = Gallery.load(tiny_pose_bundle / FILES["gallery"])
     enc, head = tiny_pose_bundle / FILES["encoder"], tiny_pose_bundle / FILES["pair_head"]
     cfg, unit = load_irprn_config(tiny_pose_bundle / FILES["irprn_config"])
-    assert PoseEstimator.from_onnx(enc, head, gallery, unit, cfg.input_size).providers == ["CPUExecutionProvider"]
+    assert PoseEstimator.from_onnx(enc, head, gallery, unit, cfg.input_size, device="cpu").providers == [
+        "CPUExecutionProvider"]
     with pytest.raises(ValueError, match=r"encoder\.onnx: input images has shape \['batch', 3, 112, 112\]"):
         PoseEstimator.from_onnx(enc, head, gallery, unit, 2 * cfg.input_size)
     with pytest.raises(ValueError, match=r"pair_head\.onnx takes \['gallery', 'query'\] and gives \['q', 't'\]"):

@@ -330,7 +330,7 @@ def test_onnx_graphs_are_tied_to_the_weights(tiny_pose_bundle: Path, tmp_path: P
     shutil.copytree(tiny_pose_bundle, bundle)
     from lab.workdir import pose_estimator
 
-    assert export.graphs_current(bundle) and pose_estimator(bundle).providers == ["CPUExecutionProvider"]
+    assert export.graphs_current(bundle) and pose_estimator(bundle, "cpu").providers == ["CPUExecutionProvider"]
     # New weights (a retrained network) make the exported graphs stale: the lab's reader of
     # work folders falls back to PyTorch, and the bundle stage refuses them.
     net, unit = load_irprn(bundle / "irprn")

@@ -506,8 +506,13 @@ def test_too_few_views_is_an_error_at_the_boundary() -> None:
 
 
 def test_a_side_without_cameras_is_an_error() -> None:
-    flags = _readiness_flags(_readiness_stats(40, azimuth_span=360.0 - MAX_AZIMUTH_GAP_DEG - 10))  # a 55-degree gap
-    assert flags["coverage_gap"].error
+    """40 cameras 8 degrees apart over a span: the gap left is 360 - span + 8.04 degrees."""
+    narrower = _readiness_stats(40, azimuth_span=360.0 - MAX_AZIMUTH_GAP_DEG + 7.625 - 1)
+    wider = _readiness_stats(40, azimuth_span=360.0 - MAX_AZIMUTH_GAP_DEG + 7.625 + 1)
+    assert azimuth_gap(np.array([s.azimuth_deg for s in narrower])) == pytest.approx(MAX_AZIMUTH_GAP_DEG + 1.4, abs=0.1)
+    assert _readiness_flags(narrower)["coverage_gap"].error
+    assert azimuth_gap(np.array([s.azimuth_deg for s in wider])) == pytest.approx(MAX_AZIMUTH_GAP_DEG - 0.5, abs=0.1)
+    assert "coverage_gap" not in _readiness_flags(wider) or not _readiness_flags(wider)["coverage_gap"].error
 
 
 def test_separate_groups_are_an_error() -> None:
