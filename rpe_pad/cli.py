@@ -1,7 +1,7 @@
 """`rpe-pad`: one console command with a subcommand per job.
 
 The product's commands first (``synth``, ``show``, ``prepare``, ``train``, ``selfcheck``, ``inspect``,
-``serve``, ``demo``); the research drivers behind one group, ``rpe-pad lab ...`` (``lab/cli.py``).
+``serve``, ``records verify``, ``demo``); the research drivers behind one group, ``rpe-pad lab ...`` (``lab/cli.py``).
 Each subcommand parses its arguments and calls one package function; heavy imports happen
 inside the handlers so that `rpe-pad --help` stays fast. Choices of names (pose modes,
 presets) come from ``models.registry``.
@@ -204,23 +204,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from service.app import create_app
     from service.server import check_address, run
-    from service.settings import Settings
-
-    from pydantic import ValidationError
 
     from models.bundle import MANIFEST
     from models.data import not_a_folder
     from models.inspector import resolve_device
 
     overrides = {k: v for k, v in (("bundles", args.bundles), ("device", args.device)) if v is not None}
-    try:
-        settings = Settings(**overrides)  # a malformed s3:// URL or setting is refused here, with the reason
-    except ValidationError as exc:  # one line: each bad setting by the option or variable that gave it
-        def origin(field: str) -> str:
-            return f"--{field}" if field in overrides else f"RPEPAD_{field.upper()}"
-
-        raise ValueError("; ".join(f"{origin(str(e['loc'][0])) if e['loc'] else 'settings'}: {e['msg']}"
-                                   for e in exc.errors())) from None
+    settings = _settings(overrides)  # a malformed s3:// URL or setting is refused here, with the reason
     resolve_device(settings.device)  # --device cuda without a GPU: refused here, not bundle by bundle
     source = settings.bundle_source()
     if isinstance(source, Path):  # an object store may be down at start: not checked
@@ -232,6 +222,69 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run(create_app(settings), args.host, args.port, settings.drain_s)
     return 0
+
+
+def _settings(overrides: dict, options: dict | None = None):
+    """The service's settings (environment, ``.env``) with ``overrides``; a bad one is refused in one
+    line naming the option (``options``: setting -> option, default ``--setting``) or variable that gave it."""
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        def origin(field: str) -> str:
+            if field in overrides:
+                return (options or {}).get(field, f"--{field}")
+            return f"RPEPAD_{field.upper()}"
+
+        raise ValueError("; ".join(f"{origin(str(e['loc'][0])) if e['loc'] else 'settings'}: {e['msg']}"
+                                   for e in exc.errors())) from None
+
+
+def _cmd_records_verify(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.records import open_existing
+    from service.sealing import Sealer, verify_rows
+
+    overrides = {k: v for k, v in (("database_url", args.database),
+                                   ("records_key_file", args.key_file[0] if args.key_file else None)) if v is not None}
+    settings = _settings(overrides, {"database_url": "--database", "records_key_file": "--key-file"})
+    keys = args.key_file or ([settings.records_key_file] if settings.records_key_file else [])
+    if not keys:
+        raise ValueError("no records key: give --key-file FILE (the service's RPEPAD_RECORDS_KEY_FILE; several for "
+                         "keys used before a rotation)")
+    sealer = Sealer.from_files(keys)
+    store = open_existing(settings.records_url(), sealer)
+    progress = None if args.json else (lambda n: print(f"checked {n} records", file=sys.stderr, flush=True))
+    try:
+        report = verify_rows(store.scan(), sealer, progress)
+    except SQLAlchemyError as exc:
+        raise ConnectionError(f"reading the records failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        store.engine.dispose()
+    if args.json:
+        print(json.dumps(report.to_json()))
+        return 0 if report.ok else 1
+    print(f"{report.records} records: {report.valid} valid, {report.invalid_count} changed since written, "
+          f"{report.unsealed} unsealed ({report.unsealed_among_sealed} of them newer than a sealed one), "
+          f"{report.unknown_key} under a key not given")
+    for rid, why in report.invalid:
+        print(f"  changed: {rid}: {why}")
+    for chain in report.chains:
+        gap = "none missing" if not chain.missing_count else (
+            f"{chain.missing_count} missing: " + ", ".join(map(str, chain.missing))
+            + (" ..." if chain.missing_count > len(chain.missing) else ""))
+        print(f"  chain {chain.id}: records {chain.first}-{chain.last} ({chain.count}), {gap}")
+    if report.ok:
+        print("OK: no record changed, none missing inside a chain (a chain's first records go by retention; its "
+              "newest could be deleted unseen: compare with a count kept elsewhere)")
+    else:
+        print("NOT OK: records were changed, deleted, written without the key or under a key not given "
+              "(a record the database refused is in records.journal.rejected, not deleted)")
+    return 0 if report.ok else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -328,6 +381,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int_between(1, 65535), default=8000)
     p.add_argument("--device", default=None, choices=list(registry.DEVICES), help="default $RPEPAD_DEVICE or auto")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("records", help="the service's inspection records")
+    records = p.add_subparsers(dest="records_command", required=True, metavar="RECORDS_COMMAND")
+    p = records.add_parser("verify", help="check that no record was changed or deleted since the service wrote it "
+                           "(its seals and chains; exit 1 when one was)")
+    p.add_argument("--database", default=None, help="the records database's SQLAlchemy URL (default: the service's, "
+                   "$RPEPAD_DATABASE_URL or $RPEPAD_DATA_DIR/records.sqlite3)")
+    p.add_argument("--key-file", type=Path, action="append", default=None, metavar="FILE",
+                   help="the records key (default $RPEPAD_RECORDS_KEY_FILE); again for each key used before a "
+                        "rotation")
+    p.add_argument("--json", action="store_true", help="the findings as one JSON object")
+    p.set_defaults(func=_cmd_records_verify)
 
     p = sub.add_parser("demo", help="run the pipeline on an embedded synthetic category")
     p.add_argument("--out", type=folder, default=Path("demo_out"), help="working folder (default demo_out)")

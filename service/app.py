@@ -53,7 +53,9 @@ from service.batching import CategoryBatcher
 from service.bundle_source import S3Location, S3Source, Snapshot, Version, local_bundles
 from service.problems import ServiceError
 from service.records import Evidence, FeedbackConflict, Filters, Pending, Record, RecordStore, clean_filename, new_id, utc_now
+from service.sealing import Sealer
 from service.schemas import (BatchOut, Categories, FeedbackIn, Health, InspectionOut, RecordDetail, RecordPage,
+                             SealOut,
                              RecordSummary)
 from service.settings import Settings, get_settings
 from service.telemetry import Telemetry
@@ -159,10 +161,11 @@ def open_records(settings: Settings, telemetry: Telemetry, log: logging.Logger) 
     store = None
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)  # the SQLite file (by default) and the journal
+        sealer = None if settings.records_key_file is None else Sealer.from_files([settings.records_key_file])
         store = RecordStore(settings.records_url(), settings.records_max_count, settings.records_max_age_days,
                             settings.records_queue,
                             on_failure=lambda reason: telemetry.records_failed.labels(reason).inc(),
-                            journal=settings.data_dir / "records.journal")
+                            journal=settings.data_dir / "records.journal", sealer=sealer)
         store.start()
         return store, None
     except Exception as exc:  # noqa: BLE001 (inspections go on; the records endpoints say why they cannot)
@@ -857,9 +860,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """One stored inspection: its result, feedback, and where its images are."""
         r = await _get_record(store, record_id)
         result = {k: v for k, v in json.loads(r.result_json).items() if k not in IMAGE_FIELDS}  # older records kept one
+        status, reason = store.seal_status(r)
         return RecordDetail(**_summary(r), result=result, feedback_history=json.loads(r.feedback_history or "[]"),
                             overlay_url=f"/inspections/{r.id}/overlay.png" if r.has_overlay else None,
-                            query_url=f"/inspections/{r.id}/query" if r.query_bytes is not None else None)
+                            query_url=f"/inspections/{r.id}/query" if r.query_bytes is not None else None,
+                            seal=SealOut(status=status, reason=reason, key=r.seal_key, chain_id=r.chain_id,
+                                         chain_seq=r.chain_seq))
 
     @app.get("/inspections/{record_id}/overlay.png", dependencies=reads, tags=["records"],
              response_class=Response, responses={200: {"description": "PNG", "content": {"image/png": {}}},

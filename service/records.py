@@ -66,15 +66,18 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import (Boolean, DateTime, Float, LargeBinary, String, Text, and_, create_engine, delete, event, func,
-                        inspect, or_, select, text, update)
+from sqlalchemy import (BigInteger, Boolean, DateTime, Float, LargeBinary, String, Text, and_, create_engine, delete,
+                        event, func, inspect, or_, select, text, update)
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DisconnectionError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import (ArgumentError, DisconnectionError, IntegrityError, InterfaceError, NoSuchTableError,
+                            OperationalError, SQLAlchemyError)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 from sqlalchemy.orm.attributes import set_committed_value
@@ -82,6 +85,7 @@ from sqlalchemy.schema import CreateColumn
 
 from models.images import decode_rgb, to_uint8
 from models.viz import inspection_figure
+from service.sealing import Sealer
 
 log = logging.getLogger("rpe_pad.records")
 
@@ -150,6 +154,13 @@ class Record(Base):
     threshold_source: Mapped[str | None] = mapped_column(String(16))  # calibrated or override
     calibrated_threshold: Mapped[float | None] = mapped_column(Float)  # the bundle's, whichever was used
     query_sha256: Mapped[str | None] = mapped_column(String(64))  # of the upload's bytes, as they arrived
+    # Tamper evidence (service/sealing.py; NULL in rows written before session 52, and seals in rows written
+    # without a records key): the writer's chain and the record's number in it, the key's name, the seals.
+    chain_id: Mapped[str | None] = mapped_column(String(32))
+    chain_seq: Mapped[int | None] = mapped_column(BigInteger())
+    seal_key: Mapped[str | None] = mapped_column(String(16))
+    seal: Mapped[str | None] = mapped_column(String(64))  # HMAC-SHA256 of the inspection (sealing.RECORD_FIELDS)
+    feedback_seal: Mapped[str | None] = mapped_column(String(81))  # key name ":" HMAC of the seal and the feedback
 
     def overlay(self) -> bytes | None:
         """The overlay figure as PNG: the stored one, or drawn from the evidence; None when
@@ -208,6 +219,8 @@ class Pending:
     query_media_type: str | None
     encoded: Evidence | None = None  # the evidence once encoded (kept for a retry)
     attempts: int = 0  # failed writes so far
+    chain_id: str | None = None  # the writer's chain and the record's number in it (set by RecordStore.submit)
+    chain_seq: int | None = None
 
     def without_images(self) -> Pending:
         return replace(self, evidence=None, encoded=None, query_bytes=None, query_media_type=None)
@@ -281,8 +294,12 @@ class RecordStore:
 
     def __init__(self, url: str, max_count: int | None = None, max_age_days: float | None = None,
                  queue_size: int = 256, on_failure: Callable[[str], None] | None = None,
-                 journal: Path | None = None):
+                 journal: Path | None = None, sealer: Sealer | None = None):
         self.url = url
+        self.sealer = sealer  # seals every row written and every feedback given (None: rows go unsealed)
+        # This writer's chain: records submitted here are numbered 0, 1, ... with strictly increasing
+        # times, so retention (oldest first) removes a chain's start and any other gap is a deletion.
+        self.chain_id, self._chain_next, self._chain_last = new_id(), 0, datetime.min
         self.journal_path = journal
         self._journal: int | None = None  # file descriptor, O_APPEND
         self._journal_lock = threading.Lock()  # an append and its submit, the emptying, or the closing, at a time
@@ -435,6 +452,9 @@ class RecordStore:
         (False, logged, counted) for the writer to write when it can."""
         item = replace(item, filename=clean_filename(item.filename))
         with self._journal_lock:
+            created = max(utc_naive(item.created), self._chain_last + timedelta(microseconds=1))
+            item = replace(item, created=created, chain_id=self.chain_id, chain_seq=self._chain_next)
+            self._chain_next, self._chain_last = self._chain_next + 1, created
             if self._journal is not None:
                 self._append(item)
             with self._changed:
@@ -616,7 +636,7 @@ class RecordStore:
             item.evidence = None  # encoded once; the closure's arrays are let go
         r, evidence = item.result, item.encoded
         check = r.get("verification") or {}
-        return Record(
+        record = Record(
             id=item.id, created=utc_naive(item.created), request_id=item.request_id, category=item.category,
             verdict=r["verdict"], score=float(r["score"]), threshold=float(r["threshold"]),
             normalised_score=float(r["normalised_score"]), filename=item.filename, bundle_id=item.bundle_id,
@@ -624,9 +644,13 @@ class RecordStore:
             query_png=evidence and evidence.query_png, reference_png=evidence and evidence.reference_png,
             map_png=evidence and evidence.map_png, query_bytes=item.query_bytes, query_media_type=item.query_media_type,
             pose_verified=check.get("verified"), pose_check_reason=check.get("reason") or None,
-            misalignment_px=check.get("misalignment_px"), silhouette_iou=check.get("silhouette_iou"),
-            threshold_source=r.get("threshold_source"), calibrated_threshold=r.get("calibrated_threshold"),
-            query_sha256=r.get("query_sha256"))
+            misalignment_px=_float(check.get("misalignment_px")), silhouette_iou=_float(check.get("silhouette_iou")),
+            threshold_source=r.get("threshold_source"), calibrated_threshold=_float(r.get("calibrated_threshold")),
+            query_sha256=r.get("query_sha256"), chain_id=item.chain_id, chain_seq=item.chain_seq,
+            overlay_png=None, seal_key=None, seal=None, feedback_seal=None)
+        if self.sealer is not None:  # over the values as the database gives them back (floats as floats)
+            self.sealer.seal(record)
+        return record
 
     def _insert(self, items: list[Pending]) -> None:
         with Session(self.engine) as session, session.begin():
@@ -797,6 +821,30 @@ class RecordStore:
             record.has_query = record.query_bytes is not None
         return record
 
+    def seal_status(self, record: Record) -> tuple[str, str | None]:
+        """Whether ``record`` (read whole, as ``get`` reads it) is as it was written: ``sealing.Sealer.check``'s
+        status and reason, or ``unchecked`` when this store has no key."""
+        if self.sealer is None:
+            return ("unsealed", "written without a records key") if record.seal is None else \
+                ("unchecked", "the service has no records key (RPEPAD_RECORDS_KEY_FILE) to check the seal with")
+        return self.sealer.check(record)
+
+    def scan(self, chunk: int = 200) -> Iterator[Record]:
+        """Every record whole (images too), oldest first, ``chunk`` rows a query (each read after the
+        last one's record): what a check of the seals reads."""
+        after = None
+        while True:
+            stmt = select(Record).order_by(Record.created, Record.id).limit(chunk)
+            if after is not None:
+                created, rid = after
+                stmt = stmt.where(or_(Record.created > created, and_(Record.created == created, Record.id > rid)))
+            with Session(self.engine, expire_on_commit=False) as session:
+                rows = list(session.scalars(stmt))
+            yield from rows
+            if len(rows) < chunk:
+                return
+            after = rows[-1].created, rows[-1].id
+
     def set_feedback(self, record_id: str, label: str | None, note: str | None,
                      by: str | None = None) -> Record | None:
         """The operator's word on a record (``label`` None clears it, ``note`` then saying why;
@@ -824,6 +872,9 @@ class RecordStore:
                     now = seen + timedelta(microseconds=1)
                 values = {"feedback": label, "feedback_note": note, "feedback_by": by,
                           "feedback_at": now, "feedback_history": json.dumps(history) if history else None}
+                values["feedback_seal"] = (None if self.sealer is None else
+                                           self.sealer.feedback_seal(SimpleNamespace(id=record.id, seal=record.seal,
+                                                                                     **values)))
                 unchanged = Record.feedback_at.is_(None) if seen is None else Record.feedback_at == seen
                 written = session.execute(update(Record).where(Record.id == record_id, unchanged).values(**values)
                                           .execution_options(synchronize_session=False)).rowcount
@@ -890,6 +941,35 @@ def upgrade(engine: Engine) -> list[str]:
     return added
 
 
+def open_existing(url: str, sealer: Sealer | None = None) -> RecordStore:
+    """A records database that exists, to read (``rpe-pad records verify``): nothing is created,
+    upgraded or written, and no writer starts. ValueError or FileNotFoundError naming what is
+    wrong; ConnectionError when the database cannot be reached."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(f"records database URL {url!r} is not a database URL ({exc})") from None
+    if parsed.get_backend_name() == "sqlite" and (not parsed.database or parsed.database == ":memory:"
+                                                  or not Path(parsed.database).is_file()):
+        raise FileNotFoundError(f"records database {parsed.database or url} does not exist")
+    store = RecordStore(url, sealer=sealer)
+    try:
+        have = _columns(store.engine)
+    except NoSuchTableError:
+        store.engine.dispose()
+        raise ValueError(f"{parsed.render_as_string(hide_password=True)} has no {Record.__tablename__} table: not a "
+                         "records database") from None
+    except SQLAlchemyError as exc:
+        store.engine.dispose()
+        raise ConnectionError(f"records database {parsed.render_as_string(hide_password=True)}: {_short(exc)}") from None
+    lacking = sorted(c.name for c in Record.__table__.columns if c.name not in have)
+    if lacking:
+        store.engine.dispose()
+        raise ValueError(f"the records table was written by an earlier version (it lacks {', '.join(lacking)}): "
+                         "start the service on it once to upgrade it; its records are unsealed")
+    return store
+
+
 def _columns(engine: Engine) -> set[str]:
     return {c["name"] for c in inspect(engine).get_columns(Record.__tablename__)}
 
@@ -931,17 +1011,25 @@ def _short(exc: BaseException) -> str:
 
 
 def _from_journal(entry: dict) -> Pending:
-    """A journal line's record, without images (they were never journaled)."""
+    """A journal line's record, without images (they were never journaled); its chain place
+    where the line has one (lines of a version before session 52 do not)."""
+    seq = entry.get("chain_seq")
     return Pending(id=entry["id"], created=datetime.fromisoformat(entry["created"]), request_id=entry["request_id"],
                    category=entry["category"], filename=entry["filename"], bundle_id=entry["bundle_id"],
                    bundle_sha256=entry["bundle_sha256"], result=entry["result"], evidence=None, query_bytes=None,
-                   query_media_type=None)
+                   query_media_type=None, chain_id=entry.get("chain_id"), chain_seq=None if seq is None else int(seq))
 
 
 def _journal_line(item: Pending) -> bytes:
     return (json.dumps({"id": item.id, "created": item.created.isoformat(), "request_id": item.request_id,
                         "category": item.category, "filename": item.filename, "bundle_id": item.bundle_id,
-                        "bundle_sha256": item.bundle_sha256, "result": item.result}) + "\n").encode()
+                        "bundle_sha256": item.bundle_sha256, "result": item.result, "chain_id": item.chain_id,
+                        "chain_seq": item.chain_seq}) + "\n").encode()
+
+
+def _float(value) -> float | None:
+    """A number for a Float column as the database gives it back (a JSON 0 is 0.0), or None."""
+    return None if value is None else float(value)
 
 
 def png_bytes(image) -> bytes:

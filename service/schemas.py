@@ -77,6 +77,19 @@ class RecordSummary(BaseModel):
     has_query: bool
 
 
+class SealOut(BaseModel):
+    """Whether a record is as it was written (service/sealing.py), checked with the service's key."""
+
+    status: Literal["valid", "invalid", "unsealed", "unknown_key", "unchecked"] = Field(
+        description="valid: the inspection and its feedback are as written; invalid: changed since; unsealed: "
+                    "written without a records key; unknown_key: sealed under a key the service does not have "
+                    "(rpe-pad records verify takes older keys); unchecked: the service has no key")
+    reason: str | None = Field(None, description="what is wrong, or why it was not checked")
+    key: str | None = Field(None, description="the name of the key that sealed it")
+    chain_id: str | None = Field(None, description="the records writer's chain it was numbered in")
+    chain_seq: int | None = Field(None, description="its number in that chain (a gap is a deleted record)")
+
+
 class RecordDetail(RecordSummary):
     """One stored inspection with its result and the addresses of its images."""
 
@@ -85,6 +98,7 @@ class RecordDetail(RecordSummary):
                                                                             "first: label, note, at (UTC), by")
     overlay_url: str | None
     query_url: str | None
+    seal: SealOut | None = Field(None, description="whether the record is as it was written")
 
 
 class RecordPage(BaseModel):

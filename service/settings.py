@@ -15,6 +15,7 @@ from models import registry
 from models.bundle import check_category_name
 from models.images import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 from service.bundle_source import S3Location, parse_source
+from service.sealing import read_key
 
 
 # Upper bounds of the durations (docs/SERVICE.md): far above any deployment's, and finite, so
@@ -69,6 +70,9 @@ class Settings(BaseSettings):
     # older records are deleted (None = no limit; at most 100 years: a finite date)
     records_max_age_days: float | None = Field(default=365.0, gt=0, le=MAX_AGE_DAYS, allow_inf_nan=False)
     records_queue: int = Field(default=256, gt=0)  # records waiting for the writer; beyond, written without images
+    # a file of at least 32 secret bytes: every record is sealed with it (service/sealing.py); None = unsealed.
+    # Keep it where whoever can write to the database cannot read it (a secret, not the data volume).
+    records_key_file: Path | None = None
 
     def bundle_source(self) -> Path | S3Location:
         """``bundles`` as a local directory or an ``s3://`` location."""
@@ -128,7 +132,14 @@ class Settings(BaseSettings):
             registry.pose_mode(value)  # ValueError naming the product's modes
         return value
 
-    @field_validator("database_url", "records_max_count", "records_max_age_days", mode="before")
+    @field_validator("records_key_file")
+    @classmethod
+    def _a_key(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_key(value)  # ValueError naming what is wrong: missing, too short, too large
+        return value
+
+    @field_validator("database_url", "records_max_count", "records_max_age_days", "records_key_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value

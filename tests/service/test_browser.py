@@ -47,7 +47,10 @@ def station(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory):
     """The service at a station: the tiny release, an API key, its own records. One start for
     this module; the shift restarts it."""
     data = tmp_path_factory.mktemp("station")
-    service = Service(tiny_release.parent, data / "data", api_key=KEY, log=data / "serve.log").start()
+    key = data / "records.key"
+    key.write_bytes(bytes(range(32)))
+    service = Service(tiny_release.parent, data / "data", api_key=KEY, log=data / "serve.log",
+                      RPEPAD_RECORDS_KEY_FILE=str(key)).start()
     yield service
     service.stop()
 
@@ -110,6 +113,7 @@ def test_a_shift_at_the_station(station: Service, queries: dict[str, Path], driv
                                   for i in page.find_all("#detail-body img")))
     assert "Pose check" in page.find("#detail-body").text  # passed or failed, with its figures
     assert "the bundle's calibrated one" in page.find("#detail-body").text  # uploaded before the slider moved
+    assert "sealed, as written (record 1 of chain" in page.find("#detail-body").text  # the second inspection
     page.find("input[name=label][value=false_alarm]").click()
     page.find("#feedback-note").send_keys("glare on the stud")
     page.find("#feedback-by").send_keys("Ana")

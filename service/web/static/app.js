@@ -472,6 +472,15 @@ async function exportCsv() {
 }
 
 // ------------------------------------------------------------------ detail
+// What a record's seal says (docs/SERVICE.md, "Records that show tampering").
+const SEAL_WORDS = {
+  valid: (s) => `sealed, as written (record ${s.chain_seq} of chain ${s.chain_id.slice(0, 8)}…)`,
+  invalid: (s) => `CHANGED since the service wrote it: ${s.reason}`,
+  unsealed: () => "not sealed: written without a records key (RPEPAD_RECORDS_KEY_FILE)",
+  unknown_key: (s) => `sealed under another key (${s.key}): check it with rpe-pad records verify`,
+  unchecked: () => "sealed; the service has no records key to check it with",
+};
+
 function definition(list, term, value) {
   const dt = document.createElement("dt"), dd = document.createElement("dd");
   dt.textContent = term;
@@ -511,7 +520,9 @@ async function loadDetail(id) {
     if (r.result.timings_ms) definition(list, "Pipeline time", `${r.result.timings_ms.total.toFixed(0)} ms`);
     definition(list, "Bundle", `${r.bundle_id} (manifest sha256 ${r.bundle_sha256.slice(0, 12)}…)`);
     definition(list, "Request id", r.request_id);
+    if (r.seal) definition(list, "Record", SEAL_WORDS[r.seal.status](r.seal));
     body.append(list);
+    if (r.seal && r.seal.status === "invalid") list.lastElementChild.className = "error";
     const images = document.createElement("div");
     images.className = "images";
     for (const [url, alt, why] of [

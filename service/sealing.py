@@ -1,0 +1,250 @@
+"""Tamper evidence for inspection records: a keyed seal on every row, and numbered chains.
+
+Whoever can write to the records database could otherwise change a verdict, a score or a
+feedback word, or delete an inconvenient record, and nothing would show it. With a key
+(``RPEPAD_RECORDS_KEY_FILE``: a file of at least 32 secret bytes, kept away from the
+database), the records writer seals each row as it writes it:
+
+- ``seal``: HMAC-SHA256 under the key over the row's inspection (version ``SEAL_VERSION``'s
+  fields, ``RECORD_FIELDS``: its id, time, request, category, verdict, score, thresholds,
+  file name, bundle, the whole result as stored, its chain place, and the sha256 of each of
+  its images and of the upload); one changed byte anywhere, an image removed or swapped,
+  breaks it.
+- ``feedback_seal``: HMAC over the record's seal and its feedback (the word, the note, who
+  gave it, when, and the history of earlier words), written with each feedback under the
+  key the service has then, and prefixed with that key's name.
+- ``chain_id`` and ``chain_seq``: each records writer (one a service process) numbers the
+  records submitted to it 0, 1, 2, ... in one chain of its own (a new chain at each
+  start). The number is covered by the seal, so a deleted record leaves a gap that cannot be
+  closed without the key. Retention deletes the oldest records, so within a chain it removes
+  a run at its start (``RecordStore.submit`` gives a chain's records strictly increasing
+  times); a gap anywhere else is a deletion, or a row the database refused (those are kept
+  in ``records.journal.rejected``).
+
+``seal_key`` names the key (``key_id``: the start of the key's sha256), so keys can be
+rotated and old records checked with the old key. What a seal does not prove: that the
+newest records of a chain were not deleted (nothing after them is left to show a gap);
+that a record had no feedback (every feedback column and the feedback seal set to NULL read
+as a record never given any; a feedback changed, or partly removed, is found); and anything
+about a record written without a key (``unsealed``). The check is
+``rpe-pad records verify`` (``verify_store``) and, for one record, ``GET /inspections/{id}``'s
+``seal``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+SEAL_VERSION = 1  # the message's layout; a new layout gets a new number and old rows keep theirs
+MIN_KEY_BYTES = 32  # HMAC-SHA256's own size: a shorter key is easier to guess than the hash is to break
+MAX_KEY_BYTES = 4096  # a key file larger than this is a wrong file, not a key
+
+# The row's columns a record seal covers, in this order (images by their sha256).
+RECORD_FIELDS = ("id", "created", "request_id", "category", "verdict", "score", "threshold", "normalised_score",
+                 "filename", "bundle_id", "bundle_sha256", "result_json", "overlay_png", "query_png",
+                 "reference_png", "map_png", "query_bytes", "query_media_type", "pose_verified", "pose_check_reason",
+                 "misalignment_px", "silhouette_iou", "threshold_source", "calibrated_threshold", "query_sha256",
+                 "chain_id", "chain_seq", "seal_key")
+FEEDBACK_FIELDS = ("id", "seal", "feedback", "feedback_note", "feedback_at", "feedback_by", "feedback_history")
+
+Status = Literal["valid", "invalid", "unsealed", "unknown_key"]
+
+
+def read_key(path: Path) -> bytes:
+    """The key in ``path``: its bytes, without a trailing newline (an editor's, or
+    ``kubectl create secret --from-file``'s). ValueError naming what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"records key file {path} is not a file")
+    size = path.stat().st_size
+    if size > MAX_KEY_BYTES:
+        raise ValueError(f"records key file {path} has {size} bytes: a key is {MIN_KEY_BYTES}-{MAX_KEY_BYTES} "
+                         "bytes (make one with: head -c 32 /dev/urandom > FILE)")
+    key = path.read_bytes().rstrip(b"\r\n")
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"records key file {path} holds {len(key)} bytes, fewer than {MIN_KEY_BYTES} (make one "
+                         "with: head -c 32 /dev/urandom > FILE)")
+    return key
+
+
+def key_id(key: bytes) -> str:
+    """A name for ``key`` that records carry: 16 hex digits of its sha256 (it gives nothing of a
+    random key away)."""
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+def _value(value):
+    """A column's value in the message: bytes by their sha256, times in ISO 8601, floats by
+    their shortest repr (exact: every backend stores a double)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "sha256:" + hashlib.sha256(bytes(value)).hexdigest()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def message(row, fields: tuple[str, ...], kind: str) -> bytes:
+    """The bytes a seal is computed over: the version, what it seals and the named columns
+    of ``row`` (any object with them as attributes), as canonical JSON."""
+    body = {"v": SEAL_VERSION, "kind": kind, **{name: _value(getattr(row, name)) for name in fields}}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+@dataclass(frozen=True)
+class Sealer:
+    """Seals rows under one key, and checks them under any of ``keys`` (the current one first,
+    then older ones kept to check records written before a rotation)."""
+
+    key: bytes = field(repr=False)  # never in a log or a traceback
+    old_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    id: str = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "id", key_id(self.key))
+
+    @classmethod
+    def from_files(cls, paths: Iterable[Path]) -> Sealer:
+        keys = [read_key(p) for p in paths]
+        if not keys:
+            raise ValueError("no records key file given")
+        return cls(keys[0], tuple(keys[1:]))
+
+    def _mac(self, key: bytes, data: bytes) -> str:
+        return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+    def seal(self, row) -> None:
+        """Set ``row``'s ``seal_key`` and ``seal`` (its chain place must be set already)."""
+        row.seal_key = self.id
+        row.seal = self._mac(self.key, message(row, RECORD_FIELDS, "record"))
+
+    def feedback_seal(self, row) -> str | None:
+        """The seal of ``row``'s feedback as it now stands, ``KEY_ID:HMAC`` (under this key,
+        whichever sealed the record); None for a record without a seal."""
+        if row.seal is None:
+            return None
+        return f"{self.id}:{self._mac(self.key, message(row, FEEDBACK_FIELDS, 'feedback'))}"
+
+    def _key_for(self, name: str | None) -> bytes | None:
+        return next((k for k in (self.key, *self.old_keys) if key_id(k) == name), None)
+
+    def check(self, row) -> tuple[Status, str | None]:
+        """(status, what is wrong). ``invalid`` says whether the inspection or the feedback
+        does not match its seal."""
+        if row.seal is None:
+            return "unsealed", "written without a records key"
+        key = self._key_for(row.seal_key)
+        if key is None:
+            return "unknown_key", f"sealed under key {row.seal_key}, which is not among the keys given"
+        if not hmac.compare_digest(row.seal, self._mac(key, message(row, RECORD_FIELDS, "record"))):
+            return "invalid", "the inspection was changed after it was written (its seal does not match)"
+        has_feedback = any(getattr(row, name) is not None for name in FEEDBACK_FIELDS[2:])
+        if row.feedback_seal is None:
+            if has_feedback:
+                return "invalid", "it has feedback without a feedback seal"
+            return "valid", None
+        name, _, mac = row.feedback_seal.partition(":")
+        feedback_key = self._key_for(name)
+        if feedback_key is None:
+            return "unknown_key", f"its feedback is sealed under key {name}, which is not among the keys given"
+        if not hmac.compare_digest(mac, self._mac(feedback_key, message(row, FEEDBACK_FIELDS, "feedback"))):
+            return "invalid", "its feedback was changed after it was given (the feedback seal does not match)"
+        return "valid", None
+
+
+@dataclass
+class Chain:
+    """What a check saw of one writer's chain."""
+
+    id: str
+    first: int
+    last: int
+    count: int
+    missing: list[int]  # numbers between first and last with no record (at most MISSING_SHOWN kept)
+    missing_count: int
+
+
+MISSING_SHOWN = 50
+
+
+@dataclass
+class Report:
+    """``verify_store``'s findings."""
+
+    records: int = 0
+    valid: int = 0
+    unsealed: int = 0
+    unknown_key: int = 0
+    unsealed_among_sealed: int = 0  # unsealed records newer than a sealed one: written without the key, or forged
+    invalid: list[tuple[str, str]] = field(default_factory=list)  # (record id, why), at most INVALID_SHOWN
+    invalid_count: int = 0
+    chains: list[Chain] = field(default_factory=list)
+
+    @property
+    def gaps(self) -> int:
+        return sum(c.missing_count for c in self.chains)
+
+    @property
+    def ok(self) -> bool:
+        """No record altered, none missing inside a chain, none under a key not given, and no
+        unsealed record among sealed ones."""
+        return self.invalid_count == 0 and self.gaps == 0 and self.unknown_key == 0 and self.unsealed_among_sealed == 0
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "records": self.records, "valid": self.valid, "invalid": self.invalid_count,
+                "unsealed": self.unsealed,
+                "unsealed_among_sealed": self.unsealed_among_sealed, "unknown_key": self.unknown_key, "missing": self.gaps,
+                "invalid_records": [{"id": i, "reason": why} for i, why in self.invalid],
+                "chains": [c.__dict__ for c in self.chains]}
+
+
+INVALID_SHOWN = 100
+
+
+def verify_rows(rows: Iterable, sealer: Sealer, progress: Callable[[int], None] | None = None) -> Report:
+    """Check every row of ``rows`` (records with their images, oldest first) and the chains they
+    form."""
+    report = Report()
+    seqs: dict[str, list[int]] = {}
+    sealed_seen = False
+    for row in rows:
+        report.records += 1
+        status, why = sealer.check(row)
+        sealed_seen = sealed_seen or row.seal is not None
+        if status == "valid":
+            report.valid += 1
+        elif status == "unsealed":
+            report.unsealed += 1
+            report.unsealed_among_sealed += sealed_seen
+        elif status == "unknown_key":
+            report.unknown_key += 1
+        else:
+            report.invalid_count += 1
+            if len(report.invalid) < INVALID_SHOWN:
+                report.invalid.append((row.id, why))
+        if row.chain_id is not None and row.chain_seq is not None:
+            seqs.setdefault(row.chain_id, []).append(row.chain_seq)
+        if progress is not None and report.records % 1000 == 0:
+            progress(report.records)
+    for chain_id, numbers in seqs.items():
+        numbers.sort()
+        shown = list(itertools.islice(_missing(numbers), MISSING_SHOWN))
+        count = sum(max(0, b - a - 1) for a, b in zip(numbers, numbers[1:]))
+        report.chains.append(Chain(chain_id, numbers[0], numbers[-1], len(numbers), shown, count))
+    report.chains.sort(key=lambda c: (-c.missing_count, c.id))
+    return report
+
+
+def _missing(numbers: list[int]) -> Iterator[int]:
+    """The numbers between the first and last of sorted ``numbers`` that it lacks."""
+    for a, b in zip(numbers, numbers[1:]):
+        yield from range(a + 1, b)

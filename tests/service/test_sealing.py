@@ -1,0 +1,285 @@
+"""Tamper evidence for inspection records (service/sealing.py): every change to a sealed record,
+and every deletion inside a writer's chain, is found; retention, journal recovery and a key
+rotation are not mistaken for tampering; the service and `rpe-pad records verify` say so."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from rpe_pad.cli import main
+from service.app import create_app
+from service.records import Evidence, Pending, RecordStore, open_existing, utc_now
+from service.sealing import MIN_KEY_BYTES, Sealer, key_id, read_key, verify_rows
+from service.settings import Settings
+
+
+def _key(path: Path, seed: int) -> Path:
+    path.write_bytes(np.random.default_rng(seed).bytes(32))
+    return path
+
+
+def _pending(rid: str, created: datetime | None = None, images: bool = True, **result) -> Pending:
+    rng = np.random.default_rng(list(rid.encode()))  # each record its own images
+    evidence = (lambda: Evidence.encode(rng.random((16, 16, 3)), rng.random((16, 16, 3)), rng.random((16, 16)))) \
+        if images else None
+    return Pending(id=rid, created=created or utc_now(), request_id="req", category="Lego", filename=f"{rid}.png",
+                   bundle_id="Lego@x", bundle_sha256="0" * 64,
+                   result={"verdict": "anomalous", "score": 1.0 / 3, "threshold": 0.2, "normalised_score": 0.7,
+                           "verification": {"verified": True, "misalignment_px": 0, "silhouette_iou": 0.97},
+                           "threshold_source": "calibrated", "calibrated_threshold": 0.2, **result},
+                   evidence=evidence, query_bytes=b"upload " + rid.encode() if images else None,
+                   query_media_type="image/png" if images else None)
+
+
+def _store(url: str, sealer: Sealer | None, tmp_path: Path, **kw) -> RecordStore:
+    store = RecordStore(url, sealer=sealer, journal=tmp_path / "records.journal", **kw)
+    store.start()
+    return store
+
+
+def _check(url: str, sealer: Sealer):
+    store = open_existing(url, sealer)
+    try:
+        return verify_rows(store.scan(chunk=3), sealer)  # chunks smaller than the table: the paging is read too
+    finally:
+        store.engine.dispose()
+
+
+def _sql(url: str, statement: str, **params) -> None:
+    store = open_existing(url)
+    with store.engine.begin() as conn:
+        conn.execute(text(statement), params)
+    store.engine.dispose()
+
+
+def test_every_change_and_every_deletion_inside_a_chain_is_found(records_url: str, tmp_path: Path) -> None:
+    """On SQLite and PostgreSQL alike: the values the database gives back (floats, times, bytes)
+    are the ones sealed."""
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    store = _store(records_url, sealer, tmp_path)
+    ids = [f"r{i}" for i in range(9)]
+    try:
+        for rid in ids:
+            store.submit(_pending(rid))
+        assert store.flush(timeout=30)
+        store.set_feedback("r1", "false_alarm", "glare", "ana")
+        store.set_feedback("r1", "confirmed_defect", "seen again", "ben")  # the history is sealed too
+        assert all(store.seal_status(store.get(rid)) == ("valid", None) for rid in ids)
+    finally:
+        store.stop()
+    clean = _check(records_url, sealer)
+    assert clean.ok and clean.records == clean.valid == 9
+    assert [(c.first, c.last, c.missing_count) for c in clean.chains] == [(0, 8, 0)]
+
+    changes = {
+        "r1": "UPDATE inspections SET feedback_note = 'no word' WHERE id = :i",
+        "r2": "UPDATE inspections SET score = 0.01, verdict = 'normal' WHERE id = :i",
+        "r3": "UPDATE inspections SET result_json = replace(result_json, 'anomalous', 'normal') WHERE id = :i",
+        "r4": "UPDATE inspections SET map_png = (SELECT map_png FROM inspections WHERE id = 'r0') WHERE id = :i",
+        "r5": "UPDATE inspections SET query_bytes = NULL WHERE id = :i",
+        "r6": "UPDATE inspections SET created = created - INTERVAL '1 day' WHERE id = :i"
+              if records_url.startswith("postgresql") else
+              "UPDATE inspections SET created = datetime(created, '-1 day') WHERE id = :i",
+    }
+    for rid, statement in changes.items():
+        _sql(records_url, statement, i=rid)
+    _sql(records_url, "DELETE FROM inspections WHERE id IN ('r0', 'r7')")  # the first, as retention would; one inside
+    found = _check(records_url, sealer)
+    assert not found.ok and {rid for rid, _ in found.invalid} == set(changes)
+    assert dict(found.invalid)["r1"].startswith("its feedback was changed")
+    assert dict(found.invalid)["r2"].startswith("the inspection was changed")
+    (chain,) = found.chains
+    assert (chain.first, chain.last, chain.missing, chain.missing_count) == (1, 8, [7], 1)
+
+
+def test_an_unsealed_record_among_sealed_ones_is_not_ok(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    store = _store(url, None, tmp_path)  # before the key was set: unsealed, and that is no finding
+    store.submit(_pending("old"))
+    assert store.flush(timeout=30)
+    store.stop()
+    store = _store(url, sealer, tmp_path)
+    store.submit(_pending("new"))
+    assert store.flush(timeout=30)
+    store.stop()
+    report = _check(url, sealer)
+    assert report.ok and (report.valid, report.unsealed, report.unsealed_among_sealed) == (1, 1, 0)
+    # A row written later without a seal (forged, or by a service that lost its key) is a finding.
+    _sql(url, "INSERT INTO inspections (id, created, request_id, category, verdict, score, threshold, "
+              "normalised_score, bundle_id, bundle_sha256, result_json) VALUES ('forged', :c, 'r', 'Lego', 'normal', "
+              "0.1, 0.2, 0.3, 'Lego@x', :h, '{}')", c=utc_now() + timedelta(seconds=1), h="0" * 64)
+    report = _check(url, sealer)
+    assert not report.ok and report.unsealed_among_sealed == 1
+
+
+def test_retention_removes_a_chains_start_and_a_restart_starts_a_chain(tmp_path: Path) -> None:
+    """Records of one writer get strictly increasing times, even submitted at the same moment, so
+    the oldest-first retention takes a run from each chain's start: no gap."""
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    same = datetime.now(UTC) - timedelta(hours=1)  # an aware time, as a caller may give
+    store = _store(url, sealer, tmp_path, max_count=4)
+    chains = [store.chain_id]
+    for i in range(7):
+        store.submit(_pending(f"a{i}", created=same))
+    assert store.flush(timeout=30)
+    assert store.enforce_retention() >= 0 and store.count() == 4
+    store.stop()
+    store = _store(url, sealer, tmp_path, max_count=4)
+    chains.append(store.chain_id)
+    for i in range(2):
+        store.submit(_pending(f"b{i}"))
+    assert store.flush(timeout=30)
+    store.enforce_retention()
+    kept = {r.id: r for r in store.scan()}
+    store.stop()
+    assert chains[0] != chains[1] and sorted(kept) == ["a5", "a6", "b0", "b1"]
+    assert kept["a5"].created < kept["a6"].created
+    report = _check(url, sealer)
+    assert report.ok and report.valid == 4
+    assert sorted((c.first, c.last) for c in report.chains) == [(0, 1), (5, 6)]
+
+
+def test_journal_recovery_keeps_each_records_chain_place(tmp_path: Path) -> None:
+    """A killed service's records come back from the journal with the numbers they were given, and
+    are sealed when written: the chain has no gap."""
+    url, journal = f"sqlite:///{tmp_path / 'records.sqlite3'}", tmp_path / "records.journal"
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    killed = RecordStore(url, journal=journal, sealer=sealer)
+    killed.engine.dispose()
+    killed._journal = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # as start() does; no writer runs
+    for i in range(3):
+        assert killed.submit(_pending(f"k{i}"))
+    os.close(killed._journal)
+    store = _store(url, sealer, tmp_path)
+    store.stop()
+    assert store.chain_id != killed.chain_id
+    report = _check(url, sealer)
+    assert report.ok and report.valid == 3
+    assert [(c.id, c.first, c.last) for c in report.chains] == [(killed.chain_id, 0, 2)]
+
+
+def test_a_rotated_key_checks_old_records_with_the_old_key(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    old = Sealer(read_key(_key(tmp_path / "old", 0)))
+    new_key = read_key(_key(tmp_path / "new", 1))
+    store = _store(url, old, tmp_path)
+    store.submit(_pending("x"))
+    assert store.flush(timeout=30)
+    store.stop()
+    store = _store(url, Sealer(new_key), tmp_path)
+    store.set_feedback("x", "false_alarm", None, "ana")  # sealed under the new key, the record under the old
+    status, why = store.seal_status(store.get("x"))
+    store.stop()
+    assert status == "unknown_key" and old.id in why
+    assert _check(url, Sealer(new_key, (old.key,))).ok
+    alone = _check(url, Sealer(new_key))
+    assert not alone.ok and alone.unknown_key == 1
+
+
+def test_the_service_says_whether_a_record_is_as_written(tiny_release: Path, tiny_synth: Path,
+                                                        tmp_path: Path) -> None:
+    key = _key(tmp_path / "records.key", 0)
+    data = min((tiny_synth / "test" / "good").glob("*.png")).read_bytes()
+
+    def served(**kw):
+        return TestClient(create_app(Settings(bundles=tiny_release.parent, device="cpu", max_wait_ms=20,
+                                              data_dir=tmp_path / "data", **kw)))
+
+    with served(records_key_file=key) as c:
+        _ready(c)
+        out = c.post("/inspect", files={"file": ("q.png", data, "image/png")}, data={"category": tiny_release.name})
+        assert out.status_code == 200, out.text
+        rid = out.json()["record_id"]
+        assert c.app.state.svc.records.flush(timeout=60)
+        seal = c.get(f"/inspections/{rid}").json()["seal"]
+        assert seal["status"] == "valid" and seal["key"] == key_id(read_key(key)) and seal["chain_seq"] == 0
+        with c.app.state.svc.records.engine.begin() as conn:
+            conn.execute(text("UPDATE inspections SET threshold = threshold * 2 WHERE id = :i"), {"i": rid})
+        seal = c.get(f"/inspections/{rid}").json()["seal"]
+        assert seal["status"] == "invalid" and "changed after it was written" in seal["reason"]
+    with served() as c:  # no key now: the seal is there, and cannot be checked
+        _ready(c)
+        assert c.get(f"/inspections/{rid}").json()["seal"]["status"] == "unchecked"
+
+
+def _ready(client: TestClient) -> None:
+    end = time.time() + 120
+    while client.get("/readyz").status_code != 200:
+        assert time.time() < end, client.get("/readyz").json()
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("content, problem", [(None, "is not a file"), (b"short\n", "fewer than 32"),
+                                              (b"k" * 5000, "5000 bytes")])
+def test_a_bad_key_file_is_refused_naming_the_problem(tmp_path: Path, content: bytes | None, problem: str) -> None:
+    path = tmp_path / "key"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=problem):
+        Settings(records_key_file=path)
+
+
+def test_a_key_files_newline_is_not_part_of_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_bytes(b"k" * MIN_KEY_BYTES + b"\n")
+    assert read_key(path) == b"k" * MIN_KEY_BYTES
+    assert "kkkk" not in repr(Sealer(read_key(path), (b"k" * 40,)))  # a key never reaches a log or a traceback
+    path.write_bytes(b"k" * (MIN_KEY_BYTES - 1) + b"\n")
+    with pytest.raises(ValueError, match="31 bytes"):
+        read_key(path)
+    assert Settings(records_key_file="").records_key_file is None
+
+
+def test_records_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env of the checkout's
+    for name in [n for n in os.environ if n.startswith("RPEPAD_")]:
+        monkeypatch.delenv(name)
+    db = tmp_path / "records.sqlite3"
+    url, key = f"sqlite:///{db}", _key(tmp_path / "key", 0)
+    store = _store(url, Sealer(read_key(key)), tmp_path)
+    for i in range(3):
+        store.submit(_pending(f"c{i}", images=False))
+    assert store.flush(timeout=30)
+    store.stop()
+
+    assert main(["records", "verify", "--database", url, "--key-file", str(key)]) == 0
+    out = capsys.readouterr().out
+    assert "3 records: 3 valid, 0 changed" in out and "records 0-2 (3), none missing" in out and "OK:" in out
+    _sql(url, "DELETE FROM inspections WHERE id = 'c1'")
+    _sql(url, "UPDATE inspections SET verdict = 'normal' WHERE id = 'c2'")
+    monkeypatch.setenv("RPEPAD_DATABASE_URL", url)  # the service's own settings name the database and key
+    monkeypatch.setenv("RPEPAD_RECORDS_KEY_FILE", str(key))
+    assert main(["records", "verify", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert (report["ok"], report["invalid"], report["missing"]) == (False, 1, 1)
+    assert report["invalid_records"][0]["id"] == "c2" and report["chains"][0]["missing"] == [1]
+
+    # Mistakes: one line each, exit 2; nothing is created where no database was.
+    monkeypatch.delenv("RPEPAD_DATABASE_URL")
+    monkeypatch.delenv("RPEPAD_RECORDS_KEY_FILE")
+    for argv, message in [
+        (["--database", f"sqlite:///{tmp_path / 'none.sqlite3'}", "--key-file", str(key)], "does not exist"),
+        (["--database", url], "no records key"),
+        (["--database", url, "--key-file", str(tmp_path / "nokey")], "--key-file: Value error, records key file"),
+        (["--database", "not a url", "--key-file", str(key)], "is not a database URL"),
+    ]:
+        assert main(["records", "verify", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "none.sqlite3").exists()
+    other = tmp_path / "other.sqlite3"
+    import sqlite3
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    assert main(["records", "verify", "--database", f"sqlite:///{other}", "--key-file", str(key)]) == 2
+    assert "has no inspections table" in capsys.readouterr().err
