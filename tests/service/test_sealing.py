@@ -283,3 +283,44 @@ def test_records_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture, m
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
     assert main(["records", "verify", "--database", f"sqlite:///{other}", "--key-file", str(key)]) == 2
     assert "has no inspections table" in capsys.readouterr().err
+
+
+def test_every_column_is_sealed() -> None:
+    """A column added to the table must be named in a seal's fields (a new layout is a new
+    SEAL_VERSION), so no part of a record can be changed outside them."""
+    from service.records import Record
+    from service.sealing import FEEDBACK_FIELDS, RECORD_FIELDS
+
+    columns = {c.name for c in Record.__table__.columns}
+    assert columns - set(RECORD_FIELDS) - set(FEEDBACK_FIELDS) == {"feedback_seal"}
+    assert set(RECORD_FIELDS) <= columns and set(FEEDBACK_FIELDS) <= columns
+
+
+def _sealed_records(url: str, sealer: Sealer, tmp_path: Path, ids) -> None:
+    store = _store(url, sealer, tmp_path)
+    for rid in ids:
+        store.submit(_pending(rid, images=False))
+    assert store.flush(timeout=30)
+    store.stop()
+
+
+def test_closing_a_gap_by_renumbering_breaks_the_seals(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    _sealed_records(url, sealer, tmp_path, ["n0", "n1", "n2", "n3"])
+    _sql(url, "DELETE FROM inspections WHERE id = 'n1'")
+    _sql(url, "UPDATE inspections SET chain_seq = chain_seq - 1 WHERE chain_seq > 1")
+    report = _check(url, sealer)
+    assert report.gaps == 0 and {rid for rid, _ in report.invalid} == {"n2", "n3"} and not report.ok
+
+
+def test_a_change_to_any_column_breaks_the_seal(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    changes = {"c0": "filename = 'other.png'", "c1": "bundle_sha256 = '1'", "c2": "threshold_source = 'override'",
+               "c3": "pose_check_reason = 'ok'", "c4": "calibrated_threshold = 0.1", "c6": "chain_id = 'x'"}
+    _sealed_records(url, sealer, tmp_path, [f"c{i}" for i in range(7)])
+    for rid, change in changes.items():
+        _sql(url, f"UPDATE inspections SET {change} WHERE id = :i", i=rid)
+    report = _check(url, sealer)
+    assert {rid for rid, _ in report.invalid} == set(changes) and report.valid == 1
