@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -41,6 +42,16 @@ def non_negative_float(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+def iso_time(text: str) -> datetime:
+    """An ISO 8601 time (``2026-12-08``, ``2026-12-08T01:00``, ``...+01:00``), UTC when no zone
+    is given (as the service's ``since`` and ``until``)."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"is not an ISO 8601 time (2026-12-08 or 2026-12-08T01:00), got {text!r}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def folder(text: str) -> Path:

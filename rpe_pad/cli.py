@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from models import registry
-from rpe_pad.argtypes import folder, int_between, intrinsics, non_negative_float, non_negative_int, writable_parent
+from rpe_pad.argtypes import (folder, int_between, intrinsics, iso_time, non_negative_float, non_negative_int,
+                              writable_parent)
 from rpe_pad import __version__
 
 PATH_ERRORS = (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -246,7 +247,7 @@ def _settings(overrides: dict, options: dict | None = None):
 def _cmd_records_verify(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.records import open_existing
+    from service.records import open_existing, scan, utc_naive
     from service.sealing import Sealer, verify_rows
 
     overrides = {k: v for k, v in (("database_url", args.database),
@@ -257,20 +258,25 @@ def _cmd_records_verify(args: argparse.Namespace) -> int:
         raise ValueError("no records key: give --key-file FILE (the service's RPEPAD_RECORDS_KEY_FILE; several for "
                          "keys used before a rotation)")
     sealer = Sealer.from_files(keys)
-    store = open_existing(settings.records_url(), sealer)
+    engine = open_existing(settings.records_url())
     progress = None if args.json else (lambda n: print(f"checked {n} records", file=sys.stderr, flush=True))
+    since = None if args.sealed_since is None else utc_naive(args.sealed_since)
     try:
-        report = verify_rows(store.scan(), sealer, progress)
+        report = verify_rows(scan(engine), sealer, since, progress)
     except SQLAlchemyError as exc:
         raise ConnectionError(f"reading the records failed: {type(exc).__name__}: {exc}") from None
     finally:
-        store.engine.dispose()
+        engine.dispose()
     if args.json:
         print(json.dumps(report.to_json()))
         return 0 if report.ok else 1
-    print(f"{report.records} records: {report.valid} valid, {report.invalid_count} changed since written, "
-          f"{report.unsealed} unsealed ({report.unsealed_among_sealed} of them newer than a sealed one), "
-          f"{report.unknown_key} under a key not given")
+    unsealed = f"{report.unsealed} unsealed"
+    if report.unsealed:
+        unsealed += (f" ({report.unsealed_since} dated after --sealed-since)" if since else
+                     " (findings: give --sealed-since to accept those written before the key)")
+    print(f"{report.records} records: {report.valid} valid, {report.invalid_count} changed since written, {unsealed}, "
+          f"{report.unknown_key} under a key not given"
+          + (f" ({', '.join(sorted(report.unknown_keys))})" if report.unknown_keys else ""))
     for rid, why in report.invalid:
         print(f"  changed: {rid}: {why}")
     for chain in report.chains:
@@ -391,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", type=Path, action="append", default=None, metavar="FILE",
                    help="the records key (default $RPEPAD_RECORDS_KEY_FILE); again for each key used before a "
                         "rotation")
+    p.add_argument("--sealed-since", type=iso_time, default=None, metavar="TIME",
+                   help="when every service had the key (ISO 8601, UTC when no zone): unsealed records dated before "
+                        "it are accepted; without it every unsealed record is a finding")
     p.add_argument("--json", action="store_true", help="the findings as one JSON object")
     p.set_defaults(func=_cmd_records_verify)
 

@@ -85,7 +85,7 @@ from sqlalchemy.schema import CreateColumn
 
 from models.images import decode_rgb, to_uint8
 from models.viz import inspection_figure
-from service.sealing import Sealer
+from service.sealing import Sealer, Unreadable
 
 log = logging.getLogger("rpe_pad.records")
 
@@ -829,21 +829,9 @@ class RecordStore:
                 ("unchecked", "the service has no records key (RPEPAD_RECORDS_KEY_FILE) to check the seal with")
         return self.sealer.check(record)
 
-    def scan(self, chunk: int = 200) -> Iterator[Record]:
-        """Every record whole (images too), oldest first, ``chunk`` rows a query (each read after the
-        last one's record): what a check of the seals reads."""
-        after = None
-        while True:
-            stmt = select(Record).order_by(Record.created, Record.id).limit(chunk)
-            if after is not None:
-                created, rid = after
-                stmt = stmt.where(or_(Record.created > created, and_(Record.created == created, Record.id > rid)))
-            with Session(self.engine, expire_on_commit=False) as session:
-                rows = list(session.scalars(stmt))
-            yield from rows
-            if len(rows) < chunk:
-                return
-            after = rows[-1].created, rows[-1].id
+    def scan(self, chunk: int = 200) -> Iterator[Record | Unreadable]:
+        """Every record whole, for a check of the seals (``scan``)."""
+        return scan(self.engine, chunk)
 
     def set_feedback(self, record_id: str, label: str | None, note: str | None,
                      by: str | None = None) -> Record | None:
@@ -941,33 +929,63 @@ def upgrade(engine: Engine) -> list[str]:
     return added
 
 
-def open_existing(url: str, sealer: Sealer | None = None) -> RecordStore:
-    """A records database that exists, to read (``rpe-pad records verify``): nothing is created,
-    upgraded or written, and no writer starts. ValueError or FileNotFoundError naming what is
-    wrong; ConnectionError when the database cannot be reached."""
+def scan(engine: Engine, chunk: int = 200) -> Iterator[Record | Unreadable]:
+    """Every record whole (images too), ``chunk`` rows a query, for a check of the seals. The
+    ids are read first (as the database sorts the stored times: a time changed into text
+    still sorts), then the rows by id; a row whose values do not read back as a record (a
+    time that is not a time) comes as ``Unreadable``, and the others still read."""
+    with Session(engine) as session:
+        ids = list(session.scalars(select(Record.id).order_by(Record.created, Record.id)))
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        try:
+            with Session(engine, expire_on_commit=False) as session:
+                rows = {r.id: r for r in session.scalars(select(Record).where(Record.id.in_(part)))}
+        except (ValueError, TypeError, OverflowError):  # one row's value does not decode: each alone
+            rows = {}
+            for record_id in part:
+                try:
+                    with Session(engine, expire_on_commit=False) as session:
+                        rows[record_id] = session.get(Record, record_id)
+                except (ValueError, TypeError, OverflowError) as exc:
+                    rows[record_id] = Unreadable(record_id, "a stored value does not read back as one the "
+                                                            f"service writes ({type(exc).__name__}: {exc})")
+        yield from (rows[i] for i in part if rows.get(i) is not None)
+
+
+def open_existing(url: str) -> Engine:
+    """An engine on a records database that exists, to read (``rpe-pad records verify``, with
+    ``scan``): nothing is created, upgraded or written (SQLite is opened read-only). ValueError or
+    FileNotFoundError naming what is wrong; ConnectionError when the database cannot be reached."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ValueError(f"records database URL {url!r} is not a database URL ({exc})") from None
-    if parsed.get_backend_name() == "sqlite" and (not parsed.database or parsed.database == ":memory:"
-                                                  or not Path(parsed.database).is_file()):
-        raise FileNotFoundError(f"records database {parsed.database or url} does not exist")
-    store = RecordStore(url, sealer=sealer)
+    if parsed.get_backend_name() == "sqlite":
+        # Read-only, and none of make_engine's pragmas: the check changes nothing of what it checks.
+        path = (parsed.database or "").removeprefix("file:")
+        if not path or path == ":memory:" or not Path(path).is_file():
+            raise FileNotFoundError(f"records database {path or url} does not exist")
+        url = parsed.set(database=f"file:{Path(path).resolve()}", query={**parsed.query, "mode": "ro", "uri": "true"})
     try:
-        have = _columns(store.engine)
+        engine = create_engine(url)
+    except (ArgumentError, ImportError) as exc:  # an unknown dialect, or its driver not installed
+        raise ValueError(f"records database URL {parsed.render_as_string(hide_password=True)}: {_short(exc)}") from None
+    try:
+        have = _columns(engine)
     except NoSuchTableError:
-        store.engine.dispose()
+        engine.dispose()
         raise ValueError(f"{parsed.render_as_string(hide_password=True)} has no {Record.__tablename__} table: not a "
                          "records database") from None
     except SQLAlchemyError as exc:
-        store.engine.dispose()
+        engine.dispose()
         raise ConnectionError(f"records database {parsed.render_as_string(hide_password=True)}: {_short(exc)}") from None
     lacking = sorted(c.name for c in Record.__table__.columns if c.name not in have)
     if lacking:
-        store.engine.dispose()
+        engine.dispose()
         raise ValueError(f"the records table was written by an earlier version (it lacks {', '.join(lacking)}): "
                          "start the service on it once to upgrade it; its records are unsealed")
-    return store
+    return engine
 
 
 def _columns(engine: Engine) -> set[str]:

@@ -59,8 +59,9 @@ Status = Literal["valid", "invalid", "unsealed", "unknown_key"]
 
 
 def read_key(path: Path) -> bytes:
-    """The key in ``path``: its bytes, without a trailing newline (an editor's, or
-    ``kubectl create secret --from-file``'s). ValueError naming what is wrong."""
+    """The key in ``path``: every byte of it (a random key may end in a newline's byte, so
+    nothing is stripped; the service and the check read the same file). ValueError naming
+    what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"records key file {path} is not a file")
@@ -68,7 +69,7 @@ def read_key(path: Path) -> bytes:
     if size > MAX_KEY_BYTES:
         raise ValueError(f"records key file {path} has {size} bytes: a key is {MIN_KEY_BYTES}-{MAX_KEY_BYTES} "
                          "bytes (make one with: head -c 32 /dev/urandom > FILE)")
-    key = path.read_bytes().rstrip(b"\r\n")
+    key = path.read_bytes()
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(f"records key file {path} holds {len(key)} bytes, fewer than {MIN_KEY_BYTES} (make one "
                          "with: head -c 32 /dev/urandom > FILE)")
@@ -83,13 +84,14 @@ def key_id(key: bytes) -> str:
 
 def _value(value):
     """A column's value in the message: bytes by their sha256, times in ISO 8601, floats by
-    their shortest repr (exact: every backend stores a double)."""
+    their shortest repr (every backend stores a double exactly, but SQLite gives -0.0 back as
+    0.0: zero is written 0.0)."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "sha256:" + hashlib.sha256(bytes(value)).hexdigest()
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, float):
-        return repr(value)
+        return repr(value + 0.0)
     return value
 
 
@@ -139,31 +141,52 @@ class Sealer:
 
     def check(self, row) -> tuple[Status, str | None]:
         """(status, what is wrong). ``invalid`` says whether the inspection or the feedback
-        does not match its seal."""
+        does not match its seal, or that a value does not read as any the service writes."""
+        try:
+            return self._check(row)
+        except (TypeError, ValueError, AttributeError, UnicodeError) as exc:  # a value of a type never written
+            return "invalid", f"a stored value is not one the service writes ({type(exc).__name__}: {exc})"
+
+    def _check(self, row) -> tuple[Status, str | None]:
         if row.seal is None:
             return "unsealed", "written without a records key"
         key = self._key_for(row.seal_key)
         if key is None:
             return "unknown_key", f"sealed under key {row.seal_key}, which is not among the keys given"
-        if not hmac.compare_digest(row.seal, self._mac(key, message(row, RECORD_FIELDS, "record"))):
+        if not _same(row.seal, self._mac(key, message(row, RECORD_FIELDS, "record"))):
             return "invalid", "the inspection was changed after it was written (its seal does not match)"
         has_feedback = any(getattr(row, name) is not None for name in FEEDBACK_FIELDS[2:])
         if row.feedback_seal is None:
             if has_feedback:
                 return "invalid", "it has feedback without a feedback seal"
             return "valid", None
-        name, _, mac = row.feedback_seal.partition(":")
+        name, _, mac = str(row.feedback_seal).partition(":")
         feedback_key = self._key_for(name)
         if feedback_key is None:
             return "unknown_key", f"its feedback is sealed under key {name}, which is not among the keys given"
-        if not hmac.compare_digest(mac, self._mac(feedback_key, message(row, FEEDBACK_FIELDS, "feedback"))):
+        if not _same(mac, self._mac(feedback_key, message(row, FEEDBACK_FIELDS, "feedback"))):
             return "invalid", "its feedback was changed after it was given (the feedback seal does not match)"
         return "valid", None
 
 
+def _same(stored, computed: str) -> bool:
+    """A stored seal equals ``computed`` (in constant time; a stored value that is not text of
+    ASCII, as no seal is, is not equal)."""
+    return isinstance(stored, str) and stored.isascii() and hmac.compare_digest(stored, computed)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A row whose stored values cannot be read back as the service wrote them (a time that is
+    not a time, a number that is not a number): a finding in itself."""
+
+    id: str
+    reason: str
+
+
 @dataclass
 class Chain:
-    """What a check saw of one writer's chain."""
+    """What a check saw of one writer's chain (of the records whose seal holds)."""
 
     id: str
     first: int
@@ -174,17 +197,19 @@ class Chain:
 
 
 MISSING_SHOWN = 50
+INVALID_SHOWN = 100
 
 
 @dataclass
 class Report:
-    """``verify_store``'s findings."""
+    """``verify_rows``'s findings."""
 
     records: int = 0
     valid: int = 0
     unsealed: int = 0
+    unsealed_since: int = 0  # unsealed records dated at or after sealed_since (all of them without one): findings
     unknown_key: int = 0
-    unsealed_among_sealed: int = 0  # unsealed records newer than a sealed one: written without the key, or forged
+    unknown_keys: set[str] = field(default_factory=set)  # the names of the keys not given that sealed some
     invalid: list[tuple[str, str]] = field(default_factory=list)  # (record id, why), at most INVALID_SHOWN
     invalid_count: int = 0
     chains: list[Chain] = field(default_factory=list)
@@ -195,46 +220,54 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """No record altered, none missing inside a chain, none under a key not given, and no
-        unsealed record among sealed ones."""
-        return self.invalid_count == 0 and self.gaps == 0 and self.unknown_key == 0 and self.unsealed_among_sealed == 0
+        """No record changed, none missing inside a chain, none under a key not given, and no
+        unsealed record dated after sealing began."""
+        return self.invalid_count == 0 and self.gaps == 0 and self.unknown_key == 0 and self.unsealed_since == 0
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "records": self.records, "valid": self.valid, "invalid": self.invalid_count,
-                "unsealed": self.unsealed,
-                "unsealed_among_sealed": self.unsealed_among_sealed, "unknown_key": self.unknown_key, "missing": self.gaps,
+                "unsealed": self.unsealed, "unsealed_since": self.unsealed_since, "unknown_key": self.unknown_key,
+                "unknown_keys": sorted(self.unknown_keys), "missing": self.gaps,
                 "invalid_records": [{"id": i, "reason": why} for i, why in self.invalid],
                 "chains": [c.__dict__ for c in self.chains]}
 
 
-INVALID_SHOWN = 100
-
-
-def verify_rows(rows: Iterable, sealer: Sealer, progress: Callable[[int], None] | None = None) -> Report:
-    """Check every row of ``rows`` (records with their images, oldest first) and the chains they
-    form."""
+def verify_rows(rows: Iterable, sealer: Sealer, sealed_since: datetime | None = None,
+                progress: Callable[[int], None] | None = None) -> Report:
+    """Check every row of ``rows`` (records with their images, or ``Unreadable``) and the chains
+    their seals hold. An unsealed record is a finding unless ``sealed_since`` (naive UTC: when
+    every writer had the key, a date the auditor brings, not one read from the database) is
+    given and it is dated before it. Only a record whose seal holds counts in its chain, so a
+    record stripped of its seal leaves a gap as a deleted one does."""
     report = Report()
     seqs: dict[str, list[int]] = {}
-    sealed_seen = False
+
+    def finding(record_id: str, why: str) -> None:
+        report.invalid_count += 1
+        if len(report.invalid) < INVALID_SHOWN:
+            report.invalid.append((record_id, why))
+
     for row in rows:
         report.records += 1
-        status, why = sealer.check(row)
-        sealed_seen = sealed_seen or row.seal is not None
-        if status == "valid":
-            report.valid += 1
-        elif status == "unsealed":
-            report.unsealed += 1
-            report.unsealed_among_sealed += sealed_seen
-        elif status == "unknown_key":
-            report.unknown_key += 1
-        else:
-            report.invalid_count += 1
-            if len(report.invalid) < INVALID_SHOWN:
-                report.invalid.append((row.id, why))
-        if row.chain_id is not None and row.chain_seq is not None:
-            seqs.setdefault(row.chain_id, []).append(row.chain_seq)
         if progress is not None and report.records % 1000 == 0:
             progress(report.records)
+        if isinstance(row, Unreadable):
+            finding(row.id, row.reason)
+            continue
+        status, why = sealer.check(row)
+        if status == "valid":
+            report.valid += 1
+            if row.chain_id is not None and row.chain_seq is not None:
+                seqs.setdefault(row.chain_id, []).append(row.chain_seq)
+        elif status == "unsealed":
+            report.unsealed += 1
+            created = row.created if isinstance(row.created, datetime) else None
+            report.unsealed_since += sealed_since is None or created is None or created >= sealed_since
+        elif status == "unknown_key":
+            report.unknown_key += 1
+            report.unknown_keys.add(_unknown_name(sealer, row))
+        else:
+            finding(row.id, why)
     for chain_id, numbers in seqs.items():
         numbers.sort()
         shown = list(itertools.islice(_missing(numbers), MISSING_SHOWN))
@@ -242,6 +275,13 @@ def verify_rows(rows: Iterable, sealer: Sealer, progress: Callable[[int], None] 
         report.chains.append(Chain(chain_id, numbers[0], numbers[-1], len(numbers), shown, count))
     report.chains.sort(key=lambda c: (-c.missing_count, c.id))
     return report
+
+
+def _unknown_name(sealer: Sealer, row) -> str:
+    """The name of the key, not among ``sealer``'s, that sealed ``row`` or its feedback."""
+    if sealer._key_for(row.seal_key) is None:
+        return str(row.seal_key)
+    return str(row.feedback_seal).partition(":")[0]
 
 
 def _missing(numbers: list[int]) -> Iterator[int]:

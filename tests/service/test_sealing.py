@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from rpe_pad.cli import main
 from service.app import create_app
-from service.records import Evidence, Pending, RecordStore, open_existing, utc_now
+from service.records import Evidence, Pending, RecordStore, open_existing, scan, utc_now
 from service.sealing import MIN_KEY_BYTES, Sealer, key_id, read_key, verify_rows
 from service.settings import Settings
 
@@ -46,19 +46,19 @@ def _store(url: str, sealer: Sealer | None, tmp_path: Path, **kw) -> RecordStore
     return store
 
 
-def _check(url: str, sealer: Sealer):
-    store = open_existing(url, sealer)
+def _check(url: str, sealer: Sealer, sealed_since: datetime | None = None):
+    engine = open_existing(url)
     try:
-        return verify_rows(store.scan(chunk=3), sealer)  # chunks smaller than the table: the paging is read too
+        return verify_rows(scan(engine, chunk=3), sealer, sealed_since)  # chunks smaller than the table
     finally:
-        store.engine.dispose()
+        engine.dispose()
 
 
 def _sql(url: str, statement: str, **params) -> None:
-    store = open_existing(url)
-    with store.engine.begin() as conn:
+    engine = create_engine(url)
+    with engine.begin() as conn:
         conn.execute(text(statement), params)
-    store.engine.dispose()
+    engine.dispose()
 
 
 def test_every_change_and_every_deletion_inside_a_chain_is_found(records_url: str, tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_every_change_and_every_deletion_inside_a_chain_is_found(records_url: st
     are the ones sealed."""
     sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
     store = _store(records_url, sealer, tmp_path)
-    ids = [f"r{i}" for i in range(9)]
+    ids = [f"r{i}" for i in range(12)]
     try:
         for rid in ids:
             store.submit(_pending(rid))
@@ -77,8 +77,8 @@ def test_every_change_and_every_deletion_inside_a_chain_is_found(records_url: st
     finally:
         store.stop()
     clean = _check(records_url, sealer)
-    assert clean.ok and clean.records == clean.valid == 9
-    assert [(c.first, c.last, c.missing_count) for c in clean.chains] == [(0, 8, 0)]
+    assert clean.ok and clean.records == clean.valid == 12
+    assert [(c.first, c.last, c.missing_count) for c in clean.chains] == [(0, 11, 0)]
 
     changes = {
         "r1": "UPDATE inspections SET feedback_note = 'no word' WHERE id = :i",
@@ -92,34 +92,102 @@ def test_every_change_and_every_deletion_inside_a_chain_is_found(records_url: st
     }
     for rid, statement in changes.items():
         _sql(records_url, statement, i=rid)
-    _sql(records_url, "DELETE FROM inspections WHERE id IN ('r0', 'r7')")  # the first, as retention would; one inside
+    _sql(records_url, "DELETE FROM inspections WHERE id IN ('r0', 'r9')")  # the first, as retention would; one inside
     found = _check(records_url, sealer)
     assert not found.ok and {rid for rid, _ in found.invalid} == set(changes)
     assert dict(found.invalid)["r1"].startswith("its feedback was changed")
     assert dict(found.invalid)["r2"].startswith("the inspection was changed")
     (chain,) = found.chains
-    assert (chain.first, chain.last, chain.missing, chain.missing_count) == (1, 8, [7], 1)
+    # Only records whose seal holds count in the chain: the changed ones are missing from it too.
+    assert (chain.first, chain.last, chain.missing, chain.missing_count) == (7, 11, [9], 1)
 
 
-def test_an_unsealed_record_among_sealed_ones_is_not_ok(tmp_path: Path) -> None:
+def test_unsealed_records_are_findings_unless_dated_before_sealing_began(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
     sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
-    store = _store(url, None, tmp_path)  # before the key was set: unsealed, and that is no finding
-    store.submit(_pending("old"))
+    store = _store(url, None, tmp_path)  # before the key was set
+    store.submit(_pending("old", created=utc_now() - timedelta(days=2)))
     assert store.flush(timeout=30)
     store.stop()
+    began = utc_now() - timedelta(days=1)  # the auditor's date, not one read from the database
     store = _store(url, sealer, tmp_path)
-    store.submit(_pending("new"))
+    for rid in ("new", "new2", "new3"):
+        store.submit(_pending(rid))
     assert store.flush(timeout=30)
     store.stop()
     report = _check(url, sealer)
-    assert report.ok and (report.valid, report.unsealed, report.unsealed_among_sealed) == (1, 1, 0)
-    # A row written later without a seal (forged, or by a service that lost its key) is a finding.
+    assert not report.ok and (report.valid, report.unsealed, report.unsealed_since) == (3, 1, 1)
+    report = _check(url, sealer, began)
+    assert report.ok and (report.unsealed, report.unsealed_since) == (1, 0)
+    # A row inserted later without a seal (forged, or by a service without the key: a rolling update
+    # that turns the key on is dated with --sealed-since after it) is a finding.
     _sql(url, "INSERT INTO inspections (id, created, request_id, category, verdict, score, threshold, "
               "normalised_score, bundle_id, bundle_sha256, result_json) VALUES ('forged', :c, 'r', 'Lego', 'normal', "
               "0.1, 0.2, 0.3, 'Lego@x', :h, '{}')", c=utc_now() + timedelta(seconds=1), h="0" * 64)
+    report = _check(url, sealer, began)
+    assert not report.ok and report.unsealed_since == 1
+
+
+def test_a_record_stripped_of_its_seal_leaves_a_gap(tmp_path: Path) -> None:
+    """Whoever strips a record's seal and backdates it before sealing began, to change it unseen,
+    takes it out of its chain: its number is missing, as a deleted record's is; and seals
+    stripped from every record leave them all findings."""
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    began = utc_now() - timedelta(days=1)
+    _sealed_records(url, sealer, tmp_path, ["s0", "s1", "s2", "s3"])
+    _sql(url, "UPDATE inspections SET seal = NULL, seal_key = NULL, verdict = 'normal', created = :c WHERE id = 's1'",
+         c=began - timedelta(days=30))
+    report = _check(url, sealer, began)
+    assert not report.ok and report.unsealed_since == 0 and report.chains[0].missing == [1]
+    _sql(url, "UPDATE inspections SET seal = NULL, seal_key = NULL, chain_id = NULL, chain_seq = NULL")
+    report = _check(url, sealer, began)
+    assert not report.ok and report.unsealed_since == 3 and report.valid == 0
+
+
+@pytest.mark.parametrize("column, value", [("seal", "'\u00e9'"), ("feedback_seal", "'{key}:\u00e9'"),
+                                           ("chain_seq", "'abc'"), ("created", "'yesterday'"), ("score", "'high'")])
+def test_a_value_of_a_type_never_written_is_a_finding_not_a_crash(tmp_path: Path, column: str, value: str) -> None:
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    _sealed_records(url, sealer, tmp_path, ["v0", "v1", "v2"])
+    value = value.encode().decode("unicode_escape").format(key=sealer.id)
+    _sql(url, f"UPDATE inspections SET {column} = {value} WHERE id = 'v1'")
     report = _check(url, sealer)
-    assert not report.ok and report.unsealed_among_sealed == 1
+    assert [rid for rid, _ in report.invalid] == ["v1"] and report.valid == 2 and not report.ok
+
+
+def test_the_check_changes_nothing_of_the_database(tmp_path: Path) -> None:
+    """Opened read-only: a database in SQLite's rollback-journal mode keeps its bytes and its mode."""
+    import hashlib
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    _sealed_records(url, sealer, tmp_path, ["w0", "w1"])
+    copy = tmp_path / "copy.sqlite3"
+    with sqlite3.connect(tmp_path / "records.sqlite3") as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")
+    before = hashlib.sha256(copy.read_bytes()).hexdigest()
+    copy.chmod(0o444)
+    report = _check(f"sqlite:///{copy}", sealer)
+    assert report.ok and report.valid == 2
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
+    with sqlite3.connect(f"file:{copy}?mode=ro", uri=True) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_negative_zero_reads_back_as_written(tmp_path: Path) -> None:
+    """SQLite gives -0.0 back as 0.0; the seal takes zero as 0.0."""
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    store = _store(url, sealer, tmp_path)
+    store.submit(_pending("z", score=-0.0, verification={"verified": True, "misalignment_px": -0.0,
+                                                         "silhouette_iou": 0.9}))
+    assert store.flush(timeout=30)
+    assert store.seal_status(store.get("z")) == ("valid", None)
+    store.stop()
 
 
 def test_retention_removes_a_chains_start_and_a_restart_starts_a_chain(tmp_path: Path) -> None:
@@ -133,7 +201,8 @@ def test_retention_removes_a_chains_start_and_a_restart_starts_a_chain(tmp_path:
     for i in range(7):
         store.submit(_pending(f"a{i}", created=same))
     assert store.flush(timeout=30)
-    assert store.enforce_retention() >= 0 and store.count() == 4
+    store.enforce_retention()
+    assert store.count() == 4
     store.stop()
     store = _store(url, sealer, tmp_path, max_count=4)
     chains.append(store.chain_id)
@@ -230,14 +299,16 @@ def test_a_bad_key_file_is_refused_naming_the_problem(tmp_path: Path, content: b
         Settings(records_key_file=path)
 
 
-def test_a_key_files_newline_is_not_part_of_the_key(tmp_path: Path) -> None:
+def test_every_byte_of_the_key_file_is_the_key(tmp_path: Path) -> None:
+    """A random key may end in a newline's byte: nothing is stripped (32 random bytes ending in
+    0x0d or 0x0a were refused as 31, one time in 128, when a newline was stripped)."""
     path = tmp_path / "key"
-    path.write_bytes(b"k" * MIN_KEY_BYTES + b"\n")
-    assert read_key(path) == b"k" * MIN_KEY_BYTES
-    assert "kkkk" not in repr(Sealer(read_key(path), (b"k" * 40,)))  # a key never reaches a log or a traceback
-    path.write_bytes(b"k" * (MIN_KEY_BYTES - 1) + b"\n")
+    path.write_bytes(b"k" * (MIN_KEY_BYTES - 1) + b"\r")
+    assert read_key(path) == b"k" * (MIN_KEY_BYTES - 1) + b"\r"
+    path.write_bytes(b"k" * (MIN_KEY_BYTES - 2) + b"\n")
     with pytest.raises(ValueError, match="31 bytes"):
         read_key(path)
+    assert "kkkk" not in repr(Sealer(b"k" * 32, (b"k" * 40,)))  # a key never reaches a log or a traceback
     assert Settings(records_key_file="").records_key_file is None
 
 
@@ -248,22 +319,22 @@ def test_records_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture, m
     db = tmp_path / "records.sqlite3"
     url, key = f"sqlite:///{db}", _key(tmp_path / "key", 0)
     store = _store(url, Sealer(read_key(key)), tmp_path)
-    for i in range(3):
+    for i in range(4):
         store.submit(_pending(f"c{i}", images=False))
     assert store.flush(timeout=30)
     store.stop()
 
     assert main(["records", "verify", "--database", url, "--key-file", str(key)]) == 0
     out = capsys.readouterr().out
-    assert "3 records: 3 valid, 0 changed" in out and "records 0-2 (3), none missing" in out and "OK:" in out
+    assert "4 records: 4 valid, 0 changed" in out and "records 0-3 (4), none missing" in out and "OK:" in out
     _sql(url, "DELETE FROM inspections WHERE id = 'c1'")
-    _sql(url, "UPDATE inspections SET verdict = 'normal' WHERE id = 'c2'")
+    _sql(url, "UPDATE inspections SET verdict = 'normal' WHERE id = 'c3'")
     monkeypatch.setenv("RPEPAD_DATABASE_URL", url)  # the service's own settings name the database and key
     monkeypatch.setenv("RPEPAD_RECORDS_KEY_FILE", str(key))
     assert main(["records", "verify", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert (report["ok"], report["invalid"], report["missing"]) == (False, 1, 1)
-    assert report["invalid_records"][0]["id"] == "c2" and report["chains"][0]["missing"] == [1]
+    assert report["invalid_records"][0]["id"] == "c3" and report["chains"][0]["missing"] == [1]
 
     # Mistakes: one line each, exit 2; nothing is created where no database was.
     monkeypatch.delenv("RPEPAD_DATABASE_URL")
@@ -273,11 +344,16 @@ def test_records_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture, m
         (["--database", url], "no records key"),
         (["--database", url, "--key-file", str(tmp_path / "nokey")], "--key-file: Value error, records key file"),
         (["--database", "not a url", "--key-file", str(key)], "is not a database URL"),
+        (["--database", "foo://bar", "--key-file", str(key)], "records database URL foo://bar"),
+        (["--database", "mysql://u@h/db", "--key-file", str(key)], "ModuleNotFoundError"),  # no driver here
     ]:
         assert main(["records", "verify", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "none.sqlite3").exists()
+    with pytest.raises(SystemExit) as stopped:  # argparse's usage and error, exit 2
+        main(["records", "verify", "--database", url, "--key-file", str(key), "--sealed-since", "Tuesday"])
+    assert stopped.value.code == 2 and "is not an ISO 8601 time" in capsys.readouterr().err
     other = tmp_path / "other.sqlite3"
     import sqlite3
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
@@ -314,13 +390,36 @@ def test_closing_a_gap_by_renumbering_breaks_the_seals(tmp_path: Path) -> None:
     assert report.gaps == 0 and {rid for rid, _ in report.invalid} == {"n2", "n3"} and not report.ok
 
 
-def test_a_change_to_any_column_breaks_the_seal(tmp_path: Path) -> None:
+def test_a_change_to_any_sealed_column_breaks_the_seal(tmp_path: Path) -> None:
+    """Each column of RECORD_FIELDS (but the seal's key name, which makes the seal unknown_key)
+    changed on a record of its own, to a value of the column's type."""
+    from sqlalchemy import Boolean, DateTime, Float, Integer, LargeBinary
+
+    from service.records import Record
+    from service.sealing import RECORD_FIELDS
+
     url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
     sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
-    changes = {"c0": "filename = 'other.png'", "c1": "bundle_sha256 = '1'", "c2": "threshold_source = 'override'",
-               "c3": "pose_check_reason = 'ok'", "c4": "calibrated_threshold = 0.1", "c6": "chain_id = 'x'"}
-    _sealed_records(url, sealer, tmp_path, [f"c{i}" for i in range(7)])
-    for rid, change in changes.items():
-        _sql(url, f"UPDATE inspections SET {change} WHERE id = :i", i=rid)
+    columns = [c for c in RECORD_FIELDS if c != "seal_key"]
+    _sealed_records(url, sealer, tmp_path, [f"c{i}" for i in range(len(columns) + 1)])
+
+    def other(column) -> str:
+        kind = Record.__table__.columns[column].type
+        if isinstance(kind, LargeBinary):
+            return "X'00'"
+        if isinstance(kind, Boolean):
+            return "0"
+        if isinstance(kind, DateTime):
+            return "'2001-01-01 00:00:00.000000'"
+        if isinstance(kind, (Float, Integer)):
+            return "77"
+        return "'zz'"
+
+    for i, column in enumerate(columns):
+        _sql(url, f"UPDATE inspections SET {column} = {other(column)} WHERE id = :i", i=f"c{i}")
     report = _check(url, sealer)
-    assert {rid for rid, _ in report.invalid} == set(changes) and report.valid == 1
+    changed = {f"zz" if c == "id" else f"c{i}" for i, c in enumerate(columns)}
+    assert {rid for rid, _ in report.invalid} == changed and report.valid == 1
+    _sql(url, "UPDATE inspections SET seal_key = 'ffff' WHERE id = :i", i=f"c{len(columns)}")
+    report = _check(url, sealer)
+    assert report.unknown_key == 1 and report.unknown_keys == {"ffff"} and not report.ok

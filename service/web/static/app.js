@@ -474,7 +474,8 @@ async function exportCsv() {
 // ------------------------------------------------------------------ detail
 // What a record's seal says (docs/SERVICE.md, "Records that show tampering").
 const SEAL_WORDS = {
-  valid: (s) => `sealed, as written (record ${s.chain_seq} of chain ${s.chain_id.slice(0, 8)}…)`,
+  valid: (s) => "sealed, as written" + (s.chain_id == null ? "" :  // a line of an older journal has no chain
+    ` (record ${s.chain_seq} of chain ${s.chain_id.slice(0, 8)}…)`),
   invalid: (s) => `CHANGED since the service wrote it: ${s.reason}`,
   unsealed: () => "not sealed: written without a records key (RPEPAD_RECORDS_KEY_FILE)",
   unknown_key: (s) => `sealed under another key (${s.key}): check it with rpe-pad records verify`,
