@@ -67,6 +67,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import quote, unquote
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -77,7 +78,7 @@ from sqlalchemy import (BigInteger, Boolean, DateTime, Float, LargeBinary, Strin
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (ArgumentError, DisconnectionError, IntegrityError, InterfaceError, NoSuchTableError,
-                            OperationalError, SQLAlchemyError)
+                            OperationalError, SQLAlchemyError, StatementError)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 from sqlalchemy.orm.attributes import set_committed_value
@@ -85,7 +86,7 @@ from sqlalchemy.schema import CreateColumn
 
 from models.images import decode_rgb, to_uint8
 from models.viz import inspection_figure
-from service.sealing import Sealer, Unreadable
+from service.sealing import Sealer, Unreadable, printable
 
 log = logging.getLogger("rpe_pad.records")
 
@@ -929,11 +930,17 @@ def upgrade(engine: Engine) -> list[str]:
     return added
 
 
+# What reading a row whose stored values are not the service's may raise: Python's own decoding errors,
+# and the driver's (SQLite's text that is not UTF-8, PostgreSQL's time out of range), as SQLAlchemy wraps them.
+READ_FAILURES = (ValueError, TypeError, OverflowError, StatementError)
+
+
 def scan(engine: Engine, chunk: int = 200) -> Iterator[Record | Unreadable]:
     """Every record whole (images too), ``chunk`` rows a query, for a check of the seals. The
     ids are read first (as the database sorts the stored times: a time changed into text
     still sorts), then the rows by id; a row whose values do not read back as a record (a
-    time that is not a time) comes as ``Unreadable``, and the others still read."""
+    time that is not a time, text that is not UTF-8) comes as ``Unreadable``, and the others
+    still read. A database that stops answering raises, as it would at the start."""
     with Session(engine) as session:
         ids = list(session.scalars(select(Record.id).order_by(Record.created, Record.id)))
     for start in range(0, len(ids), chunk):
@@ -941,45 +948,68 @@ def scan(engine: Engine, chunk: int = 200) -> Iterator[Record | Unreadable]:
         try:
             with Session(engine, expire_on_commit=False) as session:
                 rows = {r.id: r for r in session.scalars(select(Record).where(Record.id.in_(part)))}
-        except (ValueError, TypeError, OverflowError):  # one row's value does not decode: each alone
+        except READ_FAILURES:  # some row's value does not decode: each alone
+            _answers(engine)
             rows = {}
             for record_id in part:
                 try:
                     with Session(engine, expire_on_commit=False) as session:
                         rows[record_id] = session.get(Record, record_id)
-                except (ValueError, TypeError, OverflowError) as exc:
-                    rows[record_id] = Unreadable(record_id, "a stored value does not read back as one the "
-                                                            f"service writes ({type(exc).__name__}: {exc})")
+                except READ_FAILURES as exc:
+                    _answers(engine)  # the database gone is the machine's failure, not this record's
+                    rows[record_id] = Unreadable(printable(record_id), "a stored value does not read back as one "
+                                                 f"the service writes ({_short(exc)})")
         yield from (rows[i] for i in part if rows.get(i) is not None)
+
+
+def _answers(engine: Engine) -> None:
+    """Raise the database's own error when it no longer answers."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
 
 
 def open_existing(url: str) -> Engine:
     """An engine on a records database that exists, to read (``rpe-pad records verify``, with
-    ``scan``): nothing is created, upgraded or written (SQLite is opened read-only). ValueError or
-    FileNotFoundError naming what is wrong; ConnectionError when the database cannot be reached."""
+    ``scan``): nothing is created, upgraded or written. SQLite is opened read-only (SQLite may
+    still make its ``-shm`` index beside a WAL database), and as an immutable file where its
+    folder cannot be written and no ``-wal`` or ``-shm`` is beside it (a copy on a read-only
+    mount, which read-only mode cannot open); its text is read even where it is not UTF-8.
+    ValueError or FileNotFoundError naming what is wrong; ConnectionError when the database
+    cannot be reached."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ValueError(f"records database URL {url!r} is not a database URL ({exc})") from None
-    if parsed.get_backend_name() == "sqlite":
-        # Read-only, and none of make_engine's pragmas: the check changes nothing of what it checks.
-        path = (parsed.database or "").removeprefix("file:")
+    shown = parsed.render_as_string(hide_password=True)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite:
+        is_uri = str(parsed.query.get("uri", "")).lower() in ("true", "1")
+        name = parsed.database or ""
+        path = unquote(name.removeprefix("file:")) if is_uri else name  # as the service would open it
         if not path or path == ":memory:" or not Path(path).is_file():
             raise FileNotFoundError(f"records database {path or url} does not exist")
-        url = parsed.set(database=f"file:{Path(path).resolve()}", query={**parsed.query, "mode": "ro", "uri": "true"})
+        path = Path(path).resolve()
+        query = {**parsed.query, "mode": "ro", "uri": "true"}
+        beside = [path.with_name(path.name + end) for end in ("-wal", "-shm")]
+        if not os.access(path.parent, os.W_OK) and not any(p.exists() for p in beside):
+            query["immutable"] = "1"
+        url = parsed.set(database="file:" + quote(str(path)), query=query)
     try:
         engine = create_engine(url)
     except (ArgumentError, ImportError) as exc:  # an unknown dialect, or its driver not installed
-        raise ValueError(f"records database URL {parsed.render_as_string(hide_password=True)}: {_short(exc)}") from None
+        raise ValueError(f"records database URL {shown}: {_short(exc)}") from None
+    if sqlite:
+        @event.listens_for(engine, "connect")
+        def _any_text(conn, _record):  # noqa: ANN001 (text that is not UTF-8 is a finding, not a stop)
+            conn.text_factory = lambda data: data.decode("utf-8", "surrogateescape")
     try:
         have = _columns(engine)
     except NoSuchTableError:
         engine.dispose()
-        raise ValueError(f"{parsed.render_as_string(hide_password=True)} has no {Record.__tablename__} table: not a "
-                         "records database") from None
+        raise ValueError(f"{shown} has no {Record.__tablename__} table: not a records database") from None
     except SQLAlchemyError as exc:
         engine.dispose()
-        raise ConnectionError(f"records database {parsed.render_as_string(hide_password=True)}: {_short(exc)}") from None
+        raise ConnectionError(f"records database {shown}: {_short(exc)}") from None
     lacking = sorted(c.name for c in Record.__table__.columns if c.name not in have)
     if lacking:
         engine.dispose()

@@ -27,7 +27,7 @@ newest records of a chain were not deleted (nothing after them is left to show a
 that a record had no feedback (every feedback column and the feedback seal set to NULL read
 as a record never given any; a feedback changed, or partly removed, is found); and anything
 about a record written without a key (``unsealed``). The check is
-``rpe-pad records verify`` (``verify_store``) and, for one record, ``GET /inspections/{id}``'s
+``rpe-pad records verify`` (``verify_rows``) and, for one record, ``GET /inspections/{id}``'s
 ``seal``.
 """
 
@@ -39,7 +39,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -175,6 +175,13 @@ def _same(stored, computed: str) -> bool:
     return isinstance(stored, str) and stored.isascii() and hmac.compare_digest(stored, computed)
 
 
+def printable(value) -> str:
+    """A record id as a report can print it: as it is when it is printable ASCII text (as the
+    service's are), else Python's ``ascii`` of it (an id changed into bytes, or into text that
+    is not UTF-8)."""
+    return value if isinstance(value, str) and value.isascii() and value.isprintable() else ascii(value)
+
+
 @dataclass(frozen=True)
 class Unreadable:
     """A row whose stored values cannot be read back as the service wrote them (a time that is
@@ -194,10 +201,14 @@ class Chain:
     count: int
     missing: list[int]  # numbers between first and last with no record (at most MISSING_SHOWN kept)
     missing_count: int
+    unsettled: int = 0  # numbers missing before a record newer than SETTLE_S: maybe still on their way
 
 
 MISSING_SHOWN = 50
 INVALID_SHOWN = 100
+# A record the writer has not written yet (queued, retried, left to the journal) leaves a gap for a while:
+# a gap counts only once the next record of its chain is this much older than the check.
+SETTLE_S = 600.0
 
 
 @dataclass
@@ -219,6 +230,10 @@ class Report:
         return sum(c.missing_count for c in self.chains)
 
     @property
+    def unsettled(self) -> int:
+        return sum(c.unsettled for c in self.chains)
+
+    @property
     def ok(self) -> bool:
         """No record changed, none missing inside a chain, none under a key not given, and no
         unsealed record dated after sealing began."""
@@ -227,25 +242,29 @@ class Report:
     def to_json(self) -> dict:
         return {"ok": self.ok, "records": self.records, "valid": self.valid, "invalid": self.invalid_count,
                 "unsealed": self.unsealed, "unsealed_since": self.unsealed_since, "unknown_key": self.unknown_key,
-                "unknown_keys": sorted(self.unknown_keys), "missing": self.gaps,
+                "unknown_keys": sorted(self.unknown_keys), "missing": self.gaps, "unsettled": self.unsettled,
                 "invalid_records": [{"id": i, "reason": why} for i, why in self.invalid],
                 "chains": [c.__dict__ for c in self.chains]}
 
 
 def verify_rows(rows: Iterable, sealer: Sealer, sealed_since: datetime | None = None,
-                progress: Callable[[int], None] | None = None) -> Report:
+                progress: Callable[[int], None] | None = None, now: datetime | None = None,
+                settle_s: float = SETTLE_S) -> Report:
     """Check every row of ``rows`` (records with their images, or ``Unreadable``) and the chains
     their seals hold. An unsealed record is a finding unless ``sealed_since`` (naive UTC: when
     every writer had the key, a date the auditor brings, not one read from the database) is
     given and it is dated before it. Only a record whose seal holds counts in its chain, so a
-    record stripped of its seal leaves a gap as a deleted one does."""
+    record stripped of its seal leaves a gap as a deleted one does. A gap before a record newer
+    than ``settle_s`` before ``now`` (naive UTC; the wall clock by default) is ``unsettled``, not
+    missing: a live service's writer may still be writing it."""
     report = Report()
-    seqs: dict[str, list[int]] = {}
+    seqs: dict[str, list[tuple[int, datetime]]] = {}
+    settled = (now or datetime.now(UTC).replace(tzinfo=None)) - timedelta(seconds=settle_s)
 
-    def finding(record_id: str, why: str) -> None:
+    def finding(record_id, why: str) -> None:
         report.invalid_count += 1
         if len(report.invalid) < INVALID_SHOWN:
-            report.invalid.append((record_id, why))
+            report.invalid.append((printable(record_id), why))
 
     for row in rows:
         report.records += 1
@@ -258,7 +277,7 @@ def verify_rows(rows: Iterable, sealer: Sealer, sealed_since: datetime | None = 
         if status == "valid":
             report.valid += 1
             if row.chain_id is not None and row.chain_seq is not None:
-                seqs.setdefault(row.chain_id, []).append(row.chain_seq)
+                seqs.setdefault(row.chain_id, []).append((row.chain_seq, row.created))
         elif status == "unsealed":
             report.unsealed += 1
             created = row.created if isinstance(row.created, datetime) else None
@@ -268,11 +287,15 @@ def verify_rows(rows: Iterable, sealer: Sealer, sealed_since: datetime | None = 
             report.unknown_keys.add(_unknown_name(sealer, row))
         else:
             finding(row.id, why)
-    for chain_id, numbers in seqs.items():
-        numbers.sort()
-        shown = list(itertools.islice(_missing(numbers), MISSING_SHOWN))
-        count = sum(max(0, b - a - 1) for a, b in zip(numbers, numbers[1:]))
-        report.chains.append(Chain(chain_id, numbers[0], numbers[-1], len(numbers), shown, count))
+    for chain_id, places in seqs.items():
+        places.sort()
+        numbers = [n for n, _ in places]
+        fresh = {b for (_, _), (b, created) in zip(places, places[1:]) if created > settled}
+        gone = [(a, b) for a, b in zip(numbers, numbers[1:]) if b not in fresh]
+        shown = list(itertools.islice(_missing(gone), MISSING_SHOWN))
+        count = sum(max(0, b - a - 1) for a, b in gone)
+        waiting = sum(max(0, b - a - 1) for a, b in zip(numbers, numbers[1:]) if b in fresh)
+        report.chains.append(Chain(chain_id, numbers[0], numbers[-1], len(numbers), shown, count, waiting))
     report.chains.sort(key=lambda c: (-c.missing_count, c.id))
     return report
 
@@ -284,7 +307,7 @@ def _unknown_name(sealer: Sealer, row) -> str:
     return str(row.feedback_seal).partition(":")[0]
 
 
-def _missing(numbers: list[int]) -> Iterator[int]:
-    """The numbers between the first and last of sorted ``numbers`` that it lacks."""
-    for a, b in zip(numbers, numbers[1:]):
+def _missing(gaps: list[tuple[int, int]]) -> Iterator[int]:
+    """The numbers strictly between each pair of ``gaps``."""
+    for a, b in gaps:
         yield from range(a + 1, b)

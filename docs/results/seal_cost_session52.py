@@ -8,15 +8,15 @@ import statistics
 import sys
 import time
 
-from service.records import open_existing
+from service.records import open_existing, scan
 from service.sealing import Sealer
 
 
 def main(url: str, key_file: str, repeats: int = 200) -> None:
     sealer = Sealer.from_files([key_file])
-    store = open_existing(url, sealer)
-    rows = list(store.scan())
-    store.engine.dispose()
+    engine = open_existing(url)
+    rows = list(scan(engine))
+    engine.dispose()
     sizes = [sum(len(getattr(r, c) or b"") for c in ("query_png", "reference_png", "map_png", "query_bytes"))
              for r in rows]
     for name, fn in (("seal", sealer.seal), ("check", sealer.check)):

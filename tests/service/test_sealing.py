@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +46,12 @@ def _store(url: str, sealer: Sealer | None, tmp_path: Path, **kw) -> RecordStore
     return store
 
 
-def _check(url: str, sealer: Sealer, sealed_since: datetime | None = None):
+def _check(url: str, sealer: Sealer, sealed_since: datetime | None = None, now: datetime | None = None):
+    """The check, an hour after now by default: every gap settled."""
     engine = open_existing(url)
     try:
-        return verify_rows(scan(engine, chunk=3), sealer, sealed_since)  # chunks smaller than the table
+        return verify_rows(scan(engine, chunk=3), sealer, sealed_since,  # chunks smaller than the table
+                           now=now or utc_now() + timedelta(hours=1))
     finally:
         engine.dispose()
 
@@ -157,25 +159,90 @@ def test_a_value_of_a_type_never_written_is_a_finding_not_a_crash(tmp_path: Path
     assert [rid for rid, _ in report.invalid] == ["v1"] and report.valid == 2 and not report.ok
 
 
-def test_the_check_changes_nothing_of_the_database(tmp_path: Path) -> None:
-    """Opened read-only: a database in SQLite's rollback-journal mode keeps its bytes and its mode."""
+def test_the_check_changes_nothing_of_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opened read-only: a write through the check's engine is refused, and a database in SQLite's
+    rollback-journal mode keeps its bytes and its mode. A copy whose folder cannot be written,
+    with no -wal or -shm beside it (a clean copy on a read-only mount), is read as immutable."""
     import hashlib
     import sqlite3
+
+    from sqlalchemy.exc import OperationalError
 
     url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
     sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
     _sealed_records(url, sealer, tmp_path, ["w0", "w1"])
-    copy = tmp_path / "copy.sqlite3"
+    copies = tmp_path / "copies#3"  # a '#' or '?' in a path is not the URI's
+    copies.mkdir()
+    copy = copies / "copy.sqlite3"
     with sqlite3.connect(tmp_path / "records.sqlite3") as src, sqlite3.connect(copy) as dst:
         src.backup(dst)
         dst.execute("PRAGMA journal_mode=DELETE")
     before = hashlib.sha256(copy.read_bytes()).hexdigest()
-    copy.chmod(0o444)
-    report = _check(f"sqlite:///{copy}", sealer)
-    assert report.ok and report.valid == 2
-    assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
+    engine = open_existing(f"sqlite:///{copy}")
+    with pytest.raises(OperationalError, match="readonly"):
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM inspections"))
+    engine.dispose()
+    assert _check(f"sqlite:///{copy}", sealer).valid == 2
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == before and sorted(os.listdir(copies)) == [copy.name]
     with sqlite3.connect(f"file:{copy}?mode=ro", uri=True) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+    import service.records as records
+    monkeypatch.setattr(records.os, "access", lambda path, mode: mode != os.W_OK)  # a read-only mount
+    engine = open_existing(f"sqlite:///{copy}")
+    assert engine.url.query["immutable"] == "1" and engine.url.query["mode"] == "ro"
+    engine.dispose()
+    assert _check(f"sqlite:///{copy}", sealer).valid == 2
+
+
+def test_the_service_and_the_check_open_the_same_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sqlite:///file:NAME`` without ``uri=true`` is a file named ``file:NAME`` to the service, and
+    to the check."""
+    monkeypatch.chdir(tmp_path)
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    _sealed_records("sqlite:///file:records.sqlite3", sealer, tmp_path, ["a", "b", "c"])
+    _sealed_records("sqlite:///records.sqlite3", sealer, tmp_path, ["d"])
+    assert _check("sqlite:///file:records.sqlite3", sealer).valid == 3
+    assert _check(f"sqlite:///file:{tmp_path / 'records.sqlite3'}?uri=true", sealer).valid == 1
+
+
+def test_text_that_is_not_utf8_and_an_id_that_is_not_text_are_findings(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    _sealed_records(url, sealer, tmp_path, ["u0", "u1", "u2", "u3"])
+    _sql(url, "UPDATE inspections SET verdict = CAST(X'ff' AS TEXT) WHERE id = 'u1'")
+    _sql(url, "UPDATE inspections SET id = X'0102' WHERE id = 'u2'")
+    _sql(url, "UPDATE inspections SET id = CAST(X'fe41' AS TEXT) WHERE id = 'u3'")
+    report = _check(url, sealer)
+    assert {rid for rid, _ in report.invalid} == {"u1", "b'\\x01\\x02'", "'\\udcfeA'"} and report.valid == 1
+    json.dumps(report.to_json())  # a report of them is still JSON
+
+
+def test_a_postgresql_time_out_of_range_is_a_finding(records_url: str, tmp_path: Path) -> None:
+    if not records_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's own range of times")
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    _sealed_records(records_url, sealer, tmp_path, ["p0", "p1", "p2"])
+    _sql(records_url, "UPDATE inspections SET created = 'infinity' WHERE id = 'p1'")
+    _sql(records_url, "UPDATE inspections SET feedback_at = '10000-01-01' WHERE id = 'p2'")
+    report = _check(records_url, sealer)
+    assert {rid for rid, _ in report.invalid} == {"p1", "p2"} and report.valid == 1
+
+
+def test_a_value_no_message_can_hold_is_invalid_not_an_error() -> None:
+    from types import SimpleNamespace
+
+    from service.sealing import FEEDBACK_FIELDS, RECORD_FIELDS
+
+    sealer = Sealer(b"k" * 32)
+    row = SimpleNamespace(**{name: None for name in {*RECORD_FIELDS, *FEEDBACK_FIELDS, "feedback_seal"}})
+    row.id, row.result_json = "x", "{}"
+    sealer.seal(row)
+    assert sealer.check(row) == ("valid", None)
+    row.result_json = object()  # no JSON for it: the message cannot be made
+    status, why = sealer.check(row)
+    assert status == "invalid" and why.startswith("a stored value is not one the service writes (TypeError")
 
 
 def test_negative_zero_reads_back_as_written(tmp_path: Path) -> None:
@@ -319,8 +386,8 @@ def test_records_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture, m
     db = tmp_path / "records.sqlite3"
     url, key = f"sqlite:///{db}", _key(tmp_path / "key", 0)
     store = _store(url, Sealer(read_key(key)), tmp_path)
-    for i in range(4):
-        store.submit(_pending(f"c{i}", images=False))
+    for i in range(4):  # an hour old: any gap among them is settled
+        store.submit(_pending(f"c{i}", images=False, created=utc_now() - timedelta(hours=1)))
     assert store.flush(timeout=30)
     store.stop()
 
@@ -335,6 +402,14 @@ def test_records_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture, m
     report = json.loads(capsys.readouterr().out)
     assert (report["ok"], report["invalid"], report["missing"]) == (False, 1, 1)
     assert report["invalid_records"][0]["id"] == "c3" and report["chains"][0]["missing"] == [1]
+    _sql(url, "INSERT INTO inspections (id, created, request_id, category, verdict, score, threshold, "
+              "normalised_score, bundle_id, bundle_sha256, result_json) VALUES ('before', :c, 'r', 'Lego', 'normal', "
+              "0.1, 0.2, 0.3, 'Lego@x', :h, '{}')", c=utc_now() - timedelta(days=3), h="0" * 64)
+    assert main(["records", "verify"]) == 1
+    assert "1 unsealed (findings: give --sealed-since" in capsys.readouterr().out
+    since = (datetime.now(UTC) - timedelta(days=2)).astimezone(timezone(timedelta(hours=5))).isoformat()
+    assert main(["records", "verify", "--sealed-since", since]) == 1  # c1 and c3 are still findings
+    assert "1 unsealed (0 dated after --sealed-since)" in capsys.readouterr().out
 
     # Mistakes: one line each, exit 2; nothing is created where no database was.
     monkeypatch.delenv("RPEPAD_DATABASE_URL")
@@ -423,3 +498,19 @@ def test_a_change_to_any_sealed_column_breaks_the_seal(tmp_path: Path) -> None:
     _sql(url, "UPDATE inspections SET seal_key = 'ffff' WHERE id = :i", i=f"c{len(columns)}")
     report = _check(url, sealer)
     assert report.unknown_key == 1 and report.unknown_keys == {"ffff"} and not report.ok
+
+
+def test_a_gap_before_a_fresh_record_is_not_yet_counted(tmp_path: Path) -> None:
+    """A live service's writer may still be writing a record (queued, retried, left to the
+    journal) while later ones are in: a gap counts once the record after it is SETTLE_S old."""
+    from service.sealing import SETTLE_S
+
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    _sealed_records(url, sealer, tmp_path, ["f0", "f1", "f2"])
+    _sql(url, "DELETE FROM inspections WHERE id = 'f1'")
+    written = utc_now()
+    fresh = _check(url, sealer, now=written + timedelta(seconds=SETTLE_S / 2))
+    assert fresh.ok and fresh.gaps == 0 and fresh.unsettled == 1
+    late = _check(url, sealer, now=written + timedelta(seconds=SETTLE_S + 5))
+    assert not late.ok and late.gaps == 1 and late.unsettled == 0 and late.chains[0].missing == [1]
