@@ -150,9 +150,7 @@ def test_a_record_stripped_of_its_seal_leaves_a_gap(tmp_path: Path) -> None:
 @pytest.mark.parametrize("column, value", [("seal", "'\u00e9'"), ("feedback_seal", "'{key}:\u00e9'"),
                                            ("chain_seq", "'abc'"), ("created", "'yesterday'"), ("score", "'high'")])
 def test_a_value_of_a_type_never_written_is_a_finding_not_a_crash(tmp_path: Path, column: str, value: str) -> None:
-    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
-    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
-    _sealed_records(url, sealer, tmp_path, ["v0", "v1", "v2"])
+    url, sealer = _sealed_db(tmp_path, ["v0", "v1", "v2"])
     value = value.encode().decode("unicode_escape").format(key=sealer.id)
     _sql(url, f"UPDATE inspections SET {column} = {value} WHERE id = 'v1'")
     report = _check(url, sealer)
@@ -168,9 +166,7 @@ def test_the_check_changes_nothing_of_the_database(tmp_path: Path, monkeypatch: 
 
     from sqlalchemy.exc import OperationalError
 
-    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
-    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
-    _sealed_records(url, sealer, tmp_path, ["w0", "w1"])
+    url, sealer = _sealed_db(tmp_path, ["w0", "w1"])
     copies = tmp_path / "copies#3"  # a '#' or '?' in a path is not the URI's
     copies.mkdir()
     copy = copies / "copy.sqlite3"
@@ -208,9 +204,7 @@ def test_the_service_and_the_check_open_the_same_file(tmp_path: Path, monkeypatc
 
 
 def test_text_that_is_not_utf8_and_an_id_that_is_not_text_are_findings(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
-    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
-    _sealed_records(url, sealer, tmp_path, ["u0", "u1", "u2", "u3"])
+    url, sealer = _sealed_db(tmp_path, ["u0", "u1", "u2", "u3"])
     _sql(url, "UPDATE inspections SET verdict = CAST(X'ff' AS TEXT) WHERE id = 'u1'")
     _sql(url, "UPDATE inspections SET id = X'0102' WHERE id = 'u2'")
     _sql(url, "UPDATE inspections SET id = CAST(X'fe41' AS TEXT) WHERE id = 'u3'")
@@ -447,6 +441,14 @@ def test_every_column_is_sealed() -> None:
     assert set(RECORD_FIELDS) <= columns and set(FEEDBACK_FIELDS) <= columns
 
 
+def _sealed_db(tmp_path: Path, ids) -> tuple[str, Sealer]:
+    """A SQLite records database in ``tmp_path`` with the records ``ids``, sealed: its URL and sealer."""
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    _sealed_records(url, sealer, tmp_path, ids)
+    return url, sealer
+
+
 def _sealed_records(url: str, sealer: Sealer, tmp_path: Path, ids) -> None:
     store = _store(url, sealer, tmp_path)
     for rid in ids:
@@ -456,9 +458,7 @@ def _sealed_records(url: str, sealer: Sealer, tmp_path: Path, ids) -> None:
 
 
 def test_closing_a_gap_by_renumbering_breaks_the_seals(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
-    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
-    _sealed_records(url, sealer, tmp_path, ["n0", "n1", "n2", "n3"])
+    url, sealer = _sealed_db(tmp_path, ["n0", "n1", "n2", "n3"])
     _sql(url, "DELETE FROM inspections WHERE id = 'n1'")
     _sql(url, "UPDATE inspections SET chain_seq = chain_seq - 1 WHERE chain_seq > 1")
     report = _check(url, sealer)
@@ -505,9 +505,7 @@ def test_a_gap_before_a_fresh_record_is_not_yet_counted(tmp_path: Path) -> None:
     journal) while later ones are in: a gap counts once the record after it is SETTLE_S old."""
     from service.sealing import SETTLE_S
 
-    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
-    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
-    _sealed_records(url, sealer, tmp_path, ["f0", "f1", "f2"])
+    url, sealer = _sealed_db(tmp_path, ["f0", "f1", "f2"])
     _sql(url, "DELETE FROM inspections WHERE id = 'f1'")
     written = utc_now()
     fresh = _check(url, sealer, now=written + timedelta(seconds=SETTLE_S / 2))
