@@ -586,6 +586,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
              responses={200: {"description": "Prometheus text format", "content": {METRICS_TYPE: {}}}})
     async def metrics(state: StateDep) -> Response:
         """Prometheus text format: requests, latency per route and per stage, errors, bundles."""
+        if state.records is not None:
+            state.telemetry.records_numbered.labels(state.records.chain_id).set(state.records.chain_numbered)
         return Response(state.telemetry.render(), media_type=METRICS_TYPE)
 
     reads = [Depends(authorised), Depends(declared_query)]  # every GET and the feedback: known parameters only

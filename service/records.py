@@ -447,6 +447,11 @@ class RecordStore:
                             f"min: {self._writer_error}")
         return "; ".join(problems) or None
 
+    @property
+    def chain_numbered(self) -> int:
+        """How many records this writer's chain has numbered (the next number)."""
+        return self._chain_next
+
     # ------------------------------------------------------------ writing
     def submit(self, item: Pending) -> bool:
         """Queue ``item`` for writing; never blocks. A full queue keeps it without its images

@@ -41,6 +41,10 @@ class Telemetry:
                                       "kept without images; write: a failed try, retried; rejected; images; dropped: left "
                                       "to the journal; writer; journal; overlay; retention); the inspections were answered",
                                       ["reason"], registry=r)
+        self.records_numbered = Gauge("rpepad_records_numbered", "Inspection records this process's records writer "
+                                      "has numbered in its chain (service/sealing.py), by chain id: scraped and kept "
+                                      "apart from the database, it shows records deleted at a chain's end",
+                                      ["chain"], registry=r)
         self.errors = Counter("rpepad_errors", "Error responses by status", ["status"], registry=r)
         self.bundles = Gauge("rpepad_bundles_loaded", "Bundles loaded and served", registry=r)
         self.refused = Gauge("rpepad_bundles_refused", "Bundles refused at load", registry=r)

@@ -334,6 +334,10 @@ def test_the_service_says_whether_a_record_is_as_written(tiny_release: Path, tin
         assert c.app.state.svc.records.flush(timeout=60)
         seal = c.get(f"/inspections/{rid}").json()["seal"]
         assert seal["status"] == "valid" and seal["key"] == key_id(read_key(key)) and seal["chain_seq"] == 0
+        # The chain's count, for a scraper to keep apart from the database (deletions at its end).
+        assert f'rpepad_records_numbered{{chain="{seal["chain_id"]}"}} 1.0' in c.get("/metrics").text
+        c.post("/inspect", files={"file": ("q.png", data, "image/png")}, data={"category": tiny_release.name})
+        assert f'rpepad_records_numbered{{chain="{seal["chain_id"]}"}} 2.0' in c.get("/metrics").text
         with c.app.state.svc.records.engine.begin() as conn:
             conn.execute(text("UPDATE inspections SET threshold = threshold * 2 WHERE id = :i"), {"i": rid})
         seal = c.get(f"/inspections/{rid}").json()["seal"]
