@@ -456,10 +456,10 @@ class RecordStore:
     def submit(self, item: Pending) -> bool:
         """Queue ``item`` for writing; never blocks. A full queue keeps it without its images
         (False, logged, counted) for the writer to write when it can."""
-        item = replace(item, filename=clean_filename(item.filename))
+        filename = clean_filename(item.filename)
         with self._journal_lock:
             created = max(utc_naive(item.created), self._chain_last + timedelta(microseconds=1))
-            item = replace(item, created=created, chain_id=self.chain_id, chain_seq=self._chain_next)
+            item = replace(item, filename=filename, created=created, chain_id=self.chain_id, chain_seq=self._chain_next)
             self._chain_next, self._chain_last = self._chain_next + 1, created
             if self._journal is not None:
                 self._append(item)
