@@ -290,7 +290,7 @@ def _cmd_records_verify(args: argparse.Namespace) -> int:
         print(f"  chain {chain.id}: records {chain.first}-{chain.last} ({chain.count}), {gap}")
     if report.ok:
         print("OK: no record changed, none missing inside a chain (a chain's first records go by retention; its "
-              "newest could be deleted unseen: compare with a count kept elsewhere)")
+              "newest could be deleted unseen: compare with /metrics' rpepad_records_numbered as scraped)")
     else:
         print("NOT OK: records were changed, deleted, written without the key or under a key not given "
               "(a record the database refused is in records.journal.rejected, not deleted)")
