@@ -53,7 +53,8 @@ RECORD_FIELDS = ("id", "created", "request_id", "category", "verdict", "score", 
                  "reference_png", "map_png", "query_bytes", "query_media_type", "pose_verified", "pose_check_reason",
                  "misalignment_px", "silhouette_iou", "threshold_source", "calibrated_threshold", "query_sha256",
                  "chain_id", "chain_seq", "seal_key")
-FEEDBACK_FIELDS = ("id", "seal", "feedback", "feedback_note", "feedback_at", "feedback_by", "feedback_history")
+FEEDBACK_WORDS = ("feedback", "feedback_note", "feedback_at", "feedback_by", "feedback_history")  # the feedback itself
+FEEDBACK_FIELDS = ("id", "seal", *FEEDBACK_WORDS)  # what a feedback seal covers: the record's seal and its feedback
 
 Status = Literal["valid", "invalid", "unsealed", "unknown_key"]
 
@@ -155,7 +156,7 @@ class Sealer:
             return "unknown_key", f"sealed under key {row.seal_key}, which is not among the keys given"
         if not _same(row.seal, self._mac(key, message(row, RECORD_FIELDS, "record"))):
             return "invalid", "the inspection was changed after it was written (its seal does not match)"
-        has_feedback = any(getattr(row, name) is not None for name in FEEDBACK_FIELDS[2:])
+        has_feedback = any(getattr(row, name) is not None for name in FEEDBACK_WORDS)
         if row.feedback_seal is None:
             if has_feedback:
                 return "invalid", "it has feedback without a feedback seal"

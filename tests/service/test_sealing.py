@@ -516,3 +516,256 @@ def test_a_gap_before_a_fresh_record_is_not_yet_counted(tmp_path: Path) -> None:
     assert fresh.ok and fresh.gaps == 0 and fresh.unsettled == 1
     late = _check(url, sealer, now=written + timedelta(seconds=SETTLE_S + 5))
     assert not late.ok and late.gaps == 1 and late.unsettled == 0 and late.chains[0].missing == [1]
+
+
+# ---------------------------------------------------------------- proposed tests (mutation testing, session 52)
+
+def test_feedback_left_without_its_seal_is_a_finding(tmp_path: Path) -> None:
+    """Only every feedback column NULL reads as a record never given feedback: any one of them
+    left, with the feedback seal removed, is a finding."""
+    columns = ["feedback", "feedback_note", "feedback_at", "feedback_by", "feedback_history"]
+    url, sealer = _sealed_db(tmp_path, [f"g{i}" for i in range(len(columns) + 1)])
+    store = _store(url, sealer, tmp_path)
+    for i in range(len(columns) + 1):
+        store.set_feedback(f"g{i}", "false_alarm", "glare", "ana")
+        store.set_feedback(f"g{i}", "confirmed_defect", "seen again", "ben")  # a history too
+    store.stop()
+    for i, column in enumerate(columns):
+        _sql(url, "UPDATE inspections SET feedback_seal = NULL, "
+                  + ", ".join(f"{c} = NULL" for c in columns if c != column) + " WHERE id = :i", i=f"g{i}")
+    last = f"g{len(columns)}"  # every feedback column and the seal removed: as if never given (documented)
+    _sql(url, "UPDATE inspections SET feedback_seal = NULL, " + ", ".join(f"{c} = NULL" for c in columns)
+              + " WHERE id = :i", i=last)
+    report = _check(url, sealer)
+    assert {rid for rid, _ in report.invalid} == {f"g{i}" for i in range(len(columns))} and report.valid == 1
+    assert all(why == "it has feedback without a feedback seal" for _, why in report.invalid)
+
+
+def test_feedback_under_another_key_is_checked_with_it_or_named(tmp_path: Path) -> None:
+    """A feedback sealed under an older key given to the check is valid; one under a key not
+    given is unknown_key, named by the feedback's key (the record's key is given)."""
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    old = Sealer(read_key(_key(tmp_path / "old", 0)))
+    new = Sealer(read_key(_key(tmp_path / "new", 1)))
+    _sealed_records(url, old, tmp_path, ["x", "y"])
+    store = _store(url, old, tmp_path)
+    store.set_feedback("x", "false_alarm", None, "ana")  # the feedback under the old key
+    store.stop()
+    store = _store(url, new, tmp_path)
+    store.set_feedback("y", "confirmed_defect", None, "ben")  # the feedback under the new key
+    store.stop()
+    both = _check(url, Sealer(new.key, (old.key,)))
+    assert both.ok and both.valid == 2
+    only_old = _check(url, old)
+    assert (only_old.valid, only_old.unknown_key, only_old.invalid_count) == (1, 1, 0)
+    assert only_old.unknown_keys == {new.id}
+
+
+def test_an_id_with_control_characters_is_printed_escaped(tmp_path: Path) -> None:
+    url, sealer = _sealed_db(tmp_path, ["e0", "e1"])
+    _sql(url, "UPDATE inspections SET id = :n WHERE id = 'e1'", n="e1\x1b[2J\r")
+    report = _check(url, sealer)
+    assert [rid for rid, _ in report.invalid] == [ascii("e1\x1b[2J\r")]
+
+
+def test_findings_beyond_invalid_shown_are_counted_not_kept() -> None:
+    from types import SimpleNamespace
+
+    from service.sealing import FEEDBACK_FIELDS, INVALID_SHOWN, RECORD_FIELDS
+
+    sealer = Sealer(b"k" * 32)
+
+    def changed(i: int):
+        row = SimpleNamespace(**{name: None for name in {*RECORD_FIELDS, *FEEDBACK_FIELDS, "feedback_seal"}})
+        row.id, row.result_json = f"i{i}", "{}"
+        sealer.seal(row)
+        row.result_json = "{ }"
+        return row
+
+    report = verify_rows([changed(i) for i in range(INVALID_SHOWN + 1)], sealer)
+    assert report.invalid_count == INVALID_SHOWN + 1 and len(report.invalid) == INVALID_SHOWN
+
+
+def test_the_boundaries_of_sealed_since_and_of_settling() -> None:
+    """An unsealed record dated exactly at --sealed-since is a finding ("at or after"); a gap
+    before a record exactly SETTLE_S old counts."""
+    from types import SimpleNamespace
+
+    from service.sealing import FEEDBACK_FIELDS, RECORD_FIELDS, SETTLE_S
+
+    sealer = Sealer(b"k" * 32)
+    at = datetime(2026, 1, 1, 12, 0)
+
+    def row(rid: str, seq: int | None, sealed: bool = True):
+        r = SimpleNamespace(**{name: None for name in {*RECORD_FIELDS, *FEEDBACK_FIELDS, "feedback_seal"}})
+        r.id, r.created, r.result_json, r.chain_id, r.chain_seq = rid, at, "{}", "c" if sealed else None, seq
+        if sealed:
+            sealer.seal(r)
+        return r
+
+    unsealed = verify_rows([row("u", None, sealed=False)], sealer, sealed_since=at)
+    assert unsealed.unsealed_since == 1 and not unsealed.ok
+    gap = verify_rows([row("a", 0), row("b", 2)], sealer, now=at + timedelta(seconds=SETTLE_S))
+    assert (gap.gaps, gap.unsettled) == (1, 0) and not gap.ok
+
+
+def test_chains_with_missing_records_come_first(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    _sealed_records(url, sealer, tmp_path, ["a0", "a1", "a2"])
+    _sealed_records(url, sealer, tmp_path, ["b0", "b1", "b2"])
+    _sql(url, "DELETE FROM inspections WHERE id = 'a1'")
+    report = _check(url, sealer)
+    assert [(c.first, c.last, c.missing_count) for c in report.chains] == [(0, 2, 1), (0, 2, 0)]
+
+
+def test_a_key_of_the_largest_size_is_read(tmp_path: Path) -> None:
+    from service.sealing import MAX_KEY_BYTES
+
+    path = tmp_path / "key"
+    path.write_bytes(b"k" * MAX_KEY_BYTES)
+    assert len(read_key(path)) == MAX_KEY_BYTES
+    path.write_bytes(b"k" * (MAX_KEY_BYTES + 1))
+    with pytest.raises(ValueError, match=f"{MAX_KEY_BYTES + 1} bytes"):
+        read_key(path)
+
+
+def test_records_verify_checks_with_every_key_given(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("RPEPAD_")]:
+        monkeypatch.delenv(name)
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    old, new = _key(tmp_path / "old", 0), _key(tmp_path / "new", 1)
+    _sealed_records(url, Sealer(read_key(old)), tmp_path, ["o0", "o1"])
+    _sealed_records(url, Sealer(read_key(new)), tmp_path, ["n0"])
+    assert main(["records", "verify", "--database", url, "--key-file", str(new), "--key-file", str(old),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["valid"], report["unknown_key"]) == (3, 0)
+
+
+def test_records_verify_reads_sealed_since_in_its_zone(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("RPEPAD_")]:
+        monkeypatch.delenv(name)
+    url, sealer = _sealed_db(tmp_path, ["s0"])
+    key = tmp_path / "key"
+    written = utc_now() - timedelta(hours=1)  # an unsealed record, as a service without the key wrote it
+    _sql(url, "INSERT INTO inspections (id, created, request_id, category, verdict, score, threshold, "
+              "normalised_score, bundle_id, bundle_sha256, result_json) VALUES ('u', :c, 'r', 'Lego', 'normal', "
+              "0.1, 0.2, 0.3, 'Lego@x', :h, '{}')", c=written, h="0" * 64)
+    for since, zone, after in [(written - timedelta(hours=1), 5, 1), (written + timedelta(hours=1), -5, 0)]:
+        text_since = since.replace(tzinfo=UTC).astimezone(timezone(timedelta(hours=zone))).isoformat()
+        assert main(["records", "verify", "--database", url, "--key-file", str(key), "--sealed-since", text_since,
+                     "--json"]) == after
+        assert json.loads(capsys.readouterr().out)["unsealed_since"] == after
+
+
+def test_iso_time() -> None:
+    from rpe_pad.argtypes import iso_time
+
+    assert iso_time(" 2026-12-08T01:00+01:00\n") == datetime(2026, 12, 8, 0, 0, tzinfo=UTC)
+    assert iso_time("2026-12-08") == datetime(2026, 12, 8, tzinfo=UTC)
+
+
+def test_whole_numbers_in_a_result_are_stored_and_sealed_as_floats(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    sealer = Sealer(read_key(_key(tmp_path / "key", 0)))
+    store = _store(url, sealer, tmp_path)
+    try:
+        store.submit(_pending("w", calibrated_threshold=1,
+                              verification={"verified": True, "misalignment_px": 0, "silhouette_iou": 1}))
+        assert store.flush(timeout=30)
+        record = store.get("w")
+        assert (record.misalignment_px, record.silhouette_iou, record.calibrated_threshold) == (0.0, 1.0, 1.0)
+        assert record.misalignment_px is not None
+        assert store.seal_status(record) == ("valid", None)
+    finally:
+        store.stop()
+
+
+def test_a_store_without_a_key_says_an_unsealed_record_is_unsealed(tmp_path: Path) -> None:
+    store = _store(f"sqlite:///{tmp_path / 'records.sqlite3'}", None, tmp_path)
+    try:
+        store.submit(_pending("u"))
+        assert store.flush(timeout=30)
+        assert store.seal_status(store.get("u")) == ("unsealed", "written without a records key")
+    finally:
+        store.stop()
+
+
+def test_a_database_that_stops_answering_during_a_scan_raises(tmp_path: Path) -> None:
+    """A row that does not read back sends the scan row by row; the database going away then
+    is the machine's failure (raised), not each remaining record's (findings)."""
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    url, sealer = _sealed_db(tmp_path, ["d0", "d1", "d2", "d3"])
+    _sql(url, "UPDATE inspections SET created = 'yesterday' WHERE id = 'd3'")  # read row by row
+    engine = open_existing(url)
+    gets = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _gone(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        if len(gets) >= 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        if "inspections.id = ?" in statement:
+            gets.append(statement)
+
+    try:
+        with pytest.raises(OperationalError, match="disk I/O error"):
+            list(scan(engine, chunk=4))
+    finally:
+        engine.dispose()
+
+
+def test_a_database_with_its_wal_beside_is_read_with_the_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the folder cannot be written but a -wal is beside the file, it is not read as
+    immutable: what the WAL holds (here a deletion) is read."""
+    import sqlite3
+
+    import service.records as records
+
+    url, sealer = _sealed_db(tmp_path, ["l0", "l1", "l2"])
+    writer = sqlite3.connect(tmp_path / "records.sqlite3")
+    try:
+        assert writer.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        writer.execute("DELETE FROM inspections WHERE id = 'l1'")
+        writer.commit()
+        assert (tmp_path / "records.sqlite3-wal").exists()
+        monkeypatch.setattr(records.os, "access", lambda path, mode: mode != os.W_OK)  # a read-only folder
+        report = _check(url, sealer)
+        assert report.records == 2 and report.chains[0].missing == [1]
+    finally:
+        writer.close()
+
+
+def test_a_table_of_an_earlier_version_is_refused(tmp_path: Path) -> None:
+    url, _ = _sealed_db(tmp_path, ["e0"])
+    _sql(url, "ALTER TABLE inspections DROP COLUMN feedback_seal")
+    with pytest.raises(ValueError, match="written by an earlier version .it lacks feedback_seal"):
+        open_existing(url)
+
+
+def test_the_seal_layout_of_version_1_is_fixed() -> None:
+    """Databases sealed under SEAL_VERSION 1 must still check: the message's layout (times in
+    ISO 8601 with a T, bytes by sha256, -0.0 as 0.0, what is sealed) changes only with a new version."""
+    from types import SimpleNamespace
+
+    from service.sealing import FEEDBACK_FIELDS, RECORD_FIELDS
+
+    row = SimpleNamespace(**{name: None for name in {*RECORD_FIELDS, *FEEDBACK_FIELDS, "feedback_seal"}})
+    row.id, row.created, row.score, row.query_png = "r", datetime(2026, 1, 2, 3, 4, 5, 6), -0.0, b"png"
+    row.chain_id, row.chain_seq = "c", 7
+    row.feedback, row.feedback_at = "false_alarm", datetime(2026, 1, 2, 3, 4, 6)
+    sealer = Sealer(b"k" * 32)
+    sealer.seal(row)
+    assert (row.seal_key, row.seal) == ("5e318f8cf9cbe249",
+                                        "9e14e618aca79bc339a5d5dc66e76395f27380014354bc5eb6159723a07e2ae8")
+    assert sealer.feedback_seal(row) == ("5e318f8cf9cbe249:"
+                                         "8dc4f749e3de038eb3f1c0d53ff81b830b594f6d6ffb8f936e8a36b0f062d3e3")
